@@ -1,0 +1,181 @@
+"""The only place that knows Hugging Face weight names and config keys.
+
+Each supported family maps its checkpoint onto tinybert's canonical names (tinybert/format.py) and
+its config onto ``EncoderConfig``. Families differ only in these tables, never in runtime code.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from tinybert.config import EncoderConfig
+from tinybert.errors import ConversionError, UnsupportedModelError
+from tinybert.format import encoder_tensor_shapes
+
+_ACTIVATIONS = {"gelu": "gelu", "gelu_new": "gelu_tanh", "gelu_pytorch_tanh": "gelu_tanh",
+                "gelu_fast": "gelu_tanh", "relu": "relu"}
+
+
+@dataclass(frozen=True)
+class LayerNames:
+    """HF names (relative to ``{prefix}{layer_root}.{i}.``) of the parts of one encoder layer."""
+
+    query: str
+    key: str
+    value: str
+    attn_out: str
+    attn_norm: str
+    up: str
+    down: str
+    mlp_norm: str
+
+
+BERT_LAYER = LayerNames(
+    query="attention.self.query", key="attention.self.key", value="attention.self.value",
+    attn_out="attention.output.dense", attn_norm="attention.output.LayerNorm",
+    up="intermediate.dense", down="output.dense", mlp_norm="output.LayerNorm")
+
+DISTILBERT_LAYER = LayerNames(
+    query="attention.q_lin", key="attention.k_lin", value="attention.v_lin",
+    attn_out="attention.out_lin", attn_norm="sa_layer_norm",
+    up="ffn.lin1", down="ffn.lin2", mlp_norm="output_layer_norm")
+
+
+@dataclass(frozen=True)
+class Family:
+    layer_root: str
+    layer: LayerNames
+    position_scheme: str
+
+
+FAMILIES = {
+    "bert": Family("encoder.layer", BERT_LAYER, "absolute"),
+    "electra": Family("encoder.layer", BERT_LAYER, "absolute"),
+    "roberta": Family("encoder.layer", BERT_LAYER, "padding_offset"),
+    "xlm-roberta": Family("encoder.layer", BERT_LAYER, "padding_offset"),
+    "camembert": Family("encoder.layer", BERT_LAYER, "padding_offset"),
+    "distilbert": Family("transformer.layer", DISTILBERT_LAYER, "absolute"),
+}
+
+
+def _get(hf: dict, *keys: str, default=None):
+    for key in keys:
+        if key in hf and hf[key] is not None:
+            return hf[key]
+    if default is not None:
+        return default
+    raise UnsupportedModelError(f"config.json has none of {', '.join(keys)}")
+
+
+def encoder_config(hf: dict, max_seq_length: int | None = None) -> EncoderConfig:
+    """Canonical config from a Hugging Face ``config.json`` dict."""
+    model_type = hf.get("model_type")
+    if model_type not in FAMILIES:
+        raise UnsupportedModelError(
+            f"model_type {model_type!r} is not supported; supported: {', '.join(sorted(FAMILIES))}")
+    family = FAMILIES[model_type]
+    if hf.get("position_embedding_type", "absolute") not in ("absolute", None):
+        raise UnsupportedModelError(
+            f"position_embedding_type {hf['position_embedding_type']!r} is not supported (only absolute)")
+    if hf.get("is_decoder") or hf.get("add_cross_attention"):
+        raise UnsupportedModelError("decoder-configured encoders (is_decoder/add_cross_attention) are not supported")
+    act_name = _get(hf, "hidden_act", "activation")
+    if act_name not in _ACTIVATIONS:
+        raise UnsupportedModelError(f"activation {act_name!r} is not supported; supported: {sorted(_ACTIVATIONS)}")
+    hidden = int(_get(hf, "hidden_size", "dim"))
+    pad = int(hf.get("pad_token_id") if hf.get("pad_token_id") is not None else 0)
+    max_positions = int(_get(hf, "max_position_embeddings"))
+    offset = pad + 1 if family.position_scheme == "padding_offset" else 0
+    max_length = max_positions - offset
+    if max_seq_length:
+        max_length = min(max_length, int(max_seq_length))
+    if max_length <= 0:
+        raise UnsupportedModelError("max_position_embeddings leaves no room for tokens after the padding offset")
+    cfg = EncoderConfig(
+        architecture=model_type,
+        vocab_size=int(_get(hf, "vocab_size")),
+        hidden_size=hidden,
+        embedding_size=int(hf.get("embedding_size") or hidden),
+        num_layers=int(_get(hf, "num_hidden_layers", "n_layers")),
+        num_heads=int(_get(hf, "num_attention_heads", "n_heads")),
+        intermediate_size=int(_get(hf, "intermediate_size", "hidden_dim")),
+        max_positions=max_positions,
+        type_vocab_size=0 if model_type == "distilbert" else int(hf.get("type_vocab_size", 0) or 0),
+        activation=_ACTIVATIONS[act_name],
+        layer_norm_eps=float(hf.get("layer_norm_eps", 1e-12)),
+        position_scheme=family.position_scheme,
+        pad_token_id=pad,
+        max_length=max_length,
+    )
+    if cfg.hidden_size % cfg.num_heads:
+        raise UnsupportedModelError("hidden_size is not a multiple of num_attention_heads")
+    return cfg
+
+
+def _find_prefix(tensors: dict[str, np.ndarray]) -> str:
+    """The name prefix of the base model ('', 'bert.', 'roberta.', ...) inside a task checkpoint."""
+    suffix = "embeddings.word_embeddings.weight"
+    candidates = sorted((k[: -len(suffix)] for k in tensors if k.endswith(suffix)), key=len)
+    if not candidates:
+        raise UnsupportedModelError(f"no tensor named '*{suffix}' in the checkpoint")
+    return candidates[0]
+
+
+def _legacy_names(tensors: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    # Old TF-ported checkpoints name LayerNorm parameters gamma/beta.
+    out = {}
+    for name, value in tensors.items():
+        if name.endswith(".gamma"):
+            name = name[:-6] + ".weight"
+        elif name.endswith(".beta"):
+            name = name[:-5] + ".bias"
+        out[name] = value
+    return out
+
+
+def canonical_tensors(hf: dict, cfg: EncoderConfig, tensors: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """Rename (and fuse q/k/v of) a checkpoint's tensors into canonical float32 tensors."""
+    family = FAMILIES[cfg.architecture]
+    tensors = _legacy_names(tensors)
+    prefix = _find_prefix(tensors)
+
+    def take(name: str) -> np.ndarray:
+        full = prefix + name
+        if full not in tensors:
+            raise ConversionError(f"checkpoint has no tensor {full}")
+        return np.ascontiguousarray(tensors[full], dtype=np.float32)
+
+    out = {
+        "embed.tokens": take("embeddings.word_embeddings.weight"),
+        "embed.positions": take("embeddings.position_embeddings.weight"),
+        "embed.norm.weight": take("embeddings.LayerNorm.weight"),
+        "embed.norm.bias": take("embeddings.LayerNorm.bias"),
+    }
+    if cfg.type_vocab_size > 0:
+        out["embed.token_types"] = take("embeddings.token_type_embeddings.weight")
+    if cfg.embedding_size != cfg.hidden_size:
+        out["embed.proj.weight"] = take("embeddings_project.weight")
+        out["embed.proj.bias"] = take("embeddings_project.bias")
+    names = family.layer
+    for i in range(cfg.num_layers):
+        src = f"{family.layer_root}.{i}."
+        dst = f"layers.{i}."
+        out[dst + "attn.qkv.weight"] = np.concatenate(
+            [take(src + n + ".weight") for n in (names.query, names.key, names.value)], axis=0)
+        out[dst + "attn.qkv.bias"] = np.concatenate(
+            [take(src + n + ".bias") for n in (names.query, names.key, names.value)], axis=0)
+        for canon, hf_name in (("attn.out", names.attn_out), ("attn_norm", names.attn_norm),
+                               ("mlp.up", names.up), ("mlp.down", names.down), ("mlp_norm", names.mlp_norm)):
+            out[dst + canon + ".weight"] = take(src + hf_name + ".weight")
+            out[dst + canon + ".bias"] = take(src + hf_name + ".bias")
+    for layer_name in tensors:
+        if layer_name.startswith(prefix + f"{family.layer_root}.{cfg.num_layers}."):
+            raise ConversionError(f"checkpoint has more layers than num_hidden_layers={cfg.num_layers}")
+    expected = encoder_tensor_shapes(cfg.to_dict())
+    for name, shape in expected.items():
+        if out[name].shape != shape:
+            raise ConversionError(
+                f"tensor {name} has shape {out[name].shape}, config.json implies {shape}")
+    return out

@@ -1,0 +1,81 @@
+"""Hugging Face folder → one tinybert .safetensors file."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+
+from tinybert import format as fmt
+from tinybert.errors import ConversionError
+
+from .architectures import canonical_tensors, encoder_config
+from .pooling import sentence_transformers_settings
+from .quantize import quantize_per_row
+from .readers import read_checkpoint
+from .tokenizer import tokenizer_json
+from .writer import write_safetensors
+
+
+def _quantize(tensors: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    out: dict[str, np.ndarray] = {}
+    for name, value in tensors.items():
+        if fmt.is_quantized_name(name):
+            out[name], out[name + fmt.SCALE_SUFFIX] = quantize_per_row(value)
+        else:
+            out[name] = value
+    return out
+
+
+def convert(src: str | Path, out: str | Path, dtype: str = "int8", show_progress: bool = False) -> Path:
+    """Convert the Hugging Face checkpoint folder ``src`` into the tinybert file ``out``.
+
+    ``dtype`` is "int8" (linear weights and the token embedding table int8 with per-row scales,
+    everything else float32) or "fp32". Returns the output path. Raises ConversionError or
+    UnsupportedModelError on a folder it cannot convert; never leaves a partial file at ``out``.
+    """
+    src, out = Path(src), Path(out)
+    if dtype not in fmt.QUANTIZATIONS:
+        raise ConversionError(f"dtype must be one of {fmt.QUANTIZATIONS}, got {dtype!r}")
+    if not src.is_dir():
+        raise ConversionError(f"{src} is not a folder")
+    config_path = src / "config.json"
+    if not config_path.is_file():
+        raise ConversionError(f"{src}: config.json is missing")
+    try:
+        hf_config = json.loads(config_path.read_text())
+    except ValueError:
+        raise ConversionError(f"{config_path}: not valid JSON") from None
+    pooling, max_seq_length = sentence_transformers_settings(src)
+    cfg = encoder_config(hf_config, max_seq_length)
+    tokenizer = tokenizer_json(src)
+    tensors = canonical_tensors(hf_config, cfg, read_checkpoint(src))
+    for name, value in tensors.items():
+        if not np.isfinite(value).all():
+            raise ConversionError(f"tensor {name} holds NaN or infinite values")
+    if dtype == "int8":
+        tensors = _quantize(tensors)
+    metadata = {
+        fmt.KEY_FORMAT: fmt.FORMAT_NAME,
+        fmt.KEY_VERSION: str(fmt.FORMAT_VERSION),
+        fmt.KEY_CONFIG: json.dumps(cfg.to_dict(), sort_keys=True),
+        fmt.KEY_TOKENIZER: tokenizer,
+        fmt.KEY_POOLING: json.dumps(pooling, sort_keys=True),
+        fmt.KEY_QUANTIZATION: dtype,
+        fmt.KEY_SOURCE: json.dumps({"model_type": hf_config.get("model_type"),
+                                    "architectures": hf_config.get("architectures"),
+                                    "name_or_path": hf_config.get("_name_or_path")}, sort_keys=True),
+    }
+    bar = None
+    if show_progress:
+        from tqdm import tqdm
+
+        bar = tqdm(total=sum(v.nbytes for v in tensors.values()), unit="B", unit_scale=True,
+                   desc=f"writing {out.name}")
+    try:
+        write_safetensors(out, tensors, metadata, progress=bar.update if bar else None)
+    finally:
+        if bar is not None:
+            bar.close()
+    return out

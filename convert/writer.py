@@ -1,0 +1,65 @@
+"""Write one safetensors file deterministically and atomically.
+
+Written here rather than with ``safetensors.numpy.save_file`` because that serialises metadata
+from a hash map, so key order (and the file's bytes) could change between runs; here tensors and
+metadata keys are sorted, so the same input always gives the same bytes. The file is written to a
+temporary name in the target folder and renamed over the target only when complete.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+
+import numpy as np
+
+from tinybert.errors import ConversionError
+
+_NAMES = {np.dtype(np.float32): "F32", np.dtype(np.float16): "F16", np.dtype(np.int8): "I8",
+          np.dtype(np.int32): "I32", np.dtype(np.uint8): "U8"}
+
+
+def _ordered(tensors: dict[str, np.ndarray]) -> list[tuple[str, np.ndarray]]:
+    # Widest dtype first keeps every tensor naturally aligned without gaps (safetensors forbids gaps).
+    return sorted(tensors.items(), key=lambda kv: (-kv[1].dtype.itemsize, kv[0]))
+
+
+def header_bytes(tensors: dict[str, np.ndarray], metadata: dict[str, str]) -> bytes:
+    header: dict[str, object] = {"__metadata__": dict(sorted(metadata.items()))}
+    offset = 0
+    for name, array in _ordered(tensors):
+        if array.dtype not in _NAMES:
+            raise ConversionError(f"tensor {name}: dtype {array.dtype} cannot be written")
+        header[name] = {"dtype": _NAMES[array.dtype], "shape": list(array.shape),
+                        "data_offsets": [offset, offset + array.nbytes]}
+        offset += array.nbytes
+    raw = json.dumps(header, sort_keys=False, separators=(",", ":"), ensure_ascii=True).encode()
+    raw += b" " * (-(len(raw)) % 8)  # data section starts 8-byte aligned
+    return len(raw).to_bytes(8, "little") + raw
+
+
+def write_safetensors(path: Path, tensors: dict[str, np.ndarray], metadata: dict[str, str],
+                      progress=None) -> None:
+    """Write ``tensors`` and string ``metadata`` to ``path`` atomically (temp file + rename)."""
+    path = Path(path)
+    folder = path.parent if str(path.parent) else Path(".")
+    if not folder.is_dir():
+        raise ConversionError(f"output folder {folder} does not exist")
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=folder)
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(header_bytes(tensors, metadata))
+            for _, array in _ordered(tensors):
+                fh.write(np.ascontiguousarray(array).astype(array.dtype.newbyteorder("<"), copy=False).tobytes())
+                if progress is not None:
+                    progress(array.nbytes)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.chmod(tmp_name, 0o644)
+        os.replace(tmp_name, path)
+    except BaseException:
+        if os.path.exists(tmp_name):
+            os.unlink(tmp_name)
+        raise

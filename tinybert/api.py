@@ -1,0 +1,163 @@
+"""The public API. ``Encoder`` turns texts into vectors and token ids into hidden states."""
+
+from __future__ import annotations
+
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Iterator, Sequence
+
+import numba
+import numpy as np
+
+from . import format as fmt
+from .config import EncoderConfig
+from .errors import InputError
+from .heads import l2_normalize, pool
+from .loader import load
+from .models import EncoderModel
+from .tokenizer import check_texts, load_tokenizer, pad
+
+
+def _check_threads(threads: int | None) -> int:
+    limit = numba.config.NUMBA_NUM_THREADS
+    if threads is None:
+        return limit
+    if not isinstance(threads, int) or isinstance(threads, bool) or not 1 <= threads <= limit:
+        raise InputError(f"threads must be an integer from 1 to {limit}, got {threads!r}")
+    return threads
+
+
+@contextmanager
+def _numba_threads(n: int) -> Iterator[None]:
+    previous = numba.get_num_threads()
+    numba.set_num_threads(n)
+    try:
+        yield
+    finally:
+        numba.set_num_threads(previous)
+
+
+def _as_int_array(name: str, value: object, shape: tuple[int, ...] | None) -> np.ndarray:
+    try:
+        array = np.asarray(value)
+    except (ValueError, TypeError):
+        raise InputError(f"{name} must be a rectangular array of integers") from None
+    if array.dtype == np.bool_:
+        array = array.astype(np.int64)
+    if array.dtype.kind not in "iu":
+        raise InputError(f"{name} must hold integers, got dtype {array.dtype}")
+    if array.ndim != 2:
+        raise InputError(f"{name} must be 2-D [batch, sequence], got shape {array.shape}")
+    if shape is not None and array.shape != shape:
+        raise InputError(f"{name} has shape {array.shape}, input_ids has {shape}")
+    return array
+
+
+class Encoder:
+    """A BERT-family encoder loaded from a tinybert file.
+
+    >>> enc = Encoder("all-MiniLM-L6-v2.int8.safetensors")
+    >>> enc.encode(["A sentence.", "Another one."]).shape
+    (2, 384)
+
+    ``threads`` caps the Numba worker threads used by this encoder's calls (default: all).
+    """
+
+    def __init__(self, path: str | Path, threads: int | None = None) -> None:
+        model_file = load(path)
+        self.path = Path(path)
+        self.config: EncoderConfig = model_file.config
+        self.pooling: dict = dict(model_file.pooling)
+        self.quantization: str = model_file.quantization
+        self.metadata: dict[str, str] = model_file.metadata
+        self.tokenizer = load_tokenizer(model_file.tokenizer_json, self.config.max_length)
+        self.threads = _check_threads(threads)
+        self._model = EncoderModel(self.config, model_file.tensors)
+
+    @property
+    def dimension(self) -> int:
+        """Length of the vectors ``encode`` returns."""
+        return self.config.hidden_size
+
+    def forward(self, input_ids: object, attention_mask: object = None,
+                token_type_ids: object = None) -> np.ndarray:
+        """Last hidden state float32 [batch, seq, hidden] for token ids, like transformers'
+        ``model(...).last_hidden_state``.
+
+        ``attention_mask`` (1 = attend, 0 = padding) defaults to all ones; ``token_type_ids``
+        to zeros. Raises InputError for ids outside the vocabulary, sequences longer than the
+        position table, masks that are not 0/1, or shapes that disagree.
+        """
+        cfg = self.config
+        ids = _as_int_array("input_ids", input_ids, None)
+        batch, seq = ids.shape
+        if batch == 0 or seq == 0:
+            raise InputError(f"input_ids is empty (shape {ids.shape})")
+        if ids.min() < 0 or ids.max() >= cfg.vocab_size:
+            raise InputError(f"input_ids must lie in [0, {cfg.vocab_size}), got [{ids.min()}, {ids.max()}]")
+        if seq + cfg.position_offset > cfg.max_positions:
+            raise InputError(f"sequence length {seq} exceeds the model's {cfg.max_positions - cfg.position_offset} "
+                             "positions; truncate the input (encode() truncates texts itself)")
+        if attention_mask is None:
+            mask = np.ones((batch, seq), dtype=np.uint8)
+        else:
+            mask = _as_int_array("attention_mask", attention_mask, ids.shape)
+            if mask.min() < 0 or mask.max() > 1:
+                raise InputError("attention_mask must hold only 0 and 1")
+            mask = mask.astype(np.uint8)
+        if token_type_ids is None:
+            types = np.zeros((batch, seq), dtype=np.int32)
+        else:
+            types = _as_int_array("token_type_ids", token_type_ids, ids.shape)
+            limit = max(cfg.type_vocab_size, 1)
+            if types.min() < 0 or types.max() >= limit:
+                raise InputError(f"token_type_ids must lie in [0, {limit})")
+        return self._run(ids.astype(np.int32), mask, types.astype(np.int32))
+
+    def _run(self, ids: np.ndarray, mask: np.ndarray, types: np.ndarray) -> np.ndarray:
+        with _numba_threads(self.threads):
+            return self._model(np.ascontiguousarray(ids), np.ascontiguousarray(mask),
+                               np.ascontiguousarray(types))
+
+    def encode(self, texts: str | Sequence[str], batch_size: int = 32, normalize: bool | None = None,
+               pooling: str | None = None, show_progress: bool = False) -> np.ndarray:
+        """Sentence embeddings float32 [len(texts), hidden], one row per text, in input order.
+
+        Pooling ("mean", "cls", "max", "mean_sqrt_len") and L2 normalisation default to what the
+        file records (all-MiniLM-L6-v2: mean + normalise, as sentence-transformers does). Texts
+        longer than the model's max_length tokens are truncated to it. A single string counts as
+        a list of one. Empty input or an empty text raises InputError.
+        """
+        texts = check_texts(texts)
+        if not isinstance(batch_size, int) or isinstance(batch_size, bool) or batch_size < 1:
+            raise InputError(f"batch_size must be a positive integer, got {batch_size!r}")
+        mode = self.pooling["mode"] if pooling is None else pooling
+        if mode not in fmt.POOLING_MODES:
+            raise InputError(f"pooling must be one of {fmt.POOLING_MODES}, got {pooling!r}")
+        do_normalize = self.pooling["normalize"] if normalize is None else bool(normalize)
+
+        encodings = self.tokenizer.encode_batch(texts)
+        # Longest first, so each batch holds similar lengths and little padding.
+        order = sorted(range(len(texts)), key=lambda i: -len(encodings[i].ids))
+        out = np.empty((len(texts), self.dimension), dtype=np.float32)
+        progress = None
+        if show_progress:
+            from tqdm import tqdm
+
+            progress = tqdm(total=len(texts), unit="text", desc="encoding")
+        try:
+            for start in range(0, len(order), batch_size):
+                rows = order[start:start + batch_size]
+                batch = pad([encodings[i] for i in rows], self.config.pad_token_id)
+                if batch.ids.max() >= self.config.vocab_size:
+                    raise InputError("the tokenizer produced ids outside the model's vocabulary")
+                if batch.type_ids.max() >= max(self.config.type_vocab_size, 1):
+                    raise InputError("the tokenizer produced token type ids the model does not have")
+                hidden = self._run(batch.ids, batch.mask, batch.type_ids)
+                out[rows] = pool(hidden, batch.mask, mode)
+                if progress is not None:
+                    progress.update(len(rows))
+        finally:
+            if progress is not None:
+                progress.close()
+        return l2_normalize(out) if do_normalize else out

@@ -1,0 +1,100 @@
+"""Layers built from kernels: Linear (int8 or fp32), Embeddings, and the post-LN EncoderBlock.
+
+Canonical tensor names in (see tinybert/format.py), float32 arrays out. One EncoderBlock serves
+BERT, RoBERTa, DistilBERT, XLM-R and ELECTRA: their differences are config data.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from .config import EncoderConfig
+from .format import SCALE_SUFFIX
+from .kernels import embeddings as embed_k
+from .kernels import gemm
+from .kernels.activations import ACTIVATIONS
+from .kernels.attention import attention
+from .kernels.norm import add_layer_norm, layer_norm
+
+
+class Linear:
+    """y = x @ W.T + b with W int8 (+ per-output-channel scale) or float32."""
+
+    def __init__(self, tensors: dict[str, np.ndarray], name: str) -> None:
+        self.weight = tensors[name + ".weight"]
+        self.bias = tensors[name + ".bias"]
+        self.scale = tensors.get(name + ".weight" + SCALE_SUFFIX)
+        self.out_features, self.in_features = self.weight.shape
+
+    def __call__(self, x: np.ndarray) -> np.ndarray:
+        if self.scale is not None:
+            return gemm.linear_int8(x, self.weight, self.scale, self.bias)
+        return gemm.linear_fp32(x, self.weight, self.bias)
+
+
+class LayerNorm:
+    def __init__(self, tensors: dict[str, np.ndarray], name: str, eps: float) -> None:
+        self.weight = tensors[name + ".weight"]
+        self.bias = tensors[name + ".bias"]
+        self.eps = float(eps)
+
+    def __call__(self, x: np.ndarray, residual: np.ndarray | None = None) -> np.ndarray:
+        """LayerNorm(x + residual), written into ``x``."""
+        if residual is None:
+            layer_norm(x, self.weight, self.bias, self.eps, x)
+        else:
+            add_layer_norm(x, residual, self.weight, self.bias, self.eps, x)
+        return x
+
+
+class Embeddings:
+    """token + position (+ token type) embeddings → LayerNorm (→ projection when E != H)."""
+
+    def __init__(self, cfg: EncoderConfig, tensors: dict[str, np.ndarray]) -> None:
+        self.tokens = tensors["embed.tokens"]
+        self.token_scale = tensors.get("embed.tokens" + SCALE_SUFFIX)
+        self.positions = tensors["embed.positions"]
+        # Models without token types get one zero row so one kernel signature serves all.
+        self.types = tensors.get("embed.token_types",
+                                 np.zeros((1, cfg.embedding_size), dtype=np.float32))
+        self.norm = LayerNorm(tensors, "embed.norm", cfg.layer_norm_eps)
+        self.proj = Linear(tensors, "embed.proj") if "embed.proj.weight" in tensors else None
+
+    def __call__(self, ids: np.ndarray, positions: np.ndarray, type_ids: np.ndarray) -> np.ndarray:
+        out = np.empty((ids.size, self.positions.shape[1]), dtype=np.float32)
+        ids, positions, type_ids = ids.reshape(-1), positions.reshape(-1), type_ids.reshape(-1)
+        if self.token_scale is not None:
+            embed_k.embed_int8(ids, positions, type_ids, self.tokens, self.token_scale,
+                               self.positions, self.types, out)
+        else:
+            embed_k.embed_fp32(ids, positions, type_ids, self.tokens, self.positions, self.types, out)
+        out = self.norm(out)
+        return self.proj(out) if self.proj is not None else out
+
+
+class EncoderBlock:
+    """Post-LN Transformer encoder layer (Vaswani et al.; BERT):
+
+    x = LayerNorm(x + Attention(x));  x = LayerNorm(x + FFN(x)),  FFN = down(act(up(x)))
+    """
+
+    def __init__(self, cfg: EncoderConfig, tensors: dict[str, np.ndarray], index: int) -> None:
+        p = f"layers.{index}."
+        self.num_heads = cfg.num_heads
+        self.qkv = Linear(tensors, p + "attn.qkv")
+        self.attn_out = Linear(tensors, p + "attn.out")
+        self.attn_norm = LayerNorm(tensors, p + "attn_norm", cfg.layer_norm_eps)
+        self.up = Linear(tensors, p + "mlp.up")
+        self.down = Linear(tensors, p + "mlp.down")
+        self.mlp_norm = LayerNorm(tensors, p + "mlp_norm", cfg.layer_norm_eps)
+        self.activation = ACTIVATIONS[cfg.activation]
+
+    def __call__(self, x: np.ndarray, key_mask: np.ndarray) -> np.ndarray:
+        """x float32 [B*S, H] (tokens of B sequences of length S), key_mask uint8 [B, S]."""
+        qkv = self.qkv(x)
+        context = np.empty_like(x)
+        attention(qkv, key_mask, self.num_heads, context)
+        x = self.attn_norm(self.attn_out(context), residual=x)
+        hidden = self.up(x)
+        self.activation(hidden)
+        return self.mlp_norm(self.down(hidden), residual=x)

@@ -1,0 +1,132 @@
+"""The `tinybert` command. Subcommands map one-to-one onto the Python API."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+
+from .errors import TinyBertError
+
+
+def _cmd_convert(args: argparse.Namespace) -> None:
+    from tinybert_convert import convert
+
+    out = convert(args.src, args.out, dtype=args.dtype, show_progress=not args.quiet)
+    print(f"wrote {out} ({out.stat().st_size / 1e6:.1f} MB, {args.dtype})", file=sys.stderr)
+
+
+def _read_texts(args: argparse.Namespace) -> list[str]:
+    if args.texts:
+        return list(args.texts)
+    if args.file:
+        source = Path(args.file).read_text(encoding="utf-8")
+    else:
+        source = sys.stdin.read()
+    return [line for line in source.splitlines() if line.strip()]
+
+
+def _cmd_embed(args: argparse.Namespace) -> None:
+    from .api import Encoder
+
+    encoder = Encoder(args.model, threads=args.threads)
+    texts = _read_texts(args)
+    vectors = encoder.encode(texts, batch_size=args.batch_size, show_progress=args.progress)
+    if args.output and args.output.endswith(".npy"):
+        np.save(args.output, vectors)
+        print(f"wrote {args.output} {vectors.shape}", file=sys.stderr)
+        return
+    sink = open(args.output, "w", encoding="utf-8") if args.output else sys.stdout
+    try:
+        for text, vector in zip(texts, vectors):
+            sink.write(json.dumps({"text": text, "embedding": [round(float(v), 7) for v in vector]}) + "\n")
+    finally:
+        if sink is not sys.stdout:
+            sink.close()
+
+
+def _cmd_info(args: argparse.Namespace) -> None:
+    from .loader import load
+
+    model = load(args.model)
+    cfg = model.config
+    params = sum(int(np.prod(t.shape)) for name, t in model.tensors.items() if not name.endswith(".scale"))
+    info = {
+        "path": str(model.path),
+        "file_bytes": model.path.stat().st_size,
+        "format_version": model.metadata["format_version"],
+        "quantization": model.quantization,
+        "parameters": params,
+        "config": cfg.to_dict(),
+        "pooling": model.pooling,
+        "source": json.loads(model.metadata.get("source", "{}")),
+    }
+    if args.json:
+        print(json.dumps(info, indent=2))
+        return
+    print(f"{model.path}  ({info['file_bytes'] / 1e6:.1f} MB, format v{info['format_version']})")
+    print(f"  architecture  {cfg.architecture} encoder, {cfg.num_layers} layers, hidden {cfg.hidden_size}, "
+          f"{cfg.num_heads} heads, intermediate {cfg.intermediate_size}, {cfg.activation}")
+    print(f"  vocabulary    {cfg.vocab_size} tokens, max length {cfg.max_length}")
+    print(f"  weights       {params / 1e6:.1f} M parameters, {model.quantization}")
+    print(f"  pooling       {model.pooling['mode']}{' + L2 normalize' if model.pooling['normalize'] else ''}")
+    print(f"  source        {info['source']}")
+
+
+def _cmd_demo(args: argparse.Namespace) -> None:
+    from .demo import run
+
+    run(model=args.model, top_k=args.top_k)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="tinybert", description="CPU Transformer inference with one-file int8 models.")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("convert", help="convert a Hugging Face model folder to one tinybert file")
+    p.add_argument("src", help="Hugging Face model folder (config.json, tokenizer.json, weights)")
+    p.add_argument("out", help="output .safetensors file")
+    p.add_argument("--dtype", choices=["int8", "fp32"], default="int8", help="weight type (default int8)")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=_cmd_convert)
+
+    p = sub.add_parser("embed", help="embed texts (arguments, --file, or stdin lines)")
+    p.add_argument("model", help="tinybert model file")
+    p.add_argument("texts", nargs="*", help="texts to embed; if none, read --file or stdin (one per line)")
+    p.add_argument("--file", help="read texts from this file, one per line")
+    p.add_argument("--output", "-o", help="write .npy (by extension) or JSON lines here (default: JSON lines on stdout)")
+    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--threads", type=int, default=None)
+    p.add_argument("--progress", action="store_true", help="show a progress bar")
+    p.set_defaults(func=_cmd_embed)
+
+    p = sub.add_parser("info", help="describe a tinybert model file")
+    p.add_argument("model")
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+    p.set_defaults(func=_cmd_info)
+
+    p = sub.add_parser("demo", help="semantic search with the embedded all-MiniLM-L6-v2 (no download)")
+    p.add_argument("--model", help="use this tinybert file instead of the default model")
+    p.add_argument("--top-k", type=int, default=3)
+    p.set_defaults(func=_cmd_demo)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        args.func(args)
+    except TinyBertError as exc:
+        print(f"tinybert: error: {exc}", file=sys.stderr)
+        return 2
+    except OSError as exc:
+        print(f"tinybert: error: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

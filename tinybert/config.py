@@ -1,0 +1,92 @@
+"""The canonical model config: the few numbers and switches that tell one block implementation
+which family it is running. The converter fills it from a Hugging Face config; the loader checks it."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, fields
+
+from .errors import ModelFileError
+from .format import ACTIVATIONS, POSITION_SCHEMES
+
+
+@dataclass(frozen=True)
+class EncoderConfig:
+    """A BERT-family encoder, post-LayerNorm blocks.
+
+    ``position_scheme`` is "absolute" (position i for token i) or "padding_offset" (RoBERTa:
+    non-pad tokens count up from ``pad_token_id + 1``, pads sit at ``pad_token_id``).
+    ``max_length`` is the longest token sequence the model accepts (positions table minus the
+    offset, capped by sentence-transformers' ``max_seq_length`` where the checkpoint sets it).
+    """
+
+    architecture: str
+    vocab_size: int
+    hidden_size: int
+    embedding_size: int
+    num_layers: int
+    num_heads: int
+    intermediate_size: int
+    max_positions: int
+    type_vocab_size: int
+    activation: str
+    layer_norm_eps: float
+    position_scheme: str
+    pad_token_id: int
+    max_length: int
+    kind: str = "encoder"
+
+    @property
+    def head_dim(self) -> int:
+        return self.hidden_size // self.num_heads
+
+    @property
+    def position_offset(self) -> int:
+        return self.pad_token_id + 1 if self.position_scheme == "padding_offset" else 0
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "EncoderConfig":
+        """Build and check a config read from a file; any inconsistency is a ModelFileError."""
+        if not isinstance(data, dict):
+            raise ModelFileError("config metadata is not a JSON object")
+        names = {f.name for f in fields(cls)}
+        missing = sorted(n for n in names if n not in data and n != "kind")
+        if missing:
+            raise ModelFileError(f"config is missing {', '.join(missing)}")
+        unknown = sorted(set(data) - names)
+        if unknown:
+            raise ModelFileError(f"config has unknown keys {', '.join(unknown)}")
+        try:
+            cfg = cls(**data)
+        except TypeError as exc:
+            raise ModelFileError(f"bad config: {exc}") from None
+        cfg.validate()
+        return cfg
+
+    def validate(self) -> None:
+        ints = ("vocab_size", "hidden_size", "embedding_size", "num_layers", "num_heads",
+                "intermediate_size", "max_positions", "type_vocab_size", "pad_token_id", "max_length")
+        for name in ints:
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+                raise ModelFileError(f"config {name} must be a non-negative integer, got {value!r}")
+        for name in ("vocab_size", "hidden_size", "embedding_size", "num_layers", "num_heads",
+                     "intermediate_size", "max_positions", "max_length"):
+            if getattr(self, name) == 0:
+                raise ModelFileError(f"config {name} must be positive")
+        if self.kind != "encoder":
+            raise ModelFileError(f"config kind {self.kind!r} is not an encoder")
+        if self.hidden_size % self.num_heads:
+            raise ModelFileError("config hidden_size is not a multiple of num_heads")
+        if self.activation not in ACTIVATIONS:
+            raise ModelFileError(f"config activation {self.activation!r} is not one of {ACTIVATIONS}")
+        if self.position_scheme not in POSITION_SCHEMES:
+            raise ModelFileError(f"config position_scheme {self.position_scheme!r} is unknown")
+        if not isinstance(self.layer_norm_eps, (int, float)) or not self.layer_norm_eps > 0:
+            raise ModelFileError("config layer_norm_eps must be a positive number")
+        if self.pad_token_id >= self.vocab_size:
+            raise ModelFileError("config pad_token_id is outside the vocabulary")
+        if self.max_length + self.position_offset > self.max_positions:
+            raise ModelFileError("config max_length reaches past the position table")

@@ -1,0 +1,407 @@
+"""Linear layers: y = x @ W.T + b, for int8 weights and for fp32 weights.
+
+int8 scheme ("W8A12"): weights are int8 with one symmetric fp32 scale per output channel
+(``W[n, :] ≈ wq[n, :] * ws[n]``); activations are quantised per row (per token) at run time to
+signed 12-bit integers held in int16 (``x[m, :] ≈ xq[m, :] * xs[m]``). The dot products are exact
+integer sums in int32, so every code path gives bit-identical results:
+
+    y[m, n] = xs[m] * ws[n] * sum_k xq[m, k] * wq[n, k] + b[n]
+
+Why 12-bit activations and not 8: per-token int8 activations drop all-MiniLM-L6-v2's embedding
+cosine to 0.9974 (outlier features); 12 bits give 0.9996, indistinguishable from int8 weights
+with fp32 activations. |xq| <= 2047 and |wq| <= 127 keep a K = 8192 dot product inside int32
+(2047 * 127 * 8192 < 2**31); longer rows are summed in blocks of ACC_BLOCK into float64.
+
+Every path rounds the same way: total = float64(sum over ACC_BLOCK blocks of the exact int32
+block sums), y = float32(total) * xs[m] * ws[n] + b[n] evaluated left to right in float32.
+
+Fast path (``pack_weight`` + ``qlinear_packed`` / ``linear_int8``)
+------------------------------------------------------------------
+The hot instruction is AVX2 ``vpmaddwd``: 16 int16 x int16 products summed in adjacent pairs into
+8 int32 lanes.  To use it without any horizontal reductions the weights are re-laid out once, at
+load time, into int16 column panels of NR = 16 output channels, interleaved by pairs of k:
+
+    packed[p, kk, 2*j + t] = wq[p*NR + j, 2*kk + t]      (j < NR, t in {0, 1}; zero padded)
+
+so one 32-byte load ``packed[p, kk, 16*v : 16*v + 16]`` holds k-pair ``kk`` of channels
+``p*NR + 8v .. p*NR + 8v + 7``.  Broadcasting the int32 made of the activation pair
+(xq[m, 2kk], xq[m, 2kk+1]) to all 8 lanes and applying vpmaddwd adds exactly
+``xq[m,2kk]*wq[n,2kk] + xq[m,2kk+1]*wq[n,2kk+1]`` to lane n.  The micro-kernel keeps an
+MR x NR = 6 x 16 int32 tile in 12 ymm registers (+2 weight vectors +1 broadcast = 15 of 16).
+
+The micro-kernel is emitted as LLVM IR via ``numba.extending.intrinsic``.  The explicit
+``llvm.x86.avx2.pmadd.wd`` call is only emitted when the host CPU has AVX2; otherwise the same
+IR is written with generic vector ops (sext, mul, even+odd add), which every LLVM target can
+lower.  At run time the driver selects that SIMD micro-kernel or a plain scalar Numba one
+(``path="simd"`` / ``"portable"``); both read the same packed layout, produce the same exact
+int32 sums and share the epilogue, so results are bit-identical.
+"""
+
+import numpy as np
+import llvmlite.binding as llb
+from llvmlite import ir
+from numba import njit, prange, types
+from numba.core import cgutils
+from numba.extending import intrinsic
+
+ACT_QMAX = 2047
+ACC_BLOCK = 8192
+
+# Register/cache blocking of the packed kernel (see module docstring).
+NV = 2            # ymm vectors (8 int32 lanes each) per tile row
+NR = 8 * NV       # output channels per weight panel
+MR = 6            # activation rows per micro-tile: 6*NV = 12 accumulator registers
+KC = 512          # k block: a 512 x 16 int16 panel slice (16 KiB) stays in L1; divides ACC_BLOCK
+MC = 96           # rows per task (multiple of MR): 96 x 512 int16 activations (96 KiB) sit in L2
+
+SIMD_AVAILABLE = bool(llb.get_host_cpu_features().get("avx2", False))
+"""True when the host has AVX2: ``path=None`` then means the vpmaddwd micro-kernel."""
+
+
+def _use_simd(path):
+    if path is None:
+        return SIMD_AVAILABLE
+    if path == "simd":
+        return True
+    if path == "portable":
+        return False
+    raise ValueError("path must be None, 'simd' or 'portable'")
+
+
+# ----------------------------------------------------------------------------------------------
+# Activation quantisation
+# ----------------------------------------------------------------------------------------------
+
+@njit(cache=True)
+def _quantize_row(x, xq, xs, m):
+    """xs[m] = max|x[m]| / ACT_QMAX (1 for a zero row); xq[m, k] = rint(x[m, k] / xs[m])."""
+    k_dim = x.shape[1]
+    amax = np.float32(0.0)
+    for k in range(k_dim):
+        v = abs(x[m, k])
+        if v > amax:
+            amax = v
+    scale = amax / np.float32(ACT_QMAX) if amax > 0 else np.float32(1.0)
+    xs[m] = scale
+    inv = np.float32(1.0) / scale
+    for k in range(k_dim):
+        xq[m, k] = np.int16(np.rint(x[m, k] * inv))
+
+
+@njit(cache=True, parallel=True)
+def quantize_rows(x, xq, xs):
+    """Per-row symmetric quantisation: xq[m] = round(x[m] / xs[m]), xs[m] = max|x[m]| / ACT_QMAX.
+
+    x f32[M, K], xq int16 out (at least K columns; columns >= K are left untouched), xs f32[M] out.
+    Rounding is np.rint (half to even) of x * float32(1 / xs).
+    """
+    for m in prange(x.shape[0]):
+        _quantize_row(x, xq, xs, m)
+
+
+@njit(cache=True)
+def _quantize_rows_serial(x, xq, xs):
+    # Same as quantize_rows without a fork/join: for a handful of rows the thread hand-off costs
+    # more than the work.
+    for m in range(x.shape[0]):
+        _quantize_row(x, xq, xs, m)
+
+
+# ----------------------------------------------------------------------------------------------
+# Reference kernel (raw int8 weights)
+# ----------------------------------------------------------------------------------------------
+
+@njit(cache=True, parallel=True)
+def qlinear(xq, xs, wq, ws, bias, out):
+    """out[m, n] = xs[m] * ws[n] * (xq[m] . wq[n]) + bias[n]   (xq int16 [M,K], wq int8 [N,K]).
+
+    Plain reference entry point (no packing); the dot product is exact (int32 per ACC_BLOCK
+    block of k, blocks summed in float64).
+    """
+    m_rows, k_dim = xq.shape
+    n_cols = wq.shape[0]
+    for m in prange(m_rows):
+        for n in range(n_cols):
+            total = 0.0
+            for k0 in range(0, k_dim, ACC_BLOCK):
+                acc = np.int32(0)
+                for k in range(k0, min(k0 + ACC_BLOCK, k_dim)):
+                    acc += np.int32(xq[m, k]) * np.int32(wq[n, k])
+                total += acc
+            out[m, n] = np.float32(total) * xs[m] * ws[n] + bias[n]
+
+
+# ----------------------------------------------------------------------------------------------
+# Weight packing
+# ----------------------------------------------------------------------------------------------
+
+def pack_weight(wq: np.ndarray) -> np.ndarray:
+    """Pack int8 weights [N, K] once, at load time, for ``qlinear_packed`` / ``linear_int8``.
+
+    Returns a C-contiguous int16 array of shape (ceil(N / NR), ceil(K / 2), 2 * NR) with
+    ``packed[p, kk, 2*j + t] = wq[p*NR + j, 2*kk + t]`` and zeros past N and K (the zero padding
+    makes odd K and partial panels need no special case in the micro-kernel).  The caller keeps
+    ws and bias (their length gives N).  Memory: 2 bytes per weight (widened so that the hot loop
+    loads operands vpmaddwd can use directly).
+    """
+    wq = np.asarray(wq)
+    if wq.ndim != 2 or wq.dtype != np.int8:
+        raise TypeError("pack_weight expects int8 weights of shape [N, K]")
+    n_dim, k_dim = wq.shape
+    n_panels = -(-n_dim // NR)
+    k_pairs = -(-k_dim // 2)
+    w16 = np.zeros((n_panels * NR, 2 * k_pairs), dtype=np.int16)
+    w16[:n_dim, :k_dim] = wq
+    packed = w16.reshape(n_panels, NR, k_pairs, 2).transpose(0, 2, 1, 3)
+    return np.ascontiguousarray(packed.reshape(n_panels, k_pairs, 2 * NR))
+
+
+def is_packed(w: np.ndarray) -> bool:
+    """True for the output of pack_weight (int16, 3-d, last axis 2*NR); False for raw int8 [N, K]."""
+    return w.dtype == np.int16 and w.ndim == 3 and w.shape[2] == 2 * NR
+
+
+# ----------------------------------------------------------------------------------------------
+# Micro-kernels: tile[t_off + i*NR + j] += sum_{kk < kpairs} sum_t x[x_off + i*x_stride + 2kk + t]
+#                                                               * wp[w_off + kk*2*NR + 2j + t]
+# for i < rows, j < NR.  x: flat int16 activations, wp: flat packed weights, tile: flat int32.
+# ----------------------------------------------------------------------------------------------
+
+def _make_simd_microkernel(rows, use_x86_intrinsic):
+    """Build the register-blocked micro-kernel for a tile of ``rows`` (1..MR) rows as an intrinsic.
+
+    Generated IR, per k-pair: NV unaligned <16 x i16> weight loads; per row one i32 load of the
+    activation pair, splatted to <8 x i32> and bitcast to <16 x i16>; rows*NV
+    pmaddwd + add into <8 x i32> accumulators that live in registers for the whole k loop.
+    """
+    i16, i32, i64 = ir.IntType(16), ir.IntType(32), ir.IntType(64)
+    v16i16, v8i32, v16i32 = ir.VectorType(i16, 16), ir.VectorType(i32, 8), ir.VectorType(i32, 16)
+    even = ir.Constant(ir.VectorType(i32, 8), [2 * j for j in range(8)])
+    odd = ir.Constant(ir.VectorType(i32, 8), [2 * j + 1 for j in range(8)])
+    splat_mask = ir.Constant(ir.VectorType(i32, 8), [0] * 8)
+
+    def pmaddwd(builder, a, b):
+        if use_x86_intrinsic:
+            mod = builder.module
+            fn = cgutils.get_or_insert_function(
+                mod, ir.FunctionType(v8i32, [v16i16, v16i16]), "llvm.x86.avx2.pmadd.wd")
+            return builder.call(fn, [a, b])
+        # Portable spelling of the same operation: lane j = a[2j]*b[2j] + a[2j+1]*b[2j+1].
+        prod = builder.mul(builder.sext(a, v16i32), builder.sext(b, v16i32))
+        lo = builder.shuffle_vector(prod, prod, even)
+        hi = builder.shuffle_vector(prod, prod, odd)
+        return builder.add(lo, hi)
+
+    @intrinsic
+    def microkernel(typingctx, tile, t_off, x, x_off, x_stride, wp, w_off, kpairs):
+        sig = types.void(tile, t_off, x, x_off, x_stride, wp, w_off, kpairs)
+
+        def codegen(context, builder, signature, args):
+            tile_a, t_off_v, x_a, x_off_v, x_stride_v, wp_a, w_off_v, kpairs_v = args
+            tys = signature.args
+
+            def as_i64(val, ty):
+                return context.cast(builder, val, ty, types.int64)
+
+            t_off_v, x_off_v, x_stride_v = as_i64(t_off_v, tys[1]), as_i64(x_off_v, tys[3]), \
+                as_i64(x_stride_v, tys[4])
+            w_off_v, kpairs_v = as_i64(w_off_v, tys[6]), as_i64(kpairs_v, tys[7])
+            tile_p = cgutils.create_struct_proxy(tys[0])(context, builder, value=tile_a).data
+            x_p = cgutils.create_struct_proxy(tys[2])(context, builder, value=x_a).data
+            w_p = cgutils.create_struct_proxy(tys[5])(context, builder, value=wp_a).data
+
+            # Row pointers viewed as i32* so one load fetches an (even, odd) activation pair.
+            x_rows = []
+            for i in range(rows):
+                off = builder.add(x_off_v, builder.mul(x_stride_v, ir.Constant(i64, i)))
+                x_rows.append(builder.bitcast(builder.gep(x_p, [off], source_etype=i16),
+                                              i32.as_pointer()))
+            w_base = builder.bitcast(builder.gep(w_p, [w_off_v], source_etype=i16),
+                                     v16i16.as_pointer())
+
+            accs = [[cgutils.alloca_once_value(builder, ir.Constant(v8i32, None))
+                     for _ in range(NV)] for _ in range(rows)]
+            with cgutils.for_range(builder, kpairs_v) as loop:
+                kk = loop.index
+                w_vecs = []
+                for v in range(NV):
+                    idx = builder.add(builder.mul(kk, ir.Constant(i64, NV)), ir.Constant(i64, v))
+                    w_vecs.append(builder.load(builder.gep(w_base, [idx], source_etype=v16i16),
+                                               align=2, typ=v16i16))
+                for i in range(rows):
+                    pair = builder.load(builder.gep(x_rows[i], [kk], source_etype=i32),
+                                        align=2, typ=i32)
+                    bcast = builder.shuffle_vector(
+                        builder.insert_element(ir.Constant(v8i32, None), pair,
+                                               ir.Constant(i32, 0)),
+                        ir.Constant(v8i32, None), splat_mask)
+                    bcast = builder.bitcast(bcast, v16i16)
+                    for v in range(NV):
+                        acc = builder.load(accs[i][v], typ=v8i32)
+                        builder.store(builder.add(acc, pmaddwd(builder, bcast, w_vecs[v])),
+                                      accs[i][v])
+
+            # tile[i, :] += acc[i]  (rows of the tile are NR int32 apart)
+            t_base = builder.gep(tile_p, [t_off_v], source_etype=i32)
+            for i in range(rows):
+                for v in range(NV):
+                    ptr = builder.bitcast(
+                        builder.gep(t_base, [ir.Constant(i64, i * NR + 8 * v)], source_etype=i32),
+                        v8i32.as_pointer())
+                    old = builder.load(ptr, align=4, typ=v8i32)
+                    builder.store(builder.add(old, builder.load(accs[i][v], typ=v8i32)), ptr,
+                                  align=4)
+            return context.get_dummy_value()
+
+        return sig, codegen
+
+    return microkernel
+
+
+# The explicit x86 intrinsic is only emitted when the compiling host has AVX2 (Numba's cache is
+# keyed on the host CPU, so a cached AVX2 build is never loaded elsewhere).
+_mk1, _mk2, _mk3, _mk4, _mk5, _mk6 = [_make_simd_microkernel(r, SIMD_AVAILABLE)
+                                       for r in range(1, MR + 1)]
+
+
+@njit(cache=True)
+def _microkernel_portable(rows, tile, t_off, x, x_off, x_stride, wp, w_off, kpairs):
+    """Scalar version of the micro-kernel (same layout, same exact int32 sums)."""
+    for i in range(rows):
+        xo = x_off + i * x_stride
+        to = t_off + i * NR
+        for kk in range(kpairs):
+            a0 = np.int32(x[xo + 2 * kk])
+            a1 = np.int32(x[xo + 2 * kk + 1])
+            wo = w_off + kk * 2 * NR
+            for j in range(NR):
+                tile[to + j] += np.int32(a0 * np.int32(wp[wo + 2 * j])
+                                         + a1 * np.int32(wp[wo + 2 * j + 1]))
+
+
+@njit(cache=True)
+def _microkernel(use_simd, rows, tile, t_off, x, x_off, x_stride, wp, w_off, kpairs):
+    if use_simd:
+        if rows == 6:
+            _mk6(tile, t_off, x, x_off, x_stride, wp, w_off, kpairs)
+        elif rows == 5:
+            _mk5(tile, t_off, x, x_off, x_stride, wp, w_off, kpairs)
+        elif rows == 4:
+            _mk4(tile, t_off, x, x_off, x_stride, wp, w_off, kpairs)
+        elif rows == 3:
+            _mk3(tile, t_off, x, x_off, x_stride, wp, w_off, kpairs)
+        elif rows == 2:
+            _mk2(tile, t_off, x, x_off, x_stride, wp, w_off, kpairs)
+        else:
+            _mk1(tile, t_off, x, x_off, x_stride, wp, w_off, kpairs)
+    else:
+        _microkernel_portable(rows, tile, t_off, x, x_off, x_stride, wp, w_off, kpairs)
+
+
+# ----------------------------------------------------------------------------------------------
+# Packed driver
+# ----------------------------------------------------------------------------------------------
+
+@njit(cache=True, parallel=True)
+def _qgemm_packed(xq, xs, wp, ws, bias, out, use_simd):
+    """out = xs[:,None] * ws[None,:] * (xq @ W.T) + bias, W given packed (see pack_weight).
+
+    xq int16 [M, Kp] C-contiguous with Kp = 2 * wp.shape[1] (even; pad column zero if K is odd).
+    Work is split into tasks (MC-row chunk, NR-column panel), chunk-major, shared by prange: a
+    batch of a few rows still spreads its panels over both cores.  Inside a task: k blocks of KC
+    (the panel slice stays in L1), MR-row micro-tiles accumulating into an int32 tile, flushed to
+    float64 every ACC_BLOCK k values.
+    """
+    m_rows, kp = xq.shape
+    n_dim = out.shape[1]
+    n_panels = wp.shape[0]
+    x = xq.reshape(m_rows * kp)
+    w = wp.reshape(wp.size)
+    n_chunks = (m_rows + MC - 1) // MC
+    for task in prange(n_chunks * n_panels):
+        chunk = task // n_panels
+        p = task - chunk * n_panels
+        m0 = chunk * MC
+        rows = min(MC, m_rows - m0)
+        itile = np.zeros(MC * NR, dtype=np.int32)
+        ftile = np.zeros(MC * NR, dtype=np.float64)
+        for kb0 in range(0, kp, ACC_BLOCK):
+            kb1 = min(kp, kb0 + ACC_BLOCK)
+            if kb0 > 0:
+                itile[:] = 0
+            for kc0 in range(kb0, kb1, KC):
+                kc1 = min(kb1, kc0 + KC)
+                w_off = (p * (kp // 2) + kc0 // 2) * (2 * NR)
+                for r0 in range(0, rows, MR):
+                    _microkernel(use_simd, min(MR, rows - r0), itile, r0 * NR, x,
+                                 (m0 + r0) * kp + kc0, kp, w, w_off, (kc1 - kc0) // 2)
+            for e in range(rows * NR):
+                ftile[e] += itile[e]
+        n0 = p * NR
+        ncols = min(NR, n_dim - n0)
+        for r in range(rows):
+            s = xs[m0 + r]
+            for j in range(ncols):
+                out[m0 + r, n0 + j] = np.float32(ftile[r * NR + j]) * s * ws[n0 + j] + bias[n0 + j]
+
+
+@njit(cache=True)
+def _linear_int8_packed(x, wp, ws, bias, out, use_simd):
+    """Fused quantise + packed GEMM (one compiled call from Python)."""
+    m_rows, k_dim = x.shape
+    kp = 2 * wp.shape[1]
+    xq = np.empty((m_rows, kp), dtype=np.int16)
+    if kp != k_dim:
+        xq[:, k_dim:] = 0
+    xs = np.empty(m_rows, dtype=np.float32)
+    if m_rows * k_dim < 32768:
+        _quantize_rows_serial(x, xq, xs)
+    else:
+        quantize_rows(x, xq, xs)
+    _qgemm_packed(xq, xs, wp, ws, bias, out, use_simd)
+
+
+def _check_packed(wp, k_dim, n_dim):
+    if wp.shape[1] != -(-k_dim // 2) or wp.shape[0] != -(-n_dim // NR):
+        raise ValueError(f"packed weight {wp.shape} does not match K={k_dim}, N={n_dim}")
+
+
+def qlinear_packed(xq, xs, wp, ws, bias, out, path=None):
+    """Same result as ``qlinear(xq, xs, wq, ws, bias, out)`` with ``wp = pack_weight(wq)``.
+
+    xq int16 [M, K], xs f32[M], ws f32[N], bias f32[N], out f32[M, N] (all C-contiguous).
+    path: None (AVX2 micro-kernel if the CPU has it), "simd" or "portable" (for tests).
+    """
+    m_rows, k_dim = xq.shape
+    _check_packed(wp, k_dim, ws.shape[0])
+    if k_dim % 2:
+        # The micro-kernel reads activations in (even, odd) pairs: give it an even row length.
+        padded = np.zeros((m_rows, k_dim + 1), dtype=np.int16)
+        padded[:, :k_dim] = xq
+        xq = padded
+    _qgemm_packed(xq, xs, wp, ws, bias, out, _use_simd(path))
+
+
+def linear_int8(x: np.ndarray, wq: np.ndarray, ws: np.ndarray, bias: np.ndarray,
+                path=None) -> np.ndarray:
+    """y = dequant(wq, ws) applied to x (float32 [M, K]) with per-row 12-bit activations.
+
+    wq is either the raw int8 [N, K] weight or, much better, ``pack_weight(wq)`` computed once at
+    load time (raw weights are packed on every call).  path: see qlinear_packed.
+    """
+    if not is_packed(wq):
+        wq = pack_weight(wq)
+    m_rows, k_dim = x.shape
+    n_dim = ws.shape[0]
+    _check_packed(wq, k_dim, n_dim)
+    out = np.empty((m_rows, n_dim), dtype=np.float32)
+    _linear_int8_packed(np.ascontiguousarray(x, dtype=np.float32), wq, ws, bias, out,
+                        _use_simd(path))
+    return out
+
+
+def linear_fp32(x: np.ndarray, w: np.ndarray, bias: np.ndarray) -> np.ndarray:
+    """y = x @ w.T + bias in fp32 (BLAS sgemm; w is [N, K])."""
+    out = x @ w.T
+    out += bias
+    return out

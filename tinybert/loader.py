@@ -1,0 +1,115 @@
+"""Open a tinybert file and check it completely before any kernel sees it.
+
+Reading goes through the ``safetensors`` library (which rejects malformed headers, overlapping or
+out-of-bounds offsets and truncated files); on top of that every tensor the config implies must
+be present with the right dtype and shape, and nothing else may be present. No pickle anywhere.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from safetensors import safe_open
+
+from . import format as fmt
+from .config import EncoderConfig
+from .errors import ModelFileError
+
+
+@dataclass
+class ModelFile:
+    """Everything in one tinybert file, validated."""
+
+    path: Path
+    config: EncoderConfig
+    tensors: dict[str, np.ndarray]
+    tokenizer_json: str
+    pooling: dict
+    quantization: str
+    metadata: dict[str, str]
+
+
+def _json_key(metadata: dict[str, str], key: str) -> object:
+    if key not in metadata:
+        raise ModelFileError(f"metadata key {key!r} is missing")
+    try:
+        return json.loads(metadata[key])
+    except ValueError:
+        raise ModelFileError(f"metadata {key!r} is not valid JSON") from None
+
+
+def read_metadata(path: str | Path) -> dict[str, str]:
+    """The safetensors metadata of a tinybert file, with its format name and version checked."""
+    path = Path(path)
+    if not path.is_file():
+        raise ModelFileError(f"{path}: no such model file")
+    try:
+        with safe_open(str(path), framework="numpy") as fh:
+            metadata = fh.metadata() or {}
+    except Exception as exc:  # safetensors raises its own error type for any malformed file
+        raise ModelFileError(f"{path}: not a valid safetensors file ({exc})") from None
+    if metadata.get(fmt.KEY_FORMAT) != fmt.FORMAT_NAME:
+        raise ModelFileError(f"{path}: not a tinybert file (metadata format={metadata.get(fmt.KEY_FORMAT)!r})")
+    version = metadata.get(fmt.KEY_VERSION)
+    if version != str(fmt.FORMAT_VERSION):
+        raise ModelFileError(f"{path}: format version {version!r}, this tinybert reads version "
+                             f"{fmt.FORMAT_VERSION}; convert the checkpoint again")
+    return metadata
+
+
+def _expected(config: EncoderConfig, quantization: str) -> dict[str, tuple[tuple[int, ...], np.dtype]]:
+    expected = {}
+    for name, shape in fmt.encoder_tensor_shapes(config.to_dict()).items():
+        if quantization == "int8" and fmt.is_quantized_name(name):
+            expected[name] = (shape, np.dtype(np.int8))
+            expected[name + fmt.SCALE_SUFFIX] = ((shape[0],), np.dtype(np.float32))
+        else:
+            expected[name] = (shape, np.dtype(np.float32))
+    return expected
+
+
+def load(path: str | Path) -> ModelFile:
+    """Read and validate a tinybert file; raises ModelFileError on anything inconsistent."""
+    path = Path(path)
+    metadata = read_metadata(path)
+    config = EncoderConfig.from_dict(_json_key(metadata, fmt.KEY_CONFIG))
+    pooling = _json_key(metadata, fmt.KEY_POOLING)
+    if (not isinstance(pooling, dict) or pooling.get("mode") not in fmt.POOLING_MODES
+            or not isinstance(pooling.get("normalize"), bool)):
+        raise ModelFileError(f"{path}: bad pooling metadata {metadata.get(fmt.KEY_POOLING)!r}")
+    quantization = metadata.get(fmt.KEY_QUANTIZATION)
+    if quantization not in fmt.QUANTIZATIONS:
+        raise ModelFileError(f"{path}: unknown quantization {quantization!r}")
+    tokenizer = metadata.get(fmt.KEY_TOKENIZER)
+    if not tokenizer:
+        raise ModelFileError(f"{path}: metadata has no tokenizer")
+
+    expected = _expected(config, quantization)
+    tensors: dict[str, np.ndarray] = {}
+    try:
+        with safe_open(str(path), framework="numpy") as fh:
+            names = set(fh.keys())
+            missing = sorted(set(expected) - names)
+            if missing:
+                raise ModelFileError(f"{path}: tensors missing: {', '.join(missing[:5])}"
+                                     + (" ..." if len(missing) > 5 else ""))
+            extra = sorted(names - set(expected))
+            if extra:
+                raise ModelFileError(f"{path}: unexpected tensors: {', '.join(extra[:5])}")
+            for name, (shape, dtype) in expected.items():
+                array = fh.get_tensor(name)
+                if array.dtype != dtype or array.shape != shape:
+                    raise ModelFileError(f"{path}: tensor {name} is {array.dtype}{list(array.shape)}, "
+                                         f"expected {dtype}{list(shape)}")
+                tensors[name] = np.ascontiguousarray(array)
+    except ModelFileError:
+        raise
+    except Exception as exc:
+        raise ModelFileError(f"{path}: cannot read tensors ({exc})") from None
+    for name, array in tensors.items():
+        if array.dtype == np.float32 and not np.isfinite(array).all():
+            raise ModelFileError(f"{path}: tensor {name} holds NaN or infinite values")
+    return ModelFile(path, config, tensors, tokenizer, pooling, quantization, metadata)
