@@ -323,12 +323,11 @@ def _qgemm_packed(xq, xs, wp, ws, bias, out, use_simd):
         p = task - chunk * n_panels
         m0 = chunk * MC
         rows = min(MC, m_rows - m0)
-        itile = np.zeros(MC * NR, dtype=np.int32)
-        ftile = np.zeros(MC * NR, dtype=np.float64)
+        itile = np.empty(rows * NR, dtype=np.int32)
+        ftile = np.zeros(rows * NR, dtype=np.float64)
         for kb0 in range(0, kp, ACC_BLOCK):
             kb1 = min(kp, kb0 + ACC_BLOCK)
-            if kb0 > 0:
-                itile[:] = 0
+            itile[:] = 0
             for kc0 in range(kb0, kb1, KC):
                 kc1 = min(kb1, kc0 + KC)
                 w_off = (p * (kp // 2) + kc0 // 2) * (2 * NR)

