@@ -42,7 +42,8 @@ def sentence_transformers_settings(folder: Path) -> tuple[dict, int | None]:
             cfg = _json(cfg_path)
             modes = [mode for key, mode in _MODES if cfg.get(key)]
             if len(modes) != 1 or cfg.get("pooling_mode_weightedmean_tokens") or cfg.get("pooling_mode_lasttoken"):
-                raise UnsupportedModelError(f"{cfg_path}: only exactly one of cls/mean/max/mean_sqrt_len pooling is supported")
+                raise UnsupportedModelError(
+                    f"{cfg_path}: only exactly one of cls/mean/max/mean_sqrt_len pooling is supported")
             pooling["mode"] = modes[0]
         elif kind.endswith(".Normalize"):
             pooling["normalize"] = True

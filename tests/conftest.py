@@ -43,8 +43,7 @@ def minilm_files(minilm_dir, tmp_path_factory) -> dict[str, Path]:
 
 
 def _configs():
-    from transformers import (BertConfig, DistilBertConfig, ElectraConfig, RobertaConfig,
-                              XLMRobertaConfig)
+    from transformers import BertConfig, DistilBertConfig, ElectraConfig, RobertaConfig, XLMRobertaConfig
 
     common = dict(vocab_size=30522, hidden_size=64, num_hidden_layers=2, num_attention_heads=4,
                   intermediate_size=128, max_position_embeddings=192, pad_token_id=0)

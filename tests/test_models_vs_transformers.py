@@ -5,9 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 from conftest import FAMILIES, build_hf_model, hf_last_hidden
+from tinybert_convert import convert
 
 import tinybert
-from tinybert_convert import convert
 
 
 @pytest.fixture(scope="module")

@@ -83,7 +83,8 @@ def _cmd_demo(args: argparse.Namespace) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="tinybert", description="CPU Transformer inference with one-file int8 models.")
+    parser = argparse.ArgumentParser(prog="tinybert",
+                                     description="CPU Transformer inference with one-file int8 models.")
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("convert", help="convert a Hugging Face model folder to one tinybert file")
@@ -97,7 +98,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("model", help="tinybert model file")
     p.add_argument("texts", nargs="*", help="texts to embed; if none, read --file or stdin (one per line)")
     p.add_argument("--file", help="read texts from this file, one per line")
-    p.add_argument("--output", "-o", help="write .npy (by extension) or JSON lines here (default: JSON lines on stdout)")
+    p.add_argument("--output", "-o",
+                   help="write .npy (by extension) or JSON lines here (default: JSON lines on stdout)")
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--progress", action="store_true", help="show a progress bar")

@@ -47,7 +47,7 @@ class EncoderConfig:
         return asdict(self)
 
     @classmethod
-    def from_dict(cls, data: dict) -> "EncoderConfig":
+    def from_dict(cls, data: dict) -> EncoderConfig:
         """Build and check a config read from a file; any inconsistency is a ModelFileError."""
         if not isinstance(data, dict):
             raise ModelFileError("config metadata is not a JSON object")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .blocks import EncoderBlock, Embeddings
+from .blocks import Embeddings, EncoderBlock
 from .config import EncoderConfig
 
 

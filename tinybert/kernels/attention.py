@@ -26,8 +26,6 @@ def attention(qkv, key_mask, num_heads, out):
         b = task // num_heads
         h = task % num_heads
         base = b * seq
-        keys = np.empty((seq, d), dtype=np.float32)
-        values = np.empty((seq, d), dtype=np.float32)
         valid = np.empty(seq, dtype=np.int64)
         n_valid = 0
         for j in range(seq):
@@ -38,33 +36,33 @@ def attention(qkv, key_mask, num_heads, out):
             for j in range(seq):
                 valid[j] = j
             n_valid = seq
+        # K transposed so the score loop runs over keys with unit stride (vectorises without
+        # reassociating a float reduction); V row-major so the output loop runs over features.
+        keys_t = np.empty((d, n_valid), dtype=np.float32)
+        values = np.empty((n_valid, d), dtype=np.float32)
         for jj in range(n_valid):
             j = valid[jj]
             for e in range(d):
-                keys[jj, e] = qkv[base + j, hidden + h * d + e]
+                keys_t[e, jj] = qkv[base + j, hidden + h * d + e]
                 values[jj, e] = qkv[base + j, 2 * hidden + h * d + e]
-        q = np.empty(d, dtype=np.float32)
         scores = np.empty(n_valid, dtype=np.float32)
         acc = np.empty(d, dtype=np.float32)
         for i in range(seq):
+            scores[:] = 0.0
             for e in range(d):
-                q[e] = qkv[base + i, h * d + e] * scale
-            best = np.float32(-np.inf)
-            for jj in range(n_valid):
-                s = np.float32(0.0)
-                for e in range(d):
-                    s += q[e] * keys[jj, e]
-                scores[jj] = s
-                if s > best:
-                    best = s
+                qe = qkv[base + i, h * d + e] * scale
+                for jj in range(n_valid):
+                    scores[jj] += qe * keys_t[e, jj]
+            best = scores[0]
+            for jj in range(1, n_valid):
+                best = max(best, scores[jj])
             total = np.float32(0.0)
             for jj in range(n_valid):
                 p = np.exp(scores[jj] - best)
                 scores[jj] = p
                 total += p
             inv = np.float32(1.0) / total
-            for e in range(d):
-                acc[e] = 0.0
+            acc[:] = 0.0
             for jj in range(n_valid):
                 p = scores[jj] * inv
                 for e in range(d):

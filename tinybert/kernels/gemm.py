@@ -37,8 +37,8 @@ lower.  At run time the driver selects that SIMD micro-kernel or a plain scalar 
 int32 sums and share the epilogue, so results are bit-identical.
 """
 
-import numpy as np
 import llvmlite.binding as llb
+import numpy as np
 from llvmlite import ir
 from numba import njit, prange, types
 from numba.core import cgutils
@@ -317,12 +317,16 @@ def _qgemm_packed(xq, xs, wp, ws, bias, out, use_simd):
     n_panels = wp.shape[0]
     x = xq.reshape(m_rows * kp)
     w = wp.reshape(wp.size)
+    # Equal-sized chunks (a multiple of MR, at most MC rows): with 2 threads splitting the task
+    # range in halves, M = 128 as 96 + 32 rows would leave one core idle most of the time.
     n_chunks = (m_rows + MC - 1) // MC
+    chunk_rows = ((m_rows + n_chunks - 1) // n_chunks + MR - 1) // MR * MR
+    n_chunks = (m_rows + chunk_rows - 1) // chunk_rows
     for task in prange(n_chunks * n_panels):
         chunk = task // n_panels
         p = task - chunk * n_panels
-        m0 = chunk * MC
-        rows = min(MC, m_rows - m0)
+        m0 = chunk * chunk_rows
+        rows = min(chunk_rows, m_rows - m0)
         itile = np.empty(rows * NR, dtype=np.int32)
         ftile = np.zeros(rows * NR, dtype=np.float64)
         for kb0 in range(0, kp, ACC_BLOCK):

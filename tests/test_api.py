@@ -1,0 +1,57 @@
+"""API-level behaviour that is not numerical fidelity: imports, threads, input forms."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import textwrap
+
+import numpy as np
+
+import tinybert
+
+
+def test_runtime_never_imports_torch_or_transformers(minilm_files):
+    """Load and encode in a fresh process where importing torch or transformers would fail."""
+    code = textwrap.dedent(f"""
+        import sys
+        class Block:
+            def find_spec(self, name, path=None, target=None):
+                if name.split(".")[0] in ("torch", "transformers"):
+                    raise ImportError("blocked: " + name)
+                return None
+        sys.meta_path.insert(0, Block())
+        import tinybert
+        enc = tinybert.Encoder({str(minilm_files["int8"])!r})
+        v = enc.encode(["The runtime needs no torch."])
+        assert v.shape == (1, 384), v.shape
+        bad = [m for m in sys.modules if m.split(".")[0] in ("torch", "transformers")]
+        assert not bad, bad
+        print("ok")
+    """)
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip().endswith("ok")
+
+
+def test_thread_count_does_not_change_results(minilm_files, sentences):
+    one = tinybert.Encoder(minilm_files["int8"], threads=1).encode(sentences[:16])
+    two = tinybert.Encoder(minilm_files["int8"], threads=2).encode(sentences[:16])
+    assert np.abs(one - two).max() <= 1e-6
+
+
+def test_single_string_and_tuple_inputs(minilm_files, sentences):
+    enc = tinybert.Encoder(minilm_files["int8"])
+    as_list = enc.encode([sentences[0], sentences[1]])
+    np.testing.assert_allclose(enc.encode(sentences[0]), as_list[:1], atol=1e-6)
+    np.testing.assert_allclose(enc.encode((sentences[0], sentences[1])), as_list, atol=1e-6)
+    assert as_list.dtype == np.float32 and as_list.shape == (2, enc.dimension)
+
+
+def test_forward_accepts_lists_and_default_mask(minilm_files, hf_tokenizer, sentences):
+    enc = tinybert.Encoder(minilm_files["fp32"])
+    ids = hf_tokenizer([sentences[3]])["input_ids"]
+    from_list = enc.forward(ids)
+    from_array = enc.forward(np.asarray(ids, dtype=np.int64), np.ones((1, len(ids[0])), dtype=np.int64))
+    assert from_list.shape == (1, len(ids[0]), 384)
+    np.testing.assert_array_equal(from_list, from_array)
