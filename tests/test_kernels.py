@@ -74,8 +74,23 @@ def test_attention(batch, seq, heads, d):
         mask[0, : seq // 2] = 0  # left padding too
         mask[0, -1] = 1
     out = np.empty((batch * seq, hidden), dtype=np.float32)
-    attention.attention(qkv, mask, heads, out)
+    starts = np.arange(0, batch * seq + 1, seq, dtype=np.int64)
+    attention.attention(qkv, starts, mask.reshape(-1), heads, out)
     np.testing.assert_allclose(out, _ref_attention(qkv, mask, heads), atol=2e-5)
+
+
+def test_attention_packed_sequences_equal_separate_runs():
+    """Packed variable-length sequences give what each sequence gives alone."""
+    heads, d = 3, 8
+    lengths = [5, 1, 17, 2]
+    starts = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64)
+    qkv = RNG.standard_normal((starts[-1], 3 * heads * d)).astype(np.float32)
+    out = np.empty((starts[-1], heads * d), dtype=np.float32)
+    attention.attention(qkv, starts, np.ones(starts[-1], dtype=np.uint8), heads, out)
+    for b, n in enumerate(lengths):
+        rows = slice(starts[b], starts[b + 1])
+        expected = _ref_attention(qkv[rows], np.ones((1, n), dtype=np.uint8), heads)
+        np.testing.assert_allclose(out[rows], expected, atol=2e-5)
 
 
 def test_embeddings():

@@ -12,10 +12,10 @@ import numpy as np
 from . import format as fmt
 from .config import EncoderConfig
 from .errors import InputError
-from .heads import l2_normalize, pool
+from .heads import l2_normalize, pool_segments
 from .loader import load
 from .models import EncoderModel
-from .tokenizer import check_texts, load_tokenizer, pad
+from .tokenizer import check_texts, load_tokenizer, pack
 
 
 def _check_threads(threads: int | None) -> int:
@@ -112,12 +112,16 @@ class Encoder:
             limit = max(cfg.type_vocab_size, 1)
             if types.min() < 0 or types.max() >= limit:
                 raise InputError(f"token_type_ids must lie in [0, {limit})")
-        return self._run(ids.astype(np.int32), mask, types.astype(np.int32))
+        starts = np.arange(0, batch * seq + 1, seq, dtype=np.int64)
+        hidden = self._run(ids.reshape(-1), types.reshape(-1), starts, mask.reshape(-1))
+        return hidden.reshape(batch, seq, cfg.hidden_size)
 
-    def _run(self, ids: np.ndarray, mask: np.ndarray, types: np.ndarray) -> np.ndarray:
+    def _run(self, ids: np.ndarray, types: np.ndarray, starts: np.ndarray, key_mask: np.ndarray) -> np.ndarray:
         with _numba_threads(self.threads):
-            return self._model(np.ascontiguousarray(ids), np.ascontiguousarray(mask),
-                               np.ascontiguousarray(types))
+            return self._model(np.ascontiguousarray(ids, dtype=np.int32),
+                               np.ascontiguousarray(types, dtype=np.int32),
+                               np.ascontiguousarray(starts, dtype=np.int64),
+                               np.ascontiguousarray(key_mask, dtype=np.uint8))
 
     def encode(self, texts: str | Sequence[str], batch_size: int = 32, normalize: bool | None = None,
                pooling: str | None = None, show_progress: bool = False) -> np.ndarray:
@@ -137,7 +141,7 @@ class Encoder:
         do_normalize = self.pooling["normalize"] if normalize is None else bool(normalize)
 
         encodings = self.tokenizer.encode_batch(texts)
-        # Longest first, so each batch holds similar lengths and little padding.
+        # Sequences are packed without padding; longest first balances the threads' work.
         order = sorted(range(len(texts)), key=lambda i: -len(encodings[i].ids))
         out = np.empty((len(texts), self.dimension), dtype=np.float32)
         progress = None
@@ -148,13 +152,14 @@ class Encoder:
         try:
             for start in range(0, len(order), batch_size):
                 rows = order[start:start + batch_size]
-                batch = pad([encodings[i] for i in rows], self.config.pad_token_id)
+                batch = pack([encodings[i] for i in rows])
                 if batch.ids.max() >= self.config.vocab_size:
                     raise InputError("the tokenizer produced ids outside the model's vocabulary")
                 if batch.type_ids.max() >= max(self.config.type_vocab_size, 1):
                     raise InputError("the tokenizer produced token type ids the model does not have")
-                hidden = self._run(batch.ids, batch.mask, batch.type_ids)
-                out[rows] = pool(hidden, batch.mask, mode)
+                key_mask = np.ones(batch.ids.size, dtype=np.uint8)
+                hidden = self._run(batch.ids, batch.type_ids, batch.starts, key_mask)
+                out[rows] = pool_segments(hidden, batch.starts, mode)
                 if progress is not None:
                     progress.update(len(rows))
         finally:

@@ -62,7 +62,6 @@ class Embeddings:
 
     def __call__(self, ids: np.ndarray, positions: np.ndarray, type_ids: np.ndarray) -> np.ndarray:
         out = np.empty((ids.size, self.positions.shape[1]), dtype=np.float32)
-        ids, positions, type_ids = ids.reshape(-1), positions.reshape(-1), type_ids.reshape(-1)
         if self.token_scale is not None:
             embed_k.embed_int8(ids, positions, type_ids, self.tokens, self.token_scale,
                                self.positions, self.types, out)
@@ -89,11 +88,12 @@ class EncoderBlock:
         self.mlp_norm = LayerNorm(tensors, p + "mlp_norm", cfg.layer_norm_eps)
         self.activation = ACTIVATIONS[cfg.activation]
 
-    def __call__(self, x: np.ndarray, key_mask: np.ndarray) -> np.ndarray:
-        """x float32 [B*S, H] (tokens of B sequences of length S), key_mask uint8 [B, S]."""
+    def __call__(self, x: np.ndarray, starts: np.ndarray, key_mask: np.ndarray) -> np.ndarray:
+        """x float32 [T, H]: the tokens of sequence b are rows starts[b]:starts[b+1];
+        key_mask uint8 [T] is 0 for padding tokens no query may attend to."""
         qkv = self.qkv(x)
         context = np.empty_like(x)
-        attention(qkv, key_mask, self.num_heads, context)
+        attention(qkv, starts, key_mask, self.num_heads, context)
         x = self.attn_norm(self.attn_out(context), residual=x)
         hidden = self.up(x)
         self.activation(hidden)

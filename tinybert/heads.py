@@ -5,20 +5,17 @@ from __future__ import annotations
 import numpy as np
 
 
-def pool(hidden: np.ndarray, mask: np.ndarray, mode: str) -> np.ndarray:
-    """Sentence vectors from hidden [B, S, H] and mask [B, S], as sentence-transformers pools.
-
-    mean: average of unmasked tokens; mean_sqrt_len: sum / sqrt(count); cls: first token;
-    max: element-wise max over unmasked tokens.
-    """
-    m = mask.astype(np.float32)[:, :, None]
+def pool_segments(hidden: np.ndarray, starts: np.ndarray, mode: str) -> np.ndarray:
+    """Sentence vectors from packed hidden states [T, H] (sequence b = rows starts[b]:starts[b+1],
+    all real tokens), pooled as sentence-transformers pools: mean of the tokens; mean_sqrt_len =
+    sum / sqrt(count); cls = first token; max = element-wise max."""
+    first = starts[:-1]
     if mode == "cls":
-        return np.ascontiguousarray(hidden[:, 0, :])
+        return np.ascontiguousarray(hidden[first])
     if mode == "max":
-        masked = np.where(m > 0, hidden, np.float32(-1e9))
-        return masked.max(axis=1)
-    summed = (hidden * m).sum(axis=1, dtype=np.float64)
-    count = np.maximum(m.sum(axis=1, dtype=np.float64), 1e-9)
+        return np.maximum.reduceat(hidden, first, axis=0)
+    summed = np.add.reduceat(hidden.astype(np.float64), first, axis=0)
+    count = np.diff(starts).astype(np.float64)[:, None]
     if mode == "mean":
         return (summed / count).astype(np.float32)
     if mode == "mean_sqrt_len":

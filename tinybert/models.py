@@ -1,4 +1,9 @@
-"""Model stacks: embeddings → blocks. Arrays in, arrays out; files and text live elsewhere."""
+"""Model stacks: embeddings → blocks. Arrays in, arrays out; files and text live elsewhere.
+
+Tokens travel as one packed matrix [T, H]: sequence b is rows ``starts[b]:starts[b+1]``. A padded
+[B, S] batch is the special case starts = 0, S, 2S, ... with padding switched off in ``key_mask``;
+a packed batch of real tokens only never computes anything on padding.
+"""
 
 from __future__ import annotations
 
@@ -8,16 +13,21 @@ from .blocks import Embeddings, EncoderBlock
 from .config import EncoderConfig
 
 
-def position_ids(cfg: EncoderConfig, ids: np.ndarray) -> np.ndarray:
-    """Position index of each token, as the family defines it.
+def position_ids(cfg: EncoderConfig, ids: np.ndarray, starts: np.ndarray) -> np.ndarray:
+    """Position index of each packed token, as the family defines it.
 
-    absolute: 0..S-1. padding_offset (RoBERTa): non-pad tokens count up from pad_token_id + 1,
-    pad tokens get pad_token_id, exactly as transformers' create_position_ids_from_input_ids.
+    absolute: 0, 1, ... within each sequence. padding_offset (RoBERTa): non-pad tokens count up
+    from pad_token_id + 1 and pad tokens sit at pad_token_id, exactly as transformers'
+    create_position_ids_from_input_ids.
     """
+    lengths = np.diff(starts)
+    first = np.repeat(starts[:-1], lengths)
     if cfg.position_scheme == "padding_offset":
-        not_pad = (ids != cfg.pad_token_id).astype(np.int32)
-        return (np.cumsum(not_pad, axis=1, dtype=np.int32) * not_pad + cfg.pad_token_id).astype(np.int32)
-    return np.broadcast_to(np.arange(ids.shape[1], dtype=np.int32), ids.shape).copy()
+        not_pad = (ids != cfg.pad_token_id).astype(np.int64)
+        seen = np.cumsum(not_pad)
+        before = np.repeat(seen[starts[:-1]] - not_pad[starts[:-1]], lengths)
+        return ((seen - before) * not_pad + cfg.pad_token_id).astype(np.int32)
+    return (np.arange(ids.size, dtype=np.int64) - first).astype(np.int32)
 
 
 class EncoderModel:
@@ -28,10 +38,11 @@ class EncoderModel:
         self.embeddings = Embeddings(cfg, tensors)
         self.blocks = [EncoderBlock(cfg, tensors, i) for i in range(cfg.num_layers)]
 
-    def __call__(self, ids: np.ndarray, key_mask: np.ndarray, type_ids: np.ndarray) -> np.ndarray:
-        """ids, type_ids int32 [B, S] (already validated), key_mask uint8 [B, S] → float32 [B, S, H]."""
-        batch, seq = ids.shape
-        x = self.embeddings(ids, position_ids(self.config, ids), type_ids)
+    def __call__(self, ids: np.ndarray, type_ids: np.ndarray, starts: np.ndarray,
+                 key_mask: np.ndarray) -> np.ndarray:
+        """ids, type_ids int32 [T], starts int64 [B+1], key_mask uint8 [T] (all validated)
+        → last hidden state float32 [T, H]."""
+        x = self.embeddings(ids, position_ids(self.config, ids, starts), type_ids)
         for block in self.blocks:
-            x = block(x, key_mask)
-        return x.reshape(batch, seq, -1)
+            x = block(x, starts, key_mask)
+        return x

@@ -11,12 +11,12 @@ from .errors import InputError, ModelFileError
 
 
 @dataclass
-class Batch:
-    """Right-padded token ids of a batch of texts."""
+class Packed:
+    """Token ids of a batch of texts, concatenated without padding."""
 
-    ids: np.ndarray        # int32 [B, S]
-    mask: np.ndarray       # uint8 [B, S], 1 for real tokens
-    type_ids: np.ndarray   # int32 [B, S]
+    ids: np.ndarray        # int32 [T]
+    type_ids: np.ndarray   # int32 [T]
+    starts: np.ndarray     # int64 [B+1]: text b is ids[starts[b]:starts[b+1]]
 
 
 def load_tokenizer(text: str, max_length: int) -> Tokenizer:
@@ -46,15 +46,11 @@ def check_texts(texts: object) -> list[str]:
     return list(texts)
 
 
-def pad(encodings: list, pad_id: int) -> Batch:
-    """Right-pad the encodings of one batch to its longest member."""
-    seq = max(len(e.ids) for e in encodings)
-    ids = np.full((len(encodings), seq), pad_id, dtype=np.int32)
-    mask = np.zeros((len(encodings), seq), dtype=np.uint8)
-    type_ids = np.zeros((len(encodings), seq), dtype=np.int32)
-    for row, enc in enumerate(encodings):
-        n = len(enc.ids)
-        ids[row, :n] = enc.ids
-        mask[row, :n] = 1
-        type_ids[row, :n] = enc.type_ids
-    return Batch(ids, mask, type_ids)
+def pack(encodings: list) -> Packed:
+    """Concatenate the encodings of one batch; offsets in ``starts``."""
+    lengths = np.array([len(e.ids) for e in encodings], dtype=np.int64)
+    starts = np.zeros(len(encodings) + 1, dtype=np.int64)
+    np.cumsum(lengths, out=starts[1:])
+    ids = np.fromiter((i for e in encodings for i in e.ids), dtype=np.int32, count=int(starts[-1]))
+    type_ids = np.fromiter((i for e in encodings for i in e.type_ids), dtype=np.int32, count=int(starts[-1]))
+    return Packed(ids, type_ids, starts)

@@ -1,13 +1,14 @@
-"""Multi-head scaled dot-product attention with a key padding mask.
+"""Multi-head scaled dot-product attention over sequences packed one after another.
 
-For batch b, head h, query i:   out[b,i,h] = Σ_j softmax_j(q_i · k_j / √d  over valid j) v_j
+For sequence b, head h, query i:   out[i,h] = Σ_j softmax_j(q_i · k_j / √d  over valid j in b) v_j
 
-Layout: ``qkv`` float32 [B*S, 3*H] holds q | k | v side by side per token (the fused QKV GEMM's
-output), head h owning columns [h*d, (h+1)*d) of each third. ``key_mask`` uint8 [B, S] marks
-keys that may be attended to (1) or not (0). ``out`` float32 [B*S, H]. A query whose row has no
-valid key attends to all keys uniformly, as transformers' additive -inf-like mask then does.
-Work is split over (batch, head) pairs; K and V of the pair are copied into contiguous buffers
-so the inner dot products run over unit-stride memory.
+Layout: ``qkv`` float32 [T, 3*H] holds q | k | v side by side per token (the fused QKV GEMM's
+output), head h owning columns [h*d, (h+1)*d) of each third. Sequence b owns rows
+``starts[b]:starts[b+1]`` (int64 [B+1]); packed variable-length batches and padded [B, S]
+batches (starts = 0, S, 2S, ...) are the same thing to this kernel. ``key_mask`` uint8 [T]
+marks keys that may be attended to (1) or not (0, padding). ``out`` float32 [T, H]. A query in a
+sequence with no valid key attends to all its keys uniformly, as transformers' additive
+-inf-like mask then does. Work is split over (sequence, head) pairs.
 """
 
 import math
@@ -17,19 +18,20 @@ from numba import njit, prange
 
 
 @njit(cache=True, parallel=True)
-def attention(qkv, key_mask, num_heads, out):
-    batch, seq = key_mask.shape
+def attention(qkv, starts, key_mask, num_heads, out):
+    batch = starts.shape[0] - 1
     hidden = out.shape[1]
     d = hidden // num_heads
     scale = np.float32(1.0 / math.sqrt(d))
     for task in prange(batch * num_heads):
         b = task // num_heads
         h = task % num_heads
-        base = b * seq
+        base = starts[b]
+        seq = starts[b + 1] - base
         valid = np.empty(seq, dtype=np.int64)
         n_valid = 0
         for j in range(seq):
-            if key_mask[b, j] != 0:
+            if key_mask[base + j] != 0:
                 valid[n_valid] = j
                 n_valid += 1
         if n_valid == 0:
