@@ -6,8 +6,9 @@ import math
 
 import numpy as np
 import pytest
+from numba import njit
 
-from tinybert.kernels import activations, attention, embeddings, norm
+from tinybert.kernels import activations, attention, embeddings, mathfn, norm
 
 RNG = np.random.default_rng(1234)
 
@@ -109,3 +110,17 @@ def test_embeddings():
     np.testing.assert_allclose(out, expected, atol=1e-6)
     embeddings.embed_fp32(ids, pos, typ, table, pos_table, type_table, out)
     np.testing.assert_allclose(out, expected, atol=1e-6)
+
+
+@njit(cache=False)
+def _apply_exp(x, out):
+    for i in range(x.size):
+        out[i] = mathfn.exp_nonpositive(x[i])
+
+
+def test_exp_nonpositive_matches_numpy():
+    x = np.concatenate([np.linspace(-87, 0, 100_001), RNG.uniform(-30, 0, 10_000), [0.0, -1e-30]]).astype(np.float32)
+    out = np.empty_like(x)
+    _apply_exp(x, out)
+    expected = np.exp(x.astype(np.float64))
+    assert (np.abs(out - expected) / expected).max() < 3e-7

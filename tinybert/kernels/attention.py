@@ -8,7 +8,8 @@ output), head h owning columns [h*d, (h+1)*d) of each third. Sequence b owns row
 batches (starts = 0, S, 2S, ...) are the same thing to this kernel. ``key_mask`` uint8 [T]
 marks keys that may be attended to (1) or not (0, padding). ``out`` float32 [T, H]. A query in a
 sequence with no valid key attends to all its keys uniformly, as transformers' additive
--inf-like mask then does. Work is split over (sequence, head) pairs.
+-inf-like mask then does. Work is split over (sequence, head) pairs; within a pair, queries go
+four at a time so each key and value row loaded serves four accumulators.
 """
 
 import math
@@ -16,8 +17,10 @@ import math
 import numpy as np
 from numba import njit, prange
 
+from .mathfn import exp_nonpositive
 
-@njit(cache=True, parallel=True)
+
+@njit(cache=True, parallel=True, fastmath=True)
 def attention(qkv, starts, key_mask, num_heads, out):
     batch = starts.shape[0] - 1
     hidden = out.shape[1]
@@ -38,8 +41,6 @@ def attention(qkv, starts, key_mask, num_heads, out):
             for j in range(seq):
                 valid[j] = j
             n_valid = seq
-        # K transposed so the score loop runs over keys with unit stride (vectorises without
-        # reassociating a float reduction); V row-major so the output loop runs over features.
         keys_t = np.empty((d, n_valid), dtype=np.float32)
         values = np.empty((n_valid, d), dtype=np.float32)
         for jj in range(n_valid):
@@ -47,27 +48,45 @@ def attention(qkv, starts, key_mask, num_heads, out):
             for e in range(d):
                 keys_t[e, jj] = qkv[base + j, hidden + h * d + e]
                 values[jj, e] = qkv[base + j, 2 * hidden + h * d + e]
-        scores = np.empty(n_valid, dtype=np.float32)
-        acc = np.empty(d, dtype=np.float32)
-        for i in range(seq):
-            scores[:] = 0.0
-            for e in range(d):
-                qe = qkv[base + i, h * d + e] * scale
-                for jj in range(n_valid):
-                    scores[jj] += qe * keys_t[e, jj]
-            best = scores[0]
-            for jj in range(1, n_valid):
-                best = max(best, scores[jj])
-            total = np.float32(0.0)
-            for jj in range(n_valid):
-                p = np.exp(scores[jj] - best)
-                scores[jj] = p
-                total += p
-            inv = np.float32(1.0) / total
-            acc[:] = 0.0
-            for jj in range(n_valid):
-                p = scores[jj] * inv
+        scores = np.empty((4, n_valid), dtype=np.float32)
+        acc = np.empty((4, d), dtype=np.float32)
+        q = np.empty((4, d), dtype=np.float32)
+        for i0 in range(0, seq, 4):
+            rows = min(4, seq - i0)
+            # A short last block repeats its last query; the extra rows are never written out.
+            for r in range(4):
                 for e in range(d):
-                    acc[e] += p * values[jj, e]
+                    q[r, e] = qkv[base + i0 + min(r, rows - 1), h * d + e] * scale
+            scores[:, :] = 0.0
             for e in range(d):
-                out[base + i, h * d + e] = acc[e]
+                q0, q1, q2, q3 = q[0, e], q[1, e], q[2, e], q[3, e]
+                for jj in range(n_valid):
+                    k = keys_t[e, jj]
+                    scores[0, jj] += q0 * k
+                    scores[1, jj] += q1 * k
+                    scores[2, jj] += q2 * k
+                    scores[3, jj] += q3 * k
+            for r in range(4):
+                best = scores[r, 0]
+                for jj in range(1, n_valid):
+                    best = max(best, scores[r, jj])
+                total = np.float32(0.0)
+                for jj in range(n_valid):
+                    p = exp_nonpositive(scores[r, jj] - best)
+                    scores[r, jj] = p
+                    total += p
+                inv = np.float32(1.0) / total
+                for jj in range(n_valid):
+                    scores[r, jj] *= inv
+            acc[:, :] = 0.0
+            for jj in range(n_valid):
+                p0, p1, p2, p3 = scores[0, jj], scores[1, jj], scores[2, jj], scores[3, jj]
+                for e in range(d):
+                    v = values[jj, e]
+                    acc[0, e] += p0 * v
+                    acc[1, e] += p1 * v
+                    acc[2, e] += p2 * v
+                    acc[3, e] += p3 * v
+            for r in range(rows):
+                for e in range(d):
+                    out[base + i0 + r, h * d + e] = acc[r, e]
