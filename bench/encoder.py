@@ -366,7 +366,8 @@ def _best_peer(results: dict, precision: str, shape: str) -> tuple[str, float] |
 def _print_table(model: str, results: dict) -> None:
     shapes = [f"{b}x{s}" for b, s in FIXED_SHAPES] + ["corpus"]
     print(f"\n{model}: median ms (seq/s); tinybert ratio = speed / best peer of the same precision")
-    header = f"{'engine':18}" + "".join(f"{s:>22}" for s in shapes) + f"{'load s':>8}{'MB':>8}{'RSS MB':>8}{'cos':>9}{'p01':>8}"
+    header = (f"{'engine':18}" + "".join(f"{s:>22}" for s in shapes)
+              + f"{'load s':>8}{'MB':>8}{'RSS MB':>8}{'cos':>9}{'p01':>8}")
     print(header)
     for engine, res in results.items():
         if "error" in res:

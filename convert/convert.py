@@ -47,6 +47,8 @@ def convert(src: str | Path, out: str | Path, dtype: str = "int8", show_progress
         hf_config = json.loads(config_path.read_text())
     except ValueError:
         raise ConversionError(f"{config_path}: not valid JSON") from None
+    if not isinstance(hf_config, dict):
+        raise ConversionError(f"{config_path}: not a JSON object")
     pooling, max_seq_length = sentence_transformers_settings(src)
     cfg = encoder_config(hf_config, max_seq_length)
     tokenizer = tokenizer_json(src)

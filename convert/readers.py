@@ -41,11 +41,17 @@ def read_safetensors(path: Path) -> dict[str, np.ndarray]:
             data = mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ)
     except (OSError, ValueError) as exc:
         raise ConversionError(f"{path}: cannot read safetensors file: {exc}") from None
+    if not isinstance(header, dict):
+        raise ConversionError(f"{path}: safetensors header is not a JSON object")
     base = 8 + header_len
     tensors: dict[str, np.ndarray] = {}
     for name, info in header.items():
         if name == "__metadata__":
             continue
+        if (not isinstance(info, dict) or not isinstance(info.get("shape"), list)
+                or not isinstance(info.get("data_offsets"), list) or len(info["data_offsets"]) != 2
+                or not all(isinstance(v, int) and v >= 0 for v in info["shape"] + info["data_offsets"])):
+            raise ConversionError(f"{path}: header entry of tensor {name} is malformed")
         dtype = info.get("dtype")
         if dtype not in _DTYPES:
             raise ConversionError(f"{path}: tensor {name} has unsupported dtype {dtype}")

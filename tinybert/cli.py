@@ -9,7 +9,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .errors import TinyBertError
+from .errors import InputError, TinyBertError
 
 
 def _cmd_convert(args: argparse.Namespace) -> None:
@@ -22,10 +22,12 @@ def _cmd_convert(args: argparse.Namespace) -> None:
 def _read_texts(args: argparse.Namespace) -> list[str]:
     if args.texts:
         return list(args.texts)
-    if args.file:
-        source = Path(args.file).read_text(encoding="utf-8")
-    else:
-        source = sys.stdin.read()
+    name = args.file or "standard input"
+    raw = Path(args.file).read_bytes() if args.file else sys.stdin.buffer.read()
+    try:
+        source = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise InputError(f"{name} is not UTF-8 text ({exc})") from None
     return [line for line in source.splitlines() if line.strip()]
 
 
@@ -48,6 +50,14 @@ def _cmd_embed(args: argparse.Namespace) -> None:
             sink.close()
 
 
+def _source(text: str) -> object:
+    # Free-form by the format's definition; the converter writes JSON.
+    try:
+        return json.loads(text)
+    except ValueError:
+        return text
+
+
 def _cmd_info(args: argparse.Namespace) -> None:
     from .loader import load
 
@@ -62,7 +72,7 @@ def _cmd_info(args: argparse.Namespace) -> None:
         "parameters": params,
         "config": cfg.to_dict(),
         "pooling": model.pooling,
-        "source": json.loads(model.metadata.get("source", "{}")),
+        "source": _source(model.metadata.get("source", "")),
     }
     if args.json:
         print(json.dumps(info, indent=2))
@@ -118,7 +128,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    # `embed MODEL -o out.npy "text"`: argparse leaves texts that follow an option unparsed.
+    args, extra = parser.parse_known_args(argv)
+    if extra:
+        if args.command != "embed" or any(e.startswith("-") for e in extra):
+            parser.error(f"unrecognized arguments: {' '.join(extra)}")
+        args.texts = list(args.texts) + extra
     try:
         args.func(args)
     except TinyBertError as exc:

@@ -87,11 +87,16 @@ def load(path: str | Path) -> ModelFile:
     if not tokenizer:
         raise ModelFileError(f"{path}: metadata has no tokenizer")
 
-    expected = _expected(config, quantization)
     tensors: dict[str, np.ndarray] = {}
     try:
         with safe_open(str(path), framework="numpy") as fh:
             names = set(fh.keys())
+            # Check the layer count against the file before building a table from it, so a
+            # hostile config cannot make the loader allocate without bound.
+            if config.num_layers * 12 > len(names):
+                raise ModelFileError(f"{path}: config claims {config.num_layers} layers, "
+                                     f"the file holds only {len(names)} tensors")
+            expected = _expected(config, quantization)
             missing = sorted(set(expected) - names)
             if missing:
                 raise ModelFileError(f"{path}: tensors missing: {', '.join(missing[:5])}"

@@ -43,6 +43,10 @@ def check_texts(texts: object) -> list[str]:
             raise InputError(f"texts[{i}] is a {type(text).__name__}, not a string")
         if not text.strip():
             raise InputError(f"texts[{i}] is empty or whitespace only")
+        try:
+            text.encode("utf-8")
+        except UnicodeEncodeError:
+            raise InputError(f"texts[{i}] is not valid Unicode (lone surrogate: undecodable input bytes?)") from None
     return list(texts)
 
 

@@ -6,10 +6,12 @@ Layout: ``qkv`` float32 [T, 3*H] holds q | k | v side by side per token (the fus
 output), head h owning columns [h*d, (h+1)*d) of each third. Sequence b owns rows
 ``starts[b]:starts[b+1]`` (int64 [B+1]); packed variable-length batches and padded [B, S]
 batches (starts = 0, S, 2S, ...) are the same thing to this kernel. ``key_mask`` uint8 [T]
-marks keys that may be attended to (1) or not (0, padding). ``out`` float32 [T, H]. A query in a
-sequence with no valid key attends to all its keys uniformly, as transformers' additive
--inf-like mask then does. Work is split over (sequence, head) pairs; within a pair, queries go
-four at a time so each key and value row loaded serves four accumulators.
+marks keys that may be attended to (1) or not (0, padding). ``out`` float32 [T, H]. A sequence
+with no valid key at all is computed as if unmasked (transformers' eager attention does about the
+same; its sdpa path differs, so such input has no single right answer).
+
+Work is split over (sequence, head) pairs; within a pair, queries go four at a time so each key
+and value row loaded serves four accumulators.
 """
 
 import math

@@ -148,12 +148,21 @@ def pack_weight(wq: np.ndarray) -> np.ndarray:
     if wq.ndim != 2 or wq.dtype != np.int8:
         raise TypeError("pack_weight expects int8 weights of shape [N, K]")
     n_dim, k_dim = wq.shape
-    n_panels = -(-n_dim // NR)
-    k_pairs = -(-k_dim // 2)
-    w16 = np.zeros((n_panels * NR, 2 * k_pairs), dtype=np.int16)
-    w16[:n_dim, :k_dim] = wq
-    packed = w16.reshape(n_panels, NR, k_pairs, 2).transpose(0, 2, 1, 3)
-    return np.ascontiguousarray(packed.reshape(n_panels, k_pairs, 2 * NR))
+    packed = np.zeros((-(-n_dim // NR), -(-k_dim // 2), 2 * NR), dtype=np.int16)
+    _pack_into(np.ascontiguousarray(wq), packed)
+    return packed
+
+
+@njit(cache=True)
+def _pack_into(wq, packed):
+    # Compiled because numpy's reshape/transpose copy is ~10x slower and callers that still pass
+    # raw int8 weights to linear_int8 pay for this on every call.  packed must be zero-filled.
+    n_dim, k_dim = wq.shape
+    for p in range(packed.shape[0]):
+        for j in range(min(NR, n_dim - p * NR)):
+            row = wq[p * NR + j]
+            for k in range(k_dim):
+                packed[p, k // 2, 2 * j + (k & 1)] = row[k]
 
 
 def is_packed(w: np.ndarray) -> bool:
@@ -266,21 +275,25 @@ _mk1, _mk2, _mk3, _mk4, _mk5, _mk6 = [_make_simd_microkernel(r, SIMD_AVAILABLE)
 
 @njit(cache=True)
 def _microkernel_portable(rows, tile, t_off, x, x_off, x_stride, wp, w_off, kpairs):
-    """Scalar version of the micro-kernel (same layout, same exact int32 sums)."""
+    """Plain-Numba version of the micro-kernel (same layout, same exact int32 sums)."""
     for i in range(rows):
-        xo = x_off + i * x_stride
-        to = t_off + i * NR
+        xrow = x[x_off + i * x_stride:x_off + i * x_stride + 2 * kpairs]
+        trow = tile[t_off + i * NR:t_off + (i + 1) * NR]
         for kk in range(kpairs):
-            a0 = np.int32(x[xo + 2 * kk])
-            a1 = np.int32(x[xo + 2 * kk + 1])
-            wo = w_off + kk * 2 * NR
+            a0 = np.int32(xrow[2 * kk])
+            a1 = np.int32(xrow[2 * kk + 1])
+            wrow = wp[w_off + kk * 2 * NR:w_off + (kk + 1) * 2 * NR]
             for j in range(NR):
-                tile[to + j] += np.int32(a0 * np.int32(wp[wo + 2 * j])
-                                         + a1 * np.int32(wp[wo + 2 * j + 1]))
+                trow[j] += np.int32(a0 * np.int32(wrow[2 * j]) + a1 * np.int32(wrow[2 * j + 1]))
 
 
 @njit(cache=True)
 def _microkernel(use_simd, rows, tile, t_off, x, x_off, x_stride, wp, w_off, kpairs):
+    """Run-time dispatch: SIMD micro-kernel specialised for ``rows`` (1..MR=6), or portable.
+
+    A partial tile gets its own specialisation instead of computing padding rows (M = 1 would
+    otherwise cost 6x the work).
+    """
     if use_simd:
         if rows == 6:
             _mk6(tile, t_off, x, x_off, x_stride, wp, w_off, kpairs)

@@ -1,0 +1,631 @@
+"""Every deliberate failure: bad model files, unconvertible folders, bad API arguments.
+
+Each case expects the specific TinyBertError subclass and checks that the message names the
+problem (the path, the tensor, the key or the argument). The worst inputs also run in a
+subprocess to prove they end in an exception, not a crash.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import numpy as np
+import pytest
+from conftest import build_hf_model
+from safetensors import safe_open
+from tinybert_convert import convert
+from tinybert_convert.writer import write_safetensors
+
+import tinybert
+from tinybert import format as fmt
+from tinybert.errors import (
+    ConversionError,
+    InputError,
+    ModelFileError,
+    TinyBertError,
+    UnsupportedModelError,
+)
+
+ERRORS = (ModelFileError, UnsupportedModelError, ConversionError, InputError)
+
+
+# --------------------------------------------------------------------------- fixtures / helpers
+
+@pytest.fixture(scope="module")
+def bert(tmp_path_factory, minilm_dir):
+    root = tmp_path_factory.mktemp("errors_bert")
+    model = build_hf_model("bert", root / "hf", minilm_dir, seed=5)
+    files = {dtype: convert(root / "hf", root / f"{dtype}.safetensors", dtype=dtype) for dtype in ("fp32", "int8")}
+    return {"model": model, "src": root / "hf", "files": files}
+
+
+@pytest.fixture(scope="module")
+def encoder(bert):
+    return tinybert.Encoder(bert["files"]["fp32"])
+
+
+def read_file(path: Path) -> tuple[dict[str, np.ndarray], dict[str, str]]:
+    with safe_open(str(path), framework="numpy") as fh:
+        return {name: fh.get_tensor(name) for name in fh.keys()}, dict(fh.metadata() or {})
+
+
+def craft(src: Path, dst: Path, tensors_edit=None, metadata_edit=None) -> Path:
+    """Copy a tinybert file through the converter's writer, editing tensors and/or metadata."""
+    tensors, metadata = read_file(src)
+    if tensors_edit:
+        tensors_edit(tensors)
+    if metadata_edit:
+        metadata_edit(metadata)
+    write_safetensors(dst, tensors, metadata)
+    return dst
+
+
+def raised(kind, call, *args, **kwargs) -> str:
+    """The message of the ``kind`` error ``call`` raises; any other exception type (a bare
+    KeyError, TypeError, ...) fails with a clear assertion instead of an opaque test error."""
+    try:
+        call(*args, **kwargs)
+    except Exception as exc:  # the type is what is under test
+        assert isinstance(exc, kind), (
+            f"expected {kind.__name__}, got a bare {type(exc).__module__}.{type(exc).__name__}: {exc}")
+        return str(exc)
+    pytest.fail(f"{getattr(call, '__name__', call)} did not raise {kind.__name__}")
+
+
+def load_error(path: Path, kind=ModelFileError) -> str:
+    return raised(kind, tinybert.Encoder, path)
+
+
+# --------------------------------------------------------------------------- the hierarchy
+
+def test_every_error_is_a_tinybert_error():
+    for kind in ERRORS:
+        assert issubclass(kind, TinyBertError)
+        assert kind is not TinyBertError
+        assert getattr(tinybert, kind.__name__) is kind
+    assert len(set(ERRORS)) == 4
+    for a in ERRORS:  # no subclass catches another's errors by accident
+        for b in ERRORS:
+            assert a is b or not issubclass(a, b)
+    assert issubclass(InputError, ValueError)
+    assert tinybert.TinyBertError is TinyBertError
+
+
+def test_catching_base_class_catches_each(encoder, tmp_path):
+    cases = [
+        lambda: tinybert.Encoder(tmp_path / "missing.safetensors"),
+        lambda: convert(tmp_path / "no-such-folder", tmp_path / "o.safetensors"),
+        lambda: encoder.encode([]),
+    ]
+    caught = []
+    for case in cases:
+        try:
+            case()
+        except TinyBertError as exc:
+            caught.append(type(exc))
+    assert caught == [ModelFileError, ConversionError, InputError]
+
+
+# --------------------------------------------------------------------------- model files
+
+def test_missing_model_file(tmp_path):
+    path = tmp_path / "nope" / "model.safetensors"
+    msg = load_error(path)
+    assert str(path) in msg
+    assert "no such model file" in msg
+
+
+def test_directory_instead_of_file(tmp_path):
+    msg = load_error(tmp_path)
+    assert str(tmp_path) in msg
+
+
+def test_random_bytes(tmp_path):
+    path = tmp_path / "random.safetensors"
+    path.write_bytes(np.random.default_rng(0).integers(0, 256, 4096, dtype=np.uint8).tobytes())
+    msg = load_error(path)
+    assert str(path) in msg and "not a valid safetensors file" in msg
+
+
+def test_empty_file(tmp_path):
+    path = tmp_path / "empty.safetensors"
+    path.write_bytes(b"")
+    msg = load_error(path)
+    assert str(path) in msg and "safetensors" in msg
+
+
+@pytest.mark.parametrize("where", ["data", "header"])
+def test_truncated_file(bert, tmp_path, where):
+    raw = bert["files"]["fp32"].read_bytes()
+    header_len = int.from_bytes(raw[:8], "little")
+    cut = 8 + header_len + (len(raw) - 8 - header_len) // 2 if where == "data" else 8 + header_len // 2
+    path = tmp_path / f"truncated-{where}.safetensors"
+    path.write_bytes(raw[:cut])
+    msg = load_error(path)
+    assert str(path) in msg and "not a valid safetensors file" in msg
+
+
+@pytest.mark.parametrize("offset", [0, "middle"])
+def test_corrupted_header_json(bert, tmp_path, offset):
+    raw = bytearray(bert["files"]["fp32"].read_bytes())
+    header_len = int.from_bytes(raw[:8], "little")
+    at = 8 + (header_len // 2 if offset == "middle" else 0)
+    raw[at:at + 4] = b"\x00}{\xff"
+    path = tmp_path / "corrupt.safetensors"
+    path.write_bytes(bytes(raw))
+    msg = load_error(path)
+    assert str(path) in msg and "header" in msg
+
+
+def test_plain_safetensors_is_not_tinybert(tmp_path):
+    from safetensors.numpy import save_file
+
+    path = tmp_path / "plain.safetensors"
+    save_file({"weight": np.zeros((3, 4), dtype=np.float32)}, str(path))
+    msg = load_error(path)
+    assert "not a tinybert file" in msg and str(path) in msg
+
+
+def test_wrong_format_version(bert, tmp_path):
+    path = craft(bert["files"]["fp32"], tmp_path / "v2.safetensors",
+                 metadata_edit=lambda m: m.update({fmt.KEY_VERSION: str(fmt.FORMAT_VERSION + 1)}))
+    msg = load_error(path)
+    assert "format version" in msg and repr(str(fmt.FORMAT_VERSION + 1)) in msg
+
+
+@pytest.mark.parametrize("key", [fmt.KEY_CONFIG, fmt.KEY_POOLING])
+def test_metadata_not_json(bert, tmp_path, key):
+    path = craft(bert["files"]["fp32"], tmp_path / "badjson.safetensors",
+                 metadata_edit=lambda m: m.update({key: "{not json"}))
+    msg = load_error(path)
+    assert repr(key) in msg and "JSON" in msg
+
+
+def test_config_inconsistent_in_file(bert, tmp_path):
+    def edit(m):
+        cfg = json.loads(m[fmt.KEY_CONFIG])
+        cfg["num_heads"] = 5  # 64 is no multiple of 5
+        m[fmt.KEY_CONFIG] = json.dumps(cfg)
+
+    msg = load_error(craft(bert["files"]["fp32"], tmp_path / "heads.safetensors", metadata_edit=edit))
+    assert "num_heads" in msg
+
+
+def test_wrong_tensor_shape(bert, tmp_path):
+    def edit(t):
+        t["layers.1.mlp.up.weight"] = t["layers.1.mlp.up.weight"][:-1].copy()
+
+    msg = load_error(craft(bert["files"]["fp32"], tmp_path / "shape.safetensors", tensors_edit=edit))
+    assert "layers.1.mlp.up.weight" in msg
+    rows, cols = bert["model"].config.intermediate_size, bert["model"].config.hidden_size
+    assert f"[{rows - 1}, {cols}]" in msg and f"[{rows}, {cols}]" in msg
+
+
+def test_wrong_tensor_dtype(bert, tmp_path):
+    def edit(t):
+        t["embed.norm.weight"] = t["embed.norm.weight"].astype(np.float16)
+
+    msg = load_error(craft(bert["files"]["fp32"], tmp_path / "dtype.safetensors", tensors_edit=edit))
+    assert "embed.norm.weight" in msg and "float16" in msg
+
+
+@pytest.mark.parametrize("dtype,name", [("fp32", "layers.0.attn_norm.bias"),
+                                        ("int8", "layers.1.attn.qkv.weight.scale")])
+def test_missing_tensor(bert, tmp_path, dtype, name):
+    msg = load_error(craft(bert["files"][dtype], tmp_path / "missing.safetensors",
+                           tensors_edit=lambda t: t.pop(name)))
+    assert "missing" in msg and name in msg
+
+
+def test_unexpected_extra_tensor(bert, tmp_path):
+    def edit(t):
+        t["pooler.dense.weight"] = np.ones((4, 4), dtype=np.float32)
+
+    msg = load_error(craft(bert["files"]["fp32"], tmp_path / "extra.safetensors", tensors_edit=edit))
+    assert "unexpected" in msg and "pooler.dense.weight" in msg
+
+
+@pytest.mark.parametrize("dtype,name", [("fp32", "layers.0.attn.out.weight"),
+                                        ("int8", "layers.1.mlp.down.weight.scale")])
+def test_nan_in_weight(bert, tmp_path, dtype, name):
+    def edit(t):
+        value = t[name].copy()
+        value.reshape(-1)[value.size // 2] = np.nan
+        t[name] = value
+
+    msg = load_error(craft(bert["files"][dtype], tmp_path / "nan.safetensors", tensors_edit=edit))
+    assert name in msg and "NaN" in msg
+
+
+# --------------------------------------------------------------------------- conversion
+
+def _copy_folder(src: Path, dst: Path, drop=()) -> Path:
+    shutil.copytree(src, dst)
+    for name in drop:
+        (dst / name).unlink()
+    return dst
+
+
+def _convert_error(src: Path, out: Path, kind) -> str:
+    message = raised(kind, convert, src, out)
+    assert not out.exists(), "a failed conversion left a file behind"
+    return message
+
+
+def test_convert_missing_folder(tmp_path):
+    src = tmp_path / "does-not-exist"
+    msg = _convert_error(src, tmp_path / "o.safetensors", ConversionError)
+    assert str(src) in msg
+
+
+def test_convert_without_config(bert, tmp_path):
+    src = _copy_folder(bert["src"], tmp_path / "src", drop=["config.json"])
+    msg = _convert_error(src, tmp_path / "o.safetensors", ConversionError)
+    assert "config.json" in msg
+
+
+def test_convert_without_weights(bert, tmp_path):
+    src = _copy_folder(bert["src"], tmp_path / "src", drop=["model.safetensors"])
+    msg = _convert_error(src, tmp_path / "o.safetensors", ConversionError)
+    assert "no weights" in msg and "model.safetensors" in msg
+
+
+def test_convert_without_tokenizer(bert, tmp_path):
+    src = _copy_folder(bert["src"], tmp_path / "src", drop=["tokenizer.json", "vocab.txt"])
+    msg = _convert_error(src, tmp_path / "o.safetensors", ConversionError)
+    assert "tokenizer" in msg
+
+
+def test_convert_unsupported_architecture(minilm_dir, tmp_path):
+    import torch
+    from transformers import GPT2Config, GPT2Model
+
+    torch.manual_seed(0)
+    model = GPT2Model(GPT2Config(vocab_size=1000, n_positions=64, n_embd=32, n_layer=1, n_head=2))
+    src = tmp_path / "gpt2"
+    model.save_pretrained(src)
+    for name in ("tokenizer.json", "vocab.txt"):
+        shutil.copy(minilm_dir / name, src / name)
+    msg = _convert_error(src, tmp_path / "o.safetensors", UnsupportedModelError)
+    assert "gpt2" in msg
+
+
+def _edit_config(src: Path, **changes) -> None:
+    cfg = json.loads((src / "config.json").read_text())
+    cfg.update(changes)
+    (src / "config.json").write_text(json.dumps(cfg))
+
+
+@pytest.mark.parametrize("changes,names", [
+    ({"hidden_size": 32}, ["embed.tokens", "shape"]),
+    ({"intermediate_size": 256}, ["mlp.up.weight", "shape"]),
+    ({"num_hidden_layers": 3}, ["encoder.layer.2."]),
+    ({"num_hidden_layers": 1}, ["more layers", "num_hidden_layers"]),
+])
+def test_convert_config_inconsistent_with_weights(bert, tmp_path, changes, names):
+    src = _copy_folder(bert["src"], tmp_path / "src")
+    _edit_config(src, **changes)
+    msg = _convert_error(src, tmp_path / "o.safetensors", ConversionError)
+    for name in names:
+        assert name in msg
+
+
+@pytest.mark.parametrize("changes,word", [
+    ({"position_embedding_type": "relative_key"}, "relative_key"),
+    ({"hidden_act": "silu"}, "silu"),
+    ({"is_decoder": True}, "decoder"),
+])
+def test_convert_unsupported_feature(bert, tmp_path, changes, word):
+    src = _copy_folder(bert["src"], tmp_path / "src")
+    _edit_config(src, **changes)
+    msg = _convert_error(src, tmp_path / "o.safetensors", UnsupportedModelError)
+    assert word in msg
+
+
+def _rewrite_weights_header(path: Path, edit) -> None:
+    """Replace the JSON header of a safetensors file by ``edit(header_dict)`` (any JSON value)."""
+    raw = path.read_bytes()
+    header_len = int.from_bytes(raw[:8], "little")
+    header = edit(json.loads(raw[8:8 + header_len]))
+    new = json.dumps(header).encode()
+    new += b" " * (-len(new) % 8)
+    path.unlink()  # the copy may be read-only (transformers writes 0600)
+    path.write_bytes(len(new).to_bytes(8, "little") + new + raw[8 + header_len:])
+
+
+def _first_tensor(header: dict) -> str:
+    return sorted(k for k in header if k != "__metadata__")[0]
+
+
+def _drop_key(key):
+    def edit(header):
+        name = _first_tensor(header)
+        header[name] = {k: v for k, v in header[name].items() if k != key}
+        return header
+    return edit
+
+
+@pytest.mark.parametrize("damage,words", [
+    ("truncated", ["model.safetensors"]),
+    ("random bytes", ["model.safetensors"]),
+    ("empty", ["model.safetensors"]),
+    ("no data_offsets", ["model.safetensors"]),
+    ("no shape", ["model.safetensors"]),
+    ("header is a list", ["model.safetensors"]),
+    ("NaN weight", ["NaN", "embed.norm.weight"]),
+])
+def test_convert_damaged_weights_file(bert, tmp_path, damage, words):
+    """A damaged weights file is a ConversionError naming the file, never a bare KeyError & co."""
+    src = _copy_folder(bert["src"], tmp_path / "src")
+    weights = src / "model.safetensors"
+    raw = weights.read_bytes()
+    if damage == "truncated":
+        weights.write_bytes(raw[: len(raw) // 2])
+    elif damage == "random bytes":
+        weights.write_bytes(np.random.default_rng(3).integers(0, 256, 5000, dtype=np.uint8).tobytes())
+    elif damage == "empty":
+        weights.write_bytes(b"")
+    elif damage == "no data_offsets":
+        _rewrite_weights_header(weights, _drop_key("data_offsets"))
+    elif damage == "no shape":
+        _rewrite_weights_header(weights, _drop_key("shape"))
+    elif damage == "header is a list":
+        _rewrite_weights_header(weights, lambda header: [1, 2, 3])
+    elif damage == "NaN weight":
+        from safetensors.numpy import save_file
+
+        tensors, _ = read_file(weights)
+        tensors["embeddings.LayerNorm.weight"][3] = np.nan
+        save_file(tensors, str(weights))
+    msg = _convert_error(src, tmp_path / "o.safetensors", ConversionError)
+    for word in words:
+        assert word in msg, msg
+
+
+@pytest.mark.parametrize("filename", ["config.json", "sentence_bert_config.json"])
+def test_convert_json_that_is_not_an_object(bert, tmp_path, filename):
+    """Valid JSON of the wrong kind (a list) must give a ConversionError naming the file."""
+    src = _copy_folder(bert["src"], tmp_path / "src")
+    (src / filename).write_text("[1, 2]")
+    msg = _convert_error(src, tmp_path / "o.safetensors", ConversionError)
+    assert filename in msg
+
+
+def test_convert_config_not_json(bert, tmp_path):
+    src = _copy_folder(bert["src"], tmp_path / "src")
+    (src / "config.json").write_text("{not json")
+    msg = _convert_error(src, tmp_path / "o.safetensors", ConversionError)
+    assert "config.json" in msg and "JSON" in msg
+
+
+def test_convert_bad_dtype(bert, tmp_path):
+    with pytest.raises(ConversionError, match="float16"):
+        convert(bert["src"], tmp_path / "o.safetensors", dtype="float16")
+    assert not (tmp_path / "o.safetensors").exists()
+
+
+# --------------------------------------------------------------------------- forward() arguments
+
+def _ids(n=6):
+    return np.arange(100, 100 + 2 * n, dtype=np.int64).reshape(2, n)
+
+
+@pytest.mark.parametrize("case,words", [
+    ("id == vocab", ["input_ids", "[0,"]),
+    ("id >> vocab", ["input_ids", "[0,"]),
+    ("negative id", ["input_ids", "[0,"]),
+    ("float ids", ["input_ids", "float"]),
+    ("1-D ids", ["input_ids", "2-D"]),
+    ("3-D ids", ["input_ids", "2-D"]),
+    ("ragged ids", ["input_ids", "rectangular"]),
+    ("empty ids", ["input_ids", "empty"]),
+    ("mask shape", ["attention_mask", "shape"]),
+    ("mask value 2", ["attention_mask", "0 and 1"]),
+    ("mask value -1", ["attention_mask", "0 and 1"]),
+    ("type id out of range", ["token_type_ids", "[0, 2)"]),
+    ("negative type id", ["token_type_ids", "[0, 2)"]),
+    ("type shape", ["token_type_ids", "shape"]),
+    ("too long", ["sequence length", "positions"]),
+])
+def test_forward_input_errors(encoder, case, words):
+    cfg = encoder.config
+    ids = _ids()
+    kwargs = {}
+    if case == "id == vocab":
+        ids[0, 2] = cfg.vocab_size
+    elif case == "id >> vocab":
+        ids[1, 3] = 2**40
+    elif case == "negative id":
+        ids[1, 0] = -1
+    elif case == "float ids":
+        ids = ids.astype(np.float32)
+    elif case == "1-D ids":
+        ids = ids[0]
+    elif case == "3-D ids":
+        ids = ids[None]
+    elif case == "ragged ids":
+        ids = [[101, 2000, 102], [101, 102]]
+    elif case == "empty ids":
+        ids = np.zeros((2, 0), dtype=np.int64)
+    elif case == "mask shape":
+        kwargs["attention_mask"] = np.ones((2, ids.shape[1] + 1), dtype=np.int64)
+    elif case == "mask value 2":
+        mask = np.ones_like(ids)
+        mask[0, -1] = 2
+        kwargs["attention_mask"] = mask
+    elif case == "mask value -1":
+        mask = np.ones_like(ids)
+        mask[1, -1] = -1
+        kwargs["attention_mask"] = mask
+    elif case == "type id out of range":
+        types = np.zeros_like(ids)
+        types[0, 1] = cfg.type_vocab_size
+        kwargs["token_type_ids"] = types
+    elif case == "negative type id":
+        types = np.zeros_like(ids)
+        types[0, 1] = -1
+        kwargs["token_type_ids"] = types
+    elif case == "type shape":
+        kwargs["token_type_ids"] = np.zeros((1, ids.shape[1]), dtype=np.int64)
+    elif case == "too long":
+        ids = np.full((1, cfg.max_positions - cfg.position_offset + 1), 1000, dtype=np.int64)
+    assert cfg.type_vocab_size == 2  # the expected messages above assume a BERT with 2 types
+    with pytest.raises(InputError) as info:
+        encoder.forward(ids, **kwargs)
+    for word in words:
+        assert word in str(info.value), (case, str(info.value))
+
+
+def test_forward_longest_allowed_sequence_works(encoder, bert, hf_tokenizer):
+    """The boundary: exactly the position table's length is accepted and matches transformers."""
+    import torch
+
+    length = encoder.config.max_positions - encoder.config.position_offset
+    ids = np.random.default_rng(1).integers(1000, 5000, size=(1, length))
+    got = encoder.forward(ids)
+    with torch.no_grad():
+        expected = bert["model"](input_ids=torch.as_tensor(ids)).last_hidden_state.numpy()
+    assert np.abs(got - expected).max() <= 1e-4
+
+
+# --------------------------------------------------------------------------- encode() arguments
+
+@pytest.fixture(scope="module")
+def long_text(sentences) -> str:
+    words = []
+    for sentence in sentences:
+        words.extend(sentence.split())
+        if len(words) >= 5000:
+            break
+    return " ".join(words[:5000])
+
+
+@pytest.mark.parametrize("which", ["bert-fp32", "minilm-int8"])
+def test_encode_truncates_long_text(which, encoder, minilm_files, hf_tokenizer, long_text):
+    enc = encoder if which == "bert-fp32" else tinybert.Encoder(minilm_files["int8"])
+    length = enc.config.max_length
+    if which == "minilm-int8":
+        assert length < enc.config.max_positions  # sentence-transformers' cap, not the table
+    batch = hf_tokenizer([long_text], truncation=True, max_length=length, return_tensors="np")
+    assert batch["input_ids"].shape == (1, length)  # transformers truncated it
+    hidden = enc.forward(batch["input_ids"], batch["attention_mask"], batch["token_type_ids"])
+    expected = hidden.mean(axis=1, dtype=np.float64)
+    if enc.pooling["normalize"]:
+        expected = expected / np.linalg.norm(expected, axis=1, keepdims=True)
+    got = enc.encode(long_text)
+    assert got.shape == (1, enc.dimension)
+    assert np.isfinite(got).all()
+    np.testing.assert_allclose(got, expected, atol=1e-5)
+    # the whole text and the text cut to the kept tokens give the same vector
+    short = hf_tokenizer.decode(batch["input_ids"][0], skip_special_tokens=True)
+    np.testing.assert_allclose(enc.encode([short, long_text])[1], got[0], atol=1e-5)
+
+
+@pytest.mark.parametrize("texts,words", [
+    ([], ["empty"]),
+    ((), ["empty"]),
+    ("", ["texts[0]", "empty"]),
+    (["fine", ""], ["texts[1]", "empty"]),
+    (["fine", "  \t\n "], ["texts[1]", "whitespace"]),
+    (["fine", 3], ["texts[1]", "int"]),
+    (["fine", None], ["texts[1]", "NoneType"]),
+    ([b"bytes"], ["texts[0]", "bytes"]),
+    (None, ["string"]),
+    (42, ["string"]),
+])
+def test_encode_bad_texts(encoder, texts, words):
+    message = raised(InputError, encoder.encode, texts)
+    for word in words:
+        assert word in message, message
+
+
+def test_encode_text_with_lone_surrogate(encoder):
+    """A str that is not valid Unicode text (a lone surrogate, as Python makes from undecodable
+    bytes with errors="surrogateescape", e.g. sys.stdin under a UTF-8 locale) is bad input."""
+    message = raised(InputError, encoder.encode, ["fine", "caf\udce9 au lait"])
+    assert "texts[1]" in message
+
+
+@pytest.mark.parametrize("kwargs,words", [
+    ({"batch_size": 0}, ["batch_size", "0"]),
+    ({"batch_size": -3}, ["batch_size", "-3"]),
+    ({"batch_size": 2.5}, ["batch_size", "2.5"]),
+    ({"batch_size": True}, ["batch_size"]),
+    ({"pooling": "median"}, ["pooling", "median"]),
+    ({"pooling": "MEAN"}, ["pooling", "MEAN"]),
+])
+def test_encode_bad_arguments(encoder, kwargs, words):
+    with pytest.raises(InputError) as info:
+        encoder.encode(["a sentence"], **kwargs)
+    for word in words:
+        assert word in str(info.value), str(info.value)
+
+
+@pytest.mark.parametrize("threads", [0, -1, 10_000, 1.5, True, "2"])
+def test_bad_threads(bert, threads):
+    with pytest.raises(InputError) as info:
+        tinybert.Encoder(bert["files"]["int8"], threads=threads)
+    assert "threads" in str(info.value) and repr(threads) in str(info.value)
+
+
+# --------------------------------------------------------------------------- no crashes
+
+_CRASH_SCRIPT = textwrap.dedent("""
+    import json, sys
+    import numpy as np
+    import tinybert
+    from tinybert.errors import TinyBertError
+
+    enc = tinybert.Encoder(sys.argv[1])
+    V = enc.config.vocab_size
+    ok = np.full((2, 5), 1000, dtype=np.int64)
+    i64 = np.iinfo(np.int64)
+    cases = {
+        "id=vocab": lambda: enc.forward(np.full((2, 5), V)),
+        "id=2**31 (wraps in int32)": lambda: enc.forward(np.full((1, 4), 2**31 + 5)),
+        "id=2**32 (wraps to 0)": lambda: enc.forward(np.full((1, 4), 2**32)),
+        "id=int64 max": lambda: enc.forward(np.full((1, 4), i64.max)),
+        "id=int64 min": lambda: enc.forward(np.full((1, 4), i64.min)),
+        "id=uint64 max": lambda: enc.forward(np.full((1, 4), np.iinfo(np.uint64).max, dtype=np.uint64)),
+        "id=-1": lambda: enc.forward([[101, -1, 102]]),
+        "type=2**31": lambda: enc.forward(ok, token_type_ids=np.full((2, 5), 2**31)),
+        "type=-2**31": lambda: enc.forward(ok, token_type_ids=np.full((2, 5), -2**31)),
+        "mask=256 (wraps in uint8)": lambda: enc.forward(ok, attention_mask=np.full((2, 5), 256)),
+        "mask=2": lambda: enc.forward(ok, attention_mask=np.full((2, 5), 2)),
+        "seq 100000": lambda: enc.forward(np.full((1, 100000), 1000)),
+        "nan ids": lambda: enc.forward(np.full((1, 3), np.nan)),
+        "object ids": lambda: enc.forward(np.array([[1, None]], dtype=object)),
+        "string ids": lambda: enc.forward([["a", "b"]]),
+        "None ids": lambda: enc.forward(None),
+        "0x0 ids": lambda: enc.forward(np.zeros((0, 0), dtype=np.int64)),
+        "bad texts": lambda: enc.encode(["ok", ""]),
+    }
+    result = {}
+    for name, case in cases.items():
+        try:
+            case()
+            result[name] = "no error"
+        except TinyBertError as exc:
+            result[name] = type(exc).__name__
+        except BaseException as exc:
+            result[name] = "BARE " + type(exc).__name__ + ": " + str(exc)[:200]
+    # still usable afterwards
+    vec = enc.encode(["after all that, a normal sentence"])
+    result["after"] = bool(np.isfinite(vec).all())
+    print(json.dumps(result))
+""")
+
+
+def test_worst_inputs_raise_not_crash(bert):
+    proc = subprocess.run([sys.executable, "-c", _CRASH_SCRIPT, str(bert["files"]["int8"])],
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, f"return code {proc.returncode} (negative = killed by a signal)\n{proc.stderr}"
+    result = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert result.pop("after") is True
+    bad = {name: outcome for name, outcome in result.items() if outcome != "InputError"}
+    assert not bad, f"cases that did not raise InputError: {bad}"

@@ -1,0 +1,249 @@
+"""Correctness tests for tinybert/kernels/gemm.py (no timing).
+
+The integer part of every int8 path is exact, so each path is checked twice:
+  * allclose (rtol 1e-6) against y = xs * ws * dot + b computed in float64 from int64 dot products;
+  * bit-exact equality with a numpy emulation of the shared float32 epilogue
+    float32(dot) * xs[m] * ws[n] + b[n]  (and between all paths).
+"""
+
+import numpy as np
+import pytest
+from numba import njit
+
+from tinybert.kernels import gemm as g
+
+PATHS = ["simd", "portable"]
+
+
+# ------------------------------------------------------------------------------------------------
+# numpy references
+# ------------------------------------------------------------------------------------------------
+
+def quantize_ref(x):
+    amax = np.abs(x).max(axis=1)
+    scale = np.where(amax > 0, amax / np.float32(g.ACT_QMAX), np.float32(1.0)).astype(np.float32)
+    inv = (np.float32(1.0) / scale).astype(np.float32)
+    xq = np.rint(x * inv[:, None]).astype(np.int16)
+    return xq, scale
+
+
+def dot_ref(xq, wq):
+    return xq.astype(np.int64) @ wq.astype(np.int64).T
+
+
+def check_out(out, xq, xs, wq, ws, bias):
+    dot = dot_ref(xq, wq)
+    expected = dot.astype(np.float64) * xs[:, None].astype(np.float64) \
+        * ws[None, :].astype(np.float64) + bias[None, :].astype(np.float64)
+    # rtol 1e-6 of the terms being summed (a bias can cancel the product to ~0).
+    scale = np.abs(dot * xs[:, None].astype(np.float64) * ws[None, :]) + np.abs(bias)[None, :]
+    assert out.dtype == np.float32 and out.shape == expected.shape
+    assert np.all(np.abs(out - expected) <= 1e-6 * scale + 1e-30)
+    assert np.allclose(out, expected, rtol=1e-6, atol=1e-6 * scale.max())
+    # The shared epilogue, emulated in float32: every path must match it bit for bit.
+    exact = dot.astype(np.float64).astype(np.float32) * xs[:, None] * ws[None, :] + bias[None, :]
+    np.testing.assert_array_equal(out, exact)
+
+
+def make_case(rng, m, n, k, extreme=None):
+    if extreme is None:
+        xq = rng.integers(-g.ACT_QMAX, g.ACT_QMAX + 1, (m, k)).astype(np.int16)
+        wq = rng.integers(-127, 128, (n, k)).astype(np.int8)
+    elif extreme == "same_sign":
+        s = np.where(rng.random(m) < 0.5, -1, 1)[:, None]
+        xq = np.broadcast_to(s * g.ACT_QMAX, (m, k)).astype(np.int16)
+        wq = np.full((n, k), 127, np.int8)
+        wq[::2] = -127
+    else:  # random signs, full magnitude
+        xq = (rng.choice([-1, 1], (m, k)) * g.ACT_QMAX).astype(np.int16)
+        wq = (rng.choice([-1, 1], (n, k)) * 127).astype(np.int8)
+    xs = (rng.random(m) * 1e-2 + 1e-4).astype(np.float32)
+    ws = (rng.random(n) * 1e-2 + 1e-4).astype(np.float32)
+    bias = rng.standard_normal(n).astype(np.float32)
+    return xq, xs, wq, ws, bias
+
+
+SHAPES = [
+    (1, 1, 1), (1, 17, 5), (1, 384, 384), (2, 16, 2), (3, 15, 3), (5, 31, 33), (6, 16, 64),
+    (7, 33, 255), (13, 40, 770), (16, 384, 384), (97, 50, 1031), (200, 19, 64),
+    (100, 70, 513),                   # > MC rows: several chunks, K crosses a KC boundary
+    (6, 16, 8192), (5, 20, 8193),     # exactly one int32 block / one k past it
+    (7, 18, 2 * 8192 + 3),            # three blocks, odd K
+]
+
+
+# ------------------------------------------------------------------------------------------------
+# quantize_rows
+# ------------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("m,k", [(1, 1), (3, 7), (16, 384), (130, 770)])
+def test_quantize_rows_matches_numpy(m, k):
+    rng = np.random.default_rng(m * 1000 + k)
+    x = (rng.standard_normal((m, k)) * rng.random((m, 1)) * 10).astype(np.float32)
+    x[0, 0] = 1e4 if k > 1 else x[0, 0]         # an outlier in one row
+    if m > 2:
+        x[2] = 0.0                                # all-zero row -> scale 1, xq 0
+    xq = np.empty((m, k), np.int16)
+    xs = np.empty(m, np.float32)
+    g.quantize_rows(x, xq, xs)
+    xq_ref, xs_ref = quantize_ref(x)
+    np.testing.assert_array_equal(xs, xs_ref)
+    np.testing.assert_array_equal(xq, xq_ref)
+    assert np.abs(xq).max() <= g.ACT_QMAX
+    if m > 2:
+        assert xs[2] == 1.0 and not xq[2].any()
+
+
+def test_quantize_rows_half_even():
+    # x / scale lands exactly on .5: np.rint rounds half to even.
+    x = np.array([[2047.0, 0.5, 1.5, 2.5, -0.5, -1.5]], np.float32)
+    xq = np.empty_like(x, dtype=np.int16)
+    xs = np.empty(1, np.float32)
+    g.quantize_rows(x, xq, xs)
+    assert xs[0] == 1.0
+    np.testing.assert_array_equal(xq[0], [2047, 0, 2, 2, 0, -2])
+
+
+# ------------------------------------------------------------------------------------------------
+# packing
+# ------------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("n,k", [(1, 1), (16, 2), (17, 5), (40, 770)])
+def test_pack_weight_layout(n, k):
+    rng = np.random.default_rng(n + k)
+    wq = rng.integers(-127, 128, (n, k)).astype(np.int8)
+    wp = g.pack_weight(wq)
+    nr = g.NR
+    assert wp.dtype == np.int16 and wp.flags.c_contiguous
+    assert wp.shape == (-(-n // nr), -(-k // 2), 2 * nr)
+    assert g.is_packed(wp) and not g.is_packed(wq)
+    for p, kk, j, t in [(0, 0, 0, 0), (wp.shape[0] - 1, wp.shape[1] - 1, nr - 1, 1),
+                        ((n - 1) // nr, (k - 1) // 2, (n - 1) % nr, (k - 1) % 2)]:
+        row, col = p * nr + j, 2 * kk + t
+        want = wq[row, col] if row < n and col < k else 0
+        assert wp[p, kk, 2 * j + t] == want
+    # Unpacking gives the zero-padded original back.
+    unpacked = wp.reshape(wp.shape[0], wp.shape[1], nr, 2).transpose(0, 2, 1, 3)
+    unpacked = unpacked.reshape(wp.shape[0] * nr, 2 * wp.shape[1])
+    np.testing.assert_array_equal(unpacked[:n, :k], wq)
+    assert not unpacked[n:].any() and not unpacked[:, k:].any()
+
+
+def test_pack_weight_rejects_bad_input():
+    with pytest.raises(TypeError):
+        g.pack_weight(np.zeros((4, 4), np.int16))
+    wp = g.pack_weight(np.zeros((20, 10), np.int8))
+    with pytest.raises(ValueError):
+        g.qlinear_packed(np.zeros((2, 12), np.int16), np.ones(2, np.float32), wp,
+                         np.ones(20, np.float32), np.zeros(20, np.float32),
+                         np.empty((2, 20), np.float32))
+    with pytest.raises(ValueError):
+        g.linear_int8(np.zeros((2, 10), np.float32), wp, np.ones(20, np.float32),
+                      np.zeros(20, np.float32), path="avx512")
+
+
+# ------------------------------------------------------------------------------------------------
+# GEMM paths
+# ------------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("m,n,k", SHAPES)
+def test_qlinear_reference(m, n, k):
+    rng = np.random.default_rng(m * 7919 + n * 31 + k)
+    xq, xs, wq, ws, bias = make_case(rng, m, n, k)
+    out = np.empty((m, n), np.float32)
+    g.qlinear(xq, xs, wq, ws, bias, out)
+    check_out(out, xq, xs, wq, ws, bias)
+
+
+@pytest.mark.parametrize("path", PATHS)
+@pytest.mark.parametrize("m,n,k", SHAPES)
+def test_qlinear_packed(m, n, k, path):
+    rng = np.random.default_rng(m * 7919 + n * 31 + k)
+    xq, xs, wq, ws, bias = make_case(rng, m, n, k)
+    out = np.full((m, n), np.nan, np.float32)
+    g.qlinear_packed(xq, xs, g.pack_weight(wq), ws, bias, out, path=path)
+    check_out(out, xq, xs, wq, ws, bias)
+
+
+@pytest.mark.parametrize("path", PATHS)
+@pytest.mark.parametrize("extreme", ["same_sign", "random_sign"])
+@pytest.mark.parametrize("m,n,k", [(7, 19, 8192), (6, 16, 8193), (3, 17, 3 * 8192 + 1),
+                                   (13, 40, 770)])
+def test_extreme_values(m, n, k, extreme, path):
+    # |sum| reaches 2047 * 127 * 8192 = 2_129_731_584, just inside int32, per ACC_BLOCK block.
+    rng = np.random.default_rng(k)
+    xq, xs, wq, ws, bias = make_case(rng, m, n, k, extreme=extreme)
+    out = np.empty((m, n), np.float32)
+    g.qlinear_packed(xq, xs, g.pack_weight(wq), ws, bias, out, path=path)
+    check_out(out, xq, xs, wq, ws, bias)
+    ref = np.empty((m, n), np.float32)
+    g.qlinear(xq, xs, wq, ws, bias, ref)
+    np.testing.assert_array_equal(out, ref)
+
+
+@pytest.mark.parametrize("packed", [True, False])
+@pytest.mark.parametrize("path", PATHS + [None])
+@pytest.mark.parametrize("m,n,k", [(1, 384, 384), (3, 15, 3), (16, 40, 770), (97, 50, 1031),
+                                   (5, 20, 8193)])
+def test_linear_int8(m, n, k, path, packed):
+    rng = np.random.default_rng(m + n + k)
+    x = (rng.standard_normal((m, k)) * 3).astype(np.float32)
+    x[m // 2] = 0.0                                   # an all-zero row gives exactly the bias
+    wq = rng.integers(-127, 128, (n, k)).astype(np.int8)
+    ws = (rng.random(n) * 1e-2).astype(np.float32)
+    bias = rng.standard_normal(n).astype(np.float32)
+    y = g.linear_int8(x, g.pack_weight(wq) if packed else wq, ws, bias, path=path)
+    xq, xs = quantize_ref(x)
+    check_out(y, xq, xs, wq, ws, bias)
+    np.testing.assert_array_equal(y[m // 2], bias)
+    # Same answer as the unfused reference pipeline.
+    xq2 = np.empty((m, k), np.int16)
+    xs2 = np.empty(m, np.float32)
+    g.quantize_rows(x, xq2, xs2)
+    ref = np.empty((m, n), np.float32)
+    g.qlinear(xq2, xs2, wq, ws, bias, ref)
+    np.testing.assert_array_equal(y, ref)
+    # And it approximates the float layer.
+    y32 = g.linear_fp32(x, wq.astype(np.float32) * ws[:, None], bias)
+    assert np.abs(y - y32).max() <= 1e-3 * (np.abs(y32).max() + 1)
+
+
+def test_default_path_follows_cpu():
+    assert g._use_simd(None) == g.SIMD_AVAILABLE
+    assert g._use_simd("simd") is True and g._use_simd("portable") is False
+
+
+# ------------------------------------------------------------------------------------------------
+# The SIMD micro-kernel in both spellings (x86 intrinsic when available, generic LLVM vectors)
+# ------------------------------------------------------------------------------------------------
+
+def _make_runner(mk):
+    @njit
+    def run(tile, t_off, x, x_off, x_stride, wp, w_off, kpairs):
+        mk(tile, t_off, x, x_off, x_stride, wp, w_off, kpairs)
+    return run
+
+
+@pytest.mark.parametrize("use_x86", [False, True])
+@pytest.mark.parametrize("rows", [1, 4, 6])
+def test_microkernel_variants(rows, use_x86):
+    if use_x86 and not g.SIMD_AVAILABLE:
+        pytest.skip("host has no AVX2")
+    rng = np.random.default_rng(rows)
+    run = _make_runner(g._make_simd_microkernel(rows, use_x86))
+    k, stride, nr = 38, 44, g.NR
+    x = rng.integers(-2047, 2048, rows * stride + 10).astype(np.int16)
+    wq = rng.integers(-127, 128, (nr, k)).astype(np.int8)
+    wp = g.pack_weight(wq).reshape(-1)
+    tile0 = rng.integers(-1000, 1000, 2 * rows * nr).astype(np.int32)
+    tile = tile0.copy()
+    x_off, t_off = 3, nr
+    run(tile, t_off, x, x_off, stride, wp, 0, k // 2)
+    xrows = np.stack([x[x_off + i * stride: x_off + i * stride + k] for i in range(rows)])
+    expected = tile0.copy()
+    expected[t_off:t_off + rows * nr] += dot_ref(xrows, wq).reshape(-1).astype(np.int32)
+    np.testing.assert_array_equal(tile, expected)
+    # The portable micro-kernel agrees.
+    tile2 = tile0.copy()
+    g._microkernel_portable(rows, tile2, t_off, x, x_off, stride, wp, 0, k // 2)
+    np.testing.assert_array_equal(tile2, expected)
