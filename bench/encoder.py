@@ -235,9 +235,17 @@ def _median_time(fn, repeats: int, min_seconds: float) -> float:
     return float(np.median(times))
 
 
-def worker(args: argparse.Namespace) -> None:
+def _peak_rss_mb() -> float:
+    # VmHWM belongs to this process image; ru_maxrss would carry over the parent's peak across exec.
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
     import resource
 
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def worker(args: argparse.Namespace) -> None:
     spec = json.loads(Path(args.worker).read_text())
     t0 = time.perf_counter()
     run = load_engine(spec["engine"], Path(spec["path"]), spec["threads"])
@@ -260,7 +268,7 @@ def worker(args: argparse.Namespace) -> None:
     fid = spec["inputs"]["fidelity"]
     emb = np.concatenate([run(fid[s:s + 32]) for s in range(0, len(fid), 32)])
     np.save(spec["embeddings"], emb)
-    result["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    result["peak_rss_mb"] = _peak_rss_mb()
     Path(spec["result"]).write_text(json.dumps(result))
 
 
