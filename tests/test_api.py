@@ -55,3 +55,19 @@ def test_forward_accepts_lists_and_default_mask(minilm_files, hf_tokenizer, sent
     from_array = enc.forward(np.asarray(ids, dtype=np.int64), np.ones((1, len(ids[0])), dtype=np.int64))
     assert from_list.shape == (1, len(ids[0]), 384)
     np.testing.assert_array_equal(from_list, from_array)
+
+
+def test_warmup_compiles_into_an_empty_cache(tmp_path):
+    """A fresh kernel cache is reported cold, and warm after `tinybert warmup`."""
+    import os
+
+    env = dict(os.environ, NUMBA_CACHE_DIR=str(tmp_path))
+    code = "import tinybert; print(tinybert.kernels_ready())"
+    before = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=600)
+    assert before.stdout.strip() == "False", before.stderr
+    warm = subprocess.run([sys.executable, "-m", "tinybert", "warmup", "--quiet"], env=env,
+                          capture_output=True, text=True, timeout=900)
+    assert warm.returncode == 0, warm.stderr
+    after = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=600)
+    assert after.stdout.strip() == "True", after.stderr
+    assert any(tmp_path.rglob("*.nbc")), "no compiled kernels were cached"

@@ -1,15 +1,16 @@
 """tinybert: CPU-first Transformer inference with int8 weights, Numba kernels and one-file models."""
 
-from .api import Encoder
-from .errors import (
+__version__ = "0.1.0"
+
+from .api import Encoder  # noqa: E402
+from .errors import (  # noqa: E402
     ConversionError,
     InputError,
     ModelFileError,
     TinyBertError,
     UnsupportedModelError,
 )
-
-__version__ = "0.1.0"
+from .warmup import kernels_ready, warmup  # noqa: E402
 
 __all__ = ["Encoder", "TinyBertError", "ModelFileError", "UnsupportedModelError",
-           "ConversionError", "InputError", "__version__"]
+           "ConversionError", "InputError", "warmup", "kernels_ready", "__version__"]

@@ -31,9 +31,25 @@ def _read_texts(args: argparse.Namespace) -> list[str]:
     return [line for line in source.splitlines() if line.strip()]
 
 
+def _ensure_kernels() -> None:
+    """Compile the kernels with a visible progress bar rather than stall silently on a first run."""
+    from .warmup import kernels_ready, warmup
+
+    if not kernels_ready():
+        print("tinybert: compiling kernels for this machine (first run only)", file=sys.stderr)
+        warmup(show_progress=True)
+
+
+def _cmd_warmup(args: argparse.Namespace) -> None:
+    from .warmup import warmup
+
+    warmup(show_progress=not args.quiet)
+
+
 def _cmd_embed(args: argparse.Namespace) -> None:
     from .api import Encoder
 
+    _ensure_kernels()
     encoder = Encoder(args.model, threads=args.threads)
     texts = _read_texts(args)
     vectors = encoder.encode(texts, batch_size=args.batch_size, show_progress=args.progress)
@@ -89,6 +105,7 @@ def _cmd_info(args: argparse.Namespace) -> None:
 def _cmd_demo(args: argparse.Namespace) -> None:
     from .demo import run
 
+    _ensure_kernels()
     run(model=args.model, top_k=args.top_k)
 
 
@@ -124,6 +141,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", help="use this tinybert file instead of the default model")
     p.add_argument("--top-k", type=int, default=3)
     p.set_defaults(func=_cmd_demo)
+
+    p = sub.add_parser("warmup", help="compile and cache the kernels now (otherwise the first call does it)")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=_cmd_warmup)
     return parser
 
 

@@ -1,0 +1,85 @@
+"""Ahead-of-time kernel compilation.
+
+Numba compiles each kernel on first use and caches the machine code on disk (``cache=True``), so
+only the very first run on a machine pays the compile (tens of seconds). ``warmup()`` pays it up
+front by running a tiny random model through every code path (``tinybert warmup`` on the command
+line); ``kernels_ready()`` tells whether that has happened, so front ends can say why a first call
+is slow instead of looking hung.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from pathlib import Path
+
+import llvmlite.binding as llvm
+import numba
+import numpy as np
+
+from . import __version__
+from . import format as fmt
+from .config import EncoderConfig
+from .kernels import activations, attention, embeddings, gemm, mathfn, norm
+from .models import EncoderModel
+
+_KERNEL_MODULES = (activations, attention, embeddings, gemm, mathfn, norm)
+
+
+def _marker() -> Path:
+    """A file that exists once warmup() has run for this tinybert, Numba, CPU and kernel source.
+
+    It lives beside Numba's own cache files, whose index Numba keys on the same things."""
+    index = Path(attention.attention._cache._cache_file._index_path)
+    stamp = [__version__, numba.__version__, llvm.get_host_cpu_name(), llvm.get_host_cpu_features().flatten()]
+    stamp += [f"{Path(m.__file__).name}:{os.stat(m.__file__).st_mtime_ns}" for m in _KERNEL_MODULES]
+    digest = hashlib.sha256("\n".join(stamp).encode()).hexdigest()[:16]
+    return index.parent / f"tinybert-warm-{digest}"
+
+
+def kernels_ready() -> bool:
+    """True when warmup() has already compiled every kernel on this machine (fast first calls)."""
+    try:
+        return _marker().exists()
+    except (AttributeError, OSError):
+        return False
+
+
+def _tiny_model(quantization: str, activation: str) -> EncoderModel:
+    cfg = EncoderConfig(architecture="bert", vocab_size=16, hidden_size=8, embedding_size=8, num_layers=1,
+                        num_heads=2, intermediate_size=16, max_positions=8, type_vocab_size=2,
+                        activation=activation, layer_norm_eps=1e-12, position_scheme="absolute",
+                        pad_token_id=0, max_length=8)
+    rng = np.random.default_rng(0)
+    tensors = {}
+    for name, shape in fmt.encoder_tensor_shapes(cfg.to_dict()).items():
+        value = rng.standard_normal(shape).astype(np.float32)
+        if quantization == "int8" and fmt.is_quantized_name(name):
+            tensors[name] = np.clip(np.rint(value * 50), -127, 127).astype(np.int8)
+            tensors[name + fmt.SCALE_SUFFIX] = np.full(shape[0], 0.02, dtype=np.float32)
+        else:
+            tensors[name] = value
+    return EncoderModel(cfg, tensors)
+
+
+def warmup(show_progress: bool = True) -> None:
+    """Compile (or load from the cache) every kernel tinybert uses, int8 and fp32 paths."""
+    cases = [(q, a) for q in fmt.QUANTIZATIONS for a in fmt.ACTIVATIONS]
+    progress = None
+    if show_progress:
+        from tqdm import tqdm
+
+        progress = tqdm(total=len(cases), desc="compiling kernels", unit="path")
+    ids = np.array([1, 2, 3, 4, 5], dtype=np.int32)
+    starts = np.array([0, 2, 5], dtype=np.int64)
+    for quantization, activation in cases:
+        model = _tiny_model(quantization, activation)
+        model(ids, np.zeros_like(ids), starts, np.ones(ids.size, dtype=np.uint8))
+        if progress is not None:
+            progress.update(1)
+    if progress is not None:
+        progress.close()
+    try:
+        _marker().touch()
+    except OSError:  # a read-only cache folder only costs the message next time
+        pass
