@@ -427,8 +427,208 @@ def linear_int8(x: np.ndarray, wq: np.ndarray, ws: np.ndarray, bias: np.ndarray,
     return out
 
 
+# ----------------------------------------------------------------------------------------------
+# fp32 GEMM
+# ----------------------------------------------------------------------------------------------
+# Same structure as the int8 path, without BLAS (whose threads would fight Numba's for the cores):
+# weights packed once into column panels of NR output channels, ``packed[p, k, j] = w[p*NR + j, k]``
+# (zero padded), and an MR x NR register tile: per k, NV vector loads of the panel row, one
+# broadcast of x[m, k] per row and MR * NV fused multiply-adds into <8 x float> accumulators.
+
+KC_F32 = 384      # k block: a 384 x 16 fp32 panel slice (24 KiB) stays in L1
+MC_F32 = 96       # rows per task (multiple of MR): 96 x 384 fp32 activations (144 KiB) sit in L2
+KU = 4            # k unroll of the fp32 micro-kernel's loop
+_ALIGN = 64       # byte alignment of packed panels (whole cache lines per 16-float panel row)
+
+
+def _make_f32_microkernel(rows):
+    """Register-blocked fp32 micro-kernel for a tile of ``rows`` (1..MR) rows, as an intrinsic.
+
+    tile[t_off + i*NR + j] (+)= sum_{k < kc} x[x_off + i*x_stride + k] * wp[w_off + k*NR + j]
+    for i < rows, j < NR; the tile is overwritten when ``accumulate`` is 0, else added to.
+
+    Pure LLVM vector IR (``llvm.fmuladd.v8f32``: an FMA where the target has one, a multiply and
+    an add elsewhere), so any LLVM target can lower it; no CPU check is needed.
+    """
+    f32, i32, i64 = ir.FloatType(), ir.IntType(32), ir.IntType(64)
+    v8f32 = ir.VectorType(f32, 8)
+    splat_mask = ir.Constant(ir.VectorType(i32, 8), [0] * 8)
+
+    @intrinsic
+    def microkernel(typingctx, tile, t_off, x, x_off, x_stride, wp, w_off, kc, accumulate):
+        sig = types.void(tile, t_off, x, x_off, x_stride, wp, w_off, kc, accumulate)
+
+        def codegen(context, builder, signature, args):
+            tys = signature.args
+            ints = [context.cast(builder, args[i], tys[i], types.int64) for i in (1, 3, 4, 6, 7, 8)]
+            t_off_v, x_off_v, x_stride_v, w_off_v, kc_v, accumulate_v = ints
+            tile_p = cgutils.create_struct_proxy(tys[0])(context, builder, value=args[0]).data
+            x_p = cgutils.create_struct_proxy(tys[2])(context, builder, value=args[2]).data
+            w_p = cgutils.create_struct_proxy(tys[5])(context, builder, value=args[5]).data
+            fma = cgutils.get_or_insert_function(
+                builder.module, ir.FunctionType(v8f32, [v8f32, v8f32, v8f32]), "llvm.fmuladd.v8f32")
+
+            x_rows = [builder.gep(x_p, [builder.add(x_off_v, builder.mul(x_stride_v, ir.Constant(i64, i)))],
+                                  source_etype=f32) for i in range(rows)]
+            w_base = builder.bitcast(builder.gep(w_p, [w_off_v], source_etype=f32), v8f32.as_pointer())
+            accs = [[cgutils.alloca_once_value(builder, ir.Constant(v8f32, None))
+                     for _ in range(NV)] for _ in range(rows)]
+            for row in accs:
+                for a in row:
+                    builder.store(ir.Constant(v8f32, [0.0] * 8), a)
+            def k_step(k):
+                w_vecs = [builder.load(builder.gep(w_base, [builder.add(builder.mul(k, ir.Constant(i64, NV)),
+                                                                        ir.Constant(i64, v))],
+                                                   source_etype=v8f32), align=4, typ=v8f32)
+                          for v in range(NV)]
+                for i in range(rows):
+                    xv = builder.load(builder.gep(x_rows[i], [k], source_etype=f32), align=4, typ=f32)
+                    bcast = builder.shuffle_vector(
+                        builder.insert_element(ir.Constant(v8f32, None), xv, ir.Constant(i32, 0)),
+                        ir.Constant(v8f32, None), splat_mask)
+                    for v in range(NV):
+                        acc = builder.load(accs[i][v], typ=v8f32)
+                        builder.store(builder.call(fma, [bcast, w_vecs[v], acc]), accs[i][v])
+
+            # Main loop unrolled KU times (fewer loop-counter instructions per FMA), then the rest.
+            n_main = builder.udiv(kc_v, ir.Constant(i64, KU))
+            with cgutils.for_range(builder, n_main) as loop:
+                k0 = builder.mul(loop.index, ir.Constant(i64, KU))
+                for u in range(KU):
+                    k_step(builder.add(k0, ir.Constant(i64, u)))
+            done = builder.mul(n_main, ir.Constant(i64, KU))
+            with cgutils.for_range(builder, builder.sub(kc_v, done)) as loop:
+                k_step(builder.add(done, loop.index))
+
+            t_base = builder.gep(tile_p, [t_off_v], source_etype=f32)
+            add_old = builder.icmp_signed("!=", accumulate_v, ir.Constant(i64, 0))
+            for i in range(rows):
+                for v in range(NV):
+                    ptr = builder.bitcast(
+                        builder.gep(t_base, [ir.Constant(i64, i * NR + 8 * v)], source_etype=f32),
+                        v8f32.as_pointer())
+                    acc = builder.load(accs[i][v], typ=v8f32)
+                    with builder.if_then(add_old):
+                        builder.store(builder.fadd(builder.load(ptr, align=4, typ=v8f32), acc), ptr,
+                                      align=4)
+                    with builder.if_then(builder.not_(add_old)):
+                        builder.store(acc, ptr, align=4)
+            return context.get_dummy_value()
+
+        return sig, codegen
+
+    return microkernel
+
+
+_fk1, _fk2, _fk3, _fk4, _fk5, _fk6 = [_make_f32_microkernel(r) for r in range(1, MR + 1)]
+
+
+@njit(cache=True)
+def _f32_microkernel(rows, tile, t_off, x, x_off, x_stride, wp, w_off, kc, accumulate):
+    if rows == 6:
+        _fk6(tile, t_off, x, x_off, x_stride, wp, w_off, kc, accumulate)
+    elif rows == 5:
+        _fk5(tile, t_off, x, x_off, x_stride, wp, w_off, kc, accumulate)
+    elif rows == 4:
+        _fk4(tile, t_off, x, x_off, x_stride, wp, w_off, kc, accumulate)
+    elif rows == 3:
+        _fk3(tile, t_off, x, x_off, x_stride, wp, w_off, kc, accumulate)
+    elif rows == 2:
+        _fk2(tile, t_off, x, x_off, x_stride, wp, w_off, kc, accumulate)
+    else:
+        _fk1(tile, t_off, x, x_off, x_stride, wp, w_off, kc, accumulate)
+
+
+@njit(cache=True, parallel=True)
+def _sgemm_packed(x, wp, bias, out):
+    """out = x @ W.T + bias with W packed by pack_weight_fp32; x f32[M, K] C-contiguous.
+
+    Tasks are (row chunk of at most MC_F32 rows, NR-column panel), chunk-major, shared by prange so
+    that a batch of a few rows still spreads its panels over all cores.  Inside a task: k blocks of
+    at most KC_F32 (the panel slice stays in L1), MR-row micro-tiles into a float32 tile.
+    """
+    m_rows, k_dim = x.shape
+    n_dim = out.shape[1]
+    n_panels = wp.shape[0]
+    xf = x.reshape(m_rows * k_dim)
+    w = wp.reshape(wp.size)
+    n_chunks = (m_rows + MC_F32 - 1) // MC_F32
+    chunk_rows = ((m_rows + n_chunks - 1) // n_chunks + MR - 1) // MR * MR
+    n_chunks = (m_rows + chunk_rows - 1) // chunk_rows
+    n_kb = max(1, (k_dim + KC_F32 - 1) // KC_F32)
+    kc = (k_dim + n_kb - 1) // n_kb          # equal k blocks
+    for task in prange(n_chunks * n_panels):
+        chunk = task // n_panels
+        p = task - chunk * n_panels
+        m0 = chunk * chunk_rows
+        rows = min(chunk_rows, m_rows - m0)
+        tile = np.zeros(rows * NR, dtype=np.float32)
+        for kc0 in range(0, k_dim, kc):
+            kc1 = min(k_dim, kc0 + kc)
+            w_off = (p * k_dim + kc0) * NR
+            for r0 in range(0, rows, MR):
+                _f32_microkernel(min(MR, rows - r0), tile, r0 * NR, xf, (m0 + r0) * k_dim + kc0,
+                                 k_dim, w, w_off, kc1 - kc0, kc0)
+        n0 = p * NR
+        ncols = min(NR, n_dim - n0)
+        for r in range(rows):
+            orow = out[m0 + r, n0:n0 + ncols]
+            for j in range(ncols):
+                orow[j] = tile[r * NR + j] + bias[n0 + j]
+
+
+def pack_weight_fp32(w: np.ndarray) -> np.ndarray:
+    """Pack fp32 weights [N, K] once, at load time, for ``linear_fp32``.
+
+    Returns a C-contiguous float32 array of shape (ceil(N / NR), K, NR), 64-byte aligned, with
+    ``packed[p, k, j] = w[p*NR + j, k]`` and zeros past N (so partial panels need no special case
+    in the micro-kernel).  Same memory as the raw weight up to the padding of the last panel.
+    """
+    w = np.asarray(w)
+    if w.ndim != 2 or w.dtype != np.float32:
+        raise TypeError("pack_weight_fp32 expects float32 weights of shape [N, K]")
+    n_dim, k_dim = w.shape
+    if n_dim == 0 or k_dim == 0:
+        raise ValueError(f"pack_weight_fp32 needs a non-empty weight, got shape {w.shape}")
+    shape = (-(-n_dim // NR), k_dim, NR)
+    size = shape[0] * k_dim * NR
+    raw = np.zeros(size + _ALIGN // 4, dtype=np.float32)
+    start = (-raw.ctypes.data % _ALIGN) // 4
+    packed = raw[start:start + size].reshape(shape)
+    _pack_f32_into(np.ascontiguousarray(w), packed)
+    return packed
+
+
+@njit(cache=True)
+def _pack_f32_into(w, packed):
+    n_dim, k_dim = w.shape
+    for p in range(packed.shape[0]):
+        for j in range(min(NR, n_dim - p * NR)):
+            row = w[p * NR + j]
+            for k in range(k_dim):
+                packed[p, k, j] = row[k]
+
+
+def is_packed_fp32(w: np.ndarray) -> bool:
+    """True for the output of pack_weight_fp32 (float32, 3-d, last axis NR)."""
+    return w.dtype == np.float32 and w.ndim == 3 and w.shape[2] == NR
+
+
 def linear_fp32(x: np.ndarray, w: np.ndarray, bias: np.ndarray) -> np.ndarray:
-    """y = x @ w.T + bias in fp32 (BLAS sgemm; w is [N, K])."""
-    out = x @ w.T
-    out += bias
+    """y = x @ W.T + bias in fp32 (Numba threads, no BLAS).
+
+    x float32 [M, K]; w is either ``pack_weight_fp32(W)`` (computed once at load time: what
+    production uses) or the raw float32 [N, K] weight (packed on every call); bias float32 [N].
+    """
+    if not is_packed_fp32(w):
+        w = pack_weight_fp32(np.asarray(w, dtype=np.float32))
+    x = np.ascontiguousarray(x, dtype=np.float32)
+    if x.ndim != 2:
+        raise ValueError(f"linear_fp32 expects x of shape [M, K], got {x.shape}")
+    m_rows, k_dim = x.shape
+    n_dim = bias.shape[0]
+    if w.shape[1] != k_dim or w.shape[0] != -(-n_dim // NR):
+        raise ValueError(f"packed weight {w.shape} does not match K={k_dim}, N={n_dim}")
+    out = np.empty((m_rows, n_dim), dtype=np.float32)
+    _sgemm_packed(x, w, np.ascontiguousarray(bias, dtype=np.float32), out)
     return out
