@@ -94,6 +94,68 @@ def test_attention_packed_sequences_equal_separate_runs():
         np.testing.assert_allclose(out[rows], expected, atol=2e-5)
 
 
+@pytest.mark.parametrize("d", [32, 64])
+@pytest.mark.parametrize("seq", [1, 7, 128, 300, 512])
+def test_attention_head_dims_and_lengths(seq, d):
+    """One sequence per row of the batch: unmasked, right-padded, masked with gaps."""
+    heads, batch = 2, 3
+    hidden = heads * d
+    qkv = (RNG.standard_normal((batch * seq, 3 * hidden)) * 2).astype(np.float32)
+    mask = np.ones((batch, seq), dtype=np.uint8)
+    mask[1, (seq + 1) // 2:] = 0  # end padding (a 1-token row keeps its only key)
+    mask[2] = RNG.random(seq) < 0.6  # scattered masked keys
+    mask[2, 0] = 1
+    out = np.empty((batch * seq, hidden), dtype=np.float32)
+    starts = np.arange(0, batch * seq + 1, seq, dtype=np.int64)
+    attention.attention(qkv, starts, mask.reshape(-1), heads, out)
+    np.testing.assert_allclose(out, _ref_attention(qkv, mask, heads), atol=2e-5)
+
+
+@pytest.mark.parametrize("d", [32, 64, 24])
+def test_attention_packed_mixed_lengths_with_masks(d):
+    """Packed sequences of mixed lengths, some keys masked, one sequence with no valid key."""
+    heads = 3
+    hidden = heads * d
+    lengths = [7, 128, 1, 300, 16, 33, 5]
+    starts = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64)
+    qkv = (RNG.standard_normal((starts[-1], 3 * hidden)) * 2).astype(np.float32)
+    key_mask = (RNG.random(starts[-1]) < 0.7).astype(np.uint8)
+    key_mask[starts[:-1]] = 1
+    key_mask[starts[5]:starts[6]] = 0  # the 33-token sequence has no valid key: attends to all
+    out = np.empty((starts[-1], hidden), dtype=np.float32)
+    attention.attention(qkv, starts, key_mask, heads, out)
+    for b, n in enumerate(lengths):
+        rows = slice(starts[b], starts[b + 1])
+        expected = _ref_attention(qkv[rows], key_mask[rows].reshape(1, n), heads)
+        np.testing.assert_allclose(out[rows], expected, atol=2e-5)
+
+
+@pytest.mark.parametrize("seq,d", [(16, 32), (128, 32), (512, 64)])
+def test_attention_batch1_twelve_heads(seq, d):
+    heads = 12
+    hidden = heads * d
+    qkv = (RNG.standard_normal((seq, 3 * hidden)) * 2).astype(np.float32)
+    mask = np.ones((1, seq), dtype=np.uint8)
+    mask[0, -3:] = 0
+    out = np.empty((seq, hidden), dtype=np.float32)
+    attention.attention(qkv, np.array([0, seq], dtype=np.int64), mask.reshape(-1), heads, out)
+    np.testing.assert_allclose(out, _ref_attention(qkv, mask, heads), atol=2e-5)
+
+
+def test_attention_large_scores_and_non_contiguous_input():
+    """Scores spanning hundreds of units (exp underflow must not matter) and a qkv that is a
+    strided view."""
+    heads, d, seq = 2, 32, 40
+    hidden = heads * d
+    wide = (RNG.standard_normal((seq, 3 * hidden + 5)) * 3).astype(np.float32)
+    wide[0, 5 + hidden:5 + 2 * hidden] *= 30  # key 0: scores of ±hundreds, e**-1000 underflows
+    qkv = wide[:, 5:]
+    mask = np.ones((1, seq), dtype=np.uint8)
+    out = np.empty((seq, hidden), dtype=np.float32)
+    attention.attention(qkv, np.array([0, seq], dtype=np.int64), mask.reshape(-1), heads, out)
+    np.testing.assert_allclose(out, _ref_attention(np.ascontiguousarray(qkv), mask, heads), atol=2e-5)
+
+
 def test_embeddings():
     vocab, positions, types, dim, tokens = 50, 20, 3, 13, 37
     q = RNG.integers(-127, 128, (vocab, dim)).astype(np.int8)
@@ -124,3 +186,21 @@ def test_exp_nonpositive_matches_numpy():
     _apply_exp(x, out)
     expected = np.exp(x.astype(np.float64))
     assert (np.abs(out - expected) / expected).max() < 3e-7
+
+
+@njit(cache=False)
+def _apply_exp2(x, out):
+    for i in range(x.size):
+        out[i] = mathfn.exp2_nonpositive(x[i])
+
+
+def test_exp2_nonpositive_matches_numpy():
+    x = np.concatenate([np.linspace(-126, 0, 100_001), RNG.uniform(-30, 0, 10_000), [0.0, -1e-30, -0.5, -1.5]])
+    x = x.astype(np.float32)
+    out = np.empty_like(x)
+    _apply_exp2(x, out)
+    expected = np.exp2(x.astype(np.float64))
+    assert (np.abs(out - expected) / expected).max() < 3e-7
+    low = np.array([-127, -1000, -np.inf], dtype=np.float32)
+    _apply_exp2(low, out[:3])
+    np.testing.assert_allclose(out[:3], 2.0**-126, rtol=3e-7)  # clamped, not underflowed

@@ -10,90 +10,210 @@ marks keys that may be attended to (1) or not (0, padding). ``out`` float32 [T, 
 with no valid key at all is computed as if unmasked (transformers' eager attention does about the
 same; its sdpa path differs, so such input has no single right answer).
 
-Work is split over (sequence, head) pairs; within a pair, queries go four at a time so each key
-and value row loaded serves four accumulators.
+Work is split over (sequence, head) pairs, one parallel task each. Within a task the n valid
+keys are gathered once into 16-wide panels (zero padded; n16 = n rounded up to 16):
+
+    kpan[p, e, c] = k[valid[16p + c], e] · log2(e)/√d      ([n16/16, d, 16], a transpose)
+    vpan[c, j, t] = v[valid[j], 16c + t]                  ([d16/16, n, 16], d16 = d rounded up)
+
+and queries go MR = 6 at a time (q read in place from qkv), each block in three steps:
+
+    s[r, j] = q_r · kpan[:, j]                (scores in log2 units: the scale folds in log2(e))
+    p[r, j] = 2**(s[r, j] - max_j s[r, j])    (vectorised exp2; normalisation deferred)
+    out[r]  = (Σ_j p[r, j] v_j) / Σ_j p[r, j]
+
+The two products run on one micro-kernel, ``_tile``: C[6, 16] = A[6, K] · B[K, 16] with the
+tile in 12 ymm registers. Per k step it loads two 8-float vectors of B, broadcasts six values of
+A and issues 12 FMAs, so the loop is FMA-bound (the old scalar-per-score form was load/store
+bound). For s, A = q rows and B = a K panel (K = d); for the output, A = p rows and B = a V
+panel (K = n), one 16-column panel at a time.
 """
 
 import math
 
 import numpy as np
-from numba import njit, prange
+from llvmlite import ir
+from numba import njit, prange, types
+from numba.core import cgutils
+from numba.extending import intrinsic
 
-from .mathfn import exp_nonpositive
+from .mathfn import exp2_nonpositive, fmax
+
+MR = 6   # queries (tile rows) per block: 6 rows x 2 vectors = 12 accumulators of 16 ymm registers
+NR = 16  # tile columns (keys of a K panel, or output columns): two 8-float vectors
+
+
+def _make_tile(rows):
+    """Micro-kernel intrinsic for a tile of ``rows`` (1..MR) rows:
+
+        c[c_off + r*ldc + j] = Σ_{k < kdim} a[a_off + r*lda + k] * b[b_off + k*ldb + j]
+
+    for r < rows, j < NR; a, b, c flat float32 arrays. The emitted IR is generic LLVM vector code
+    (``<8 x float>`` loads, splats and ``llvm.fmuladd``), which LLVM lowers on any target: FMA
+    where the CPU has it. Accumulators start at zero and are stored once, at the end.
+    """
+    f32, i64 = ir.FloatType(), ir.IntType(64)
+    v8 = ir.VectorType(f32, 8)
+    splat = ir.Constant(ir.VectorType(ir.IntType(32), 8), [0] * 8)
+
+    @intrinsic
+    def tile(typingctx, c, c_off, ldc, a, a_off, lda, b, b_off, ldb, kdim):
+        sig = types.void(c, c_off, ldc, a, a_off, lda, b, b_off, ldb, kdim)
+
+        def codegen(context, builder, signature, args):
+            tys = signature.args
+
+            def data(i):
+                return cgutils.create_struct_proxy(tys[i])(context, builder, value=args[i]).data
+
+            def idx(i):
+                return context.cast(builder, args[i], tys[i], types.int64)
+
+            c_p, a_p, b_p = data(0), data(3), data(6)
+            c_off, ldc, a_off, lda = idx(1), idx(2), idx(4), idx(5)
+            b_off, ldb, kdim = idx(7), idx(8), idx(9)
+            fma = cgutils.get_or_insert_function(
+                builder.module, ir.FunctionType(v8, [v8, v8, v8]), "llvm.fmuladd.v8f32")
+            a_rows = [builder.gep(a_p, [builder.add(a_off, builder.mul(lda, ir.Constant(i64, r)))],
+                                  source_etype=f32) for r in range(rows)]
+            b_base = builder.gep(b_p, [b_off], source_etype=f32)
+            # Allocas promoted to registers by LLVM (mem2reg) once the loop is built.
+            zero = ir.Constant(v8, [0.0] * 8)
+            accs = [[cgutils.alloca_once_value(builder, zero) for _ in range(2)]
+                    for _ in range(rows)]
+            with cgutils.for_range(builder, kdim) as loop:
+                k = loop.index
+                b_row = builder.gep(b_base, [builder.mul(k, ldb)], source_etype=f32)
+                b_vecs = [builder.load(builder.bitcast(
+                    builder.gep(b_row, [ir.Constant(i64, 8 * v)], source_etype=f32),
+                    v8.as_pointer()), align=4, typ=v8) for v in range(2)]
+                for r in range(rows):
+                    a_val = builder.load(builder.gep(a_rows[r], [k], source_etype=f32), typ=f32)
+                    a_vec = builder.shuffle_vector(
+                        builder.insert_element(ir.Constant(v8, None), a_val,
+                                               ir.Constant(ir.IntType(32), 0)),
+                        ir.Constant(v8, None), splat)
+                    for v in range(2):
+                        acc = builder.load(accs[r][v], typ=v8)
+                        builder.store(builder.call(fma, [a_vec, b_vecs[v], acc]), accs[r][v])
+            c_base = builder.gep(c_p, [c_off], source_etype=f32)
+            for r in range(rows):
+                for v in range(2):
+                    ptr = builder.gep(c_base, [builder.add(builder.mul(ldc, ir.Constant(i64, r)),
+                                                           ir.Constant(i64, 8 * v))],
+                                      source_etype=f32)
+                    builder.store(builder.load(accs[r][v], typ=v8),
+                                  builder.bitcast(ptr, v8.as_pointer()), align=4)
+            return context.get_dummy_value()
+
+        return sig, codegen
+
+    return tile
+
+
+_tile1, _tile2, _tile3, _tile4, _tile5, _tile6 = [_make_tile(r) for r in range(1, MR + 1)]
+
+
+@njit(cache=True)
+def _tile(rows, c, c_off, ldc, a, a_off, lda, b, b_off, ldb, kdim):
+    # A short query block gets its own specialisation: a 1-token sequence computes one row, not 6.
+    if rows == 6:
+        _tile6(c, c_off, ldc, a, a_off, lda, b, b_off, ldb, kdim)
+    elif rows == 5:
+        _tile5(c, c_off, ldc, a, a_off, lda, b, b_off, ldb, kdim)
+    elif rows == 4:
+        _tile4(c, c_off, ldc, a, a_off, lda, b, b_off, ldb, kdim)
+    elif rows == 3:
+        _tile3(c, c_off, ldc, a, a_off, lda, b, b_off, ldb, kdim)
+    elif rows == 2:
+        _tile2(c, c_off, ldc, a, a_off, lda, b, b_off, ldb, kdim)
+    else:
+        _tile1(c, c_off, ldc, a, a_off, lda, b, b_off, ldb, kdim)
 
 
 @njit(cache=True, parallel=True)
 def attention(qkv, starts, key_mask, num_heads, out):
     # The parallel loop only dispatches: Numba's parfor passes are slow on large loop bodies, and
-    # a call keeps the compile (cold start) short.
+    # a call keeps the compile (cold start) short. The micro-kernel reads q (and often v) straight
+    # from qkv by flat offsets, so it needs qkv C-contiguous (a no-op for the usual C array).
+    qkv = np.ascontiguousarray(qkv)
+    flat = qkv.reshape(qkv.size)
     batch = starts.shape[0] - 1
     for task in prange(batch * num_heads):
-        _attend_one_head(qkv, starts[task // num_heads], starts[task // num_heads + 1], key_mask,
-                         task % num_heads, num_heads, out)
+        _attend_one_head(qkv, flat, starts[task // num_heads], starts[task // num_heads + 1],
+                         key_mask, task % num_heads, num_heads, out)
 
 
 @njit(cache=True, fastmath=True)
-def _attend_one_head(qkv, base, end, key_mask, h, num_heads, out):
+def _attend_one_head(qkv, flat, base, end, key_mask, h, num_heads, out):
     hidden = out.shape[1]
+    ld = 3 * hidden
     d = hidden // num_heads
-    scale = np.float32(1.0 / math.sqrt(d))
+    d16 = (d + NR - 1) // NR * NR
+    qcol, kcol, vcol = h * d, hidden + h * d, 2 * hidden + h * d
     seq = end - base
     valid = np.empty(seq, dtype=np.int64)
-    n_valid = 0
+    n = 0
     for j in range(seq):
         if key_mask[base + j] != 0:
-            valid[n_valid] = j
-            n_valid += 1
-    if n_valid == 0:
+            valid[n] = j
+            n += 1
+    if n == 0:
         for j in range(seq):
             valid[j] = j
-        n_valid = seq
-    keys_t = np.empty((d, n_valid), dtype=np.float32)
-    values = np.empty((n_valid, d), dtype=np.float32)
-    for jj in range(n_valid):
-        j = valid[jj]
-        for e in range(d):
-            keys_t[e, jj] = qkv[base + j, hidden + h * d + e]
-            values[jj, e] = qkv[base + j, 2 * hidden + h * d + e]
-    scores = np.empty((4, n_valid), dtype=np.float32)
-    acc = np.empty((4, d), dtype=np.float32)
-    q = np.empty((4, d), dtype=np.float32)
-    for i0 in range(0, seq, 4):
-        rows = min(4, seq - i0)
-        # A short last block repeats its last query; the extra rows are never written out.
-        for r in range(4):
-            for e in range(d):
-                q[r, e] = qkv[base + i0 + min(r, rows - 1), h * d + e] * scale
-        scores[:, :] = 0.0
-        for e in range(d):
-            q0, q1, q2, q3 = q[0, e], q[1, e], q[2, e], q[3, e]
-            for jj in range(n_valid):
-                k = keys_t[e, jj]
-                scores[0, jj] += q0 * k
-                scores[1, jj] += q1 * k
-                scores[2, jj] += q2 * k
-                scores[3, jj] += q3 * k
-        for r in range(4):
-            best = scores[r, 0]
-            for jj in range(1, n_valid):
-                best = max(best, scores[r, jj])
-            total = np.float32(0.0)
-            for jj in range(n_valid):
-                p = exp_nonpositive(scores[r, jj] - best)
-                scores[r, jj] = p
-                total += p
-            inv = np.float32(1.0) / total
-            for jj in range(n_valid):
-                scores[r, jj] *= inv
-        acc[:, :] = 0.0
-        for jj in range(n_valid):
-            p0, p1, p2, p3 = scores[0, jj], scores[1, jj], scores[2, jj], scores[3, jj]
-            for e in range(d):
-                v = values[jj, e]
-                acc[0, e] += p0 * v
-                acc[1, e] += p1 * v
-                acc[2, e] += p2 * v
-                acc[3, e] += p3 * v
+        n = seq
+    n16 = (n + NR - 1) // NR * NR
+
+    # K panels (a 16 x d transpose each), pre-scaled by log2(e)/√d so that scores come out in
+    # log2 units; keys past n are zero (their scores are computed but never read).
+    scale = np.float32(1.4426950408889634 / math.sqrt(d))
+    kpan = np.empty(n16 * d, dtype=np.float32)
+    for p in range(n16 // NR):
+        dst = kpan[p * d * NR:(p + 1) * d * NR]
+        for c in range(NR):
+            if p * NR + c < n:
+                src = qkv[base + valid[p * NR + c], kcol:kcol + d]
+                for e in range(d):
+                    dst[e * NR + c] = src[e] * scale
+            else:
+                for e in range(d):
+                    dst[e * NR + c] = 0.0
+    # V panels of 16 columns, vpan[c, j, :] = v[valid[j], 16c:16c+16] (zero padded past d): each
+    # pass of the P·V micro-kernel streams one contiguous panel.
+    vpan = np.empty(d16 * n, dtype=np.float32)
+    for jj in range(n):
+        src = qkv[base + valid[jj], vcol:vcol + d]
+        for c in range(d16 // NR):
+            dst = vpan[(c * n + jj) * NR:(c * n + jj + 1) * NR]
+            if (c + 1) * NR <= d:
+                for e in range(NR):
+                    dst[e] = src[c * NR + e]
+            else:
+                for e in range(NR):
+                    dst[e] = src[c * NR + e] if c * NR + e < d else 0.0
+
+    scores = np.empty(MR * n16, dtype=np.float32)
+    obuf = np.empty(MR * d16, dtype=np.float32)
+    inv_total = np.empty(MR, dtype=np.float32)
+    for i0 in range(0, seq, MR):
+        rows = min(MR, seq - i0)
+        for p in range(n16 // NR):
+            _tile(rows, scores, p * NR, n16, flat, (base + i0) * ld + qcol, ld, kpan, p * d * NR,
+                  NR, d)
         for r in range(rows):
+            srow = scores[r * n16:r * n16 + n]
+            best = srow[0]
+            for j in range(1, n):
+                best = fmax(best, srow[j])
+            total = np.float32(0.0)
+            for j in range(n):
+                pj = exp2_nonpositive(srow[j] - best)
+                srow[j] = pj
+                total += pj
+            inv_total[r] = np.float32(1.0) / total
+        for c0 in range(0, d16, NR):
+            _tile(rows, obuf, c0, d16, scores, 0, n16, vpan, c0 * n, NR, n)
+        for r in range(rows):
+            inv = inv_total[r]
             for e in range(d):
-                out[base + i0 + r, h * d + e] = acc[r, e]
+                out[base + i0 + r, qcol + e] = obuf[r * d16 + e] * inv

@@ -6,7 +6,7 @@ Inline Numba functions, used inside kernels' inner loops.
 import numpy as np
 from llvmlite import ir
 from numba import njit
-from numba.core import types
+from numba.core import cgutils, types
 from numba.extending import intrinsic
 
 
@@ -58,3 +58,36 @@ def erf(x):
     q = q * x2 + np.float32(-7.37332916720468e-03)
     q = q * x2 + np.float32(-1.42647390514189e-02)
     return x * p / q
+
+
+@njit(inline="always", fastmath=True)
+def exp2_nonpositive(x):
+    """2**x for x <= 0, float32, relative error < 3e-7: x = n + f with n = floor(x + 1/2),
+    |f| <= 1/2; 2**f by a degree-5 minimax polynomial, 2**n built in the exponent bits. Cheaper
+    than exp_nonpositive (no ln2 range reduction, one degree less). Below -126 it returns
+    2**-126 instead of underflowing, harmless wherever it is used (softmax)."""
+    x = max(x, np.float32(-126.0))
+    n = np.float32(np.floor(x + np.float32(0.5)))
+    f = x - n
+    p = np.float32(1.3276471959e-3)
+    p = p * f + np.float32(9.6755415026e-3)
+    p = p * f + np.float32(5.5507132751e-2)
+    p = p * f + np.float32(2.4022119721e-1)
+    p = p * f + np.float32(6.9314696706e-1)
+    p = p * f + np.float32(1.0000000717)
+    return p * _bits_to_float32((np.int32(n) + np.int32(127)) << np.int32(23))
+
+
+@intrinsic
+def fmax(typingctx, a, b):
+    """max(a, b) for float32 as ``llvm.maxnum`` (result unspecified if either is NaN). Unlike
+    Python's max (compare + select), LLVM vectorises a loop reducing with it."""
+    sig = types.float32(types.float32, types.float32)
+
+    def codegen(context, builder, signature, args):
+        f32 = ir.FloatType()
+        fn = cgutils.get_or_insert_function(builder.module, ir.FunctionType(f32, [f32, f32]),
+                                            "llvm.maxnum.f32")
+        return builder.call(fn, args, fastmath=("nnan", "nsz"))
+
+    return sig, codegen
