@@ -208,8 +208,10 @@ def test_linear_int8(m, n, k, path, packed):
     assert np.abs(y - y32).max() <= 1e-3 * (np.abs(y32).max() + 1)
 
 
-def test_default_path_follows_cpu():
-    assert g._use_simd(None) == g.SIMD_AVAILABLE
+def test_default_path_is_vector():
+    # The vector micro-kernel runs on every CPU (generic LLVM vector IR without AVX2); the scalar
+    # kernel is only a reference.
+    assert g._use_simd(None) is True
     assert g._use_simd("simd") is True and g._use_simd("portable") is False
 
 
@@ -247,3 +249,129 @@ def test_microkernel_variants(rows, use_x86):
     tile2 = tile0.copy()
     g._microkernel_portable(rows, tile2, t_off, x, x_off, stride, wp, 0, k // 2)
     np.testing.assert_array_equal(tile2, expected)
+
+
+# ------------------------------------------------------------------------------------------------
+# fp32 GEMM (Numba micro-kernel on packed panels, no BLAS)
+# ------------------------------------------------------------------------------------------------
+
+def check_fp32(y, x, w, bias):
+    """y vs float64 x @ w.T + b, with an error bound scaled to fp32 rounding of a K-term sum."""
+    k = x.shape[1]
+    ref = x.astype(np.float64) @ w.astype(np.float64).T + bias.astype(np.float64)
+    mag = np.abs(x).astype(np.float64) @ np.abs(w).astype(np.float64).T + np.abs(bias)
+    assert y.dtype == np.float32 and y.shape == ref.shape and y.flags.c_contiguous
+    # Blocked fp32 summation: error <~ sqrt(K) * eps32 * sum|terms| in practice; 2e-6 * sqrt(K) is
+    # ~17 * sqrt(K) ulps of the magnitude, loose for a blocked sum yet far below any indexing bug.
+    assert np.all(np.abs(y - ref) <= 2e-6 * np.sqrt(k) * mag + 1e-30)
+    np.testing.assert_allclose(y, ref, rtol=1e-5, atol=1e-5 * np.sqrt(k) * np.abs(ref).mean())
+
+
+FP32_SHAPES = [
+    (1, 1, 1), (1, 17, 5), (1, 384, 384), (2, 16, 1), (3, 15, 3), (5, 31, 33), (6, 16, 64),
+    (7, 33, 255), (13, 40, 770), (16, 384, 384), (97, 50, 1031), (200, 19, 64),
+    (100, 70, 513), (193, 48, 1), (16, 1536, 384), (16, 384, 1536),
+]
+
+
+@pytest.mark.parametrize("m,n,k", FP32_SHAPES)
+def test_linear_fp32_packed(m, n, k):
+    rng = np.random.default_rng(m * 7919 + n * 31 + k)
+    x = rng.standard_normal((m, k)).astype(np.float32)
+    w = (rng.standard_normal((n, k)) / np.sqrt(k)).astype(np.float32)
+    bias = rng.standard_normal(n).astype(np.float32)
+    wp = g.pack_weight_fp32(w)
+    y = g.linear_fp32(x, wp, bias)
+    check_fp32(y, x, w, bias)
+    # Raw weights (packed on the fly) give bit-identical results.
+    np.testing.assert_array_equal(g.linear_fp32(x, w, bias), y)
+    # Rows are independent: each row alone (other micro-tile heights) gives the same values.
+    for r in {0, m - 1, m // 2}:
+        np.testing.assert_allclose(g.linear_fp32(x[r:r + 1], wp, bias)[0], y[r], rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("m,n,k", [(1, 384, 384), (16, 20, 770), (130, 40, 3072)])
+def test_linear_fp32_inputs(m, n, k):
+    rng = np.random.default_rng(n + k)
+    x = (rng.standard_normal((m, k)) * 10).astype(np.float32)
+    x[m // 2] = 0.0                                   # an all-zero row gives exactly the bias
+    w = rng.standard_normal((n, k)).astype(np.float32)
+    bias = rng.standard_normal(n).astype(np.float32)
+    wp = g.pack_weight_fp32(w)
+    y = g.linear_fp32(x, wp, bias)
+    check_fp32(y, x, w, bias)
+    np.testing.assert_array_equal(y[m // 2], bias)
+    # Non-contiguous / float64 activations are converted; the result is the same.
+    xf = np.asfortranarray(x.astype(np.float64))
+    np.testing.assert_array_equal(g.linear_fp32(xf, wp, bias), y)
+    # Special values propagate like in BLAS: an inf in row 0 only poisons row 0.
+    xi = x.copy()
+    xi[0, 0] = np.inf
+    yi = g.linear_fp32(xi, wp, bias)
+    assert not np.isfinite(yi[0]).all() and np.isfinite(yi[1:]).all()
+    np.testing.assert_array_equal(yi[1:], y[1:])
+    # Empty batch.
+    assert g.linear_fp32(x[:0], wp, bias).shape == (0, n)
+
+
+@pytest.mark.parametrize("n,k", [(1, 1), (16, 2), (17, 5), (40, 770)])
+def test_pack_weight_fp32_layout(n, k):
+    rng = np.random.default_rng(n + k)
+    w = rng.standard_normal((n, k)).astype(np.float32)
+    wp = g.pack_weight_fp32(w)
+    nr = g.NR
+    assert wp.dtype == np.float32 and wp.flags.c_contiguous and wp.ctypes.data % 64 == 0
+    assert wp.shape == (-(-n // nr), k, nr)
+    assert g.is_packed_fp32(wp) and not g.is_packed_fp32(w) and not g.is_packed(wp)
+    unpacked = wp.transpose(0, 2, 1).reshape(wp.shape[0] * nr, k)
+    np.testing.assert_array_equal(unpacked[:n], w)
+    assert not unpacked[n:].any()
+
+
+def test_pack_weight_fp32_rejects_bad_input():
+    with pytest.raises(TypeError):
+        g.pack_weight_fp32(np.zeros((4, 4), np.float64))
+    with pytest.raises(TypeError):
+        g.pack_weight_fp32(np.zeros((4, 4), np.int8))
+    with pytest.raises(TypeError):
+        g.pack_weight_fp32(np.zeros((2, 4, 4), np.float32))
+    with pytest.raises(TypeError):
+        g.pack_weight_fp32(np.zeros(16, np.float32))
+    with pytest.raises(ValueError):
+        g.pack_weight_fp32(np.zeros((0, 4), np.float32))
+    with pytest.raises(ValueError):
+        g.pack_weight_fp32(np.zeros((4, 0), np.float32))
+    wp = g.pack_weight_fp32(np.zeros((20, 10), np.float32))
+    with pytest.raises(ValueError):                  # K mismatch
+        g.linear_fp32(np.zeros((2, 12), np.float32), wp, np.zeros(20, np.float32))
+    with pytest.raises(ValueError):                  # N (from bias) mismatch: 2 panels vs 3
+        g.linear_fp32(np.zeros((2, 10), np.float32), wp, np.zeros(40, np.float32))
+    with pytest.raises(ValueError):                  # x not 2-d
+        g.linear_fp32(np.zeros(10, np.float32), wp, np.zeros(20, np.float32))
+
+
+@pytest.mark.parametrize("rows", [1, 4, 6])
+def test_fp32_microkernel(rows):
+    rng = np.random.default_rng(rows)
+    mk = g._make_f32_microkernel(rows)
+
+    @njit
+    def run(tile, t_off, x, x_off, x_stride, wp, w_off, kc, accumulate):
+        mk(tile, t_off, x, x_off, x_stride, wp, w_off, kc, accumulate)
+
+    k, stride, nr = 37, 44, g.NR                      # k not a multiple of the unroll
+    x = rng.standard_normal(rows * stride + 10).astype(np.float32)
+    w = rng.standard_normal((nr, k)).astype(np.float32)
+    wp = g.pack_weight_fp32(w).reshape(-1)
+    x_off, t_off = 3, nr
+    xrows = np.stack([x[x_off + i * stride: x_off + i * stride + k] for i in range(rows)])
+    dot = (xrows.astype(np.float64) @ w.T.astype(np.float64)).reshape(-1)
+    tile0 = rng.standard_normal(2 * rows * nr).astype(np.float32)
+    for accumulate in (0, 1):
+        tile = tile0.copy()
+        run(tile, t_off, x, x_off, stride, wp, 0, k, accumulate)
+        expected = tile0.astype(np.float64)
+        expected[t_off:t_off + rows * nr] = dot + (expected[t_off:t_off + rows * nr] if accumulate else 0)
+        np.testing.assert_allclose(tile, expected, rtol=1e-5, atol=1e-5)
+        np.testing.assert_array_equal(tile[:t_off], tile0[:t_off])    # nothing outside the tile
+        np.testing.assert_array_equal(tile[t_off + rows * nr:], tile0[t_off + rows * nr:])

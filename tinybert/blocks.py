@@ -25,8 +25,11 @@ class Linear:
         self.bias = tensors[name + ".bias"]
         self.scale = tensors.get(name + ".weight" + SCALE_SUFFIX)
         self.out_features, self.in_features = self.weight.shape
-        if self.scale is not None:  # pack once at load into the layout the int8 micro-kernel reads
+        # Pack once at load into the panel layout the GEMM micro-kernels read.
+        if self.scale is not None:
             self.weight = gemm.pack_weight(self.weight)
+        else:
+            self.weight = gemm.pack_weight_fp32(self.weight)
 
     def __call__(self, x: np.ndarray) -> np.ndarray:
         if self.scale is not None:

@@ -32,9 +32,18 @@ MR x NR = 6 x 16 int32 tile in 12 ymm registers (+2 weight vectors +1 broadcast 
 The micro-kernel is emitted as LLVM IR via ``numba.extending.intrinsic``.  The explicit
 ``llvm.x86.avx2.pmadd.wd`` call is only emitted when the host CPU has AVX2; otherwise the same
 IR is written with generic vector ops (sext, mul, even+odd add), which every LLVM target can
-lower.  At run time the driver selects that SIMD micro-kernel or a plain scalar Numba one
-(``path="simd"`` / ``"portable"``); both read the same packed layout, produce the same exact
-int32 sums and share the epilogue, so results are bit-identical.
+lower (on x86 LLVM pattern-matches it back to the very same vpmaddwd code: forced on an AVX2
+host both spellings run at the same speed; NEON gets widening multiplies).  ``path=None`` and
+``"simd"`` run that vector micro-kernel on every CPU; ``path="portable"`` runs a plain scalar
+Numba one (a reference for tests, ~13x slower).  Both read the same packed layout, produce the
+same exact int32 sums and share the epilogue, so results are bit-identical.
+
+fp32 path (``pack_weight_fp32`` + ``linear_fp32``)
+--------------------------------------------------
+Same blocking with float32 panels ``packed[p, k, j] = W[p*NR + j, k]`` and a 6 x 16 tile of
+``<8 x float>`` accumulators updated by ``llvm.fmuladd`` (vfmadd231ps with FMA), parallelised
+with Numba's threads: the fp32 model never calls BLAS, whose spinning threads would fight
+Numba's for the cores between kernels.
 """
 
 import llvmlite.binding as llb
@@ -55,13 +64,14 @@ KC = 512          # k block: a 512 x 16 int16 panel slice (16 KiB) stays in L1; 
 MC = 96           # rows per task (multiple of MR): 96 x 512 int16 activations (96 KiB) sit in L2
 
 SIMD_AVAILABLE = bool(llb.get_host_cpu_features().get("avx2", False))
-"""True when the host has AVX2: ``path=None`` then means the vpmaddwd micro-kernel."""
+"""True when the host has AVX2: the vector micro-kernel then calls the vpmaddwd intrinsic
+explicitly (otherwise it is written in generic LLVM vector IR, which any target lowers)."""
 
 
 def _use_simd(path):
-    if path is None:
-        return SIMD_AVAILABLE
-    if path == "simd":
+    # The vector micro-kernel is the fast path on every CPU (generic IR without AVX2): the scalar
+    # one is a reference.
+    if path is None or path == "simd":
         return True
     if path == "portable":
         return False
@@ -397,7 +407,8 @@ def qlinear_packed(xq, xs, wp, ws, bias, out, path=None):
     """Same result as ``qlinear(xq, xs, wq, ws, bias, out)`` with ``wp = pack_weight(wq)``.
 
     xq int16 [M, K], xs f32[M], ws f32[N], bias f32[N], out f32[M, N] (all C-contiguous).
-    path: None (AVX2 micro-kernel if the CPU has it), "simd" or "portable" (for tests).
+    path: None or "simd" (vector micro-kernel; AVX2 intrinsic if the CPU has it, else generic
+    LLVM vector IR), or "portable" (plain scalar Numba reference, for tests).
     """
     m_rows, k_dim = xq.shape
     _check_packed(wp, k_dim, ws.shape[0])
@@ -476,7 +487,8 @@ def _make_f32_microkernel(rows):
             for row in accs:
                 for a in row:
                     builder.store(ir.Constant(v8f32, [0.0] * 8), a)
-            def k_step(k):
+
+            def k_step(k):  # rows x NV fused multiply-adds for one k
                 w_vecs = [builder.load(builder.gep(w_base, [builder.add(builder.mul(k, ir.Constant(i64, NV)),
                                                                         ir.Constant(i64, v))],
                                                    source_etype=v8f32), align=4, typ=v8f32)
@@ -562,13 +574,13 @@ def _sgemm_packed(x, wp, bias, out):
         p = task - chunk * n_panels
         m0 = chunk * chunk_rows
         rows = min(chunk_rows, m_rows - m0)
-        tile = np.zeros(rows * NR, dtype=np.float32)
+        tile = np.empty(rows * NR, dtype=np.float32)   # the first k block overwrites it
         for kc0 in range(0, k_dim, kc):
             kc1 = min(k_dim, kc0 + kc)
             w_off = (p * k_dim + kc0) * NR
             for r0 in range(0, rows, MR):
                 _f32_microkernel(min(MR, rows - r0), tile, r0 * NR, xf, (m0 + r0) * k_dim + kc0,
-                                 k_dim, w, w_off, kc1 - kc0, kc0)
+                                 k_dim, w, w_off, kc1 - kc0, kc0)  # accumulate unless kc0 == 0
         n0 = p * NR
         ncols = min(NR, n_dim - n0)
         for r in range(rows):
@@ -630,5 +642,7 @@ def linear_fp32(x: np.ndarray, w: np.ndarray, bias: np.ndarray) -> np.ndarray:
     if w.shape[1] != k_dim or w.shape[0] != -(-n_dim // NR):
         raise ValueError(f"packed weight {w.shape} does not match K={k_dim}, N={n_dim}")
     out = np.empty((m_rows, n_dim), dtype=np.float32)
+    if m_rows == 0:
+        return out
     _sgemm_packed(x, w, np.ascontiguousarray(bias, dtype=np.float32), out)
     return out
