@@ -114,9 +114,13 @@ def test_pack_weight_layout(n, k):
     wq = rng.integers(-127, 128, (n, k)).astype(np.int8)
     wp = g.pack_weight(wq)
     nr = g.NR
-    assert wp.dtype == np.int16 and wp.flags.c_contiguous
+    # 1 byte per weight: the packed panels stay int8 (sign-extended inside the micro-kernel).
+    assert wp.dtype == np.int8 and wp.flags.c_contiguous
     assert wp.shape == (-(-n // nr), -(-k // 2), 2 * nr)
+    assert wp.nbytes == wp.shape[0] * nr * 2 * wp.shape[1]
+    # Raw and packed weights are both int8: told apart by ndim.
     assert g.is_packed(wp) and not g.is_packed(wq)
+    assert not g.is_packed(wp.astype(np.int16)) and not g.is_packed(wp.reshape(wp.shape[0], -1))
     for p, kk, j, t in [(0, 0, 0, 0), (wp.shape[0] - 1, wp.shape[1] - 1, nr - 1, 1),
                         ((n - 1) // nr, (k - 1) // 2, (n - 1) % nr, (k - 1) % 2)]:
         row, col = p * nr + j, 2 * kk + t
@@ -132,7 +136,17 @@ def test_pack_weight_layout(n, k):
 def test_pack_weight_rejects_bad_input():
     with pytest.raises(TypeError):
         g.pack_weight(np.zeros((4, 4), np.int16))
+    with pytest.raises(TypeError):
+        g.pack_weight(np.zeros((2, 4, 4), np.int8))
     wp = g.pack_weight(np.zeros((20, 10), np.int8))
+    # An int16 array in the old widened layout is not accepted as packed.
+    with pytest.raises(TypeError):
+        g.qlinear_packed(np.zeros((2, 10), np.int16), np.ones(2, np.float32), wp.astype(np.int16),
+                         np.ones(20, np.float32), np.zeros(20, np.float32),
+                         np.empty((2, 20), np.float32))
+    with pytest.raises(TypeError):
+        g.linear_int8(np.zeros((2, 10), np.float32), wp.astype(np.int16), np.ones(20, np.float32),
+                      np.zeros(20, np.float32))
     with pytest.raises(ValueError):
         g.qlinear_packed(np.zeros((2, 12), np.int16), np.ones(2, np.float32), wp,
                          np.ones(20, np.float32), np.zeros(20, np.float32),
@@ -235,20 +249,35 @@ def test_microkernel_variants(rows, use_x86):
     run = _make_runner(g._make_simd_microkernel(rows, use_x86))
     k, stride, nr = 38, 44, g.NR
     x = rng.integers(-2047, 2048, rows * stride + 10).astype(np.int16)
-    wq = rng.integers(-127, 128, (nr, k)).astype(np.int8)
-    wp = g.pack_weight(wq).reshape(-1)
+    # Full int8 range, with sign-extension edge cases (-128, -1, 127) in whole rows.
+    wq = rng.integers(-128, 128, (2 * nr, k)).astype(np.int8)
+    wq[nr], wq[nr + 1], wq[nr + 2] = -128, 127, -1
+    wp_full = g.pack_weight(wq)
+    assert wp_full.dtype == np.int8
+    wp = wp_full.reshape(-1)
+    wq = wq[nr:]                                      # run on the second panel (w_off != 0)
+    w_off = wp_full[0].size
     tile0 = rng.integers(-1000, 1000, 2 * rows * nr).astype(np.int32)
     tile = tile0.copy()
     x_off, t_off = 3, nr
-    run(tile, t_off, x, x_off, stride, wp, 0, k // 2)
+    run(tile, t_off, x, x_off, stride, wp, w_off, k // 2)
     xrows = np.stack([x[x_off + i * stride: x_off + i * stride + k] for i in range(rows)])
     expected = tile0.copy()
     expected[t_off:t_off + rows * nr] += dot_ref(xrows, wq).reshape(-1).astype(np.int32)
     np.testing.assert_array_equal(tile, expected)
     # The portable micro-kernel agrees.
     tile2 = tile0.copy()
-    g._microkernel_portable(rows, tile2, t_off, x, x_off, stride, wp, 0, k // 2)
+    g._microkernel_portable(rows, tile2, t_off, x, x_off, stride, wp, w_off, k // 2)
     np.testing.assert_array_equal(tile2, expected)
+
+
+def test_microkernel_rejects_int16_weights():
+    # The IR reads int8 panels: an int16 (old widened layout) array must not type-check.
+    from numba.core.errors import TypingError
+    run = _make_runner(g._make_simd_microkernel(1, False))
+    with pytest.raises(TypingError):
+        run(np.zeros(16, np.int32), 0, np.zeros(2, np.int16), 0, 2,
+            np.zeros(32, np.int16), 0, 1)
 
 
 # ------------------------------------------------------------------------------------------------

@@ -19,21 +19,25 @@ Fast path (``pack_weight`` + ``qlinear_packed`` / ``linear_int8``)
 ------------------------------------------------------------------
 The hot instruction is AVX2 ``vpmaddwd``: 16 int16 x int16 products summed in adjacent pairs into
 8 int32 lanes.  To use it without any horizontal reductions the weights are re-laid out once, at
-load time, into int16 column panels of NR = 16 output channels, interleaved by pairs of k:
+load time, into int8 column panels of NR = 16 output channels, interleaved by pairs of k:
 
     packed[p, kk, 2*j + t] = wq[p*NR + j, 2*kk + t]      (j < NR, t in {0, 1}; zero padded)
 
-so one 32-byte load ``packed[p, kk, 16*v : 16*v + 16]`` holds k-pair ``kk`` of channels
-``p*NR + 8v .. p*NR + 8v + 7``.  Broadcasting the int32 made of the activation pair
-(xq[m, 2kk], xq[m, 2kk+1]) to all 8 lanes and applying vpmaddwd adds exactly
-``xq[m,2kk]*wq[n,2kk] + xq[m,2kk+1]*wq[n,2kk+1]`` to lane n.  The micro-kernel keeps an
-MR x NR = 6 x 16 int32 tile in 12 ymm registers (+2 weight vectors +1 broadcast = 15 of 16).
+The panels stay int8 in memory (1 byte per weight: the model's RAM and the bytes streamed per
+forward pass are halved compared with widening to int16 at load time, which matters at small
+batch where the GEMM is bound by DRAM bandwidth).  The micro-kernel sign-extends them as it
+loads them: one 16-byte load ``packed[p, kk, 16*v : 16*v + 16]`` widened to 16 x int16
+(``vpmovsxbw ymm, m128`` on AVX2) holds k-pair ``kk`` of channels ``p*NR + 8v .. p*NR + 8v + 7``.
+Broadcasting the int32 made of the activation pair (xq[m, 2kk], xq[m, 2kk+1]) to all 8 lanes
+and applying vpmaddwd adds exactly ``xq[m,2kk]*wq[n,2kk] + xq[m,2kk+1]*wq[n,2kk+1]`` to lane n.
+The micro-kernel keeps an MR x NR = 6 x 16 int32 tile in 12 ymm registers (+2 weight vectors
++1 broadcast = 15 of 16).
 
 The micro-kernel is emitted as LLVM IR via ``numba.extending.intrinsic``.  The explicit
 ``llvm.x86.avx2.pmadd.wd`` call is only emitted when the host CPU has AVX2; otherwise the same
 IR is written with generic vector ops (sext, mul, even+odd add), which every LLVM target can
-lower (on x86 LLVM pattern-matches it back to the very same vpmaddwd code: forced on an AVX2
-host both spellings run at the same speed; NEON gets widening multiplies).  ``path=None`` and
+lower (on x86 LLVM pattern-matches it back to the very same vpmovsxbw + vpmaddwd code: forced
+on an AVX2 host both spellings compile to identical instructions; NEON gets widening multiplies).  ``path=None`` and
 ``"simd"`` run that vector micro-kernel on every CPU; ``path="portable"`` runs a plain scalar
 Numba one (a reference for tests, ~13x slower).  Both read the same packed layout, produce the
 same exact int32 sums and share the epilogue, so results are bit-identical.
@@ -60,7 +64,7 @@ ACC_BLOCK = 8192
 NV = 2            # ymm vectors (8 int32 lanes each) per tile row
 NR = 8 * NV       # output channels per weight panel
 MR = 6            # activation rows per micro-tile: 6*NV = 12 accumulator registers
-KC = 512          # k block: a 512 x 16 int16 panel slice (16 KiB) stays in L1; divides ACC_BLOCK
+KC = 512          # k block: a 512 x 16 int8 panel slice (8 KiB) stays in L1; divides ACC_BLOCK
 MC = 96           # rows per task (multiple of MR): 96 x 512 int16 activations (96 KiB) sit in L2
 
 SIMD_AVAILABLE = bool(llb.get_host_cpu_features().get("avx2", False))
@@ -148,17 +152,18 @@ def qlinear(xq, xs, wq, ws, bias, out):
 def pack_weight(wq: np.ndarray) -> np.ndarray:
     """Pack int8 weights [N, K] once, at load time, for ``qlinear_packed`` / ``linear_int8``.
 
-    Returns a C-contiguous int16 array of shape (ceil(N / NR), ceil(K / 2), 2 * NR) with
+    Returns a C-contiguous int8 array of shape (ceil(N / NR), ceil(K / 2), 2 * NR) with
     ``packed[p, kk, 2*j + t] = wq[p*NR + j, 2*kk + t]`` and zeros past N and K (the zero padding
     makes odd K and partial panels need no special case in the micro-kernel).  The caller keeps
-    ws and bias (their length gives N).  Memory: 2 bytes per weight (widened so that the hot loop
-    loads operands vpmaddwd can use directly).
+    ws and bias (their length gives N).  Memory: 1 byte per weight, like the raw weight up to
+    the padding of the last panel and of an odd K (the micro-kernel sign-extends to int16 as it
+    loads).  Told apart from a raw [N, K] weight by ``is_packed`` (3-d vs 2-d).
     """
     wq = np.asarray(wq)
     if wq.ndim != 2 or wq.dtype != np.int8:
         raise TypeError("pack_weight expects int8 weights of shape [N, K]")
     n_dim, k_dim = wq.shape
-    packed = np.zeros((-(-n_dim // NR), -(-k_dim // 2), 2 * NR), dtype=np.int16)
+    packed = np.zeros((-(-n_dim // NR), -(-k_dim // 2), 2 * NR), dtype=np.int8)
     _pack_into(np.ascontiguousarray(wq), packed)
     return packed
 
@@ -176,24 +181,29 @@ def _pack_into(wq, packed):
 
 
 def is_packed(w: np.ndarray) -> bool:
-    """True for the output of pack_weight (int16, 3-d, last axis 2*NR); False for raw int8 [N, K]."""
-    return w.dtype == np.int16 and w.ndim == 3 and w.shape[2] == 2 * NR
+    """True for the output of pack_weight (int8, 3-d, last axis 2*NR); False for raw int8 [N, K].
+
+    Both are int8: the number of dimensions tells them apart.
+    """
+    return w.dtype == np.int8 and w.ndim == 3 and w.shape[2] == 2 * NR
 
 
 # ----------------------------------------------------------------------------------------------
 # Micro-kernels: tile[t_off + i*NR + j] += sum_{kk < kpairs} sum_t x[x_off + i*x_stride + 2kk + t]
 #                                                               * wp[w_off + kk*2*NR + 2j + t]
-# for i < rows, j < NR.  x: flat int16 activations, wp: flat packed weights, tile: flat int32.
+# for i < rows, j < NR.  x: flat int16 activations, wp: flat packed int8 weights, tile: flat int32.
 # ----------------------------------------------------------------------------------------------
 
 def _make_simd_microkernel(rows, use_x86_intrinsic):
     """Build the register-blocked micro-kernel for a tile of ``rows`` (1..MR) rows as an intrinsic.
 
-    Generated IR, per k-pair: NV unaligned <16 x i16> weight loads; per row one i32 load of the
+    Generated IR, per k-pair: NV unaligned <16 x i8> weight loads sign-extended to <16 x i16>
+    (``vpmovsxbw ymm, m128`` on AVX2); per row one i32 load of the
     activation pair, splatted to <8 x i32> and bitcast to <16 x i16>; rows*NV
     pmaddwd + add into <8 x i32> accumulators that live in registers for the whole k loop.
     """
-    i16, i32, i64 = ir.IntType(16), ir.IntType(32), ir.IntType(64)
+    i8, i16, i32, i64 = ir.IntType(8), ir.IntType(16), ir.IntType(32), ir.IntType(64)
+    v16i8 = ir.VectorType(i8, 16)
     v16i16, v8i32, v16i32 = ir.VectorType(i16, 16), ir.VectorType(i32, 8), ir.VectorType(i32, 16)
     even = ir.Constant(ir.VectorType(i32, 8), [2 * j for j in range(8)])
     odd = ir.Constant(ir.VectorType(i32, 8), [2 * j + 1 for j in range(8)])
@@ -213,6 +223,11 @@ def _make_simd_microkernel(rows, use_x86_intrinsic):
 
     @intrinsic
     def microkernel(typingctx, tile, t_off, x, x_off, x_stride, wp, w_off, kpairs):
+        # The IR hard-codes the element types: refuse anything else at typing time (e.g. an old
+        # int16-packed weight) rather than reinterpret its bytes.
+        for arr, dtype in ((tile, types.int32), (x, types.int16), (wp, types.int8)):
+            if not isinstance(arr, types.Array) or arr.dtype != dtype:
+                return None
         sig = types.void(tile, t_off, x, x_off, x_stride, wp, w_off, kpairs)
 
         def codegen(context, builder, signature, args):
@@ -235,8 +250,8 @@ def _make_simd_microkernel(rows, use_x86_intrinsic):
                 off = builder.add(x_off_v, builder.mul(x_stride_v, ir.Constant(i64, i)))
                 x_rows.append(builder.bitcast(builder.gep(x_p, [off], source_etype=i16),
                                               i32.as_pointer()))
-            w_base = builder.bitcast(builder.gep(w_p, [w_off_v], source_etype=i16),
-                                     v16i16.as_pointer())
+            w_base = builder.bitcast(builder.gep(w_p, [w_off_v], source_etype=i8),
+                                     v16i8.as_pointer())
 
             accs = [[cgutils.alloca_once_value(builder, ir.Constant(v8i32, None))
                      for _ in range(NV)] for _ in range(rows)]
@@ -245,8 +260,9 @@ def _make_simd_microkernel(rows, use_x86_intrinsic):
                 w_vecs = []
                 for v in range(NV):
                     idx = builder.add(builder.mul(kk, ir.Constant(i64, NV)), ir.Constant(i64, v))
-                    w_vecs.append(builder.load(builder.gep(w_base, [idx], source_etype=v16i16),
-                                               align=2, typ=v16i16))
+                    w8 = builder.load(builder.gep(w_base, [idx], source_etype=v16i8),
+                                      align=1, typ=v16i8)
+                    w_vecs.append(builder.sext(w8, v16i16))
                 for i in range(rows):
                     pair = builder.load(builder.gep(x_rows[i], [kk], source_etype=i32),
                                         align=2, typ=i32)
@@ -285,7 +301,7 @@ _mk1, _mk2, _mk3, _mk4, _mk5, _mk6 = [_make_simd_microkernel(r, SIMD_AVAILABLE)
 
 @njit(cache=True)
 def _microkernel_portable(rows, tile, t_off, x, x_off, x_stride, wp, w_off, kpairs):
-    """Plain-Numba version of the micro-kernel (same layout, same exact int32 sums)."""
+    """Plain-Numba version of the micro-kernel (same int8 layout, same exact int32 sums)."""
     for i in range(rows):
         xrow = x[x_off + i * x_stride:x_off + i * x_stride + 2 * kpairs]
         trow = tile[t_off + i * NR:t_off + (i + 1) * NR]
@@ -399,6 +415,9 @@ def _linear_int8_packed(x, wp, ws, bias, out, use_simd):
 
 
 def _check_packed(wp, k_dim, n_dim):
+    if not is_packed(wp):
+        raise TypeError(f"expected a pack_weight() result (int8 [N/{NR}, K/2, {2 * NR}]), got "
+                        f"{wp.dtype} {wp.shape}")
     if wp.shape[1] != -(-k_dim // 2) or wp.shape[0] != -(-n_dim // NR):
         raise ValueError(f"packed weight {wp.shape} does not match K={k_dim}, N={n_dim}")
 
