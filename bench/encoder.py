@@ -142,9 +142,10 @@ def inputs(model: str, quick: bool) -> dict:
         fixed[f"{batch}x{seq}"] = rows
     tok.enable_truncation(max_length=256 if model == "minilm" else 512)
     corpus = [e.ids for e in tok.encode_batch(texts)]
+    fidelity = corpus[:FIDELITY_SENTENCES]
     if quick:
-        corpus = corpus[:128]
-    return {"fixed": fixed, "corpus": corpus, "fidelity": corpus[:FIDELITY_SENTENCES]}
+        corpus, fidelity = corpus[:128], corpus[:128]
+    return {"fixed": fixed, "corpus": corpus, "fidelity": fidelity}
 
 
 # ----------------------------------------------------------------------------- engines (worker)
@@ -254,8 +255,8 @@ def worker(args: argparse.Namespace) -> None:
     quick = spec["quick"]
     for name, rows in spec["inputs"]["fixed"].items():
         batch = len(rows)
-        med = _median_time(lambda rows=rows: run(rows), repeats=3 if quick else 7,
-                           min_seconds=0.3 if quick else 2.0)
+        med = _median_time(lambda rows=rows: run(rows), repeats=(1 if batch > 1 else 5) if quick else 7,
+                           min_seconds=0.0 if quick else 2.0)
         result["shapes"][name] = {"ms": med * 1e3, "seq_per_s": batch / med}
     corpus = spec["inputs"]["corpus"]
     order = sorted(range(len(corpus)), key=lambda i: -len(corpus[i]))  # what sentence-transformers does
@@ -322,7 +323,8 @@ def start_times(path: Path, threads: int, cold: bool = True) -> dict:
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true",
-                        help="MiniLM only (unless --models), fewer repeats, 128-sentence corpus, no cold start")
+                        help="MiniLM only (unless --models), few repeats, 128-sentence corpus and fidelity set, "
+                             "no cold start: a smoke run, not figures to quote")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--models", default=None, help="comma-separated: minilm,bert-base (default both)")
     parser.add_argument("--engines", default=",".join(ENGINES))
