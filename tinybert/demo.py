@@ -82,5 +82,5 @@ def run(model: str | None = None, top_k: int = 3, queries: list[str] | None = No
         for idx in np.argsort(-row)[:top_k]:
             print(f"  {row[idx]:.3f}  {corpus[idx]}")
     print(f"\nload {loaded - start:.2f} s, "
-          f"embed {len(corpus)} sentences {indexed - loaded:.2f} s "
+          f"embed {len(corpus)} sentences {indexed - loaded:.2f} s, "
           f"{len(queries)} queries {searched - indexed:.3f} s")
