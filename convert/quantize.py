@@ -19,6 +19,3 @@ def quantize_per_row(w: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     q = np.clip(np.rint(w / scale[:, None]), -127, 127).astype(np.int8)
     return q, scale
 
-
-def dequantize_per_row(q: np.ndarray, scale: np.ndarray) -> np.ndarray:
-    return q.astype(np.float32) * scale[:, None]
