@@ -69,6 +69,14 @@ def _get(hf: dict, *keys: str, default=None):
     raise UnsupportedModelError(f"config.json has none of {', '.join(keys)}")
 
 
+def hf_activation(hf: dict) -> str:
+    """The canonical name of the encoder's hidden activation (BERT hidden_act, DistilBERT activation)."""
+    act_name = _get(hf, "hidden_act", "activation")
+    if act_name not in _ACTIVATIONS:
+        raise UnsupportedModelError(f"activation {act_name!r} is not supported; supported: {sorted(_ACTIVATIONS)}")
+    return _ACTIVATIONS[act_name]
+
+
 def encoder_config(hf: dict, max_seq_length: int | None = None) -> EncoderConfig:
     """Canonical config from a Hugging Face ``config.json`` dict."""
     model_type = hf.get("model_type")
@@ -81,9 +89,7 @@ def encoder_config(hf: dict, max_seq_length: int | None = None) -> EncoderConfig
             f"position_embedding_type {hf['position_embedding_type']!r} is not supported (only absolute)")
     if hf.get("is_decoder") or hf.get("add_cross_attention"):
         raise UnsupportedModelError("decoder-configured encoders (is_decoder/add_cross_attention) are not supported")
-    act_name = _get(hf, "hidden_act", "activation")
-    if act_name not in _ACTIVATIONS:
-        raise UnsupportedModelError(f"activation {act_name!r} is not supported; supported: {sorted(_ACTIVATIONS)}")
+    activation = hf_activation(hf)
     hidden = int(_get(hf, "hidden_size", "dim"))
     pad = int(hf.get("pad_token_id") if hf.get("pad_token_id") is not None else 0)
     max_positions = int(_get(hf, "max_position_embeddings"))
@@ -103,7 +109,7 @@ def encoder_config(hf: dict, max_seq_length: int | None = None) -> EncoderConfig
         intermediate_size=int(_get(hf, "intermediate_size", "hidden_dim")),
         max_positions=max_positions,
         type_vocab_size=0 if model_type == "distilbert" else int(hf.get("type_vocab_size", 0) or 0),
-        activation=_ACTIVATIONS[act_name],
+        activation=activation,
         layer_norm_eps=float(hf.get("layer_norm_eps", 1e-12)),
         position_scheme=family.position_scheme,
         pad_token_id=pad,
@@ -114,7 +120,7 @@ def encoder_config(hf: dict, max_seq_length: int | None = None) -> EncoderConfig
     return cfg
 
 
-def _find_prefix(tensors: dict[str, np.ndarray]) -> str:
+def find_prefix(tensors: dict[str, np.ndarray]) -> str:
     """The name prefix of the base model ('', 'bert.', 'roberta.', ...) inside a task checkpoint."""
     suffix = "embeddings.word_embeddings.weight"
     candidates = sorted((k[: -len(suffix)] for k in tensors if k.endswith(suffix)), key=len)
@@ -123,7 +129,7 @@ def _find_prefix(tensors: dict[str, np.ndarray]) -> str:
     return candidates[0]
 
 
-def _legacy_names(tensors: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+def legacy_names(tensors: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
     # Old TF-ported checkpoints name LayerNorm parameters gamma/beta.
     out = {}
     for name, value in tensors.items():
@@ -138,8 +144,8 @@ def _legacy_names(tensors: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
 def canonical_tensors(hf: dict, cfg: EncoderConfig, tensors: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
     """Rename (and fuse q/k/v of) a checkpoint's tensors into canonical float32 tensors."""
     family = FAMILIES[cfg.architecture]
-    tensors = _legacy_names(tensors)
-    prefix = _find_prefix(tensors)
+    tensors = legacy_names(tensors)
+    prefix = find_prefix(tensors)
 
     def take(name: str) -> np.ndarray:
         full = prefix + name

@@ -10,11 +10,12 @@ import numpy as np
 from tinybert import format as fmt
 from tinybert.errors import ConversionError
 
-from .architectures import canonical_tensors, encoder_config
+from .architectures import canonical_tensors, encoder_config, find_prefix, legacy_names
+from .heads import canonical_head
 from .pooling import sentence_transformers_settings
 from .quantize import quantize_per_row
 from .readers import read_checkpoint
-from .tokenizer import tokenizer_json
+from .tokenizer import tokenizer_json, tokenizer_options
 from .writer import write_safetensors
 
 
@@ -28,12 +29,16 @@ def _quantize(tensors: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
     return out
 
 
-def convert(src: str | Path, out: str | Path, dtype: str = "int8", show_progress: bool = False) -> Path:
+def convert(src: str | Path, out: str | Path, dtype: str = "int8", show_progress: bool = False,
+            task: str | None = None) -> Path:
     """Convert the Hugging Face checkpoint folder ``src`` into the tinybert file ``out``.
 
-    ``dtype`` is "int8" (linear weights and the token embedding table int8 with per-row scales,
-    everything else float32) or "fp32". Returns the output path. Raises ConversionError or
-    UnsupportedModelError on a folder it cannot convert; never leaves a partial file at ``out``.
+    ``dtype`` is "int8" (linear weights and the token/position embedding tables int8 with per-row
+    scales, everything else float32) or "fp32". ``task`` defaults to what config.json's
+    ``architectures`` names (``BertForSequenceClassification`` → "sequence-classification", a base
+    model → "feature-extraction"); pass "feature-extraction" to keep only the encoder. Returns the
+    output path. Raises ConversionError or UnsupportedModelError on a folder it cannot convert;
+    never leaves a partial file at ``out``.
     """
     src, out = Path(src), Path(out)
     if dtype not in fmt.QUANTIZATIONS:
@@ -52,7 +57,12 @@ def convert(src: str | Path, out: str | Path, dtype: str = "int8", show_progress
     pooling, max_seq_length = sentence_transformers_settings(src)
     cfg = encoder_config(hf_config, max_seq_length)
     tokenizer = tokenizer_json(src)
-    tensors = canonical_tensors(hf_config, cfg, read_checkpoint(src))
+    options = tokenizer_options(src, tokenizer)
+    raw = legacy_names(read_checkpoint(src))
+    tensors = canonical_tensors(hf_config, cfg, raw)
+    task_config, head = canonical_head(hf_config, cfg, raw, find_prefix(raw), task)
+    tensors.update(head)
+    del raw
     for name, value in tensors.items():
         if not np.isfinite(value).all():
             raise ConversionError(f"tensor {name} holds NaN or infinite values")
@@ -65,6 +75,8 @@ def convert(src: str | Path, out: str | Path, dtype: str = "int8", show_progress
         fmt.KEY_TOKENIZER: tokenizer,
         fmt.KEY_POOLING: json.dumps(pooling, sort_keys=True),
         fmt.KEY_QUANTIZATION: dtype,
+        fmt.KEY_TASK: json.dumps(task_config.to_dict(), sort_keys=True),
+        fmt.KEY_TOKENIZER_OPTIONS: json.dumps(options, sort_keys=True),
         fmt.KEY_SOURCE: json.dumps({"model_type": hf_config.get("model_type"),
                                     "architectures": hf_config.get("architectures"),
                                     "name_or_path": hf_config.get("_name_or_path")}, sort_keys=True),

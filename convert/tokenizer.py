@@ -37,3 +37,32 @@ def tokenizer_json(folder: Path) -> str:
     except Exception as exc:  # tokenizers raises its own exception type
         raise ConversionError(f"{folder}: tokenizer does not load: {exc}") from None
     return text
+
+
+def _special(value: object) -> str | None:
+    # special_tokens_map.json / tokenizer_config.json store a token as a string or an AddedToken dict
+    if isinstance(value, dict):
+        value = value.get("content")
+    return value if isinstance(value, str) and value else None
+
+
+def tokenizer_options(folder: Path, text: str) -> dict:
+    """What decoding and fill-mask need from tokenizer_config.json / special_tokens_map.json:
+    the mask token and transformers' ``clean_up_tokenization_spaces`` (its default is False)."""
+    settings: dict = {}
+    for name in ("special_tokens_map.json", "tokenizer_config.json"):
+        path = folder / name
+        if path.is_file():
+            try:
+                data = json.loads(path.read_text(encoding="utf-8"))
+            except ValueError:
+                raise ConversionError(f"{path}: not valid JSON") from None
+            if isinstance(data, dict):
+                settings.update(data)
+    mask = _special(settings.get("mask_token"))
+    if mask is None:
+        # Fall back to the conventional names among the tokenizer's special tokens.
+        added = {t.get("content") for t in json.loads(text).get("added_tokens") or [] if isinstance(t, dict)}
+        mask = next((m for m in ("[MASK]", "<mask>") if m in added), None)
+    return {"mask_token": mask,
+            "clean_up_tokenization_spaces": bool(settings.get("clean_up_tokenization_spaces", False))}

@@ -106,3 +106,64 @@ def hf_last_hidden(model, batch: dict) -> np.ndarray:
     kwargs = {k: torch.as_tensor(np.asarray(v), dtype=torch.long) for k, v in batch.items()}
     with torch.no_grad():
         return model(**kwargs).last_hidden_state.numpy()
+
+
+HEAD_CLASSES = {
+    "sequence-classification": "AutoModelForSequenceClassification",
+    "token-classification": "AutoModelForTokenClassification",
+    "question-answering": "AutoModelForQuestionAnswering",
+    "masked-lm": "AutoModelForMaskedLM",
+    "pretraining": "AutoModelForPreTraining",
+}
+
+NER_LABELS = ["O", "B-PER", "I-PER", "B-ORG", "I-ORG", "B-LOC", "I-LOC", "B-MISC", "I-MISC"]
+
+
+def build_hf_head_model(name: str, task: str, folder: Path, minilm_dir: Path, seed: int = 0,
+                        labels: list[str] | None = None, head_scale: float = 20.0, **config_kwargs):
+    """A seeded random transformers ``*For<task>`` model of family ``name``, saved with the MiniLM
+    tokenizer into ``folder``. The final projection is scaled by ``head_scale`` so the random model
+    makes decisive predictions (as fine-tuned ones do) instead of near-uniform ones."""
+    import torch
+    import transformers
+
+    torch.manual_seed(seed)
+    config = _configs()[name]()
+    if hasattr(config, "position_embedding_type"):
+        config.position_embedding_type = "absolute"
+    if labels is not None:
+        config.id2label = dict(enumerate(labels))
+        config.label2id = {label: i for i, label in enumerate(labels)}
+        config.num_labels = len(labels)
+    for key, value in config_kwargs.items():
+        setattr(config, key, value)
+    model = getattr(transformers, HEAD_CLASSES[task]).from_config(config)
+    with torch.no_grad():
+        for module in model.modules():
+            if isinstance(module, torch.nn.LayerNorm):
+                module.weight.uniform_(0.5, 1.5)
+                module.bias.uniform_(-0.2, 0.2)
+        for pname, param in model.named_parameters():
+            if not pname.endswith(".weight"):
+                continue
+            if pname.split(".")[-2] in ("classifier", "out_proj", "qa_outputs", "seq_relationship"):
+                param.mul_(head_scale)
+            elif pname.endswith(("pooler.dense.weight", "classifier.dense.weight", "pre_classifier.weight")):
+                param.mul_(5.0)  # a trained pooler uses its range; a random one sits near zero
+    model.eval()
+    folder.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(folder)
+    for fname in ("tokenizer.json", "tokenizer_config.json", "vocab.txt", "special_tokens_map.json"):
+        shutil.copy(minilm_dir / fname, folder / fname)
+    return model
+
+
+def hf_pipeline_tokenizer(name: str, minilm_dir: Path):
+    """The MiniLM tokenizer as transformers' pipelines should feed family ``name`` (DistilBERT and
+    RoBERTa-style models take no token_type_ids)."""
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(str(minilm_dir))
+    if name in ("distilbert", "roberta", "xlm-roberta"):
+        tok.model_input_names = ["input_ids", "attention_mask"]
+    return tok

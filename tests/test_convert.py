@@ -379,7 +379,7 @@ def test_int8_file_layout_and_error_bound(bert):
     assert metadata[fmt.KEY_QUANTIZATION] == "int8"
     expected = hf_canonical(bert["model"])
     quantized = [f"layers.{i}.{lin}.weight" for i in range(bert["model"].config.num_hidden_layers)
-                 for lin in LINEARS] + ["embed.tokens"]
+                 for lin in LINEARS] + ["embed.tokens", "embed.positions"]
     for name in quantized:
         q, scale = tensors[name], tensors[name + ".scale"]
         assert q.dtype == np.int8, name
@@ -404,7 +404,7 @@ def test_int8_file_layout_and_error_bound(bert):
         w = linear.weight.detach().numpy()
         assert np.all(np.abs(deq[rows] - w) <= tensors["layers.0.attn.qkv.weight.scale"][rows, None] / 2 * 1.0001)
 
-    # everything else (LayerNorm, biases, position/type embeddings) stays float32 and exact
+    # everything else (LayerNorm, biases, token-type embeddings) stays float32 and exact
     scales = {n + ".scale" for n in quantized}
     assert set(tensors) == set(expected) | scales
     for name in set(expected) - set(quantized):

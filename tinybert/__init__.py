@@ -7,10 +7,13 @@ from .errors import (  # noqa: E402
     ConversionError,
     InputError,
     ModelFileError,
+    ModelKindError,
     TinyBertError,
     UnsupportedModelError,
 )
+from .tasks import Classifier, FillMask, QuestionAnswerer, TokenClassifier  # noqa: E402
 from .warmup import kernels_ready, warmup  # noqa: E402
 
-__all__ = ["Encoder", "TinyBertError", "ModelFileError", "UnsupportedModelError",
-           "ConversionError", "InputError", "warmup", "kernels_ready", "__version__"]
+__all__ = ["Encoder", "Classifier", "TokenClassifier", "FillMask", "QuestionAnswerer", "TinyBertError",
+           "ModelFileError", "ModelKindError", "UnsupportedModelError", "ConversionError", "InputError", "warmup",
+           "kernels_ready", "__version__"]

@@ -1,4 +1,5 @@
-"""The public API. ``Encoder`` turns texts into vectors and token ids into hidden states."""
+"""The public API. ``Encoder`` turns texts into vectors and token ids into hidden states; the task
+classes built on it (tinybert/tasks.py) add the heads."""
 
 from __future__ import annotations
 
@@ -10,12 +11,12 @@ import numba
 import numpy as np
 
 from . import format as fmt
-from .config import EncoderConfig
-from .errors import InputError
-from .heads import l2_normalize, pool_segments
+from .config import EncoderConfig, TaskConfig
+from .errors import InputError, ModelKindError
+from .heads import TaskHead, l2_normalize, pool_segments
 from .loader import load
 from .models import EncoderModel
-from .tokenizer import check_texts, load_tokenizer, pack
+from .tokenizer import Packed, check_texts, load_tokenizer, pack
 
 
 def _check_threads(threads: int | None) -> int:
@@ -70,9 +71,20 @@ class Encoder:
         self.pooling: dict = dict(model_file.pooling)
         self.quantization: str = model_file.quantization
         self.metadata: dict[str, str] = model_file.metadata
+        self.task: TaskConfig = model_file.task
+        self.tokenizer_options: dict = dict(model_file.tokenizer_options)
+        self._tokenizer_json = model_file.tokenizer_json
         self.tokenizer = load_tokenizer(model_file.tokenizer_json, self.config.max_length)
         self.threads = _check_threads(threads)
         self._model = EncoderModel(self.config, model_file.tensors)
+        self._head = TaskHead(self.config, self.task, model_file.tensors) if self.task.type != "feature-extraction" \
+            else None
+
+    def _require_task(self, *tasks: str) -> None:
+        if self.task.type not in tasks:
+            raise ModelKindError(
+                f"{self.path} carries a {self.task.type} head; {type(self).__name__} needs {' or '.join(tasks)} "
+                "(convert a checkpoint with that head, e.g. *ForSequenceClassification)")
 
     @property
     def dimension(self) -> int:
@@ -88,6 +100,42 @@ class Encoder:
         to zeros. Raises InputError for ids outside the vocabulary, sequences longer than the
         position table, masks that are not 0/1, or shapes that disagree.
         """
+        ids, mask, types, starts = self._check_ids(input_ids, attention_mask, token_type_ids)
+        batch, seq = ids.shape
+        hidden = self._run(ids.reshape(-1), types.reshape(-1), starts, mask.reshape(-1))
+        return hidden.reshape(batch, seq, self.config.hidden_size)
+
+    def logits(self, input_ids: object, attention_mask: object = None,
+               token_type_ids: object = None) -> dict[str, np.ndarray]:
+        """The head's raw outputs for token ids, named as transformers names them.
+
+        sequence-classification: ``logits`` [batch, labels]; token-classification: ``logits``
+        [batch, seq, labels]; question-answering: ``start_logits``, ``end_logits`` [batch, seq];
+        masked-lm: ``logits`` [batch, seq, vocab]; pretraining (BertForPreTraining):
+        ``prediction_logits`` [batch, seq, vocab] and ``seq_relationship_logits`` [batch, 2].
+        Inputs as ``forward``. Raises ModelKindError on a file without a head.
+        """
+        if self._head is None:
+            raise ModelKindError(f"{self.path} holds only an encoder (feature-extraction); it has no head")
+        ids, mask, types, starts = self._check_ids(input_ids, attention_mask, token_type_ids)
+        batch, seq = ids.shape
+        hidden = self._run(ids.reshape(-1), types.reshape(-1), starts, mask.reshape(-1))
+        kind, head = self.task.type, self._head
+        if kind == "sequence-classification":
+            return {"logits": head.sequence_logits(hidden, starts)}
+        if kind == "token-classification":
+            return {"logits": head.token_logits(hidden).reshape(batch, seq, -1)}
+        if kind == "question-answering":
+            both = head.token_logits(hidden).reshape(batch, seq, 2)
+            return {"start_logits": np.ascontiguousarray(both[..., 0]),
+                    "end_logits": np.ascontiguousarray(both[..., 1])}
+        vocab = head.mlm_logits(hidden).reshape(batch, seq, -1)
+        if kind == "masked-lm":
+            return {"logits": vocab}
+        return {"prediction_logits": vocab, "seq_relationship_logits": head.nsp_logits(hidden, starts)}
+
+    def _check_ids(self, input_ids: object, attention_mask: object,
+                   token_type_ids: object) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
         cfg = self.config
         ids = _as_int_array("input_ids", input_ids, None)
         batch, seq = ids.shape
@@ -113,8 +161,7 @@ class Encoder:
             if types.min() < 0 or types.max() >= limit:
                 raise InputError(f"token_type_ids must lie in [0, {limit})")
         starts = np.arange(0, batch * seq + 1, seq, dtype=np.int64)
-        hidden = self._run(ids.reshape(-1), types.reshape(-1), starts, mask.reshape(-1))
-        return hidden.reshape(batch, seq, cfg.hidden_size)
+        return ids, mask, types, starts
 
     def _run(self, ids: np.ndarray, types: np.ndarray, starts: np.ndarray, key_mask: np.ndarray) -> np.ndarray:
         with _numba_threads(self.threads):
@@ -141,28 +188,42 @@ class Encoder:
         do_normalize = self.pooling["normalize"] if normalize is None else bool(normalize)
 
         encodings = self.tokenizer.encode_batch(texts)
-        # Sequences are packed without padding; longest first balances the threads' work.
-        order = sorted(range(len(texts)), key=lambda i: -len(encodings[i].ids))
         out = np.empty((len(texts), self.dimension), dtype=np.float32)
+        for rows, batch, hidden in self._batches(encodings, batch_size, show_progress, "encoding"):
+            out[rows] = pool_segments(hidden, batch.starts, mode)
+        return l2_normalize(out) if do_normalize else out
+
+    def _batches(self, encodings: list, batch_size: int, show_progress: bool = False,
+                 desc: str = "") -> Iterator[tuple[list[int], Packed, np.ndarray]]:
+        """Run the encoder over tokenizer encodings, ``batch_size`` at a time, packed without padding.
+
+        Yields (indices into ``encodings``, the packed batch, its hidden states [T, H]). Longest
+        sequences go first: it balances the threads' work and keeps similar lengths together.
+        """
+        if not isinstance(batch_size, int) or isinstance(batch_size, bool) or batch_size < 1:
+            raise InputError(f"batch_size must be a positive integer, got {batch_size!r}")
+        order = sorted(range(len(encodings)), key=lambda i: -len(encodings[i].ids))
         progress = None
         if show_progress:
             from tqdm import tqdm
 
-            progress = tqdm(total=len(texts), unit="text", desc="encoding")
+            progress = tqdm(total=len(encodings), unit="text", desc=desc)
         try:
             for start in range(0, len(order), batch_size):
                 rows = order[start:start + batch_size]
                 batch = pack([encodings[i] for i in rows])
                 if batch.ids.max() >= self.config.vocab_size:
                     raise InputError("the tokenizer produced ids outside the model's vocabulary")
-                if batch.type_ids.max() >= max(self.config.type_vocab_size, 1):
+                if self.config.type_vocab_size <= 1:
+                    # No segment embeddings to tell pair members apart (DistilBERT, RoBERTa): transformers'
+                    # tokenizers for these models do not return token_type_ids, so segment ids mean nothing.
+                    batch.type_ids[:] = 0
+                elif batch.type_ids.max() >= self.config.type_vocab_size:
                     raise InputError("the tokenizer produced token type ids the model does not have")
                 key_mask = np.ones(batch.ids.size, dtype=np.uint8)
-                hidden = self._run(batch.ids, batch.type_ids, batch.starts, key_mask)
-                out[rows] = pool_segments(hidden, batch.starts, mode)
+                yield rows, batch, self._run(batch.ids, batch.type_ids, batch.starts, key_mask)
                 if progress is not None:
                     progress.update(len(rows))
         finally:
             if progress is not None:
                 progress.close()
-        return l2_normalize(out) if do_normalize else out

@@ -20,10 +20,11 @@ from .kernels.norm import add_layer_norm, layer_norm
 class Linear:
     """y = x @ W.T + b with W int8 (+ per-output-channel scale) or float32."""
 
-    def __init__(self, tensors: dict[str, np.ndarray], name: str) -> None:
-        self.weight = tensors[name + ".weight"]
+    def __init__(self, tensors: dict[str, np.ndarray], name: str, weight_name: str | None = None) -> None:
+        weight_name = weight_name or name + ".weight"   # a tied weight lives under another name
+        self.weight = tensors[weight_name]
         self.bias = tensors[name + ".bias"]
-        self.scale = tensors.get(name + ".weight" + SCALE_SUFFIX)
+        self.scale = tensors.get(weight_name + SCALE_SUFFIX)
         self.out_features, self.in_features = self.weight.shape
         # Pack once at load into the panel layout the GEMM micro-kernels read.
         if self.scale is not None:
@@ -59,6 +60,9 @@ class Embeddings:
         self.tokens = tensors["embed.tokens"]
         self.token_scale = tensors.get("embed.tokens" + SCALE_SUFFIX)
         self.positions = tensors["embed.positions"]
+        if self.positions.dtype == np.int8:
+            # Stored int8 to keep the file small; the table is tiny, so widen it once at load.
+            self.positions = self.positions * tensors["embed.positions" + SCALE_SUFFIX][:, None]
         # Models without token types get one zero row so one kernel signature serves all.
         self.types = tensors.get("embed.token_types",
                                  np.zeros((1, cfg.embedding_size), dtype=np.float32))

@@ -15,7 +15,7 @@ from .errors import InputError, TinyBertError
 def _cmd_convert(args: argparse.Namespace) -> None:
     from tinybert_convert import convert
 
-    out = convert(args.src, args.out, dtype=args.dtype, show_progress=not args.quiet)
+    out = convert(args.src, args.out, dtype=args.dtype, show_progress=not args.quiet, task=args.task)
     print(f"wrote {out} ({out.stat().st_size / 1e6:.1f} MB, {args.dtype})", file=sys.stderr)
 
 
@@ -66,6 +66,67 @@ def _cmd_embed(args: argparse.Namespace) -> None:
             sink.close()
 
 
+def _json_lines(records: list[dict]) -> None:
+    for record in records:
+        sys.stdout.write(json.dumps(record, ensure_ascii=False) + "\n")
+
+
+def _cmd_classify(args: argparse.Namespace) -> None:
+    from .tasks import Classifier
+
+    _ensure_kernels()
+    clf = Classifier(args.model, threads=args.threads)
+    texts, pairs = _read_texts(args), None
+    if args.pairs:
+        split = [t.split("\t") for t in texts]
+        if any(len(parts) != 2 for parts in split):
+            raise InputError("--pairs expects each text as 'first<TAB>second'")
+        texts, pairs = [a for a, _ in split], [b for _, b in split]
+    top_k = None if args.top_k == 0 else args.top_k
+    results = clf.classify(texts, text_pair=pairs, top_k=top_k, batch_size=args.batch_size)
+    _json_lines([{"text": t, **({"text_pair": pairs[i]} if pairs else {}), "labels": r}
+                 for i, (t, r) in enumerate(zip(texts, results))])
+
+
+def _cmd_ner(args: argparse.Namespace) -> None:
+    from .tasks import TokenClassifier
+
+    _ensure_kernels()
+    model = TokenClassifier(args.model, threads=args.threads)
+    texts = _read_texts(args)
+    results = model.ner(texts, aggregation=args.aggregation, stride=args.stride, batch_size=args.batch_size)
+    _json_lines([{"text": t, "entities": r} for t, r in zip(texts, results)])
+
+
+def _cmd_fill_mask(args: argparse.Namespace) -> None:
+    from .tasks import FillMask
+
+    _ensure_kernels()
+    model = FillMask(args.model, threads=args.threads)
+    texts = _read_texts(args)
+    results = model.fill(texts, top_k=args.top_k, batch_size=args.batch_size)
+    _json_lines([{"text": t, "predictions": r} for t, r in zip(texts, results)])
+
+
+def _cmd_qa(args: argparse.Namespace) -> None:
+    from .tasks import QuestionAnswerer
+
+    if (args.context is None) == (args.context_file is None):
+        raise InputError("give the context with exactly one of --context TEXT or --context-file FILE")
+    context = args.context
+    if args.context_file:
+        try:
+            context = Path(args.context_file).read_bytes().decode("utf-8")
+        except UnicodeDecodeError as exc:
+            raise InputError(f"{args.context_file} is not UTF-8 text ({exc})") from None
+    _ensure_kernels()
+    model = QuestionAnswerer(args.model, threads=args.threads)
+    questions = _read_texts(args)
+    results = model.answer(questions, [context] * len(questions), top_k=args.top_k,
+                           max_answer_len=args.max_answer_len)
+    _json_lines([{"question": q, "answer": r} for q, r in zip(questions, results)])
+
+
 def _source(text: str) -> object:
     # Free-form by the format's definition; the converter writes JSON.
     try:
@@ -88,6 +149,7 @@ def _cmd_info(args: argparse.Namespace) -> None:
         "parameters": params,
         "config": cfg.to_dict(),
         "pooling": model.pooling,
+        "task": model.task.to_dict(),
         "source": _source(model.metadata.get("source", "")),
     }
     if args.json:
@@ -99,6 +161,10 @@ def _cmd_info(args: argparse.Namespace) -> None:
     print(f"  vocabulary    {cfg.vocab_size} tokens, max length {cfg.max_length}")
     print(f"  weights       {params / 1e6:.1f} M parameters, {model.quantization}")
     print(f"  pooling       {model.pooling['mode']}{' + L2 normalize' if model.pooling['normalize'] else ''}")
+    task = model.task
+    labels = f" ({len(task.labels)} labels: {', '.join(task.labels[:8])}{' ...' if len(task.labels) > 8 else ''})" \
+        if task.labels else ""
+    print(f"  task          {task.type}{labels}")
     print(f"  source        {info['source']}")
 
 
@@ -118,6 +184,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("src", help="Hugging Face model folder (config.json, tokenizer.json, weights)")
     p.add_argument("out", help="output .safetensors file")
     p.add_argument("--dtype", choices=["int8", "fp32"], default="int8", help="weight type (default int8)")
+    p.add_argument("--task", choices=["feature-extraction", "sequence-classification", "token-classification",
+                                      "question-answering", "masked-lm", "pretraining"],
+                   help="head to convert (default: what config.json's architectures names)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=_cmd_convert)
 
@@ -131,6 +200,30 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--progress", action="store_true", help="show a progress bar")
     p.set_defaults(func=_cmd_embed)
+
+    def text_command(name: str, help_text: str, func) -> argparse.ArgumentParser:
+        p = sub.add_parser(name, help=help_text + " (texts as arguments, --file, or stdin lines; JSON lines out)")
+        p.add_argument("model", help="tinybert model file")
+        p.add_argument("texts", nargs="*", help="texts; if none, read --file or stdin (one per line)")
+        p.add_argument("--file", help="read texts from this file, one per line")
+        p.add_argument("--batch-size", type=int, default=32)
+        p.add_argument("--threads", type=int, default=None)
+        p.set_defaults(func=func)
+        return p
+
+    p = text_command("classify", "classify texts", _cmd_classify)
+    p.add_argument("--top-k", type=int, default=1, help="labels per text (0: all)")
+    p.add_argument("--pairs", action="store_true", help="each text is 'first<TAB>second' (sentence pairs)")
+    p = text_command("ner", "named entities / token classification", _cmd_ner)
+    p.add_argument("--aggregation", default="simple", choices=["none", "simple", "first", "average", "max"])
+    p.add_argument("--stride", type=int, default=None, help="split long texts into windows sharing this many tokens")
+    p = text_command("fill-mask", "predict the mask token", _cmd_fill_mask)
+    p.add_argument("--top-k", type=int, default=5)
+    p = text_command("qa", "answer questions from a context", _cmd_qa)
+    p.add_argument("--context", help="the context text")
+    p.add_argument("--context-file", help="read the context from this UTF-8 file")
+    p.add_argument("--top-k", type=int, default=1)
+    p.add_argument("--max-answer-len", type=int, default=30)
 
     p = sub.add_parser("info", help="describe a tinybert model file")
     p.add_argument("model")
@@ -148,12 +241,15 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+_TEXT_COMMANDS = ("embed", "classify", "ner", "fill-mask", "qa")
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     # `embed MODEL -o out.npy "text"`: argparse leaves texts that follow an option unparsed.
     args, extra = parser.parse_known_args(argv)
     if extra:
-        if args.command != "embed" or any(e.startswith("-") for e in extra):
+        if args.command not in _TEXT_COMMANDS or any(e.startswith("-") for e in extra):
             parser.error(f"unrecognized arguments: {' '.join(extra)}")
         args.texts = list(args.texts) + extra
     try:

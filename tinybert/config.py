@@ -6,7 +6,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, fields
 
 from .errors import ModelFileError
-from .format import ACTIVATIONS, POSITION_SCHEMES
+from .format import ACTIVATIONS, HEAD_ACTIVATIONS, POSITION_SCHEMES, PROBLEM_TYPES, TASKS
 
 
 @dataclass(frozen=True)
@@ -90,3 +90,72 @@ class EncoderConfig:
             raise ModelFileError("config pad_token_id is outside the vocabulary")
         if self.max_length + self.position_offset > self.max_positions:
             raise ModelFileError("config max_length reaches past the position table")
+
+
+@dataclass(frozen=True)
+class TaskConfig:
+    """The head a file carries, as data.
+
+    ``type`` is one of ``TASKS``. ``labels`` are the class names by index (sequence and token
+    classification). ``problem_type`` is transformers' (None lets the number of labels decide, as
+    its pipeline does). ``pooler_activation`` is set when a first-token dense layer precedes the
+    classifier (BERT tanh pooler, RoBERTa/ELECTRA classification head, DistilBERT pre_classifier).
+    Masked-LM heads: transform width ``mlm_size``, its ``mlm_activation``, its LayerNorm
+    ``mlm_norm_eps``, and whether the decoder is tied to the token embeddings (``mlm_tied``).
+    """
+
+    type: str = "feature-extraction"
+    labels: tuple[str, ...] = ()
+    problem_type: str | None = None
+    pooler_activation: str | None = None
+    mlm_size: int = 0
+    mlm_activation: str | None = None
+    mlm_norm_eps: float = 1e-12
+    mlm_tied: bool = True
+
+    def to_dict(self) -> dict:
+        data = asdict(self)
+        data["labels"] = list(self.labels)
+        return data
+
+    @classmethod
+    def from_dict(cls, data: dict) -> TaskConfig:
+        """Build and check a task read from a file; any inconsistency is a ModelFileError."""
+        if not isinstance(data, dict):
+            raise ModelFileError("task metadata is not a JSON object")
+        unknown = sorted(set(data) - {f.name for f in fields(cls)})
+        if unknown:
+            raise ModelFileError(f"task has unknown keys {', '.join(unknown)}")
+        data = dict(data)
+        if "labels" in data:
+            if not isinstance(data["labels"], list) or not all(isinstance(x, str) for x in data["labels"]):
+                raise ModelFileError("task labels must be a list of strings")
+            data["labels"] = tuple(data["labels"])
+        task = cls(**data)
+        task.validate()
+        return task
+
+    def validate(self) -> None:
+        if self.type not in TASKS:
+            raise ModelFileError(f"task type {self.type!r} is not one of {TASKS}")
+        if self.type in ("sequence-classification", "token-classification") and not self.labels:
+            raise ModelFileError(f"a {self.type} task needs labels")
+        if len(self.labels) > 100_000:
+            raise ModelFileError("task has an implausible number of labels")
+        if self.problem_type is not None and self.problem_type not in PROBLEM_TYPES:
+            raise ModelFileError(f"task problem_type {self.problem_type!r} is not one of {PROBLEM_TYPES}")
+        for name in ("pooler_activation", "mlm_activation"):
+            value = getattr(self, name)
+            if value is not None and value not in HEAD_ACTIVATIONS:
+                raise ModelFileError(f"task {name} {value!r} is not one of {HEAD_ACTIVATIONS}")
+        if self.type == "pretraining" and self.pooler_activation is None:
+            raise ModelFileError("a pretraining task needs the pooler")
+        if self.type in ("masked-lm", "pretraining"):
+            if not isinstance(self.mlm_size, int) or isinstance(self.mlm_size, bool) or self.mlm_size <= 0:
+                raise ModelFileError("task mlm_size must be a positive integer")
+            if self.mlm_activation is None:
+                raise ModelFileError("a masked-lm task needs mlm_activation")
+            if not isinstance(self.mlm_norm_eps, (int, float)) or not self.mlm_norm_eps > 0:
+                raise ModelFileError("task mlm_norm_eps must be a positive number")
+            if not isinstance(self.mlm_tied, bool):
+                raise ModelFileError("task mlm_tied must be true or false")

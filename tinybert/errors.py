@@ -19,3 +19,8 @@ class ConversionError(TinyBertError):
 
 class InputError(TinyBertError, ValueError):
     """Bad arguments to the API: empty input, token ids out of range, wrong shapes or dtypes."""
+
+
+class ModelKindError(TinyBertError):
+    """The file holds another kind of model or head than the class asked for (for example a
+    Classifier on a file converted from a base model without a classification head)."""

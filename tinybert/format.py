@@ -10,6 +10,9 @@ Metadata keys (all values are strings, as safetensors requires):
     pooling          {"mode": "mean"|"cls"|"max"|"mean_sqrt_len", "normalize": bool}, JSON
     quantization     "int8" or "fp32"
     source           free-form description of the converted checkpoint, JSON
+    task             the head the file carries, JSON (see ``TaskConfig``): {"type": one of TASKS, ...}
+    tokenizer_options  {"mask_token": str | null, "clean_up_tokenization_spaces": bool}, JSON:
+                     what transformers keeps in tokenizer_config.json and decoding needs
 
 Canonical tensor names (``L`` is the layer index). A quantised 2-D tensor ``T`` is stored as int8
 ``T`` plus float32 ``T.scale`` with one scale per row (per output channel for linear weights, per
@@ -25,12 +28,23 @@ token for embedding tables): ``T_fp32[r, :] = T[r, :] * T.scale[r]``.
     layers.L.mlp.up.weight [I, H] / .bias [I]
     layers.L.mlp.down.weight [H, I] / .bias [H]
     layers.L.mlp_norm.weight / .bias [H]
+
+Head tensors, by task (``N`` labels, ``M`` the MLM transform width, ``V`` the vocabulary):
+
+    head.pooler.weight [H, H] / .bias       first-token dense + activation (BERT pooler, RoBERTa/ELECTRA
+                                            classifier.dense, DistilBERT pre_classifier)
+    head.classifier.weight [N, H] / .bias   sequence/token classification; question answering (N = 2)
+    head.nsp.weight [2, H] / .bias          next-sentence prediction (pretraining)
+    head.mlm.dense.weight [M, H] / .bias    masked-LM transform → activation → head.mlm.norm [M]
+    head.mlm.norm.weight / .bias [M]
+    head.mlm.decoder.weight [V, M]          only when not tied to embed.tokens
+    head.mlm.decoder.bias [V]
 """
 
 from __future__ import annotations
 
 FORMAT_NAME = "tinybert"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
 
 KEY_FORMAT = "format"
 KEY_VERSION = "format_version"
@@ -39,6 +53,13 @@ KEY_TOKENIZER = "tokenizer"
 KEY_POOLING = "pooling"
 KEY_QUANTIZATION = "quantization"
 KEY_SOURCE = "source"
+KEY_TASK = "task"
+KEY_TOKENIZER_OPTIONS = "tokenizer_options"
+
+TASKS = ("feature-extraction", "sequence-classification", "token-classification", "question-answering",
+         "masked-lm", "pretraining")
+HEAD_ACTIVATIONS = ("tanh", "relu", "gelu", "gelu_tanh")
+PROBLEM_TYPES = ("single_label_classification", "multi_label_classification", "regression")
 
 SCALE_SUFFIX = ".scale"
 QUANTIZATIONS = ("int8", "fp32")
@@ -47,8 +68,9 @@ ACTIVATIONS = ("gelu", "gelu_tanh", "relu")
 POSITION_SCHEMES = ("absolute", "padding_offset")
 
 # Tensors quantised to int8 (+ .scale) in an int8 file; everything else stays float32.
-QUANTIZED_LINEARS = ("attn.qkv", "attn.out", "mlp.up", "mlp.down")
-QUANTIZED_EMBEDDINGS = ("embed.tokens",)
+QUANTIZED_LINEARS = ("attn.qkv", "attn.out", "mlp.up", "mlp.down", "head.pooler", "head.mlm.dense",
+                     "head.mlm.decoder")
+QUANTIZED_EMBEDDINGS = ("embed.tokens", "embed.positions")
 
 
 def layer_prefix(i: int) -> str:
@@ -85,6 +107,34 @@ def encoder_tensor_shapes(cfg: dict) -> dict[str, tuple[int, ...]]:
             p + "mlp_norm.weight": (h,),
             p + "mlp_norm.bias": (h,),
         })
+    return shapes
+
+
+def head_tensor_shapes(task: dict, cfg: dict) -> dict[str, tuple[int, ...]]:
+    """Every head tensor a file with ``task`` (a TaskConfig dict) must hold, with its shape."""
+    h, kind = cfg["hidden_size"], task["type"]
+    shapes: dict[str, tuple[int, ...]] = {}
+    if task.get("pooler_activation") is not None:
+        shapes["head.pooler.weight"] = (h, h)
+        shapes["head.pooler.bias"] = (h,)
+    if kind in ("sequence-classification", "token-classification", "question-answering"):
+        n = 2 if kind == "question-answering" else len(task["labels"])
+        shapes["head.classifier.weight"] = (n, h)
+        shapes["head.classifier.bias"] = (n,)
+    if kind == "pretraining":
+        shapes["head.nsp.weight"] = (2, h)
+        shapes["head.nsp.bias"] = (2,)
+    if kind in ("masked-lm", "pretraining"):
+        m = task["mlm_size"]
+        shapes.update({
+            "head.mlm.dense.weight": (m, h),
+            "head.mlm.dense.bias": (m,),
+            "head.mlm.norm.weight": (m,),
+            "head.mlm.norm.bias": (m,),
+            "head.mlm.decoder.bias": (cfg["vocab_size"],),
+        })
+        if not task["mlm_tied"]:
+            shapes["head.mlm.decoder.weight"] = (cfg["vocab_size"], m)
     return shapes
 
 

@@ -1,8 +1,19 @@
-"""Task heads on top of the last hidden state. Sentence pooling for now."""
+"""Task heads on top of the last hidden state (packed [T, H]; sequence b is rows starts[b]:starts[b+1]).
+
+Every family's head is built from the same parts, with the differences as data (TaskConfig):
+    pooler      h_first → act(W h_first + b)         (BERT tanh pooler, RoBERTa/ELECTRA head dense, DistilBERT)
+    classifier  W x + b                              (sequence / token classification, QA start-end logits)
+    masked LM   LayerNorm(act(W h + b)) → decoder    (decoder tied to the token embeddings or not)
+    NSP         W pooled + b                         (BERT pretraining)
+"""
 
 from __future__ import annotations
 
 import numpy as np
+
+from .blocks import LayerNorm, Linear
+from .config import EncoderConfig, TaskConfig
+from .kernels.activations import ACTIVATIONS
 
 
 def pool_segments(hidden: np.ndarray, starts: np.ndarray, mode: str) -> np.ndarray:
@@ -26,3 +37,65 @@ def pool_segments(hidden: np.ndarray, starts: np.ndarray, mode: str) -> np.ndarr
 def l2_normalize(x: np.ndarray) -> np.ndarray:
     norm = np.sqrt((x.astype(np.float64) ** 2).sum(axis=1, keepdims=True))
     return (x / np.maximum(norm, 1e-12)).astype(np.float32)
+
+
+def _activate(x: np.ndarray, name: str) -> np.ndarray:
+    if name == "tanh":
+        return np.tanh(x, out=x)
+    ACTIVATIONS[name](x)
+    return x
+
+
+class Pooler:
+    """act(W h + b) on the first token of each sequence."""
+
+    def __init__(self, tensors: dict[str, np.ndarray], activation: str) -> None:
+        self.dense = Linear(tensors, "head.pooler")
+        self.activation = activation
+
+    def __call__(self, hidden: np.ndarray, starts: np.ndarray) -> np.ndarray:
+        first = np.ascontiguousarray(hidden[starts[:-1]])
+        return _activate(self.dense(first), self.activation)
+
+
+class MaskedLMHead:
+    """Vocabulary logits: decoder(LayerNorm(act(W h + b))) (+ bias); the decoder may be embed.tokens."""
+
+    def __init__(self, task: TaskConfig, tensors: dict[str, np.ndarray]) -> None:
+        self.dense = Linear(tensors, "head.mlm.dense")
+        self.activation = task.mlm_activation
+        self.norm = LayerNorm(tensors, "head.mlm.norm", task.mlm_norm_eps)
+        self.decoder = Linear(tensors, "head.mlm.decoder",
+                              weight_name="embed.tokens" if task.mlm_tied else None)
+
+    def __call__(self, hidden_rows: np.ndarray) -> np.ndarray:
+        x = _activate(self.dense(np.ascontiguousarray(hidden_rows)), self.activation)
+        return self.decoder(self.norm(x))
+
+
+class TaskHead:
+    """The head a file carries; each method raises nothing and expects validated packed inputs."""
+
+    def __init__(self, cfg: EncoderConfig, task: TaskConfig, tensors: dict[str, np.ndarray]) -> None:
+        self.task = task
+        self.pooler = Pooler(tensors, task.pooler_activation) if task.pooler_activation else None
+        self.classifier = Linear(tensors, "head.classifier") if "head.classifier.weight" in tensors else None
+        self.nsp = Linear(tensors, "head.nsp") if "head.nsp.weight" in tensors else None
+        self.mlm = MaskedLMHead(task, tensors) if task.type in ("masked-lm", "pretraining") else None
+
+    def sequence_logits(self, hidden: np.ndarray, starts: np.ndarray) -> np.ndarray:
+        """[B, labels] from the first token of each sequence (through the pooler where there is one)."""
+        x = self.pooler(hidden, starts) if self.pooler else np.ascontiguousarray(hidden[starts[:-1]])
+        return self.classifier(x)
+
+    def token_logits(self, hidden: np.ndarray) -> np.ndarray:
+        """[T, labels] (question answering: [T, 2] start and end logits)."""
+        return self.classifier(hidden)
+
+    def mlm_logits(self, hidden_rows: np.ndarray) -> np.ndarray:
+        """[R, vocab] for the given rows only: fill-mask needs the masked positions, not all tokens."""
+        return self.mlm(hidden_rows)
+
+    def nsp_logits(self, hidden: np.ndarray, starts: np.ndarray) -> np.ndarray:
+        """[B, 2]: index 0 = "B follows A", as transformers' BertForPreTraining."""
+        return self.nsp(self.pooler(hidden, starts))

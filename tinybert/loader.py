@@ -15,7 +15,7 @@ import numpy as np
 from safetensors import safe_open
 
 from . import format as fmt
-from .config import EncoderConfig
+from .config import EncoderConfig, TaskConfig
 from .errors import ModelFileError
 
 
@@ -30,6 +30,8 @@ class ModelFile:
     pooling: dict
     quantization: str
     metadata: dict[str, str]
+    task: TaskConfig
+    tokenizer_options: dict
 
 
 def _json_key(metadata: dict[str, str], key: str) -> object:
@@ -60,9 +62,12 @@ def read_metadata(path: str | Path) -> dict[str, str]:
     return metadata
 
 
-def _expected(config: EncoderConfig, quantization: str) -> dict[str, tuple[tuple[int, ...], np.dtype]]:
+def _expected(config: EncoderConfig, task: TaskConfig,
+              quantization: str) -> dict[str, tuple[tuple[int, ...], np.dtype]]:
     expected = {}
-    for name, shape in fmt.encoder_tensor_shapes(config.to_dict()).items():
+    shapes = fmt.encoder_tensor_shapes(config.to_dict())
+    shapes.update(fmt.head_tensor_shapes(task.to_dict(), config.to_dict()))
+    for name, shape in shapes.items():
         if quantization == "int8" and fmt.is_quantized_name(name):
             expected[name] = (shape, np.dtype(np.int8))
             expected[name + fmt.SCALE_SUFFIX] = ((shape[0],), np.dtype(np.float32))
@@ -86,6 +91,14 @@ def load(path: str | Path) -> ModelFile:
     tokenizer = metadata.get(fmt.KEY_TOKENIZER)
     if not tokenizer:
         raise ModelFileError(f"{path}: metadata has no tokenizer")
+    task = TaskConfig.from_dict(_json_key(metadata, fmt.KEY_TASK))
+    if task.type in ("masked-lm", "pretraining") and task.mlm_tied and task.mlm_size != config.embedding_size:
+        raise ModelFileError(f"{path}: a tied MLM decoder must have the embedding width {config.embedding_size}")
+    options = _json_key(metadata, fmt.KEY_TOKENIZER_OPTIONS)
+    if (not isinstance(options, dict) or set(options) != {"mask_token", "clean_up_tokenization_spaces"}
+            or not (options["mask_token"] is None or isinstance(options["mask_token"], str))
+            or not isinstance(options["clean_up_tokenization_spaces"], bool)):
+        raise ModelFileError(f"{path}: bad tokenizer_options metadata {metadata.get(fmt.KEY_TOKENIZER_OPTIONS)!r}")
 
     tensors: dict[str, np.ndarray] = {}
     try:
@@ -96,7 +109,7 @@ def load(path: str | Path) -> ModelFile:
             if config.num_layers * 12 > len(names):
                 raise ModelFileError(f"{path}: config claims {config.num_layers} layers, "
                                      f"the file holds only {len(names)} tensors")
-            expected = _expected(config, quantization)
+            expected = _expected(config, task, quantization)
             missing = sorted(set(expected) - names)
             if missing:
                 raise ModelFileError(f"{path}: tensors missing: {', '.join(missing[:5])}"
@@ -117,4 +130,4 @@ def load(path: str | Path) -> ModelFile:
     for name, array in tensors.items():
         if array.dtype == np.float32 and not np.isfinite(array).all():
             raise ModelFileError(f"{path}: tensor {name} holds NaN or infinite values")
-    return ModelFile(path, config, tensors, tokenizer, pooling, quantization, metadata)
+    return ModelFile(path, config, tensors, tokenizer, pooling, quantization, metadata, task, options)

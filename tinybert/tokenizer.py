@@ -58,3 +58,33 @@ def pack(encodings: list) -> Packed:
     ids = np.fromiter((i for e in encodings for i in e.ids), dtype=np.int32, count=int(starts[-1]))
     type_ids = np.fromiter((i for e in encodings for i in e.type_ids), dtype=np.int32, count=int(starts[-1]))
     return Packed(ids, type_ids, starts)
+
+
+def check_pairs(texts: list[str], pairs: object) -> list[str]:
+    """The second texts of sentence pairs: one string per first text, checked like texts."""
+    pairs = check_texts(pairs)
+    if len(pairs) != len(texts):
+        raise InputError(f"text_pair has {len(pairs)} texts for {len(texts)} texts")
+    return pairs
+
+
+class Decoder:
+    """ids → text as transformers' fast tokenizers decode: the ``tokenizers`` decoder, then
+    ``clean_up_tokenization_spaces`` when the checkpoint asks for it (transformers skips that
+    clean-up for BPE models, which it would damage)."""
+
+    def __init__(self, tokenizer: Tokenizer, clean_up_tokenization_spaces: bool) -> None:
+        self.tokenizer = tokenizer
+        self.clean_up = clean_up_tokenization_spaces and type(tokenizer.model).__name__ != "BPE"
+
+    def decode(self, ids: list[int], skip_special_tokens: bool = True) -> str:
+        text = self.tokenizer.decode([int(i) for i in ids], skip_special_tokens=skip_special_tokens)
+        if self.clean_up:
+            for before, after in ((" .", "."), (" ?", "?"), (" !", "!"), (" ,", ","), (" ' ", "'"),
+                                  (" n't", "n't"), (" 'm", "'m"), (" 's", "'s"), (" 've", "'ve"), (" 're", "'re")):
+                text = text.replace(before, after)
+        return text
+
+    def __getattr__(self, name: str) -> object:
+        # Everything else (token_to_id, model, ...) is the tokenizer's own.
+        return getattr(self.tokenizer, name)

@@ -1,0 +1,180 @@
+"""Task heads of Hugging Face ``*For*`` checkpoints → canonical ``head.*`` tensors + a TaskConfig.
+
+Families name their heads differently but build them from the same three parts: a first-token
+dense layer with an activation (the "pooler"), a final projection (the "classifier"), and a
+masked-LM transform + decoder. The tables below say where each family keeps those parts.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+
+from tinybert.config import EncoderConfig, TaskConfig
+from tinybert.errors import ConversionError, ModelFileError, UnsupportedModelError
+from tinybert.format import TASKS
+
+from .architectures import hf_activation
+
+
+@dataclass(frozen=True)
+class HeadNames:
+    """Where one family keeps its head weights (names relative to the checkpoint root; ``{base}``
+    stands for the base-model prefix such as ``bert.``)."""
+
+    seq_pooler: str | None          # dense before the sequence classifier
+    seq_pooler_activation: str | None
+    seq_classifier: str
+    token_classifier: str
+    qa: str
+    mlm_dense: str
+    mlm_norm: str
+    mlm_decoder: str
+    mlm_bias: str
+    mlm_activation: str | None      # None: the encoder's own hidden activation
+    mlm_width: str                  # "hidden" or "embedding" (ELECTRA's generator head)
+    mlm_norm_eps: float | None      # None: the encoder's layer_norm_eps
+
+
+_ROBERTA = HeadNames(
+    seq_pooler="classifier.dense", seq_pooler_activation="tanh", seq_classifier="classifier.out_proj",
+    token_classifier="classifier", qa="qa_outputs",
+    mlm_dense="lm_head.dense", mlm_norm="lm_head.layer_norm", mlm_decoder="lm_head.decoder",
+    mlm_bias="lm_head.bias", mlm_activation="gelu", mlm_width="hidden", mlm_norm_eps=None)
+
+HEADS = {
+    "bert": HeadNames(
+        seq_pooler="{base}pooler.dense", seq_pooler_activation="tanh", seq_classifier="classifier",
+        token_classifier="classifier", qa="qa_outputs",
+        mlm_dense="cls.predictions.transform.dense", mlm_norm="cls.predictions.transform.LayerNorm",
+        mlm_decoder="cls.predictions.decoder", mlm_bias="cls.predictions.bias", mlm_activation=None,
+        mlm_width="hidden", mlm_norm_eps=None),
+    "roberta": _ROBERTA,
+    "xlm-roberta": _ROBERTA,
+    "camembert": _ROBERTA,
+    "distilbert": HeadNames(
+        seq_pooler="pre_classifier", seq_pooler_activation="relu", seq_classifier="classifier",
+        token_classifier="classifier", qa="qa_outputs",
+        mlm_dense="vocab_transform", mlm_norm="vocab_layer_norm", mlm_decoder="vocab_projector",
+        mlm_bias="vocab_projector.bias", mlm_activation=None, mlm_width="hidden", mlm_norm_eps=1e-12),
+    "electra": HeadNames(
+        seq_pooler="classifier.dense", seq_pooler_activation="gelu", seq_classifier="classifier.out_proj",
+        token_classifier="classifier", qa="qa_outputs",
+        mlm_dense="generator_predictions.dense", mlm_norm="generator_predictions.LayerNorm",
+        mlm_decoder="generator_lm_head", mlm_bias="generator_lm_head.bias", mlm_activation="gelu",
+        mlm_width="embedding", mlm_norm_eps=None),
+}
+
+# transformers class-name suffix → task
+_SUFFIXES = {
+    "ForSequenceClassification": "sequence-classification",
+    "ForTokenClassification": "token-classification",
+    "ForQuestionAnswering": "question-answering",
+    "ForMaskedLM": "masked-lm",
+    "ForPreTraining": "pretraining",
+}
+
+
+def detect_task(hf: dict) -> str:
+    """The task of a checkpoint from config.json ``architectures``; feature-extraction (the encoder
+    alone) for base models and for heads tinybert does not run (multiple choice, ELECTRA's
+    discriminator)."""
+    for arch in hf.get("architectures") or []:
+        for suffix, task in _SUFFIXES.items():
+            if isinstance(arch, str) and arch.endswith(suffix):
+                # ELECTRA's ForPreTraining is the replaced-token discriminator, not BERT's MLM + NSP:
+                # its encoder converts, its head is not one tinybert runs.
+                if task == "pretraining" and arch != "BertForPreTraining":
+                    return "feature-extraction"
+                return task
+    return "feature-extraction"
+
+
+def _labels(hf: dict, task: str) -> tuple[str, ...]:
+    id2label = hf.get("id2label")
+    num_labels = hf.get("num_labels")
+    if isinstance(id2label, dict) and id2label:
+        try:
+            keyed = {int(k): str(v) for k, v in id2label.items()}
+        except (TypeError, ValueError):
+            raise ConversionError("config.json id2label keys are not integers") from None
+        if sorted(keyed) != list(range(len(keyed))):
+            raise ConversionError("config.json id2label keys are not 0..N-1")
+        return tuple(keyed[i] for i in range(len(keyed)))
+    if isinstance(num_labels, int) and num_labels > 0:
+        return tuple(f"LABEL_{i}" for i in range(num_labels))
+    raise ConversionError(f"a {task} checkpoint needs id2label or num_labels in config.json")
+
+
+def canonical_head(hf: dict, cfg: EncoderConfig, tensors: dict[str, np.ndarray], base_prefix: str,
+                   task: str | None = None) -> tuple[TaskConfig, dict[str, np.ndarray]]:
+    """The task config and the ``head.*`` tensors of a checkpoint (none for feature-extraction)."""
+    task = task or detect_task(hf)
+    if task not in TASKS:
+        raise ConversionError(f"task must be one of {TASKS}, got {task!r}")
+    if task == "feature-extraction":
+        return TaskConfig(), {}
+    if task == "pretraining" and cfg.architecture != "bert":
+        raise UnsupportedModelError(f"pretraining heads are converted for BERT only, not {cfg.architecture}")
+    names = HEADS[cfg.architecture]
+
+    def take(name: str) -> np.ndarray:
+        full = name.format(base=base_prefix)
+        if full not in tensors:
+            raise ConversionError(f"a {task} checkpoint needs the tensor {full}, which is missing")
+        return np.ascontiguousarray(tensors[full], dtype=np.float32)
+
+    def linear(dst: str, src: str) -> None:
+        out[dst + ".weight"] = take(src + ".weight")
+        out[dst + ".bias"] = take(src + ".bias")
+
+    out: dict[str, np.ndarray] = {}
+    fields: dict = {"type": task}
+    if task == "sequence-classification":
+        fields["labels"] = _labels(hf, task)
+        fields["problem_type"] = hf.get("problem_type")
+        if names.seq_pooler is not None:
+            linear("head.pooler", names.seq_pooler)
+            fields["pooler_activation"] = names.seq_pooler_activation
+        linear("head.classifier", names.seq_classifier)
+    elif task == "token-classification":
+        fields["labels"] = _labels(hf, task)
+        linear("head.classifier", names.token_classifier)
+    elif task == "question-answering":
+        linear("head.classifier", names.qa)
+        if out["head.classifier.weight"].shape[0] != 2:
+            raise UnsupportedModelError("question answering needs exactly 2 outputs (start, end)")
+    else:  # masked-lm, pretraining
+        act = names.mlm_activation or hf_activation(hf)
+        width = cfg.hidden_size if names.mlm_width == "hidden" else cfg.embedding_size
+        tied = bool(hf.get("tie_word_embeddings", True))
+        fields.update(mlm_size=width, mlm_activation=act, mlm_tied=tied,
+                      mlm_norm_eps=float(names.mlm_norm_eps or cfg.layer_norm_eps))
+        linear("head.mlm.dense", names.mlm_dense)
+        linear("head.mlm.norm", names.mlm_norm)
+        out["head.mlm.decoder.bias"] = _first(take, names.mlm_bias, names.mlm_decoder + ".bias")
+        if not tied:
+            out["head.mlm.decoder.weight"] = take(names.mlm_decoder + ".weight")
+        elif width != cfg.embedding_size:
+            raise UnsupportedModelError("a tied MLM decoder must have the embedding width")
+        if task == "pretraining":
+            linear("head.pooler", names.seq_pooler)
+            fields["pooler_activation"] = names.seq_pooler_activation
+            linear("head.nsp", "cls.seq_relationship")
+    try:
+        config = TaskConfig(**fields)
+        config.validate()
+    except ModelFileError as exc:
+        raise ConversionError(f"config.json: {exc}") from None
+    return config, out
+
+
+def _first(take: Callable[[str], np.ndarray], *names: str) -> np.ndarray:
+    for name in names[:-1]:
+        try:
+            return take(name)
+        except ConversionError:
+            continue
+    return take(names[-1])
