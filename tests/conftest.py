@@ -167,3 +167,23 @@ def hf_pipeline_tokenizer(name: str, minilm_dir: Path):
     if name in ("distilbert", "roberta", "xlm-roberta"):
         tok.model_input_names = ["input_ids", "attention_mask"]
     return tok
+
+
+@pytest.fixture(scope="session")
+def head_model(tmp_path_factory, minilm_dir):
+    """(family, task, extra) → (transformers model, {"fp32": path, "int8": path}), built once."""
+    from tinybert_convert import convert
+
+    cache: dict = {}
+
+    def get(family: str, task: str, labels: list[str] | None = None, **config_kwargs):
+        key = (family, task, tuple(labels or ()), tuple(sorted(config_kwargs.items())))
+        if key not in cache:
+            folder = tmp_path_factory.mktemp(f"{family}-{task}")
+            model = build_hf_head_model(family, task, folder / "hf", minilm_dir, labels=labels, **config_kwargs)
+            files = {dtype: convert(folder / "hf", folder / f"model-{dtype}.safetensors", dtype=dtype)
+                     for dtype in ("fp32", "int8")}
+            cache[key] = (model, files)
+        return cache[key]
+
+    return get

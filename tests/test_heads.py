@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from conftest import NER_LABELS, build_hf_head_model, hf_pipeline_tokenizer
+from conftest import NER_LABELS, hf_pipeline_tokenizer
 
 import tinybert
 from tinybert.errors import InputError, ModelKindError, UnsupportedModelError
@@ -21,26 +21,6 @@ UNICODE_TEXTS = [
     "François and 李小龙 met at the Café Größe in Zürich 🎉 on Monday.",
 ]
 SCORE_TOL = 1e-4
-
-
-@pytest.fixture(scope="session")
-def head_model(tmp_path_factory, minilm_dir):
-    """(family, task, extra) → (transformers model, {"fp32": path, "int8": path}), built once."""
-    from tinybert_convert import convert
-
-    cache: dict = {}
-
-    def get(family: str, task: str, labels: list[str] | None = None, **config_kwargs):
-        key = (family, task, tuple(labels or ()), tuple(sorted(config_kwargs.items())))
-        if key not in cache:
-            folder = tmp_path_factory.mktemp(f"{family}-{task}")
-            model = build_hf_head_model(family, task, folder / "hf", minilm_dir, labels=labels, **config_kwargs)
-            files = {dtype: convert(folder / "hf", folder / f"model-{dtype}.safetensors", dtype=dtype)
-                     for dtype in ("fp32", "int8")}
-            cache[key] = (model, files)
-        return cache[key]
-
-    return get
 
 
 def _assert_same_labels(ref: list[dict], got: list[dict]) -> None:
