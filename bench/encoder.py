@@ -66,6 +66,18 @@ def hf_folder(model: str) -> Path:
     return folder
 
 
+def _current_tinybert_file(path: Path) -> bool:
+    """True when ``path`` exists and is in this tinybert's format version (older caches are rebuilt)."""
+    from tinybert.errors import TinyBertError
+    from tinybert.loader import read_metadata
+
+    try:
+        read_metadata(path)
+        return True
+    except TinyBertError:
+        return False
+
+
 def prepare(model: str, engine: str) -> Path:
     """Build (once, cached) what ``engine`` loads for ``model``; returns its path."""
     folder = hf_folder(model)
@@ -74,7 +86,7 @@ def prepare(model: str, engine: str) -> Path:
     kind, precision = engine.rsplit("-", 1)
     if kind == "tinybert":
         path = out / f"tinybert-{precision}.safetensors"
-        if not path.is_file():
+        if not _current_tinybert_file(path):
             from tinybert_convert import convert
 
             convert(folder, path, dtype=precision)
