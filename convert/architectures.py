@@ -82,7 +82,8 @@ def encoder_config(hf: dict, max_seq_length: int | None = None) -> EncoderConfig
     model_type = hf.get("model_type")
     if model_type not in FAMILIES:
         raise UnsupportedModelError(
-            f"model_type {model_type!r} is not supported; supported: {', '.join(sorted(FAMILIES))}")
+            f"model_type {model_type!r} is not supported; supported: encoders {', '.join(sorted(FAMILIES))}; "
+            "decoders gpt2, llama, mistral, qwen2")
     family = FAMILIES[model_type]
     if hf.get("position_embedding_type", "absolute") not in ("absolute", None):
         raise UnsupportedModelError(

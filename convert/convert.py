@@ -8,9 +8,11 @@ from pathlib import Path
 import numpy as np
 
 from tinybert import format as fmt
+from tinybert.config import TaskConfig
 from tinybert.errors import ConversionError
 
 from .architectures import canonical_tensors, encoder_config, find_prefix, legacy_names
+from .decoders import DECODER_FAMILIES, decoder_config, decoder_tensors
 from .heads import canonical_head
 from .pooling import sentence_transformers_settings
 from .quantize import quantize_per_row
@@ -36,7 +38,8 @@ def convert(src: str | Path, out: str | Path, dtype: str = "int8", show_progress
     ``dtype`` is "int8" (linear weights and the token/position embedding tables int8 with per-row
     scales, everything else float32) or "fp32". ``task`` defaults to what config.json's
     ``architectures`` names (``BertForSequenceClassification`` → "sequence-classification", a base
-    model → "feature-extraction"); pass "feature-extraction" to keep only the encoder. Returns the
+    model → "feature-extraction"); pass "feature-extraction" to keep only the encoder. Decoder-only
+    checkpoints (GPT-2, Llama, Mistral, Qwen2) convert for "text-generation". Returns the
     output path. Raises ConversionError or UnsupportedModelError on a folder it cannot convert;
     never leaves a partial file at ``out``.
     """
@@ -54,15 +57,24 @@ def convert(src: str | Path, out: str | Path, dtype: str = "int8", show_progress
         raise ConversionError(f"{config_path}: not valid JSON") from None
     if not isinstance(hf_config, dict):
         raise ConversionError(f"{config_path}: not a JSON object")
-    pooling, max_seq_length = sentence_transformers_settings(src)
-    cfg = encoder_config(hf_config, max_seq_length)
     tokenizer = tokenizer_json(src)
     options = tokenizer_options(src, tokenizer)
-    raw = legacy_names(read_checkpoint(src))
-    tensors = canonical_tensors(hf_config, cfg, raw)
-    task_config, head = canonical_head(hf_config, cfg, raw, find_prefix(raw), task)
-    tensors.update(head)
-    del raw
+    extra: dict[str, str] = {}
+    if hf_config.get("model_type") in DECODER_FAMILIES:
+        if task not in (None, "text-generation"):
+            raise ConversionError(f"a {hf_config['model_type']} checkpoint converts for text-generation, not {task!r}")
+        cfg = decoder_config(hf_config, src)
+        tensors = decoder_tensors(cfg, read_checkpoint(src))
+        task_config = TaskConfig(type="text-generation")
+    else:
+        pooling, max_seq_length = sentence_transformers_settings(src)
+        cfg = encoder_config(hf_config, max_seq_length)
+        raw = legacy_names(read_checkpoint(src))
+        tensors = canonical_tensors(hf_config, cfg, raw)
+        task_config, head = canonical_head(hf_config, cfg, raw, find_prefix(raw), task)
+        tensors.update(head)
+        del raw
+        extra[fmt.KEY_POOLING] = json.dumps(pooling, sort_keys=True)
     for name, value in tensors.items():
         if not np.isfinite(value).all():
             raise ConversionError(f"tensor {name} holds NaN or infinite values")
@@ -73,7 +85,7 @@ def convert(src: str | Path, out: str | Path, dtype: str = "int8", show_progress
         fmt.KEY_VERSION: str(fmt.FORMAT_VERSION),
         fmt.KEY_CONFIG: json.dumps(cfg.to_dict(), sort_keys=True),
         fmt.KEY_TOKENIZER: tokenizer,
-        fmt.KEY_POOLING: json.dumps(pooling, sort_keys=True),
+        **extra,
         fmt.KEY_QUANTIZATION: dtype,
         fmt.KEY_TASK: json.dumps(task_config.to_dict(), sort_keys=True),
         fmt.KEY_TOKENIZER_OPTIONS: json.dumps(options, sort_keys=True),

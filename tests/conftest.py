@@ -187,3 +187,94 @@ def head_model(tmp_path_factory, minilm_dir):
         return cache[key]
 
     return get
+
+
+# ---------------------------------------------------------------- decoders
+
+EOT = "<|endoftext|>"
+
+
+@pytest.fixture(scope="session")
+def bpe_tokenizer_file(tmp_path_factory, sentences) -> Path:
+    """A byte-level BPE (vocabulary 1,000, GPT-2 style) trained on the shared sentences: real merges,
+    real multi-byte splits for text outside them (accents, CJK, emoji)."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=1000, special_tokens=[EOT],
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
+    tok.train_from_iterator(sentences, trainer=trainer)
+    path = tmp_path_factory.mktemp("bpe") / "tokenizer.json"
+    tok.save(str(path))
+    return path
+
+
+def _decoder_configs(vocab: int, eot: int) -> dict:
+    from transformers import GPT2Config, LlamaConfig, Qwen2Config
+
+    llama = dict(vocab_size=vocab, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                 num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256,
+                 bos_token_id=None, eos_token_id=None, pad_token_id=None, tie_word_embeddings=False)
+    return {
+        "gpt2": lambda: GPT2Config(vocab_size=vocab, n_embd=64, n_layer=2, n_head=4, n_positions=160,
+                                   bos_token_id=eot, eos_token_id=None),
+        "llama": lambda: LlamaConfig(**llama),
+        "llama-mqa-tied": lambda: LlamaConfig(**{**llama, "num_key_value_heads": 1, "tie_word_embeddings": True}),
+        "llama-linear": lambda: LlamaConfig(**llama, rope_parameters={"rope_type": "linear", "factor": 4.0,
+                                                                       "rope_theta": 10000.0}),
+        "llama-llama3": lambda: LlamaConfig(**llama, rope_parameters={
+            "rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
+            "original_max_position_embeddings": 64, "rope_theta": 500000.0}),
+        "qwen2": lambda: Qwen2Config(**{**llama, "num_key_value_heads": 2}),
+    }
+
+
+DECODERS = ["gpt2", "llama", "llama-mqa-tied", "llama-linear", "llama-llama3", "qwen2"]
+
+
+def build_hf_decoder(name: str, folder: Path, tokenizer_file: Path, seed: int = 0, **overrides):
+    """A seeded random transformers causal LM of kind ``name`` saved with the BPE tokenizer into
+    ``folder``; returns the model in eval mode."""
+    import json
+
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    vocab = len(json.loads(tokenizer_file.read_text())["model"]["vocab"])
+    eot = json.loads(tokenizer_file.read_text())["model"]["vocab"][EOT]
+    config = _decoder_configs(vocab, eot)[name]()
+    for key, value in overrides.items():
+        setattr(config, key, value)
+    torch.manual_seed(seed)
+    model = AutoModelForCausalLM.from_config(config)
+    with torch.no_grad():
+        for pname, param in model.named_parameters():
+            if "norm" in pname or "ln_" in pname:
+                param.uniform_(0.5, 1.5) if pname.endswith("weight") else param.uniform_(-0.2, 0.2)
+    model.eval()
+    folder.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(folder)
+    shutil.copy(tokenizer_file, folder / "tokenizer.json")
+    return model
+
+
+@pytest.fixture(scope="session")
+def decoder_model(tmp_path_factory, bpe_tokenizer_file):
+    """name → (transformers model, {"fp32": path, "int8": path}), built and converted once."""
+    from tinybert_convert import convert
+
+    cache: dict = {}
+
+    def get(name: str, **overrides):
+        key = (name, tuple(sorted(overrides.items())))
+        if key not in cache:
+            folder = tmp_path_factory.mktemp(f"decoder-{name}")
+            model = build_hf_decoder(name, folder / "hf", bpe_tokenizer_file, **overrides)
+            files = {dtype: convert(folder / "hf", folder / f"model-{dtype}.safetensors", dtype=dtype)
+                     for dtype in ("fp32", "int8")}
+            cache[key] = (model, files)
+        return cache[key]
+
+    return get

@@ -289,16 +289,16 @@ def test_info_on_file_with_free_form_source(cli_env, model, tmp_path):
 
 
 def test_convert_unsupported_folder(cli_env, minilm_dir, tmp_path):
-    src = tmp_path / "gpt2"
+    src = tmp_path / "gpt_neox"
     src.mkdir()
     (src / "config.json").write_text(json.dumps({
-        "model_type": "gpt2", "architectures": ["GPT2LMHeadModel"], "vocab_size": 30522, "n_embd": 384,
-        "n_layer": 2, "n_head": 12, "n_positions": 512, "activation_function": "gelu_new"}))
+        "model_type": "gpt_neox", "architectures": ["GPTNeoXForCausalLM"], "vocab_size": 30522,
+        "hidden_size": 384, "num_hidden_layers": 2, "num_attention_heads": 12}))
     shutil.copy(minilm_dir / "tokenizer.json", src / "tokenizer.json")
     (src / "model.safetensors").symlink_to(minilm_dir / "model.safetensors")
-    out = tmp_path / "gpt2.safetensors"
+    out = tmp_path / "gpt_neox.safetensors"
     proc = run(cli_env, "convert", src, out, "--quiet")
-    assert_cli_error(proc, "gpt2", "not supported")
+    assert_cli_error(proc, "gpt_neox", "not supported")
     assert not out.exists()
 
 

@@ -283,16 +283,17 @@ def test_convert_without_tokenizer(bert, tmp_path):
 
 def test_convert_unsupported_architecture(minilm_dir, tmp_path):
     import torch
-    from transformers import GPT2Config, GPT2Model
+    from transformers import GPTNeoXConfig, GPTNeoXModel
 
     torch.manual_seed(0)
-    model = GPT2Model(GPT2Config(vocab_size=1000, n_positions=64, n_embd=32, n_layer=1, n_head=2))
-    src = tmp_path / "gpt2"
+    model = GPTNeoXModel(GPTNeoXConfig(vocab_size=1000, max_position_embeddings=64, hidden_size=32,
+                                       num_hidden_layers=1, num_attention_heads=2, intermediate_size=64))
+    src = tmp_path / "gpt_neox"
     model.save_pretrained(src)
     for name in ("tokenizer.json", "vocab.txt"):
         shutil.copy(minilm_dir / name, src / name)
     msg = _convert_error(src, tmp_path / "o.safetensors", UnsupportedModelError)
-    assert "gpt2" in msg
+    assert "gpt_neox" in msg and "llama" in msg and "bert" in msg
 
 
 def _edit_config(src: Path, **changes) -> None:

@@ -66,6 +66,9 @@ class Encoder:
 
     def __init__(self, path: str | Path, threads: int | None = None) -> None:
         model_file = load(path)
+        if not isinstance(model_file.config, EncoderConfig):
+            raise ModelKindError(f"{path} holds a {model_file.config.kind} model; {type(self).__name__} needs an "
+                                 "encoder (use Generator for decoders)")
         self.path = Path(path)
         self.config: EncoderConfig = model_file.config
         self.pooling: dict = dict(model_file.pooling)

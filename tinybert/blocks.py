@@ -20,12 +20,16 @@ from .kernels.norm import add_layer_norm, layer_norm
 class Linear:
     """y = x @ W.T + b with W int8 (+ per-output-channel scale) or float32."""
 
-    def __init__(self, tensors: dict[str, np.ndarray], name: str, weight_name: str | None = None) -> None:
+    def __init__(self, tensors: dict[str, np.ndarray], name: str, weight_name: str | None = None,
+                 bias: np.ndarray | None = None) -> None:
         weight_name = weight_name or name + ".weight"   # a tied weight lives under another name
         self.weight = tensors[weight_name]
-        self.bias = tensors[name + ".bias"]
         self.scale = tensors.get(weight_name + SCALE_SUFFIX)
         self.out_features, self.in_features = self.weight.shape
+        # Projections without a bias (Llama) run the same kernels with a zero one.
+        self.bias = tensors.get(name + ".bias", bias)
+        if self.bias is None:
+            self.bias = np.zeros(self.out_features, dtype=np.float32)
         # Pack once at load into the panel layout the GEMM micro-kernels read.
         if self.scale is not None:
             self.weight = gemm.pack_weight(self.weight)

@@ -127,6 +127,36 @@ def _cmd_qa(args: argparse.Namespace) -> None:
     _json_lines([{"question": q, "answer": r} for q, r in zip(questions, results)])
 
 
+def _cmd_generate(args: argparse.Namespace) -> None:
+    from .generator import Generator
+
+    _ensure_kernels()
+    gen = Generator(args.model, threads=args.threads)
+    prompts = _read_texts(args)
+    options = dict(max_new_tokens=args.max_new_tokens, temperature=args.temperature, top_k=args.top_k,
+                   top_p=args.top_p, repetition_penalty=args.repetition_penalty, stop=args.stop or None,
+                   seed=args.seed)
+    if args.stream:
+        for i, prompt in enumerate(prompts):
+            if i:
+                sys.stdout.write("\n")
+            for piece in gen.stream(prompt, **options):
+                sys.stdout.write(piece)
+                sys.stdout.flush()
+            sys.stdout.write("\n")
+            sys.stdout.flush()
+        return
+    for start in range(0, len(prompts), max(args.batch_size, 1)):
+        chunk = prompts[start:start + max(args.batch_size, 1)]
+        results = gen.generate(chunk, return_ids=True, **options)
+        if args.json:
+            _json_lines([{"prompt": p, **r} for p, r in zip(chunk, results)])
+        else:
+            for r in results:
+                sys.stdout.write(r["text"] + "\n")
+        sys.stdout.flush()
+
+
 def _source(text: str) -> object:
     # Free-form by the format's definition; the converter writes JSON.
     try:
@@ -156,6 +186,15 @@ def _cmd_info(args: argparse.Namespace) -> None:
         print(json.dumps(info, indent=2))
         return
     print(f"{model.path}  ({info['file_bytes'] / 1e6:.1f} MB, format v{info['format_version']})")
+    if cfg.kind == "decoder":
+        print(f"  architecture  {cfg.architecture} decoder, {cfg.num_layers} layers, hidden {cfg.hidden_size}, "
+              f"{cfg.num_heads} heads ({cfg.num_kv_heads} key/value), intermediate {cfg.intermediate_size}, "
+              f"{cfg.norm}, {cfg.activation}{' gated' if cfg.gated_mlp else ''}, {cfg.positions} positions")
+        print(f"  vocabulary    {cfg.vocab_size} tokens, context {cfg.max_positions}")
+        print(f"  weights       {params / 1e6:.1f} M parameters, {model.quantization}")
+        print(f"  task          text-generation (eos {list(cfg.eos_token_ids)})")
+        print(f"  source        {info['source']}")
+        return
     print(f"  architecture  {cfg.architecture} encoder, {cfg.num_layers} layers, hidden {cfg.hidden_size}, "
           f"{cfg.num_heads} heads, intermediate {cfg.intermediate_size}, {cfg.activation}")
     print(f"  vocabulary    {cfg.vocab_size} tokens, max length {cfg.max_length}")
@@ -225,6 +264,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--top-k", type=int, default=1)
     p.add_argument("--max-answer-len", type=int, default=30)
 
+    p = text_command("generate", "continue prompts with a decoder (GPT-2, Llama)", _cmd_generate)
+    p.add_argument("--max-new-tokens", type=int, default=64)
+    p.add_argument("--temperature", type=float, default=0.0, help="0 = greedy (default); > 0 samples")
+    p.add_argument("--top-k", type=int, default=None)
+    p.add_argument("--top-p", type=float, default=None)
+    p.add_argument("--repetition-penalty", type=float, default=None)
+    p.add_argument("--stop", action="append", help="stop string (repeatable); output ends where it starts")
+    p.add_argument("--seed", type=int, default=None)
+    p.add_argument("--stream", action="store_true", help="print text as it is generated")
+    p.add_argument("--json", action="store_true", help="JSON lines with token ids and finish reason")
+
     p = sub.add_parser("info", help="describe a tinybert model file")
     p.add_argument("model")
     p.add_argument("--json", action="store_true", help="machine-readable output")
@@ -241,7 +291,7 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-_TEXT_COMMANDS = ("embed", "classify", "ner", "fill-mask", "qa")
+_TEXT_COMMANDS = ("embed", "classify", "ner", "fill-mask", "qa", "generate")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -6,7 +6,16 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, fields
 
 from .errors import ModelFileError
-from .format import ACTIVATIONS, HEAD_ACTIVATIONS, POSITION_SCHEMES, PROBLEM_TYPES, TASKS
+from .format import (
+    ACTIVATIONS,
+    DECODER_ACTIVATIONS,
+    DECODER_POSITIONS,
+    HEAD_ACTIVATIONS,
+    NORMS,
+    POSITION_SCHEMES,
+    PROBLEM_TYPES,
+    TASKS,
+)
 
 
 @dataclass(frozen=True)
@@ -159,3 +168,115 @@ class TaskConfig:
                 raise ModelFileError("task mlm_norm_eps must be a positive number")
             if not isinstance(self.mlm_tied, bool):
                 raise ModelFileError("task mlm_tied must be true or false")
+
+
+@dataclass(frozen=True)
+class DecoderConfig:
+    """A decoder-only Transformer (GPT-2, Llama family), pre-norm blocks:
+    ``x = x + attn(norm(x)); x = x + mlp(norm(x))``, then a final norm and the LM head.
+
+    Family differences are data: ``norm`` ("layernorm" with bias | "rmsnorm"), ``activation`` and
+    ``gated_mlp`` (SwiGLU: ``down(act(gate) · up)``), ``positions`` ("learned" table | "rope" with
+    the canonical ``rope`` dict of tinybert/kernels/rope.py), grouped-query attention
+    (``num_kv_heads`` ≤ ``num_heads``), which projections carry biases, and whether the LM head is
+    the token embedding table (``tie_word_embeddings``). ``max_positions`` is the context length.
+    """
+
+    architecture: str
+    vocab_size: int
+    hidden_size: int
+    num_layers: int
+    num_heads: int
+    num_kv_heads: int
+    head_dim: int
+    intermediate_size: int
+    max_positions: int
+    norm: str
+    norm_eps: float
+    activation: str
+    gated_mlp: bool
+    positions: str
+    rope: dict | None
+    attn_bias: bool
+    attn_out_bias: bool
+    mlp_bias: bool
+    tie_word_embeddings: bool
+    bos_token_id: int | None
+    eos_token_ids: tuple[int, ...]
+    pad_token_id: int | None
+    kind: str = "decoder"
+
+    def to_dict(self) -> dict:
+        data = asdict(self)
+        data["eos_token_ids"] = list(self.eos_token_ids)
+        return data
+
+    @classmethod
+    def from_dict(cls, data: dict) -> DecoderConfig:
+        """Build and check a config read from a file; any inconsistency is a ModelFileError."""
+        if not isinstance(data, dict):
+            raise ModelFileError("config metadata is not a JSON object")
+        names = {f.name for f in fields(cls)}
+        missing = sorted(n for n in names if n not in data and n != "kind")
+        if missing:
+            raise ModelFileError(f"config is missing {', '.join(missing)}")
+        unknown = sorted(set(data) - names)
+        if unknown:
+            raise ModelFileError(f"config has unknown keys {', '.join(unknown)}")
+        data = dict(data)
+        eos = data.get("eos_token_ids")
+        if not isinstance(eos, list):
+            raise ModelFileError("config eos_token_ids must be a list")
+        data["eos_token_ids"] = tuple(eos)
+        try:
+            cfg = cls(**data)
+        except TypeError as exc:
+            raise ModelFileError(f"bad config: {exc}") from None
+        cfg.validate()
+        return cfg
+
+    def validate(self) -> None:
+        def positive_int(name: str, value: object) -> None:
+            if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
+                raise ModelFileError(f"config {name} must be a positive integer, got {value!r}")
+
+        for name in ("vocab_size", "hidden_size", "num_layers", "num_heads", "num_kv_heads", "head_dim",
+                     "intermediate_size", "max_positions"):
+            positive_int(name, getattr(self, name))
+        if self.kind != "decoder":
+            raise ModelFileError(f"config kind {self.kind!r} is not a decoder")
+        if self.num_heads % self.num_kv_heads:
+            raise ModelFileError("config num_heads is not a multiple of num_kv_heads")
+        if self.norm not in NORMS:
+            raise ModelFileError(f"config norm {self.norm!r} is not one of {NORMS}")
+        if not isinstance(self.norm_eps, (int, float)) or not self.norm_eps > 0:
+            raise ModelFileError("config norm_eps must be a positive number")
+        if self.activation not in DECODER_ACTIVATIONS:
+            raise ModelFileError(f"config activation {self.activation!r} is not one of {DECODER_ACTIVATIONS}")
+        if self.positions not in DECODER_POSITIONS:
+            raise ModelFileError(f"config positions {self.positions!r} is not one of {DECODER_POSITIONS}")
+        if self.positions == "rope":
+            if self.head_dim % 2:
+                raise ModelFileError("rotary positions need an even head_dim")
+            if not isinstance(self.rope, dict):
+                raise ModelFileError("config rope must be a JSON object for rotary positions")
+        for name in ("gated_mlp", "attn_bias", "attn_out_bias", "mlp_bias", "tie_word_embeddings"):
+            if not isinstance(getattr(self, name), bool):
+                raise ModelFileError(f"config {name} must be true or false")
+        for name, value in (("bos_token_id", self.bos_token_id), ("pad_token_id", self.pad_token_id),
+                            *(("eos_token_ids", e) for e in self.eos_token_ids)):
+            if value is not None and (not isinstance(value, int) or isinstance(value, bool)
+                                      or not 0 <= value < self.vocab_size):
+                raise ModelFileError(f"config {name} {value!r} is outside the vocabulary")
+
+
+def config_from_dict(data: object) -> EncoderConfig | DecoderConfig:
+    """The config of a file, by its ``kind`` (files without one are encoders)."""
+    if not isinstance(data, dict):
+        raise ModelFileError("config metadata is not a JSON object")
+    kind = data.get("kind", "encoder")
+    if kind == "encoder":
+        return EncoderConfig.from_dict(data)
+    if kind == "decoder":
+        return DecoderConfig.from_dict(data)
+    raise ModelFileError(f"config kind {kind!r} is not one of encoder, decoder")

@@ -29,6 +29,9 @@ token for embedding tables): ``T_fp32[r, :] = T[r, :] * T.scale[r]``.
     layers.L.mlp.down.weight [H, I] / .bias [H]
     layers.L.mlp_norm.weight / .bias [H]
 
+Decoder files (config kind "decoder") use the same layer names, pre-norm, plus ``final_norm`` and,
+when the LM head is not tied to embed.tokens, ``lm_head.weight`` [V, H]; see decoder_tensor_shapes.
+
 Head tensors, by task (``N`` labels, ``M`` the MLM transform width, ``V`` the vocabulary):
 
     head.pooler.weight [H, H] / .bias       first-token dense + activation (BERT pooler, RoBERTa/ELECTRA
@@ -57,7 +60,10 @@ KEY_TASK = "task"
 KEY_TOKENIZER_OPTIONS = "tokenizer_options"
 
 TASKS = ("feature-extraction", "sequence-classification", "token-classification", "question-answering",
-         "masked-lm", "pretraining")
+         "masked-lm", "pretraining", "text-generation")
+NORMS = ("layernorm", "rmsnorm")
+DECODER_ACTIVATIONS = ("gelu", "gelu_tanh", "relu", "silu")
+DECODER_POSITIONS = ("learned", "rope")
 HEAD_ACTIVATIONS = ("tanh", "relu", "gelu", "gelu_tanh")
 PROBLEM_TYPES = ("single_label_classification", "multi_label_classification", "regression")
 
@@ -69,7 +75,7 @@ POSITION_SCHEMES = ("absolute", "padding_offset")
 
 # Tensors quantised to int8 (+ .scale) in an int8 file; everything else stays float32.
 QUANTIZED_LINEARS = ("attn.qkv", "attn.out", "mlp.up", "mlp.down", "head.pooler", "head.mlm.dense",
-                     "head.mlm.decoder")
+                     "head.mlm.decoder", "lm_head")
 QUANTIZED_EMBEDDINGS = ("embed.tokens", "embed.positions")
 
 
@@ -107,6 +113,39 @@ def encoder_tensor_shapes(cfg: dict) -> dict[str, tuple[int, ...]]:
             p + "mlp_norm.weight": (h,),
             p + "mlp_norm.bias": (h,),
         })
+    return shapes
+
+
+def decoder_tensor_shapes(cfg: dict) -> dict[str, tuple[int, ...]]:
+    """Every tensor a decoder file must hold (without .scale companions), with its shape.
+
+    A gated MLP stores gate and up stacked in ``mlp.up`` ([2I, H]: gate rows first), so one GEMM
+    computes both; norms have a bias only when they are LayerNorms.
+    """
+    h, d = cfg["hidden_size"], cfg["head_dim"]
+    q_dim, kv_dim, i_dim = cfg["num_heads"] * d, cfg["num_kv_heads"] * d, cfg["intermediate_size"]
+    has_norm_bias = cfg["norm"] == "layernorm"
+
+    def norm(name: str) -> dict[str, tuple[int, ...]]:
+        return {name + ".weight": (h,), **({name + ".bias": (h,)} if has_norm_bias else {})}
+
+    def linear(name: str, out_dim: int, in_dim: int, bias: bool) -> dict[str, tuple[int, ...]]:
+        return {name + ".weight": (out_dim, in_dim), **({name + ".bias": (out_dim,)} if bias else {})}
+
+    shapes: dict[str, tuple[int, ...]] = {"embed.tokens": (cfg["vocab_size"], h)}
+    if cfg["positions"] == "learned":
+        shapes["embed.positions"] = (cfg["max_positions"], h)
+    for layer in range(cfg["num_layers"]):
+        p = layer_prefix(layer)
+        shapes.update(norm(p + "attn_norm"))
+        shapes.update(linear(p + "attn.qkv", q_dim + 2 * kv_dim, h, cfg["attn_bias"]))
+        shapes.update(linear(p + "attn.out", h, q_dim, cfg["attn_out_bias"]))
+        shapes.update(norm(p + "mlp_norm"))
+        shapes.update(linear(p + "mlp.up", 2 * i_dim if cfg["gated_mlp"] else i_dim, h, cfg["mlp_bias"]))
+        shapes.update(linear(p + "mlp.down", h, i_dim, cfg["mlp_bias"]))
+    shapes.update(norm("final_norm"))
+    if not cfg["tie_word_embeddings"]:
+        shapes["lm_head.weight"] = (cfg["vocab_size"], h)
     return shapes
 
 

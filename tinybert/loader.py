@@ -15,7 +15,7 @@ import numpy as np
 from safetensors import safe_open
 
 from . import format as fmt
-from .config import EncoderConfig, TaskConfig
+from .config import DecoderConfig, EncoderConfig, TaskConfig, config_from_dict
 from .errors import ModelFileError
 
 
@@ -24,10 +24,10 @@ class ModelFile:
     """Everything in one tinybert file, validated."""
 
     path: Path
-    config: EncoderConfig
+    config: EncoderConfig | DecoderConfig
     tensors: dict[str, np.ndarray]
     tokenizer_json: str
-    pooling: dict
+    pooling: dict | None      # encoders only
     quantization: str
     metadata: dict[str, str]
     task: TaskConfig
@@ -62,11 +62,14 @@ def read_metadata(path: str | Path) -> dict[str, str]:
     return metadata
 
 
-def _expected(config: EncoderConfig, task: TaskConfig,
+def _expected(config: EncoderConfig | DecoderConfig, task: TaskConfig,
               quantization: str) -> dict[str, tuple[tuple[int, ...], np.dtype]]:
     expected = {}
-    shapes = fmt.encoder_tensor_shapes(config.to_dict())
-    shapes.update(fmt.head_tensor_shapes(task.to_dict(), config.to_dict()))
+    if isinstance(config, DecoderConfig):
+        shapes = fmt.decoder_tensor_shapes(config.to_dict())
+    else:
+        shapes = fmt.encoder_tensor_shapes(config.to_dict())
+        shapes.update(fmt.head_tensor_shapes(task.to_dict(), config.to_dict()))
     for name, shape in shapes.items():
         if quantization == "int8" and fmt.is_quantized_name(name):
             expected[name] = (shape, np.dtype(np.int8))
@@ -80,11 +83,13 @@ def load(path: str | Path) -> ModelFile:
     """Read and validate a tinybert file; raises ModelFileError on anything inconsistent."""
     path = Path(path)
     metadata = read_metadata(path)
-    config = EncoderConfig.from_dict(_json_key(metadata, fmt.KEY_CONFIG))
-    pooling = _json_key(metadata, fmt.KEY_POOLING)
-    if (not isinstance(pooling, dict) or pooling.get("mode") not in fmt.POOLING_MODES
-            or not isinstance(pooling.get("normalize"), bool)):
-        raise ModelFileError(f"{path}: bad pooling metadata {metadata.get(fmt.KEY_POOLING)!r}")
+    config = config_from_dict(_json_key(metadata, fmt.KEY_CONFIG))
+    pooling = None
+    if isinstance(config, EncoderConfig):
+        pooling = _json_key(metadata, fmt.KEY_POOLING)
+        if (not isinstance(pooling, dict) or pooling.get("mode") not in fmt.POOLING_MODES
+                or not isinstance(pooling.get("normalize"), bool)):
+            raise ModelFileError(f"{path}: bad pooling metadata {metadata.get(fmt.KEY_POOLING)!r}")
     quantization = metadata.get(fmt.KEY_QUANTIZATION)
     if quantization not in fmt.QUANTIZATIONS:
         raise ModelFileError(f"{path}: unknown quantization {quantization!r}")
@@ -92,6 +97,8 @@ def load(path: str | Path) -> ModelFile:
     if not tokenizer:
         raise ModelFileError(f"{path}: metadata has no tokenizer")
     task = TaskConfig.from_dict(_json_key(metadata, fmt.KEY_TASK))
+    if (task.type == "text-generation") != isinstance(config, DecoderConfig):
+        raise ModelFileError(f"{path}: task {task.type!r} does not fit a {config.kind} model")
     if task.type in ("masked-lm", "pretraining") and task.mlm_tied and task.mlm_size != config.embedding_size:
         raise ModelFileError(f"{path}: a tied MLM decoder must have the embedding width {config.embedding_size}")
     options = _json_key(metadata, fmt.KEY_TOKENIZER_OPTIONS)
@@ -106,7 +113,7 @@ def load(path: str | Path) -> ModelFile:
             names = set(fh.keys())
             # Check the layer count against the file before building a table from it, so a
             # hostile config cannot make the loader allocate without bound.
-            if config.num_layers * 12 > len(names):
+            if config.num_layers * 6 > len(names):
                 raise ModelFileError(f"{path}: config claims {config.num_layers} layers, "
                                      f"the file holds only {len(names)} tensors")
             expected = _expected(config, task, quantization)

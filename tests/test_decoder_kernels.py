@@ -1,0 +1,500 @@
+"""Decoder kernels (RMSNorm, SiLU·up, RoPE, KV-cache attention) against numpy references written from
+the math and against transformers / torch on the same inputs."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from tinybert.kernels import decoder, rope
+
+RNG = np.random.default_rng(20240611)
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _quiet_transformers():
+    import transformers
+
+    level = transformers.logging.get_verbosity()
+    transformers.logging.set_verbosity_error()  # LlamaConfig warns about small test rope settings
+    yield
+    transformers.logging.set_verbosity(level)
+
+
+# ----------------------------------------------------------------------------------------- rms_norm
+
+@pytest.mark.parametrize("rows,dim,eps", [(1, 1, 1e-6), (1, 2048, 1e-5), (7, 33, 1e-6), (40, 2048, 1e-6)])
+def test_rms_norm_matches_llama_rms_norm(rows, dim, eps):
+    from transformers.models.llama.modeling_llama import LlamaRMSNorm
+
+    x = (RNG.standard_normal((rows, dim)) * 3 + 0.5).astype(np.float32)
+    w = RNG.uniform(-1.5, 1.5, dim).astype(np.float32)
+    hf = LlamaRMSNorm(dim, eps=eps)
+    with torch.no_grad():
+        hf.weight.copy_(torch.from_numpy(w))
+        expected = hf(torch.from_numpy(x)).numpy()
+    xd = x.astype(np.float64)
+    reference = xd / np.sqrt((xd * xd).mean(-1, keepdims=True) + eps) * w
+    np.testing.assert_allclose(expected, reference, atol=1e-5)  # the two references agree
+
+    out = np.full_like(x, np.nan)
+    decoder.rms_norm(x, w, eps, out)
+    np.testing.assert_allclose(out, expected, atol=1e-5, rtol=1e-5)
+    np.testing.assert_allclose(out, reference, atol=1e-5, rtol=1e-5)
+
+    decoder.rms_norm(x, w, eps, x)  # out aliasing x
+    np.testing.assert_allclose(x, expected, atol=1e-5, rtol=1e-5)
+
+
+def test_rms_norm_covers_both_paths():
+    assert 7 * 33 < decoder.PARALLEL_MIN_WORK <= 40 * 2048
+
+
+# ----------------------------------------------------------------------------------------- silu_mul
+
+@pytest.mark.parametrize("rows,inter", [(1, 1), (1, 5632), (3, 37), (48, 1500)])
+def test_silu_mul_matches_torch(rows, inter):
+    gate_up = (RNG.standard_normal((rows, 2 * inter)) * 4).astype(np.float32)
+    special = np.array([100.0, -100.0, 88.0, -88.0, 90.0, -90.0, 0.0, -0.0, 1e-3, -1e-3, 20.0, -20.0], np.float32)
+    flat = gate_up[:, :inter].reshape(-1)
+    flat[: min(flat.size, special.size)] = special[: flat.size]
+    gate_up[:, :inter] = flat.reshape(rows, inter)
+    out = np.full((rows, inter), np.nan, np.float32)
+    decoder.silu_mul(gate_up, out)
+
+    gate, up = torch.from_numpy(gate_up[:, :inter]), torch.from_numpy(gate_up[:, inter:])
+    expected = (torch.nn.functional.silu(gate) * up).numpy()
+    g = gate_up[:, :inter].astype(np.float64)
+    reference = g / (1.0 + np.exp(-g)) * gate_up[:, inter:]
+    assert np.isfinite(out).all()
+    np.testing.assert_allclose(out, expected, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(out, reference, rtol=1e-5, atol=1e-6)
+
+
+def test_silu_mul_extremes():
+    gate_up = np.array([[100.0, -100.0, 1e4, -1e4, 3.0e38, -3.0e38, 2.0, 3.0, 0.5, 0.5, 1.0, 1.0]], np.float32)
+    out = np.empty((1, 6), np.float32)
+    decoder.silu_mul(gate_up, out)
+    assert np.isfinite(out).all()
+    np.testing.assert_allclose(out[0], [200.0, 0.0, 5e3, 0.0, 3.0e38, 0.0], rtol=1e-6, atol=1e-30)
+
+
+def test_silu_mul_covers_both_paths():
+    assert 3 * 37 < decoder.PARALLEL_MIN_WORK <= 48 * 1500
+
+
+# ---------------------------------------------------------------------------------------------- RoPE
+
+ROPE_CASES = {
+    "default": dict(rope_type="default", rope_theta=10000.0),
+    "linear": dict(rope_type="linear", rope_theta=10000.0, factor=4.0),
+    "llama3-64": dict(rope_type="llama3", rope_theta=500000.0, factor=8.0, low_freq_factor=1.0,
+                      high_freq_factor=4.0, original_max_position_embeddings=64),
+    "llama3-128": dict(rope_type="llama3", rope_theta=500000.0, factor=8.0, low_freq_factor=1.0,
+                       high_freq_factor=4.0, original_max_position_embeddings=128),
+    # Factors that are not powers of two (dividing differs from multiplying by a reciprocal), and an
+    # original length that puts frequencies in the smoothing band where operation order shows.
+    "linear-3": dict(rope_type="linear", rope_theta=10000.0, factor=3.0),
+    "llama3-odd": dict(rope_type="llama3", rope_theta=10000.0, factor=6.0, low_freq_factor=1.5,
+                       high_freq_factor=3.5, original_max_position_embeddings=56),
+}
+POSITIONS = np.array([0, 1, 2, 3, 17, 63, 64, 127, 128, 1000, 4095, 8191, 65535, 100_003], np.int32)
+MAX_POSITIONS = 100_004
+
+
+def _llama_config(params: dict, head_dim: int):
+    from transformers import LlamaConfig
+
+    return LlamaConfig(hidden_size=4 * head_dim, num_attention_heads=4, num_key_value_heads=2, head_dim=head_dim,
+                       max_position_embeddings=1024, rope_parameters=dict(params))
+
+
+def _hf_cos_sin(cfg, positions):
+    from transformers.models.llama.modeling_llama import LlamaRotaryEmbedding
+
+    emb = LlamaRotaryEmbedding(cfg)
+    with torch.no_grad():
+        cos, sin = emb(torch.zeros(1), torch.from_numpy(positions.astype(np.int64))[None])
+    return cos[0], sin[0]  # [len(positions), head_dim]
+
+
+@pytest.fixture(scope="module")
+def tables():
+    """(case, head_dim) -> (config, canonical rope dict, cos, sin); built once per module."""
+    cache: dict = {}
+
+    def get(case: str, head_dim: int):
+        if (case, head_dim) not in cache:
+            cfg = _llama_config(ROPE_CASES[case], head_dim)
+            params = rope.rope_from_hf_config(cfg.to_dict())
+            cache[case, head_dim] = (cfg, params, *rope.rope_tables(head_dim, MAX_POSITIONS, params))
+        return cache[case, head_dim]
+
+    return get
+
+
+@pytest.mark.parametrize("head_dim", [64, 32])
+@pytest.mark.parametrize("case", list(ROPE_CASES))
+def test_rope_tables_match_llama_rotary_embedding(tables, case, head_dim):
+    cfg, _, cos, sin = tables(case, head_dim)
+    assert cos.shape == sin.shape == (MAX_POSITIONS, head_dim // 2)
+    assert cos.dtype == sin.dtype == np.float32
+    hf_cos, hf_sin = _hf_cos_sin(cfg, POSITIONS)
+    half = head_dim // 2
+    np.testing.assert_array_equal(hf_cos[:, :half].numpy(), hf_cos[:, half:].numpy())  # duplicated halves
+    np.testing.assert_allclose(cos[POSITIONS], hf_cos[:, :half].numpy(), atol=1e-6, rtol=0)
+    np.testing.assert_allclose(sin[POSITIONS], hf_sin[:, :half].numpy(), atol=1e-6, rtol=0)
+
+
+@pytest.mark.parametrize("head_dim", [64, 32])
+@pytest.mark.parametrize("case", list(ROPE_CASES))
+def test_inv_freq_bit_exact_where_torch_pow_is_correctly_rounded(case, head_dim):
+    # For these (theta, head_dim) pairs torch's SIMD powf happens to round correctly, so every step
+    # after it (linear division, the llama3 smoothing in float32) must reproduce transformers exactly.
+    from transformers.models.llama.modeling_llama import LlamaRotaryEmbedding
+
+    cfg = _llama_config(ROPE_CASES[case], head_dim)
+    hf = LlamaRotaryEmbedding(cfg).inv_freq.numpy()
+    np.testing.assert_array_equal(rope._inv_freq(head_dim, rope.rope_from_hf_config(cfg.to_dict())), hf)
+
+
+@pytest.mark.parametrize("theta,head_dim", [(1234.5, 96), (1e6, 128), (10000.0, 96)])
+def test_inv_freq_within_one_ulp_of_torch_elsewhere(theta, head_dim):
+    # torch's powf is not always correctly rounded; ours (float64 power, rounded) is. 1 ulp apart at most.
+    from transformers.models.llama.modeling_llama import LlamaRotaryEmbedding
+
+    cfg = _llama_config(dict(rope_type="default", rope_theta=theta), head_dim)
+    hf = LlamaRotaryEmbedding(cfg).inv_freq.numpy()
+    ours = rope._inv_freq(head_dim, rope.rope_from_hf_config(cfg.to_dict()))
+    assert np.abs(ours.view(np.int32).astype(np.int64) - hf.view(np.int32)).max() <= 1
+    exponent = (np.arange(0, head_dim, 2, dtype=np.float32) / np.float32(head_dim)).astype(np.float64)
+    exact = 1.0 / np.float64(np.float32(theta)) ** exponent  # from the float32 exponent torch uses
+    assert np.abs(ours / exact - 1).max() < 2 ** -23
+
+
+def _ref_rope(x, positions, cos, sin):
+    half = x.shape[-1] // 2
+    c, s = cos[positions][:, None, :], sin[positions][:, None, :]
+    lo, hi = x[..., :half], x[..., half:]
+    return np.concatenate([lo * c - hi * s, hi * c + lo * s], axis=-1)
+
+
+@pytest.mark.parametrize("head_dim", [64, 32])
+@pytest.mark.parametrize("case", list(ROPE_CASES))
+def test_apply_rope_matches_apply_rotary_pos_emb(tables, case, head_dim):
+    from transformers.models.llama.modeling_llama import apply_rotary_pos_emb
+
+    cfg, _, cos, sin = tables(case, head_dim)
+    n, heads = POSITIONS.size, 3
+    q = RNG.standard_normal((n, heads, head_dim)).astype(np.float32)
+    k = RNG.standard_normal((n, heads, head_dim)).astype(np.float32)
+    hf_cos, hf_sin = _hf_cos_sin(cfg, POSITIONS)
+    # transformers' layout is [batch, heads, seq, d]
+    hq, hk = apply_rotary_pos_emb(torch.from_numpy(q).transpose(0, 1)[None], torch.from_numpy(k).transpose(0, 1)[None],
+                                  hf_cos[None], hf_sin[None])
+    expected_q, expected_k = hq[0].transpose(0, 1).numpy(), hk[0].transpose(0, 1).numpy()
+    reference = _ref_rope(q, POSITIONS, cos, sin)
+    rope.apply_rope(q, POSITIONS, cos, sin)
+    rope.apply_rope(k, POSITIONS, cos, sin)
+    np.testing.assert_allclose(q, expected_q, atol=1e-5, rtol=0)
+    np.testing.assert_allclose(k, expected_k, atol=1e-5, rtol=0)
+    np.testing.assert_allclose(q, reference, atol=1e-6, rtol=0)
+
+
+def test_apply_rope_parallel_path_and_views(tables):
+    _, _, cos, sin = tables("llama3-128", 64)
+    n, heads, d = 400, 4, 64
+    assert n * heads * d >= rope.PARALLEL_MIN_WORK > 3 * heads * d
+    positions = RNG.integers(0, MAX_POSITIONS, n).astype(np.int32)
+    x = RNG.standard_normal((n, heads, d)).astype(np.float32)
+    expected = _ref_rope(x, positions, cos, sin)
+    rope.apply_rope(x, positions, cos, sin)
+    np.testing.assert_allclose(x, expected, atol=1e-6, rtol=0)
+    # In place on the q part of a fused projection (a strided view), serial path.
+    fused = RNG.standard_normal((3, 2 * heads * d)).astype(np.float32)
+    before = fused.copy()
+    view = fused[:, : heads * d].reshape(3, heads, d)
+    assert np.shares_memory(view, fused)
+    rope.apply_rope(view, positions[:3], cos, sin)
+    np.testing.assert_allclose(fused[:, : heads * d].reshape(3, heads, d),
+                               _ref_rope(before[:, : heads * d].reshape(3, heads, d), positions[:3], cos, sin),
+                               atol=1e-6, rtol=0)
+    np.testing.assert_array_equal(fused[:, heads * d:], before[:, heads * d:])
+
+
+def test_apply_rope_rotates_by_position():
+    # A hand-checkable case: d = 2, theta irrelevant (θ_0 = 1), so position p rotates by p radians.
+    cos, sin = rope.rope_tables(2, 8, {"type": "default", "theta": 10000.0})
+    x = np.tile(np.array([1.0, 0.0], np.float32), (4, 1, 1))
+    rope.apply_rope(x, np.array([0, 1, 3, 7], np.int32), cos, sin)
+    np.testing.assert_allclose(x[:, 0], np.stack([np.cos([0, 1, 3, 7]), np.sin([0, 1, 3, 7])], 1), atol=1e-6)
+
+
+@pytest.mark.parametrize("case", list(ROPE_CASES))
+def test_rope_from_hf_config_llama_configs(case):
+    cfg = _llama_config(ROPE_CASES[case], 64).to_dict()
+    expected = {"default": {"type": "default", "theta": 10000.0},
+                "linear": {"type": "linear", "theta": 10000.0, "factor": 4.0},
+                "llama3-64": {"type": "llama3", "theta": 500000.0, "factor": 8.0, "low_freq_factor": 1.0,
+                              "high_freq_factor": 4.0, "original_max_position_embeddings": 64},
+                "llama3-128": {"type": "llama3", "theta": 500000.0, "factor": 8.0, "low_freq_factor": 1.0,
+                               "high_freq_factor": 4.0, "original_max_position_embeddings": 128},
+                "linear-3": {"type": "linear", "theta": 10000.0, "factor": 3.0},
+                "llama3-odd": {"type": "llama3", "theta": 10000.0, "factor": 6.0, "low_freq_factor": 1.5,
+                               "high_freq_factor": 3.5, "original_max_position_embeddings": 56}}[case]
+    assert rope.rope_from_hf_config(cfg) == {**expected, "attention_scaling": 1.0}
+
+
+def test_rope_from_hf_config_legacy_keys():
+    llama31 = {"max_position_embeddings": 131072, "rope_theta": 500000.0,
+               "rope_scaling": {"factor": 8.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
+                                "original_max_position_embeddings": 8192, "rope_type": "llama3"}}
+    assert rope.rope_from_hf_config(llama31) == {
+        "type": "llama3", "theta": 500000.0, "factor": 8.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
+        "original_max_position_embeddings": 8192, "attention_scaling": 1.0}
+    assert rope.rope_from_hf_config({"rope_theta": 1e6, "rope_scaling": None}) == {
+        "type": "default", "theta": 1e6, "attention_scaling": 1.0}
+    assert rope.rope_from_hf_config({}) == {"type": "default", "theta": 10000.0, "attention_scaling": 1.0}
+    assert rope.rope_from_hf_config({"rope_scaling": {"type": "linear", "factor": 2.0}}) == {
+        "type": "linear", "theta": 10000.0, "factor": 2.0, "attention_scaling": 1.0}
+    # llama3 without original_max_position_embeddings falls back to max_position_embeddings, as transformers does
+    no_original = {"max_position_embeddings": 2048, "rope_parameters": {
+        "rope_type": "llama3", "rope_theta": 10000.0, "factor": 8.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0}}
+    assert rope.rope_from_hf_config(no_original)["original_max_position_embeddings"] == 2048
+
+
+def test_legacy_config_gives_the_same_tables_as_transformers():
+    from transformers import LlamaConfig
+    from transformers.models.llama.modeling_llama import LlamaRotaryEmbedding
+
+    legacy = {"hidden_size": 128, "num_attention_heads": 2, "max_position_embeddings": 4096, "rope_theta": 500000.0,
+              "rope_scaling": {"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
+                               "original_max_position_embeddings": 128}}
+    cfg = LlamaConfig(**legacy)
+    hf = LlamaRotaryEmbedding(cfg).inv_freq.numpy()
+    np.testing.assert_array_equal(rope._inv_freq(64, rope.rope_from_hf_config(legacy)), hf)
+
+
+@pytest.mark.parametrize("params", [
+    dict(rope_type="dynamic", rope_theta=10000.0, factor=2.0),
+    dict(rope_type="yarn", rope_theta=10000.0, factor=4.0, original_max_position_embeddings=256),
+    dict(rope_type="longrope", rope_theta=10000.0, short_factor=[1.0] * 32, long_factor=[2.0] * 32,
+         original_max_position_embeddings=256),
+])
+def test_rope_from_hf_config_rejects_unsupported_types(params):
+    cfg = _llama_config(params, 64).to_dict()
+    with pytest.raises(ValueError, match=params["rope_type"]):
+        rope.rope_from_hf_config(cfg)
+
+
+def test_rope_rejects_bad_input():
+    with pytest.raises(ValueError, match="ntk"):
+        rope.rope_tables(64, 16, {"type": "ntk", "theta": 10000.0})
+    with pytest.raises(ValueError, match="factor"):
+        rope.rope_tables(64, 16, {"type": "linear", "theta": 10000.0})
+    with pytest.raises(ValueError, match="even"):
+        rope.rope_tables(63, 16, {"type": "default", "theta": 10000.0})
+    with pytest.raises(ValueError, match="partial_rotary_factor"):
+        rope.rope_from_hf_config({"rope_parameters": {"rope_type": "linear", "factor": 2.0,
+                                                      "partial_rotary_factor": 0.5}})
+    with pytest.raises(ValueError, match="factor"):
+        rope.rope_from_hf_config({"rope_scaling": {"rope_type": "llama3", "factor": 8.0}})
+
+
+# ----------------------------------------------------------------------------------- KV cache + attention
+
+def _make_cache(slots_total, kv_heads, t_max, d):
+    # NaN everywhere a kernel must not read: any stray read poisons the output.
+    return (np.full((slots_total, kv_heads, t_max, d), np.nan, np.float32),
+            np.full((slots_total, kv_heads, t_max, d), np.nan, np.float32))
+
+
+def _ref_cached_attention(q, k_cache, v_cache, slots, positions, scale):
+    n, q_heads, d = q.shape
+    group = q_heads // k_cache.shape[1]
+    out = np.empty((n, q_heads, d))
+    for r in range(n):
+        for h in range(q_heads):
+            keys = k_cache[slots[r], h // group, : positions[r] + 1].astype(np.float64)
+            values = v_cache[slots[r], h // group, : positions[r] + 1].astype(np.float64)
+            s = keys @ q[r, h].astype(np.float64) * scale
+            p = np.exp(s - s.max())
+            out[r, h] = p @ values / p.sum()
+    return out
+
+
+def _sdpa(q_seq, k_seq, v_seq, scale, causal):
+    """torch's scaled_dot_product_attention on one sequence, q [L, Hq, d], k/v [L', Hkv, d]."""
+    group = q_seq.shape[1] // k_seq.shape[1]
+    qt = torch.from_numpy(q_seq).transpose(0, 1)[None]
+    kt = torch.from_numpy(k_seq).transpose(0, 1)[None].repeat_interleave(group, dim=1)
+    vt = torch.from_numpy(v_seq).transpose(0, 1)[None].repeat_interleave(group, dim=1)
+    out = torch.nn.functional.scaled_dot_product_attention(qt, kt, vt, is_causal=causal, scale=scale)
+    return out[0].transpose(0, 1).numpy()
+
+
+def _prefill(lengths, slot_ids, q_heads, kv_heads, d, t_max, slots_total=4, q_gain=1.0):
+    """Rows for every prompt token of each sequence (shuffled), their k/v written to the cache."""
+    rows = [(b, p) for b, n in enumerate(lengths) for p in range(n)]
+    order = RNG.permutation(len(rows))
+    seq = np.array([rows[i][0] for i in order])
+    positions = np.array([rows[i][1] for i in order], np.int32)
+    slots = np.array([slot_ids[b] for b in seq], np.int32)
+    n = len(rows)
+    q = (RNG.standard_normal((n, q_heads, d)) * q_gain).astype(np.float32)
+    k_new = RNG.standard_normal((n, kv_heads, d)).astype(np.float32)
+    v_new = RNG.standard_normal((n, kv_heads, d)).astype(np.float32)
+    k_cache, v_cache = _make_cache(slots_total, kv_heads, t_max, d)
+    decoder.write_kv(k_new, v_new, slots, positions, k_cache, v_cache)
+    return q, k_cache, v_cache, slots, positions
+
+
+ATTN_SHAPES = [(q_heads, kv_heads, d) for q_heads, kv_heads in [(4, 4), (4, 2), (8, 2)] for d in (64, 32, 24, 8, 1)]
+
+
+@pytest.mark.parametrize("lengths", [(5, 1, 13), (33, 1, 70)])
+@pytest.mark.parametrize("q_heads,kv_heads,d", ATTN_SHAPES)
+def test_cached_attention_prefill(lengths, q_heads, kv_heads, d):
+    slot_ids = (2, 0, 3)
+    t_max = max(lengths) + 9
+    q, k_cache, v_cache, slots, positions = _prefill(lengths, slot_ids, q_heads, kv_heads, d, t_max)
+    scale = 1.0 / math.sqrt(d)
+    out = np.full_like(q, np.nan)
+    decoder.cached_attention(q, k_cache, v_cache, slots, positions, scale, out)
+    np.testing.assert_allclose(out, _ref_cached_attention(q, k_cache, v_cache, slots, positions, scale),
+                               atol=2e-6, rtol=1e-5)
+    for b, n in enumerate(lengths):  # torch, one causal sequence at a time
+        mine = np.nonzero(slots == slot_ids[b])[0]
+        mine = mine[np.argsort(positions[mine])]
+        kv = slice(0, n)
+        expected = _sdpa(q[mine], k_cache[slot_ids[b], :, kv].transpose(1, 0, 2).copy(),
+                         v_cache[slot_ids[b], :, kv].transpose(1, 0, 2).copy(), scale, causal=True)
+        np.testing.assert_allclose(out[mine], expected, atol=2e-6, rtol=1e-5)
+
+
+def test_attention_covers_both_paths():
+    def work(lengths, q_heads, d):
+        return sum(n * (n + 1) // 2 for n in lengths) * q_heads * d
+
+    assert work((5, 1, 13), 8, 64) < decoder.PARALLEL_MIN_WORK <= work((33, 1, 70), 4, 64)
+
+
+@pytest.mark.parametrize("q_heads,kv_heads,d", [(12, 12, 64), (8, 2, 128), (4, 1, 24), (2, 2, 1)])
+def test_cached_attention_decode(q_heads, kv_heads, d):
+    lengths, slot_ids = (7, 150, 1), (3, 0, 1)  # 150 keys: several key blocks, a running-max rescale
+    t_max = 160
+    _, k_cache, v_cache, _, _ = _prefill(lengths, slot_ids, q_heads, kv_heads, d, t_max)
+    slots = np.array(slot_ids, np.int32)
+    positions = np.array([n - 1 for n in lengths], np.int32)
+    q = RNG.standard_normal((3, q_heads, d)).astype(np.float32)
+    scale = 1.0 / math.sqrt(d)
+    out = np.empty_like(q)
+    decoder.cached_attention(q, k_cache, v_cache, slots, positions, scale, out)
+    np.testing.assert_allclose(out, _ref_cached_attention(q, k_cache, v_cache, slots, positions, scale),
+                               atol=2e-6, rtol=1e-5)
+    for r, (n, slot) in enumerate(zip(lengths, slot_ids)):
+        expected = _sdpa(q[r:r + 1], k_cache[slot, :, :n].transpose(1, 0, 2).copy(),
+                         v_cache[slot, :, :n].transpose(1, 0, 2).copy(), scale, causal=False)
+        np.testing.assert_allclose(out[r], expected[0], atol=2e-6, rtol=1e-5)
+    # Position 0 sees exactly one key: the output is its value row.
+    np.testing.assert_allclose(out[2], np.repeat(v_cache[1, :, 0], q_heads // kv_heads, axis=0), rtol=1e-6)
+
+
+@pytest.mark.parametrize("d", [64, 24])
+def test_cached_attention_large_logits(d):
+    # Logits up to about ±80 (e**80 overflows float32): the running maximum keeps every exponent
+    # <= 0. Key norms grow along the long sequence, so its maximum keeps rising in later key blocks
+    # and the accumulated sum has to be rescaled.
+    lengths, slot_ids = (200, 70), (1, 0)
+    q, k_cache, v_cache, slots, positions = _prefill(lengths, slot_ids, 4, 2, d, 210)
+    k_cache[1, :, :200] *= np.linspace(0.2, 2.0, 200, dtype=np.float32)[None, :, None]
+    scale = 1.0 / math.sqrt(d)
+    largest = max(np.abs(k_cache[slots[r], h // 2, : positions[r] + 1] @ q[r, h]).max()
+                  for r in range(q.shape[0]) for h in range(4)) * scale
+    q *= np.float32(80.0 / largest)
+    out = np.empty_like(q)
+    decoder.cached_attention(q, k_cache, v_cache, slots, positions, scale, out)
+    assert np.isfinite(out).all()
+    reference = _ref_cached_attention(q, k_cache, v_cache, slots, positions, scale)
+    np.testing.assert_allclose(out, reference, atol=2e-4, rtol=1e-4)
+    last = positions == 199
+    expected = _sdpa(q[last], k_cache[1, :, :200].transpose(1, 0, 2).copy(),
+                     v_cache[1, :, :200].transpose(1, 0, 2).copy(), scale, causal=False)
+    np.testing.assert_allclose(out[last], expected, atol=2e-4, rtol=1e-4)
+
+
+def _spikes(n):
+    logits = np.full(n, -80.0)
+    logits[[0, 64, 130]] = 80.0  # at the first key of blocks
+    logits[[65, 199]] = 79.0
+    return logits
+
+
+@pytest.mark.parametrize("pattern", ["rising", "spikes"])
+def test_cached_attention_extreme_logit_patterns(pattern):
+    # Logits of ±80 placed so that the maximum of a later block (or of a block's first key) is far
+    # above the running maximum (2**(s - m) would overflow float32 without the rescale): rising
+    # climbs from -80 to +80 along the sequence, spikes puts +80 at the first key of key blocks.
+    d, n = 8, 200
+    k_cache, v_cache = _make_cache(2, 1, n + 5, d)
+    logits = np.linspace(-80.0, 80.0, n) if pattern == "rising" else _spikes(n)
+    scale = 1.0 / math.sqrt(d)
+    q = np.zeros((n, 2, d), np.float32)
+    q[:, :, 0] = 1.0
+    k_new = np.zeros((n, 1, d), np.float32)
+    k_new[:, 0, 0] = logits / scale
+    k_new[:, 0, 1:] = RNG.standard_normal((n, d - 1))  # orthogonal to q: no effect on the scores
+    v_new = RNG.standard_normal((n, 1, d)).astype(np.float32)
+    slots, positions = np.ones(n, np.int32), np.arange(n, dtype=np.int32)
+    decoder.write_kv(k_new, v_new, slots, positions, k_cache, v_cache)
+    out = np.empty_like(q)
+    decoder.cached_attention(q, k_cache, v_cache, slots, positions, scale, out)
+    assert np.isfinite(out).all()
+    np.testing.assert_allclose(out, _ref_cached_attention(q, k_cache, v_cache, slots, positions, scale),
+                               atol=2e-5, rtol=1e-4)
+
+
+def test_cached_attention_out_may_alias_q():
+    q, k_cache, v_cache, slots, positions = _prefill((40, 9), (0, 1), 4, 2, 32, 48, slots_total=2)
+    expected = _ref_cached_attention(q, k_cache, v_cache, slots, positions, 0.2)
+    decoder.cached_attention(q, k_cache, v_cache, slots, positions, 0.2, q)
+    np.testing.assert_allclose(q, expected, atol=2e-6, rtol=1e-5)
+
+
+def test_cached_attention_tied_and_equal_keys():
+    # All keys equal: uniform weights, so the output is the mean of the values.
+    d, n = 16, 130
+    k_cache, v_cache = _make_cache(1, 1, n, d)
+    k_cache[0, 0] = 0.25
+    v_cache[0, 0] = RNG.standard_normal((n, d)).astype(np.float32)
+    q = RNG.standard_normal((1, 3, d)).astype(np.float32)
+    out = np.empty_like(q)
+    decoder.cached_attention(q, k_cache, v_cache, np.zeros(1, np.int32), np.array([n - 1], np.int32), 0.5, out)
+    np.testing.assert_allclose(out[0], np.broadcast_to(v_cache[0, 0].mean(0), (3, d)), atol=1e-6)
+
+
+# ------------------------------------------------------------------------------------------- write_kv
+
+@pytest.mark.parametrize("n,kv_heads,d", [(1, 2, 64), (5, 3, 7), (300, 4, 64)])
+def test_write_kv_round_trip(n, kv_heads, d):
+    slots_total, t_max = 3, 128
+    pairs = RNG.permutation(slots_total * t_max)[:n]  # distinct (slot, position) pairs
+    slots, positions = (pairs // t_max).astype(np.int32), (pairs % t_max).astype(np.int32)
+    k_new = RNG.standard_normal((n, kv_heads, d)).astype(np.float32)
+    v_new = RNG.standard_normal((n, kv_heads, d)).astype(np.float32)
+    k_cache = np.full((slots_total, kv_heads, t_max, d), -7.0, np.float32)
+    v_cache = np.full((slots_total, kv_heads, t_max, d), 9.0, np.float32)
+    decoder.write_kv(k_new, v_new, slots, positions, k_cache, v_cache)
+    np.testing.assert_array_equal(k_cache[slots, :, positions], k_new)
+    np.testing.assert_array_equal(v_cache[slots, :, positions], v_new)
+    untouched = np.ones((slots_total, t_max), bool)
+    untouched[slots, positions] = False
+    assert (k_cache.transpose(0, 2, 1, 3)[untouched] == -7.0).all()
+    assert (v_cache.transpose(0, 2, 1, 3)[untouched] == 9.0).all()
+
+
+def test_write_kv_covers_both_paths():
+    assert 5 * 3 * 7 < decoder.PARALLEL_MIN_WORK <= 300 * 4 * 64

@@ -1,0 +1,232 @@
+"""Decoder-side kernels (GPT-2 and Llama-family models): RMSNorm, SiLU-gated MLP activation, and
+causal attention over a KV cache with grouped-query attention.
+
+rms_norm:          out[t] = x[t] / sqrt(mean_i x[t, i]² + eps) * w          (LlamaRMSNorm)
+                   x, out float32 [T, H] (out may alias x); w float32 [H]. Statistics in float32
+                   as transformers does it (it upcasts to float32 and keeps the product order
+                   w * (x * rsqrt(var + eps))).
+silu_mul:          out[t, i] = silu(gate_up[t, i]) * gate_up[t, I + i],  silu(g) = g / (1 + e**-g)
+                   gate_up float32 [T, 2I] = [gate | up] (one fused GEMM), out float32 [T, I], not
+                   overlapping gate_up.
+write_kv:          k_cache[slots[r], :, positions[r], :] = k_new[r]  (and v likewise)
+                   k_new, v_new float32 [N, Hkv, d]; slots, positions int32 [N].
+cached_attention:  for row r (a token of the sequence held in cache slot slots[r], at position
+                   positions[r] of that sequence) and query head h, with g = Hq / Hkv:
+
+                       out[r, h] = Σ_{t ≤ positions[r]} softmax_t(scale · q[r, h] · K[t]) V[t]
+                       K = k_cache[slots[r], h // g],  V = v_cache[slots[r], h // g]
+
+                   q, out float32 [N, Hq, d]; k_cache, v_cache float32 [S, Hkv, Tmax, d] (S slots,
+                   one sequence each); slots, positions int32 [N]. During prefill the rows are all
+                   prompt tokens (of any number of sequences, in any order), during decode one
+                   token per sequence; causality comes from positions alone, so the caller must
+                   have written every row's own k/v (write_kv) before calling. out may alias q
+                   (each (row, head) reads its q before writing its out, and nothing else).
+                   Weights come from a float32 exp2 with relative error < 3e-7.
+
+Preconditions, unchecked (kernels do no bounds checks; callers validate): float32 arrays of the
+shapes above; Hq a multiple of Hkv; 0 <= slots[r] < S; 0 <= positions[r] < Tmax; no two rows of
+write_kv share a (slot, position); cache entries at positions 0 .. positions[r] of slot slots[r]
+written. Any strides give correct results, but pass C-contiguous arrays: Numba compiles another,
+slower specialisation for non-contiguous ones and only unit-stride inner loops vectorise.
+
+Parallelism: a Numba parallel launch costs ~3 µs on an idle machine and much more when another
+process holds a core (all threads must finish), more than a decode step's rms_norm or write_kv
+take, so each kernel runs serially below ``PARALLEL_MIN_WORK`` units of work (elements; for
+attention, multiply-adds of q·K) and over prange above it.
+"""
+
+import numpy as np
+from numba import njit, prange
+
+from .mathfn import exp2_nonpositive, exp_nonpositive, fmax
+
+PARALLEL_MIN_WORK = 1 << 16
+KEY_BLOCK = 64  # keys scored per step of the online softmax (the size of each task's score buffer)
+_LOG2E = 1.4426950408889634
+
+
+@njit(cache=True, parallel=True)
+def rms_norm(x, w, eps, out):
+    n_rows, dim = x.shape
+    if n_rows * dim < PARALLEL_MIN_WORK:
+        for r in range(n_rows):
+            _rms_norm_row(x, w, eps, out, r)
+    else:
+        for r in prange(n_rows):
+            _rms_norm_row(x, w, eps, out, r)
+
+
+@njit(cache=True)
+def _rms_norm_row(x, w, eps, out, r):
+    dim = x.shape[1]
+    var = _sum_squares(x, r) / np.float32(dim)
+    inv = np.float32(1.0) / np.sqrt(var + np.float32(eps))
+    # All of a row's reads happen in _sum_squares or before the write of the same element, so out
+    # may alias x.
+    for i in range(dim):
+        out[r, i] = w[i] * (x[r, i] * inv)
+
+
+@njit(cache=True, fastmath=True)
+def _sum_squares(x, r):
+    # fastmath lets LLVM split the sum over several vector accumulators (as torch's reduction does):
+    # faster, and more accurate than one serial float32 chain.
+    total = np.float32(0.0)
+    for i in range(x.shape[1]):
+        v = x[r, i]
+        total += v * v
+    return total
+
+
+@njit(cache=True, parallel=True)
+def silu_mul(gate_up, out):
+    n_rows, inter = out.shape
+    if n_rows * inter < PARALLEL_MIN_WORK:
+        for r in range(n_rows):
+            _silu_mul_row(gate_up, out, r)
+    else:
+        for r in prange(n_rows):
+            _silu_mul_row(gate_up, out, r)
+
+
+@njit(cache=True, fastmath=True, error_model="numpy")
+def _silu_mul_row(gate_up, out, r):
+    # error_model="numpy": Python's ZeroDivisionError check on the division below would be a branch
+    # per element that keeps LLVM from vectorising the loop (the denominator is >= 1 anyway).
+    inter = out.shape[1]
+    one = np.float32(1.0)
+    for i in range(inter):
+        g = gate_up[r, i]
+        # e = e**-|g| lies in (0, 1], so nothing overflows for any finite g: sigmoid(g) is
+        # 1 / (1 + e) for g >= 0 and e / (1 + e) below (the same value, formed without e**-g).
+        # exp_nonpositive stops at e**-87 instead of going to 0, and g times that floor is not
+        # negligible for huge g (-3e38 would give -4.9), hence the explicit 0 below -87.
+        e = exp_nonpositive(-abs(g))
+        num = one if g >= 0 else (e if g > np.float32(-87.0) else np.float32(0.0))
+        out[r, i] = g * num / (one + e) * gate_up[r, inter + i]
+
+
+@njit(cache=True, parallel=True)
+def write_kv(k_new, v_new, slots, positions, k_cache, v_cache):
+    n_rows, kv_heads, d = k_new.shape
+    if n_rows * kv_heads * d < PARALLEL_MIN_WORK:
+        for r in range(n_rows):
+            _write_kv_row(k_new, v_new, slots[r], positions[r], k_cache, v_cache, r)
+    else:
+        for r in prange(n_rows):
+            _write_kv_row(k_new, v_new, slots[r], positions[r], k_cache, v_cache, r)
+
+
+@njit(cache=True)
+def _write_kv_row(k_new, v_new, slot, pos, k_cache, v_cache, r):
+    kv_heads, d = k_new.shape[1], k_new.shape[2]
+    for h in range(kv_heads):
+        for e in range(d):
+            k_cache[slot, h, pos, e] = k_new[r, h, e]
+        for e in range(d):
+            v_cache[slot, h, pos, e] = v_new[r, h, e]
+
+
+@njit(cache=True, parallel=True)
+def cached_attention(q, k_cache, v_cache, slots, positions, scale, out):
+    n_rows, q_heads, d = q.shape
+    group = q_heads // k_cache.shape[1]
+    tasks = n_rows * q_heads
+    keys = 0
+    for r in range(n_rows):
+        keys += positions[r] + 1
+    if keys * q_heads * d < PARALLEL_MIN_WORK:
+        for task in range(tasks):
+            _attend(q, k_cache, v_cache, slots, positions, scale, out, task // q_heads, task % q_heads, group)
+    else:
+        # Numba hands each thread one contiguous range of iterations. In a causal prefill the late
+        # rows see the most keys, so iterations alternate between the two ends of the (row, head)
+        # order (0, T-1, 1, T-2, ...): every range then holds about the same number of keys.
+        for i in prange(tasks):
+            task = i // 2 if i % 2 == 0 else tasks - 1 - i // 2
+            _attend(q, k_cache, v_cache, slots, positions, scale, out, task // q_heads, task % q_heads, group)
+
+
+@njit(cache=True, fastmath=True)
+def _attend(q, k_cache, v_cache, slots, positions, scale, out, r, h, group):
+    # One (row, query head) pair, one pass over its keys in blocks of KEY_BLOCK with a running
+    # maximum m and running sum l: a block's scores are computed, the accumulator and l are rescaled
+    # once by 2**(m_old - m_new) if the block raised the maximum, then the block's weights
+    # 2**(s - m) are added in. Scores are kept in log2 units (scale · log2 e folded into q) so the
+    # weights come from the cheaper exp2. Keys and values go four at a time: the inner loops over
+    # d are short (64, 128), so their setup, q's loads and acc's loads and stores are shared by four
+    # keys (about 1.3x faster for d = 64 than one key at a time).
+    d = q.shape[2]
+    keys = k_cache[slots[r], h // group]
+    values = v_cache[slots[r], h // group]
+    n_keys = positions[r] + 1
+    scale2 = np.float32(scale * _LOG2E)
+    # Three small per-task buffers (never per key). acc is not accumulated in out itself, so LLVM
+    # needs no check that out overlaps the cache.
+    qs = np.empty(d, dtype=np.float32)
+    for e in range(d):
+        qs[e] = q[r, h, e] * scale2
+    acc = np.zeros(d, dtype=np.float32)
+    scores = np.empty(KEY_BLOCK, dtype=np.float32)
+    m = np.float32(0.0)
+    total = np.float32(0.0)
+    for t0 in range(0, n_keys, KEY_BLOCK):
+        nb = min(KEY_BLOCK, n_keys - t0)
+        j = 0
+        while j + 4 <= nb:
+            t = t0 + j
+            s0 = np.float32(0.0)
+            s1 = np.float32(0.0)
+            s2 = np.float32(0.0)
+            s3 = np.float32(0.0)
+            for e in range(d):
+                qe = qs[e]
+                s0 += qe * keys[t, e]
+                s1 += qe * keys[t + 1, e]
+                s2 += qe * keys[t + 2, e]
+                s3 += qe * keys[t + 3, e]
+            scores[j] = s0
+            scores[j + 1] = s1
+            scores[j + 2] = s2
+            scores[j + 3] = s3
+            j += 4
+        while j < nb:
+            s0 = np.float32(0.0)
+            for e in range(d):
+                s0 += qs[e] * keys[t0 + j, e]
+            scores[j] = s0
+            j += 1
+        block_max = scores[0]
+        for j in range(1, nb):
+            block_max = fmax(block_max, scores[j])
+        if t0 == 0:
+            m = block_max  # acc and total are still zero: nothing to rescale
+        elif block_max > m:
+            corr = exp2_nonpositive(m - block_max)
+            total *= corr
+            for e in range(d):
+                acc[e] *= corr
+            m = block_max
+        for j in range(nb):
+            p = exp2_nonpositive(scores[j] - m)
+            scores[j] = p
+            total += p
+        j = 0
+        while j + 4 <= nb:
+            t = t0 + j
+            p0 = scores[j]
+            p1 = scores[j + 1]
+            p2 = scores[j + 2]
+            p3 = scores[j + 3]
+            for e in range(d):
+                acc[e] += p0 * values[t, e] + p1 * values[t + 1, e] + p2 * values[t + 2, e] + p3 * values[t + 3, e]
+            j += 4
+        while j < nb:
+            p0 = scores[j]
+            for e in range(d):
+                acc[e] += p0 * values[t0 + j, e]
+            j += 1
+    inv = np.float32(1.0) / total
+    for e in range(d):
+        out[r, h, e] = acc[e] * inv
