@@ -11,40 +11,77 @@ import math
 import numpy as np
 from numba import njit, prange
 
-from .mathfn import erf
+from .mathfn import erf, exp_nonpositive
 
 _INV_SQRT2 = 1.0 / math.sqrt(2.0)
 _SQRT_2_OVER_PI = math.sqrt(2.0 / math.pi)
 
 
-@njit(cache=True, parallel=True)
-def gelu(x):
-    n_rows, dim = x.shape
+# Below this many elements (a decode step's one row) a parallel launch costs more than the work.
+PARALLEL_MIN_WORK = 1 << 16
+
+
+# error_model="numpy": Python's divide-by-zero check would keep the division (erf's rational form,
+# tanh's quotient) from vectorising.
+@njit(cache=True, fastmath=True, error_model="numpy")
+def _gelu_row(x, r):
     half = np.float32(0.5)
     one = np.float32(1.0)
     k = np.float32(_INV_SQRT2)
-    for r in prange(n_rows):
-        for i in range(dim):
-            v = x[r, i]
-            x[r, i] = half * v * (one + erf(v * k))
+    for i in range(x.shape[1]):
+        v = x[r, i]
+        x[r, i] = half * v * (one + erf(v * k))
+
+
+@njit(cache=True, fastmath=True, error_model="numpy")
+def _gelu_tanh_row(x, r):
+    # tanh(u) = sign(u) (1 - e) / (1 + e) with e = exp(-2|u|) ≤ 1: a vectorised float32 exp instead of a
+    # libm tanh call per element (the absolute error stays ~1e-7, scaled by 0.5 x in the GELU).
+    c = np.float32(_SQRT_2_OVER_PI)
+    for i in range(x.shape[1]):
+        v = x[r, i]
+        u = c * (v + np.float32(0.044715) * v * v * v)
+        e = exp_nonpositive(np.float32(-2.0) * abs(u))
+        t = (np.float32(1.0) - e) / (np.float32(1.0) + e)
+        t = t if u >= 0 else -t
+        x[r, i] = np.float32(0.5) * v * (np.float32(1.0) + t)
+
+
+@njit(cache=True)
+def _relu_row(x, r):
+    for i in range(x.shape[1]):
+        if x[r, i] < 0:
+            x[r, i] = 0.0
+
+
+@njit(cache=True, parallel=True)
+def gelu(x):
+    if x.size < PARALLEL_MIN_WORK:
+        for r in range(x.shape[0]):
+            _gelu_row(x, r)
+    else:
+        for r in prange(x.shape[0]):
+            _gelu_row(x, r)
 
 
 @njit(cache=True, parallel=True)
 def gelu_tanh(x):
-    n_rows, dim = x.shape
-    for r in prange(n_rows):
-        for i in range(dim):
-            v = np.float64(x[r, i])
-            x[r, i] = np.float32(0.5 * v * (1.0 + math.tanh(_SQRT_2_OVER_PI * (v + 0.044715 * v * v * v))))
+    if x.size < PARALLEL_MIN_WORK:
+        for r in range(x.shape[0]):
+            _gelu_tanh_row(x, r)
+    else:
+        for r in prange(x.shape[0]):
+            _gelu_tanh_row(x, r)
 
 
 @njit(cache=True, parallel=True)
 def relu(x):
-    n_rows, dim = x.shape
-    for r in prange(n_rows):
-        for i in range(dim):
-            if x[r, i] < 0:
-                x[r, i] = 0.0
+    if x.size < PARALLEL_MIN_WORK:
+        for r in range(x.shape[0]):
+            _relu_row(x, r)
+    else:
+        for r in prange(x.shape[0]):
+            _relu_row(x, r)
 
 
 ACTIVATIONS = {"gelu": gelu, "gelu_tanh": gelu_tanh, "relu": relu}
