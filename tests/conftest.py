@@ -234,9 +234,11 @@ def _decoder_configs(vocab: int, eot: int) -> dict:
 DECODERS = ["gpt2", "llama", "llama-mqa-tied", "llama-linear", "llama-llama3", "qwen2"]
 
 
-def build_hf_decoder(name: str, folder: Path, tokenizer_file: Path, seed: int = 0, **overrides):
+def build_hf_decoder(name: str, folder: Path, tokenizer_file: Path, seed: int = 0, head_scale: float | None = None,
+                     **overrides):
     """A seeded random transformers causal LM of kind ``name`` saved with the BPE tokenizer into
-    ``folder``; returns the model in eval mode."""
+    ``folder``; returns the model in eval mode. ``head_scale`` unties the LM head and scales it, so a
+    random model prefers some continuations clearly (beam search on flat logits is all near-ties)."""
     import json
 
     import torch
@@ -253,6 +255,9 @@ def build_hf_decoder(name: str, folder: Path, tokenizer_file: Path, seed: int = 
         for pname, param in model.named_parameters():
             if "norm" in pname or "ln_" in pname:
                 param.uniform_(0.5, 1.5) if pname.endswith("weight") else param.uniform_(-0.2, 0.2)
+        if head_scale is not None:
+            model.config.tie_word_embeddings = False
+            model.lm_head.weight = torch.nn.Parameter(model.lm_head.weight.detach().clone() * head_scale)
     model.eval()
     folder.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(folder)
@@ -267,11 +272,11 @@ def decoder_model(tmp_path_factory, bpe_tokenizer_file):
 
     cache: dict = {}
 
-    def get(name: str, **overrides):
-        key = (name, tuple(sorted(overrides.items())))
+    def get(name: str, head_scale: float | None = None, **overrides):
+        key = (name, head_scale, tuple(sorted(overrides.items())))
         if key not in cache:
             folder = tmp_path_factory.mktemp(f"decoder-{name}")
-            model = build_hf_decoder(name, folder / "hf", bpe_tokenizer_file, **overrides)
+            model = build_hf_decoder(name, folder / "hf", bpe_tokenizer_file, head_scale=head_scale, **overrides)
             files = {dtype: convert(folder / "hf", folder / f"model-{dtype}.safetensors", dtype=dtype)
                      for dtype in ("fp32", "int8")}
             cache[key] = (model, files)

@@ -307,3 +307,23 @@ def test_cli_generate_and_stream(decoder_model, tmp_path):
     assert proc.stdout == gen.tokenizer.decode(ref[0]) + "\n"
     proc = run("generate", out, PROMPT_TEXTS[0], "--temperature", "-1")
     assert proc.returncode == 2 and "temperature" in proc.stderr
+
+
+@pytest.mark.parametrize("name", ["gpt2", "llama"])
+@pytest.mark.parametrize("options", [
+    dict(num_beams=4, length_penalty=0.6, no_repeat_ngram_size=3),
+    dict(num_beams=3, length_penalty=2.0, early_stopping=True, num_return_sequences=2),
+])
+def test_beam_search_matches_transformers(name, options, decoder_model):
+    import torch
+
+    model, files = decoder_model(name, head_scale=20.0)
+    gen = tinybert.Generator(files["fp32"])
+    for text in PROMPT_TEXTS[:2]:
+        prompt = _ids(gen, text)
+        with torch.no_grad():
+            ref = model.generate(torch.tensor([prompt]), max_new_tokens=32, do_sample=False, pad_token_id=0,
+                                 **options)[:, len(prompt):].tolist()
+        got = gen.generate(text, max_new_tokens=32, return_ids=True, **options)
+        got = got if isinstance(got, list) else [got]
+        assert [g["token_ids"] for g in got] == ref

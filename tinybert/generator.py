@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 
 from .api import _check_threads, _numba_threads
+from .beam import BeamParams, beam_search
 from .config import DecoderConfig
 from .decoder import DecoderModel, KVCache
 from .errors import InputError, ModelKindError
@@ -58,7 +59,8 @@ class Generator:
     def generate(self, prompts: str | Sequence[str], max_new_tokens: int = 64, temperature: float = 0.0,
                  top_k: int | None = None, top_p: float | None = None, repetition_penalty: float | None = None,
                  stop: Sequence[str] | None = None, seed: int | None = None, num_beams: int = 1,
-                 return_ids: bool = False) -> str | list | dict:
+                 length_penalty: float = 1.0, no_repeat_ngram_size: int = 0, early_stopping: bool | str = False,
+                 num_return_sequences: int = 1, return_ids: bool = False) -> str | list | dict:
         """Continue each prompt; returns the generated text (without the prompt) per prompt.
 
         One string gives one result, a list gives a list. With ``return_ids`` each result is a
@@ -66,13 +68,70 @@ class Generator:
         "length"). Generation ends at an EOS token, at a ``stop`` string (the text is cut where
         it starts, and it is not included), after ``max_new_tokens``, or at the end of the
         model's context. A prompt longer than the context raises InputError.
+
+        ``num_beams`` > 1 runs beam search with transformers' semantics (``length_penalty``,
+        ``no_repeat_ngram_size``, ``early_stopping``, ``repetition_penalty``); with
+        ``num_return_sequences`` > 1 each prompt's result is a list of that many, best first.
+        Each prompt is searched on its own, so results do not depend on the batch.
         """
         single = isinstance(prompts, str)
         prompts = check_texts(prompts)
-        results = self._run([self._encode(p) for p in prompts], max_new_tokens, self._params(
-            temperature, top_k, top_p, repetition_penalty, seed), self._stops(stop), num_beams)
-        out = [r if return_ids else r["text"] for r in results]
+        encoded = [self._encode(p) for p in prompts]
+        if num_beams == 1 and num_return_sequences == 1:
+            results = self._run(encoded, max_new_tokens, self._params(
+                temperature, top_k, top_p, repetition_penalty, seed), self._stops(stop), num_beams)
+        else:
+            if temperature or top_k is not None or top_p is not None or seed is not None:
+                raise InputError("beam search is deterministic: temperature, top_k, top_p and seed do not apply")
+            beam = BeamParams(num_beams=num_beams, length_penalty=length_penalty, early_stopping=early_stopping,
+                              num_return_sequences=num_return_sequences, no_repeat_ngram_size=no_repeat_ngram_size,
+                              repetition_penalty=repetition_penalty)
+            beam.validate()
+            results = [self._beam(p, max_new_tokens, beam, self._stops(stop)) for p in encoded]
+        out = [[r if return_ids else r["text"] for r in res] if isinstance(res, list) else
+               (res if return_ids else res["text"]) for res in results]
         return out[0] if single else out
+
+    def _beam(self, prompt: np.ndarray, max_new_tokens: int, beam: BeamParams, stop: list[str]) -> dict | list:
+        """Beam search for one prompt; the KV cache holds one slot per beam and follows the beams."""
+        _positive_int("max_new_tokens", max_new_tokens)
+        budget = min(max_new_tokens, self.config.max_positions - len(prompt))
+        cache = KVCache(self.config, beam.num_beams, len(prompt) + budget)
+        position = [-1]   # where the next token goes; -1 until the prompt is in the cache
+
+        def step(tokens: np.ndarray, parents: np.ndarray) -> np.ndarray:
+            with _numba_threads(self.threads):
+                if position[0] < 0:
+                    # first call: the whole prompt into slot 0; the search then copies it to every beam
+                    position[0] = len(prompt)
+                    return self._model(prompt, np.zeros(len(prompt), dtype=np.int32),
+                                       np.arange(len(prompt), dtype=np.int32), cache,
+                                       logit_rows=np.array([len(prompt) - 1]))
+                if not np.array_equal(parents, np.arange(len(parents))):
+                    # beams continue other beams: their cached keys/values follow them
+                    cache.k[:, :len(parents)] = cache.k[:, parents]
+                    cache.v[:, :len(parents)] = cache.v[:, parents]
+                n = len(tokens)
+                logits = self._model(np.asarray(tokens, dtype=np.int32), np.arange(n, dtype=np.int32),
+                                     np.full(n, position[0], dtype=np.int32), cache)
+                position[0] += 1
+                return logits
+
+        found = beam_search(step, prompt.tolist(), budget, tuple(self.config.eos_token_ids), beam)
+        eos = set(self.config.eos_token_ids)
+        matcher = StopMatcher(stop)
+        results = []
+        for hyp in found:
+            ids = [int(t) for t in hyp["token_ids"]]
+            reason = "length"
+            if ids and ids[-1] in eos:
+                ids, reason = ids[:-1], "eos"
+            text = self._decode(ids)
+            cut = matcher.cut(text) if stop else None
+            if cut is not None:
+                text, reason = text[:cut], "stop"
+            results.append({"text": text, "token_ids": ids, "finish_reason": reason, "score": hyp["score"]})
+        return results if beam.num_return_sequences > 1 else results[0]
 
     def generate_ids(self, input_ids: Sequence[Sequence[int]], max_new_tokens: int = 64,
                      output_logits: bool = False, **kwargs) -> list[dict]:
@@ -207,8 +266,7 @@ class Generator:
     def _run(self, prompts: list[np.ndarray], max_new_tokens: int, params: SamplingParams, stop: list[str],
              num_beams: int, output_logits: bool = False) -> list[dict]:
         if num_beams != 1:
-            raise InputError("num_beams > 1 (beam search) is not available for decoder-only generation yet; "
-                             "use num_beams=1")
+            raise InputError("generate_ids runs greedy search or sampling (num_beams=1); use generate for beams")
         eos = set(self.config.eos_token_ids)
         matcher = StopMatcher(stop)
         out_ids: list[list[int]] = [[] for _ in prompts]

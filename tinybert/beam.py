@@ -1,0 +1,276 @@
+"""Beam search with transformers' semantics (``generate(num_beams=n, do_sample=False)``, transformers 5.x),
+in numpy, for one input at a time; knows nothing of models, caches or files.
+
+Algorithm (transformers' vectorised ``_beam_search``, batch of one):
+
+* State: ``num_beams`` running beams (generated ids + summed log-probabilities; at the start one real beam
+  with score 0 and ``num_beams - 1`` copies of it with score -1e9, so that the first step expands one beam)
+  and up to ``num_beams`` finished hypotheses (ids + length-penalised score).
+* Per step: float32 ``log_softmax`` of the last-position logits → processors on the log-probabilities, in
+  generate()'s order: repetition penalty → no-repeat n-gram → bad tokens → min new tokens (EOS banned) →
+  forced BOS → forced EOS → add each beam's running score → the top ``K = max(2, 1 + n_eos) · num_beams``
+  (beam, token) candidates over the flattened ``[num_beams · vocab]`` scores.
+* A candidate "hits a stopping criterion" if its token is an EOS id or the generation reaches
+  ``max_new_tokens``. Among the best ``num_beams`` candidates, the hits become finished hypotheses with
+  score ``sum_logprobs / generated_len ** length_penalty`` (``generated_len`` counts the new tokens only,
+  EOS included; the prefix — prompt or decoder start — is not counted) and the finished pool keeps the best
+  ``num_beams``. The next running beams are the best ``num_beams`` candidates that did not hit.
+* Stop when every candidate hits (max length), or ``early_stopping is True`` and ``num_beams`` hypotheses
+  are finished, or transformers' early-stop heuristic says no running beam can beat the worst finished
+  hypothesis: best running score / L ** length_penalty ≤ worst finished score, with L = tokens generated so
+  far, except ``early_stopping="never"`` with ``length_penalty > 0``, where L = ``max_new_tokens``.
+* Return the best ``num_return_sequences`` finished hypotheses.
+
+Numerics follow transformers: everything is float32 (scores, the division by the length penalty) and the
+log-softmax is ``(x - max) - log(sum(exp(x - max)))`` in float32. Ties in a top-k (exactly equal float32
+scores) are broken by the lower flat index (beam-major); torch.topk leaves that order unspecified.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from .errors import InputError
+from .generation import apply_repetition_penalty
+
+# transformers' "this beam does not exist / may not be chosen" score.
+_NEG = np.float32(-1e9)
+
+
+def _is_int(x: object) -> bool:
+    return isinstance(x, (int, np.integer)) and not isinstance(x, bool)
+
+
+@dataclass(frozen=True)
+class BeamParams:
+    """Beam-search settings, named and meant as in transformers' GenerationConfig.
+
+    ``forced_bos_token_id``: the only allowed token while the sequence (prefix included) has length 1 —
+    for encoder-decoder models, the first token after the decoder start (mBART/NLLB target language).
+    ``forced_eos_token_id`` (one id or several): the only allowed token(s) at the last step
+    (``max_new_tokens``-th token), as BART/Marian configs set it. ``bad_token_ids``: single-token
+    ``bad_words_ids`` (e.g. Marian's pad): never generated; EOS ids are exempt, as in transformers.
+    ``num_beams=1`` runs this beam search with one beam (transformers would run greedy search instead).
+    """
+
+    num_beams: int
+    length_penalty: float = 1.0
+    early_stopping: bool | str = False      # True, False or "never", as transformers
+    num_return_sequences: int = 1
+    no_repeat_ngram_size: int = 0
+    min_new_tokens: int = 0
+    repetition_penalty: float | None = None
+    forced_bos_token_id: int | None = None
+    forced_eos_token_id: int | tuple[int, ...] | None = None
+    bad_token_ids: tuple[int, ...] = ()
+
+    def validate(self) -> None:
+        """Raise InputError on a bad value."""
+        if not _is_int(self.num_beams) or self.num_beams < 1:
+            raise InputError(f"num_beams must be a positive integer, got {self.num_beams!r}")
+        lp = self.length_penalty
+        if isinstance(lp, bool) or not isinstance(lp, (int, float)) or not np.isfinite(lp):
+            raise InputError(f"length_penalty must be a finite number, got {lp!r}")
+        if not (self.early_stopping is True or self.early_stopping is False or self.early_stopping == "never"):
+            raise InputError(f"early_stopping must be True, False or 'never', got {self.early_stopping!r}")
+        n = self.num_return_sequences
+        if not _is_int(n) or n < 1:
+            raise InputError(f"num_return_sequences must be a positive integer, got {n!r}")
+        if n > self.num_beams:
+            raise InputError(f"num_return_sequences ({n}) cannot exceed num_beams ({self.num_beams})")
+        for name in ("no_repeat_ngram_size", "min_new_tokens"):
+            v = getattr(self, name)
+            if not _is_int(v) or v < 0:
+                raise InputError(f"{name} must be an integer ≥ 0, got {v!r}")
+        r = self.repetition_penalty
+        if r is not None and (isinstance(r, bool) or not isinstance(r, (int, float)) or not np.isfinite(r)
+                              or r <= 0):
+            raise InputError(f"repetition_penalty must be a positive number or None, got {r!r}")
+        if self.forced_bos_token_id is not None and (not _is_int(self.forced_bos_token_id)
+                                                     or self.forced_bos_token_id < 0):
+            raise InputError(f"forced_bos_token_id must be a token id or None, got {self.forced_bos_token_id!r}")
+        for name in ("forced_eos_token_id", "bad_token_ids"):
+            v = getattr(self, name)
+            ids = () if v is None else (v,) if _is_int(v) else v
+            if not isinstance(ids, (tuple, list)) or not all(_is_int(i) and i >= 0 for i in ids):
+                raise InputError(f"{name} must be token ids, got {v!r}")
+
+
+def log_softmax(logits: np.ndarray) -> np.ndarray:
+    """float32 log-softmax over the last axis, computed as torch does on CPU (shift by the max first)."""
+    x = np.asarray(logits, dtype=np.float32)
+    shifted = x - x.max(axis=-1, keepdims=True)
+    return shifted - np.log(np.exp(shifted).sum(axis=-1, keepdims=True))
+
+
+def top_k(values: np.ndarray, k: int) -> np.ndarray:
+    """Indices of the ``k`` largest entries of the 1-D ``values``, best first, ties to the lower index.
+
+    O(n): a partition finds the k-th value; only the ≤ k survivors are sorted."""
+    n = values.shape[0]
+    k = min(k, n)
+    if k == n:
+        return np.argsort(-values, kind="stable")
+    kth = values[np.argpartition(values, n - k)[n - k:]].min()
+    above = np.flatnonzero(values > kth)
+    # argpartition picks arbitrarily among entries equal to the k-th value: take the lowest indices.
+    idx = np.concatenate([above, np.flatnonzero(values == kth)[: k - above.size]])
+    return idx[np.lexsort((idx, -values[idx]))]
+
+
+def banned_ngram_tokens(seq: np.ndarray, n: int) -> np.ndarray:
+    """Tokens that would repeat an n-gram of ``seq`` (transformers' NoRepeatNGramLogitsProcessor): every
+    token that followed an earlier occurrence of the last n-1 tokens."""
+    if n <= 0 or seq.size < n:
+        return seq[:0]
+    windows = np.lib.stride_tricks.sliding_window_view(seq, n)
+    match = (windows[:, :-1] == seq[seq.size - n + 1:]).all(axis=1)
+    return windows[match, -1]
+
+
+def _id_tuple(v: int | Sequence[int] | None) -> tuple[int, ...]:
+    if v is None:
+        return ()
+    return (int(v),) if _is_int(v) else tuple(int(i) for i in v)
+
+
+def beam_search(step: Callable[[np.ndarray, np.ndarray], np.ndarray], prefix: Sequence[int], max_new_tokens: int,
+                eos_ids: set[int] | Sequence[int], params: BeamParams) -> list[dict]:
+    """Beam search for ONE input; returns ``num_return_sequences`` dicts ``{"token_ids": [...], "score": float}``,
+    best first. ``token_ids`` are the new tokens only (an EOS that ended the hypothesis included);
+    ``score`` is the length-penalised beam score transformers reports as ``sequences_scores``.
+
+    ``prefix``: the ids the generation continues — the prompt of a decoder-only model, or the decoder start
+    (plus any forced decoder prefix) of an encoder-decoder model. It is what the n-gram ban, the repetition
+    penalty and ``forced_bos_token_id`` see (transformers passes the decoder ids only, not the encoder input),
+    and it does not count in the length penalty nor towards ``max_new_tokens``/``min_new_tokens``.
+
+    Callback contract, ``logits = step(tokens, parents)``:
+
+    * Call 0 (prefill) has ONE row: ``tokens = [prefix[-1]]``, ``parents = [0]``. The caller returns the logits
+      for the position after the whole prefix, shape ``[1, vocab]`` (a decoder-only caller runs its prompt
+      here; an encoder-decoder caller runs the encoder and its decoder on ``prefix``).
+    * Call s ≥ 1 has ``num_beams`` rows: ``tokens`` and ``parents`` are int64 ``[num_beams]``. Row i of this
+      call is row ``parents[i]`` of the previous call (0 for all rows at call 1) extended by ``tokens[i]``:
+      the caller reorders its per-row state, e.g. ``cache = cache[parents]`` (rows may be duplicated or
+      dropped), feeds ``tokens[i]`` to row i and returns logits ``[num_beams, vocab]`` for the next position.
+      All rows then hold ``len(prefix) + s`` tokens.
+    * Logits are converted to float32 (as transformers does); the vocab size must not change between calls.
+    * ``step`` is called at most ``max_new_tokens`` times and never after the search has ended, which is when
+      ``max_new_tokens`` tokens are generated, or (``early_stopping=True``) ``num_beams`` hypotheses have
+      finished, or no running beam can still beat the finished ones (transformers' heuristic, see the module
+      docstring). With ``eos_ids`` empty only ``max_new_tokens`` (and the heuristic, which then never
+      fires) ends it.
+
+    The arrays passed to ``step`` are fresh; the caller may keep them.
+    """
+    params.validate()
+    prefix_arr = np.asarray(list(prefix), dtype=np.int64)
+    if prefix_arr.ndim != 1 or prefix_arr.size == 0:
+        raise InputError("prefix must hold at least one token id (the prompt, BOS or the decoder start)")
+    if (prefix_arr < 0).any():
+        raise InputError("prefix token ids must be ≥ 0")
+    if not _is_int(max_new_tokens) or max_new_tokens < 1:
+        raise InputError(f"max_new_tokens must be a positive integer, got {max_new_tokens!r}")
+    eos = _id_tuple(sorted(set(int(e) for e in eos_ids)))
+    if any(e < 0 for e in eos):
+        raise InputError(f"eos ids must be ≥ 0, got {eos}")
+    forced_eos = _id_tuple(params.forced_eos_token_id)
+    bad = tuple(sorted(set(params.bad_token_ids) - set(eos)))      # transformers exempts EOS from bad words
+    eos_arr = np.asarray(eos, dtype=np.int64)
+
+    nb = params.num_beams
+    n_keep = max(2, 1 + len(eos)) * nb        # enough candidates that ≥ nb of them are not EOS
+    lp_exp = float(params.length_penalty)
+    plen = prefix_arr.size
+    rep = params.repetition_penalty
+
+    # Rows of `hist`: prefix + generated ids of each row of the last step() call (1 row at call 0).
+    hist = prefix_arr[None, :]
+    run_scores = np.full(nb, _NEG, dtype=np.float32)
+    run_scores[0] = 0.0
+    finished: list[tuple[np.float32, np.ndarray]] = []     # best first, at most nb, all scores > -1e9
+    heuristic_unsatisfied = True
+    tokens, parents = prefix_arr[-1:].copy(), np.zeros(1, dtype=np.int64)
+    vocab = None
+
+    for t in range(max_new_tokens):
+        logits = np.asarray(step(tokens, parents))
+        rows = hist.shape[0]
+        if logits.ndim != 2 or logits.shape[0] != rows or (vocab is not None and logits.shape[1] != vocab):
+            raise InputError(f"step() must return logits [{rows}, vocab], got shape {logits.shape}")
+        if vocab is None:
+            vocab = logits.shape[1]
+            used = eos + forced_eos + bad + _id_tuple(params.forced_bos_token_id)
+            if any(i >= vocab for i in used):
+                raise InputError(f"eos/forced/bad token ids must be < vocab size {vocab}, got {used}")
+        lp = log_softmax(logits)
+
+        # Logits processors, on log-probabilities as transformers' beam search applies them (so the
+        # repetition penalty multiplies log-probs, which are all ≤ 0). Call 0's single row stands for the
+        # nb identical rows transformers processes.
+        if rep is not None and rep != 1:
+            lp = apply_repetition_penalty(lp, list(hist), rep)
+        if params.no_repeat_ngram_size:
+            for r in range(rows):
+                lp[r, banned_ngram_tokens(hist[r], params.no_repeat_ngram_size)] = -np.inf
+        if bad:
+            lp[:, bad] = -np.inf
+        if t < params.min_new_tokens and eos:
+            lp[:, eos] = -np.inf
+        if params.forced_bos_token_id is not None and plen + t == 1:
+            lp[:] = -np.inf
+            lp[:, params.forced_bos_token_id] = 0.0
+        if forced_eos and t == max_new_tokens - 1:
+            lp[:] = -np.inf
+            lp[:, forced_eos] = 0.0
+
+        if rows == 1:
+            # Expand the one real beam to nb beams (scores 0, -1e9, ...), exactly as transformers starts.
+            lp = np.broadcast_to(lp, (nb, vocab))
+        acc = (lp + run_scores[:, None]).ravel()            # float32, beam-major as transformers flattens
+        cand = top_k(acc, n_keep)
+        cand_scores = acc[cand]
+        cand_beam, cand_tok = cand // vocab, cand % vocab
+        hits = np.isin(cand_tok, eos_arr) | (t + 1 >= max_new_tokens)
+
+        # Finished hypotheses: only hits among the nb best candidates count; the pool keeps the best nb
+        # (existing ones first on ties, as they come first in transformers' concatenation).
+        penalty = np.float32((t + 1) ** lp_exp)
+        new = [(cand_scores[i] / penalty, i) for i in range(min(nb, cand.size)) if hits[i]]
+        if new:
+            pool = finished + [(s, np.append(hist[cand_beam[i] if rows > 1 else 0, plen:], cand_tok[i]))
+                               for s, i in new]
+            order = sorted(range(len(pool)), key=lambda j: (-float(pool[j][0]), j))
+            # A score ≤ -1e9 loses to transformers' -1e9 placeholders: drop it.
+            finished = [pool[j] for j in order[:nb] if pool[j][0] > _NEG]
+
+        # Next running beams: the best nb candidates that did not hit a stopping criterion.
+        run_cand = cand_scores + np.where(hits, _NEG, np.float32(0))
+        sel = np.argsort(-run_cand, kind="stable")[:nb]
+        run_scores = run_cand[sel]
+        if rows == 1:
+            parents = np.zeros(nb, dtype=np.int64)          # every virtual beam is the single prefill row
+        else:
+            parents = cand_beam[sel].astype(np.int64)
+        tokens = cand_tok[sel].astype(np.int64)
+        hist = np.concatenate([hist[parents], tokens[:, None]], axis=1)
+
+        # Stopping, as transformers' _check_early_stop_heuristic / _beam_search_has_unfinished_sequences.
+        if params.early_stopping == "never" and lp_exp > 0:
+            best_len = max_new_tokens
+        else:
+            best_len = t + 1
+        best_possible = run_scores[0] / np.float32(best_len ** lp_exp)
+        all_finished = len(finished) == nb
+        # With a slot still empty transformers compares against its -1e9 placeholder.
+        worst = finished[-1][0] if all_finished else _NEG
+        heuristic_unsatisfied = heuristic_unsatisfied and bool(best_possible > worst)
+        if not heuristic_unsatisfied or (all_finished and params.early_stopping is True) or hits.all():
+            break
+
+    return [{"token_ids": [int(i) for i in ids], "score": float(s)}
+            for s, ids in finished[: params.num_return_sequences]]
