@@ -19,11 +19,12 @@ import numpy as np
 
 from . import __version__
 from . import format as fmt
-from .config import EncoderConfig
-from .kernels import activations, attention, embeddings, gemm, mathfn, norm
+from .config import DecoderConfig, EncoderConfig
+from .decoder import DecoderModel, KVCache
+from .kernels import activations, attention, decoder, embeddings, gemm, mathfn, norm, rope
 from .models import EncoderModel
 
-_KERNEL_MODULES = (activations, attention, embeddings, gemm, mathfn, norm)
+_KERNEL_MODULES = (activations, attention, decoder, embeddings, gemm, mathfn, norm, rope)
 
 
 def _marker() -> Path:
@@ -62,19 +63,58 @@ def _tiny_model(quantization: str, activation: str) -> EncoderModel:
     return EncoderModel(cfg, tensors)
 
 
+def _tiny_decoder(quantization: str, family: str) -> DecoderModel:
+    llama = family == "llama"
+    cfg = DecoderConfig(architecture=family, vocab_size=16, hidden_size=8, num_layers=1, num_heads=2,
+                        num_kv_heads=1 if llama else 2, head_dim=4, intermediate_size=16, max_positions=16,
+                        norm="rmsnorm" if llama else "layernorm", norm_eps=1e-5,
+                        activation="silu" if llama else "gelu_tanh", gated_mlp=llama,
+                        positions="rope" if llama else "learned",
+                        rope={"type": "default", "theta": 10000.0} if llama else None,
+                        attn_bias=not llama, attn_out_bias=not llama, mlp_bias=not llama,
+                        tie_word_embeddings=not llama, bos_token_id=None, eos_token_ids=(), pad_token_id=None)
+    rng = np.random.default_rng(0)
+    tensors = {}
+    for name, shape in fmt.decoder_tensor_shapes(cfg.to_dict()).items():
+        value = rng.standard_normal(shape).astype(np.float32)
+        if quantization == "int8" and fmt.is_quantized_name(name):
+            tensors[name] = np.clip(np.rint(value * 50), -127, 127).astype(np.int8)
+            tensors[name + fmt.SCALE_SUFFIX] = np.full(shape[0], 0.02, dtype=np.float32)
+        else:
+            tensors[name] = value
+    return DecoderModel(cfg, tensors)
+
+
+def _run_decoder(model: DecoderModel) -> None:
+    """A prefill of two sequences, then one decode step each: every decoder kernel path."""
+    cache = KVCache(model.config, 2, 8)
+    ids = np.array([1, 2, 3, 4, 5], dtype=np.int32)
+    slots = np.array([0, 0, 1, 1, 1], dtype=np.int32)
+    positions = np.array([0, 1, 0, 1, 2], dtype=np.int32)
+    model(ids, slots, positions, cache, logit_rows=np.array([1, 4]))
+    model(np.array([6, 7], dtype=np.int32), np.array([0, 1], dtype=np.int32), np.array([2, 3], dtype=np.int32),
+          cache)
+
+
 def warmup(show_progress: bool = True) -> None:
-    """Compile (or load from the cache) every kernel tinybert uses, int8 and fp32 paths."""
+    """Compile (or load from the cache) every kernel tinybert uses, int8 and fp32 paths, encoders
+    and decoders."""
     cases = [(q, a) for q in fmt.QUANTIZATIONS for a in fmt.ACTIVATIONS]
+    decoders = [(q, f) for q in fmt.QUANTIZATIONS for f in ("gpt2", "llama")]
     progress = None
     if show_progress:
         from tqdm import tqdm
 
-        progress = tqdm(total=len(cases), desc="compiling kernels", unit="path")
+        progress = tqdm(total=len(cases) + len(decoders), desc="compiling kernels", unit="path")
     ids = np.array([1, 2, 3, 4, 5], dtype=np.int32)
     starts = np.array([0, 2, 5], dtype=np.int64)
     for quantization, activation in cases:
         model = _tiny_model(quantization, activation)
         model(ids, np.zeros_like(ids), starts, np.ones(ids.size, dtype=np.uint8))
+        if progress is not None:
+            progress.update(1)
+    for quantization, family in decoders:
+        _run_decoder(_tiny_decoder(quantization, family))
         if progress is not None:
             progress.update(1)
     if progress is not None:
