@@ -170,7 +170,7 @@ def _cmd_info(args: argparse.Namespace) -> None:
 
     model = load(args.model)
     cfg = model.config
-    params = sum(int(np.prod(t.shape)) for name, t in model.tensors.items() if not name.endswith(".scale"))
+    params = sum(int(np.prod(model.tensors.shape(name))) for name in model.tensors if not name.endswith(".scale"))
     info = {
         "path": str(model.path),
         "file_bytes": model.path.stat().st_size,

@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from .errors import TinyBertError
-from .loader import read_metadata
+from .loader import load
 
 QUERIES = [
     "How do I compare two files and show what changed?",
@@ -39,7 +39,7 @@ def default_model(log=print) -> Path:
     target = cache_dir() / DEFAULT_MODEL_NAME
     if target.is_file():
         try:
-            read_metadata(target)
+            load(target)
             return target
         except TinyBertError:
             log(f"cached {target} is stale or damaged; converting again")

@@ -8,6 +8,7 @@ be present with the right dtype and shape, and nothing else may be present. No p
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -18,6 +19,64 @@ from . import format as fmt
 from .config import DecoderConfig, EncoderConfig, TaskConfig, config_from_dict
 from .errors import ModelFileError
 
+_DTYPES = {"F32": np.dtype(np.float32), "I8": np.dtype(np.int8)}
+_DTYPE_NAMES = {"F64": "float64", "F32": "float32", "F16": "float16", "BF16": "bfloat16", "I64": "int64",
+                "I32": "int32", "I16": "int16", "I8": "int8", "U8": "uint8", "BOOL": "bool"}
+
+
+def _data_offsets(path: Path) -> dict[str, tuple[int, int]]:
+    """Absolute byte ranges of the tensors. Called only after safetensors has opened the file,
+    which rejects malformed headers and out-of-bounds or overlapping offsets."""
+    with open(path, "rb") as fh:
+        (header_len,) = np.frombuffer(fh.read(8), dtype="<u8")
+        header = json.loads(fh.read(int(header_len)))
+    base = 8 + int(header_len)
+    return {name: (base + int(info["data_offsets"][0]), base + int(info["data_offsets"][1]))
+            for name, info in header.items() if name != "__metadata__"}
+
+
+class TensorStore(Mapping):
+    """The tensors of a validated file, read on access (each access returns a fresh array).
+
+    Names, dtypes and shapes are the ones the config implies; a read that disagrees (the file
+    changed underneath) raises ModelFileError.
+    """
+
+    def __init__(self, path: Path, expected: dict[str, tuple[tuple[int, ...], np.dtype]],
+                 offsets: dict[str, tuple[int, int]]) -> None:
+        self._path = path
+        self._expected = expected
+        self._offsets = offsets   # absolute [begin, end) byte ranges, checked against the file size
+
+    def __getitem__(self, name: str) -> np.ndarray:
+        if name not in self._expected:
+            raise KeyError(name)
+        shape, dtype = self._expected[name]
+        begin, end = self._offsets[name]
+        if end - begin != int(np.prod(shape)) * dtype.itemsize:
+            raise ModelFileError(f"{self._path}: tensor {name} holds {end - begin} bytes, its shape needs "
+                                 f"{int(np.prod(shape)) * dtype.itemsize}")
+        # A plain read, not a memory map: a mapped file's touched pages count as this process's
+        # memory for as long as the mapping lives, on top of the packed copies the model makes.
+        array = np.empty(shape, dtype=dtype)
+        with open(self._path, "rb") as fh:
+            fh.seek(begin)
+            if fh.readinto(memoryview(array).cast("B")) != end - begin:
+                raise ModelFileError(f"{self._path}: tensor {name} is truncated")
+        return array
+
+    def __contains__(self, name: object) -> bool:
+        return name in self._expected      # without reading the tensor
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._expected)
+
+    def __len__(self) -> int:
+        return len(self._expected)
+
+    def shape(self, name: str) -> tuple[int, ...]:
+        return self._expected[name][0]
+
 
 @dataclass
 class ModelFile:
@@ -25,7 +84,7 @@ class ModelFile:
 
     path: Path
     config: EncoderConfig | DecoderConfig
-    tensors: dict[str, np.ndarray]
+    tensors: TensorStore          # read on access: see TensorStore
     tokenizer_json: str
     pooling: dict | None      # encoders only
     quantization: str
@@ -107,34 +166,40 @@ def load(path: str | Path) -> ModelFile:
             or not isinstance(options["clean_up_tokenization_spaces"], bool)):
         raise ModelFileError(f"{path}: bad tokenizer_options metadata {metadata.get(fmt.KEY_TOKENIZER_OPTIONS)!r}")
 
-    tensors: dict[str, np.ndarray] = {}
     try:
-        with safe_open(str(path), framework="numpy") as fh:
-            names = set(fh.keys())
-            # Check the layer count against the file before building a table from it, so a
-            # hostile config cannot make the loader allocate without bound.
-            if config.num_layers * 6 > len(names):
-                raise ModelFileError(f"{path}: config claims {config.num_layers} layers, "
-                                     f"the file holds only {len(names)} tensors")
-            expected = _expected(config, task, quantization)
-            missing = sorted(set(expected) - names)
-            if missing:
-                raise ModelFileError(f"{path}: tensors missing: {', '.join(missing[:5])}"
-                                     + (" ..." if len(missing) > 5 else ""))
-            extra = sorted(names - set(expected))
-            if extra:
-                raise ModelFileError(f"{path}: unexpected tensors: {', '.join(extra[:5])}")
-            for name, (shape, dtype) in expected.items():
-                array = fh.get_tensor(name)
-                if array.dtype != dtype or array.shape != shape:
-                    raise ModelFileError(f"{path}: tensor {name} is {array.dtype}{list(array.shape)}, "
-                                         f"expected {dtype}{list(shape)}")
-                tensors[name] = np.ascontiguousarray(array)
+        fh = safe_open(str(path), framework="numpy")
+        names = set(fh.keys())
+        # Check the layer count against the file before building a table from it, so a
+        # hostile config cannot make the loader allocate without bound.
+        if config.num_layers * 6 > len(names):
+            raise ModelFileError(f"{path}: config claims {config.num_layers} layers, "
+                                 f"the file holds only {len(names)} tensors")
+        expected = _expected(config, task, quantization)
+        missing = sorted(set(expected) - names)
+        if missing:
+            raise ModelFileError(f"{path}: tensors missing: {', '.join(missing[:5])}"
+                                 + (" ..." if len(missing) > 5 else ""))
+        extra = sorted(names - set(expected))
+        if extra:
+            raise ModelFileError(f"{path}: unexpected tensors: {', '.join(extra[:5])}")
+        for name, (shape, dtype) in expected.items():
+            view = fh.get_slice(name)
+            if _DTYPES.get(view.get_dtype()) != dtype or tuple(view.get_shape()) != shape:
+                stored = _DTYPE_NAMES.get(view.get_dtype(), view.get_dtype())
+                raise ModelFileError(f"{path}: tensor {name} is {stored}{list(view.get_shape())}, "
+                                     f"expected {dtype}{list(shape)}")
+        del fh
+        tensors = TensorStore(path, expected, _data_offsets(path))
+        # Every tensor is read and checked once here, one at a time, so a bad file fails now;
+        # the model then reads each again as it packs it (from the page cache) and frees the raw
+        # copy, so peak memory holds one raw tensor, not the whole file next to its packed copy.
+        for name in expected:
+            array = tensors[name]
+            if array.dtype == np.float32 and not np.isfinite(array).all():
+                raise ModelFileError(f"{path}: tensor {name} holds NaN or infinite values")
+            del array
     except ModelFileError:
         raise
     except Exception as exc:
         raise ModelFileError(f"{path}: cannot read tensors ({exc})") from None
-    for name, array in tensors.items():
-        if array.dtype == np.float32 and not np.isfinite(array).all():
-            raise ModelFileError(f"{path}: tensor {name} holds NaN or infinite values")
     return ModelFile(path, config, tensors, tokenizer, pooling, quantization, metadata, task, options)
