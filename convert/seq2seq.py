@@ -1,0 +1,243 @@
+"""Encoder-decoder checkpoints (T5ForConditionalGeneration v1.0 / v1.1, BartForConditionalGeneration,
+MarianMTModel) → canonical config and float32 tensors (names: see tinybert/seq2seq.py).
+
+The only place that knows these families' Hugging Face names. Q, K and V of self-attention are fused into
+one tensor, K and V of cross-attention into another, a gated FFN's wi_0 (gate) and wi_1 (linear) into one
+[2I, H] tensor (gate rows first). BART's learned position tables lose their two offset rows; Marian's
+sinusoidal tables are not stored (the runtime computes them).
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from tinybert.errors import ConversionError, ModelFileError, UnsupportedModelError
+from tinybert.seq2seq import Seq2SeqConfig
+
+SEQ2SEQ_ARCHITECTURES = {"T5ForConditionalGeneration": "t5", "BartForConditionalGeneration": "bart",
+                         "MarianMTModel": "marian"}
+
+_ACTIVATIONS = {"relu": "relu", "gelu": "gelu", "gelu_new": "gelu_tanh", "gelu_pytorch_tanh": "gelu_tanh",
+                "gelu_fast": "gelu_tanh", "swish": "silu", "silu": "silu"}
+
+
+def _activation(name: object, family: str) -> str:
+    if name not in _ACTIVATIONS:
+        raise UnsupportedModelError(f"{family} activation {name!r} is not supported")
+    return _ACTIVATIONS[name]
+
+
+def _eos_ids(value: object) -> tuple[int, ...]:
+    if value is None:
+        return ()
+    ids = value if isinstance(value, list) else [value]
+    if not all(isinstance(i, int) and not isinstance(i, bool) for i in ids):
+        raise ConversionError(f"eos_token_id {value!r} is not an integer or a list of integers")
+    return tuple(ids)
+
+
+def _int(hf: dict, name: str, default: object = None) -> int:
+    value = hf.get(name, default)
+    if not isinstance(value, int) or isinstance(value, bool):
+        raise ConversionError(f"config.json {name} must be an integer, got {value!r}")
+    return value
+
+
+def seq2seq_config(hf: dict) -> Seq2SeqConfig:
+    """Canonical config of an encoder-decoder checkpoint's ``config.json``."""
+    model_type = hf.get("model_type")
+    archs = hf.get("architectures") or []
+    for arch in archs:
+        if arch not in SEQ2SEQ_ARCHITECTURES:
+            raise UnsupportedModelError(f"architecture {arch!r} is not a supported encoder-decoder "
+                                        f"(supported: {', '.join(SEQ2SEQ_ARCHITECTURES)})")
+    if model_type not in ("t5", "bart", "marian"):
+        raise UnsupportedModelError(f"model_type {model_type!r} is not a supported encoder-decoder")
+    if model_type == "t5":
+        proj = hf.get("feed_forward_proj", "relu")
+        parts = proj.split("-") if isinstance(proj, str) else []
+        if not parts or len(parts) > 2 or (len(parts) == 2 and parts[0] != "gated"):
+            raise UnsupportedModelError(f"T5 feed_forward_proj {proj!r} is not supported")
+        gated = len(parts) == 2
+        act = "gelu_new" if proj == "gated-gelu" else parts[-1]
+        tied = hf.get("tie_word_embeddings", True) is not False
+        # transformers 5 keeps v1.0's rescale of the decoder output as scale_decoder_outputs; older configs
+        # imply it by a tied head.
+        rescale = bool(hf.get("scale_decoder_outputs", tied))
+        vocab, hidden = _int(hf, "vocab_size"), _int(hf, "d_model")
+        fields = dict(
+            family="t5", vocab_size=vocab, decoder_vocab_size=vocab, hidden_size=hidden,
+            num_encoder_layers=_int(hf, "num_layers"),
+            num_decoder_layers=_int(hf, "num_decoder_layers", hf.get("num_layers")),
+            num_heads=_int(hf, "num_heads"), head_dim=_int(hf, "d_kv"), intermediate_size=_int(hf, "d_ff"),
+            norm="rmsnorm", norm_eps=float(hf.get("layer_norm_epsilon", 1e-6)), pre_norm=True,
+            activation=_activation(act, "T5"), gated_mlp=gated, positions="relative", max_positions=0,
+            relative_buckets=_int(hf, "relative_attention_num_buckets", 32),
+            relative_max_distance=_int(hf, "relative_attention_max_distance", 128),
+            attn_scale=False, scale_embedding=False, layernorm_embedding=False, final_logits_bias=False,
+            tie_word_embeddings=tied, lm_head_scale=hidden ** -0.5 if rescale else 1.0, share_embeddings=True,
+            decoder_start_token_id=_int(hf, "decoder_start_token_id", hf.get("pad_token_id", 0)),
+            eos_token_ids=_eos_ids(hf.get("eos_token_id", 1)), pad_token_id=hf.get("pad_token_id", 0))
+    else:
+        if hf.get("normalize_before") or hf.get("add_final_layer_norm") or hf.get("normalize_embedding") is False:
+            raise UnsupportedModelError(f"{model_type} with normalize_before / add_final_layer_norm (mBART-style) "
+                                        "is not supported")
+        hidden = _int(hf, "d_model")
+        heads = _int(hf, "encoder_attention_heads")
+        if _int(hf, "decoder_attention_heads", heads) != heads:
+            raise UnsupportedModelError("different encoder and decoder head counts are not supported")
+        ffn = _int(hf, "encoder_ffn_dim")
+        if _int(hf, "decoder_ffn_dim", ffn) != ffn:
+            raise UnsupportedModelError("different encoder and decoder FFN widths are not supported")
+        if hidden % heads:
+            raise ConversionError("d_model is not a multiple of the number of attention heads")
+        vocab = _int(hf, "vocab_size")
+        marian = model_type == "marian"
+        share = bool(hf.get("share_encoder_decoder_embeddings", True)) if marian else True
+        dec_vocab = vocab if share else _int(hf, "decoder_vocab_size", vocab)
+        default_act = "swish" if marian else "gelu"
+        fields = dict(
+            family=model_type, vocab_size=vocab, decoder_vocab_size=dec_vocab, hidden_size=hidden,
+            num_encoder_layers=_int(hf, "encoder_layers"), num_decoder_layers=_int(hf, "decoder_layers"),
+            num_heads=heads, head_dim=hidden // heads, intermediate_size=ffn, norm="layernorm", norm_eps=1e-5,
+            pre_norm=False, activation=_activation(hf.get("activation_function", default_act), model_type),
+            gated_mlp=False, positions="sinusoidal" if marian else "learned",
+            max_positions=_int(hf, "max_position_embeddings"), relative_buckets=0, relative_max_distance=0,
+            attn_scale=True, scale_embedding=bool(hf.get("scale_embedding", marian)),
+            layernorm_embedding=not marian, final_logits_bias=True,
+            tie_word_embeddings=hf.get("tie_word_embeddings", True) is not False, lm_head_scale=1.0,
+            share_embeddings=share, decoder_start_token_id=_int(hf, "decoder_start_token_id"),
+            eos_token_ids=_eos_ids(hf.get("eos_token_id")), pad_token_id=hf.get("pad_token_id"))
+    cfg = Seq2SeqConfig(**fields)
+    try:
+        cfg.validate()
+    except ModelFileError as exc:
+        raise ConversionError(f"config.json: {exc}") from None
+    return cfg
+
+
+def seq2seq_tensors(cfg: Seq2SeqConfig, tensors: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """Rename and fuse an encoder-decoder checkpoint's tensors into canonical float32 ones."""
+    def take(*names: str) -> np.ndarray:
+        for name in names:
+            if name in tensors:
+                return np.ascontiguousarray(tensors[name], dtype=np.float32)
+        raise ConversionError(f"checkpoint has no tensor {names[0]}")
+
+    def cat(*arrays: np.ndarray) -> np.ndarray:
+        return np.ascontiguousarray(np.concatenate(arrays, axis=0))
+
+    out: dict[str, np.ndarray] = {}
+    if cfg.family == "t5":
+        out["embed.tokens"] = take("shared.weight", "encoder.embed_tokens.weight")
+        dec_tokens = out["embed.tokens"]
+        for side, n_layers in (("encoder", cfg.num_encoder_layers), ("decoder", cfg.num_decoder_layers)):
+            out[f"{side}.rel_bias"] = take(f"{side}.block.0.layer.0.SelfAttention.relative_attention_bias.weight")
+            out[f"{side}.final_norm.weight"] = take(f"{side}.final_layer_norm.weight")
+            for i in range(n_layers):
+                src, dst = f"{side}.block.{i}.layer.", f"{side}.layers.{i}."
+                att = src + "0.SelfAttention."
+                out[dst + "attn_norm.weight"] = take(src + "0.layer_norm.weight")
+                out[dst + "attn.qkv.weight"] = cat(*(take(att + p + ".weight") for p in "qkv"))
+                out[dst + "attn.out.weight"] = take(att + "o.weight")
+                ff = 1
+                if side == "decoder":
+                    ff = 2
+                    cross = src + "1.EncDecAttention."
+                    out[dst + "cross_norm.weight"] = take(src + "1.layer_norm.weight")
+                    out[dst + "cross.q.weight"] = take(cross + "q.weight")
+                    out[dst + "cross.kv.weight"] = cat(take(cross + "k.weight"), take(cross + "v.weight"))
+                    out[dst + "cross.out.weight"] = take(cross + "o.weight")
+                dense = f"{src}{ff}.DenseReluDense."
+                out[dst + "mlp_norm.weight"] = take(f"{src}{ff}.layer_norm.weight")
+                if cfg.gated_mlp:
+                    out[dst + "mlp.up.weight"] = cat(take(dense + "wi_0.weight"), take(dense + "wi_1.weight"))
+                else:
+                    out[dst + "mlp.up.weight"] = take(dense + "wi.weight")
+                out[dst + "mlp.down.weight"] = take(dense + "wo.weight")
+    else:
+        root = "model." if "model.shared.weight" in tensors or "model.encoder.embed_tokens.weight" in tensors else ""
+        out["embed.tokens"] = take(root + "shared.weight", root + "encoder.embed_tokens.weight")
+        dec_tokens = out["embed.tokens"]
+        if not cfg.share_embeddings:
+            dec_tokens = out["decoder.embed.tokens"] = take(root + "decoder.embed_tokens.weight")
+        for side, n_layers in (("encoder", cfg.num_encoder_layers), ("decoder", cfg.num_decoder_layers)):
+            base = f"{root}{side}."
+            if cfg.positions == "learned":
+                table = take(base + "embed_positions.weight")
+                if table.shape[0] != cfg.max_positions + 2:
+                    raise ConversionError(f"{base}embed_positions.weight has {table.shape[0]} rows, expected "
+                                          f"max_position_embeddings + 2 = {cfg.max_positions + 2}")
+                out[f"{side}.embed.positions"] = np.ascontiguousarray(table[2:])
+            if cfg.layernorm_embedding:
+                out[f"{side}.embed.norm.weight"] = take(base + "layernorm_embedding.weight")
+                out[f"{side}.embed.norm.bias"] = take(base + "layernorm_embedding.bias")
+            for i in range(n_layers):
+                src, dst = f"{base}layers.{i}.", f"{side}.layers.{i}."
+                names = [("attn_norm", "self_attn_layer_norm"), ("mlp_norm", "final_layer_norm")]
+                if side == "decoder":
+                    names.append(("cross_norm", "encoder_attn_layer_norm"))
+                for canon, hf_name in names:
+                    for suffix in (".weight", ".bias"):
+                        out[dst + canon + suffix] = take(src + hf_name + suffix)
+                for suffix in (".weight", ".bias"):
+                    att = src + "self_attn."
+                    out[dst + "attn.qkv" + suffix] = cat(*(take(f"{att}{p}_proj{suffix}") for p in "qkv"))
+                    out[dst + "attn.out" + suffix] = take(att + "out_proj" + suffix)
+                    if side == "decoder":
+                        cross = src + "encoder_attn."
+                        out[dst + "cross.q" + suffix] = take(cross + "q_proj" + suffix)
+                        out[dst + "cross.kv" + suffix] = cat(take(cross + "k_proj" + suffix),
+                                                             take(cross + "v_proj" + suffix))
+                        out[dst + "cross.out" + suffix] = take(cross + "out_proj" + suffix)
+                    out[dst + "mlp.up" + suffix] = take(src + "fc1" + suffix)
+                    out[dst + "mlp.down" + suffix] = take(src + "fc2" + suffix)
+        if cfg.final_logits_bias:
+            bias = take("final_logits_bias") if "final_logits_bias" in tensors else \
+                np.zeros(cfg.decoder_vocab_size, dtype=np.float32)
+            out["lm_head.bias"] = np.ascontiguousarray(bias.reshape(-1))
+    head = tensors.get("lm_head.weight")
+    if head is not None:
+        head = np.ascontiguousarray(head, dtype=np.float32)
+        if not np.array_equal(head, dec_tokens):
+            if cfg.tie_word_embeddings:
+                raise ConversionError("lm_head.weight differs from the decoder token embeddings, but config.json "
+                                      "ties them (tie_word_embeddings)")
+            out["lm_head.weight"] = head
+    elif not cfg.tie_word_embeddings:
+        raise ConversionError("checkpoint has no tensor lm_head.weight and config.json does not tie it")
+    _check_shapes(cfg, out)
+    return out
+
+
+def _check_shapes(cfg: Seq2SeqConfig, out: dict[str, np.ndarray]) -> None:
+    h, a, i_dim = cfg.hidden_size, cfg.num_heads * cfg.head_dim, cfg.intermediate_size
+    expected = {"embed.tokens": (cfg.vocab_size, h)}
+    if "decoder.embed.tokens" in out:
+        expected["decoder.embed.tokens"] = (cfg.decoder_vocab_size, h)
+    if "lm_head.weight" in out:
+        expected["lm_head.weight"] = (cfg.decoder_vocab_size, h)
+    if "lm_head.bias" in out:
+        expected["lm_head.bias"] = (cfg.decoder_vocab_size,)
+    for side, n_layers in (("encoder", cfg.num_encoder_layers), ("decoder", cfg.num_decoder_layers)):
+        if cfg.positions == "relative":
+            expected[f"{side}.rel_bias"] = (cfg.relative_buckets, cfg.num_heads)
+        elif cfg.positions == "learned":
+            expected[f"{side}.embed.positions"] = (cfg.max_positions, h)
+        for i in range(n_layers):
+            p = f"{side}.layers.{i}."
+            expected[p + "attn.qkv.weight"] = (3 * a, h)
+            expected[p + "attn.out.weight"] = (h, a)
+            expected[p + "mlp.up.weight"] = (2 * i_dim if cfg.gated_mlp else i_dim, h)
+            expected[p + "mlp.down.weight"] = (h, i_dim)
+            if side == "decoder":
+                expected[p + "cross.q.weight"] = (a, h)
+                expected[p + "cross.kv.weight"] = (2 * a, h)
+                expected[p + "cross.out.weight"] = (h, a)
+    for name, shape in expected.items():
+        if out[name].shape != shape:
+            raise ConversionError(f"tensor {name} has shape {out[name].shape}, config.json implies {shape}")
+    if not math.isfinite(cfg.lm_head_scale):
+        raise ConversionError("bad lm_head_scale")

@@ -1,0 +1,511 @@
+"""Encoder-decoder Transformers (T5 v1.0 / v1.1, BART, Marian) — the forward pass. Arrays in, arrays out.
+
+Encoder: packed sequences (no padding), bidirectional attention within each sequence. Decoder: token rows
+with cache slots and positions, like tinybert/decoder.py; each row attends causally to its own slot's
+self-attention cache and to all encoder outputs of its slot (cross-attention keys/values are computed once
+per sequence by ``start``). Families differ only in config data:
+
+    T5 (Raffel et al. 2020)  pre-norm, RMSNorm ("T5LayerNorm": no mean, no bias), no biases anywhere,
+                             relative position bias (buckets; bidirectional in the encoder, causal in the
+                             decoder; computed from layer 0's table and added in every layer), NO 1/√d
+                             score scaling, final norms, ReLU FFN (v1.0) or gated gelu_new (v1.1),
+                             LM head on d_model**-0.5 · h when the head is tied (v1.0).
+    BART (Lewis et al. 2020) post-norm LayerNorm, learned positions (HF table offset 2, stripped at
+                             conversion), LayerNorm on the embeddings, GELU, final_logits_bias.
+    Marian                   post-norm LayerNorm, sinusoidal positions (computed at load exactly as
+                             transformers' MarianSinusoidalPositionalEmbedding, never stored), embeddings
+                             scaled by √d_model, SiLU ("swish"), final_logits_bias.
+
+    pre-norm:   x = x + attn(norm(x));          x = x + cross(cross_norm(x));   x = x + ffn(mlp_norm(x))
+    post-norm:  x = norm(x + attn(x));          x = cross_norm(x + cross(x));   x = mlp_norm(x + ffn(x))
+
+Canonical tensor names (float32; ``S`` is ``encoder`` or ``decoder``, ``L`` the layer index; ``A`` =
+num_heads · head_dim, which need not equal H for T5; ``I`` the FFN width; every ``.bias`` is optional and
+taken as zero when absent, every norm has a ``.bias`` only when it is a LayerNorm):
+
+    embed.tokens [V, H]                    token table of the encoder (and of the decoder unless below)
+    decoder.embed.tokens [Vd, H]           only when the decoder has its own table (Marian, unshared)
+    S.embed.positions [P, H]               learned positions (BART), row p = position p (offset removed)
+    S.embed.norm.weight / .bias [H]        LayerNorm on the embeddings (BART layernorm_embedding)
+    S.rel_bias [buckets, num_heads]        T5 relative attention bias (layer 0's, shared by all layers)
+    S.layers.L.attn_norm.weight [H]        self-attention norm (before it: pre-norm; after the add: post)
+    S.layers.L.attn.qkv.weight [3A, H]     q | k | v stacked
+    S.layers.L.attn.out.weight [H, A]
+    decoder.layers.L.cross_norm.weight [H]
+    decoder.layers.L.cross.q.weight [A, H]
+    decoder.layers.L.cross.kv.weight [2A, H]   k | v stacked, applied to the encoder output
+    decoder.layers.L.cross.out.weight [H, A]
+    S.layers.L.mlp_norm.weight [H]
+    S.layers.L.mlp.up.weight [I, H]        or [2I, H] for a gated FFN (gate rows first, then linear)
+    S.layers.L.mlp.down.weight [H, I]
+    S.final_norm.weight [H]                pre-norm models (T5)
+    lm_head.weight [Vd, H]                 only when not tied to the decoder token table
+    lm_head.bias [Vd]                      final_logits_bias (BART, Marian)
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+
+import numpy as np
+from numba import njit, prange
+
+from .blocks import Linear
+from .decoder import Norm
+from .errors import InputError, ModelFileError
+from .kernels.activations import ACTIVATIONS
+from .kernels.attention import attention
+from .kernels.decoder import cached_attention, write_kv
+
+SEQ2SEQ_FAMILIES = ("t5", "bart", "marian")
+SEQ2SEQ_ACTIVATIONS = ("relu", "gelu", "gelu_tanh", "silu")
+SEQ2SEQ_POSITIONS = ("relative", "learned", "sinusoidal")
+
+
+@dataclass(frozen=True)
+class Seq2SeqConfig:
+    """An encoder-decoder model. ``head_dim`` is T5's d_kv (num_heads · head_dim may differ from
+    hidden_size). ``max_positions`` bounds learned/sinusoidal positions (0 for relative). ``lm_head_scale``
+    multiplies the decoder output before the LM head (T5 with a tied head: d_model**-0.5)."""
+
+    family: str
+    vocab_size: int
+    decoder_vocab_size: int
+    hidden_size: int
+    num_encoder_layers: int
+    num_decoder_layers: int
+    num_heads: int
+    head_dim: int
+    intermediate_size: int
+    norm: str                      # "rmsnorm" | "layernorm"
+    norm_eps: float
+    pre_norm: bool
+    activation: str                # one of SEQ2SEQ_ACTIVATIONS
+    gated_mlp: bool
+    positions: str                 # one of SEQ2SEQ_POSITIONS
+    max_positions: int
+    relative_buckets: int
+    relative_max_distance: int
+    attn_scale: bool               # scores · 1/√head_dim (False for T5)
+    scale_embedding: bool          # token embeddings · √hidden_size
+    layernorm_embedding: bool
+    final_logits_bias: bool
+    tie_word_embeddings: bool
+    lm_head_scale: float
+    share_embeddings: bool         # the decoder reads embed.tokens
+    decoder_start_token_id: int
+    eos_token_ids: tuple[int, ...]
+    pad_token_id: int | None
+    kind: str = "encoder-decoder"
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d["eos_token_ids"] = list(self.eos_token_ids)
+        return d
+
+    @classmethod
+    def from_dict(cls, data: dict) -> Seq2SeqConfig:
+        try:
+            cfg = cls(**{**data, "eos_token_ids": tuple(data.get("eos_token_ids", ()))})
+        except TypeError as exc:
+            raise ModelFileError(f"bad config: {exc}") from None
+        cfg.validate()
+        return cfg
+
+    def validate(self) -> None:
+        if self.kind != "encoder-decoder":
+            raise ModelFileError(f"config kind {self.kind!r} is not an encoder-decoder")
+        if self.family not in SEQ2SEQ_FAMILIES:
+            raise ModelFileError(f"config family {self.family!r} is not one of {SEQ2SEQ_FAMILIES}")
+        for name in ("vocab_size", "decoder_vocab_size", "hidden_size", "num_encoder_layers", "num_decoder_layers",
+                     "num_heads", "head_dim", "intermediate_size"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
+                raise ModelFileError(f"config {name} must be a positive integer, got {value!r}")
+        if self.norm not in ("rmsnorm", "layernorm"):
+            raise ModelFileError(f"config norm {self.norm!r} is unknown")
+        if self.activation not in SEQ2SEQ_ACTIVATIONS:
+            raise ModelFileError(f"config activation {self.activation!r} is not one of {SEQ2SEQ_ACTIVATIONS}")
+        if self.positions not in SEQ2SEQ_POSITIONS:
+            raise ModelFileError(f"config positions {self.positions!r} is not one of {SEQ2SEQ_POSITIONS}")
+        if self.positions == "relative" and (self.relative_buckets < 2 or self.relative_max_distance < 1):
+            raise ModelFileError("config relative_buckets / relative_max_distance are invalid")
+        if self.positions != "relative" and self.max_positions <= 0:
+            raise ModelFileError("config max_positions must be positive")
+        if not 0 <= self.decoder_start_token_id < self.decoder_vocab_size:
+            raise ModelFileError("config decoder_start_token_id is outside the vocabulary")
+        if not isinstance(self.norm_eps, (int, float)) or not self.norm_eps > 0:
+            raise ModelFileError("config norm_eps must be a positive number")
+
+
+# --- positions ---------------------------------------------------------------------------------------------
+
+def relative_position_bucket(relative_position: np.ndarray, bidirectional: bool, num_buckets: int,
+                             max_distance: int) -> np.ndarray:
+    """transformers' T5Attention._relative_position_bucket (relative = key pos − query pos), in numpy with
+    the same float32 log arithmetic."""
+    rel = np.asarray(relative_position, dtype=np.int64)
+    buckets = np.zeros_like(rel)
+    if bidirectional:
+        num_buckets //= 2
+        buckets += (rel > 0).astype(np.int64) * num_buckets
+        rel = np.abs(rel)
+    else:
+        rel = -np.minimum(rel, 0)
+    max_exact = num_buckets // 2
+    is_small = rel < max_exact
+    with np.errstate(divide="ignore"):
+        ratio = np.maximum(rel, 1).astype(np.float32) / np.float32(max_exact)
+        large = (np.log(ratio) / np.float32(math.log(max_distance / max_exact))
+                 * np.float32(num_buckets - max_exact)).astype(np.int64)
+    large = np.minimum(max_exact + large, num_buckets - 1)
+    return buckets + np.where(is_small, rel, large)
+
+
+def sinusoidal_table(n_pos: int, dim: int) -> np.ndarray:
+    """transformers' MarianSinusoidalPositionalEmbedding.create_weight: sin in the first half, cos in the
+    second (not interleaved), computed in float64 and stored as float32."""
+    j = np.arange(dim)
+    position_enc = np.arange(n_pos, dtype=np.float64)[:, None] / np.power(10000, 2 * (j // 2) / dim)[None, :]
+    out = np.empty((n_pos, dim), dtype=np.float32)
+    sentinel = dim // 2 if dim % 2 == 0 else dim // 2 + 1
+    out[:, :sentinel] = np.sin(position_enc[:, 0::2])
+    out[:, sentinel:] = np.cos(position_enc[:, 1::2])
+    return out
+
+
+# --- kernels -----------------------------------------------------------------------------------------------
+
+@njit(cache=True, parallel=True)
+def packed_attention_bias(q, k, v, starts, bias, center, scale, out):
+    """Bidirectional attention within each packed sequence with an additive per-head bias by offset:
+
+        out[i, h] = Σ_j softmax_j(scale · q[i, h]·k[j, h] + bias[h, center + j − i]) v[j, h]
+
+    over j in i's sequence (rows starts[b]:starts[b+1]). q, k, v, out float32 [T, Hq, d]; bias float32
+    [Hq, W] with W > center + longest sequence − 1 and center ≥ longest sequence − 1."""
+    heads, d = q.shape[1], q.shape[2]
+    batch = starts.shape[0] - 1
+    for task in prange(batch * heads):
+        b, h = task // heads, task % heads
+        s0, s1 = starts[b], starts[b + 1]
+        scores = np.empty(s1 - s0, dtype=np.float32)
+        for i in range(s0, s1):
+            best = np.float32(-np.inf)
+            for j in range(s0, s1):
+                acc = np.float32(0.0)
+                for e in range(d):
+                    acc += q[i, h, e] * k[j, h, e]
+                s = acc * np.float32(scale) + bias[h, center + j - i]
+                scores[j - s0] = s
+                best = max(best, s)
+            total = np.float32(0.0)
+            for j in range(s1 - s0):
+                p = np.exp(scores[j] - best)
+                scores[j] = p
+                total += p
+            for e in range(d):
+                acc = np.float32(0.0)
+                for j in range(s0, s1):
+                    acc += scores[j - s0] * v[j, h, e]
+                out[i, h, e] = acc / total
+
+
+@njit(cache=True, parallel=True)
+def cached_attention_bias(q, k_cache, v_cache, slots, positions, bias, scale, out):
+    """cached_attention (causal over the cache) plus a per-head bias by distance:
+
+        out[r, h] = Σ_{t ≤ p} softmax_t(scale · q[r, h]·K[t] + bias[h, p − t]) V[t],   p = positions[r]
+
+    q, out float32 [N, Hq, d]; caches [S, Hq, Tmax, d]; bias float32 [Hq, ≥ max(p) + 1]."""
+    n, heads, d = q.shape
+    for task in prange(n * heads):
+        r, h = task // heads, task % heads
+        slot, p = slots[r], positions[r]
+        scores = np.empty(p + 1, dtype=np.float32)
+        best = np.float32(-np.inf)
+        for t in range(p + 1):
+            acc = np.float32(0.0)
+            for e in range(d):
+                acc += q[r, h, e] * k_cache[slot, h, t, e]
+            s = acc * np.float32(scale) + bias[h, p - t]
+            scores[t] = s
+            best = max(best, s)
+        total = np.float32(0.0)
+        for t in range(p + 1):
+            w = np.exp(scores[t] - best)
+            scores[t] = w
+            total += w
+        for e in range(d):
+            acc = np.float32(0.0)
+            for t in range(p + 1):
+                acc += scores[t] * v_cache[slot, h, t, e]
+            out[r, h, e] = acc / total
+
+
+def _silu(x: np.ndarray) -> None:
+    with np.errstate(over="ignore"):
+        x *= np.float32(1.0) / (np.float32(1.0) + np.exp(-x))
+
+
+_ACT = {**ACTIVATIONS, "silu": _silu}
+
+
+# --- layers ------------------------------------------------------------------------------------------------
+
+class _FFN:
+    def __init__(self, cfg: Seq2SeqConfig, tensors: dict[str, np.ndarray], p: str) -> None:
+        self.up = Linear(tensors, p + "mlp.up")
+        self.down = Linear(tensors, p + "mlp.down")
+        self.gated = cfg.gated_mlp
+        self.act = _ACT[cfg.activation]
+
+    def __call__(self, x: np.ndarray) -> np.ndarray:
+        hidden = self.up(x)
+        if self.gated:
+            inter = hidden.shape[1] // 2
+            gate = np.ascontiguousarray(hidden[:, :inter])
+            self.act(gate)
+            gate *= hidden[:, inter:]
+            hidden = gate
+        else:
+            self.act(hidden)
+        return self.down(hidden)
+
+
+class _Block:
+    """One encoder or decoder layer: norms, self-attention projections, optional cross-attention, FFN."""
+
+    def __init__(self, cfg: Seq2SeqConfig, tensors: dict[str, np.ndarray], p: str, cross: bool) -> None:
+        self.cfg = cfg
+        self.attn_norm = Norm(tensors, p + "attn_norm", cfg.norm_eps)
+        self.qkv = Linear(tensors, p + "attn.qkv")
+        self.attn_out = Linear(tensors, p + "attn.out")
+        if cross:
+            self.cross_norm = Norm(tensors, p + "cross_norm", cfg.norm_eps)
+            self.cross_q = Linear(tensors, p + "cross.q")
+            self.cross_kv = Linear(tensors, p + "cross.kv")
+            self.cross_out = Linear(tensors, p + "cross.out")
+        self.mlp_norm = Norm(tensors, p + "mlp_norm", cfg.norm_eps)
+        self.ffn = _FFN(cfg, tensors, p)
+
+    def sublayer(self, x: np.ndarray, norm: Norm, fn) -> np.ndarray:
+        if self.cfg.pre_norm:
+            return x + fn(norm(x))
+        return norm(x + fn(x))
+
+    def split_qkv(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        n, h, d = x.shape[0], self.cfg.num_heads, self.cfg.head_dim
+        qkv = self.qkv(x)
+        a = h * d
+        return tuple(np.ascontiguousarray(qkv[:, i * a:(i + 1) * a]).reshape(n, h, d) for i in range(3))
+
+
+class DecoderState:
+    """Per-slot decoder state: the self-attention cache (filled by ``step``) and the cross-attention
+    keys/values of the encoder output (filled once by ``Seq2SeqModel.start``).
+
+    self_k, self_v float32 [layers, slots, heads, length, head_dim]; cross_k, cross_v float32
+    [layers, slots, heads, source_length, head_dim]; source_lengths int32 [slots] (encoder tokens per slot).
+    """
+
+    def __init__(self, cfg: Seq2SeqConfig, slots: int, length: int, source_length: int) -> None:
+        shape = (cfg.num_decoder_layers, slots, cfg.num_heads, length, cfg.head_dim)
+        self.self_k = np.zeros(shape, dtype=np.float32)
+        self.self_v = np.zeros(shape, dtype=np.float32)
+        cross = (cfg.num_decoder_layers, slots, cfg.num_heads, source_length, cfg.head_dim)
+        self.cross_k = np.zeros(cross, dtype=np.float32)
+        self.cross_v = np.zeros(cross, dtype=np.float32)
+        self.source_lengths = np.zeros(slots, dtype=np.int32)
+        self.length = length
+
+    @property
+    def slots(self) -> int:
+        return self.self_k.shape[1]
+
+    def reorder(self, parents: np.ndarray) -> None:
+        """Slot i takes over slot parents[i]'s state (beam search: rows may be duplicated or dropped)."""
+        parents = np.asarray(parents, dtype=np.int64)
+        n = len(parents)
+        for arr in (self.self_k, self.self_v, self.cross_k, self.cross_v):
+            arr[:, :n] = arr[:, parents]
+        self.source_lengths[:n] = self.source_lengths[parents]
+
+
+class Seq2SeqModel:
+    """encode(ids, starts) → encoder hidden states; start(hidden, starts) → DecoderState;
+    step(state, tokens, slots, positions) → logits."""
+
+    def __init__(self, cfg: Seq2SeqConfig, tensors: dict[str, np.ndarray]) -> None:
+        cfg.validate()
+        self.config = cfg
+        self.enc_tokens = np.ascontiguousarray(tensors["embed.tokens"], dtype=np.float32)
+        dec_name = "embed.tokens" if cfg.share_embeddings else "decoder.embed.tokens"
+        self.dec_tokens = np.ascontiguousarray(tensors[dec_name], dtype=np.float32)
+        self.embed_scale = np.float32(math.sqrt(cfg.hidden_size)) if cfg.scale_embedding else None
+        self.pos_tables = {}
+        self.embed_norms = {}
+        self.rel_bias = {}
+        for side in ("encoder", "decoder"):
+            if cfg.positions == "learned":
+                self.pos_tables[side] = np.ascontiguousarray(tensors[side + ".embed.positions"], dtype=np.float32)
+            elif cfg.positions == "sinusoidal":
+                if side == "encoder":
+                    table = sinusoidal_table(cfg.max_positions, cfg.hidden_size)
+                self.pos_tables[side] = table
+            else:
+                self.rel_bias[side] = np.ascontiguousarray(tensors[side + ".rel_bias"], dtype=np.float32)
+            if cfg.layernorm_embedding:
+                self.embed_norms[side] = Norm(tensors, side + ".embed.norm", cfg.norm_eps)
+        self.encoder_blocks = [_Block(cfg, tensors, f"encoder.layers.{i}.", cross=False)
+                               for i in range(cfg.num_encoder_layers)]
+        self.decoder_blocks = [_Block(cfg, tensors, f"decoder.layers.{i}.", cross=True)
+                               for i in range(cfg.num_decoder_layers)]
+        self.final_norms = {side: Norm(tensors, side + ".final_norm", cfg.norm_eps)
+                            for side in ("encoder", "decoder") if side + ".final_norm.weight" in tensors}
+        head_weight = "lm_head.weight" if "lm_head.weight" in tensors else dec_name
+        self.lm_head = Linear(tensors, "lm_head", weight_name=head_weight)
+        self.scale = float(1.0 / math.sqrt(cfg.head_dim)) if cfg.attn_scale else 1.0
+        # T5 decoder: bias by distance p − t ≥ 0 (causal buckets), extended on demand.
+        self._causal_bias = np.zeros((cfg.num_heads, 0), dtype=np.float32)
+
+    # -- embeddings --
+    def _embed(self, side: str, table: np.ndarray, ids: np.ndarray, positions: np.ndarray) -> np.ndarray:
+        x = table[ids]
+        if self.embed_scale is not None:
+            x *= self.embed_scale
+        if side in self.pos_tables:
+            x += self.pos_tables[side][positions]
+        if side in self.embed_norms:
+            x = self.embed_norms[side](x)
+        return np.ascontiguousarray(x, dtype=np.float32)
+
+    def _check_positions(self, positions: np.ndarray) -> None:
+        if self.config.positions != "relative" and positions.size and positions.max() >= self.config.max_positions:
+            raise InputError(f"position {int(positions.max())} is past the model's {self.config.max_positions}")
+
+    # -- encoder --
+    def encode(self, ids: np.ndarray, starts: np.ndarray) -> np.ndarray:
+        """ids int32 [T] (the sequences packed back to back), starts int64 [B+1] → float32 [T, H]."""
+        cfg = self.config
+        ids = np.ascontiguousarray(ids, dtype=np.int32)
+        starts = np.ascontiguousarray(starts, dtype=np.int64)
+        if ids.ndim != 1 or starts.ndim != 1 or starts.size < 2 or starts[0] != 0 or starts[-1] != ids.size \
+                or np.any(np.diff(starts) <= 0):
+            raise InputError("encode needs ids [T] and increasing starts [B+1] from 0 to T")
+        if ids.min() < 0 or ids.max() >= cfg.vocab_size:
+            raise InputError("token id outside the vocabulary")
+        lengths = np.diff(starts)
+        positions = np.concatenate([np.arange(n, dtype=np.int64) for n in lengths])
+        self._check_positions(positions)
+        x = self._embed("encoder", self.enc_tokens, ids, positions)
+        t, h, d = ids.size, cfg.num_heads, cfg.head_dim
+        if cfg.positions == "relative":
+            longest = int(lengths.max())
+            offsets = np.arange(-(longest - 1), longest)
+            buckets = relative_position_bucket(offsets, True, cfg.relative_buckets, cfg.relative_max_distance)
+            bias = np.ascontiguousarray(self.rel_bias["encoder"][buckets].T)    # [heads, 2·longest − 1]
+        elif h * d != cfg.hidden_size:
+            longest = int(lengths.max())
+            bias = np.zeros((h, 2 * longest - 1), dtype=np.float32)
+        else:
+            bias = None     # the fused-qkv encoder kernel (it scales by 1/√d itself)
+        key_mask = np.ones(t, dtype=np.uint8)
+        for block in self.encoder_blocks:
+            def attend(y: np.ndarray, block: _Block = block) -> np.ndarray:
+                if bias is None:
+                    context = np.empty((t, h * d), dtype=np.float32)
+                    attention(block.qkv(y), starts, key_mask, h, context)
+                else:
+                    q, k, v = block.split_qkv(y)
+                    context = np.empty((t, h, d), dtype=np.float32)
+                    packed_attention_bias(q, k, v, starts, bias, bias.shape[1] // 2, self.scale, context)
+                return block.attn_out(context.reshape(t, h * d))
+            x = block.sublayer(x, block.attn_norm, attend)
+            x = block.sublayer(x, block.mlp_norm, block.ffn)
+        if "encoder" in self.final_norms:
+            x = self.final_norms["encoder"](x)
+        return x
+
+    # -- decoder --
+    def start(self, encoder_hidden: np.ndarray, starts: np.ndarray, length: int,
+              slots: int | None = None) -> DecoderState:
+        """Cross-attention keys/values of every layer for each encoded sequence b (rows starts[b]:starts[b+1]
+        of ``encoder_hidden``), into slot b of a new state whose self-attention cache holds ``length``
+        decoder positions per slot. ``slots`` (≥ B, default B) sizes the state for beam search."""
+        cfg = self.config
+        starts = np.asarray(starts, dtype=np.int64)
+        batch = starts.size - 1
+        slots = batch if slots is None else int(slots)
+        if slots < batch:
+            raise InputError("slots must be at least the number of sequences")
+        lengths = np.diff(starts)
+        state = DecoderState(cfg, slots, int(length), int(lengths.max()))
+        state.source_lengths[:batch] = lengths
+        h, d = cfg.num_heads, cfg.head_dim
+        x = np.ascontiguousarray(encoder_hidden, dtype=np.float32)
+        for i, block in enumerate(self.decoder_blocks):
+            kv = block.cross_kv(x)
+            k = kv[:, :h * d].reshape(-1, h, d)
+            v = kv[:, h * d:].reshape(-1, h, d)
+            for b in range(batch):
+                s0, s1 = starts[b], starts[b + 1]
+                state.cross_k[i, b, :, :s1 - s0] = k[s0:s1].transpose(1, 0, 2)
+                state.cross_v[i, b, :, :s1 - s0] = v[s0:s1].transpose(1, 0, 2)
+        return state
+
+    def _causal(self, upto: int) -> np.ndarray:
+        if self._causal_bias.shape[1] < upto:
+            cfg = self.config
+            dist = np.arange(upto)
+            buckets = relative_position_bucket(-dist, False, cfg.relative_buckets, cfg.relative_max_distance)
+            self._causal_bias = np.ascontiguousarray(self.rel_bias["decoder"][buckets].T)
+        return self._causal_bias
+
+    def step(self, state: DecoderState, tokens: np.ndarray, slots: np.ndarray, positions: np.ndarray) -> np.ndarray:
+        """Rows r: token tokens[r] of the decoder sequence in slot slots[r] at position positions[r] (every
+        earlier position of the slot already in the cache or earlier in this call) → logits [N, Vd]."""
+        cfg = self.config
+        tokens = np.ascontiguousarray(tokens, dtype=np.int32)
+        slots = np.ascontiguousarray(slots, dtype=np.int32)
+        positions = np.ascontiguousarray(positions, dtype=np.int32)
+        n = tokens.size
+        if not (tokens.ndim == slots.ndim == positions.ndim == 1 and slots.size == n == positions.size and n):
+            raise InputError("tokens, slots and positions must be 1-D of the same non-zero length")
+        if tokens.min() < 0 or tokens.max() >= cfg.decoder_vocab_size:
+            raise InputError("token id outside the vocabulary")
+        if slots.min() < 0 or slots.max() >= state.slots or positions.min() < 0 or positions.max() >= state.length:
+            raise InputError("slot or position outside the decoder state")
+        self._check_positions(positions)
+        h, d = cfg.num_heads, cfg.head_dim
+        x = self._embed("decoder", self.dec_tokens, tokens, positions)
+        bias = self._causal(int(positions.max()) + 1) if cfg.positions == "relative" else None
+        cross_positions = state.source_lengths[slots] - 1
+        for i, block in enumerate(self.decoder_blocks):
+            def self_attend(y: np.ndarray, block: _Block = block, i: int = i) -> np.ndarray:
+                q, k, v = block.split_qkv(y)
+                write_kv(k, v, slots, positions, state.self_k[i], state.self_v[i])
+                context = np.empty((n, h, d), dtype=np.float32)
+                if bias is None:
+                    cached_attention(q, state.self_k[i], state.self_v[i], slots, positions, self.scale, context)
+                else:
+                    cached_attention_bias(q, state.self_k[i], state.self_v[i], slots, positions, bias, self.scale,
+                                          context)
+                return block.attn_out(context.reshape(n, h * d))
+
+            def cross_attend(y: np.ndarray, block: _Block = block, i: int = i) -> np.ndarray:
+                q = block.cross_q(y).reshape(n, h, d)
+                context = np.empty((n, h, d), dtype=np.float32)
+                # all source positions 0..len−1 of the slot: cached_attention with positions = len − 1
+                cached_attention(q, state.cross_k[i], state.cross_v[i], slots, cross_positions, self.scale, context)
+                return block.cross_out(context.reshape(n, h * d))
+
+            x = block.sublayer(x, block.attn_norm, self_attend)
+            x = block.sublayer(x, block.cross_norm, cross_attend)
+            x = block.sublayer(x, block.mlp_norm, block.ffn)
+        if "decoder" in self.final_norms:
+            x = self.final_norms["decoder"](x)
+        if cfg.lm_head_scale != 1.0:
+            x = x * np.float32(cfg.lm_head_scale)
+        return self.lm_head(x)
