@@ -18,6 +18,19 @@ from .format import (
 )
 
 
+def _check_keys(cls: type, data: object) -> None:
+    """A config read from a file has exactly the dataclass's fields (``kind`` may be left out)."""
+    if not isinstance(data, dict):
+        raise ModelFileError("config metadata is not a JSON object")
+    names = {f.name for f in fields(cls)}
+    missing = sorted(n for n in names if n not in data and n != "kind")
+    if missing:
+        raise ModelFileError(f"config is missing {', '.join(missing)}")
+    unknown = sorted(set(data) - names)
+    if unknown:
+        raise ModelFileError(f"config has unknown keys {', '.join(unknown)}")
+
+
 @dataclass(frozen=True)
 class EncoderConfig:
     """A BERT-family encoder, post-LayerNorm blocks.
@@ -58,15 +71,7 @@ class EncoderConfig:
     @classmethod
     def from_dict(cls, data: dict) -> EncoderConfig:
         """Build and check a config read from a file; any inconsistency is a ModelFileError."""
-        if not isinstance(data, dict):
-            raise ModelFileError("config metadata is not a JSON object")
-        names = {f.name for f in fields(cls)}
-        missing = sorted(n for n in names if n not in data and n != "kind")
-        if missing:
-            raise ModelFileError(f"config is missing {', '.join(missing)}")
-        unknown = sorted(set(data) - names)
-        if unknown:
-            raise ModelFileError(f"config has unknown keys {', '.join(unknown)}")
+        _check_keys(cls, data)
         try:
             cfg = cls(**data)
         except TypeError as exc:
@@ -214,15 +219,7 @@ class DecoderConfig:
     @classmethod
     def from_dict(cls, data: dict) -> DecoderConfig:
         """Build and check a config read from a file; any inconsistency is a ModelFileError."""
-        if not isinstance(data, dict):
-            raise ModelFileError("config metadata is not a JSON object")
-        names = {f.name for f in fields(cls)}
-        missing = sorted(n for n in names if n not in data and n != "kind")
-        if missing:
-            raise ModelFileError(f"config is missing {', '.join(missing)}")
-        unknown = sorted(set(data) - names)
-        if unknown:
-            raise ModelFileError(f"config has unknown keys {', '.join(unknown)}")
+        _check_keys(cls, data)
         data = dict(data)
         eos = data.get("eos_token_ids")
         if not isinstance(eos, list):

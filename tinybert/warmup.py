@@ -46,21 +46,26 @@ def kernels_ready() -> bool:
         return False
 
 
-def _tiny_model(quantization: str, activation: str) -> EncoderModel:
-    cfg = EncoderConfig(architecture="bert", vocab_size=16, hidden_size=8, embedding_size=8, num_layers=1,
-                        num_heads=2, intermediate_size=16, max_positions=8, type_vocab_size=2,
-                        activation=activation, layer_norm_eps=1e-12, position_scheme="absolute",
-                        pad_token_id=0, max_length=8)
+def _random_tensors(shapes: dict[str, tuple[int, ...]], quantization: str) -> dict[str, np.ndarray]:
+    """Random weights in a file's layout (int8 + scales where an int8 file has them)."""
     rng = np.random.default_rng(0)
     tensors = {}
-    for name, shape in fmt.encoder_tensor_shapes(cfg.to_dict()).items():
+    for name, shape in shapes.items():
         value = rng.standard_normal(shape).astype(np.float32)
         if quantization == "int8" and fmt.is_quantized_name(name):
             tensors[name] = np.clip(np.rint(value * 50), -127, 127).astype(np.int8)
             tensors[name + fmt.SCALE_SUFFIX] = np.full(shape[0], 0.02, dtype=np.float32)
         else:
             tensors[name] = value
-    return EncoderModel(cfg, tensors)
+    return tensors
+
+
+def _tiny_model(quantization: str, activation: str) -> EncoderModel:
+    cfg = EncoderConfig(architecture="bert", vocab_size=16, hidden_size=8, embedding_size=8, num_layers=1,
+                        num_heads=2, intermediate_size=16, max_positions=8, type_vocab_size=2,
+                        activation=activation, layer_norm_eps=1e-12, position_scheme="absolute",
+                        pad_token_id=0, max_length=8)
+    return EncoderModel(cfg, _random_tensors(fmt.encoder_tensor_shapes(cfg.to_dict()), quantization))
 
 
 def _tiny_decoder(quantization: str, family: str) -> DecoderModel:
@@ -73,16 +78,7 @@ def _tiny_decoder(quantization: str, family: str) -> DecoderModel:
                         rope={"type": "default", "theta": 10000.0} if llama else None,
                         attn_bias=not llama, attn_out_bias=not llama, mlp_bias=not llama,
                         tie_word_embeddings=not llama, bos_token_id=None, eos_token_ids=(), pad_token_id=None)
-    rng = np.random.default_rng(0)
-    tensors = {}
-    for name, shape in fmt.decoder_tensor_shapes(cfg.to_dict()).items():
-        value = rng.standard_normal(shape).astype(np.float32)
-        if quantization == "int8" and fmt.is_quantized_name(name):
-            tensors[name] = np.clip(np.rint(value * 50), -127, 127).astype(np.int8)
-            tensors[name + fmt.SCALE_SUFFIX] = np.full(shape[0], 0.02, dtype=np.float32)
-        else:
-            tensors[name] = value
-    return DecoderModel(cfg, tensors)
+    return DecoderModel(cfg, _random_tensors(fmt.decoder_tensor_shapes(cfg.to_dict()), quantization))
 
 
 def _run_decoder(model: DecoderModel) -> None:
