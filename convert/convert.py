@@ -17,6 +17,7 @@ from .heads import canonical_head
 from .pooling import sentence_transformers_settings
 from .quantize import quantize_per_row
 from .readers import read_checkpoint
+from .seq2seq import SEQ2SEQ_FAMILIES, resolve_tied_head, seq2seq_config, seq2seq_tensors
 from .tokenizer import tokenizer_json, tokenizer_options
 from .writer import write_safetensors
 
@@ -39,7 +40,8 @@ def convert(src: str | Path, out: str | Path, dtype: str = "int8", show_progress
     scales, everything else float32) or "fp32". ``task`` defaults to what config.json's
     ``architectures`` names (``BertForSequenceClassification`` → "sequence-classification", a base
     model → "feature-extraction"); pass "feature-extraction" to keep only the encoder. Decoder-only
-    checkpoints (GPT-2, Llama, Mistral, Qwen2) convert for "text-generation". Returns the
+    checkpoints (GPT-2, Llama, Mistral, Qwen2) convert for "text-generation", encoder-decoders (T5,
+    BART, Marian) for "text2text-generation". Returns the
     output path. Raises ConversionError or UnsupportedModelError on a folder it cannot convert;
     never leaves a partial file at ``out``.
     """
@@ -57,10 +59,27 @@ def convert(src: str | Path, out: str | Path, dtype: str = "int8", show_progress
         raise ConversionError(f"{config_path}: not valid JSON") from None
     if not isinstance(hf_config, dict):
         raise ConversionError(f"{config_path}: not a JSON object")
-    tokenizer = tokenizer_json(src)
-    options = tokenizer_options(src, tokenizer)
     extra: dict[str, str] = {}
-    if hf_config.get("model_type") in DECODER_FAMILIES:
+    if hf_config.get("model_type") == "marian" and not (src / "tokenizer.json").is_file():
+        # Marian ships SentencePiece models, not a tokenizer.json: rebuild them for `tokenizers`.
+        from .spm import marian_tokenizers
+
+        tokenizer, target, id_map = marian_tokenizers(src)
+        extra[fmt.KEY_TARGET_TOKENIZER] = target
+        extra[fmt.KEY_SOURCE_ID_MAP] = json.dumps(id_map)
+    else:
+        tokenizer = tokenizer_json(src)
+    options = tokenizer_options(src, tokenizer)
+    if hf_config.get("model_type") in SEQ2SEQ_FAMILIES:
+        if task not in (None, "text2text-generation"):
+            raise ConversionError(f"a {hf_config['model_type']} checkpoint converts for text2text-generation, "
+                                  f"not {task!r}")
+        raw = read_checkpoint(src)
+        cfg = resolve_tied_head(seq2seq_config(hf_config, src), raw)
+        tensors = seq2seq_tensors(cfg, raw)
+        del raw
+        task_config = TaskConfig(type="text2text-generation")
+    elif hf_config.get("model_type") in DECODER_FAMILIES:
         if task not in (None, "text-generation"):
             raise ConversionError(f"a {hf_config['model_type']} checkpoint converts for text-generation, not {task!r}")
         cfg = decoder_config(hf_config, src)

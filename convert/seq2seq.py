@@ -9,13 +9,17 @@ sinusoidal tables are not stored (the runtime computes them).
 
 from __future__ import annotations
 
-import math
+import dataclasses
+import json
+from pathlib import Path
 
 import numpy as np
 
+from tinybert.config import Seq2SeqConfig
 from tinybert.errors import ConversionError, ModelFileError, UnsupportedModelError
-from tinybert.seq2seq import Seq2SeqConfig
+from tinybert.format import seq2seq_tensor_shapes
 
+SEQ2SEQ_FAMILIES = ("t5", "bart", "marian")
 SEQ2SEQ_ARCHITECTURES = {"T5ForConditionalGeneration": "t5", "BartForConditionalGeneration": "bart",
                          "MarianMTModel": "marian"}
 
@@ -45,8 +49,39 @@ def _int(hf: dict, name: str, default: object = None) -> int:
     return value
 
 
-def seq2seq_config(hf: dict) -> Seq2SeqConfig:
-    """Canonical config of an encoder-decoder checkpoint's ``config.json``."""
+def _generation_settings(hf: dict, folder: Path | None) -> dict:
+    """forced BOS / EOS and single-token bad words, from generation_config.json (what generate() uses) over
+    config.json. Multi-token bad words are not supported: they would silently change outputs."""
+    gen: dict = {}
+    path = folder / "generation_config.json" if folder is not None else None
+    if path is not None and path.is_file():
+        try:
+            gen = json.loads(path.read_text())
+        except ValueError:
+            raise ConversionError(f"{path}: not valid JSON") from None
+        if not isinstance(gen, dict):
+            raise ConversionError(f"{path}: not a JSON object")
+
+    def get(name: str) -> object:
+        return gen[name] if gen.get(name) is not None else hf.get(name)
+
+    bad = get("bad_words_ids") or []
+    if not isinstance(bad, list) or not all(isinstance(w, list) for w in bad):
+        raise ConversionError(f"bad_words_ids {bad!r} is not a list of lists")
+    if any(len(w) != 1 for w in bad):
+        raise UnsupportedModelError("bad_words_ids with multi-token words are not supported")
+    forced_eos = get("forced_eos_token_id")
+    if isinstance(forced_eos, list):
+        if len(forced_eos) != 1:
+            raise UnsupportedModelError("several forced_eos_token_id values are not supported")
+        forced_eos = forced_eos[0]
+    return {"forced_bos_token_id": get("forced_bos_token_id"), "forced_eos_token_id": forced_eos,
+            "bad_token_ids": tuple(sorted({w[0] for w in bad}))}
+
+
+def seq2seq_config(hf: dict, folder: Path | None = None) -> Seq2SeqConfig:
+    """Canonical config of an encoder-decoder checkpoint's ``config.json`` (and, in ``folder``, its
+    generation_config.json)."""
     model_type = hf.get("model_type")
     archs = hf.get("architectures") or []
     for arch in archs:
@@ -73,7 +108,8 @@ def seq2seq_config(hf: dict) -> Seq2SeqConfig:
             num_decoder_layers=_int(hf, "num_decoder_layers", hf.get("num_layers")),
             num_heads=_int(hf, "num_heads"), head_dim=_int(hf, "d_kv"), intermediate_size=_int(hf, "d_ff"),
             norm="rmsnorm", norm_eps=float(hf.get("layer_norm_epsilon", 1e-6)), pre_norm=True,
-            activation=_activation(act, "T5"), gated_mlp=gated, positions="relative", max_positions=0,
+            activation=_activation(act, "T5"), gated_mlp=gated, positions="relative",
+            max_positions=_int(hf, "n_positions", 512),
             relative_buckets=_int(hf, "relative_attention_num_buckets", 32),
             relative_max_distance=_int(hf, "relative_attention_max_distance", 128),
             attn_scale=False, scale_embedding=False, layernorm_embedding=False, final_logits_bias=False,
@@ -110,11 +146,28 @@ def seq2seq_config(hf: dict) -> Seq2SeqConfig:
             tie_word_embeddings=hf.get("tie_word_embeddings", True) is not False, lm_head_scale=1.0,
             share_embeddings=share, decoder_start_token_id=_int(hf, "decoder_start_token_id"),
             eos_token_ids=_eos_ids(hf.get("eos_token_id")), pad_token_id=hf.get("pad_token_id"))
-    cfg = Seq2SeqConfig(**fields)
+    cfg = Seq2SeqConfig(**fields, **_generation_settings(hf, folder))
     try:
         cfg.validate()
     except ModelFileError as exc:
         raise ConversionError(f"config.json: {exc}") from None
+    return cfg
+
+
+def resolve_tied_head(cfg: Seq2SeqConfig, tensors: dict[str, np.ndarray]) -> Seq2SeqConfig:
+    """The config with ``tie_word_embeddings`` as the checkpoint really has it: a stored LM head that differs
+    from the decoder's token table is the head, whatever config.json says (transformers 5 writes
+    tie_word_embeddings=true for every T5, including v1.1 / FLAN-T5 whose heads are their own)."""
+    head = tensors.get("lm_head.weight")
+    if not cfg.tie_word_embeddings or head is None:
+        return cfg
+    names = ("model.shared.weight", "shared.weight", "model.decoder.embed_tokens.weight",
+             "decoder.embed_tokens.weight", "model.encoder.embed_tokens.weight", "encoder.embed_tokens.weight")
+    table = next((tensors[n] for n in names if n in tensors), None)
+    if table is not None and not cfg.share_embeddings and "model.decoder.embed_tokens.weight" in tensors:
+        table = tensors["model.decoder.embed_tokens.weight"]
+    if table is None or np.shape(head) != np.shape(table) or not np.array_equal(head, table):
+        return dataclasses.replace(cfg, tie_word_embeddings=False)
     return cfg
 
 
@@ -199,45 +252,18 @@ def seq2seq_tensors(cfg: Seq2SeqConfig, tensors: dict[str, np.ndarray]) -> dict[
                 np.zeros(cfg.decoder_vocab_size, dtype=np.float32)
             out["lm_head.bias"] = np.ascontiguousarray(bias.reshape(-1))
     head = tensors.get("lm_head.weight")
-    if head is not None:
-        head = np.ascontiguousarray(head, dtype=np.float32)
-        if not np.array_equal(head, dec_tokens):
-            if cfg.tie_word_embeddings:
-                raise ConversionError("lm_head.weight differs from the decoder token embeddings, but config.json "
-                                      "ties them (tie_word_embeddings)")
-            out["lm_head.weight"] = head
-    elif not cfg.tie_word_embeddings:
-        raise ConversionError("checkpoint has no tensor lm_head.weight and config.json does not tie it")
-    _check_shapes(cfg, out)
+    if not cfg.tie_word_embeddings:
+        if head is None:
+            raise ConversionError("checkpoint has no tensor lm_head.weight and config.json does not tie it")
+        out["lm_head.weight"] = np.ascontiguousarray(head, dtype=np.float32)
+    elif head is not None and not np.array_equal(np.asarray(head, dtype=np.float32), dec_tokens):
+        raise ConversionError("lm_head.weight differs from the decoder token embeddings, but config.json ties "
+                              "them (tie_word_embeddings)")
+    expected = seq2seq_tensor_shapes(cfg.to_dict())
+    for name in sorted(set(expected) | set(out)):
+        if name not in out or name not in expected or out[name].shape != expected[name]:
+            got = out[name].shape if name in out else "nothing"
+            raise ConversionError(f"tensor {name}: checkpoint gives {got}, config.json implies "
+                                  f"{expected.get(name, 'no such tensor')}")
     return out
 
-
-def _check_shapes(cfg: Seq2SeqConfig, out: dict[str, np.ndarray]) -> None:
-    h, a, i_dim = cfg.hidden_size, cfg.num_heads * cfg.head_dim, cfg.intermediate_size
-    expected = {"embed.tokens": (cfg.vocab_size, h)}
-    if "decoder.embed.tokens" in out:
-        expected["decoder.embed.tokens"] = (cfg.decoder_vocab_size, h)
-    if "lm_head.weight" in out:
-        expected["lm_head.weight"] = (cfg.decoder_vocab_size, h)
-    if "lm_head.bias" in out:
-        expected["lm_head.bias"] = (cfg.decoder_vocab_size,)
-    for side, n_layers in (("encoder", cfg.num_encoder_layers), ("decoder", cfg.num_decoder_layers)):
-        if cfg.positions == "relative":
-            expected[f"{side}.rel_bias"] = (cfg.relative_buckets, cfg.num_heads)
-        elif cfg.positions == "learned":
-            expected[f"{side}.embed.positions"] = (cfg.max_positions, h)
-        for i in range(n_layers):
-            p = f"{side}.layers.{i}."
-            expected[p + "attn.qkv.weight"] = (3 * a, h)
-            expected[p + "attn.out.weight"] = (h, a)
-            expected[p + "mlp.up.weight"] = (2 * i_dim if cfg.gated_mlp else i_dim, h)
-            expected[p + "mlp.down.weight"] = (h, i_dim)
-            if side == "decoder":
-                expected[p + "cross.q.weight"] = (a, h)
-                expected[p + "cross.kv.weight"] = (2 * a, h)
-                expected[p + "cross.out.weight"] = (h, a)
-    for name, shape in expected.items():
-        if out[name].shape != shape:
-            raise ConversionError(f"tensor {name} has shape {out[name].shape}, config.json implies {shape}")
-    if not math.isfinite(cfg.lm_head_scale):
-        raise ConversionError("bad lm_head_scale")

@@ -13,8 +13,9 @@ from .errors import (  # noqa: E402
 )
 from .generator import Generator  # noqa: E402
 from .tasks import Classifier, FillMask, QuestionAnswerer, TokenClassifier  # noqa: E402
+from .translator import Translator  # noqa: E402
 from .warmup import kernels_ready, warmup  # noqa: E402
 
-__all__ = ["Encoder", "Generator", "Classifier", "TokenClassifier", "FillMask", "QuestionAnswerer", "TinyBertError",
+__all__ = ["Encoder", "Generator", "Translator", "Classifier", "TokenClassifier", "FillMask", "QuestionAnswerer", "TinyBertError",
            "ModelFileError", "ModelKindError", "UnsupportedModelError", "ConversionError", "InputError", "warmup",
            "kernels_ready", "__version__"]

@@ -167,51 +167,78 @@ def beam_search(step: Callable[[np.ndarray, np.ndarray], np.ndarray], prefix: Se
 
     The arrays passed to ``step`` are fresh; the caller may keep them.
     """
-    params.validate()
-    prefix_arr = np.asarray(list(prefix), dtype=np.int64)
-    if prefix_arr.ndim != 1 or prefix_arr.size == 0:
-        raise InputError("prefix must hold at least one token id (the prompt, BOS or the decoder start)")
-    if (prefix_arr < 0).any():
-        raise InputError("prefix token ids must be ≥ 0")
-    if not _is_int(max_new_tokens) or max_new_tokens < 1:
-        raise InputError(f"max_new_tokens must be a positive integer, got {max_new_tokens!r}")
-    eos = _id_tuple(sorted(set(int(e) for e in eos_ids)))
-    if any(e < 0 for e in eos):
-        raise InputError(f"eos ids must be ≥ 0, got {eos}")
-    forced_eos = _id_tuple(params.forced_eos_token_id)
-    bad = tuple(sorted(set(params.bad_token_ids) - set(eos)))      # transformers exempts EOS from bad words
-    eos_arr = np.asarray(eos, dtype=np.int64)
+    search = BeamSearch(prefix, max_new_tokens, eos_ids, params)
+    while not search.done:
+        search.advance(step(search.tokens, search.parents))
+    return search.results()
 
-    nb = params.num_beams
-    n_keep = max(2, 1 + len(eos)) * nb        # enough candidates that ≥ nb of them are not EOS
-    lp_exp = float(params.length_penalty)
-    plen = prefix_arr.size
-    rep = params.repetition_penalty
 
-    # Rows of `hist`: prefix + generated ids of each row of the last step() call (1 row at call 0).
-    hist = prefix_arr[None, :]
-    run_scores = np.full(nb, _NEG, dtype=np.float32)
-    run_scores[0] = 0.0
-    finished: list[tuple[np.float32, np.ndarray]] = []     # best first, at most nb, all scores > -1e9
-    heuristic_unsatisfied = True
-    tokens, parents = prefix_arr[-1:].copy(), np.zeros(1, dtype=np.int64)
-    vocab = None
+class BeamSearch:
+    """The search of ``beam_search`` as a state machine, so that a caller can run the searches of several
+    inputs side by side in one model batch: while not ``done``, feed ``tokens`` (row i continuing row
+    ``parents[i]`` of the previous feed, as in the callback contract) and pass the logits to ``advance``;
+    then ``results()``. Each search only ever sees its own rows, so results do not depend on the batch."""
 
-    for t in range(max_new_tokens):
-        logits = np.asarray(step(tokens, parents))
+    def __init__(self, prefix: Sequence[int], max_new_tokens: int, eos_ids: set[int] | Sequence[int],
+                 params: BeamParams) -> None:
+        params.validate()
+        prefix_arr = np.asarray(list(prefix), dtype=np.int64)
+        if prefix_arr.ndim != 1 or prefix_arr.size == 0:
+            raise InputError("prefix must hold at least one token id (the prompt, BOS or the decoder start)")
+        if (prefix_arr < 0).any():
+            raise InputError("prefix token ids must be ≥ 0")
+        if not _is_int(max_new_tokens) or max_new_tokens < 1:
+            raise InputError(f"max_new_tokens must be a positive integer, got {max_new_tokens!r}")
+        eos = _id_tuple(sorted(set(int(e) for e in eos_ids)))
+        if any(e < 0 for e in eos):
+            raise InputError(f"eos ids must be ≥ 0, got {eos}")
+        self.params = params
+        self.max_new_tokens = int(max_new_tokens)
+        self.eos = eos
+        self.forced_eos = _id_tuple(params.forced_eos_token_id)
+        self.bad = tuple(sorted(set(params.bad_token_ids) - set(eos)))      # transformers exempts EOS
+        self.eos_arr = np.asarray(eos, dtype=np.int64)
+        nb = params.num_beams
+        self.n_keep = max(2, 1 + len(eos)) * nb        # enough candidates that ≥ nb of them are not EOS
+        self.plen = prefix_arr.size
+        # Rows of `hist`: prefix + generated ids of each row of the last feed (1 row at the first).
+        self.hist = prefix_arr[None, :]
+        self.run_scores = np.full(nb, _NEG, dtype=np.float32)
+        self.run_scores[0] = 0.0
+        self.finished: list[tuple[np.float32, np.ndarray]] = []     # best first, ≤ nb, all scores > -1e9
+        self.heuristic_unsatisfied = True
+        self.tokens, self.parents = prefix_arr[-1:].copy(), np.zeros(1, dtype=np.int64)
+        self.vocab: int | None = None
+        self.t = 0
+        self.done = False
+
+    @property
+    def rows(self) -> int:
+        """Rows the next ``advance`` expects logits for (1 at the first step, num_beams after)."""
+        return self.hist.shape[0]
+
+    def advance(self, logits: np.ndarray) -> None:
+        """One search step from the logits [rows, vocab] of the rows last fed."""
+        if self.done:
+            raise InputError("the search has ended")
+        params, t, nb = self.params, self.t, self.params.num_beams
+        hist, eos, forced_eos, bad = self.hist, self.eos, self.forced_eos, self.bad
+        max_new_tokens, lp_exp, rep = self.max_new_tokens, float(params.length_penalty), params.repetition_penalty
+        logits = np.asarray(logits)
         rows = hist.shape[0]
-        if logits.ndim != 2 or logits.shape[0] != rows or (vocab is not None and logits.shape[1] != vocab):
+        if logits.ndim != 2 or logits.shape[0] != rows or (self.vocab is not None and logits.shape[1] != self.vocab):
             raise InputError(f"step() must return logits [{rows}, vocab], got shape {logits.shape}")
-        if vocab is None:
-            vocab = logits.shape[1]
+        if self.vocab is None:
+            self.vocab = logits.shape[1]
             used = eos + forced_eos + bad + _id_tuple(params.forced_bos_token_id)
-            if any(i >= vocab for i in used):
-                raise InputError(f"eos/forced/bad token ids must be < vocab size {vocab}, got {used}")
+            if any(i >= self.vocab for i in used):
+                raise InputError(f"eos/forced/bad token ids must be < vocab size {self.vocab}, got {used}")
+        vocab = self.vocab
         lp = log_softmax(logits)
 
         # Logits processors, on log-probabilities as transformers' beam search applies them (so the
-        # repetition penalty multiplies log-probs, which are all ≤ 0). Call 0's single row stands for the
-        # nb identical rows transformers processes.
+        # repetition penalty multiplies log-probs, which are all ≤ 0). The first step's single row stands
+        # for the nb identical rows transformers processes.
         if rep is not None and rep != 1:
             lp = apply_repetition_penalty(lp, list(hist), rep)
         if params.no_repeat_ngram_size:
@@ -221,7 +248,7 @@ def beam_search(step: Callable[[np.ndarray, np.ndarray], np.ndarray], prefix: Se
             lp[:, bad] = -np.inf
         if t < params.min_new_tokens and eos:
             lp[:, eos] = -np.inf
-        if params.forced_bos_token_id is not None and plen + t == 1:
+        if params.forced_bos_token_id is not None and self.plen + t == 1:
             lp[:] = -np.inf
             lp[:, params.forced_bos_token_id] = 0.0
         if forced_eos and t == max_new_tokens - 1:
@@ -231,46 +258,47 @@ def beam_search(step: Callable[[np.ndarray, np.ndarray], np.ndarray], prefix: Se
         if rows == 1:
             # Expand the one real beam to nb beams (scores 0, -1e9, ...), exactly as transformers starts.
             lp = np.broadcast_to(lp, (nb, vocab))
-        acc = (lp + run_scores[:, None]).ravel()            # float32, beam-major as transformers flattens
-        cand = top_k(acc, n_keep)
+        acc = (lp + self.run_scores[:, None]).ravel()       # float32, beam-major as transformers flattens
+        cand = top_k(acc, self.n_keep)
         cand_scores = acc[cand]
         cand_beam, cand_tok = cand // vocab, cand % vocab
-        hits = np.isin(cand_tok, eos_arr) | (t + 1 >= max_new_tokens)
+        hits = np.isin(cand_tok, self.eos_arr) | (t + 1 >= max_new_tokens)
 
         # Finished hypotheses: only hits among the nb best candidates count; the pool keeps the best nb
         # (existing ones first on ties, as they come first in transformers' concatenation).
         penalty = np.float32((t + 1) ** lp_exp)
         new = [(cand_scores[i] / penalty, i) for i in range(min(nb, cand.size)) if hits[i]]
         if new:
-            pool = finished + [(s, np.append(hist[cand_beam[i] if rows > 1 else 0, plen:], cand_tok[i]))
-                               for s, i in new]
+            pool = self.finished + [(s, np.append(hist[cand_beam[i] if rows > 1 else 0, self.plen:], cand_tok[i]))
+                                    for s, i in new]
             order = sorted(range(len(pool)), key=lambda j: (-float(pool[j][0]), j))
             # A score ≤ -1e9 loses to transformers' -1e9 placeholders: drop it.
-            finished = [pool[j] for j in order[:nb] if pool[j][0] > _NEG]
+            self.finished = [pool[j] for j in order[:nb] if pool[j][0] > _NEG]
 
         # Next running beams: the best nb candidates that did not hit a stopping criterion.
         run_cand = cand_scores + np.where(hits, _NEG, np.float32(0))
         sel = np.argsort(-run_cand, kind="stable")[:nb]
-        run_scores = run_cand[sel]
+        self.run_scores = run_cand[sel]
         if rows == 1:
-            parents = np.zeros(nb, dtype=np.int64)          # every virtual beam is the single prefill row
+            parents = np.zeros(nb, dtype=np.int64)          # every virtual beam is the single first row
         else:
             parents = cand_beam[sel].astype(np.int64)
-        tokens = cand_tok[sel].astype(np.int64)
-        hist = np.concatenate([hist[parents], tokens[:, None]], axis=1)
+        self.tokens, self.parents = cand_tok[sel].astype(np.int64), parents
+        self.hist = np.concatenate([hist[parents], self.tokens[:, None]], axis=1)
+        self.t = t + 1
 
         # Stopping, as transformers' _check_early_stop_heuristic / _beam_search_has_unfinished_sequences.
-        if params.early_stopping == "never" and lp_exp > 0:
-            best_len = max_new_tokens
-        else:
-            best_len = t + 1
-        best_possible = run_scores[0] / np.float32(best_len ** lp_exp)
-        all_finished = len(finished) == nb
+        best_len = max_new_tokens if params.early_stopping == "never" and lp_exp > 0 else t + 1
+        best_possible = self.run_scores[0] / np.float32(best_len ** lp_exp)
+        all_finished = len(self.finished) == nb
         # With a slot still empty transformers compares against its -1e9 placeholder.
-        worst = finished[-1][0] if all_finished else _NEG
-        heuristic_unsatisfied = heuristic_unsatisfied and bool(best_possible > worst)
-        if not heuristic_unsatisfied or (all_finished and params.early_stopping is True) or hits.all():
-            break
+        worst = self.finished[-1][0] if all_finished else _NEG
+        self.heuristic_unsatisfied = self.heuristic_unsatisfied and bool(best_possible > worst)
+        if (not self.heuristic_unsatisfied or (all_finished and params.early_stopping is True) or hits.all()
+                or self.t >= max_new_tokens):
+            self.done = True
 
-    return [{"token_ids": [int(i) for i in ids], "score": float(s)}
-            for s, ids in finished[: params.num_return_sequences]]
+    def results(self) -> list[dict]:
+        """The best ``num_return_sequences`` finished hypotheses: dicts ``{"token_ids", "score"}``."""
+        return [{"token_ids": [int(i) for i in ids], "score": float(s)}
+                for s, ids in self.finished[: self.params.num_return_sequences]]

@@ -14,16 +14,19 @@ from .format import (
     NORMS,
     POSITION_SCHEMES,
     PROBLEM_TYPES,
+    SEQ2SEQ_ACTIVATIONS,
+    SEQ2SEQ_FAMILIES,
+    SEQ2SEQ_POSITIONS,
     TASKS,
 )
 
 
-def _check_keys(cls: type, data: object) -> None:
-    """A config read from a file has exactly the dataclass's fields (``kind`` may be left out)."""
+def _check_keys(cls: type, data: object, optional: tuple[str, ...] = ("kind",)) -> None:
+    """A config read from a file has exactly the dataclass's fields (``optional`` ones may be left out)."""
     if not isinstance(data, dict):
         raise ModelFileError("config metadata is not a JSON object")
     names = {f.name for f in fields(cls)}
-    missing = sorted(n for n in names if n not in data and n != "kind")
+    missing = sorted(n for n in names if n not in data and n not in optional)
     if missing:
         raise ModelFileError(f"config is missing {', '.join(missing)}")
     unknown = sorted(set(data) - names)
@@ -267,7 +270,125 @@ class DecoderConfig:
                 raise ModelFileError(f"config {name} {value!r} is outside the vocabulary")
 
 
-def config_from_dict(data: object) -> EncoderConfig | DecoderConfig:
+@dataclass(frozen=True)
+class Seq2SeqConfig:
+    """An encoder-decoder Transformer (T5 v1.0 / v1.1, BART, Marian); see tinybert/seq2seq.py.
+
+    ``head_dim`` is T5's d_kv (num_heads · head_dim may differ from hidden_size). ``max_positions`` is the
+    longest source and the longest decoder sequence the model takes (the position table for learned and
+    sinusoidal positions; T5's ``n_positions`` for relative ones, which have no table). ``lm_head_scale``
+    multiplies the decoder output before the LM head (T5 v1.0: d_model**-0.5). Generation constraints the
+    checkpoint's generation config sets and every search must honour: ``forced_bos_token_id`` (first token
+    after the decoder start), ``forced_eos_token_id`` (the token at the length limit) and
+    ``bad_token_ids`` (never generated, e.g. Marian's pad).
+    """
+
+    family: str
+    vocab_size: int
+    decoder_vocab_size: int
+    hidden_size: int
+    num_encoder_layers: int
+    num_decoder_layers: int
+    num_heads: int
+    head_dim: int
+    intermediate_size: int
+    norm: str                      # "rmsnorm" | "layernorm"
+    norm_eps: float
+    pre_norm: bool
+    activation: str                # one of SEQ2SEQ_ACTIVATIONS
+    gated_mlp: bool
+    positions: str                 # one of SEQ2SEQ_POSITIONS
+    max_positions: int
+    relative_buckets: int
+    relative_max_distance: int
+    attn_scale: bool               # scores · 1/√head_dim (False for T5)
+    scale_embedding: bool          # token embeddings · √hidden_size
+    layernorm_embedding: bool
+    final_logits_bias: bool
+    tie_word_embeddings: bool
+    lm_head_scale: float
+    share_embeddings: bool         # the decoder reads embed.tokens
+    decoder_start_token_id: int
+    eos_token_ids: tuple[int, ...]
+    pad_token_id: int | None
+    forced_bos_token_id: int | None = None
+    forced_eos_token_id: int | None = None
+    bad_token_ids: tuple[int, ...] = ()
+    kind: str = "encoder-decoder"
+
+    @property
+    def num_layers(self) -> int:
+        return self.num_encoder_layers + self.num_decoder_layers
+
+    def to_dict(self) -> dict:
+        data = asdict(self)
+        data["eos_token_ids"] = list(self.eos_token_ids)
+        data["bad_token_ids"] = list(self.bad_token_ids)
+        return data
+
+    @classmethod
+    def from_dict(cls, data: dict) -> Seq2SeqConfig:
+        """Build and check a config read from a file; any inconsistency is a ModelFileError."""
+        _check_keys(cls, data, optional=("kind", "forced_bos_token_id", "forced_eos_token_id", "bad_token_ids"))
+        data = dict(data)
+        for name in ("eos_token_ids", "bad_token_ids"):
+            value = data.get(name, [])
+            if not isinstance(value, list):
+                raise ModelFileError(f"config {name} must be a list")
+            data[name] = tuple(value)
+        try:
+            cfg = cls(**data)
+        except TypeError as exc:
+            raise ModelFileError(f"bad config: {exc}") from None
+        cfg.validate()
+        return cfg
+
+    def validate(self) -> None:
+        if self.kind != "encoder-decoder":
+            raise ModelFileError(f"config kind {self.kind!r} is not an encoder-decoder")
+        if self.family not in SEQ2SEQ_FAMILIES:
+            raise ModelFileError(f"config family {self.family!r} is not one of {SEQ2SEQ_FAMILIES}")
+        for name in ("vocab_size", "decoder_vocab_size", "hidden_size", "num_encoder_layers", "num_decoder_layers",
+                     "num_heads", "head_dim", "intermediate_size", "max_positions"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
+                raise ModelFileError(f"config {name} must be a positive integer, got {value!r}")
+        for name in ("relative_buckets", "relative_max_distance"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+                raise ModelFileError(f"config {name} must be a non-negative integer, got {value!r}")
+        if self.norm not in NORMS:
+            raise ModelFileError(f"config norm {self.norm!r} is not one of {NORMS}")
+        if self.activation not in SEQ2SEQ_ACTIVATIONS:
+            raise ModelFileError(f"config activation {self.activation!r} is not one of {SEQ2SEQ_ACTIVATIONS}")
+        if self.positions not in SEQ2SEQ_POSITIONS:
+            raise ModelFileError(f"config positions {self.positions!r} is not one of {SEQ2SEQ_POSITIONS}")
+        if self.positions == "relative" and (self.relative_buckets < 2 or self.relative_max_distance < 1):
+            raise ModelFileError("config relative_buckets / relative_max_distance are invalid")
+        if self.positions == "sinusoidal" and self.hidden_size % 2:
+            raise ModelFileError("sinusoidal positions need an even hidden_size")
+        for name in ("pre_norm", "gated_mlp", "attn_scale", "scale_embedding", "layernorm_embedding",
+                     "final_logits_bias", "tie_word_embeddings", "share_embeddings"):
+            if not isinstance(getattr(self, name), bool):
+                raise ModelFileError(f"config {name} must be true or false")
+        if self.share_embeddings and self.vocab_size != self.decoder_vocab_size:
+            raise ModelFileError("shared embeddings need one vocabulary size")
+        for name in ("norm_eps", "lm_head_scale"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value < float("inf"):
+                raise ModelFileError(f"config {name} must be a positive number")
+        ids = [("decoder_start_token_id", self.decoder_start_token_id), ("pad_token_id", self.pad_token_id),
+               ("forced_bos_token_id", self.forced_bos_token_id), ("forced_eos_token_id", self.forced_eos_token_id),
+               *(("eos_token_ids", e) for e in self.eos_token_ids),
+               *(("bad_token_ids", e) for e in self.bad_token_ids)]
+        for name, value in ids:
+            if value is None and name not in ("decoder_start_token_id",):
+                continue
+            if not isinstance(value, int) or isinstance(value, bool) or not 0 <= value < self.decoder_vocab_size:
+                raise ModelFileError(f"config {name} {value!r} is outside the vocabulary")
+
+
+def config_from_dict(data: object) -> EncoderConfig | DecoderConfig | Seq2SeqConfig:
     """The config of a file, by its ``kind`` (files without one are encoders)."""
     if not isinstance(data, dict):
         raise ModelFileError("config metadata is not a JSON object")
@@ -276,4 +397,6 @@ def config_from_dict(data: object) -> EncoderConfig | DecoderConfig:
         return EncoderConfig.from_dict(data)
     if kind == "decoder":
         return DecoderConfig.from_dict(data)
-    raise ModelFileError(f"config kind {kind!r} is not one of encoder, decoder")
+    if kind == "encoder-decoder":
+        return Seq2SeqConfig.from_dict(data)
+    raise ModelFileError(f"config kind {kind!r} is not one of encoder, decoder, encoder-decoder")

@@ -13,6 +13,10 @@ Metadata keys (all values are strings, as safetensors requires):
     task             the head the file carries, JSON (see ``TaskConfig``): {"type": one of TASKS, ...}
     tokenizer_options  {"mask_token": str | null, "clean_up_tokenization_spaces": bool}, JSON:
                      what transformers keeps in tokenizer_config.json and decoding needs
+    target_tokenizer   encoder-decoders with separate target pieces (Marian): the tokenizer.json text that
+                     decodes generated ids; without it ``tokenizer`` decodes too
+    source_id_map    with target_tokenizer: JSON list, model id of each id ``tokenizer`` produces (Marian's
+                     source SentencePiece ids → its joint vocabulary)
 
 Canonical tensor names (``L`` is the layer index). A quantised 2-D tensor ``T`` is stored as int8
 ``T`` plus float32 ``T.scale`` with one scale per row (per output channel for linear weights, per
@@ -31,6 +35,9 @@ token for embedding tables): ``T_fp32[r, :] = T[r, :] * T.scale[r]``.
 
 Decoder files (config kind "decoder") use the same layer names, pre-norm, plus ``final_norm`` and,
 when the LM head is not tied to embed.tokens, ``lm_head.weight`` [V, H]; see decoder_tensor_shapes.
+
+Encoder-decoder files (config kind "encoder-decoder"): the names of tinybert/seq2seq.py, every tensor
+under ``encoder.`` or ``decoder.`` except the token tables and the LM head; see seq2seq_tensor_shapes.
 
 Head tensors, by task (``N`` labels, ``M`` the MLM transform width, ``V`` the vocabulary):
 
@@ -58,12 +65,17 @@ KEY_QUANTIZATION = "quantization"
 KEY_SOURCE = "source"
 KEY_TASK = "task"
 KEY_TOKENIZER_OPTIONS = "tokenizer_options"
+KEY_TARGET_TOKENIZER = "target_tokenizer"
+KEY_SOURCE_ID_MAP = "source_id_map"
 
 TASKS = ("feature-extraction", "sequence-classification", "token-classification", "question-answering",
-         "masked-lm", "pretraining", "text-generation")
+         "masked-lm", "pretraining", "text-generation", "text2text-generation")
 NORMS = ("layernorm", "rmsnorm")
 DECODER_ACTIVATIONS = ("gelu", "gelu_tanh", "relu", "silu")
 DECODER_POSITIONS = ("learned", "rope")
+SEQ2SEQ_FAMILIES = ("t5", "bart", "marian")
+SEQ2SEQ_ACTIVATIONS = ("relu", "gelu", "gelu_tanh", "silu")
+SEQ2SEQ_POSITIONS = ("relative", "learned", "sinusoidal")
 HEAD_ACTIVATIONS = ("tanh", "relu", "gelu", "gelu_tanh")
 PROBLEM_TYPES = ("single_label_classification", "multi_label_classification", "regression")
 
@@ -74,9 +86,10 @@ ACTIVATIONS = ("gelu", "gelu_tanh", "relu")
 POSITION_SCHEMES = ("absolute", "padding_offset")
 
 # Tensors quantised to int8 (+ .scale) in an int8 file; everything else stays float32.
-QUANTIZED_LINEARS = ("attn.qkv", "attn.out", "mlp.up", "mlp.down", "head.pooler", "head.mlm.dense",
-                     "head.mlm.decoder", "lm_head")
-QUANTIZED_EMBEDDINGS = ("embed.tokens", "embed.positions")
+QUANTIZED_LINEARS = ("attn.qkv", "attn.out", "mlp.up", "mlp.down", "cross.q", "cross.kv", "cross.out",
+                     "head.pooler", "head.mlm.dense", "head.mlm.decoder", "lm_head")
+QUANTIZED_EMBEDDINGS = ("embed.tokens", "embed.positions", "decoder.embed.tokens", "encoder.embed.positions",
+                        "decoder.embed.positions")
 
 
 def layer_prefix(i: int) -> str:
@@ -146,6 +159,54 @@ def decoder_tensor_shapes(cfg: dict) -> dict[str, tuple[int, ...]]:
     shapes.update(norm("final_norm"))
     if not cfg["tie_word_embeddings"]:
         shapes["lm_head.weight"] = (cfg["vocab_size"], h)
+    return shapes
+
+
+def seq2seq_tensor_shapes(cfg: dict) -> dict[str, tuple[int, ...]]:
+    """Every tensor an encoder-decoder file must hold (without .scale companions), with its shape.
+
+    T5 has no biases and RMS norms; BART and Marian a bias on every linear and LayerNorms; see
+    tinybert/seq2seq.py for the names.
+    """
+    h, a, i_dim = cfg["hidden_size"], cfg["num_heads"] * cfg["head_dim"], cfg["intermediate_size"]
+    bias = cfg["family"] != "t5"
+    has_norm_bias = cfg["norm"] == "layernorm"
+
+    def norm(name: str) -> dict[str, tuple[int, ...]]:
+        return {name + ".weight": (h,), **({name + ".bias": (h,)} if has_norm_bias else {})}
+
+    def linear(name: str, out_dim: int, in_dim: int) -> dict[str, tuple[int, ...]]:
+        return {name + ".weight": (out_dim, in_dim), **({name + ".bias": (out_dim,)} if bias else {})}
+
+    shapes: dict[str, tuple[int, ...]] = {"embed.tokens": (cfg["vocab_size"], h)}
+    if not cfg["share_embeddings"]:
+        shapes["decoder.embed.tokens"] = (cfg["decoder_vocab_size"], h)
+    for side, layers in (("encoder", cfg["num_encoder_layers"]), ("decoder", cfg["num_decoder_layers"])):
+        if cfg["positions"] == "relative":
+            shapes[side + ".rel_bias"] = (cfg["relative_buckets"], cfg["num_heads"])
+        elif cfg["positions"] == "learned":
+            shapes[side + ".embed.positions"] = (cfg["max_positions"], h)
+        if cfg["layernorm_embedding"]:
+            shapes.update(norm(side + ".embed.norm"))
+        for layer in range(layers):
+            p = f"{side}.layers.{layer}."
+            shapes.update(norm(p + "attn_norm"))
+            shapes.update(linear(p + "attn.qkv", 3 * a, h))
+            shapes.update(linear(p + "attn.out", h, a))
+            if side == "decoder":
+                shapes.update(norm(p + "cross_norm"))
+                shapes.update(linear(p + "cross.q", a, h))
+                shapes.update(linear(p + "cross.kv", 2 * a, h))
+                shapes.update(linear(p + "cross.out", h, a))
+            shapes.update(norm(p + "mlp_norm"))
+            shapes.update(linear(p + "mlp.up", 2 * i_dim if cfg["gated_mlp"] else i_dim, h))
+            shapes.update(linear(p + "mlp.down", h, i_dim))
+        if cfg["pre_norm"]:
+            shapes.update(norm(side + ".final_norm"))
+    if not cfg["tie_word_embeddings"]:
+        shapes["lm_head.weight"] = (cfg["decoder_vocab_size"], h)
+    if cfg["final_logits_bias"]:
+        shapes["lm_head.bias"] = (cfg["decoder_vocab_size"],)
     return shapes
 
 

@@ -16,7 +16,7 @@ import numpy as np
 from safetensors import safe_open
 
 from . import format as fmt
-from .config import DecoderConfig, EncoderConfig, TaskConfig, config_from_dict
+from .config import DecoderConfig, EncoderConfig, Seq2SeqConfig, TaskConfig, config_from_dict
 from .errors import ModelFileError
 
 _DTYPES = {"F32": np.dtype(np.float32), "I8": np.dtype(np.int8)}
@@ -83,7 +83,7 @@ class ModelFile:
     """Everything in one tinybert file, validated."""
 
     path: Path
-    config: EncoderConfig | DecoderConfig
+    config: EncoderConfig | DecoderConfig | Seq2SeqConfig
     tensors: TensorStore          # read on access: see TensorStore
     tokenizer_json: str
     pooling: dict | None      # encoders only
@@ -91,6 +91,8 @@ class ModelFile:
     metadata: dict[str, str]
     task: TaskConfig
     tokenizer_options: dict
+    target_tokenizer_json: str | None = None     # encoder-decoders with separate target pieces (Marian)
+    source_id_map: np.ndarray | None = None      # with it: model id of each source-tokenizer id, int32
 
 
 def _json_key(metadata: dict[str, str], key: str) -> object:
@@ -121,11 +123,13 @@ def read_metadata(path: str | Path) -> dict[str, str]:
     return metadata
 
 
-def _expected(config: EncoderConfig | DecoderConfig, task: TaskConfig,
+def _expected(config: EncoderConfig | DecoderConfig | Seq2SeqConfig, task: TaskConfig,
               quantization: str) -> dict[str, tuple[tuple[int, ...], np.dtype]]:
     expected = {}
     if isinstance(config, DecoderConfig):
         shapes = fmt.decoder_tensor_shapes(config.to_dict())
+    elif isinstance(config, Seq2SeqConfig):
+        shapes = fmt.seq2seq_tensor_shapes(config.to_dict())
     else:
         shapes = fmt.encoder_tensor_shapes(config.to_dict())
         shapes.update(fmt.head_tensor_shapes(task.to_dict(), config.to_dict()))
@@ -156,8 +160,10 @@ def load(path: str | Path) -> ModelFile:
     if not tokenizer:
         raise ModelFileError(f"{path}: metadata has no tokenizer")
     task = TaskConfig.from_dict(_json_key(metadata, fmt.KEY_TASK))
-    if (task.type == "text-generation") != isinstance(config, DecoderConfig):
+    if ((task.type == "text-generation") != isinstance(config, DecoderConfig)
+            or (task.type == "text2text-generation") != isinstance(config, Seq2SeqConfig)):
         raise ModelFileError(f"{path}: task {task.type!r} does not fit a {config.kind} model")
+    target_tokenizer, source_id_map = _target_tokenizer(path, metadata, config)
     if task.type in ("masked-lm", "pretraining") and task.mlm_tied and task.mlm_size != config.embedding_size:
         raise ModelFileError(f"{path}: a tied MLM decoder must have the embedding width {config.embedding_size}")
     options = _json_key(metadata, fmt.KEY_TOKENIZER_OPTIONS)
@@ -202,4 +208,23 @@ def load(path: str | Path) -> ModelFile:
         raise
     except Exception as exc:
         raise ModelFileError(f"{path}: cannot read tensors ({exc})") from None
-    return ModelFile(path, config, tensors, tokenizer, pooling, quantization, metadata, task, options)
+    return ModelFile(path, config, tensors, tokenizer, pooling, quantization, metadata, task, options,
+                     target_tokenizer, source_id_map)
+
+
+def _target_tokenizer(path: Path, metadata: dict[str, str],
+                      config: EncoderConfig | DecoderConfig | Seq2SeqConfig) -> tuple[str | None, np.ndarray | None]:
+    """The target tokenizer and the source id map of an encoder-decoder with separate target pieces."""
+    has_target, has_map = fmt.KEY_TARGET_TOKENIZER in metadata, fmt.KEY_SOURCE_ID_MAP in metadata
+    if not has_target and not has_map:
+        return None, None
+    if not isinstance(config, Seq2SeqConfig) or not (has_target and has_map):
+        raise ModelFileError(f"{path}: target_tokenizer and source_id_map go together, in encoder-decoder files")
+    ids = _json_key(metadata, fmt.KEY_SOURCE_ID_MAP)
+    if (not isinstance(ids, list) or not ids
+            or not all(isinstance(i, int) and not isinstance(i, bool) and 0 <= i < config.vocab_size for i in ids)):
+        raise ModelFileError(f"{path}: source_id_map must be a list of ids below the vocabulary size "
+                             f"{config.vocab_size}")
+    if not metadata[fmt.KEY_TARGET_TOKENIZER]:
+        raise ModelFileError(f"{path}: empty target_tokenizer")
+    return metadata[fmt.KEY_TARGET_TOKENIZER], np.asarray(ids, dtype=np.int32)

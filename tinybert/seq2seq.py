@@ -46,98 +46,18 @@ taken as zero when absent, every norm has a ``.bias`` only when it is a LayerNor
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass
 
 import numpy as np
 from numba import njit, prange
 
 from .blocks import Linear
+from .config import Seq2SeqConfig
 from .decoder import Norm
-from .errors import InputError, ModelFileError
+from .errors import InputError
+from .format import SCALE_SUFFIX
 from .kernels.activations import ACTIVATIONS
 from .kernels.attention import attention
 from .kernels.decoder import cached_attention, write_kv
-
-SEQ2SEQ_FAMILIES = ("t5", "bart", "marian")
-SEQ2SEQ_ACTIVATIONS = ("relu", "gelu", "gelu_tanh", "silu")
-SEQ2SEQ_POSITIONS = ("relative", "learned", "sinusoidal")
-
-
-@dataclass(frozen=True)
-class Seq2SeqConfig:
-    """An encoder-decoder model. ``head_dim`` is T5's d_kv (num_heads · head_dim may differ from
-    hidden_size). ``max_positions`` bounds learned/sinusoidal positions (0 for relative). ``lm_head_scale``
-    multiplies the decoder output before the LM head (T5 with a tied head: d_model**-0.5)."""
-
-    family: str
-    vocab_size: int
-    decoder_vocab_size: int
-    hidden_size: int
-    num_encoder_layers: int
-    num_decoder_layers: int
-    num_heads: int
-    head_dim: int
-    intermediate_size: int
-    norm: str                      # "rmsnorm" | "layernorm"
-    norm_eps: float
-    pre_norm: bool
-    activation: str                # one of SEQ2SEQ_ACTIVATIONS
-    gated_mlp: bool
-    positions: str                 # one of SEQ2SEQ_POSITIONS
-    max_positions: int
-    relative_buckets: int
-    relative_max_distance: int
-    attn_scale: bool               # scores · 1/√head_dim (False for T5)
-    scale_embedding: bool          # token embeddings · √hidden_size
-    layernorm_embedding: bool
-    final_logits_bias: bool
-    tie_word_embeddings: bool
-    lm_head_scale: float
-    share_embeddings: bool         # the decoder reads embed.tokens
-    decoder_start_token_id: int
-    eos_token_ids: tuple[int, ...]
-    pad_token_id: int | None
-    kind: str = "encoder-decoder"
-
-    def to_dict(self) -> dict:
-        d = asdict(self)
-        d["eos_token_ids"] = list(self.eos_token_ids)
-        return d
-
-    @classmethod
-    def from_dict(cls, data: dict) -> Seq2SeqConfig:
-        try:
-            cfg = cls(**{**data, "eos_token_ids": tuple(data.get("eos_token_ids", ()))})
-        except TypeError as exc:
-            raise ModelFileError(f"bad config: {exc}") from None
-        cfg.validate()
-        return cfg
-
-    def validate(self) -> None:
-        if self.kind != "encoder-decoder":
-            raise ModelFileError(f"config kind {self.kind!r} is not an encoder-decoder")
-        if self.family not in SEQ2SEQ_FAMILIES:
-            raise ModelFileError(f"config family {self.family!r} is not one of {SEQ2SEQ_FAMILIES}")
-        for name in ("vocab_size", "decoder_vocab_size", "hidden_size", "num_encoder_layers", "num_decoder_layers",
-                     "num_heads", "head_dim", "intermediate_size"):
-            value = getattr(self, name)
-            if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
-                raise ModelFileError(f"config {name} must be a positive integer, got {value!r}")
-        if self.norm not in ("rmsnorm", "layernorm"):
-            raise ModelFileError(f"config norm {self.norm!r} is unknown")
-        if self.activation not in SEQ2SEQ_ACTIVATIONS:
-            raise ModelFileError(f"config activation {self.activation!r} is not one of {SEQ2SEQ_ACTIVATIONS}")
-        if self.positions not in SEQ2SEQ_POSITIONS:
-            raise ModelFileError(f"config positions {self.positions!r} is not one of {SEQ2SEQ_POSITIONS}")
-        if self.positions == "relative" and (self.relative_buckets < 2 or self.relative_max_distance < 1):
-            raise ModelFileError("config relative_buckets / relative_max_distance are invalid")
-        if self.positions != "relative" and self.max_positions <= 0:
-            raise ModelFileError("config max_positions must be positive")
-        if not 0 <= self.decoder_start_token_id < self.decoder_vocab_size:
-            raise ModelFileError("config decoder_start_token_id is outside the vocabulary")
-        if not isinstance(self.norm_eps, (int, float)) or not self.norm_eps > 0:
-            raise ModelFileError("config norm_eps must be a positive number")
-
 
 # --- positions ---------------------------------------------------------------------------------------------
 
@@ -302,35 +222,63 @@ class _Block:
         return tuple(np.ascontiguousarray(qkv[:, i * a:(i + 1) * a]).reshape(n, h, d) for i in range(3))
 
 
+class _Table:
+    """An embedding table, int8 with per-row scales or float32; rows are widened only when looked up."""
+
+    def __init__(self, tensors: dict[str, np.ndarray], name: str) -> None:
+        self.values = tensors[name]
+        self.scale = tensors.get(name + SCALE_SUFFIX)
+
+    def rows(self, ids: np.ndarray, factor: np.float32) -> np.ndarray:
+        """float32 rows ``ids`` times ``factor`` (Marian's √d embedding scale)."""
+        if self.scale is None:
+            return self.values[ids] * factor
+        return self.values[ids].astype(np.float32) * (self.scale[ids] * factor)[:, None]
+
+    def dense(self) -> np.ndarray:
+        return np.ascontiguousarray(self.rows(np.arange(self.values.shape[0]), np.float32(1.0)))
+
+
 class DecoderState:
-    """Per-slot decoder state: the self-attention cache (filled by ``step``) and the cross-attention
-    keys/values of the encoder output (filled once by ``Seq2SeqModel.start``).
+    """Decoder state: per slot, the self-attention cache (filled by ``step``); per source sequence, the
+    cross-attention keys/values of its encoder output (filled once by ``Seq2SeqModel.start``). Beam search
+    gives one source several slots (its beams), which all read that source's cross keys/values.
 
     self_k, self_v float32 [layers, slots, heads, length, head_dim]; cross_k, cross_v float32
-    [layers, slots, heads, source_length, head_dim]; source_lengths int32 [slots] (encoder tokens per slot).
+    [layers, sources, heads, source_length, head_dim]; source_lengths int32 [sources].
     """
 
-    def __init__(self, cfg: Seq2SeqConfig, slots: int, length: int, source_length: int) -> None:
+    def __init__(self, cfg: Seq2SeqConfig, slots: int, length: int, sources: int, source_length: int) -> None:
         shape = (cfg.num_decoder_layers, slots, cfg.num_heads, length, cfg.head_dim)
         self.self_k = np.zeros(shape, dtype=np.float32)
         self.self_v = np.zeros(shape, dtype=np.float32)
-        cross = (cfg.num_decoder_layers, slots, cfg.num_heads, source_length, cfg.head_dim)
+        cross = (cfg.num_decoder_layers, sources, cfg.num_heads, source_length, cfg.head_dim)
         self.cross_k = np.zeros(cross, dtype=np.float32)
         self.cross_v = np.zeros(cross, dtype=np.float32)
-        self.source_lengths = np.zeros(slots, dtype=np.int32)
+        self.source_lengths = np.zeros(sources, dtype=np.int32)
         self.length = length
 
     @property
     def slots(self) -> int:
         return self.self_k.shape[1]
 
-    def reorder(self, parents: np.ndarray) -> None:
-        """Slot i takes over slot parents[i]'s state (beam search: rows may be duplicated or dropped)."""
-        parents = np.asarray(parents, dtype=np.int64)
-        n = len(parents)
-        for arr in (self.self_k, self.self_v, self.cross_k, self.cross_v):
-            arr[:, :n] = arr[:, parents]
-        self.source_lengths[:n] = self.source_lengths[parents]
+    @property
+    def sources(self) -> int:
+        return self.cross_k.shape[1]
+
+    @staticmethod
+    def bytes_for(cfg: Seq2SeqConfig, slots: int, length: int, sources: int, source_length: int) -> int:
+        per = cfg.num_decoder_layers * cfg.num_heads * cfg.head_dim * 4 * 2
+        return per * (slots * length + sources * source_length)
+
+    def copy_slots(self, dest: np.ndarray, src: np.ndarray, upto: int) -> None:
+        """Slots ``dest[i]`` take over the first ``upto`` cached positions of slots ``src[i]`` (beam search:
+        a beam continuing another beam). All sources are read before any destination is written."""
+        dest = np.asarray(dest, dtype=np.int64)
+        src = np.asarray(src, dtype=np.int64)
+        if dest.size:
+            for arr in (self.self_k, self.self_v):
+                arr[:, dest, :, :upto] = arr[:, src, :, :upto]
 
 
 class Seq2SeqModel:
@@ -340,16 +288,16 @@ class Seq2SeqModel:
     def __init__(self, cfg: Seq2SeqConfig, tensors: dict[str, np.ndarray]) -> None:
         cfg.validate()
         self.config = cfg
-        self.enc_tokens = np.ascontiguousarray(tensors["embed.tokens"], dtype=np.float32)
+        self.enc_tokens = _Table(tensors, "embed.tokens")
         dec_name = "embed.tokens" if cfg.share_embeddings else "decoder.embed.tokens"
-        self.dec_tokens = np.ascontiguousarray(tensors[dec_name], dtype=np.float32)
-        self.embed_scale = np.float32(math.sqrt(cfg.hidden_size)) if cfg.scale_embedding else None
+        self.dec_tokens = self.enc_tokens if cfg.share_embeddings else _Table(tensors, dec_name)
+        self.embed_scale = np.float32(math.sqrt(cfg.hidden_size)) if cfg.scale_embedding else np.float32(1.0)
         self.pos_tables = {}
         self.embed_norms = {}
         self.rel_bias = {}
         for side in ("encoder", "decoder"):
             if cfg.positions == "learned":
-                self.pos_tables[side] = np.ascontiguousarray(tensors[side + ".embed.positions"], dtype=np.float32)
+                self.pos_tables[side] = _Table(tensors, side + ".embed.positions").dense()
             elif cfg.positions == "sinusoidal":
                 if side == "encoder":
                     table = sinusoidal_table(cfg.max_positions, cfg.hidden_size)
@@ -371,10 +319,8 @@ class Seq2SeqModel:
         self._causal_bias = np.zeros((cfg.num_heads, 0), dtype=np.float32)
 
     # -- embeddings --
-    def _embed(self, side: str, table: np.ndarray, ids: np.ndarray, positions: np.ndarray) -> np.ndarray:
-        x = table[ids]
-        if self.embed_scale is not None:
-            x *= self.embed_scale
+    def _embed(self, side: str, table: _Table, ids: np.ndarray, positions: np.ndarray) -> np.ndarray:
+        x = table.rows(ids, self.embed_scale)
         if side in self.pos_tables:
             x += self.pos_tables[side][positions]
         if side in self.embed_norms:
@@ -432,17 +378,17 @@ class Seq2SeqModel:
     def start(self, encoder_hidden: np.ndarray, starts: np.ndarray, length: int,
               slots: int | None = None) -> DecoderState:
         """Cross-attention keys/values of every layer for each encoded sequence b (rows starts[b]:starts[b+1]
-        of ``encoder_hidden``), into slot b of a new state whose self-attention cache holds ``length``
-        decoder positions per slot. ``slots`` (≥ B, default B) sizes the state for beam search."""
+        of ``encoder_hidden``), as source b of a new state whose self-attention cache holds ``length``
+        decoder positions in each of ``slots`` slots (default B: one per source)."""
         cfg = self.config
         starts = np.asarray(starts, dtype=np.int64)
         batch = starts.size - 1
         slots = batch if slots is None else int(slots)
-        if slots < batch:
-            raise InputError("slots must be at least the number of sequences")
+        if slots < 1 or not 1 <= length <= cfg.max_positions:
+            raise InputError(f"a decoder state needs ≥ 1 slot and 1..{cfg.max_positions} positions")
         lengths = np.diff(starts)
-        state = DecoderState(cfg, slots, int(length), int(lengths.max()))
-        state.source_lengths[:batch] = lengths
+        state = DecoderState(cfg, slots, int(length), batch, int(lengths.max()))
+        state.source_lengths[:] = lengths
         h, d = cfg.num_heads, cfg.head_dim
         x = np.ascontiguousarray(encoder_hidden, dtype=np.float32)
         for i, block in enumerate(self.decoder_blocks):
@@ -463,25 +409,30 @@ class Seq2SeqModel:
             self._causal_bias = np.ascontiguousarray(self.rel_bias["decoder"][buckets].T)
         return self._causal_bias
 
-    def step(self, state: DecoderState, tokens: np.ndarray, slots: np.ndarray, positions: np.ndarray) -> np.ndarray:
+    def step(self, state: DecoderState, tokens: np.ndarray, slots: np.ndarray, positions: np.ndarray,
+             sources: np.ndarray | None = None) -> np.ndarray:
         """Rows r: token tokens[r] of the decoder sequence in slot slots[r] at position positions[r] (every
-        earlier position of the slot already in the cache or earlier in this call) → logits [N, Vd]."""
+        earlier position of the slot already in the cache or earlier in this call), attending to the
+        encoder output of source sources[r] (default: slots[r]) → logits [N, Vd]."""
         cfg = self.config
         tokens = np.ascontiguousarray(tokens, dtype=np.int32)
         slots = np.ascontiguousarray(slots, dtype=np.int32)
         positions = np.ascontiguousarray(positions, dtype=np.int32)
+        sources = slots if sources is None else np.ascontiguousarray(sources, dtype=np.int32)
         n = tokens.size
-        if not (tokens.ndim == slots.ndim == positions.ndim == 1 and slots.size == n == positions.size and n):
-            raise InputError("tokens, slots and positions must be 1-D of the same non-zero length")
+        if not (tokens.ndim == slots.ndim == positions.ndim == sources.ndim == 1 and n
+                and slots.size == n == positions.size == sources.size):
+            raise InputError("tokens, slots, positions and sources must be 1-D of the same non-zero length")
         if tokens.min() < 0 or tokens.max() >= cfg.decoder_vocab_size:
             raise InputError("token id outside the vocabulary")
-        if slots.min() < 0 or slots.max() >= state.slots or positions.min() < 0 or positions.max() >= state.length:
-            raise InputError("slot or position outside the decoder state")
+        if (slots.min() < 0 or slots.max() >= state.slots or positions.min() < 0 or positions.max() >= state.length
+                or sources.min() < 0 or sources.max() >= state.sources):
+            raise InputError("slot, source or position outside the decoder state")
         self._check_positions(positions)
         h, d = cfg.num_heads, cfg.head_dim
         x = self._embed("decoder", self.dec_tokens, tokens, positions)
         bias = self._causal(int(positions.max()) + 1) if cfg.positions == "relative" else None
-        cross_positions = state.source_lengths[slots] - 1
+        cross_positions = state.source_lengths[sources] - 1
         for i, block in enumerate(self.decoder_blocks):
             def self_attend(y: np.ndarray, block: _Block = block, i: int = i) -> np.ndarray:
                 q, k, v = block.split_qkv(y)
@@ -498,7 +449,7 @@ class Seq2SeqModel:
                 q = block.cross_q(y).reshape(n, h, d)
                 context = np.empty((n, h, d), dtype=np.float32)
                 # all source positions 0..len−1 of the slot: cached_attention with positions = len − 1
-                cached_attention(q, state.cross_k[i], state.cross_v[i], slots, cross_positions, self.scale, context)
+                cached_attention(q, state.cross_k[i], state.cross_v[i], sources, cross_positions, self.scale, context)
                 return block.cross_out(context.reshape(n, h * d))
 
             x = block.sublayer(x, block.attn_norm, self_attend)
