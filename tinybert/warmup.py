@@ -19,12 +19,13 @@ import numpy as np
 
 from . import __version__
 from . import format as fmt
-from .config import DecoderConfig, EncoderConfig
+from .config import DecoderConfig, EncoderConfig, Seq2SeqConfig
 from .decoder import DecoderModel, KVCache
-from .kernels import activations, attention, decoder, embeddings, gemm, mathfn, norm, rope
+from .kernels import activations, attention, attention_bias, decoder, embeddings, gemm, mathfn, norm, rope
 from .models import EncoderModel
+from .seq2seq import Seq2SeqModel
 
-_KERNEL_MODULES = (activations, attention, decoder, embeddings, gemm, mathfn, norm, rope)
+_KERNEL_MODULES = (activations, attention, attention_bias, decoder, embeddings, gemm, mathfn, norm, rope)
 
 
 def _marker() -> Path:
@@ -92,16 +93,42 @@ def _run_decoder(model: DecoderModel) -> None:
           cache)
 
 
+def _tiny_seq2seq(quantization: str, family: str) -> Seq2SeqModel:
+    t5 = family == "t5"
+    cfg = Seq2SeqConfig(family=family, vocab_size=16, decoder_vocab_size=16, hidden_size=8, num_encoder_layers=1,
+                        num_decoder_layers=1, num_heads=2, head_dim=4, intermediate_size=16,
+                        norm="rmsnorm" if t5 else "layernorm", norm_eps=1e-6, pre_norm=t5,
+                        activation="relu" if t5 else "silu", gated_mlp=False,
+                        positions="relative" if t5 else "sinusoidal", max_positions=16,
+                        relative_buckets=8 if t5 else 0, relative_max_distance=16 if t5 else 0, attn_scale=not t5,
+                        scale_embedding=not t5, layernorm_embedding=False, final_logits_bias=not t5,
+                        tie_word_embeddings=True, lm_head_scale=1.0, share_embeddings=True,
+                        decoder_start_token_id=0, eos_token_ids=(1,), pad_token_id=0)
+    return Seq2SeqModel(cfg, _random_tensors(fmt.seq2seq_tensor_shapes(cfg.to_dict()), quantization))
+
+
+def _run_seq2seq(model: Seq2SeqModel) -> None:
+    """Encode two sources, then two decoder steps for three rows reading them: every encoder-decoder path."""
+    ids = np.array([2, 3, 4, 5, 6], dtype=np.int32)
+    starts = np.array([0, 2, 5], dtype=np.int64)
+    state = model.start(model.encode(ids, starts), starts, length=4, slots=3)
+    rows = np.array([0, 1, 2], dtype=np.int32)
+    sources = np.array([0, 1, 1], dtype=np.int32)
+    for t in range(2):
+        model.step(state, np.array([0, 7, 8], dtype=np.int32), rows, np.full(3, t, dtype=np.int32), sources)
+
+
 def warmup(show_progress: bool = True) -> None:
     """Compile (or load from the cache) every kernel tinybert uses, int8 and fp32 paths, encoders
-    and decoders."""
+    decoders and encoder-decoders."""
     cases = [(q, a) for q in fmt.QUANTIZATIONS for a in fmt.ACTIVATIONS]
     decoders = [(q, f) for q in fmt.QUANTIZATIONS for f in ("gpt2", "llama")]
+    seq2seqs = [(q, f) for q in fmt.QUANTIZATIONS for f in ("t5", "marian")]
     progress = None
     if show_progress:
         from tqdm import tqdm
 
-        progress = tqdm(total=len(cases) + len(decoders), desc="compiling kernels", unit="path")
+        progress = tqdm(total=len(cases) + len(decoders) + len(seq2seqs), desc="compiling kernels", unit="path")
     ids = np.array([1, 2, 3, 4, 5], dtype=np.int32)
     starts = np.array([0, 2, 5], dtype=np.int64)
     for quantization, activation in cases:
@@ -111,6 +138,10 @@ def warmup(show_progress: bool = True) -> None:
             progress.update(1)
     for quantization, family in decoders:
         _run_decoder(_tiny_decoder(quantization, family))
+        if progress is not None:
+            progress.update(1)
+    for quantization, family in seq2seqs:
+        _run_seq2seq(_tiny_seq2seq(quantization, family))
         if progress is not None:
             progress.update(1)
     if progress is not None:
