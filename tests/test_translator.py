@@ -333,3 +333,43 @@ def test_file_records_generation_settings(built):
     assert cfg["decoder_start_token_id"] == model.config.decoder_start_token_id
     assert cfg["eos_token_ids"] == [model.generation_config.eos_token_id]
     assert tr.quantization == "int8"
+
+
+# ------------------------------------------------------------------------------------------------------- CLI
+
+def test_cli_translate_and_summarize(built, tmp_path, bpe_tokenizer_file):
+    """`tinybert convert` then `tinybert translate` / `summarize` as subprocesses: output lines equal
+    transformers' single-input generate decoded by the same tokenizer; a --file run shows a progress bar."""
+    import os
+
+    from test_cli import assert_cli_error, assert_ok, run
+    from tokenizers import Tokenizer
+
+    env = dict(os.environ)
+    model, files = built("bart")
+    path = tmp_path / "bart.fp32.safetensors"
+    assert_ok(run(env, "convert", files["fp32"].parent / "hf", path, "--dtype", "fp32", "--quiet"))
+    tok = Tokenizer.from_file(str(bpe_tokenizer_file))
+    texts = ["The weather is lovely today.", "Beam search keeps the best partial translations."]
+
+    def expected(text: str, **kw) -> str:
+        return tok.decode(reference(model, tok.encode(text).ids, **kw)[0], skip_special_tokens=True)
+
+    proc = run(env, "translate", path, *texts, "--beam-size", "4", "--max-length", "30")
+    assert_ok(proc)
+    assert proc.stdout.splitlines() == [expected(t, num_beams=4, max_new_tokens=30) for t in texts]
+    source = tmp_path / "in.txt"
+    source.write_text("\n".join(texts) + "\n", encoding="utf-8")
+    proc = run(env, "summarize", path, "--file", source, "--max-length", "30", "--json")
+    assert_ok(proc)
+    out = [json.loads(line) for line in proc.stdout.splitlines()]
+    assert [o["source"] for o in out] == texts
+    assert [o["text"] for o in out] == [expected(t, num_beams=4, max_new_tokens=30, length_penalty=2.0,
+                                                 no_repeat_ngram_size=3, early_stopping=True) for t in texts]
+    assert all(o["finish_reason"] in ("eos", "length") and isinstance(o["token_ids"], list) for o in out)
+    assert "translating" in proc.stderr        # the progress bar
+    proc = run(env, "translate", path, "--beam-size", "1", "--max-length", "30", stdin="\n".join(texts))
+    assert_ok(proc)
+    assert proc.stdout.splitlines() == [expected(t, max_new_tokens=30) for t in texts]
+    assert_cli_error(run(env, "translate", path, "x", "--beam-size", "0"), "beam_size")
+    assert_cli_error(run(env, "translate", path, "word " * 400), "truncation")

@@ -157,6 +157,30 @@ def _cmd_generate(args: argparse.Namespace) -> None:
         sys.stdout.flush()
 
 
+def _cmd_translate(args: argparse.Namespace) -> None:
+    from .translator import Translator
+
+    _ensure_kernels()
+    model = Translator(args.model, threads=args.threads)
+    texts = _read_texts(args)
+    run = model.summarize if args.command == "summarize" else model.translate
+    options = {name: getattr(args, name) for name in (
+        "beam_size", "max_length", "min_length", "length_penalty", "no_repeat_ngram_size", "num_hypotheses",
+        "repetition_penalty", "temperature", "top_k", "top_p", "seed", "batch_size") if getattr(args, name) is not None}
+    if args.truncation is not None:
+        options["truncation"] = args.truncation
+    # A file gets a progress bar (on stderr) unless --quiet; results are written in input order.
+    progress = bool(args.file) and not args.quiet
+    results = run(texts, return_ids=True, show_progress=progress, **options)
+    for text, result in zip(texts, results):
+        hyps = result if isinstance(result, list) else [result]
+        if args.json:
+            _json_lines([{"source": text, "hypotheses": hyps}] if len(hyps) > 1 else [{"source": text, **hyps[0]}])
+        else:
+            sys.stdout.write("\t".join(h["text"].replace("\n", " ") for h in hyps) + "\n")
+    sys.stdout.flush()
+
+
 def _source(text: str) -> object:
     # Free-form by the format's definition; the converter writes JSON.
     try:
@@ -195,6 +219,17 @@ def _cmd_info(args: argparse.Namespace) -> None:
         print(f"  task          text-generation (eos {list(cfg.eos_token_ids)})")
         print(f"  source        {info['source']}")
         return
+    if cfg.kind == "encoder-decoder":
+        print(f"  architecture  {cfg.family} encoder-decoder, {cfg.num_encoder_layers}+{cfg.num_decoder_layers} "
+              f"layers, hidden {cfg.hidden_size}, {cfg.num_heads} heads, intermediate {cfg.intermediate_size}, "
+              f"{cfg.norm}, {cfg.activation}{' gated' if cfg.gated_mlp else ''}, {cfg.positions} positions")
+        print(f"  vocabulary    {cfg.vocab_size} tokens (decoder {cfg.decoder_vocab_size}), max length "
+              f"{cfg.max_positions}{', own target tokenizer' if model.target_tokenizer_json else ''}")
+        print(f"  weights       {params / 1e6:.1f} M parameters, {model.quantization}")
+        print(f"  task          text2text-generation (decoder start {cfg.decoder_start_token_id}, "
+              f"eos {list(cfg.eos_token_ids)})")
+        print(f"  source        {info['source']}")
+        return
     print(f"  architecture  {cfg.architecture} encoder, {cfg.num_layers} layers, hidden {cfg.hidden_size}, "
           f"{cfg.num_heads} heads, intermediate {cfg.intermediate_size}, {cfg.activation}")
     print(f"  vocabulary    {cfg.vocab_size} tokens, max length {cfg.max_length}")
@@ -224,7 +259,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("out", help="output .safetensors file")
     p.add_argument("--dtype", choices=["int8", "fp32"], default="int8", help="weight type (default int8)")
     p.add_argument("--task", choices=["feature-extraction", "sequence-classification", "token-classification",
-                                      "question-answering", "masked-lm", "pretraining"],
+                                      "question-answering", "masked-lm", "pretraining", "text-generation",
+                                      "text2text-generation"],
                    help="head to convert (default: what config.json's architectures names)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=_cmd_convert)
@@ -275,6 +311,30 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--stream", action="store_true", help="print text as it is generated")
     p.add_argument("--json", action="store_true", help="JSON lines with token ids and finish reason")
 
+    for name, help_text, defaults in (
+            ("translate", "translate texts with an encoder-decoder (T5, BART, Marian); one line out per text",
+             "beam 4, max 256 new tokens, length penalty 1"),
+            ("summarize", "summarise texts with an encoder-decoder (BART, T5 with 'summarize: ')",
+             "beam 4, max 142 new tokens, length penalty 2, no repeated trigram, long texts truncated")):
+        p = text_command(name, help_text, _cmd_translate)
+        p.description = f"Defaults: {defaults}. T5 wants its task prefix in the text."
+        p.set_defaults(batch_size=None)
+        p.add_argument("--beam-size", type=int, default=None, help="1 = greedy (or sampled with --temperature)")
+        p.add_argument("--max-length", type=int, default=None, help="most new tokens per text (EOS included)")
+        p.add_argument("--min-length", type=int, default=None, help="fewest new tokens before EOS may come")
+        p.add_argument("--length-penalty", type=float, default=None)
+        p.add_argument("--no-repeat-ngram-size", type=int, default=None)
+        p.add_argument("--num-hypotheses", type=int, default=None, help="hypotheses per text (tab-separated)")
+        p.add_argument("--repetition-penalty", type=float, default=None)
+        p.add_argument("--temperature", type=float, default=None, help="> 0 samples (with --beam-size 1)")
+        p.add_argument("--top-k", type=int, default=None)
+        p.add_argument("--top-p", type=float, default=None)
+        p.add_argument("--seed", type=int, default=None)
+        p.add_argument("--truncation", action=argparse.BooleanOptionalAction, default=None,
+                       help="cut texts longer than the model takes (default: summarize yes, translate no)")
+        p.add_argument("--json", action="store_true", help="JSON lines with token ids and finish reason")
+        p.add_argument("--quiet", action="store_true", help="no progress bar for --file")
+
     p = sub.add_parser("info", help="describe a tinybert model file")
     p.add_argument("model")
     p.add_argument("--json", action="store_true", help="machine-readable output")
@@ -291,7 +351,7 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-_TEXT_COMMANDS = ("embed", "classify", "ner", "fill-mask", "qa", "generate")
+_TEXT_COMMANDS = ("embed", "classify", "ner", "fill-mask", "qa", "generate", "translate", "summarize")
 
 
 def main(argv: list[str] | None = None) -> int:
