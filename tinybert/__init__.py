@@ -17,5 +17,5 @@ from .translator import Translator  # noqa: E402
 from .warmup import kernels_ready, warmup  # noqa: E402
 
 __all__ = ["Encoder", "Generator", "Translator", "Classifier", "TokenClassifier", "FillMask", "QuestionAnswerer",
-           "TinyBertError", "ModelFileError", "ModelKindError", "UnsupportedModelError", "ConversionError", "InputError",
-           "warmup", "kernels_ready", "__version__"]
+           "TinyBertError", "ModelFileError", "ModelKindError", "UnsupportedModelError", "ConversionError",
+           "InputError", "warmup", "kernels_ready", "__version__"]
