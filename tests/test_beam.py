@@ -11,7 +11,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from tinybert.beam import BeamParams, beam_search, top_k
+from tinybert.beam import BeamParams, beam_search, log_softmax, top_k
 from tinybert.errors import InputError
 
 torch = pytest.importorskip("torch")
@@ -326,6 +326,38 @@ def test_large_vocab_contract_without_eos():
 
 def test_top_k_ties_go_to_the_lower_index():
     v = np.array([1, 3, 3, 0, 3, 2, 3], dtype=np.float32)
-    assert top_k(v, 3).tolist() == [1, 2, 4]
-    assert top_k(v, 7).tolist() == [1, 2, 4, 6, 5, 0, 3]
-    assert top_k(np.full(5, -np.inf, dtype=np.float32), 2).tolist() == [0, 1]
+    assert top_k(v, 3)[0].tolist() == [1, 2, 4]
+    assert top_k(v, 7)[0].tolist() == [1, 2, 4, 6, 5, 0, 3]
+    assert top_k(np.full(5, -np.inf, dtype=np.float32), 2)[0].tolist() == [0, 1]
+
+
+@pytest.mark.parametrize("rows,vocab,k", [(1, 1, 1), (1, 7, 7), (4, 1000, 8), (3, 32128, 12), (4, 50, 200)])
+def test_top_k_matches_a_full_sort(rows, vocab, k):
+    """The one-pass kernel against a stable sort of the flattened [rows, vocab] + add, with many ties and
+    -inf entries."""
+    rng = np.random.default_rng(rows * vocab + k)
+    values = np.round(rng.standard_normal((rows, vocab)), 1).astype(np.float32)
+    values[rng.random((rows, vocab)) < 0.1] = -np.inf
+    add = np.round(rng.standard_normal(rows), 1).astype(np.float32)
+    idx, val = top_k(values, k, add=add)
+    flat = (values + add[:, None]).ravel()
+    ref = np.lexsort((np.arange(flat.size), -flat))[:min(k, flat.size)]
+    assert idx.tolist() == ref.tolist()
+    np.testing.assert_array_equal(val, flat[ref])
+
+
+def test_log_softmax_matches_torch():
+    rng = np.random.default_rng(0)
+    x = (rng.standard_normal((5, 32128)) * 4).astype(np.float32)
+    x[1, :50] = -np.inf
+    x[2] = 0.0
+    got = log_softmax(x)
+    ref = torch.log_softmax(torch.from_numpy(x), dim=-1).numpy()
+    assert np.array_equal(np.isinf(got), np.isinf(ref))
+    finite = np.isfinite(ref)
+    # torch's own float32 sum is off by up to ~1.3e-5 here; the float64 answer bounds both
+    np.testing.assert_allclose(got[finite], ref[finite], atol=3e-5, rtol=0)
+    x64 = np.where(np.isinf(x), -np.inf, x.astype(np.float64))
+    shifted = x64 - x64.max(axis=1, keepdims=True)
+    exact = shifted - np.log(np.exp(shifted).sum(axis=1, keepdims=True))
+    np.testing.assert_allclose(got[finite], exact[finite], atol=5e-6, rtol=0)

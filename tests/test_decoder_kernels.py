@@ -498,3 +498,57 @@ def test_write_kv_round_trip(n, kv_heads, d):
 
 def test_write_kv_covers_both_paths():
     assert 5 * 3 * 7 < decoder.PARALLEL_MIN_WORK <= 300 * 4 * 64
+
+
+# ------------------------------------------------------------------------ encoder-decoder (T5 bias, beams)
+
+@pytest.mark.parametrize("heads,d", [(4, 64), (8, 24), (2, 1)])
+def test_cached_attention_bias(heads, d):
+    """The position-biased path of the cached attention kernel vs float64 numpy: score of key t of row r
+    gets bias[h, p − t], p = positions[r]; rows at positions 0, a block edge and past several blocks."""
+    from tinybert.kernels.attention_bias import cached_attention_bias
+
+    lengths = (1, 33, 70)
+    q, k_cache, v_cache, slots, positions = _prefill(lengths, (2, 0, 3), heads, heads, d, t_max=80)
+    bias = (RNG.standard_normal((heads, 80)) * 3).astype(np.float32)
+    out = np.empty_like(q)
+    cached_attention_bias(q, k_cache, v_cache, slots, positions, bias, np.float32(0.125), out)
+    ref = np.empty(q.shape)
+    for r in range(q.shape[0]):
+        p = positions[r]
+        for h in range(heads):
+            keys = k_cache[slots[r], h, :p + 1].astype(np.float64)
+            s = keys @ q[r, h].astype(np.float64) * 0.125 + bias[h, p - np.arange(p + 1)]
+            w = np.exp(s - s.max())
+            ref[r, h] = w @ v_cache[slots[r], h, :p + 1].astype(np.float64) / w.sum()
+    np.testing.assert_allclose(out, ref, atol=2e-5, rtol=1e-4)
+
+
+def test_packed_attention_bias():
+    from tinybert.kernels.attention_bias import packed_attention_bias
+
+    heads, d, lengths = 3, 16, (1, 9, 30)
+    starts = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64)
+    t = int(starts[-1])
+    q, k, v = (RNG.standard_normal((t, heads, d)).astype(np.float32) for _ in range(3))
+    center = max(lengths) - 1
+    bias = RNG.standard_normal((heads, 2 * center + 1)).astype(np.float32)
+    out = np.empty_like(q)
+    packed_attention_bias(q, k, v, starts, bias, center, 1.0, out)
+    for b in range(len(lengths)):
+        s0, s1 = starts[b], starts[b + 1]
+        for i in range(s0, s1):
+            for h in range(heads):
+                s = k[s0:s1, h].astype(np.float64) @ q[i, h] + bias[h, center + np.arange(s0, s1) - i]
+                w = np.exp(s - s.max())
+                np.testing.assert_allclose(out[i, h], w @ v[s0:s1, h] / w.sum(), atol=2e-5, rtol=1e-4)
+
+
+def test_copy_slots():
+    cache = RNG.standard_normal((2, 6, 3, 10, 4)).astype(np.float32)
+    before = cache.copy()
+    dest, src = np.array([4, 1, 5]), np.array([0, 0, 2])
+    decoder.copy_slots(cache, dest, src, 7)
+    expected = before.copy()
+    expected[:, dest, :, :7] = before[:, src, :, :7]
+    np.testing.assert_array_equal(cache, expected)

@@ -35,6 +35,7 @@ import numpy as np
 
 from .errors import InputError
 from .generation import apply_repetition_penalty
+from .kernels.search import log_softmax_rows, top_k_flat
 
 # transformers' "this beam does not exist / may not be chosen" score.
 _NEG = np.float32(-1e9)
@@ -100,25 +101,26 @@ class BeamParams:
 
 
 def log_softmax(logits: np.ndarray) -> np.ndarray:
-    """float32 log-softmax over the last axis, computed as torch does on CPU (shift by the max first)."""
-    x = np.asarray(logits, dtype=np.float32)
-    shifted = x - x.max(axis=-1, keepdims=True)
-    return shifted - np.log(np.exp(shifted).sum(axis=-1, keepdims=True))
+    """float32 log-softmax over the last axis of a [rows, V] (or [V]) array, computed as torch does on CPU
+    (shift by the max first; the sum of exponentials carried in float64)."""
+    x = np.ascontiguousarray(logits, dtype=np.float32)
+    flat = x.reshape(-1, x.shape[-1])
+    out = np.empty_like(flat)
+    log_softmax_rows(flat, out)
+    return out.reshape(x.shape)
 
 
-def top_k(values: np.ndarray, k: int) -> np.ndarray:
-    """Indices of the ``k`` largest entries of the 1-D ``values``, best first, ties to the lower index.
-
-    O(n): a partition finds the k-th value; only the ≤ k survivors are sorted."""
-    n = values.shape[0]
-    k = min(k, n)
-    if k == n:
-        return np.argsort(-values, kind="stable")
-    kth = values[np.argpartition(values, n - k)[n - k:]].min()
-    above = np.flatnonzero(values > kth)
-    # argpartition picks arbitrarily among entries equal to the k-th value: take the lowest indices.
-    idx = np.concatenate([above, np.flatnonzero(values == kth)[: k - above.size]])
-    return idx[np.lexsort((idx, -values[idx]))]
+def top_k(values: np.ndarray, k: int, add: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """The ``k`` largest entries of ``values`` (+ ``add[r]`` on row r of a 2-D array), flattened row-major:
+    (flat indices, values), best first, ties to the lower index. One pass, O(n)."""
+    x = np.ascontiguousarray(values, dtype=np.float32)
+    x = x.reshape(-1, x.shape[-1])
+    add = np.zeros(x.shape[0], dtype=np.float32) if add is None else np.ascontiguousarray(add, dtype=np.float32)
+    k = min(int(k), x.size)
+    idx = np.empty(k, dtype=np.int64)
+    val = np.empty(k, dtype=np.float32)
+    top_k_flat(x, add, idx, val)
+    return idx, val
 
 
 def banned_ngram_tokens(seq: np.ndarray, n: int) -> np.ndarray:
@@ -258,9 +260,8 @@ class BeamSearch:
         if rows == 1:
             # Expand the one real beam to nb beams (scores 0, -1e9, ...), exactly as transformers starts.
             lp = np.broadcast_to(lp, (nb, vocab))
-        acc = (lp + self.run_scores[:, None]).ravel()       # float32, beam-major as transformers flattens
-        cand = top_k(acc, self.n_keep)
-        cand_scores = acc[cand]
+        # float32 lp + running score, flattened beam-major as transformers does, and its top candidates
+        cand, cand_scores = top_k(lp, self.n_keep, add=self.run_scores)
         cand_beam, cand_tok = cand // vocab, cand % vocab
         hits = np.isin(cand_tok, self.eos_arr) | (t + 1 >= max_new_tokens)
 

@@ -58,6 +58,7 @@ from .kernels.activations import ACTIVATIONS
 from .kernels.attention import attention
 from .kernels.attention_bias import cached_attention_bias, packed_attention_bias
 from .kernels.decoder import cached_attention, write_kv
+from .kernels.decoder import copy_slots as copy_cache_slots
 
 # --- positions ---------------------------------------------------------------------------------------------
 
@@ -205,11 +206,15 @@ class DecoderState:
     def copy_slots(self, dest: np.ndarray, src: np.ndarray, upto: int) -> None:
         """Slots ``dest[i]`` take over the first ``upto`` cached positions of slots ``src[i]`` (beam search:
         a beam continuing another beam). All sources are read before any destination is written."""
-        dest = np.asarray(dest, dtype=np.int64)
-        src = np.asarray(src, dtype=np.int64)
+        dest = np.ascontiguousarray(dest, dtype=np.int64)
+        src = np.ascontiguousarray(src, dtype=np.int64)
+        if dest.shape != src.shape or dest.ndim != 1 or not 0 <= upto <= self.length or (dest.size and (
+                min(dest.min(), src.min()) < 0 or max(dest.max(), src.max()) >= self.slots
+                or np.intersect1d(dest, src).size)):
+            raise InputError("copy_slots needs distinct destination and source slots of the state")
         if dest.size:
             for arr in (self.self_k, self.self_v):
-                arr[:, dest, :, :upto] = arr[:, src, :, :upto]
+                copy_cache_slots(arr, dest, src, int(upto))
 
 
 class Seq2SeqModel:

@@ -19,13 +19,14 @@ import numpy as np
 
 from . import __version__
 from . import format as fmt
+from .beam import log_softmax, top_k
 from .config import DecoderConfig, EncoderConfig, Seq2SeqConfig
 from .decoder import DecoderModel, KVCache
-from .kernels import activations, attention, attention_bias, decoder, embeddings, gemm, mathfn, norm, rope
+from .kernels import activations, attention, attention_bias, decoder, embeddings, gemm, mathfn, norm, rope, search
 from .models import EncoderModel
 from .seq2seq import Seq2SeqModel
 
-_KERNEL_MODULES = (activations, attention, attention_bias, decoder, embeddings, gemm, mathfn, norm, rope)
+_KERNEL_MODULES = (activations, attention, attention_bias, decoder, embeddings, gemm, mathfn, norm, rope, search)
 
 
 def _marker() -> Path:
@@ -115,7 +116,9 @@ def _run_seq2seq(model: Seq2SeqModel) -> None:
     rows = np.array([0, 1, 2], dtype=np.int32)
     sources = np.array([0, 1, 1], dtype=np.int32)
     for t in range(2):
-        model.step(state, np.array([0, 7, 8], dtype=np.int32), rows, np.full(3, t, dtype=np.int32), sources)
+        logits = model.step(state, np.array([0, 7, 8], dtype=np.int32), rows, np.full(3, t, dtype=np.int32), sources)
+        state.copy_slots(np.array([2]), np.array([1]), t + 1)     # beam search: a beam takes over another's cache
+        top_k(log_softmax(logits), 4, add=np.zeros(3, dtype=np.float32))
 
 
 def warmup(show_progress: bool = True) -> None:

@@ -1,12 +1,15 @@
 """Attention with an additive per-head bias by query–key offset (T5's relative position bias).
 
 packed_attention_bias: bidirectional, within each packed sequence (encoders).
-cached_attention_bias: causal over a per-slot KV cache (decoder steps), bias by distance.
+cached_attention_bias: causal over a per-slot KV cache (decoder steps), bias by distance (the decoder
+                       kernel's bias path).
 Scores are float32 and the softmax subtracts the row maximum first, as the unbiased kernels do.
 """
 
 import numpy as np
 from numba import njit, prange
+
+from .decoder import cached_attention_with_bias
 
 
 @njit(cache=True, parallel=True)
@@ -44,33 +47,11 @@ def packed_attention_bias(q, k, v, starts, bias, center, scale, out):
                 out[i, h, e] = acc / total
 
 
-@njit(cache=True, parallel=True)
 def cached_attention_bias(q, k_cache, v_cache, slots, positions, bias, scale, out):
     """cached_attention (causal over the cache) plus a per-head bias by distance:
 
         out[r, h] = Σ_{t ≤ p} softmax_t(scale · q[r, h]·K[t] + bias[h, p − t]) V[t],   p = positions[r]
 
-    q, out float32 [N, Hq, d]; caches [S, Hq, Tmax, d]; bias float32 [Hq, ≥ max(p) + 1]."""
-    n, heads, d = q.shape
-    for task in prange(n * heads):
-        r, h = task // heads, task % heads
-        slot, p = slots[r], positions[r]
-        scores = np.empty(p + 1, dtype=np.float32)
-        best = np.float32(-np.inf)
-        for t in range(p + 1):
-            acc = np.float32(0.0)
-            for e in range(d):
-                acc += q[r, h, e] * k_cache[slot, h, t, e]
-            s = acc * np.float32(scale) + bias[h, p - t]
-            scores[t] = s
-            best = max(best, s)
-        total = np.float32(0.0)
-        for t in range(p + 1):
-            w = np.exp(scores[t] - best)
-            scores[t] = w
-            total += w
-        for e in range(d):
-            acc = np.float32(0.0)
-            for t in range(p + 1):
-                acc += scores[t] * v_cache[slot, h, t, e]
-            out[r, h, e] = acc / total
+    q, out float32 [N, Hq, d]; caches [S, Hq, Tmax, d]; bias float32 [Hq, ≥ max(p) + 1]. The decoder's
+    blocked online-softmax kernel with the bias added to each score block."""
+    cached_attention_with_bias(q, k_cache, v_cache, slots, positions, scale, bias, out)

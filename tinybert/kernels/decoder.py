@@ -129,7 +129,26 @@ def _write_kv_row(k_new, v_new, slot, pos, k_cache, v_cache, r):
 
 
 @njit(cache=True, parallel=True)
+def copy_slots(cache, dest, src, upto):
+    """cache[:, dest[i], :, :upto] = cache[:, src[i], :, :upto] for every i (beam search: a beam takes over
+    another's cached positions). cache float32 [L, S, H, T, d]; dest, src int64 [n]; no dest is a src."""
+    layers, heads = cache.shape[0], cache.shape[2]
+    for task in prange(layers * dest.shape[0]):
+        layer, i = task // dest.shape[0], task % dest.shape[0]
+        for h in range(heads):
+            cache[layer, dest[i], h, :upto] = cache[layer, src[i], h, :upto]
+
+
+@njit(cache=True)
 def cached_attention(q, k_cache, v_cache, slots, positions, scale, out):
+    cached_attention_with_bias(q, k_cache, v_cache, slots, positions, scale, np.zeros((1, 0), dtype=np.float32),
+                               out)
+
+
+@njit(cache=True, parallel=True)
+def cached_attention_with_bias(q, k_cache, v_cache, slots, positions, scale, bias, out):
+    """cached_attention plus bias[h, positions[r] − t] on the score of key t (none when bias has 0 columns):
+    one implementation for plain and position-biased (T5) decoder attention."""
     n_rows, q_heads, d = q.shape
     group = q_heads // k_cache.shape[1]
     tasks = n_rows * q_heads
@@ -138,18 +157,18 @@ def cached_attention(q, k_cache, v_cache, slots, positions, scale, out):
         keys += positions[r] + 1
     if keys * q_heads * d < PARALLEL_MIN_WORK:
         for task in range(tasks):
-            _attend(q, k_cache, v_cache, slots, positions, scale, out, task // q_heads, task % q_heads, group)
+            _attend(q, k_cache, v_cache, slots, positions, scale, bias, out, task // q_heads, task % q_heads, group)
     else:
         # Numba hands each thread one contiguous range of iterations. In a causal prefill the late
         # rows see the most keys, so iterations alternate between the two ends of the (row, head)
         # order (0, T-1, 1, T-2, ...): every range then holds about the same number of keys.
         for i in prange(tasks):
             task = i // 2 if i % 2 == 0 else tasks - 1 - i // 2
-            _attend(q, k_cache, v_cache, slots, positions, scale, out, task // q_heads, task % q_heads, group)
+            _attend(q, k_cache, v_cache, slots, positions, scale, bias, out, task // q_heads, task % q_heads, group)
 
 
 @njit(cache=True, fastmath=True)
-def _attend(q, k_cache, v_cache, slots, positions, scale, out, r, h, group):
+def _attend(q, k_cache, v_cache, slots, positions, scale, bias, out, r, h, group):
     # One (row, query head) pair, one pass over its keys in blocks of KEY_BLOCK with a running
     # maximum m and running sum l: a block's scores are computed, the accumulator and l are rescaled
     # once by 2**(m_old - m_new) if the block raised the maximum, then the block's weights
@@ -197,6 +216,9 @@ def _attend(q, k_cache, v_cache, slots, positions, scale, out, r, h, group):
                 s0 += qs[e] * keys[t0 + j, e]
             scores[j] = s0
             j += 1
+        if bias.shape[1] > 0:
+            for j in range(nb):
+                scores[j] += bias[h, n_keys - 1 - t0 - j] * _LOG2E
         block_max = scores[0]
         for j in range(1, nb):
             block_max = fmax(block_max, scores[j])
