@@ -62,11 +62,14 @@ def convert(src: str | Path, out: str | Path, dtype: str = "int8", show_progress
     extra: dict[str, str] = {}
     if hf_config.get("model_type") == "marian" and not (src / "tokenizer.json").is_file():
         # Marian ships SentencePiece models, not a tokenizer.json: rebuild them for `tokenizers`.
-        from .spm import marian_tokenizers
+        from .spm import marian_tokenizers, marian_unknown_pieces
 
         tokenizer, target, id_map = marian_tokenizers(src)
         extra[fmt.KEY_TARGET_TOKENIZER] = target
         extra[fmt.KEY_SOURCE_ID_MAP] = json.dumps(id_map)
+        extra[fmt.KEY_SOURCE_UNKNOWN_PIECES] = json.dumps(
+            {"unk_id": json.loads(tokenizer)["model"]["unk_id"], "pieces": marian_unknown_pieces(src)},
+            ensure_ascii=False, sort_keys=True)
     else:
         tokenizer = tokenizer_json(src)
     options = tokenizer_options(src, tokenizer)

@@ -20,6 +20,7 @@ import pytest
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
 
+from test_spm import marian_folders, marian_models  # noqa: E402, F401  (fixtures)
 from tinybert_convert import convert  # noqa: E402
 
 from tinybert import Generator, Translator  # noqa: E402
@@ -373,3 +374,41 @@ def test_cli_translate_and_summarize(built, tmp_path, bpe_tokenizer_file):
     assert proc.stdout.splitlines() == [expected(t, max_new_tokens=30) for t in texts]
     assert_cli_error(run(env, "translate", path, "x", "--beam-size", "0"), "beam_size")
     assert_cli_error(run(env, "translate", path, "word " * 400), "truncation")
+
+
+# ----------------------------------------------------------------------------- Marian with SentencePiece
+
+def test_marian_spm_end_to_end(marian_folders, sentences, tmp_path):  # noqa: F811 (fixture from test_spm)
+    """A Marian folder as opus-mt ships it (source.spm, target.spm, vocab.json; no tokenizer.json), random
+    weights: `translate(text)` equals MarianTokenizer → generate (beam 4) → MarianTokenizer.decode, on real
+    sentences and hard texts; the file carries both tokenizers."""
+    import shutil
+    import warnings
+
+    folder = tmp_path / "marian"
+    shutil.copytree(marian_folders["shared"], folder)
+    vocab = json.loads((folder / "vocab.json").read_text())
+    pad = vocab["<pad>"]
+    torch.manual_seed(0)
+    model = transformers.MarianMTModel(transformers.MarianConfig(
+        vocab_size=len(vocab), d_model=64, encoder_layers=2, decoder_layers=2, encoder_attention_heads=4,
+        decoder_attention_heads=4, encoder_ffn_dim=128, decoder_ffn_dim=128, max_position_embeddings=128,
+        pad_token_id=pad, decoder_start_token_id=pad, eos_token_id=0, forced_eos_token_id=0)).eval()
+    with torch.no_grad():
+        model.model.shared.weight.mul_(6)
+    model.generation_config.bad_words_ids = [[pad]]
+    model.save_pretrained(folder)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        tok = transformers.MarianTokenizer.from_pretrained(str(folder))
+    path = convert(folder, tmp_path / "marian.safetensors", dtype="fp32")
+    tr = Translator(path)
+    assert "target_tokenizer" in tr.metadata and "source_unknown_pieces" in tr.metadata
+    texts = sentences[:12] + ["Zoë's café?! V Z", "Ünïcödé — 你好 🙂", "  many   spaces  "]
+    got = tr.translate(texts, max_length=24, return_ids=True)
+    for text, hyp in zip(texts, got):
+        ids = tok(text)["input_ids"]
+        out = model.generate(torch.tensor([ids]), num_beams=4, max_new_tokens=24, do_sample=False)[0, 1:].tolist()
+        ref_ids = out[:out.index(0)] if 0 in out else out
+        assert hyp["token_ids"] == ref_ids, text
+        assert hyp["text"] == tok.decode(out, skip_special_tokens=True), text

@@ -17,6 +17,9 @@ Metadata keys (all values are strings, as safetensors requires):
                      decodes generated ids; without it ``tokenizer`` decodes too
     source_id_map    with target_tokenizer: JSON list, model id of each id ``tokenizer`` produces (Marian's
                      source SentencePiece ids → its joint vocabulary)
+    source_unknown_pieces  with it, optional: {"unk_id": id, "pieces": {text: model id}}, JSON: a token the
+                     source tokenizer yields as unknown (``unk_id``) whose text is in ``pieces`` takes that
+                     model id (MarianTokenizer looks unknown text up in the joint vocabulary)
 
 Canonical tensor names (``L`` is the layer index). A quantised 2-D tensor ``T`` is stored as int8
 ``T`` plus float32 ``T.scale`` with one scale per row (per output channel for linear weights, per
@@ -67,6 +70,7 @@ KEY_TASK = "task"
 KEY_TOKENIZER_OPTIONS = "tokenizer_options"
 KEY_TARGET_TOKENIZER = "target_tokenizer"
 KEY_SOURCE_ID_MAP = "source_id_map"
+KEY_SOURCE_UNKNOWN_PIECES = "source_unknown_pieces"
 
 TASKS = ("feature-extraction", "sequence-classification", "token-classification", "question-answering",
          "masked-lm", "pretraining", "text-generation", "text2text-generation")

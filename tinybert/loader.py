@@ -93,6 +93,7 @@ class ModelFile:
     tokenizer_options: dict
     target_tokenizer_json: str | None = None     # encoder-decoders with separate target pieces (Marian)
     source_id_map: np.ndarray | None = None      # with it: model id of each source-tokenizer id, int32
+    source_unknown_pieces: tuple[int, dict[str, int]] | None = None   # (unk id, unknown text → model id)
 
 
 def _json_key(metadata: dict[str, str], key: str) -> object:
@@ -163,7 +164,7 @@ def load(path: str | Path) -> ModelFile:
     if ((task.type == "text-generation") != isinstance(config, DecoderConfig)
             or (task.type == "text2text-generation") != isinstance(config, Seq2SeqConfig)):
         raise ModelFileError(f"{path}: task {task.type!r} does not fit a {config.kind} model")
-    target_tokenizer, source_id_map = _target_tokenizer(path, metadata, config)
+    target_tokenizer, source_id_map, unknown_pieces = _target_tokenizer(path, metadata, config)
     if task.type in ("masked-lm", "pretraining") and task.mlm_tied and task.mlm_size != config.embedding_size:
         raise ModelFileError(f"{path}: a tied MLM decoder must have the embedding width {config.embedding_size}")
     options = _json_key(metadata, fmt.KEY_TOKENIZER_OPTIONS)
@@ -209,15 +210,18 @@ def load(path: str | Path) -> ModelFile:
     except Exception as exc:
         raise ModelFileError(f"{path}: cannot read tensors ({exc})") from None
     return ModelFile(path, config, tensors, tokenizer, pooling, quantization, metadata, task, options,
-                     target_tokenizer, source_id_map)
+                     target_tokenizer, source_id_map, unknown_pieces)
 
 
-def _target_tokenizer(path: Path, metadata: dict[str, str],
-                      config: EncoderConfig | DecoderConfig | Seq2SeqConfig) -> tuple[str | None, np.ndarray | None]:
-    """The target tokenizer and the source id map of an encoder-decoder with separate target pieces."""
+def _target_tokenizer(path: Path, metadata: dict[str, str], config: EncoderConfig | DecoderConfig | Seq2SeqConfig
+                      ) -> tuple[str | None, np.ndarray | None, tuple[int, dict[str, int]] | None]:
+    """The target tokenizer, the source id map and the unknown-piece table of an encoder-decoder with
+    separate target pieces (Marian)."""
     has_target, has_map = fmt.KEY_TARGET_TOKENIZER in metadata, fmt.KEY_SOURCE_ID_MAP in metadata
     if not has_target and not has_map:
-        return None, None
+        if fmt.KEY_SOURCE_UNKNOWN_PIECES in metadata:
+            raise ModelFileError(f"{path}: source_unknown_pieces without a source_id_map")
+        return None, None, None
     if not isinstance(config, Seq2SeqConfig) or not (has_target and has_map):
         raise ModelFileError(f"{path}: target_tokenizer and source_id_map go together, in encoder-decoder files")
     ids = _json_key(metadata, fmt.KEY_SOURCE_ID_MAP)
@@ -227,4 +231,16 @@ def _target_tokenizer(path: Path, metadata: dict[str, str],
                              f"{config.vocab_size}")
     if not metadata[fmt.KEY_TARGET_TOKENIZER]:
         raise ModelFileError(f"{path}: empty target_tokenizer")
-    return metadata[fmt.KEY_TARGET_TOKENIZER], np.asarray(ids, dtype=np.int32)
+    unknown = None
+    if fmt.KEY_SOURCE_UNKNOWN_PIECES in metadata:
+        table = _json_key(metadata, fmt.KEY_SOURCE_UNKNOWN_PIECES)
+
+        def is_id(value: object, limit: int) -> bool:
+            return isinstance(value, int) and not isinstance(value, bool) and 0 <= value < limit
+
+        if (not isinstance(table, dict) or set(table) != {"unk_id", "pieces"} or not is_id(table["unk_id"], len(ids))
+                or not isinstance(table["pieces"], dict)
+                or not all(isinstance(k, str) and is_id(v, config.vocab_size) for k, v in table["pieces"].items())):
+            raise ModelFileError(f"{path}: bad source_unknown_pieces metadata")
+        unknown = (table["unk_id"], table["pieces"])
+    return metadata[fmt.KEY_TARGET_TOKENIZER], np.asarray(ids, dtype=np.int32), unknown

@@ -64,6 +64,7 @@ class Translator:
         self.threads = _check_threads(threads)
         self.tokenizer = load_tokenizer(model_file.tokenizer_json, self.config.max_positions)
         self._source_ids = model_file.source_id_map
+        self._unknown_pieces = model_file.source_unknown_pieces
         clean_up = model_file.tokenizer_options["clean_up_tokenization_spaces"]
         target = model_file.target_tokenizer_json
         self._decoder = Decoder(load_tokenizer(target, self.config.max_positions) if target else self.tokenizer,
@@ -142,7 +143,13 @@ class Translator:
         if self._source_ids is not None:
             if ids.size and ids.max() >= self._source_ids.size:
                 raise InputError("the source tokenizer produced an id outside its id map")
-            ids = self._source_ids[ids]
+            mapped = self._source_ids[ids]
+            if self._unknown_pieces is not None:
+                # Text the source pieces cannot spell may still be a vocabulary entry (MarianTokenizer's lookup).
+                unk, pieces = self._unknown_pieces
+                for i in np.flatnonzero(ids == unk):
+                    mapped[i] = pieces.get(encoding.tokens[i], mapped[i])
+            ids = mapped
         return self._check_ids(ids)
 
     def _check_ids(self, ids: object) -> np.ndarray:
