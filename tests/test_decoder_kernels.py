@@ -506,13 +506,11 @@ def test_write_kv_covers_both_paths():
 def test_cached_attention_bias(heads, d):
     """The position-biased path of the cached attention kernel vs float64 numpy: score of key t of row r
     gets bias[h, p − t], p = positions[r]; rows at positions 0, a block edge and past several blocks."""
-    from tinybert.kernels.attention_bias import cached_attention_bias
-
     lengths = (1, 33, 70)
     q, k_cache, v_cache, slots, positions = _prefill(lengths, (2, 0, 3), heads, heads, d, t_max=80)
     bias = (RNG.standard_normal((heads, 80)) * 3).astype(np.float32)
     out = np.empty_like(q)
-    cached_attention_bias(q, k_cache, v_cache, slots, positions, bias, np.float32(0.125), out)
+    decoder.cached_attention_with_bias(q, k_cache, v_cache, slots, positions, 0.125, bias, out)
     ref = np.empty(q.shape)
     for r in range(q.shape[0]):
         p = positions[r]
@@ -524,17 +522,21 @@ def test_cached_attention_bias(heads, d):
     np.testing.assert_allclose(out, ref, atol=2e-5, rtol=1e-4)
 
 
-def test_packed_attention_bias():
-    from tinybert.kernels.attention_bias import packed_attention_bias
+@pytest.mark.parametrize("d", [64, 16, 5])
+def test_encoder_attention_with_bias(d):
+    """The encoder attention kernel's T5 path (scale 1, relative bias by offset) vs float64 numpy."""
+    from tinybert.kernels.attention import attention_with_bias
 
-    heads, d, lengths = 3, 16, (1, 9, 30)
+    heads, lengths = 3, (1, 9, 30, 7)
     starts = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64)
     t = int(starts[-1])
     q, k, v = (RNG.standard_normal((t, heads, d)).astype(np.float32) for _ in range(3))
     center = max(lengths) - 1
-    bias = RNG.standard_normal((heads, 2 * center + 1)).astype(np.float32)
-    out = np.empty_like(q)
-    packed_attention_bias(q, k, v, starts, bias, center, 1.0, out)
+    bias = (RNG.standard_normal((heads, 2 * center + 1)) * 3).astype(np.float32)
+    qkv = np.concatenate([q.reshape(t, -1), k.reshape(t, -1), v.reshape(t, -1)], axis=1)
+    flat_out = np.empty((t, heads * d), dtype=np.float32)
+    attention_with_bias(qkv, starts, np.ones(t, np.uint8), heads, 1.0, bias, center, flat_out)
+    out = flat_out.reshape(t, heads, d)
     for b in range(len(lengths)):
         s0, s1 = starts[b], starts[b + 1]
         for i in range(s0, s1):

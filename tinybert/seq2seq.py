@@ -55,9 +55,8 @@ from .decoder import Norm
 from .errors import InputError
 from .format import SCALE_SUFFIX
 from .kernels.activations import ACTIVATIONS
-from .kernels.attention import attention
-from .kernels.attention_bias import cached_attention_bias, packed_attention_bias
-from .kernels.decoder import cached_attention, write_kv
+from .kernels.attention import attention_with_bias
+from .kernels.decoder import cached_attention, cached_attention_with_bias, write_kv
 from .kernels.decoder import copy_slots as copy_cache_slots
 
 # --- positions ---------------------------------------------------------------------------------------------
@@ -288,22 +287,15 @@ class Seq2SeqModel:
             offsets = np.arange(-(longest - 1), longest)
             buckets = relative_position_bucket(offsets, True, cfg.relative_buckets, cfg.relative_max_distance)
             bias = np.ascontiguousarray(self.rel_bias["encoder"][buckets].T)    # [heads, 2·longest − 1]
-        elif h * d != cfg.hidden_size:
-            longest = int(lengths.max())
-            bias = np.zeros((h, 2 * longest - 1), dtype=np.float32)
+            center = longest - 1
         else:
-            bias = None     # the fused-qkv encoder kernel (it scales by 1/√d itself)
+            bias, center = np.zeros((h, 0), dtype=np.float32), 0
         key_mask = np.ones(t, dtype=np.uint8)
         for block in self.encoder_blocks:
             def attend(y: np.ndarray, block: _Block = block) -> np.ndarray:
-                if bias is None:
-                    context = np.empty((t, h * d), dtype=np.float32)
-                    attention(block.qkv(y), starts, key_mask, h, context)
-                else:
-                    q, k, v = block.split_qkv(y)
-                    context = np.empty((t, h, d), dtype=np.float32)
-                    packed_attention_bias(q, k, v, starts, bias, bias.shape[1] // 2, self.scale, context)
-                return block.attn_out(context.reshape(t, h * d))
+                context = np.empty((t, h * d), dtype=np.float32)
+                attention_with_bias(block.qkv(y), starts, key_mask, h, self.scale, bias, center, context)
+                return block.attn_out(context)
             x = block.sublayer(x, block.attn_norm, attend)
             x = block.sublayer(x, block.mlp_norm, block.ffn)
         if "encoder" in self.final_norms:
@@ -377,8 +369,8 @@ class Seq2SeqModel:
                 if bias is None:
                     cached_attention(q, state.self_k[i], state.self_v[i], slots, positions, self.scale, context)
                 else:
-                    cached_attention_bias(q, state.self_k[i], state.self_v[i], slots, positions, bias, self.scale,
-                                          context)
+                    cached_attention_with_bias(q, state.self_k[i], state.self_v[i], slots, positions, self.scale,
+                                               bias, context)
                 return block.attn_out(context.reshape(n, h * d))
 
             def cross_attend(y: np.ndarray, block: _Block = block, i: int = i) -> np.ndarray:

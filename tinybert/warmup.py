@@ -22,11 +22,11 @@ from . import format as fmt
 from .beam import log_softmax, top_k
 from .config import DecoderConfig, EncoderConfig, Seq2SeqConfig
 from .decoder import DecoderModel, KVCache
-from .kernels import activations, attention, attention_bias, decoder, embeddings, gemm, mathfn, norm, rope, search
+from .kernels import activations, attention, decoder, embeddings, gemm, mathfn, norm, rope, search
 from .models import EncoderModel
 from .seq2seq import Seq2SeqModel
 
-_KERNEL_MODULES = (activations, attention, attention_bias, decoder, embeddings, gemm, mathfn, norm, rope, search)
+_KERNEL_MODULES = (activations, attention, decoder, embeddings, gemm, mathfn, norm, rope, search)
 
 
 def _marker() -> Path:

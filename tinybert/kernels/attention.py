@@ -1,6 +1,7 @@
 """Multi-head scaled dot-product attention over sequences packed one after another.
 
 For sequence b, head h, query i:   out[i,h] = Σ_j softmax_j(q_i · k_j / √d  over valid j in b) v_j
+(``attention_with_bias``: q_i · k_j · scale + bias[h, center + j − i], T5's relative position bias)
 
 Layout: ``qkv`` float32 [T, 3*H] holds q | k | v side by side per token (the fused QKV GEMM's
 output), head h owning columns [h*d, (h+1)*d) of each third. Sequence b owns rows
@@ -131,8 +132,18 @@ def _tile(rows, c, c_off, ldc, a, a_off, lda, b, b_off, ldb, kdim):
         _tile1(c, c_off, ldc, a, a_off, lda, b, b_off, ldb, kdim)
 
 
-@njit(cache=True, parallel=True)
+@njit(cache=True)
 def attention(qkv, starts, key_mask, num_heads, out):
+    d = out.shape[1] // num_heads
+    attention_with_bias(qkv, starts, key_mask, num_heads, 1.0 / math.sqrt(d), np.zeros((1, 0), dtype=np.float32),
+                        0, out)
+
+
+@njit(cache=True, parallel=True)
+def attention_with_bias(qkv, starts, key_mask, num_heads, scale, bias, center, out):
+    """``attention`` with the score scale given (T5: 1, no 1/√d) and, when ``bias`` has columns, T5's relative
+    position bias added to the score of query i and key j: bias[h, center + j − i] (i, j positions within
+    the sequence; bias float32 [heads, W] with center ≥ longest − 1 and W > center + longest − 1)."""
     # The parallel loop only dispatches: Numba's parfor passes are slow on large loop bodies, and
     # a call keeps the compile (cold start) short. The micro-kernel reads q (and often v) straight
     # from qkv by flat offsets, so it needs qkv C-contiguous (a no-op for the usual C array).
@@ -141,11 +152,11 @@ def attention(qkv, starts, key_mask, num_heads, out):
     batch = starts.shape[0] - 1
     for task in prange(batch * num_heads):
         _attend_one_head(qkv, flat, starts[task // num_heads], starts[task // num_heads + 1],
-                         key_mask, task % num_heads, num_heads, out)
+                         key_mask, task % num_heads, num_heads, scale, bias, center, out)
 
 
 @njit(cache=True, fastmath=True)
-def _attend_one_head(qkv, flat, base, end, key_mask, h, num_heads, out):
+def _attend_one_head(qkv, flat, base, end, key_mask, h, num_heads, scale, bias, center, out):
     hidden = out.shape[1]
     ld = 3 * hidden
     d = hidden // num_heads
@@ -164,9 +175,11 @@ def _attend_one_head(qkv, flat, base, end, key_mask, h, num_heads, out):
         n = seq
     n16 = (n + NR - 1) // NR * NR
 
-    # K panels (a 16 x d transpose each), pre-scaled by log2(e)/√d so that scores come out in
+    # K panels (a 16 x d transpose each), pre-scaled by log2(e) · scale so that scores come out in
     # log2 units; keys past n are zero (their scores are computed but never read).
-    scale = np.float32(1.4426950408889634 / math.sqrt(d))
+    log2e = np.float32(1.4426950408889634)
+    has_bias = bias.shape[1] > 0
+    scale = np.float32(1.4426950408889634 * scale)
     kpan = np.empty(n16 * d, dtype=np.float32)
     for p in range(n16 // NR):
         dst = kpan[p * d * NR:(p + 1) * d * NR]
@@ -202,6 +215,9 @@ def _attend_one_head(qkv, flat, base, end, key_mask, h, num_heads, out):
                   NR, d)
         for r in range(rows):
             srow = scores[r * n16:r * n16 + n]
+            if has_bias:
+                for j in range(n):
+                    srow[j] += bias[h, center + valid[j] - (i0 + r)] * log2e
             best = srow[0]
             for j in range(1, n):
                 best = fmax(best, srow[j])

@@ -1,4 +1,4 @@
-"""Decoder-side kernels (GPT-2 and Llama-family models): RMSNorm, SiLU-gated MLP activation, and
+"""Decoder-side kernels (GPT-2, Llama family, encoder-decoder decoders): RMSNorm, SiLU-gated MLP activation, and
 causal attention over a KV cache with grouped-query attention.
 
 rms_norm:          out[t] = x[t] / sqrt(mean_i x[t, i]² + eps) * w          (LlamaRMSNorm)
