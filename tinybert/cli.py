@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -181,6 +182,23 @@ def _cmd_translate(args: argparse.Namespace) -> None:
     sys.stdout.flush()
 
 
+def _cmd_build_capi(args: argparse.Namespace) -> None:
+    try:
+        from tinybert_capi.build import build
+    except ImportError as exc:
+        raise InputError(f"the C API sources are not installed ({exc})") from None
+    try:
+        paths = build(args.outdir, verbose=args.verbose, python_home=args.python_home,
+                      sitedirs=None if args.sitedirs is None else args.sitedirs.split(os.pathsep),
+                      paths=None if args.paths is None else args.paths.split(os.pathsep))
+    except RuntimeError as exc:
+        raise InputError(str(exc)) from None
+    for path in paths.values():
+        print(f"wrote {path}", file=sys.stderr)
+    print(f"link with: gcc prog.c -I{paths['header'].parent} -L{paths['library'].parent} -ltinybert "
+          f"-Wl,-rpath,{paths['library'].parent}", file=sys.stderr)
+
+
 def _source(text: str) -> object:
     # Free-form by the format's definition; the converter writes JSON.
     try:
@@ -334,6 +352,16 @@ def build_parser() -> argparse.ArgumentParser:
                        help="cut texts longer than the model takes (default: summarize yes, translate no)")
         p.add_argument("--json", action="store_true", help="JSON lines with token ids and finish reason")
         p.add_argument("--quiet", action="store_true", help="no progress bar for --file")
+
+    p = sub.add_parser("build-capi", help="build the C library: libtinybert.so, tinybert.h, tinybert.pc")
+    p.add_argument("outdir", help="folder to write them to")
+    p.add_argument("--verbose", action="store_true", help="show the compiler commands")
+    # What the library records about its Python is normally taken from this interpreter; these replace
+    # it (the tests use them to build a library whose environment is missing).
+    p.add_argument("--python-home", help=argparse.SUPPRESS)
+    p.add_argument("--sitedirs", help=argparse.SUPPRESS)
+    p.add_argument("--paths", help=argparse.SUPPRESS)
+    p.set_defaults(func=_cmd_build_capi)
 
     p = sub.add_parser("info", help="describe a tinybert model file")
     p.add_argument("model")
