@@ -23,7 +23,7 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
-TEXT = "A man is playing a guitar on the stage tonight."   # 16 tokens with [CLS] and [SEP]
+TEXT = "A young man is playing an old guitar on the big stage tonight."   # 16 tokens with [CLS] and [SEP]
 
 
 def model_file() -> Path:
