@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from .api import _check_threads, _numba_threads
-from .beam import BeamParams, BeamSearch
+from .beam import BeamParams, BeamSearch, banned_ngram_tokens
 from .config import Seq2SeqConfig
 from .errors import InputError, ModelKindError
 from .generation import SamplingParams, next_tokens
@@ -247,8 +247,6 @@ class Translator:
         """What generate()'s logits processors do before a greedy or sampled pick: no repeated n-gram, bad
         tokens, no EOS before ``min_length``, forced first / last tokens (the repetition penalty and the
         sampling warpers follow in next_tokens)."""
-        from .beam import banned_ngram_tokens
-
         cfg = self.config
         logits = np.array(logits, dtype=np.float32)
         if settings.no_repeat_ngram_size:
