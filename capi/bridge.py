@@ -119,7 +119,7 @@ def install(ffi, lib) -> None:
         try:
             kind = json.loads(metadata.get("config", "{}")).get("kind", "encoder")
             task = json.loads(metadata.get("task", "{}")).get("type")
-        except (ValueError, AttributeError):
+        except (ValueError, AttributeError, RecursionError):
             raise ModelFileError(f"{name}: bad config or task metadata") from None
         if kind == "decoder":
             api = Generator(name, threads=threads)

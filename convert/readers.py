@@ -92,10 +92,15 @@ def read_checkpoint(folder: Path) -> dict[str, np.ndarray]:
     if index.is_file():
         try:
             weight_map = json.loads(index.read_text())["weight_map"]
-        except (ValueError, KeyError) as exc:
+        except (ValueError, KeyError, TypeError) as exc:
             raise ConversionError(f"{index}: bad shard index: {exc}") from None
+        if not isinstance(weight_map, dict) or not all(isinstance(v, str) for v in weight_map.values()):
+            raise ConversionError(f"{index}: weight_map must map tensor names to shard file names")
         tensors: dict[str, np.ndarray] = {}
         for shard in sorted(set(weight_map.values())):
+            # A shard is a file of this folder: no path separators, no "..", nothing absolute.
+            if not shard or shard in (".", "..") or "/" in shard or "\\" in shard or "\0" in shard:
+                raise ConversionError(f"{index}: shard name {shard!r} points outside the model folder")
             shard_path = folder / shard
             if not shard_path.is_file():
                 raise ConversionError(f"{folder}: shard {shard} named in the index is missing")

@@ -73,8 +73,8 @@ class BeamParams:
         if not _is_int(self.num_beams) or self.num_beams < 1:
             raise InputError(f"num_beams must be a positive integer, got {self.num_beams!r}")
         lp = self.length_penalty
-        if isinstance(lp, bool) or not isinstance(lp, (int, float)) or not np.isfinite(lp):
-            raise InputError(f"length_penalty must be a finite number, got {lp!r}")
+        if isinstance(lp, bool) or not isinstance(lp, (int, float)) or not np.isfinite(lp) or abs(lp) > 100:
+            raise InputError(f"length_penalty must be a number from -100 to 100, got {lp!r}")
         if not (self.early_stopping is True or self.early_stopping is False or self.early_stopping == "never"):
             raise InputError(f"early_stopping must be True, False or 'never', got {self.early_stopping!r}")
         n = self.num_return_sequences
@@ -131,6 +131,12 @@ def banned_ngram_tokens(seq: np.ndarray, n: int) -> np.ndarray:
     windows = np.lib.stride_tricks.sliding_window_view(seq, n)
     match = (windows[:, :-1] == seq[seq.size - n + 1:]).all(axis=1)
     return windows[match, -1]
+
+
+def _length_penalty(length: int, exponent: float) -> np.float32:
+    """length ** exponent as a float32 (inf or 0 past float range, as torch computes it; never an error)."""
+    with np.errstate(over="ignore", under="ignore"):
+        return np.float32(np.power(np.float64(length), np.float64(exponent)))
 
 
 def _id_tuple(v: int | Sequence[int] | None) -> tuple[int, ...]:
@@ -267,7 +273,7 @@ class BeamSearch:
 
         # Finished hypotheses: only hits among the nb best candidates count; the pool keeps the best nb
         # (existing ones first on ties, as they come first in transformers' concatenation).
-        penalty = np.float32((t + 1) ** lp_exp)
+        penalty = _length_penalty(t + 1, lp_exp)
         new = [(cand_scores[i] / penalty, i) for i in range(min(nb, cand.size)) if hits[i]]
         if new:
             pool = self.finished + [(s, np.append(hist[cand_beam[i] if rows > 1 else 0, self.plen:], cand_tok[i]))
@@ -290,7 +296,7 @@ class BeamSearch:
 
         # Stopping, as transformers' _check_early_stop_heuristic / _beam_search_has_unfinished_sequences.
         best_len = max_new_tokens if params.early_stopping == "never" and lp_exp > 0 else t + 1
-        best_possible = self.run_scores[0] / np.float32(best_len ** lp_exp)
+        best_possible = self.run_scores[0] / _length_penalty(best_len, lp_exp)
         all_finished = len(self.finished) == nb
         # With a slot still empty transformers compares against its -1e9 placeholder.
         worst = self.finished[-1][0] if all_finished else _NEG
@@ -301,5 +307,11 @@ class BeamSearch:
 
     def results(self) -> list[dict]:
         """The best ``num_return_sequences`` finished hypotheses: dicts ``{"token_ids", "score"}``."""
-        return [{"token_ids": [int(i) for i in ids], "score": float(s)}
-                for s, ids in self.finished[: self.params.num_return_sequences]]
+        found = list(self.finished[: self.params.num_return_sequences])
+        # Scores that sink to -1e9 or below (a repetition penalty of 1e30, ...) finish nothing; the running
+        # beams then stand in, best first, rather than returning fewer hypotheses than asked for.
+        for row in range(self.hist.shape[0]):
+            if len(found) >= self.params.num_return_sequences:
+                break
+            found.append((self.run_scores[row], self.hist[row, self.plen:]))
+        return [{"token_ids": [int(i) for i in ids], "score": float(s)} for s, ids in found]

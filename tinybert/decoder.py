@@ -18,6 +18,7 @@ import numpy as np
 
 from .blocks import Linear
 from .config import DecoderConfig
+from .errors import check_finite
 from .format import SCALE_SUFFIX
 from .kernels import embeddings as embed_k
 from .kernels.activations import ACTIVATIONS
@@ -147,4 +148,6 @@ class DecoderModel:
             x = block(x, slots, positions, cache, self.rope)
         if logit_rows is not None:
             x = np.ascontiguousarray(x[logit_rows])
-        return self.lm_head(self.final_norm(x))
+        logits = self.lm_head(self.final_norm(x))
+        check_finite(logits, "logits")
+        return logits

@@ -24,3 +24,17 @@ class InputError(TinyBertError, ValueError):
 class ModelKindError(TinyBertError):
     """The file holds another kind of model or head than the class asked for (for example a
     Classifier on a file converted from a base model without a classification head)."""
+
+
+class NumericalError(ModelFileError):
+    """The model computed infinite or NaN values: its weights (valid in shape and finite, but out of any
+    sane range, e.g. a hostile or damaged file) overflow float32. Raised instead of returning them."""
+
+
+def check_finite(values: object, what: str) -> None:
+    """Raise NumericalError when ``values`` (a numpy array) holds an infinity or a NaN."""
+    import numpy as np
+
+    if not np.isfinite(values).all():
+        raise NumericalError(f"the model computed non-finite values in its {what}: its weights overflow "
+                             "float32 (a damaged or hostile file?)")

@@ -13,6 +13,7 @@ import numpy as np
 
 from .blocks import LayerNorm, Linear
 from .config import EncoderConfig, TaskConfig
+from .errors import check_finite
 from .kernels.activations import ACTIVATIONS
 
 
@@ -37,6 +38,11 @@ def pool_segments(hidden: np.ndarray, starts: np.ndarray, mode: str) -> np.ndarr
 def l2_normalize(x: np.ndarray) -> np.ndarray:
     norm = np.sqrt((x.astype(np.float64) ** 2).sum(axis=1, keepdims=True))
     return (x / np.maximum(norm, 1e-12)).astype(np.float32)
+
+
+def _finite(logits: np.ndarray) -> np.ndarray:
+    check_finite(logits, "head logits")
+    return logits
 
 
 def _activate(x: np.ndarray, name: str) -> np.ndarray:
@@ -86,16 +92,16 @@ class TaskHead:
     def sequence_logits(self, hidden: np.ndarray, starts: np.ndarray) -> np.ndarray:
         """[B, labels] from the first token of each sequence (through the pooler where there is one)."""
         x = self.pooler(hidden, starts) if self.pooler else np.ascontiguousarray(hidden[starts[:-1]])
-        return self.classifier(x)
+        return _finite(self.classifier(x))
 
     def token_logits(self, hidden: np.ndarray) -> np.ndarray:
         """[T, labels] (question answering: [T, 2] start and end logits)."""
-        return self.classifier(hidden)
+        return _finite(self.classifier(hidden))
 
     def mlm_logits(self, hidden_rows: np.ndarray) -> np.ndarray:
         """[R, vocab] for the given rows only: fill-mask needs the masked positions, not all tokens."""
-        return self.mlm(hidden_rows)
+        return _finite(self.mlm(hidden_rows))
 
     def nsp_logits(self, hidden: np.ndarray, starts: np.ndarray) -> np.ndarray:
         """[B, 2]: index 0 = "B follows A", as transformers' BertForPreTraining."""
-        return self.nsp(self.pooler(hidden, starts))
+        return _finite(self.nsp(self.pooler(hidden, starts)))

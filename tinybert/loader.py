@@ -101,7 +101,7 @@ def _json_key(metadata: dict[str, str], key: str) -> object:
         raise ModelFileError(f"metadata key {key!r} is missing")
     try:
         return json.loads(metadata[key])
-    except ValueError:
+    except (ValueError, RecursionError):     # RecursionError: nesting deeper than the parser's stack
         raise ModelFileError(f"metadata {key!r} is not valid JSON") from None
 
 

@@ -11,6 +11,7 @@ import numpy as np
 
 from .blocks import Embeddings, EncoderBlock
 from .config import EncoderConfig
+from .errors import check_finite
 
 
 def position_ids(cfg: EncoderConfig, ids: np.ndarray, starts: np.ndarray) -> np.ndarray:
@@ -45,4 +46,5 @@ class EncoderModel:
         x = self.embeddings(ids, position_ids(self.config, ids, starts), type_ids)
         for block in self.blocks:
             x = block(x, starts, key_mask)
+        check_finite(x, "hidden states")
         return x

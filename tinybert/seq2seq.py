@@ -52,7 +52,7 @@ import numpy as np
 from .blocks import Linear
 from .config import Seq2SeqConfig
 from .decoder import Norm
-from .errors import InputError
+from .errors import InputError, check_finite
 from .format import SCALE_SUFFIX
 from .kernels.activations import ACTIVATIONS
 from .kernels.attention import attention_with_bias
@@ -300,6 +300,7 @@ class Seq2SeqModel:
             x = block.sublayer(x, block.mlp_norm, block.ffn)
         if "encoder" in self.final_norms:
             x = self.final_norms["encoder"](x)
+        check_finite(x, "encoder output")
         return x
 
     # -- decoder --
@@ -387,4 +388,6 @@ class Seq2SeqModel:
             x = self.final_norms["decoder"](x)
         if cfg.lm_head_scale != 1.0:
             x = x * np.float32(cfg.lm_head_scale)
-        return self.lm_head(x)
+        logits = self.lm_head(x)
+        check_finite(logits, "logits")
+        return logits

@@ -26,7 +26,17 @@ def load_tokenizer(text: str, max_length: int) -> Tokenizer:
     except Exception as exc:  # tokenizers raises its own exception type
         raise ModelFileError(f"tokenizer metadata does not load: {exc}") from None
     tokenizer.no_padding()
-    tokenizer.enable_truncation(max_length=max_length)
+    try:
+        tokenizer.enable_truncation(max_length=max_length)
+        # A tokenizer.json can parse and still be broken (a template naming a token it does not define):
+        # the Rust code then panics on the first text. Find out now, on a probe, not on the user's input.
+        tokenizer.encode("Probe text, 0.")
+        tokenizer.encode("Probe", "pair")
+        tokenizer.decode([0, 1])
+    except BaseException as exc:  # pyo3 raises a panic as PanicException, a BaseException
+        if isinstance(exc, (KeyboardInterrupt, SystemExit)):
+            raise
+        raise ModelFileError(f"tokenizer metadata does not work: {type(exc).__name__}: {exc}") from None
     return tokenizer
 
 

@@ -47,14 +47,14 @@ def _gelu_tanh_row(x, r):
         x[r, i] = np.float32(0.5) * v * (np.float32(1.0) + t)
 
 
-@njit(cache=True)
+@njit(cache=True, error_model="numpy")
 def _relu_row(x, r):
     for i in range(x.shape[1]):
         if x[r, i] < 0:
             x[r, i] = 0.0
 
 
-@njit(cache=True, parallel=True)
+@njit(cache=True, parallel=True, error_model="numpy")
 def gelu(x):
     if x.size < PARALLEL_MIN_WORK:
         for r in range(x.shape[0]):
@@ -64,7 +64,7 @@ def gelu(x):
             _gelu_row(x, r)
 
 
-@njit(cache=True, parallel=True)
+@njit(cache=True, parallel=True, error_model="numpy")
 def gelu_tanh(x):
     if x.size < PARALLEL_MIN_WORK:
         for r in range(x.shape[0]):
@@ -74,7 +74,7 @@ def gelu_tanh(x):
             _gelu_tanh_row(x, r)
 
 
-@njit(cache=True, parallel=True)
+@njit(cache=True, parallel=True, error_model="numpy")
 def relu(x):
     if x.size < PARALLEL_MIN_WORK:
         for r in range(x.shape[0]):

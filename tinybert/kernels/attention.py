@@ -115,7 +115,7 @@ def _make_tile(rows):
 _tile1, _tile2, _tile3, _tile4, _tile5, _tile6 = [_make_tile(r) for r in range(1, MR + 1)]
 
 
-@njit(cache=True)
+@njit(cache=True, error_model="numpy")
 def _tile(rows, c, c_off, ldc, a, a_off, lda, b, b_off, ldb, kdim):
     # A short query block gets its own specialisation: a 1-token sequence computes one row, not 6.
     if rows == 6:
@@ -132,14 +132,14 @@ def _tile(rows, c, c_off, ldc, a, a_off, lda, b, b_off, ldb, kdim):
         _tile1(c, c_off, ldc, a, a_off, lda, b, b_off, ldb, kdim)
 
 
-@njit(cache=True)
+@njit(cache=True, error_model="numpy")
 def attention(qkv, starts, key_mask, num_heads, out):
     d = out.shape[1] // num_heads
     attention_with_bias(qkv, starts, key_mask, num_heads, 1.0 / math.sqrt(d), np.zeros((1, 0), dtype=np.float32),
                         0, out)
 
 
-@njit(cache=True, parallel=True)
+@njit(cache=True, parallel=True, error_model="numpy")
 def attention_with_bias(qkv, starts, key_mask, num_heads, scale, bias, center, out):
     """``attention`` with the score scale given (T5: 1, no 1/√d) and, when ``bias`` has columns, T5's relative
     position bias added to the score of query i and key j: bias[h, center + j − i] (i, j positions within
@@ -155,7 +155,7 @@ def attention_with_bias(qkv, starts, key_mask, num_heads, scale, bias, center, o
                          key_mask, task % num_heads, num_heads, scale, bias, center, out)
 
 
-@njit(cache=True, fastmath=True)
+@njit(cache=True, fastmath=True, error_model="numpy")
 def _attend_one_head(qkv, flat, base, end, key_mask, h, num_heads, scale, bias, center, out):
     hidden = out.shape[1]
     ld = 3 * hidden

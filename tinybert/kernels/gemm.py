@@ -86,7 +86,7 @@ def _use_simd(path):
 # Activation quantisation
 # ----------------------------------------------------------------------------------------------
 
-@njit(cache=True)
+@njit(cache=True, error_model="numpy")
 def _quantize_row(x, xq, xs, m):
     """xs[m] = max|x[m]| / ACT_QMAX (1 for a zero row); xq[m, k] = rint(x[m, k] / xs[m])."""
     k_dim = x.shape[1]
@@ -102,7 +102,7 @@ def _quantize_row(x, xq, xs, m):
         xq[m, k] = np.int16(np.rint(x[m, k] * inv))
 
 
-@njit(cache=True, parallel=True)
+@njit(cache=True, parallel=True, error_model="numpy")
 def quantize_rows(x, xq, xs):
     """Per-row symmetric quantisation: xq[m] = round(x[m] / xs[m]), xs[m] = max|x[m]| / ACT_QMAX.
 
@@ -113,7 +113,7 @@ def quantize_rows(x, xq, xs):
         _quantize_row(x, xq, xs, m)
 
 
-@njit(cache=True)
+@njit(cache=True, error_model="numpy")
 def _quantize_rows_serial(x, xq, xs):
     # Same as quantize_rows without a fork/join: for a handful of rows the thread hand-off costs
     # more than the work.
@@ -125,7 +125,7 @@ def _quantize_rows_serial(x, xq, xs):
 # Reference kernel (raw int8 weights)
 # ----------------------------------------------------------------------------------------------
 
-@njit(cache=True, parallel=True)
+@njit(cache=True, parallel=True, error_model="numpy")
 def qlinear(xq, xs, wq, ws, bias, out):
     """out[m, n] = xs[m] * ws[n] * (xq[m] . wq[n]) + bias[n]   (xq int16 [M,K], wq int8 [N,K]).
 
@@ -168,7 +168,7 @@ def pack_weight(wq: np.ndarray) -> np.ndarray:
     return packed
 
 
-@njit(cache=True)
+@njit(cache=True, error_model="numpy")
 def _pack_into(wq, packed):
     # Compiled because numpy's reshape/transpose copy is ~10x slower and callers that still pass
     # raw int8 weights to linear_int8 pay for this on every call.  packed must be zero-filled.
@@ -299,7 +299,7 @@ _mk1, _mk2, _mk3, _mk4, _mk5, _mk6 = [_make_simd_microkernel(r, SIMD_AVAILABLE)
                                        for r in range(1, MR + 1)]
 
 
-@njit(cache=True)
+@njit(cache=True, error_model="numpy")
 def _microkernel_portable(rows, tile, t_off, x, x_off, x_stride, wp, w_off, kpairs):
     """Plain-Numba version of the micro-kernel (same int8 layout, same exact int32 sums)."""
     for i in range(rows):
@@ -313,7 +313,7 @@ def _microkernel_portable(rows, tile, t_off, x, x_off, x_stride, wp, w_off, kpai
                 trow[j] += np.int32(a0 * np.int32(wrow[2 * j]) + a1 * np.int32(wrow[2 * j + 1]))
 
 
-@njit(cache=True)
+@njit(cache=True, error_model="numpy")
 def _microkernel(use_simd, rows, tile, t_off, x, x_off, x_stride, wp, w_off, kpairs):
     """Run-time dispatch: SIMD micro-kernel specialised for ``rows`` (1..MR=6), or portable.
 
@@ -341,7 +341,7 @@ def _microkernel(use_simd, rows, tile, t_off, x, x_off, x_stride, wp, w_off, kpa
 # Packed driver
 # ----------------------------------------------------------------------------------------------
 
-@njit(cache=True, parallel=True)
+@njit(cache=True, parallel=True, error_model="numpy")
 def _qgemm_packed(xq, xs, wp, ws, bias, out, use_simd):
     """out = xs[:,None] * ws[None,:] * (xq @ W.T) + bias, W given packed (see pack_weight).
 
@@ -398,7 +398,7 @@ def _qgemm_packed(xq, xs, wp, ws, bias, out, use_simd):
                     orow[j] = np.float32(ftile[r * NR + j]) * s * wsp[j] + bp[j]
 
 
-@njit(cache=True)
+@njit(cache=True, error_model="numpy")
 def _linear_int8_packed(x, wp, ws, bias, out, use_simd):
     """Fused quantise + packed GEMM (one compiled call from Python)."""
     m_rows, k_dim = x.shape
@@ -554,7 +554,7 @@ def _make_f32_microkernel(rows):
 _fk1, _fk2, _fk3, _fk4, _fk5, _fk6 = [_make_f32_microkernel(r) for r in range(1, MR + 1)]
 
 
-@njit(cache=True)
+@njit(cache=True, error_model="numpy")
 def _f32_microkernel(rows, tile, t_off, x, x_off, x_stride, wp, w_off, kc, accumulate):
     if rows == 6:
         _fk6(tile, t_off, x, x_off, x_stride, wp, w_off, kc, accumulate)
@@ -570,7 +570,7 @@ def _f32_microkernel(rows, tile, t_off, x, x_off, x_stride, wp, w_off, kc, accum
         _fk1(tile, t_off, x, x_off, x_stride, wp, w_off, kc, accumulate)
 
 
-@njit(cache=True, parallel=True)
+@njit(cache=True, parallel=True, error_model="numpy")
 def _sgemm_packed(x, wp, bias, out):
     """out = x @ W.T + bias with W packed by pack_weight_fp32; x f32[M, K] C-contiguous.
 
@@ -630,7 +630,7 @@ def pack_weight_fp32(w: np.ndarray) -> np.ndarray:
     return packed
 
 
-@njit(cache=True)
+@njit(cache=True, error_model="numpy")
 def _pack_f32_into(w, packed):
     n_dim, k_dim = w.shape
     for p in range(packed.shape[0]):

@@ -21,7 +21,7 @@ def _bits_to_float32(typingctx, bits):
     return sig, codegen
 
 
-@njit(inline="always", fastmath=True)
+@njit(inline="always", fastmath=True, error_model="numpy")
 def exp_nonpositive(x):
     """e**x for x <= 0, float32 to ~1 ulp (Cephes expf: x = n ln2 + r, |r| <= ln2/2,
     e**r by a degree-6 polynomial, 2**n built in the exponent bits). Below -87 it returns
@@ -39,7 +39,7 @@ def exp_nonpositive(x):
     return y * _bits_to_float32((np.int32(n) + np.int32(127)) << np.int32(23))
 
 
-@njit(inline="always", fastmath=True)
+@njit(inline="always", fastmath=True, error_model="numpy")
 def erf(x):
     """erf(x) in float32 as odd/even rational polynomials on [-4, 4] (the form Eigen and XLA
     use); |error| < 5e-7, and erf(±4) already rounds to ±1 in float32."""
@@ -60,7 +60,7 @@ def erf(x):
     return x * p / q
 
 
-@njit(inline="always", fastmath=True)
+@njit(inline="always", fastmath=True, error_model="numpy")
 def exp2_nonpositive(x):
     """2**x for x <= 0, float32, relative error < 3e-7: x = n + f with n = floor(x + 1/2),
     |f| <= 1/2; 2**f by a degree-5 minimax polynomial, 2**n built in the exponent bits. Cheaper

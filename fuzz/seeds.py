@@ -1,0 +1,106 @@
+"""Tiny, valid tinybert files to seed the fuzzers and the hostile-input tests: an encoder (int8 and fp32), a
+decoder and an encoder-decoder, a few kilobytes each, with a 24-word WordLevel tokenizer; random weights.
+Built with the format's own shape tables and the converter's writer, without torch."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+from tinybert_convert.writer import write_safetensors
+from tokenizers import Tokenizer, models, pre_tokenizers, processors
+
+from tinybert import format as fmt
+from tinybert.config import DecoderConfig, EncoderConfig, Seq2SeqConfig, TaskConfig
+
+WORDS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "the", "a", "cat", "dog", "sat", "on", "mat", "ran", "and", "is",
+         "big", "small", "red", "blue", "hello", "world", "café", "你好", "🙂", "</s>"]
+
+
+def tokenizer_json() -> str:
+    tok = Tokenizer(models.WordLevel({w: i for i, w in enumerate(WORDS)}, unk_token="[UNK]"))
+    tok.pre_tokenizer = pre_tokenizers.Whitespace()
+    tok.post_processor = processors.TemplateProcessing(single="[CLS] $A [SEP]", pair="[CLS] $A [SEP] $B:1 [SEP]:1",
+                                                       special_tokens=[("[CLS]", 2), ("[SEP]", 3)])
+    return tok.to_str()
+
+
+def _tensors(shapes: dict[str, tuple[int, ...]], quantization: str, seed: int) -> dict[str, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    out = {}
+    for name, shape in shapes.items():
+        value = (rng.standard_normal(shape) * 0.5).astype(np.float32)
+        if name.endswith(".weight") and ("norm" in name):
+            value += 1.0
+        if quantization == "int8" and fmt.is_quantized_name(name):
+            scale = np.abs(value).max(axis=1) / 127 + 1e-8
+            out[name] = np.clip(np.rint(value / scale[:, None]), -127, 127).astype(np.int8)
+            out[name + fmt.SCALE_SUFFIX] = scale.astype(np.float32)
+        else:
+            out[name] = value
+    return out
+
+
+def _write(path: Path, cfg, shapes: dict, task: TaskConfig, quantization: str, extra: dict | None = None) -> Path:
+    metadata = {fmt.KEY_FORMAT: fmt.FORMAT_NAME, fmt.KEY_VERSION: str(fmt.FORMAT_VERSION),
+                fmt.KEY_CONFIG: json.dumps(cfg.to_dict(), sort_keys=True), fmt.KEY_TOKENIZER: tokenizer_json(),
+                fmt.KEY_QUANTIZATION: quantization, fmt.KEY_TASK: json.dumps(task.to_dict(), sort_keys=True),
+                fmt.KEY_TOKENIZER_OPTIONS: json.dumps({"mask_token": None, "clean_up_tokenization_spaces": False}),
+                fmt.KEY_SOURCE: json.dumps({"model_type": "fuzz-seed"}), **(extra or {})}
+    write_safetensors(path, _tensors(shapes, quantization, seed=len(path.name)), metadata)
+    return path
+
+
+def encoder_config() -> EncoderConfig:
+    return EncoderConfig(architecture="bert", vocab_size=len(WORDS), hidden_size=8, embedding_size=8, num_layers=1,
+                         num_heads=2, intermediate_size=16, max_positions=16, type_vocab_size=2, activation="gelu",
+                         layer_norm_eps=1e-12, position_scheme="absolute", pad_token_id=0, max_length=16)
+
+
+def decoder_config() -> DecoderConfig:
+    return DecoderConfig(architecture="gpt2", vocab_size=len(WORDS), hidden_size=8, num_layers=1, num_heads=2,
+                         num_kv_heads=2, head_dim=4, intermediate_size=16, max_positions=24, norm="layernorm",
+                         norm_eps=1e-5, activation="gelu_tanh", gated_mlp=False, positions="learned", rope=None,
+                         attn_bias=True, attn_out_bias=True, mlp_bias=True, tie_word_embeddings=True,
+                         bos_token_id=None, eos_token_ids=(len(WORDS) - 1,), pad_token_id=None)
+
+
+def seq2seq_config() -> Seq2SeqConfig:
+    return Seq2SeqConfig(family="t5", vocab_size=len(WORDS), decoder_vocab_size=len(WORDS), hidden_size=8,
+                         num_encoder_layers=1, num_decoder_layers=1, num_heads=2, head_dim=4, intermediate_size=16,
+                         norm="rmsnorm", norm_eps=1e-6, pre_norm=True, activation="relu", gated_mlp=False,
+                         positions="relative", max_positions=24, relative_buckets=8, relative_max_distance=16,
+                         attn_scale=False, scale_embedding=False, layernorm_embedding=False, final_logits_bias=False,
+                         tie_word_embeddings=True, lm_head_scale=1.0, share_embeddings=True,
+                         decoder_start_token_id=0, eos_token_ids=(len(WORDS) - 1,), pad_token_id=0)
+
+
+def write_seeds(folder: str | Path) -> dict[str, Path]:
+    """The seed files, by name: encoder-int8, encoder-fp32, classifier-int8, decoder-int8, seq2seq-int8."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    enc = encoder_config()
+    enc_shapes = fmt.encoder_tensor_shapes(enc.to_dict())
+    pooling = {fmt.KEY_POOLING: json.dumps({"mode": "mean", "normalize": True})}
+    clf_task = TaskConfig(type="sequence-classification", labels=("neg", "pos"), pooler_activation="tanh")
+    dec = decoder_config()
+    s2s = seq2seq_config()
+    return {
+        "encoder-int8": _write(folder / "encoder-int8.safetensors", enc, enc_shapes, TaskConfig(), "int8", pooling),
+        "encoder-fp32": _write(folder / "encoder-fp32.safetensors", enc, enc_shapes, TaskConfig(), "fp32", pooling),
+        "classifier-int8": _write(folder / "classifier-int8.safetensors", enc,
+                                  {**enc_shapes, **fmt.head_tensor_shapes(clf_task.to_dict(), enc.to_dict())},
+                                  clf_task, "int8", pooling),
+        "decoder-int8": _write(folder / "decoder-int8.safetensors", dec, fmt.decoder_tensor_shapes(dec.to_dict()),
+                               TaskConfig(type="text-generation"), "int8"),
+        "seq2seq-int8": _write(folder / "seq2seq-int8.safetensors", s2s, fmt.seq2seq_tensor_shapes(s2s.to_dict()),
+                               TaskConfig(type="text2text-generation"), "int8"),
+    }
+
+
+if __name__ == "__main__":
+    import sys
+
+    for name, path in write_seeds(sys.argv[1] if len(sys.argv) > 1 else "fuzz/corpus").items():
+        print(name, path, path.stat().st_size)
