@@ -9,6 +9,7 @@ Success and ``TinyBertError`` are the only acceptable outcomes; anything else is
 
 from __future__ import annotations
 
+import os
 import sys
 import tempfile
 
@@ -95,6 +96,9 @@ def check_inputs(data: bytes) -> None:
 
 
 def main(argv: list[str]) -> None:
+    for arg in argv[1:]:
+        if not arg.startswith("-"):
+            os.makedirs(arg, exist_ok=True)       # a corpus folder libFuzzer should keep inputs in
     atheris.Setup([argv[0], "-rss_limit_mb=4096", "-timeout=60", *argv[1:]], check_inputs)
     atheris.Fuzz()
 
