@@ -77,7 +77,8 @@ def seq2seq_config() -> Seq2SeqConfig:
 
 
 def write_seeds(folder: str | Path) -> dict[str, Path]:
-    """The seed files, by name: encoder-int8, encoder-fp32, classifier-int8, decoder-int8, seq2seq-int8."""
+    """The seed files, by name: encoder-int8, encoder-fp32, classifier-int8, tokens-int8 (NER), mlm-int8
+    (fill-mask, tied decoder), qa-int8, decoder-int8, seq2seq-int8."""
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     enc = encoder_config()
@@ -86,7 +87,17 @@ def write_seeds(folder: str | Path) -> dict[str, Path]:
     clf_task = TaskConfig(type="sequence-classification", labels=("neg", "pos"), pooler_activation="tanh")
     dec = decoder_config()
     s2s = seq2seq_config()
+
+    def head(name: str, task: TaskConfig, extra: dict | None = None) -> Path:
+        shapes = {**enc_shapes, **fmt.head_tensor_shapes(task.to_dict(), enc.to_dict())}
+        return _write(folder / f"{name}.safetensors", enc, shapes, task, "int8", {**pooling, **(extra or {})})
+
+    # The tiny vocabulary has no [MASK]: one of its words stands in.
+    mask = {fmt.KEY_TOKENIZER_OPTIONS: json.dumps({"mask_token": "mat", "clean_up_tokenization_spaces": True})}
     return {
+        "tokens-int8": head("tokens-int8", TaskConfig(type="token-classification", labels=("O", "B-X", "I-X"))),
+        "mlm-int8": head("mlm-int8", TaskConfig(type="masked-lm", mlm_size=8, mlm_activation="gelu"), mask),
+        "qa-int8": head("qa-int8", TaskConfig(type="question-answering")),
         "encoder-int8": _write(folder / "encoder-int8.safetensors", enc, enc_shapes, TaskConfig(), "int8", pooling),
         "encoder-fp32": _write(folder / "encoder-fp32.safetensors", enc, enc_shapes, TaskConfig(), "fp32", pooling),
         "classifier-int8": _write(folder / "classifier-int8.safetensors", enc,

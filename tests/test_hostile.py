@@ -294,3 +294,63 @@ def test_memory_stays_flat():
     proc = _fuzz("fuzz.stress", "longrun", "--encode", "2000", "--generate", "200")
     assert proc.returncode == 0, proc.stdout + proc.stderr[-3000:]
     assert json.loads(proc.stdout)["growth"] <= 0.05
+
+
+# ------------------------------------------------------------------------ every other public entry point
+
+text = st.one_of(st.text(max_size=40), st.sampled_from(["the cat sat on the mat", "mat", "", " ", "\x00", "\ud800"]),
+                 st.lists(st.sampled_from(["the", "cat", "mat", "café", "你好", "🙂", "\x00"]), max_size=30)
+                 .map(" ".join))
+texts = st.one_of(text, st.lists(text, max_size=4), st.none(), st.integers())
+
+
+def _only_input_errors(call) -> None:
+    try:
+        call()
+    except InputError:
+        pass
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(a=texts, b=texts, n=number, m=number, which=st.integers(0, 10),
+       aggregation=st.sampled_from(["none", "simple", "first", "average", "max", "other"]))
+def test_every_entry_point(seeds, a, b, n, m, which, aggregation):
+    """NER, fill-mask, QA, rerank, head logits, streaming, generation from ids, scoring logits, translation from
+    ids, summarize, forward: any argument gives a result or an InputError."""
+    models = _entry_models(seeds)
+    calls = [
+        lambda: models["ner"].ner(a, aggregation=aggregation, stride=n),
+        lambda: models["fill"].fill(a, top_k=n),
+        lambda: models["qa"].answer(a, b, top_k=1 if n is None else n, max_answer_len=30 if m is None else m),
+        lambda: models["clf"].rerank(a, b, top_k=n),
+        lambda: models["fill"].logits(ids_value(a)),
+        lambda: list(models["gen"].stream(a, max_new_tokens=n, temperature=m or 0.0)),
+        lambda: models["gen"].generate_ids(ids_value(a), max_new_tokens=n),
+        lambda: models["gen"].logits(ids_value(a)),
+        lambda: models["tr"].translate_ids(ids_value(b), beam_size=n, max_length=5 if m == 10 ** 6 else m),
+        lambda: models["tr"].summarize(a, max_length=5, num_hypotheses=n),
+        lambda: models["ner"].forward(ids_value(a), ids_value(b)),
+    ]
+    _only_input_errors(calls[which])
+
+
+_ENTRY: dict = {}
+
+
+def _entry_models(seeds) -> dict:
+    from tinybert import FillMask, QuestionAnswerer, TokenClassifier
+
+    if not _ENTRY:
+        _ENTRY.update(ner=TokenClassifier(seeds["tokens-int8"]), fill=FillMask(seeds["mlm-int8"]),
+                      qa=QuestionAnswerer(seeds["qa-int8"]), clf=Classifier(seeds["classifier-int8"]),
+                      gen=Generator(seeds["decoder-int8"]), tr=Translator(seeds["seq2seq-int8"]))
+    return _ENTRY
+
+
+def ids_value(value: object) -> object:
+    """Hypothesis texts reused as id arrays: a text's code points (often out of range), or the value itself."""
+    if isinstance(value, str):
+        return [[ord(c) % 64 - 8 for c in value]] if value else []
+    if isinstance(value, list) and value and all(isinstance(v, str) for v in value):
+        return [[len(v) for v in value]]
+    return value

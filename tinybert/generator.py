@@ -139,6 +139,8 @@ class Generator:
         ``generate(input_ids)`` takes; results always carry ``token_ids``, and with
         ``output_logits`` the raw logits of every step (float32 [new tokens, vocab]) as
         transformers' ``output_logits=True``; an EOS step's logits are included."""
+        if isinstance(input_ids, (str, bytes)) or not isinstance(input_ids, (Sequence, np.ndarray)):
+            raise InputError(f"input_ids must be a list of token id lists, got {type(input_ids).__name__}")
         prompts = [self._check_ids(ids) for ids in input_ids] if len(input_ids) else []
         if not prompts:
             raise InputError("input_ids is empty")
