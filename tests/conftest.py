@@ -283,3 +283,17 @@ def decoder_model(tmp_path_factory, bpe_tokenizer_file):
         return cache[key]
 
     return get
+
+
+@pytest.fixture(scope="module")
+def quiet_torch():
+    """One torch thread (the machine is shared) and no transformers warnings for a module; both restored."""
+    import torch
+    import transformers
+
+    threads, verbosity = torch.get_num_threads(), transformers.logging.get_verbosity()
+    torch.set_num_threads(1)
+    transformers.logging.set_verbosity_error()
+    yield
+    torch.set_num_threads(threads)
+    transformers.logging.set_verbosity(verbosity)

@@ -20,15 +20,7 @@ transformers = pytest.importorskip("transformers")
 MAX_NEW = 32
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _quiet_single_thread():
-    """One torch thread (the machine is shared) and no transformers warnings; both restored after."""
-    threads, verbosity = torch.get_num_threads(), transformers.logging.get_verbosity()
-    torch.set_num_threads(1)
-    transformers.logging.set_verbosity_error()
-    yield
-    torch.set_num_threads(threads)
-    transformers.logging.set_verbosity(verbosity)
+pytestmark = pytest.mark.usefixtures("quiet_torch")
 
 
 class RecomputeStep:

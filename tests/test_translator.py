@@ -34,14 +34,7 @@ MAX_NEW = 40
 SOURCE_LENGTHS = (7, 25, 13, 3)
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _quiet_single_thread():
-    threads, verbosity = torch.get_num_threads(), transformers.logging.get_verbosity()
-    torch.set_num_threads(1)
-    transformers.logging.set_verbosity_error()
-    yield
-    torch.set_num_threads(threads)
-    transformers.logging.set_verbosity(verbosity)
+pytestmark = pytest.mark.usefixtures("quiet_torch")
 
 
 def _sources(seed: int = 0) -> list[list[int]]:
