@@ -34,6 +34,24 @@ def _check_keys(cls: type, data: object, optional: tuple[str, ...] = ("kind",)) 
         raise ModelFileError(f"config has unknown keys {', '.join(unknown)}")
 
 
+def _from_file(cls: type, data: object, optional: tuple[str, ...] = ("kind",), tuples: tuple[str, ...] = ()):
+    """A config dataclass from a file's JSON: exactly its fields (``optional`` ones may be missing), the
+    ``tuples`` fields given as JSON lists, then ``validate()``; any inconsistency is a ModelFileError."""
+    _check_keys(cls, data, optional)
+    data = dict(data)
+    for name in tuples:
+        value = data.get(name, [])
+        if not isinstance(value, list):
+            raise ModelFileError(f"config {name} must be a list")
+        data[name] = tuple(value)
+    try:
+        cfg = cls(**data)
+    except TypeError as exc:
+        raise ModelFileError(f"bad config: {exc}") from None
+    cfg.validate()
+    return cfg
+
+
 @dataclass(frozen=True)
 class EncoderConfig:
     """A BERT-family encoder, post-LayerNorm blocks.
@@ -74,13 +92,7 @@ class EncoderConfig:
     @classmethod
     def from_dict(cls, data: dict) -> EncoderConfig:
         """Build and check a config read from a file; any inconsistency is a ModelFileError."""
-        _check_keys(cls, data)
-        try:
-            cfg = cls(**data)
-        except TypeError as exc:
-            raise ModelFileError(f"bad config: {exc}") from None
-        cfg.validate()
-        return cfg
+        return _from_file(cls, data)
 
     def validate(self) -> None:
         ints = ("vocab_size", "hidden_size", "embedding_size", "num_layers", "num_heads",
@@ -222,18 +234,7 @@ class DecoderConfig:
     @classmethod
     def from_dict(cls, data: dict) -> DecoderConfig:
         """Build and check a config read from a file; any inconsistency is a ModelFileError."""
-        _check_keys(cls, data)
-        data = dict(data)
-        eos = data.get("eos_token_ids")
-        if not isinstance(eos, list):
-            raise ModelFileError("config eos_token_ids must be a list")
-        data["eos_token_ids"] = tuple(eos)
-        try:
-            cfg = cls(**data)
-        except TypeError as exc:
-            raise ModelFileError(f"bad config: {exc}") from None
-        cfg.validate()
-        return cfg
+        return _from_file(cls, data, tuples=("eos_token_ids",))
 
     def validate(self) -> None:
         def positive_int(name: str, value: object) -> None:
@@ -329,19 +330,8 @@ class Seq2SeqConfig:
     @classmethod
     def from_dict(cls, data: dict) -> Seq2SeqConfig:
         """Build and check a config read from a file; any inconsistency is a ModelFileError."""
-        _check_keys(cls, data, optional=("kind", "forced_bos_token_id", "forced_eos_token_id", "bad_token_ids"))
-        data = dict(data)
-        for name in ("eos_token_ids", "bad_token_ids"):
-            value = data.get(name, [])
-            if not isinstance(value, list):
-                raise ModelFileError(f"config {name} must be a list")
-            data[name] = tuple(value)
-        try:
-            cfg = cls(**data)
-        except TypeError as exc:
-            raise ModelFileError(f"bad config: {exc}") from None
-        cfg.validate()
-        return cfg
+        return _from_file(cls, data, optional=("kind", "forced_bos_token_id", "forced_eos_token_id", "bad_token_ids"),
+                          tuples=("eos_token_ids", "bad_token_ids"))
 
     def validate(self) -> None:
         if self.kind != "encoder-decoder":
