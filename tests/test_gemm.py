@@ -112,7 +112,7 @@ def test_quantize_rows_half_even():
 def test_pack_weight_layout(n, k):
     rng = np.random.default_rng(n + k)
     wq = rng.integers(-127, 128, (n, k)).astype(np.int8)
-    wp = g.pack_weight(wq)
+    wp = g.pack_weight(wq, "pairs")
     nr = g.NR
     # 1 byte per weight: the packed panels stay int8 (sign-extended inside the micro-kernel).
     assert wp.dtype == np.int8 and wp.flags.c_contiguous
@@ -138,7 +138,7 @@ def test_pack_weight_rejects_bad_input():
         g.pack_weight(np.zeros((4, 4), np.int16))
     with pytest.raises(TypeError):
         g.pack_weight(np.zeros((2, 4, 4), np.int8))
-    wp = g.pack_weight(np.zeros((20, 10), np.int8))
+    wp = g.pack_weight(np.zeros((20, 10), np.int8), "pairs")
     # An int16 array in the old widened layout is not accepted as packed.
     with pytest.raises(TypeError):
         g.qlinear_packed(np.zeros((2, 10), np.int16), np.ones(2, np.float32), wp.astype(np.int16),
@@ -175,7 +175,7 @@ def test_qlinear_packed(m, n, k, path):
     rng = np.random.default_rng(m * 7919 + n * 31 + k)
     xq, xs, wq, ws, bias = make_case(rng, m, n, k)
     out = np.full((m, n), np.nan, np.float32)
-    g.qlinear_packed(xq, xs, g.pack_weight(wq), ws, bias, out, path=path)
+    g.qlinear_packed(xq, xs, g.pack_weight(wq, "pairs"), ws, bias, out, path=path)
     check_out(out, xq, xs, wq, ws, bias)
 
 
@@ -188,7 +188,7 @@ def test_extreme_values(m, n, k, extreme, path):
     rng = np.random.default_rng(k)
     xq, xs, wq, ws, bias = make_case(rng, m, n, k, extreme=extreme)
     out = np.empty((m, n), np.float32)
-    g.qlinear_packed(xq, xs, g.pack_weight(wq), ws, bias, out, path=path)
+    g.qlinear_packed(xq, xs, g.pack_weight(wq, "pairs"), ws, bias, out, path=path)
     check_out(out, xq, xs, wq, ws, bias)
     ref = np.empty((m, n), np.float32)
     g.qlinear(xq, xs, wq, ws, bias, ref)
@@ -206,7 +206,7 @@ def test_linear_int8(m, n, k, path, packed):
     wq = rng.integers(-127, 128, (n, k)).astype(np.int8)
     ws = (rng.random(n) * 1e-2).astype(np.float32)
     bias = rng.standard_normal(n).astype(np.float32)
-    y = g.linear_int8(x, g.pack_weight(wq) if packed else wq, ws, bias, path=path)
+    y = g.linear_int8(x, g.pack_weight(wq, "pairs") if packed else wq, ws, bias, path=path)
     xq, xs = quantize_ref(x)
     check_out(y, xq, xs, wq, ws, bias)
     np.testing.assert_array_equal(y[m // 2], bias)
@@ -252,7 +252,7 @@ def test_microkernel_variants(rows, use_x86):
     # Full int8 range, with sign-extension edge cases (-128, -1, 127) in whole rows.
     wq = rng.integers(-128, 128, (2 * nr, k)).astype(np.int8)
     wq[nr], wq[nr + 1], wq[nr + 2] = -128, 127, -1
-    wp_full = g.pack_weight(wq)
+    wp_full = g.pack_weight(wq, "pairs")
     assert wp_full.dtype == np.int8
     wp = wp_full.reshape(-1)
     wq = wq[nr:]                                      # run on the second panel (w_off != 0)

@@ -15,8 +15,11 @@ with fp32 activations. |xq| <= 2047 and |wq| <= 127 keep a K = 8192 dot product 
 Every path rounds the same way: total = float64(sum over ACC_BLOCK blocks of the exact int32
 block sums), y = float32(total) * xs[m] * ws[n] + b[n] evaluated left to right in float32.
 
-Fast path (``pack_weight`` + ``qlinear_packed`` / ``linear_int8``)
-------------------------------------------------------------------
+CPUs with AVX-512 VNNI (and AMX) run the same sums four times wider: see gemm_vnni.py, whose
+"quads" layout ``pack_weight`` chooses there.  This module's kernels read the "pairs" layout.
+
+Pairs path (``pack_weight(wq, "pairs")`` + ``qlinear_packed`` / ``linear_int8``)
+-----------------------------------------------------------------------------
 The hot instruction is AVX2 ``vpmaddwd``: 16 int16 x int16 products summed in adjacent pairs into
 8 int32 lanes.  To use it without any horizontal reductions the weights are re-laid out once, at
 load time, into int8 column panels of NR = 16 output channels, interleaved by pairs of k:
@@ -149,16 +152,34 @@ def qlinear(xq, xs, wq, ws, bias, out):
 # Weight packing
 # ----------------------------------------------------------------------------------------------
 
-def pack_weight(wq: np.ndarray) -> np.ndarray:
-    """Pack int8 weights [N, K] once, at load time, for ``qlinear_packed`` / ``linear_int8``.
+def best_layout() -> str:
+    """The int8 weight layout for this CPU: "quads" with AVX-512 VNNI (gemm_vnni.py), else "pairs"."""
+    from . import gemm_vnni
 
-    Returns a C-contiguous int8 array of shape (ceil(N / NR), ceil(K / 2), 2 * NR) with
+    return "quads" if gemm_vnni.VNNI_AVAILABLE else "pairs"
+
+
+def pack_weight(wq: np.ndarray, layout: str | None = None) -> np.ndarray:
+    """Pack int8 weights [N, K] once, at load time, for ``linear_int8``.
+
+    layout None picks ``best_layout()``.  "quads" gives gemm_vnni.pack_quads (uint8, for the
+    AVX-512 VNNI and AMX kernels); "pairs" gives the layout below, for the AVX2 / generic vector
+    and portable kernels.
+
+    Pairs: a C-contiguous int8 array of shape (ceil(N / NR), ceil(K / 2), 2 * NR) with
     ``packed[p, kk, 2*j + t] = wq[p*NR + j, 2*kk + t]`` and zeros past N and K (the zero padding
     makes odd K and partial panels need no special case in the micro-kernel).  The caller keeps
     ws and bias (their length gives N).  Memory: 1 byte per weight, like the raw weight up to
     the padding of the last panel and of an odd K (the micro-kernel sign-extends to int16 as it
     loads).  Told apart from a raw [N, K] weight by ``is_packed`` (3-d vs 2-d).
     """
+    layout = best_layout() if layout is None else layout
+    if layout == "quads":
+        from . import gemm_vnni
+
+        return gemm_vnni.pack_quads(wq)
+    if layout != "pairs":
+        raise ValueError(f"layout must be None, 'pairs' or 'quads', not {layout!r}")
     wq = np.asarray(wq)
     if wq.ndim != 2 or wq.dtype != np.int8:
         raise TypeError("pack_weight expects int8 weights of shape [N, K]")
@@ -423,7 +444,7 @@ def _check_packed(wp, k_dim, n_dim):
 
 
 def qlinear_packed(xq, xs, wp, ws, bias, out, path=None):
-    """Same result as ``qlinear(xq, xs, wq, ws, bias, out)`` with ``wp = pack_weight(wq)``.
+    """Same result as ``qlinear(xq, xs, wq, ws, bias, out)`` with ``wp = pack_weight(wq, "pairs")``.
 
     xq int16 [M, K], xs f32[M], ws f32[N], bias f32[N], out f32[M, N] (all C-contiguous).
     path: None or "simd" (vector micro-kernel; AVX2 intrinsic if the CPU has it, else generic
@@ -443,11 +464,22 @@ def linear_int8(x: np.ndarray, wq: np.ndarray, ws: np.ndarray, bias: np.ndarray,
                 path=None) -> np.ndarray:
     """y = dequant(wq, ws) applied to x (float32 [M, K]) with per-row 12-bit activations.
 
-    wq is either the raw int8 [N, K] weight or, much better, ``pack_weight(wq)`` computed once at
-    load time (raw weights are packed on every call).  path: see qlinear_packed.
+    wq is, best, ``pack_weight(wq)`` computed once at load time, or the raw int8 [N, K] weight
+    (packed on every call, in the pairs layout unless path names a quads kernel).
+    path: for pairs, see qlinear_packed; for quads, None, "vnni" or "amx" (gemm_vnni).
+    Every combination gives bit-identical results.
     """
+    if wq.dtype == np.uint8:
+        from . import gemm_vnni
+
+        return gemm_vnni.linear_quads(np.ascontiguousarray(x, dtype=np.float32), wq, ws, bias, path)
     if not is_packed(wq):
-        wq = pack_weight(wq)
+        if path in ("vnni", "amx"):
+            from . import gemm_vnni
+
+            return gemm_vnni.linear_quads(np.ascontiguousarray(x, dtype=np.float32),
+                                          gemm_vnni.pack_quads(wq), ws, bias, path)
+        wq = pack_weight(wq, "pairs")
     m_rows, k_dim = x.shape
     n_dim = ws.shape[0]
     _check_packed(wq, k_dim, n_dim)

@@ -1,0 +1,573 @@
+"""int8 linear layers on AVX-512 VNNI and AMX: the same exact sums as gemm.py, four times the width.
+
+Same scheme as ``gemm.py`` ("W8A12": int8 weights with a per-output-channel scale, activations
+quantised per row to 12-bit integers ``xq`` in [-2047, 2047]), same exact integer dot products,
+same float32 epilogue, so these paths are bit-identical to the AVX2 and portable ones:
+
+    y[m, n] = float32(sum_k xq[m, k] * wq[n, k]) * xs[m] * ws[n] + b[n]
+
+The byte instructions multiply 8-bit operands, so each 12-bit activation is split into two signed
+bytes and each weight is stored offset by 128 as an unsigned byte:
+
+    xq = 64 * h + l,   l = ((xq + 32) mod 64) - 32 in [-32, 31],   h = (xq - l) / 64 in [-32, 32]
+    u  = wq + 128 in [1, 255]
+
+    sum_k xq*wq = 64 * sum_k h*u + sum_k l*u - 128 * sum_k xq
+
+Both byte sums are exact in int32 (|h * u| <= 32 * 255, for K up to MAX_K); the last term is one
+integer per row, taken while quantising; the combination is done in int64.
+
+Weight layout ("quads"): panels of NR = 16 output channels, four consecutive k per channel,
+
+    packed[p, kq, 4*j + t] = wq[p*NR + j, 4*kq + t] + 128      (uint8; 128 = zero padding)
+
+with K padded to a multiple of 64 and N to a multiple of 32.  One 64-byte row is what both
+instructions want:
+
+* AVX-512 VNNI ``vpdpbusd`` (Zen 4, Ice Lake and later): a panel row is one zmm of weights; the
+  four bytes (h[m, 4kq .. 4kq+3]) are broadcast to all 16 lanes straight from memory, and lane j
+  gains the 4-term dot product of channel j.  The micro-kernel keeps MR = 6 rows x (h, l) = 12
+  zmm accumulators (enough independent chains to hide the instruction's latency).
+* AMX ``tdpbsud`` (Sapphire Rapids and later): 16 rows of a panel (64 k x 16 channels) are one
+  B tile; 16 activation rows x 64 k are one A tile.  A task holds C tiles for 16 rows x 32
+  channels x (h, l) in tmm0-3 and streams A_h, A_l, B_p, B_p+1 through tmm4-7.  For fewer than
+  AMX_MIN_ROWS rows the VNNI kernel is used (a tile of mostly padding rows wastes the unit).
+
+Activations are stored as two int8 matrices xh, xl [M padded to 16, K padded to 64] plus the row
+sums; the padding is zero and contributes nothing.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import platform
+import sys
+
+import llvmlite.binding as llb
+import numba
+import numpy as np
+from llvmlite import ir
+from numba import njit, prange, types
+from numba.core import cgutils
+from numba.extending import intrinsic
+
+from .gemm import ACT_QMAX, MC, MR, NR
+
+KQ_ALIGN = 64          # K is padded to this (one AMX tile row of bytes)
+N_ALIGN = 2 * NR       # N is padded to a pair of panels (the AMX task width)
+TILE_ROWS = 16         # AMX tile rows; M is padded to a multiple of it
+KCQ = 128              # VNNI k block in quads: a 128 x 64-byte panel slice (8 KiB) stays in L1
+AMX_CHUNK = 4          # AMX task height in 16-row blocks
+AMX_MIN_ROWS = 16      # below this many rows the VNNI kernel is used on AMX hosts
+MAX_K = 200_000        # keeps every int32 byte-sum exact (32 * 255 * MAX_K < 2**31)
+
+
+def _target_features() -> set[str]:
+    """CPU features Numba compiles for: NUMBA_CPU_FEATURES when set, else the host's.
+
+    An instruction the target lacks would abort LLVM instruction selection (under valgrind, for
+    one, Numba is pinned to an older CPU than the host's), so availability follows this set.
+    """
+    if numba.config.CPU_FEATURES:
+        return {f[1:] for f in numba.config.CPU_FEATURES.split(",") if f.startswith("+")}
+    if numba.config.CPU_NAME and numba.config.CPU_NAME != "host":
+        return set()       # a named CPU without a feature list: assume nothing beyond baseline
+    return {k for k, v in llb.get_host_cpu_features().items() if v}
+
+
+def _request_amx() -> bool:
+    # Linux hands out the 8 KiB AMX tile state only to processes that ask for it (arch_prctl
+    # ARCH_REQ_XCOMP_PERM, XFEATURE_XTILEDATA); the grant covers every thread of the process.
+    if sys.platform != "linux" or platform.machine() != "x86_64":
+        return False
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        return libc.syscall(158, 0x1023, 18) == 0        # SYS_arch_prctl on x86-64
+    except (OSError, AttributeError):
+        return False
+
+
+_FEATURES = _target_features()
+VNNI_AVAILABLE = {"avx512f", "avx512bw", "avx512vnni"} <= _FEATURES
+"""True when Numba targets a CPU with AVX-512 VNNI: weights are then packed as quads."""
+AMX_AVAILABLE = VNNI_AVAILABLE and {"amx-tile", "amx-int8"} <= _FEATURES and _request_amx()
+"""True when the CPU has AMX-INT8 and the OS granted this process the tile state."""
+
+
+# ----------------------------------------------------------------------------------------------
+# Packing and activation splitting
+# ----------------------------------------------------------------------------------------------
+
+def pack_quads(wq: np.ndarray) -> np.ndarray:
+    """Pack int8 weights [N, K] once, at load time, into the quad layout (see module docstring).
+
+    Returns a C-contiguous uint8 array (ceil(N / 32) * 2, ceil(K / 64) * 16, 64): 1 byte per
+    weight up to the padding.  Told apart from gemm.pack_weight's int8 pairs by its dtype.
+    """
+    wq = np.asarray(wq)
+    if wq.ndim != 2 or wq.dtype != np.int8:
+        raise TypeError("pack_quads expects int8 weights of shape [N, K]")
+    n_dim, k_dim = wq.shape
+    if k_dim > MAX_K:
+        raise ValueError(f"K = {k_dim} exceeds the int8 kernels' limit of {MAX_K}")
+    n_pad = -(-n_dim // N_ALIGN) * N_ALIGN
+    k_pad = -(-k_dim // KQ_ALIGN) * KQ_ALIGN
+    packed = np.full((n_pad // NR, k_pad // 4, 4 * NR), 128, dtype=np.uint8)
+    _pack_quads_into(np.ascontiguousarray(wq), packed)
+    return packed
+
+
+@njit(cache=True, error_model="numpy")
+def _pack_quads_into(wq, packed):
+    n_dim, k_dim = wq.shape
+    for n in range(n_dim):
+        p, j = n // NR, n % NR
+        for k in range(k_dim):
+            packed[p, k // 4, 4 * j + (k & 3)] = np.uint8(np.int16(wq[n, k]) + 128)
+
+
+def is_quads(w: np.ndarray) -> bool:
+    """True for the output of pack_quads (uint8, 3-d, last axis 64)."""
+    return w.dtype == np.uint8 and w.ndim == 3 and w.shape[2] == 4 * NR
+
+
+@njit(cache=True, error_model="numpy")
+def _split_row(x, m, xh, xl, xs, xsum):
+    """Quantise row m exactly as gemm._quantize_row does, and store it split into bytes."""
+    k_dim = x.shape[1]
+    amax = np.float32(0.0)
+    for k in range(k_dim):
+        v = abs(x[m, k])
+        if v > amax:
+            amax = v
+    scale = amax / np.float32(ACT_QMAX) if amax > 0 else np.float32(1.0)
+    xs[m] = scale
+    inv = np.float32(1.0) / scale
+    total = 0
+    for k in range(k_dim):
+        q = np.int32(np.rint(x[m, k] * inv))
+        lo = ((q + 32) & 63) - 32
+        xh[m, k] = np.int8((q - lo) >> 6)
+        xl[m, k] = np.int8(lo)
+        total += q
+    xsum[m] = total
+
+
+@njit(cache=True, parallel=True, error_model="numpy")
+def _split_rows_parallel(x, xh, xl, xs, xsum):
+    for m in prange(x.shape[0]):
+        _split_row(x, m, xh, xl, xs, xsum)
+
+
+@njit(cache=True, error_model="numpy")
+def _split_rows(x, xh, xl, xs, xsum):
+    if x.shape[0] * x.shape[1] < 32768:   # a fork/join costs more than a few rows of work
+        for m in range(x.shape[0]):
+            _split_row(x, m, xh, xl, xs, xsum)
+    else:
+        _split_rows_parallel(x, xh, xl, xs, xsum)
+
+
+@njit(cache=True, error_model="numpy")
+def split_quantized(xq, xh, xl, xsum):
+    """Split already-quantised activations xq int16 [M, K] into xh, xl (int8) and row sums."""
+    for m in range(xq.shape[0]):
+        total = 0
+        for k in range(xq.shape[1]):
+            q = np.int32(xq[m, k])
+            lo = ((q + 32) & 63) - 32
+            xh[m, k] = np.int8((q - lo) >> 6)
+            xl[m, k] = np.int8(lo)
+            total += q
+        xsum[m] = total
+
+
+# ----------------------------------------------------------------------------------------------
+# VNNI micro-kernel: tile[t_off + i*2*NR + j]      += sum_kq u[kq, j] . h[i, 4kq:4kq+4]
+#                    tile[t_off + i*2*NR + NR + j] += sum_kq u[kq, j] . l[i, 4kq:4kq+4]
+# for i < rows, j < NR, kq < kquads; u = the panel rows at wp[w_off + 64*kq].
+# ----------------------------------------------------------------------------------------------
+
+def _make_vnni_microkernel(rows: int, emit: bool):
+    """``rows`` (1..MR) x 16 channels x (h, l) in 2 * rows zmm accumulators.
+
+    With ``emit`` False (target without AVX-512 VNNI) the intrinsic compiles to nothing: the
+    dispatcher never selects it there, and the instruction could not be lowered.
+    """
+    i8, i32, i64 = ir.IntType(8), ir.IntType(32), ir.IntType(64)
+    v16i32 = ir.VectorType(i32, 16)
+    splat = ir.Constant(ir.VectorType(i32, 16), [0] * 16)
+
+    @intrinsic
+    def microkernel(typingctx, tile, t_off, xh, xl, x_off, x_stride, wp, w_off, kquads):
+        for arr, dtype in ((tile, types.int32), (xh, types.int8), (xl, types.int8), (wp, types.uint8)):
+            if not isinstance(arr, types.Array) or arr.dtype != dtype:
+                return None
+        sig = types.void(tile, t_off, xh, xl, x_off, x_stride, wp, w_off, kquads)
+
+        def codegen(context, builder, signature, args):
+            if not emit:
+                return context.get_dummy_value()
+            tys = signature.args
+            t_off_v, x_off_v, x_stride_v, w_off_v, kq_v = [
+                context.cast(builder, args[i], tys[i], types.int64) for i in (1, 4, 5, 7, 8)]
+            data = [cgutils.create_struct_proxy(tys[i])(context, builder, value=args[i]).data
+                    for i in (0, 2, 3, 6)]
+            tile_p, xh_p, xl_p, w_p = data
+            dp = cgutils.get_or_insert_function(
+                builder.module, ir.FunctionType(v16i32, [v16i32, v16i32, v16i32]),
+                "llvm.x86.avx512.vpdpbusd.512")
+            row_ptrs = []
+            for src in (xh_p, xl_p):
+                for i in range(rows):
+                    off = builder.add(x_off_v, builder.mul(x_stride_v, ir.Constant(i64, i)))
+                    row_ptrs.append(builder.bitcast(builder.gep(src, [off], source_etype=i8),
+                                                    i32.as_pointer()))
+            w_base = builder.bitcast(builder.gep(w_p, [w_off_v], source_etype=i8), v16i32.as_pointer())
+            accs = [cgutils.alloca_once_value(builder, ir.Constant(v16i32, [0] * 16))
+                    for _ in range(2 * rows)]
+            with cgutils.for_range(builder, kq_v) as loop:
+                kq = loop.index
+                w = builder.load(builder.gep(w_base, [kq], source_etype=v16i32), align=1, typ=v16i32)
+                for a, ptr in zip(accs, row_ptrs):
+                    four = builder.load(builder.gep(ptr, [kq], source_etype=i32), align=1, typ=i32)
+                    b = builder.shuffle_vector(
+                        builder.insert_element(ir.Constant(v16i32, None), four, ir.Constant(i32, 0)),
+                        ir.Constant(v16i32, None), splat)
+                    builder.store(builder.call(dp, [builder.load(a, typ=v16i32), w, b]), a)
+            t_base = builder.gep(tile_p, [t_off_v], source_etype=i32)
+            for part in range(2):                       # h accumulators, then l
+                for i in range(rows):
+                    ptr = builder.bitcast(
+                        builder.gep(t_base, [ir.Constant(i64, i * 2 * NR + part * NR)], source_etype=i32),
+                        v16i32.as_pointer())
+                    acc = builder.load(accs[part * rows + i], typ=v16i32)
+                    builder.store(builder.add(builder.load(ptr, align=4, typ=v16i32), acc), ptr, align=4)
+            return context.get_dummy_value()
+
+        return sig, codegen
+
+    return microkernel
+
+
+_vk1, _vk2, _vk3, _vk4, _vk5, _vk6 = [_make_vnni_microkernel(r, VNNI_AVAILABLE) for r in range(1, MR + 1)]
+
+
+@njit(cache=True, error_model="numpy", inline="always")
+def _vnni_microkernel(rows, tile, t_off, xh, xl, x_off, x_stride, wp, w_off, kquads):
+    if rows == 6:
+        _vk6(tile, t_off, xh, xl, x_off, x_stride, wp, w_off, kquads)
+    elif rows == 5:
+        _vk5(tile, t_off, xh, xl, x_off, x_stride, wp, w_off, kquads)
+    elif rows == 4:
+        _vk4(tile, t_off, xh, xl, x_off, x_stride, wp, w_off, kquads)
+    elif rows == 3:
+        _vk3(tile, t_off, xh, xl, x_off, x_stride, wp, w_off, kquads)
+    elif rows == 2:
+        _vk2(tile, t_off, xh, xl, x_off, x_stride, wp, w_off, kquads)
+    else:
+        _vk1(tile, t_off, xh, xl, x_off, x_stride, wp, w_off, kquads)
+
+
+# ----------------------------------------------------------------------------------------------
+# AMX: one 16-row x 32-channel block over the whole K
+# ----------------------------------------------------------------------------------------------
+
+_AMX_CONFIG = np.zeros(64, dtype=np.uint8)
+_AMX_CONFIG[0] = 1                                   # palette 1
+for _t in range(8):                                  # every tile: 16 rows of 64 bytes
+    _AMX_CONFIG[16 + 2 * _t] = 64
+    _AMX_CONFIG[48 + _t] = TILE_ROWS
+
+
+def _make_amx_intrinsics(emit: bool):
+    i8, i64, void = ir.IntType(8), ir.IntType(64), ir.VoidType()
+    ptr = i8.as_pointer()
+
+    def declare(builder, name, args):
+        return cgutils.get_or_insert_function(builder.module, ir.FunctionType(void, args), name)
+
+    @intrinsic
+    def amx_begin(typingctx, cfg):
+        """Load the tile configuration on the calling thread (tiles are per-thread state)."""
+        if not isinstance(cfg, types.Array) or cfg.dtype != types.uint8:
+            return None
+
+        def codegen(context, builder, signature, args):
+            if emit:
+                data = cgutils.create_struct_proxy(signature.args[0])(context, builder, value=args[0]).data
+                builder.call(declare(builder, "llvm.x86.ldtilecfg", [ptr]), [builder.bitcast(data, ptr)])
+            return context.get_dummy_value()
+
+        return types.void(cfg), codegen
+
+    @intrinsic
+    def amx_end(typingctx):
+        """Release the tile state (a thread that keeps it pays for it at every context switch)."""
+        def codegen(context, builder, signature, args):
+            if emit:
+                builder.call(declare(builder, "llvm.x86.tilerelease", []), [])
+            return context.get_dummy_value()
+
+        return types.void(), codegen
+
+    @intrinsic
+    def amx_block(typingctx, ctile, xh, xl, x_off, x_stride, wp, w_off0, w_off1, kblocks):
+        """ctile[0:256] = h x panel0, [256:512] = h x panel1, [512:768] = l x panel0, [768:] = l x panel1.
+
+        Each 16 x 16 int32 (row-major); A rows start at x_off with x_stride bytes between rows;
+        panel rows are 64 bytes, 16 per k block.
+        """
+        for arr, dtype in ((ctile, types.int32), (xh, types.int8), (xl, types.int8), (wp, types.uint8)):
+            if not isinstance(arr, types.Array) or arr.dtype != dtype:
+                return None
+        sig = types.void(ctile, xh, xl, x_off, x_stride, wp, w_off0, w_off1, kblocks)
+
+        def codegen(context, builder, signature, args):
+            if not emit:
+                return context.get_dummy_value()
+            tys = signature.args
+            x_off_v, x_stride_v, w0_v, w1_v, kb_v = [
+                context.cast(builder, args[i], tys[i], types.int64) for i in (3, 4, 6, 7, 8)]
+            c_p, xh_p, xl_p, w_p = [
+                builder.bitcast(cgutils.create_struct_proxy(tys[i])(context, builder, value=args[i]).data, ptr)
+                for i in (0, 1, 2, 5)]
+            load = declare(builder, "llvm.x86.tileloadd64", [i8, ptr, i64])
+            dot = declare(builder, "llvm.x86.tdpbsud", [i8, i8, i8])
+            zero = declare(builder, "llvm.x86.tilezero", [i8])
+            store = declare(builder, "llvm.x86.tilestored64", [i8, ptr, i64])
+
+            def reg(n):
+                return ir.Constant(i8, n)
+
+            for t in range(4):
+                builder.call(zero, [reg(t)])
+            with cgutils.for_range(builder, kb_v) as loop:
+                a_off = builder.add(x_off_v, builder.mul(loop.index, ir.Constant(i64, 64)))
+                b_step = builder.mul(loop.index, ir.Constant(i64, 64 * TILE_ROWS))
+                builder.call(load, [reg(4), builder.gep(xh_p, [a_off], source_etype=i8), x_stride_v])
+                builder.call(load, [reg(5), builder.gep(xl_p, [a_off], source_etype=i8), x_stride_v])
+                builder.call(load, [reg(6), builder.gep(w_p, [builder.add(w0_v, b_step)], source_etype=i8),
+                                    ir.Constant(i64, 64)])
+                builder.call(load, [reg(7), builder.gep(w_p, [builder.add(w1_v, b_step)], source_etype=i8),
+                                    ir.Constant(i64, 64)])
+                for c, a, b in ((0, 4, 6), (1, 4, 7), (2, 5, 6), (3, 5, 7)):
+                    builder.call(dot, [reg(c), reg(a), reg(b)])
+            for t in range(4):
+                builder.call(store, [reg(t), builder.gep(c_p, [ir.Constant(i64, 1024 * t)], source_etype=i8),
+                                     ir.Constant(i64, 64)])
+            return context.get_dummy_value()
+
+        return sig, codegen
+
+    return amx_begin, amx_end, amx_block
+
+
+_amx_begin, _amx_end, _amx_block = _make_amx_intrinsics(AMX_AVAILABLE)
+
+
+def _make_combine16():
+    """out[o + j] = float32(64 h[j] + l[j] - comp) * s * ws[n0 + j] + bias[n0 + j] for j < 16, vectorised.
+
+    h = dots[h_off:], l = dots[l_off:] (int32).  The integer is formed in int64 (exact for any K
+    the kernels accept) and converted once to float32 (vcvtqq2ps): the same rounding as
+    gemm.py's float32(exact sum).  Multiplies and the add stay separate (no FMA contraction), in
+    gemm.py's order, so the result is bit-identical.
+    """
+    f32, i32, i64 = ir.FloatType(), ir.IntType(32), ir.IntType(64)
+    v16i32, v16i64, v16f32 = ir.VectorType(i32, 16), ir.VectorType(i64, 16), ir.VectorType(f32, 16)
+    splat = ir.Constant(ir.VectorType(i32, 16), [0] * 16)
+
+    @intrinsic
+    def combine16(typingctx, dots, h_off, l_off, comp, s, ws, bias, n0, out, o):
+        if not (isinstance(dots, types.Array) and dots.dtype == types.int32):
+            return None
+        for arr in (ws, bias, out):
+            if not (isinstance(arr, types.Array) and arr.dtype == types.float32):
+                return None
+        sig = types.void(dots, h_off, l_off, comp, s, ws, bias, n0, out, o)
+
+        def codegen(context, builder, signature, args):
+            tys = signature.args
+            h_off_v, l_off_v, comp_v, n0_v, o_v = [
+                context.cast(builder, args[i], tys[i], types.int64) for i in (1, 2, 3, 7, 9)]
+            s_v = context.cast(builder, args[4], tys[4], types.float32)
+            d_p, ws_p, b_p, out_p = [cgutils.create_struct_proxy(tys[i])(context, builder, value=args[i]).data
+                                     for i in (0, 5, 6, 8)]
+
+            def vload(base, off, ety, vty):
+                ptr = builder.bitcast(builder.gep(base, [off], source_etype=ety), vty.as_pointer())
+                return builder.load(ptr, align=4, typ=vty)
+
+            def bcast(val, vty):
+                return builder.shuffle_vector(
+                    builder.insert_element(ir.Constant(vty, None), val, ir.Constant(i32, 0)),
+                    ir.Constant(vty, None), splat)
+
+            h = builder.sext(vload(d_p, h_off_v, i32, v16i32), v16i64)
+            lo = builder.sext(vload(d_p, l_off_v, i32, v16i32), v16i64)
+            dot = builder.sub(builder.add(builder.shl(h, ir.Constant(v16i64, [6] * 16)), lo), bcast(comp_v, v16i64))
+            y = builder.fmul(builder.sitofp(dot, v16f32), bcast(s_v, v16f32))
+            y = builder.fmul(y, vload(ws_p, n0_v, f32, v16f32))
+            y = builder.fadd(y, vload(b_p, n0_v, f32, v16f32))
+            ptr = builder.bitcast(builder.gep(out_p, [o_v], source_etype=f32), v16f32.as_pointer())
+            builder.store(y, ptr, align=4)
+            return context.get_dummy_value()
+
+        return sig, codegen
+
+    return combine16
+
+
+_combine16 = _make_combine16()
+
+
+# ----------------------------------------------------------------------------------------------
+# Drivers
+# ----------------------------------------------------------------------------------------------
+
+# inline="always" matters here and for _vnni_microkernel: a call between jitted functions
+# increfs/decrefs every array argument, atomics that the two threads bounce between their caches
+# (it made the AMX GEMM 4x slower).
+@njit(cache=True, error_model="numpy", inline="always")
+def _finish(out, n_dim, m, n0, ncols, dots, h_off, l_off, xsum, xs, ws, bias):
+    """out[m*n_dim + n0 + j] = float32(64 h_j + l_j - 128 xsum[m]) * xs[m] * ws[n0 + j] + bias[n0 + j].
+
+    h_j = dots[h_off + j], l_j = dots[l_off + j]; the integer is exact in int64, and float32 of
+    it is the same rounding gemm.py's epilogue makes.
+    """
+    comp = np.int64(128) * xsum[m]
+    s = xs[m]
+    if ncols == NR:
+        _combine16(dots, h_off, l_off, comp, s, ws, bias, n0, out, m * n_dim + n0)
+        return
+    for j in range(ncols):
+        dot = np.int64(64) * np.int64(dots[h_off + j]) + np.int64(dots[l_off + j]) - comp
+        out[m * n_dim + n0 + j] = np.float32(dot) * s * ws[n0 + j] + bias[n0 + j]
+
+
+@njit(cache=True, parallel=True, error_model="numpy")
+def _gemm_vnni(xh, xl, xsum, xs, wp, ws, bias, out):
+    m_rows, n_dim = out.shape
+    kp = xh.shape[1]
+    kq = wp.shape[1]
+    n_panels = (n_dim + NR - 1) // NR
+    out_flat = out.reshape(out.size)
+    x_h = xh.reshape(xh.size)
+    x_l = xl.reshape(xl.size)
+    w = wp.reshape(wp.size)
+    n_chunks = (m_rows + MC - 1) // MC
+    chunk_rows = ((m_rows + n_chunks - 1) // n_chunks + MR - 1) // MR * MR
+    n_chunks = (m_rows + chunk_rows - 1) // chunk_rows
+    for task in prange(n_chunks * n_panels):
+        chunk = task // n_panels
+        p = task - chunk * n_panels
+        m0 = chunk * chunk_rows
+        rows = min(chunk_rows, m_rows - m0)
+        tile = np.zeros(rows * 2 * NR, dtype=np.int32)
+        for kc0 in range(0, kq, KCQ):
+            kc1 = min(kq, kc0 + KCQ)
+            w_off = (p * kq + kc0) * 4 * NR
+            for r0 in range(0, rows, MR):
+                _vnni_microkernel(min(MR, rows - r0), tile, r0 * 2 * NR, x_h, x_l, (m0 + r0) * kp + 4 * kc0,
+                                  kp, w, w_off, kc1 - kc0)
+        n0 = p * NR
+        ncols = min(NR, n_dim - n0)
+        for r in range(rows):
+            _finish(out_flat, n_dim, m0 + r, n0, ncols, tile, r * 2 * NR, r * 2 * NR + NR, xsum, xs, ws, bias)
+
+
+@njit(cache=True, parallel=True, error_model="numpy")
+def _gemm_amx(xh, xl, xsum, xs, wp, ws, bias, out, cfg):
+    m_rows, n_dim = out.shape
+    kp = xh.shape[1]
+    kq = wp.shape[1]
+    n_pairs = (n_dim + 2 * NR - 1) // (2 * NR)
+    out_flat = out.reshape(out.size)
+    n_blocks = (m_rows + TILE_ROWS - 1) // TILE_ROWS
+    n_chunks = (n_blocks + AMX_CHUNK - 1) // AMX_CHUNK
+    for task in prange(n_chunks * n_pairs):
+        chunk = task // n_pairs
+        q = task - chunk * n_pairs
+        _amx_begin(cfg)
+        ctile = np.empty(4 * TILE_ROWS * NR, dtype=np.int32)
+        n0 = q * 2 * NR
+        ncols = min(2 * NR, n_dim - n0)
+        for b in range(chunk * AMX_CHUNK, min(n_blocks, (chunk + 1) * AMX_CHUNK)):
+            _amx_block(ctile, xh, xl, b * TILE_ROWS * kp, kp, wp, 2 * q * kq * 4 * NR,
+                       (2 * q + 1) * kq * 4 * NR, kp // KQ_ALIGN)
+            for r in range(min(TILE_ROWS, m_rows - b * TILE_ROWS)):
+                # Channel j < 16 sits in tile 0 (h) / 2 (l) at [r, j]; j >= 16 in tile 1 / 3.
+                m = b * TILE_ROWS + r
+                h0 = r * NR
+                _finish(out_flat, n_dim, m, n0, min(NR, ncols), ctile, h0, h0 + 2 * TILE_ROWS * NR, xsum, xs, ws, bias)
+                if ncols > NR:
+                    h1 = h0 + TILE_ROWS * NR
+                    _finish(out_flat, n_dim, m, n0 + NR, ncols - NR, ctile, h1, h1 + 2 * TILE_ROWS * NR,
+                            xsum, xs, ws, bias)
+        _amx_end()
+
+
+def _check_quads(wp, k_dim, n_dim):
+    if not is_quads(wp):
+        raise TypeError(f"expected a pack_quads() result (uint8 [N/{NR}, K/4, {4 * NR}]), got {wp.dtype} {wp.shape}")
+    if wp.shape[1] != -(-k_dim // KQ_ALIGN) * KQ_ALIGN // 4 or wp.shape[0] != -(-n_dim // N_ALIGN) * N_ALIGN // NR:
+        raise ValueError(f"packed weight {wp.shape} does not match K={k_dim}, N={n_dim}")
+
+
+def _pick(path, m_rows):
+    if path is None:
+        return "amx" if AMX_AVAILABLE and m_rows >= AMX_MIN_ROWS else "vnni"
+    if path == "amx" and not AMX_AVAILABLE:
+        raise ValueError("path 'amx' needs a CPU with AMX-INT8 and the OS's permission")
+    if path not in ("amx", "vnni"):
+        raise ValueError(f"quad-packed weights run on path None, 'vnni' or 'amx', not {path!r}")
+    if not VNNI_AVAILABLE:
+        raise ValueError("quad-packed weights need a CPU with AVX-512 VNNI")
+    return path
+
+
+def _split_buffers(m_rows, k_dim):
+    """Zeroed byte planes [M padded to 16, K padded to 64] (padding must contribute nothing)."""
+    shape = (-(-m_rows // TILE_ROWS) * TILE_ROWS, -(-k_dim // KQ_ALIGN) * KQ_ALIGN)
+    return np.zeros(shape, np.int8), np.zeros(shape, np.int8), np.empty(m_rows, np.int64)
+
+
+def _run(xh, xl, xsum, xs, wp, ws, bias, out, path):
+    if out.shape[0] == 0:
+        return
+    if path == "amx":
+        _gemm_amx(xh, xl, xsum, xs, wp, ws, bias, out, _AMX_CONFIG)
+    else:
+        _gemm_vnni(xh, xl, xsum, xs, wp, ws, bias, out)
+
+
+def qlinear_quads(xq: np.ndarray, xs: np.ndarray, wp: np.ndarray, ws: np.ndarray, bias: np.ndarray,
+                  out: np.ndarray, path: str | None = None) -> None:
+    """Same result as ``gemm.qlinear(xq, xs, wq, ws, bias, out)`` with ``wp = pack_quads(wq)``.
+
+    xq int16 [M, K] (|xq| <= ACT_QMAX), xs f32[M], ws f32[N], bias f32[N], out f32[M, N].
+    path: None (AMX for M >= AMX_MIN_ROWS where available, else VNNI), "vnni" or "amx".
+    """
+    m_rows, k_dim = xq.shape
+    _check_quads(wp, k_dim, ws.shape[0])
+    path = _pick(path, m_rows)
+    xh, xl, xsum = _split_buffers(m_rows, k_dim)
+    split_quantized(np.ascontiguousarray(xq, dtype=np.int16), xh, xl, xsum)
+    _run(xh, xl, xsum, xs, wp, ws, bias, out, path)
+
+
+def linear_quads(x: np.ndarray, wp: np.ndarray, ws: np.ndarray, bias: np.ndarray,
+                 path: str | None = None) -> np.ndarray:
+    """y = dequant(W) x for float32 x [M, K] and quad-packed weights (see gemm.linear_int8)."""
+    m_rows, k_dim = x.shape
+    n_dim = ws.shape[0]
+    _check_quads(wp, k_dim, n_dim)
+    path = _pick(path, m_rows)
+    xh, xl, xsum = _split_buffers(m_rows, k_dim)
+    xs = np.empty(m_rows, np.float32)
+    out = np.empty((m_rows, n_dim), dtype=np.float32)
+    if m_rows:
+        _split_rows(np.ascontiguousarray(x, dtype=np.float32), xh, xl, xs, xsum)
+    _run(xh, xl, xsum, xs, wp, ws, bias, out, path)
+    return out
