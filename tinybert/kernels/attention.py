@@ -24,10 +24,10 @@ and queries go MR = 6 at a time (q read in place from qkv), each block in three 
     out[r]  = (Σ_j p[r, j] v_j) / Σ_j p[r, j]
 
 The two products run on one micro-kernel, ``_tile``: C[6, 16] = A[6, K] · B[K, 16] with the
-tile in 12 ymm registers. Per k step it loads two 8-float vectors of B, broadcasts six values of
-A and issues 12 FMAs, so the loop is FMA-bound (the old scalar-per-score form was load/store
-bound). For s, A = q rows and B = a K panel (K = d); for the output, A = p rows and B = a V
-panel (K = n), one 16-column panel at a time.
+tile in 12 vector registers (even and odd k summed separately). Per k step it loads one
+16-float vector of B, broadcasts six values of A and issues 6 FMAs, so the loop is FMA-bound (the
+old scalar-per-score form was load/store bound). For s, A = q rows and B = a K panel (K = d);
+for the output, A = p rows and B = a V panel (K = n), one 16-column panel at a time.
 """
 
 import math
@@ -40,8 +40,8 @@ from numba.extending import intrinsic
 
 from .mathfn import exp2_nonpositive, fmax
 
-MR = 6   # queries (tile rows) per block: 6 rows x 2 vectors = 12 accumulators of 16 ymm registers
-NR = 16  # tile columns (keys of a K panel, or output columns): two 8-float vectors
+MR = 6   # queries (tile rows) per block: 6 rows x (even k, odd k) = 12 accumulators
+NR = 16  # tile columns (keys of a K panel, or output columns): one 16-float vector
 
 
 def _make_tile(rows):
@@ -50,12 +50,13 @@ def _make_tile(rows):
         c[c_off + r*ldc + j] = Σ_{k < kdim} a[a_off + r*lda + k] * b[b_off + k*ldb + j]
 
     for r < rows, j < NR; a, b, c flat float32 arrays. The emitted IR is generic LLVM vector code
-    (``<8 x float>`` loads, splats and ``llvm.fmuladd``), which LLVM lowers on any target: FMA
-    where the CPU has it. Accumulators start at zero and are stored once, at the end.
+    (``<16 x float>`` loads, splats and ``llvm.fmuladd``), which LLVM lowers on any target: one
+    zmm FMA on AVX-512, two ymm FMAs on AVX2. Accumulators start at zero and are stored once, at
+    the end.
     """
     f32, i64 = ir.FloatType(), ir.IntType(64)
-    v8 = ir.VectorType(f32, 8)
-    splat = ir.Constant(ir.VectorType(ir.IntType(32), 8), [0] * 8)
+    v16 = ir.VectorType(f32, NR)
+    splat = ir.Constant(ir.VectorType(ir.IntType(32), NR), [0] * NR)
 
     @intrinsic
     def tile(typingctx, c, c_off, ldc, a, a_off, lda, b, b_off, ldb, kdim):
@@ -74,37 +75,41 @@ def _make_tile(rows):
             c_off, ldc, a_off, lda = idx(1), idx(2), idx(4), idx(5)
             b_off, ldb, kdim = idx(7), idx(8), idx(9)
             fma = cgutils.get_or_insert_function(
-                builder.module, ir.FunctionType(v8, [v8, v8, v8]), "llvm.fmuladd.v8f32")
+                builder.module, ir.FunctionType(v16, [v16, v16, v16]), "llvm.fmuladd.v16f32")
             a_rows = [builder.gep(a_p, [builder.add(a_off, builder.mul(lda, ir.Constant(i64, r)))],
                                   source_etype=f32) for r in range(rows)]
             b_base = builder.gep(b_p, [b_off], source_etype=f32)
-            # Allocas promoted to registers by LLVM (mem2reg) once the loop is built.
-            zero = ir.Constant(v8, [0.0] * 8)
-            accs = [[cgutils.alloca_once_value(builder, zero) for _ in range(2)]
-                    for _ in range(rows)]
-            with cgutils.for_range(builder, kdim) as loop:
-                k = loop.index
+            # Allocas promoted to registers by LLVM (mem2reg) once the loop is built. Two sets, for
+            # even and odd k, give 2 * rows independent FMA chains (rows alone would stall on the
+            # FMA latency with one zmm per row).
+            zero = ir.Constant(v16, [0.0] * NR)
+            sets = [[cgutils.alloca_once_value(builder, zero) for _ in range(rows)] for _ in range(2)]
+
+            def k_step(k, accs):
                 b_row = builder.gep(b_base, [builder.mul(k, ldb)], source_etype=f32)
-                b_vecs = [builder.load(builder.bitcast(
-                    builder.gep(b_row, [ir.Constant(i64, 8 * v)], source_etype=f32),
-                    v8.as_pointer()), align=4, typ=v8) for v in range(2)]
+                b_vec = builder.load(builder.bitcast(b_row, v16.as_pointer()), align=4, typ=v16)
                 for r in range(rows):
                     a_val = builder.load(builder.gep(a_rows[r], [k], source_etype=f32), typ=f32)
                     a_vec = builder.shuffle_vector(
-                        builder.insert_element(ir.Constant(v8, None), a_val,
+                        builder.insert_element(ir.Constant(v16, None), a_val,
                                                ir.Constant(ir.IntType(32), 0)),
-                        ir.Constant(v8, None), splat)
-                    for v in range(2):
-                        acc = builder.load(accs[r][v], typ=v8)
-                        builder.store(builder.call(fma, [a_vec, b_vecs[v], acc]), accs[r][v])
+                        ir.Constant(v16, None), splat)
+                    acc = builder.load(accs[r], typ=v16)
+                    builder.store(builder.call(fma, [a_vec, b_vec, acc]), accs[r])
+
+            pairs = builder.udiv(kdim, ir.Constant(i64, 2))
+            with cgutils.for_range(builder, pairs) as loop:
+                k0 = builder.mul(loop.index, ir.Constant(i64, 2))
+                k_step(k0, sets[0])
+                k_step(builder.add(k0, ir.Constant(i64, 1)), sets[1])
+            with cgutils.if_likely(builder, builder.icmp_unsigned(
+                    "!=", builder.mul(pairs, ir.Constant(i64, 2)), kdim)):
+                k_step(builder.sub(kdim, ir.Constant(i64, 1)), sets[0])
             c_base = builder.gep(c_p, [c_off], source_etype=f32)
             for r in range(rows):
-                for v in range(2):
-                    ptr = builder.gep(c_base, [builder.add(builder.mul(ldc, ir.Constant(i64, r)),
-                                                           ir.Constant(i64, 8 * v))],
-                                      source_etype=f32)
-                    builder.store(builder.load(accs[r][v], typ=v8),
-                                  builder.bitcast(ptr, v8.as_pointer()), align=4)
+                ptr = builder.gep(c_base, [builder.mul(ldc, ir.Constant(i64, r))], source_etype=f32)
+                acc = builder.fadd(builder.load(sets[0][r], typ=v16), builder.load(sets[1][r], typ=v16))
+                builder.store(acc, builder.bitcast(ptr, v16.as_pointer()), align=4)
             return context.get_dummy_value()
 
         return sig, codegen

@@ -89,19 +89,35 @@ def _use_simd(path):
 # Activation quantisation
 # ----------------------------------------------------------------------------------------------
 
+@njit(cache=True, error_model="numpy", inline="always")
+def row_scale(x, m):
+    """max|x[m]| / ACT_QMAX as float32 (1 for a zero row); NaN when the row holds a NaN or an inf.
+
+    The maximum is taken over the bit patterns: for |x| (sign bit cleared) integer order is float
+    order, and an integer max reduction vectorises where a float one (NaN rules) does not.
+    Non-finite rows get a NaN scale so that the layer's output is NaN and the model's finiteness
+    check reports it, instead of integers made of garbage.
+    """
+    bits = x[m].view(np.int32)
+    top = np.int32(0)
+    for k in range(bits.shape[0]):
+        top = max(top, bits[k] & np.int32(0x7FFFFFFF))
+    if top >= np.int32(0x7F800000):
+        return np.float32(np.nan)
+    amax = np.array([top], dtype=np.int32).view(np.float32)[0]
+    return amax / np.float32(ACT_QMAX) if amax > 0 else np.float32(1.0)
+
+
 @njit(cache=True, error_model="numpy")
 def _quantize_row(x, xq, xs, m):
     """xs[m] = max|x[m]| / ACT_QMAX (1 for a zero row); xq[m, k] = rint(x[m, k] / xs[m])."""
-    k_dim = x.shape[1]
-    amax = np.float32(0.0)
-    for k in range(k_dim):
-        v = abs(x[m, k])
-        if v > amax:
-            amax = v
-    scale = amax / np.float32(ACT_QMAX) if amax > 0 else np.float32(1.0)
+    scale = row_scale(x, m)
     xs[m] = scale
+    if np.isnan(scale):
+        xq[m, :x.shape[1]] = 0
+        return
     inv = np.float32(1.0) / scale
-    for k in range(k_dim):
+    for k in range(x.shape[1]):
         xq[m, k] = np.int16(np.rint(x[m, k] * inv))
 
 
@@ -500,6 +516,8 @@ def linear_int8(x: np.ndarray, wq: np.ndarray, ws: np.ndarray, bias: np.ndarray,
 KC_F32 = 384      # k block: a 384 x 16 fp32 panel slice (24 KiB) stays in L1
 MC_F32 = 96       # rows per task (multiple of MR): 96 x 384 fp32 activations (144 KiB) sit in L2
 KU = 4            # k unroll of the fp32 micro-kernel's loop
+F32_LANES = 16    # floats per accumulator vector: one zmm, or two ymm where LLVM splits it
+F32_NV = NR // F32_LANES
 _ALIGN = 64       # byte alignment of packed panels (whole cache lines per 16-float panel row)
 
 
@@ -509,12 +527,14 @@ def _make_f32_microkernel(rows):
     tile[t_off + i*NR + j] (+)= sum_{k < kc} x[x_off + i*x_stride + k] * wp[w_off + k*NR + j]
     for i < rows, j < NR; the tile is overwritten when ``accumulate`` is 0, else added to.
 
-    Pure LLVM vector IR (``llvm.fmuladd.v8f32``: an FMA where the target has one, a multiply and
-    an add elsewhere), so any LLVM target can lower it; no CPU check is needed.
+    Pure LLVM vector IR (``llvm.fmuladd``: an FMA where the target has one, a multiply and an add
+    elsewhere), so any LLVM target can lower it; no CPU check is needed.  A panel row is one
+    <16 x float>: one zmm on AVX-512, split by LLVM into two ymm on AVX2 (which is the code this
+    kernel used to spell out by hand).
     """
     f32, i32, i64 = ir.FloatType(), ir.IntType(32), ir.IntType(64)
-    v8f32 = ir.VectorType(f32, 8)
-    splat_mask = ir.Constant(ir.VectorType(i32, 8), [0] * 8)
+    vf32 = ir.VectorType(f32, F32_LANES)
+    splat_mask = ir.Constant(ir.VectorType(i32, F32_LANES), [0] * F32_LANES)
 
     @intrinsic
     def microkernel(typingctx, tile, t_off, x, x_off, x_stride, wp, w_off, kc, accumulate):
@@ -528,29 +548,28 @@ def _make_f32_microkernel(rows):
             x_p = cgutils.create_struct_proxy(tys[2])(context, builder, value=args[2]).data
             w_p = cgutils.create_struct_proxy(tys[5])(context, builder, value=args[5]).data
             fma = cgutils.get_or_insert_function(
-                builder.module, ir.FunctionType(v8f32, [v8f32, v8f32, v8f32]), "llvm.fmuladd.v8f32")
+                builder.module, ir.FunctionType(vf32, [vf32, vf32, vf32]), f"llvm.fmuladd.v{F32_LANES}f32")
 
             x_rows = [builder.gep(x_p, [builder.add(x_off_v, builder.mul(x_stride_v, ir.Constant(i64, i)))],
                                   source_etype=f32) for i in range(rows)]
-            w_base = builder.bitcast(builder.gep(w_p, [w_off_v], source_etype=f32), v8f32.as_pointer())
-            accs = [[cgutils.alloca_once_value(builder, ir.Constant(v8f32, None))
-                     for _ in range(NV)] for _ in range(rows)]
-            for row in accs:
-                for a in row:
-                    builder.store(ir.Constant(v8f32, [0.0] * 8), a)
+            w_base = builder.bitcast(builder.gep(w_p, [w_off_v], source_etype=f32), vf32.as_pointer())
+            # Two accumulator sets, for even and odd k: 2 * rows independent FMA chains, enough to
+            # cover the FMA latency with one zmm per row (6 chains alone would stall).
+            sets = [[[cgutils.alloca_once_value(builder, ir.Constant(vf32, [0.0] * F32_LANES))
+                      for _ in range(F32_NV)] for _ in range(rows)] for _ in range(2)]
 
-            def k_step(k):  # rows x NV fused multiply-adds for one k
-                w_vecs = [builder.load(builder.gep(w_base, [builder.add(builder.mul(k, ir.Constant(i64, NV)),
+            def k_step(k, accs):  # rows x NV fused multiply-adds for one k
+                w_vecs = [builder.load(builder.gep(w_base, [builder.add(builder.mul(k, ir.Constant(i64, F32_NV)),
                                                                         ir.Constant(i64, v))],
-                                                   source_etype=v8f32), align=4, typ=v8f32)
-                          for v in range(NV)]
+                                                   source_etype=vf32), align=4, typ=vf32)
+                          for v in range(F32_NV)]
                 for i in range(rows):
                     xv = builder.load(builder.gep(x_rows[i], [k], source_etype=f32), align=4, typ=f32)
                     bcast = builder.shuffle_vector(
-                        builder.insert_element(ir.Constant(v8f32, None), xv, ir.Constant(i32, 0)),
-                        ir.Constant(v8f32, None), splat_mask)
-                    for v in range(NV):
-                        acc = builder.load(accs[i][v], typ=v8f32)
+                        builder.insert_element(ir.Constant(vf32, None), xv, ir.Constant(i32, 0)),
+                        ir.Constant(vf32, None), splat_mask)
+                    for v in range(F32_NV):
+                        acc = builder.load(accs[i][v], typ=vf32)
                         builder.store(builder.call(fma, [bcast, w_vecs[v], acc]), accs[i][v])
 
             # Main loop unrolled KU times (fewer loop-counter instructions per FMA), then the rest.
@@ -558,21 +577,22 @@ def _make_f32_microkernel(rows):
             with cgutils.for_range(builder, n_main) as loop:
                 k0 = builder.mul(loop.index, ir.Constant(i64, KU))
                 for u in range(KU):
-                    k_step(builder.add(k0, ir.Constant(i64, u)))
+                    k_step(builder.add(k0, ir.Constant(i64, u)), sets[u % 2])
             done = builder.mul(n_main, ir.Constant(i64, KU))
             with cgutils.for_range(builder, builder.sub(kc_v, done)) as loop:
-                k_step(builder.add(done, loop.index))
+                k_step(builder.add(done, loop.index), sets[0])
 
             t_base = builder.gep(tile_p, [t_off_v], source_etype=f32)
             add_old = builder.icmp_signed("!=", accumulate_v, ir.Constant(i64, 0))
             for i in range(rows):
-                for v in range(NV):
+                for v in range(F32_NV):
                     ptr = builder.bitcast(
-                        builder.gep(t_base, [ir.Constant(i64, i * NR + 8 * v)], source_etype=f32),
-                        v8f32.as_pointer())
-                    acc = builder.load(accs[i][v], typ=v8f32)
+                        builder.gep(t_base, [ir.Constant(i64, i * NR + F32_LANES * v)], source_etype=f32),
+                        vf32.as_pointer())
+                    acc = builder.fadd(builder.load(sets[0][i][v], typ=vf32),
+                                       builder.load(sets[1][i][v], typ=vf32))
                     with builder.if_then(add_old):
-                        builder.store(builder.fadd(builder.load(ptr, align=4, typ=v8f32), acc), ptr,
+                        builder.store(builder.fadd(builder.load(ptr, align=4, typ=vf32), acc), ptr,
                                       align=4)
                     with builder.if_then(builder.not_(add_old)):
                         builder.store(acc, ptr, align=4)

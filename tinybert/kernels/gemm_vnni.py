@@ -51,7 +51,7 @@ from numba import njit, prange, types
 from numba.core import cgutils
 from numba.extending import intrinsic
 
-from .gemm import ACT_QMAX, MC, MR, NR
+from .gemm import MC, MR, NR, row_scale
 
 KQ_ALIGN = 64          # K is padded to this (one AMX tile row of bytes)
 N_ALIGN = 2 * NR       # N is padded to a pair of panels (the AMX task width)
@@ -134,22 +134,20 @@ def is_quads(w: np.ndarray) -> bool:
 @njit(cache=True, error_model="numpy")
 def _split_row(x, m, xh, xl, xs, xsum):
     """Quantise row m exactly as gemm._quantize_row does, and store it split into bytes."""
-    k_dim = x.shape[1]
-    amax = np.float32(0.0)
-    for k in range(k_dim):
-        v = abs(x[m, k])
-        if v > amax:
-            amax = v
-    scale = amax / np.float32(ACT_QMAX) if amax > 0 else np.float32(1.0)
+    scale = row_scale(x, m)
     xs[m] = scale
+    if np.isnan(scale):          # non-finite row: zeros, and a NaN scale poisons the output
+        xsum[m] = 0
+        return
     inv = np.float32(1.0) / scale
-    total = 0
-    for k in range(k_dim):
-        q = np.int32(np.rint(x[m, k] * inv))
-        lo = ((q + 32) & 63) - 32
-        xh[m, k] = np.int8((q - lo) >> 6)
-        xl[m, k] = np.int8(lo)
-        total += q
+    xr, hr, lr = x[m], xh[m], xl[m]
+    total = np.int32(0)
+    for k in range(xr.shape[0]):
+        q = np.int32(np.rint(xr[k] * inv))
+        lo = ((q + np.int32(32)) & np.int32(63)) - np.int32(32)
+        hr[k] = np.int8((q - lo) >> np.int32(6))
+        lr[k] = np.int8(lo)
+        total += q                # |sum| <= 2047 * MAX_K: no int32 overflow
     xsum[m] = total
 
 
