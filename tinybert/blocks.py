@@ -17,6 +17,9 @@ from .kernels.attention import attention
 from .kernels.norm import add_layer_norm, layer_norm
 
 
+FFN_ROWS = 256   # rows per FFN block: its 256 x intermediate hidden state (1.5-3 MB) stays in L2
+
+
 class Linear:
     """y = x @ W.T + b with W int8 (+ per-output-channel scale) or float32."""
 
@@ -48,13 +51,15 @@ class LayerNorm:
         self.bias = tensors[name + ".bias"]
         self.eps = float(eps)
 
-    def __call__(self, x: np.ndarray, residual: np.ndarray | None = None) -> np.ndarray:
-        """LayerNorm(x + residual), written into ``x``."""
+    def __call__(self, x: np.ndarray, residual: np.ndarray | None = None,
+                 out: np.ndarray | None = None) -> np.ndarray:
+        """LayerNorm(x + residual), written into ``out`` (default: into ``x``)."""
+        out = x if out is None else out
         if residual is None:
-            layer_norm(x, self.weight, self.bias, self.eps, x)
+            layer_norm(x, self.weight, self.bias, self.eps, out)
         else:
-            add_layer_norm(x, residual, self.weight, self.bias, self.eps, x)
-        return x
+            add_layer_norm(x, residual, self.weight, self.bias, self.eps, out)
+        return out
 
 
 class Embeddings:
@@ -108,6 +113,13 @@ class EncoderBlock:
         context = np.empty_like(x)
         attention(qkv, starts, key_mask, self.num_heads, context)
         x = self.attn_norm(self.attn_out(context), residual=x)
-        hidden = self.up(x)
-        self.activation(hidden)
-        return self.mlp_norm(self.down(hidden), residual=x)
+        # The FFN is row-wise: run it over row blocks so that the [rows, intermediate] hidden
+        # state stays in cache between the up GEMM, the activation and the down GEMM, instead
+        # of streaming a [T, intermediate] array through memory three times.
+        out = np.empty_like(x)
+        for r0 in range(0, x.shape[0], FFN_ROWS):
+            rows = x[r0:r0 + FFN_ROWS]
+            hidden = self.up(rows)
+            self.activation(hidden)
+            self.mlp_norm(self.down(hidden), residual=rows, out=out[r0:r0 + FFN_ROWS])
+        return out

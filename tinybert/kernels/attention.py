@@ -120,7 +120,9 @@ def _make_tile(rows):
 _tile1, _tile2, _tile3, _tile4, _tile5, _tile6 = [_make_tile(r) for r in range(1, MR + 1)]
 
 
-@njit(cache=True, error_model="numpy")
+# inline="always": a call between jitted functions increfs and decrefs each array argument, and
+# with both threads passing the shared qkv those atomics bounce one cache line between the cores.
+@njit(cache=True, error_model="numpy", inline="always")
 def _tile(rows, c, c_off, ldc, a, a_off, lda, b, b_off, ldb, kdim):
     # A short query block gets its own specialisation: a 1-token sequence computes one row, not 6.
     if rows == 6:

@@ -60,6 +60,7 @@ KCQ = 128              # VNNI k block in quads: a 128 x 64-byte panel slice (8 K
 AMX_CHUNK = 4          # AMX task height in 16-row blocks
 AMX_MIN_ROWS = 16      # below this many rows the VNNI kernel is used on AMX hosts
 MAX_K = 200_000        # keeps every int32 byte-sum exact (32 * 255 * MAX_K < 2**31)
+WIDE_K = 8192          # up to here |dot| <= 2047 * 127 * K < 2**31: the epilogue may use int32
 
 
 def _target_features() -> set[str]:
@@ -367,9 +368,10 @@ _amx_begin, _amx_end, _amx_block = _make_amx_intrinsics(AMX_AVAILABLE)
 def _make_combine16():
     """out[o + j] = float32(64 h[j] + l[j] - comp) * s * ws[n0 + j] + bias[n0 + j] for j < 16, vectorised.
 
-    h = dots[h_off:], l = dots[l_off:] (int32).  The integer is formed in int64 (exact for any K
-    the kernels accept) and converted once to float32 (vcvtqq2ps): the same rounding as
-    gemm.py's float32(exact sum).  Multiplies and the add stay separate (no FMA contraction), in
+    h = dots[h_off:], l = dots[l_off:] (int32).  The integer is formed in int64 when ``wide`` (K
+    above WIDE_K, where the exact dot may pass int32), else in wrapping int32 arithmetic, which
+    gives the exact value whenever that value fits; either way it is converted once to float32:
+    the same rounding as gemm.py's float32(exact sum).  Multiplies and the add stay separate (no FMA contraction), in
     gemm.py's order, so the result is bit-identical.
     """
     f32, i32, i64 = ir.FloatType(), ir.IntType(32), ir.IntType(64)
@@ -377,18 +379,18 @@ def _make_combine16():
     splat = ir.Constant(ir.VectorType(i32, 16), [0] * 16)
 
     @intrinsic
-    def combine16(typingctx, dots, h_off, l_off, comp, s, ws, bias, n0, out, o):
+    def combine16(typingctx, dots, h_off, l_off, comp, s, ws, bias, n0, out, o, wide):
         if not (isinstance(dots, types.Array) and dots.dtype == types.int32):
             return None
         for arr in (ws, bias, out):
             if not (isinstance(arr, types.Array) and arr.dtype == types.float32):
                 return None
-        sig = types.void(dots, h_off, l_off, comp, s, ws, bias, n0, out, o)
+        sig = types.void(dots, h_off, l_off, comp, s, ws, bias, n0, out, o, wide)
 
         def codegen(context, builder, signature, args):
             tys = signature.args
-            h_off_v, l_off_v, comp_v, n0_v, o_v = [
-                context.cast(builder, args[i], tys[i], types.int64) for i in (1, 2, 3, 7, 9)]
+            h_off_v, l_off_v, comp_v, n0_v, o_v, wide_v = [
+                context.cast(builder, args[i], tys[i], types.int64) for i in (1, 2, 3, 7, 9, 10)]
             s_v = context.cast(builder, args[4], tys[4], types.float32)
             d_p, ws_p, b_p, out_p = [cgutils.create_struct_proxy(tys[i])(context, builder, value=args[i]).data
                                      for i in (0, 5, 6, 8)]
@@ -402,10 +404,26 @@ def _make_combine16():
                     builder.insert_element(ir.Constant(vty, None), val, ir.Constant(i32, 0)),
                     ir.Constant(vty, None), splat)
 
-            h = builder.sext(vload(d_p, h_off_v, i32, v16i32), v16i64)
-            lo = builder.sext(vload(d_p, l_off_v, i32, v16i32), v16i64)
-            dot = builder.sub(builder.add(builder.shl(h, ir.Constant(v16i64, [6] * 16)), lo), bcast(comp_v, v16i64))
-            y = builder.fmul(builder.sitofp(dot, v16f32), bcast(s_v, v16f32))
+            h = vload(d_p, h_off_v, i32, v16i32)
+            lo = vload(d_p, l_off_v, i32, v16i32)
+            wide = builder.icmp_signed("!=", wide_v, ir.Constant(i64, 0))
+            with builder.if_else(wide) as (then, otherwise):
+                with then:       # the exact dot may exceed int32: form it in int64
+                    h64, lo64 = builder.sext(h, v16i64), builder.sext(lo, v16i64)
+                    d64 = builder.sub(builder.add(builder.shl(h64, ir.Constant(v16i64, [6] * 16)), lo64),
+                                      bcast(comp_v, v16i64))
+                    f_wide = builder.sitofp(d64, v16f32)
+                    bb_wide = builder.block
+                with otherwise:  # it fits int32, so wrapping int32 arithmetic gives it exactly
+                    comp32 = builder.trunc(comp_v, i32)
+                    d32 = builder.sub(builder.add(builder.shl(h, ir.Constant(v16i32, [6] * 16)), lo),
+                                      bcast(comp32, v16i32))
+                    f_narrow = builder.sitofp(d32, v16f32)
+                    bb_narrow = builder.block
+            dotf = builder.phi(v16f32)
+            dotf.add_incoming(f_wide, bb_wide)
+            dotf.add_incoming(f_narrow, bb_narrow)
+            y = builder.fmul(dotf, bcast(s_v, v16f32))
             y = builder.fmul(y, vload(ws_p, n0_v, f32, v16f32))
             y = builder.fadd(y, vload(b_p, n0_v, f32, v16f32))
             ptr = builder.bitcast(builder.gep(out_p, [o_v], source_etype=f32), v16f32.as_pointer())
@@ -428,7 +446,7 @@ _combine16 = _make_combine16()
 # increfs/decrefs every array argument, atomics that the two threads bounce between their caches
 # (it made the AMX GEMM 4x slower).
 @njit(cache=True, error_model="numpy", inline="always")
-def _finish(out, n_dim, m, n0, ncols, dots, h_off, l_off, xsum, xs, ws, bias):
+def _finish(out, n_dim, m, n0, ncols, dots, h_off, l_off, xsum, xs, ws, bias, wide):
     """out[m*n_dim + n0 + j] = float32(64 h_j + l_j - 128 xsum[m]) * xs[m] * ws[n0 + j] + bias[n0 + j].
 
     h_j = dots[h_off + j], l_j = dots[l_off + j]; the integer is exact in int64, and float32 of
@@ -437,7 +455,7 @@ def _finish(out, n_dim, m, n0, ncols, dots, h_off, l_off, xsum, xs, ws, bias):
     comp = np.int64(128) * xsum[m]
     s = xs[m]
     if ncols == NR:
-        _combine16(dots, h_off, l_off, comp, s, ws, bias, n0, out, m * n_dim + n0)
+        _combine16(dots, h_off, l_off, comp, s, ws, bias, n0, out, m * n_dim + n0, wide)
         return
     for j in range(ncols):
         dot = np.int64(64) * np.int64(dots[h_off + j]) + np.int64(dots[l_off + j]) - comp
@@ -450,6 +468,7 @@ def _gemm_vnni(xh, xl, xsum, xs, wp, ws, bias, out):
     kp = xh.shape[1]
     kq = wp.shape[1]
     n_panels = (n_dim + NR - 1) // NR
+    wide = kp > WIDE_K
     out_flat = out.reshape(out.size)
     x_h = xh.reshape(xh.size)
     x_l = xl.reshape(xl.size)
@@ -472,7 +491,8 @@ def _gemm_vnni(xh, xl, xsum, xs, wp, ws, bias, out):
         n0 = p * NR
         ncols = min(NR, n_dim - n0)
         for r in range(rows):
-            _finish(out_flat, n_dim, m0 + r, n0, ncols, tile, r * 2 * NR, r * 2 * NR + NR, xsum, xs, ws, bias)
+            _finish(out_flat, n_dim, m0 + r, n0, ncols, tile, r * 2 * NR, r * 2 * NR + NR, xsum, xs, ws, bias,
+                    wide)
 
 
 @njit(cache=True, parallel=True, error_model="numpy")
@@ -481,6 +501,7 @@ def _gemm_amx(xh, xl, xsum, xs, wp, ws, bias, out, cfg):
     kp = xh.shape[1]
     kq = wp.shape[1]
     n_pairs = (n_dim + 2 * NR - 1) // (2 * NR)
+    wide = kp > WIDE_K
     out_flat = out.reshape(out.size)
     n_blocks = (m_rows + TILE_ROWS - 1) // TILE_ROWS
     n_chunks = (n_blocks + AMX_CHUNK - 1) // AMX_CHUNK
@@ -498,11 +519,12 @@ def _gemm_amx(xh, xl, xsum, xs, wp, ws, bias, out, cfg):
                 # Channel j < 16 sits in tile 0 (h) / 2 (l) at [r, j]; j >= 16 in tile 1 / 3.
                 m = b * TILE_ROWS + r
                 h0 = r * NR
-                _finish(out_flat, n_dim, m, n0, min(NR, ncols), ctile, h0, h0 + 2 * TILE_ROWS * NR, xsum, xs, ws, bias)
+                _finish(out_flat, n_dim, m, n0, min(NR, ncols), ctile, h0, h0 + 2 * TILE_ROWS * NR, xsum, xs, ws,
+                        bias, wide)
                 if ncols > NR:
                     h1 = h0 + TILE_ROWS * NR
                     _finish(out_flat, n_dim, m, n0 + NR, ncols - NR, ctile, h1, h1 + 2 * TILE_ROWS * NR,
-                            xsum, xs, ws, bias)
+                            xsum, xs, ws, bias, wide)
         _amx_end()
 
 
