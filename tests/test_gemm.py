@@ -404,3 +404,134 @@ def test_fp32_microkernel(rows):
         np.testing.assert_allclose(tile, expected, rtol=1e-5, atol=1e-5)
         np.testing.assert_array_equal(tile[:t_off], tile0[:t_off])    # nothing outside the tile
         np.testing.assert_array_equal(tile[t_off + rows * nr:], tile0[t_off + rows * nr:])
+
+
+# ------------------------------------------------------------------------------------------------
+# AVX-512 VNNI and AMX kernels on quad-packed weights (gemm_vnni.py): same exact sums
+# ------------------------------------------------------------------------------------------------
+
+from tinybert.kernels import gemm_vnni as gv  # noqa: E402
+
+QUAD_PATHS = [
+    pytest.param("vnni", marks=pytest.mark.skipif(not gv.VNNI_AVAILABLE, reason="CPU without AVX-512 VNNI")),
+    pytest.param("amx", marks=pytest.mark.skipif(not gv.AMX_AVAILABLE, reason="CPU or OS without AMX-INT8")),
+]
+
+
+@pytest.mark.parametrize("n,k", [(1, 1), (16, 2), (17, 5), (33, 64), (40, 770)])
+def test_pack_quads_layout(n, k):
+    rng = np.random.default_rng(n * 3 + k)
+    wq = rng.integers(-128, 128, (n, k)).astype(np.int8)
+    wp = gv.pack_quads(wq)
+    assert wp.dtype == np.uint8 and wp.flags.c_contiguous and gv.is_quads(wp)
+    assert not gv.is_quads(wq) and not g.is_packed(wp)
+    assert wp.shape == (-(-n // 32) * 2, -(-k // 64) * 16, 64)
+    # Unpack: packed[p, kq, 4j + t] = wq[16p + j, 4kq + t] + 128, and 128 (a zero weight) elsewhere.
+    unpacked = wp.reshape(wp.shape[0], wp.shape[1], 16, 4).transpose(0, 2, 1, 3)
+    unpacked = unpacked.reshape(wp.shape[0] * 16, wp.shape[1] * 4).astype(np.int16) - 128
+    np.testing.assert_array_equal(unpacked[:n, :k], wq)
+    assert not unpacked[n:].any() and not unpacked[:, k:].any()
+
+
+def test_pack_quads_rejects_bad_input():
+    with pytest.raises(TypeError):
+        gv.pack_quads(np.zeros((4, 4), np.int16))
+    with pytest.raises(TypeError):
+        gv.pack_quads(np.zeros((2, 4, 4), np.int8))
+    with pytest.raises(ValueError, match="exceeds"):
+        gv.pack_quads(np.zeros((1, gv.MAX_K + 1), np.int8))
+    wp = gv.pack_quads(np.zeros((20, 10), np.int8))
+    with pytest.raises(ValueError, match="does not match"):
+        g.linear_int8(np.zeros((2, 70), np.float32), wp, np.ones(20, np.float32), np.zeros(20, np.float32))
+    with pytest.raises(ValueError, match="path"):
+        g.linear_int8(np.zeros((2, 10), np.float32), wp, np.ones(20, np.float32), np.zeros(20, np.float32),
+                      path="portable")
+    if not gv.AMX_AVAILABLE:
+        with pytest.raises(ValueError, match="AMX"):
+            g.linear_int8(np.zeros((2, 10), np.float32), wp, np.ones(20, np.float32), np.zeros(20, np.float32),
+                          path="amx")
+
+
+def test_best_layout_follows_the_cpu():
+    assert g.best_layout() == ("quads" if gv.VNNI_AVAILABLE else "pairs")
+    assert g.pack_weight(np.zeros((3, 3), np.int8)).dtype == (np.uint8 if gv.VNNI_AVAILABLE else np.int8)
+    with pytest.raises(ValueError):
+        g.pack_weight(np.zeros((3, 3), np.int8), layout="triples")
+
+
+@pytest.mark.parametrize("path", QUAD_PATHS)
+@pytest.mark.parametrize("m,n,k", SHAPES + [(300, 33, 130), (17, 64, 64), (64, 31, 8191)])
+def test_qlinear_quads(m, n, k, path):
+    rng = np.random.default_rng(m * 7919 + n * 31 + k)
+    xq, xs, wq, ws, bias = make_case(rng, m, n, k)
+    out = np.full((m, n), np.nan, np.float32)
+    gv.qlinear_quads(xq, xs, gv.pack_quads(wq), ws, bias, out, path=path)
+    check_out(out, xq, xs, wq, ws, bias)
+
+
+@pytest.mark.parametrize("path", QUAD_PATHS)
+@pytest.mark.parametrize("extreme", ["same_sign", "random_sign"])
+@pytest.mark.parametrize("m,n,k", [(7, 19, 8192), (6, 16, 8193), (3, 17, 3 * 8192 + 1), (20, 40, 770)])
+def test_quads_extreme_values(m, n, k, extreme, path):
+    # Full-magnitude activations and weights: |dot| reaches 2047 * 127 * K, past int32 for K > 8192
+    # (the int64 epilogue), and the byte sums reach 32 * 255 * K.
+    rng = np.random.default_rng(k + 1)
+    xq, xs, wq, ws, bias = make_case(rng, m, n, k, extreme=extreme)
+    out = np.empty((m, n), np.float32)
+    gv.qlinear_quads(xq, xs, gv.pack_quads(wq), ws, bias, out, path=path)
+    check_out(out, xq, xs, wq, ws, bias)
+    ref = np.empty((m, n), np.float32)
+    g.qlinear(xq, xs, wq, ws, bias, ref)
+    np.testing.assert_array_equal(out, ref)
+
+
+@pytest.mark.parametrize("path", QUAD_PATHS + [None])
+@pytest.mark.parametrize("m,n,k", [(1, 384, 384), (3, 15, 3), (16, 40, 770), (97, 50, 1031), (260, 96, 384)])
+def test_linear_quads_matches_pairs_bit_for_bit(m, n, k, path):
+    if path is None and not gv.VNNI_AVAILABLE:
+        pytest.skip("CPU without AVX-512 VNNI")
+    rng = np.random.default_rng(m + n + k)
+    x = (rng.standard_normal((m, k)) * 3).astype(np.float32)
+    x[m // 2] = 0.0
+    if m > 2:
+        x[m - 1, 0] = 40.0                            # an outlier feature
+    wq = rng.integers(-127, 128, (n, k)).astype(np.int8)
+    ws = (rng.random(n) * 1e-2).astype(np.float32)
+    bias = rng.standard_normal(n).astype(np.float32)
+    y = g.linear_int8(x, gv.pack_quads(wq), ws, bias, path=path)
+    for other in ("simd", "portable"):
+        np.testing.assert_array_equal(y, g.linear_int8(x, g.pack_weight(wq, "pairs"), ws, bias, path=other))
+    np.testing.assert_array_equal(y[m // 2], bias)
+    xq, xs = quantize_ref(x)
+    check_out(y, xq, xs, wq, ws, bias)
+
+
+@pytest.mark.parametrize("path", QUAD_PATHS)
+def test_quads_non_finite_row_gives_nan_row(path):
+    # A NaN or inf activation must not become integers made of garbage: its row comes out NaN (the
+    # models' finiteness check then raises) and the other rows are untouched.
+    rng = np.random.default_rng(5)
+    x = rng.standard_normal((20, 64)).astype(np.float32)
+    x[3, 7], x[11, 0] = np.nan, np.inf
+    wq = rng.integers(-127, 128, (24, 64)).astype(np.int8)
+    ws, bias = np.full(24, 0.01, np.float32), np.zeros(24, np.float32)
+    y = g.linear_int8(x, gv.pack_quads(wq), ws, bias, path=path)
+    assert np.isnan(y[3]).all() and np.isnan(y[11]).all()
+    good = np.ones(20, bool)
+    good[[3, 11]] = False
+    np.testing.assert_array_equal(y[good], g.linear_int8(x[good], g.pack_weight(wq, "pairs"), ws, bias))
+
+
+def test_kernel_choice_follows_numba_target(tmp_path):
+    # Pinned to an older CPU (as under valgrind), the AVX-512 paths must switch off even on a host
+    # that has them: their instructions could not be compiled for that target.
+    import subprocess
+    import sys
+
+    code = ("from tinybert.kernels import gemm, gemm_vnni as gv; "
+            "print(gv.VNNI_AVAILABLE, gv.AMX_AVAILABLE, gemm.best_layout())")
+    env = {"PATH": "/usr/bin:/bin", "NUMBA_CPU_NAME": "haswell", "NUMBA_CACHE_DIR": str(tmp_path),
+           "NUMBA_CPU_FEATURES": "+avx,+avx2,+fma,+sse4.2,+popcnt,+bmi2"}
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split() == ["False", "False", "pairs"]

@@ -16,7 +16,6 @@ from .kernels.activations import ACTIVATIONS
 from .kernels.attention import attention
 from .kernels.norm import add_layer_norm, layer_norm
 
-
 FFN_ROWS = 256   # rows per FFN block: its 256 x intermediate hidden state (1.5-3 MB) stays in L2
 
 

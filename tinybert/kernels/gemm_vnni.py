@@ -577,6 +577,24 @@ def qlinear_quads(xq: np.ndarray, xs: np.ndarray, wp: np.ndarray, ws: np.ndarray
     _run(xh, xl, xsum, xs, wp, ws, bias, out, path)
 
 
+@njit(cache=True, error_model="numpy")
+def _linear_quads(x, wp, ws, bias, out, use_amx, cfg):
+    """Split-quantise x and run the GEMM in one compiled call (a Python-level sequence of
+    allocations and calls cost ~10 us per layer, a third of a small GEMM)."""
+    m_rows, k_dim = x.shape
+    kp = wp.shape[1] * 4
+    mp = (m_rows + TILE_ROWS - 1) // TILE_ROWS * TILE_ROWS
+    xh = np.zeros((mp, kp), dtype=np.int8)
+    xl = np.zeros((mp, kp), dtype=np.int8)
+    xsum = np.empty(m_rows, dtype=np.int64)
+    xs = np.empty(m_rows, dtype=np.float32)
+    _split_rows(x, xh, xl, xs, xsum)
+    if use_amx:
+        _gemm_amx(xh, xl, xsum, xs, wp, ws, bias, out, cfg)
+    else:
+        _gemm_vnni(xh, xl, xsum, xs, wp, ws, bias, out)
+
+
 def linear_quads(x: np.ndarray, wp: np.ndarray, ws: np.ndarray, bias: np.ndarray,
                  path: str | None = None) -> np.ndarray:
     """y = dequant(W) x for float32 x [M, K] and quad-packed weights (see gemm.linear_int8)."""
@@ -584,10 +602,7 @@ def linear_quads(x: np.ndarray, wp: np.ndarray, ws: np.ndarray, bias: np.ndarray
     n_dim = ws.shape[0]
     _check_quads(wp, k_dim, n_dim)
     path = _pick(path, m_rows)
-    xh, xl, xsum = _split_buffers(m_rows, k_dim)
-    xs = np.empty(m_rows, np.float32)
     out = np.empty((m_rows, n_dim), dtype=np.float32)
     if m_rows:
-        _split_rows(np.ascontiguousarray(x, dtype=np.float32), xh, xl, xs, xsum)
-    _run(xh, xl, xsum, xs, wp, ws, bias, out, path)
+        _linear_quads(np.ascontiguousarray(x, dtype=np.float32), wp, ws, bias, out, path == "amx", _AMX_CONFIG)
     return out
