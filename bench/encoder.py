@@ -29,6 +29,19 @@ CACHE = Path(os.environ.get("TINYBERT_BENCH_CACHE", Path.home() / ".cache" / "ti
 
 ENGINES = ["tinybert-int8", "tinybert-fp32", "onnxruntime-int8", "onnxruntime-fp32",
            "ctranslate2-int8", "ctranslate2-fp32", "torch-int8", "torch-fp32"]
+# "tinybert/<isa>-int8" runs tinybert with its int8 kernels capped at <isa> (TINYBERT_INT8_ISA): on
+# an AMX host, "tinybert/avx512vnni-int8" shows what a CPU with VNNI but no AMX (Zen 4) runs.
+CAPPED = "tinybert/avx512vnni-int8"
+
+
+def _host_has_amx() -> bool:
+    from tinybert.kernels import gemm_vnni
+
+    return gemm_vnni.AMX_AVAILABLE
+
+
+def _tinybert_kind(kind: str) -> bool:
+    return kind == "tinybert" or kind.startswith("tinybert/")
 FIXED_SHAPES = [(1, 16), (1, 128), (32, 128)]
 FIDELITY_SENTENCES = 500
 
@@ -84,7 +97,7 @@ def prepare(model: str, engine: str) -> Path:
     out = CACHE / model
     out.mkdir(parents=True, exist_ok=True)
     kind, precision = engine.rsplit("-", 1)
-    if kind == "tinybert":
+    if _tinybert_kind(kind):
         path = out / f"tinybert-{precision}.safetensors"
         if not _current_tinybert_file(path):
             from tinybert_convert import convert
@@ -180,7 +193,7 @@ def _mean_pool(hidden: np.ndarray, mask: np.ndarray) -> np.ndarray:
 def load_engine(engine: str, path: Path, threads: int):
     """Returns run(rows) -> mean-pooled float32 [len(rows), H] for a batch of id lists."""
     kind, precision = engine.rsplit("-", 1)
-    if kind == "tinybert":
+    if _tinybert_kind(kind):
         import tinybert
 
         enc = tinybert.Encoder(path, threads=threads)
@@ -296,10 +309,15 @@ def _file_size(path: Path) -> int:
 def run_engine(engine: str, path: Path, model_inputs: dict, threads: int, quick: bool, tmp: Path) -> dict:
     spec = {"engine": engine, "path": str(path), "threads": threads, "quick": quick, "inputs": model_inputs,
             "embeddings": str(tmp / f"{engine}.npy"), "result": str(tmp / f"{engine}.json")}
-    spec_path = tmp / f"{engine}.spec.json"
+    spec_path = tmp / f"{engine.replace('/', '_')}.spec.json"
+    spec["embeddings"] = str(tmp / f"{engine.replace('/', '_')}.npy")
+    spec["result"] = str(tmp / f"{engine.replace('/', '_')}.json")
     spec_path.write_text(json.dumps(spec))
     env = dict(os.environ, OMP_NUM_THREADS=str(threads), OPENBLAS_NUM_THREADS=str(threads),
                NUMBA_NUM_THREADS=str(threads))
+    kind = engine.rsplit("-", 1)[0]
+    if kind.startswith("tinybert/"):
+        env["TINYBERT_INT8_ISA"] = kind.split("/", 1)[1]
     proc = subprocess.run([sys.executable, "-m", "bench.encoder", "--worker", str(spec_path)],
                           cwd=REPO, env=env, capture_output=True, text=True)
     if proc.returncode != 0:
@@ -339,18 +357,22 @@ def main(argv: list[str] | None = None) -> None:
                              "no cold start: a smoke run, not figures to quote")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--models", default=None, help="comma-separated: minilm,bert-base (default both)")
-    parser.add_argument("--engines", default=",".join(ENGINES))
+    parser.add_argument("--engines", default=None,
+                        help=f"comma-separated (default: all; {CAPPED} too on a CPU with AMX)")
     parser.add_argument("--out", default=str(REPO / "bench" / "results" / "encoder.json"))
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.worker:
         worker(args)
         return
+    if args.engines is None:
+        args.engines = ",".join(ENGINES[:1] + ([CAPPED] if _host_has_amx() else []) + ENGINES[1:])
     engines = [e for e in args.engines.split(",") if e]
     if args.models is None:
         args.models = "minilm" if args.quick else "minilm,bert-base"
-    report = {"date": time.strftime("%Y-%m-%d"), "machine": platform.processor() or platform.machine(),
+    report = {"date": time.strftime("%Y-%m-%d"), "machine": _machine(),
               "threads": args.threads, "quick": args.quick, "versions": _versions(), "models": {}}
+    print(f"machine: {report['machine']}", flush=True)
     for model in [m for m in args.models.split(",") if m]:
         if args.quick and model == "bert-base":
             shapes_note = " (quick)"
@@ -426,6 +448,25 @@ def _print_table(model: str, results: dict) -> None:
             cold_text = f"cold start {cold:.2f} s, " if cold is not None else "cold start not measured (--quick), "
             print(f"  {engine}: {cold_text}warm start {res['warm_start_s']:.2f} s "
                   "(fresh process: import + load + encode one sentence)")
+
+
+def _machine() -> str:
+    """CPU model and the instruction sets tinybert's int8 kernels use here."""
+    import llvmlite.binding as llb
+
+    from tinybert.kernels import gemm_vnni
+
+    name = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                name = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    isa = "AMX + AVX-512 VNNI" if gemm_vnni.AMX_AVAILABLE else (
+        "AVX-512 VNNI" if gemm_vnni.VNNI_AVAILABLE else "AVX2 / generic vectors")
+    return f"{name}, {os.cpu_count()} CPUs, LLVM target {llb.get_host_cpu_name()}, int8 kernels: {isa}"
 
 
 def _versions() -> dict:

@@ -535,3 +535,21 @@ def test_kernel_choice_follows_numba_target(tmp_path):
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr
     assert out.stdout.split() == ["False", "False", "pairs"]
+
+
+def test_int8_isa_cap(tmp_path):
+    # TINYBERT_INT8_ISA caps the instruction sets (avx512vnni: what a CPU without AMX runs); a
+    # bad value is refused at import rather than silently ignored.
+    import subprocess
+    import sys
+
+    code = ("from tinybert.kernels import gemm, gemm_vnni as gv; "
+            "print(gv.VNNI_AVAILABLE, gv.AMX_AVAILABLE, gemm.best_layout())")
+    runs = {}
+    for cap in ("avx2", "avx512vnni", "nonsense"):
+        env = {"PATH": "/usr/bin:/bin", "NUMBA_CACHE_DIR": str(tmp_path), "TINYBERT_INT8_ISA": cap}
+        runs[cap] = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300)
+    assert runs["avx2"].stdout.split() == ["False", "False", "pairs"]
+    assert runs["avx512vnni"].stdout.split() == [str(gv.VNNI_AVAILABLE), "False",
+                                                 "quads" if gv.VNNI_AVAILABLE else "pairs"]
+    assert runs["nonsense"].returncode != 0 and "TINYBERT_INT8_ISA" in runs["nonsense"].stderr

@@ -40,6 +40,7 @@ sums; the padding is zero and contributes nothing.
 from __future__ import annotations
 
 import ctypes
+import os
 import platform
 import sys
 
@@ -88,11 +89,18 @@ def _request_amx() -> bool:
         return False
 
 
+ISA_LEVELS = ("avx2", "avx512vnni", "amx")
+_cap = os.environ.get("TINYBERT_INT8_ISA", "amx").strip().lower()
+if _cap not in ISA_LEVELS:
+    raise ImportError(f"TINYBERT_INT8_ISA must be one of {ISA_LEVELS}, got {_cap!r}")
+
 _FEATURES = _target_features()
-VNNI_AVAILABLE = {"avx512f", "avx512bw", "avx512vnni"} <= _FEATURES
-"""True when Numba targets a CPU with AVX-512 VNNI: weights are then packed as quads."""
-AMX_AVAILABLE = VNNI_AVAILABLE and {"amx-tile", "amx-int8"} <= _FEATURES and _request_amx()
-"""True when the CPU has AMX-INT8 and the OS granted this process the tile state."""
+VNNI_AVAILABLE = {"avx512f", "avx512bw", "avx512vnni"} <= _FEATURES and _cap != "avx2"
+"""True when Numba targets a CPU with AVX-512 VNNI (and TINYBERT_INT8_ISA allows it): weights are
+then packed as quads."""
+AMX_AVAILABLE = VNNI_AVAILABLE and _cap == "amx" and {"amx-tile", "amx-int8"} <= _FEATURES and _request_amx()
+"""True when the CPU has AMX-INT8, the OS granted this process the tile state, and TINYBERT_INT8_ISA
+allows it.  (TINYBERT_INT8_ISA=avx512vnni shows what a CPU without AMX, such as Zen 4, runs.)"""
 
 
 # ----------------------------------------------------------------------------------------------
