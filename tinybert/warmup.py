@@ -22,11 +22,11 @@ from . import format as fmt
 from .beam import log_softmax, top_k
 from .config import DecoderConfig, EncoderConfig, Seq2SeqConfig
 from .decoder import DecoderModel, KVCache
-from .kernels import activations, attention, decoder, embeddings, gemm, mathfn, norm, rope, search
+from .kernels import activations, attention, decoder, embeddings, gemm, gemm_vnni, mathfn, norm, rope, search
 from .models import EncoderModel
 from .seq2seq import Seq2SeqModel
 
-_KERNEL_MODULES = (activations, attention, decoder, embeddings, gemm, mathfn, norm, rope, search)
+_KERNEL_MODULES = (activations, attention, decoder, embeddings, gemm, gemm_vnni, mathfn, norm, rope, search)
 
 
 def _marker() -> Path:
@@ -34,7 +34,8 @@ def _marker() -> Path:
 
     It lives beside Numba's own cache files, whose index Numba keys on the same things."""
     index = Path(attention.attention._cache._cache_file._index_path)
-    stamp = [__version__, numba.__version__, llvm.get_host_cpu_name(), llvm.get_host_cpu_features().flatten()]
+    stamp = [__version__, numba.__version__, llvm.get_host_cpu_name(), llvm.get_host_cpu_features().flatten(),
+             gemm.best_layout(), str(gemm_vnni.AMX_AVAILABLE)]
     stamp += [f"{Path(m.__file__).name}:{os.stat(m.__file__).st_mtime_ns}" for m in _KERNEL_MODULES]
     digest = hashlib.sha256("\n".join(stamp).encode()).hexdigest()[:16]
     return index.parent / f"tinybert-warm-{digest}"
