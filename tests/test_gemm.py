@@ -539,17 +539,30 @@ def test_kernel_choice_follows_numba_target(tmp_path):
 
 def test_int8_isa_cap(tmp_path):
     # TINYBERT_INT8_ISA caps the instruction sets (avx512vnni: what a CPU without AMX runs); a
-    # bad value is refused at import rather than silently ignored.
+    # bad value is refused at import rather than silently ignored. The processes share one kernel
+    # cache: what a capped process compiles and caches must still be right for an uncapped one.
     import subprocess
     import sys
 
-    code = ("from tinybert.kernels import gemm, gemm_vnni as gv; "
-            "print(gv.VNNI_AVAILABLE, gv.AMX_AVAILABLE, gemm.best_layout())")
+    code = """
+import numpy as np
+from tinybert.kernels import gemm, gemm_vnni as gv
+rng = np.random.default_rng(0)
+x = rng.standard_normal((40, 200)).astype(np.float32)
+wq = rng.integers(-127, 128, (48, 200)).astype(np.int8)
+ws, b = np.full(48, 0.01, np.float32), np.zeros(48, np.float32)
+ref = gemm.linear_int8(x, gemm.pack_weight(wq, "pairs"), ws, b, path="portable")
+paths = [None] + (["vnni"] if gv.VNNI_AVAILABLE else []) + (["amx"] if gv.AMX_AVAILABLE else [])
+same = all(np.array_equal(gemm.linear_int8(x, gemm.pack_weight(wq), ws, b, path=p if gv.VNNI_AVAILABLE else None), ref)
+           for p in paths)
+print(gv.VNNI_AVAILABLE, gv.AMX_AVAILABLE, gemm.best_layout(), same)
+"""
     runs = {}
-    for cap in ("avx2", "avx512vnni", "nonsense"):
+    for cap in ("avx2", "avx512vnni", "nonsense", "amx"):
         env = {"PATH": "/usr/bin:/bin", "NUMBA_CACHE_DIR": str(tmp_path), "TINYBERT_INT8_ISA": cap}
-        runs[cap] = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300)
-    assert runs["avx2"].stdout.split() == ["False", "False", "pairs"]
+        runs[cap] = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=600)
+    assert runs["avx2"].stdout.split() == ["False", "False", "pairs", "True"], runs["avx2"].stderr
     assert runs["avx512vnni"].stdout.split() == [str(gv.VNNI_AVAILABLE), "False",
-                                                 "quads" if gv.VNNI_AVAILABLE else "pairs"]
+                                                 "quads" if gv.VNNI_AVAILABLE else "pairs", "True"]
     assert runs["nonsense"].returncode != 0 and "TINYBERT_INT8_ISA" in runs["nonsense"].stderr
+    assert runs["amx"].stdout.split() == [str(gv.VNNI_AVAILABLE), str(gv.AMX_AVAILABLE), g.best_layout(), "True"]

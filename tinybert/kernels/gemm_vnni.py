@@ -95,10 +95,15 @@ if _cap not in ISA_LEVELS:
     raise ImportError(f"TINYBERT_INT8_ISA must be one of {ISA_LEVELS}, got {_cap!r}")
 
 _FEATURES = _target_features()
-VNNI_AVAILABLE = {"avx512f", "avx512bw", "avx512vnni"} <= _FEATURES and _cap != "avx2"
+# What the compiled code may contain depends on the target alone, never on TINYBERT_INT8_ISA or the
+# OS's AMX grant: Numba's cache is keyed on the target, and a kernel compiled with its instructions
+# left out (a capped process) must not be loaded by a process that runs it.
+_TARGET_VNNI = {"avx512f", "avx512bw", "avx512vnni"} <= _FEATURES
+_TARGET_AMX = _TARGET_VNNI and {"amx-tile", "amx-int8"} <= _FEATURES
+VNNI_AVAILABLE = _TARGET_VNNI and _cap != "avx2"
 """True when Numba targets a CPU with AVX-512 VNNI (and TINYBERT_INT8_ISA allows it): weights are
 then packed as quads."""
-AMX_AVAILABLE = VNNI_AVAILABLE and _cap == "amx" and {"amx-tile", "amx-int8"} <= _FEATURES and _request_amx()
+AMX_AVAILABLE = VNNI_AVAILABLE and _cap == "amx" and _TARGET_AMX and _request_amx()
 """True when the CPU has AMX-INT8, the OS granted this process the tile state, and TINYBERT_INT8_ISA
 allows it.  (TINYBERT_INT8_ISA=avx512vnni shows what a CPU without AMX, such as Zen 4, runs.)"""
 
@@ -199,7 +204,7 @@ def _make_vnni_microkernel(rows: int, emit: bool):
     """``rows`` (1..MR) x 16 channels x (h, l) in 2 * rows zmm accumulators.
 
     With ``emit`` False (target without AVX-512 VNNI) the intrinsic compiles to nothing: the
-    dispatcher never selects it there, and the instruction could not be lowered.
+    dispatcher never selects it there, and the instruction could not be lowered for that target.
     """
     i8, i32, i64 = ir.IntType(8), ir.IntType(32), ir.IntType(64)
     v16i32 = ir.VectorType(i32, 16)
@@ -257,7 +262,7 @@ def _make_vnni_microkernel(rows: int, emit: bool):
     return microkernel
 
 
-_vk1, _vk2, _vk3, _vk4, _vk5, _vk6 = [_make_vnni_microkernel(r, VNNI_AVAILABLE) for r in range(1, MR + 1)]
+_vk1, _vk2, _vk3, _vk4, _vk5, _vk6 = [_make_vnni_microkernel(r, _TARGET_VNNI) for r in range(1, MR + 1)]
 
 
 @njit(cache=True, error_model="numpy", inline="always")
@@ -370,7 +375,7 @@ def _make_amx_intrinsics(emit: bool):
     return amx_begin, amx_end, amx_block
 
 
-_amx_begin, _amx_end, _amx_block = _make_amx_intrinsics(AMX_AVAILABLE)
+_amx_begin, _amx_end, _amx_block = _make_amx_intrinsics(_TARGET_AMX)
 
 
 def _make_combine16():
