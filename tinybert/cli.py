@@ -67,6 +67,20 @@ def _cmd_embed(args: argparse.Namespace) -> None:
             sink.close()
 
 
+def _cmd_embed_corpus(args: argparse.Namespace) -> None:
+    from .distributed import embed_corpus
+
+    _ensure_kernels()   # once here, not once per local worker
+    concurrency = args.workers
+    if args.max_workers is not None:
+        concurrency = (args.workers or 1, args.max_workers)
+    rows = embed_corpus(args.model, args.input, args.output, address=args.address, text_column=args.text_column,
+                        output_column=args.output_column, batch_size=args.batch_size, concurrency=concurrency,
+                        threads_per_worker=args.threads_per_worker, model_transport=args.model_transport,
+                        show_progress=not args.quiet)
+    print(f"wrote {args.output} ({rows} rows)", file=sys.stderr)
+
+
 def _json_lines(records: list[dict]) -> None:
     for record in records:
         sys.stdout.write(json.dumps(record, ensure_ascii=False) + "\n")
@@ -293,6 +307,24 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--progress", action="store_true", help="show a progress bar")
     p.set_defaults(func=_cmd_embed)
+
+    p = sub.add_parser("embed-corpus", help="embed a Parquet or JSON-lines corpus on Ray (local, or a cluster)")
+    p.add_argument("model", help="tinybert model file")
+    p.add_argument("input", help="corpus: .parquet, or .jsonl / .json (JSON lines), one row per text")
+    p.add_argument("output", help="same formats; every input column kept, the embedding added, rows in input order")
+    p.add_argument("--address", help="Ray cluster to run on (e.g. auto, ray://head:10001; default: a local instance)")
+    p.add_argument("--text-column", default="text")
+    p.add_argument("--output-column", default="embedding")
+    p.add_argument("--batch-size", type=int, default=256, help="rows per batch sent to a worker")
+    p.add_argument("--workers", type=int, default=None,
+                   help="worker actors (default: as many as the cluster's CPUs allow); with --max-workers, the minimum")
+    p.add_argument("--max-workers", type=int, default=None, help="let Ray scale the workers from --workers up to this")
+    p.add_argument("--threads-per-worker", type=int, default=1, help="CPUs (Numba threads) per worker")
+    p.add_argument("--model-transport", choices=["auto", "path", "object-store"], default="auto",
+                   help="how workers get the model: its path (shared storage) or Ray's object store "
+                        "(default: path on one machine, object store on a cluster)")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=_cmd_embed_corpus)
 
     def text_command(name: str, help_text: str, func) -> argparse.ArgumentParser:
         p = sub.add_parser(name, help=help_text + " (texts as arguments, --file, or stdin lines; JSON lines out)")
