@@ -68,6 +68,9 @@ def test_warmup_compiles_into_an_empty_cache(tmp_path):
     warm = subprocess.run([sys.executable, "-m", "tinybert", "warmup", "--quiet"], env=env,
                           capture_output=True, text=True, timeout=900)
     assert warm.returncode == 0, warm.stderr
+    # A kernel Numba cannot cache (it touched a ctypes pointer, e.g. numba.get_num_threads()) would
+    # be recompiled by every process: the warm start would be a cold start.
+    assert "Cannot cache" not in warm.stderr, warm.stderr
     after = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=600)
     assert after.stdout.strip() == "True", after.stderr
     assert any(tmp_path.rglob("*.nbc")), "no compiled kernels were cached"

@@ -34,7 +34,7 @@ import math
 
 import numpy as np
 from llvmlite import ir
-from numba import get_num_threads, njit, prange, types
+from numba import njit, prange, types
 from numba.core import cgutils
 from numba.extending import intrinsic
 
@@ -42,6 +42,7 @@ from .mathfn import exp2_nonpositive, fmax
 
 MR = 6   # queries (tile rows) per block: 6 rows x (even k, odd k) = 12 accumulators
 NR = 16  # tile columns (keys of a K panel, or output columns): one 16-float vector
+TASKS = 16  # parallel tasks to aim for when a batch has few sequences (heads are split up for it)
 
 
 def _make_tile(rows):
@@ -159,9 +160,9 @@ def attention_with_bias(qkv, starts, key_mask, num_heads, scale, bias, center, o
     batch = starts.shape[0] - 1
     # A task is one sequence and a group of its heads, so that a task reads whole stretches of
     # each qkv row (head-at-a-time tasks stride 3*H floats between 32-float reads, which the
-    # prefetchers do not follow). Heads are split into groups only as far as needed to give
-    # every thread two tasks when the batch is small.
-    groups = min(num_heads, max(1, (2 * get_num_threads() + batch - 1) // max(batch, 1)))
+    # prefetchers do not follow). Heads are split into groups only as far as needed to have
+    # TASKS tasks when the batch is small. (Not get_num_threads(): it makes a function uncacheable.)
+    groups = min(num_heads, max(1, (TASKS + batch - 1) // max(batch, 1)))
     per_group = (num_heads + groups - 1) // groups
     for task in prange(batch * groups):
         b = task // groups
