@@ -566,3 +566,48 @@ print(gv.VNNI_AVAILABLE, gv.AMX_AVAILABLE, gemm.best_layout(), same)
                                                  "quads" if gv.VNNI_AVAILABLE else "pairs", "True"]
     assert runs["nonsense"].returncode != 0 and "TINYBERT_INT8_ISA" in runs["nonsense"].stderr
     assert runs["amx"].stdout.split() == [str(gv.VNNI_AVAILABLE), str(gv.AMX_AVAILABLE), g.best_layout(), "True"]
+
+
+@pytest.mark.parametrize("path", QUAD_PATHS)
+@pytest.mark.parametrize("m,k", [(3, 3), (17, 70), (33, 385)])
+def test_linear_quads_padding_over_reused_memory(m, k, path):
+    # The byte planes are allocated uninitialised and only their padding is zeroed. A first call at
+    # the padded size fills blocks of exactly that size with non-zero bytes; the odd-sized call that
+    # follows gets them back from the allocator, so any padding left unzeroed changes its result.
+    rng = np.random.default_rng(m * k)
+    mp, kp = -(-m // gv.TILE_ROWS) * gv.TILE_ROWS, -(-k // gv.KQ_ALIGN) * gv.KQ_ALIGN
+    n = 40
+    big = gv.pack_quads(rng.integers(-127, 128, (n, kp)).astype(np.int8))
+    wq = rng.integers(-127, 128, (n, k)).astype(np.int8)
+    ws = (rng.random(n) * 1e-2).astype(np.float32)
+    bias = rng.standard_normal(n).astype(np.float32)
+    x = (rng.standard_normal((m, k)) * 3).astype(np.float32)
+    expected = g.linear_int8(x, g.pack_weight(wq, "pairs"), ws, bias, path="portable")
+    for _ in range(3):
+        gv.linear_quads(np.full((mp, kp), 1e3, np.float32), big, ws, bias, path=path)
+        np.testing.assert_array_equal(gv.linear_quads(x, gv.pack_quads(wq), ws, bias, path=path), expected)
+
+
+def test_packed_weights_start_on_cache_lines():
+    # AMX tile rows and zmm loads that straddle two cache lines run several times slower
+    # (tinybert/kernels/memory.py), so every packing must return 64-byte-aligned data.
+    from tinybert.kernels.memory import aligned_bytes, aligned_empty
+
+    rng = np.random.default_rng(0)
+    for n, k in [(1, 1), (17, 5), (40, 770), (384, 1536)]:
+        wq = rng.integers(-127, 128, (n, k)).astype(np.int8)
+        assert gv.pack_quads(wq).ctypes.data % 64 == 0
+        assert g.pack_weight(wq, "pairs").ctypes.data % 64 == 0
+        assert g.pack_weight_fp32(wq.astype(np.float32)).ctypes.data % 64 == 0
+    for shape, dtype in [((3, 5), np.int8), (7, np.float32), ((2, 3, 64), np.uint8)]:
+        a = aligned_empty(shape, dtype, fill=3)
+        assert a.ctypes.data % 64 == 0 and a.flags.c_contiguous and a.dtype == dtype and np.all(a == 3)
+
+    @njit
+    def offsets(sizes):
+        out = np.empty(sizes.size, np.int64)
+        for i in range(sizes.size):
+            out[i] = aligned_bytes(sizes[i]).ctypes.data % 64
+        return out
+
+    assert not offsets(np.array([1, 63, 64, 1000, 12345, 1 << 20])).any()

@@ -23,7 +23,7 @@ PARALLEL_MIN_WORK = 1 << 16
 
 # error_model="numpy": Python's divide-by-zero check would keep the division (erf's rational form,
 # tanh's quotient) from vectorising.
-@njit(cache=True, fastmath=True, error_model="numpy")
+@njit(cache=True, nogil=True, fastmath=True, error_model="numpy")
 def _gelu_row(x, r):
     half = np.float32(0.5)
     one = np.float32(1.0)
@@ -33,7 +33,7 @@ def _gelu_row(x, r):
         x[r, i] = half * v * (one + erf(v * k))
 
 
-@njit(cache=True, fastmath=True, error_model="numpy")
+@njit(cache=True, nogil=True, fastmath=True, error_model="numpy")
 def _gelu_tanh_row(x, r):
     # tanh(u) = sign(u) (1 - e) / (1 + e) with e = exp(-2|u|) ≤ 1: a vectorised float32 exp instead of a
     # libm tanh call per element (the absolute error stays ~1e-7, scaled by 0.5 x in the GELU).
@@ -47,14 +47,14 @@ def _gelu_tanh_row(x, r):
         x[r, i] = np.float32(0.5) * v * (np.float32(1.0) + t)
 
 
-@njit(cache=True, error_model="numpy")
+@njit(cache=True, nogil=True, error_model="numpy")
 def _relu_row(x, r):
     for i in range(x.shape[1]):
         if x[r, i] < 0:
             x[r, i] = 0.0
 
 
-@njit(cache=True, parallel=True, error_model="numpy")
+@njit(cache=True, nogil=True, parallel=True, error_model="numpy")
 def gelu(x):
     if x.size < PARALLEL_MIN_WORK:
         for r in range(x.shape[0]):
@@ -64,7 +64,7 @@ def gelu(x):
             _gelu_row(x, r)
 
 
-@njit(cache=True, parallel=True, error_model="numpy")
+@njit(cache=True, nogil=True, parallel=True, error_model="numpy")
 def gelu_tanh(x):
     if x.size < PARALLEL_MIN_WORK:
         for r in range(x.shape[0]):
@@ -74,7 +74,7 @@ def gelu_tanh(x):
             _gelu_tanh_row(x, r)
 
 
-@njit(cache=True, parallel=True, error_model="numpy")
+@njit(cache=True, nogil=True, parallel=True, error_model="numpy")
 def relu(x):
     if x.size < PARALLEL_MIN_WORK:
         for r in range(x.shape[0]):

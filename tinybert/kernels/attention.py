@@ -39,6 +39,7 @@ from numba.core import cgutils
 from numba.extending import intrinsic
 
 from .mathfn import exp2_nonpositive, fmax
+from .memory import aligned_bytes
 
 MR = 6   # queries (tile rows) per block: 6 rows x (even k, odd k) = 12 accumulators
 NR = 16  # tile columns (keys of a K panel, or output columns): one 16-float vector
@@ -123,7 +124,7 @@ _tile1, _tile2, _tile3, _tile4, _tile5, _tile6 = [_make_tile(r) for r in range(1
 
 # inline="always": a call between jitted functions increfs and decrefs each array argument, and
 # with both threads passing the shared qkv those atomics bounce one cache line between the cores.
-@njit(cache=True, error_model="numpy", inline="always")
+@njit(cache=True, nogil=True, error_model="numpy", inline="always")
 def _tile(rows, c, c_off, ldc, a, a_off, lda, b, b_off, ldb, kdim):
     # A short query block gets its own specialisation: a 1-token sequence computes one row, not 6.
     if rows == 6:
@@ -140,14 +141,14 @@ def _tile(rows, c, c_off, ldc, a, a_off, lda, b, b_off, ldb, kdim):
         _tile1(c, c_off, ldc, a, a_off, lda, b, b_off, ldb, kdim)
 
 
-@njit(cache=True, error_model="numpy")
+@njit(cache=True, nogil=True, error_model="numpy")
 def attention(qkv, starts, key_mask, num_heads, out):
     d = out.shape[1] // num_heads
     attention_with_bias(qkv, starts, key_mask, num_heads, 1.0 / math.sqrt(d), np.zeros((1, 0), dtype=np.float32),
                         0, out)
 
 
-@njit(cache=True, parallel=True, error_model="numpy")
+@njit(cache=True, nogil=True, parallel=True, error_model="numpy")
 def attention_with_bias(qkv, starts, key_mask, num_heads, scale, bias, center, out):
     """``attention`` with the score scale given (T5: 1, no 1/√d) and, when ``bias`` has columns, T5's relative
     position bias added to the score of query i and key j: bias[h, center + j − i] (i, j positions within
@@ -171,7 +172,7 @@ def attention_with_bias(qkv, starts, key_mask, num_heads, scale, bias, center, o
             _attend_one_head(qkv, flat, starts[b], starts[b + 1], key_mask, h, num_heads, scale, bias, center, out)
 
 
-@njit(cache=True, fastmath=True, error_model="numpy")
+@njit(cache=True, nogil=True, fastmath=True, error_model="numpy")
 def _attend_one_head(qkv, flat, base, end, key_mask, h, num_heads, scale, bias, center, out):
     hidden = out.shape[1]
     ld = 3 * hidden
@@ -196,7 +197,7 @@ def _attend_one_head(qkv, flat, base, end, key_mask, h, num_heads, scale, bias, 
     log2e = np.float32(1.4426950408889634)
     has_bias = bias.shape[1] > 0
     scale = np.float32(1.4426950408889634 * scale)
-    kpan = np.empty(n16 * d, dtype=np.float32)
+    kpan = aligned_bytes(n16 * d * 4).view(np.float32)   # panel rows on cache lines (memory.py)
     for p in range(n16 // NR):
         dst = kpan[p * d * NR:(p + 1) * d * NR]
         for c in range(NR):
@@ -209,7 +210,7 @@ def _attend_one_head(qkv, flat, base, end, key_mask, h, num_heads, scale, bias, 
                     dst[e * NR + c] = 0.0
     # V panels of 16 columns, vpan[c, j, :] = v[valid[j], 16c:16c+16] (zero padded past d): each
     # pass of the P·V micro-kernel streams one contiguous panel.
-    vpan = np.empty(d16 * n, dtype=np.float32)
+    vpan = aligned_bytes(d16 * n * 4).view(np.float32)
     for jj in range(n):
         src = qkv[base + valid[jj], vcol:vcol + d]
         for c in range(d16 // NR):
@@ -221,8 +222,8 @@ def _attend_one_head(qkv, flat, base, end, key_mask, h, num_heads, scale, bias, 
                 for e in range(NR):
                     dst[e] = src[c * NR + e] if c * NR + e < d else 0.0
 
-    scores = np.empty(MR * n16, dtype=np.float32)
-    obuf = np.empty(MR * d16, dtype=np.float32)
+    scores = aligned_bytes(MR * n16 * 4).view(np.float32)
+    obuf = aligned_bytes(MR * d16 * 4).view(np.float32)
     inv_total = np.empty(MR, dtype=np.float32)
     for i0 in range(0, seq, MR):
         rows = min(MR, seq - i0)

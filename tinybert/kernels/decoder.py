@@ -46,7 +46,7 @@ KEY_BLOCK = 64  # keys scored per step of the online softmax (the size of each t
 _LOG2E = 1.4426950408889634
 
 
-@njit(cache=True, parallel=True, error_model="numpy")
+@njit(cache=True, nogil=True, parallel=True, error_model="numpy")
 def rms_norm(x, w, eps, out):
     n_rows, dim = x.shape
     if n_rows * dim < PARALLEL_MIN_WORK:
@@ -57,7 +57,7 @@ def rms_norm(x, w, eps, out):
             _rms_norm_row(x, w, eps, out, r)
 
 
-@njit(cache=True, error_model="numpy")
+@njit(cache=True, nogil=True, error_model="numpy")
 def _rms_norm_row(x, w, eps, out, r):
     dim = x.shape[1]
     var = _sum_squares(x, r) / np.float32(dim)
@@ -68,7 +68,7 @@ def _rms_norm_row(x, w, eps, out, r):
         out[r, i] = w[i] * (x[r, i] * inv)
 
 
-@njit(cache=True, fastmath=True, error_model="numpy")
+@njit(cache=True, nogil=True, fastmath=True, error_model="numpy")
 def _sum_squares(x, r):
     # fastmath lets LLVM split the sum over several vector accumulators (as torch's reduction does):
     # faster, and more accurate than one serial float32 chain.
@@ -79,7 +79,7 @@ def _sum_squares(x, r):
     return total
 
 
-@njit(cache=True, parallel=True, error_model="numpy")
+@njit(cache=True, nogil=True, parallel=True, error_model="numpy")
 def silu_mul(gate_up, out):
     n_rows, inter = out.shape
     if n_rows * inter < PARALLEL_MIN_WORK:
@@ -90,7 +90,7 @@ def silu_mul(gate_up, out):
             _silu_mul_row(gate_up, out, r)
 
 
-@njit(cache=True, fastmath=True, error_model="numpy")
+@njit(cache=True, nogil=True, fastmath=True, error_model="numpy")
 def _silu_mul_row(gate_up, out, r):
     # error_model="numpy": Python's ZeroDivisionError check on the division below would be a branch
     # per element that keeps LLVM from vectorising the loop (the denominator is >= 1 anyway).
@@ -107,7 +107,7 @@ def _silu_mul_row(gate_up, out, r):
         out[r, i] = g * num / (one + e) * gate_up[r, inter + i]
 
 
-@njit(cache=True, parallel=True, error_model="numpy")
+@njit(cache=True, nogil=True, parallel=True, error_model="numpy")
 def write_kv(k_new, v_new, slots, positions, k_cache, v_cache):
     n_rows, kv_heads, d = k_new.shape
     if n_rows * kv_heads * d < PARALLEL_MIN_WORK:
@@ -118,7 +118,7 @@ def write_kv(k_new, v_new, slots, positions, k_cache, v_cache):
             _write_kv_row(k_new, v_new, slots[r], positions[r], k_cache, v_cache, r)
 
 
-@njit(cache=True, error_model="numpy")
+@njit(cache=True, nogil=True, error_model="numpy")
 def _write_kv_row(k_new, v_new, slot, pos, k_cache, v_cache, r):
     kv_heads, d = k_new.shape[1], k_new.shape[2]
     for h in range(kv_heads):
@@ -128,7 +128,7 @@ def _write_kv_row(k_new, v_new, slot, pos, k_cache, v_cache, r):
             v_cache[slot, h, pos, e] = v_new[r, h, e]
 
 
-@njit(cache=True, parallel=True, error_model="numpy")
+@njit(cache=True, nogil=True, parallel=True, error_model="numpy")
 def copy_slots(cache, dest, src, upto):
     """cache[:, dest[i], :, :upto] = cache[:, src[i], :, :upto] for every i (beam search: a beam takes over
     another's cached positions). cache float32 [L, S, H, T, d]; dest, src int64 [n]; no dest is a src."""
@@ -139,13 +139,13 @@ def copy_slots(cache, dest, src, upto):
             cache[layer, dest[i], h, :upto] = cache[layer, src[i], h, :upto]
 
 
-@njit(cache=True, error_model="numpy")
+@njit(cache=True, nogil=True, error_model="numpy")
 def cached_attention(q, k_cache, v_cache, slots, positions, scale, out):
     cached_attention_with_bias(q, k_cache, v_cache, slots, positions, scale, np.zeros((1, 0), dtype=np.float32),
                                out)
 
 
-@njit(cache=True, parallel=True, error_model="numpy")
+@njit(cache=True, nogil=True, parallel=True, error_model="numpy")
 def cached_attention_with_bias(q, k_cache, v_cache, slots, positions, scale, bias, out):
     """cached_attention plus bias[h, positions[r] − t] on the score of key t (none when bias has 0 columns):
     one implementation for plain and position-biased (T5) decoder attention."""
@@ -167,7 +167,7 @@ def cached_attention_with_bias(q, k_cache, v_cache, slots, positions, scale, bia
             _attend(q, k_cache, v_cache, slots, positions, scale, bias, out, task // q_heads, task % q_heads, group)
 
 
-@njit(cache=True, fastmath=True, error_model="numpy")
+@njit(cache=True, nogil=True, fastmath=True, error_model="numpy")
 def _attend(q, k_cache, v_cache, slots, positions, scale, bias, out, r, h, group):
     # One (row, query head) pair, one pass over its keys in blocks of KEY_BLOCK with a running
     # maximum m and running sum l: a block's scores are computed, the accumulator and l are rescaled

@@ -8,7 +8,7 @@ import numpy as np
 from numba import njit, prange
 
 
-@njit(cache=True, parallel=True, error_model="numpy")
+@njit(cache=True, nogil=True, parallel=True, error_model="numpy")
 def embed_int8(ids, pos, type_ids, tok_q, tok_s, pos_table, type_table, out):
     n_tokens, dim = out.shape
     for t in prange(n_tokens):
@@ -18,7 +18,7 @@ def embed_int8(ids, pos, type_ids, tok_q, tok_s, pos_table, type_table, out):
             out[t, e] = np.float32(tok_q[row, e]) * s + pos_table[p, e] + type_table[ty, e]
 
 
-@njit(cache=True, parallel=True, error_model="numpy")
+@njit(cache=True, nogil=True, parallel=True, error_model="numpy")
 def embed_fp32(ids, pos, type_ids, tok, pos_table, type_table, out):
     n_tokens, dim = out.shape
     for t in prange(n_tokens):

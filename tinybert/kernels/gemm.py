@@ -60,6 +60,8 @@ from numba import njit, prange, types
 from numba.core import cgutils
 from numba.extending import intrinsic
 
+from .memory import aligned_empty
+
 ACT_QMAX = 2047
 ACC_BLOCK = 8192
 
@@ -89,7 +91,7 @@ def _use_simd(path):
 # Activation quantisation
 # ----------------------------------------------------------------------------------------------
 
-@njit(cache=True, error_model="numpy", inline="always")
+@njit(cache=True, nogil=True, error_model="numpy", inline="always")
 def row_scale(x, m):
     """max|x[m]| / ACT_QMAX as float32 (1 for a zero row); NaN when the row holds a NaN or an inf.
 
@@ -108,7 +110,7 @@ def row_scale(x, m):
     return amax / np.float32(ACT_QMAX) if amax > 0 else np.float32(1.0)
 
 
-@njit(cache=True, error_model="numpy")
+@njit(cache=True, nogil=True, error_model="numpy")
 def _quantize_row(x, xq, xs, m):
     """xs[m] = max|x[m]| / ACT_QMAX (1 for a zero row); xq[m, k] = rint(x[m, k] / xs[m])."""
     scale = row_scale(x, m)
@@ -121,7 +123,7 @@ def _quantize_row(x, xq, xs, m):
         xq[m, k] = np.int16(np.rint(x[m, k] * inv))
 
 
-@njit(cache=True, parallel=True, error_model="numpy")
+@njit(cache=True, nogil=True, parallel=True, error_model="numpy")
 def quantize_rows(x, xq, xs):
     """Per-row symmetric quantisation: xq[m] = round(x[m] / xs[m]), xs[m] = max|x[m]| / ACT_QMAX.
 
@@ -132,7 +134,7 @@ def quantize_rows(x, xq, xs):
         _quantize_row(x, xq, xs, m)
 
 
-@njit(cache=True, error_model="numpy")
+@njit(cache=True, nogil=True, error_model="numpy")
 def _quantize_rows_serial(x, xq, xs):
     # Same as quantize_rows without a fork/join: for a handful of rows the thread hand-off costs
     # more than the work.
@@ -144,7 +146,7 @@ def _quantize_rows_serial(x, xq, xs):
 # Reference kernel (raw int8 weights)
 # ----------------------------------------------------------------------------------------------
 
-@njit(cache=True, parallel=True, error_model="numpy")
+@njit(cache=True, nogil=True, parallel=True, error_model="numpy")
 def qlinear(xq, xs, wq, ws, bias, out):
     """out[m, n] = xs[m] * ws[n] * (xq[m] . wq[n]) + bias[n]   (xq int16 [M,K], wq int8 [N,K]).
 
@@ -200,12 +202,12 @@ def pack_weight(wq: np.ndarray, layout: str | None = None) -> np.ndarray:
     if wq.ndim != 2 or wq.dtype != np.int8:
         raise TypeError("pack_weight expects int8 weights of shape [N, K]")
     n_dim, k_dim = wq.shape
-    packed = np.zeros((-(-n_dim // NR), -(-k_dim // 2), 2 * NR), dtype=np.int8)
+    packed = aligned_empty((-(-n_dim // NR), -(-k_dim // 2), 2 * NR), np.int8, fill=0)
     _pack_into(np.ascontiguousarray(wq), packed)
     return packed
 
 
-@njit(cache=True, error_model="numpy")
+@njit(cache=True, nogil=True, error_model="numpy")
 def _pack_into(wq, packed):
     # Compiled because numpy's reshape/transpose copy is ~10x slower and callers that still pass
     # raw int8 weights to linear_int8 pay for this on every call.  packed must be zero-filled.
@@ -336,7 +338,7 @@ _mk1, _mk2, _mk3, _mk4, _mk5, _mk6 = [_make_simd_microkernel(r, SIMD_AVAILABLE)
                                        for r in range(1, MR + 1)]
 
 
-@njit(cache=True, error_model="numpy")
+@njit(cache=True, nogil=True, error_model="numpy")
 def _microkernel_portable(rows, tile, t_off, x, x_off, x_stride, wp, w_off, kpairs):
     """Plain-Numba version of the micro-kernel (same int8 layout, same exact int32 sums)."""
     for i in range(rows):
@@ -350,7 +352,7 @@ def _microkernel_portable(rows, tile, t_off, x, x_off, x_stride, wp, w_off, kpai
                 trow[j] += np.int32(a0 * np.int32(wrow[2 * j]) + a1 * np.int32(wrow[2 * j + 1]))
 
 
-@njit(cache=True, error_model="numpy")
+@njit(cache=True, nogil=True, error_model="numpy")
 def _microkernel(use_simd, rows, tile, t_off, x, x_off, x_stride, wp, w_off, kpairs):
     """Run-time dispatch: SIMD micro-kernel specialised for ``rows`` (1..MR=6), or portable.
 
@@ -378,7 +380,7 @@ def _microkernel(use_simd, rows, tile, t_off, x, x_off, x_stride, wp, w_off, kpa
 # Packed driver
 # ----------------------------------------------------------------------------------------------
 
-@njit(cache=True, parallel=True, error_model="numpy")
+@njit(cache=True, nogil=True, parallel=True, error_model="numpy")
 def _qgemm_packed(xq, xs, wp, ws, bias, out, use_simd):
     """out = xs[:,None] * ws[None,:] * (xq @ W.T) + bias, W given packed (see pack_weight).
 
@@ -435,7 +437,7 @@ def _qgemm_packed(xq, xs, wp, ws, bias, out, use_simd):
                     orow[j] = np.float32(ftile[r * NR + j]) * s * wsp[j] + bp[j]
 
 
-@njit(cache=True, error_model="numpy")
+@njit(cache=True, nogil=True, error_model="numpy")
 def _linear_int8_packed(x, wp, ws, bias, out, use_simd):
     """Fused quantise + packed GEMM (one compiled call from Python)."""
     m_rows, k_dim = x.shape
@@ -518,7 +520,6 @@ MC_F32 = 96       # rows per task (multiple of MR): 96 x 384 fp32 activations (1
 KU = 4            # k unroll of the fp32 micro-kernel's loop
 F32_LANES = 16    # floats per accumulator vector: one zmm, or two ymm where LLVM splits it
 F32_NV = NR // F32_LANES
-_ALIGN = 64       # byte alignment of packed panels (whole cache lines per 16-float panel row)
 
 
 def _make_f32_microkernel(rows):
@@ -606,7 +607,7 @@ def _make_f32_microkernel(rows):
 _fk1, _fk2, _fk3, _fk4, _fk5, _fk6 = [_make_f32_microkernel(r) for r in range(1, MR + 1)]
 
 
-@njit(cache=True, error_model="numpy")
+@njit(cache=True, nogil=True, error_model="numpy")
 def _f32_microkernel(rows, tile, t_off, x, x_off, x_stride, wp, w_off, kc, accumulate):
     if rows == 6:
         _fk6(tile, t_off, x, x_off, x_stride, wp, w_off, kc, accumulate)
@@ -622,7 +623,7 @@ def _f32_microkernel(rows, tile, t_off, x, x_off, x_stride, wp, w_off, kc, accum
         _fk1(tile, t_off, x, x_off, x_stride, wp, w_off, kc, accumulate)
 
 
-@njit(cache=True, parallel=True, error_model="numpy")
+@njit(cache=True, nogil=True, parallel=True, error_model="numpy")
 def _sgemm_packed(x, wp, bias, out):
     """out = x @ W.T + bias with W packed by pack_weight_fp32; x f32[M, K] C-contiguous.
 
@@ -673,16 +674,12 @@ def pack_weight_fp32(w: np.ndarray) -> np.ndarray:
     n_dim, k_dim = w.shape
     if n_dim == 0 or k_dim == 0:
         raise ValueError(f"pack_weight_fp32 needs a non-empty weight, got shape {w.shape}")
-    shape = (-(-n_dim // NR), k_dim, NR)
-    size = shape[0] * k_dim * NR
-    raw = np.zeros(size + _ALIGN // 4, dtype=np.float32)
-    start = (-raw.ctypes.data % _ALIGN) // 4
-    packed = raw[start:start + size].reshape(shape)
+    packed = aligned_empty((-(-n_dim // NR), k_dim, NR), np.float32, fill=0)
     _pack_f32_into(np.ascontiguousarray(w), packed)
     return packed
 
 
-@njit(cache=True, error_model="numpy")
+@njit(cache=True, nogil=True, error_model="numpy")
 def _pack_f32_into(w, packed):
     n_dim, k_dim = w.shape
     for p in range(packed.shape[0]):

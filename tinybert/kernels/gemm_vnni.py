@@ -53,6 +53,7 @@ from numba.core import cgutils
 from numba.extending import intrinsic
 
 from .gemm import MC, MR, NR, row_scale
+from .memory import aligned_bytes, aligned_empty
 
 KQ_ALIGN = 64          # K is padded to this (one AMX tile row of bytes)
 N_ALIGN = 2 * NR       # N is padded to a pair of panels (the AMX task width)
@@ -127,12 +128,12 @@ def pack_quads(wq: np.ndarray) -> np.ndarray:
         raise ValueError(f"K = {k_dim} exceeds the int8 kernels' limit of {MAX_K}")
     n_pad = -(-n_dim // N_ALIGN) * N_ALIGN
     k_pad = -(-k_dim // KQ_ALIGN) * KQ_ALIGN
-    packed = np.full((n_pad // NR, k_pad // 4, 4 * NR), 128, dtype=np.uint8)
+    packed = aligned_empty((n_pad // NR, k_pad // 4, 4 * NR), np.uint8, fill=128)
     _pack_quads_into(np.ascontiguousarray(wq), packed)
     return packed
 
 
-@njit(cache=True, error_model="numpy")
+@njit(cache=True, nogil=True, error_model="numpy")
 def _pack_quads_into(wq, packed):
     n_dim, k_dim = wq.shape
     for n in range(n_dim):
@@ -146,7 +147,7 @@ def is_quads(w: np.ndarray) -> bool:
     return w.dtype == np.uint8 and w.ndim == 3 and w.shape[2] == 4 * NR
 
 
-@njit(cache=True, error_model="numpy")
+@njit(cache=True, nogil=True, error_model="numpy")
 def _split_row(x, m, xh, xl, xs, xsum):
     """Quantise row m exactly as gemm._quantize_row does, and store it split into bytes."""
     scale = row_scale(x, m)
@@ -166,13 +167,13 @@ def _split_row(x, m, xh, xl, xs, xsum):
     xsum[m] = total
 
 
-@njit(cache=True, parallel=True, error_model="numpy")
+@njit(cache=True, nogil=True, parallel=True, error_model="numpy")
 def _split_rows_parallel(x, xh, xl, xs, xsum):
     for m in prange(x.shape[0]):
         _split_row(x, m, xh, xl, xs, xsum)
 
 
-@njit(cache=True, error_model="numpy")
+@njit(cache=True, nogil=True, error_model="numpy")
 def _split_rows(x, xh, xl, xs, xsum):
     if x.shape[0] * x.shape[1] < 32768:   # a fork/join costs more than a few rows of work
         for m in range(x.shape[0]):
@@ -181,7 +182,7 @@ def _split_rows(x, xh, xl, xs, xsum):
         _split_rows_parallel(x, xh, xl, xs, xsum)
 
 
-@njit(cache=True, error_model="numpy")
+@njit(cache=True, nogil=True, error_model="numpy")
 def split_quantized(xq, xh, xl, xsum):
     """Split already-quantised activations xq int16 [M, K] into xh, xl (int8) and row sums."""
     for m in range(xq.shape[0]):
@@ -266,7 +267,7 @@ def _make_vnni_microkernel(rows: int, emit: bool):
 _vk1, _vk2, _vk3, _vk4, _vk5, _vk6 = [_make_vnni_microkernel(r, _TARGET_VNNI) for r in range(1, MR + 1)]
 
 
-@njit(cache=True, error_model="numpy", inline="always")
+@njit(cache=True, nogil=True, error_model="numpy", inline="always")
 def _vnni_microkernel(rows, tile, t_off, xh, xl, x_off, x_stride, wp, w_off, kquads):
     if rows == 6:
         _vk6(tile, t_off, xh, xl, x_off, x_stride, wp, w_off, kquads)
@@ -459,7 +460,7 @@ _combine16 = _make_combine16()
 # inline="always" matters here and for _vnni_microkernel: a call between jitted functions
 # increfs/decrefs every array argument, atomics that the two threads bounce between their caches
 # (it made the AMX GEMM 4x slower).
-@njit(cache=True, error_model="numpy", inline="always")
+@njit(cache=True, nogil=True, error_model="numpy", inline="always")
 def _finish(out, n_dim, m, n0, ncols, dots, h_off, l_off, xsum, xs, ws, bias, wide):
     """out[m*n_dim + n0 + j] = float32(64 h_j + l_j - 128 xsum[m]) * xs[m] * ws[n0 + j] + bias[n0 + j].
 
@@ -476,7 +477,7 @@ def _finish(out, n_dim, m, n0, ncols, dots, h_off, l_off, xsum, xs, ws, bias, wi
         out[m * n_dim + n0 + j] = np.float32(dot) * s * ws[n0 + j] + bias[n0 + j]
 
 
-@njit(cache=True, parallel=True, error_model="numpy")
+@njit(cache=True, nogil=True, parallel=True, error_model="numpy")
 def _gemm_vnni(xh, xl, xsum, xs, wp, ws, bias, out):
     m_rows, n_dim = out.shape
     kp = xh.shape[1]
@@ -495,7 +496,8 @@ def _gemm_vnni(xh, xl, xsum, xs, wp, ws, bias, out):
         p = task - chunk * n_panels
         m0 = chunk * chunk_rows
         rows = min(chunk_rows, m_rows - m0)
-        tile = np.zeros(rows * 2 * NR, dtype=np.int32)
+        tile = aligned_bytes(rows * 2 * NR * 4).view(np.int32)
+        tile[:] = 0
         for kc0 in range(0, kq, KCQ):
             kc1 = min(kq, kc0 + KCQ)
             w_off = (p * kq + kc0) * 4 * NR
@@ -509,7 +511,7 @@ def _gemm_vnni(xh, xl, xsum, xs, wp, ws, bias, out):
                     wide)
 
 
-@njit(cache=True, parallel=True, error_model="numpy")
+@njit(cache=True, nogil=True, parallel=True, error_model="numpy")
 def _gemm_amx(xh, xl, xsum, xs, wp, ws, bias, out, cfg):
     m_rows, n_dim = out.shape
     kp = xh.shape[1]
@@ -527,7 +529,7 @@ def _gemm_amx(xh, xl, xsum, xs, wp, ws, bias, out, cfg):
         chunk = task // n_pairs
         q = task - chunk * n_pairs
         _amx_begin(cfg)
-        ctile = np.empty(4 * TILE_ROWS * NR, dtype=np.int32)
+        ctile = aligned_bytes(4 * TILE_ROWS * NR * 4).view(np.int32)
         n0 = q * 2 * NR
         ncols = min(2 * NR, n_dim - n0)
         for b in range(chunk * chunk_blocks, min(n_blocks, (chunk + 1) * chunk_blocks)):
@@ -566,9 +568,10 @@ def _pick(path, m_rows):
 
 
 def _split_buffers(m_rows, k_dim):
-    """Zeroed byte planes [M padded to 16, K padded to 64] (padding must contribute nothing)."""
+    """Zeroed, 64-byte-aligned byte planes [M padded to 16, K padded to 64] (padding must contribute
+    nothing)."""
     shape = (-(-m_rows // TILE_ROWS) * TILE_ROWS, -(-k_dim // KQ_ALIGN) * KQ_ALIGN)
-    return np.zeros(shape, np.int8), np.zeros(shape, np.int8), np.empty(m_rows, np.int64)
+    return aligned_empty(shape, np.int8, fill=0), aligned_empty(shape, np.int8, fill=0), np.empty(m_rows, np.int64)
 
 
 def _run(xh, xl, xsum, xs, wp, ws, bias, out, path):
@@ -595,15 +598,22 @@ def qlinear_quads(xq: np.ndarray, xs: np.ndarray, wp: np.ndarray, ws: np.ndarray
     _run(xh, xl, xsum, xs, wp, ws, bias, out, path)
 
 
-@njit(cache=True, error_model="numpy")
+@njit(cache=True, nogil=True, error_model="numpy")
 def _linear_quads(x, wp, ws, bias, out, use_amx, cfg):
     """Split-quantise x and run the GEMM in one compiled call (a Python-level sequence of
     allocations and calls cost ~10 us per layer, a third of a small GEMM)."""
     m_rows, k_dim = x.shape
     kp = wp.shape[1] * 4
     mp = (m_rows + TILE_ROWS - 1) // TILE_ROWS * TILE_ROWS
-    xh = np.zeros((mp, kp), dtype=np.int8)
-    xl = np.zeros((mp, kp), dtype=np.int8)
+    # Tile rows must start on cache lines (see memory.py); only the padding needs zeros, as the
+    # split writes every other byte (zeroing all of it cost ~10 % of a GEMM).
+    xh = aligned_bytes(mp * kp).view(np.int8).reshape((mp, kp))
+    xl = aligned_bytes(mp * kp).view(np.int8).reshape((mp, kp))
+    xh[m_rows:] = 0
+    xl[m_rows:] = 0
+    if kp > k_dim:
+        xh[:m_rows, k_dim:] = 0
+        xl[:m_rows, k_dim:] = 0
     xsum = np.empty(m_rows, dtype=np.int64)
     xs = np.empty(m_rows, dtype=np.float32)
     _split_rows(x, xh, xl, xs, xsum)

@@ -9,7 +9,7 @@ import numpy as np
 from numba import njit, prange
 
 
-@njit(cache=True, parallel=True, error_model="numpy")
+@njit(cache=True, nogil=True, parallel=True, error_model="numpy")
 def layer_norm(x, w, b, eps, out):
     n_rows, dim = x.shape
     for r in prange(n_rows):
@@ -26,7 +26,7 @@ def layer_norm(x, w, b, eps, out):
             out[r, i] = np.float32((x[r, i] - mean) * inv) * w[i] + b[i]
 
 
-@njit(cache=True, parallel=True, error_model="numpy")
+@njit(cache=True, nogil=True, parallel=True, error_model="numpy")
 def add_layer_norm(x, residual, w, b, eps, out):
     n_rows, dim = x.shape
     for r in prange(n_rows):

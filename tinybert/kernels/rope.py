@@ -154,7 +154,7 @@ def rope_from_hf_config(cfg: dict) -> dict:
     return rope
 
 
-@njit(cache=True, parallel=True, error_model="numpy")
+@njit(cache=True, nogil=True, parallel=True, error_model="numpy")
 def apply_rope(x, positions, cos, sin):
     # Preconditions (unchecked): x float32 [N, heads, d], d even, rotated in place; positions int32
     # [N] with 0 <= positions[r] < cos.shape[0]; cos, sin float32 [max_positions, d // 2] from
@@ -168,7 +168,7 @@ def apply_rope(x, positions, cos, sin):
             _rotate_row(x, r, positions[r], cos, sin)
 
 
-@njit(cache=True, error_model="numpy")
+@njit(cache=True, nogil=True, error_model="numpy")
 def _rotate_row(x, r, p, cos, sin):
     # No fastmath: without FMA contraction each product rounds on its own as in transformers'
     # q * cos + rotate_half(q) * sin, so the result matches it bit for bit given the same tables.

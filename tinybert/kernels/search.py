@@ -17,7 +17,7 @@ from numba import njit, prange
 from .mathfn import exp_nonpositive, fmax
 
 
-@njit(cache=True, parallel=True, error_model="numpy")
+@njit(cache=True, nogil=True, parallel=True, error_model="numpy")
 def log_softmax_rows(x, out):
     rows = x.shape[0]
     for r in prange(rows):
@@ -28,7 +28,7 @@ def log_softmax_rows(x, out):
 _FAST_FINITE_UNSAFE = {"reassoc", "contract", "arcp", "nsz", "afn"}
 
 
-@njit(cache=True, fastmath=_FAST_FINITE_UNSAFE, error_model="numpy")
+@njit(cache=True, nogil=True, fastmath=_FAST_FINITE_UNSAFE, error_model="numpy")
 def _log_softmax_row(x, out, r):
     vocab = x.shape[1]
     m = x[r, 0]
@@ -45,7 +45,7 @@ def _log_softmax_row(x, out, r):
         out[r, v] = (x[r, v] - m) - lse
 
 
-@njit(cache=True, error_model="numpy")
+@njit(cache=True, nogil=True, error_model="numpy")
 def top_k_flat(s, add, idx, val):
     rows, vocab = s.shape
     k = idx.shape[0]
