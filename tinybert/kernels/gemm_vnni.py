@@ -59,8 +59,9 @@ KQ_ALIGN = 64          # K is padded to this (one AMX tile row of bytes)
 N_ALIGN = 2 * NR       # N is padded to a pair of panels (the AMX task width)
 TILE_ROWS = 16         # AMX tile rows; M is padded to a multiple of it
 KCQ = 128              # VNNI k block in quads: a 128 x 64-byte panel slice (8 KiB) stays in L1
-AMX_A_BYTES = 786_432  # AMX task height: as many 16-row blocks as keep its two byte planes of A
-AMX_MAX_BLOCKS = 32    # within 768 KiB (L2), at most 32 blocks (512 rows)
+AMX_B_BYTES = 524_288  # AMX task width: as many panel pairs as keep their weights within 512 KiB (L2)
+AMX_MAX_BLOCKS = 32    # AMX task height: at most 32 blocks (512 rows)
+AMX_TASKS = 16         # parallel tasks to aim for (columns are split further when rows are few)
 AMX_MIN_ROWS = 16      # below this many rows the VNNI kernel is used on AMX hosts
 MAX_K = 200_000        # keeps every int32 byte-sum exact (32 * 255 * MAX_K < 2**31)
 WIDE_K = 8192          # up to here |dot| <= 2047 * 127 * K < 2**31: the epilogue may use int32
@@ -453,6 +454,78 @@ def _make_combine16():
 _combine16 = _make_combine16()
 
 
+def _make_amx_epilogue():
+    """The epilogue of one full AMX block (``rows`` <= 16 rows x 32 channels, K <= WIDE_K), as one loop:
+
+        out[o0 + r*ldo + 16*s + j] = float32(64 h - 128 xsum[m0 + r] + l) * xs[m0 + r] * ws[n0 + 16*s + j]
+                                     + bias[n0 + 16*s + j]
+
+    with h = ctile[256*s + 16*r + j] and l = ctile[512 + 256*s + 16*r + j] (tiles 0-1 hold h, 2-3 hold l;
+    s = panel 0/1).  The same arithmetic as ``_combine16``'s narrow branch, bit for bit; written as one
+    intrinsic because the per-16-channel calls, compiled inside the parallel loop, spent most of their
+    time on spilled loop state and negative-index checks (measured: ~90 cycles per 16 outputs).
+    """
+    f32, i32, i64 = ir.FloatType(), ir.IntType(32), ir.IntType(64)
+    v16i32, v16f32 = ir.VectorType(i32, 16), ir.VectorType(f32, 16)
+    splat = ir.Constant(ir.VectorType(i32, 16), [0] * 16)
+
+    @intrinsic
+    def amx_epilogue(typingctx, ctile, rows, out, o0, ldo, xsum, xs, m0, ws, bias, n0):
+        if not (isinstance(ctile, types.Array) and ctile.dtype == types.int32
+                and isinstance(xsum, types.Array) and xsum.dtype == types.int64):
+            return None
+        for arr in (out, xs, ws, bias):
+            if not (isinstance(arr, types.Array) and arr.dtype == types.float32):
+                return None
+        sig = types.void(ctile, rows, out, o0, ldo, xsum, xs, m0, ws, bias, n0)
+
+        def codegen(context, builder, signature, args):
+            tys = signature.args
+            rows_v, o0_v, ldo_v, m0_v, n0_v = [
+                context.cast(builder, args[i], tys[i], types.int64) for i in (1, 3, 4, 7, 10)]
+            c_p, out_p, xsum_p, xs_p, ws_p, b_p = [
+                cgutils.create_struct_proxy(tys[i])(context, builder, value=args[i]).data for i in (0, 2, 5, 6, 8, 9)]
+
+            def vptr(base, off, ety, vty):
+                return builder.bitcast(builder.gep(base, [off], source_etype=ety), vty.as_pointer())
+
+            def bcast(val, vty):
+                return builder.shuffle_vector(
+                    builder.insert_element(ir.Constant(vty, None), val, ir.Constant(i32, 0)),
+                    ir.Constant(vty, None), splat)
+
+            def const(n):
+                return ir.Constant(i64, n)
+
+            ws_v = [builder.load(vptr(ws_p, builder.add(n0_v, const(16 * s)), f32, v16f32), align=4) for s in (0, 1)]
+            b_v = [builder.load(vptr(b_p, builder.add(n0_v, const(16 * s)), f32, v16f32), align=4) for s in (0, 1)]
+            with cgutils.for_range(builder, rows_v) as loop:
+                r = loop.index
+                m = builder.add(m0_v, r)
+                comp = builder.shl(builder.trunc(builder.load(builder.gep(xsum_p, [m], source_etype=i64)), i32),
+                                   ir.Constant(i32, 7))
+                scale = bcast(builder.load(builder.gep(xs_p, [m], source_etype=f32)), v16f32)
+                o_row = builder.add(o0_v, builder.mul(r, ldo_v))
+                for s in (0, 1):
+                    t_off = builder.add(const(256 * s), builder.mul(r, const(16)))
+                    h = builder.load(vptr(c_p, t_off, i32, v16i32), align=64)
+                    lo = builder.load(vptr(c_p, builder.add(t_off, const(512)), i32, v16i32), align=64)
+                    # Wrapping int32 arithmetic gives the exact integer whenever it fits int32 (K <= WIDE_K).
+                    dot = builder.sub(builder.add(builder.shl(h, ir.Constant(v16i32, [6] * 16)), lo),
+                                      bcast(comp, v16i32))
+                    y = builder.fmul(builder.sitofp(dot, v16f32), scale)
+                    y = builder.fadd(builder.fmul(y, ws_v[s]), b_v[s])
+                    builder.store(y, vptr(out_p, builder.add(o_row, const(16 * s)), f32, v16f32), align=4)
+            return context.get_dummy_value()
+
+        return sig, codegen
+
+    return amx_epilogue
+
+
+_amx_epilogue = _make_amx_epilogue()
+
+
 # ----------------------------------------------------------------------------------------------
 # Drivers
 # ----------------------------------------------------------------------------------------------
@@ -520,31 +593,43 @@ def _gemm_amx(xh, xl, xsum, xs, wp, ws, bias, out, cfg):
     wide = kp > WIDE_K
     out_flat = out.reshape(out.size)
     n_blocks = (m_rows + TILE_ROWS - 1) // TILE_ROWS
-    # Tasks are (row chunk, panel pair), chunk-major: a thread keeps one chunk of A in L2 while it
-    # walks the panel pairs, so B streams once per chunk. Short chunks (64 rows) re-streamed all
-    # of B every 64 rows: 4096 x 2304 x 768 ran at 476 GOP/s with them, 944 with 512-row chunks.
-    chunk_blocks = max(1, min(AMX_MAX_BLOCKS, AMX_A_BYTES // (2 * TILE_ROWS * kp)))
-    n_chunks = (n_blocks + chunk_blocks - 1) // chunk_blocks
-    for task in prange(n_chunks * n_pairs):
-        chunk = task // n_pairs
-        q = task - chunk * n_pairs
+    # Tasks are (row chunk, group of panel pairs). Within a task each 16-row block of A (kp * 32
+    # bytes) stays in L1 while it meets every pair of the group, whose weights (up to AMX_B_BYTES)
+    # stay in L2 across the chunk's blocks; and the block's output is written a whole row segment
+    # at a time. (Pair-outer order wrote each row 128 bytes at a time, a page apart, and ran the
+    # 4160 x 1152 x 384 QKV GEMM at a third of the speed of the same work on 256 rows.)
+    group = max(1, min(n_pairs, AMX_B_BYTES // (2 * NR * kp)))
+    n_chunks = (n_blocks + AMX_MAX_BLOCKS - 1) // AMX_MAX_BLOCKS
+    while n_chunks * ((n_pairs + group - 1) // group) < AMX_TASKS and group > 1:
+        group = (group + 1) // 2          # few rows: split the columns instead, to feed every thread
+    n_groups = (n_pairs + group - 1) // group
+    chunk_blocks = (n_blocks + n_chunks - 1) // n_chunks
+    for task in prange(n_chunks * n_groups):
+        chunk = task // n_groups
+        g = task - chunk * n_groups
         _amx_begin(cfg)
         ctile = aligned_bytes(4 * TILE_ROWS * NR * 4).view(np.int32)
-        n0 = q * 2 * NR
-        ncols = min(2 * NR, n_dim - n0)
         for b in range(chunk * chunk_blocks, min(n_blocks, (chunk + 1) * chunk_blocks)):
-            _amx_block(ctile, xh, xl, b * TILE_ROWS * kp, kp, wp, 2 * q * kq * 4 * NR,
-                       (2 * q + 1) * kq * 4 * NR, kp // KQ_ALIGN)
-            for r in range(min(TILE_ROWS, m_rows - b * TILE_ROWS)):
-                # Channel j < 16 sits in tile 0 (h) / 2 (l) at [r, j]; j >= 16 in tile 1 / 3.
-                m = b * TILE_ROWS + r
-                h0 = r * NR
-                _finish(out_flat, n_dim, m, n0, min(NR, ncols), ctile, h0, h0 + 2 * TILE_ROWS * NR, xsum, xs, ws,
-                        bias, wide)
-                if ncols > NR:
-                    h1 = h0 + TILE_ROWS * NR
-                    _finish(out_flat, n_dim, m, n0 + NR, ncols - NR, ctile, h1, h1 + 2 * TILE_ROWS * NR,
-                            xsum, xs, ws, bias, wide)
+            rows = min(TILE_ROWS, m_rows - b * TILE_ROWS)
+            for q in range(g * group, min(n_pairs, (g + 1) * group)):
+                _amx_block(ctile, xh, xl, b * TILE_ROWS * kp, kp, wp, 2 * q * kq * 4 * NR,
+                           (2 * q + 1) * kq * 4 * NR, kp // KQ_ALIGN)
+                n0 = q * 2 * NR
+                ncols = min(2 * NR, n_dim - n0)
+                if ncols == 2 * NR and not wide:
+                    _amx_epilogue(ctile, rows, out_flat, b * TILE_ROWS * n_dim + n0, n_dim, xsum, xs, b * TILE_ROWS,
+                                  ws, bias, n0)
+                    continue
+                for r in range(rows):
+                    # Channel j < 16 sits in tile 0 (h) / 2 (l) at [r, j]; j >= 16 in tile 1 / 3.
+                    m = b * TILE_ROWS + r
+                    h0 = r * NR
+                    _finish(out_flat, n_dim, m, n0, min(NR, ncols), ctile, h0, h0 + 2 * TILE_ROWS * NR, xsum, xs,
+                            ws, bias, wide)
+                    if ncols > NR:
+                        h1 = h0 + TILE_ROWS * NR
+                        _finish(out_flat, n_dim, m, n0 + NR, ncols - NR, ctile, h1, h1 + 2 * TILE_ROWS * NR,
+                                xsum, xs, ws, bias, wide)
         _amx_end()
 
 
