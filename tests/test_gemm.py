@@ -379,31 +379,38 @@ def test_pack_weight_fp32_rejects_bad_input():
         g.linear_fp32(np.zeros(10, np.float32), wp, np.zeros(20, np.float32))
 
 
+@pytest.mark.parametrize("panels", [1, 2])
 @pytest.mark.parametrize("rows", [1, 4, 6])
-def test_fp32_microkernel(rows):
-    rng = np.random.default_rng(rows)
-    mk = g._make_f32_microkernel(rows)
+def test_fp32_microkernel(rows, panels):
+    rng = np.random.default_rng(rows * 10 + panels)
+    mk = g._make_f32_microkernel(rows, panels)
 
     @njit
-    def run(tile, t_off, x, x_off, x_stride, wp, w_off, kc, accumulate):
-        mk(tile, t_off, x, x_off, x_stride, wp, w_off, kc, accumulate)
+    def run(tile, t_off, ldt, x, x_off, x_stride, wp, w_off, w_pstride, kc, accumulate):
+        mk(tile, t_off, ldt, x, x_off, x_stride, wp, w_off, w_pstride, kc, accumulate)
 
     k, stride, nr = 37, 44, g.NR                      # k not a multiple of the unroll
+    width = panels * nr
+    ldt = width + 5                                   # tile rows with a gap between them
     x = rng.standard_normal(rows * stride + 10).astype(np.float32)
-    w = rng.standard_normal((nr, k)).astype(np.float32)
+    w = rng.standard_normal((3 * nr, k)).astype(np.float32)   # three panels; the tile reads 1 or 2
     wp = g.pack_weight_fp32(w).reshape(-1)
     x_off, t_off = 3, nr
     xrows = np.stack([x[x_off + i * stride: x_off + i * stride + k] for i in range(rows)])
-    dot = (xrows.astype(np.float64) @ w.T.astype(np.float64)).reshape(-1)
-    tile0 = rng.standard_normal(2 * rows * nr).astype(np.float32)
+    dot = xrows.astype(np.float64) @ w[nr:nr + width].T.astype(np.float64)      # panels 1 (and 2)
+    tile0 = rng.standard_normal(t_off + rows * ldt + nr).astype(np.float32)
+    inside = np.zeros(tile0.size, bool)
+    for i in range(rows):
+        inside[t_off + i * ldt:t_off + i * ldt + width] = True
     for accumulate in (0, 1):
         tile = tile0.copy()
-        run(tile, t_off, x, x_off, stride, wp, 0, k, accumulate)
+        run(tile, t_off, ldt, x, x_off, stride, wp, k * nr, k * nr, k, accumulate)
         expected = tile0.astype(np.float64)
-        expected[t_off:t_off + rows * nr] = dot + (expected[t_off:t_off + rows * nr] if accumulate else 0)
+        for i in range(rows):
+            seg = slice(t_off + i * ldt, t_off + i * ldt + width)
+            expected[seg] = dot[i] + (expected[seg] if accumulate else 0)
         np.testing.assert_allclose(tile, expected, rtol=1e-5, atol=1e-5)
-        np.testing.assert_array_equal(tile[:t_off], tile0[:t_off])    # nothing outside the tile
-        np.testing.assert_array_equal(tile[t_off + rows * nr:], tile0[t_off + rows * nr:])
+        np.testing.assert_array_equal(tile[~inside], tile0[~inside])    # nothing outside the tile
 
 
 # ------------------------------------------------------------------------------------------------

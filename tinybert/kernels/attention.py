@@ -46,23 +46,25 @@ NR = 16  # tile columns (keys of a K panel, or output columns): one 16-float vec
 TASKS = 16  # parallel tasks to aim for when a batch has few sequences (heads are split up for it)
 
 
-def _make_tile(rows):
-    """Micro-kernel intrinsic for a tile of ``rows`` (1..MR) rows:
+def _make_tile(rows, panels=1):
+    """Micro-kernel intrinsic for a tile of ``rows`` (1..MR) rows and ``panels`` (1 or 2) 16-column panels:
 
-        c[c_off + r*ldc + j] = Σ_{k < kdim} a[a_off + r*lda + k] * b[b_off + k*ldb + j]
+        c[c_off + r*ldc + 16*q + j] = Σ_{k < kdim} a[a_off + r*lda + k] * b[b_off + q*b_pstride + k*ldb + j]
 
-    for r < rows, j < NR; a, b, c flat float32 arrays. The emitted IR is generic LLVM vector code
-    (``<16 x float>`` loads, splats and ``llvm.fmuladd``), which LLVM lowers on any target: one
+    for r < rows, q < panels, j < NR; a, b, c flat float32 arrays. The emitted IR is generic LLVM vector
+    code (``<16 x float>`` loads, splats and ``llvm.fmuladd``), which LLVM lowers on any target: one
     zmm FMA on AVX-512, two ymm FMAs on AVX2. Accumulators start at zero and are stored once, at
-    the end.
+    the end. One panel keeps two accumulator sets (even and odd k) for 2 * rows independent FMA
+    chains; two panels get their 2 * rows chains from the panels, and each broadcast of a feeds two
+    FMAs (7 loads per 6 FMAs become 8 per 12, which is what lets the loop run at the FMA rate).
     """
     f32, i64 = ir.FloatType(), ir.IntType(64)
     v16 = ir.VectorType(f32, NR)
     splat = ir.Constant(ir.VectorType(ir.IntType(32), NR), [0] * NR)
 
     @intrinsic
-    def tile(typingctx, c, c_off, ldc, a, a_off, lda, b, b_off, ldb, kdim):
-        sig = types.void(c, c_off, ldc, a, a_off, lda, b, b_off, ldb, kdim)
+    def tile(typingctx, c, c_off, ldc, a, a_off, lda, b, b_off, b_pstride, ldb, kdim):
+        sig = types.void(c, c_off, ldc, a, a_off, lda, b, b_off, b_pstride, ldb, kdim)
 
         def codegen(context, builder, signature, args):
             tys = signature.args
@@ -75,43 +77,54 @@ def _make_tile(rows):
 
             c_p, a_p, b_p = data(0), data(3), data(6)
             c_off, ldc, a_off, lda = idx(1), idx(2), idx(4), idx(5)
-            b_off, ldb, kdim = idx(7), idx(8), idx(9)
+            b_off, b_pstride, ldb, kdim = idx(7), idx(8), idx(9), idx(10)
             fma = cgutils.get_or_insert_function(
                 builder.module, ir.FunctionType(v16, [v16, v16, v16]), "llvm.fmuladd.v16f32")
             a_rows = [builder.gep(a_p, [builder.add(a_off, builder.mul(lda, ir.Constant(i64, r)))],
                                   source_etype=f32) for r in range(rows)]
-            b_base = builder.gep(b_p, [b_off], source_etype=f32)
-            # Allocas promoted to registers by LLVM (mem2reg) once the loop is built. Two sets, for
-            # even and odd k, give 2 * rows independent FMA chains (rows alone would stall on the
-            # FMA latency with one zmm per row).
+            b_bases = [builder.gep(b_p, [builder.add(b_off, builder.mul(b_pstride, ir.Constant(i64, q)))],
+                                   source_etype=f32) for q in range(panels)]
+            # Allocas promoted to registers by LLVM (mem2reg) once the loop is built.
             zero = ir.Constant(v16, [0.0] * NR)
             sets = [[cgutils.alloca_once_value(builder, zero) for _ in range(rows)] for _ in range(2)]
 
-            def k_step(k, accs):
-                b_row = builder.gep(b_base, [builder.mul(k, ldb)], source_etype=f32)
-                b_vec = builder.load(builder.bitcast(b_row, v16.as_pointer()), align=4, typ=v16)
+            def k_step(k, accs_by_panel):
+                b_vecs = []
+                for q in range(panels):
+                    b_row = builder.gep(b_bases[q], [builder.mul(k, ldb)], source_etype=f32)
+                    b_vecs.append(builder.load(builder.bitcast(b_row, v16.as_pointer()), align=4, typ=v16))
                 for r in range(rows):
                     a_val = builder.load(builder.gep(a_rows[r], [k], source_etype=f32), typ=f32)
                     a_vec = builder.shuffle_vector(
                         builder.insert_element(ir.Constant(v16, None), a_val,
                                                ir.Constant(ir.IntType(32), 0)),
                         ir.Constant(v16, None), splat)
-                    acc = builder.load(accs[r], typ=v16)
-                    builder.store(builder.call(fma, [a_vec, b_vec, acc]), accs[r])
+                    for q in range(panels):
+                        acc = accs_by_panel[q][r]
+                        builder.store(builder.call(fma, [a_vec, b_vecs[q], builder.load(acc, typ=v16)]), acc)
 
-            pairs = builder.udiv(kdim, ir.Constant(i64, 2))
-            with cgutils.for_range(builder, pairs) as loop:
-                k0 = builder.mul(loop.index, ir.Constant(i64, 2))
-                k_step(k0, sets[0])
-                k_step(builder.add(k0, ir.Constant(i64, 1)), sets[1])
-            with cgutils.if_likely(builder, builder.icmp_unsigned(
-                    "!=", builder.mul(pairs, ir.Constant(i64, 2)), kdim)):
-                k_step(builder.sub(kdim, ir.Constant(i64, 1)), sets[0])
+            if panels == 2:
+                with cgutils.for_range(builder, kdim) as loop:
+                    k_step(loop.index, sets)
+            else:
+                pairs = builder.udiv(kdim, ir.Constant(i64, 2))
+                with cgutils.for_range(builder, pairs) as loop:
+                    k0 = builder.mul(loop.index, ir.Constant(i64, 2))
+                    k_step(k0, [sets[0]])
+                    k_step(builder.add(k0, ir.Constant(i64, 1)), [sets[1]])
+                with cgutils.if_likely(builder, builder.icmp_unsigned(
+                        "!=", builder.mul(pairs, ir.Constant(i64, 2)), kdim)):
+                    k_step(builder.sub(kdim, ir.Constant(i64, 1)), [sets[0]])
             c_base = builder.gep(c_p, [c_off], source_etype=f32)
             for r in range(rows):
-                ptr = builder.gep(c_base, [builder.mul(ldc, ir.Constant(i64, r))], source_etype=f32)
-                acc = builder.fadd(builder.load(sets[0][r], typ=v16), builder.load(sets[1][r], typ=v16))
-                builder.store(acc, builder.bitcast(ptr, v16.as_pointer()), align=4)
+                row = builder.gep(c_base, [builder.mul(ldc, ir.Constant(i64, r))], source_etype=f32)
+                if panels == 2:
+                    outs = [builder.load(sets[0][r], typ=v16), builder.load(sets[1][r], typ=v16)]
+                else:
+                    outs = [builder.fadd(builder.load(sets[0][r], typ=v16), builder.load(sets[1][r], typ=v16))]
+                for q, acc in enumerate(outs):
+                    ptr = builder.gep(row, [ir.Constant(i64, NR * q)], source_etype=f32)
+                    builder.store(acc, builder.bitcast(ptr, v16.as_pointer()), align=4)
             return context.get_dummy_value()
 
         return sig, codegen
@@ -120,25 +133,39 @@ def _make_tile(rows):
 
 
 _tile1, _tile2, _tile3, _tile4, _tile5, _tile6 = [_make_tile(r) for r in range(1, MR + 1)]
+_wide1, _wide2, _wide3, _wide4, _wide5, _wide6 = [_make_tile(r, 2) for r in range(1, MR + 1)]
 
 
 # inline="always": a call between jitted functions increfs and decrefs each array argument, and
 # with both threads passing the shared qkv those atomics bounce one cache line between the cores.
 @njit(cache=True, nogil=True, error_model="numpy", inline="always")
-def _tile(rows, c, c_off, ldc, a, a_off, lda, b, b_off, ldb, kdim):
+def _tile(rows, panels, c, c_off, ldc, a, a_off, lda, b, b_off, b_pstride, ldb, kdim):
     # A short query block gets its own specialisation: a 1-token sequence computes one row, not 6.
-    if rows == 6:
-        _tile6(c, c_off, ldc, a, a_off, lda, b, b_off, ldb, kdim)
+    if panels == 2:
+        if rows == 6:
+            _wide6(c, c_off, ldc, a, a_off, lda, b, b_off, b_pstride, ldb, kdim)
+        elif rows == 5:
+            _wide5(c, c_off, ldc, a, a_off, lda, b, b_off, b_pstride, ldb, kdim)
+        elif rows == 4:
+            _wide4(c, c_off, ldc, a, a_off, lda, b, b_off, b_pstride, ldb, kdim)
+        elif rows == 3:
+            _wide3(c, c_off, ldc, a, a_off, lda, b, b_off, b_pstride, ldb, kdim)
+        elif rows == 2:
+            _wide2(c, c_off, ldc, a, a_off, lda, b, b_off, b_pstride, ldb, kdim)
+        else:
+            _wide1(c, c_off, ldc, a, a_off, lda, b, b_off, b_pstride, ldb, kdim)
+    elif rows == 6:
+        _tile6(c, c_off, ldc, a, a_off, lda, b, b_off, b_pstride, ldb, kdim)
     elif rows == 5:
-        _tile5(c, c_off, ldc, a, a_off, lda, b, b_off, ldb, kdim)
+        _tile5(c, c_off, ldc, a, a_off, lda, b, b_off, b_pstride, ldb, kdim)
     elif rows == 4:
-        _tile4(c, c_off, ldc, a, a_off, lda, b, b_off, ldb, kdim)
+        _tile4(c, c_off, ldc, a, a_off, lda, b, b_off, b_pstride, ldb, kdim)
     elif rows == 3:
-        _tile3(c, c_off, ldc, a, a_off, lda, b, b_off, ldb, kdim)
+        _tile3(c, c_off, ldc, a, a_off, lda, b, b_off, b_pstride, ldb, kdim)
     elif rows == 2:
-        _tile2(c, c_off, ldc, a, a_off, lda, b, b_off, ldb, kdim)
+        _tile2(c, c_off, ldc, a, a_off, lda, b, b_off, b_pstride, ldb, kdim)
     else:
-        _tile1(c, c_off, ldc, a, a_off, lda, b, b_off, ldb, kdim)
+        _tile1(c, c_off, ldc, a, a_off, lda, b, b_off, b_pstride, ldb, kdim)
 
 
 @njit(cache=True, nogil=True, error_model="numpy")
@@ -227,9 +254,9 @@ def _attend_one_head(qkv, flat, base, end, key_mask, h, num_heads, scale, bias, 
     inv_total = np.empty(MR, dtype=np.float32)
     for i0 in range(0, seq, MR):
         rows = min(MR, seq - i0)
-        for p in range(n16 // NR):
-            _tile(rows, scores, p * NR, n16, flat, (base + i0) * ld + qcol, ld, kpan, p * d * NR,
-                  NR, d)
+        for p in range(0, n16 // NR, 2):    # two key panels per call where there are two
+            _tile(rows, min(2, n16 // NR - p), scores, p * NR, n16, flat, (base + i0) * ld + qcol, ld, kpan,
+                  p * d * NR, d * NR, NR, d)
         for r in range(rows):
             srow = scores[r * n16:r * n16 + n]
             if has_bias:
@@ -244,8 +271,8 @@ def _attend_one_head(qkv, flat, base, end, key_mask, h, num_heads, scale, bias, 
                 srow[j] = pj
                 total += pj
             inv_total[r] = np.float32(1.0) / total
-        for c0 in range(0, d16, NR):
-            _tile(rows, obuf, c0, d16, scores, 0, n16, vpan, c0 * n, NR, n)
+        for c0 in range(0, d16, 2 * NR):   # two output panels per call where there are two
+            _tile(rows, min(2, (d16 - c0) // NR), obuf, c0, d16, scores, 0, n16, vpan, c0 * n, NR * n, NR, n)
         for r in range(rows):
             inv = inv_total[r]
             for e in range(d):

@@ -54,13 +54,14 @@ Numba's for the cores between kernels.
 """
 
 import llvmlite.binding as llb
+import numba
 import numpy as np
 from llvmlite import ir
 from numba import njit, prange, types
 from numba.core import cgutils
 from numba.extending import intrinsic
 
-from .memory import aligned_empty
+from .memory import aligned_bytes, aligned_empty
 
 ACT_QMAX = 2047
 ACC_BLOCK = 8192
@@ -71,6 +72,19 @@ NR = 8 * NV       # output channels per weight panel
 MR = 6            # activation rows per micro-tile: 6*NV = 12 accumulator registers
 KC = 512          # k block: a 512 x 16 int8 panel slice (8 KiB) stays in L1; divides ACC_BLOCK
 MC = 96           # rows per task (multiple of MR): 96 x 512 int16 activations (96 KiB) sit in L2
+
+def _target_features() -> set[str]:
+    """CPU features Numba compiles for: NUMBA_CPU_FEATURES when set, else the host's.
+
+    An instruction the target lacks would abort LLVM instruction selection (under valgrind, for
+    one, Numba is pinned to an older CPU than the host's), so availability follows this set.
+    """
+    if numba.config.CPU_FEATURES:
+        return {f[1:] for f in numba.config.CPU_FEATURES.split(",") if f.startswith("+")}
+    if numba.config.CPU_NAME and numba.config.CPU_NAME != "host":
+        return set()       # a named CPU without a feature list: assume nothing beyond baseline
+    return {k for k, v in llb.get_host_cpu_features().items() if v}
+
 
 SIMD_AVAILABLE = bool(llb.get_host_cpu_features().get("avx2", False))
 """True when the host has AVX2: the vector micro-kernel then calls the vpmaddwd intrinsic
@@ -515,70 +529,74 @@ def linear_int8(x: np.ndarray, wq: np.ndarray, ws: np.ndarray, bias: np.ndarray,
 # (zero padded), and an MR x NR register tile: per k, NV vector loads of the panel row, one
 # broadcast of x[m, k] per row and MR * NV fused multiply-adds into <8 x float> accumulators.
 
-KC_F32 = 384      # k block: a 384 x 16 fp32 panel slice (24 KiB) stays in L1
+KC_F32 = 384      # k block: a 384 x 16 fp32 panel slice (24 KiB; 48 KiB for two panels) sits in L1
 MC_F32 = 96       # rows per task (multiple of MR): 96 x 384 fp32 activations (144 KiB) sit in L2
 KU = 4            # k unroll of the fp32 micro-kernel's loop
 F32_LANES = 16    # floats per accumulator vector: one zmm, or two ymm where LLVM splits it
-F32_NV = NR // F32_LANES
+F32_PANELS = 2 if "avx512f" in _target_features() else 1
+"""Weight panels per fp32 micro-tile: two where 32 vector registers hold the 12 accumulators plus
+operands (AVX-512); one elsewhere (on AVX2 a <16 x float> is two ymm, and 16 registers)."""
 
 
-def _make_f32_microkernel(rows):
-    """Register-blocked fp32 micro-kernel for a tile of ``rows`` (1..MR) rows, as an intrinsic.
+def _make_f32_microkernel(rows, panels):
+    """Register-blocked fp32 micro-kernel for a tile of ``rows`` (1..MR) rows by ``panels`` (1 or 2)
+    16-column weight panels, as an intrinsic:
 
-    tile[t_off + i*NR + j] (+)= sum_{k < kc} x[x_off + i*x_stride + k] * wp[w_off + k*NR + j]
-    for i < rows, j < NR; the tile is overwritten when ``accumulate`` is 0, else added to.
+    tile[t_off + i*ldt + 16*q + j] (+)= sum_{k < kc} x[x_off + i*x_stride + k] * wp[w_off + q*w_pstride + k*NR + j]
+    for i < rows, q < panels, j < NR; the tile is overwritten when ``accumulate`` is 0, else added to.
 
     Pure LLVM vector IR (``llvm.fmuladd``: an FMA where the target has one, a multiply and an add
     elsewhere), so any LLVM target can lower it; no CPU check is needed.  A panel row is one
-    <16 x float>: one zmm on AVX-512, split by LLVM into two ymm on AVX2 (which is the code this
-    kernel used to spell out by hand).
+    <16 x float>: one zmm on AVX-512, split by LLVM into two ymm on AVX2.  With one panel, two
+    accumulator sets (even and odd k) give 2 * rows independent FMA chains and each k costs 7 loads
+    for 6 FMAs, so the loop is load-bound; with two panels (AVX-512: 12 zmm accumulators) each
+    broadcast of x feeds two FMAs, 8 loads per 12 FMAs.
     """
     f32, i32, i64 = ir.FloatType(), ir.IntType(32), ir.IntType(64)
     vf32 = ir.VectorType(f32, F32_LANES)
     splat_mask = ir.Constant(ir.VectorType(i32, F32_LANES), [0] * F32_LANES)
+    n_sets = 2 if panels == 1 else 1
 
     @intrinsic
-    def microkernel(typingctx, tile, t_off, x, x_off, x_stride, wp, w_off, kc, accumulate):
-        sig = types.void(tile, t_off, x, x_off, x_stride, wp, w_off, kc, accumulate)
+    def microkernel(typingctx, tile, t_off, ldt, x, x_off, x_stride, wp, w_off, w_pstride, kc, accumulate):
+        sig = types.void(tile, t_off, ldt, x, x_off, x_stride, wp, w_off, w_pstride, kc, accumulate)
 
         def codegen(context, builder, signature, args):
             tys = signature.args
-            ints = [context.cast(builder, args[i], tys[i], types.int64) for i in (1, 3, 4, 6, 7, 8)]
-            t_off_v, x_off_v, x_stride_v, w_off_v, kc_v, accumulate_v = ints
+            ints = [context.cast(builder, args[i], tys[i], types.int64) for i in (1, 2, 4, 5, 7, 8, 9, 10)]
+            t_off_v, ldt_v, x_off_v, x_stride_v, w_off_v, w_pstride_v, kc_v, accumulate_v = ints
             tile_p = cgutils.create_struct_proxy(tys[0])(context, builder, value=args[0]).data
-            x_p = cgutils.create_struct_proxy(tys[2])(context, builder, value=args[2]).data
-            w_p = cgutils.create_struct_proxy(tys[5])(context, builder, value=args[5]).data
+            x_p = cgutils.create_struct_proxy(tys[3])(context, builder, value=args[3]).data
+            w_p = cgutils.create_struct_proxy(tys[6])(context, builder, value=args[6]).data
             fma = cgutils.get_or_insert_function(
                 builder.module, ir.FunctionType(vf32, [vf32, vf32, vf32]), f"llvm.fmuladd.v{F32_LANES}f32")
 
             x_rows = [builder.gep(x_p, [builder.add(x_off_v, builder.mul(x_stride_v, ir.Constant(i64, i)))],
                                   source_etype=f32) for i in range(rows)]
-            w_base = builder.bitcast(builder.gep(w_p, [w_off_v], source_etype=f32), vf32.as_pointer())
-            # Two accumulator sets, for even and odd k: 2 * rows independent FMA chains, enough to
-            # cover the FMA latency with one zmm per row (6 chains alone would stall).
+            w_bases = [builder.bitcast(builder.gep(w_p, [builder.add(w_off_v, builder.mul(w_pstride_v,
+                                                                                          ir.Constant(i64, q)))],
+                                                   source_etype=f32), vf32.as_pointer()) for q in range(panels)]
             sets = [[[cgutils.alloca_once_value(builder, ir.Constant(vf32, [0.0] * F32_LANES))
-                      for _ in range(F32_NV)] for _ in range(rows)] for _ in range(2)]
+                      for _ in range(panels)] for _ in range(rows)] for _ in range(n_sets)]
 
-            def k_step(k, accs):  # rows x NV fused multiply-adds for one k
-                w_vecs = [builder.load(builder.gep(w_base, [builder.add(builder.mul(k, ir.Constant(i64, F32_NV)),
-                                                                        ir.Constant(i64, v))],
-                                                   source_etype=vf32), align=4, typ=vf32)
-                          for v in range(F32_NV)]
+            def k_step(k, accs):  # rows x panels fused multiply-adds for one k
+                w_vecs = [builder.load(builder.gep(w_bases[q], [k], source_etype=vf32), align=4, typ=vf32)
+                          for q in range(panels)]
                 for i in range(rows):
                     xv = builder.load(builder.gep(x_rows[i], [k], source_etype=f32), align=4, typ=f32)
                     bcast = builder.shuffle_vector(
                         builder.insert_element(ir.Constant(vf32, None), xv, ir.Constant(i32, 0)),
                         ir.Constant(vf32, None), splat_mask)
-                    for v in range(F32_NV):
-                        acc = builder.load(accs[i][v], typ=vf32)
-                        builder.store(builder.call(fma, [bcast, w_vecs[v], acc]), accs[i][v])
+                    for q in range(panels):
+                        acc = builder.load(accs[i][q], typ=vf32)
+                        builder.store(builder.call(fma, [bcast, w_vecs[q], acc]), accs[i][q])
 
             # Main loop unrolled KU times (fewer loop-counter instructions per FMA), then the rest.
             n_main = builder.udiv(kc_v, ir.Constant(i64, KU))
             with cgutils.for_range(builder, n_main) as loop:
                 k0 = builder.mul(loop.index, ir.Constant(i64, KU))
                 for u in range(KU):
-                    k_step(builder.add(k0, ir.Constant(i64, u)), sets[u % 2])
+                    k_step(builder.add(k0, ir.Constant(i64, u)), sets[u % n_sets])
             done = builder.mul(n_main, ir.Constant(i64, KU))
             with cgutils.for_range(builder, builder.sub(kc_v, done)) as loop:
                 k_step(builder.add(done, loop.index), sets[0])
@@ -586,12 +604,13 @@ def _make_f32_microkernel(rows):
             t_base = builder.gep(tile_p, [t_off_v], source_etype=f32)
             add_old = builder.icmp_signed("!=", accumulate_v, ir.Constant(i64, 0))
             for i in range(rows):
-                for v in range(F32_NV):
-                    ptr = builder.bitcast(
-                        builder.gep(t_base, [ir.Constant(i64, i * NR + F32_LANES * v)], source_etype=f32),
-                        vf32.as_pointer())
-                    acc = builder.fadd(builder.load(sets[0][i][v], typ=vf32),
-                                       builder.load(sets[1][i][v], typ=vf32))
+                row = builder.gep(t_base, [builder.mul(ldt_v, ir.Constant(i64, i))], source_etype=f32)
+                for q in range(panels):
+                    ptr = builder.bitcast(builder.gep(row, [ir.Constant(i64, F32_LANES * q)], source_etype=f32),
+                                          vf32.as_pointer())
+                    acc = builder.load(sets[0][i][q], typ=vf32)
+                    if n_sets == 2:
+                        acc = builder.fadd(acc, builder.load(sets[1][i][q], typ=vf32))
                     with builder.if_then(add_old):
                         builder.store(builder.fadd(builder.load(ptr, align=4, typ=vf32), acc), ptr,
                                       align=4)
@@ -604,23 +623,37 @@ def _make_f32_microkernel(rows):
     return microkernel
 
 
-_fk1, _fk2, _fk3, _fk4, _fk5, _fk6 = [_make_f32_microkernel(r) for r in range(1, MR + 1)]
+_fk1, _fk2, _fk3, _fk4, _fk5, _fk6 = [_make_f32_microkernel(r, 1) for r in range(1, MR + 1)]
+_fw1, _fw2, _fw3, _fw4, _fw5, _fw6 = [_make_f32_microkernel(r, 2) for r in range(1, MR + 1)]
 
 
-@njit(cache=True, nogil=True, error_model="numpy")
-def _f32_microkernel(rows, tile, t_off, x, x_off, x_stride, wp, w_off, kc, accumulate):
-    if rows == 6:
-        _fk6(tile, t_off, x, x_off, x_stride, wp, w_off, kc, accumulate)
+@njit(cache=True, nogil=True, error_model="numpy", inline="always")
+def _f32_microkernel(rows, panels, tile, t_off, ldt, x, x_off, x_stride, wp, w_off, w_pstride, kc, accumulate):
+    if panels == 2:
+        if rows == 6:
+            _fw6(tile, t_off, ldt, x, x_off, x_stride, wp, w_off, w_pstride, kc, accumulate)
+        elif rows == 5:
+            _fw5(tile, t_off, ldt, x, x_off, x_stride, wp, w_off, w_pstride, kc, accumulate)
+        elif rows == 4:
+            _fw4(tile, t_off, ldt, x, x_off, x_stride, wp, w_off, w_pstride, kc, accumulate)
+        elif rows == 3:
+            _fw3(tile, t_off, ldt, x, x_off, x_stride, wp, w_off, w_pstride, kc, accumulate)
+        elif rows == 2:
+            _fw2(tile, t_off, ldt, x, x_off, x_stride, wp, w_off, w_pstride, kc, accumulate)
+        else:
+            _fw1(tile, t_off, ldt, x, x_off, x_stride, wp, w_off, w_pstride, kc, accumulate)
+    elif rows == 6:
+        _fk6(tile, t_off, ldt, x, x_off, x_stride, wp, w_off, w_pstride, kc, accumulate)
     elif rows == 5:
-        _fk5(tile, t_off, x, x_off, x_stride, wp, w_off, kc, accumulate)
+        _fk5(tile, t_off, ldt, x, x_off, x_stride, wp, w_off, w_pstride, kc, accumulate)
     elif rows == 4:
-        _fk4(tile, t_off, x, x_off, x_stride, wp, w_off, kc, accumulate)
+        _fk4(tile, t_off, ldt, x, x_off, x_stride, wp, w_off, w_pstride, kc, accumulate)
     elif rows == 3:
-        _fk3(tile, t_off, x, x_off, x_stride, wp, w_off, kc, accumulate)
+        _fk3(tile, t_off, ldt, x, x_off, x_stride, wp, w_off, w_pstride, kc, accumulate)
     elif rows == 2:
-        _fk2(tile, t_off, x, x_off, x_stride, wp, w_off, kc, accumulate)
+        _fk2(tile, t_off, ldt, x, x_off, x_stride, wp, w_off, w_pstride, kc, accumulate)
     else:
-        _fk1(tile, t_off, x, x_off, x_stride, wp, w_off, kc, accumulate)
+        _fk1(tile, t_off, ldt, x, x_off, x_stride, wp, w_off, w_pstride, kc, accumulate)
 
 
 @njit(cache=True, nogil=True, parallel=True, error_model="numpy")
@@ -634,6 +667,8 @@ def _sgemm_packed(x, wp, bias, out):
     m_rows, k_dim = x.shape
     n_dim = out.shape[1]
     n_panels = wp.shape[0]
+    n_groups = (n_panels + F32_PANELS - 1) // F32_PANELS
+    width = F32_PANELS * NR
     xf = x.reshape(m_rows * k_dim)
     w = wp.reshape(wp.size)
     n_chunks = (m_rows + MC_F32 - 1) // MC_F32
@@ -641,24 +676,25 @@ def _sgemm_packed(x, wp, bias, out):
     n_chunks = (m_rows + chunk_rows - 1) // chunk_rows
     n_kb = max(1, (k_dim + KC_F32 - 1) // KC_F32)
     kc = (k_dim + n_kb - 1) // n_kb          # equal k blocks
-    for task in prange(n_chunks * n_panels):
-        chunk = task // n_panels
-        p = task - chunk * n_panels
+    for task in prange(n_chunks * n_groups):
+        chunk = task // n_groups
+        p = (task - chunk * n_groups) * F32_PANELS
+        panels = min(F32_PANELS, n_panels - p)
         m0 = chunk * chunk_rows
         rows = min(chunk_rows, m_rows - m0)
-        tile = np.empty(rows * NR, dtype=np.float32)   # the first k block overwrites it
+        tile = aligned_bytes(rows * width * 4).view(np.float32)   # the first k block overwrites it
         for kc0 in range(0, k_dim, kc):
             kc1 = min(k_dim, kc0 + kc)
             w_off = (p * k_dim + kc0) * NR
             for r0 in range(0, rows, MR):
-                _f32_microkernel(min(MR, rows - r0), tile, r0 * NR, xf, (m0 + r0) * k_dim + kc0,
-                                 k_dim, w, w_off, kc1 - kc0, kc0)  # accumulate unless kc0 == 0
+                _f32_microkernel(min(MR, rows - r0), panels, tile, r0 * width, width, xf, (m0 + r0) * k_dim + kc0,
+                                 k_dim, w, w_off, k_dim * NR, kc1 - kc0, kc0)  # accumulate unless kc0 == 0
         n0 = p * NR
-        ncols = min(NR, n_dim - n0)
+        ncols = min(panels * NR, n_dim - n0)
         for r in range(rows):
             orow = out[m0 + r, n0:n0 + ncols]
             for j in range(ncols):
-                orow[j] = tile[r * NR + j] + bias[n0 + j]
+                orow[j] = tile[r * width + j] + bias[n0 + j]
 
 
 def pack_weight_fp32(w: np.ndarray) -> np.ndarray:

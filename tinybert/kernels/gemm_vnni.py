@@ -44,15 +44,13 @@ import os
 import platform
 import sys
 
-import llvmlite.binding as llb
-import numba
 import numpy as np
 from llvmlite import ir
 from numba import njit, prange, types
 from numba.core import cgutils
 from numba.extending import intrinsic
 
-from .gemm import MC, MR, NR, row_scale
+from .gemm import MC, MR, NR, _target_features, row_scale
 from .memory import aligned_bytes, aligned_empty
 
 KQ_ALIGN = 64          # K is padded to this (one AMX tile row of bytes)
@@ -65,19 +63,6 @@ AMX_TASKS = 16         # parallel tasks to aim for (columns are split further wh
 AMX_MIN_ROWS = 16      # below this many rows the VNNI kernel is used on AMX hosts
 MAX_K = 200_000        # keeps every int32 byte-sum exact (32 * 255 * MAX_K < 2**31)
 WIDE_K = 8192          # up to here |dot| <= 2047 * 127 * K < 2**31: the epilogue may use int32
-
-
-def _target_features() -> set[str]:
-    """CPU features Numba compiles for: NUMBA_CPU_FEATURES when set, else the host's.
-
-    An instruction the target lacks would abort LLVM instruction selection (under valgrind, for
-    one, Numba is pinned to an older CPU than the host's), so availability follows this set.
-    """
-    if numba.config.CPU_FEATURES:
-        return {f[1:] for f in numba.config.CPU_FEATURES.split(",") if f.startswith("+")}
-    if numba.config.CPU_NAME and numba.config.CPU_NAME != "host":
-        return set()       # a named CPU without a feature list: assume nothing beyond baseline
-    return {k for k, v in llb.get_host_cpu_features().items() if v}
 
 
 def _request_amx() -> bool:
