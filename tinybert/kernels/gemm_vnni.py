@@ -188,8 +188,16 @@ def split_quantized(xq, xh, xl, xsum):
 # for i < rows, j < NR, kq < kquads; u = the panel rows at wp[w_off + 64*kq].
 # ----------------------------------------------------------------------------------------------
 
-def _make_vnni_microkernel(rows: int, emit: bool):
-    """``rows`` (1..MR) x 16 channels x (h, l) in 2 * rows zmm accumulators.
+VNNI_PANELS = 2   # 16-channel panels per VNNI micro-tile (24 zmm accumulators for 6 rows)
+
+
+def _make_vnni_microkernel(rows: int, panels: int, emit: bool):
+    """``rows`` (1..MR) x ``panels`` (1 or 2) x 16 channels x (h, l) in 2 * rows * panels zmm accumulators.
+
+    Tile row i holds [h of panel 0 | h of panel 1 | l of panel 0 | l of panel 1], 16 int32 each
+    (one panel: [h | l] and the rest unused; the row stride is 2 * VNNI_PANELS * NR either way).
+    Panel q's weights start at wp[w_off + q * w_pstride].  Each broadcast of four activation bytes
+    feeds ``panels`` vpdpbusd: two panels need 2 + 12 loads per 24 products, one 1 + 12 per 12.
 
     With ``emit`` False (target without AVX-512 VNNI) the intrinsic compiles to nothing: the
     dispatcher never selects it there, and the instruction could not be lowered for that target.
@@ -197,52 +205,62 @@ def _make_vnni_microkernel(rows: int, emit: bool):
     i8, i32, i64 = ir.IntType(8), ir.IntType(32), ir.IntType(64)
     v16i32 = ir.VectorType(i32, 16)
     splat = ir.Constant(ir.VectorType(i32, 16), [0] * 16)
+    ldt = 2 * VNNI_PANELS * NR
 
     @intrinsic
-    def microkernel(typingctx, tile, t_off, xh, xl, x_off, x_stride, wp, w_off, kquads):
+    def microkernel(typingctx, tile, t_off, xh, xl, x_off, x_stride, wp, w_off, w_pstride, kquads):
         for arr, dtype in ((tile, types.int32), (xh, types.int8), (xl, types.int8), (wp, types.uint8)):
             if not isinstance(arr, types.Array) or arr.dtype != dtype:
                 return None
-        sig = types.void(tile, t_off, xh, xl, x_off, x_stride, wp, w_off, kquads)
+        sig = types.void(tile, t_off, xh, xl, x_off, x_stride, wp, w_off, w_pstride, kquads)
 
         def codegen(context, builder, signature, args):
             if not emit:
                 return context.get_dummy_value()
             tys = signature.args
-            t_off_v, x_off_v, x_stride_v, w_off_v, kq_v = [
-                context.cast(builder, args[i], tys[i], types.int64) for i in (1, 4, 5, 7, 8)]
+            t_off_v, x_off_v, x_stride_v, w_off_v, w_pstride_v, kq_v = [
+                context.cast(builder, args[i], tys[i], types.int64) for i in (1, 4, 5, 7, 8, 9)]
             data = [cgutils.create_struct_proxy(tys[i])(context, builder, value=args[i]).data
                     for i in (0, 2, 3, 6)]
             tile_p, xh_p, xl_p, w_p = data
             dp = cgutils.get_or_insert_function(
                 builder.module, ir.FunctionType(v16i32, [v16i32, v16i32, v16i32]),
                 "llvm.x86.avx512.vpdpbusd.512")
-            row_ptrs = []
+            row_ptrs = []                                 # h rows, then l rows
             for src in (xh_p, xl_p):
                 for i in range(rows):
                     off = builder.add(x_off_v, builder.mul(x_stride_v, ir.Constant(i64, i)))
                     row_ptrs.append(builder.bitcast(builder.gep(src, [off], source_etype=i8),
                                                     i32.as_pointer()))
-            w_base = builder.bitcast(builder.gep(w_p, [w_off_v], source_etype=i8), v16i32.as_pointer())
-            accs = [cgutils.alloca_once_value(builder, ir.Constant(v16i32, [0] * 16))
-                    for _ in range(2 * rows)]
+            w_bases = [builder.bitcast(builder.gep(w_p, [builder.add(w_off_v, builder.mul(w_pstride_v,
+                                                                                          ir.Constant(i64, q)))],
+                                                   source_etype=i8), v16i32.as_pointer()) for q in range(panels)]
+            # accs[part][q][i]: part 0 = h, 1 = l
+            accs = [[[cgutils.alloca_once_value(builder, ir.Constant(v16i32, [0] * 16)) for _ in range(rows)]
+                     for _ in range(panels)] for _ in range(2)]
             with cgutils.for_range(builder, kq_v) as loop:
                 kq = loop.index
-                w = builder.load(builder.gep(w_base, [kq], source_etype=v16i32), align=1, typ=v16i32)
-                for a, ptr in zip(accs, row_ptrs):
-                    four = builder.load(builder.gep(ptr, [kq], source_etype=i32), align=1, typ=i32)
-                    b = builder.shuffle_vector(
-                        builder.insert_element(ir.Constant(v16i32, None), four, ir.Constant(i32, 0)),
-                        ir.Constant(v16i32, None), splat)
-                    builder.store(builder.call(dp, [builder.load(a, typ=v16i32), w, b]), a)
+                ws = [builder.load(builder.gep(w_bases[q], [kq], source_etype=v16i32), align=1, typ=v16i32)
+                      for q in range(panels)]
+                for part in range(2):
+                    for i in range(rows):
+                        ptr = row_ptrs[part * rows + i]
+                        four = builder.load(builder.gep(ptr, [kq], source_etype=i32), align=1, typ=i32)
+                        bcast = builder.shuffle_vector(
+                            builder.insert_element(ir.Constant(v16i32, None), four, ir.Constant(i32, 0)),
+                            ir.Constant(v16i32, None), splat)
+                        for q in range(panels):
+                            acc = accs[part][q][i]
+                            builder.store(builder.call(dp, [builder.load(acc, typ=v16i32), ws[q], bcast]), acc)
             t_base = builder.gep(tile_p, [t_off_v], source_etype=i32)
-            for part in range(2):                       # h accumulators, then l
-                for i in range(rows):
-                    ptr = builder.bitcast(
-                        builder.gep(t_base, [ir.Constant(i64, i * 2 * NR + part * NR)], source_etype=i32),
-                        v16i32.as_pointer())
-                    acc = builder.load(accs[part * rows + i], typ=v16i32)
-                    builder.store(builder.add(builder.load(ptr, align=4, typ=v16i32), acc), ptr, align=4)
+            for part in range(2):
+                for q in range(panels):
+                    for i in range(rows):
+                        ptr = builder.bitcast(
+                            builder.gep(t_base, [ir.Constant(i64, i * ldt + (part * panels + q) * NR)],
+                                        source_etype=i32), v16i32.as_pointer())
+                        acc = builder.load(accs[part][q][i], typ=v16i32)
+                        builder.store(builder.add(builder.load(ptr, align=4, typ=v16i32), acc), ptr, align=4)
             return context.get_dummy_value()
 
         return sig, codegen
@@ -250,23 +268,38 @@ def _make_vnni_microkernel(rows: int, emit: bool):
     return microkernel
 
 
-_vk1, _vk2, _vk3, _vk4, _vk5, _vk6 = [_make_vnni_microkernel(r, _TARGET_VNNI) for r in range(1, MR + 1)]
+_vk1, _vk2, _vk3, _vk4, _vk5, _vk6 = [_make_vnni_microkernel(r, VNNI_PANELS, _TARGET_VNNI) for r in range(1, MR + 1)]
+_vn1, _vn2, _vn3, _vn4, _vn5, _vn6 = [_make_vnni_microkernel(r, 1, _TARGET_VNNI) for r in range(1, MR + 1)]
 
 
 @njit(cache=True, nogil=True, error_model="numpy", inline="always")
-def _vnni_microkernel(rows, tile, t_off, xh, xl, x_off, x_stride, wp, w_off, kquads):
-    if rows == 6:
-        _vk6(tile, t_off, xh, xl, x_off, x_stride, wp, w_off, kquads)
+def _vnni_microkernel(rows, panels, tile, t_off, xh, xl, x_off, x_stride, wp, w_off, w_pstride, kquads):
+    # panels == 1 only for the last, odd panel of a layer (N padded to 32 makes that rare).
+    if panels == 1:
+        if rows == 6:
+            _vn6(tile, t_off, xh, xl, x_off, x_stride, wp, w_off, w_pstride, kquads)
+        elif rows == 5:
+            _vn5(tile, t_off, xh, xl, x_off, x_stride, wp, w_off, w_pstride, kquads)
+        elif rows == 4:
+            _vn4(tile, t_off, xh, xl, x_off, x_stride, wp, w_off, w_pstride, kquads)
+        elif rows == 3:
+            _vn3(tile, t_off, xh, xl, x_off, x_stride, wp, w_off, w_pstride, kquads)
+        elif rows == 2:
+            _vn2(tile, t_off, xh, xl, x_off, x_stride, wp, w_off, w_pstride, kquads)
+        else:
+            _vn1(tile, t_off, xh, xl, x_off, x_stride, wp, w_off, w_pstride, kquads)
+    elif rows == 6:
+        _vk6(tile, t_off, xh, xl, x_off, x_stride, wp, w_off, w_pstride, kquads)
     elif rows == 5:
-        _vk5(tile, t_off, xh, xl, x_off, x_stride, wp, w_off, kquads)
+        _vk5(tile, t_off, xh, xl, x_off, x_stride, wp, w_off, w_pstride, kquads)
     elif rows == 4:
-        _vk4(tile, t_off, xh, xl, x_off, x_stride, wp, w_off, kquads)
+        _vk4(tile, t_off, xh, xl, x_off, x_stride, wp, w_off, w_pstride, kquads)
     elif rows == 3:
-        _vk3(tile, t_off, xh, xl, x_off, x_stride, wp, w_off, kquads)
+        _vk3(tile, t_off, xh, xl, x_off, x_stride, wp, w_off, w_pstride, kquads)
     elif rows == 2:
-        _vk2(tile, t_off, xh, xl, x_off, x_stride, wp, w_off, kquads)
+        _vk2(tile, t_off, xh, xl, x_off, x_stride, wp, w_off, w_pstride, kquads)
     else:
-        _vk1(tile, t_off, xh, xl, x_off, x_stride, wp, w_off, kquads)
+        _vk1(tile, t_off, xh, xl, x_off, x_stride, wp, w_off, w_pstride, kquads)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -439,37 +472,38 @@ def _make_combine16():
 _combine16 = _make_combine16()
 
 
-def _make_amx_epilogue():
-    """The epilogue of one full AMX block (``rows`` <= 16 rows x 32 channels, K <= WIDE_K), as one loop:
+def _make_epilogue(panels: int):
+    """The epilogue of a whole tile (``rows`` rows x ``panels`` 16-channel panels, K <= WIDE_K) as one loop:
 
-        out[o0 + r*ldo + 16*s + j] = float32(64 h - 128 xsum[m0 + r] + l) * xs[m0 + r] * ws[n0 + 16*s + j]
-                                     + bias[n0 + 16*s + j]
+        out[o0 + r*ldo + 16*q + j] = float32(64 h - 128 xsum[m0 + r] + l) * xs[m0 + r] * ws[n0 + 16*q + j]
+                                     + bias[n0 + 16*q + j]
 
-    with h = ctile[256*s + 16*r + j] and l = ctile[512 + 256*s + 16*r + j] (tiles 0-1 hold h, 2-3 hold l;
-    s = panel 0/1).  The same arithmetic as ``_combine16``'s narrow branch, bit for bit; written as one
-    intrinsic because the per-16-channel calls, compiled inside the parallel loop, spent most of their
-    time on spilled loop state and negative-index checks (measured: ~90 cycles per 16 outputs).
+    with h = tile[t_off + r*ldt + q*pstride + j] and l = the same at + l_off.  The same arithmetic as
+    ``_combine16``'s narrow branch, bit for bit; written as one intrinsic because the per-16-channel
+    calls, compiled inside the parallel loops, spent most of their time on spilled loop state and
+    negative-index checks (measured: ~90 cycles per 16 outputs).
     """
     f32, i32, i64 = ir.FloatType(), ir.IntType(32), ir.IntType(64)
     v16i32, v16f32 = ir.VectorType(i32, 16), ir.VectorType(f32, 16)
     splat = ir.Constant(ir.VectorType(i32, 16), [0] * 16)
 
     @intrinsic
-    def amx_epilogue(typingctx, ctile, rows, out, o0, ldo, xsum, xs, m0, ws, bias, n0):
-        if not (isinstance(ctile, types.Array) and ctile.dtype == types.int32
+    def epilogue(typingctx, tile, t_off, ldt, pstride, l_off, rows, out, o0, ldo, xsum, xs, m0, ws, bias, n0):
+        if not (isinstance(tile, types.Array) and tile.dtype == types.int32
                 and isinstance(xsum, types.Array) and xsum.dtype == types.int64):
             return None
         for arr in (out, xs, ws, bias):
             if not (isinstance(arr, types.Array) and arr.dtype == types.float32):
                 return None
-        sig = types.void(ctile, rows, out, o0, ldo, xsum, xs, m0, ws, bias, n0)
+        sig = types.void(tile, t_off, ldt, pstride, l_off, rows, out, o0, ldo, xsum, xs, m0, ws, bias, n0)
 
         def codegen(context, builder, signature, args):
             tys = signature.args
-            rows_v, o0_v, ldo_v, m0_v, n0_v = [
-                context.cast(builder, args[i], tys[i], types.int64) for i in (1, 3, 4, 7, 10)]
+            t_off_v, ldt_v, pstride_v, l_off_v, rows_v, o0_v, ldo_v, m0_v, n0_v = [
+                context.cast(builder, args[i], tys[i], types.int64) for i in (1, 2, 3, 4, 5, 7, 8, 11, 14)]
             c_p, out_p, xsum_p, xs_p, ws_p, b_p = [
-                cgutils.create_struct_proxy(tys[i])(context, builder, value=args[i]).data for i in (0, 2, 5, 6, 8, 9)]
+                cgutils.create_struct_proxy(tys[i])(context, builder, value=args[i]).data
+                for i in (0, 6, 9, 10, 12, 13)]
 
             def vptr(base, off, ety, vty):
                 return builder.bitcast(builder.gep(base, [off], source_etype=ety), vty.as_pointer())
@@ -482,8 +516,10 @@ def _make_amx_epilogue():
             def const(n):
                 return ir.Constant(i64, n)
 
-            ws_v = [builder.load(vptr(ws_p, builder.add(n0_v, const(16 * s)), f32, v16f32), align=4) for s in (0, 1)]
-            b_v = [builder.load(vptr(b_p, builder.add(n0_v, const(16 * s)), f32, v16f32), align=4) for s in (0, 1)]
+            ws_v = [builder.load(vptr(ws_p, builder.add(n0_v, const(16 * q)), f32, v16f32), align=4)
+                    for q in range(panels)]
+            b_v = [builder.load(vptr(b_p, builder.add(n0_v, const(16 * q)), f32, v16f32), align=4)
+                   for q in range(panels)]
             with cgutils.for_range(builder, rows_v) as loop:
                 r = loop.index
                 m = builder.add(m0_v, r)
@@ -491,24 +527,25 @@ def _make_amx_epilogue():
                                    ir.Constant(i32, 7))
                 scale = bcast(builder.load(builder.gep(xs_p, [m], source_etype=f32)), v16f32)
                 o_row = builder.add(o0_v, builder.mul(r, ldo_v))
-                for s in (0, 1):
-                    t_off = builder.add(const(256 * s), builder.mul(r, const(16)))
-                    h = builder.load(vptr(c_p, t_off, i32, v16i32), align=64)
-                    lo = builder.load(vptr(c_p, builder.add(t_off, const(512)), i32, v16i32), align=64)
+                t_row = builder.add(t_off_v, builder.mul(r, ldt_v))
+                for q in range(panels):
+                    t_q = builder.add(t_row, builder.mul(pstride_v, const(q)))
+                    h = builder.load(vptr(c_p, t_q, i32, v16i32), align=4)
+                    lo = builder.load(vptr(c_p, builder.add(t_q, l_off_v), i32, v16i32), align=4)
                     # Wrapping int32 arithmetic gives the exact integer whenever it fits int32 (K <= WIDE_K).
                     dot = builder.sub(builder.add(builder.shl(h, ir.Constant(v16i32, [6] * 16)), lo),
                                       bcast(comp, v16i32))
                     y = builder.fmul(builder.sitofp(dot, v16f32), scale)
-                    y = builder.fadd(builder.fmul(y, ws_v[s]), b_v[s])
-                    builder.store(y, vptr(out_p, builder.add(o_row, const(16 * s)), f32, v16f32), align=4)
+                    y = builder.fadd(builder.fmul(y, ws_v[q]), b_v[q])
+                    builder.store(y, vptr(out_p, builder.add(o_row, const(16 * q)), f32, v16f32), align=4)
             return context.get_dummy_value()
 
         return sig, codegen
 
-    return amx_epilogue
+    return epilogue
 
 
-_amx_epilogue = _make_amx_epilogue()
+_epilogue2 = _make_epilogue(2)   # both drivers run two-panel (32-channel) tiles
 
 
 # ----------------------------------------------------------------------------------------------
@@ -541,6 +578,8 @@ def _gemm_vnni(xh, xl, xsum, xs, wp, ws, bias, out):
     kp = xh.shape[1]
     kq = wp.shape[1]
     n_panels = (n_dim + NR - 1) // NR
+    n_groups = (n_panels + VNNI_PANELS - 1) // VNNI_PANELS
+    width = 2 * VNNI_PANELS * NR              # int32 per tile row: h and l of each panel
     wide = kp > WIDE_K
     out_flat = out.reshape(out.size)
     x_h = xh.reshape(xh.size)
@@ -549,24 +588,33 @@ def _gemm_vnni(xh, xl, xsum, xs, wp, ws, bias, out):
     n_chunks = (m_rows + MC - 1) // MC
     chunk_rows = ((m_rows + n_chunks - 1) // n_chunks + MR - 1) // MR * MR
     n_chunks = (m_rows + chunk_rows - 1) // chunk_rows
-    for task in prange(n_chunks * n_panels):
-        chunk = task // n_panels
-        p = task - chunk * n_panels
+    for task in prange(n_chunks * n_groups):
+        chunk = task // n_groups
+        p = (task - chunk * n_groups) * VNNI_PANELS
+        panels = min(VNNI_PANELS, n_panels - p)
         m0 = chunk * chunk_rows
         rows = min(chunk_rows, m_rows - m0)
-        tile = aligned_bytes(rows * 2 * NR * 4).view(np.int32)
+        tile = aligned_bytes(rows * width * 4).view(np.int32)
         tile[:] = 0
         for kc0 in range(0, kq, KCQ):
             kc1 = min(kq, kc0 + KCQ)
             w_off = (p * kq + kc0) * 4 * NR
             for r0 in range(0, rows, MR):
-                _vnni_microkernel(min(MR, rows - r0), tile, r0 * 2 * NR, x_h, x_l, (m0 + r0) * kp + 4 * kc0,
-                                  kp, w, w_off, kc1 - kc0)
+                _vnni_microkernel(min(MR, rows - r0), panels, tile, r0 * width, x_h, x_l,
+                                  (m0 + r0) * kp + 4 * kc0, kp, w, w_off, kq * 4 * NR, kc1 - kc0)
         n0 = p * NR
-        ncols = min(NR, n_dim - n0)
+        ncols = min(panels * NR, n_dim - n0)
+        if ncols == VNNI_PANELS * NR and not wide:
+            _epilogue2(tile, 0, width, NR, VNNI_PANELS * NR, rows, out_flat, m0 * n_dim + n0, n_dim, xsum, xs, m0,
+                       ws, bias, n0)
+            continue
+        # A partial last group (or K past WIDE_K): tile row r holds h at [q*NR], l at [(panels + q)*NR].
         for r in range(rows):
-            _finish(out_flat, n_dim, m0 + r, n0, ncols, tile, r * 2 * NR, r * 2 * NR + NR, xsum, xs, ws, bias,
-                    wide)
+            for q in range(panels):
+                nq = n0 + q * NR
+                if nq < n_dim:
+                    _finish(out_flat, n_dim, m0 + r, nq, min(NR, n_dim - nq), tile, r * width + q * NR,
+                            r * width + (panels + q) * NR, xsum, xs, ws, bias, wide)
 
 
 @njit(cache=True, nogil=True, parallel=True, error_model="numpy")
@@ -602,8 +650,9 @@ def _gemm_amx(xh, xl, xsum, xs, wp, ws, bias, out, cfg):
                 n0 = q * 2 * NR
                 ncols = min(2 * NR, n_dim - n0)
                 if ncols == 2 * NR and not wide:
-                    _amx_epilogue(ctile, rows, out_flat, b * TILE_ROWS * n_dim + n0, n_dim, xsum, xs, b * TILE_ROWS,
-                                  ws, bias, n0)
+                    # Tiles 0-1 hold h of the two panels, 2-3 l: 16 int32 per tile row.
+                    _epilogue2(ctile, 0, NR, TILE_ROWS * NR, 2 * TILE_ROWS * NR, rows, out_flat,
+                               b * TILE_ROWS * n_dim + n0, n_dim, xsum, xs, b * TILE_ROWS, ws, bias, n0)
                     continue
                 for r in range(rows):
                     # Channel j < 16 sits in tile 0 (h) / 2 (l) at [r, j]; j >= 16 in tile 1 / 3.
