@@ -618,3 +618,23 @@ def test_packed_weights_start_on_cache_lines():
         return out
 
     assert not offsets(np.array([1, 63, 64, 1000, 12345, 1 << 20])).any()
+
+
+@pytest.mark.parametrize("path", QUAD_PATHS)
+def test_split_rounds_half_to_even_like_the_pairs_path(path):
+    # Row max 2047 makes the scale exactly 1, so x * inv lands on .5 ties; the vectorised split
+    # (first 16-element blocks) and its scalar tail must both round them to even, as np.rint does.
+    k = 16 * 3 + 5
+    ties = np.array([0.5, 1.5, 2.5, -0.5, -1.5, -2.5, 1000.5, -1000.5], np.float32)
+    x = np.tile(ties, (4, -(-k // ties.size)))[:, :k].copy()
+    x[:, 7] = 2047.0
+    x[1] = -x[1]
+    rng = np.random.default_rng(3)
+    wq = rng.integers(-127, 128, (40, k)).astype(np.int8)
+    ws = (rng.random(40) * 1e-2).astype(np.float32)
+    bias = np.zeros(40, np.float32)
+    y = gv.linear_quads(x, gv.pack_quads(wq), ws, bias, path=path)
+    np.testing.assert_array_equal(y, g.linear_int8(x, g.pack_weight(wq, "pairs"), ws, bias, path="portable"))
+    xq = np.rint(x).astype(np.int64)              # scale 1: the quantised row is rint(x) itself
+    assert np.array_equal(xq[0, :9], [0, 2, 2, 0, -2, -2, 1000, 2047, 0])
+    np.testing.assert_array_equal(y, ((xq @ wq.T.astype(np.int64)).astype(np.float32) * ws).astype(np.float32))
