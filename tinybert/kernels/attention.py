@@ -38,7 +38,6 @@ from numba import njit, prange, types
 from numba.core import cgutils
 from numba.extending import intrinsic
 
-from .mathfn import exp2_nonpositive, fmax
 from .memory import aligned_bytes
 
 MR = 6   # queries (tile rows) per block: 6 rows x (even k, odd k) = 12 accumulators
@@ -130,6 +129,95 @@ def _make_tile(rows, panels=1):
         return sig, codegen
 
     return tile
+
+
+@intrinsic
+def _softmax_row(typingctx, buf, off, n):
+    """p[j] = 2**(s[j] - max s) in place over s = buf[off:off + n] (n >= 1); returns sum p.
+
+    <16 x float> IR (LLVM vectorised the same Python loop with 8-lane ymm): a vector max, then
+    2**x as in mathfn.exp2_nonpositive (x = k + f, |f| <= 1/2, degree-5 polynomial, 2**k in the
+    exponent bits). Below 2**-126 the result is 0 rather than a denormal-making 2**-126: the P·V
+    products of a peaked row then stay normal numbers (denormal arithmetic is microcoded on x86).
+    """
+    if not (isinstance(buf, types.Array) and buf.dtype == types.float32):
+        return None
+    f32, i32, i64 = ir.FloatType(), ir.IntType(32), ir.IntType(64)
+    coeffs = (1.3276471959e-3, 9.6755415026e-3, 5.5507132751e-2, 2.4022119721e-1, 6.9314696706e-1, 1.0000000717)
+
+    def codegen(context, builder, signature, args):
+        tys = signature.args
+        base = builder.gep(cgutils.create_struct_proxy(tys[0])(context, builder, value=args[0]).data,
+                           [context.cast(builder, args[1], tys[1], types.int64)], source_etype=f32)
+        n = context.cast(builder, args[2], tys[2], types.int64)
+        blocks = builder.udiv(n, ir.Constant(i64, 16))
+        done = builder.mul(blocks, ir.Constant(i64, 16))
+
+        def fn(name, ty, nargs):
+            return cgutils.get_or_insert_function(builder.module, ir.FunctionType(ty, [ty] * nargs), name)
+
+        def vec(width):
+            return ir.VectorType(f32, width) if width > 1 else f32
+
+        def const(width, v, ty=f32):
+            t = ir.VectorType(ty, width) if width > 1 else ty
+            return ir.Constant(t, [v] * width) if width > 1 else ir.Constant(t, v)
+
+        def ptr(k, width):
+            return builder.bitcast(builder.gep(base, [k], source_etype=f32), vec(width).as_pointer())
+
+        def sfx(width):
+            return f"v{width}f32" if width > 1 else "f32"
+
+        # max
+        vmax = cgutils.alloca_once_value(builder, const(16, float("-inf")))
+        with cgutils.for_range(builder, blocks) as loop:
+            v = builder.load(ptr(builder.mul(loop.index, ir.Constant(i64, 16)), 16), align=4)
+            builder.store(builder.call(fn("llvm.maxnum.v16f32", vec(16), 2), [builder.load(vmax), v]), vmax)
+        reduce_max = cgutils.get_or_insert_function(builder.module, ir.FunctionType(f32, [vec(16)]),
+                                                    "llvm.vector.reduce.fmax.v16f32")
+        best = cgutils.alloca_once_value(builder, builder.call(reduce_max, [builder.load(vmax)]))
+        with cgutils.for_range(builder, builder.sub(n, done)) as loop:
+            v = builder.load(ptr(builder.add(done, loop.index), 1))
+            builder.store(builder.call(fn("llvm.maxnum.f32", f32, 2), [builder.load(best), v]), best)
+        best_v = builder.load(best)
+
+        def exp2_store(k, width):
+            x = builder.load(ptr(k, width), align=4)
+            m = best_v
+            if width > 1:
+                m = builder.shuffle_vector(builder.insert_element(ir.Constant(vec(16), None), best_v,
+                                                                  ir.Constant(i32, 0)),
+                                           ir.Constant(vec(16), None), ir.Constant(ir.VectorType(i32, 16), [0] * 16))
+            x = builder.fsub(x, m)
+            tiny = builder.fcmp_ordered("<", x, const(width, -126.0))
+            x = builder.call(fn(f"llvm.maxnum.{sfx(width)}", vec(width), 2), [x, const(width, -126.0)])
+            kf = builder.call(fn(f"llvm.floor.{sfx(width)}", vec(width), 1), [builder.fadd(x, const(width, 0.5))])
+            f = builder.fsub(x, kf)
+            poly = const(width, coeffs[0])
+            for c in coeffs[1:]:
+                poly = builder.call(fn(f"llvm.fmuladd.{sfx(width)}", vec(width), 3), [poly, f, const(width, c)])
+            ity = ir.VectorType(i32, width) if width > 1 else i32
+            bits = builder.shl(builder.add(builder.fptosi(kf, ity), const(width, 127, i32)), const(width, 23, i32))
+            y = builder.fmul(poly, builder.bitcast(bits, vec(width)))
+            y = builder.select(tiny, const(width, 0.0), y)
+            builder.store(y, ptr(k, width), align=4)
+            return y
+
+        vsum = cgutils.alloca_once_value(builder, const(16, 0.0))
+        with cgutils.for_range(builder, blocks) as loop:
+            y = exp2_store(builder.mul(loop.index, ir.Constant(i64, 16)), 16)
+            builder.store(builder.fadd(builder.load(vsum), y), vsum)
+        reduce_add = cgutils.get_or_insert_function(builder.module, ir.FunctionType(f32, [f32, vec(16)]),
+                                                    "llvm.vector.reduce.fadd.v16f32")
+        total = cgutils.alloca_once_value(builder, builder.call(reduce_add, [ir.Constant(f32, 0.0), builder.load(vsum)],
+                                                                fastmath=("reassoc",)))
+        with cgutils.for_range(builder, builder.sub(n, done)) as loop:
+            y = exp2_store(builder.add(done, loop.index), 1)
+            builder.store(builder.fadd(builder.load(total), y), total)
+        return builder.load(total)
+
+    return types.float32(buf, off, n), codegen
 
 
 _tile1, _tile2, _tile3, _tile4, _tile5, _tile6 = [_make_tile(r) for r in range(1, MR + 1)]
@@ -262,15 +350,7 @@ def _attend_one_head(qkv, flat, base, end, key_mask, h, num_heads, scale, bias, 
             if has_bias:
                 for j in range(n):
                     srow[j] += bias[h, center + valid[j] - (i0 + r)] * log2e
-            best = srow[0]
-            for j in range(1, n):
-                best = fmax(best, srow[j])
-            total = np.float32(0.0)
-            for j in range(n):
-                pj = exp2_nonpositive(srow[j] - best)
-                srow[j] = pj
-                total += pj
-            inv_total[r] = np.float32(1.0) / total
+            inv_total[r] = np.float32(1.0) / _softmax_row(scores, r * n16, n)
         for c0 in range(0, d16, 2 * NR):   # two output panels per call where there are two
             _tile(rows, min(2, (d16 - c0) // NR), obuf, c0, d16, scores, 0, n16, vpan, c0 * n, NR * n, NR, n)
         for r in range(rows):
