@@ -205,3 +205,21 @@ def test_exp2_nonpositive_matches_numpy():
     low = np.array([-127, -1000, -np.inf], dtype=np.float32)
     _apply_exp2(low, out[:3])
     np.testing.assert_allclose(out[:3], 2.0**-126, rtol=3e-7)  # clamped, not underflowed
+
+
+def test_pool_segments_matches_numpy():
+    from tinybert.errors import InputError
+    from tinybert.heads import pool_segments
+
+    lengths = [1, 7, 130, 2, 16]
+    starts = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64)
+    hidden = (RNG.standard_normal((starts[-1], 48)) * 3).astype(np.float32)
+    segs = [hidden[starts[b]:starts[b + 1]].astype(np.float64) for b in range(len(lengths))]
+    np.testing.assert_allclose(pool_segments(hidden, starts, "mean"), [s.mean(0) for s in segs], rtol=1e-6, atol=1e-6)
+    np.testing.assert_allclose(pool_segments(hidden, starts, "mean_sqrt_len"),
+                               [s.sum(0) / np.sqrt(len(s)) for s in segs], rtol=1e-6, atol=1e-6)
+    np.testing.assert_array_equal(pool_segments(hidden, starts, "max"), [s.max(0) for s in segs])
+    np.testing.assert_array_equal(pool_segments(hidden, starts, "cls"), [s[0] for s in segs])
+    for bad in ([0, 5, 3], [0, 0, 4], [0, hidden.shape[0] + 1], [-1, 4], [0]):
+        with pytest.raises(InputError):
+            pool_segments(hidden, np.array(bad, np.int64), "mean")

@@ -13,20 +13,25 @@ import numpy as np
 
 from .blocks import LayerNorm, Linear
 from .config import EncoderConfig, TaskConfig
-from .errors import check_finite
+from .errors import InputError, check_finite
 from .kernels.activations import ACTIVATIONS
+from .kernels.pooling import segment_sum
 
 
 def pool_segments(hidden: np.ndarray, starts: np.ndarray, mode: str) -> np.ndarray:
     """Sentence vectors from packed hidden states [T, H] (sequence b = rows starts[b]:starts[b+1],
     all real tokens), pooled as sentence-transformers pools: mean of the tokens; mean_sqrt_len =
     sum / sqrt(count); cls = first token; max = element-wise max."""
+    if (starts.ndim != 1 or starts.size < 2 or starts[0] < 0 or starts[-1] > hidden.shape[0]
+            or np.any(np.diff(starts) < 1)):
+        raise InputError(f"starts must rise from 0 to at most {hidden.shape[0]} with no empty sequence")
     first = starts[:-1]
     if mode == "cls":
         return np.ascontiguousarray(hidden[first])
     if mode == "max":
         return np.maximum.reduceat(hidden, first, axis=0)
-    summed = np.add.reduceat(hidden.astype(np.float64), first, axis=0)
+    summed = np.empty((first.size, hidden.shape[1]), dtype=np.float64)
+    segment_sum(np.ascontiguousarray(hidden, dtype=np.float32), np.ascontiguousarray(starts, dtype=np.int64), summed)
     count = np.diff(starts).astype(np.float64)[:, None]
     if mode == "mean":
         return (summed / count).astype(np.float32)

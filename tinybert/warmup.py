@@ -22,11 +22,25 @@ from . import format as fmt
 from .beam import log_softmax, top_k
 from .config import DecoderConfig, EncoderConfig, Seq2SeqConfig
 from .decoder import DecoderModel, KVCache
-from .kernels import activations, attention, decoder, embeddings, gemm, gemm_vnni, mathfn, norm, rope, search
+from .kernels import (
+    activations,
+    attention,
+    decoder,
+    embeddings,
+    gemm,
+    gemm_vnni,
+    mathfn,
+    memory,
+    norm,
+    pooling,
+    rope,
+    search,
+)
 from .models import EncoderModel
 from .seq2seq import Seq2SeqModel
 
-_KERNEL_MODULES = (activations, attention, decoder, embeddings, gemm, gemm_vnni, mathfn, norm, rope, search)
+_KERNEL_MODULES = (activations, attention, decoder, embeddings, gemm, gemm_vnni, mathfn, memory, norm, pooling, rope,
+                   search)
 
 
 def _marker() -> Path:
@@ -137,7 +151,8 @@ def warmup(show_progress: bool = True) -> None:
     starts = np.array([0, 2, 5], dtype=np.int64)
     for quantization, activation in cases:
         model = _tiny_model(quantization, activation)
-        model(ids, np.zeros_like(ids), starts, np.ones(ids.size, dtype=np.uint8))
+        hidden = model(ids, np.zeros_like(ids), starts, np.ones(ids.size, dtype=np.uint8))
+        pooling.segment_sum(hidden, starts, np.empty((starts.size - 1, hidden.shape[1]), dtype=np.float64))
         if progress is not None:
             progress.update(1)
     for quantization, family in decoders:
