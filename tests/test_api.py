@@ -7,8 +7,10 @@ import sys
 import textwrap
 
 import numpy as np
+import pytest
 
 import tinybert
+from tinybert import api
 
 
 def test_runtime_never_imports_torch_or_transformers(minilm_files):
@@ -34,10 +36,32 @@ def test_runtime_never_imports_torch_or_transformers(minilm_files):
     assert result.stdout.strip().endswith("ok")
 
 
-def test_thread_count_does_not_change_results(minilm_files, sentences):
-    one = tinybert.Encoder(minilm_files["int8"], threads=1).encode(sentences[:16])
-    two = tinybert.Encoder(minilm_files["int8"], threads=2).encode(sentences[:16])
-    assert np.abs(one - two).max() <= 1e-6
+@pytest.mark.parametrize("precision", ["int8", "fp32"])
+def test_thread_count_does_not_change_results(minilm_files, sentences, hf_tokenizer, precision):
+    # threads=2 splits a batch into two parts run on their own threads with single-threaded kernels
+    # (api.sequence_groups); a lone sequence runs on two-threaded kernels. Every kernel is row- or
+    # sequence-wise and deterministic, so all of these must agree bit for bit with threads=1.
+    one = tinybert.Encoder(minilm_files[precision], threads=1)
+    two = tinybert.Encoder(minilm_files[precision], threads=2)
+    assert len(api.sequence_groups(np.array([0, 40, 90, 130, 170]), 2)) == 2      # the split is taken
+    np.testing.assert_array_equal(one.encode(sentences[:40]), two.encode(sentences[:40]))
+    assert two._pool is not None                                                  # ... and was run
+    np.testing.assert_array_equal(one.encode(sentences[5]), two.encode(sentences[5]))
+    batch = hf_tokenizer(sentences[:9], padding=True, return_tensors="np")     # padded, masked forward
+    np.testing.assert_array_equal(one.forward(batch["input_ids"], batch["attention_mask"]),
+                                  two.forward(batch["input_ids"], batch["attention_mask"]))
+
+
+def test_sequence_groups():
+    starts = np.array([0, 10, 200, 210, 220, 400], np.int64)
+    assert api.sequence_groups(starts, 1) == [(0, 5)]
+    for parts in (2, 3, 4, 8):
+        groups = api.sequence_groups(starts, parts)
+        assert groups[0][0] == 0 and groups[-1][1] == 5 and len(groups) <= parts
+        assert all(b0 < b1 for b0, b1 in groups) and all(a[1] == b[0] for a, b in zip(groups, groups[1:]))
+    assert api.sequence_groups(starts, 2) == [(0, 2), (2, 5)]      # 200 tokens each
+    assert api.sequence_groups(np.array([0, 30, 60], np.int64), 2) == [(0, 2)]   # too few tokens to split
+    assert api.sequence_groups(np.array([0, 500], np.int64), 2) == [(0, 1)]      # one sequence
 
 
 def test_single_string_and_tuple_inputs(minilm_files, sentences):

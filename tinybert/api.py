@@ -4,6 +4,7 @@ classes built on it (tinybert/tasks.py) add the heads."""
 from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -38,6 +39,31 @@ def _numba_threads(n: int) -> Iterator[None]:
         numba.set_num_threads(previous)
 
 
+SPLIT_MIN_TOKENS = 64
+"""A batch is split over the threads only when each part gets at least this many tokens."""
+
+
+def sequence_groups(starts: np.ndarray, parts: int) -> list[tuple[int, int]]:
+    """Cut sequences 0..B-1 (sequence b = tokens starts[b]:starts[b+1]) into at most ``parts``
+    contiguous, non-empty ranges [b0, b1) of about equal token counts."""
+    batch = starts.size - 1
+    parts = min(parts, batch, int(starts[-1] - starts[0]) // SPLIT_MIN_TOKENS)
+    if parts < 2:
+        return [(0, batch)]
+    cuts = np.searchsorted(starts, starts[0] + (starts[-1] - starts[0]) * np.arange(1, parts) / parts)
+    bounds = sorted({0, batch, *(int(c) for c in np.clip(cuts, 1, batch - 1))})
+    return list(zip(bounds[:-1], bounds[1:]))
+
+
+def _threads_may_share_kernels() -> bool:
+    # Two threads may launch parallel kernels at once under the OpenMP and TBB layers; Numba's own
+    # workqueue layer forbids it. The layer is known once a parallel kernel has run.
+    try:
+        return numba.threading_layer() in ("omp", "tbb")
+    except ValueError:
+        return False
+
+
 def _as_int_array(name: str, value: object, shape: tuple[int, ...] | None) -> np.ndarray:
     try:
         array = np.asarray(value)
@@ -61,7 +87,11 @@ class Encoder:
     >>> enc.encode(["A sentence.", "Another one."]).shape
     (2, 384)
 
-    ``threads`` caps the Numba worker threads used by this encoder's calls (default: all).
+    ``threads`` caps the threads used by this encoder's calls (default: all Numba threads). A batch
+    of several sequences is split into ``threads`` parts of about equal token counts, each run
+    start to finish on its own thread with single-threaded kernels (no fork/join per layer, no
+    hidden states passed between cores); a single sequence runs on all threads inside each kernel.
+    Results are identical either way: every kernel computes a row or a sequence independently.
     """
 
     def __init__(self, path: str | Path, threads: int | None = None) -> None:
@@ -79,6 +109,7 @@ class Encoder:
         self._tokenizer_json = model_file.tokenizer_json
         self.tokenizer = load_tokenizer(model_file.tokenizer_json, self.config.max_length)
         self.threads = _check_threads(threads)
+        self._pool: ThreadPoolExecutor | None = None
         self._model = EncoderModel(self.config, model_file.tensors)
         self._head = TaskHead(self.config, self.task, model_file.tensors) if self.task.type != "feature-extraction" \
             else None
@@ -167,11 +198,24 @@ class Encoder:
         return ids, mask, types, starts
 
     def _run(self, ids: np.ndarray, types: np.ndarray, starts: np.ndarray, key_mask: np.ndarray) -> np.ndarray:
-        with _numba_threads(self.threads):
-            return self._model(np.ascontiguousarray(ids, dtype=np.int32),
-                               np.ascontiguousarray(types, dtype=np.int32),
-                               np.ascontiguousarray(starts, dtype=np.int64),
-                               np.ascontiguousarray(key_mask, dtype=np.uint8))
+        ids = np.ascontiguousarray(ids, dtype=np.int32)
+        types = np.ascontiguousarray(types, dtype=np.int32)
+        starts = np.ascontiguousarray(starts, dtype=np.int64)
+        key_mask = np.ascontiguousarray(key_mask, dtype=np.uint8)
+        groups = sequence_groups(starts, self.threads) if _threads_may_share_kernels() else [(0, starts.size - 1)]
+        if len(groups) < 2:
+            with _numba_threads(self.threads):
+                return self._model(ids, types, starts, key_mask)
+
+        def run_part(b0: int, b1: int) -> np.ndarray:
+            lo, hi = starts[b0], starts[b1]
+            with _numba_threads(1):
+                return self._model(ids[lo:hi], types[lo:hi], starts[b0:b1 + 1] - lo, key_mask[lo:hi])
+
+        if self._pool is None:
+            self._pool = ThreadPoolExecutor(max_workers=self.threads, thread_name_prefix="tinybert")
+        parts = [self._pool.submit(run_part, b0, b1) for b0, b1 in groups]
+        return np.concatenate([part.result() for part in parts])
 
     def encode(self, texts: str | Sequence[str], batch_size: int = 32, normalize: bool | None = None,
                pooling: str | None = None, show_progress: bool = False) -> np.ndarray:
