@@ -20,7 +20,7 @@ def _ref_layer_norm(x, w, b, eps):
     return ((x - mean) / np.sqrt(var + eps) * w + b).astype(np.float32)
 
 
-@pytest.mark.parametrize("rows,dim", [(1, 1), (1, 384), (7, 33), (64, 768)])
+@pytest.mark.parametrize("rows,dim", [(1, 1), (1, 384), (7, 33), (64, 768), (200, 385)])  # last: parallel, tail
 def test_layer_norm(rows, dim):
     x = (RNG.standard_normal((rows, dim)) * 3 + 1).astype(np.float32)
     res = RNG.standard_normal((rows, dim)).astype(np.float32)
@@ -30,6 +30,9 @@ def test_layer_norm(rows, dim):
     norm.layer_norm(x, w, b, 1e-12, out)
     np.testing.assert_allclose(out, _ref_layer_norm(x, w, b, 1e-12), atol=2e-5)
     expected = _ref_layer_norm(x + res, w, b, 1e-5)
+    res2 = res.copy()
+    norm.add_layer_norm(x.copy(), res2, w, b, 1e-5, res2)  # out aliasing the residual
+    np.testing.assert_allclose(res2, expected, atol=2e-5)
     norm.add_layer_norm(x, res, w, b, 1e-5, x)  # in place, as the blocks use it
     np.testing.assert_allclose(x, expected, atol=2e-5)
 
