@@ -1,6 +1,6 @@
 """Encoder benchmark: tinybert and its peers side by side, same inputs, same threads, one run.
 
-    python -m bench.encoder [--quick] [--threads 2] [--models minilm,bert-base] [--out bench/results/encoder.json]
+    python -m bench.encoder [--quick] [--rounds 3] [--threads 2] [--models minilm,bert-base] [--out FILE]
 
 Each engine runs in its own fresh process (so peak RSS is its own), on the same token ids. Figures:
 median latency and throughput per shape (warm-up excluded), load time, model file size, peak RSS,
@@ -359,6 +359,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--models", default=None, help="comma-separated: minilm,bert-base (default both)")
     parser.add_argument("--engines", default=None,
                         help=f"comma-separated (default: all; {CAPPED} too on a CPU with AMX, except with --quick)")
+    parser.add_argument("--rounds", type=int, default=1,
+                        help="run every engine this many times, alternating the engine order between rounds, and "
+                             "report each figure's median over the rounds (a noisy shared machine drifts by "
+                             "20-40%% within minutes; rounds spread that drift over all engines)")
     parser.add_argument("--out", default=str(REPO / "bench" / "results" / "encoder.json"))
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
@@ -371,8 +375,10 @@ def main(argv: list[str] | None = None) -> None:
     engines = [e for e in args.engines.split(",") if e]
     if args.models is None:
         args.models = "minilm" if args.quick else "minilm,bert-base"
-    report = {"date": time.strftime("%Y-%m-%d"), "machine": _machine(),
-              "threads": args.threads, "quick": args.quick, "versions": _versions(), "models": {}}
+    if args.rounds < 1:
+        parser.error("--rounds must be at least 1")
+    report = {"date": time.strftime("%Y-%m-%d"), "machine": _machine(), "threads": args.threads,
+              "quick": args.quick, "rounds": args.rounds, "versions": _versions(), "models": {}}
     print(f"machine: {report['machine']}", flush=True)
     for model in [m for m in args.models.split(",") if m]:
         if args.quick and model == "bert-base":
@@ -381,14 +387,18 @@ def main(argv: list[str] | None = None) -> None:
             shapes_note = ""
         print(f"\n== {model}{shapes_note}: preparing", flush=True)
         model_inputs = inputs(model, args.quick)
-        results = {}
+        rounds: dict[str, list[dict]] = {engine: [] for engine in engines}
         with tempfile.TemporaryDirectory() as tmp:
-            for engine in engines:
-                print(f"   {engine} ...", end=" ", flush=True)
-                path = prepare(model, engine)
-                t = time.perf_counter()
-                results[engine] = run_engine(engine, path, model_inputs, args.threads, args.quick, Path(tmp))
-                print(f"{time.perf_counter() - t:.0f} s", flush=True)
+            for r in range(args.rounds):
+                for engine in engines if r % 2 == 0 else engines[::-1]:
+                    label = f" (round {r + 1}/{args.rounds})" if args.rounds > 1 else ""
+                    print(f"   {engine}{label} ...", end=" ", flush=True)
+                    path = prepare(model, engine)
+                    t = time.perf_counter()
+                    rounds[engine].append(run_engine(engine, path, model_inputs, args.threads, args.quick,
+                                                     Path(tmp)))
+                    print(f"{time.perf_counter() - t:.0f} s", flush=True)
+            results = {engine: _combine_rounds(runs) for engine, runs in rounds.items()}
             if "tinybert-int8" in engines:
                 results["tinybert-int8"].update(start_times(prepare(model, "tinybert-int8"), args.threads,
                                                             cold=not args.quick))
@@ -399,6 +409,24 @@ def main(argv: list[str] | None = None) -> None:
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(report, indent=2, default=float))
     print(f"\nwrote {out}")
+
+
+def _combine_rounds(runs: list[dict]) -> dict:
+    """One engine's figures over several rounds: median time per shape (the per-round times kept as
+    ``ms_rounds``), median load time, largest peak RSS; fidelity from the first round."""
+    failed = [run for run in runs if "error" in run]
+    if failed:
+        return failed[0]
+    combined = dict(runs[0])
+    combined["shapes"] = {}
+    for shape, first in runs[0]["shapes"].items():
+        times = [run["shapes"][shape]["ms"] for run in runs]
+        ms = float(np.median(times))
+        combined["shapes"][shape] = {"ms": ms, "seq_per_s": first["seq_per_s"] * first["ms"] / ms,
+                                     "ms_rounds": times}
+    combined["load_s"] = float(np.median([run["load_s"] for run in runs]))
+    combined["peak_rss_mb"] = max(run["peak_rss_mb"] for run in runs)
+    return combined
 
 
 def _fidelity(results: dict) -> None:
