@@ -638,3 +638,29 @@ def test_split_rounds_half_to_even_like_the_pairs_path(path):
     xq = np.rint(x).astype(np.int64)              # scale 1: the quantised row is rint(x) itself
     assert np.array_equal(xq[0, :9], [0, 2, 2, 0, -2, -2, 1000, 2047, 0])
     np.testing.assert_array_equal(y, ((xq @ wq.T.astype(np.int64)).astype(np.float32) * ws).astype(np.float32))
+
+
+@pytest.mark.skipif(not gv.VNNI_AVAILABLE, reason="CPU without AVX-512 VNNI")
+def test_layer_fast_path_matches_checked_path():
+    rng = np.random.default_rng(11)
+    wq = rng.integers(-127, 128, (40, 70)).astype(np.int8)
+    wp, ws = gv.pack_quads(wq), (rng.random(40) * 1e-2).astype(np.float32)
+    bias = rng.standard_normal(40).astype(np.float32)
+    gv.check_layer(wp, ws, bias, 70)
+    for m in (1, 5, 16, 33):
+        x = rng.standard_normal((m, 70)).astype(np.float32)
+        expected = gv.linear_quads(x, wp, ws, bias)
+        np.testing.assert_array_equal(gv.linear_quads_checked_weights(x, wp, ws, bias, 70), expected)
+        # float64 or strided inputs are converted, not refused.
+        np.testing.assert_array_equal(gv.linear_quads_checked_weights(x.astype(np.float64), wp, ws, bias, 70), expected)
+        wide = np.zeros((m, 140), np.float32)
+        wide[:, ::2] = x
+        np.testing.assert_array_equal(gv.linear_quads_checked_weights(wide[:, ::2], wp, ws, bias, 70), expected)
+    with pytest.raises(ValueError):
+        gv.linear_quads_checked_weights(np.zeros((2, 69), np.float32), wp, ws, bias, 70)   # pads to the same 128
+    with pytest.raises(ValueError):
+        gv.check_layer(wp, ws, bias, 130)                      # K does not match the packing
+    with pytest.raises(ValueError):
+        gv.check_layer(wp, ws, bias[:39], 70)                  # bias length
+    with pytest.raises(ValueError):
+        gv.check_layer(wp, ws.astype(np.float64), bias, 70)    # scale dtype

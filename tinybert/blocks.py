@@ -11,7 +11,7 @@ import numpy as np
 from .config import EncoderConfig
 from .format import SCALE_SUFFIX
 from .kernels import embeddings as embed_k
-from .kernels import gemm
+from .kernels import gemm, gemm_vnni
 from .kernels.activations import ACTIVATIONS
 from .kernels.attention import attention
 from .kernels.norm import add_layer_norm, layer_norm
@@ -37,8 +37,15 @@ class Linear:
             self.weight = gemm.pack_weight(self.weight)
         else:
             self.weight = gemm.pack_weight_fp32(self.weight)
+        self._quads = gemm_vnni.is_quads(self.weight)
+        if self._quads:       # checked once here, so that each call checks only its input
+            self.scale = np.ascontiguousarray(self.scale, dtype=np.float32)
+            self.bias = np.ascontiguousarray(self.bias, dtype=np.float32)
+            gemm_vnni.check_layer(self.weight, self.scale, self.bias, self.in_features)
 
     def __call__(self, x: np.ndarray) -> np.ndarray:
+        if self._quads:
+            return gemm_vnni.linear_quads_checked_weights(x, self.weight, self.scale, self.bias, self.in_features)
         if self.scale is not None:
             return gemm.linear_int8(x, self.weight, self.scale, self.bias)
         return gemm.linear_fp32(x, self.weight, self.bias)
