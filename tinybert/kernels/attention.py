@@ -12,10 +12,10 @@ with no valid key at all is computed as if unmasked (transformers' eager attenti
 same; its sdpa path differs, so such input has no single right answer).
 
 Work is split over (sequence, group of heads) pairs, one parallel task each. Within a task the n valid
-keys are gathered once into 16-wide panels (zero padded; n16 = n rounded up to 16):
+keys are gathered once into 16-wide panels (zero padded to a whole number of panel pairs; n16 = n rounded up to 32):
 
     kpan[p, e, c] = k[valid[16p + c], e] · log2(e)/√d      ([n16/16, d, 16], a transpose)
-    vpan[c, j, t] = v[valid[j], 16c + t]                  ([d16/16, n, 16], d16 = d rounded up)
+    vpan[c, j, t] = v[valid[j], 16c + t]                  ([d16/16, n, 16], d16 = d rounded up to 32)
 
 and queries go MR = 6 at a time (q read in place from qkv), each block in three steps:
 
@@ -23,11 +23,11 @@ and queries go MR = 6 at a time (q read in place from qkv), each block in three 
     p[r, j] = 2**(s[r, j] - max_j s[r, j])    (vectorised exp2; normalisation deferred)
     out[r]  = (Σ_j p[r, j] v_j) / Σ_j p[r, j]
 
-The two products run on one micro-kernel, ``_tile``: C[6, 16] = A[6, K] · B[K, 16] with the
-tile in 12 vector registers (even and odd k summed separately). Per k step it loads one
-16-float vector of B, broadcasts six values of A and issues 6 FMAs, so the loop is FMA-bound (the
-old scalar-per-score form was load/store bound). For s, A = q rows and B = a K panel (K = d);
-for the output, A = p rows and B = a V panel (K = n), one 16-column panel at a time.
+The two products run on one micro-kernel, ``_tile``: C[6, 32] = A[6, K] · B[K, 32] over a pair of
+16-column panels, the tile in 12 vector registers. Per k step it loads two 16-float vectors of B,
+broadcasts six values of A and issues 12 FMAs (8 loads per 12 FMAs). For s, A = q rows and B = a
+pair of K panels (K = d); for the output, A = p rows and B = a pair of V panels (K = n).
+The softmax row is one <16 x float> intrinsic (``_softmax_row``).
 """
 
 import math
@@ -220,40 +220,27 @@ def _softmax_row(typingctx, buf, off, n):
     return types.float32(buf, off, n), codegen
 
 
-_tile1, _tile2, _tile3, _tile4, _tile5, _tile6 = [_make_tile(r) for r in range(1, MR + 1)]
 _wide1, _wide2, _wide3, _wide4, _wide5, _wide6 = [_make_tile(r, 2) for r in range(1, MR + 1)]
 
 
 # inline="always": a call between jitted functions increfs and decrefs each array argument, and
 # with both threads passing the shared qkv those atomics bounce one cache line between the cores.
 @njit(cache=True, nogil=True, error_model="numpy", inline="always")
-def _tile(rows, panels, c, c_off, ldc, a, a_off, lda, b, b_off, b_pstride, ldb, kdim):
+def _tile(rows, c, c_off, ldc, a, a_off, lda, b, b_off, b_pstride, ldb, kdim):
     # A short query block gets its own specialisation: a 1-token sequence computes one row, not 6.
-    if panels == 2:
-        if rows == 6:
-            _wide6(c, c_off, ldc, a, a_off, lda, b, b_off, b_pstride, ldb, kdim)
-        elif rows == 5:
-            _wide5(c, c_off, ldc, a, a_off, lda, b, b_off, b_pstride, ldb, kdim)
-        elif rows == 4:
-            _wide4(c, c_off, ldc, a, a_off, lda, b, b_off, b_pstride, ldb, kdim)
-        elif rows == 3:
-            _wide3(c, c_off, ldc, a, a_off, lda, b, b_off, b_pstride, ldb, kdim)
-        elif rows == 2:
-            _wide2(c, c_off, ldc, a, a_off, lda, b, b_off, b_pstride, ldb, kdim)
-        else:
-            _wide1(c, c_off, ldc, a, a_off, lda, b, b_off, b_pstride, ldb, kdim)
-    elif rows == 6:
-        _tile6(c, c_off, ldc, a, a_off, lda, b, b_off, b_pstride, ldb, kdim)
+    # Always two panels (the caller pads to pairs): one family of variants keeps the compile short.
+    if rows == 6:
+        _wide6(c, c_off, ldc, a, a_off, lda, b, b_off, b_pstride, ldb, kdim)
     elif rows == 5:
-        _tile5(c, c_off, ldc, a, a_off, lda, b, b_off, b_pstride, ldb, kdim)
+        _wide5(c, c_off, ldc, a, a_off, lda, b, b_off, b_pstride, ldb, kdim)
     elif rows == 4:
-        _tile4(c, c_off, ldc, a, a_off, lda, b, b_off, b_pstride, ldb, kdim)
+        _wide4(c, c_off, ldc, a, a_off, lda, b, b_off, b_pstride, ldb, kdim)
     elif rows == 3:
-        _tile3(c, c_off, ldc, a, a_off, lda, b, b_off, b_pstride, ldb, kdim)
+        _wide3(c, c_off, ldc, a, a_off, lda, b, b_off, b_pstride, ldb, kdim)
     elif rows == 2:
-        _tile2(c, c_off, ldc, a, a_off, lda, b, b_off, b_pstride, ldb, kdim)
+        _wide2(c, c_off, ldc, a, a_off, lda, b, b_off, b_pstride, ldb, kdim)
     else:
-        _tile1(c, c_off, ldc, a, a_off, lda, b, b_off, b_pstride, ldb, kdim)
+        _wide1(c, c_off, ldc, a, a_off, lda, b, b_off, b_pstride, ldb, kdim)
 
 
 @njit(cache=True, nogil=True, error_model="numpy")
@@ -292,7 +279,8 @@ def _attend_one_head(qkv, flat, base, end, key_mask, h, num_heads, scale, bias, 
     hidden = out.shape[1]
     ld = 3 * hidden
     d = hidden // num_heads
-    d16 = (d + NR - 1) // NR * NR
+    # Panels come in pairs (the micro-kernel always computes two): d and n are padded to 32.
+    d16 = (d + 2 * NR - 1) // (2 * NR) * (2 * NR)
     qcol, kcol, vcol = h * d, hidden + h * d, 2 * hidden + h * d
     seq = end - base
     valid = np.empty(seq, dtype=np.int64)
@@ -305,7 +293,7 @@ def _attend_one_head(qkv, flat, base, end, key_mask, h, num_heads, scale, bias, 
         for j in range(seq):
             valid[j] = j
         n = seq
-    n16 = (n + NR - 1) // NR * NR
+    n16 = (n + 2 * NR - 1) // (2 * NR) * (2 * NR)
 
     # K panels (a 16 x d transpose each), pre-scaled by log2(e) · scale so that scores come out in
     # log2 units; keys past n are zero (their scores are computed but never read).
@@ -342,17 +330,16 @@ def _attend_one_head(qkv, flat, base, end, key_mask, h, num_heads, scale, bias, 
     inv_total = np.empty(MR, dtype=np.float32)
     for i0 in range(0, seq, MR):
         rows = min(MR, seq - i0)
-        for p in range(0, n16 // NR, 2):    # two key panels per call where there are two
-            _tile(rows, min(2, n16 // NR - p), scores, p * NR, n16, flat, (base + i0) * ld + qcol, ld, kpan,
-                  p * d * NR, d * NR, NR, d)
+        for p in range(0, n16 // NR, 2):    # two key panels per call
+            _tile(rows, scores, p * NR, n16, flat, (base + i0) * ld + qcol, ld, kpan, p * d * NR, d * NR, NR, d)
         for r in range(rows):
             srow = scores[r * n16:r * n16 + n]
             if has_bias:
                 for j in range(n):
                     srow[j] += bias[h, center + valid[j] - (i0 + r)] * log2e
             inv_total[r] = np.float32(1.0) / _softmax_row(scores, r * n16, n)
-        for c0 in range(0, d16, 2 * NR):   # two output panels per call where there are two
-            _tile(rows, min(2, (d16 - c0) // NR), obuf, c0, d16, scores, 0, n16, vpan, c0 * n, NR * n, NR, n)
+        for c0 in range(0, d16, 2 * NR):   # two output panels per call
+            _tile(rows, obuf, c0, d16, scores, 0, n16, vpan, c0 * n, NR * n, NR, n)
         for r in range(rows):
             inv = inv_total[r]
             for e in range(d):

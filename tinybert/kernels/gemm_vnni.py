@@ -323,26 +323,13 @@ def _make_vnni_microkernel(rows: int, panels: int, emit: bool):
 
 
 _vk1, _vk2, _vk3, _vk4, _vk5, _vk6 = [_make_vnni_microkernel(r, VNNI_PANELS, _TARGET_VNNI) for r in range(1, MR + 1)]
-_vn1, _vn2, _vn3, _vn4, _vn5, _vn6 = [_make_vnni_microkernel(r, 1, _TARGET_VNNI) for r in range(1, MR + 1)]
 
 
 @njit(cache=True, nogil=True, error_model="numpy", inline="always")
-def _vnni_microkernel(rows, panels, tile, t_off, xh, xl, x_off, x_stride, wp, w_off, w_pstride, kquads):
-    # panels == 1 only for the last, odd panel of a layer (N padded to 32 makes that rare).
-    if panels == 1:
-        if rows == 6:
-            _vn6(tile, t_off, xh, xl, x_off, x_stride, wp, w_off, w_pstride, kquads)
-        elif rows == 5:
-            _vn5(tile, t_off, xh, xl, x_off, x_stride, wp, w_off, w_pstride, kquads)
-        elif rows == 4:
-            _vn4(tile, t_off, xh, xl, x_off, x_stride, wp, w_off, w_pstride, kquads)
-        elif rows == 3:
-            _vn3(tile, t_off, xh, xl, x_off, x_stride, wp, w_off, w_pstride, kquads)
-        elif rows == 2:
-            _vn2(tile, t_off, xh, xl, x_off, x_stride, wp, w_off, w_pstride, kquads)
-        else:
-            _vn1(tile, t_off, xh, xl, x_off, x_stride, wp, w_off, w_pstride, kquads)
-    elif rows == 6:
+def _vnni_microkernel(rows, tile, t_off, xh, xl, x_off, x_stride, wp, w_off, w_pstride, kquads):
+    # Always VNNI_PANELS panels: packed N is padded to a whole number of pairs (N_ALIGN), and the
+    # padding channels' outputs are never stored. One family of variants keeps the compile short.
+    if rows == 6:
         _vk6(tile, t_off, xh, xl, x_off, x_stride, wp, w_off, w_pstride, kquads)
     elif rows == 5:
         _vk5(tile, t_off, xh, xl, x_off, x_stride, wp, w_off, w_pstride, kquads)
@@ -631,8 +618,7 @@ def _gemm_vnni(xh, xl, xsum, xs, wp, ws, bias, out):
     m_rows, n_dim = out.shape
     kp = xh.shape[1]
     kq = wp.shape[1]
-    n_panels = (n_dim + NR - 1) // NR
-    n_groups = (n_panels + VNNI_PANELS - 1) // VNNI_PANELS
+    n_groups = wp.shape[0] // VNNI_PANELS     # packed panels come in whole pairs (N_ALIGN)
     width = 2 * VNNI_PANELS * NR              # int32 per tile row: h and l of each panel
     wide = kp > WIDE_K
     out_flat = out.reshape(out.size)
@@ -645,7 +631,6 @@ def _gemm_vnni(xh, xl, xsum, xs, wp, ws, bias, out):
     for task in prange(n_chunks * n_groups):
         chunk = task // n_groups
         p = (task - chunk * n_groups) * VNNI_PANELS
-        panels = min(VNNI_PANELS, n_panels - p)
         m0 = chunk * chunk_rows
         rows = min(chunk_rows, m_rows - m0)
         tile = aligned_bytes(rows * width * 4).view(np.int32)
@@ -654,21 +639,21 @@ def _gemm_vnni(xh, xl, xsum, xs, wp, ws, bias, out):
             kc1 = min(kq, kc0 + KCQ)
             w_off = (p * kq + kc0) * 4 * NR
             for r0 in range(0, rows, MR):
-                _vnni_microkernel(min(MR, rows - r0), panels, tile, r0 * width, x_h, x_l,
+                _vnni_microkernel(min(MR, rows - r0), tile, r0 * width, x_h, x_l,
                                   (m0 + r0) * kp + 4 * kc0, kp, w, w_off, kq * 4 * NR, kc1 - kc0)
         n0 = p * NR
-        ncols = min(panels * NR, n_dim - n0)
+        ncols = min(VNNI_PANELS * NR, n_dim - n0)
         if ncols == VNNI_PANELS * NR and not wide:
             _epilogue2(tile, 0, width, NR, VNNI_PANELS * NR, rows, out_flat, m0 * n_dim + n0, n_dim, xsum, xs, m0,
                        ws, bias, n0)
             continue
-        # A partial last group (or K past WIDE_K): tile row r holds h at [q*NR], l at [(panels + q)*NR].
+        # A partial last pair (or K past WIDE_K): tile row r holds h at [q*NR], l at [(2 + q)*NR].
         for r in range(rows):
-            for q in range(panels):
+            for q in range(VNNI_PANELS):
                 nq = n0 + q * NR
                 if nq < n_dim:
                     _finish(out_flat, n_dim, m0 + r, nq, min(NR, n_dim - nq), tile, r * width + q * NR,
-                            r * width + (panels + q) * NR, xsum, xs, ws, bias, wide)
+                            r * width + (VNNI_PANELS + q) * NR, xsum, xs, ws, bias, wide)
 
 
 @njit(cache=True, nogil=True, parallel=True, error_model="numpy")
