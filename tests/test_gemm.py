@@ -350,7 +350,7 @@ def test_pack_weight_fp32_layout(n, k):
     wp = g.pack_weight_fp32(w)
     nr = g.NR
     assert wp.dtype == np.float32 and wp.flags.c_contiguous and wp.ctypes.data % 64 == 0
-    assert wp.shape == (-(-n // nr), k, nr)
+    assert wp.shape == (-(-n // (nr * g.F32_PANELS)) * g.F32_PANELS, k, nr)   # whole groups of panels
     assert g.is_packed_fp32(wp) and not g.is_packed_fp32(w) and not g.is_packed(wp)
     unpacked = wp.transpose(0, 2, 1).reshape(wp.shape[0] * nr, k)
     np.testing.assert_array_equal(unpacked[:n], w)

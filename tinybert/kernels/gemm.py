@@ -663,8 +663,10 @@ _fw1, _fw2, _fw3, _fw4, _fw5, _fw6 = [_make_f32_microkernel(r, 2) for r in range
 
 
 @njit(cache=True, nogil=True, error_model="numpy", inline="always")
-def _f32_microkernel(rows, panels, tile, t_off, ldt, x, x_off, x_stride, wp, w_off, w_pstride, kc, accumulate):
-    if panels == 2:
+def _f32_microkernel(rows, tile, t_off, ldt, x, x_off, x_stride, wp, w_off, w_pstride, kc, accumulate):
+    # F32_PANELS is a compile-time constant, so only one family of variants is compiled (the packed
+    # weight holds whole groups of F32_PANELS panels; padding panels are zero and never stored).
+    if F32_PANELS == 2:
         if rows == 6:
             _fw6(tile, t_off, ldt, x, x_off, x_stride, wp, w_off, w_pstride, kc, accumulate)
         elif rows == 5:
@@ -714,7 +716,6 @@ def _sgemm_packed(x, wp, bias, out):
     for task in prange(n_chunks * n_groups):
         chunk = task // n_groups
         p = (task - chunk * n_groups) * F32_PANELS
-        panels = min(F32_PANELS, n_panels - p)
         m0 = chunk * chunk_rows
         rows = min(chunk_rows, m_rows - m0)
         tile = aligned_bytes(rows * width * 4).view(np.float32)   # the first k block overwrites it
@@ -722,10 +723,10 @@ def _sgemm_packed(x, wp, bias, out):
             kc1 = min(k_dim, kc0 + kc)
             w_off = (p * k_dim + kc0) * NR
             for r0 in range(0, rows, MR):
-                _f32_microkernel(min(MR, rows - r0), panels, tile, r0 * width, width, xf, (m0 + r0) * k_dim + kc0,
+                _f32_microkernel(min(MR, rows - r0), tile, r0 * width, width, xf, (m0 + r0) * k_dim + kc0,
                                  k_dim, w, w_off, k_dim * NR, kc1 - kc0, kc0)  # accumulate unless kc0 == 0
         n0 = p * NR
-        ncols = min(panels * NR, n_dim - n0)
+        ncols = min(F32_PANELS * NR, n_dim - n0)
         for r in range(rows):
             orow = out[m0 + r, n0:n0 + ncols]
             for j in range(ncols):
@@ -735,9 +736,10 @@ def _sgemm_packed(x, wp, bias, out):
 def pack_weight_fp32(w: np.ndarray) -> np.ndarray:
     """Pack fp32 weights [N, K] once, at load time, for ``linear_fp32``.
 
-    Returns a C-contiguous float32 array of shape (ceil(N / NR), K, NR), 64-byte aligned, with
+    Returns a C-contiguous float32 array of shape (P, K, NR), 64-byte aligned, with
     ``packed[p, k, j] = w[p*NR + j, k]`` and zeros past N (so partial panels need no special case
-    in the micro-kernel).  Same memory as the raw weight up to the padding of the last panel.
+    in the micro-kernel); P = ceil(N / NR) rounded up to a multiple of F32_PANELS.
+    Same memory as the raw weight up to that padding.
     """
     w = np.asarray(w)
     if w.ndim != 2 or w.dtype != np.float32:
@@ -745,7 +747,8 @@ def pack_weight_fp32(w: np.ndarray) -> np.ndarray:
     n_dim, k_dim = w.shape
     if n_dim == 0 or k_dim == 0:
         raise ValueError(f"pack_weight_fp32 needs a non-empty weight, got shape {w.shape}")
-    packed = aligned_empty((-(-n_dim // NR), k_dim, NR), np.float32, fill=0)
+    # Whole groups of F32_PANELS panels (the micro-kernel always reads a group); padding is zero.
+    packed = aligned_empty((-(-n_dim // (NR * F32_PANELS)) * F32_PANELS, k_dim, NR), np.float32, fill=0)
     _pack_f32_into(np.ascontiguousarray(w), packed)
     return packed
 
@@ -778,7 +781,7 @@ def linear_fp32(x: np.ndarray, w: np.ndarray, bias: np.ndarray) -> np.ndarray:
         raise ValueError(f"linear_fp32 expects x of shape [M, K], got {x.shape}")
     m_rows, k_dim = x.shape
     n_dim = bias.shape[0]
-    if w.shape[1] != k_dim or w.shape[0] != -(-n_dim // NR):
+    if w.shape[1] != k_dim or w.shape[0] != -(-n_dim // (NR * F32_PANELS)) * F32_PANELS:
         raise ValueError(f"packed weight {w.shape} does not match K={k_dim}, N={n_dim}")
     out = np.empty((m_rows, n_dim), dtype=np.float32)
     if m_rows == 0:
