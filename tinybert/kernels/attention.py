@@ -45,17 +45,16 @@ NR = 16  # tile columns (keys of a K panel, or output columns): one 16-float vec
 TASKS = 16  # parallel tasks to aim for when a batch has few sequences (heads are split up for it)
 
 
-def _make_tile(rows, panels=1):
-    """Micro-kernel intrinsic for a tile of ``rows`` (1..MR) rows and ``panels`` (1 or 2) 16-column panels:
+def _make_tile(rows):
+    """Micro-kernel intrinsic for a tile of ``rows`` (1..MR) rows by a pair of 16-column panels:
 
         c[c_off + r*ldc + 16*q + j] = Σ_{k < kdim} a[a_off + r*lda + k] * b[b_off + q*b_pstride + k*ldb + j]
 
-    for r < rows, q < panels, j < NR; a, b, c flat float32 arrays. The emitted IR is generic LLVM vector
+    for r < rows, q < 2, j < NR; a, b, c flat float32 arrays. The emitted IR is generic LLVM vector
     code (``<16 x float>`` loads, splats and ``llvm.fmuladd``), which LLVM lowers on any target: one
-    zmm FMA on AVX-512, two ymm FMAs on AVX2. Accumulators start at zero and are stored once, at
-    the end. One panel keeps two accumulator sets (even and odd k) for 2 * rows independent FMA
-    chains; two panels get their 2 * rows chains from the panels, and each broadcast of a feeds two
-    FMAs (7 loads per 6 FMAs become 8 per 12, which is what lets the loop run at the FMA rate).
+    zmm FMA on AVX-512, two ymm FMAs on AVX2. The 2 * rows accumulators start at zero and are stored
+    once, at the end; each broadcast of a feeds two FMAs (8 loads per 12 FMAs, where one panel took
+    7 per 6 and was load-bound).
     """
     f32, i64 = ir.FloatType(), ir.IntType(64)
     v16 = ir.VectorType(f32, NR)
@@ -82,53 +81,36 @@ def _make_tile(rows, panels=1):
             a_rows = [builder.gep(a_p, [builder.add(a_off, builder.mul(lda, ir.Constant(i64, r)))],
                                   source_etype=f32) for r in range(rows)]
             b_bases = [builder.gep(b_p, [builder.add(b_off, builder.mul(b_pstride, ir.Constant(i64, q)))],
-                                   source_etype=f32) for q in range(panels)]
+                                   source_etype=f32) for q in range(2)]
             # Allocas promoted to registers by LLVM (mem2reg) once the loop is built.
             zero = ir.Constant(v16, [0.0] * NR)
-            sets = [[cgutils.alloca_once_value(builder, zero) for _ in range(rows)] for _ in range(2)]
-
-            def k_step(k, accs_by_panel):
-                b_vecs = []
-                for q in range(panels):
-                    b_row = builder.gep(b_bases[q], [builder.mul(k, ldb)], source_etype=f32)
-                    b_vecs.append(builder.load(builder.bitcast(b_row, v16.as_pointer()), align=4, typ=v16))
+            accs = [[cgutils.alloca_once_value(builder, zero) for _ in range(rows)] for _ in range(2)]
+            with cgutils.for_range(builder, kdim) as loop:
+                k = loop.index
+                b_vecs = [builder.load(builder.bitcast(builder.gep(b_bases[q], [builder.mul(k, ldb)], source_etype=f32),
+                                                       v16.as_pointer()), align=4, typ=v16) for q in range(2)]
                 for r in range(rows):
                     a_val = builder.load(builder.gep(a_rows[r], [k], source_etype=f32), typ=f32)
                     a_vec = builder.shuffle_vector(
-                        builder.insert_element(ir.Constant(v16, None), a_val,
-                                               ir.Constant(ir.IntType(32), 0)),
+                        builder.insert_element(ir.Constant(v16, None), a_val, ir.Constant(ir.IntType(32), 0)),
                         ir.Constant(v16, None), splat)
-                    for q in range(panels):
-                        acc = accs_by_panel[q][r]
+                    for q in range(2):
+                        acc = accs[q][r]
                         builder.store(builder.call(fma, [a_vec, b_vecs[q], builder.load(acc, typ=v16)]), acc)
-
-            if panels == 2:
-                with cgutils.for_range(builder, kdim) as loop:
-                    k_step(loop.index, sets)
-            else:
-                pairs = builder.udiv(kdim, ir.Constant(i64, 2))
-                with cgutils.for_range(builder, pairs) as loop:
-                    k0 = builder.mul(loop.index, ir.Constant(i64, 2))
-                    k_step(k0, [sets[0]])
-                    k_step(builder.add(k0, ir.Constant(i64, 1)), [sets[1]])
-                with cgutils.if_likely(builder, builder.icmp_unsigned(
-                        "!=", builder.mul(pairs, ir.Constant(i64, 2)), kdim)):
-                    k_step(builder.sub(kdim, ir.Constant(i64, 1)), [sets[0]])
             c_base = builder.gep(c_p, [c_off], source_etype=f32)
             for r in range(rows):
                 row = builder.gep(c_base, [builder.mul(ldc, ir.Constant(i64, r))], source_etype=f32)
-                if panels == 2:
-                    outs = [builder.load(sets[0][r], typ=v16), builder.load(sets[1][r], typ=v16)]
-                else:
-                    outs = [builder.fadd(builder.load(sets[0][r], typ=v16), builder.load(sets[1][r], typ=v16))]
-                for q, acc in enumerate(outs):
+                for q in range(2):
                     ptr = builder.gep(row, [ir.Constant(i64, NR * q)], source_etype=f32)
-                    builder.store(acc, builder.bitcast(ptr, v16.as_pointer()), align=4)
+                    builder.store(builder.load(accs[q][r], typ=v16), builder.bitcast(ptr, v16.as_pointer()), align=4)
             return context.get_dummy_value()
 
         return sig, codegen
 
     return tile
+
+
+_wide1, _wide2, _wide3, _wide4, _wide5, _wide6 = [_make_tile(r) for r in range(1, MR + 1)]
 
 
 @intrinsic
@@ -220,7 +202,6 @@ def _softmax_row(typingctx, buf, off, n):
     return types.float32(buf, off, n), codegen
 
 
-_wide1, _wide2, _wide3, _wide4, _wide5, _wide6 = [_make_tile(r, 2) for r in range(1, MR + 1)]
 
 
 # inline="always": a call between jitted functions increfs and decrefs each array argument, and
