@@ -245,13 +245,12 @@ def split_quantized(xq, xh, xl, xsum):
 VNNI_PANELS = 2   # 16-channel panels per VNNI micro-tile (24 zmm accumulators for 6 rows)
 
 
-def _make_vnni_microkernel(rows: int, panels: int, emit: bool):
-    """``rows`` (1..MR) x ``panels`` (1 or 2) x 16 channels x (h, l) in 2 * rows * panels zmm accumulators.
+def _make_vnni_microkernel(rows: int, emit: bool):
+    """``rows`` (1..MR) x a pair of 16-channel panels x (h, l) in 4 * rows zmm accumulators.
 
-    Tile row i holds [h of panel 0 | h of panel 1 | l of panel 0 | l of panel 1], 16 int32 each
-    (one panel: [h | l] and the rest unused; the row stride is 2 * VNNI_PANELS * NR either way).
+    Tile row i holds [h of panel 0 | h of panel 1 | l of panel 0 | l of panel 1], 16 int32 each.
     Panel q's weights start at wp[w_off + q * w_pstride].  Each broadcast of four activation bytes
-    feeds ``panels`` vpdpbusd: two panels need 2 + 12 loads per 24 products, one 1 + 12 per 12.
+    feeds two vpdpbusd: 2 + 12 loads per 24 products (one panel took 1 + 12 per 12).
 
     With ``emit`` False (target without AVX-512 VNNI) the intrinsic compiles to nothing: the
     dispatcher never selects it there, and the instruction could not be lowered for that target.
@@ -259,7 +258,8 @@ def _make_vnni_microkernel(rows: int, panels: int, emit: bool):
     i8, i32, i64 = ir.IntType(8), ir.IntType(32), ir.IntType(64)
     v16i32 = ir.VectorType(i32, 16)
     splat = ir.Constant(ir.VectorType(i32, 16), [0] * 16)
-    ldt = 2 * VNNI_PANELS * NR
+    panels = VNNI_PANELS
+    ldt = 2 * panels * NR
 
     @intrinsic
     def microkernel(typingctx, tile, t_off, xh, xl, x_off, x_stride, wp, w_off, w_pstride, kquads):
@@ -322,7 +322,7 @@ def _make_vnni_microkernel(rows: int, panels: int, emit: bool):
     return microkernel
 
 
-_vk1, _vk2, _vk3, _vk4, _vk5, _vk6 = [_make_vnni_microkernel(r, VNNI_PANELS, _TARGET_VNNI) for r in range(1, MR + 1)]
+_vk1, _vk2, _vk3, _vk4, _vk5, _vk6 = [_make_vnni_microkernel(r, _TARGET_VNNI) for r in range(1, MR + 1)]
 
 
 @njit(cache=True, nogil=True, error_model="numpy", inline="always")
