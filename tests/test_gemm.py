@@ -235,8 +235,8 @@ def test_default_path_is_vector():
 
 def _make_runner(mk):
     @njit
-    def run(tile, t_off, x, x_off, x_stride, wp, w_off, kpairs):
-        mk(tile, t_off, x, x_off, x_stride, wp, w_off, kpairs)
+    def run(tile, t_off, x, x_off, wp, w_off, kpairs):
+        mk(tile, t_off, x, x_off, wp, w_off, kpairs)
     return run
 
 
@@ -247,8 +247,13 @@ def test_microkernel_variants(rows, use_x86):
         pytest.skip("host has no AVX2")
     rng = np.random.default_rng(rows)
     run = _make_runner(g._make_simd_microkernel(rows, use_x86))
-    k, stride, nr = 38, 44, g.NR
-    x = rng.integers(-2047, 2048, rows * stride + 10).astype(np.int16)
+    k, nr = 38, g.NR
+    # Three row tiles of activations; the kernel runs on the second (x_off != 0), whose first
+    # `rows` rows it reads.
+    xq = rng.integers(-2047, 2048, (3 * g.MR, k)).astype(np.int16)
+    xt = g.to_row_tiles(xq)
+    assert xt.shape == (3, k * g.MR)
+    x, x_off = xt.reshape(-1), xt[0].size
     # Full int8 range, with sign-extension edge cases (-128, -1, 127) in whole rows.
     wq = rng.integers(-128, 128, (2 * nr, k)).astype(np.int8)
     wq[nr], wq[nr + 1], wq[nr + 2] = -128, 127, -1
@@ -259,16 +264,27 @@ def test_microkernel_variants(rows, use_x86):
     w_off = wp_full[0].size
     tile0 = rng.integers(-1000, 1000, 2 * rows * nr).astype(np.int32)
     tile = tile0.copy()
-    x_off, t_off = 3, nr
-    run(tile, t_off, x, x_off, stride, wp, w_off, k // 2)
-    xrows = np.stack([x[x_off + i * stride: x_off + i * stride + k] for i in range(rows)])
+    t_off = nr
+    run(tile, t_off, x, x_off, wp, w_off, k // 2)
+    xrows = xq[g.MR:g.MR + rows]
     expected = tile0.copy()
     expected[t_off:t_off + rows * nr] += dot_ref(xrows, wq).reshape(-1).astype(np.int32)
     np.testing.assert_array_equal(tile, expected)
     # The portable micro-kernel agrees.
     tile2 = tile0.copy()
-    g._microkernel_portable(rows, tile2, t_off, x, x_off, stride, wp, w_off, k // 2)
+    g._microkernel_portable(rows, tile2, t_off, x, x_off, wp, w_off, k // 2)
     np.testing.assert_array_equal(tile2, expected)
+
+
+def test_to_row_tiles_layout():
+    # 7 rows = one full tile and one partial tile whose missing rows are zero.
+    xq = np.arange(7 * 4, dtype=np.int16).reshape(7, 4) + 1
+    xt = g.to_row_tiles(xq)
+    assert xt.shape == (2, 4 * g.MR)
+    for m in range(7):
+        for k in range(4):
+            assert xt[m // g.MR, 2 * (g.MR * (k // 2) + m % g.MR) + k % 2] == xq[m, k]
+    assert np.count_nonzero(xt[1]) == 4                # only row 6 lives in the second tile
 
 
 def test_microkernel_rejects_int16_weights():
@@ -276,7 +292,7 @@ def test_microkernel_rejects_int16_weights():
     from numba.core.errors import TypingError
     run = _make_runner(g._make_simd_microkernel(1, False))
     with pytest.raises(TypingError):
-        run(np.zeros(16, np.int32), 0, np.zeros(2, np.int16), 0, 2,
+        run(np.zeros(16, np.int32), 0, np.zeros(12, np.int16), 0,
             np.zeros(32, np.int16), 0, 1)
 
 

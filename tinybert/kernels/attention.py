@@ -38,11 +38,13 @@ from numba import njit, prange, types
 from numba.core import cgutils
 from numba.extending import intrinsic
 
+from .gemm import _target_features
 from .memory import aligned_bytes
 
 MR = 6   # queries (tile rows) per block: 6 rows x (even k, odd k) = 12 accumulators
 NR = 16  # tile columns (keys of a K panel, or output columns): one 16-float vector
 TASKS = 16  # parallel tasks to aim for when a batch has few sequences (heads are split up for it)
+WIDE_REGISTERS = "avx512f" in _target_features()   # 32 vector registers that hold 16 floats each
 
 
 def _make_tile(rows):
@@ -54,11 +56,14 @@ def _make_tile(rows):
     code (``<16 x float>`` loads, splats and ``llvm.fmuladd``), which LLVM lowers on any target: one
     zmm FMA on AVX-512, two ymm FMAs on AVX2. The 2 * rows accumulators start at zero and are stored
     once, at the end; each broadcast of a feeds two FMAs (8 loads per 12 FMAs, where one panel took
-    7 per 6 and was load-bound).
+    7 per 6 and was load-bound). Without AVX-512 each panel gets its own pass over k (6 rows x two
+    ymm = 12 accumulators, again 8 loads per 12 FMAs): both panels at once would need 24 ymm
+    accumulators, and AVX2 has 16 registers (LLVM spilled them to the stack).
     """
     f32, i64 = ir.FloatType(), ir.IntType(64)
     v16 = ir.VectorType(f32, NR)
     splat = ir.Constant(ir.VectorType(ir.IntType(32), NR), [0] * NR)
+    panel_groups = [(0, 1)] if WIDE_REGISTERS else [(0,), (1,)]
 
     @intrinsic
     def tile(typingctx, c, c_off, ldc, a, a_off, lda, b, b_off, b_pstride, ldb, kdim):
@@ -82,27 +87,31 @@ def _make_tile(rows):
                                   source_etype=f32) for r in range(rows)]
             b_bases = [builder.gep(b_p, [builder.add(b_off, builder.mul(b_pstride, ir.Constant(i64, q)))],
                                    source_etype=f32) for q in range(2)]
-            # Allocas promoted to registers by LLVM (mem2reg) once the loop is built.
+            # Allocas promoted to registers by LLVM (mem2reg) once the loop is built. Each group
+            # of panels runs its own k loop with its accumulators in registers.
             zero = ir.Constant(v16, [0.0] * NR)
-            accs = [[cgutils.alloca_once_value(builder, zero) for _ in range(rows)] for _ in range(2)]
-            with cgutils.for_range(builder, kdim) as loop:
-                k = loop.index
-                b_vecs = [builder.load(builder.bitcast(builder.gep(b_bases[q], [builder.mul(k, ldb)], source_etype=f32),
-                                                       v16.as_pointer()), align=4, typ=v16) for q in range(2)]
+            for group in panel_groups:
+                accs = {(q, r): cgutils.alloca_once_value(builder, zero) for q in group for r in range(rows)}
+                with cgutils.for_range(builder, kdim) as loop:
+                    k = loop.index
+                    b_ptrs = {q: builder.gep(b_bases[q], [builder.mul(k, ldb)], source_etype=f32) for q in group}
+                    b_vecs = {q: builder.load(builder.bitcast(ptr, v16.as_pointer()), align=4, typ=v16)
+                              for q, ptr in b_ptrs.items()}
+                    for r in range(rows):
+                        a_val = builder.load(builder.gep(a_rows[r], [k], source_etype=f32), typ=f32)
+                        a_vec = builder.shuffle_vector(
+                            builder.insert_element(ir.Constant(v16, None), a_val, ir.Constant(ir.IntType(32), 0)),
+                            ir.Constant(v16, None), splat)
+                        for q in group:
+                            acc = accs[q, r]
+                            builder.store(builder.call(fma, [a_vec, b_vecs[q], builder.load(acc, typ=v16)]), acc)
+                c_base = builder.gep(c_p, [c_off], source_etype=f32)
                 for r in range(rows):
-                    a_val = builder.load(builder.gep(a_rows[r], [k], source_etype=f32), typ=f32)
-                    a_vec = builder.shuffle_vector(
-                        builder.insert_element(ir.Constant(v16, None), a_val, ir.Constant(ir.IntType(32), 0)),
-                        ir.Constant(v16, None), splat)
-                    for q in range(2):
-                        acc = accs[q][r]
-                        builder.store(builder.call(fma, [a_vec, b_vecs[q], builder.load(acc, typ=v16)]), acc)
-            c_base = builder.gep(c_p, [c_off], source_etype=f32)
-            for r in range(rows):
-                row = builder.gep(c_base, [builder.mul(ldc, ir.Constant(i64, r))], source_etype=f32)
-                for q in range(2):
-                    ptr = builder.gep(row, [ir.Constant(i64, NR * q)], source_etype=f32)
-                    builder.store(builder.load(accs[q][r], typ=v16), builder.bitcast(ptr, v16.as_pointer()), align=4)
+                    row = builder.gep(c_base, [builder.mul(ldc, ir.Constant(i64, r))], source_etype=f32)
+                    for q in group:
+                        ptr = builder.gep(row, [ir.Constant(i64, NR * q)], source_etype=f32)
+                        builder.store(builder.load(accs[q, r], typ=v16), builder.bitcast(ptr, v16.as_pointer()),
+                                      align=4)
             return context.get_dummy_value()
 
         return sig, codegen

@@ -159,17 +159,17 @@ def row_scale(x, m):
     return amax / np.float32(ACT_QMAX) if amax > 0 else np.float32(1.0)
 
 
-@njit(cache=True, nogil=True, error_model="numpy")
-def _quantize_row(x, xq, xs, m):
-    """xs[m] = max|x[m]| / ACT_QMAX (1 for a zero row); xq[m, k] = rint(x[m, k] / xs[m])."""
+@njit(cache=True, nogil=True, error_model="numpy", inline="always")
+def _quantize_row_into(x, m, xs, dst):
+    """xs[m] = max|x[m]| / ACT_QMAX (1 for a zero row); dst[k] = rint(x[m, k] / xs[m]), k < K."""
     scale = row_scale(x, m)
     xs[m] = scale
     if np.isnan(scale):
-        xq[m, :x.shape[1]] = 0
+        dst[:x.shape[1]] = 0
         return
     inv = np.float32(1.0) / scale
     for k in range(x.shape[1]):
-        xq[m, k] = np.int16(np.rint(x[m, k] * inv))
+        dst[k] = np.int16(np.rint(x[m, k] * inv))
 
 
 @njit(cache=True, nogil=True, parallel=True, error_model="numpy")
@@ -180,15 +180,7 @@ def quantize_rows(x, xq, xs):
     Rounding is np.rint (half to even) of x * float32(1 / xs).
     """
     for m in prange(x.shape[0]):
-        _quantize_row(x, xq, xs, m)
-
-
-@njit(cache=True, nogil=True, error_model="numpy")
-def _quantize_rows_serial(x, xq, xs):
-    # Same as quantize_rows without a fork/join: for a handful of rows the thread hand-off costs
-    # more than the work.
-    for m in range(x.shape[0]):
-        _quantize_row(x, xq, xs, m)
+        _quantize_row_into(x, m, xs, xq[m])
 
 
 # ----------------------------------------------------------------------------------------------
@@ -285,10 +277,13 @@ def is_packed(w: np.ndarray) -> bool:
 def _make_simd_microkernel(rows, use_x86_intrinsic):
     """Build the register-blocked micro-kernel for a tile of ``rows`` (1..MR) rows as an intrinsic.
 
-    Generated IR, per k-pair: NV unaligned <16 x i8> weight loads sign-extended to <16 x i16>
-    (``vpmovsxbw ymm, m128`` on AVX2); per row one i32 load of the
-    activation pair, splatted to <8 x i32> and bitcast to <16 x i16>; rows*NV
-    pmaddwd + add into <8 x i32> accumulators that live in registers for the whole k loop.
+    Activations come as row tiles (see ``to_row_tiles``): k-pair ``kk`` of the tile's MR rows is
+    MR consecutive int32 (even, odd) pairs, so one pointer walks the whole tile, 4 * MR bytes per
+    k-pair, and every load has a constant displacement.  Generated IR, per k-pair: NV unaligned
+    <16 x i8> weight loads sign-extended to <16 x i16> (``vpmovsxbw ymm, m128`` on AVX2); per row
+    one i32 load of the activation pair, splatted to <8 x i32> and bitcast to <16 x i16>;
+    rows*NV pmaddwd + add into <8 x i32> accumulators that live in registers for the whole loop
+    (12 accumulators, 2 weight vectors, a broadcast and a product: all 16 ymm registers).
     """
     i8, i16, i32, i64 = ir.IntType(8), ir.IntType(16), ir.IntType(32), ir.IntType(64)
     v16i8 = ir.VectorType(i8, 16)
@@ -310,34 +305,27 @@ def _make_simd_microkernel(rows, use_x86_intrinsic):
         return builder.add(lo, hi)
 
     @intrinsic
-    def microkernel(typingctx, tile, t_off, x, x_off, x_stride, wp, w_off, kpairs):
+    def microkernel(typingctx, tile, t_off, x, x_off, wp, w_off, kpairs):
         # The IR hard-codes the element types: refuse anything else at typing time (e.g. an old
         # int16-packed weight) rather than reinterpret its bytes.
         for arr, dtype in ((tile, types.int32), (x, types.int16), (wp, types.int8)):
             if not isinstance(arr, types.Array) or arr.dtype != dtype:
                 return None
-        sig = types.void(tile, t_off, x, x_off, x_stride, wp, w_off, kpairs)
+        sig = types.void(tile, t_off, x, x_off, wp, w_off, kpairs)
 
         def codegen(context, builder, signature, args):
-            tile_a, t_off_v, x_a, x_off_v, x_stride_v, wp_a, w_off_v, kpairs_v = args
+            tile_a, t_off_v, x_a, x_off_v, wp_a, w_off_v, kpairs_v = args
             tys = signature.args
-
-            def as_i64(val, ty):
-                return context.cast(builder, val, ty, types.int64)
-
-            t_off_v, x_off_v, x_stride_v = as_i64(t_off_v, tys[1]), as_i64(x_off_v, tys[3]), \
-                as_i64(x_stride_v, tys[4])
-            w_off_v, kpairs_v = as_i64(w_off_v, tys[6]), as_i64(kpairs_v, tys[7])
+            t_off_v, x_off_v = (context.cast(builder, v, t, types.int64)
+                                for v, t in ((t_off_v, tys[1]), (x_off_v, tys[3])))
+            w_off_v, kpairs_v = (context.cast(builder, v, t, types.int64)
+                                 for v, t in ((w_off_v, tys[5]), (kpairs_v, tys[6])))
             tile_p = cgutils.create_struct_proxy(tys[0])(context, builder, value=tile_a).data
             x_p = cgutils.create_struct_proxy(tys[2])(context, builder, value=x_a).data
-            w_p = cgutils.create_struct_proxy(tys[5])(context, builder, value=wp_a).data
+            w_p = cgutils.create_struct_proxy(tys[4])(context, builder, value=wp_a).data
 
-            # Row pointers viewed as i32* so one load fetches an (even, odd) activation pair.
-            x_rows = []
-            for i in range(rows):
-                off = builder.add(x_off_v, builder.mul(x_stride_v, ir.Constant(i64, i)))
-                x_rows.append(builder.bitcast(builder.gep(x_p, [off], source_etype=i16),
-                                              i32.as_pointer()))
+            # The tile viewed as i32* so one load fetches an (even, odd) activation pair.
+            x_base = builder.bitcast(builder.gep(x_p, [x_off_v], source_etype=i16), i32.as_pointer())
             w_base = builder.bitcast(builder.gep(w_p, [w_off_v], source_etype=i8),
                                      v16i8.as_pointer())
 
@@ -351,9 +339,10 @@ def _make_simd_microkernel(rows, use_x86_intrinsic):
                     w8 = builder.load(builder.gep(w_base, [idx], source_etype=v16i8),
                                       align=1, typ=v16i8)
                     w_vecs.append(builder.sext(w8, v16i16))
+                x_k = builder.gep(x_base, [builder.mul(kk, ir.Constant(i64, MR))], source_etype=i32)
                 for i in range(rows):
-                    pair = builder.load(builder.gep(x_rows[i], [kk], source_etype=i32),
-                                        align=2, typ=i32)
+                    pair = builder.load(builder.gep(x_k, [ir.Constant(i64, i)], source_etype=i32),
+                                        align=4, typ=i32)
                     bcast = builder.shuffle_vector(
                         builder.insert_element(ir.Constant(v8i32, None), pair,
                                                ir.Constant(i32, 0)),
@@ -388,21 +377,20 @@ _mk1, _mk2, _mk3, _mk4, _mk5, _mk6 = [_make_simd_microkernel(r, SIMD_AVAILABLE)
 
 
 @njit(cache=True, nogil=True, error_model="numpy")
-def _microkernel_portable(rows, tile, t_off, x, x_off, x_stride, wp, w_off, kpairs):
-    """Plain-Numba version of the micro-kernel (same int8 layout, same exact int32 sums)."""
+def _microkernel_portable(rows, tile, t_off, x, x_off, wp, w_off, kpairs):
+    """Plain-Numba version of the micro-kernel (same layouts, same exact int32 sums)."""
     for i in range(rows):
-        xrow = x[x_off + i * x_stride:x_off + i * x_stride + 2 * kpairs]
         trow = tile[t_off + i * NR:t_off + (i + 1) * NR]
         for kk in range(kpairs):
-            a0 = np.int32(xrow[2 * kk])
-            a1 = np.int32(xrow[2 * kk + 1])
+            a0 = np.int32(x[x_off + 2 * (kk * MR + i)])
+            a1 = np.int32(x[x_off + 2 * (kk * MR + i) + 1])
             wrow = wp[w_off + kk * 2 * NR:w_off + (kk + 1) * 2 * NR]
             for j in range(NR):
                 trow[j] += np.int32(a0 * np.int32(wrow[2 * j]) + a1 * np.int32(wrow[2 * j + 1]))
 
 
-@njit(cache=True, nogil=True, error_model="numpy")
-def _microkernel(use_simd, rows, tile, t_off, x, x_off, x_stride, wp, w_off, kpairs):
+@njit(cache=True, nogil=True, error_model="numpy", inline="always")
+def _microkernel(use_simd, rows, tile, t_off, x, x_off, wp, w_off, kpairs):
     """Run-time dispatch: SIMD micro-kernel specialised for ``rows`` (1..MR=6), or portable.
 
     A partial tile gets its own specialisation instead of computing padding rows (M = 1 would
@@ -410,39 +398,85 @@ def _microkernel(use_simd, rows, tile, t_off, x, x_off, x_stride, wp, w_off, kpa
     """
     if use_simd:
         if rows == 6:
-            _mk6(tile, t_off, x, x_off, x_stride, wp, w_off, kpairs)
+            _mk6(tile, t_off, x, x_off, wp, w_off, kpairs)
         elif rows == 5:
-            _mk5(tile, t_off, x, x_off, x_stride, wp, w_off, kpairs)
+            _mk5(tile, t_off, x, x_off, wp, w_off, kpairs)
         elif rows == 4:
-            _mk4(tile, t_off, x, x_off, x_stride, wp, w_off, kpairs)
+            _mk4(tile, t_off, x, x_off, wp, w_off, kpairs)
         elif rows == 3:
-            _mk3(tile, t_off, x, x_off, x_stride, wp, w_off, kpairs)
+            _mk3(tile, t_off, x, x_off, wp, w_off, kpairs)
         elif rows == 2:
-            _mk2(tile, t_off, x, x_off, x_stride, wp, w_off, kpairs)
+            _mk2(tile, t_off, x, x_off, wp, w_off, kpairs)
         else:
-            _mk1(tile, t_off, x, x_off, x_stride, wp, w_off, kpairs)
+            _mk1(tile, t_off, x, x_off, wp, w_off, kpairs)
     else:
-        _microkernel_portable(rows, tile, t_off, x, x_off, x_stride, wp, w_off, kpairs)
+        _microkernel_portable(rows, tile, t_off, x, x_off, wp, w_off, kpairs)
 
 
 # ----------------------------------------------------------------------------------------------
 # Packed driver
 # ----------------------------------------------------------------------------------------------
 
-@njit(cache=True, nogil=True, parallel=True, error_model="numpy")
-def _qgemm_packed(xq, xs, wp, ws, bias, out, use_simd):
-    """out = xs[:,None] * ws[None,:] * (xq @ W.T) + bias, W given packed (see pack_weight).
+@njit(cache=True, nogil=True, error_model="numpy", inline="always")
+def _tile_row(row, m, xt):
+    """Scatter one int16 activation row (even length Kp) into its place in the row tiles xt."""
+    src = row.view(np.int32)            # (even, odd) pairs
+    dst = xt[m // MR].view(np.int32)
+    i = m % MR
+    for kk in range(src.size):
+        dst[kk * MR + i] = src[kk]
 
-    xq int16 [M, Kp] C-contiguous with Kp = 2 * wp.shape[1] (even; pad column zero if K is odd).
+
+@njit(cache=True, nogil=True, error_model="numpy")
+def to_row_tiles(xq):
+    """Lay int16 activations [M, Kp] (Kp even, C-contiguous) out as the row tiles the pairs
+    micro-kernel reads:
+
+        xt[m // MR, 2 * (MR * kk + m % MR) + t] = xq[m, 2 * kk + t]      (t in {0, 1})
+
+    i.e. per tile of MR rows, k-pair by k-pair, the MR rows' (even, odd) int32 pairs side by side.
+    Rows past M in the last tile are zero.
+    """
+    m_rows, kp = xq.shape
+    xt = np.zeros(((m_rows + MR - 1) // MR, kp * MR), dtype=np.int16)
+    for m in range(m_rows):
+        _tile_row(xq[m], m, xt)
+    return xt
+
+
+@njit(cache=True, nogil=True, error_model="numpy")
+def _quantize_tiles(x, row0, row1, xrow, xt, xs):
+    # Each row is quantised into the contiguous scratch row xrow (where the loop vectorises),
+    # then scattered into the tiles as 4-byte stores.
+    for m in range(row0, row1):
+        _quantize_row_into(x, m, xs, xrow)
+        _tile_row(xrow, m, xt)
+
+
+@njit(cache=True, nogil=True, parallel=True, error_model="numpy")
+def _quantize_tiles_parallel(x, kp, xt, xs):
+    m_rows = x.shape[0]
+    n_parts = (m_rows + 63) // 64
+    for part in prange(n_parts):
+        xrow = np.zeros(kp, dtype=np.int16)         # column K (odd K) stays zero
+        _quantize_tiles(x, part * 64, min(m_rows, part * 64 + 64), xrow, xt, xs)
+
+
+@njit(cache=True, nogil=True, parallel=True, error_model="numpy")
+def _qgemm_packed(xt, xs, wp, ws, bias, out, use_simd):
+    """out = xs[:,None] * ws[None,:] * (xq @ W.T) + bias, W given packed (see pack_weight) and
+    the activations xq [M, Kp] given as row tiles xt (see to_row_tiles), Kp = 2 * wp.shape[1].
+
     Work is split into tasks (MC-row chunk, NR-column panel), chunk-major, shared by prange: a
     batch of a few rows still spreads its panels over both cores.  Inside a task: k blocks of KC
     (the panel slice stays in L1), MR-row micro-tiles accumulating into an int32 tile, flushed to
     float64 every ACC_BLOCK k values.
     """
-    m_rows, kp = xq.shape
+    m_rows = xs.shape[0]
+    kp = xt.shape[1] // MR
     n_dim = out.shape[1]
     n_panels = wp.shape[0]
-    x = xq.reshape(m_rows * kp)
+    x = xt.reshape(xt.size)
     w = wp.reshape(wp.size)
     # Equal-sized chunks (a multiple of MR, at most MC rows): with 2 threads splitting the task
     # range in halves, M = 128 as 96 + 32 rows would leave one core idle most of the time.
@@ -464,7 +498,7 @@ def _qgemm_packed(xq, xs, wp, ws, bias, out, use_simd):
                 w_off = (p * (kp // 2) + kc0 // 2) * (2 * NR)
                 for r0 in range(0, rows, MR):
                     _microkernel(use_simd, min(MR, rows - r0), itile, r0 * NR, x,
-                                 (m0 + r0) * kp + kc0, kp, w, w_off, (kc1 - kc0) // 2)
+                                 (m0 + r0) * kp + kc0 * MR, w, w_off, (kc1 - kc0) // 2)
             if not single_block:
                 for e in range(rows * NR):
                     ftile[e] += itile[e]
@@ -488,18 +522,18 @@ def _qgemm_packed(xq, xs, wp, ws, bias, out, use_simd):
 
 @njit(cache=True, nogil=True, error_model="numpy")
 def _linear_int8_packed(x, wp, ws, bias, out, use_simd):
-    """Fused quantise + packed GEMM (one compiled call from Python)."""
+    """Fused quantise (straight into row tiles) + packed GEMM (one compiled call from Python)."""
     m_rows, k_dim = x.shape
     kp = 2 * wp.shape[1]
-    xq = np.empty((m_rows, kp), dtype=np.int16)
-    if kp != k_dim:
-        xq[:, k_dim:] = 0
+    xt = np.empty(((m_rows + MR - 1) // MR, kp * MR), dtype=np.int16)
+    if m_rows % MR:
+        xt[-1] = 0                      # rows past M: read by no kernel, but keep them defined
     xs = np.empty(m_rows, dtype=np.float32)
-    if m_rows * k_dim < 32768:
-        _quantize_rows_serial(x, xq, xs)
+    if m_rows * k_dim < 32768:          # a fork/join would cost more than the work
+        _quantize_tiles(x, 0, m_rows, np.zeros(kp, dtype=np.int16), xt, xs)
     else:
-        quantize_rows(x, xq, xs)
-    _qgemm_packed(xq, xs, wp, ws, bias, out, use_simd)
+        _quantize_tiles_parallel(x, kp, xt, xs)
+    _qgemm_packed(xt, xs, wp, ws, bias, out, use_simd)
 
 
 def _check_packed(wp, k_dim, n_dim):
@@ -524,7 +558,7 @@ def qlinear_packed(xq, xs, wp, ws, bias, out, path=None):
         padded = np.zeros((m_rows, k_dim + 1), dtype=np.int16)
         padded[:, :k_dim] = xq
         xq = padded
-    _qgemm_packed(xq, xs, wp, ws, bias, out, _use_simd(path))
+    _qgemm_packed(to_row_tiles(np.ascontiguousarray(xq)), xs, wp, ws, bias, out, _use_simd(path))
 
 
 def linear_int8(x: np.ndarray, wq: np.ndarray, ws: np.ndarray, bias: np.ndarray,
@@ -582,15 +616,15 @@ def _make_f32_microkernel(rows, panels):
 
     Pure LLVM vector IR (``llvm.fmuladd``: an FMA where the target has one, a multiply and an add
     elsewhere), so any LLVM target can lower it; no CPU check is needed.  A panel row is one
-    <16 x float>: one zmm on AVX-512, split by LLVM into two ymm on AVX2.  With one panel, two
-    accumulator sets (even and odd k) give 2 * rows independent FMA chains and each k costs 7 loads
-    for 6 FMAs, so the loop is load-bound; with two panels (AVX-512: 12 zmm accumulators) each
-    broadcast of x feeds two FMAs, 8 loads per 12 FMAs.
+    <16 x float>: one zmm on AVX-512, split by LLVM into two ymm on AVX2.  Either way the tile is
+    12 accumulator registers (AVX-512: 6 rows x 2 panels of zmm; AVX2: 6 rows x 1 panel of two
+    ymm) plus the panel row and one broadcast: each k costs 8 loads for 12 FMAs.  A second
+    accumulator set per row (even and odd k) would not fit AVX2's 16 ymm registers: LLVM spilled
+    it to the stack, and the kernel ran at a third of the FMA peak.
     """
     f32, i32, i64 = ir.FloatType(), ir.IntType(32), ir.IntType(64)
     vf32 = ir.VectorType(f32, F32_LANES)
     splat_mask = ir.Constant(ir.VectorType(i32, F32_LANES), [0] * F32_LANES)
-    n_sets = 2 if panels == 1 else 1
 
     @intrinsic
     def microkernel(typingctx, tile, t_off, ldt, x, x_off, x_stride, wp, w_off, w_pstride, kc, accumulate):
@@ -611,8 +645,8 @@ def _make_f32_microkernel(rows, panels):
             w_bases = [builder.bitcast(builder.gep(w_p, [builder.add(w_off_v, builder.mul(w_pstride_v,
                                                                                           ir.Constant(i64, q)))],
                                                    source_etype=f32), vf32.as_pointer()) for q in range(panels)]
-            sets = [[[cgutils.alloca_once_value(builder, ir.Constant(vf32, [0.0] * F32_LANES))
-                      for _ in range(panels)] for _ in range(rows)] for _ in range(n_sets)]
+            accs = [[cgutils.alloca_once_value(builder, ir.Constant(vf32, [0.0] * F32_LANES))
+                     for _ in range(panels)] for _ in range(rows)]
 
             def k_step(k, accs):  # rows x panels fused multiply-adds for one k
                 w_vecs = [builder.load(builder.gep(w_bases[q], [k], source_etype=vf32), align=4, typ=vf32)
@@ -631,10 +665,10 @@ def _make_f32_microkernel(rows, panels):
             with cgutils.for_range(builder, n_main) as loop:
                 k0 = builder.mul(loop.index, ir.Constant(i64, KU))
                 for u in range(KU):
-                    k_step(builder.add(k0, ir.Constant(i64, u)), sets[u % n_sets])
+                    k_step(builder.add(k0, ir.Constant(i64, u)), accs)
             done = builder.mul(n_main, ir.Constant(i64, KU))
             with cgutils.for_range(builder, builder.sub(kc_v, done)) as loop:
-                k_step(builder.add(done, loop.index), sets[0])
+                k_step(builder.add(done, loop.index), accs)
 
             t_base = builder.gep(tile_p, [t_off_v], source_etype=f32)
             add_old = builder.icmp_signed("!=", accumulate_v, ir.Constant(i64, 0))
@@ -643,9 +677,7 @@ def _make_f32_microkernel(rows, panels):
                 for q in range(panels):
                     ptr = builder.bitcast(builder.gep(row, [ir.Constant(i64, F32_LANES * q)], source_etype=f32),
                                           vf32.as_pointer())
-                    acc = builder.load(sets[0][i][q], typ=vf32)
-                    if n_sets == 2:
-                        acc = builder.fadd(acc, builder.load(sets[1][i][q], typ=vf32))
+                    acc = builder.load(accs[i][q], typ=vf32)
                     with builder.if_then(add_old):
                         builder.store(builder.fadd(builder.load(ptr, align=4, typ=vf32), acc), ptr,
                                       align=4)

@@ -195,7 +195,7 @@ def _split_bytes(typingctx, row, inv, hrow, lrow):
 
 @njit(cache=True, nogil=True, error_model="numpy")
 def _split_row(x, m, xh, xl, xs, xsum):
-    """Quantise row m exactly as gemm._quantize_row does, and store it split into bytes."""
+    """Quantise row m exactly as gemm._quantize_row_into does, and store it split into bytes."""
     scale = row_scale(x, m)
     xs[m] = scale
     if np.isnan(scale):          # non-finite row: zeros, and a NaN scale poisons the output
