@@ -770,6 +770,39 @@ def _f32_microkernel(rows, tile, t_off, ldt, x, x_off, x_stride, wp, w_off, w_ps
         _fk1(tile, t_off, ldt, x, x_off, x_stride, wp, w_off, w_pstride, kc, accumulate)
 
 
+@intrinsic
+def _add_bias16(typingctx, tile, ldt, rows, panels, out, o0, ldo, bias, n0):
+    """out[o0 + r*ldo + c] = tile[r*ldt + c] + bias[n0 + c] for r < rows, c < 16 * panels, in
+    <16 x float> IR (the scalar loop inside the parallel task loop cost ~1 cycle per output)."""
+    for arr in (tile, out, bias):
+        if not (isinstance(arr, types.Array) and arr.dtype == types.float32):
+            return None
+    f32, i64 = ir.FloatType(), ir.IntType(64)
+    v16 = ir.VectorType(f32, NR)
+    sig = types.void(tile, ldt, rows, panels, out, o0, ldo, bias, n0)
+
+    def codegen(context, builder, signature, args):
+        tys = signature.args
+        ldt_v, rows_v, panels_v, o0_v, ldo_v, n0_v = [context.cast(builder, args[i], tys[i], types.int64)
+                                                       for i in (1, 2, 3, 5, 6, 8)]
+        t_p, out_p, b_p = [cgutils.create_struct_proxy(tys[i])(context, builder, value=args[i]).data for i in (0, 4, 7)]
+
+        def vptr(base, off):
+            return builder.bitcast(builder.gep(base, [off], source_etype=f32), v16.as_pointer())
+
+        with cgutils.for_range(builder, rows_v) as rloop:
+            t_row = builder.mul(rloop.index, ldt_v)
+            o_row = builder.add(o0_v, builder.mul(rloop.index, ldo_v))
+            with cgutils.for_range(builder, panels_v) as qloop:
+                c = builder.mul(qloop.index, ir.Constant(i64, NR))
+                y = builder.fadd(builder.load(vptr(t_p, builder.add(t_row, c)), align=4),
+                                 builder.load(vptr(b_p, builder.add(n0_v, c)), align=4))
+                builder.store(y, vptr(out_p, builder.add(o_row, c)), align=4)
+        return context.get_dummy_value()
+
+    return sig, codegen
+
+
 @njit(cache=True, nogil=True, parallel=True, error_model="numpy")
 def _sgemm_packed(x, wp, bias, out):
     """out = x @ W.T + bias with W packed by pack_weight_fp32; x f32[M, K] C-contiguous.
@@ -785,6 +818,7 @@ def _sgemm_packed(x, wp, bias, out):
     width = F32_PANELS * NR
     xf = x.reshape(m_rows * k_dim)
     w = wp.reshape(wp.size)
+    out_flat = out.reshape(out.size)
     n_chunks = (m_rows + MC_F32 - 1) // MC_F32
     chunk_rows = ((m_rows + n_chunks - 1) // n_chunks + MR - 1) // MR * MR
     n_chunks = (m_rows + chunk_rows - 1) // chunk_rows
@@ -804,10 +838,11 @@ def _sgemm_packed(x, wp, bias, out):
                                  k_dim, w, w_off, k_dim * NR, kc1 - kc0, kc0)  # accumulate unless kc0 == 0
         n0 = p * NR
         ncols = min(F32_PANELS * NR, n_dim - n0)
+        whole = ncols // NR
+        _add_bias16(tile, width, rows, whole, out_flat, m0 * n_dim + n0, n_dim, bias, n0)
         for r in range(rows):
-            orow = out[m0 + r, n0:n0 + ncols]
-            for j in range(ncols):
-                orow[j] = tile[r * width + j] + bias[n0 + j]
+            for j in range(whole * NR, ncols):
+                out_flat[(m0 + r) * n_dim + n0 + j] = tile[r * width + j] + bias[n0 + j]
 
 
 def pack_weight_fp32(w: np.ndarray) -> np.ndarray:
