@@ -182,7 +182,8 @@ def test_qlinear_packed(m, n, k, path):
 @pytest.mark.parametrize("path", PATHS)
 @pytest.mark.parametrize("extreme", ["same_sign", "random_sign"])
 @pytest.mark.parametrize("m,n,k", [(7, 19, 8192), (6, 16, 8193), (3, 17, 3 * 8192 + 1),
-                                   (13, 40, 770)])
+                                   (13, 40, 770),
+                                   (3, 1117, 8193)])   # many panels, the last partial
 def test_extreme_values(m, n, k, extreme, path):
     # |sum| reaches 2047 * 127 * 8192 = 2_129_731_584, just inside int32, per ACC_BLOCK block.
     rng = np.random.default_rng(k)
