@@ -33,8 +33,11 @@ loads them: one 16-byte load ``packed[p, kk, 16*v : 16*v + 16]`` widened to 16 x
 (``vpmovsxbw ymm, m128`` on AVX2) holds k-pair ``kk`` of channels ``p*NR + 8v .. p*NR + 8v + 7``.
 Broadcasting the int32 made of the activation pair (xq[m, 2kk], xq[m, 2kk+1]) to all 8 lanes
 and applying vpmaddwd adds exactly ``xq[m,2kk]*wq[n,2kk] + xq[m,2kk+1]*wq[n,2kk+1]`` to lane n.
-The micro-kernel keeps an MR x NR = 6 x 16 int32 tile in 12 ymm registers (+2 weight vectors
-+1 broadcast = 15 of 16).
+The micro-kernel keeps an MR x NR = 6 x 16 int32 tile in 12 ymm registers (+2 weight vectors,
++1 broadcast, +1 product = 16 of 16).  The activations are quantised straight into row tiles
+(``to_row_tiles``): for each group of MR rows, k-pair by k-pair, the MR pairs side by side, so
+the micro-kernel walks one pointer with constant offsets (six row pointers cost the registers
+that then spilled two accumulators).
 
 The micro-kernel is emitted as LLVM IR via ``numba.extending.intrinsic``.  The explicit
 ``llvm.x86.avx2.pmadd.wd`` call is only emitted when the host CPU has AVX2; otherwise the same
