@@ -39,10 +39,11 @@ from numba.core import cgutils
 from numba.extending import intrinsic
 
 from .gemm import _target_features
-from .memory import aligned_bytes
+from .memory import aligned_bytes, prefetch
 
 MR = 6   # queries (tile rows) per block: 6 rows x (even k, odd k) = 12 accumulators
 NR = 16  # tile columns (keys of a K panel, or output columns): one 16-float vector
+PREFETCH_ROWS = 8  # key rows ahead the panel gather asks for (each row's k and v are cache misses)
 TASKS = 16  # parallel tasks to aim for when a batch has few sequences (heads are split up for it)
 WIDE_REGISTERS = "avx512f" in _target_features()   # 32 vector registers that hold 16 floats each
 
@@ -295,6 +296,16 @@ def _attend_one_head(qkv, flat, base, end, key_mask, h, num_heads, scale, bias, 
         dst = kpan[p * d * NR:(p + 1) * d * NR]
         for c in range(NR):
             if p * NR + c < n:
+                # A head's q, k and v are 2-4 cache lines per token, tokens 3*H floats apart: every
+                # line is a miss (L2 or beyond) that no hardware prefetcher sees coming, so each
+                # row's k and v are asked for PREFETCH_ROWS keys ahead (v is read by the next loop).
+                if p * NR + c + PREFETCH_ROWS < n:
+                    ahead = (base + valid[p * NR + c + PREFETCH_ROWS]) * ld
+                    for e in range(0, d, 16):
+                        prefetch(flat, ahead + kcol + e, False)
+                        prefetch(flat, ahead + vcol + e, False)
+                    prefetch(flat, ahead + kcol + d - 1, False)
+                    prefetch(flat, ahead + vcol + d - 1, False)
                 src = qkv[base + valid[p * NR + c], kcol:kcol + d]
                 for e in range(d):
                     dst[e * NR + c] = src[e] * scale
@@ -320,6 +331,14 @@ def _attend_one_head(qkv, flat, base, end, key_mask, h, num_heads, scale, bias, 
     inv_total = np.empty(MR, dtype=np.float32)
     for i0 in range(0, seq, MR):
         rows = min(MR, seq - i0)
+        # The next block's q rows (read in place by the micro-kernel) and output rows, the same
+        # kind of misses as above, asked for one block (several thousand cycles) ahead.
+        for r in range(i0 + MR, min(seq, i0 + 2 * MR)):
+            for e in range(0, d, 16):
+                prefetch(flat, (base + r) * ld + qcol + e, False)
+                prefetch(out, (base + r) * hidden + qcol + e, True)
+            prefetch(flat, (base + r) * ld + qcol + d - 1, False)
+            prefetch(out, (base + r) * hidden + qcol + d - 1, True)
         for p in range(0, n16 // NR, 2):    # two key panels per call
             _tile(rows, scores, p * NR, n16, flat, (base + i0) * ld + qcol, ld, kpan, p * d * NR, d * NR, NR, d)
         for r in range(rows):
@@ -332,5 +351,8 @@ def _attend_one_head(qkv, flat, base, end, key_mask, h, num_heads, scale, bias, 
             _tile(rows, obuf, c0, d16, scores, 0, n16, vpan, c0 * n, NR * n, NR, n)
         for r in range(rows):
             inv = inv_total[r]
+            # Row views indexed from 0: with out[t, qcol + e] Numba's negative-index wraparound
+            # turned each vector of 8 results into 8 scalar stores.
+            dst, src = out[base + i0 + r, qcol:qcol + d], obuf[r * d16:r * d16 + d]
             for e in range(d):
-                out[base + i0 + r, qcol + e] = obuf[r * d16 + e] * inv
+                dst[e] = src[e] * inv

@@ -10,7 +10,10 @@ buffer a micro-kernel streams whole rows from is allocated through here.
 from __future__ import annotations
 
 import numpy as np
-from numba import njit
+from llvmlite import ir
+from numba import njit, types
+from numba.core import cgutils
+from numba.extending import intrinsic
 
 ALIGN = 64   # bytes: one cache line, one zmm register, one AMX tile row
 
@@ -34,3 +37,26 @@ def aligned_bytes(nbytes):
     raw = np.empty(nbytes + ALIGN, dtype=np.uint8)
     start = (ALIGN - raw.ctypes.data % ALIGN) % ALIGN
     return raw[start:start + nbytes]
+
+
+@intrinsic
+def prefetch(typingctx, arr, index, write):
+    """Hint the cache line holding ``arr.flat[index]`` into L1 (``llvm.prefetch``: prefetcht0, or
+    prefetchw when ``write`` is a true literal). Never faults, so an index past the end is harmless;
+    ``arr`` must be C-contiguous (the index is a flat offset from its data pointer)."""
+    if not (isinstance(arr, types.Array) and arr.layout == "C" and isinstance(write, types.BooleanLiteral)):
+        return None
+    rw = 1 if write.literal_value else 0
+
+    def codegen(context, builder, signature, args):
+        i8p = ir.IntType(8).as_pointer()
+        data = cgutils.create_struct_proxy(signature.args[0])(context, builder, value=args[0]).data
+        idx = context.cast(builder, args[1], signature.args[1], types.int64)
+        ptr = builder.bitcast(builder.gep(data, [idx]), i8p)
+        fn = cgutils.get_or_insert_function(
+            builder.module, ir.FunctionType(ir.VoidType(), [i8p] + [ir.IntType(32)] * 3), "llvm.prefetch.p0i8")
+        i32 = ir.IntType(32)
+        builder.call(fn, [ptr, ir.Constant(i32, rw), ir.Constant(i32, 3), ir.Constant(i32, 1)])
+        return context.get_dummy_value()
+
+    return types.void(arr, index, write), codegen
