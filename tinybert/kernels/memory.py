@@ -1,10 +1,13 @@
-"""Cache-line-aligned buffers.
+"""Cache lines: aligned buffers, and a prefetch hint for reads the hardware cannot predict.
 
 NumPy aligns allocations to 16 bytes and Numba to 32, but a 64-byte vector load (zmm) or an AMX
 tile row that starts off a cache line touches two lines.  For AMX tile loads that is ruinous:
 measured on this project's Emerald Rapids VM, a ``tileloadd``/``tdpbsud`` loop ran 6.5x slower on
 32-byte-aligned rows (42 ns per tile product) than on 64-byte-aligned ones (6.5 ns).  So every
 buffer a micro-kernel streams whole rows from is allocated through here.
+
+``prefetch`` is for strided reads: attention reads each head's 32-64 floats of a token, tokens a page
+apart, and asking for them ahead took its K/V gather from 37 to 13 kcycles per 128-token head.
 """
 
 from __future__ import annotations
