@@ -11,6 +11,7 @@ import math
 import numpy as np
 from numba import njit, prange
 
+from .jitcache import fast_cache_loading
 from .mathfn import erf, exp_nonpositive
 
 _INV_SQRT2 = 1.0 / math.sqrt(2.0)
@@ -88,3 +89,6 @@ def relu(x):
 
 
 ACTIVATIONS = {"gelu": gelu, "gelu_tanh": gelu_tanh, "relu": relu}
+
+
+fast_cache_loading(globals())   # warm starts skip Numba's compiler set-up (see jitcache.py)

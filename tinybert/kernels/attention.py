@@ -39,6 +39,7 @@ from numba.core import cgutils
 from numba.extending import intrinsic
 
 from .gemm import _target_features
+from .jitcache import fast_cache_loading
 from .memory import aligned_bytes, prefetch
 
 MR = 6   # queries (tile rows) per block: 6 rows x (even k, odd k) = 12 accumulators
@@ -356,3 +357,6 @@ def _attend_one_head(qkv, flat, base, end, key_mask, h, num_heads, scale, bias, 
             dst, src = out[base + i0 + r, qcol:qcol + d], obuf[r * d16:r * d16 + d]
             for e in range(d):
                 dst[e] = src[e] * inv
+
+
+fast_cache_loading(globals())   # warm starts skip Numba's compiler set-up (see jitcache.py)

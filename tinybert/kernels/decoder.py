@@ -39,6 +39,7 @@ attention, multiply-adds of q·K) and over prange above it.
 import numpy as np
 from numba import njit, prange
 
+from .jitcache import fast_cache_loading
 from .mathfn import exp2_nonpositive, exp_nonpositive, fmax
 
 PARALLEL_MIN_WORK = 1 << 16
@@ -252,3 +253,6 @@ def _attend(q, k_cache, v_cache, slots, positions, scale, bias, out, r, h, group
     inv = np.float32(1.0) / total
     for e in range(d):
         out[r, h, e] = acc[e] * inv
+
+
+fast_cache_loading(globals())   # warm starts skip Numba's compiler set-up (see jitcache.py)

@@ -64,6 +64,7 @@ from numba import njit, prange, types
 from numba.core import cgutils
 from numba.extending import intrinsic
 
+from .jitcache import fast_cache_loading
 from .memory import aligned_bytes, aligned_empty
 
 ACT_QMAX = 2047
@@ -903,3 +904,6 @@ def linear_fp32(x: np.ndarray, w: np.ndarray, bias: np.ndarray) -> np.ndarray:
         return out
     _sgemm_packed(x, w, np.ascontiguousarray(bias, dtype=np.float32), out)
     return out
+
+
+fast_cache_loading(globals())   # warm starts skip Numba's compiler set-up (see jitcache.py)

@@ -51,6 +51,7 @@ from numba.core import cgutils
 from numba.extending import intrinsic
 
 from .gemm import MC, MR, NR, _target_features, row_scale
+from .jitcache import fast_cache_loading
 from .memory import aligned_bytes, aligned_empty
 
 KQ_ALIGN = 64          # K is padded to this (one AMX tile row of bytes)
@@ -820,3 +821,6 @@ def check_layer(wp: np.ndarray, ws: np.ndarray, bias: np.ndarray, k_dim: int) ->
             and ws.flags.c_contiguous and bias.flags.c_contiguous):
         raise ValueError(f"scales {ws.dtype}{ws.shape} and bias {bias.dtype}{bias.shape} must be contiguous "
                          "float32 [N]")
+
+
+fast_cache_loading(globals())   # warm starts skip Numba's compiler set-up (see jitcache.py)

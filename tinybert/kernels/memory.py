@@ -18,6 +18,8 @@ from numba import njit, types
 from numba.core import cgutils
 from numba.extending import intrinsic
 
+from .jitcache import fast_cache_loading
+
 ALIGN = 64   # bytes: one cache line, one zmm register, one AMX tile row
 
 
@@ -63,3 +65,6 @@ def prefetch(typingctx, arr, index, write):
         return context.get_dummy_value()
 
     return types.void(arr, index, write), codegen
+
+
+fast_cache_loading(globals())   # warm starts skip Numba's compiler set-up (see jitcache.py)

@@ -21,6 +21,7 @@ from numba.core import cgutils
 from numba.extending import intrinsic
 
 from .activations import PARALLEL_MIN_WORK
+from .jitcache import fast_cache_loading
 
 
 @intrinsic
@@ -157,3 +158,6 @@ def layer_norm(x, w, b, eps, out):
 def add_layer_norm(x, residual, w, b, eps, out):
     _layer_norm(np.ascontiguousarray(x), np.ascontiguousarray(residual), 1, np.ascontiguousarray(w),
                 np.ascontiguousarray(b), eps, out)
+
+
+fast_cache_loading(globals())   # warm starts skip Numba's compiler set-up (see jitcache.py)

@@ -10,6 +10,8 @@ LLVM vectorises, and sequences run in parallel.
 
 from numba import njit, prange
 
+from .jitcache import fast_cache_loading
+
 
 @njit(cache=True, nogil=True, parallel=True, error_model="numpy")
 def segment_sum(hidden, starts, out):
@@ -21,3 +23,6 @@ def segment_sum(hidden, starts, out):
             row = hidden[t]
             for i in range(dim):
                 acc[i] += row[i]
+
+
+fast_cache_loading(globals())   # warm starts skip Numba's compiler set-up (see jitcache.py)

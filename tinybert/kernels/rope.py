@@ -38,6 +38,8 @@ import math
 import numpy as np
 from numba import njit, prange
 
+from .jitcache import fast_cache_loading
+
 SUPPORTED_TYPES = ("default", "linear", "llama3")
 # Below this many elements a parallel launch (~15 µs) costs more than the rotation itself: a
 # decode step (N = 1) rotates a few thousand values.
@@ -182,3 +184,6 @@ def _rotate_row(x, r, p, cos, sin):
             hi = x[r, h, i + half]
             x[r, h, i] = lo * c - hi * s
             x[r, h, i + half] = hi * c + lo * s
+
+
+fast_cache_loading(globals())   # warm starts skip Numba's compiler set-up (see jitcache.py)

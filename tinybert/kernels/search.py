@@ -14,6 +14,7 @@ Preconditions, unchecked: R ≥ 1, V ≥ 1, 1 ≤ k ≤ R · V; −inf entries a
 import numpy as np
 from numba import njit, prange
 
+from .jitcache import fast_cache_loading
 from .mathfn import exp_nonpositive, fmax
 
 
@@ -67,3 +68,6 @@ def top_k_flat(s, add, idx, val):
             idx[j] = r * vocab + v
             if filled < k:
                 filled += 1
+
+
+fast_cache_loading(globals())   # warm starts skip Numba's compiler set-up (see jitcache.py)
