@@ -64,6 +64,32 @@ def test_sequence_groups():
     assert api.sequence_groups(np.array([0, 500], np.int64), 2) == [(0, 1)]      # one sequence
 
 
+def test_sequence_chunks():
+    starts = np.array([0, 100, 200, 300, 900, 950, 1000, 1010], np.int64)
+    chunks = api.sequence_chunks(starts, 256)
+    assert chunks == [(0, 2), (2, 3), (3, 4), (4, 7)]          # 200, 100, 600 alone, 110 tokens
+    assert api.sequence_chunks(starts, 10_000) == [(0, 7)]
+    assert api.sequence_chunks(np.array([0, 5], np.int64), 1) == [(0, 1)]
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+def test_batches_larger_than_a_chunk_match_transformers(minilm_files, minilm_dir, hf_tokenizer, sentences,
+                                                        threads):
+    """A padded batch of 2,048 token rows runs as several chunks per thread, each through the whole
+    model, and still matches transformers row for row (fp32, real tokens)."""
+    from conftest import hf_last_hidden
+    from transformers import AutoModel
+
+    enc = tinybert.Encoder(minilm_files["fp32"], threads=threads)
+    batch = dict(hf_tokenizer(sentences[:32], padding="max_length", max_length=64, truncation=True,
+                              return_tensors="np"))
+    assert batch["input_ids"].size > 4 * api.CHUNK_TOKENS
+    got = enc.forward(batch["input_ids"], batch["attention_mask"], batch["token_type_ids"])
+    expected = hf_last_hidden(AutoModel.from_pretrained(str(minilm_dir)).eval(), batch)
+    real = batch["attention_mask"].astype(bool)
+    assert np.abs(got[real] - expected[real]).max() <= 1e-4
+
+
 def test_single_string_and_tuple_inputs(minilm_files, sentences):
     enc = tinybert.Encoder(minilm_files["int8"])
     as_list = enc.encode([sentences[0], sentences[1]])
