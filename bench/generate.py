@@ -170,19 +170,26 @@ def _check_ct2_vocabulary(path: Path, folder: Path) -> None:
 
 
 def prepare(model: str, engine: str) -> Path:
-    """Build (once, cached) what ``engine`` loads for ``model``; returns its path. Built files live beside
-    the HF folder, not in it: the converters and from_pretrained read every weight file they find there."""
-    folder = hf_folder(model)
+    """Build (once, cached) what ``engine`` loads for ``model``; returns its path."""
+    return build_engine_files(hf_folder(model), CACHE / model, engine, _check_ct2_vocabulary)
+
+
+def build_engine_files(folder: Path, out: Path, engine: str, check_ct2_vocabulary: Callable[[Path, Path], None],
+                       reconvert: bool = False) -> Path:
+    """The tinybert file or CTranslate2 folder ``engine`` loads, converted once from the HF ``folder`` into
+    ``out`` (beside the HF folder, not in it: the converters and from_pretrained read every weight file they
+    find there); PyTorch loads ``folder`` itself. ``reconvert``: convert tinybert's file again even when
+    one of the current format version is cached."""
     kind, precision = engine.rsplit("-", 1)
     if kind == "tinybert":
-        path = CACHE / model / f"tinybert-{precision}.safetensors"
-        if not _current_tinybert_file(path):
+        path = out / f"tinybert-{precision}.safetensors"
+        if reconvert or not _current_tinybert_file(path):
             from tinybert_convert import convert
 
             convert(folder, path, dtype=precision)
         return path
     if kind == "ctranslate2":
-        path = CACHE / model / f"ct2-{precision}"
+        path = out / f"ct2-{precision}"
         if not (path / "model.bin").is_file():
             import ctranslate2
 
@@ -191,7 +198,7 @@ def prepare(model: str, engine: str) -> Path:
                 str(partial), quantization="int8" if precision == "int8" else "float32", force=True)
             shutil.rmtree(path, ignore_errors=True)
             partial.rename(path)
-        _check_ct2_vocabulary(path, folder)
+        check_ct2_vocabulary(path, folder)
         return path
     return folder  # PyTorch loads the HF folder (int8 is quantized at load time)
 

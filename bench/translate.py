@@ -61,7 +61,7 @@ from pathlib import Path
 import numpy as np
 
 from bench.encoder import CACHE, REPO, _file_size, _median_time, _peak_rss_mb, _versions
-from bench.generate import _current_tinybert_file, _leading_match
+from bench.generate import _leading_match, build_engine_files
 
 ENGINES = ["tinybert-int8", "tinybert-fp32", "pytorch-int8", "pytorch-fp32", "ctranslate2-int8", "ctranslate2-fp32"]
 MODELS = ["t5", "marian"]
@@ -174,31 +174,9 @@ def _check_ct2_vocabulary(path: Path, folder: Path) -> None:
 
 
 def prepare(model: str, engine: str, reconvert: bool = False) -> Path:
-    """Build (once, cached) what ``engine`` loads for ``model``; returns its path. Built files live beside
-    the HF folder, not in it: the converters and from_pretrained read every weight file they find there.
-    ``reconvert``: convert tinybert's files again even when a file of the current format version is cached."""
-    folder = hf_folder(model)
-    kind, precision = engine.rsplit("-", 1)
-    if kind == "tinybert":
-        path = CACHE / model / f"tinybert-{precision}.safetensors"
-        if reconvert or not _current_tinybert_file(path):
-            from tinybert_convert import convert
-
-            convert(folder, path, dtype=precision)
-        return path
-    if kind == "ctranslate2":
-        path = CACHE / model / f"ct2-{precision}"
-        if not (path / "model.bin").is_file():
-            import ctranslate2
-
-            partial = path.with_name(path.name + ".partial")
-            ctranslate2.converters.TransformersConverter(str(folder)).convert(
-                str(partial), quantization="int8" if precision == "int8" else "float32", force=True)
-            shutil.rmtree(path, ignore_errors=True)
-            partial.rename(path)
-        _check_ct2_vocabulary(path, folder)
-        return path
-    return folder  # PyTorch loads the HF folder (int8 is quantized at load time)
+    """Build (once, cached) what ``engine`` loads for ``model``; returns its path. ``reconvert``: convert
+    tinybert's files again even when a file of the current format version is cached."""
+    return build_engine_files(hf_folder(model), CACHE / model, engine, _check_ct2_vocabulary, reconvert)
 
 
 def sources(model: str) -> dict:
