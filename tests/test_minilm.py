@@ -9,25 +9,6 @@ import tinybert
 
 
 @pytest.fixture(scope="module")
-def reference_embeddings(minilm_dir, sentences, hf_tokenizer):
-    """sentence-transformers' recipe by hand: transformers fp32, mean pooling, L2 normalise."""
-    import torch
-    from transformers import AutoModel
-
-    model = AutoModel.from_pretrained(str(minilm_dir)).eval()
-    out = []
-    with torch.no_grad():
-        for start in range(0, len(sentences), 64):
-            batch = hf_tokenizer(sentences[start:start + 64], padding=True, truncation=True,
-                                 max_length=256, return_tensors="pt")
-            hidden = model(**batch).last_hidden_state
-            mask = batch["attention_mask"].unsqueeze(-1).float()
-            mean = (hidden * mask).sum(1) / mask.sum(1).clamp(min=1e-9)
-            out.append(torch.nn.functional.normalize(mean, dim=-1))
-    return torch.cat(out).numpy()
-
-
-@pytest.fixture(scope="module")
 def encoders(minilm_files):
     return {dtype: tinybert.Encoder(path) for dtype, path in minilm_files.items()}
 
