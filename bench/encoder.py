@@ -510,6 +510,8 @@ def _machine() -> str:
         pass
     isa = "AMX + AVX-512 VNNI" if gemm_vnni.AMX_AVAILABLE else (
         "AVX-512 VNNI" if gemm_vnni.VNNI_AVAILABLE else "AVX2 / generic vectors")
+    if gemm_vnni.VNNI_AVAILABLE and (gemm_vnni.VNNI_EMULATED or gemm_vnni.AMX_AVAILABLE and gemm_vnni.AMX_EMULATED):
+        isa += " (emulated: TINYBERT_INT8_EMULATE=1, not a speed figure)"
     return f"{name}, {os.cpu_count()} CPUs, LLVM target {llb.get_host_cpu_name()}, int8 kernels: {isa}"
 
 

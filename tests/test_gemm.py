@@ -436,9 +436,13 @@ def test_fp32_microkernel(rows, panels):
 
 from tinybert.kernels import gemm_vnni as gv  # noqa: E402
 
+# Native where the CPU has the instructions, else their exact emulation (gemm_vnni docstring). The
+# only host that runs neither: an AMX CPU whose OS refused the tile state (or a TINYBERT_INT8_ISA cap).
 QUAD_PATHS = [
-    pytest.param("vnni", marks=pytest.mark.skipif(not gv.VNNI_AVAILABLE, reason="CPU without AVX-512 VNNI")),
-    pytest.param("amx", marks=pytest.mark.skipif(not gv.AMX_AVAILABLE, reason="CPU or OS without AMX-INT8")),
+    pytest.param("vnni", marks=pytest.mark.skipif(not (gv.VNNI_AVAILABLE or gv.VNNI_EMULATED),
+                                                  reason="VNNI capped by TINYBERT_INT8_ISA")),
+    pytest.param("amx", marks=pytest.mark.skipif(not (gv.AMX_AVAILABLE or gv.AMX_EMULATED),
+                                                 reason="AMX CPU whose OS refused the tile state, or capped")),
 ]
 
 
@@ -470,10 +474,13 @@ def test_pack_quads_rejects_bad_input():
     with pytest.raises(ValueError, match="path"):
         g.linear_int8(np.zeros((2, 10), np.float32), wp, np.ones(20, np.float32), np.zeros(20, np.float32),
                       path="portable")
-    if not gv.AMX_AVAILABLE:
+    if not (gv.AMX_AVAILABLE or gv.AMX_EMULATED):     # AMX code compiled in, but not usable here
         with pytest.raises(ValueError, match="AMX"):
             g.linear_int8(np.zeros((2, 10), np.float32), wp, np.ones(20, np.float32), np.zeros(20, np.float32),
                           path="amx")
+    if not gv.VNNI_AVAILABLE:     # the default path never picks an emulation by itself
+        with pytest.raises(ValueError, match="VNNI"):
+            g.linear_int8(np.zeros((2, 10), np.float32), wp, np.ones(20, np.float32), np.zeros(20, np.float32))
 
 
 def test_best_layout_follows_the_cpu():
@@ -509,11 +516,10 @@ def test_quads_extreme_values(m, n, k, extreme, path):
     np.testing.assert_array_equal(out, ref)
 
 
-@pytest.mark.parametrize("path", QUAD_PATHS + [None])
+# The default path (None) takes quads only where they are native (test_pack_quads_rejects_bad_input).
+@pytest.mark.parametrize("path", QUAD_PATHS + ([None] if gv.VNNI_AVAILABLE else []))
 @pytest.mark.parametrize("m,n,k", [(1, 384, 384), (3, 15, 3), (16, 40, 770), (97, 50, 1031), (260, 96, 384)])
 def test_linear_quads_matches_pairs_bit_for_bit(m, n, k, path):
-    if path is None and not gv.VNNI_AVAILABLE:
-        pytest.skip("CPU without AVX-512 VNNI")
     rng = np.random.default_rng(m + n + k)
     x = (rng.standard_normal((m, k)) * 3).astype(np.float32)
     x[m // 2] = 0.0
@@ -582,14 +588,18 @@ same = all(np.array_equal(gemm.linear_int8(x, gemm.pack_weight(wq), ws, b, path=
 print(gv.VNNI_AVAILABLE, gv.AMX_AVAILABLE, gemm.best_layout(), same)
 """
     runs = {}
-    for cap in ("avx2", "avx512vnni", "nonsense", "amx"):
+    for cap in ("avx2", "avx512vnni", "nonsense", "amx", "emulate"):
         env = {"PATH": "/usr/bin:/bin", "NUMBA_CACHE_DIR": str(tmp_path), "TINYBERT_INT8_ISA": cap}
+        if cap == "emulate":     # the quads paths on any CPU: native where it has them, else emulated
+            env.update(TINYBERT_INT8_ISA="amx", TINYBERT_INT8_EMULATE="1")
         runs[cap] = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=600)
     assert runs["avx2"].stdout.split() == ["False", "False", "pairs", "True"], runs["avx2"].stderr
     assert runs["avx512vnni"].stdout.split() == [str(gv.VNNI_AVAILABLE), "False",
                                                  "quads" if gv.VNNI_AVAILABLE else "pairs", "True"]
     assert runs["nonsense"].returncode != 0 and "TINYBERT_INT8_ISA" in runs["nonsense"].stderr
     assert runs["amx"].stdout.split() == [str(gv.VNNI_AVAILABLE), str(gv.AMX_AVAILABLE), g.best_layout(), "True"]
+    assert runs["emulate"].stdout.split() == ["True", str(gv.AMX_AVAILABLE or gv.AMX_EMULATED), "quads", "True"], \
+        runs["emulate"].stderr
 
 
 @pytest.mark.parametrize("path", QUAD_PATHS)
@@ -657,16 +667,17 @@ def test_split_rounds_half_to_even_like_the_pairs_path(path):
     np.testing.assert_array_equal(y, ((xq @ wq.T.astype(np.int64)).astype(np.float32) * ws).astype(np.float32))
 
 
-@pytest.mark.skipif(not gv.VNNI_AVAILABLE, reason="CPU without AVX-512 VNNI")
+@pytest.mark.skipif(not (gv.VNNI_AVAILABLE or gv.VNNI_EMULATED), reason="VNNI capped by TINYBERT_INT8_ISA")
 def test_layer_fast_path_matches_checked_path():
     rng = np.random.default_rng(11)
     wq = rng.integers(-127, 128, (40, 70)).astype(np.int8)
     wp, ws = gv.pack_quads(wq), (rng.random(40) * 1e-2).astype(np.float32)
     bias = rng.standard_normal(40).astype(np.float32)
     gv.check_layer(wp, ws, bias, 70)
+    path = None if gv.VNNI_AVAILABLE else "vnni"       # the layer path runs what is compiled in
     for m in (1, 5, 16, 33):
         x = rng.standard_normal((m, 70)).astype(np.float32)
-        expected = gv.linear_quads(x, wp, ws, bias)
+        expected = gv.linear_quads(x, wp, ws, bias, path=path)
         np.testing.assert_array_equal(gv.linear_quads_checked_weights(x, wp, ws, bias, 70), expected)
         # float64 or strided inputs are converted, not refused.
         np.testing.assert_array_equal(gv.linear_quads_checked_weights(x.astype(np.float64), wp, ws, bias, 70), expected)

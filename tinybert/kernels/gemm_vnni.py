@@ -35,6 +35,11 @@ instructions want:
 
 Activations are stored as two int8 matrices xh, xl [M padded to 16, K padded to 64] plus the row
 sums; the padding is zero and contributes nothing.
+
+Compiled for a CPU without these instructions, both kernels spell them in generic LLVM IR (the same
+integer sums, much slower): ``path="vnni"`` / ``"amx"`` then run everything else of the two paths
+(packing, splitting, blocking, epilogues) on any CPU, which is how the tests cover them on one
+without AVX-512.  The default path never picks an emulation unless TINYBERT_INT8_EMULATE=1.
 """
 
 from __future__ import annotations
@@ -89,12 +94,22 @@ _FEATURES = _target_features()
 # left out (a capped process) must not be loaded by a process that runs it.
 _TARGET_VNNI = {"avx512f", "avx512bw", "avx512vnni"} <= _FEATURES
 _TARGET_AMX = _TARGET_VNNI and {"amx-tile", "amx-int8"} <= _FEATURES
-VNNI_AVAILABLE = _TARGET_VNNI and _cap != "avx2"
+# On a target without the instructions the kernels spell them in generic LLVM IR instead: exact
+# (same integer sums, hence bit-identical outputs) and much slower, so that both paths' layout,
+# blocking and epilogue code are tested on every CPU (forced with path="vnni" / "amx").
+VNNI_EMULATED = not _TARGET_VNNI
+"""True when the compiled VNNI micro-kernel emulates vpdpbusd (a target without AVX-512 VNNI)."""
+AMX_EMULATED = not _TARGET_AMX
+"""True when the compiled AMX block emulates the tile instructions (a target without AMX-INT8)."""
+_EMULATE = os.environ.get("TINYBERT_INT8_EMULATE", "").strip() == "1"
+VNNI_AVAILABLE = (_TARGET_VNNI or _EMULATE) and _cap != "avx2"
 """True when Numba targets a CPU with AVX-512 VNNI (and TINYBERT_INT8_ISA allows it): weights are
-then packed as quads."""
-AMX_AVAILABLE = VNNI_AVAILABLE and _cap == "amx" and _TARGET_AMX and _request_amx()
+then packed as quads.  TINYBERT_INT8_EMULATE=1 makes the emulation count too (whole-model tests of
+the quads path on any CPU; never for speed)."""
+AMX_AVAILABLE = VNNI_AVAILABLE and _cap == "amx" and (_request_amx() if _TARGET_AMX else _EMULATE)
 """True when the CPU has AMX-INT8, the OS granted this process the tile state, and TINYBERT_INT8_ISA
-allows it.  (TINYBERT_INT8_ISA=avx512vnni shows what a CPU without AMX, such as Zen 4, runs.)"""
+allows it (or TINYBERT_INT8_EMULATE=1 on a CPU without AMX).  (TINYBERT_INT8_ISA=avx512vnni shows
+what a CPU without AMX, such as Zen 4, runs.)"""
 
 
 # ----------------------------------------------------------------------------------------------
@@ -243,6 +258,22 @@ def split_quantized(xq, xh, xl, xsum):
 # for i < rows, j < NR, kq < kquads; u = the panel rows at wp[w_off + 64*kq].
 # ----------------------------------------------------------------------------------------------
 
+def _dpbusd_generic(builder, acc, u, s):
+    """acc + vpdpbusd(u, s) in generic IR: lane j gains sum_t zext(u byte 4j+t) * sext(s byte 4j+t).
+
+    acc, u, s are <16 x i32>; the four products of a lane are exact in int32 and the accumulation
+    wraps as the instruction's does, so the sums are the instruction's bit for bit.
+    """
+    i8, i32 = ir.IntType(8), ir.IntType(32)
+    v64i8, v64i32 = ir.VectorType(i8, 64), ir.VectorType(i32, 64)
+    prods = builder.mul(builder.zext(builder.bitcast(u, v64i8), v64i32),
+                        builder.sext(builder.bitcast(s, v64i8), v64i32))
+    for t in range(4):
+        lanes = ir.Constant(ir.VectorType(i32, 16), [4 * j + t for j in range(16)])
+        acc = builder.add(acc, builder.shuffle_vector(prods, ir.Constant(v64i32, None), lanes))
+    return acc
+
+
 VNNI_PANELS = 2   # 16-channel panels per VNNI micro-tile (24 zmm accumulators for 6 rows)
 
 
@@ -253,8 +284,8 @@ def _make_vnni_microkernel(rows: int, emit: bool):
     Panel q's weights start at wp[w_off + q * w_pstride].  Each broadcast of four activation bytes
     feeds two vpdpbusd: 2 + 12 loads per 24 products (one panel took 1 + 12 per 12).
 
-    With ``emit`` False (target without AVX-512 VNNI) the intrinsic compiles to nothing: the
-    dispatcher never selects it there, and the instruction could not be lowered for that target.
+    With ``emit`` False (target without AVX-512 VNNI, where the instruction could not be lowered)
+    vpdpbusd is emulated in generic IR (``_dpbusd_generic``): same sums, for tests.
     """
     i8, i32, i64 = ir.IntType(8), ir.IntType(32), ir.IntType(64)
     v16i32 = ir.VectorType(i32, 16)
@@ -270,17 +301,22 @@ def _make_vnni_microkernel(rows: int, emit: bool):
         sig = types.void(tile, t_off, xh, xl, x_off, x_stride, wp, w_off, w_pstride, kquads)
 
         def codegen(context, builder, signature, args):
-            if not emit:
-                return context.get_dummy_value()
             tys = signature.args
             t_off_v, x_off_v, x_stride_v, w_off_v, w_pstride_v, kq_v = [
                 context.cast(builder, args[i], tys[i], types.int64) for i in (1, 4, 5, 7, 8, 9)]
             data = [cgutils.create_struct_proxy(tys[i])(context, builder, value=args[i]).data
                     for i in (0, 2, 3, 6)]
             tile_p, xh_p, xl_p, w_p = data
-            dp = cgutils.get_or_insert_function(
-                builder.module, ir.FunctionType(v16i32, [v16i32, v16i32, v16i32]),
-                "llvm.x86.avx512.vpdpbusd.512")
+            if emit:
+                vpdpbusd = cgutils.get_or_insert_function(
+                    builder.module, ir.FunctionType(v16i32, [v16i32, v16i32, v16i32]),
+                    "llvm.x86.avx512.vpdpbusd.512")
+
+                def dp(acc, u, s):
+                    return builder.call(vpdpbusd, [acc, u, s])
+            else:
+                def dp(acc, u, s):
+                    return _dpbusd_generic(builder, acc, u, s)
             row_ptrs = []                                 # h rows, then l rows
             for src in (xh_p, xl_p):
                 for i in range(rows):
@@ -306,7 +342,7 @@ def _make_vnni_microkernel(rows: int, emit: bool):
                             ir.Constant(v16i32, None), splat)
                         for q in range(panels):
                             acc = accs[part][q][i]
-                            builder.store(builder.call(dp, [builder.load(acc, typ=v16i32), ws[q], bcast]), acc)
+                            builder.store(dp(builder.load(acc, typ=v16i32), ws[q], bcast), acc)
             t_base = builder.gep(tile_p, [t_off_v], source_etype=i32)
             for part in range(2):
                 for q in range(panels):
@@ -355,6 +391,44 @@ for _t in range(8):                                  # every tile: 16 rows of 64
     _AMX_CONFIG[48 + _t] = TILE_ROWS
 
 
+def _emulate_amx_block(builder, c_p, xh_p, xl_p, x_off, x_stride, w_p, w0, w1, kblocks):
+    """amx_block's tile program in generic IR, for a target without AMX (tests).
+
+    tdpbsud adds to C[m, j] the 64-term dot product of A row m (signed bytes) with B column j
+    (unsigned bytes, 4 per k quad): for each k quad that is one vpdpbusd of B row kq with A[m, 4kq:4kq+4]
+    broadcast, so the C rows accumulate in place in ``c_p`` (its rows are the 64-byte tile rows).
+    """
+    i8, i32, i64 = ir.IntType(8), ir.IntType(32), ir.IntType(64)
+    v16i32 = ir.VectorType(i32, 16)
+    splat = ir.Constant(v16i32, [0] * 16)
+
+    def at(base, off, ty):
+        return builder.bitcast(builder.gep(base, [off], source_etype=i8), ty.as_pointer())
+
+    def const(n):
+        return ir.Constant(i64, n)
+
+    with cgutils.for_range(builder, const(4 * TILE_ROWS)) as loop:            # tilezero x 4
+        builder.store(ir.Constant(v16i32, [0] * 16), at(c_p, builder.mul(loop.index, const(64)), v16i32), align=4)
+    with cgutils.for_range(builder, kblocks) as kb_loop:
+        a_off = builder.add(x_off, builder.mul(kb_loop.index, const(64)))
+        b_step = builder.mul(kb_loop.index, const(64 * TILE_ROWS))
+        with cgutils.for_range(builder, const(TILE_ROWS)) as m_loop:
+            a_row = builder.add(a_off, builder.mul(m_loop.index, x_stride))
+            for c, a_p, b_base in ((0, xh_p, w0), (1, xh_p, w1), (2, xl_p, w0), (3, xl_p, w1)):
+                c_ptr = at(c_p, builder.add(const(1024 * c), builder.mul(m_loop.index, const(64))), v16i32)
+                acc = builder.load(c_ptr, align=4)
+                for kq in range(TILE_ROWS):
+                    four = builder.load(at(a_p, builder.add(a_row, const(4 * kq)), i32), align=1)
+                    bcast = builder.shuffle_vector(builder.insert_element(ir.Constant(v16i32, None), four,
+                                                                          ir.Constant(i32, 0)),
+                                                   ir.Constant(v16i32, None), splat)
+                    b_row = builder.load(at(w_p, builder.add(builder.add(b_base, b_step), const(64 * kq)), v16i32),
+                                         align=1)
+                    acc = _dpbusd_generic(builder, acc, b_row, bcast)
+                builder.store(acc, c_ptr, align=4)
+
+
 def _make_amx_intrinsics(emit: bool):
     i8, i64, void = ir.IntType(8), ir.IntType(64), ir.VoidType()
     ptr = i8.as_pointer()
@@ -399,14 +473,15 @@ def _make_amx_intrinsics(emit: bool):
         sig = types.void(ctile, xh, xl, x_off, x_stride, wp, w_off0, w_off1, kblocks)
 
         def codegen(context, builder, signature, args):
-            if not emit:
-                return context.get_dummy_value()
             tys = signature.args
             x_off_v, x_stride_v, w0_v, w1_v, kb_v = [
                 context.cast(builder, args[i], tys[i], types.int64) for i in (3, 4, 6, 7, 8)]
             c_p, xh_p, xl_p, w_p = [
                 builder.bitcast(cgutils.create_struct_proxy(tys[i])(context, builder, value=args[i]).data, ptr)
                 for i in (0, 1, 2, 5)]
+            if not emit:
+                _emulate_amx_block(builder, c_p, xh_p, xl_p, x_off_v, x_stride_v, w_p, w0_v, w1_v, kb_v)
+                return context.get_dummy_value()
             load = declare(builder, "llvm.x86.tileloadd64", [i8, ptr, i64])
             dot = declare(builder, "llvm.x86.tdpbsud", [i8, i8, i8])
             zero = declare(builder, "llvm.x86.tilezero", [i8])
@@ -715,13 +790,18 @@ def _check_quads(wp, k_dim, n_dim):
 
 
 def _pick(path, m_rows):
+    # A path named explicitly runs where its code is native, or emulated (a CPU without it); the
+    # default runs only what is available. "amx" compiled for an AMX CPU whose OS refused the tile
+    # state, or either path capped by TINYBERT_INT8_ISA, is refused.
     if path is None:
+        if not VNNI_AVAILABLE:
+            raise ValueError("quad-packed weights need a CPU with AVX-512 VNNI (or path='vnni' to emulate it)")
         return "amx" if AMX_AVAILABLE and m_rows >= AMX_MIN_ROWS else "vnni"
-    if path == "amx" and not AMX_AVAILABLE:
-        raise ValueError("path 'amx' needs a CPU with AMX-INT8 and the OS's permission")
     if path not in ("amx", "vnni"):
         raise ValueError(f"quad-packed weights run on path None, 'vnni' or 'amx', not {path!r}")
-    if not VNNI_AVAILABLE:
+    if path == "amx" and not (AMX_AVAILABLE or AMX_EMULATED):
+        raise ValueError("path 'amx' needs a CPU with AMX-INT8 and the OS's permission")
+    if not (VNNI_AVAILABLE or VNNI_EMULATED):
         raise ValueError("quad-packed weights need a CPU with AVX-512 VNNI")
     return path
 
@@ -747,7 +827,8 @@ def qlinear_quads(xq: np.ndarray, xs: np.ndarray, wp: np.ndarray, ws: np.ndarray
     """Same result as ``gemm.qlinear(xq, xs, wq, ws, bias, out)`` with ``wp = pack_quads(wq)``.
 
     xq int16 [M, K] (|xq| <= ACT_QMAX), xs f32[M], ws f32[N], bias f32[N], out f32[M, N].
-    path: None (AMX for M >= AMX_MIN_ROWS where available, else VNNI), "vnni" or "amx".
+    path: None (AMX for M >= AMX_MIN_ROWS where available, else VNNI), "vnni" or "amx" (on a CPU
+    without the instructions these two run an exact emulation of them: the same result, for tests).
     """
     m_rows, k_dim = xq.shape
     _check_quads(wp, k_dim, ws.shape[0])
