@@ -692,3 +692,33 @@ def test_layer_fast_path_matches_checked_path():
         gv.check_layer(wp, ws, bias[:39], 70)                  # bias length
     with pytest.raises(ValueError):
         gv.check_layer(wp, ws.astype(np.float64), bias, 70)    # scale dtype
+
+
+def test_pairs_layer_fast_path_matches_checked_path():
+    # What every int8 Linear runs on an AVX2 host: the layer is checked once, each call only its input.
+    rng = np.random.default_rng(12)
+    wq = rng.integers(-127, 128, (40, 69)).astype(np.int8)
+    wp, ws = g.pack_weight(wq, "pairs"), (rng.random(40) * 1e-2).astype(np.float32)
+    bias = rng.standard_normal(40).astype(np.float32)
+    g.check_layer(wp, ws, bias, 69)
+    for m in (0, 1, 5, 16, 33):
+        x = rng.standard_normal((m, 69)).astype(np.float32)
+        expected = g.linear_int8(x, wp, ws, bias)
+        assert expected.shape == (m, 40)
+        np.testing.assert_array_equal(g.linear_int8_checked_weights(x, wp, ws, bias, 69), expected)
+        np.testing.assert_array_equal(g.linear_int8_checked_weights(x.astype(np.float64), wp, ws, bias, 69), expected)
+        wide = np.zeros((m, 138), np.float32)
+        wide[:, ::2] = x
+        np.testing.assert_array_equal(g.linear_int8_checked_weights(wide[:, ::2], wp, ws, bias, 69), expected)
+    with pytest.raises(ValueError):
+        g.linear_int8_checked_weights(np.zeros((2, 70), np.float32), wp, ws, bias, 69)   # packs to the same 35 pairs
+    with pytest.raises(ValueError):
+        g.linear_int8_checked_weights(np.zeros(69, np.float32), wp, ws, bias, 69)
+    with pytest.raises(ValueError):
+        g.check_layer(wp, ws, bias, 71)                         # K does not match the packing
+    with pytest.raises(ValueError):
+        g.check_layer(wp, ws, bias[:39], 69)                    # bias length: the kernel would read past it
+    with pytest.raises(ValueError):
+        g.linear_int8(np.zeros((2, 69), np.float32), wp, ws, bias[:39])
+    with pytest.raises(ValueError):
+        g.check_layer(wp, ws.astype(np.float64), bias, 69)      # scale dtype

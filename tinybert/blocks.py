@@ -38,16 +38,16 @@ class Linear:
         else:
             self.weight = gemm.pack_weight_fp32(self.weight)
         self._quads = gemm_vnni.is_quads(self.weight)
-        if self._quads:       # checked once here, so that each call checks only its input
+        if self.scale is not None:     # checked once here, so that each call checks only its input
             self.scale = np.ascontiguousarray(self.scale, dtype=np.float32)
             self.bias = np.ascontiguousarray(self.bias, dtype=np.float32)
-            gemm_vnni.check_layer(self.weight, self.scale, self.bias, self.in_features)
+            (gemm_vnni if self._quads else gemm).check_layer(self.weight, self.scale, self.bias, self.in_features)
 
     def __call__(self, x: np.ndarray) -> np.ndarray:
         if self._quads:
             return gemm_vnni.linear_quads_checked_weights(x, self.weight, self.scale, self.bias, self.in_features)
         if self.scale is not None:
-            return gemm.linear_int8(x, self.weight, self.scale, self.bias)
+            return gemm.linear_int8_checked_weights(x, self.weight, self.scale, self.bias, self.in_features)
         return gemm.linear_fp32(x, self.weight, self.bias)
 
 
