@@ -47,7 +47,7 @@ def _marker() -> Path:
     """A file that exists once warmup() has run for this tinybert, Numba, CPU and kernel source.
 
     It lives beside Numba's own cache files, whose index Numba keys on the same things."""
-    index = Path(attention.attention._cache._cache_file._index_path)
+    index = Path(attention.attention_with_bias._cache._cache_file._index_path)
     stamp = [__version__, numba.__version__, llvm.get_host_cpu_name(), llvm.get_host_cpu_features().flatten(),
              gemm.best_layout(), str(gemm_vnni.AMX_AVAILABLE)]
     stamp += [f"{Path(m.__file__).name}:{os.stat(m.__file__).st_mtime_ns}" for m in _KERNEL_MODULES]

@@ -65,7 +65,7 @@ def gelu(x):
             _gelu_row(x, r)
     else:
         for r in prange(x.shape[0]):
-            _gelu_row(x, r)
+            _gelu_row(x, np.int64(r))   # prange's index is uint64: one signature, not two
 
 
 @njit(cache=True, nogil=True, parallel=True, error_model="numpy")
@@ -75,7 +75,7 @@ def gelu_tanh(x):
             _gelu_tanh_row(x, r)
     else:
         for r in prange(x.shape[0]):
-            _gelu_tanh_row(x, r)
+            _gelu_tanh_row(x, np.int64(r))
 
 
 @njit(cache=True, nogil=True, parallel=True, error_model="numpy")
@@ -85,7 +85,7 @@ def relu(x):
             _relu_row(x, r)
     else:
         for r in prange(x.shape[0]):
-            _relu_row(x, r)
+            _relu_row(x, np.int64(r))
 
 
 ACTIVATIONS = {"gelu": gelu, "gelu_tanh": gelu_tanh, "relu": relu}

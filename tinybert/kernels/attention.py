@@ -235,11 +235,16 @@ def _tile(rows, c, c_off, ldc, a, a_off, lda, b, b_off, b_pstride, ldb, kdim):
         _wide1(c, c_off, ldc, a, a_off, lda, b, b_off, b_pstride, ldb, kdim)
 
 
-@njit(cache=True, nogil=True, error_model="numpy")
-def attention(qkv, starts, key_mask, num_heads, out):
+_NO_BIAS = np.zeros((1, 0), dtype=np.float32)
+
+
+def attention(qkv: np.ndarray, starts: np.ndarray, key_mask: np.ndarray, num_heads: int, out: np.ndarray) -> None:
+    """Scaled dot-product attention (1/√d, no bias) of every packed sequence into ``out``.
+
+    Plain Python: as a compiled wrapper it recompiled attention_with_bias's code into its own
+    (1.5 s of a cold start)."""
     d = out.shape[1] // num_heads
-    attention_with_bias(qkv, starts, key_mask, num_heads, 1.0 / math.sqrt(d), np.zeros((1, 0), dtype=np.float32),
-                        0, out)
+    attention_with_bias(qkv, starts, key_mask, num_heads, 1.0 / math.sqrt(d), _NO_BIAS, 0, out)
 
 
 @njit(cache=True, nogil=True, parallel=True, error_model="numpy")

@@ -55,7 +55,7 @@ def rms_norm(x, w, eps, out):
             _rms_norm_row(x, w, eps, out, r)
     else:
         for r in prange(n_rows):
-            _rms_norm_row(x, w, eps, out, r)
+            _rms_norm_row(x, w, eps, out, np.int64(r))   # prange's index is uint64: one signature, not two
 
 
 @njit(cache=True, nogil=True, error_model="numpy")
@@ -88,7 +88,7 @@ def silu_mul(gate_up, out):
             _silu_mul_row(gate_up, out, r)
     else:
         for r in prange(n_rows):
-            _silu_mul_row(gate_up, out, r)
+            _silu_mul_row(gate_up, out, np.int64(r))
 
 
 @njit(cache=True, nogil=True, fastmath=True, error_model="numpy")
@@ -116,7 +116,7 @@ def write_kv(k_new, v_new, slots, positions, k_cache, v_cache):
             _write_kv_row(k_new, v_new, slots[r], positions[r], k_cache, v_cache, r)
     else:
         for r in prange(n_rows):
-            _write_kv_row(k_new, v_new, slots[r], positions[r], k_cache, v_cache, r)
+            _write_kv_row(k_new, v_new, slots[r], positions[r], k_cache, v_cache, np.int64(r))
 
 
 @njit(cache=True, nogil=True, error_model="numpy")
@@ -140,10 +140,14 @@ def copy_slots(cache, dest, src, upto):
             cache[layer, dest[i], h, :upto] = cache[layer, src[i], h, :upto]
 
 
-@njit(cache=True, nogil=True, error_model="numpy")
-def cached_attention(q, k_cache, v_cache, slots, positions, scale, out):
-    cached_attention_with_bias(q, k_cache, v_cache, slots, positions, scale, np.zeros((1, 0), dtype=np.float32),
-                               out)
+_NO_BIAS = np.zeros((1, 0), dtype=np.float32)
+
+
+def cached_attention(q: np.ndarray, k_cache: np.ndarray, v_cache: np.ndarray, slots: np.ndarray,
+                     positions: np.ndarray, scale: float, out: np.ndarray) -> None:
+    """``cached_attention_with_bias`` without a bias (plain Python: a compiled wrapper would recompile
+    the kernel's code into its own at a cold start)."""
+    cached_attention_with_bias(q, k_cache, v_cache, slots, positions, scale, _NO_BIAS, out)
 
 
 @njit(cache=True, nogil=True, parallel=True, error_model="numpy")

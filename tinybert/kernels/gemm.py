@@ -579,7 +579,8 @@ def _linear_int8_packed(x, wp, ws, bias, out, use_simd):
         xt[-1] = 0                      # rows past M: read by no kernel, but keep them defined
     xs = np.empty(m_rows, dtype=np.float32)
     if m_rows * k_dim < 32768:          # a fork/join would cost more than the work
-        _quantize_tiles(x, 0, m_rows, np.zeros(kp, dtype=np.int16), xt, xs)
+        # np.int64(0), not 0: a literal argument would compile a second specialisation of _quantize_tiles.
+        _quantize_tiles(x, np.int64(0), m_rows, np.zeros(kp, dtype=np.int16), xt, xs)
     else:
         _quantize_tiles_parallel(x, kp, xt, xs)
     _qgemm_packed(xt, xs, wp, ws, bias, out, use_simd)

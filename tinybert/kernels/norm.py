@@ -148,14 +148,18 @@ def _layer_norm(x, residual, has_residual, w, b, eps, out):
             _norm_row(x, residual, has_residual, w, b, eps, out, r)
 
 
-@njit(cache=True, nogil=True, error_model="numpy")
-def layer_norm(x, w, b, eps, out):
-    _layer_norm(np.ascontiguousarray(x), np.ascontiguousarray(x), 0, np.ascontiguousarray(w),
-                np.ascontiguousarray(b), eps, out)
+# Plain Python entry points, not compiled wrappers: a compiled caller recompiles its callee's code
+# into its own (0.4-0.5 s each at a cold start), and its literal 0 / 1 made Numba compile _layer_norm
+# twice. From Python, has_residual is one int64 signature.
+def layer_norm(x: np.ndarray, w: np.ndarray, b: np.ndarray, eps: float, out: np.ndarray) -> None:
+    """out = LayerNorm(x) (out may be x)."""
+    x = np.ascontiguousarray(x)
+    _layer_norm(x, x, 0, np.ascontiguousarray(w), np.ascontiguousarray(b), eps, out)
 
 
-@njit(cache=True, nogil=True, error_model="numpy")
-def add_layer_norm(x, residual, w, b, eps, out):
+def add_layer_norm(x: np.ndarray, residual: np.ndarray, w: np.ndarray, b: np.ndarray, eps: float,
+                   out: np.ndarray) -> None:
+    """out = LayerNorm(x + residual) (out may be x or residual)."""
     _layer_norm(np.ascontiguousarray(x), np.ascontiguousarray(residual), 1, np.ascontiguousarray(w),
                 np.ascontiguousarray(b), eps, out)
 
