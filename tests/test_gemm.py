@@ -667,58 +667,52 @@ def test_split_rounds_half_to_even_like_the_pairs_path(path):
     np.testing.assert_array_equal(y, ((xq @ wq.T.astype(np.int64)).astype(np.float32) * ws).astype(np.float32))
 
 
-@pytest.mark.skipif(not (gv.VNNI_AVAILABLE or gv.VNNI_EMULATED), reason="VNNI capped by TINYBERT_INT8_ISA")
-def test_layer_fast_path_matches_checked_path():
+# What every int8 Linear runs: the layer is checked once at load, each call checks only its input.
+LAYOUTS = [
+    pytest.param("pairs"),
+    pytest.param("quads", marks=pytest.mark.skipif(not (gv.VNNI_AVAILABLE or gv.VNNI_EMULATED),
+                                                   reason="VNNI capped by TINYBERT_INT8_ISA")),
+]
+
+
+@pytest.mark.parametrize("layout", LAYOUTS)
+def test_layer_fast_path_matches_checked_path(layout):
     rng = np.random.default_rng(11)
-    wq = rng.integers(-127, 128, (40, 70)).astype(np.int8)
-    wp, ws = gv.pack_quads(wq), (rng.random(40) * 1e-2).astype(np.float32)
-    bias = rng.standard_normal(40).astype(np.float32)
-    gv.check_layer(wp, ws, bias, 70)
-    path = None if gv.VNNI_AVAILABLE else "vnni"       # the layer path runs what is compiled in
-    for m in (1, 5, 16, 33):
-        x = rng.standard_normal((m, 70)).astype(np.float32)
-        expected = gv.linear_quads(x, wp, ws, bias, path=path)
-        np.testing.assert_array_equal(gv.linear_quads_checked_weights(x, wp, ws, bias, 70), expected)
-        # float64 or strided inputs are converted, not refused.
-        np.testing.assert_array_equal(gv.linear_quads_checked_weights(x.astype(np.float64), wp, ws, bias, 70), expected)
-        wide = np.zeros((m, 140), np.float32)
-        wide[:, ::2] = x
-        np.testing.assert_array_equal(gv.linear_quads_checked_weights(wide[:, ::2], wp, ws, bias, 70), expected)
-    with pytest.raises(ValueError):
-        gv.linear_quads_checked_weights(np.zeros((2, 69), np.float32), wp, ws, bias, 70)   # pads to the same 128
-    with pytest.raises(ValueError):
-        gv.check_layer(wp, ws, bias, 130)                      # K does not match the packing
-    with pytest.raises(ValueError):
-        gv.check_layer(wp, ws, bias[:39], 70)                  # bias length
-    with pytest.raises(ValueError):
-        gv.check_layer(wp, ws.astype(np.float64), bias, 70)    # scale dtype
+    k = 69 if layout == "pairs" else 70       # each packing pads K: to 70 (pairs) or 128 (quads)
+    wq = rng.integers(-127, 128, (40, k)).astype(np.int8)
+    ws, bias = (rng.random(40) * 1e-2).astype(np.float32), rng.standard_normal(40).astype(np.float32)
+    if layout == "pairs":
+        wp, mod, fast = g.pack_weight(wq, "pairs"), g, g.linear_int8_checked_weights
 
+        def checked(x):
+            return g.linear_int8(x, wp, ws, bias)
+    else:
+        path = None if gv.VNNI_AVAILABLE else "vnni"       # the layer path runs what is compiled in
+        wp, mod, fast = gv.pack_quads(wq), gv, gv.linear_quads_checked_weights
 
-def test_pairs_layer_fast_path_matches_checked_path():
-    # What every int8 Linear runs on an AVX2 host: the layer is checked once, each call only its input.
-    rng = np.random.default_rng(12)
-    wq = rng.integers(-127, 128, (40, 69)).astype(np.int8)
-    wp, ws = g.pack_weight(wq, "pairs"), (rng.random(40) * 1e-2).astype(np.float32)
-    bias = rng.standard_normal(40).astype(np.float32)
-    g.check_layer(wp, ws, bias, 69)
+        def checked(x):
+            return gv.linear_quads(x, wp, ws, bias, path=path)
+    mod.check_layer(wp, ws, bias, k)
     for m in (0, 1, 5, 16, 33):
-        x = rng.standard_normal((m, 69)).astype(np.float32)
-        expected = g.linear_int8(x, wp, ws, bias)
+        x = rng.standard_normal((m, k)).astype(np.float32)
+        expected = checked(x)
         assert expected.shape == (m, 40)
-        np.testing.assert_array_equal(g.linear_int8_checked_weights(x, wp, ws, bias, 69), expected)
-        np.testing.assert_array_equal(g.linear_int8_checked_weights(x.astype(np.float64), wp, ws, bias, 69), expected)
-        wide = np.zeros((m, 138), np.float32)
+        np.testing.assert_array_equal(fast(x, wp, ws, bias, k), expected)
+        # float64 or strided inputs are converted, not refused.
+        np.testing.assert_array_equal(fast(x.astype(np.float64), wp, ws, bias, k), expected)
+        wide = np.zeros((m, 2 * k), np.float32)
         wide[:, ::2] = x
-        np.testing.assert_array_equal(g.linear_int8_checked_weights(wide[:, ::2], wp, ws, bias, 69), expected)
+        np.testing.assert_array_equal(fast(wide[:, ::2], wp, ws, bias, k), expected)
     with pytest.raises(ValueError):
-        g.linear_int8_checked_weights(np.zeros((2, 70), np.float32), wp, ws, bias, 69)   # packs to the same 35 pairs
+        fast(np.zeros((2, k + 1 if layout == "pairs" else k - 1), np.float32), wp, ws, bias, k)   # same packing
     with pytest.raises(ValueError):
-        g.linear_int8_checked_weights(np.zeros(69, np.float32), wp, ws, bias, 69)
+        fast(np.zeros(k, np.float32), wp, ws, bias, k)
     with pytest.raises(ValueError):
-        g.check_layer(wp, ws, bias, 71)                         # K does not match the packing
+        mod.check_layer(wp, ws, bias, 130)                     # K does not match the packing
     with pytest.raises(ValueError):
-        g.check_layer(wp, ws, bias[:39], 69)                    # bias length: the kernel would read past it
+        mod.check_layer(wp, ws, bias[:39], k)                  # bias length: the kernel would read past it
     with pytest.raises(ValueError):
-        g.linear_int8(np.zeros((2, 69), np.float32), wp, ws, bias[:39])
-    with pytest.raises(ValueError):
-        g.check_layer(wp, ws.astype(np.float64), bias, 69)      # scale dtype
+        mod.check_layer(wp, ws.astype(np.float64), bias, k)    # scale dtype
+    if layout == "pairs":       # the general entry point checks the bias against N as well
+        with pytest.raises(ValueError):
+            g.linear_int8(np.zeros((2, k), np.float32), wp, ws, bias[:39])

@@ -636,14 +636,24 @@ def linear_int8(x: np.ndarray, wq: np.ndarray, ws: np.ndarray, bias: np.ndarray,
     m_rows, k_dim = x.shape
     n_dim = ws.shape[0]
     _check_packed(wq, k_dim, n_dim)
-    _check_scale_bias(ws, bias)
+    check_scale_bias(ws, bias)
     out = np.empty((m_rows, n_dim), dtype=np.float32)
     if m_rows:
         _linear_int8_packed(np.ascontiguousarray(x, dtype=np.float32), wq, ws, bias, out, _use_simd(path))
     return out
 
 
-def _check_scale_bias(ws, bias):
+def layer_input(x: np.ndarray, k_dim: int) -> np.ndarray:
+    """x as C-contiguous float32 [M, k_dim] (converted if need be); ValueError for any other shape."""
+    if x.ndim != 2 or x.shape[1] != k_dim:
+        raise ValueError(f"expected input of shape [M, {k_dim}], got {x.shape}")
+    if not (x.dtype == np.float32 and x.flags.c_contiguous):
+        x = np.ascontiguousarray(x, dtype=np.float32)
+    return x
+
+
+def check_scale_bias(ws: np.ndarray, bias: np.ndarray) -> None:
+    """Per-output-channel scales and bias: contiguous float32 [N] each, the same N."""
     if not (ws.dtype == bias.dtype == np.float32 and ws.ndim == bias.ndim == 1 and ws.shape == bias.shape
             and ws.flags.c_contiguous and bias.flags.c_contiguous):
         raise ValueError(f"scales {ws.dtype}{ws.shape} and bias {bias.dtype}{bias.shape} must be contiguous "
@@ -653,7 +663,7 @@ def _check_scale_bias(ws, bias):
 def check_layer(wp: np.ndarray, ws: np.ndarray, bias: np.ndarray, k_dim: int) -> None:
     """Validate a pairs-packed layer once, at load: packing, scales and bias agree with K and N."""
     _check_packed(wp, k_dim, ws.shape[0])
-    _check_scale_bias(ws, bias)
+    check_scale_bias(ws, bias)
 
 
 def linear_int8_checked_weights(x: np.ndarray, wp: np.ndarray, ws: np.ndarray, bias: np.ndarray,
@@ -662,10 +672,7 @@ def linear_int8_checked_weights(x: np.ndarray, wp: np.ndarray, ws: np.ndarray, b
     checked once with ``check_layer``: only x is checked per call (a model makes 24-72 of these
     calls per forward pass, and at batch 1 the full checks cost more than the GEMM's own launch).
     """
-    if x.ndim != 2 or x.shape[1] != k_dim:
-        raise ValueError(f"expected input of shape [M, {k_dim}], got {x.shape}")
-    if not (x.dtype == np.float32 and x.flags.c_contiguous):
-        x = np.ascontiguousarray(x, dtype=np.float32)
+    x = layer_input(x, k_dim)
     out = np.empty((x.shape[0], ws.shape[0]), dtype=np.float32)
     if x.shape[0]:
         _linear_int8_packed(x, wp, ws, bias, out, True)

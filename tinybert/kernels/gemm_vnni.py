@@ -55,7 +55,7 @@ from numba import njit, prange, types
 from numba.core import cgutils
 from numba.extending import intrinsic
 
-from .gemm import MC, MR, NR, _target_features, row_scale
+from .gemm import MC, MR, NR, _target_features, check_scale_bias, layer_input, row_scale
 from .jitcache import fast_cache_loading
 from .memory import aligned_bytes, aligned_empty
 
@@ -885,10 +885,7 @@ def linear_quads_checked_weights(x: np.ndarray, wp: np.ndarray, ws: np.ndarray, 
     ~40 us GEMM, 24 times per MiniLM forward. (The packing pads K to 64, so only the layer knows
     its true K: an input of the wrong width is an error here, not zeros quietly appended.)
     """
-    if x.ndim != 2 or x.shape[1] != k_dim:
-        raise ValueError(f"expected input of shape [M, {k_dim}], got {x.shape}")
-    if not (x.dtype == np.float32 and x.flags.c_contiguous):
-        x = np.ascontiguousarray(x, dtype=np.float32)
+    x = layer_input(x, k_dim)
     out = np.empty((x.shape[0], ws.shape[0]), dtype=np.float32)
     if x.shape[0]:
         _linear_quads(x, wp, ws, bias, out, AMX_AVAILABLE and x.shape[0] >= AMX_MIN_ROWS, _AMX_CONFIG)
@@ -898,10 +895,7 @@ def linear_quads_checked_weights(x: np.ndarray, wp: np.ndarray, ws: np.ndarray, 
 def check_layer(wp: np.ndarray, ws: np.ndarray, bias: np.ndarray, k_dim: int) -> None:
     """Validate a quad-packed layer once: packing, scales and bias agree with K and N."""
     _check_quads(wp, k_dim, ws.shape[0])
-    if not (ws.dtype == bias.dtype == np.float32 and ws.ndim == bias.ndim == 1 and ws.shape == bias.shape
-            and ws.flags.c_contiguous and bias.flags.c_contiguous):
-        raise ValueError(f"scales {ws.dtype}{ws.shape} and bias {bias.dtype}{bias.shape} must be contiguous "
-                         "float32 [N]")
+    check_scale_bias(ws, bias)
 
 
 fast_cache_loading(globals())   # warm starts skip Numba's compiler set-up (see jitcache.py)
