@@ -56,6 +56,7 @@ from numba.core import cgutils
 from numba.extending import intrinsic
 
 from .gemm import MC, MR, NR, _target_features, check_scale_bias, layer_input, row_scale
+from .irloop import no_unroll
 from .jitcache import fast_cache_loading
 from .memory import aligned_bytes, aligned_empty
 
@@ -343,6 +344,7 @@ def _make_vnni_microkernel(rows: int, emit: bool):
                         for q in range(panels):
                             acc = accs[part][q][i]
                             builder.store(dp(builder.load(acc, typ=v16i32), ws[q], bcast), acc)
+            no_unroll(builder, loop.index)
             t_base = builder.gep(tile_p, [t_off_v], source_etype=i32)
             for part in range(2):
                 for q in range(panels):
