@@ -19,9 +19,9 @@ PATHS = ["simd", "portable"]
 # numpy references
 # ------------------------------------------------------------------------------------------------
 
-def quantize_ref(x):
+def quantize_ref(x, qmax=g.ACT_QMAX):
     amax = np.abs(x).max(axis=1)
-    scale = np.where(amax > 0, amax / np.float32(g.ACT_QMAX), np.float32(1.0)).astype(np.float32)
+    scale = np.where(amax > 0, amax / np.float32(qmax), np.float32(1.0)).astype(np.float32)
     inv = (np.float32(1.0) / scale).astype(np.float32)
     xq = np.rint(x * inv[:, None]).astype(np.int16)
     return xq, scale
@@ -221,6 +221,11 @@ def test_linear_int8(m, n, k, path, packed):
     # And it approximates the float layer.
     y32 = g.linear_fp32(x, wq.astype(np.float32) * ws[:, None], bias)
     assert np.abs(y - y32).max() <= 1e-3 * (np.abs(y32).max() + 1)
+
+
+def test_act_bits_must_be_8_or_12():
+    with pytest.raises(ValueError, match="8 or 12"):
+        g.act_qmax(4)
 
 
 def test_default_path_is_vector():
@@ -519,7 +524,9 @@ def test_quads_extreme_values(m, n, k, extreme, path):
 # The default path (None) takes quads only where they are native (test_pack_quads_rejects_bad_input).
 @pytest.mark.parametrize("path", QUAD_PATHS + ([None] if gv.VNNI_AVAILABLE else []))
 @pytest.mark.parametrize("m,n,k", [(1, 384, 384), (3, 15, 3), (16, 40, 770), (97, 50, 1031), (260, 96, 384)])
-def test_linear_quads_matches_pairs_bit_for_bit(m, n, k, path):
+@pytest.mark.parametrize("bits", [12, 8])
+def test_linear_quads_matches_pairs_bit_for_bit(m, n, k, path, bits):
+    # 8-bit layers run the one-byte-plane VNNI kernel; AMX and pairs the 12-bit ones on 8-bit values.
     rng = np.random.default_rng(m + n + k)
     x = (rng.standard_normal((m, k)) * 3).astype(np.float32)
     x[m // 2] = 0.0
@@ -528,16 +535,19 @@ def test_linear_quads_matches_pairs_bit_for_bit(m, n, k, path):
     wq = rng.integers(-127, 128, (n, k)).astype(np.int8)
     ws = (rng.random(n) * 1e-2).astype(np.float32)
     bias = rng.standard_normal(n).astype(np.float32)
-    y = g.linear_int8(x, gv.pack_quads(wq), ws, bias, path=path)
+    y = g.linear_int8(x, gv.pack_quads(wq), ws, bias, path=path, act_bits=bits)
     for other in ("simd", "portable"):
-        np.testing.assert_array_equal(y, g.linear_int8(x, g.pack_weight(wq, "pairs"), ws, bias, path=other))
+        np.testing.assert_array_equal(y, g.linear_int8(x, g.pack_weight(wq, "pairs"), ws, bias, path=other,
+                                                       act_bits=bits))
     np.testing.assert_array_equal(y[m // 2], bias)
-    xq, xs = quantize_ref(x)
+    xq, xs = quantize_ref(x, g.ACT_QMAX if bits == 12 else g.ACT8_QMAX)
+    assert m == 1 or np.abs(xq).max() == (g.ACT_QMAX if bits == 12 else g.ACT8_QMAX)
     check_out(y, xq, xs, wq, ws, bias)
 
 
 @pytest.mark.parametrize("path", QUAD_PATHS)
-def test_quads_non_finite_row_gives_nan_row(path):
+@pytest.mark.parametrize("bits", [12, 8])
+def test_quads_non_finite_row_gives_nan_row(path, bits):
     # A NaN or inf activation must not become integers made of garbage: its row comes out NaN (the
     # models' finiteness check then raises) and the other rows are untouched.
     rng = np.random.default_rng(5)
@@ -545,11 +555,12 @@ def test_quads_non_finite_row_gives_nan_row(path):
     x[3, 7], x[11, 0] = np.nan, np.inf
     wq = rng.integers(-127, 128, (24, 64)).astype(np.int8)
     ws, bias = np.full(24, 0.01, np.float32), np.zeros(24, np.float32)
-    y = g.linear_int8(x, gv.pack_quads(wq), ws, bias, path=path)
+    y = g.linear_int8(x, gv.pack_quads(wq), ws, bias, path=path, act_bits=bits)
     assert np.isnan(y[3]).all() and np.isnan(y[11]).all()
     good = np.ones(20, bool)
     good[[3, 11]] = False
-    np.testing.assert_array_equal(y[good], g.linear_int8(x[good], g.pack_weight(wq, "pairs"), ws, bias))
+    np.testing.assert_array_equal(y[good], g.linear_int8(x[good], g.pack_weight(wq, "pairs"), ws, bias,
+                                                         act_bits=bits))
 
 
 def test_kernel_choice_follows_numba_target(tmp_path):

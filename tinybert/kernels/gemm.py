@@ -68,6 +68,8 @@ from .jitcache import fast_cache_loading
 from .memory import aligned_bytes, aligned_empty
 
 ACT_QMAX = 2047
+ACT8_QMAX = 127   # layers converted for 8-bit activations (see act_qmax)
+QMAX12 = np.float32(ACT_QMAX)
 ACC_BLOCK = 8192
 
 # Register/cache blocking of the packed kernel (see module docstring).
@@ -147,9 +149,20 @@ def _abs_bits_max(typingctx, row):
     return types.int32(row), codegen
 
 
+def act_qmax(bits: int) -> np.float32:
+    """The per-row quantisation range of a layer's activations: 12 bits (default) or 8.
+
+    8-bit layers are those the converter calibrated for it (see convert/smooth.py): their products
+    fit one byte plane, which halves the VNNI instructions per dot product (gemm_vnni.py).
+    """
+    if bits not in (8, 12):
+        raise ValueError(f"activation bits must be 8 or 12, got {bits!r}")
+    return np.float32(ACT_QMAX if bits == 12 else ACT8_QMAX)
+
+
 @njit(cache=True, nogil=True, error_model="numpy", inline="always")
-def row_scale(x, m):
-    """max|x[m]| / ACT_QMAX as float32 (1 for a zero row); NaN when the row holds a NaN or an inf.
+def row_scale(x, m, qmax):
+    """max|x[m]| / qmax as float32 (1 for a zero row); NaN when the row holds a NaN or an inf.
 
     The maximum is taken over the bit patterns: for |x| (sign bit cleared) integer order is float
     order, and an integer max reduction vectorises where a float one (NaN rules) does not.
@@ -160,13 +173,13 @@ def row_scale(x, m):
     if top >= np.int32(0x7F800000):
         return np.float32(np.nan)
     amax = np.array([top], dtype=np.int32).view(np.float32)[0]
-    return amax / np.float32(ACT_QMAX) if amax > 0 else np.float32(1.0)
+    return amax / qmax if amax > 0 else np.float32(1.0)
 
 
 @njit(cache=True, nogil=True, error_model="numpy", inline="always")
-def _quantize_row_into(x, m, xs, dst):
-    """xs[m] = max|x[m]| / ACT_QMAX (1 for a zero row); dst[k] = rint(x[m, k] / xs[m]), k < K."""
-    scale = row_scale(x, m)
+def _quantize_row_into(x, m, xs, dst, qmax):
+    """xs[m] = max|x[m]| / qmax (1 for a zero row); dst[k] = rint(x[m, k] / xs[m]), k < K."""
+    scale = row_scale(x, m, qmax)
     xs[m] = scale
     if np.isnan(scale):
         dst[:x.shape[1]] = 0
@@ -184,7 +197,7 @@ def quantize_rows(x, xq, xs):
     Rounding is np.rint (half to even) of x * float32(1 / xs).
     """
     for m in prange(x.shape[0]):
-        _quantize_row_into(x, m, xs, xq[m])
+        _quantize_row_into(x, m, xs, xq[m], np.float32(ACT_QMAX))
 
 
 # ----------------------------------------------------------------------------------------------
@@ -492,21 +505,21 @@ def to_row_tiles(xq):
 
 
 @njit(cache=True, nogil=True, error_model="numpy")
-def _quantize_tiles(x, row0, row1, xrow, xt, xs):
+def _quantize_tiles(x, row0, row1, xrow, xt, xs, qmax):
     # Each row is quantised into the contiguous scratch row xrow (where the loop vectorises),
     # then scattered into the tiles as 4-byte stores.
     for m in range(row0, row1):
-        _quantize_row_into(x, m, xs, xrow)
+        _quantize_row_into(x, m, xs, xrow, qmax)
         _tile_row(xrow, m, xt)
 
 
 @njit(cache=True, nogil=True, parallel=True, error_model="numpy")
-def _quantize_tiles_parallel(x, kp, xt, xs):
+def _quantize_tiles_parallel(x, kp, xt, xs, qmax):
     m_rows = x.shape[0]
     n_parts = (m_rows + 63) // 64
     for part in prange(n_parts):
         xrow = np.zeros(kp, dtype=np.int16)         # column K (odd K) stays zero
-        _quantize_tiles(x, part * 64, min(m_rows, part * 64 + 64), xrow, xt, xs)
+        _quantize_tiles(x, part * 64, min(m_rows, part * 64 + 64), xrow, xt, xs, qmax)
 
 
 @njit(cache=True, nogil=True, parallel=True, error_model="numpy")
@@ -570,7 +583,7 @@ def _qgemm_packed(xt, xs, wp, ws, bias, out, use_simd):
 
 
 @njit(cache=True, nogil=True, error_model="numpy")
-def _linear_int8_packed(x, wp, ws, bias, out, use_simd):
+def _linear_int8_packed(x, wp, ws, bias, out, use_simd, qmax):
     """Fused quantise (straight into row tiles) + packed GEMM (one compiled call from Python)."""
     m_rows, k_dim = x.shape
     kp = 2 * wp.shape[1]
@@ -580,9 +593,9 @@ def _linear_int8_packed(x, wp, ws, bias, out, use_simd):
     xs = np.empty(m_rows, dtype=np.float32)
     if m_rows * k_dim < 32768:          # a fork/join would cost more than the work
         # np.int64(0), not 0: a literal argument would compile a second specialisation of _quantize_tiles.
-        _quantize_tiles(x, np.int64(0), m_rows, np.zeros(kp, dtype=np.int16), xt, xs)
+        _quantize_tiles(x, np.int64(0), m_rows, np.zeros(kp, dtype=np.int16), xt, xs, qmax)
     else:
-        _quantize_tiles_parallel(x, kp, xt, xs)
+        _quantize_tiles_parallel(x, kp, xt, xs, qmax)
     _qgemm_packed(xt, xs, wp, ws, bias, out, use_simd)
 
 
@@ -612,8 +625,9 @@ def qlinear_packed(xq, xs, wp, ws, bias, out, path=None):
 
 
 def linear_int8(x: np.ndarray, wq: np.ndarray, ws: np.ndarray, bias: np.ndarray,
-                path=None) -> np.ndarray:
-    """y = dequant(wq, ws) applied to x (float32 [M, K]) with per-row 12-bit activations.
+                path=None, act_bits: int = 12) -> np.ndarray:
+    """y = dequant(wq, ws) applied to x (float32 [M, K]) with per-row 12-bit (or ``act_bits`` = 8)
+    activations.
 
     wq is, best, ``pack_weight(wq)`` computed once at load time, or the raw int8 [N, K] weight
     (packed on every call, in the pairs layout unless path names a quads kernel).
@@ -623,13 +637,13 @@ def linear_int8(x: np.ndarray, wq: np.ndarray, ws: np.ndarray, bias: np.ndarray,
     if wq.dtype == np.uint8:
         from . import gemm_vnni
 
-        return gemm_vnni.linear_quads(np.ascontiguousarray(x, dtype=np.float32), wq, ws, bias, path)
+        return gemm_vnni.linear_quads(np.ascontiguousarray(x, dtype=np.float32), wq, ws, bias, path, act_bits)
     if not is_packed(wq):
         if path in ("vnni", "amx"):
             from . import gemm_vnni
 
             return gemm_vnni.linear_quads(np.ascontiguousarray(x, dtype=np.float32),
-                                          gemm_vnni.pack_quads(wq), ws, bias, path)
+                                          gemm_vnni.pack_quads(wq), ws, bias, path, act_bits)
         wq = pack_weight(wq, "pairs")
     if x.ndim != 2:
         raise ValueError(f"linear_int8 expects x of shape [M, K], got {x.shape}")
@@ -637,9 +651,10 @@ def linear_int8(x: np.ndarray, wq: np.ndarray, ws: np.ndarray, bias: np.ndarray,
     n_dim = ws.shape[0]
     _check_packed(wq, k_dim, n_dim)
     check_scale_bias(ws, bias)
+    qmax = act_qmax(act_bits)
     out = np.empty((m_rows, n_dim), dtype=np.float32)
     if m_rows:
-        _linear_int8_packed(np.ascontiguousarray(x, dtype=np.float32), wq, ws, bias, out, _use_simd(path))
+        _linear_int8_packed(np.ascontiguousarray(x, dtype=np.float32), wq, ws, bias, out, _use_simd(path), qmax)
     return out
 
 
@@ -667,15 +682,16 @@ def check_layer(wp: np.ndarray, ws: np.ndarray, bias: np.ndarray, k_dim: int) ->
 
 
 def linear_int8_checked_weights(x: np.ndarray, wp: np.ndarray, ws: np.ndarray, bias: np.ndarray,
-                                k_dim: int) -> np.ndarray:
-    """``linear_int8`` for a layer whose ``wp``, ``ws``, ``bias`` and input width ``k_dim`` were
-    checked once with ``check_layer``: only x is checked per call (a model makes 24-72 of these
-    calls per forward pass, and at batch 1 the full checks cost more than the GEMM's own launch).
+                                k_dim: int, qmax: np.float32 = QMAX12) -> np.ndarray:
+    """``linear_int8`` for a layer whose ``wp``, ``ws``, ``bias``, input width ``k_dim`` and
+    activation range ``qmax`` (``act_qmax``) were checked once with ``check_layer``: only x is
+    checked per call (a model makes 24-72 of these calls per forward pass, and at batch 1 the full
+    checks cost more than the GEMM's own launch).
     """
     x = layer_input(x, k_dim)
     out = np.empty((x.shape[0], ws.shape[0]), dtype=np.float32)
     if x.shape[0]:
-        _linear_int8_packed(x, wp, ws, bias, out, True)
+        _linear_int8_packed(x, wp, ws, bias, out, True, qmax)
     return out
 
 

@@ -55,7 +55,7 @@ from numba import njit, prange, types
 from numba.core import cgutils
 from numba.extending import intrinsic
 
-from .gemm import MC, MR, NR, _target_features, check_scale_bias, layer_input, row_scale
+from .gemm import MC, MR, NR, QMAX12, _target_features, act_qmax, check_scale_bias, layer_input, row_scale
 from .irloop import no_unroll
 from .jitcache import fast_cache_loading
 from .memory import aligned_bytes, aligned_empty
@@ -150,70 +150,83 @@ def is_quads(w: np.ndarray) -> bool:
     return w.dtype == np.uint8 and w.ndim == 3 and w.shape[2] == 4 * NR
 
 
-@intrinsic
-def _split_bytes(typingctx, row, inv, hrow, lrow):
-    """q = int(rint(row[k] * inv)); hrow[k], lrow[k] = h, l of q = 64 h + l; returns sum of q (int64).
+def _make_split(low_only: bool):
+    @intrinsic
+    def split_bytes(typingctx, row, inv, hrow, lrow):
+        """q = int(rint(row[k] * inv)); hrow[k], lrow[k] = h, l of q = 64 h + l; returns sum of q (int64).
 
-    Contiguous 1-d rows. <16 x float> / <16 x i32> IR: written in Python, Numba widens the int32
-    arithmetic to int64 and LLVM vectorised the loop four lanes at a time.  Same float32 product and
-    round-half-even (``llvm.rint``) as np.rint(x * inv), so the integers equal gemm.py's.
-    """
-    for arr, dtype in ((row, types.float32), (hrow, types.int8), (lrow, types.int8)):
-        if not (isinstance(arr, types.Array) and arr.dtype == dtype and arr.ndim == 1 and arr.layout == "C"):
-            return None
-    f32, i8, i32, i64 = ir.FloatType(), ir.IntType(8), ir.IntType(32), ir.IntType(64)
+        ``low_only`` (8-bit activations, |q| <= 127): h = 0, l = q, one signed byte.
+        Contiguous 1-d rows. <16 x float> / <16 x i32> IR: written in Python, Numba widens the int32
+        arithmetic to int64 and LLVM vectorised the loop four lanes at a time.  Same float32 product and
+        round-half-even (``llvm.rint``) as np.rint(x * inv), so the integers equal gemm.py's.
+        """
+        for arr, dtype in ((row, types.float32), (hrow, types.int8), (lrow, types.int8)):
+            if not (isinstance(arr, types.Array) and arr.dtype == dtype and arr.ndim == 1 and arr.layout == "C"):
+                return None
+        f32, i8, i32, i64 = ir.FloatType(), ir.IntType(8), ir.IntType(32), ir.IntType(64)
 
-    def codegen(context, builder, signature, args):
-        tys = signature.args
-        x_p, h_p, l_p = [cgutils.create_struct_proxy(tys[i])(context, builder, value=args[i]).data for i in (0, 2, 3)]
-        n = builder.extract_value(cgutils.create_struct_proxy(tys[0])(context, builder, value=args[0]).shape, 0)
-        inv = context.cast(builder, args[1], tys[1], types.float32)
+        def codegen(context, builder, signature, args):
+            tys = signature.args
+            x_p, h_p, l_p = [cgutils.create_struct_proxy(tys[i])(context, builder, value=args[i]).data
+                             for i in (0, 2, 3)]
+            n = builder.extract_value(cgutils.create_struct_proxy(tys[0])(context, builder, value=args[0]).shape, 0)
+            inv = context.cast(builder, args[1], tys[1], types.float32)
 
-        def split(width, k):
-            vf = ir.VectorType(f32, width) if width > 1 else f32
-            vi = ir.VectorType(i32, width) if width > 1 else i32
-            vb = ir.VectorType(i8, width) if width > 1 else i8
+            def split(width, k):
+                vf = ir.VectorType(f32, width) if width > 1 else f32
+                vi = ir.VectorType(i32, width) if width > 1 else i32
+                vb = ir.VectorType(i8, width) if width > 1 else i8
 
-            def const(v):
-                return ir.Constant(vi, [v] * width) if width > 1 else ir.Constant(i32, v)
+                def const(v):
+                    return ir.Constant(vi, [v] * width) if width > 1 else ir.Constant(i32, v)
 
-            suffix = f"v{width}f32" if width > 1 else "f32"
-            rint = cgutils.get_or_insert_function(builder.module, ir.FunctionType(vf, [vf]), f"llvm.rint.{suffix}")
-            x = builder.load(builder.bitcast(builder.gep(x_p, [k]), vf.as_pointer()), align=4)
-            scale = inv
-            if width > 1:
-                zeros = ir.Constant(ir.VectorType(i32, width), [0] * width)
-                scale = builder.shuffle_vector(builder.insert_element(ir.Constant(vf, None), inv, ir.Constant(i32, 0)),
-                                               ir.Constant(vf, None), zeros)
-            q = builder.fptosi(builder.call(rint, [builder.fmul(x, scale)]), vi)
-            lo = builder.sub(builder.and_(builder.add(q, const(32)), const(63)), const(32))
-            hi = builder.ashr(builder.sub(q, lo), const(6))
-            builder.store(builder.trunc(hi, vb), builder.bitcast(builder.gep(h_p, [k]), vb.as_pointer()), align=1)
-            builder.store(builder.trunc(lo, vb), builder.bitcast(builder.gep(l_p, [k]), vb.as_pointer()), align=1)
-            return q
+                suffix = f"v{width}f32" if width > 1 else "f32"
+                rint = cgutils.get_or_insert_function(builder.module, ir.FunctionType(vf, [vf]), f"llvm.rint.{suffix}")
+                x = builder.load(builder.bitcast(builder.gep(x_p, [k]), vf.as_pointer()), align=4)
+                scale = inv
+                if width > 1:
+                    zeros = ir.Constant(ir.VectorType(i32, width), [0] * width)
+                    one = builder.insert_element(ir.Constant(vf, None), inv, ir.Constant(i32, 0))
+                    scale = builder.shuffle_vector(one, ir.Constant(vf, None), zeros)
+                q = builder.fptosi(builder.call(rint, [builder.fmul(x, scale)]), vi)
+                if low_only:
+                    lo, hi = q, const(0)
+                else:
+                    lo = builder.sub(builder.and_(builder.add(q, const(32)), const(63)), const(32))
+                    hi = builder.ashr(builder.sub(q, lo), const(6))
+                builder.store(builder.trunc(hi, vb), builder.bitcast(builder.gep(h_p, [k]), vb.as_pointer()), align=1)
+                builder.store(builder.trunc(lo, vb), builder.bitcast(builder.gep(l_p, [k]), vb.as_pointer()), align=1)
+                return q
 
-        v16 = ir.VectorType(i32, 16)
-        acc = cgutils.alloca_once_value(builder, ir.Constant(v16, [0] * 16))
-        blocks = builder.udiv(n, ir.Constant(i64, 16))
-        with cgutils.for_range(builder, blocks) as loop:
-            q = split(16, builder.mul(loop.index, ir.Constant(i64, 16)))
-            builder.store(builder.add(builder.load(acc), q), acc)   # |sum| <= 2047 * MAX_K / 16 per lane
-        reduce = cgutils.get_or_insert_function(builder.module, ir.FunctionType(i32, [v16]),
-                                                "llvm.vector.reduce.add.v16i32")
-        total = cgutils.alloca_once_value(builder, builder.sext(builder.call(reduce, [builder.load(acc)]), i64))
-        done = builder.mul(blocks, ir.Constant(i64, 16))
-        with cgutils.for_range(builder, builder.sub(n, done)) as loop:
-            q = split(1, builder.add(done, loop.index))
-            builder.store(builder.add(builder.load(total), builder.sext(q, i64)), total)
-        return builder.load(total)
+            v16 = ir.VectorType(i32, 16)
+            acc = cgutils.alloca_once_value(builder, ir.Constant(v16, [0] * 16))
+            blocks = builder.udiv(n, ir.Constant(i64, 16))
+            with cgutils.for_range(builder, blocks) as loop:
+                q = split(16, builder.mul(loop.index, ir.Constant(i64, 16)))
+                builder.store(builder.add(builder.load(acc), q), acc)   # |sum| <= 2047 * MAX_K / 16 per lane
+            reduce = cgutils.get_or_insert_function(builder.module, ir.FunctionType(i32, [v16]),
+                                                    "llvm.vector.reduce.add.v16i32")
+            total = cgutils.alloca_once_value(builder, builder.sext(builder.call(reduce, [builder.load(acc)]), i64))
+            done = builder.mul(blocks, ir.Constant(i64, 16))
+            with cgutils.for_range(builder, builder.sub(n, done)) as loop:
+                q = split(1, builder.add(done, loop.index))
+                builder.store(builder.add(builder.load(total), builder.sext(q, i64)), total)
+            return builder.load(total)
 
-    return types.int64(row, inv, hrow, lrow), codegen
+        return types.int64(row, inv, hrow, lrow), codegen
+
+    return split_bytes
+
+
+_split_bytes = _make_split(False)
+_split_low = _make_split(True)
 
 
 @njit(cache=True, nogil=True, error_model="numpy")
-def _split_row(x, m, xh, xl, xs, xsum):
-    """Quantise row m exactly as gemm._quantize_row_into does, and store it split into bytes."""
-    scale = row_scale(x, m)
+def _split_row(x, m, xh, xl, xs, xsum, qmax):
+    """Quantise row m exactly as gemm._quantize_row_into does, and store it split into bytes
+    (8-bit rows, qmax <= 127: all of it in xl, xh zero)."""
+    scale = row_scale(x, m, qmax)
     xs[m] = scale
     if np.isnan(scale):          # non-finite row: zeros, and a NaN scale poisons the output
         xh[m, :x.shape[1]] = 0
@@ -221,22 +234,25 @@ def _split_row(x, m, xh, xl, xs, xsum):
         xsum[m] = 0
         return
     k = x.shape[1]
-    xsum[m] = _split_bytes(x[m], np.float32(1.0) / scale, xh[m, :k], xl[m, :k])
+    if qmax <= 127:
+        xsum[m] = _split_low(x[m], np.float32(1.0) / scale, xh[m, :k], xl[m, :k])
+    else:
+        xsum[m] = _split_bytes(x[m], np.float32(1.0) / scale, xh[m, :k], xl[m, :k])
 
 
 @njit(cache=True, nogil=True, parallel=True, error_model="numpy")
-def _split_rows_parallel(x, xh, xl, xs, xsum):
+def _split_rows_parallel(x, xh, xl, xs, xsum, qmax):
     for m in prange(x.shape[0]):
-        _split_row(x, m, xh, xl, xs, xsum)
+        _split_row(x, m, xh, xl, xs, xsum, qmax)
 
 
 @njit(cache=True, nogil=True, error_model="numpy")
-def _split_rows(x, xh, xl, xs, xsum):
+def _split_rows(x, xh, xl, xs, xsum, qmax):
     if x.shape[0] * x.shape[1] < 32768:   # a fork/join costs more than a few rows of work
         for m in range(x.shape[0]):
-            _split_row(x, m, xh, xl, xs, xsum)
+            _split_row(x, m, xh, xl, xs, xsum, qmax)
     else:
-        _split_rows_parallel(x, xh, xl, xs, xsum)
+        _split_rows_parallel(x, xh, xl, xs, xsum, qmax)
 
 
 @njit(cache=True, nogil=True, error_model="numpy")
@@ -278,12 +294,15 @@ def _dpbusd_generic(builder, acc, u, s):
 VNNI_PANELS = 2   # 16-channel panels per VNNI micro-tile (24 zmm accumulators for 6 rows)
 
 
-def _make_vnni_microkernel(rows: int, emit: bool):
+def _make_vnni_microkernel(rows: int, emit: bool, parts: int = 2):
     """``rows`` (1..MR) x a pair of 16-channel panels x (h, l) in 4 * rows zmm accumulators.
 
     Tile row i holds [h of panel 0 | h of panel 1 | l of panel 0 | l of panel 1], 16 int32 each.
     Panel q's weights start at wp[w_off + q * w_pstride].  Each broadcast of four activation bytes
     feeds two vpdpbusd: 2 + 12 loads per 24 products (one panel took 1 + 12 per 12).
+
+    ``parts`` = 1 (8-bit activations): only the l rows are read and only the l accumulators
+    updated, so the h ones keep the tile's zeros; half the instructions of (h, l).
 
     With ``emit`` False (target without AVX-512 VNNI, where the instruction could not be lowered)
     vpdpbusd is emulated in generic IR (``_dpbusd_generic``): same sums, for tests.
@@ -319,7 +338,7 @@ def _make_vnni_microkernel(rows: int, emit: bool):
                 def dp(acc, u, s):
                     return _dpbusd_generic(builder, acc, u, s)
             row_ptrs = []                                 # h rows, then l rows
-            for src in (xh_p, xl_p):
+            for src in ((xh_p, xl_p) if parts == 2 else (xl_p,)):
                 for i in range(rows):
                     off = builder.add(x_off_v, builder.mul(x_stride_v, ir.Constant(i64, i)))
                     row_ptrs.append(builder.bitcast(builder.gep(src, [off], source_etype=i8),
@@ -329,12 +348,12 @@ def _make_vnni_microkernel(rows: int, emit: bool):
                                                    source_etype=i8), v16i32.as_pointer()) for q in range(panels)]
             # accs[part][q][i]: part 0 = h, 1 = l
             accs = [[[cgutils.alloca_once_value(builder, ir.Constant(v16i32, [0] * 16)) for _ in range(rows)]
-                     for _ in range(panels)] for _ in range(2)]
+                     for _ in range(panels)] for _ in range(parts)]
             with cgutils.for_range(builder, kq_v) as loop:
                 kq = loop.index
                 ws = [builder.load(builder.gep(w_bases[q], [kq], source_etype=v16i32), align=1, typ=v16i32)
                       for q in range(panels)]
-                for part in range(2):
+                for part in range(parts):
                     for i in range(rows):
                         ptr = row_ptrs[part * rows + i]
                         four = builder.load(builder.gep(ptr, [kq], source_etype=i32), align=1, typ=i32)
@@ -346,11 +365,12 @@ def _make_vnni_microkernel(rows: int, emit: bool):
                             builder.store(dp(builder.load(acc, typ=v16i32), ws[q], bcast), acc)
             no_unroll(builder, loop.index)
             t_base = builder.gep(tile_p, [t_off_v], source_etype=i32)
-            for part in range(2):
+            for part in range(parts):
+                slot = part if parts == 2 else 1
                 for q in range(panels):
                     for i in range(rows):
                         ptr = builder.bitcast(
-                            builder.gep(t_base, [ir.Constant(i64, i * ldt + (part * panels + q) * NR)],
+                            builder.gep(t_base, [ir.Constant(i64, i * ldt + (slot * panels + q) * NR)],
                                         source_etype=i32), v16i32.as_pointer())
                         acc = builder.load(accs[part][q][i], typ=v16i32)
                         builder.store(builder.add(builder.load(ptr, align=4, typ=v16i32), acc), ptr, align=4)
@@ -380,6 +400,26 @@ def _vnni_microkernel(rows, tile, t_off, xh, xl, x_off, x_stride, wp, w_off, w_p
         _vk2(tile, t_off, xh, xl, x_off, x_stride, wp, w_off, w_pstride, kquads)
     else:
         _vk1(tile, t_off, xh, xl, x_off, x_stride, wp, w_off, w_pstride, kquads)
+
+
+_vl1, _vl2, _vl3, _vl4, _vl5, _vl6 = [_make_vnni_microkernel(r, _TARGET_VNNI, parts=1) for r in range(1, MR + 1)]
+
+
+@njit(cache=True, nogil=True, error_model="numpy", inline="always")
+def _vnni_microkernel_low(rows, tile, t_off, xl, x_off, x_stride, wp, w_off, w_pstride, kquads):
+    # 8-bit activations: the l plane alone (xl passed for both planes; the kernel reads only l).
+    if rows == 6:
+        _vl6(tile, t_off, xl, xl, x_off, x_stride, wp, w_off, w_pstride, kquads)
+    elif rows == 5:
+        _vl5(tile, t_off, xl, xl, x_off, x_stride, wp, w_off, w_pstride, kquads)
+    elif rows == 4:
+        _vl4(tile, t_off, xl, xl, x_off, x_stride, wp, w_off, w_pstride, kquads)
+    elif rows == 3:
+        _vl3(tile, t_off, xl, xl, x_off, x_stride, wp, w_off, w_pstride, kquads)
+    elif rows == 2:
+        _vl2(tile, t_off, xl, xl, x_off, x_stride, wp, w_off, w_pstride, kquads)
+    else:
+        _vl1(tile, t_off, xl, xl, x_off, x_stride, wp, w_off, w_pstride, kquads)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -692,7 +732,7 @@ def _finish(out, n_dim, m, n0, ncols, dots, h_off, l_off, xsum, xs, ws, bias, wi
 
 
 @njit(cache=True, nogil=True, parallel=True, error_model="numpy")
-def _gemm_vnni(xh, xl, xsum, xs, wp, ws, bias, out):
+def _gemm_vnni(xh, xl, xsum, xs, wp, ws, bias, out, low):
     m_rows, n_dim = out.shape
     kp = xh.shape[1]
     kq = wp.shape[1]
@@ -717,8 +757,12 @@ def _gemm_vnni(xh, xl, xsum, xs, wp, ws, bias, out):
             kc1 = min(kq, kc0 + KCQ)
             w_off = (p * kq + kc0) * 4 * NR
             for r0 in range(0, rows, MR):
-                _vnni_microkernel(min(MR, rows - r0), tile, r0 * width, x_h, x_l,
-                                  (m0 + r0) * kp + 4 * kc0, kp, w, w_off, kq * 4 * NR, kc1 - kc0)
+                if low:     # 8-bit activations: xh is all zeros, skip its half of the products
+                    _vnni_microkernel_low(min(MR, rows - r0), tile, r0 * width, x_l,
+                                          (m0 + r0) * kp + 4 * kc0, kp, w, w_off, kq * 4 * NR, kc1 - kc0)
+                else:
+                    _vnni_microkernel(min(MR, rows - r0), tile, r0 * width, x_h, x_l,
+                                      (m0 + r0) * kp + 4 * kc0, kp, w, w_off, kq * 4 * NR, kc1 - kc0)
         n0 = p * NR
         ncols = min(VNNI_PANELS * NR, n_dim - n0)
         if ncols == VNNI_PANELS * NR and not wide:
@@ -821,7 +865,7 @@ def _run(xh, xl, xsum, xs, wp, ws, bias, out, path):
     if path == "amx":
         _gemm_amx(xh, xl, xsum, xs, wp, ws, bias, out, _AMX_CONFIG)
     else:
-        _gemm_vnni(xh, xl, xsum, xs, wp, ws, bias, out)
+        _gemm_vnni(xh, xl, xsum, xs, wp, ws, bias, out, False)
 
 
 def qlinear_quads(xq: np.ndarray, xs: np.ndarray, wp: np.ndarray, ws: np.ndarray, bias: np.ndarray,
@@ -841,7 +885,7 @@ def qlinear_quads(xq: np.ndarray, xs: np.ndarray, wp: np.ndarray, ws: np.ndarray
 
 
 @njit(cache=True, nogil=True, error_model="numpy")
-def _linear_quads(x, wp, ws, bias, out, use_amx, cfg):
+def _linear_quads(x, wp, ws, bias, out, use_amx, cfg, qmax):
     """Split-quantise x and run the GEMM in one compiled call (a Python-level sequence of
     allocations and calls cost ~10 us per layer, a third of a small GEMM)."""
     m_rows, k_dim = x.shape
@@ -858,30 +902,32 @@ def _linear_quads(x, wp, ws, bias, out, use_amx, cfg):
         xl[:m_rows, k_dim:] = 0
     xsum = np.empty(m_rows, dtype=np.int64)
     xs = np.empty(m_rows, dtype=np.float32)
-    _split_rows(x, xh, xl, xs, xsum)
+    _split_rows(x, xh, xl, xs, xsum, qmax)
     if use_amx:
         _gemm_amx(xh, xl, xsum, xs, wp, ws, bias, out, cfg)
     else:
-        _gemm_vnni(xh, xl, xsum, xs, wp, ws, bias, out)
+        _gemm_vnni(xh, xl, xsum, xs, wp, ws, bias, out, qmax <= 127)
 
 
 def linear_quads(x: np.ndarray, wp: np.ndarray, ws: np.ndarray, bias: np.ndarray,
-                 path: str | None = None) -> np.ndarray:
+                 path: str | None = None, act_bits: int = 12) -> np.ndarray:
     """y = dequant(W) x for float32 x [M, K] and quad-packed weights (see gemm.linear_int8)."""
     m_rows, k_dim = x.shape
     n_dim = ws.shape[0]
     _check_quads(wp, k_dim, n_dim)
     path = _pick(path, m_rows)
+    qmax = act_qmax(act_bits)
     out = np.empty((m_rows, n_dim), dtype=np.float32)
     if m_rows:
-        _linear_quads(np.ascontiguousarray(x, dtype=np.float32), wp, ws, bias, out, path == "amx", _AMX_CONFIG)
+        _linear_quads(np.ascontiguousarray(x, dtype=np.float32), wp, ws, bias, out, path == "amx", _AMX_CONFIG,
+                      qmax)
     return out
 
 
 def linear_quads_checked_weights(x: np.ndarray, wp: np.ndarray, ws: np.ndarray, bias: np.ndarray,
-                                 k_dim: int) -> np.ndarray:
-    """``linear_quads`` for a layer whose ``wp``, ``ws``, ``bias`` and true input width ``k_dim``
-    were checked once with ``check_layer`` (at load).
+                                 k_dim: int, qmax: np.float32 = QMAX12) -> np.ndarray:
+    """``linear_quads`` for a layer whose ``wp``, ``ws``, ``bias``, true input width ``k_dim`` and
+    activation range ``qmax`` (``gemm.act_qmax``) were checked once with ``check_layer`` (at load).
 
     Only x is checked here: at batch 1 the full per-call validation and dispatch cost ~8 us of a
     ~40 us GEMM, 24 times per MiniLM forward. (The packing pads K to 64, so only the layer knows
@@ -890,7 +936,7 @@ def linear_quads_checked_weights(x: np.ndarray, wp: np.ndarray, ws: np.ndarray, 
     x = layer_input(x, k_dim)
     out = np.empty((x.shape[0], ws.shape[0]), dtype=np.float32)
     if x.shape[0]:
-        _linear_quads(x, wp, ws, bias, out, AMX_AVAILABLE and x.shape[0] >= AMX_MIN_ROWS, _AMX_CONFIG)
+        _linear_quads(x, wp, ws, bias, out, AMX_AVAILABLE and x.shape[0] >= AMX_MIN_ROWS, _AMX_CONFIG, qmax)
     return out
 
 
