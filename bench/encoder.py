@@ -98,7 +98,8 @@ def prepare(model: str, engine: str) -> Path:
     out.mkdir(parents=True, exist_ok=True)
     kind, precision = engine.rsplit("-", 1)
     if _tinybert_kind(kind):
-        path = out / f"tinybert-{precision}.safetensors"
+        # int8 files hold 8-bit-input layers since 2026-12-04: a new name, so older caches are rebuilt.
+        path = out / f"tinybert-{precision}{'-mixed' if precision == 'int8' else ''}.safetensors"
         if not _current_tinybert_file(path):
             from tinybert_convert import convert
 

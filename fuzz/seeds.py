@@ -26,7 +26,8 @@ def tokenizer_json() -> str:
     return tok.to_str()
 
 
-def _tensors(shapes: dict[str, tuple[int, ...]], quantization: str, seed: int) -> dict[str, np.ndarray]:
+def _tensors(shapes: dict[str, tuple[int, ...]], quantization: str, seed: int,
+             smooth: bool = False) -> dict[str, np.ndarray]:
     rng = np.random.default_rng(seed)
     out = {}
     for name, shape in shapes.items():
@@ -37,6 +38,9 @@ def _tensors(shapes: dict[str, tuple[int, ...]], quantization: str, seed: int) -
             scale = np.abs(value).max(axis=1) / 127 + 1e-8
             out[name] = np.clip(np.rint(value / scale[:, None]), -127, 127).astype(np.int8)
             out[name + fmt.SCALE_SUFFIX] = scale.astype(np.float32)
+            if smooth and name.endswith(("attn.qkv.weight", "mlp.up.weight", "attn.out.weight")):
+                # 8-bit-input layers, as the converter writes int8 encoders (convert/smooth.py)
+                out[name + fmt.SMOOTH_SUFFIX] = (rng.random(shape[1]) * 1.5 + 0.5).astype(np.float32)
         else:
             out[name] = value
     return out
@@ -48,7 +52,8 @@ def _write(path: Path, cfg, shapes: dict, task: TaskConfig, quantization: str, e
                 fmt.KEY_QUANTIZATION: quantization, fmt.KEY_TASK: json.dumps(task.to_dict(), sort_keys=True),
                 fmt.KEY_TOKENIZER_OPTIONS: json.dumps({"mask_token": None, "clean_up_tokenization_spaces": False}),
                 fmt.KEY_SOURCE: json.dumps({"model_type": "fuzz-seed"}), **(extra or {})}
-    write_safetensors(path, _tensors(shapes, quantization, seed=len(path.name)), metadata)
+    write_safetensors(path, _tensors(shapes, quantization, seed=len(path.name),
+                                     smooth=isinstance(cfg, EncoderConfig)), metadata)
     return path
 
 

@@ -392,21 +392,31 @@ def test_int8_file_layout_and_error_bound(bert):
         nonzero = np.abs(expected[name]).max(axis=1) > 0
         assert np.all(row_max[nonzero] == 127), name
         dequantized = q.astype(np.float64) * scale.astype(np.float64)[:, None]
-        error = np.abs(dequantized - expected[name].astype(np.float64))
+        # An 8-bit-input layer stores W * smooth (column-wise); the runtime divides its input by smooth.
+        smooth = tensors.get(name + fmt.SMOOTH_SUFFIX, np.ones(q.shape[1], np.float32)).astype(np.float64)
+        error = np.abs(dequantized - expected[name].astype(np.float64) * smooth[None, :])
         bound = scale.astype(np.float64)[:, None] / 2 * (1 + 1e-5)
         assert np.all(error <= bound), f"{name}: worst error / (scale/2) = {(error / (bound)).max():.4f}"
     # the fused qkv rows are the transformers query, key and value rows in that order
     hidden = bert["model"].config.hidden_size
     layer0 = bert["model"].encoder.layer[0].attention.self
     deq = tensors["layers.0.attn.qkv.weight"].astype(np.float32) * tensors["layers.0.attn.qkv.weight.scale"][:, None]
+    smooth = tensors["layers.0.attn.qkv.weight.smooth"]
     for part, linear in enumerate((layer0.query, layer0.key, layer0.value)):
         rows = slice(part * hidden, (part + 1) * hidden)
-        w = linear.weight.detach().numpy()
+        w = linear.weight.detach().numpy() * smooth[None, :]
         assert np.all(np.abs(deq[rows] - w) <= tensors["layers.0.attn.qkv.weight.scale"][rows, None] / 2 * 1.0001)
 
+    # 8-bit inputs (convert/smooth.py): qkv and up smoothed, out as is (smooth = 1), down 12-bit
+    layers = range(bert["model"].config.num_hidden_layers)
+    smoothed = {f"layers.{i}.{lin}.weight.smooth" for i in layers for lin in ("attn.qkv", "attn.out", "mlp.up")}
+    for i in layers:
+        assert np.all(tensors[f"layers.{i}.attn.out.weight.smooth"] == 1)
+        assert not np.all(tensors[f"layers.{i}.mlp.up.weight.smooth"] == 1)
+        assert np.all(tensors[f"layers.{i}.mlp.up.weight.smooth"] > 0)
     # everything else (LayerNorm, biases, token-type embeddings) stays float32 and exact
     scales = {n + ".scale" for n in quantized}
-    assert set(tensors) == set(expected) | scales
+    assert set(tensors) == set(expected) | scales | smoothed
     for name in set(expected) - set(quantized):
         assert tensors[name].dtype == np.float32, name
         np.testing.assert_array_equal(tensors[name], expected[name], err_msg=name)

@@ -139,6 +139,28 @@ def test_missing_nan_and_overflowing_scales(seeds, tmp_path):
         Encoder(tmp_path / "huge.safetensors").encode("the cat sat")
 
 
+def test_bad_smoothing_vectors(seeds, tmp_path):
+    """An 8-bit-input layer's .smooth must be float32 [K], finite and positive (the input is divided by it)."""
+    from safetensors.numpy import load_file, save_file
+
+    tensors = load_file(str(seeds["encoder-int8"]))
+    meta = load(seeds["encoder-int8"]).metadata
+    name = "layers.0.mlp.up.weight.smooth"
+    assert name in tensors
+    for value, words in ((np.zeros_like(tensors[name]), "must be positive"),
+                         (-tensors[name], "must be positive"),
+                         (np.full_like(tensors[name], np.inf), "NaN or infinite"),
+                         (tensors[name][:-1], "expected float32"),
+                         (tensors[name].astype(np.float16), "expected float32")):
+        save_file({**tensors, name: value}, str(tmp_path / "bad.safetensors"), metadata=meta)
+        with pytest.raises(ModelFileError, match=words):
+            load(tmp_path / "bad.safetensors")
+    save_file({**tensors, "layers.0.mlp.norm.weight.smooth": tensors[name]}, str(tmp_path / "odd.safetensors"),
+              metadata=meta)
+    with pytest.raises(ModelFileError, match="unexpected tensors"):
+        load(tmp_path / "odd.safetensors")              # only a quantised linear weight may carry one
+
+
 def test_loader_never_writes(seeds):
     path = seeds["seq2seq-int8"]
     before, mtime = path.read_bytes(), path.stat().st_mtime_ns

@@ -33,6 +33,19 @@ def test_int8_fidelity(encoders, sentences, reference_embeddings):
     assert p01 >= 0.995
 
 
+def test_12_bit_inputs_everywhere(minilm_dir, tmp_path, sentences, reference_embeddings):
+    """``mixed_activations=False``: no layer gets 8-bit inputs, and the embeddings are closer still."""
+    from safetensors import safe_open
+    from tinybert_convert import convert
+
+    path = convert(minilm_dir, tmp_path / "act12.safetensors", mixed_activations=False)
+    with safe_open(str(path), framework="numpy") as fh:
+        assert not [name for name in fh.keys() if name.endswith(".smooth")]
+    cos = _cosines(tinybert.Encoder(path).encode(sentences), reference_embeddings)
+    print(f"\nMiniLM int8, 12-bit inputs: mean {cos.mean():.5f} p01 {np.percentile(cos, 1):.5f}")
+    assert cos.mean() >= 0.9995 and np.percentile(cos, 1) >= 0.999
+
+
 def test_defaults_follow_sentence_transformers(encoders, sentences):
     enc = encoders["fp32"]
     assert enc.pooling == {"mode": "mean", "normalize": True}

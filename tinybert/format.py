@@ -25,6 +25,12 @@ Canonical tensor names (``L`` is the layer index). A quantised 2-D tensor ``T`` 
 ``T`` plus float32 ``T.scale`` with one scale per row (per output channel for linear weights, per
 token for embedding tables): ``T_fp32[r, :] = T[r, :] * T.scale[r]``.
 
+A quantised linear weight ``T`` [N, K] may also carry float32 ``T.smooth`` [K] (all > 0): the layer's
+input is then quantised to 8 bits per row instead of 12, after dividing its column k by
+``T.smooth[k]``; ``T`` was multiplied column-wise by it before quantisation, so the product is
+unchanged (SmoothQuant; the converter's convert/smooth.py decides which layers get it). A
+runtime that predates it rejects such a file as holding unexpected tensors.
+
     embed.tokens [vocab, E]            embed.positions [max_positions, E]
     embed.token_types [types, E]       (only when the model has token types)
     embed.norm.weight / .bias [E]
@@ -84,6 +90,7 @@ HEAD_ACTIVATIONS = ("tanh", "relu", "gelu", "gelu_tanh")
 PROBLEM_TYPES = ("single_label_classification", "multi_label_classification", "regression")
 
 SCALE_SUFFIX = ".scale"
+SMOOTH_SUFFIX = ".smooth"
 QUANTIZATIONS = ("int8", "fp32")
 POOLING_MODES = ("mean", "cls", "max", "mean_sqrt_len")
 ACTIVATIONS = ("gelu", "gelu_tanh", "relu")

@@ -182,6 +182,10 @@ def load(path: str | Path) -> ModelFile:
             raise ModelFileError(f"{path}: config claims {config.num_layers} layers, "
                                  f"the file holds only {len(names)} tensors")
         expected = _expected(config, task, quantization)
+        if quantization == "int8":      # optional: 8-bit input layers (see format.SMOOTH_SUFFIX)
+            for name, (shape, dtype) in list(expected.items()):
+                if dtype == np.int8 and name.endswith(".weight") and name + fmt.SMOOTH_SUFFIX in names:
+                    expected[name + fmt.SMOOTH_SUFFIX] = ((shape[1],), np.dtype(np.float32))
         missing = sorted(set(expected) - names)
         if missing:
             raise ModelFileError(f"{path}: tensors missing: {', '.join(missing[:5])}"
@@ -204,6 +208,8 @@ def load(path: str | Path) -> ModelFile:
             array = tensors[name]
             if array.dtype == np.float32 and not np.isfinite(array).all():
                 raise ModelFileError(f"{path}: tensor {name} holds NaN or infinite values")
+            if name.endswith(fmt.SMOOTH_SUFFIX) and not (array > 0).all():
+                raise ModelFileError(f"{path}: tensor {name} must be positive")
             del array
     except ModelFileError:
         raise
