@@ -15,22 +15,12 @@ from .architectures import canonical_tensors, encoder_config, find_prefix, legac
 from .decoders import DECODER_FAMILIES, decoder_config, decoder_tensors
 from .heads import canonical_head
 from .pooling import sentence_transformers_settings
-from .quantize import quantize_per_row
+from .quantize import quantize_tensors
 from .readers import read_checkpoint
 from .seq2seq import SEQ2SEQ_FAMILIES, resolve_tied_head, seq2seq_config, seq2seq_tensors
-from .smooth import smooth_for_8bit
+from .smooth import mixed_activation_tensors
 from .tokenizer import tokenizer_json, tokenizer_options
 from .writer import write_safetensors
-
-
-def _quantize(tensors: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-    out: dict[str, np.ndarray] = {}
-    for name, value in tensors.items():
-        if fmt.is_quantized_name(name):
-            out[name], out[name + fmt.SCALE_SUFFIX] = quantize_per_row(value)
-        else:
-            out[name] = value
-    return out
 
 
 def convert(src: str | Path, out: str | Path, dtype: str = "int8", show_progress: bool = False,
@@ -105,8 +95,9 @@ def convert(src: str | Path, out: str | Path, dtype: str = "int8", show_progress
             raise ConversionError(f"tensor {name} holds NaN or infinite values")
     if dtype == "int8":
         if mixed_activations and isinstance(cfg, EncoderConfig):
-            tensors = smooth_for_8bit(cfg, tensors, tokenizer)
-        tensors = _quantize(tensors)
+            tensors = mixed_activation_tensors(cfg, tensors, tokenizer)
+        else:
+            tensors = quantize_tensors(tensors)
     metadata = {
         fmt.KEY_FORMAT: fmt.FORMAT_NAME,
         fmt.KEY_VERSION: str(fmt.FORMAT_VERSION),

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from tinybert import format as fmt
+
 
 def quantize_per_row(w: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Return (q int8, scale float32) with ``w[r] ≈ q[r] * scale[r]`` and |q| <= 127.
@@ -19,3 +21,14 @@ def quantize_per_row(w: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     q = np.clip(np.rint(w / scale[:, None]), -127, 127).astype(np.int8)
     return q, scale
 
+
+
+def quantize_tensors(tensors: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """Every tensor the format quantises as int8 + ``.scale``; the others as they are."""
+    out: dict[str, np.ndarray] = {}
+    for name, value in tensors.items():
+        if fmt.is_quantized_name(name):
+            out[name], out[name + fmt.SCALE_SUFFIX] = quantize_per_row(value)
+        else:
+            out[name] = value
+    return out

@@ -407,11 +407,13 @@ def test_int8_file_layout_and_error_bound(bert):
         w = linear.weight.detach().numpy() * smooth[None, :]
         assert np.all(np.abs(deq[rows] - w) <= tensors["layers.0.attn.qkv.weight.scale"][rows, None] / 2 * 1.0001)
 
-    # 8-bit inputs (convert/smooth.py): qkv and up smoothed, out as is (smooth = 1), down 12-bit
+    # 8-bit inputs (convert/smooth.py): qkv and up smoothed, out as is (smooth = 1), down as is if 8-bit
     layers = range(bert["model"].config.num_hidden_layers)
-    smoothed = {f"layers.{i}.{lin}.weight.smooth" for i in layers for lin in ("attn.qkv", "attn.out", "mlp.up")}
+    kinds = ("attn.qkv", "attn.out", "mlp.up") + (("mlp.down",) if "layers.0.mlp.down.weight.smooth" in tensors else ())
+    smoothed = {f"layers.{i}.{lin}.weight.smooth" for i in layers for lin in kinds}
     for i in layers:
         assert np.all(tensors[f"layers.{i}.attn.out.weight.smooth"] == 1)
+        assert np.all(tensors.get(f"layers.{i}.mlp.down.weight.smooth", 1) == 1)
         assert not np.all(tensors[f"layers.{i}.mlp.up.weight.smooth"] == 1)
         assert np.all(tensors[f"layers.{i}.mlp.up.weight.smooth"] > 0)
     # everything else (LayerNorm, biases, token-type embeddings) stays float32 and exact
@@ -423,6 +425,26 @@ def test_int8_file_layout_and_error_bound(bert):
     for name in tensors:
         if "norm" in name:
             assert tensors[name].dtype == np.float32, name
+
+
+@pytest.mark.parametrize("budget, kinds", [(0.0, ()), (1.0, ("attn.qkv", "attn.out", "mlp.up", "mlp.down"))])
+def test_8_bit_inputs_follow_the_measured_error(bert, tmp_path, monkeypatch, budget, kinds):
+    """The converter keeps the fastest 8-bit mix within its error budget, else 12-bit inputs everywhere."""
+    import importlib
+
+    from tinybert_convert import smooth
+
+    monkeypatch.setattr(smooth, "ERROR_BUDGET", budget)
+    report = {}
+    real = smooth.mixed_activation_tensors
+    module = importlib.import_module("tinybert_convert.convert")   # the package exports a function of that name
+    monkeypatch.setattr(module, "mixed_activation_tensors", lambda *a, **k: real(*a, **k, report=report))
+    tensors, _ = read_file(convert(bert["src"], tmp_path / "m.safetensors"))
+    assert report["chosen"] == kinds
+    assert {n.split(".", 2)[2].rsplit(".", 2)[0] for n in tensors if n.endswith(".smooth")} == set(kinds)
+    # Measured errors: 12-bit < the three-layer mix < all four (each 8-bit layer adds error).
+    if budget == 0.0:
+        assert report["12-bit"] < report["attn.qkv,attn.out,mlp.up"] < report["attn.qkv,attn.out,mlp.up,mlp.down"]
 
 
 def test_fp32_file_has_no_int8(bert, minilm_files):
