@@ -55,7 +55,7 @@ from numba import njit, prange, types
 from numba.core import cgutils
 from numba.extending import intrinsic
 
-from .gemm import MC, MR, NR, QMAX12, _target_features, act_qmax, check_scale_bias, layer_input, row_scale
+from .gemm import MR, NR, QMAX12, _target_features, act_qmax, check_scale_bias, layer_input, row_scale
 from .irloop import no_unroll
 from .jitcache import fast_cache_loading
 from .memory import aligned_bytes, aligned_empty
@@ -63,6 +63,7 @@ from .memory import aligned_bytes, aligned_empty
 KQ_ALIGN = 64          # K is padded to this (one AMX tile row of bytes)
 N_ALIGN = 2 * NR       # N is padded to a pair of panels (the AMX task width)
 TILE_ROWS = 16         # AMX tile rows; M is padded to a multiple of it
+MC_VNNI = 256          # rows per VNNI task: up to 256 rows share one pass over the weights
 KCQ = 128              # VNNI k block in quads: a 128 x 64-byte panel slice (8 KiB) stays in L1
 AMX_B_BYTES = 524_288  # AMX task width: as many panel pairs as keep their weights within 512 KiB (L2)
 AMX_MAX_BLOCKS = 32    # AMX task height: at most 32 blocks (512 rows)
@@ -743,7 +744,7 @@ def _gemm_vnni(xh, xl, xsum, xs, wp, ws, bias, out, low):
     x_h = xh.reshape(xh.size)
     x_l = xl.reshape(xl.size)
     w = wp.reshape(wp.size)
-    n_chunks = (m_rows + MC - 1) // MC
+    n_chunks = (m_rows + MC_VNNI - 1) // MC_VNNI
     chunk_rows = ((m_rows + n_chunks - 1) // n_chunks + MR - 1) // MR * MR
     n_chunks = (m_rows + chunk_rows - 1) // chunk_rows
     for task in prange(n_chunks * n_groups):
