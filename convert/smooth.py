@@ -15,14 +15,16 @@ the layers that keep their accuracy with it:
 * ``attn.out`` reads the attention context, which has no outlier channels: 8 bits, ``s = 1``.
 * ``mlp.down`` reads the GELU output, whose few large values may need 12 bits.
 
-The converter measures rather than guesses: it runs each mix (all four at 8 bits; the first three)
-over the calibration text and keeps the fastest whose hidden states stay within ERROR_BUDGET of
-the float model's. all-MiniLM-L6-v2 (mean 1 - cosine per token): 12 bits everywhere 4.8e-4, all
-four 1.34e-3 (rejected), the first three 8.0e-4 (kept). A random BERT-base: 1.5e-4, 3.0e-4 (kept).
+The converter measures rather than guesses: it runs int8 versions of the model over the
+calibration text, fastest first, and keeps the first whose hidden states stay within ERROR_BUDGET of
+the float model's (mean over tokens of 1 - cosine): every layer at 8 bits; else attn.qkv, attn.out
+and mlp.up at 8 bits plus, one layer at a time, each mlp.down that still fits (the cheapest first).
+all-MiniLM-L6-v2: 12 bits everywhere 4.8e-4, every layer 1.34e-3 (over), the three kinds 8.0e-4,
+plus mlp.down of layers 2 and 4 9.6e-4 (kept). A random BERT-base: 1.5e-4, every layer 3.0e-4 (kept).
 
-Sentence embeddings of all-MiniLM-L6-v2 (500 sentences, mean-pooled cosine vs transformers fp32):
-12 bits everywhere 0.99957 mean / 0.9992 p01; the kept mix 0.99933 / 0.9988; every layer 8 bits
-without smoothing 0.99739 / 0.9948.
+Sentence embeddings of all-MiniLM-L6-v2 (1,000 shared sentences, mean-pooled cosine vs transformers
+fp32): 12 bits everywhere 0.99957 mean / 0.9992 p01; the kept mix 0.99921 / 0.9986; every layer
+8 bits without smoothing 0.99739 / 0.9948 (500 sentences).
 """
 
 from __future__ import annotations
@@ -41,9 +43,8 @@ from tinybert.tokenizer import load_tokenizer, pack
 from .quantize import quantize_tensors
 
 SMOOTHED = ("attn.qkv", "mlp.up")     # inputs that come from a LayerNorm: smoothed when 8-bit
+EIGHT_BIT = ("attn.out",)              # 8-bit inputs as they are, wherever anything is
 ALPHA = 0.5                            # SmoothQuant migration strength
-# Layer kinds given 8-bit inputs, fastest first; the first that stays within TOLERANCE is kept.
-CANDIDATES = (("attn.qkv", "attn.out", "mlp.up", "mlp.down"), ("attn.qkv", "attn.out", "mlp.up"))
 # Allowed error of the int8 model's hidden states: mean over tokens of 1 - cosine with the float
 # model's, the issue's fidelity gate (cosine >= 0.999) applied per token, on the calibration text.
 ERROR_BUDGET = 1e-3
@@ -101,27 +102,25 @@ def _error(cfg: EncoderConfig, tensors: dict[str, np.ndarray], batches: list, re
     return float(np.mean(1.0 - cos))
 
 
-def smoothed(cfg: EncoderConfig, tensors: dict[str, np.ndarray], ranges: dict[str, np.ndarray],
-             kinds: tuple[str, ...]) -> dict[str, np.ndarray]:
-    """The float32 tensors with the layers of ``kinds`` marked for 8-bit inputs (to be quantised next).
+def smoothed(tensors: dict[str, np.ndarray], ranges: dict[str, np.ndarray],
+             layers: set[str]) -> dict[str, np.ndarray]:
+    """The float32 tensors with ``layers`` ("layers.3.mlp.down", ...) marked for 8-bit inputs.
 
-    Returns a new dict: for each such layer ``<name>.weight.smooth`` = s (float32 [K]) and, for the
-    SMOOTHED kinds, the weight ``W * s``; s = 1 for the others.
+    Returns a new dict (to be quantised next): for each such layer ``<name>.weight.smooth`` = s
+    (float32 [K]) and, for the SMOOTHED kinds, the weight ``W * s``; s = 1 for the others.
     """
     out = dict(tensors)
-    for i in range(cfg.num_layers):
-        p = fmt.layer_prefix(i)
-        for kind in kinds:
-            name = p + kind + ".weight"
-            w = tensors[name]
-            if kind in SMOOTHED:
-                a = np.maximum(ranges[p + kind], np.float32(1e-5))
-                wmax = np.maximum(np.abs(w).max(axis=0), np.float32(1e-5))
-                s = (a ** ALPHA / wmax ** (1 - ALPHA)).astype(np.float32)
-                out[name] = (w * s[None, :]).astype(np.float32)
-            else:
-                s = np.ones(w.shape[1], dtype=np.float32)
-            out[name + fmt.SMOOTH_SUFFIX] = s
+    for layer in layers:
+        name = layer + ".weight"
+        w = tensors[name]
+        if layer.split(".", 2)[2] in SMOOTHED:
+            a = np.maximum(ranges[layer], np.float32(1e-5))
+            wmax = np.maximum(np.abs(w).max(axis=0), np.float32(1e-5))
+            s = (a ** ALPHA / wmax ** (1 - ALPHA)).astype(np.float32)
+            out[name] = (w * s[None, :]).astype(np.float32)
+        else:
+            s = np.ones(w.shape[1], dtype=np.float32)
+        out[name + fmt.SMOOTH_SUFFIX] = s
     return out
 
 
@@ -129,26 +128,44 @@ def mixed_activation_tensors(cfg: EncoderConfig, tensors: dict[str, np.ndarray],
                              texts: list[str] | None = None, report: dict | None = None) -> dict[str, np.ndarray]:
     """The encoder's float32 tensors quantised to int8, with 8-bit inputs where they keep the accuracy.
 
-    Runs the float model over the calibration text, then each CANDIDATES mix (fastest first) and
-    keeps the first whose hidden-state error is within ERROR_BUDGET (or no worse than 12-bit inputs
-    everywhere, where even that exceeds it); none: 12-bit inputs everywhere. ``report``, if given,
-    receives each error measured and the kinds chosen.
+    Runs the float model over the calibration text, then int8 versions, fastest first, and keeps the
+    first whose hidden-state error is within ERROR_BUDGET (or no worse than 12-bit inputs
+    everywhere, where even that exceeds it): every layer 8-bit; else attn.qkv, attn.out and mlp.up
+    8-bit, plus each layer's mlp.down that still fits, those that cost least first; else 12-bit
+    inputs everywhere. ``report``, if given, receives the errors measured and the layers chosen.
     """
     if texts is None:
         texts = [line for line in CALIBRATION_TEXT.read_text(encoding="utf-8").splitlines() if line.strip()]
+    report = {} if report is None else report
+    report["chosen"] = []
     batches = _batches(cfg, tokenizer_json, texts)
     plain = quantize_tensors(tensors)
     if not batches:
         return plain
     reference, ranges = _reference(cfg, tensors, batches)
-    base = _error(cfg, plain, batches, reference)
-    report = {} if report is None else report
-    report["12-bit"] = base
-    for kinds in CANDIDATES:
-        candidate = quantize_tensors(smoothed(cfg, tensors, ranges, kinds))
-        report[",".join(kinds)] = error = _error(cfg, candidate, batches, reference)
-        if error <= max(ERROR_BUDGET, base):
-            report["chosen"] = kinds
-            return candidate
-    report["chosen"] = ()
-    return plain
+    report["12-bit"] = base = _error(cfg, plain, batches, reference)
+    budget = max(ERROR_BUDGET, base)
+
+    def trial(layers: set[str]) -> tuple[dict[str, np.ndarray], float]:
+        candidate = quantize_tensors(smoothed(tensors, ranges, layers))
+        return candidate, _error(cfg, candidate, batches, reference)
+
+    prefixes = [fmt.layer_prefix(i) for i in range(cfg.num_layers)]
+    every = {p + kind for p in prefixes for kind in (*SMOOTHED, *EIGHT_BIT, "mlp.down")}
+    best, report["all"] = trial(every)
+    chosen = every
+    if report["all"] > budget:
+        chosen = {p + kind for p in prefixes for kind in (*SMOOTHED, *EIGHT_BIT)}
+        best, report["qkv,out,up"] = trial(chosen)
+        if report["qkv,out,up"] > budget:
+            return plain
+        downs = [p + "mlp.down" for p in prefixes]
+        alone = {down: trial(chosen | {down})[1] for down in downs}
+        for down in sorted(downs, key=alone.__getitem__):
+            candidate, error = trial(chosen | {down})
+            if error > budget:
+                break
+            best, chosen = candidate, chosen | {down}
+            report["qkv,out,up+" + down] = error
+    report["chosen"] = sorted(chosen)
+    return best

@@ -440,11 +440,21 @@ def test_8_bit_inputs_follow_the_measured_error(bert, tmp_path, monkeypatch, bud
     module = importlib.import_module("tinybert_convert.convert")   # the package exports a function of that name
     monkeypatch.setattr(module, "mixed_activation_tensors", lambda *a, **k: real(*a, **k, report=report))
     tensors, _ = read_file(convert(bert["src"], tmp_path / "m.safetensors"))
-    assert report["chosen"] == kinds
-    assert {n.split(".", 2)[2].rsplit(".", 2)[0] for n in tensors if n.endswith(".smooth")} == set(kinds)
-    # Measured errors: 12-bit < the three-layer mix < all four (each 8-bit layer adds error).
+    layers = sorted(f"layers.{i}.{kind}" for i in range(bert["model"].config.num_hidden_layers) for kind in kinds)
+    assert report["chosen"] == layers
+    assert sorted(n.removesuffix(".weight.smooth") for n in tensors if n.endswith(".smooth")) == layers
     if budget == 0.0:
-        assert report["12-bit"] < report["attn.qkv,attn.out,mlp.up"] < report["attn.qkv,attn.out,mlp.up,mlp.down"]
+        # Measured errors: 12-bit < the three-kind mix < all four (each 8-bit layer adds error).
+        assert report["12-bit"] < report["qkv,out,up"] < report["all"]
+
+
+def test_8_bit_mlp_down_layer_by_layer(minilm_files):
+    """all-MiniLM-L6-v2: every layer's attn.qkv, attn.out, mlp.up; mlp.down only where it fits the budget."""
+    tensors, _ = read_file(minilm_files["int8"])
+    smoothed = {n.removesuffix(".weight.smooth") for n in tensors if n.endswith(".smooth")}
+    downs = {n for n in smoothed if n.endswith("mlp.down")}
+    assert smoothed - downs == {f"layers.{i}.{k}" for i in range(6) for k in ("attn.qkv", "attn.out", "mlp.up")}
+    assert 0 < len(downs) < 6, downs
 
 
 def test_fp32_file_has_no_int8(bert, minilm_files):
