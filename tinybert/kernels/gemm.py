@@ -7,9 +7,11 @@ integer sums in int32, so every code path gives bit-identical results:
 
     y[m, n] = xs[m] * ws[n] * sum_k xq[m, k] * wq[n, k] + b[n]
 
-Why 12-bit activations and not 8: per-token int8 activations drop all-MiniLM-L6-v2's embedding
-cosine to 0.9974 (outlier features); 12 bits give 0.9996, indistinguishable from int8 weights
-with fp32 activations. |xq| <= 2047 and |wq| <= 127 keep a K = 8192 dot product inside int32
+Why 12-bit activations by default: per-token 8-bit activations in every layer drop
+all-MiniLM-L6-v2's embedding cosine to 0.9974 (outlier features); 12 bits give 0.9996,
+indistinguishable from int8 weights with fp32 activations. Layers the converter calibrated for it
+(convert/smooth.py) quantise to 8 bits instead (``act_bits=8``, qmax = ACT8_QMAX): the same kernels
+and sums, and a cheaper path on AVX-512 VNNI. |xq| <= 2047 and |wq| <= 127 keep a K = 8192 dot product inside int32
 (2047 * 127 * 8192 < 2**31); longer rows are summed in blocks of ACC_BLOCK into float64.
 
 Every path rounds the same way: total = float64(sum over ACC_BLOCK blocks of the exact int32

@@ -17,6 +17,10 @@ bytes and each weight is stored offset by 128 as an unsigned byte:
 Both byte sums are exact in int32 (|h * u| <= 32 * 255, for K up to MAX_K); the last term is one
 integer per row, taken while quantising; the combination is done in int64.
 
+An 8-bit layer (``act_bits=8``, |xq| <= 127) needs no split: l = xq, h = 0. The VNNI driver then
+runs the one-plane micro-kernel (half the ``vpdpbusd``) and leaves the h sums at zero, so the same
+epilogue applies; AMX runs its two-plane program on the zero h plane (same sums).
+
 Weight layout ("quads"): panels of NR = 16 output channels, four consecutive k per channel,
 
     packed[p, kq, 4*j + t] = wq[p*NR + j, 4*kq + t] + 128      (uint8; 128 = zero padding)
