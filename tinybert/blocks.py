@@ -22,8 +22,9 @@ FFN_ROWS = 256   # rows per FFN block: its 256 x intermediate hidden state (1.5-
 class Linear:
     """y = x @ W.T + b with W int8 (+ per-output-channel scale) or float32.
 
-    An int8 layer quantises its input per row to 12 bits, or to 8 when the file gives it a
-    ``.smooth`` vector (the input is divided by it first; see format.SMOOTH_SUFFIX).
+    An int8 layer quantises its input per row to 12 bits, or to 8 (centred on the row's midpoint)
+    when the file gives it a ``.smooth`` vector (the input is divided by it first; see
+    format.SMOOTH_SUFFIX).
     """
 
     def __init__(self, tensors: dict[str, np.ndarray], name: str, weight_name: str | None = None,
@@ -36,14 +37,16 @@ class Linear:
         self.bias = tensors.get(name + ".bias", bias)
         if self.bias is None:
             self.bias = np.zeros(self.out_features, dtype=np.float32)
+        smooth = tensors.get(weight_name + SMOOTH_SUFFIX) if self.scale is not None else None
+        self.act_qmax = gemm.act_qmax(12 if smooth is None else 8)
+        # 8-bit layers centre their input rows; the weight's row sums give back what that took out.
+        self.wsum = gemm.NO_SUMS if smooth is None else gemm.weight_sums(self.weight, self.scale)
         # Pack once at load into the panel layout the GEMM micro-kernels read.
         if self.scale is not None:
             self.weight = gemm.pack_weight(self.weight)
         else:
             self.weight = gemm.pack_weight_fp32(self.weight)
         self._quads = gemm_vnni.is_quads(self.weight)
-        smooth = tensors.get(weight_name + SMOOTH_SUFFIX) if self.scale is not None else None
-        self.act_qmax = gemm.act_qmax(12 if smooth is None else 8)
         # 1 / smooth, or None where it is all ones (nothing to divide).
         self.input_scale = None if smooth is None or (smooth == 1).all() else \
             (np.float32(1) / np.asarray(smooth, dtype=np.float32))
@@ -51,16 +54,17 @@ class Linear:
             self.scale = np.ascontiguousarray(self.scale, dtype=np.float32)
             self.bias = np.ascontiguousarray(self.bias, dtype=np.float32)
             (gemm_vnni if self._quads else gemm).check_layer(self.weight, self.scale, self.bias, self.in_features)
+            gemm.check_wsum(self.wsum, self.scale, self.act_qmax)
 
     def __call__(self, x: np.ndarray) -> np.ndarray:
         if self.input_scale is not None:
             x = gemm.layer_input(x, self.in_features) * self.input_scale
         if self._quads:
             return gemm_vnni.linear_quads_checked_weights(x, self.weight, self.scale, self.bias, self.in_features,
-                                                          self.act_qmax)
+                                                          self.act_qmax, self.wsum)
         if self.scale is not None:
             return gemm.linear_int8_checked_weights(x, self.weight, self.scale, self.bias, self.in_features,
-                                                    self.act_qmax)
+                                                    self.act_qmax, self.wsum)
         return gemm.linear_fp32(x, self.weight, self.bias)
 
 

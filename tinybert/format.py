@@ -26,8 +26,8 @@ Canonical tensor names (``L`` is the layer index). A quantised 2-D tensor ``T`` 
 token for embedding tables): ``T_fp32[r, :] = T[r, :] * T.scale[r]``.
 
 A quantised linear weight ``T`` [N, K] may also carry float32 ``T.smooth`` [K] (all > 0): the layer's
-input is then quantised to 8 bits per row instead of 12, after dividing its column k by
-``T.smooth[k]``; ``T`` was multiplied column-wise by it before quantisation, so the product is
+input is then quantised to 8 bits per row instead of 12 (centred on the row's midpoint), after
+dividing its column k by ``T.smooth[k]``; ``T`` was multiplied column-wise by it before quantisation, so the product is
 unchanged (SmoothQuant; the converter's convert/smooth.py decides which layers get it). A
 runtime that predates it rejects such a file as holding unexpected tensors.
 

@@ -11,11 +11,15 @@ Why 12-bit activations by default: per-token 8-bit activations in every layer dr
 all-MiniLM-L6-v2's embedding cosine to 0.9974 (outlier features); 12 bits give 0.9996,
 indistinguishable from int8 weights with fp32 activations. Layers the converter calibrated for it
 (convert/smooth.py) quantise to 8 bits instead (``act_bits=8``, qmax = ACT8_QMAX): the same kernels
-and sums, and a cheaper path on AVX-512 VNNI. |xq| <= 2047 and |wq| <= 127 keep a K = 8192 dot product inside int32
+and sums, and a cheaper path on AVX-512 VNNI. An 8-bit row is centred on the midpoint of its range,
+``x[m, :] ≈ c[m] + xq[m, :] * xs[m]`` (a one-sided row, such as GELU outputs, gets twice the
+resolution), and the output gains ``c[m] * wsum[n]``, wsum[n] = ws[n] * sum_k wq[n, k]
+(``weight_sums``, computed once at load). |xq| <= 2047 and |wq| <= 127 keep a K = 8192 dot product inside int32
 (2047 * 127 * 8192 < 2**31); longer rows are summed in blocks of ACC_BLOCK into float64.
 
 Every path rounds the same way: total = float64(sum over ACC_BLOCK blocks of the exact int32
-block sums), y = float32(total) * xs[m] * ws[n] + b[n] evaluated left to right in float32.
+block sums), y = float32(total) * xs[m] * ws[n] + b[n] evaluated left to right in float32 (then,
+8-bit rows, y += c[m] * wsum[n]).
 
 CPUs with AVX-512 VNNI (and AMX) run the same sums four times wider: see gemm_vnni.py, whose
 "quads" layout ``pack_weight`` chooses there.  This module's kernels read the "pairs" layout.
@@ -151,6 +155,58 @@ def _abs_bits_max(typingctx, row):
     return types.int32(row), codegen
 
 
+KEY_NEG_INF = np.int32(-0x7F800001)   # order key of -inf's bits (see _bits_min_max)
+KEY_POS_INF = np.int32(0x7F800000)    # order key (= bits) of +inf
+
+
+@intrinsic
+def _bits_min_max(typingctx, row):
+    """(min, max) over k of the order key of row[k]'s bits, as int32, for a contiguous float32 row.
+
+    key(b) = b ^ ((b >> 31) & 0x7FFFFFFF) sorts float32 bit patterns, read as signed integers, in
+    float order (and is its own inverse): integer min/max reductions vectorise where float ones (NaN
+    rules) do not.  -inf and negative NaNs have keys <= KEY_NEG_INF, +inf and NaNs >= KEY_POS_INF.
+    """
+    if not (isinstance(row, types.Array) and row.dtype == types.float32 and row.ndim == 1 and row.layout == "C"):
+        return None
+    i32, i64 = ir.IntType(32), ir.IntType(64)
+    v16 = ir.VectorType(i32, 16)
+    pair = types.UniTuple(types.int32, 2)
+
+    def codegen(context, builder, signature, args):
+        arr = cgutils.create_struct_proxy(signature.args[0])(context, builder, value=args[0])
+        base = builder.bitcast(arr.data, i32.as_pointer())
+        n = builder.extract_value(arr.shape, 0)
+
+        def call(name, ret, operands):
+            fnty = ir.FunctionType(ret, [v.type for v in operands])
+            return builder.call(cgutils.get_or_insert_function(builder.module, fnty, name), operands)
+
+        def key(b, ty):
+            width = ty.count if isinstance(ty, ir.VectorType) else 1
+            const = (lambda v: ir.Constant(ty, [v] * width)) if width > 1 else (lambda v: ir.Constant(ty, v))
+            return builder.xor(b, builder.and_(builder.ashr(b, const(31)), const(0x7FFFFFFF)))
+
+        lo = cgutils.alloca_once_value(builder, ir.Constant(v16, [0x7FFFFFFF] * 16))
+        hi = cgutils.alloca_once_value(builder, ir.Constant(v16, [-0x80000000] * 16))
+        blocks = builder.udiv(n, ir.Constant(i64, 16))
+        with cgutils.for_range(builder, blocks) as loop:
+            ptr = builder.bitcast(builder.gep(base, [builder.mul(loop.index, ir.Constant(i64, 16))]), v16.as_pointer())
+            k = key(builder.load(ptr, align=4), v16)
+            builder.store(call("llvm.smin.v16i32", v16, [builder.load(lo), k]), lo)
+            builder.store(call("llvm.smax.v16i32", v16, [builder.load(hi), k]), hi)
+        low = cgutils.alloca_once_value(builder, call("llvm.vector.reduce.smin.v16i32", i32, [builder.load(lo)]))
+        high = cgutils.alloca_once_value(builder, call("llvm.vector.reduce.smax.v16i32", i32, [builder.load(hi)]))
+        done = builder.mul(blocks, ir.Constant(i64, 16))
+        with cgutils.for_range(builder, builder.sub(n, done)) as loop:
+            k = key(builder.load(builder.gep(base, [builder.add(done, loop.index)])), i32)
+            builder.store(call("llvm.smin.i32", i32, [builder.load(low), k]), low)
+            builder.store(call("llvm.smax.i32", i32, [builder.load(high), k]), high)
+        return context.make_tuple(builder, pair, [builder.load(low), builder.load(high)])
+
+    return pair(row), codegen
+
+
 def act_qmax(bits: int) -> np.float32:
     """The per-row quantisation range of a layer's activations: 12 bits (default) or 8.
 
@@ -179,16 +235,45 @@ def row_scale(x, m, qmax):
 
 
 @njit(cache=True, nogil=True, error_model="numpy", inline="always")
-def _quantize_row_into(x, m, xs, dst, qmax):
-    """xs[m] = max|x[m]| / qmax (1 for a zero row); dst[k] = rint(x[m, k] / xs[m]), k < K."""
-    scale = row_scale(x, m, qmax)
+def _key_to_float(key):
+    bits = key ^ ((key >> np.int32(31)) & np.int32(0x7FFFFFFF))
+    return np.array([bits], dtype=np.int32).view(np.float32)[0]
+
+
+@njit(cache=True, nogil=True, error_model="numpy", inline="always")
+def row_scale_centre(x, m, qmax):
+    """(xs, c) of row m: x[m, k] ~ c + xs * xq[m, k] with |xq| <= qmax.
+
+    12-bit rows (qmax > 127) are symmetric: c = 0, xs = row_scale.  8-bit rows are centred on the
+    midpoint of their range, c = (max + min) / 2, xs = max |x - c| / qmax: a one-sided row (GELU
+    outputs lie in [-0.17, max]) gets twice the resolution of a symmetric grid, the precision of a
+    9-bit one.  NaN scale (and c = 0) for a row holding a NaN or an inf.
+    """
+    if qmax > 127:
+        return row_scale(x, m, qmax), np.float32(0.0)
+    lo_key, hi_key = _bits_min_max(np.ascontiguousarray(x[m]))
+    if hi_key >= KEY_POS_INF or lo_key <= KEY_NEG_INF:
+        return np.float32(np.nan), np.float32(0.0)
+    lo, hi = np.float64(_key_to_float(lo_key)), np.float64(_key_to_float(hi_key))
+    centre = np.float32((hi + lo) * 0.5)
+    # Differences of float32 values are exact in float64; float32(x - c) may round up by half an
+    # ulp, which keeps |rint((x - c) / xs)| <= qmax (127 * (1 + 2**-23) < 127.5).
+    half = max(hi - np.float64(centre), np.float64(centre) - lo)
+    return (np.float32(half / qmax) if half > 0 else np.float32(1.0)), centre
+
+
+@njit(cache=True, nogil=True, error_model="numpy", inline="always")
+def _quantize_row_into(x, m, xs, xc, dst, qmax):
+    """xs[m], xc[m] = row_scale_centre(x, m, qmax); dst[k] = rint((x[m, k] - xc[m]) / xs[m]), k < K."""
+    scale, centre = row_scale_centre(x, m, qmax)
     xs[m] = scale
+    xc[m] = centre
     if np.isnan(scale):
         dst[:x.shape[1]] = 0
         return
     inv = np.float32(1.0) / scale
     for k in range(x.shape[1]):
-        dst[k] = np.int16(np.rint(x[m, k] * inv))
+        dst[k] = np.int16(np.rint((x[m, k] - centre) * inv))
 
 
 @njit(cache=True, nogil=True, parallel=True, error_model="numpy")
@@ -198,8 +283,29 @@ def quantize_rows(x, xq, xs):
     x f32[M, K], xq int16 out (at least K columns; columns >= K are left untouched), xs f32[M] out.
     Rounding is np.rint (half to even) of x * float32(1 / xs).
     """
+    xc = np.empty(x.shape[0], dtype=np.float32)      # all zero: 12-bit rows are not centred
     for m in prange(x.shape[0]):
-        _quantize_row_into(x, m, xs, xq[m], np.float32(ACT_QMAX))
+        _quantize_row_into(x, m, xs, xc, xq[m], np.float32(ACT_QMAX))
+
+
+@njit(cache=True, nogil=True, error_model="numpy")
+def add_centre_term(out, xc, wsum):
+    """out[m, n] += xc[m] * wsum[n]: the part of x @ W.T that centring took out of the rows."""
+    for m in range(out.shape[0]):
+        c = xc[m]
+        for n in range(out.shape[1]):
+            out[m, n] += c * wsum[n]
+
+
+def weight_sums(wq: np.ndarray, ws: np.ndarray) -> np.ndarray:
+    """ws[n] * sum_k wq[n, k] as float32 [N]: the dequantised weight row sums that 8-bit layers need
+    (see row_scale_centre and add_centre_term).  wq int8 [N, K]."""
+    with np.errstate(over="ignore"):     # absurd scales give inf sums, and the model's finiteness check reports them
+        return wq.astype(np.int64).sum(axis=1).astype(np.float32) * np.asarray(ws, dtype=np.float32)
+
+
+NO_SUMS = np.zeros(0, dtype=np.float32)
+"""The ``wsum`` argument of a 12-bit layer (its rows are not centred)."""
 
 
 # ----------------------------------------------------------------------------------------------
@@ -507,21 +613,21 @@ def to_row_tiles(xq):
 
 
 @njit(cache=True, nogil=True, error_model="numpy")
-def _quantize_tiles(x, row0, row1, xrow, xt, xs, qmax):
+def _quantize_tiles(x, row0, row1, xrow, xt, xs, xc, qmax):
     # Each row is quantised into the contiguous scratch row xrow (where the loop vectorises),
     # then scattered into the tiles as 4-byte stores.
     for m in range(row0, row1):
-        _quantize_row_into(x, m, xs, xrow, qmax)
+        _quantize_row_into(x, m, xs, xc, xrow, qmax)
         _tile_row(xrow, m, xt)
 
 
 @njit(cache=True, nogil=True, parallel=True, error_model="numpy")
-def _quantize_tiles_parallel(x, kp, xt, xs, qmax):
+def _quantize_tiles_parallel(x, kp, xt, xs, xc, qmax):
     m_rows = x.shape[0]
     n_parts = (m_rows + 63) // 64
     for part in prange(n_parts):
         xrow = np.zeros(kp, dtype=np.int16)         # column K (odd K) stays zero
-        _quantize_tiles(x, part * 64, min(m_rows, part * 64 + 64), xrow, xt, xs, qmax)
+        _quantize_tiles(x, part * 64, min(m_rows, part * 64 + 64), xrow, xt, xs, xc, qmax)
 
 
 @njit(cache=True, nogil=True, parallel=True, error_model="numpy")
@@ -585,20 +691,24 @@ def _qgemm_packed(xt, xs, wp, ws, bias, out, use_simd):
 
 
 @njit(cache=True, nogil=True, error_model="numpy")
-def _linear_int8_packed(x, wp, ws, bias, out, use_simd, qmax):
-    """Fused quantise (straight into row tiles) + packed GEMM (one compiled call from Python)."""
+def _linear_int8_packed(x, wp, ws, bias, out, use_simd, qmax, wsum):
+    """Fused quantise (straight into row tiles) + packed GEMM (one compiled call from Python).
+    8-bit rows are centred (qmax <= 127): ``wsum`` = weight_sums, else NO_SUMS."""
     m_rows, k_dim = x.shape
     kp = 2 * wp.shape[1]
     xt = np.empty(((m_rows + MR - 1) // MR, kp * MR), dtype=np.int16)
     if m_rows % MR:
         xt[-1] = 0                      # rows past M: read by no kernel, but keep them defined
     xs = np.empty(m_rows, dtype=np.float32)
+    xc = np.empty(m_rows, dtype=np.float32)
     if m_rows * k_dim < 32768:          # a fork/join would cost more than the work
         # np.int64(0), not 0: a literal argument would compile a second specialisation of _quantize_tiles.
-        _quantize_tiles(x, np.int64(0), m_rows, np.zeros(kp, dtype=np.int16), xt, xs, qmax)
+        _quantize_tiles(x, np.int64(0), m_rows, np.zeros(kp, dtype=np.int16), xt, xs, xc, qmax)
     else:
-        _quantize_tiles_parallel(x, kp, xt, xs, qmax)
+        _quantize_tiles_parallel(x, kp, xt, xs, xc, qmax)
     _qgemm_packed(xt, xs, wp, ws, bias, out, use_simd)
+    if qmax <= 127:
+        add_centre_term(out, xc, wsum)
 
 
 def _check_packed(wp, k_dim, n_dim):
@@ -628,8 +738,8 @@ def qlinear_packed(xq, xs, wp, ws, bias, out, path=None):
 
 def linear_int8(x: np.ndarray, wq: np.ndarray, ws: np.ndarray, bias: np.ndarray,
                 path=None, act_bits: int = 12) -> np.ndarray:
-    """y = dequant(wq, ws) applied to x (float32 [M, K]) with per-row 12-bit (or ``act_bits`` = 8)
-    activations.
+    """y = dequant(wq, ws) applied to x (float32 [M, K]) with per-row 12-bit (or ``act_bits`` = 8,
+    centred) activations.
 
     wq is, best, ``pack_weight(wq)`` computed once at load time, or the raw int8 [N, K] weight
     (packed on every call, in the pairs layout unless path names a quads kernel).
@@ -654,10 +764,25 @@ def linear_int8(x: np.ndarray, wq: np.ndarray, ws: np.ndarray, bias: np.ndarray,
     _check_packed(wq, k_dim, n_dim)
     check_scale_bias(ws, bias)
     qmax = act_qmax(act_bits)
+    wsum = pairs_weight_sums(wq, ws) if act_bits == 8 else NO_SUMS
     out = np.empty((m_rows, n_dim), dtype=np.float32)
     if m_rows:
-        _linear_int8_packed(np.ascontiguousarray(x, dtype=np.float32), wq, ws, bias, out, _use_simd(path), qmax)
+        _linear_int8_packed(np.ascontiguousarray(x, dtype=np.float32), wq, ws, bias, out, _use_simd(path), qmax,
+                            wsum)
     return out
+
+
+def pairs_weight_sums(wp: np.ndarray, ws: np.ndarray) -> np.ndarray:
+    """weight_sums of the int8 weight that ``pack_weight(wq, "pairs")`` packed into wp."""
+    panels, kpairs, width = wp.shape
+    sums = wp.reshape(panels, kpairs, width // 2, 2).astype(np.int64).sum(axis=(1, 3)).reshape(-1)
+    return sums[:ws.shape[0]].astype(np.float32) * np.asarray(ws, dtype=np.float32)
+
+
+def check_wsum(wsum: np.ndarray, ws: np.ndarray, qmax: np.float32) -> None:
+    """An 8-bit layer needs its weight_sums (float32 [N]); a 12-bit one takes NO_SUMS."""
+    if qmax <= ACT8_QMAX and not (wsum.dtype == np.float32 and wsum.shape == ws.shape and wsum.flags.c_contiguous):
+        raise ValueError(f"an 8-bit layer needs its weight sums as float32 {ws.shape}, got {wsum.dtype}{wsum.shape}")
 
 
 def layer_input(x: np.ndarray, k_dim: int) -> np.ndarray:
@@ -684,16 +809,17 @@ def check_layer(wp: np.ndarray, ws: np.ndarray, bias: np.ndarray, k_dim: int) ->
 
 
 def linear_int8_checked_weights(x: np.ndarray, wp: np.ndarray, ws: np.ndarray, bias: np.ndarray,
-                                k_dim: int, qmax: np.float32 = QMAX12) -> np.ndarray:
+                                k_dim: int, qmax: np.float32 = QMAX12, wsum: np.ndarray = NO_SUMS) -> np.ndarray:
     """``linear_int8`` for a layer whose ``wp``, ``ws``, ``bias``, input width ``k_dim`` and
-    activation range ``qmax`` (``act_qmax``) were checked once with ``check_layer``: only x is
-    checked per call (a model makes 24-72 of these calls per forward pass, and at batch 1 the full
-    checks cost more than the GEMM's own launch).
+    activation range ``qmax`` (``act_qmax``) were checked once with ``check_layer`` (and, for an
+    8-bit layer, ``wsum`` = weight_sums with ``check_wsum``): only x is checked per call (a model
+    makes 24-72 of these calls per forward pass, and at batch 1 the full checks cost more than the
+    GEMM's own launch).
     """
     x = layer_input(x, k_dim)
     out = np.empty((x.shape[0], ws.shape[0]), dtype=np.float32)
     if x.shape[0]:
-        _linear_int8_packed(x, wp, ws, bias, out, True, qmax)
+        _linear_int8_packed(x, wp, ws, bias, out, True, qmax, wsum)
     return out
 
 

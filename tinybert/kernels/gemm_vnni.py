@@ -17,9 +17,10 @@ bytes and each weight is stored offset by 128 as an unsigned byte:
 Both byte sums are exact in int32 (|h * u| <= 32 * 255, for K up to MAX_K); the last term is one
 integer per row, taken while quantising; the combination is done in int64.
 
-An 8-bit layer (``act_bits=8``, |xq| <= 127) needs no split: l = xq, h = 0. The VNNI driver then
-runs the one-plane micro-kernel (half the ``vpdpbusd``) and leaves the h sums at zero, so the same
-epilogue applies; AMX runs its two-plane program on the zero h plane (same sums).
+An 8-bit layer (``act_bits=8``, |xq| <= 127, rows centred as in gemm.py) needs no split: l = xq,
+h = 0. The VNNI driver then runs the one-plane micro-kernel (half the ``vpdpbusd``) and leaves the h
+sums at zero, so the same epilogue applies; AMX runs its two-plane program on the zero h plane (same
+sums).
 
 Weight layout ("quads"): panels of NR = 16 output channels, four consecutive k per channel,
 
@@ -59,7 +60,18 @@ from numba import njit, prange, types
 from numba.core import cgutils
 from numba.extending import intrinsic
 
-from .gemm import MR, NR, QMAX12, _target_features, act_qmax, check_scale_bias, layer_input, row_scale
+from .gemm import (
+    MR,
+    NO_SUMS,
+    NR,
+    QMAX12,
+    _target_features,
+    act_qmax,
+    add_centre_term,
+    check_scale_bias,
+    layer_input,
+    row_scale_centre,
+)
 from .irloop import no_unroll
 from .jitcache import fast_cache_loading
 from .memory import aligned_bytes, aligned_empty
@@ -157,13 +169,14 @@ def is_quads(w: np.ndarray) -> bool:
 
 def _make_split(low_only: bool):
     @intrinsic
-    def split_bytes(typingctx, row, inv, hrow, lrow):
-        """q = int(rint(row[k] * inv)); hrow[k], lrow[k] = h, l of q = 64 h + l; returns sum of q (int64).
+    def split_bytes(typingctx, row, centre, inv, hrow, lrow):
+        """q = int(rint((row[k] - centre) * inv)); hrow[k], lrow[k] = h, l of q = 64 h + l; returns
+        sum of q (int64).
 
         ``low_only`` (8-bit activations, |q| <= 127): h = 0, l = q, one signed byte.
         Contiguous 1-d rows. <16 x float> / <16 x i32> IR: written in Python, Numba widens the int32
         arithmetic to int64 and LLVM vectorised the loop four lanes at a time.  Same float32 product and
-        round-half-even (``llvm.rint``) as np.rint(x * inv), so the integers equal gemm.py's.
+        round-half-even (``llvm.rint``) as np.rint((x - centre) * inv), so the integers equal gemm.py's.
         """
         for arr, dtype in ((row, types.float32), (hrow, types.int8), (lrow, types.int8)):
             if not (isinstance(arr, types.Array) and arr.dtype == dtype and arr.ndim == 1 and arr.layout == "C"):
@@ -173,9 +186,10 @@ def _make_split(low_only: bool):
         def codegen(context, builder, signature, args):
             tys = signature.args
             x_p, h_p, l_p = [cgutils.create_struct_proxy(tys[i])(context, builder, value=args[i]).data
-                             for i in (0, 2, 3)]
+                             for i in (0, 3, 4)]
             n = builder.extract_value(cgutils.create_struct_proxy(tys[0])(context, builder, value=args[0]).shape, 0)
-            inv = context.cast(builder, args[1], tys[1], types.float32)
+            centre = context.cast(builder, args[1], tys[1], types.float32)
+            inv = context.cast(builder, args[2], tys[2], types.float32)
 
             def split(width, k):
                 vf = ir.VectorType(f32, width) if width > 1 else f32
@@ -188,12 +202,15 @@ def _make_split(low_only: bool):
                 suffix = f"v{width}f32" if width > 1 else "f32"
                 rint = cgutils.get_or_insert_function(builder.module, ir.FunctionType(vf, [vf]), f"llvm.rint.{suffix}")
                 x = builder.load(builder.bitcast(builder.gep(x_p, [k]), vf.as_pointer()), align=4)
-                scale = inv
+                scale, shift = inv, centre
                 if width > 1:
                     zeros = ir.Constant(ir.VectorType(i32, width), [0] * width)
-                    one = builder.insert_element(ir.Constant(vf, None), inv, ir.Constant(i32, 0))
-                    scale = builder.shuffle_vector(one, ir.Constant(vf, None), zeros)
-                q = builder.fptosi(builder.call(rint, [builder.fmul(x, scale)]), vi)
+
+                    def splat(v):
+                        one = builder.insert_element(ir.Constant(vf, None), v, ir.Constant(i32, 0))
+                        return builder.shuffle_vector(one, ir.Constant(vf, None), zeros)
+                    scale, shift = splat(inv), splat(centre)
+                q = builder.fptosi(builder.call(rint, [builder.fmul(builder.fsub(x, shift), scale)]), vi)
                 if low_only:
                     lo, hi = q, const(0)
                 else:
@@ -218,7 +235,7 @@ def _make_split(low_only: bool):
                 builder.store(builder.add(builder.load(total), builder.sext(q, i64)), total)
             return builder.load(total)
 
-        return types.int64(row, inv, hrow, lrow), codegen
+        return types.int64(row, centre, inv, hrow, lrow), codegen
 
     return split_bytes
 
@@ -228,11 +245,12 @@ _split_low = _make_split(True)
 
 
 @njit(cache=True, nogil=True, error_model="numpy")
-def _split_row(x, m, xh, xl, xs, xsum, qmax):
-    """Quantise row m exactly as gemm._quantize_row_into does, and store it split into bytes
-    (8-bit rows, qmax <= 127: all of it in xl, xh zero)."""
-    scale = row_scale(x, m, qmax)
+def _split_row(x, m, xh, xl, xs, xc, xsum, qmax):
+    """Quantise row m exactly as gemm._quantize_row_into does (8-bit rows centred), and store it
+    split into bytes (8-bit rows, qmax <= 127: all of it in xl, xh zero)."""
+    scale, centre = row_scale_centre(x, m, qmax)
     xs[m] = scale
+    xc[m] = centre
     if np.isnan(scale):          # non-finite row: zeros, and a NaN scale poisons the output
         xh[m, :x.shape[1]] = 0
         xl[m, :x.shape[1]] = 0
@@ -240,24 +258,24 @@ def _split_row(x, m, xh, xl, xs, xsum, qmax):
         return
     k = x.shape[1]
     if qmax <= 127:
-        xsum[m] = _split_low(x[m], np.float32(1.0) / scale, xh[m, :k], xl[m, :k])
+        xsum[m] = _split_low(x[m], centre, np.float32(1.0) / scale, xh[m, :k], xl[m, :k])
     else:
-        xsum[m] = _split_bytes(x[m], np.float32(1.0) / scale, xh[m, :k], xl[m, :k])
+        xsum[m] = _split_bytes(x[m], centre, np.float32(1.0) / scale, xh[m, :k], xl[m, :k])
 
 
 @njit(cache=True, nogil=True, parallel=True, error_model="numpy")
-def _split_rows_parallel(x, xh, xl, xs, xsum, qmax):
+def _split_rows_parallel(x, xh, xl, xs, xc, xsum, qmax):
     for m in prange(x.shape[0]):
-        _split_row(x, m, xh, xl, xs, xsum, qmax)
+        _split_row(x, m, xh, xl, xs, xc, xsum, qmax)
 
 
 @njit(cache=True, nogil=True, error_model="numpy")
-def _split_rows(x, xh, xl, xs, xsum, qmax):
+def _split_rows(x, xh, xl, xs, xc, xsum, qmax):
     if x.shape[0] * x.shape[1] < 32768:   # a fork/join costs more than a few rows of work
         for m in range(x.shape[0]):
-            _split_row(x, m, xh, xl, xs, xsum, qmax)
+            _split_row(x, m, xh, xl, xs, xc, xsum, qmax)
     else:
-        _split_rows_parallel(x, xh, xl, xs, xsum, qmax)
+        _split_rows_parallel(x, xh, xl, xs, xc, xsum, qmax)
 
 
 @njit(cache=True, nogil=True, error_model="numpy")
@@ -890,9 +908,10 @@ def qlinear_quads(xq: np.ndarray, xs: np.ndarray, wp: np.ndarray, ws: np.ndarray
 
 
 @njit(cache=True, nogil=True, error_model="numpy")
-def _linear_quads(x, wp, ws, bias, out, use_amx, cfg, qmax):
+def _linear_quads(x, wp, ws, bias, out, use_amx, cfg, qmax, wsum):
     """Split-quantise x and run the GEMM in one compiled call (a Python-level sequence of
-    allocations and calls cost ~10 us per layer, a third of a small GEMM)."""
+    allocations and calls cost ~10 us per layer, a third of a small GEMM).  8-bit rows are
+    centred (qmax <= 127): ``wsum`` = gemm.weight_sums, else gemm.NO_SUMS."""
     m_rows, k_dim = x.shape
     kp = wp.shape[1] * 4
     mp = (m_rows + TILE_ROWS - 1) // TILE_ROWS * TILE_ROWS
@@ -907,11 +926,14 @@ def _linear_quads(x, wp, ws, bias, out, use_amx, cfg, qmax):
         xl[:m_rows, k_dim:] = 0
     xsum = np.empty(m_rows, dtype=np.int64)
     xs = np.empty(m_rows, dtype=np.float32)
-    _split_rows(x, xh, xl, xs, xsum, qmax)
+    xc = np.empty(m_rows, dtype=np.float32)
+    _split_rows(x, xh, xl, xs, xc, xsum, qmax)
     if use_amx:
         _gemm_amx(xh, xl, xsum, xs, wp, ws, bias, out, cfg)
     else:
         _gemm_vnni(xh, xl, xsum, xs, wp, ws, bias, out, qmax <= 127)
+    if qmax <= 127:
+        add_centre_term(out, xc, wsum)
 
 
 def linear_quads(x: np.ndarray, wp: np.ndarray, ws: np.ndarray, bias: np.ndarray,
@@ -922,17 +944,26 @@ def linear_quads(x: np.ndarray, wp: np.ndarray, ws: np.ndarray, bias: np.ndarray
     _check_quads(wp, k_dim, n_dim)
     path = _pick(path, m_rows)
     qmax = act_qmax(act_bits)
+    wsum = quads_weight_sums(wp, ws) if act_bits == 8 else NO_SUMS
     out = np.empty((m_rows, n_dim), dtype=np.float32)
     if m_rows:
         _linear_quads(np.ascontiguousarray(x, dtype=np.float32), wp, ws, bias, out, path == "amx", _AMX_CONFIG,
-                      qmax)
+                      qmax, wsum)
     return out
 
 
+def quads_weight_sums(wp: np.ndarray, ws: np.ndarray) -> np.ndarray:
+    """gemm.weight_sums of the int8 weight that ``pack_quads`` packed into wp (padding is 128 = 0)."""
+    panels, kquads, width = wp.shape
+    sums = wp.reshape(panels, kquads, width // 4, 4).astype(np.int64).sum(axis=(1, 3)).reshape(-1) - 128 * 4 * kquads
+    return sums[:ws.shape[0]].astype(np.float32) * np.asarray(ws, dtype=np.float32)
+
+
 def linear_quads_checked_weights(x: np.ndarray, wp: np.ndarray, ws: np.ndarray, bias: np.ndarray,
-                                 k_dim: int, qmax: np.float32 = QMAX12) -> np.ndarray:
+                                 k_dim: int, qmax: np.float32 = QMAX12, wsum: np.ndarray = NO_SUMS) -> np.ndarray:
     """``linear_quads`` for a layer whose ``wp``, ``ws``, ``bias``, true input width ``k_dim`` and
-    activation range ``qmax`` (``gemm.act_qmax``) were checked once with ``check_layer`` (at load).
+    activation range ``qmax`` (``gemm.act_qmax``) were checked once with ``check_layer`` (at load),
+    and, for an 8-bit layer, ``wsum`` (gemm.weight_sums) with ``gemm.check_wsum``.
 
     Only x is checked here: at batch 1 the full per-call validation and dispatch cost ~8 us of a
     ~40 us GEMM, 24 times per MiniLM forward. (The packing pads K to 64, so only the layer knows
@@ -941,7 +972,7 @@ def linear_quads_checked_weights(x: np.ndarray, wp: np.ndarray, ws: np.ndarray, 
     x = layer_input(x, k_dim)
     out = np.empty((x.shape[0], ws.shape[0]), dtype=np.float32)
     if x.shape[0]:
-        _linear_quads(x, wp, ws, bias, out, AMX_AVAILABLE and x.shape[0] >= AMX_MIN_ROWS, _AMX_CONFIG, qmax)
+        _linear_quads(x, wp, ws, bias, out, AMX_AVAILABLE and x.shape[0] >= AMX_MIN_ROWS, _AMX_CONFIG, qmax, wsum)
     return out
 
 
