@@ -264,6 +264,7 @@ def test_t5_cases_exercise_ngram_ban_and_eos(t5):
 
 @pytest.mark.parametrize("kw", [
     {"num_beams": 0},
+    {"num_beams": 10 ** 6},      # hours of search (and its memory), not an answer
     {"num_beams": 2, "num_return_sequences": 3},
     {"num_beams": 2, "num_return_sequences": 0},
     {"num_beams": 2, "early_stopping": "sometimes"},

@@ -286,6 +286,7 @@ def test_long_sources(built):
 
 @pytest.mark.parametrize("kwargs, match", [
     (dict(beam_size=0), "beam_size"),
+    (dict(beam_size=257), "beam_size"),
     (dict(max_length=0), "max_length"),
     (dict(num_hypotheses=5), "num_return_sequences"),
     (dict(min_length=-1), "min_length"),

@@ -39,6 +39,9 @@ from .kernels.search import log_softmax_rows, top_k_flat
 
 # transformers' "this beam does not exist / may not be chosen" score.
 _NEG = np.float32(-1e9)
+MAX_BEAMS = 256
+"""Beams per input at most: each step scores beams x vocabulary candidates and each beam holds a KV
+cache, so a beam count in the millions would run for hours or exhaust memory instead of failing."""
 
 
 def _is_int(x: object) -> bool:
@@ -70,8 +73,8 @@ class BeamParams:
 
     def validate(self) -> None:
         """Raise InputError on a bad value."""
-        if not _is_int(self.num_beams) or self.num_beams < 1:
-            raise InputError(f"num_beams must be a positive integer, got {self.num_beams!r}")
+        if not _is_int(self.num_beams) or not 1 <= self.num_beams <= MAX_BEAMS:
+            raise InputError(f"num_beams must be an integer from 1 to {MAX_BEAMS}, got {self.num_beams!r}")
         lp = self.length_penalty
         if isinstance(lp, bool) or not isinstance(lp, (int, float)) or not np.isfinite(lp) or abs(lp) > 100:
             raise InputError(f"length_penalty must be a number from -100 to 100, got {lp!r}")

@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from .api import _check_threads, _numba_threads
-from .beam import BeamParams, BeamSearch, banned_ngram_tokens
+from .beam import MAX_BEAMS, BeamParams, BeamSearch, banned_ngram_tokens
 from .config import Seq2SeqConfig
 from .errors import InputError, ModelKindError
 from .generation import SamplingParams, next_tokens
@@ -168,7 +168,8 @@ class Translator:
                   no_repeat_ngram_size: int, num_hypotheses: int, early_stopping: bool | str,
                   repetition_penalty: float | None, temperature: float, top_k: int | None, top_p: float | None,
                   seed: int | None) -> _Settings:
-        _positive_int("beam_size", beam_size)
+        if _positive_int("beam_size", beam_size) > MAX_BEAMS:
+            raise InputError(f"beam_size must be at most {MAX_BEAMS}, got {beam_size}")
         _positive_int("max_length", max_length)
         _positive_int("num_hypotheses", num_hypotheses)
         for name, value in (("min_length", min_length), ("no_repeat_ngram_size", no_repeat_ngram_size)):
