@@ -5,6 +5,7 @@ from __future__ import annotations
 import subprocess
 import sys
 import textwrap
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -169,6 +170,44 @@ def test_warm_start_loads_cached_kernels_without_compiler_setup(minilm_files, se
     ref = reference_embeddings[:len(texts)]
     cos = (warm * ref).sum(1) / np.linalg.norm(warm, axis=1)
     assert cos.mean() >= 0.999 and cos.min() >= 0.995, (cos.mean(), cos.min())
+
+
+def test_editing_one_kernel_module_recompiles_the_kernels_that_inline_it(tmp_path):
+    """gemm_vnni's kernels compile in gemm.py's quantiser; Numba keys their cache on gemm_vnni.py alone.
+    With jitcache.KERNELS_STAMP in the key, touching gemm.py must recompile them (a stale cache would
+    keep the old quantiser), while an untouched package loads them from the cache."""
+    import os
+    import shutil
+
+    import tinybert
+
+    shutil.copytree(Path(tinybert.__file__).parent, tmp_path / "pkg" / "tinybert",
+                    ignore=shutil.ignore_patterns("__pycache__"))
+    env = dict(os.environ, NUMBA_CACHE_DIR=str(tmp_path / "cache"), PYTHONPATH=str(tmp_path / "pkg"))
+    code = textwrap.dedent("""
+        import numpy as np
+        import tinybert
+        from tinybert.kernels import gemm, gemm_vnni
+        assert tinybert.__file__.startswith(PACKAGE)
+        rng = np.random.default_rng(0)
+        wq = rng.integers(-127, 128, (32, 64)).astype(np.int8)
+        gemm.linear_int8(rng.standard_normal((4, 64)).astype(np.float32), gemm_vnni.pack_quads(wq),
+                         np.ones(32, np.float32), np.zeros(32, np.float32), path="vnni", act_bits=8)
+        stats = gemm_vnni._linear_quads.stats
+        print(sum(stats.cache_misses.values()), sum(stats.cache_hits.values()))
+    """).replace("PACKAGE", repr(str(tmp_path / "pkg")))
+
+    def run():
+        result = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=900,
+                                cwd=tmp_path)      # not the checkout: "-c" puts the working directory first
+        assert result.returncode == 0, result.stderr
+        return tuple(int(v) for v in result.stdout.split())
+
+    assert run() == (1, 0)                 # cold: compiled
+    assert run() == (0, 1)                 # warm: loaded
+    gemm_py = tmp_path / "pkg" / "tinybert" / "kernels" / "gemm.py"
+    os.utime(gemm_py, ns=(gemm_py.stat().st_atime_ns, gemm_py.stat().st_mtime_ns + 10**9))
+    assert run() == (1, 0)                 # gemm.py changed: gemm_vnni's kernel recompiled
 
 
 @pytest.mark.parametrize("isa", ["amx", "avx512vnni"])
