@@ -300,8 +300,13 @@ def add_centre_term(out, xc, wsum):
 def weight_sums(wq: np.ndarray, ws: np.ndarray) -> np.ndarray:
     """ws[n] * sum_k wq[n, k] as float32 [N]: the dequantised weight row sums that 8-bit layers need
     (see row_scale_centre and add_centre_term).  wq int8 [N, K]."""
+    return dequantised_sums(wq.astype(np.int64).sum(axis=1), ws)
+
+
+def dequantised_sums(sums: np.ndarray, ws: np.ndarray) -> np.ndarray:
+    """ws[n] * sums[n] as float32 for the first len(ws) integer row sums (however the weight was laid out)."""
     with np.errstate(over="ignore"):     # absurd scales give inf sums, and the model's finiteness check reports them
-        return wq.astype(np.int64).sum(axis=1).astype(np.float32) * np.asarray(ws, dtype=np.float32)
+        return sums[:ws.shape[0]].astype(np.float32) * np.asarray(ws, dtype=np.float32)
 
 
 NO_SUMS = np.zeros(0, dtype=np.float32)
@@ -775,8 +780,7 @@ def linear_int8(x: np.ndarray, wq: np.ndarray, ws: np.ndarray, bias: np.ndarray,
 def pairs_weight_sums(wp: np.ndarray, ws: np.ndarray) -> np.ndarray:
     """weight_sums of the int8 weight that ``pack_weight(wq, "pairs")`` packed into wp."""
     panels, kpairs, width = wp.shape
-    sums = wp.reshape(panels, kpairs, width // 2, 2).astype(np.int64).sum(axis=(1, 3)).reshape(-1)
-    return sums[:ws.shape[0]].astype(np.float32) * np.asarray(ws, dtype=np.float32)
+    return dequantised_sums(wp.reshape(panels, kpairs, width // 2, 2).astype(np.int64).sum(axis=(1, 3)).reshape(-1), ws)
 
 
 def check_wsum(wsum: np.ndarray, ws: np.ndarray, qmax: np.float32) -> None:

@@ -69,6 +69,7 @@ from .gemm import (
     act_qmax,
     add_centre_term,
     check_scale_bias,
+    dequantised_sums,
     layer_input,
     row_scale_centre,
 )
@@ -956,7 +957,7 @@ def quads_weight_sums(wp: np.ndarray, ws: np.ndarray) -> np.ndarray:
     """gemm.weight_sums of the int8 weight that ``pack_quads`` packed into wp (padding is 128 = 0)."""
     panels, kquads, width = wp.shape
     sums = wp.reshape(panels, kquads, width // 4, 4).astype(np.int64).sum(axis=(1, 3)).reshape(-1) - 128 * 4 * kquads
-    return sums[:ws.shape[0]].astype(np.float32) * np.asarray(ws, dtype=np.float32)
+    return dequantised_sums(sums, ws)
 
 
 def linear_quads_checked_weights(x: np.ndarray, wp: np.ndarray, ws: np.ndarray, bias: np.ndarray,
