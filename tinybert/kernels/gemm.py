@@ -288,18 +288,29 @@ def quantize_rows(x, xq, xs):
         _quantize_row_into(x, m, xs, xc, xq[m], np.float32(ACT_QMAX))
 
 
+@njit(inline="always", nogil=True, error_model="numpy")
+def add_centre_block(out_flat, n_dim, m0, rows, n0, ncols, xc, wsum):
+    """out[m, n] += xc[m] * wsum[n] over the block m0 <= m < m0 + rows, n0 <= n < n0 + ncols of a
+    row-major output n_dim wide (flat): the part of x @ W.T that centring took out of 8-bit rows
+    (see row_scale_centre).  Loops over range() of row views: inside a parallel loop's body LLVM
+    vectorised those, and not out_flat[o + j] (an index it cannot prove non-negative)."""
+    w = wsum[n0:n0 + ncols]
+    for m in range(m0, m0 + rows):
+        row = out_flat[m * n_dim + n0:m * n_dim + n0 + ncols]
+        c = xc[m]
+        for j in range(ncols):
+            row[j] += c * w[j]
+
+
 @njit(cache=True, nogil=True, error_model="numpy")
 def add_centre_term(out, xc, wsum):
-    """out[m, n] += xc[m] * wsum[n]: the part of x @ W.T that centring took out of the rows."""
-    for m in range(out.shape[0]):
-        c = xc[m]
-        for n in range(out.shape[1]):
-            out[m, n] += c * wsum[n]
+    """add_centre_block over the whole output out [M, N]."""
+    add_centre_block(out.reshape(out.size), out.shape[1], 0, out.shape[0], 0, out.shape[1], xc, wsum)
 
 
 def weight_sums(wq: np.ndarray, ws: np.ndarray) -> np.ndarray:
     """ws[n] * sum_k wq[n, k] as float32 [N]: the dequantised weight row sums that 8-bit layers need
-    (see row_scale_centre and add_centre_term).  wq int8 [N, K]."""
+    (see row_scale_centre and add_centre_block).  wq int8 [N, K]."""
     return dequantised_sums(wq.astype(np.int64).sum(axis=1), ws)
 
 

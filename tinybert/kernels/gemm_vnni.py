@@ -67,7 +67,7 @@ from .gemm import (
     QMAX12,
     _target_features,
     act_qmax,
-    add_centre_term,
+    add_centre_block,
     check_scale_bias,
     dequantised_sums,
     layer_input,
@@ -660,9 +660,11 @@ def _make_epilogue(panels: int):
 
         out[o0 + r*ldo + 16*q + j] = float32(64 h - 128 xsum[m0 + r] + l) * xs[m0 + r] * ws[n0 + 16*q + j]
                                      + bias[n0 + 16*q + j]
+                                     (+ xc[m0 + r] * wsum[n0 + 16*q + j] when wsum is not empty)
 
     with h = tile[t_off + r*ldt + q*pstride + j] and l = the same at + l_off.  The same arithmetic as
-    ``_combine16``'s narrow branch, bit for bit; written as one intrinsic because the per-16-channel
+    ``_combine16``'s narrow branch, bit for bit, and then gemm.add_centre_term's (centred 8-bit rows;
+    here while the tile is in registers); written as one intrinsic because the per-16-channel
     calls, compiled inside the parallel loops, spent most of their time on spilled loop state and
     negative-index checks (measured: ~90 cycles per 16 outputs).
     """
@@ -671,22 +673,25 @@ def _make_epilogue(panels: int):
     splat = ir.Constant(ir.VectorType(i32, 16), [0] * 16)
 
     @intrinsic
-    def epilogue(typingctx, tile, t_off, ldt, pstride, l_off, rows, out, o0, ldo, xsum, xs, m0, ws, bias, n0):
+    def epilogue(typingctx, tile, t_off, ldt, pstride, l_off, rows, out, o0, ldo, xsum, xs, m0, ws, bias, n0,
+                 xc, wsum):
         if not (isinstance(tile, types.Array) and tile.dtype == types.int32
                 and isinstance(xsum, types.Array) and xsum.dtype == types.int64):
             return None
-        for arr in (out, xs, ws, bias):
+        for arr in (out, xs, ws, bias, xc, wsum):
             if not (isinstance(arr, types.Array) and arr.dtype == types.float32):
                 return None
-        sig = types.void(tile, t_off, ldt, pstride, l_off, rows, out, o0, ldo, xsum, xs, m0, ws, bias, n0)
+        sig = types.void(tile, t_off, ldt, pstride, l_off, rows, out, o0, ldo, xsum, xs, m0, ws, bias, n0, xc, wsum)
 
         def codegen(context, builder, signature, args):
             tys = signature.args
             t_off_v, ldt_v, pstride_v, l_off_v, rows_v, o0_v, ldo_v, m0_v, n0_v = [
                 context.cast(builder, args[i], tys[i], types.int64) for i in (1, 2, 3, 4, 5, 7, 8, 11, 14)]
-            c_p, out_p, xsum_p, xs_p, ws_p, b_p = [
+            c_p, out_p, xsum_p, xs_p, ws_p, b_p, xc_p, wsum_p = [
                 cgutils.create_struct_proxy(tys[i])(context, builder, value=args[i]).data
-                for i in (0, 6, 9, 10, 12, 13)]
+                for i in (0, 6, 9, 10, 12, 13, 15, 16)]
+            wsum_arr = cgutils.create_struct_proxy(tys[16])(context, builder, value=args[16])
+            wsum_n = builder.extract_value(wsum_arr.shape, 0)
 
             def vptr(base, off, ety, vty):
                 return builder.bitcast(builder.gep(base, [off], source_etype=ety), vty.as_pointer())
@@ -703,24 +708,40 @@ def _make_epilogue(panels: int):
                     for q in range(panels)]
             b_v = [builder.load(vptr(b_p, builder.add(n0_v, const(16 * q)), f32, v16f32), align=4)
                    for q in range(panels)]
-            with cgutils.for_range(builder, rows_v) as loop:
-                r = loop.index
-                m = builder.add(m0_v, r)
-                comp = builder.shl(builder.trunc(builder.load(builder.gep(xsum_p, [m], source_etype=i64)), i32),
-                                   ir.Constant(i32, 7))
-                scale = bcast(builder.load(builder.gep(xs_p, [m], source_etype=f32)), v16f32)
-                o_row = builder.add(o0_v, builder.mul(r, ldo_v))
-                t_row = builder.add(t_off_v, builder.mul(r, ldt_v))
-                for q in range(panels):
-                    t_q = builder.add(t_row, builder.mul(pstride_v, const(q)))
-                    h = builder.load(vptr(c_p, t_q, i32, v16i32), align=4)
-                    lo = builder.load(vptr(c_p, builder.add(t_q, l_off_v), i32, v16i32), align=4)
-                    # Wrapping int32 arithmetic gives the exact integer whenever it fits int32 (K <= WIDE_K).
-                    dot = builder.sub(builder.add(builder.shl(h, ir.Constant(v16i32, [6] * 16)), lo),
-                                      bcast(comp, v16i32))
-                    y = builder.fmul(builder.sitofp(dot, v16f32), scale)
-                    y = builder.fadd(builder.fmul(y, ws_v[q]), b_v[q])
-                    builder.store(y, vptr(out_p, builder.add(o_row, const(16 * q)), f32, v16f32), align=4)
+
+            def rows_loop(centred):
+                if centred:
+                    sum_v = [builder.load(vptr(wsum_p, builder.add(n0_v, const(16 * q)), f32, v16f32), align=4)
+                             for q in range(panels)]
+                with cgutils.for_range(builder, rows_v) as loop:
+                    r = loop.index
+                    m = builder.add(m0_v, r)
+                    comp = builder.shl(builder.trunc(builder.load(builder.gep(xsum_p, [m], source_etype=i64)), i32),
+                                       ir.Constant(i32, 7))
+                    scale = bcast(builder.load(builder.gep(xs_p, [m], source_etype=f32)), v16f32)
+                    if centred:
+                        centre = bcast(builder.load(builder.gep(xc_p, [m], source_etype=f32)), v16f32)
+                    o_row = builder.add(o0_v, builder.mul(r, ldo_v))
+                    t_row = builder.add(t_off_v, builder.mul(r, ldt_v))
+                    for q in range(panels):
+                        t_q = builder.add(t_row, builder.mul(pstride_v, const(q)))
+                        h = builder.load(vptr(c_p, t_q, i32, v16i32), align=4)
+                        lo = builder.load(vptr(c_p, builder.add(t_q, l_off_v), i32, v16i32), align=4)
+                        # Wrapping int32 arithmetic gives the exact integer whenever it fits int32 (K <= WIDE_K).
+                        dot = builder.sub(builder.add(builder.shl(h, ir.Constant(v16i32, [6] * 16)), lo),
+                                          bcast(comp, v16i32))
+                        y = builder.fmul(builder.sitofp(dot, v16f32), scale)
+                        y = builder.fadd(builder.fmul(y, ws_v[q]), b_v[q])
+                        if centred:
+                            y = builder.fadd(y, builder.fmul(centre, sum_v[q]))
+                        builder.store(y, vptr(out_p, builder.add(o_row, const(16 * q)), f32, v16f32), align=4)
+
+            # wsum's vectors are read only when it has them (an empty wsum: rows that are not centred).
+            with builder.if_else(builder.icmp_signed(">", wsum_n, ir.Constant(i64, 0))) as (centred, plain):
+                with centred:
+                    rows_loop(True)
+                with plain:
+                    rows_loop(False)
             return context.get_dummy_value()
 
         return sig, codegen
@@ -756,7 +777,7 @@ def _finish(out, n_dim, m, n0, ncols, dots, h_off, l_off, xsum, xs, ws, bias, wi
 
 
 @njit(cache=True, nogil=True, parallel=True, error_model="numpy")
-def _gemm_vnni(xh, xl, xsum, xs, wp, ws, bias, out, low):
+def _gemm_vnni(xh, xl, xsum, xs, wp, ws, bias, out, low, xc, wsum):
     m_rows, n_dim = out.shape
     kp = xh.shape[1]
     kq = wp.shape[1]
@@ -791,19 +812,21 @@ def _gemm_vnni(xh, xl, xsum, xs, wp, ws, bias, out, low):
         ncols = min(VNNI_PANELS * NR, n_dim - n0)
         if ncols == VNNI_PANELS * NR and not wide:
             _epilogue2(tile, 0, width, NR, VNNI_PANELS * NR, rows, out_flat, m0 * n_dim + n0, n_dim, xsum, xs, m0,
-                       ws, bias, n0)
-            continue
-        # A partial last pair (or K past WIDE_K): tile row r holds h at [q*NR], l at [(2 + q)*NR].
-        for r in range(rows):
-            for q in range(VNNI_PANELS):
-                nq = n0 + q * NR
-                if nq < n_dim:
-                    _finish(out_flat, n_dim, m0 + r, nq, min(NR, n_dim - nq), tile, r * width + q * NR,
-                            r * width + (VNNI_PANELS + q) * NR, xsum, xs, ws, bias, wide)
+                       ws, bias, n0, xc, wsum)
+        else:
+            # A partial last pair (or K past WIDE_K): tile row r holds h at [q*NR], l at [(2 + q)*NR].
+            for r in range(rows):
+                for q in range(VNNI_PANELS):
+                    nq = n0 + q * NR
+                    if nq < n_dim:
+                        _finish(out_flat, n_dim, m0 + r, nq, min(NR, n_dim - nq), tile, r * width + q * NR,
+                                r * width + (VNNI_PANELS + q) * NR, xsum, xs, ws, bias, wide)
+            if wsum.shape[0] > 0:
+                add_centre_block(out_flat, n_dim, m0, rows, n0, ncols, xc, wsum)
 
 
 @njit(cache=True, nogil=True, parallel=True, error_model="numpy")
-def _gemm_amx(xh, xl, xsum, xs, wp, ws, bias, out, cfg):
+def _gemm_amx(xh, xl, xsum, xs, wp, ws, bias, out, cfg, xc, wsum):
     m_rows, n_dim = out.shape
     kp = xh.shape[1]
     kq = wp.shape[1]
@@ -837,18 +860,20 @@ def _gemm_amx(xh, xl, xsum, xs, wp, ws, bias, out, cfg):
                 if ncols == 2 * NR and not wide:
                     # Tiles 0-1 hold h of the two panels, 2-3 l: 16 int32 per tile row.
                     _epilogue2(ctile, 0, NR, TILE_ROWS * NR, 2 * TILE_ROWS * NR, rows, out_flat,
-                               b * TILE_ROWS * n_dim + n0, n_dim, xsum, xs, b * TILE_ROWS, ws, bias, n0)
-                    continue
-                for r in range(rows):
-                    # Channel j < 16 sits in tile 0 (h) / 2 (l) at [r, j]; j >= 16 in tile 1 / 3.
-                    m = b * TILE_ROWS + r
-                    h0 = r * NR
-                    _finish(out_flat, n_dim, m, n0, min(NR, ncols), ctile, h0, h0 + 2 * TILE_ROWS * NR, xsum, xs,
-                            ws, bias, wide)
-                    if ncols > NR:
-                        h1 = h0 + TILE_ROWS * NR
-                        _finish(out_flat, n_dim, m, n0 + NR, ncols - NR, ctile, h1, h1 + 2 * TILE_ROWS * NR,
-                                xsum, xs, ws, bias, wide)
+                               b * TILE_ROWS * n_dim + n0, n_dim, xsum, xs, b * TILE_ROWS, ws, bias, n0, xc, wsum)
+                else:
+                    for r in range(rows):
+                        # Channel j < 16 sits in tile 0 (h) / 2 (l) at [r, j]; j >= 16 in tile 1 / 3.
+                        m = b * TILE_ROWS + r
+                        h0 = r * NR
+                        _finish(out_flat, n_dim, m, n0, min(NR, ncols), ctile, h0, h0 + 2 * TILE_ROWS * NR, xsum,
+                                xs, ws, bias, wide)
+                        if ncols > NR:
+                            h1 = h0 + TILE_ROWS * NR
+                            _finish(out_flat, n_dim, m, n0 + NR, ncols - NR, ctile, h1, h1 + 2 * TILE_ROWS * NR,
+                                    xsum, xs, ws, bias, wide)
+                    if wsum.shape[0] > 0:
+                        add_centre_block(out_flat, n_dim, b * TILE_ROWS, rows, n0, ncols, xc, wsum)
         _amx_end()
 
 
@@ -887,9 +912,9 @@ def _run(xh, xl, xsum, xs, wp, ws, bias, out, path):
     if out.shape[0] == 0:
         return
     if path == "amx":
-        _gemm_amx(xh, xl, xsum, xs, wp, ws, bias, out, _AMX_CONFIG)
+        _gemm_amx(xh, xl, xsum, xs, wp, ws, bias, out, _AMX_CONFIG, NO_SUMS, NO_SUMS)
     else:
-        _gemm_vnni(xh, xl, xsum, xs, wp, ws, bias, out, False)
+        _gemm_vnni(xh, xl, xsum, xs, wp, ws, bias, out, False, NO_SUMS, NO_SUMS)
 
 
 def qlinear_quads(xq: np.ndarray, xs: np.ndarray, wp: np.ndarray, ws: np.ndarray, bias: np.ndarray,
@@ -912,7 +937,9 @@ def qlinear_quads(xq: np.ndarray, xs: np.ndarray, wp: np.ndarray, ws: np.ndarray
 def _linear_quads(x, wp, ws, bias, out, use_amx, cfg, qmax, wsum):
     """Split-quantise x and run the GEMM in one compiled call (a Python-level sequence of
     allocations and calls cost ~10 us per layer, a third of a small GEMM).  8-bit rows are
-    centred (qmax <= 127): ``wsum`` = gemm.weight_sums, else gemm.NO_SUMS."""
+    centred (qmax <= 127): ``wsum`` = gemm.weight_sums, else gemm.NO_SUMS; the epilogues add
+    the centre term back to each tile (a pass over the whole output afterwards ran serially and
+    streamed it from L2)."""
     m_rows, k_dim = x.shape
     kp = wp.shape[1] * 4
     mp = (m_rows + TILE_ROWS - 1) // TILE_ROWS * TILE_ROWS
@@ -930,11 +957,9 @@ def _linear_quads(x, wp, ws, bias, out, use_amx, cfg, qmax, wsum):
     xc = np.empty(m_rows, dtype=np.float32)
     _split_rows(x, xh, xl, xs, xc, xsum, qmax)
     if use_amx:
-        _gemm_amx(xh, xl, xsum, xs, wp, ws, bias, out, cfg)
+        _gemm_amx(xh, xl, xsum, xs, wp, ws, bias, out, cfg, xc, wsum)
     else:
-        _gemm_vnni(xh, xl, xsum, xs, wp, ws, bias, out, qmax <= 127)
-    if qmax <= 127:
-        add_centre_term(out, xc, wsum)
+        _gemm_vnni(xh, xl, xsum, xs, wp, ws, bias, out, qmax <= 127, xc, wsum)
 
 
 def linear_quads(x: np.ndarray, wp: np.ndarray, ws: np.ndarray, bias: np.ndarray,
