@@ -318,7 +318,7 @@ def _dpbusd_generic(builder, acc, u, s):
 VNNI_PANELS = 2   # 16-channel panels per VNNI micro-tile (24 zmm accumulators for 6 rows)
 
 
-def _make_vnni_microkernel(rows: int, emit: bool, parts: int = 2):
+def _make_vnni_microkernel(rows: int, emit: bool, parts: int = 2, compact: bool = False):
     """``rows`` (1..MR) x a pair of 16-channel panels x (h, l) in 4 * rows zmm accumulators.
 
     Tile row i holds [h of panel 0 | h of panel 1 | l of panel 0 | l of panel 1], 16 int32 each.
@@ -328,6 +328,10 @@ def _make_vnni_microkernel(rows: int, emit: bool, parts: int = 2):
     ``parts`` = 1 (8-bit activations): only the l rows are read and only the l accumulators
     updated, so the h ones keep the tile's zeros; half the instructions of (h, l).
 
+    ``compact`` (with parts = 1): tile rows hold l alone, [l of panel 0 | l of panel 1], and the
+    kernel takes one more argument, ``first``: non-zero for the first k block, whose sums are
+    stored rather than added (so the tile needs no zeroing, and is half the size).
+
     With ``emit`` False (target without AVX-512 VNNI, where the instruction could not be lowered)
     vpdpbusd is emulated in generic IR (``_dpbusd_generic``): same sums, for tests.
     """
@@ -335,14 +339,14 @@ def _make_vnni_microkernel(rows: int, emit: bool, parts: int = 2):
     v16i32 = ir.VectorType(i32, 16)
     splat = ir.Constant(ir.VectorType(i32, 16), [0] * 16)
     panels = VNNI_PANELS
-    ldt = 2 * panels * NR
+    assert parts == 1 or not compact
+    ldt = (1 if compact else 2) * panels * NR
 
-    @intrinsic
-    def microkernel(typingctx, tile, t_off, xh, xl, x_off, x_stride, wp, w_off, w_pstride, kquads):
+    def typed(tile, t_off, xh, xl, x_off, x_stride, wp, w_off, w_pstride, kquads, *first):
         for arr, dtype in ((tile, types.int32), (xh, types.int8), (xl, types.int8), (wp, types.uint8)):
             if not isinstance(arr, types.Array) or arr.dtype != dtype:
                 return None
-        sig = types.void(tile, t_off, xh, xl, x_off, x_stride, wp, w_off, w_pstride, kquads)
+        sig = types.void(tile, t_off, xh, xl, x_off, x_stride, wp, w_off, w_pstride, kquads, *first)
 
         def codegen(context, builder, signature, args):
             tys = signature.args
@@ -389,18 +393,41 @@ def _make_vnni_microkernel(rows: int, emit: bool, parts: int = 2):
                             builder.store(dp(builder.load(acc, typ=v16i32), ws[q], bcast), acc)
             no_unroll(builder, loop.index)
             t_base = builder.gep(tile_p, [t_off_v], source_etype=i32)
-            for part in range(parts):
-                slot = part if parts == 2 else 1
-                for q in range(panels):
-                    for i in range(rows):
-                        ptr = builder.bitcast(
-                            builder.gep(t_base, [ir.Constant(i64, i * ldt + (slot * panels + q) * NR)],
-                                        source_etype=i32), v16i32.as_pointer())
-                        acc = builder.load(accs[part][q][i], typ=v16i32)
-                        builder.store(builder.add(builder.load(ptr, align=4, typ=v16i32), acc), ptr, align=4)
+
+            def write_back(add):
+                for part in range(parts):
+                    slot = 0 if compact else (part if parts == 2 else 1)
+                    for q in range(panels):
+                        for i in range(rows):
+                            ptr = builder.bitcast(
+                                builder.gep(t_base, [ir.Constant(i64, i * ldt + (slot * panels + q) * NR)],
+                                            source_etype=i32), v16i32.as_pointer())
+                            acc = builder.load(accs[part][q][i], typ=v16i32)
+                            if add:
+                                acc = builder.add(builder.load(ptr, align=4, typ=v16i32), acc)
+                            builder.store(acc, ptr, align=4)
+            if compact:
+                first = context.cast(builder, args[10], tys[10], types.int64)
+                with builder.if_else(builder.icmp_signed("!=", first, ir.Constant(i64, 0))) as (store, add):
+                    with store:
+                        write_back(False)
+                    with add:
+                        write_back(True)
+            else:
+                write_back(True)
             return context.get_dummy_value()
 
         return sig, codegen
+
+    if compact:
+        @intrinsic
+        def microkernel_first(typingctx, tile, t_off, xh, xl, x_off, x_stride, wp, w_off, w_pstride, kquads, first):
+            return typed(tile, t_off, xh, xl, x_off, x_stride, wp, w_off, w_pstride, kquads, first)
+        return microkernel_first
+
+    @intrinsic
+    def microkernel(typingctx, tile, t_off, xh, xl, x_off, x_stride, wp, w_off, w_pstride, kquads):
+        return typed(tile, t_off, xh, xl, x_off, x_stride, wp, w_off, w_pstride, kquads)
 
     return microkernel
 
@@ -426,24 +453,26 @@ def _vnni_microkernel(rows, tile, t_off, xh, xl, x_off, x_stride, wp, w_off, w_p
         _vk1(tile, t_off, xh, xl, x_off, x_stride, wp, w_off, w_pstride, kquads)
 
 
-_vl1, _vl2, _vl3, _vl4, _vl5, _vl6 = [_make_vnni_microkernel(r, _TARGET_VNNI, parts=1) for r in range(1, MR + 1)]
+_vl1, _vl2, _vl3, _vl4, _vl5, _vl6 = [_make_vnni_microkernel(r, _TARGET_VNNI, parts=1, compact=True)
+                                      for r in range(1, MR + 1)]
 
 
 @njit(cache=True, nogil=True, error_model="numpy", inline="always")
-def _vnni_microkernel_low(rows, tile, t_off, xl, x_off, x_stride, wp, w_off, w_pstride, kquads):
-    # 8-bit activations: the l plane alone (xl passed for both planes; the kernel reads only l).
+def _vnni_microkernel_low(rows, tile, t_off, xl, x_off, x_stride, wp, w_off, w_pstride, kquads, first):
+    # 8-bit activations: the l plane alone (xl passed for both planes; the kernel reads only l), into a
+    # compact tile (l only; the first k block stores, the others add).
     if rows == 6:
-        _vl6(tile, t_off, xl, xl, x_off, x_stride, wp, w_off, w_pstride, kquads)
+        _vl6(tile, t_off, xl, xl, x_off, x_stride, wp, w_off, w_pstride, kquads, first)
     elif rows == 5:
-        _vl5(tile, t_off, xl, xl, x_off, x_stride, wp, w_off, w_pstride, kquads)
+        _vl5(tile, t_off, xl, xl, x_off, x_stride, wp, w_off, w_pstride, kquads, first)
     elif rows == 4:
-        _vl4(tile, t_off, xl, xl, x_off, x_stride, wp, w_off, w_pstride, kquads)
+        _vl4(tile, t_off, xl, xl, x_off, x_stride, wp, w_off, w_pstride, kquads, first)
     elif rows == 3:
-        _vl3(tile, t_off, xl, xl, x_off, x_stride, wp, w_off, w_pstride, kquads)
+        _vl3(tile, t_off, xl, xl, x_off, x_stride, wp, w_off, w_pstride, kquads, first)
     elif rows == 2:
-        _vl2(tile, t_off, xl, xl, x_off, x_stride, wp, w_off, w_pstride, kquads)
+        _vl2(tile, t_off, xl, xl, x_off, x_stride, wp, w_off, w_pstride, kquads, first)
     else:
-        _vl1(tile, t_off, xl, xl, x_off, x_stride, wp, w_off, w_pstride, kquads)
+        _vl1(tile, t_off, xl, xl, x_off, x_stride, wp, w_off, w_pstride, kquads, first)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -655,7 +684,7 @@ def _make_combine16():
 _combine16 = _make_combine16()
 
 
-def _make_epilogue(panels: int):
+def _make_epilogue(panels: int, low: bool = False):
     """The epilogue of a whole tile (``rows`` rows x ``panels`` 16-channel panels, K <= WIDE_K) as one loop:
 
         out[o0 + r*ldo + 16*q + j] = float32(64 h - 128 xsum[m0 + r] + l) * xs[m0 + r] * ws[n0 + 16*q + j]
@@ -667,6 +696,9 @@ def _make_epilogue(panels: int):
     here while the tile is in registers); written as one intrinsic because the per-16-channel
     calls, compiled inside the parallel loops, spent most of their time on spilled loop state and
     negative-index checks (measured: ~90 cycles per 16 outputs).
+
+    ``low``: a compact tile of 8-bit rows (see _make_vnni_microkernel), h = 0 and not read: panel
+    q's l at tile[t_off + r*ldt + q*pstride + j] (l_off unused).
     """
     f32, i32, i64 = ir.FloatType(), ir.IntType(32), ir.IntType(64)
     v16i32, v16f32 = ir.VectorType(i32, 16), ir.VectorType(f32, 16)
@@ -725,11 +757,16 @@ def _make_epilogue(panels: int):
                     t_row = builder.add(t_off_v, builder.mul(r, ldt_v))
                     for q in range(panels):
                         t_q = builder.add(t_row, builder.mul(pstride_v, const(q)))
-                        h = builder.load(vptr(c_p, t_q, i32, v16i32), align=4)
-                        lo = builder.load(vptr(c_p, builder.add(t_q, l_off_v), i32, v16i32), align=4)
-                        # Wrapping int32 arithmetic gives the exact integer whenever it fits int32 (K <= WIDE_K).
-                        dot = builder.sub(builder.add(builder.shl(h, ir.Constant(v16i32, [6] * 16)), lo),
-                                          bcast(comp, v16i32))
+                        if low:
+                            dot = builder.sub(builder.load(vptr(c_p, t_q, i32, v16i32), align=4),
+                                              bcast(comp, v16i32))
+                        else:
+                            h = builder.load(vptr(c_p, t_q, i32, v16i32), align=4)
+                            lo = builder.load(vptr(c_p, builder.add(t_q, l_off_v), i32, v16i32), align=4)
+                            # Wrapping int32 arithmetic gives the exact integer whenever it fits int32
+                            # (K <= WIDE_K).
+                            dot = builder.sub(builder.add(builder.shl(h, ir.Constant(v16i32, [6] * 16)), lo),
+                                              bcast(comp, v16i32))
                         y = builder.fmul(builder.sitofp(dot, v16f32), scale)
                         y = builder.fadd(builder.fmul(y, ws_v[q]), b_v[q])
                         if centred:
@@ -750,6 +787,7 @@ def _make_epilogue(panels: int):
 
 
 _epilogue2 = _make_epilogue(2)   # both drivers run two-panel (32-channel) tiles
+_epilogue2_low = _make_epilogue(2, low=True)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -782,7 +820,8 @@ def _gemm_vnni(xh, xl, xsum, xs, wp, ws, bias, out, low, xc, wsum):
     kp = xh.shape[1]
     kq = wp.shape[1]
     n_groups = wp.shape[0] // VNNI_PANELS     # packed panels come in whole pairs (N_ALIGN)
-    width = 2 * VNNI_PANELS * NR              # int32 per tile row: h and l of each panel
+    # int32 per tile row: h and l of each panel; 8-bit rows (low) have no h, and a compact tile.
+    width = (1 if low else 2) * VNNI_PANELS * NR
     wide = kp > WIDE_K
     out_flat = out.reshape(out.size)
     x_h = xh.reshape(xh.size)
@@ -796,31 +835,42 @@ def _gemm_vnni(xh, xl, xsum, xs, wp, ws, bias, out, low, xc, wsum):
         p = (task - chunk * n_groups) * VNNI_PANELS
         m0 = chunk * chunk_rows
         rows = min(chunk_rows, m_rows - m0)
-        tile = aligned_bytes(rows * width * 4).view(np.int32)
-        tile[:] = 0
+        # NR more int32 after the rows: zeros, the h that _finish reads for a compact tile.
+        tile = aligned_bytes((rows * width + NR) * 4).view(np.int32)
+        if low:
+            tile[rows * width:] = 0     # the first k block stores its sums: no zeroing of the rest
+        else:
+            tile[:] = 0
         for kc0 in range(0, kq, KCQ):
             kc1 = min(kq, kc0 + KCQ)
             w_off = (p * kq + kc0) * 4 * NR
             for r0 in range(0, rows, MR):
                 if low:     # 8-bit activations: xh is all zeros, skip its half of the products
                     _vnni_microkernel_low(min(MR, rows - r0), tile, r0 * width, x_l,
-                                          (m0 + r0) * kp + 4 * kc0, kp, w, w_off, kq * 4 * NR, kc1 - kc0)
+                                          (m0 + r0) * kp + 4 * kc0, kp, w, w_off, kq * 4 * NR, kc1 - kc0, kc0 == 0)
                 else:
                     _vnni_microkernel(min(MR, rows - r0), tile, r0 * width, x_h, x_l,
                                       (m0 + r0) * kp + 4 * kc0, kp, w, w_off, kq * 4 * NR, kc1 - kc0)
         n0 = p * NR
         ncols = min(VNNI_PANELS * NR, n_dim - n0)
         if ncols == VNNI_PANELS * NR and not wide:
-            _epilogue2(tile, 0, width, NR, VNNI_PANELS * NR, rows, out_flat, m0 * n_dim + n0, n_dim, xsum, xs, m0,
-                       ws, bias, n0, xc, wsum)
+            if low:
+                _epilogue2_low(tile, 0, width, NR, 0, rows, out_flat, m0 * n_dim + n0, n_dim, xsum, xs, m0,
+                               ws, bias, n0, xc, wsum)
+            else:
+                _epilogue2(tile, 0, width, NR, VNNI_PANELS * NR, rows, out_flat, m0 * n_dim + n0, n_dim, xsum, xs,
+                           m0, ws, bias, n0, xc, wsum)
         else:
-            # A partial last pair (or K past WIDE_K): tile row r holds h at [q*NR], l at [(2 + q)*NR].
+            # A partial last pair (or K past WIDE_K): tile row r holds h at [q*NR], l at [(2 + q)*NR]; a
+            # compact one l at [q*NR], and h is the zeros after the rows.
             for r in range(rows):
                 for q in range(VNNI_PANELS):
                     nq = n0 + q * NR
                     if nq < n_dim:
-                        _finish(out_flat, n_dim, m0 + r, nq, min(NR, n_dim - nq), tile, r * width + q * NR,
-                                r * width + (VNNI_PANELS + q) * NR, xsum, xs, ws, bias, wide)
+                        h_off = rows * width if low else r * width + q * NR
+                        l_off = r * width + q * NR if low else r * width + (VNNI_PANELS + q) * NR
+                        _finish(out_flat, n_dim, m0 + r, nq, min(NR, n_dim - nq), tile, h_off, l_off, xsum, xs,
+                                ws, bias, wide)
             if wsum.shape[0] > 0:
                 add_centre_block(out_flat, n_dim, m0, rows, n0, ncols, xc, wsum)
 
