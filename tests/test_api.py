@@ -38,19 +38,74 @@ def test_runtime_never_imports_torch_or_transformers(minilm_files):
 
 
 @pytest.mark.parametrize("precision", ["int8", "fp32"])
-def test_thread_count_does_not_change_results(minilm_files, sentences, hf_tokenizer, precision):
-    # threads=2 splits a batch into two parts run on their own threads with single-threaded kernels
-    # (api.sequence_groups); a lone sequence runs on two-threaded kernels. Every kernel is row- or
-    # sequence-wise and deterministic, so all of these must agree bit for bit with threads=1.
+def test_thread_count_does_not_change_results(minilm_files, sentences, hf_tokenizer, precision, monkeypatch):
+    # threads=2 runs many batches whole, one per thread (Encoder._pipelined); splits a lone batch into
+    # two parts run on their own threads with single-threaded kernels (api.sequence_groups); runs a
+    # lone sequence on two-threaded kernels. Every kernel is row- or sequence-wise and deterministic,
+    # so all of these must agree bit for bit with threads=1.
     one = tinybert.Encoder(minilm_files[precision], threads=1)
     two = tinybert.Encoder(minilm_files[precision], threads=2)
-    assert len(api.sequence_groups(np.array([0, 40, 90, 130, 170]), 2)) == 2      # the split is taken
-    np.testing.assert_array_equal(one.encode(sentences[:40]), two.encode(sentences[:40]))
-    assert two._pool is not None                                                  # ... and was run
+    taken = {"alone": 0, "split": 0}
+    alone, split = two._run_alone, two._run_part
+    monkeypatch.setattr(two, "_run_alone", lambda *a: taken.__setitem__("alone", taken["alone"] + 1) or alone(*a))
+    monkeypatch.setattr(two, "_run_part", lambda *a: taken.__setitem__("split", taken["split"] + 1) or split(*a))
+    for texts, batch_size, alone_runs in ((sentences[:40], 32, 2), (sentences[:100], 8, 13), (sentences[:20], 32, 0)):
+        taken.update(alone=0, split=0)
+        np.testing.assert_array_equal(one.encode(texts, batch_size=batch_size),
+                                      two.encode(texts, batch_size=batch_size))
+        assert taken["alone"] == alone_runs, (len(texts), batch_size, taken)      # many batches: pipelined
+    assert taken["split"] == 2                      # one batch of 20 sentences: split over the threads
+    assert len(api.sequence_groups(np.array([0, 40, 90, 130, 170]), 2)) == 2
     np.testing.assert_array_equal(one.encode(sentences[5]), two.encode(sentences[5]))
     batch = hf_tokenizer(sentences[:9], padding=True, return_tensors="np")     # padded, masked forward
     np.testing.assert_array_equal(one.forward(batch["input_ids"], batch["attention_mask"]),
                                   two.forward(batch["input_ids"], batch["attention_mask"]))
+
+
+def _counting_model(enc: tinybert.Encoder, fail_at: int | None = None) -> dict:
+    """Wrap enc's model: count the calls begun and ended (raising an InputError in call ``fail_at``)."""
+    import threading
+    import time
+
+    seen = {"begun": 0, "ended": 0}
+    lock = threading.Lock()
+    model = enc._model
+
+    def counted(*args):
+        with lock:
+            seen["begun"] += 1
+            number = seen["begun"]
+        try:
+            time.sleep(0.01)          # hold the call open, so that others run beside it
+            if number == fail_at:
+                raise tinybert.InputError("call failed on purpose")
+            return model(*args)
+        finally:
+            with lock:
+                seen["ended"] += 1
+    enc._model = counted
+    return seen
+
+
+def test_pipelined_batches_raise_the_error_and_leave_nothing_running(minilm_files, sentences):
+    # A failing batch in a worker reaches the caller, and when it does no other batch is still
+    # running (or left queued to start later) on the worker threads.
+    enc = tinybert.Encoder(minilm_files["int8"], threads=2)
+    seen = _counting_model(enc, fail_at=3)
+    with pytest.raises(tinybert.InputError, match="on purpose"):
+        enc.encode(sentences[:80], batch_size=4)
+    assert seen["begun"] == seen["ended"] >= 3, seen
+    assert seen["begun"] < 20, seen                         # the batches after the error never ran
+    # An abandoned generator (a caller that stops iterating) does the same.
+    seen = _counting_model(enc)
+    encodings = enc.tokenizer.encode_batch(sentences[:80])
+    batches = enc._batches(encodings, 4)
+    next(batches)
+    batches.close()
+    assert seen["begun"] == seen["ended"] < 20, seen
+    # ... and the encoder still works afterwards.
+    enc._model = tinybert.Encoder(minilm_files["int8"])._model
+    assert enc.encode(sentences[:9], batch_size=4).shape == (9, 384)
 
 
 def test_sequence_groups():

@@ -3,8 +3,9 @@ classes built on it (tinybert/tasks.py) add the heads."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from collections import deque
+from collections.abc import Iterable, Iterator, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor, wait
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -82,6 +83,11 @@ def _threads_may_share_kernels() -> bool:
         return numba.threading_layer() in ("omp", "tbb")
     except ValueError:
         return False
+
+
+def _all_keys(batch: Packed) -> np.ndarray:
+    """The key mask of a packed batch: it has no padding, so every token may be attended to."""
+    return np.ones(batch.ids.size, dtype=np.uint8)
 
 
 def _as_int_array(name: str, value: object, shape: tuple[int, ...] | None) -> np.ndarray:
@@ -218,32 +224,49 @@ class Encoder:
         return ids, mask, types, starts
 
     def _run(self, ids: np.ndarray, types: np.ndarray, starts: np.ndarray, key_mask: np.ndarray) -> np.ndarray:
-        ids = np.ascontiguousarray(ids, dtype=np.int32)
-        types = np.ascontiguousarray(types, dtype=np.int32)
-        starts = np.ascontiguousarray(starts, dtype=np.int64)
-        key_mask = np.ascontiguousarray(key_mask, dtype=np.uint8)
+        """Hidden states [T, H] of a packed batch, on all the threads: its sequences split into one
+        group per thread (see sequence_groups), or every thread on each kernel."""
+        ids, types, starts, key_mask = self._contiguous(ids, types, starts, key_mask)
         groups = sequence_groups(starts, self.threads) if _threads_may_share_kernels() else [(0, starts.size - 1)]
         out = np.empty((ids.size, self.config.hidden_size), dtype=np.float32)
-
-        def run_part(b0: int, b1: int) -> None:
-            for c0, c1 in sequence_chunks(starts[b0:b1 + 1], CHUNK_TOKENS):
-                lo, hi = starts[b0 + c0], starts[b0 + c1]
-                out[lo:hi] = self._model(ids[lo:hi], types[lo:hi], starts[b0 + c0:b0 + c1 + 1] - lo, key_mask[lo:hi])
-
         if len(groups) < 2:
             with _numba_threads(self.threads):
-                run_part(0, starts.size - 1)
+                self._run_part(ids, types, starts, key_mask, out, 0, starts.size - 1)
             return out
 
         def run_part_alone(b0: int, b1: int) -> None:
             with _numba_threads(1):
-                run_part(b0, b1)
+                self._run_part(ids, types, starts, key_mask, out, b0, b1)
 
-        if self._pool is None:
-            self._pool = ThreadPoolExecutor(max_workers=self.threads, thread_name_prefix="tinybert")
-        for part in [self._pool.submit(run_part_alone, b0, b1) for b0, b1 in groups]:
+        for part in [self._workers().submit(run_part_alone, b0, b1) for b0, b1 in groups]:
             part.result()
         return out
+
+    def _run_alone(self, ids: np.ndarray, types: np.ndarray, starts: np.ndarray, key_mask: np.ndarray) -> np.ndarray:
+        """_run on the calling thread alone (one Numba thread)."""
+        ids, types, starts, key_mask = self._contiguous(ids, types, starts, key_mask)
+        out = np.empty((ids.size, self.config.hidden_size), dtype=np.float32)
+        with _numba_threads(1):
+            self._run_part(ids, types, starts, key_mask, out, 0, starts.size - 1)
+        return out
+
+    @staticmethod
+    def _contiguous(ids: np.ndarray, types: np.ndarray, starts: np.ndarray,
+                    key_mask: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        return (np.ascontiguousarray(ids, dtype=np.int32), np.ascontiguousarray(types, dtype=np.int32),
+                np.ascontiguousarray(starts, dtype=np.int64), np.ascontiguousarray(key_mask, dtype=np.uint8))
+
+    def _run_part(self, ids: np.ndarray, types: np.ndarray, starts: np.ndarray, key_mask: np.ndarray,
+                  out: np.ndarray, b0: int, b1: int) -> None:
+        """Sequences b0..b1-1 through the model, CHUNK_TOKENS at a time, into their rows of out."""
+        for c0, c1 in sequence_chunks(starts[b0:b1 + 1], CHUNK_TOKENS):
+            lo, hi = starts[b0 + c0], starts[b0 + c1]
+            out[lo:hi] = self._model(ids[lo:hi], types[lo:hi], starts[b0 + c0:b0 + c1 + 1] - lo, key_mask[lo:hi])
+
+    def _workers(self) -> ThreadPoolExecutor:
+        if self._pool is None:
+            self._pool = ThreadPoolExecutor(max_workers=self.threads, thread_name_prefix="tinybert")
+        return self._pool
 
     def encode(self, texts: str | Sequence[str], batch_size: int = 32, normalize: bool | None = None,
                pooling: str | None = None, show_progress: bool = False) -> np.ndarray:
@@ -283,22 +306,56 @@ class Encoder:
             from tqdm import tqdm
 
             progress = tqdm(total=len(encodings), unit="text", desc=desc)
+        batches = (order[start:start + batch_size] for start in range(0, len(order), batch_size))
+        packed = ((rows, self._pack(encodings, rows)) for rows in batches)
+        if len(order) > batch_size and self.threads > 1 and _threads_may_share_kernels():
+            results = self._pipelined(packed)
+        else:
+            results = ((rows, batch, self._run(batch.ids, batch.type_ids, batch.starts, _all_keys(batch)))
+                       for rows, batch in packed)
         try:
-            for start in range(0, len(order), batch_size):
-                rows = order[start:start + batch_size]
-                batch = pack([encodings[i] for i in rows])
-                if batch.ids.max() >= self.config.vocab_size:
-                    raise InputError("the tokenizer produced ids outside the model's vocabulary")
-                if self.config.type_vocab_size <= 1:
-                    # No segment embeddings to tell pair members apart (DistilBERT, RoBERTa): transformers'
-                    # tokenizers for these models do not return token_type_ids, so segment ids mean nothing.
-                    batch.type_ids[:] = 0
-                elif batch.type_ids.max() >= self.config.type_vocab_size:
-                    raise InputError("the tokenizer produced token type ids the model does not have")
-                key_mask = np.ones(batch.ids.size, dtype=np.uint8)
-                yield rows, batch, self._run(batch.ids, batch.type_ids, batch.starts, key_mask)
+            for rows, batch, hidden in results:
+                yield rows, batch, hidden
                 if progress is not None:
                     progress.update(len(rows))
         finally:
+            results.close()
             if progress is not None:
                 progress.close()
+
+    def _pack(self, encodings: list, rows: list[int]) -> Packed:
+        batch = pack([encodings[i] for i in rows])
+        if batch.ids.max() >= self.config.vocab_size:
+            raise InputError("the tokenizer produced ids outside the model's vocabulary")
+        if self.config.type_vocab_size <= 1:
+            # No segment embeddings to tell pair members apart (DistilBERT, RoBERTa): transformers'
+            # tokenizers for these models do not return token_type_ids, so segment ids mean nothing.
+            batch.type_ids[:] = 0
+        elif batch.type_ids.max() >= self.config.type_vocab_size:
+            raise InputError("the tokenizer produced token type ids the model does not have")
+        return batch
+
+    def _pipelined(self, packed: Iterable[tuple[list[int], Packed]]) -> Iterator[tuple[list[int], Packed, np.ndarray]]:
+        """(rows, batch, hidden) of each batch in order, each batch run whole by one worker thread.
+
+        Many batches: one per thread at a time, with one more queued, and the next packed meanwhile.
+        Splitting each batch over the threads (``_run``) made both wait at the end of every batch for
+        the slower half and for the serial packing and pooling between batches: on the 1,000-sentence
+        corpus (MiniLM, 2 threads) this ran in 1288 ms against 1562 ms.
+        """
+        pending: deque[tuple[list[int], Packed, Future]] = deque()
+        try:
+            for rows, batch in packed:
+                pending.append((rows, batch, self._workers().submit(
+                    self._run_alone, batch.ids, batch.type_ids, batch.starts, _all_keys(batch))))
+                if len(pending) > self.threads:
+                    rows, batch, done = pending.popleft()
+                    yield rows, batch, done.result()
+            while pending:
+                rows, batch, done = pending.popleft()
+                yield rows, batch, done.result()
+        finally:
+            # On an error or an abandoned generator, no batch may still run once the caller has control.
+            for _, _, left in pending:
+                left.cancel()
+            wait([left for _, _, left in pending])
