@@ -770,3 +770,35 @@ def test_layer_fast_path_matches_checked_path(layout):
     if layout == "pairs":       # the general entry point checks the bias against N as well
         with pytest.raises(ValueError):
             g.linear_int8(np.zeros((2, k), np.float32), wp, ws, bias[:39])
+
+
+@pytest.mark.skipif(not (gv.VNNI_AVAILABLE or gv.VNNI_EMULATED), reason="VNNI capped by TINYBERT_INT8_ISA")
+@pytest.mark.parametrize("bits", [8, 12])
+@pytest.mark.parametrize("m,k", [(1, 64), (7, 384), (100, 384), (90, 770)])    # the last two: parallel split
+def test_quads_layer_smooths_its_input_as_it_quantises(m, k, bits):
+    # The layer path multiplies x by the smoothing factors row by row inside the quantiser; the result
+    # must be that of multiplying the whole input first, bit for bit, non-finite rows included.
+    rng = np.random.default_rng(m + k + bits)
+    n = 40
+    wq = rng.integers(-127, 128, (n, k)).astype(np.int8)
+    ws, bias = (rng.random(n) * 1e-2).astype(np.float32), rng.standard_normal(n).astype(np.float32)
+    wp = gv.pack_quads(wq)
+    smooth = np.exp(rng.standard_normal(k)).astype(np.float32)
+    x = (rng.standard_normal((m, k)) * 3).astype(np.float32)
+    x[:, rng.integers(0, k)] *= 30                                     # an outlier channel
+    if m > 3:
+        x[2, 5] = np.nan
+    qmax = g.act_qmax(bits)
+    wsum = g.weight_sums(wq, ws) if bits == 8 else g.NO_SUMS
+    gv.check_layer(wp, ws, bias, k)
+    gv.check_smooth(smooth, k)
+    path = None if gv.VNNI_AVAILABLE else "vnni"
+    expected = gv.linear_quads(x * smooth, wp, ws, bias, path=path, act_bits=bits)
+    got = gv.linear_quads_checked_weights(x, wp, ws, bias, k, qmax, wsum, smooth)
+    np.testing.assert_array_equal(got, expected)
+    assert not np.array_equal(got, gv.linear_quads(x, wp, ws, bias, path=path, act_bits=bits))
+    if m > 3:
+        assert np.isnan(got[2]).all() and np.isfinite(np.delete(got, 2, axis=0)).all()
+    for bad in (smooth[:-1], smooth.astype(np.float64), np.repeat(smooth, 2)[::2], list(smooth)):
+        with pytest.raises(ValueError):
+            gv.check_smooth(bad, k)

@@ -55,13 +55,19 @@ class Linear:
             self.bias = np.ascontiguousarray(self.bias, dtype=np.float32)
             (gemm_vnni if self._quads else gemm).check_layer(self.weight, self.scale, self.bias, self.in_features)
             gemm.check_wsum(self.wsum, self.scale, self.act_qmax)
+        # The VNNI quantiser multiplies each row by 1 / smooth as it reads it (in L1); the other paths
+        # get the input multiplied first.
+        self._fused_smooth = gemm_vnni.NO_SMOOTHING
+        if self._quads and self.input_scale is not None:
+            self._fused_smooth = np.ascontiguousarray(self.input_scale, dtype=np.float32)
+            gemm_vnni.check_smooth(self._fused_smooth, self.in_features)
 
     def __call__(self, x: np.ndarray) -> np.ndarray:
-        if self.input_scale is not None:
-            x = gemm.layer_input(x, self.in_features) * self.input_scale
         if self._quads:
             return gemm_vnni.linear_quads_checked_weights(x, self.weight, self.scale, self.bias, self.in_features,
-                                                          self.act_qmax, self.wsum)
+                                                          self.act_qmax, self.wsum, self._fused_smooth)
+        if self.input_scale is not None:
+            x = gemm.layer_input(x, self.in_features) * self.input_scale
         if self.scale is not None:
             return gemm.linear_int8_checked_weights(x, self.weight, self.scale, self.bias, self.in_features,
                                                     self.act_qmax, self.wsum)

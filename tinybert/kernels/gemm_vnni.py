@@ -245,11 +245,22 @@ _split_bytes = _make_split(False)
 _split_low = _make_split(True)
 
 
-@njit(cache=True, nogil=True, error_model="numpy")
-def _split_row(x, m, xh, xl, xs, xc, xsum, qmax):
+@njit(cache=True, nogil=True, error_model="numpy", inline="always")
+def _split_row(x, m, xh, xl, xs, xc, xsum, qmax, smooth, scratch):
     """Quantise row m exactly as gemm._quantize_row_into does (8-bit rows centred), and store it
-    split into bytes (8-bit rows, qmax <= 127: all of it in xl, xh zero)."""
-    scale, centre = row_scale_centre(x, m, qmax)
+    split into bytes (8-bit rows, qmax <= 127: all of it in xl, xh zero).
+
+    A non-empty ``smooth`` (the layer's 1 / smoothing factors, see blocks.Linear) quantises
+    x[m] * smooth instead, formed in ``scratch`` (f32[1, K]) where it stays in L1: the same float32
+    products as multiplying the whole input first, without a pass over it in memory."""
+    if smooth.shape[0] > 0:
+        src, i = scratch, 0
+        row, x_row = scratch[0], x[m]
+        for k in range(row.shape[0]):
+            row[k] = x_row[k] * smooth[k]
+    else:
+        src, i = x, m
+    scale, centre = row_scale_centre(src, i, qmax)
     xs[m] = scale
     xc[m] = centre
     if np.isnan(scale):          # non-finite row: zeros, and a NaN scale poisons the output
@@ -259,24 +270,33 @@ def _split_row(x, m, xh, xl, xs, xc, xsum, qmax):
         return
     k = x.shape[1]
     if qmax <= 127:
-        xsum[m] = _split_low(x[m], centre, np.float32(1.0) / scale, xh[m, :k], xl[m, :k])
+        xsum[m] = _split_low(src[i], centre, np.float32(1.0) / scale, xh[m, :k], xl[m, :k])
     else:
-        xsum[m] = _split_bytes(x[m], centre, np.float32(1.0) / scale, xh[m, :k], xl[m, :k])
+        xsum[m] = _split_bytes(src[i], centre, np.float32(1.0) / scale, xh[m, :k], xl[m, :k])
+
+
+SPLIT_BLOCK = 16   # rows per task of the parallel split (one scratch row each)
+
+NO_SMOOTHING = np.zeros(0, dtype=np.float32)
+"""The ``smooth`` argument of a layer whose input is quantised as it is."""
 
 
 @njit(cache=True, nogil=True, parallel=True, error_model="numpy")
-def _split_rows_parallel(x, xh, xl, xs, xc, xsum, qmax):
-    for m in prange(x.shape[0]):
-        _split_row(x, m, xh, xl, xs, xc, xsum, qmax)
+def _split_rows_parallel(x, xh, xl, xs, xc, xsum, qmax, smooth):
+    for b in prange((x.shape[0] + SPLIT_BLOCK - 1) // SPLIT_BLOCK):
+        scratch = np.empty((1, x.shape[1]), dtype=np.float32)
+        for m in range(b * SPLIT_BLOCK, min(x.shape[0], (b + 1) * SPLIT_BLOCK)):
+            _split_row(x, m, xh, xl, xs, xc, xsum, qmax, smooth, scratch)
 
 
 @njit(cache=True, nogil=True, error_model="numpy")
-def _split_rows(x, xh, xl, xs, xc, xsum, qmax):
+def _split_rows(x, xh, xl, xs, xc, xsum, qmax, smooth):
     if x.shape[0] * x.shape[1] < 32768:   # a fork/join costs more than a few rows of work
+        scratch = np.empty((1, x.shape[1]), dtype=np.float32)
         for m in range(x.shape[0]):
-            _split_row(x, m, xh, xl, xs, xc, xsum, qmax)
+            _split_row(x, m, xh, xl, xs, xc, xsum, qmax, smooth, scratch)
     else:
-        _split_rows_parallel(x, xh, xl, xs, xc, xsum, qmax)
+        _split_rows_parallel(x, xh, xl, xs, xc, xsum, qmax, smooth)
 
 
 @njit(cache=True, nogil=True, error_model="numpy")
@@ -984,12 +1004,12 @@ def qlinear_quads(xq: np.ndarray, xs: np.ndarray, wp: np.ndarray, ws: np.ndarray
 
 
 @njit(cache=True, nogil=True, error_model="numpy")
-def _linear_quads(x, wp, ws, bias, out, use_amx, cfg, qmax, wsum):
+def _linear_quads(x, wp, ws, bias, out, use_amx, cfg, qmax, wsum, smooth):
     """Split-quantise x and run the GEMM in one compiled call (a Python-level sequence of
     allocations and calls cost ~10 us per layer, a third of a small GEMM).  8-bit rows are
     centred (qmax <= 127): ``wsum`` = gemm.weight_sums, else gemm.NO_SUMS; the epilogues add
     the centre term back to each tile (a pass over the whole output afterwards ran serially and
-    streamed it from L2)."""
+    streamed it from L2).  ``smooth``: multiply x by it first (per input channel; NO_SUMS: no)."""
     m_rows, k_dim = x.shape
     kp = wp.shape[1] * 4
     mp = (m_rows + TILE_ROWS - 1) // TILE_ROWS * TILE_ROWS
@@ -1005,7 +1025,7 @@ def _linear_quads(x, wp, ws, bias, out, use_amx, cfg, qmax, wsum):
     xsum = np.empty(m_rows, dtype=np.int64)
     xs = np.empty(m_rows, dtype=np.float32)
     xc = np.empty(m_rows, dtype=np.float32)
-    _split_rows(x, xh, xl, xs, xc, xsum, qmax)
+    _split_rows(x, xh, xl, xs, xc, xsum, qmax, smooth)
     if use_amx:
         _gemm_amx(xh, xl, xsum, xs, wp, ws, bias, out, cfg, xc, wsum)
     else:
@@ -1024,7 +1044,7 @@ def linear_quads(x: np.ndarray, wp: np.ndarray, ws: np.ndarray, bias: np.ndarray
     out = np.empty((m_rows, n_dim), dtype=np.float32)
     if m_rows:
         _linear_quads(np.ascontiguousarray(x, dtype=np.float32), wp, ws, bias, out, path == "amx", _AMX_CONFIG,
-                      qmax, wsum)
+                      qmax, wsum, NO_SMOOTHING)
     return out
 
 
@@ -1036,10 +1056,13 @@ def quads_weight_sums(wp: np.ndarray, ws: np.ndarray) -> np.ndarray:
 
 
 def linear_quads_checked_weights(x: np.ndarray, wp: np.ndarray, ws: np.ndarray, bias: np.ndarray,
-                                 k_dim: int, qmax: np.float32 = QMAX12, wsum: np.ndarray = NO_SUMS) -> np.ndarray:
+                                 k_dim: int, qmax: np.float32 = QMAX12, wsum: np.ndarray = NO_SUMS,
+                                 smooth: np.ndarray = NO_SMOOTHING) -> np.ndarray:
     """``linear_quads`` for a layer whose ``wp``, ``ws``, ``bias``, true input width ``k_dim`` and
     activation range ``qmax`` (``gemm.act_qmax``) were checked once with ``check_layer`` (at load),
-    and, for an 8-bit layer, ``wsum`` (gemm.weight_sums) with ``gemm.check_wsum``.
+    and, for an 8-bit layer, ``wsum`` (gemm.weight_sums) with ``gemm.check_wsum``.  A non-empty
+    ``smooth`` (f32[k_dim], checked with ``check_smooth``) multiplies x per input channel first, as
+    the quantiser reads it: the result of ``linear_quads(x * smooth, ...)``, bit for bit.
 
     Only x is checked here: at batch 1 the full per-call validation and dispatch cost ~8 us of a
     ~40 us GEMM, 24 times per MiniLM forward. (The packing pads K to 64, so only the layer knows
@@ -1048,7 +1071,8 @@ def linear_quads_checked_weights(x: np.ndarray, wp: np.ndarray, ws: np.ndarray, 
     x = layer_input(x, k_dim)
     out = np.empty((x.shape[0], ws.shape[0]), dtype=np.float32)
     if x.shape[0]:
-        _linear_quads(x, wp, ws, bias, out, AMX_AVAILABLE and x.shape[0] >= AMX_MIN_ROWS, _AMX_CONFIG, qmax, wsum)
+        _linear_quads(x, wp, ws, bias, out, AMX_AVAILABLE and x.shape[0] >= AMX_MIN_ROWS, _AMX_CONFIG, qmax, wsum,
+                      smooth)
     return out
 
 
@@ -1056,6 +1080,15 @@ def check_layer(wp: np.ndarray, ws: np.ndarray, bias: np.ndarray, k_dim: int) ->
     """Validate a quad-packed layer once: packing, scales and bias agree with K and N."""
     _check_quads(wp, k_dim, ws.shape[0])
     check_scale_bias(ws, bias)
+
+
+
+def check_smooth(smooth: np.ndarray, k_dim: int) -> None:
+    """Per-input-channel factors for ``linear_quads_checked_weights``: contiguous float32 [k_dim]."""
+    if not (isinstance(smooth, np.ndarray) and smooth.dtype == np.float32 and smooth.shape == (k_dim,)
+            and smooth.flags.c_contiguous):
+        raise ValueError(f"smoothing factors must be contiguous float32 [{k_dim}], got "
+                         f"{getattr(smooth, 'dtype', type(smooth))}{getattr(smooth, 'shape', '')}")
 
 
 fast_cache_loading(globals())   # warm starts skip Numba's compiler set-up (see jitcache.py)
