@@ -523,7 +523,8 @@ def test_cached_attention_bias(heads, d):
 
 
 @pytest.mark.parametrize("d", [64, 16, 5])
-def test_encoder_attention_with_bias(d):
+@pytest.mark.parametrize("threads", [1, 2, 7])   # 1, 2: a task per sequence (3 heads); 7: two (2 + 1 heads)
+def test_encoder_attention_with_bias(d, threads):
     """The encoder attention kernel's T5 path (scale 1, relative bias by offset) vs float64 numpy."""
     from tinybert.kernels.attention import attention_with_bias
 
@@ -535,7 +536,7 @@ def test_encoder_attention_with_bias(d):
     bias = (RNG.standard_normal((heads, 2 * center + 1)) * 3).astype(np.float32)
     qkv = np.concatenate([q.reshape(t, -1), k.reshape(t, -1), v.reshape(t, -1)], axis=1)
     flat_out = np.empty((t, heads * d), dtype=np.float32)
-    attention_with_bias(qkv, starts, np.ones(t, np.uint8), heads, 1.0, bias, center, flat_out)
+    attention_with_bias(qkv, starts, np.ones(t, np.uint8), heads, 1.0, bias, center, flat_out, threads)
     out = flat_out.reshape(t, heads, d)
     for b in range(len(lengths)):
         s0, s1 = starts[b], starts[b + 1]

@@ -47,6 +47,7 @@ from __future__ import annotations
 
 import math
 
+import numba
 import numpy as np
 
 from .blocks import Linear
@@ -294,7 +295,8 @@ class Seq2SeqModel:
         for block in self.encoder_blocks:
             def attend(y: np.ndarray, block: _Block = block) -> np.ndarray:
                 context = np.empty((t, h * d), dtype=np.float32)
-                attention_with_bias(block.qkv(y), starts, key_mask, h, self.scale, bias, center, context)
+                attention_with_bias(block.qkv(y), starts, key_mask, h, self.scale, bias, center, context,
+                                    numba.get_num_threads())
                 return block.attn_out(context)
             x = block.sublayer(x, block.attn_norm, attend)
             x = block.sublayer(x, block.mlp_norm, block.ffn)

@@ -32,6 +32,7 @@ The softmax row is one <16 x float> intrinsic (``_softmax_row``).
 
 import math
 
+import numba
 import numpy as np
 from llvmlite import ir
 from numba import njit, prange, types
@@ -45,7 +46,6 @@ from .memory import aligned_bytes, prefetch
 MR = 6   # queries (tile rows) per block: 6 rows x (even k, odd k) = 12 accumulators
 NR = 16  # tile columns (keys of a K panel, or output columns): one 16-float vector
 PREFETCH_ROWS = 8  # key rows ahead the panel gather asks for (each row's k and v are cache misses)
-TASKS = 16  # parallel tasks to aim for when a batch has few sequences (heads are split up for it)
 WIDE_REGISTERS = "avx512f" in _target_features()   # 32 vector registers that hold 16 floats each
 
 
@@ -244,14 +244,15 @@ def attention(qkv: np.ndarray, starts: np.ndarray, key_mask: np.ndarray, num_hea
     Plain Python: as a compiled wrapper it recompiled attention_with_bias's code into its own
     (1.5 s of a cold start)."""
     d = out.shape[1] // num_heads
-    attention_with_bias(qkv, starts, key_mask, num_heads, 1.0 / math.sqrt(d), _NO_BIAS, 0, out)
+    attention_with_bias(qkv, starts, key_mask, num_heads, 1.0 / math.sqrt(d), _NO_BIAS, 0, out, numba.get_num_threads())
 
 
 @njit(cache=True, nogil=True, parallel=True, error_model="numpy")
-def attention_with_bias(qkv, starts, key_mask, num_heads, scale, bias, center, out):
+def attention_with_bias(qkv, starts, key_mask, num_heads, scale, bias, center, out, threads):
     """``attention`` with the score scale given (T5: 1, no 1/√d) and, when ``bias`` has columns, T5's relative
     position bias added to the score of query i and key j: bias[h, center + j − i] (i, j positions within
-    the sequence; bias float32 [heads, W] with center ≥ longest − 1 and W > center + longest − 1)."""
+    the sequence; bias float32 [heads, W] with center ≥ longest − 1 and W > center + longest − 1).
+    ``threads``: numba.get_num_threads() (an argument: calling it here makes the function uncacheable)."""
     # The parallel loop only dispatches: Numba's parfor passes are slow on large loop bodies, and
     # a call keeps the compile (cold start) short. The micro-kernel reads q (and often v) straight
     # from qkv by flat offsets, so it needs qkv C-contiguous (a no-op for the usual C array).
@@ -260,25 +261,25 @@ def attention_with_bias(qkv, starts, key_mask, num_heads, scale, bias, center, o
     batch = starts.shape[0] - 1
     # A task is one sequence and a group of its heads, so that a task reads whole stretches of
     # each qkv row (head-at-a-time tasks stride 3*H floats between 32-float reads, which the
-    # prefetchers do not follow). Heads are split into groups only as far as needed to have
-    # TASKS tasks when the batch is small. (Not get_num_threads(): it makes a function uncacheable.)
-    groups = min(num_heads, max(1, (TASKS + batch - 1) // max(batch, 1)))
+    # prefetchers do not follow). Heads are split into groups only as far as needed to give every
+    # thread a task when the batch is small: more tasks meant more calls, and each call's refcount
+    # atomics on the shared arrays (16 tokens, 2 threads: 12 one-head tasks took 18.9 us, 2 took 14.1).
+    groups = min(num_heads, max(1, (threads + batch - 1) // max(batch, 1)))
     per_group = (num_heads + groups - 1) // groups
     for task in prange(batch * groups):
         b = task // groups
         g = task - b * groups
-        for h in range(g * per_group, min(num_heads, (g + 1) * per_group)):
-            _attend_one_head(qkv, flat, starts[b], starts[b + 1], key_mask, h, num_heads, scale, bias, center, out)
+        _attend_heads(qkv, flat, starts[b], starts[b + 1], key_mask, g * per_group,
+                      min(num_heads, (g + 1) * per_group), num_heads, scale, bias, center, out)
 
 
 @njit(cache=True, nogil=True, fastmath=True, error_model="numpy")
-def _attend_one_head(qkv, flat, base, end, key_mask, h, num_heads, scale, bias, center, out):
+def _attend_heads(qkv, flat, base, end, key_mask, h0, h1, num_heads, scale, bias, center, out):
+    """Heads h0..h1-1 of the sequence in rows base..end-1.  One call (and one set of buffers) for
+    all of them: a call from the parallel loop increfs and decrefs each array argument, atomics on
+    counts that both threads share, which cost a 16-token head as much as its arithmetic."""
     hidden = out.shape[1]
-    ld = 3 * hidden
     d = hidden // num_heads
-    # Panels come in pairs (the micro-kernel always computes two): d and n are padded to 32.
-    d16 = (d + 2 * NR - 1) // (2 * NR) * (2 * NR)
-    qcol, kcol, vcol = h * d, hidden + h * d, 2 * hidden + h * d
     seq = end - base
     valid = np.empty(seq, dtype=np.int64)
     n = 0
@@ -291,13 +292,32 @@ def _attend_one_head(qkv, flat, base, end, key_mask, h, num_heads, scale, bias, 
             valid[j] = j
         n = seq
     n16 = (n + 2 * NR - 1) // (2 * NR) * (2 * NR)
+    # Panels come in pairs (the micro-kernel always computes two): d and n are padded to 32.
+    d16 = (d + 2 * NR - 1) // (2 * NR) * (2 * NR)
+    kpan = aligned_bytes(n16 * d * 4).view(np.float32)   # panel rows on cache lines (memory.py)
+    vpan = aligned_bytes(d16 * n * 4).view(np.float32)
+    scores = aligned_bytes(MR * n16 * 4).view(np.float32)
+    obuf = aligned_bytes(MR * d16 * 4).view(np.float32)
+    inv_total = np.empty(MR, dtype=np.float32)
+    for h in range(h0, h1):
+        _attend_head(qkv, flat, base, seq, valid, n, h, num_heads, scale, bias, center, out,
+                     kpan, vpan, scores, obuf, inv_total)
 
+
+@njit(cache=True, nogil=True, fastmath=True, error_model="numpy", inline="always")
+def _attend_head(qkv, flat, base, seq, valid, n, h, num_heads, scale, bias, center, out,
+                 kpan, vpan, scores, obuf, inv_total):
+    hidden = out.shape[1]
+    ld = 3 * hidden
+    d = hidden // num_heads
+    d16 = (d + 2 * NR - 1) // (2 * NR) * (2 * NR)
+    n16 = (n + 2 * NR - 1) // (2 * NR) * (2 * NR)
+    qcol, kcol, vcol = h * d, hidden + h * d, 2 * hidden + h * d
     # K panels (a 16 x d transpose each), pre-scaled by log2(e) · scale so that scores come out in
     # log2 units; keys past n are zero (their scores are computed but never read).
     log2e = np.float32(1.4426950408889634)
     has_bias = bias.shape[1] > 0
     scale = np.float32(1.4426950408889634 * scale)
-    kpan = aligned_bytes(n16 * d * 4).view(np.float32)   # panel rows on cache lines (memory.py)
     for p in range(n16 // NR):
         dst = kpan[p * d * NR:(p + 1) * d * NR]
         for c in range(NR):
@@ -320,7 +340,6 @@ def _attend_one_head(qkv, flat, base, end, key_mask, h, num_heads, scale, bias, 
                     dst[e * NR + c] = 0.0
     # V panels of 16 columns, vpan[c, j, :] = v[valid[j], 16c:16c+16] (zero padded past d): each
     # pass of the P·V micro-kernel streams one contiguous panel.
-    vpan = aligned_bytes(d16 * n * 4).view(np.float32)
     for jj in range(n):
         src = qkv[base + valid[jj], vcol:vcol + d]
         for c in range(d16 // NR):
@@ -332,9 +351,6 @@ def _attend_one_head(qkv, flat, base, end, key_mask, h, num_heads, scale, bias, 
                 for e in range(NR):
                     dst[e] = src[c * NR + e] if c * NR + e < d else 0.0
 
-    scores = aligned_bytes(MR * n16 * 4).view(np.float32)
-    obuf = aligned_bytes(MR * d16 * 4).view(np.float32)
-    inv_total = np.empty(MR, dtype=np.float32)
     for i0 in range(0, seq, MR):
         rows = min(MR, seq - i0)
         # The next block's q rows (read in place by the micro-kernel) and output rows, the same
