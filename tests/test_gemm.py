@@ -774,7 +774,7 @@ def test_layer_fast_path_matches_checked_path(layout):
 
 @pytest.mark.skipif(not (gv.VNNI_AVAILABLE or gv.VNNI_EMULATED), reason="VNNI capped by TINYBERT_INT8_ISA")
 @pytest.mark.parametrize("bits", [8, 12])
-@pytest.mark.parametrize("m,k", [(1, 64), (7, 384), (100, 384), (90, 770)])    # the last two: parallel split
+@pytest.mark.parametrize("m,k", [(1, 64), (7, 384), (16, 384), (100, 384), (90, 770)])   # 16: row bands
 def test_quads_layer_smooths_its_input_as_it_quantises(m, k, bits):
     # The layer path multiplies x by the smoothing factors row by row inside the quantiser; the result
     # must be that of multiplying the whole input first, bit for bit, non-finite rows included.
@@ -802,3 +802,27 @@ def test_quads_layer_smooths_its_input_as_it_quantises(m, k, bits):
     for bad in (smooth[:-1], smooth.astype(np.float64), np.repeat(smooth, 2)[::2], list(smooth)):
         with pytest.raises(ValueError):
             gv.check_smooth(bad, k)
+
+
+@pytest.mark.skipif(not (gv.VNNI_AVAILABLE or gv.VNNI_EMULATED), reason="VNNI capped by TINYBERT_INT8_ISA")
+@pytest.mark.parametrize("bits", [8, 12])
+@pytest.mark.parametrize("m", [gv.ROW_BANDS_MIN, 13, 40, gv.ROW_BANDS_MAX])
+def test_row_bands_match_the_column_split(m, bits):
+    # A few rows split into bands, one per thread, each quantised and multiplied whole by its task
+    # (_gemm_vnni_bands), must give the column split's result bit for bit, for any thread count
+    # (Numba runs more bands than threads one after another).
+    rng = np.random.default_rng(m + bits)
+    n, k = 72, 200                                       # a partial panel pair; K padded to 256
+    x = (rng.standard_normal((m, k)) * 3).astype(np.float32)
+    x[m // 2, 3] = np.inf
+    wq = rng.integers(-127, 128, (n, k)).astype(np.int8)
+    ws, bias = (rng.random(n) * 1e-2).astype(np.float32), rng.standard_normal(n).astype(np.float32)
+    wp, qmax = gv.pack_quads(wq), g.act_qmax(bits)
+    wsum = g.weight_sums(wq, ws) if bits == 8 else g.NO_SUMS
+    smooth = np.exp(rng.standard_normal(k)).astype(np.float32)
+    expected = g.linear_int8(x * smooth, g.pack_weight(wq, "pairs"), ws, bias, path="portable", act_bits=bits)
+    assert np.isnan(expected[m // 2]).all()
+    for threads in (1, 2, 3, 5):                         # 1: the column split itself
+        out = np.full((m, n), 7.0, np.float32)
+        gv._linear_quads(x, wp, ws, bias, out, False, gv._AMX_CONFIG, qmax, wsum, smooth, threads)
+        np.testing.assert_array_equal(out, expected)

@@ -54,6 +54,7 @@ import os
 import platform
 import sys
 
+import numba
 import numpy as np
 from llvmlite import ir
 from numba import njit, prange, types
@@ -857,42 +858,92 @@ def _gemm_vnni(xh, xl, xsum, xs, wp, ws, bias, out, low, xc, wsum):
         rows = min(chunk_rows, m_rows - m0)
         # NR more int32 after the rows: zeros, the h that _finish reads for a compact tile.
         tile = aligned_bytes((rows * width + NR) * 4).view(np.int32)
-        if low:
-            tile[rows * width:] = 0     # the first k block stores its sums: no zeroing of the rest
-        else:
-            tile[:] = 0
-        for kc0 in range(0, kq, KCQ):
-            kc1 = min(kq, kc0 + KCQ)
-            w_off = (p * kq + kc0) * 4 * NR
-            for r0 in range(0, rows, MR):
-                if low:     # 8-bit activations: xh is all zeros, skip its half of the products
-                    _vnni_microkernel_low(min(MR, rows - r0), tile, r0 * width, x_l,
-                                          (m0 + r0) * kp + 4 * kc0, kp, w, w_off, kq * 4 * NR, kc1 - kc0, kc0 == 0)
-                else:
-                    _vnni_microkernel(min(MR, rows - r0), tile, r0 * width, x_h, x_l,
-                                      (m0 + r0) * kp + 4 * kc0, kp, w, w_off, kq * 4 * NR, kc1 - kc0)
-        n0 = p * NR
-        ncols = min(VNNI_PANELS * NR, n_dim - n0)
-        if ncols == VNNI_PANELS * NR and not wide:
-            if low:
-                _epilogue2_low(tile, 0, width, NR, 0, rows, out_flat, m0 * n_dim + n0, n_dim, xsum, xs, m0,
-                               ws, bias, n0, xc, wsum)
+        _vnni_task(x_h, x_l, kp, w, kq, p, m0, rows, tile, width, low, wide, out_flat, n_dim, xsum, xs, ws, bias,
+                   xc, wsum)
+
+
+@njit(cache=True, nogil=True, error_model="numpy", inline="always")
+def _vnni_task(x_h, x_l, kp, w, kq, p, m0, rows, tile, width, low, wide, out_flat, n_dim, xsum, xs, ws, bias,
+               xc, wsum):
+    """Rows m0..m0+rows-1 times the panel pair p, p+1, finished into out: the body of a GEMM task.
+    ``tile`` holds rows * width + NR int32 (the last NR: zeros that _finish reads as h of 8-bit rows)."""
+    if low:
+        tile[rows * width:rows * width + NR] = 0     # the first k block stores its sums: no zeroing of the rest
+    else:
+        tile[:rows * width + NR] = 0
+    for kc0 in range(0, kq, KCQ):
+        kc1 = min(kq, kc0 + KCQ)
+        w_off = (p * kq + kc0) * 4 * NR
+        for r0 in range(0, rows, MR):
+            if low:     # 8-bit activations: xh is all zeros, skip its half of the products
+                _vnni_microkernel_low(min(MR, rows - r0), tile, r0 * width, x_l,
+                                      (m0 + r0) * kp + 4 * kc0, kp, w, w_off, kq * 4 * NR, kc1 - kc0, kc0 == 0)
             else:
-                _epilogue2(tile, 0, width, NR, VNNI_PANELS * NR, rows, out_flat, m0 * n_dim + n0, n_dim, xsum, xs,
-                           m0, ws, bias, n0, xc, wsum)
+                _vnni_microkernel(min(MR, rows - r0), tile, r0 * width, x_h, x_l,
+                                  (m0 + r0) * kp + 4 * kc0, kp, w, w_off, kq * 4 * NR, kc1 - kc0)
+    n0 = p * NR
+    ncols = min(VNNI_PANELS * NR, n_dim - n0)
+    if ncols == VNNI_PANELS * NR and not wide:
+        if low:
+            _epilogue2_low(tile, 0, width, NR, 0, rows, out_flat, m0 * n_dim + n0, n_dim, xsum, xs, m0,
+                           ws, bias, n0, xc, wsum)
         else:
-            # A partial last pair (or K past WIDE_K): tile row r holds h at [q*NR], l at [(2 + q)*NR]; a
-            # compact one l at [q*NR], and h is the zeros after the rows.
-            for r in range(rows):
-                for q in range(VNNI_PANELS):
-                    nq = n0 + q * NR
-                    if nq < n_dim:
-                        h_off = rows * width if low else r * width + q * NR
-                        l_off = r * width + q * NR if low else r * width + (VNNI_PANELS + q) * NR
-                        _finish(out_flat, n_dim, m0 + r, nq, min(NR, n_dim - nq), tile, h_off, l_off, xsum, xs,
-                                ws, bias, wide)
-            if wsum.shape[0] > 0:
-                add_centre_block(out_flat, n_dim, m0, rows, n0, ncols, xc, wsum)
+            _epilogue2(tile, 0, width, NR, VNNI_PANELS * NR, rows, out_flat, m0 * n_dim + n0, n_dim, xsum, xs,
+                       m0, ws, bias, n0, xc, wsum)
+    else:
+        # A partial last pair (or K past WIDE_K): tile row r holds h at [q*NR], l at [(2 + q)*NR]; a
+        # compact one l at [q*NR], and h is the zeros after the rows.
+        for r in range(rows):
+            for q in range(VNNI_PANELS):
+                nq = n0 + q * NR
+                if nq < n_dim:
+                    h_off = rows * width if low else r * width + q * NR
+                    l_off = r * width + q * NR if low else r * width + (VNNI_PANELS + q) * NR
+                    _finish(out_flat, n_dim, m0 + r, nq, min(NR, n_dim - nq), tile, h_off, l_off, xsum, xs,
+                            ws, bias, wide)
+        if wsum.shape[0] > 0:
+            add_centre_block(out_flat, n_dim, m0, rows, n0, ncols, xc, wsum)
+
+
+ROW_BANDS_MAX = 64
+"""Up to this many rows a GEMM splits its rows, not its columns, over the threads (_gemm_vnni_bands)."""
+ROW_BANDS_MIN = 8
+"""... and from this many: one row would read every weight on each thread for one row of work."""
+
+
+@njit(cache=True, nogil=True, parallel=True, error_model="numpy")
+def _gemm_vnni_bands(x, xh, xl, xsum, xs, xc, qmax, smooth, wp, ws, bias, out, wsum, parts):
+    """Quantise x and multiply it, a few rows (ROW_BANDS_MIN..ROW_BANDS_MAX) at a time: ``parts``
+    tasks each take a band of rows whole, quantise it, run it against every weight panel and finish
+    it.  A band's activations never leave the core that made them, and its input rows are the ones
+    that core wrote if the previous kernel split rows the same way (LayerNorm, GELU).  The column
+    split had every core read every quantised row (written by one core) and then wait for the whole
+    split; at 16 rows that hand-over cost more than the two cores' extra weight reads (each now
+    streams all of a layer's weights, from L2/L3)."""
+    m_rows, n_dim = out.shape
+    k_dim = x.shape[1]
+    kp = xh.shape[1]
+    kq = wp.shape[1]
+    low = qmax <= 127
+    n_groups = wp.shape[0] // VNNI_PANELS
+    width = (1 if low else 2) * VNNI_PANELS * NR
+    wide = kp > WIDE_K
+    out_flat = out.reshape(out.size)
+    x_h = xh.reshape(xh.size)
+    x_l = xl.reshape(xl.size)
+    w = wp.reshape(wp.size)
+    band = (m_rows + parts - 1) // parts
+    for part in prange(parts):
+        m0 = part * band
+        rows = min(band, m_rows - m0)
+        if rows > 0:
+            scratch = np.empty((1, k_dim), dtype=np.float32)
+            for m in range(m0, m0 + rows):
+                _split_row(x, m, xh, xl, xs, xc, xsum, qmax, smooth, scratch)
+            tile = aligned_bytes((rows * width + NR) * 4).view(np.int32)
+            for g in range(n_groups):
+                _vnni_task(x_h, x_l, kp, w, kq, g * VNNI_PANELS, m0, rows, tile, width, low, wide, out_flat, n_dim,
+                           xsum, xs, ws, bias, xc, wsum)
 
 
 @njit(cache=True, nogil=True, parallel=True, error_model="numpy")
@@ -1004,12 +1055,13 @@ def qlinear_quads(xq: np.ndarray, xs: np.ndarray, wp: np.ndarray, ws: np.ndarray
 
 
 @njit(cache=True, nogil=True, error_model="numpy")
-def _linear_quads(x, wp, ws, bias, out, use_amx, cfg, qmax, wsum, smooth):
+def _linear_quads(x, wp, ws, bias, out, use_amx, cfg, qmax, wsum, smooth, threads):
     """Split-quantise x and run the GEMM in one compiled call (a Python-level sequence of
     allocations and calls cost ~10 us per layer, a third of a small GEMM).  8-bit rows are
     centred (qmax <= 127): ``wsum`` = gemm.weight_sums, else gemm.NO_SUMS; the epilogues add
     the centre term back to each tile (a pass over the whole output afterwards ran serially and
-    streamed it from L2).  ``smooth``: multiply x by it first (per input channel; NO_SUMS: no)."""
+    streamed it from L2).  ``smooth``: multiply x by it first (per input channel; NO_SUMS: no).
+    ``threads``: numba.get_num_threads() (an argument: calling it here makes the function uncacheable)."""
     m_rows, k_dim = x.shape
     kp = wp.shape[1] * 4
     mp = (m_rows + TILE_ROWS - 1) // TILE_ROWS * TILE_ROWS
@@ -1025,6 +1077,9 @@ def _linear_quads(x, wp, ws, bias, out, use_amx, cfg, qmax, wsum, smooth):
     xsum = np.empty(m_rows, dtype=np.int64)
     xs = np.empty(m_rows, dtype=np.float32)
     xc = np.empty(m_rows, dtype=np.float32)
+    if threads > 1 and ROW_BANDS_MIN <= m_rows <= ROW_BANDS_MAX and not use_amx:
+        _gemm_vnni_bands(x, xh, xl, xsum, xs, xc, qmax, smooth, wp, ws, bias, out, wsum, min(threads, m_rows // 4))
+        return
     _split_rows(x, xh, xl, xs, xc, xsum, qmax, smooth)
     if use_amx:
         _gemm_amx(xh, xl, xsum, xs, wp, ws, bias, out, cfg, xc, wsum)
@@ -1044,7 +1099,7 @@ def linear_quads(x: np.ndarray, wp: np.ndarray, ws: np.ndarray, bias: np.ndarray
     out = np.empty((m_rows, n_dim), dtype=np.float32)
     if m_rows:
         _linear_quads(np.ascontiguousarray(x, dtype=np.float32), wp, ws, bias, out, path == "amx", _AMX_CONFIG,
-                      qmax, wsum, NO_SMOOTHING)
+                      qmax, wsum, NO_SMOOTHING, numba.get_num_threads())
     return out
 
 
@@ -1072,7 +1127,7 @@ def linear_quads_checked_weights(x: np.ndarray, wp: np.ndarray, ws: np.ndarray, 
     out = np.empty((x.shape[0], ws.shape[0]), dtype=np.float32)
     if x.shape[0]:
         _linear_quads(x, wp, ws, bias, out, AMX_AVAILABLE and x.shape[0] >= AMX_MIN_ROWS, _AMX_CONFIG, qmax, wsum,
-                      smooth)
+                      smooth, numba.get_num_threads())
     return out
 
 
