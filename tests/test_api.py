@@ -180,6 +180,26 @@ def test_warmup_compiles_into_an_empty_cache(tmp_path):
     after = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=600)
     assert after.stdout.strip() == "True", after.stderr
     assert any(tmp_path.rglob("*.nbc")), "no compiled kernels were cached"
+    # Warm means warm for any batch: 1 to 70 rows take every GEMM driver (the few-row bands among them).
+    run = textwrap.dedent("""
+        import sys
+        import numpy as np
+        from numba.core.dispatcher import Dispatcher
+        from tinybert.warmup import _tiny_model
+        for quantization in ("int8", "fp32"):
+            model = _tiny_model(quantization, "gelu")
+            for rows in (1, 5, 12, 40, 70):
+                ids = np.arange(rows, dtype=np.int32) % 15 + 1
+                starts = np.append(np.arange(0, rows, 7), rows).astype(np.int64)
+                model(ids, np.zeros_like(ids), starts, np.ones(rows, dtype=np.uint8))
+        kernels = [d for m in list(sys.modules.values()) if (m.__name__ or "").startswith("tinybert.kernels.")
+                   for d in vars(m).values() if isinstance(d, Dispatcher) and d._cache is not None]
+        print(sum(sum(d.stats.cache_misses.values()) for d in kernels),
+              sum(sum(d.stats.cache_hits.values()) for d in kernels))
+    """)
+    used = subprocess.run([sys.executable, "-c", run], env=env, capture_output=True, text=True, timeout=600)
+    misses, hits = map(int, used.stdout.split())
+    assert misses == 0 and hits > 0, (misses, hits, used.stderr)
 
 
 def test_warm_start_loads_cached_kernels_without_compiler_setup(minilm_files, sentences, reference_embeddings,

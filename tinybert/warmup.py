@@ -147,12 +147,14 @@ def warmup(show_progress: bool = True) -> None:
         from tqdm import tqdm
 
         progress = tqdm(total=len(cases) + len(decoders) + len(seq2seqs), desc="compiling kernels", unit="path")
-    ids = np.array([1, 2, 3, 4, 5], dtype=np.int32)
-    starts = np.array([0, 2, 5], dtype=np.int64)
+    # 5 and 12 tokens: below and within the few-row GEMM path (gemm_vnni.ROW_BANDS_MIN..MAX rows).
+    batches = [(np.array([1, 2, 3, 4, 5], dtype=np.int32), np.array([0, 2, 5], dtype=np.int64)),
+               (np.arange(12, dtype=np.int32) % 15 + 1, np.array([0, 6, 12], dtype=np.int64))]
     for quantization, activation in cases:
         model = _tiny_model(quantization, activation)
-        hidden = model(ids, np.zeros_like(ids), starts, np.ones(ids.size, dtype=np.uint8))
-        pooling.segment_sum(hidden, starts, np.empty((starts.size - 1, hidden.shape[1]), dtype=np.float64))
+        for ids, starts in batches:
+            hidden = model(ids, np.zeros_like(ids), starts, np.ones(ids.size, dtype=np.uint8))
+            pooling.segment_sum(hidden, starts, np.empty((starts.size - 1, hidden.shape[1]), dtype=np.float64))
         if progress is not None:
             progress.update(1)
     for quantization, family in decoders:
