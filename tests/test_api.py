@@ -62,6 +62,32 @@ def test_thread_count_does_not_change_results(minilm_files, sentences, hf_tokeni
                                   two.forward(batch["input_ids"], batch["attention_mask"]))
 
 
+def test_row_bands_only_where_the_weights_fit_the_cache(minilm_files, sentences, monkeypatch):
+    # A few rows split by rows make each thread read every weight: the encoder allows it only when its
+    # int8 weights fit gemm_vnni.ROW_BANDS_WEIGHTS, and the result is the same either way.
+    from tinybert import blocks
+    from tinybert.kernels import gemm_vnni
+
+    enc = tinybert.Encoder(minilm_files["int8"], threads=2)
+    layers = [layer for block in enc._model.blocks for layer in block.linears()]
+    quads = [layer for layer in layers if layer._quads]
+    total = sum(layer.weight.nbytes for layer in quads)
+    assert all(layer.row_bands == (total <= gemm_vnni.ROW_BANDS_WEIGHTS) for layer in quads)
+    assert not any(layer.row_bands for layer in layers if not layer._quads)
+    text = sentences[3]                                   # 8-64 tokens: the rows the bands are for
+    assert 8 <= len(enc.tokenizer.encode_batch([text])[0].ids) <= 64
+    for budget, banded in ((total, True), (total - 1, False)):
+        monkeypatch.setattr(gemm_vnni, "ROW_BANDS_WEIGHTS", budget)
+        for layer in layers:
+            layer.row_bands = False
+        blocks.use_row_bands(layers)
+        assert all(layer.row_bands == banded for layer in quads)
+        if banded:
+            with_bands = enc.encode(text)
+        else:
+            np.testing.assert_array_equal(enc.encode(text), with_bands)
+
+
 def _counting_model(enc: tinybert.Encoder, fail_at: int | None = None) -> dict:
     """Wrap enc's model: count the calls begun and ended (raising an InputError in call ``fail_at``)."""
     import threading

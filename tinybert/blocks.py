@@ -6,6 +6,7 @@ BERT, RoBERTa, DistilBERT, XLM-R and ELECTRA: their differences are config data.
 
 from __future__ import annotations
 
+import numba
 import numpy as np
 
 from .config import EncoderConfig
@@ -47,6 +48,7 @@ class Linear:
         else:
             self.weight = gemm.pack_weight_fp32(self.weight)
         self._quads = gemm_vnni.is_quads(self.weight)
+        self.row_bands = False     # see use_row_bands
         # 1 / smooth, or None where it is all ones (nothing to divide).
         self.input_scale = None if smooth is None or (smooth == 1).all() else \
             (np.float32(1) / np.asarray(smooth, dtype=np.float32))
@@ -65,13 +67,24 @@ class Linear:
     def __call__(self, x: np.ndarray) -> np.ndarray:
         if self._quads:
             return gemm_vnni.linear_quads_checked_weights(x, self.weight, self.scale, self.bias, self.in_features,
-                                                          self.act_qmax, self.wsum, self._fused_smooth)
+                                                          self.act_qmax, self.wsum, self._fused_smooth,
+                                                          numba.get_num_threads() if self.row_bands else 1)
         if self.input_scale is not None:
             x = gemm.layer_input(x, self.in_features) * self.input_scale
         if self.scale is not None:
             return gemm.linear_int8_checked_weights(x, self.weight, self.scale, self.bias, self.in_features,
                                                     self.act_qmax, self.wsum)
         return gemm.linear_fp32(x, self.weight, self.bias)
+
+
+def use_row_bands(layers: list[Linear]) -> None:
+    """Let a model's int8 layers split a few rows (8-64) over the threads by rows, each thread then
+    reading every weight (gemm_vnni._gemm_vnni_bands), when all their weights fit in the cache
+    budget gemm_vnni.ROW_BANDS_WEIGHTS; from memory, splitting the columns reads each weight once."""
+    quads = [layer for layer in layers if layer._quads]
+    if sum(layer.weight.nbytes for layer in quads) <= gemm_vnni.ROW_BANDS_WEIGHTS:
+        for layer in quads:
+            layer.row_bands = True
 
 
 class LayerNorm:
@@ -134,6 +147,9 @@ class EncoderBlock:
         self.down = Linear(tensors, p + "mlp.down")
         self.mlp_norm = LayerNorm(tensors, p + "mlp_norm", cfg.layer_norm_eps)
         self.activation = ACTIVATIONS[cfg.activation]
+
+    def linears(self) -> list[Linear]:
+        return [self.qkv, self.attn_out, self.up, self.down]
 
     def __call__(self, x: np.ndarray, starts: np.ndarray, key_mask: np.ndarray) -> np.ndarray:
         """x float32 [T, H]: the tokens of sequence b are rows starts[b]:starts[b+1];

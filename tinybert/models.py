@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .blocks import Embeddings, EncoderBlock
+from .blocks import Embeddings, EncoderBlock, use_row_bands
 from .config import EncoderConfig
 from .errors import check_finite
 
@@ -38,6 +38,8 @@ class EncoderModel:
         self.config = cfg
         self.embeddings = Embeddings(cfg, tensors)
         self.blocks = [EncoderBlock(cfg, tensors, i) for i in range(cfg.num_layers)]
+        use_row_bands([self.embeddings.proj] * (self.embeddings.proj is not None)
+                      + [layer for block in self.blocks for layer in block.linears()])
 
     def __call__(self, ids: np.ndarray, type_ids: np.ndarray, starts: np.ndarray,
                  key_mask: np.ndarray) -> np.ndarray:

@@ -54,7 +54,6 @@ import os
 import platform
 import sys
 
-import numba
 import numpy as np
 from llvmlite import ir
 from numba import njit, prange, types
@@ -76,7 +75,7 @@ from .gemm import (
 )
 from .irloop import no_unroll
 from .jitcache import fast_cache_loading
-from .memory import aligned_bytes, aligned_empty
+from .memory import aligned_bytes, aligned_empty, last_level_cache_bytes
 
 KQ_ALIGN = 64          # K is padded to this (one AMX tile row of bytes)
 N_ALIGN = 2 * NR       # N is padded to a pair of panels (the AMX task width)
@@ -909,6 +908,10 @@ ROW_BANDS_MAX = 64
 """Up to this many rows a GEMM splits its rows, not its columns, over the threads (_gemm_vnni_bands)."""
 ROW_BANDS_MIN = 8
 """... and from this many: one row would read every weight on each thread for one row of work."""
+ROW_BANDS_WEIGHTS = last_level_cache_bytes() // 2
+"""Bands only for a model whose int8 weights take at most this (see blocks.use_row_bands): each thread
+reads every weight, which is cheap from cache (MiniLM, 10.6 MB: 1 x 16 18 % faster) and not from
+memory (BERT-base, 85 MB: 1 x 16 7.6 -> 9.2 ms)."""
 
 
 @njit(cache=True, nogil=True, parallel=True, error_model="numpy")
@@ -1055,13 +1058,14 @@ def qlinear_quads(xq: np.ndarray, xs: np.ndarray, wp: np.ndarray, ws: np.ndarray
 
 
 @njit(cache=True, nogil=True, error_model="numpy")
-def _linear_quads(x, wp, ws, bias, out, use_amx, cfg, qmax, wsum, smooth, threads):
+def _linear_quads(x, wp, ws, bias, out, use_amx, cfg, qmax, wsum, smooth, bands):
     """Split-quantise x and run the GEMM in one compiled call (a Python-level sequence of
     allocations and calls cost ~10 us per layer, a third of a small GEMM).  8-bit rows are
     centred (qmax <= 127): ``wsum`` = gemm.weight_sums, else gemm.NO_SUMS; the epilogues add
     the centre term back to each tile (a pass over the whole output afterwards ran serially and
     streamed it from L2).  ``smooth``: multiply x by it first (per input channel; NO_SUMS: no).
-    ``threads``: numba.get_num_threads() (an argument: calling it here makes the function uncacheable)."""
+    ``bands``: split ROW_BANDS_MIN..ROW_BANDS_MAX rows into this many row bands (_gemm_vnni_bands; the
+    thread count, for a layer whose model's weights stay in cache), or 1: split the columns."""
     m_rows, k_dim = x.shape
     kp = wp.shape[1] * 4
     mp = (m_rows + TILE_ROWS - 1) // TILE_ROWS * TILE_ROWS
@@ -1077,8 +1081,8 @@ def _linear_quads(x, wp, ws, bias, out, use_amx, cfg, qmax, wsum, smooth, thread
     xsum = np.empty(m_rows, dtype=np.int64)
     xs = np.empty(m_rows, dtype=np.float32)
     xc = np.empty(m_rows, dtype=np.float32)
-    if threads > 1 and ROW_BANDS_MIN <= m_rows <= ROW_BANDS_MAX and not use_amx:
-        _gemm_vnni_bands(x, xh, xl, xsum, xs, xc, qmax, smooth, wp, ws, bias, out, wsum, min(threads, m_rows // 4))
+    if bands > 1 and ROW_BANDS_MIN <= m_rows <= ROW_BANDS_MAX and not use_amx:
+        _gemm_vnni_bands(x, xh, xl, xsum, xs, xc, qmax, smooth, wp, ws, bias, out, wsum, min(bands, m_rows // 4))
         return
     _split_rows(x, xh, xl, xs, xc, xsum, qmax, smooth)
     if use_amx:
@@ -1099,7 +1103,7 @@ def linear_quads(x: np.ndarray, wp: np.ndarray, ws: np.ndarray, bias: np.ndarray
     out = np.empty((m_rows, n_dim), dtype=np.float32)
     if m_rows:
         _linear_quads(np.ascontiguousarray(x, dtype=np.float32), wp, ws, bias, out, path == "amx", _AMX_CONFIG,
-                      qmax, wsum, NO_SMOOTHING, numba.get_num_threads())
+                      qmax, wsum, NO_SMOOTHING, 1)
     return out
 
 
@@ -1112,12 +1116,13 @@ def quads_weight_sums(wp: np.ndarray, ws: np.ndarray) -> np.ndarray:
 
 def linear_quads_checked_weights(x: np.ndarray, wp: np.ndarray, ws: np.ndarray, bias: np.ndarray,
                                  k_dim: int, qmax: np.float32 = QMAX12, wsum: np.ndarray = NO_SUMS,
-                                 smooth: np.ndarray = NO_SMOOTHING) -> np.ndarray:
+                                 smooth: np.ndarray = NO_SMOOTHING, bands: int = 1) -> np.ndarray:
     """``linear_quads`` for a layer whose ``wp``, ``ws``, ``bias``, true input width ``k_dim`` and
     activation range ``qmax`` (``gemm.act_qmax``) were checked once with ``check_layer`` (at load),
     and, for an 8-bit layer, ``wsum`` (gemm.weight_sums) with ``gemm.check_wsum``.  A non-empty
     ``smooth`` (f32[k_dim], checked with ``check_smooth``) multiplies x per input channel first, as
-    the quantiser reads it: the result of ``linear_quads(x * smooth, ...)``, bit for bit.
+    the quantiser reads it: the result of ``linear_quads(x * smooth, ...)``, bit for bit.  ``bands``:
+    see _linear_quads (the same result either way).
 
     Only x is checked here: at batch 1 the full per-call validation and dispatch cost ~8 us of a
     ~40 us GEMM, 24 times per MiniLM forward. (The packing pads K to 64, so only the layer knows
@@ -1127,7 +1132,7 @@ def linear_quads_checked_weights(x: np.ndarray, wp: np.ndarray, ws: np.ndarray, 
     out = np.empty((x.shape[0], ws.shape[0]), dtype=np.float32)
     if x.shape[0]:
         _linear_quads(x, wp, ws, bias, out, AMX_AVAILABLE and x.shape[0] >= AMX_MIN_ROWS, _AMX_CONFIG, qmax, wsum,
-                      smooth, numba.get_num_threads())
+                      smooth, bands)
     return out
 
 

@@ -23,6 +23,22 @@ from .jitcache import fast_cache_loading
 ALIGN = 64   # bytes: one cache line, one zmm register, one AMX tile row
 
 
+def last_level_cache_bytes(default: int = 8 << 20) -> int:
+    """Size of the CPU's largest cache (Linux sysfs; ``default`` where it cannot be read)."""
+    from pathlib import Path
+
+    sizes = []
+    for index in Path("/sys/devices/system/cpu/cpu0/cache").glob("index*"):
+        try:
+            text = (index / "size").read_text().strip()
+            if (index / "type").read_text().strip() in ("Unified", "Data"):
+                scale = {"K": 1 << 10, "M": 1 << 20, "G": 1 << 30}.get(text[-1:], 1)
+                sizes.append(int(text.rstrip("KMG")) * scale)
+        except (OSError, ValueError):
+            continue
+    return max(sizes, default=default)
+
+
 def aligned_empty(shape: tuple[int, ...] | int, dtype: np.dtype | type, fill: int | float | None = None) -> np.ndarray:
     """A C-contiguous array whose data starts on a 64-byte boundary (Python-side allocation)."""
     dtype = np.dtype(dtype)
