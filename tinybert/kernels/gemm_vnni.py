@@ -857,8 +857,42 @@ def _gemm_vnni(xh, xl, xsum, xs, wp, ws, bias, out, low, xc, wsum):
         rows = min(chunk_rows, m_rows - m0)
         # NR more int32 after the rows: zeros, the h that _finish reads for a compact tile.
         tile = aligned_bytes((rows * width + NR) * 4).view(np.int32)
-        _vnni_task(x_h, x_l, kp, w, kq, p, m0, rows, tile, width, low, wide, out_flat, n_dim, xsum, xs, ws, bias,
-                   xc, wsum)
+        if low:
+            tile[rows * width:] = 0     # the first k block stores its sums: no zeroing of the rest
+        else:
+            tile[:] = 0
+        for kc0 in range(0, kq, KCQ):
+            kc1 = min(kq, kc0 + KCQ)
+            w_off = (p * kq + kc0) * 4 * NR
+            for r0 in range(0, rows, MR):
+                if low:     # 8-bit activations: xh is all zeros, skip its half of the products
+                    _vnni_microkernel_low(min(MR, rows - r0), tile, r0 * width, x_l,
+                                          (m0 + r0) * kp + 4 * kc0, kp, w, w_off, kq * 4 * NR, kc1 - kc0, kc0 == 0)
+                else:
+                    _vnni_microkernel(min(MR, rows - r0), tile, r0 * width, x_h, x_l,
+                                      (m0 + r0) * kp + 4 * kc0, kp, w, w_off, kq * 4 * NR, kc1 - kc0)
+        n0 = p * NR
+        ncols = min(VNNI_PANELS * NR, n_dim - n0)
+        if ncols == VNNI_PANELS * NR and not wide:
+            if low:
+                _epilogue2_low(tile, 0, width, NR, 0, rows, out_flat, m0 * n_dim + n0, n_dim, xsum, xs, m0,
+                               ws, bias, n0, xc, wsum)
+            else:
+                _epilogue2(tile, 0, width, NR, VNNI_PANELS * NR, rows, out_flat, m0 * n_dim + n0, n_dim, xsum, xs,
+                           m0, ws, bias, n0, xc, wsum)
+        else:
+            # A partial last pair (or K past WIDE_K): tile row r holds h at [q*NR], l at [(2 + q)*NR]; a
+            # compact one l at [q*NR], and h is the zeros after the rows.
+            for r in range(rows):
+                for q in range(VNNI_PANELS):
+                    nq = n0 + q * NR
+                    if nq < n_dim:
+                        h_off = rows * width if low else r * width + q * NR
+                        l_off = r * width + q * NR if low else r * width + (VNNI_PANELS + q) * NR
+                        _finish(out_flat, n_dim, m0 + r, nq, min(NR, n_dim - nq), tile, h_off, l_off, xsum, xs,
+                                ws, bias, wide)
+            if wsum.shape[0] > 0:
+                add_centre_block(out_flat, n_dim, m0, rows, n0, ncols, xc, wsum)
 
 
 @njit(cache=True, nogil=True, error_model="numpy", inline="always")
