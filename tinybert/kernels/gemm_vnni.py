@@ -895,49 +895,6 @@ def _gemm_vnni(xh, xl, xsum, xs, wp, ws, bias, out, low, xc, wsum):
                 add_centre_block(out_flat, n_dim, m0, rows, n0, ncols, xc, wsum)
 
 
-@njit(cache=True, nogil=True, error_model="numpy", inline="always")
-def _vnni_task(x_h, x_l, kp, w, kq, p, m0, rows, tile, width, low, wide, out_flat, n_dim, xsum, xs, ws, bias,
-               xc, wsum):
-    """Rows m0..m0+rows-1 times the panel pair p, p+1, finished into out: the body of a GEMM task.
-    ``tile`` holds rows * width + NR int32 (the last NR: zeros that _finish reads as h of 8-bit rows)."""
-    if low:
-        tile[rows * width:rows * width + NR] = 0     # the first k block stores its sums: no zeroing of the rest
-    else:
-        tile[:rows * width + NR] = 0
-    for kc0 in range(0, kq, KCQ):
-        kc1 = min(kq, kc0 + KCQ)
-        w_off = (p * kq + kc0) * 4 * NR
-        for r0 in range(0, rows, MR):
-            if low:     # 8-bit activations: xh is all zeros, skip its half of the products
-                _vnni_microkernel_low(min(MR, rows - r0), tile, r0 * width, x_l,
-                                      (m0 + r0) * kp + 4 * kc0, kp, w, w_off, kq * 4 * NR, kc1 - kc0, kc0 == 0)
-            else:
-                _vnni_microkernel(min(MR, rows - r0), tile, r0 * width, x_h, x_l,
-                                  (m0 + r0) * kp + 4 * kc0, kp, w, w_off, kq * 4 * NR, kc1 - kc0)
-    n0 = p * NR
-    ncols = min(VNNI_PANELS * NR, n_dim - n0)
-    if ncols == VNNI_PANELS * NR and not wide:
-        if low:
-            _epilogue2_low(tile, 0, width, NR, 0, rows, out_flat, m0 * n_dim + n0, n_dim, xsum, xs, m0,
-                           ws, bias, n0, xc, wsum)
-        else:
-            _epilogue2(tile, 0, width, NR, VNNI_PANELS * NR, rows, out_flat, m0 * n_dim + n0, n_dim, xsum, xs,
-                       m0, ws, bias, n0, xc, wsum)
-    else:
-        # A partial last pair (or K past WIDE_K): tile row r holds h at [q*NR], l at [(2 + q)*NR]; a
-        # compact one l at [q*NR], and h is the zeros after the rows.
-        for r in range(rows):
-            for q in range(VNNI_PANELS):
-                nq = n0 + q * NR
-                if nq < n_dim:
-                    h_off = rows * width if low else r * width + q * NR
-                    l_off = r * width + q * NR if low else r * width + (VNNI_PANELS + q) * NR
-                    _finish(out_flat, n_dim, m0 + r, nq, min(NR, n_dim - nq), tile, h_off, l_off, xsum, xs,
-                            ws, bias, wide)
-        if wsum.shape[0] > 0:
-            add_centre_block(out_flat, n_dim, m0, rows, n0, ncols, xc, wsum)
-
-
 ROW_BANDS_MAX = 64
 """Up to this many rows a GEMM splits its rows, not its columns, over the threads (_gemm_vnni_bands)."""
 ROW_BANDS_MIN = 8
@@ -950,23 +907,23 @@ memory (BERT-base, 85 MB: 1 x 16 7.6 -> 9.2 ms)."""
 
 @njit(cache=True, nogil=True, parallel=True, error_model="numpy")
 def _gemm_vnni_bands(x, xh, xl, xsum, xs, xc, qmax, smooth, wp, ws, bias, out, wsum, parts):
-    """Quantise x and multiply it, a few rows (ROW_BANDS_MIN..ROW_BANDS_MAX) at a time: ``parts``
+    """Quantise x to 8-bit rows (qmax <= 127) and multiply it, a few rows (ROW_BANDS_MIN..ROW_BANDS_MAX)
+    at a time: ``parts``
     tasks each take a band of rows whole, quantise it, run it against every weight panel and finish
     it.  A band's activations never leave the core that made them, and its input rows are the ones
     that core wrote if the previous kernel split rows the same way (LayerNorm, GELU).  The column
     split had every core read every quantised row (written by one core) and then wait for the whole
     split; at 16 rows that hand-over cost more than the two cores' extra weight reads (each now
-    streams all of a layer's weights, from L2/L3)."""
+    streams all of a layer's weights, from L2/L3).  8-bit rows only: the 12-bit kernels would double
+    this function's compile time (8 s of a 33 s cold start) for layers no shipped model has."""
     m_rows, n_dim = out.shape
     k_dim = x.shape[1]
     kp = xh.shape[1]
     kq = wp.shape[1]
-    low = qmax <= 127
     n_groups = wp.shape[0] // VNNI_PANELS
-    width = (1 if low else 2) * VNNI_PANELS * NR
+    width = VNNI_PANELS * NR                  # a compact tile: l only
     wide = kp > WIDE_K
     out_flat = out.reshape(out.size)
-    x_h = xh.reshape(xh.size)
     x_l = xl.reshape(xl.size)
     w = wp.reshape(wp.size)
     band = (m_rows + parts - 1) // parts
@@ -978,9 +935,29 @@ def _gemm_vnni_bands(x, xh, xl, xsum, xs, xc, qmax, smooth, wp, ws, bias, out, w
             for m in range(m0, m0 + rows):
                 _split_row(x, m, xh, xl, xs, xc, xsum, qmax, smooth, scratch)
             tile = aligned_bytes((rows * width + NR) * 4).view(np.int32)
+            tile[rows * width:] = 0
             for g in range(n_groups):
-                _vnni_task(x_h, x_l, kp, w, kq, g * VNNI_PANELS, m0, rows, tile, width, low, wide, out_flat, n_dim,
-                           xsum, xs, ws, bias, xc, wsum)
+                p = g * VNNI_PANELS
+                for kc0 in range(0, kq, KCQ):
+                    kc1 = min(kq, kc0 + KCQ)
+                    w_off = (p * kq + kc0) * 4 * NR
+                    for r0 in range(0, rows, MR):
+                        _vnni_microkernel_low(min(MR, rows - r0), tile, r0 * width, x_l, (m0 + r0) * kp + 4 * kc0,
+                                              kp, w, w_off, kq * 4 * NR, kc1 - kc0, kc0 == 0)
+                n0 = p * NR
+                ncols = min(VNNI_PANELS * NR, n_dim - n0)
+                if ncols == VNNI_PANELS * NR and not wide:
+                    _epilogue2_low(tile, 0, width, NR, 0, rows, out_flat, m0 * n_dim + n0, n_dim, xsum, xs, m0,
+                                   ws, bias, n0, xc, wsum)
+                else:       # a partial last pair (or K past WIDE_K): l at [r*width + q*NR], h the zeros after
+                    for r in range(rows):
+                        for q in range(VNNI_PANELS):
+                            nq = n0 + q * NR
+                            if nq < n_dim:
+                                _finish(out_flat, n_dim, m0 + r, nq, min(NR, n_dim - nq), tile, rows * width,
+                                        r * width + q * NR, xsum, xs, ws, bias, wide)
+                    if wsum.shape[0] > 0:
+                        add_centre_block(out_flat, n_dim, m0, rows, n0, ncols, xc, wsum)
 
 
 @njit(cache=True, nogil=True, parallel=True, error_model="numpy")
@@ -1115,7 +1092,7 @@ def _linear_quads(x, wp, ws, bias, out, use_amx, cfg, qmax, wsum, smooth, bands)
     xsum = np.empty(m_rows, dtype=np.int64)
     xs = np.empty(m_rows, dtype=np.float32)
     xc = np.empty(m_rows, dtype=np.float32)
-    if bands > 1 and ROW_BANDS_MIN <= m_rows <= ROW_BANDS_MAX and not use_amx:
+    if bands > 1 and ROW_BANDS_MIN <= m_rows <= ROW_BANDS_MAX and qmax <= 127 and not use_amx:
         _gemm_vnni_bands(x, xh, xl, xsum, xs, xc, qmax, smooth, wp, ws, bias, out, wsum, min(bands, m_rows // 4))
         return
     _split_rows(x, xh, xl, xs, xc, xsum, qmax, smooth)
