@@ -808,9 +808,9 @@ def test_quads_layer_smooths_its_input_as_it_quantises(m, k, bits):
 @pytest.mark.parametrize("bits", [8, 12])
 @pytest.mark.parametrize("m", [gv.ROW_BANDS_MIN, 13, 40, gv.ROW_BANDS_MAX])
 def test_row_bands_match_the_column_split(m, bits):
-    # A few rows split into bands, one per thread, each quantised and multiplied whole by its task
+    # A few 8-bit rows split into bands, one per thread, each quantised and multiplied whole by its task
     # (_gemm_vnni_bands), must give the column split's result bit for bit, for any thread count
-    # (Numba runs more bands than threads one after another).
+    # (Numba runs more bands than threads one after another); 12-bit rows keep the column split.
     rng = np.random.default_rng(m + bits)
     n, k = 72, 200                                       # a partial panel pair; K padded to 256
     x = (rng.standard_normal((m, k)) * 3).astype(np.float32)
