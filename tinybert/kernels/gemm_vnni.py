@@ -277,6 +277,12 @@ def _split_row(x, m, xh, xl, xs, xc, xsum, qmax, smooth, scratch):
 
 SPLIT_BLOCK = 16   # rows per task of the parallel split (one scratch row each)
 
+
+@njit(cache=True, nogil=True, error_model="numpy", inline="always")
+def _smoothing_scratch(x, smooth):
+    """The scratch row _split_row forms x[m] * smooth in: f32[1, K], or [1, 0] when there is no smoothing."""
+    return np.empty((1, x.shape[1] if smooth.shape[0] > 0 else 0), dtype=np.float32)
+
 NO_SMOOTHING = np.zeros(0, dtype=np.float32)
 """The ``smooth`` argument of a layer whose input is quantised as it is."""
 
@@ -284,7 +290,7 @@ NO_SMOOTHING = np.zeros(0, dtype=np.float32)
 @njit(cache=True, nogil=True, parallel=True, error_model="numpy")
 def _split_rows_parallel(x, xh, xl, xs, xc, xsum, qmax, smooth):
     for b in prange((x.shape[0] + SPLIT_BLOCK - 1) // SPLIT_BLOCK):
-        scratch = np.empty((1, x.shape[1]), dtype=np.float32)
+        scratch = _smoothing_scratch(x, smooth)
         for m in range(b * SPLIT_BLOCK, min(x.shape[0], (b + 1) * SPLIT_BLOCK)):
             _split_row(x, m, xh, xl, xs, xc, xsum, qmax, smooth, scratch)
 
@@ -292,7 +298,7 @@ def _split_rows_parallel(x, xh, xl, xs, xc, xsum, qmax, smooth):
 @njit(cache=True, nogil=True, error_model="numpy")
 def _split_rows(x, xh, xl, xs, xc, xsum, qmax, smooth):
     if x.shape[0] * x.shape[1] < 32768:   # a fork/join costs more than a few rows of work
-        scratch = np.empty((1, x.shape[1]), dtype=np.float32)
+        scratch = _smoothing_scratch(x, smooth)
         for m in range(x.shape[0]):
             _split_row(x, m, xh, xl, xs, xc, xsum, qmax, smooth, scratch)
     else:
@@ -917,7 +923,6 @@ def _gemm_vnni_bands(x, xh, xl, xsum, xs, xc, qmax, smooth, wp, ws, bias, out, w
     streams all of a layer's weights, from L2/L3).  8-bit rows only: the 12-bit kernels would double
     this function's compile time (8 s of a 33 s cold start) for layers no shipped model has."""
     m_rows, n_dim = out.shape
-    k_dim = x.shape[1]
     kp = xh.shape[1]
     kq = wp.shape[1]
     n_groups = wp.shape[0] // VNNI_PANELS
@@ -931,7 +936,7 @@ def _gemm_vnni_bands(x, xh, xl, xsum, xs, xc, qmax, smooth, wp, ws, bias, out, w
         m0 = part * band
         rows = min(band, m_rows - m0)
         if rows > 0:
-            scratch = np.empty((1, k_dim), dtype=np.float32)
+            scratch = _smoothing_scratch(x, smooth)
             for m in range(m0, m0 + rows):
                 _split_row(x, m, xh, xl, xs, xc, xsum, qmax, smooth, scratch)
             tile = aligned_bytes((rows * width + NR) * 4).view(np.int32)
