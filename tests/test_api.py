@@ -253,24 +253,43 @@ def test_warm_start_loads_cached_kernels_without_compiler_setup(minilm_files, se
         misses = sum(sum(d.stats.cache_misses.values()) for d in kernels)
         hits = sum(sum(d.stats.cache_hits.values()) for d in kernels)
         fast = all(jitcache.uses_fast_loading(d) for d in kernels if d.stats.cache_hits)
-        print(misses, hits, fast, "numba.np.linalg" in sys.modules)
+        print(misses, hits, fast, "numba.np.linalg" in sys.modules, jitcache.runtime_source)
     """)
-    runs = []
-    for name in ("cold", "warm"):
+
+    def run(name: str) -> tuple[list[str], np.ndarray]:
         out = tmp_path / f"{name}.npy"
         result = subprocess.run([sys.executable, "-c", code, str(out)], env=env, capture_output=True, text=True,
                                 timeout=900)
         assert result.returncode == 0, result.stderr
-        runs.append((result.stdout.split(), np.load(out)))
-    (cold_misses, _, _, _), _ = runs[0]
-    (misses, hits, fast, registries), warm = runs[1]
-    assert int(cold_misses) > 0, "the first process found a warm cache: the test proves nothing"
-    assert (int(misses), fast, registries) == (0, "True", "False"), runs[1][0]
-    assert int(hits) >= 5
+        return result.stdout.split(), np.load(out)
 
-    ref = reference_embeddings[:len(texts)]
-    cos = (warm * ref).sum(1) / np.linalg.norm(warm, axis=1)
-    assert cos.mean() >= 0.999 and cos.min() >= 0.995, (cos.mean(), cos.min())
+    def assert_right(vectors: np.ndarray) -> None:
+        ref = reference_embeddings[:len(texts)]
+        cos = (vectors * ref).sum(1) / np.linalg.norm(vectors, axis=1)
+        assert cos.mean() >= 0.999 and cos.min() >= 0.995, (cos.mean(), cos.min())
+
+    cold_misses, _, _, _, cold_runtime = run("cold")[0]
+    assert int(cold_misses) > 0, "the first process found a warm cache: the test proves nothing"
+    assert cold_runtime == "compiled"
+    (misses, hits, fast, registries, runtime), warm = run("warm")
+    # Warm: Numba's runtime linked from the stored object code too (no LLVM compile in the process).
+    assert (int(misses), fast, registries, runtime) == (0, "True", "False", "cache")
+    assert int(hits) >= 5
+    assert_right(warm)
+
+    # A damaged runtime file is not linked: the process compiles the runtime again, stores it whole,
+    # and is still right.
+    [stored] = (tmp_path / "cache").rglob("tinybert-nrt-*.bin")
+    blob = bytearray(stored.read_bytes())
+    blob[-100] ^= 0xFF
+    stored.write_bytes(bytes(blob))
+    (misses, _, _, _, runtime), damaged = run("damaged")
+    assert (int(misses), runtime) == (0, "compiled")
+    assert_right(damaged)
+    assert stored.read_bytes() != bytes(blob)
+    stored.write_bytes(stored.read_bytes()[:40])      # truncated
+    assert run("truncated")[0][4] == "compiled"
+    assert run("again")[0][4] == "cache"
 
 
 def test_editing_one_kernel_module_recompiles_the_kernels_that_inline_it(tmp_path):
