@@ -157,14 +157,16 @@ class EncoderBlock:
         qkv = self.qkv(x)
         context = np.empty_like(x)
         attention(qkv, starts, key_mask, self.num_heads, context)
+        del qkv   # [T, 3H], the largest activation: gone before the FFN allocates (peak memory)
         x = self.attn_norm(self.attn_out(context), residual=x)
+        del context
         # The FFN is row-wise: run it over row blocks so that the [rows, intermediate] hidden
         # state stays in cache between the up GEMM, the activation and the down GEMM, instead
-        # of streaming a [T, intermediate] array through memory three times.
-        out = np.empty_like(x)
+        # of streaming a [T, intermediate] array through memory three times. Each block's
+        # output replaces its own rows of x (this layer's array, read only as the residual).
         for r0 in range(0, x.shape[0], FFN_ROWS):
             rows = x[r0:r0 + FFN_ROWS]
             hidden = self.up(rows)
             self.activation(hidden)
-            self.mlp_norm(self.down(hidden), residual=rows, out=out[r0:r0 + FFN_ROWS])
-        return out
+            self.mlp_norm(self.down(hidden), residual=rows, out=rows)
+        return x
