@@ -57,9 +57,9 @@ class _Observed(Linear):
 
     amax: np.ndarray
 
-    def __call__(self, x: np.ndarray) -> np.ndarray:
+    def __call__(self, x: np.ndarray, threads: int | None = None) -> np.ndarray:
         np.maximum(self.amax, np.abs(x).max(axis=0), out=self.amax)
-        return super().__call__(x)
+        return super().__call__(x, threads)
 
 
 def _batches(cfg: EncoderConfig, tokenizer_json: str, texts: list[str]) -> list:

@@ -7,6 +7,7 @@ a packed batch of real tokens only never computes anything on padding.
 
 from __future__ import annotations
 
+import numba
 import numpy as np
 
 from .blocks import Embeddings, EncoderBlock, use_row_bands
@@ -46,7 +47,8 @@ class EncoderModel:
         """ids, type_ids int32 [T], starts int64 [B+1], key_mask uint8 [T] (all validated)
         → last hidden state float32 [T, H]."""
         x = self.embeddings(ids, position_ids(self.config, ids, starts), type_ids)
+        threads = numba.get_num_threads()
         for block in self.blocks:
-            x = block(x, starts, key_mask)
+            x = block(x, starts, key_mask, threads)
         check_finite(x, "hidden states")
         return x
