@@ -128,7 +128,9 @@ _wide1, _wide2, _wide3, _wide4, _wide5, _wide6 = [_make_tile(r) for r in range(1
 def _softmax_row(typingctx, buf, off, n):
     """p[j] = 2**(s[j] - max s) in place over s = buf[off:off + n] (n >= 1); returns sum p.
 
-    <16 x float> IR (LLVM vectorised the same Python loop with 8-lane ymm): a vector max, then
+    Whole <16 x float> vectors, the last one masked: buf[off:off + n rounded up to 16] must exist,
+    and its entries past n become 0 (the scores rows are padded to 32 columns). A scalar tail did
+    n % 16 scalar exp2s: a 30-key row spent more on its last 14 keys than on its first 16.
     2**x as in mathfn.exp2_nonpositive (x = k + f, |f| <= 1/2, degree-5 polynomial, 2**k in the
     exponent bits). Below 2**-126 the result is 0 rather than a denormal-making 2**-126: the P·V
     products of a peaked row then stay normal numbers (denormal arithmetic is microcoded on x86).
@@ -137,78 +139,76 @@ def _softmax_row(typingctx, buf, off, n):
         return None
     f32, i32, i64 = ir.FloatType(), ir.IntType(32), ir.IntType(64)
     coeffs = (1.3276471959e-3, 9.6755415026e-3, 5.5507132751e-2, 2.4022119721e-1, 6.9314696706e-1, 1.0000000717)
+    v16, i16 = ir.VectorType(f32, NR), ir.VectorType(i32, NR)
 
     def codegen(context, builder, signature, args):
         tys = signature.args
         base = builder.gep(cgutils.create_struct_proxy(tys[0])(context, builder, value=args[0]).data,
                            [context.cast(builder, args[1], tys[1], types.int64)], source_etype=f32)
         n = context.cast(builder, args[2], tys[2], types.int64)
-        blocks = builder.udiv(n, ir.Constant(i64, 16))
-        done = builder.mul(blocks, ir.Constant(i64, 16))
+        full = builder.udiv(n, ir.Constant(i64, NR))
+        has_tail = builder.icmp_unsigned("!=", builder.urem(n, ir.Constant(i64, NR)), ir.Constant(i64, 0))
+        n_vec = builder.shuffle_vector(builder.insert_element(ir.Constant(i16, None), builder.trunc(n, i32),
+                                                              ir.Constant(i32, 0)),
+                                       ir.Constant(i16, None), ir.Constant(i16, [0] * NR))
+        lanes = ir.Constant(i16, list(range(NR)))
 
-        def fn(name, ty, nargs):
-            return cgutils.get_or_insert_function(builder.module, ir.FunctionType(ty, [ty] * nargs), name)
+        def fn(name, nargs):
+            return cgutils.get_or_insert_function(builder.module, ir.FunctionType(v16, [v16] * nargs), name)
 
-        def vec(width):
-            return ir.VectorType(f32, width) if width > 1 else f32
+        def const(v, ty=f32):
+            return ir.Constant(ir.VectorType(ty, NR), [v] * NR)
 
-        def const(width, v, ty=f32):
-            t = ir.VectorType(ty, width) if width > 1 else ty
-            return ir.Constant(t, [v] * width) if width > 1 else ir.Constant(t, v)
+        def each_block(body):
+            """body(pointer to the 16 scores of block k, mask of those before n or None) over the full
+            blocks, then the masked last one if n is not a multiple of 16."""
+            def at(k):
+                first = builder.mul(k, ir.Constant(i64, NR))
+                return builder.bitcast(builder.gep(base, [first], source_etype=f32), v16.as_pointer()), first
+            with cgutils.for_range(builder, full) as loop:
+                body(at(loop.index)[0], None)
+            with builder.if_then(has_tail):
+                ptr, first = at(full)
+                index = builder.add(lanes, builder.shuffle_vector(
+                    builder.insert_element(ir.Constant(i16, None), builder.trunc(first, i32), ir.Constant(i32, 0)),
+                    ir.Constant(i16, None), ir.Constant(i16, [0] * NR)))
+                body(ptr, builder.icmp_unsigned("<", index, n_vec))
 
-        def ptr(k, width):
-            return builder.bitcast(builder.gep(base, [k], source_etype=f32), vec(width).as_pointer())
+        vmax = cgutils.alloca_once_value(builder, const(float("-inf")))
 
-        def sfx(width):
-            return f"v{width}f32" if width > 1 else "f32"
-
-        # max
-        vmax = cgutils.alloca_once_value(builder, const(16, float("-inf")))
-        with cgutils.for_range(builder, blocks) as loop:
-            v = builder.load(ptr(builder.mul(loop.index, ir.Constant(i64, 16)), 16), align=4)
-            builder.store(builder.call(fn("llvm.maxnum.v16f32", vec(16), 2), [builder.load(vmax), v]), vmax)
-        reduce_max = cgutils.get_or_insert_function(builder.module, ir.FunctionType(f32, [vec(16)]),
+        def max_block(ptr, live):
+            v = builder.load(ptr, align=4)
+            if live is not None:
+                v = builder.select(live, v, const(float("-inf")))
+            builder.store(builder.call(fn("llvm.maxnum.v16f32", 2), [builder.load(vmax), v]), vmax)
+        each_block(max_block)
+        reduce_max = cgutils.get_or_insert_function(builder.module, ir.FunctionType(f32, [v16]),
                                                     "llvm.vector.reduce.fmax.v16f32")
-        best = cgutils.alloca_once_value(builder, builder.call(reduce_max, [builder.load(vmax)]))
-        with cgutils.for_range(builder, builder.sub(n, done)) as loop:
-            v = builder.load(ptr(builder.add(done, loop.index), 1))
-            builder.store(builder.call(fn("llvm.maxnum.f32", f32, 2), [builder.load(best), v]), best)
-        best_v = builder.load(best)
+        best = builder.call(reduce_max, [builder.load(vmax)])
+        best_v = builder.shuffle_vector(builder.insert_element(ir.Constant(v16, None), best, ir.Constant(i32, 0)),
+                                        ir.Constant(v16, None), ir.Constant(i16, [0] * NR))
 
-        def exp2_store(k, width):
-            x = builder.load(ptr(k, width), align=4)
-            m = best_v
-            if width > 1:
-                m = builder.shuffle_vector(builder.insert_element(ir.Constant(vec(16), None), best_v,
-                                                                  ir.Constant(i32, 0)),
-                                           ir.Constant(vec(16), None), ir.Constant(ir.VectorType(i32, 16), [0] * 16))
-            x = builder.fsub(x, m)
-            tiny = builder.fcmp_ordered("<", x, const(width, -126.0))
-            x = builder.call(fn(f"llvm.maxnum.{sfx(width)}", vec(width), 2), [x, const(width, -126.0)])
-            kf = builder.call(fn(f"llvm.floor.{sfx(width)}", vec(width), 1), [builder.fadd(x, const(width, 0.5))])
+        vsum = cgutils.alloca_once_value(builder, const(0.0))
+
+        def exp_block(ptr, live):
+            x = builder.fsub(builder.load(ptr, align=4), best_v)
+            keep = builder.fcmp_ordered(">=", x, const(-126.0))
+            if live is not None:
+                keep = builder.and_(live, keep)
+            x = builder.call(fn("llvm.maxnum.v16f32", 2), [x, const(-126.0)])
+            kf = builder.call(fn("llvm.floor.v16f32", 1), [builder.fadd(x, const(0.5))])
             f = builder.fsub(x, kf)
-            poly = const(width, coeffs[0])
+            poly = const(coeffs[0])
             for c in coeffs[1:]:
-                poly = builder.call(fn(f"llvm.fmuladd.{sfx(width)}", vec(width), 3), [poly, f, const(width, c)])
-            ity = ir.VectorType(i32, width) if width > 1 else i32
-            bits = builder.shl(builder.add(builder.fptosi(kf, ity), const(width, 127, i32)), const(width, 23, i32))
-            y = builder.fmul(poly, builder.bitcast(bits, vec(width)))
-            y = builder.select(tiny, const(width, 0.0), y)
-            builder.store(y, ptr(k, width), align=4)
-            return y
-
-        vsum = cgutils.alloca_once_value(builder, const(16, 0.0))
-        with cgutils.for_range(builder, blocks) as loop:
-            y = exp2_store(builder.mul(loop.index, ir.Constant(i64, 16)), 16)
+                poly = builder.call(fn("llvm.fmuladd.v16f32", 3), [poly, f, const(c)])
+            bits = builder.shl(builder.add(builder.fptosi(kf, i16), const(127, i32)), const(23, i32))
+            y = builder.select(keep, builder.fmul(poly, builder.bitcast(bits, v16)), const(0.0))
+            builder.store(y, ptr, align=4)
             builder.store(builder.fadd(builder.load(vsum), y), vsum)
-        reduce_add = cgutils.get_or_insert_function(builder.module, ir.FunctionType(f32, [f32, vec(16)]),
+        each_block(exp_block)
+        reduce_add = cgutils.get_or_insert_function(builder.module, ir.FunctionType(f32, [f32, v16]),
                                                     "llvm.vector.reduce.fadd.v16f32")
-        total = cgutils.alloca_once_value(builder, builder.call(reduce_add, [ir.Constant(f32, 0.0), builder.load(vsum)],
-                                                                fastmath=("reassoc",)))
-        with cgutils.for_range(builder, builder.sub(n, done)) as loop:
-            y = exp2_store(builder.add(done, loop.index), 1)
-            builder.store(builder.fadd(builder.load(total), y), total)
-        return builder.load(total)
+        return builder.call(reduce_add, [ir.Constant(f32, 0.0), builder.load(vsum)], fastmath=("reassoc",))
 
     return types.float32(buf, off, n), codegen
 
@@ -238,13 +238,16 @@ def _tile(rows, c, c_off, ldc, a, a_off, lda, b, b_off, b_pstride, ldb, kdim):
 _NO_BIAS = np.zeros((1, 0), dtype=np.float32)
 
 
-def attention(qkv: np.ndarray, starts: np.ndarray, key_mask: np.ndarray, num_heads: int, out: np.ndarray) -> None:
+def attention(qkv: np.ndarray, starts: np.ndarray, key_mask: np.ndarray, num_heads: int, out: np.ndarray,
+              threads: int | None = None) -> None:
     """Scaled dot-product attention (1/√d, no bias) of every packed sequence into ``out``.
+    ``threads``: numba.get_num_threads(), when the caller has it.
 
     Plain Python: as a compiled wrapper it recompiled attention_with_bias's code into its own
     (1.5 s of a cold start)."""
     d = out.shape[1] // num_heads
-    attention_with_bias(qkv, starts, key_mask, num_heads, 1.0 / math.sqrt(d), _NO_BIAS, 0, out, numba.get_num_threads())
+    attention_with_bias(qkv, starts, key_mask, num_heads, 1.0 / math.sqrt(d), _NO_BIAS, 0, out,
+                        numba.get_num_threads() if threads is None else threads)
 
 
 @njit(cache=True, nogil=True, parallel=True, error_model="numpy")
