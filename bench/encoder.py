@@ -200,26 +200,22 @@ def load_engine(engine: str, path: Path, threads: int):
         enc = tinybert.Encoder(path, threads=threads)
 
         def run(rows):
-            # The packed (padding-free) path encode() uses, fed with the shared ids.
-            from tinybert.heads import pool_segments
-
+            # The packed (padding-free) path encode() uses, fed with the shared ids: mean-pooled
+            # chunk by chunk as the model produces them.
             lengths = np.array([len(r) for r in rows])
             starts = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64)
             ids = np.concatenate([np.asarray(r, dtype=np.int32) for r in rows])
-            hidden = enc._run(ids, np.zeros_like(ids), starts, np.ones(ids.size, dtype=np.uint8))
-            return pool_segments(hidden, starts, "mean")
+            return enc._run(ids, np.zeros_like(ids), starts, np.ones(ids.size, dtype=np.uint8), pool="mean")
 
         def corpus(rows, batch_size):
             # What encode(texts, batch_size) does after tokenising (longest first, batches run whole
             # by one thread each while the next is packed), fed with the shared ids.
             from types import SimpleNamespace
 
-            from tinybert.heads import pool_segments
-
             encodings = [SimpleNamespace(ids=r, type_ids=[0] * len(r)) for r in rows]
             out = np.empty((len(rows), enc.dimension), dtype=np.float32)
-            for idx, batch, hidden in enc._batches(encodings, batch_size):
-                out[idx] = pool_segments(hidden, batch.starts, "mean")
+            for idx, _, pooled in enc._batches(encodings, batch_size, pool="mean"):
+                out[idx] = pooled
             return out
         run.corpus = corpus
         return run

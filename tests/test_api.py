@@ -62,6 +62,23 @@ def test_thread_count_does_not_change_results(minilm_files, sentences, hf_tokeni
                                   two.forward(batch["input_ids"], batch["attention_mask"]))
 
 
+@pytest.mark.parametrize("threads", [1, 2])
+def test_pooling_chunk_by_chunk_equals_pooling_the_hidden_states(minilm_files, sentences, threads):
+    # encode() pools each CHUNK_TOKENS chunk as it leaves the model (Encoder._run_part with pool) instead
+    # of holding the batch's [T, H] hidden states: every mode must give what pooling those gives, bit for
+    # bit, for a batch of several chunks, on one thread and split over two (each part chunked again).
+    from tinybert.heads import pool_segments
+
+    enc = tinybert.Encoder(minilm_files["int8"], threads=threads)
+    batch = tinybert.tokenizer.pack(enc.tokenizer.encode_batch(sentences[:60]))
+    assert batch.ids.size > 3 * api.CHUNK_TOKENS
+    keys = np.ones(batch.ids.size, dtype=np.uint8)
+    hidden = enc._run(batch.ids, batch.type_ids, batch.starts, keys)
+    for mode in ("mean", "cls", "max", "mean_sqrt_len"):
+        np.testing.assert_array_equal(enc._run(batch.ids, batch.type_ids, batch.starts, keys, pool=mode),
+                                      pool_segments(hidden, batch.starts, mode))
+
+
 def test_row_bands_only_where_the_weights_fit_the_cache(minilm_files, sentences, monkeypatch):
     # A few rows split by rows make each thread read every weight: the encoder allows it only when its
     # int8 weights fit gemm_vnni.ROW_BANDS_WEIGHTS, and the result is the same either way.
