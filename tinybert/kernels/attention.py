@@ -298,6 +298,13 @@ def _attend_heads(qkv, flat, base, end, key_mask, h0, h1, num_heads, scale, bias
     # Panels come in pairs (the micro-kernel always computes two): d and n are padded to 32.
     d16 = (d + 2 * NR - 1) // (2 * NR) * (2 * NR)
     kpan = aligned_bytes(n16 * d * 4).view(np.float32)   # panel rows on cache lines (memory.py)
+    # Keys n..n16-1 are padding: zero once here, as every head writes only keys below n. (Each head
+    # zeroing them cost a short sequence most of its time: 31 of a 1-token head's 32 keys.) Their
+    # scores are computed but never read; zeros keep them finite and not denormal.
+    for key in range(n, n16):
+        p, c = key // NR, key % NR
+        for e in range(d):
+            kpan[p * d * NR + e * NR + c] = 0.0
     vpan = aligned_bytes(d16 * n * 4).view(np.float32)
     scores = aligned_bytes(MR * n16 * 4).view(np.float32)
     obuf = aligned_bytes(MR * d16 * 4).view(np.float32)
@@ -317,30 +324,26 @@ def _attend_head(qkv, flat, base, seq, valid, n, h, num_heads, scale, bias, cent
     n16 = (n + 2 * NR - 1) // (2 * NR) * (2 * NR)
     qcol, kcol, vcol = h * d, hidden + h * d, 2 * hidden + h * d
     # K panels (a 16 x d transpose each), pre-scaled by log2(e) · scale so that scores come out in
-    # log2 units; keys past n are zero (their scores are computed but never read).
+    # log2 units; keys past n were zeroed by the caller.
     log2e = np.float32(1.4426950408889634)
     has_bias = bias.shape[1] > 0
     scale = np.float32(1.4426950408889634 * scale)
-    for p in range(n16 // NR):
+    for p in range((n + NR - 1) // NR):
         dst = kpan[p * d * NR:(p + 1) * d * NR]
-        for c in range(NR):
-            if p * NR + c < n:
-                # A head's q, k and v are 2-4 cache lines per token, tokens 3*H floats apart: every
-                # line is a miss (L2 or beyond) that no hardware prefetcher sees coming, so each
-                # row's k and v are asked for PREFETCH_ROWS keys ahead (v is read by the next loop).
-                if p * NR + c + PREFETCH_ROWS < n:
-                    ahead = (base + valid[p * NR + c + PREFETCH_ROWS]) * ld
-                    for e in range(0, d, 16):
-                        prefetch(flat, ahead + kcol + e, False)
-                        prefetch(flat, ahead + vcol + e, False)
-                    prefetch(flat, ahead + kcol + d - 1, False)
-                    prefetch(flat, ahead + vcol + d - 1, False)
-                src = qkv[base + valid[p * NR + c], kcol:kcol + d]
-                for e in range(d):
-                    dst[e * NR + c] = src[e] * scale
-            else:
-                for e in range(d):
-                    dst[e * NR + c] = 0.0
+        for c in range(min(NR, n - p * NR)):
+            # A head's q, k and v are 2-4 cache lines per token, tokens 3*H floats apart: every
+            # line is a miss (L2 or beyond) that no hardware prefetcher sees coming, so each
+            # row's k and v are asked for PREFETCH_ROWS keys ahead (v is read by the next loop).
+            if p * NR + c + PREFETCH_ROWS < n:
+                ahead = (base + valid[p * NR + c + PREFETCH_ROWS]) * ld
+                for e in range(0, d, 16):
+                    prefetch(flat, ahead + kcol + e, False)
+                    prefetch(flat, ahead + vcol + e, False)
+                prefetch(flat, ahead + kcol + d - 1, False)
+                prefetch(flat, ahead + vcol + d - 1, False)
+            src = qkv[base + valid[p * NR + c], kcol:kcol + d]
+            for e in range(d):
+                dst[e * NR + c] = src[e] * scale
     # V panels of 16 columns, vpan[c, j, :] = v[valid[j], 16c:16c+16] (zero padded past d): each
     # pass of the P·V micro-kernel streams one contiguous panel.
     for jj in range(n):
