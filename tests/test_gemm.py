@@ -824,5 +824,5 @@ def test_row_bands_match_the_column_split(m, bits):
     assert np.isnan(expected[m // 2]).all()
     for threads in (1, 2, 3, 5):                         # 1: the column split itself
         out = np.full((m, n), 7.0, np.float32)
-        gv._linear_quads(x, wp, ws, bias, out, False, gv._AMX_CONFIG, qmax, wsum, smooth, threads)
+        gv._linear_quads(x, wp, ws, bias, out, qmax, wsum, smooth, threads)
         np.testing.assert_array_equal(out, expected)

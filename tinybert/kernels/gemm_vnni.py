@@ -1073,15 +1073,11 @@ def qlinear_quads(xq: np.ndarray, xs: np.ndarray, wp: np.ndarray, ws: np.ndarray
     _run(xh, xl, xsum, xs, wp, ws, bias, out, path)
 
 
-@njit(cache=True, nogil=True, error_model="numpy")
-def _linear_quads(x, wp, ws, bias, out, use_amx, cfg, qmax, wsum, smooth, bands):
-    """Split-quantise x and run the GEMM in one compiled call (a Python-level sequence of
-    allocations and calls cost ~10 us per layer, a third of a small GEMM).  8-bit rows are
-    centred (qmax <= 127): ``wsum`` = gemm.weight_sums, else gemm.NO_SUMS; the epilogues add
-    the centre term back to each tile (a pass over the whole output afterwards ran serially and
-    streamed it from L2).  ``smooth``: multiply x by it first (per input channel; NO_SUMS: no).
-    ``bands``: split ROW_BANDS_MIN..ROW_BANDS_MAX rows into this many row bands (_gemm_vnni_bands; the
-    thread count, for a layer whose model's weights stay in cache), or 1: split the columns."""
+@njit(cache=True, nogil=True, error_model="numpy", inline="always")
+def _input_buffers(x, wp):
+    """The split activations' buffers for x f32[M, K] against quad-packed wp: xh, xl int8 [Mp, Kp]
+    (rows padded to TILE_ROWS, K to the packing's), with their padding zeroed, and the per-row
+    xsum, xs, xc."""
     m_rows, k_dim = x.shape
     kp = wp.shape[1] * 4
     mp = (m_rows + TILE_ROWS - 1) // TILE_ROWS * TILE_ROWS
@@ -1094,17 +1090,44 @@ def _linear_quads(x, wp, ws, bias, out, use_amx, cfg, qmax, wsum, smooth, bands)
     if kp > k_dim:
         xh[:m_rows, k_dim:] = 0
         xl[:m_rows, k_dim:] = 0
-    xsum = np.empty(m_rows, dtype=np.int64)
-    xs = np.empty(m_rows, dtype=np.float32)
-    xc = np.empty(m_rows, dtype=np.float32)
-    if bands > 1 and ROW_BANDS_MIN <= m_rows <= ROW_BANDS_MAX and qmax <= 127 and not use_amx:
+    return xh, xl, np.empty(m_rows, dtype=np.int64), np.empty(m_rows, dtype=np.float32), \
+        np.empty(m_rows, dtype=np.float32)
+
+
+@njit(cache=True, nogil=True, error_model="numpy")
+def _linear_quads(x, wp, ws, bias, out, qmax, wsum, smooth, bands):
+    """Split-quantise x and run the VNNI GEMM in one compiled call (a Python-level sequence of
+    allocations and calls cost ~10 us per layer, a third of a small GEMM).  8-bit rows are
+    centred (qmax <= 127): ``wsum`` = gemm.weight_sums, else gemm.NO_SUMS; the epilogues add
+    the centre term back to each tile (a pass over the whole output afterwards ran serially and
+    streamed it from L2).  ``smooth``: multiply x by it first (per input channel; NO_SUMS: no).
+    ``bands``: split ROW_BANDS_MIN..ROW_BANDS_MAX rows into this many row bands (_gemm_vnni_bands; the
+    thread count, for a layer whose model's weights stay in cache), or 1: split the columns.
+    The AMX driver has its own entry point, _linear_quads_amx: compiled in here, it added 4.7 s to
+    every cold start on CPUs that never run it."""
+    xh, xl, xsum, xs, xc = _input_buffers(x, wp)
+    m_rows = x.shape[0]
+    if bands > 1 and ROW_BANDS_MIN <= m_rows <= ROW_BANDS_MAX and qmax <= 127:
         _gemm_vnni_bands(x, xh, xl, xsum, xs, xc, qmax, smooth, wp, ws, bias, out, wsum, min(bands, m_rows // 4))
         return
     _split_rows(x, xh, xl, xs, xc, xsum, qmax, smooth)
-    if use_amx:
-        _gemm_amx(xh, xl, xsum, xs, wp, ws, bias, out, cfg, xc, wsum)
+    _gemm_vnni(xh, xl, xsum, xs, wp, ws, bias, out, qmax <= 127, xc, wsum)
+
+
+@njit(cache=True, nogil=True, error_model="numpy")
+def _linear_quads_amx(x, wp, ws, bias, out, cfg, qmax, wsum, smooth):
+    """_linear_quads on the AMX driver."""
+    xh, xl, xsum, xs, xc = _input_buffers(x, wp)
+    _split_rows(x, xh, xl, xs, xc, xsum, qmax, smooth)
+    _gemm_amx(xh, xl, xsum, xs, wp, ws, bias, out, cfg, xc, wsum)
+
+
+def _linear(x: np.ndarray, wp: np.ndarray, ws: np.ndarray, bias: np.ndarray, out: np.ndarray, amx: bool,
+            qmax: np.float32, wsum: np.ndarray, smooth: np.ndarray, bands: int) -> None:
+    if amx:
+        _linear_quads_amx(x, wp, ws, bias, out, _AMX_CONFIG, qmax, wsum, smooth)
     else:
-        _gemm_vnni(xh, xl, xsum, xs, wp, ws, bias, out, qmax <= 127, xc, wsum)
+        _linear_quads(x, wp, ws, bias, out, qmax, wsum, smooth, bands)
 
 
 def linear_quads(x: np.ndarray, wp: np.ndarray, ws: np.ndarray, bias: np.ndarray,
@@ -1118,8 +1141,8 @@ def linear_quads(x: np.ndarray, wp: np.ndarray, ws: np.ndarray, bias: np.ndarray
     wsum = quads_weight_sums(wp, ws) if act_bits == 8 else NO_SUMS
     out = np.empty((m_rows, n_dim), dtype=np.float32)
     if m_rows:
-        _linear_quads(np.ascontiguousarray(x, dtype=np.float32), wp, ws, bias, out, path == "amx", _AMX_CONFIG,
-                      qmax, wsum, NO_SMOOTHING, 1)
+        _linear(np.ascontiguousarray(x, dtype=np.float32), wp, ws, bias, out, path == "amx", qmax, wsum,
+                NO_SMOOTHING, 1)
     return out
 
 
@@ -1147,8 +1170,7 @@ def linear_quads_checked_weights(x: np.ndarray, wp: np.ndarray, ws: np.ndarray, 
     x = layer_input(x, k_dim)
     out = np.empty((x.shape[0], ws.shape[0]), dtype=np.float32)
     if x.shape[0]:
-        _linear_quads(x, wp, ws, bias, out, AMX_AVAILABLE and x.shape[0] >= AMX_MIN_ROWS, _AMX_CONFIG, qmax, wsum,
-                      smooth, bands)
+        _linear(x, wp, ws, bias, out, AMX_AVAILABLE and x.shape[0] >= AMX_MIN_ROWS, qmax, wsum, smooth, bands)
     return out
 
 
