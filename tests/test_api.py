@@ -309,6 +309,23 @@ def test_warm_start_loads_cached_kernels_without_compiler_setup(minilm_files, se
     assert run("again")[0][4] == "cache"
 
 
+def test_runtime_set_up_falls_back_to_numba_when_its_internals_differ(minilm_files):
+    """jitcache.initialize_runtime uses Numba internals (rtsys._init, nrtdynmod): a Numba without them
+    must get its own rtsys.initialize, never our loader, and still run."""
+    code = textwrap.dedent(f"""
+        import numpy as np
+        import tinybert
+        from tinybert.kernels import jitcache
+        jitcache._RUNTIME_SUPPORTED = False
+        v = tinybert.Encoder({str(minilm_files["int8"])!r}).encode("A fallback.")
+        print(jitcache.runtime_source, v.shape, bool(np.isfinite(v).all()))
+    """)
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=900)
+    assert result.returncode == 0, result.stderr
+    source, *rest = result.stdout.split()
+    assert source in ("numba", "None") and rest == ["(1,", "384)", "True"], result.stdout
+
+
 def test_editing_one_kernel_module_recompiles_the_kernels_that_inline_it(tmp_path):
     """gemm_vnni's kernels compile in gemm.py's quantiser; Numba keys their cache on gemm_vnni.py alone.
     With jitcache.KERNELS_STAMP in the key, touching gemm.py must recompile them (a stale cache would

@@ -105,11 +105,12 @@ def initialize_runtime(target_context, folder: Path) -> None:
     """``rtsys.initialize(target_context)``, linking NRT's object code from ``folder`` when a previous
     process stored it there (see the module docstring)."""
     global runtime_source
-    if rtsys._init:
+    if not _RUNTIME_SUPPORTED:     # a Numba whose runtime internals differ: its own (idempotent) set-up
+        if runtime_source is None:
+            rtsys.initialize(target_context)
+            runtime_source = "numba"
         return
-    if not _RUNTIME_SUPPORTED:
-        rtsys.initialize(target_context)
-        runtime_source = "numba"
+    if rtsys._init:
         return
     with global_compiler_lock:
         if rtsys._init:
