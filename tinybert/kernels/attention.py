@@ -139,7 +139,7 @@ def _softmax_row(typingctx, buf, off, n):
         return None
     f32, i32, i64 = ir.FloatType(), ir.IntType(32), ir.IntType(64)
     coeffs = (1.3276471959e-3, 9.6755415026e-3, 5.5507132751e-2, 2.4022119721e-1, 6.9314696706e-1, 1.0000000717)
-    v16, i16 = ir.VectorType(f32, NR), ir.VectorType(i32, NR)
+    v16, vi32 = ir.VectorType(f32, NR), ir.VectorType(i32, NR)
 
     def codegen(context, builder, signature, args):
         tys = signature.args
@@ -148,10 +148,14 @@ def _softmax_row(typingctx, buf, off, n):
         n = context.cast(builder, args[2], tys[2], types.int64)
         full = builder.udiv(n, ir.Constant(i64, NR))
         has_tail = builder.icmp_unsigned("!=", builder.urem(n, ir.Constant(i64, NR)), ir.Constant(i64, 0))
-        n_vec = builder.shuffle_vector(builder.insert_element(ir.Constant(i16, None), builder.trunc(n, i32),
-                                                              ir.Constant(i32, 0)),
-                                       ir.Constant(i16, None), ir.Constant(i16, [0] * NR))
-        lanes = ir.Constant(i16, list(range(NR)))
+
+        def splat(value, ty):
+            """The vector of ty with every lane ``value``."""
+            return builder.shuffle_vector(builder.insert_element(ir.Constant(ty, None), value, ir.Constant(i32, 0)),
+                                          ir.Constant(ty, None), ir.Constant(vi32, [0] * NR))
+
+        n_vec = splat(builder.trunc(n, i32), vi32)
+        lanes = ir.Constant(vi32, list(range(NR)))
 
         def fn(name, nargs):
             return cgutils.get_or_insert_function(builder.module, ir.FunctionType(v16, [v16] * nargs), name)
@@ -169,9 +173,7 @@ def _softmax_row(typingctx, buf, off, n):
                 body(at(loop.index)[0], None)
             with builder.if_then(has_tail):
                 ptr, first = at(full)
-                index = builder.add(lanes, builder.shuffle_vector(
-                    builder.insert_element(ir.Constant(i16, None), builder.trunc(first, i32), ir.Constant(i32, 0)),
-                    ir.Constant(i16, None), ir.Constant(i16, [0] * NR)))
+                index = builder.add(lanes, splat(builder.trunc(first, i32), vi32))
                 body(ptr, builder.icmp_unsigned("<", index, n_vec))
 
         vmax = cgutils.alloca_once_value(builder, const(float("-inf")))
@@ -185,8 +187,7 @@ def _softmax_row(typingctx, buf, off, n):
         reduce_max = cgutils.get_or_insert_function(builder.module, ir.FunctionType(f32, [v16]),
                                                     "llvm.vector.reduce.fmax.v16f32")
         best = builder.call(reduce_max, [builder.load(vmax)])
-        best_v = builder.shuffle_vector(builder.insert_element(ir.Constant(v16, None), best, ir.Constant(i32, 0)),
-                                        ir.Constant(v16, None), ir.Constant(i16, [0] * NR))
+        best_v = splat(best, v16)
 
         vsum = cgutils.alloca_once_value(builder, const(0.0))
 
@@ -201,7 +202,7 @@ def _softmax_row(typingctx, buf, off, n):
             poly = const(coeffs[0])
             for c in coeffs[1:]:
                 poly = builder.call(fn("llvm.fmuladd.v16f32", 3), [poly, f, const(c)])
-            bits = builder.shl(builder.add(builder.fptosi(kf, i16), const(127, i32)), const(23, i32))
+            bits = builder.shl(builder.add(builder.fptosi(kf, vi32), const(127, i32)), const(23, i32))
             y = builder.select(keep, builder.fmul(poly, builder.bitcast(bits, v16)), const(0.0))
             builder.store(y, ptr, align=4)
             builder.store(builder.fadd(builder.load(vsum), y), vsum)
