@@ -1,1 +1,1 @@
-"""Fuzzing harnesses (atheris): the file loader and the text/ids-to-kernel paths. See README, "Security"."""
+"""Fuzzing harnesses (atheris): the file loader and the text/ids-to-kernel paths. See docs/security.md."""

@@ -1,6 +1,6 @@
 """Hostile files and inputs: every failure is a TinyBertError (never a crash, a hang, another exception type, a
 silent non-finite answer or a partial file). Bounded slices of the fuzzers and stress runs of fuzz/ (their
-long versions are documented commands; see the README's Security section).
+long versions are documented commands; see docs/security.md).
 
 The seed files are tiny valid models (fuzz/seeds.py); references for "the same result" are sequential calls.
 """
