@@ -11,8 +11,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from tinybert.beam import BeamParams, beam_search, log_softmax, top_k
 from tinybert.errors import InputError
+from tinybert.generation import GenerationParams, beam_search, log_softmax, top_k
 
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
@@ -52,7 +52,7 @@ class RecomputeStep:
         return out.logits[:, -1].float().numpy()
 
 
-def reference(model, inputs: list[int], params: BeamParams, eos: list[int], max_new: int,
+def reference(model, inputs: list[int], params: GenerationParams, eos: list[int], max_new: int,
               **extra) -> list[tuple[list[int], float]]:
     """transformers' beam search: (new ids, sequences_score) per returned sequence, best first."""
     ids = torch.tensor([inputs])
@@ -70,7 +70,7 @@ def reference(model, inputs: list[int], params: BeamParams, eos: list[int], max_
             for i, n in enumerate(lengths)]
 
 
-def check(model, inputs: list[int], params: BeamParams, eos: list[int], max_new: int = MAX_NEW,
+def check(model, inputs: list[int], params: GenerationParams, eos: list[int], max_new: int = MAX_NEW,
           decoder_start: int | None = None, **extra) -> tuple[list[dict], int]:
     """Compare with transformers; return beam_search's hypotheses and how many times it called step."""
     ref = reference(model, inputs, params, eos, max_new, **extra)
@@ -138,7 +138,7 @@ def test_decoder_only_matches_transformers(gpt2, case):
     model, prompts, eos, _ = gpt2
     kw = {"num_beams": 4, **DECODER_CASES[case]}
     for prompt in prompts:
-        check(model, prompt, BeamParams(**kw), [eos])
+        check(model, prompt, GenerationParams(**kw), [eos])
 
 
 def test_decoder_only_cases_exercise_their_feature(gpt2):
@@ -149,7 +149,7 @@ def test_decoder_only_cases_exercise_their_feature(gpt2):
 
     def ids(case: str, **over) -> list[list[list[int]]]:
         kw = {"num_beams": 4, **DECODER_CASES[case], "num_return_sequences": 4, **over}
-        return [[t for t, _ in reference(model, p, BeamParams(**kw), [eos], MAX_NEW)] for p in prompts]
+        return [[t for t, _ in reference(model, p, GenerationParams(**kw), [eos], MAX_NEW)] for p in prompts]
 
     base, lp2 = ids("lp1"), ids("lp2")
     assert ids("early_true") != lp2
@@ -166,7 +166,7 @@ def test_decoder_only_cases_exercise_their_feature(gpt2):
 def test_decoder_only_several_eos_and_early_stop(gpt2):
     """Two EOS ids (K = 3·num_beams candidates); with early_stopping=True the search ends before max_new_tokens."""
     model, prompts, eos, eos2 = gpt2
-    params = BeamParams(num_beams=4, early_stopping=True, num_return_sequences=4, length_penalty=0.6)
+    params = GenerationParams(num_beams=4, early_stopping=True, num_return_sequences=4, length_penalty=0.6)
     calls = [check(model, prompt, params, [eos, eos2])[1] for prompt in prompts]
     assert min(calls) < MAX_NEW
 
@@ -175,7 +175,8 @@ def test_decoder_only_without_eos(gpt2):
     """No EOS: only max_new_tokens ends the search."""
     model, prompts, _, _ = gpt2
     for prompt in prompts:
-        got, calls = check(model, prompt, BeamParams(num_beams=4, num_return_sequences=2, length_penalty=0.6), [], 12)
+        params = GenerationParams(num_beams=4, num_return_sequences=2, length_penalty=0.6)
+        got, calls = check(model, prompt, params, [], 12)
         assert calls == 12 and all(len(g["token_ids"]) == 12 for g in got)
 
 
@@ -226,7 +227,7 @@ ENC_DEC_CASES = {
 def test_bart_matches_transformers(bart, case):
     """BART's generation config forces BOS/EOS ids: switched off here (tested separately below)."""
     model, src, eos, _ = bart
-    check(model, src, BeamParams(num_beams=4, **ENC_DEC_CASES[case]), [eos], 40, decoder_start=2,
+    check(model, src, GenerationParams(num_beams=4, **ENC_DEC_CASES[case]), [eos], 40, decoder_start=2,
           forced_bos_token_id=None, forced_eos_token_id=None)
 
 
@@ -234,7 +235,7 @@ def test_bart_forced_bos_eos_and_bad_token(bart):
     """forced_bos_token_id (first token after the decoder start), forced_eos_token_id (last step) and a
     single-token bad word, as mBART/Marian-style generation configs set them."""
     model, src, eos, bad = bart
-    params = BeamParams(num_beams=4, length_penalty=0.6, no_repeat_ngram_size=3, num_return_sequences=4,
+    params = GenerationParams(num_beams=4, length_penalty=0.6, no_repeat_ngram_size=3, num_return_sequences=4,
                         forced_bos_token_id=0, forced_eos_token_id=eos, bad_token_ids=(bad,))
     got, _ = check(model, src, params, [eos], 40, decoder_start=2, forced_bos_token_id=0, forced_eos_token_id=eos,
                 bad_words_ids=[[bad]])
@@ -244,7 +245,7 @@ def test_bart_forced_bos_eos_and_bad_token(bart):
 @pytest.mark.parametrize("case", list(ENC_DEC_CASES))
 def test_t5_matches_transformers(t5, case):
     model, src, eos = t5
-    check(model, src, BeamParams(num_beams=4, **ENC_DEC_CASES[case]), [eos], 40, decoder_start=0,
+    check(model, src, GenerationParams(num_beams=4, **ENC_DEC_CASES[case]), [eos], 40, decoder_start=0,
           decoder_start_token_id=0)
 
 
@@ -252,9 +253,9 @@ def test_t5_cases_exercise_ngram_ban_and_eos(t5):
     """Guard on the fixture, transformers only: the random T5 repeats itself, so the n-gram ban changes the
     result, and its hypotheses end with EOS before max_new_tokens."""
     model, src, eos = t5
-    params = BeamParams(num_beams=4, **ENC_DEC_CASES["lp0.6"])
+    params = GenerationParams(num_beams=4, **ENC_DEC_CASES["lp0.6"])
     with_ban = reference(model, src, params, [eos], 40, decoder_start_token_id=0)
-    no_ban = reference(model, src, BeamParams(num_beams=4, length_penalty=0.6, num_return_sequences=2), [eos], 40,
+    no_ban = reference(model, src, GenerationParams(num_beams=4, length_penalty=0.6, num_return_sequences=2), [eos], 40,
                        decoder_start_token_id=0)
     assert [t for t, _ in with_ban] != [t for t, _ in no_ban]
     assert all(len(t) < 40 and t[-1] == eos for t, _ in with_ban)
@@ -275,20 +276,20 @@ def test_t5_cases_exercise_ngram_ban_and_eos(t5):
 ])
 def test_bad_params_raise(kw):
     with pytest.raises(InputError):
-        BeamParams(**kw).validate()
+        GenerationParams(**kw).validate()
 
     def step(tokens, parents):
         raise AssertionError("step must not be called with bad params")
 
     with pytest.raises(InputError):
-        beam_search(step, [1, 2], 4, {3}, BeamParams(**kw))
+        beam_search(step, [1, 2], 4, {3}, GenerationParams(**kw))
 
 
 def test_bad_arguments_raise():
     def step(tokens, parents):
         return np.zeros((len(tokens), 10), dtype=np.float32)
 
-    params = BeamParams(num_beams=2)
+    params = GenerationParams(num_beams=2)
     with pytest.raises(InputError):
         beam_search(step, [], 4, {3}, params)
     with pytest.raises(InputError):
@@ -309,7 +310,7 @@ def test_large_vocab_contract_without_eos():
         calls.append((tokens.copy(), parents.copy()))
         return rng.standard_normal((len(tokens), vocab)).astype(np.float32) * 3
 
-    got = beam_search(step, [7, 8], 5, set(), BeamParams(num_beams=nb, num_return_sequences=nb))
+    got = beam_search(step, [7, 8], 5, set(), GenerationParams(num_beams=nb, num_return_sequences=nb))
     assert len(calls) == 5 and [len(t) for t, _ in calls] == [1, nb, nb, nb, nb]
     assert calls[1][1].tolist() == [0] * nb
     assert all(p.max() < nb for _, p in calls[1:])

@@ -23,6 +23,7 @@ from .format import SCALE_SUFFIX
 from .kernels import embeddings as embed_k
 from .kernels.activations import ACTIVATIONS
 from .kernels.decoder import cached_attention, rms_norm, silu_mul, write_kv
+from .kernels.decoder import copy_slots as copy_cache_slots
 from .kernels.norm import layer_norm
 from .kernels.rope import apply_rope, rope_tables
 
@@ -46,6 +47,12 @@ class KVCache:
     @property
     def nbytes(self) -> int:
         return self.k.nbytes + self.v.nbytes
+
+    def copy_slots(self, dest: np.ndarray, src: np.ndarray, upto: int) -> None:
+        """Slots ``dest[i]`` take over the first ``upto`` cached positions of slots ``src[i]`` (beam search:
+        a beam continuing another). The caller guarantees distinct, valid slots, no dest among the srcs."""
+        for arr in (self.k, self.v):
+            copy_cache_slots(arr, dest, src, int(upto))
 
 
 class Norm:

@@ -8,11 +8,10 @@ from pathlib import Path
 import numpy as np
 
 from .api import _check_threads, _numba_threads
-from .beam import BeamParams, beam_search
 from .config import DecoderConfig
 from .decoder import DecoderModel, KVCache
 from .errors import InputError, ModelKindError
-from .generation import IncrementalDecoder, SamplingParams, StopMatcher, next_tokens
+from .generation import BeamSearch, GenerationParams, IncrementalDecoder, SampleSearch, StopMatcher, decode, run_all
 from .loader import load
 from .tokenizer import check_texts, load_tokenizer
 
@@ -60,7 +59,8 @@ class Generator:
                  top_k: int | None = None, top_p: float | None = None, repetition_penalty: float | None = None,
                  stop: Sequence[str] | None = None, seed: int | None = None, num_beams: int = 1,
                  length_penalty: float = 1.0, no_repeat_ngram_size: int = 0, early_stopping: bool | str = False,
-                 num_return_sequences: int = 1, return_ids: bool = False) -> str | list | dict:
+                 num_return_sequences: int = 1, return_ids: bool = False, min_new_tokens: int = 0,
+                 min_p: float | None = None, batch_size: int = 16) -> str | list | dict:
         """Continue each prompt; returns the generated text (without the prompt) per prompt.
 
         One string gives one result, a list gives a list. With ``return_ids`` each result is a
@@ -69,97 +69,68 @@ class Generator:
         it starts, and it is not included), after ``max_new_tokens``, or at the end of the
         model's context. A prompt longer than the context raises InputError.
 
-        ``num_beams`` > 1 runs beam search with transformers' semantics (``length_penalty``,
-        ``no_repeat_ngram_size``, ``early_stopping``, ``repetition_penalty``); with
-        ``num_return_sequences`` > 1 each prompt's result is a list of that many, best first.
-        Each prompt is searched on its own, so results do not depend on the batch.
+        Settings are transformers' ``generate`` names and meanings: ``temperature`` > 0 samples
+        (after ``top_k``, ``top_p``, ``min_p``; ``seed`` makes draws reproducible), ``num_beams`` > 1
+        runs beam search (``length_penalty``, ``early_stopping``; with ``num_return_sequences`` > 1
+        each prompt's result is a list of that many, best first); ``repetition_penalty``,
+        ``no_repeat_ngram_size`` and ``min_new_tokens`` apply to every search. Prompts are decoded
+        ``batch_size`` at a time, a finished one's place taken at once by the next (memory is bounded
+        by ``batch_size``, not by the number of prompts); a prompt's result never depends on the
+        others, nor on ``batch_size`` (each prompt draws from its own random stream, seeded by
+        ``seed`` and its index).
         """
         single = isinstance(prompts, str)
-        prompts = check_texts(prompts)
-        encoded = [self._encode(p) for p in prompts]
-        if num_beams == 1 and num_return_sequences == 1:
-            results = self._run(encoded, max_new_tokens, self._params(
-                temperature, top_k, top_p, repetition_penalty, seed), self._stops(stop), num_beams)
-        else:
-            if temperature or top_k is not None or top_p is not None or seed is not None:
-                raise InputError("beam search is deterministic: temperature, top_k, top_p and seed do not apply")
-            beam = BeamParams(num_beams=num_beams, length_penalty=length_penalty, early_stopping=early_stopping,
-                              num_return_sequences=num_return_sequences, no_repeat_ngram_size=no_repeat_ngram_size,
-                              repetition_penalty=repetition_penalty)
-            beam.validate()
-            results = [self._beam(p, max_new_tokens, beam, self._stops(stop)) for p in encoded]
-        out = [[r if return_ids else r["text"] for r in res] if isinstance(res, list) else
-               (res if return_ids else res["text"]) for res in results]
+        params = GenerationParams(max_new_tokens=max_new_tokens, min_new_tokens=min_new_tokens,
+                                  temperature=temperature, top_k=top_k, top_p=top_p, min_p=min_p,
+                                  repetition_penalty=repetition_penalty, no_repeat_ngram_size=no_repeat_ngram_size,
+                                  num_beams=num_beams, length_penalty=length_penalty, early_stopping=early_stopping,
+                                  num_return_sequences=num_return_sequences, seed=seed).validate()
+        stops = self._stops(stop)
+        _positive_int("batch_size", batch_size)
+        encoded = [self._encode(p) for p in check_texts(prompts)]
+        results = self._run(encoded, params, stops, batch_size)
+        out = [[h if return_ids else h["text"] for h in hyps] if num_return_sequences > 1 else
+               (hyps[0] if return_ids else hyps[0]["text"]) for hyps in results]
         return out[0] if single else out
 
-    def _beam(self, prompt: np.ndarray, max_new_tokens: int, beam: BeamParams, stop: list[str]) -> dict | list:
-        """Beam search for one prompt; the KV cache holds one slot per beam and follows the beams."""
-        _positive_int("max_new_tokens", max_new_tokens)
-        budget = min(max_new_tokens, self.config.max_positions - len(prompt))
-        cache = KVCache(self.config, beam.num_beams, len(prompt) + budget)
-        position = [-1]   # where the next token goes; -1 until the prompt is in the cache
-
-        def step(tokens: np.ndarray, parents: np.ndarray) -> np.ndarray:
-            with _numba_threads(self.threads):
-                if position[0] < 0:
-                    # first call: the whole prompt into slot 0; the search then copies it to every beam
-                    position[0] = len(prompt)
-                    return self._model(prompt, np.zeros(len(prompt), dtype=np.int32),
-                                       np.arange(len(prompt), dtype=np.int32), cache,
-                                       logit_rows=np.array([len(prompt) - 1]))
-                if not np.array_equal(parents, np.arange(len(parents))):
-                    # beams continue other beams: their cached keys/values follow them
-                    cache.k[:, :len(parents)] = cache.k[:, parents]
-                    cache.v[:, :len(parents)] = cache.v[:, parents]
-                n = len(tokens)
-                logits = self._model(np.asarray(tokens, dtype=np.int32), np.arange(n, dtype=np.int32),
-                                     np.full(n, position[0], dtype=np.int32), cache)
-                position[0] += 1
-                return logits
-
-        found = beam_search(step, prompt.tolist(), budget, tuple(self.config.eos_token_ids), beam)
-        eos = set(self.config.eos_token_ids)
-        matcher = StopMatcher(stop)
-        results = []
-        for hyp in found:
-            ids = [int(t) for t in hyp["token_ids"]]
-            reason = "length"
-            if ids and ids[-1] in eos:
-                ids, reason = ids[:-1], "eos"
-            text = self._decode(ids)
-            cut = matcher.cut(text) if stop else None
-            if cut is not None:
-                text, reason = text[:cut], "stop"
-            results.append({"text": text, "token_ids": ids, "finish_reason": reason, "score": hyp["score"]})
-        return results if beam.num_return_sequences > 1 else results[0]
-
     def generate_ids(self, input_ids: Sequence[Sequence[int]], max_new_tokens: int = 64,
-                     output_logits: bool = False, **kwargs) -> list[dict]:
+                     output_logits: bool = False, **kwargs) -> list:
         """As ``generate`` but from token ids (one list per prompt, no padding): what transformers'
         ``generate(input_ids)`` takes; results always carry ``token_ids``, and with
-        ``output_logits`` the raw logits of every step (float32 [new tokens, vocab]) as
-        transformers' ``output_logits=True``; an EOS step's logits are included."""
+        ``output_logits`` (greedy or sampling) the raw logits of every step (float32 [new tokens,
+        vocab]) as transformers' ``output_logits=True``; an EOS step's logits are included.
+        ``kwargs``: ``generate``'s settings (``stop``, ``batch_size``, ``num_beams``, ...)."""
         if isinstance(input_ids, (str, bytes)) or not isinstance(input_ids, (Sequence, np.ndarray)):
             raise InputError(f"input_ids must be a list of token id lists, got {type(input_ids).__name__}")
         prompts = [self._check_ids(ids) for ids in input_ids] if len(input_ids) else []
         if not prompts:
             raise InputError("input_ids is empty")
-        stop = kwargs.pop("stop", None)
-        num_beams = kwargs.pop("num_beams", 1)
-        return self._run(prompts, max_new_tokens, self._params(**kwargs), self._stops(stop), num_beams,
-                         output_logits)
+        stops = self._stops(kwargs.pop("stop", None))
+        batch_size = _positive_int("batch_size", kwargs.pop("batch_size", 16))
+        try:
+            params = GenerationParams(max_new_tokens=max_new_tokens, **kwargs).validate()
+        except TypeError as e:
+            raise InputError(f"generate_ids got an unknown setting: {e}") from None
+        if output_logits and params.beam:
+            raise InputError("output_logits is for greedy search or sampling (num_beams=1)")
+        results = self._run(prompts, params, stops, batch_size, output_logits)
+        return [hyps if params.num_return_sequences > 1 else hyps[0] for hyps in results]
 
     def stream(self, prompt: str, max_new_tokens: int = 64, temperature: float = 0.0, top_k: int | None = None,
                top_p: float | None = None, repetition_penalty: float | None = None,
-               stop: Sequence[str] | None = None, seed: int | None = None) -> Iterator[str]:
+               stop: Sequence[str] | None = None, seed: int | None = None, no_repeat_ngram_size: int = 0,
+               min_new_tokens: int = 0, min_p: float | None = None) -> Iterator[str]:
         """Yield the generated text of one prompt piece by piece as tokens are decoded. Pieces never
         split a UTF-8 character, and text that could still turn into a stop string is held back
         until it cannot; the pieces join to exactly what ``generate`` returns."""
         if not isinstance(prompt, str):
             raise InputError(f"stream takes one prompt string, got {type(prompt).__name__}")
         (prompt,) = check_texts(prompt)
-        params = self._params(temperature, top_k, top_p, repetition_penalty, seed)
-        yield from self._stream(self._encode(prompt), max_new_tokens, params, self._stops(stop))
+        params = GenerationParams(max_new_tokens=max_new_tokens, min_new_tokens=min_new_tokens,
+                                  temperature=temperature, top_k=top_k, top_p=top_p, min_p=min_p,
+                                  repetition_penalty=repetition_penalty, no_repeat_ngram_size=no_repeat_ngram_size,
+                                  seed=seed).validate()
+        yield from self._stream(self._encode(prompt), params, self._stops(stop))
 
     def logits(self, input_ids: object, attention_mask: object = None) -> np.ndarray:
         """Next-token logits float32 [batch, seq, vocab] for every position, as transformers'
@@ -194,12 +165,6 @@ class Generator:
 
     # ------------------------------------------------------------------ validation
 
-    def _params(self, temperature: float = 0.0, top_k: int | None = None, top_p: float | None = None,
-                repetition_penalty: float | None = None, seed: int | None = None) -> SamplingParams:
-        params = SamplingParams(temperature, top_k, top_p, repetition_penalty, seed)
-        params.validate()
-        return params
-
     @staticmethod
     def _stops(stop: Sequence[str] | None) -> list[str]:
         if stop is None:
@@ -230,107 +195,75 @@ class Generator:
                              f"{self.config.max_positions}")
         return ids.astype(np.int32)
 
-    # ------------------------------------------------------------------ decoding loop
+    # ------------------------------------------------------------------ decoding
 
-    def _steps(self, prompts: list[np.ndarray], max_new_tokens: int,
-               params: SamplingParams) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray]]:
-        """Yield (sequence indices, their next tokens, the logits they came from) per step; the
-        caller says which sequences finished by sending their indices back."""
-        _positive_int("max_new_tokens", max_new_tokens)
-        lengths = np.array([len(p) for p in prompts])
-        budget = np.minimum(max_new_tokens, self.config.max_positions - lengths)
-        cache = KVCache(self.config, len(prompts), int((lengths + budget).max()))
-        rng = np.random.default_rng(params.seed)
-        seen = [p.astype(np.int64) for p in prompts]
-        active = np.arange(len(prompts))
-        # Prefill: every prompt token at once, logits only at each prompt's last token.
-        ids = np.concatenate(prompts).astype(np.int32)
-        slots = np.repeat(np.arange(len(prompts), dtype=np.int32), lengths)
-        positions = np.concatenate([np.arange(n, dtype=np.int32) for n in lengths])
-        last = np.cumsum(lengths) - 1
-        produced = np.zeros(len(prompts), dtype=np.int64)
-        with _numba_threads(self.threads):
-            logits = self._model(ids, slots, positions, cache, logit_rows=last)
-        while True:
-            tokens = next_tokens(logits, [seen[i] for i in active], params, rng)
-            finished = yield active, tokens, logits
-            produced[active] += 1
-            for i, t in zip(active, tokens):
-                seen[i] = np.append(seen[i], t)
-            keep = np.array([i not in (finished or ()) and produced[i] < budget[i] for i in active], dtype=bool)
-            active, tokens = active[keep], tokens[keep]
-            if active.size == 0:
-                return
-            step_positions = (lengths[active] + produced[active] - 1).astype(np.int32)
-            with _numba_threads(self.threads):
-                logits = self._model(tokens.astype(np.int32), active.astype(np.int32), step_positions, cache)
+    def _searches(self, prompts: list[np.ndarray], params: GenerationParams, stops: list[str],
+                  output_logits: bool = False) -> list:
+        """One search per prompt, its budget cut to the context."""
+        eos = self.config.eos_token_ids
+        matcher = StopMatcher(stops)
+        stop = (lambda ids: matcher.cut(self._decode(ids)) is not None) if stops else None
+        searches = []
+        for i, prompt in enumerate(prompts):
+            budget = min(params.max_new_tokens, self.config.max_positions - len(prompt))
+            if params.beam:
+                searches.append(BeamSearch(prompt, budget, eos, params))
+            else:
+                rng = np.random.default_rng(None if params.seed is None else [params.seed, i])
+                searches.append(SampleSearch(prompt, budget, eos, params, rng, stop, output_logits))
+        return searches
 
-    def _run(self, prompts: list[np.ndarray], max_new_tokens: int, params: SamplingParams, stop: list[str],
-             num_beams: int, output_logits: bool = False) -> list[dict]:
-        if num_beams != 1:
-            raise InputError("generate_ids runs greedy search or sampling (num_beams=1); use generate for beams")
+    def _stepper(self, searches: list, blocks: int, rows_per_block: int) -> _DecoderStepper:
+        length = max(s.plen + s.max_new_tokens for s in searches)
+        cache = KVCache(self.config, blocks * rows_per_block, length)
+        return _DecoderStepper(self._model, [s.prefix for s in searches],
+                               cache, rows_per_block, self.threads)
+
+    def _run(self, prompts: list[np.ndarray], params: GenerationParams, stops: list[str], batch_size: int,
+             output_logits: bool = False) -> list[list[dict]]:
+        searches = self._searches(prompts, params, stops, output_logits)
+        blocks = min(batch_size, len(searches))
+        run_all(self._stepper(searches, blocks, params.num_beams), searches, blocks, params.num_beams)
         eos = set(self.config.eos_token_ids)
-        matcher = StopMatcher(stop)
-        out_ids: list[list[int]] = [[] for _ in prompts]
-        reasons = ["length"] * len(prompts)
-        texts: list[str | None] = [None] * len(prompts)
-        step_logits: list[list[np.ndarray]] = [[] for _ in prompts]
-        steps = self._steps(prompts, max_new_tokens, params)
-        try:
-            active, tokens, logits = next(steps)
-            while True:
-                finished = []
-                for row, (i, t) in enumerate(zip(active, tokens)):
-                    if output_logits:
-                        step_logits[i].append(logits[row])
-                    if int(t) in eos:
-                        reasons[i] = "eos"
-                        finished.append(i)
-                        continue
-                    out_ids[i].append(int(t))
-                    if stop:
-                        text = self._decode(out_ids[i])
-                        cut = matcher.cut(text)
-                        if cut is not None:
-                            texts[i], reasons[i] = text[:cut], "stop"
-                            finished.append(i)
-                active, tokens, logits = steps.send(finished)
-        except StopIteration:
-            pass
-        results = [{"text": texts[i] if texts[i] is not None else self._decode(out_ids[i]),
-                    "token_ids": out_ids[i], "finish_reason": reasons[i]} for i in range(len(prompts))]
-        if output_logits:
-            for r, rows in zip(results, step_logits):
-                r["logits"] = np.stack(rows)
+        matcher = StopMatcher(stops)
+        results = []
+        for search in searches:
+            hyps = []
+            for hyp in search.results():
+                ids = hyp["token_ids"]
+                reason = hyp.get("finish_reason", "length")
+                if ids and ids[-1] in eos:
+                    ids, reason = ids[:-1], "eos"
+                text = self._decode(ids)
+                cut = matcher.cut(text) if stops else None
+                if cut is not None:
+                    text, reason = text[:cut], "stop"
+                hyps.append({**hyp, "text": text, "token_ids": ids, "finish_reason": reason})
+            results.append(hyps)
         return results
 
-    def _stream(self, prompt: np.ndarray, max_new_tokens: int, params: SamplingParams,
-                stop: list[str]) -> Iterator[str]:
+    def _stream(self, prompt: np.ndarray, params: GenerationParams, stop: list[str]) -> Iterator[str]:
         eos = set(self.config.eos_token_ids)
         matcher = StopMatcher(stop)
         decoder = IncrementalDecoder(self._decode)
         released = 0      # characters of decoder.text already yielded
-        steps = self._steps([prompt], max_new_tokens, params)
-        try:
-            _, tokens, _ = next(steps)
-            while True:
-                token = int(tokens[0])
-                if token in eos:
-                    break
-                decoder.push(token)
-                text = decoder.text
-                cut = matcher.cut(text) if stop else None
-                if cut is not None:
-                    if cut > released:
-                        yield text[released:cut]
-                    return
-                safe = len(text) - (matcher.holdback(text) if stop else 0)
-                if safe > released:
-                    yield text[released:safe]
-                    released = safe
-                _, tokens, _ = steps.send([])
-        except StopIteration:
-            pass
+        searches = self._searches([prompt], params, stop)
+        search = searches[0]
+        for _ in decode(self._stepper(searches, 1, 1), searches, 1, 1):
+            token = search.ids[-1]
+            if token in eos:
+                break
+            decoder.push(token)
+            text = decoder.text
+            cut = matcher.cut(text) if stop else None
+            if cut is not None:
+                if cut > released:
+                    yield text[released:cut]
+                return
+            safe = len(text) - (matcher.holdback(text) if stop else 0)
+            if safe > released:
+                yield text[released:safe]
+                released = safe
         # Whatever is left, decoded exactly as generate() decodes it (held-back text, a trailing partial character).
         final = self._decode(decoder.ids)
         if len(final) > released:
@@ -338,3 +271,29 @@ class Generator:
 
     def _decode(self, ids: list[int]) -> str:
         return self.tokenizer.decode(ids, skip_special_tokens=True)
+
+
+class _DecoderStepper:
+    """The decoder-only model as the generation driver's Stepper: block b is cache slots b·n … b·n + n − 1;
+    a prefill runs whole prompts into each block's first slot."""
+
+    def __init__(self, model: DecoderModel, prompts: list[np.ndarray], cache: KVCache, rows_per_block: int,
+                 threads: int) -> None:
+        self.model, self.prompts, self.cache = model, prompts, cache
+        self.rows_per_block, self.threads = rows_per_block, threads
+
+    def prefill(self, inputs: Sequence[int], blocks: Sequence[int]) -> np.ndarray:
+        prompts = [self.prompts[i] for i in inputs]
+        lengths = np.array([len(p) for p in prompts])
+        ids = np.concatenate(prompts).astype(np.int32)
+        slots = np.repeat(np.asarray(blocks, dtype=np.int32) * self.rows_per_block, lengths)
+        positions = np.concatenate([np.arange(n, dtype=np.int32) for n in lengths])
+        with _numba_threads(self.threads):
+            return self.model(ids, slots, positions, self.cache, logit_rows=np.cumsum(lengths) - 1)
+
+    def step(self, tokens: np.ndarray, slots: np.ndarray, positions: np.ndarray, blocks: np.ndarray) -> np.ndarray:
+        with _numba_threads(self.threads):
+            return self.model(tokens, slots, positions, self.cache)
+
+    def copy_slots(self, dest: np.ndarray, src: np.ndarray, upto: int) -> None:
+        self.cache.copy_slots(dest, src, upto)

@@ -19,9 +19,9 @@ import numpy as np
 
 from . import __version__
 from . import format as fmt
-from .beam import log_softmax, top_k
 from .config import DecoderConfig, EncoderConfig, Seq2SeqConfig
 from .decoder import DecoderModel, KVCache
+from .generation.beam import log_softmax, top_k
 from .kernels import (
     activations,
     attention,

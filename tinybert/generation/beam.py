@@ -6,10 +6,9 @@ Algorithm (transformers' vectorised ``_beam_search``, batch of one):
 * State: ``num_beams`` running beams (generated ids + summed log-probabilities; at the start one real beam
   with score 0 and ``num_beams - 1`` copies of it with score -1e9, so that the first step expands one beam)
   and up to ``num_beams`` finished hypotheses (ids + length-penalised score).
-* Per step: float32 ``log_softmax`` of the last-position logits → processors on the log-probabilities, in
-  generate()'s order: repetition penalty → no-repeat n-gram → bad tokens → min new tokens (EOS banned) →
-  forced BOS → forced EOS → add each beam's running score → the top ``K = max(2, 1 + n_eos) · num_beams``
-  (beam, token) candidates over the flattened ``[num_beams · vocab]`` scores.
+* Per step: float32 ``log_softmax`` of the last-position logits → the processors of processors.py on the
+  log-probabilities, in generate()'s order → add each beam's running score → the top
+  ``K = max(2, 1 + n_eos) · num_beams`` (beam, token) candidates over the flattened ``[num_beams · vocab]`` scores.
 * A candidate "hits a stopping criterion" if its token is an EOS id or the generation reaches
   ``max_new_tokens``. Among the best ``num_beams`` candidates, the hits become finished hypotheses with
   score ``sum_logprobs / generated_len ** length_penalty`` (``generated_len`` counts the new tokens only,
@@ -29,78 +28,16 @@ scores) are broken by the lower flat index (beam-major); torch.topk leaves that 
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 
 import numpy as np
 
-from .errors import InputError
-from .generation import apply_repetition_penalty
-from .kernels.search import log_softmax_rows, top_k_flat
+from ..errors import InputError
+from ..kernels.search import log_softmax_rows, top_k_flat
+from .params import GenerationParams, id_tuple, is_int
+from .processors import Processors
 
 # transformers' "this beam does not exist / may not be chosen" score.
 _NEG = np.float32(-1e9)
-MAX_BEAMS = 256
-"""Beams per input at most: each step scores beams x vocabulary candidates and each beam holds a KV
-cache, so a beam count in the millions would run for hours or exhaust memory instead of failing."""
-
-
-def _is_int(x: object) -> bool:
-    return isinstance(x, (int, np.integer)) and not isinstance(x, bool)
-
-
-@dataclass(frozen=True)
-class BeamParams:
-    """Beam-search settings, named and meant as in transformers' GenerationConfig.
-
-    ``forced_bos_token_id``: the only allowed token while the sequence (prefix included) has length 1 —
-    for encoder-decoder models, the first token after the decoder start (mBART/NLLB target language).
-    ``forced_eos_token_id`` (one id or several): the only allowed token(s) at the last step
-    (``max_new_tokens``-th token), as BART/Marian configs set it. ``bad_token_ids``: single-token
-    ``bad_words_ids`` (e.g. Marian's pad): never generated; EOS ids are exempt, as in transformers.
-    ``num_beams=1`` runs this beam search with one beam (transformers would run greedy search instead).
-    """
-
-    num_beams: int
-    length_penalty: float = 1.0
-    early_stopping: bool | str = False      # True, False or "never", as transformers
-    num_return_sequences: int = 1
-    no_repeat_ngram_size: int = 0
-    min_new_tokens: int = 0
-    repetition_penalty: float | None = None
-    forced_bos_token_id: int | None = None
-    forced_eos_token_id: int | tuple[int, ...] | None = None
-    bad_token_ids: tuple[int, ...] = ()
-
-    def validate(self) -> None:
-        """Raise InputError on a bad value."""
-        if not _is_int(self.num_beams) or not 1 <= self.num_beams <= MAX_BEAMS:
-            raise InputError(f"num_beams must be an integer from 1 to {MAX_BEAMS}, got {self.num_beams!r}")
-        lp = self.length_penalty
-        if isinstance(lp, bool) or not isinstance(lp, (int, float)) or not np.isfinite(lp) or abs(lp) > 100:
-            raise InputError(f"length_penalty must be a number from -100 to 100, got {lp!r}")
-        if not (self.early_stopping is True or self.early_stopping is False or self.early_stopping == "never"):
-            raise InputError(f"early_stopping must be True, False or 'never', got {self.early_stopping!r}")
-        n = self.num_return_sequences
-        if not _is_int(n) or n < 1:
-            raise InputError(f"num_return_sequences must be a positive integer, got {n!r}")
-        if n > self.num_beams:
-            raise InputError(f"num_return_sequences ({n}) cannot exceed num_beams ({self.num_beams})")
-        for name in ("no_repeat_ngram_size", "min_new_tokens"):
-            v = getattr(self, name)
-            if not _is_int(v) or v < 0:
-                raise InputError(f"{name} must be an integer ≥ 0, got {v!r}")
-        r = self.repetition_penalty
-        if r is not None and (isinstance(r, bool) or not isinstance(r, (int, float)) or not np.isfinite(r)
-                              or r <= 0):
-            raise InputError(f"repetition_penalty must be a positive number or None, got {r!r}")
-        if self.forced_bos_token_id is not None and (not _is_int(self.forced_bos_token_id)
-                                                     or self.forced_bos_token_id < 0):
-            raise InputError(f"forced_bos_token_id must be a token id or None, got {self.forced_bos_token_id!r}")
-        for name in ("forced_eos_token_id", "bad_token_ids"):
-            v = getattr(self, name)
-            ids = () if v is None else (v,) if _is_int(v) else v
-            if not isinstance(ids, (tuple, list)) or not all(_is_int(i) and i >= 0 for i in ids):
-                raise InputError(f"{name} must be token ids, got {v!r}")
 
 
 def log_softmax(logits: np.ndarray) -> np.ndarray:
@@ -126,30 +63,14 @@ def top_k(values: np.ndarray, k: int, add: np.ndarray | None = None) -> tuple[np
     return idx, val
 
 
-def banned_ngram_tokens(seq: np.ndarray, n: int) -> np.ndarray:
-    """Tokens that would repeat an n-gram of ``seq`` (transformers' NoRepeatNGramLogitsProcessor): every
-    token that followed an earlier occurrence of the last n-1 tokens."""
-    if n <= 0 or seq.size < n:
-        return seq[:0]
-    windows = np.lib.stride_tricks.sliding_window_view(seq, n)
-    match = (windows[:, :-1] == seq[seq.size - n + 1:]).all(axis=1)
-    return windows[match, -1]
-
-
 def _length_penalty(length: int, exponent: float) -> np.float32:
     """length ** exponent as a float32 (inf or 0 past float range, as torch computes it; never an error)."""
     with np.errstate(over="ignore", under="ignore"):
         return np.float32(np.power(np.float64(length), np.float64(exponent)))
 
 
-def _id_tuple(v: int | Sequence[int] | None) -> tuple[int, ...]:
-    if v is None:
-        return ()
-    return (int(v),) if _is_int(v) else tuple(int(i) for i in v)
-
-
 def beam_search(step: Callable[[np.ndarray, np.ndarray], np.ndarray], prefix: Sequence[int], max_new_tokens: int,
-                eos_ids: set[int] | Sequence[int], params: BeamParams) -> list[dict]:
+                eos_ids: set[int] | Sequence[int], params: GenerationParams) -> list[dict]:
     """Beam search for ONE input; returns ``num_return_sequences`` dicts ``{"token_ids": [...], "score": float}``,
     best first. ``token_ids`` are the new tokens only (an EOS that ended the hypothesis included);
     ``score`` is the length-penalised beam score transformers reports as ``sequences_scores``.
@@ -191,26 +112,26 @@ class BeamSearch:
     then ``results()``. Each search only ever sees its own rows, so results do not depend on the batch."""
 
     def __init__(self, prefix: Sequence[int], max_new_tokens: int, eos_ids: set[int] | Sequence[int],
-                 params: BeamParams) -> None:
+                 params: GenerationParams) -> None:
         params.validate()
         prefix_arr = np.asarray(list(prefix), dtype=np.int64)
         if prefix_arr.ndim != 1 or prefix_arr.size == 0:
             raise InputError("prefix must hold at least one token id (the prompt, BOS or the decoder start)")
         if (prefix_arr < 0).any():
             raise InputError("prefix token ids must be ≥ 0")
-        if not _is_int(max_new_tokens) or max_new_tokens < 1:
+        if not is_int(max_new_tokens) or max_new_tokens < 1:
             raise InputError(f"max_new_tokens must be a positive integer, got {max_new_tokens!r}")
-        eos = _id_tuple(sorted(set(int(e) for e in eos_ids)))
+        eos = id_tuple(sorted(set(int(e) for e in eos_ids)))
         if any(e < 0 for e in eos):
             raise InputError(f"eos ids must be ≥ 0, got {eos}")
         self.params = params
         self.max_new_tokens = int(max_new_tokens)
         self.eos = eos
-        self.forced_eos = _id_tuple(params.forced_eos_token_id)
-        self.bad = tuple(sorted(set(params.bad_token_ids) - set(eos)))      # transformers exempts EOS
+        self.processors = Processors(params, eos, int(max_new_tokens), prefix_arr.size)
         self.eos_arr = np.asarray(eos, dtype=np.int64)
         nb = params.num_beams
         self.n_keep = max(2, 1 + len(eos)) * nb        # enough candidates that ≥ nb of them are not EOS
+        self.prefix = prefix_arr
         self.plen = prefix_arr.size
         # Rows of `hist`: prefix + generated ids of each row of the last feed (1 row at the first).
         self.hist = prefix_arr[None, :]
@@ -233,38 +154,21 @@ class BeamSearch:
         if self.done:
             raise InputError("the search has ended")
         params, t, nb = self.params, self.t, self.params.num_beams
-        hist, eos, forced_eos, bad = self.hist, self.eos, self.forced_eos, self.bad
-        max_new_tokens, lp_exp, rep = self.max_new_tokens, float(params.length_penalty), params.repetition_penalty
+        hist, max_new_tokens, lp_exp = self.hist, self.max_new_tokens, float(params.length_penalty)
         logits = np.asarray(logits)
         rows = hist.shape[0]
         if logits.ndim != 2 or logits.shape[0] != rows or (self.vocab is not None and logits.shape[1] != self.vocab):
             raise InputError(f"step() must return logits [{rows}, vocab], got shape {logits.shape}")
         if self.vocab is None:
             self.vocab = logits.shape[1]
-            used = eos + forced_eos + bad + _id_tuple(params.forced_bos_token_id)
-            if any(i >= self.vocab for i in used):
-                raise InputError(f"eos/forced/bad token ids must be < vocab size {self.vocab}, got {used}")
+            params.check_vocabulary(self.vocab, self.eos)
         vocab = self.vocab
         lp = log_softmax(logits)
 
         # Logits processors, on log-probabilities as transformers' beam search applies them (so the
         # repetition penalty multiplies log-probs, which are all ≤ 0). The first step's single row stands
         # for the nb identical rows transformers processes.
-        if rep is not None and rep != 1:
-            lp = apply_repetition_penalty(lp, list(hist), rep)
-        if params.no_repeat_ngram_size:
-            for r in range(rows):
-                lp[r, banned_ngram_tokens(hist[r], params.no_repeat_ngram_size)] = -np.inf
-        if bad:
-            lp[:, bad] = -np.inf
-        if t < params.min_new_tokens and eos:
-            lp[:, eos] = -np.inf
-        if params.forced_bos_token_id is not None and self.plen + t == 1:
-            lp[:] = -np.inf
-            lp[:, params.forced_bos_token_id] = 0.0
-        if forced_eos and t == max_new_tokens - 1:
-            lp[:] = -np.inf
-            lp[:, forced_eos] = 0.0
+        lp = self.processors(lp, hist, t)
 
         if rows == 1:
             # Expand the one real beam to nb beams (scores 0, -1e9, ...), exactly as transformers starts.
