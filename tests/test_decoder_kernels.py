@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from tinybert.kernels import decoder, rope
+from tinybert.kernels import activations, decoder, rope
 
 RNG = np.random.default_rng(20240611)
 
@@ -53,7 +53,9 @@ def test_rms_norm_covers_both_paths():
     assert 7 * 33 < decoder.PARALLEL_MIN_WORK <= 40 * 2048
 
 
-# ----------------------------------------------------------------------------------------- silu_mul
+# ------------------------------------------------------------------------------ gated silu (SwiGLU)
+
+SILU = activations.GATED.index("silu")
 
 @pytest.mark.parametrize("rows,inter", [(1, 1), (1, 5632), (3, 37), (48, 1500)])
 def test_silu_mul_matches_torch(rows, inter):
@@ -63,7 +65,7 @@ def test_silu_mul_matches_torch(rows, inter):
     flat[: min(flat.size, special.size)] = special[: flat.size]
     gate_up[:, :inter] = flat.reshape(rows, inter)
     out = np.full((rows, inter), np.nan, np.float32)
-    decoder.silu_mul(gate_up, out)
+    activations.gated(gate_up, out, SILU)
 
     gate, up = torch.from_numpy(gate_up[:, :inter]), torch.from_numpy(gate_up[:, inter:])
     expected = (torch.nn.functional.silu(gate) * up).numpy()
@@ -77,13 +79,13 @@ def test_silu_mul_matches_torch(rows, inter):
 def test_silu_mul_extremes():
     gate_up = np.array([[100.0, -100.0, 1e4, -1e4, 3.0e38, -3.0e38, 2.0, 3.0, 0.5, 0.5, 1.0, 1.0]], np.float32)
     out = np.empty((1, 6), np.float32)
-    decoder.silu_mul(gate_up, out)
+    activations.gated(gate_up, out, SILU)
     assert np.isfinite(out).all()
     np.testing.assert_allclose(out[0], [200.0, 0.0, 5e3, 0.0, 3.0e38, 0.0], rtol=1e-6, atol=1e-30)
 
 
 def test_silu_mul_covers_both_paths():
-    assert 3 * 37 < decoder.PARALLEL_MIN_WORK <= 48 * 1500
+    assert 3 * 37 < activations.GELU_PARALLEL_MIN <= 48 * 1500
 
 
 # ---------------------------------------------------------------------------------------------- RoPE

@@ -172,10 +172,17 @@ def test_embeddings():
     table = q.astype(np.float32) * s[:, None]
     expected = table[ids] + pos_table[pos] + type_table[typ]
     out = np.empty((tokens, dim), dtype=np.float32)
-    embeddings.embed_int8(ids, pos, typ, q, s, pos_table, type_table, out)
+    one, none = np.float32(1.0), np.zeros(0, dtype=np.float32)
+    embeddings.embed(ids, pos, typ, q, s, one, pos_table, type_table, out)
     np.testing.assert_allclose(out, expected, atol=1e-6)
-    embeddings.embed_fp32(ids, pos, typ, table, pos_table, type_table, out)
+    embeddings.embed(ids, pos, typ, table, none, one, pos_table, type_table, out)
     np.testing.assert_allclose(out, expected, atol=1e-6)
+    # A factor (Marian's √d) scales the token rows only; tables without rows are left out.
+    factor, empty = np.float32(3.0), np.zeros((0, dim), dtype=np.float32)
+    embeddings.embed(ids, pos, typ, q, s, factor, empty, empty, out)
+    np.testing.assert_allclose(out, table[ids] * 3, rtol=1e-6, atol=1e-6)
+    embeddings.embed(ids, pos, typ, table, none, factor, pos_table, empty, out)
+    np.testing.assert_allclose(out, table[ids] * 3 + pos_table[pos], rtol=1e-6, atol=1e-6)
 
 
 @njit(cache=False)
