@@ -55,7 +55,7 @@ def test_rms_norm_covers_both_paths():
 
 # ------------------------------------------------------------------------------ gated silu (SwiGLU)
 
-SILU = activations.GATED.index("silu")
+SILU = activations.KINDS.index("silu")
 
 @pytest.mark.parametrize("rows,inter", [(1, 1), (1, 5632), (3, 37), (48, 1500)])
 def test_silu_mul_matches_torch(rows, inter):

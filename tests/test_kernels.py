@@ -37,7 +37,7 @@ def test_layer_norm(rows, dim):
     np.testing.assert_allclose(x, expected, atol=2e-5)
 
 
-@pytest.mark.parametrize("name", ["gelu", "gelu_tanh", "relu"])
+@pytest.mark.parametrize("name", ["gelu", "gelu_tanh", "relu", "silu"])
 def test_activations(name):
     x = (RNG.standard_normal((5, 67)) * 4).astype(np.float32)
     x[0, :5] = [0.0, -0.0, 10.0, -10.0, 1e-3]
@@ -46,6 +46,8 @@ def test_activations(name):
         expected = 0.5 * xd * (1 + np.vectorize(math.erf)(xd / math.sqrt(2)))
     elif name == "gelu_tanh":
         expected = 0.5 * xd * (1 + np.tanh(math.sqrt(2 / math.pi) * (xd + 0.044715 * xd ** 3)))
+    elif name == "silu":
+        expected = xd / (1 + np.exp(-xd))
     else:
         expected = np.maximum(xd, 0)
     activations.ACTIVATIONS[name](x)

@@ -33,9 +33,21 @@ def _check_keys(cls: type, data: object, optional: tuple[str, ...] = ("kind",)) 
         raise ModelFileError(f"config has unknown keys {', '.join(unknown)}")
 
 
+# Keys files of earlier converters wrote, by kind, and their names in the one vocabulary (BlockConfig's).
+_OLD_KEYS = {"encoder": {"layer_norm_eps": "norm_eps"}}
+
+
 def _from_file(cls: type, data: object, optional: tuple[str, ...] = ("kind",), tuples: tuple[str, ...] = ()):
-    """A config dataclass from a file's JSON: exactly its fields (``optional`` ones may be missing), the
-    ``tuples`` fields given as JSON lists, then ``validate()``; any inconsistency is a ModelFileError."""
+    """A config dataclass from a file's JSON: exactly its fields (``optional`` ones may be missing; keys of
+    earlier converters are read under their new names), the ``tuples`` fields given as JSON lists, then
+    ``validate()``; any inconsistency is a ModelFileError."""
+    if isinstance(data, dict):
+        data = dict(data)
+        for old, new in _OLD_KEYS.get(data.get("kind", cls.kind), {}).items():
+            if old in data:
+                if new in data:
+                    raise ModelFileError(f"config has both {old} and {new}")
+                data[new] = data.pop(old)
     _check_keys(cls, data, optional)
     data = dict(data)
     for name in tuples:
@@ -142,7 +154,7 @@ class EncoderConfig:
     max_positions: int
     type_vocab_size: int
     activation: str
-    layer_norm_eps: float
+    norm_eps: float
     position_scheme: str
     pad_token_id: int
     max_length: int
@@ -160,7 +172,7 @@ class EncoderConfig:
     def block(self) -> BlockConfig:
         return BlockConfig(hidden_size=self.hidden_size, num_heads=self.num_heads, num_kv_heads=self.num_heads,
                            head_dim=self.head_dim, intermediate_size=self.intermediate_size, norm="layernorm",
-                           norm_eps=self.layer_norm_eps, pre_norm=False, activation=self.activation, gated_mlp=False,
+                           norm_eps=self.norm_eps, pre_norm=False, activation=self.activation, gated_mlp=False,
                            positions="learned", max_positions=self.max_positions)
 
     def to_dict(self) -> dict:
@@ -188,9 +200,6 @@ class EncoderConfig:
             raise ModelFileError("config hidden_size is not a multiple of num_heads")
         if self.position_scheme not in POSITION_SCHEMES:
             raise ModelFileError(f"config position_scheme {self.position_scheme!r} is unknown")
-        if isinstance(self.layer_norm_eps, bool) or not isinstance(self.layer_norm_eps, (int, float)) \
-                or not 0 < self.layer_norm_eps < float("inf"):
-            raise ModelFileError("config layer_norm_eps must be a positive number")
         self.block.validate()
         if self.pad_token_id >= self.vocab_size:
             raise ModelFileError("config pad_token_id is outside the vocabulary")

@@ -39,7 +39,7 @@ class EncoderModel:
     def __init__(self, cfg: EncoderConfig, tensors: dict[str, np.ndarray]) -> None:
         self.config = cfg
         self.block_config = cfg.block
-        self.embeddings = Embeddings(tensors, "", "learned", cfg.max_positions, norm_eps=cfg.layer_norm_eps)
+        self.embeddings = Embeddings(tensors, "", "learned", cfg.max_positions, norm_eps=cfg.norm_eps)
         self.positions = Positions(self.block_config, tensors)
         self.blocks = [TransformerBlock(self.block_config, tensors, fmt.layer_prefix(i), i)
                        for i in range(cfg.num_layers)]

@@ -1,4 +1,4 @@
-"""Element-wise activations, in place on float32 [T, I].
+"""Element-wise activations, in place on float32 [T, I]: ``activate(x, kind)``, ``kind`` an index into KINDS.
 
 gelu:      x * Φ(x) = 0.5 x (1 + erf(x / √2))                (BERT "gelu")
            (erf from mathfn: a float32 rational approximation that vectorises, |error| < 5e-7)
@@ -7,7 +7,7 @@ relu:      max(x, 0)
 silu:      x / (1 + e**-x)                                   ("silu", "swish")
 
 ``gated`` is the gated MLP's activation (SwiGLU, GEGLU, ...): out = act(gate) · up for gate_up =
-[gate | up], the fused GEMM's [T, 2I] output; ``act`` is one of the above, by its index in GATED.
+[gate | up], the fused GEMM's [T, 2I] output; ``act`` is one of the above, by its index in KINDS.
 """
 
 import math
@@ -76,44 +76,31 @@ def _relu_row(x, r):
             x[r, i] = 0.0
 
 
-@njit(cache=True, nogil=True, parallel=True, error_model="numpy")
-def gelu(x):
-    if x.size < GELU_PARALLEL_MIN:
-        for r in range(x.shape[0]):
-            _gelu_row(x, r)
-    else:
-        for r in prange(x.shape[0]):
-            _gelu_row(x, np.int64(r))   # prange's index is uint64: one signature, not two
+KINDS = ("gelu", "gelu_tanh", "relu", "silu")     # ``kind`` of activate and gated: an index into this
 
 
-@njit(cache=True, nogil=True, parallel=True, error_model="numpy")
-def gelu_tanh(x):
-    if x.size < GELU_PARALLEL_MIN:
-        for r in range(x.shape[0]):
-            _gelu_tanh_row(x, r)
+@njit(cache=True, nogil=True, error_model="numpy")
+def _activate_row(x, r, kind):
+    if kind == 0:
+        _gelu_row(x, r)
+    elif kind == 1:
+        _gelu_tanh_row(x, r)
+    elif kind == 2:
+        _relu_row(x, r)
     else:
-        for r in prange(x.shape[0]):
-            _gelu_tanh_row(x, np.int64(r))
+        _silu_row(x, r)
 
 
 @njit(cache=True, nogil=True, parallel=True, error_model="numpy")
-def relu(x):
-    if x.size < PARALLEL_MIN_WORK:
+def activate(x, kind):
+    # ReLU is a compare per element: a fork/join pays only from PARALLEL_MIN_WORK; the others from
+    # GELU_PARALLEL_MIN.
+    if x.size < (PARALLEL_MIN_WORK if kind == 2 else GELU_PARALLEL_MIN):
         for r in range(x.shape[0]):
-            _relu_row(x, r)
+            _activate_row(x, r, kind)
     else:
         for r in prange(x.shape[0]):
-            _relu_row(x, np.int64(r))
-
-
-@njit(cache=True, nogil=True, parallel=True, error_model="numpy")
-def silu(x):
-    if x.size < PARALLEL_MIN_WORK:
-        for r in range(x.shape[0]):
-            _silu_row(x, r)
-    else:
-        for r in prange(x.shape[0]):
-            _silu_row(x, np.int64(r))
+            _activate_row(x, np.int64(r), kind)   # prange's index is uint64: one signature, not two
 
 
 @njit(cache=True, nogil=True, error_model="numpy")
@@ -123,22 +110,14 @@ def _gated_row(gate_up, out, r, kind):
     inter = out.shape[1]
     for i in range(inter):
         out[r, i] = gate_up[r, i]
-    if kind == 0:
-        _gelu_row(out, r)
-    elif kind == 1:
-        _gelu_tanh_row(out, r)
-    elif kind == 2:
-        _relu_row(out, r)
-    else:
-        _silu_row(out, r)
+    _activate_row(out, r, kind)
     for i in range(inter):
         out[r, i] *= gate_up[r, inter + i]
 
 
 @njit(cache=True, nogil=True, parallel=True, error_model="numpy")
 def gated(gate_up, out, kind):
-    # gate_up float32 [T, 2I] (gate columns first), out float32 [T, I] not overlapping it; kind an
-    # index into GATED.
+    # gate_up float32 [T, 2I] (gate columns first), out float32 [T, I] not overlapping it.
     if out.size < GELU_PARALLEL_MIN:
         for r in range(out.shape[0]):
             _gated_row(gate_up, out, r, kind)
@@ -147,8 +126,13 @@ def gated(gate_up, out, kind):
             _gated_row(gate_up, out, np.int64(r), kind)
 
 
-ACTIVATIONS = {"gelu": gelu, "gelu_tanh": gelu_tanh, "relu": relu, "silu": silu}
-GATED = ("gelu", "gelu_tanh", "relu", "silu")     # gated's ``kind``: an index into this
+def _in_place(kind: int):
+    def run(x: np.ndarray) -> None:
+        activate(x, kind)
+    return run
+
+
+ACTIVATIONS = {name: _in_place(kind) for kind, name in enumerate(KINDS)}   # name → f(x), in place
 
 
 fast_cache_loading(globals())   # warm starts skip Numba's compiler set-up (see jitcache.py)

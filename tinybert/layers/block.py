@@ -15,7 +15,7 @@ import numpy as np
 
 from .. import format as fmt
 from ..config import BlockConfig
-from ..kernels.activations import ACTIVATIONS, GATED, gated
+from ..kernels.activations import KINDS, activate, gated
 from .attention import CachedRows, CrossAttention, PackedRows, SelfAttention
 from .linear import Linear
 from .norm import Norm
@@ -27,20 +27,20 @@ class MLP:
     def __init__(self, cfg: BlockConfig, tensors: dict[str, np.ndarray], prefix: str) -> None:
         self.up = Linear(tensors, prefix + fmt.MLP_UP)
         self.down = Linear(tensors, prefix + fmt.MLP_DOWN)
-        self.activation = ACTIVATIONS[cfg.activation]
-        self.gate = GATED.index(cfg.activation) if cfg.gated_mlp else None
+        self.kind = KINDS.index(cfg.activation)
+        self.gated = cfg.gated_mlp
 
     def linears(self) -> list[Linear]:
         return [self.up, self.down]
 
     def __call__(self, x: np.ndarray, rows: PackedRows | CachedRows, layer: int) -> np.ndarray:
         hidden = self.up(x, rows.threads)
-        if self.gate is None:
-            self.activation(hidden)
-        else:
+        if self.gated:
             gate_up, hidden = hidden, np.empty((hidden.shape[0], hidden.shape[1] // 2), dtype=np.float32)
-            gated(gate_up, hidden, self.gate)
+            gated(gate_up, hidden, self.kind)
             del gate_up
+        else:
+            activate(hidden, self.kind)
         return self.down(hidden, rows.threads)
 
 
