@@ -58,7 +58,7 @@ def test_rms_norm_covers_both_paths():
 SILU = activations.KINDS.index("silu")
 
 @pytest.mark.parametrize("rows,inter", [(1, 1), (1, 5632), (3, 37), (48, 1500)])
-def test_silu_mul_matches_torch(rows, inter):
+def test_gated_silu_matches_torch(rows, inter):
     gate_up = (RNG.standard_normal((rows, 2 * inter)) * 4).astype(np.float32)
     special = np.array([100.0, -100.0, 88.0, -88.0, 90.0, -90.0, 0.0, -0.0, 1e-3, -1e-3, 20.0, -20.0], np.float32)
     flat = gate_up[:, :inter].reshape(-1)
@@ -76,7 +76,7 @@ def test_silu_mul_matches_torch(rows, inter):
     np.testing.assert_allclose(out, reference, rtol=1e-5, atol=1e-6)
 
 
-def test_silu_mul_extremes():
+def test_gated_silu_extremes():
     gate_up = np.array([[100.0, -100.0, 1e4, -1e4, 3.0e38, -3.0e38, 2.0, 3.0, 0.5, 0.5, 1.0, 1.0]], np.float32)
     out = np.empty((1, 6), np.float32)
     activations.gated(gate_up, out, SILU)
@@ -84,7 +84,7 @@ def test_silu_mul_extremes():
     np.testing.assert_allclose(out[0], [200.0, 0.0, 5e3, 0.0, 3.0e38, 0.0], rtol=1e-6, atol=1e-30)
 
 
-def test_silu_mul_covers_both_paths():
+def test_gated_silu_covers_both_paths():
     assert 3 * 37 < activations.GELU_PARALLEL_MIN <= 48 * 1500
 
 
