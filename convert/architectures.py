@@ -111,7 +111,7 @@ def encoder_config(hf: dict, max_seq_length: int | None = None) -> EncoderConfig
         max_positions=max_positions,
         type_vocab_size=0 if model_type == "distilbert" else int(hf.get("type_vocab_size", 0) or 0),
         activation=activation,
-        layer_norm_eps=float(hf.get("layer_norm_eps", 1e-12)),
+        norm_eps=float(hf.get("layer_norm_eps", 1e-12)),
         position_scheme=family.position_scheme,
         pad_token_id=pad,
         max_length=max_length,

@@ -35,7 +35,7 @@ class HeadNames:
     mlm_bias: str
     mlm_activation: str | None      # None: the encoder's own hidden activation
     mlm_width: str                  # "hidden" or "embedding" (ELECTRA's generator head)
-    mlm_norm_eps: float | None      # None: the encoder's layer_norm_eps
+    mlm_norm_eps: float | None      # None: the encoder's norm_eps
 
 
 _ROBERTA = HeadNames(
@@ -151,7 +151,7 @@ def canonical_head(hf: dict, cfg: EncoderConfig, tensors: dict[str, np.ndarray],
         width = cfg.hidden_size if names.mlm_width == "hidden" else cfg.embedding_size
         tied = bool(hf.get("tie_word_embeddings", True))
         fields.update(mlm_size=width, mlm_activation=act, mlm_tied=tied,
-                      mlm_norm_eps=float(names.mlm_norm_eps or cfg.layer_norm_eps))
+                      mlm_norm_eps=float(names.mlm_norm_eps or cfg.norm_eps))
         linear("head.mlm.dense", names.mlm_dense)
         linear("head.mlm.norm", names.mlm_norm)
         out["head.mlm.decoder.bias"] = _first(take, names.mlm_bias, names.mlm_decoder + ".bias")

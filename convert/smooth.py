@@ -34,9 +34,9 @@ from pathlib import Path
 import numpy as np
 
 from tinybert import format as fmt
-from tinybert.blocks import Linear
 from tinybert.config import EncoderConfig
 from tinybert.errors import ConversionError
+from tinybert.layers import Linear
 from tinybert.models import EncoderModel
 from tinybert.tokenizer import load_tokenizer, pack
 
@@ -86,8 +86,7 @@ def _reference(cfg: EncoderConfig, tensors: dict[str, np.ndarray],
     model = EncoderModel(cfg, tensors)
     observed: dict[str, _Observed] = {}
     for i, block in enumerate(model.blocks):
-        for attr, kind in (("qkv", "attn.qkv"), ("up", "mlp.up")):
-            layer = getattr(block, attr)
+        for layer, kind in ((block.attn.qkv, "attn.qkv"), (block.mlp.up, "mlp.up")):
             layer.__class__ = _Observed
             layer.amax = np.zeros(layer.in_features, dtype=np.float32)
             observed[f"{fmt.layer_prefix(i)}{kind}"] = layer

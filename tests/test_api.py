@@ -82,8 +82,8 @@ def test_pooling_chunk_by_chunk_equals_pooling_the_hidden_states(minilm_files, s
 def test_row_bands_only_where_the_weights_fit_the_cache(minilm_files, sentences, monkeypatch):
     # A few rows split by rows make each thread read every weight: the encoder allows it only when its
     # int8 weights fit gemm_vnni.ROW_BANDS_WEIGHTS, and the result is the same either way.
-    from tinybert import blocks
     from tinybert.kernels import gemm_vnni
+    from tinybert.layers import use_row_bands
 
     enc = tinybert.Encoder(minilm_files["int8"], threads=2)
     layers = [layer for block in enc._model.blocks for layer in block.linears()]
@@ -97,7 +97,7 @@ def test_row_bands_only_where_the_weights_fit_the_cache(minilm_files, sentences,
         monkeypatch.setattr(gemm_vnni, "ROW_BANDS_WEIGHTS", budget)
         for layer in layers:
             layer.row_bands = False
-        blocks.use_row_bands(layers)
+        use_row_bands(layers)
         assert all(layer.row_bands == banded for layer in quads)
         if banded:
             with_bands = enc.encode(text)
@@ -388,7 +388,7 @@ def test_quads_kernels_run_the_whole_model_on_any_cpu(isa, minilm_files, sentenc
         enc = tinybert.Encoder({str(minilm_files["int8"])!r})
         np.save(sys.argv[1], enc.encode({texts!r}, batch_size=24))
         np.save(sys.argv[2], enc.encode({short!r}))
-        print(gemm.best_layout(), gemm_vnni.AMX_AVAILABLE, enc._model.blocks[0].qkv._quads)
+        print(gemm.best_layout(), gemm_vnni.AMX_AVAILABLE, enc._model.blocks[0].attn.qkv._quads)
     """)
     result = subprocess.run([sys.executable, "-c", code, str(tmp_path / "a.npy"), str(tmp_path / "b.npy")],
                             env=env, capture_output=True, text=True, timeout=900)

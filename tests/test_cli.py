@@ -141,7 +141,7 @@ def test_info_json(cli_env, model, minilm_dir):
     assert cfg["intermediate_size"] == hf["intermediate_size"]
     assert cfg["max_positions"] == hf["max_position_embeddings"]
     assert cfg["type_vocab_size"] == hf["type_vocab_size"]
-    assert cfg["layer_norm_eps"] == hf["layer_norm_eps"]
+    assert cfg["norm_eps"] == hf["layer_norm_eps"]
     assert cfg["pad_token_id"] == hf["pad_token_id"]
     assert cfg["activation"] == hf["hidden_act"]
     assert cfg["max_length"] == st["max_seq_length"]

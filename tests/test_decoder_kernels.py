@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from tinybert.kernels import decoder, rope
+from tinybert.kernels import activations, decoder, rope
 
 RNG = np.random.default_rng(20240611)
 
@@ -53,17 +53,19 @@ def test_rms_norm_covers_both_paths():
     assert 7 * 33 < decoder.PARALLEL_MIN_WORK <= 40 * 2048
 
 
-# ----------------------------------------------------------------------------------------- silu_mul
+# ------------------------------------------------------------------------------ gated silu (SwiGLU)
+
+SILU = activations.KINDS.index("silu")
 
 @pytest.mark.parametrize("rows,inter", [(1, 1), (1, 5632), (3, 37), (48, 1500)])
-def test_silu_mul_matches_torch(rows, inter):
+def test_gated_silu_matches_torch(rows, inter):
     gate_up = (RNG.standard_normal((rows, 2 * inter)) * 4).astype(np.float32)
     special = np.array([100.0, -100.0, 88.0, -88.0, 90.0, -90.0, 0.0, -0.0, 1e-3, -1e-3, 20.0, -20.0], np.float32)
     flat = gate_up[:, :inter].reshape(-1)
     flat[: min(flat.size, special.size)] = special[: flat.size]
     gate_up[:, :inter] = flat.reshape(rows, inter)
     out = np.full((rows, inter), np.nan, np.float32)
-    decoder.silu_mul(gate_up, out)
+    activations.gated(gate_up, out, SILU)
 
     gate, up = torch.from_numpy(gate_up[:, :inter]), torch.from_numpy(gate_up[:, inter:])
     expected = (torch.nn.functional.silu(gate) * up).numpy()
@@ -74,16 +76,16 @@ def test_silu_mul_matches_torch(rows, inter):
     np.testing.assert_allclose(out, reference, rtol=1e-5, atol=1e-6)
 
 
-def test_silu_mul_extremes():
+def test_gated_silu_extremes():
     gate_up = np.array([[100.0, -100.0, 1e4, -1e4, 3.0e38, -3.0e38, 2.0, 3.0, 0.5, 0.5, 1.0, 1.0]], np.float32)
     out = np.empty((1, 6), np.float32)
-    decoder.silu_mul(gate_up, out)
+    activations.gated(gate_up, out, SILU)
     assert np.isfinite(out).all()
     np.testing.assert_allclose(out[0], [200.0, 0.0, 5e3, 0.0, 3.0e38, 0.0], rtol=1e-6, atol=1e-30)
 
 
-def test_silu_mul_covers_both_paths():
-    assert 3 * 37 < decoder.PARALLEL_MIN_WORK <= 48 * 1500
+def test_gated_silu_covers_both_paths():
+    assert 3 * 37 < activations.GELU_PARALLEL_MIN <= 48 * 1500
 
 
 # ---------------------------------------------------------------------------------------------- RoPE

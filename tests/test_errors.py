@@ -196,6 +196,23 @@ def test_config_inconsistent_in_file(bert, tmp_path):
     assert "num_heads" in msg
 
 
+def test_encoder_file_of_the_earlier_vocabulary_loads(bert, tmp_path):
+    """Converters before the one block vocabulary wrote an encoder's ``layer_norm_eps``: it is read as
+    ``norm_eps``, with the same outputs; a file with both is inconsistent."""
+    def rename(m, keep_new=False):
+        cfg = json.loads(m[fmt.KEY_CONFIG])
+        cfg["layer_norm_eps"] = cfg["norm_eps"] if keep_new else cfg.pop("norm_eps")
+        m[fmt.KEY_CONFIG] = json.dumps(cfg)
+
+    old = craft(bert["files"]["fp32"], tmp_path / "old.safetensors", metadata_edit=rename)
+    texts = ["an old file", "still loads"]
+    expected = tinybert.Encoder(bert["files"]["fp32"]).encode(texts)
+    np.testing.assert_array_equal(tinybert.Encoder(old).encode(texts), expected)
+    both = craft(bert["files"]["fp32"], tmp_path / "both.safetensors", metadata_edit=lambda m: rename(m, True))
+    msg = load_error(both)
+    assert "layer_norm_eps" in msg and "norm_eps" in msg
+
+
 def test_wrong_tensor_shape(bert, tmp_path):
     def edit(t):
         t["layers.1.mlp.up.weight"] = t["layers.1.mlp.up.weight"][:-1].copy()

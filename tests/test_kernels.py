@@ -37,7 +37,7 @@ def test_layer_norm(rows, dim):
     np.testing.assert_allclose(x, expected, atol=2e-5)
 
 
-@pytest.mark.parametrize("name", ["gelu", "gelu_tanh", "relu"])
+@pytest.mark.parametrize("name", ["gelu", "gelu_tanh", "relu", "silu"])
 def test_activations(name):
     x = (RNG.standard_normal((5, 67)) * 4).astype(np.float32)
     x[0, :5] = [0.0, -0.0, 10.0, -10.0, 1e-3]
@@ -46,6 +46,8 @@ def test_activations(name):
         expected = 0.5 * xd * (1 + np.vectorize(math.erf)(xd / math.sqrt(2)))
     elif name == "gelu_tanh":
         expected = 0.5 * xd * (1 + np.tanh(math.sqrt(2 / math.pi) * (xd + 0.044715 * xd ** 3)))
+    elif name == "silu":
+        expected = xd / (1 + np.exp(-xd))
     else:
         expected = np.maximum(xd, 0)
     activations.ACTIVATIONS[name](x)
@@ -172,10 +174,17 @@ def test_embeddings():
     table = q.astype(np.float32) * s[:, None]
     expected = table[ids] + pos_table[pos] + type_table[typ]
     out = np.empty((tokens, dim), dtype=np.float32)
-    embeddings.embed_int8(ids, pos, typ, q, s, pos_table, type_table, out)
+    one, none = np.float32(1.0), np.zeros(0, dtype=np.float32)
+    embeddings.embed(ids, pos, typ, q, s, one, pos_table, type_table, out)
     np.testing.assert_allclose(out, expected, atol=1e-6)
-    embeddings.embed_fp32(ids, pos, typ, table, pos_table, type_table, out)
+    embeddings.embed(ids, pos, typ, table, none, one, pos_table, type_table, out)
     np.testing.assert_allclose(out, expected, atol=1e-6)
+    # A factor (Marian's √d) scales the token rows only; tables without rows are left out.
+    factor, empty = np.float32(3.0), np.zeros((0, dim), dtype=np.float32)
+    embeddings.embed(ids, pos, typ, q, s, factor, empty, empty, out)
+    np.testing.assert_allclose(out, table[ids] * 3, rtol=1e-6, atol=1e-6)
+    embeddings.embed(ids, pos, typ, table, none, factor, pos_table, empty, out)
+    np.testing.assert_allclose(out, table[ids] * 3 + pos_table[pos], rtol=1e-6, atol=1e-6)
 
 
 @njit(cache=False)

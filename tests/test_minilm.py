@@ -96,3 +96,42 @@ def test_tokenizer_parity(encoders, sentences, hf_tokenizer):
     for text, ours in zip(sentences, tok.encode_batch(sentences)):
         theirs = hf_tokenizer(text, truncation=True, max_length=256)["input_ids"]
         assert ours.ids == theirs, text
+
+
+@pytest.mark.parametrize("dtype", ["int8", "fp32"])
+def test_encoder_is_the_post_norm_kernel_sequence(encoders, sentences, dtype):
+    """The data-configured block runs exactly the kernels the hand-written post-norm encoder ran (cff4809),
+    in the same order on the same arrays: bit-identical hidden states, int8 and fp32."""
+    import numba
+
+    from tinybert.kernels.activations import ACTIVATIONS
+    from tinybert.kernels.attention import attention
+    from tinybert.kernels.embeddings import embed
+    from tinybert.kernels.norm import add_layer_norm, layer_norm
+    from tinybert.layers import FFN_ROWS
+    from tinybert.models import position_ids
+    from tinybert.tokenizer import pack
+
+    model = encoders[dtype]._model
+    batch = pack(encoders[dtype].tokenizer.encode_batch(sentences[:40]))
+    ids, starts = batch.ids, batch.starts
+    types, mask = np.zeros_like(ids), np.ones(ids.size, dtype=np.uint8)
+    e = model.embeddings
+    x = np.empty((ids.size, e.tokens.shape[1]), dtype=np.float32)
+    embed(ids, position_ids(model.config, ids, starts), types, e.tokens, e.token_scale, np.float32(1), e.positions,
+          e.types, x)
+    layer_norm(x, e.norm.weight, e.norm.bias, e.norm.eps, x)
+    threads = numba.get_num_threads()
+    for block in model.blocks:
+        context = np.empty_like(x)
+        attention(block.attn.qkv(x, threads), starts, mask, model.config.num_heads, context, threads)
+        y = block.attn.out(context, threads)
+        add_layer_norm(y, x, block.attn_norm.weight, block.attn_norm.bias, block.attn_norm.eps, y)
+        x = y
+        for r0 in range(0, x.shape[0], FFN_ROWS):
+            rows = x[r0:r0 + FFN_ROWS]
+            hidden = block.mlp.up(rows, threads)
+            ACTIVATIONS[model.config.activation](hidden)
+            n = block.mlp_norm
+            add_layer_norm(block.mlp.down(hidden, threads), rows, n.weight, n.bias, n.eps, rows)
+    assert np.array_equal(model(ids, types, starts, mask), x)

@@ -15,7 +15,8 @@ transformers = pytest.importorskip("transformers")
 from tinybert_convert.seq2seq import seq2seq_config, seq2seq_tensors  # noqa: E402
 
 from tinybert.errors import UnsupportedModelError  # noqa: E402
-from tinybert.seq2seq import Seq2SeqModel, relative_position_bucket, sinusoidal_table  # noqa: E402
+from tinybert.layers import relative_position_bucket, sinusoidal_table  # noqa: E402
+from tinybert.seq2seq import Seq2SeqModel  # noqa: E402
 
 VOCAB = 1000
 TOL = 1e-4

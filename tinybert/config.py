@@ -8,13 +8,12 @@ from dataclasses import asdict, dataclass, fields
 from .errors import ModelFileError
 from .format import (
     ACTIVATIONS,
-    DECODER_ACTIVATIONS,
     DECODER_POSITIONS,
     HEAD_ACTIVATIONS,
     NORMS,
     POSITION_SCHEMES,
+    POSITIONS,
     PROBLEM_TYPES,
-    SEQ2SEQ_ACTIVATIONS,
     SEQ2SEQ_FAMILIES,
     SEQ2SEQ_POSITIONS,
     TASKS,
@@ -34,9 +33,21 @@ def _check_keys(cls: type, data: object, optional: tuple[str, ...] = ("kind",)) 
         raise ModelFileError(f"config has unknown keys {', '.join(unknown)}")
 
 
+# Keys files of earlier converters wrote, by kind, and their names in the one vocabulary (BlockConfig's).
+_OLD_KEYS = {"encoder": {"layer_norm_eps": "norm_eps"}}
+
+
 def _from_file(cls: type, data: object, optional: tuple[str, ...] = ("kind",), tuples: tuple[str, ...] = ()):
-    """A config dataclass from a file's JSON: exactly its fields (``optional`` ones may be missing), the
-    ``tuples`` fields given as JSON lists, then ``validate()``; any inconsistency is a ModelFileError."""
+    """A config dataclass from a file's JSON: exactly its fields (``optional`` ones may be missing; keys of
+    earlier converters are read under their new names), the ``tuples`` fields given as JSON lists, then
+    ``validate()``; any inconsistency is a ModelFileError."""
+    if isinstance(data, dict):
+        data = dict(data)
+        for old, new in _OLD_KEYS.get(data.get("kind", cls.kind), {}).items():
+            if old in data:
+                if new in data:
+                    raise ModelFileError(f"config has both {old} and {new}")
+                data[new] = data.pop(old)
     _check_keys(cls, data, optional)
     data = dict(data)
     for name in tuples:
@@ -50,6 +61,77 @@ def _from_file(cls: type, data: object, optional: tuple[str, ...] = ("kind",), t
         raise ModelFileError(f"bad config: {exc}") from None
     cfg.validate()
     return cfg
+
+
+def _positive_int(name: str, value: object) -> None:
+    if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
+        raise ModelFileError(f"config {name} must be a positive integer, got {value!r}")
+
+
+@dataclass(frozen=True)
+class BlockConfig:
+    """The block-level vocabulary: what one TransformerBlock (tinybert/layers/block.py) needs to run any family.
+    Every model config maps its fields onto it (``block``, or ``encoder_block`` / ``decoder_block``), and its
+    ``validate`` is the one check of them.
+
+    ``norm`` ("layernorm" | "rmsnorm") with ``norm_eps``; ``pre_norm``: x + f(norm(x)), else norm(x + f(x)).
+    ``activation``, ``gated_mlp`` (down(act(gate) · up)). ``positions`` says where positions enter:
+    "learned" / "sinusoidal" tables in the embeddings, "rope" on q and k (``rope``: the canonical dict of
+    kernels/rope.py), "relative" as T5's bias on the scores (``relative_buckets``, ``relative_max_distance``).
+    ``attn_scale``: scores times 1/√head_dim (False for T5). ``causal``: self-attention over the slot cache
+    (decoders) rather than bidirectional over packed sequences; ``cross_attention`` over the slot's source.
+    Grouped-query attention is ``num_kv_heads`` < ``num_heads``.
+    """
+
+    hidden_size: int
+    num_heads: int
+    num_kv_heads: int
+    head_dim: int
+    intermediate_size: int
+    norm: str
+    norm_eps: float
+    pre_norm: bool
+    activation: str
+    gated_mlp: bool
+    positions: str
+    max_positions: int
+    rope: dict | None = None
+    relative_buckets: int = 0
+    relative_max_distance: int = 0
+    attn_scale: bool = True
+    causal: bool = False
+    cross_attention: bool = False
+
+    def validate(self) -> None:
+        for name in ("hidden_size", "num_heads", "num_kv_heads", "head_dim", "intermediate_size", "max_positions"):
+            _positive_int(name, getattr(self, name))
+        if self.num_heads % self.num_kv_heads:
+            raise ModelFileError("config num_heads is not a multiple of num_kv_heads")
+        if self.norm not in NORMS:
+            raise ModelFileError(f"config norm {self.norm!r} is not one of {NORMS}")
+        if isinstance(self.norm_eps, bool) or not isinstance(self.norm_eps, (int, float)) \
+                or not 0 < self.norm_eps < float("inf"):
+            raise ModelFileError("config norm_eps must be a positive number")
+        if self.activation not in ACTIVATIONS:
+            raise ModelFileError(f"config activation {self.activation!r} is not one of {ACTIVATIONS}")
+        for name in ("pre_norm", "gated_mlp", "attn_scale", "causal", "cross_attention"):
+            if not isinstance(getattr(self, name), bool):
+                raise ModelFileError(f"config {name} must be true or false")
+        if self.positions not in POSITIONS:
+            raise ModelFileError(f"config positions {self.positions!r} is not one of {POSITIONS}")
+        if self.positions == "rope":
+            if self.head_dim % 2:
+                raise ModelFileError("rotary positions need an even head_dim")
+            if not isinstance(self.rope, dict):
+                raise ModelFileError("config rope must be a JSON object for rotary positions")
+        for name in ("relative_buckets", "relative_max_distance"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+                raise ModelFileError(f"config {name} must be a non-negative integer, got {value!r}")
+        if self.positions == "relative" and (self.relative_buckets < 2 or self.relative_max_distance < 1):
+            raise ModelFileError("config relative_buckets / relative_max_distance are invalid")
+        if self.positions == "sinusoidal" and self.hidden_size % 2:
+            raise ModelFileError("sinusoidal positions need an even hidden_size")
 
 
 @dataclass(frozen=True)
@@ -72,7 +154,7 @@ class EncoderConfig:
     max_positions: int
     type_vocab_size: int
     activation: str
-    layer_norm_eps: float
+    norm_eps: float
     position_scheme: str
     pad_token_id: int
     max_length: int
@@ -85,6 +167,13 @@ class EncoderConfig:
     @property
     def position_offset(self) -> int:
         return self.pad_token_id + 1 if self.position_scheme == "padding_offset" else 0
+
+    @property
+    def block(self) -> BlockConfig:
+        return BlockConfig(hidden_size=self.hidden_size, num_heads=self.num_heads, num_kv_heads=self.num_heads,
+                           head_dim=self.head_dim, intermediate_size=self.intermediate_size, norm="layernorm",
+                           norm_eps=self.norm_eps, pre_norm=False, activation=self.activation, gated_mlp=False,
+                           positions="learned", max_positions=self.max_positions)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -109,12 +198,9 @@ class EncoderConfig:
             raise ModelFileError(f"config kind {self.kind!r} is not an encoder")
         if self.hidden_size % self.num_heads:
             raise ModelFileError("config hidden_size is not a multiple of num_heads")
-        if self.activation not in ACTIVATIONS:
-            raise ModelFileError(f"config activation {self.activation!r} is not one of {ACTIVATIONS}")
         if self.position_scheme not in POSITION_SCHEMES:
             raise ModelFileError(f"config position_scheme {self.position_scheme!r} is unknown")
-        if not isinstance(self.layer_norm_eps, (int, float)) or not self.layer_norm_eps > 0:
-            raise ModelFileError("config layer_norm_eps must be a positive number")
+        self.block.validate()
         if self.pad_token_id >= self.vocab_size:
             raise ModelFileError("config pad_token_id is outside the vocabulary")
         if self.max_length + self.position_offset > self.max_positions:
@@ -236,32 +322,31 @@ class DecoderConfig:
         """Build and check a config read from a file; any inconsistency is a ModelFileError."""
         return _from_file(cls, data, tuples=("eos_token_ids",))
 
-    def validate(self) -> None:
-        def positive_int(name: str, value: object) -> None:
-            if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
-                raise ModelFileError(f"config {name} must be a positive integer, got {value!r}")
+    @property
+    def block(self) -> BlockConfig:
+        return BlockConfig(hidden_size=self.hidden_size, num_heads=self.num_heads, num_kv_heads=self.num_kv_heads,
+                           head_dim=self.head_dim, intermediate_size=self.intermediate_size, norm=self.norm,
+                           norm_eps=self.norm_eps, pre_norm=True, activation=self.activation, gated_mlp=self.gated_mlp,
+                           positions=self.positions, max_positions=self.max_positions, rope=self.rope, causal=True)
 
-        for name in ("vocab_size", "hidden_size", "num_layers", "num_heads", "num_kv_heads", "head_dim",
-                     "intermediate_size", "max_positions"):
-            positive_int(name, getattr(self, name))
+    @property
+    def decoder_block(self) -> BlockConfig:
+        """The block a KV cache is shaped for (as Seq2SeqConfig.decoder_block)."""
+        return self.block
+
+    @property
+    def num_decoder_layers(self) -> int:
+        return self.num_layers
+
+    def validate(self) -> None:
+        for name in ("vocab_size", "num_layers"):
+            _positive_int(name, getattr(self, name))
         if self.kind != "decoder":
             raise ModelFileError(f"config kind {self.kind!r} is not a decoder")
-        if self.num_heads % self.num_kv_heads:
-            raise ModelFileError("config num_heads is not a multiple of num_kv_heads")
-        if self.norm not in NORMS:
-            raise ModelFileError(f"config norm {self.norm!r} is not one of {NORMS}")
-        if not isinstance(self.norm_eps, (int, float)) or not self.norm_eps > 0:
-            raise ModelFileError("config norm_eps must be a positive number")
-        if self.activation not in DECODER_ACTIVATIONS:
-            raise ModelFileError(f"config activation {self.activation!r} is not one of {DECODER_ACTIVATIONS}")
         if self.positions not in DECODER_POSITIONS:
             raise ModelFileError(f"config positions {self.positions!r} is not one of {DECODER_POSITIONS}")
-        if self.positions == "rope":
-            if self.head_dim % 2:
-                raise ModelFileError("rotary positions need an even head_dim")
-            if not isinstance(self.rope, dict):
-                raise ModelFileError("config rope must be a JSON object for rotary positions")
-        for name in ("gated_mlp", "attn_bias", "attn_out_bias", "mlp_bias", "tie_word_embeddings"):
+        self.block.validate()
+        for name in ("attn_bias", "attn_out_bias", "mlp_bias", "tie_word_embeddings"):
             if not isinstance(getattr(self, name), bool):
                 raise ModelFileError(f"config {name} must be true or false")
         for name, value in (("bos_token_id", self.bos_token_id), ("pad_token_id", self.pad_token_id),
@@ -296,7 +381,7 @@ class Seq2SeqConfig:
     norm: str                      # "rmsnorm" | "layernorm"
     norm_eps: float
     pre_norm: bool
-    activation: str                # one of SEQ2SEQ_ACTIVATIONS
+    activation: str                # one of ACTIVATIONS
     gated_mlp: bool
     positions: str                 # one of SEQ2SEQ_POSITIONS
     max_positions: int
@@ -333,40 +418,41 @@ class Seq2SeqConfig:
         return _from_file(cls, data, optional=("kind", "forced_bos_token_id", "forced_eos_token_id", "bad_token_ids"),
                           tuples=("eos_token_ids", "bad_token_ids"))
 
+    def _block(self, decoder: bool) -> BlockConfig:
+        return BlockConfig(hidden_size=self.hidden_size, num_heads=self.num_heads, num_kv_heads=self.num_heads,
+                           head_dim=self.head_dim, intermediate_size=self.intermediate_size, norm=self.norm,
+                           norm_eps=self.norm_eps, pre_norm=self.pre_norm, activation=self.activation,
+                           gated_mlp=self.gated_mlp, positions=self.positions, max_positions=self.max_positions,
+                           relative_buckets=self.relative_buckets, relative_max_distance=self.relative_max_distance,
+                           attn_scale=self.attn_scale, causal=decoder, cross_attention=decoder)
+
+    @property
+    def encoder_block(self) -> BlockConfig:
+        return self._block(decoder=False)
+
+    @property
+    def decoder_block(self) -> BlockConfig:
+        return self._block(decoder=True)
+
     def validate(self) -> None:
         if self.kind != "encoder-decoder":
             raise ModelFileError(f"config kind {self.kind!r} is not an encoder-decoder")
         if self.family not in SEQ2SEQ_FAMILIES:
             raise ModelFileError(f"config family {self.family!r} is not one of {SEQ2SEQ_FAMILIES}")
-        for name in ("vocab_size", "decoder_vocab_size", "hidden_size", "num_encoder_layers", "num_decoder_layers",
-                     "num_heads", "head_dim", "intermediate_size", "max_positions"):
-            value = getattr(self, name)
-            if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
-                raise ModelFileError(f"config {name} must be a positive integer, got {value!r}")
-        for name in ("relative_buckets", "relative_max_distance"):
-            value = getattr(self, name)
-            if not isinstance(value, int) or isinstance(value, bool) or value < 0:
-                raise ModelFileError(f"config {name} must be a non-negative integer, got {value!r}")
-        if self.norm not in NORMS:
-            raise ModelFileError(f"config norm {self.norm!r} is not one of {NORMS}")
-        if self.activation not in SEQ2SEQ_ACTIVATIONS:
-            raise ModelFileError(f"config activation {self.activation!r} is not one of {SEQ2SEQ_ACTIVATIONS}")
+        for name in ("vocab_size", "decoder_vocab_size", "num_encoder_layers", "num_decoder_layers"):
+            _positive_int(name, getattr(self, name))
         if self.positions not in SEQ2SEQ_POSITIONS:
             raise ModelFileError(f"config positions {self.positions!r} is not one of {SEQ2SEQ_POSITIONS}")
-        if self.positions == "relative" and (self.relative_buckets < 2 or self.relative_max_distance < 1):
-            raise ModelFileError("config relative_buckets / relative_max_distance are invalid")
-        if self.positions == "sinusoidal" and self.hidden_size % 2:
-            raise ModelFileError("sinusoidal positions need an even hidden_size")
-        for name in ("pre_norm", "gated_mlp", "attn_scale", "scale_embedding", "layernorm_embedding",
-                     "final_logits_bias", "tie_word_embeddings", "share_embeddings"):
+        self.decoder_block.validate()
+        for name in ("scale_embedding", "layernorm_embedding", "final_logits_bias", "tie_word_embeddings",
+                     "share_embeddings"):
             if not isinstance(getattr(self, name), bool):
                 raise ModelFileError(f"config {name} must be true or false")
         if self.share_embeddings and self.vocab_size != self.decoder_vocab_size:
             raise ModelFileError("shared embeddings need one vocabulary size")
-        for name in ("norm_eps", "lm_head_scale"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value < float("inf"):
-                raise ModelFileError(f"config {name} must be a positive number")
+        value = self.lm_head_scale
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value < float("inf"):
+            raise ModelFileError("config lm_head_scale must be a positive number")
         ids = [("decoder_start_token_id", self.decoder_start_token_id), ("pad_token_id", self.pad_token_id),
                ("forced_bos_token_id", self.forced_bos_token_id), ("forced_eos_token_id", self.forced_eos_token_id),
                *(("eos_token_ids", e) for e in self.eos_token_ids),

@@ -45,8 +45,30 @@ runtime that predates it rejects such a file as holding unexpected tensors.
 Decoder files (config kind "decoder") use the same layer names, pre-norm, plus ``final_norm`` and,
 when the LM head is not tied to embed.tokens, ``lm_head.weight`` [V, H]; see decoder_tensor_shapes.
 
-Encoder-decoder files (config kind "encoder-decoder"): the names of tinybert/seq2seq.py, every tensor
-under ``encoder.`` or ``decoder.`` except the token tables and the LM head; see seq2seq_tensor_shapes.
+Encoder-decoder files (config kind "encoder-decoder"): every tensor under ``encoder.`` or ``decoder.``
+except the token tables and the LM head; see seq2seq_tensor_shapes (float32 before quantisation; ``S`` is
+``encoder`` or ``decoder``, ``L`` the layer index; ``A`` = num_heads · head_dim, which need not equal H for
+T5; ``I`` the FFN width; every ``.bias`` is optional and taken as zero when absent, every norm has a ``.bias``
+only when it is a LayerNorm):
+
+    embed.tokens [V, H]                    token table of the encoder (and of the decoder unless below)
+    decoder.embed.tokens [Vd, H]           only when the decoder has its own table (Marian, unshared)
+    S.embed.positions [P, H]               learned positions (BART), row p = position p (offset removed)
+    S.embed.norm.weight / .bias [H]        LayerNorm on the embeddings (BART layernorm_embedding)
+    S.rel_bias [buckets, num_heads]        T5 relative attention bias (layer 0's, shared by all layers)
+    S.layers.L.attn_norm.weight [H]        self-attention norm (before it: pre-norm; after the add: post)
+    S.layers.L.attn.qkv.weight [3A, H]     q | k | v stacked
+    S.layers.L.attn.out.weight [H, A]
+    decoder.layers.L.cross_norm.weight [H]
+    decoder.layers.L.cross.q.weight [A, H]
+    decoder.layers.L.cross.kv.weight [2A, H]   k | v stacked, applied to the encoder output
+    decoder.layers.L.cross.out.weight [H, A]
+    S.layers.L.mlp_norm.weight [H]
+    S.layers.L.mlp.up.weight [I, H]        or [2I, H] for a gated FFN (gate rows first, then linear)
+    S.layers.L.mlp.down.weight [H, I]
+    S.final_norm.weight [H]                pre-norm models (T5)
+    lm_head.weight [Vd, H]                 only when not tied to the decoder token table
+    lm_head.bias [Vd]                      final_logits_bias (BART, Marian)
 
 Head tensors, by task (``N`` labels, ``M`` the MLM transform width, ``V`` the vocabulary):
 
@@ -81,10 +103,8 @@ KEY_SOURCE_UNKNOWN_PIECES = "source_unknown_pieces"
 TASKS = ("feature-extraction", "sequence-classification", "token-classification", "question-answering",
          "masked-lm", "pretraining", "text-generation", "text2text-generation")
 NORMS = ("layernorm", "rmsnorm")
-DECODER_ACTIVATIONS = ("gelu", "gelu_tanh", "relu", "silu")
 DECODER_POSITIONS = ("learned", "rope")
 SEQ2SEQ_FAMILIES = ("t5", "bart", "marian")
-SEQ2SEQ_ACTIVATIONS = ("relu", "gelu", "gelu_tanh", "silu")
 SEQ2SEQ_POSITIONS = ("relative", "learned", "sinusoidal")
 HEAD_ACTIVATIONS = ("tanh", "relu", "gelu", "gelu_tanh")
 PROBLEM_TYPES = ("single_label_classification", "multi_label_classification", "regression")
@@ -93,8 +113,9 @@ SCALE_SUFFIX = ".scale"
 SMOOTH_SUFFIX = ".smooth"
 QUANTIZATIONS = ("int8", "fp32")
 POOLING_MODES = ("mean", "cls", "max", "mean_sqrt_len")
-ACTIVATIONS = ("gelu", "gelu_tanh", "relu")
-POSITION_SCHEMES = ("absolute", "padding_offset")
+ACTIVATIONS = ("gelu", "gelu_tanh", "relu", "silu")     # of every block (config.BlockConfig)
+POSITIONS = ("learned", "sinusoidal", "rope", "relative")     # where positions enter a block (config.BlockConfig)
+POSITION_SCHEMES = ("absolute", "padding_offset")             # how an encoder numbers its learned positions
 
 # Tensors quantised to int8 (+ .scale) in an int8 file; everything else stays float32.
 QUANTIZED_LINEARS = ("attn.qkv", "attn.out", "mlp.up", "mlp.down", "cross.q", "cross.kv", "cross.out",
@@ -103,8 +124,34 @@ QUANTIZED_EMBEDDINGS = ("embed.tokens", "embed.positions", "decoder.embed.tokens
                         "decoder.embed.positions")
 
 
-def layer_prefix(i: int) -> str:
-    return f"layers.{i}."
+# Canonical tensor names. A file of kind "encoder" or "decoder" has one stack (stack ""); an encoder-decoder
+# has two, "encoder" and "decoder", whose tensors sit under "encoder." / "decoder." except the token table
+# they may share and the LM head.
+EMBED_TOKENS = "embed.tokens"
+REL_BIAS = "rel_bias"                 # T5's relative position bias [buckets, heads], one per stack
+FINAL_NORM = "final_norm"
+LM_HEAD = "lm_head"
+# Within a layer (after layer_prefix):
+ATTN_NORM, ATTN_QKV, ATTN_OUT = "attn_norm", "attn.qkv", "attn.out"
+CROSS_NORM, CROSS_Q, CROSS_KV, CROSS_OUT = "cross_norm", "cross.q", "cross.kv", "cross.out"
+MLP_NORM, MLP_UP, MLP_DOWN = "mlp_norm", "mlp.up", "mlp.down"
+
+
+def stack_prefix(stack: str = "") -> str:
+    return f"{stack}." if stack else ""
+
+
+def layer_prefix(i: int, stack: str = "") -> str:
+    return f"{stack_prefix(stack)}layers.{i}."
+
+
+def embed_names(stack: str = "", shared_tokens: bool = True) -> dict[str, str]:
+    """The embedding tensors of a stack: the token table (an encoder-decoder's decoder has its own,
+    ``decoder.embed.tokens``, unless ``shared_tokens``), positions, token types, norm and projection."""
+    p = stack_prefix(stack) + "embed."
+    tokens = EMBED_TOKENS if shared_tokens else "decoder." + EMBED_TOKENS
+    return {"tokens": tokens, "positions": p + "positions", "token_types": p + "token_types", "norm": p + "norm",
+            "proj": p + "proj"}
 
 
 def encoder_tensor_shapes(cfg: dict) -> dict[str, tuple[int, ...]]:

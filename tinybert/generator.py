@@ -9,9 +9,10 @@ import numpy as np
 
 from .api import _check_threads, _numba_threads
 from .config import DecoderConfig
-from .decoder import DecoderModel, KVCache
+from .decoder import DecoderModel
 from .errors import InputError, ModelKindError
 from .generation import BeamSearch, GenerationParams, IncrementalDecoder, SampleSearch, StopMatcher, decode, run_all
+from .layers import KVCache
 from .loader import load
 from .tokenizer import check_texts, load_tokenizer
 

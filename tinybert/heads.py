@@ -11,11 +11,11 @@ from __future__ import annotations
 
 import numpy as np
 
-from .blocks import LayerNorm, Linear
 from .config import EncoderConfig, TaskConfig
 from .errors import InputError, check_finite
 from .kernels.activations import ACTIVATIONS
 from .kernels.pooling import segment_sum
+from .layers import Linear, Norm
 
 
 def pool_segments(hidden: np.ndarray, starts: np.ndarray, mode: str) -> np.ndarray:
@@ -75,13 +75,13 @@ class MaskedLMHead:
     def __init__(self, task: TaskConfig, tensors: dict[str, np.ndarray]) -> None:
         self.dense = Linear(tensors, "head.mlm.dense")
         self.activation = task.mlm_activation
-        self.norm = LayerNorm(tensors, "head.mlm.norm", task.mlm_norm_eps)
+        self.norm = Norm(tensors, "head.mlm.norm", "layernorm", task.mlm_norm_eps)
         self.decoder = Linear(tensors, "head.mlm.decoder",
                               weight_name="embed.tokens" if task.mlm_tied else None)
 
     def __call__(self, hidden_rows: np.ndarray) -> np.ndarray:
         x = _activate(self.dense(np.ascontiguousarray(hidden_rows)), self.activation)
-        return self.decoder(self.norm(x))
+        return self.decoder(self.norm(x, out=x))
 
 
 class TaskHead:

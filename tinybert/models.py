@@ -10,9 +10,10 @@ from __future__ import annotations
 import numba
 import numpy as np
 
-from .blocks import Embeddings, EncoderBlock, use_row_bands
+from . import format as fmt
 from .config import EncoderConfig
 from .errors import check_finite
+from .layers import Embeddings, PackedRows, Positions, TransformerBlock, use_row_bands
 
 
 def position_ids(cfg: EncoderConfig, ids: np.ndarray, starts: np.ndarray) -> np.ndarray:
@@ -33,12 +34,15 @@ def position_ids(cfg: EncoderConfig, ids: np.ndarray, starts: np.ndarray) -> np.
 
 
 class EncoderModel:
-    """A BERT-family encoder: ``last_hidden_state = blocks(embeddings(ids))``."""
+    """A BERT-family encoder: ``last_hidden_state = blocks(embeddings(ids))``, post-norm blocks."""
 
     def __init__(self, cfg: EncoderConfig, tensors: dict[str, np.ndarray]) -> None:
         self.config = cfg
-        self.embeddings = Embeddings(cfg, tensors)
-        self.blocks = [EncoderBlock(cfg, tensors, i) for i in range(cfg.num_layers)]
+        self.block_config = cfg.block
+        self.embeddings = Embeddings(tensors, "", "learned", cfg.max_positions, norm_eps=cfg.norm_eps)
+        self.positions = Positions(self.block_config, tensors)
+        self.blocks = [TransformerBlock(self.block_config, tensors, fmt.layer_prefix(i), i)
+                       for i in range(cfg.num_layers)]
         use_row_bands([self.embeddings.proj] * (self.embeddings.proj is not None)
                       + [layer for block in self.blocks for layer in block.linears()])
 
@@ -47,8 +51,8 @@ class EncoderModel:
         """ids, type_ids int32 [T], starts int64 [B+1], key_mask uint8 [T] (all validated)
         → last hidden state float32 [T, H]."""
         x = self.embeddings(ids, position_ids(self.config, ids, starts), type_ids)
-        threads = numba.get_num_threads()
+        rows = PackedRows(self.block_config, self.positions, starts, key_mask, numba.get_num_threads())
         for block in self.blocks:
-            x = block(x, starts, key_mask, threads)
+            x = block(x, rows)
         check_finite(x, "hidden states")
         return x

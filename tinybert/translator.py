@@ -19,8 +19,9 @@ from .config import Seq2SeqConfig
 from .errors import InputError, ModelKindError
 from .generation import BeamSearch, GenerationParams, SampleSearch
 from .generation import decode as decode_all
+from .layers import KVCache
 from .loader import load
-from .seq2seq import DecoderState, Seq2SeqModel
+from .seq2seq import Seq2SeqModel
 from .tokenizer import Decoder, check_texts, load_tokenizer
 
 
@@ -188,7 +189,7 @@ class Translator:
                                      np.random.default_rng(None if params.seed is None else [params.seed, i]),
                                      keep_logits=output_logits) for i in range(len(sources))]
         blocks, rows = min(batch_size, len(sources)), params.num_beams
-        state = DecoderState(cfg, blocks * rows, budget, blocks, max(len(s) for s in sources))
+        state = KVCache(cfg, blocks * rows, budget, blocks, max(len(s) for s in sources))
         stepper = _Seq2SeqStepper(self._model, sources, cfg.decoder_start_token_id, state, rows, self.threads)
         bar = None
         if show_progress:
@@ -225,7 +226,7 @@ class _Seq2SeqStepper:
     and source b; a prefill encodes the sources of the inputs it admits (packed, one encoder call), writes
     their cross-attention keys/values into their blocks' sources and runs the decoder start token."""
 
-    def __init__(self, model: Seq2SeqModel, sources: list[np.ndarray], start: int, state: DecoderState,
+    def __init__(self, model: Seq2SeqModel, sources: list[np.ndarray], start: int, state: KVCache,
                  rows_per_block: int, threads: int) -> None:
         self.model, self.sources, self.start, self.state = model, sources, start, state
         self.rows_per_block, self.threads = rows_per_block, threads
@@ -238,12 +239,7 @@ class _Seq2SeqStepper:
         state = self.state
         with _numba_threads(self.threads):
             hidden = self.model.encode(np.concatenate(chunk), starts)
-            fresh = self.model.start(hidden, starts, length=1)
-            for j, b in enumerate(blocks):
-                n = len(chunk[j])
-                state.cross_k[:, b, :, :n] = fresh.cross_k[:, j, :, :n]
-                state.cross_v[:, b, :, :n] = fresh.cross_v[:, j, :, :n]
-                state.source_lengths[b] = n
+            self.model.write_sources(state, hidden, starts, blocks)
             k = len(chunk)
             return self.model.step(state, np.full(k, self.start, dtype=np.int32), blocks * self.rows_per_block,
                                    np.zeros(k, dtype=np.int32), blocks)

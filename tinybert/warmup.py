@@ -80,7 +80,7 @@ def _random_tensors(shapes: dict[str, tuple[int, ...]], quantization: str) -> di
 def _tiny_model(quantization: str, activation: str) -> EncoderModel:
     cfg = EncoderConfig(architecture="bert", vocab_size=16, hidden_size=8, embedding_size=8, num_layers=1,
                         num_heads=2, intermediate_size=16, max_positions=8, type_vocab_size=2,
-                        activation=activation, layer_norm_eps=1e-12, position_scheme="absolute",
+                        activation=activation, norm_eps=1e-12, position_scheme="absolute",
                         pad_token_id=0, max_length=8)
     return EncoderModel(cfg, _random_tensors(fmt.encoder_tensor_shapes(cfg.to_dict()), quantization))
 

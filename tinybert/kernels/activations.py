@@ -1,9 +1,13 @@
-"""Element-wise activations, in place on float32 [T, I].
+"""Element-wise activations, in place on float32 [T, I]: ``activate(x, kind)``, ``kind`` an index into KINDS.
 
 gelu:      x * Φ(x) = 0.5 x (1 + erf(x / √2))                (BERT "gelu")
            (erf from mathfn: a float32 rational approximation that vectorises, |error| < 5e-7)
 gelu_tanh: 0.5 x (1 + tanh(√(2/π) (x + 0.044715 x³)))        ("gelu_new", "gelu_pytorch_tanh")
 relu:      max(x, 0)
+silu:      x / (1 + e**-x)                                   ("silu", "swish")
+
+``gated`` is the gated MLP's activation (SwiGLU, GEGLU, ...): out = act(gate) · up for gate_up =
+[gate | up], the fused GEMM's [T, 2I] output; ``act`` is one of the above, by its index in KINDS.
 """
 
 import math
@@ -51,6 +55,20 @@ def _gelu_tanh_row(x, r):
         x[r, i] = np.float32(0.5) * v * (np.float32(1.0) + t)
 
 
+@njit(cache=True, nogil=True, fastmath=True, error_model="numpy")
+def _silu_row(x, r):
+    one = np.float32(1.0)
+    for i in range(x.shape[1]):
+        g = x[r, i]
+        # e = e**-|g| lies in (0, 1], so nothing overflows for any finite g: sigmoid(g) is
+        # 1 / (1 + e) for g >= 0 and e / (1 + e) below (the same value, formed without e**-g).
+        # exp_nonpositive stops at e**-87 instead of going to 0, and g times that floor is not
+        # negligible for huge g (-3e38 would give -4.9), hence the explicit 0 below -87.
+        e = exp_nonpositive(-abs(g))
+        num = one if g >= 0 else (e if g > np.float32(-87.0) else np.float32(0.0))
+        x[r, i] = g * num / (one + e)
+
+
 @njit(cache=True, nogil=True, error_model="numpy")
 def _relu_row(x, r):
     for i in range(x.shape[1]):
@@ -58,37 +76,63 @@ def _relu_row(x, r):
             x[r, i] = 0.0
 
 
-@njit(cache=True, nogil=True, parallel=True, error_model="numpy")
-def gelu(x):
-    if x.size < GELU_PARALLEL_MIN:
-        for r in range(x.shape[0]):
-            _gelu_row(x, r)
-    else:
-        for r in prange(x.shape[0]):
-            _gelu_row(x, np.int64(r))   # prange's index is uint64: one signature, not two
+KINDS = ("gelu", "gelu_tanh", "relu", "silu")     # ``kind`` of activate and gated: an index into this
 
 
-@njit(cache=True, nogil=True, parallel=True, error_model="numpy")
-def gelu_tanh(x):
-    if x.size < GELU_PARALLEL_MIN:
-        for r in range(x.shape[0]):
-            _gelu_tanh_row(x, r)
+@njit(cache=True, nogil=True, error_model="numpy")
+def _activate_row(x, r, kind):
+    if kind == 0:
+        _gelu_row(x, r)
+    elif kind == 1:
+        _gelu_tanh_row(x, r)
+    elif kind == 2:
+        _relu_row(x, r)
     else:
-        for r in prange(x.shape[0]):
-            _gelu_tanh_row(x, np.int64(r))
+        _silu_row(x, r)
 
 
 @njit(cache=True, nogil=True, parallel=True, error_model="numpy")
-def relu(x):
-    if x.size < PARALLEL_MIN_WORK:
+def activate(x, kind):
+    # ReLU is a compare per element: a fork/join pays only from PARALLEL_MIN_WORK; the others from
+    # GELU_PARALLEL_MIN.
+    if x.size < (PARALLEL_MIN_WORK if kind == 2 else GELU_PARALLEL_MIN):
         for r in range(x.shape[0]):
-            _relu_row(x, r)
+            _activate_row(x, r, kind)
     else:
         for r in prange(x.shape[0]):
-            _relu_row(x, np.int64(r))
+            _activate_row(x, np.int64(r), kind)   # prange's index is uint64: one signature, not two
 
 
-ACTIVATIONS = {"gelu": gelu, "gelu_tanh": gelu_tanh, "relu": relu}
+@njit(cache=True, nogil=True, error_model="numpy")
+def _gated_row(gate_up, out, r, kind):
+    # The gate goes through the same row function as the plain activation, in ``out`` (in L1),
+    # then takes the product: one code path per activation, plain or gated.
+    inter = out.shape[1]
+    for i in range(inter):
+        out[r, i] = gate_up[r, i]
+    _activate_row(out, r, kind)
+    for i in range(inter):
+        out[r, i] *= gate_up[r, inter + i]
+
+
+@njit(cache=True, nogil=True, parallel=True, error_model="numpy")
+def gated(gate_up, out, kind):
+    # gate_up float32 [T, 2I] (gate columns first), out float32 [T, I] not overlapping it.
+    if out.size < GELU_PARALLEL_MIN:
+        for r in range(out.shape[0]):
+            _gated_row(gate_up, out, r, kind)
+    else:
+        for r in prange(out.shape[0]):
+            _gated_row(gate_up, out, np.int64(r), kind)
+
+
+def _in_place(kind: int):
+    def run(x: np.ndarray) -> None:
+        activate(x, kind)
+    return run
+
+
+ACTIVATIONS = {name: _in_place(kind) for kind, name in enumerate(KINDS)}   # name → f(x), in place
 
 
 fast_cache_loading(globals())   # warm starts skip Numba's compiler set-up (see jitcache.py)

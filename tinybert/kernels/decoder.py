@@ -1,13 +1,10 @@
-"""Decoder-side kernels (GPT-2, Llama family, encoder-decoder decoders): RMSNorm, SiLU-gated MLP activation, and
-causal attention over a KV cache with grouped-query attention.
+"""Decoder-side kernels (GPT-2, Llama family, encoder-decoder decoders): RMSNorm and causal attention over a KV
+cache with grouped-query attention (the gated MLP activation is activations.gated).
 
 rms_norm:          out[t] = x[t] / sqrt(mean_i x[t, i]² + eps) * w          (LlamaRMSNorm)
                    x, out float32 [T, H] (out may alias x); w float32 [H]. Statistics in float32
                    as transformers does it (it upcasts to float32 and keeps the product order
                    w * (x * rsqrt(var + eps))).
-silu_mul:          out[t, i] = silu(gate_up[t, i]) * gate_up[t, I + i],  silu(g) = g / (1 + e**-g)
-                   gate_up float32 [T, 2I] = [gate | up] (one fused GEMM), out float32 [T, I], not
-                   overlapping gate_up.
 write_kv:          k_cache[slots[r], :, positions[r], :] = k_new[r]  (and v likewise)
                    k_new, v_new float32 [N, Hkv, d]; slots, positions int32 [N].
 cached_attention:  for row r (a token of the sequence held in cache slot slots[r], at position
@@ -40,7 +37,7 @@ import numpy as np
 from numba import njit, prange
 
 from .jitcache import fast_cache_loading
-from .mathfn import exp2_nonpositive, exp_nonpositive, fmax
+from .mathfn import exp2_nonpositive, fmax
 
 PARALLEL_MIN_WORK = 1 << 16
 KEY_BLOCK = 64  # keys scored per step of the online softmax (the size of each task's score buffer)
@@ -78,34 +75,6 @@ def _sum_squares(x, r):
         v = x[r, i]
         total += v * v
     return total
-
-
-@njit(cache=True, nogil=True, parallel=True, error_model="numpy")
-def silu_mul(gate_up, out):
-    n_rows, inter = out.shape
-    if n_rows * inter < PARALLEL_MIN_WORK:
-        for r in range(n_rows):
-            _silu_mul_row(gate_up, out, r)
-    else:
-        for r in prange(n_rows):
-            _silu_mul_row(gate_up, out, np.int64(r))
-
-
-@njit(cache=True, nogil=True, fastmath=True, error_model="numpy")
-def _silu_mul_row(gate_up, out, r):
-    # error_model="numpy": Python's ZeroDivisionError check on the division below would be a branch
-    # per element that keeps LLVM from vectorising the loop (the denominator is >= 1 anyway).
-    inter = out.shape[1]
-    one = np.float32(1.0)
-    for i in range(inter):
-        g = gate_up[r, i]
-        # e = e**-|g| lies in (0, 1], so nothing overflows for any finite g: sigmoid(g) is
-        # 1 / (1 + e) for g >= 0 and e / (1 + e) below (the same value, formed without e**-g).
-        # exp_nonpositive stops at e**-87 instead of going to 0, and g times that floor is not
-        # negligible for huge g (-3e38 would give -4.9), hence the explicit 0 below -87.
-        e = exp_nonpositive(-abs(g))
-        num = one if g >= 0 else (e if g > np.float32(-87.0) else np.float32(0.0))
-        out[r, i] = g * num / (one + e) * gate_up[r, inter + i]
 
 
 @njit(cache=True, nogil=True, parallel=True, error_model="numpy")

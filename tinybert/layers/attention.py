@@ -1,0 +1,175 @@
+"""Attention: the projections (SelfAttention, CrossAttention) and the rows they run over.
+
+The rows decide how keys are found, so that one block serves encoders and decoders:
+
+    PackedRows  whole sequences packed back to back (encoders): bidirectional within each sequence.
+    CachedRows  tokens of sequences held in cache slots (decoders): each row writes its key and value into its
+                slot and attends causally to it, and cross-attends to the source its slot reads.
+
+Positions are data of the stack (``Positions``): a rotary table applied to q and k, or a bias on the scores
+(T5's relative buckets; ALiBi would be another bias of the same [heads, distance] form).
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from .. import format as fmt
+from ..config import BlockConfig
+from ..kernels.attention import attention_with_bias
+from ..kernels.decoder import cached_attention, cached_attention_with_bias, write_kv
+from ..kernels.rope import apply_rope, rope_tables
+from .cache import KVCache
+from .linear import Linear
+
+_NO_BIAS = np.zeros((1, 0), dtype=np.float32)
+
+
+def relative_position_bucket(relative_position: np.ndarray, bidirectional: bool, num_buckets: int,
+                             max_distance: int) -> np.ndarray:
+    """transformers' T5Attention._relative_position_bucket (relative = key pos − query pos), in numpy with
+    the same float32 log arithmetic."""
+    rel = np.asarray(relative_position, dtype=np.int64)
+    buckets = np.zeros_like(rel)
+    if bidirectional:
+        num_buckets //= 2
+        buckets += (rel > 0).astype(np.int64) * num_buckets
+        rel = np.abs(rel)
+    else:
+        rel = -np.minimum(rel, 0)
+    max_exact = num_buckets // 2
+    is_small = rel < max_exact
+    with np.errstate(divide="ignore"):
+        ratio = np.maximum(rel, 1).astype(np.float32) / np.float32(max_exact)
+        large = (np.log(ratio) / np.float32(math.log(max_distance / max_exact))
+                 * np.float32(num_buckets - max_exact)).astype(np.int64)
+    large = np.minimum(max_exact + large, num_buckets - 1)
+    return buckets + np.where(is_small, rel, large)
+
+
+class Positions:
+    """The position data a stack's attention uses: rotary tables, or the relative bias table (T5: layer 0's,
+    shared by every layer). Learned and sinusoidal positions live in the embeddings instead."""
+
+    def __init__(self, cfg: BlockConfig, tensors: dict[str, np.ndarray], stack: str = "") -> None:
+        self.cfg = cfg
+        self.rope = rope_tables(cfg.head_dim, cfg.max_positions, cfg.rope) if cfg.positions == "rope" else None
+        self.table = None
+        if cfg.positions == "relative":
+            self.table = np.ascontiguousarray(tensors[fmt.stack_prefix(stack) + fmt.REL_BIAS], dtype=np.float32)
+        self._causal = np.zeros((cfg.num_heads, 0), dtype=np.float32)
+
+    def packed_bias(self, longest: int) -> tuple[np.ndarray, int]:
+        """bias[h, center + j − i] for keys j and queries i of sequences up to ``longest`` (bidirectional)."""
+        if self.table is None:
+            return _NO_BIAS, 0
+        cfg = self.cfg
+        offsets = np.arange(-(longest - 1), longest)
+        buckets = relative_position_bucket(offsets, True, cfg.relative_buckets, cfg.relative_max_distance)
+        return np.ascontiguousarray(self.table[buckets].T), longest - 1    # [heads, 2·longest − 1]
+
+    def causal_bias(self, upto: int) -> np.ndarray:
+        """bias[h, p − t] for a query at p and keys t ≤ p < ``upto``; kept and extended on demand."""
+        if self.table is None:
+            return _NO_BIAS
+        if self._causal.shape[1] < upto:
+            cfg = self.cfg
+            buckets = relative_position_bucket(-np.arange(upto), False, cfg.relative_buckets,
+                                               cfg.relative_max_distance)
+            self._causal = np.ascontiguousarray(self.table[buckets].T)
+        return self._causal
+
+
+def _score_scale(cfg: BlockConfig) -> float:
+    return 1.0 / math.sqrt(cfg.head_dim) if cfg.attn_scale else 1.0
+
+
+class PackedRows:
+    """Sequence b is rows starts[b]:starts[b+1]; key_mask uint8 [T] is 0 for keys no query may see (padding).
+    ``threads``: numba.get_num_threads(), read once per forward (each read costs ~0.8 µs)."""
+
+    def __init__(self, cfg: BlockConfig, positions: Positions, starts: np.ndarray, key_mask: np.ndarray,
+                 threads: int) -> None:
+        self.cfg, self.starts, self.key_mask, self.threads = cfg, starts, key_mask, threads
+        self.scale = _score_scale(cfg)
+        longest = int(np.diff(starts).max()) if positions.table is not None else 0
+        self.bias, self.center = positions.packed_bias(longest)
+
+    def attend(self, qkv: np.ndarray, layer: int) -> np.ndarray:
+        """q | k | v rows [T, 3A] → context [T, A]."""
+        cfg = self.cfg
+        context = np.empty((qkv.shape[0], cfg.num_heads * cfg.head_dim), dtype=np.float32)
+        attention_with_bias(qkv, self.starts, self.key_mask, cfg.num_heads, self.scale, self.bias, self.center,
+                            context, self.threads)
+        return context
+
+
+class CachedRows:
+    """Row r is the token at position positions[r] of the sequence in cache slot slots[r] (every earlier
+    position of the slot already in the cache or earlier in these rows), whose source is sources[r]."""
+
+    def __init__(self, cfg: BlockConfig, positions: Positions, slots: np.ndarray, at: np.ndarray, cache: KVCache,
+                 threads: int, sources: np.ndarray | None = None) -> None:
+        self.cfg, self.slots, self.positions, self.cache, self.threads = cfg, slots, at, cache, threads
+        self.scale = _score_scale(cfg)
+        self.rope = positions.rope
+        self.bias = positions.causal_bias(int(at.max()) + 1)
+        if cfg.cross_attention:
+            self.sources = slots if sources is None else sources
+            self.source_positions = cache.source_lengths[self.sources] - 1   # every source key is visible
+
+    def attend(self, qkv: np.ndarray, layer: int) -> np.ndarray:
+        """q | k | v rows [N, (Hq + 2 Hkv) d] → context [N, Hq d]; writes k and v into the cache first."""
+        cfg = self.cfg
+        n, hq, hkv, d = qkv.shape[0], cfg.num_heads, cfg.num_kv_heads, cfg.head_dim
+        q = np.ascontiguousarray(qkv[:, :hq * d]).reshape(n, hq, d)
+        k = np.ascontiguousarray(qkv[:, hq * d:(hq + hkv) * d]).reshape(n, hkv, d)
+        v = np.ascontiguousarray(qkv[:, (hq + hkv) * d:]).reshape(n, hkv, d)
+        if self.rope is not None:
+            apply_rope(q, self.positions, *self.rope)
+            apply_rope(k, self.positions, *self.rope)
+        keys, values = self.cache.self_k[layer], self.cache.self_v[layer]
+        write_kv(k, v, self.slots, self.positions, keys, values)
+        cached_attention_with_bias(q, keys, values, self.slots, self.positions, self.scale, self.bias, q)
+        return q.reshape(n, hq * d)
+
+    def attend_source(self, q: np.ndarray, layer: int) -> np.ndarray:
+        """Queries [N, Hq d] → context over all keys of each row's source (written by ``KVCache.write_source``)."""
+        cfg = self.cfg
+        n = q.shape[0]
+        q = q.reshape(n, cfg.num_heads, cfg.head_dim)
+        cached_attention(q, self.cache.cross_k[layer], self.cache.cross_v[layer], self.sources,
+                         self.source_positions, self.scale, q)
+        return q.reshape(n, -1)
+
+
+class SelfAttention:
+    def __init__(self, tensors: dict[str, np.ndarray], prefix: str) -> None:
+        self.qkv = Linear(tensors, prefix + fmt.ATTN_QKV)
+        self.out = Linear(tensors, prefix + fmt.ATTN_OUT)
+
+    def linears(self) -> list[Linear]:
+        return [self.qkv, self.out]
+
+    def __call__(self, x: np.ndarray, rows: PackedRows | CachedRows, layer: int) -> np.ndarray:
+        qkv = self.qkv(x, rows.threads)
+        context = rows.attend(qkv, layer)
+        del qkv   # [T, 3A], the largest activation: gone before the output projection allocates (peak memory)
+        return self.out(context, rows.threads)
+
+
+class CrossAttention:
+    """Queries from the decoder rows; keys and values from the encoder output, computed once per source."""
+
+    def __init__(self, tensors: dict[str, np.ndarray], prefix: str) -> None:
+        self.q = Linear(tensors, prefix + fmt.CROSS_Q)
+        self.kv = Linear(tensors, prefix + fmt.CROSS_KV)
+        self.out = Linear(tensors, prefix + fmt.CROSS_OUT)
+
+    def linears(self) -> list[Linear]:
+        return [self.q, self.kv, self.out]
+
+    def __call__(self, x: np.ndarray, rows: CachedRows, layer: int) -> np.ndarray:
+        return self.out(rows.attend_source(self.q(x, rows.threads), layer), rows.threads)

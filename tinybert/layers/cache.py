@@ -1,0 +1,75 @@
+"""The one key/value cache of every decoder, decoder-only or the decoder half of an encoder-decoder.
+
+Self-attention: slots × length positions per layer, one sequence per slot (a prompt, a beam). Cross-attention:
+sources × source_length per layer, the encoder output's keys and values of each source sequence, written once
+(absent for decoder-only models). Beam search gives one source several slots, which all read its keys.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from ..errors import InputError
+from ..kernels.decoder import copy_slots as copy_cache_slots
+
+
+def _geometry(cfg) -> tuple[int, int, int]:
+    """(layers, kv_heads, head_dim) of the decoder stack of a DecoderConfig or Seq2SeqConfig."""
+    block = cfg.decoder_block
+    return cfg.num_decoder_layers, block.num_kv_heads, block.head_dim
+
+
+class KVCache:
+    """self_k, self_v float32 [layers, slots, kv_heads, length, head_dim]; cross_k, cross_v float32
+    [layers, sources, kv_heads, source_length, head_dim]; source_lengths int32 [sources]. Allocated once;
+    ``length`` bounds the positions a slot can hold."""
+
+    def __init__(self, cfg, slots: int, length: int, sources: int = 0, source_length: int = 0) -> None:
+        layers, heads, d = _geometry(cfg)
+        self.self_k = np.zeros((layers, slots, heads, length, d), dtype=np.float32)
+        self.self_v = np.zeros_like(self.self_k)
+        self.cross_k = np.zeros((layers, sources, heads, source_length, d), dtype=np.float32)
+        self.cross_v = np.zeros_like(self.cross_k)
+        self.source_lengths = np.zeros(sources, dtype=np.int32)
+        self.length = length
+
+    @staticmethod
+    def bytes_for(cfg, slots: int, length: int, sources: int = 0, source_length: int = 0) -> int:
+        layers, heads, d = _geometry(cfg)
+        return 2 * 4 * layers * heads * d * (slots * length + sources * source_length)
+
+    @property
+    def nbytes(self) -> int:
+        return self.self_k.nbytes + self.self_v.nbytes + self.cross_k.nbytes + self.cross_v.nbytes
+
+    @property
+    def slots(self) -> int:
+        return self.self_k.shape[1]
+
+    @property
+    def sources(self) -> int:
+        return self.cross_k.shape[1]
+
+    def write_source(self, layer: int, kv: np.ndarray, starts: np.ndarray, sources: np.ndarray) -> None:
+        """Cross-attention keys | values [T, 2 Hkv d] of the encoder rows starts[b]:starts[b+1] as source
+        sources[b] (validated by the caller)."""
+        _, _, heads, _, d = self.cross_k.shape
+        k = kv[:, :heads * d].reshape(-1, heads, d)
+        v = kv[:, heads * d:].reshape(-1, heads, d)
+        for b, source in enumerate(sources):
+            s0, s1 = starts[b], starts[b + 1]
+            self.cross_k[layer, source, :, :s1 - s0] = k[s0:s1].transpose(1, 0, 2)
+            self.cross_v[layer, source, :, :s1 - s0] = v[s0:s1].transpose(1, 0, 2)
+
+    def copy_slots(self, dest: np.ndarray, src: np.ndarray, upto: int) -> None:
+        """Slots ``dest[i]`` take over the first ``upto`` cached positions of slots ``src[i]`` (beam search:
+        a beam continuing another beam). All sources are read before any destination is written."""
+        dest = np.ascontiguousarray(dest, dtype=np.int64)
+        src = np.ascontiguousarray(src, dtype=np.int64)
+        if dest.shape != src.shape or dest.ndim != 1 or not 0 <= upto <= self.length or (dest.size and (
+                min(dest.min(), src.min()) < 0 or max(dest.max(), src.max()) >= self.slots
+                or np.intersect1d(dest, src).size)):
+            raise InputError("copy_slots needs distinct destination and source slots of the state")
+        if dest.size:
+            for arr in (self.self_k, self.self_v):
+                copy_cache_slots(arr, dest, src, int(upto))

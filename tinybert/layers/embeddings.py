@@ -1,0 +1,75 @@
+"""One embedding path for every family: token table (int8 or float32) · factor + positions + token types,
+then an optional norm and projection. Which parts a model has is data: the config's position scheme and the
+tensors its file holds."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from .. import format as fmt
+from ..kernels.embeddings import embed
+from .linear import Linear
+from .norm import Norm
+
+_NONE = np.zeros((0, 0), dtype=np.float32)       # a table the kernel leaves out
+_NO_SCALE = np.zeros(0, dtype=np.float32)        # a float32 token table
+
+
+def sinusoidal_table(n_pos: int, dim: int) -> np.ndarray:
+    """transformers' MarianSinusoidalPositionalEmbedding.create_weight: sin in the first half, cos in the
+    second (not interleaved), computed in float64 and stored as float32."""
+    j = np.arange(dim)
+    position_enc = np.arange(n_pos, dtype=np.float64)[:, None] / np.power(10000, 2 * (j // 2) / dim)[None, :]
+    out = np.empty((n_pos, dim), dtype=np.float32)
+    sentinel = dim // 2 if dim % 2 == 0 else dim // 2 + 1
+    out[:, :sentinel] = np.sin(position_enc[:, 0::2])
+    out[:, sentinel:] = np.cos(position_enc[:, 1::2])
+    return out
+
+
+def _dense(tensors: dict[str, np.ndarray], name: str) -> np.ndarray:
+    """A small table stored int8 to keep the file small, widened once at load."""
+    table = tensors[name]
+    if table.dtype == np.int8:
+        table = table * tensors[name + fmt.SCALE_SUFFIX][:, None]
+    return np.ascontiguousarray(table, dtype=np.float32)
+
+
+class Embeddings:
+    """tokens[ids] · factor + positions[pos] (+ token_types[type_ids]) → norm (→ projection when E != H).
+
+    ``stack`` and ``shared_tokens`` name the tensors (format.embed_names); ``positions`` is the block config's
+    scheme: "learned" and "sinusoidal" add a table here, "rope" and "relative" act inside attention instead.
+    ``scale``: multiply the token rows by √width (Marian). The norm, token types and projection are there when
+    the file has them.
+    """
+
+    def __init__(self, tensors: dict[str, np.ndarray], stack: str, positions: str, max_positions: int,
+                 norm: str = "layernorm", norm_eps: float = 1e-5, scale: bool = False,
+                 shared_tokens: bool = True) -> None:
+        names = fmt.embed_names(stack, shared_tokens)
+        self.tokens = tensors[names["tokens"]]
+        self.token_scale = tensors.get(names["tokens"] + fmt.SCALE_SUFFIX, _NO_SCALE)
+        width = self.tokens.shape[1]
+        self.factor = np.float32(math.sqrt(width) if scale else 1.0)
+        self.positions = _NONE
+        if positions == "learned":
+            self.positions = _dense(tensors, names["positions"])
+        elif positions == "sinusoidal":
+            self.positions = sinusoidal_table(max_positions, width)
+        self.types = tensors.get(names["token_types"], _NONE)
+        self.norm = Norm(tensors, names["norm"], norm, norm_eps) if names["norm"] + ".weight" in tensors else None
+        self.proj = Linear(tensors, names["proj"]) if names["proj"] + ".weight" in tensors else None
+
+    def __call__(self, ids: np.ndarray, positions: np.ndarray, type_ids: np.ndarray | None = None) -> np.ndarray:
+        """ids, positions (, type_ids) int32 [N], validated → float32 [N, H]."""
+        out = np.empty((ids.size, self.tokens.shape[1]), dtype=np.float32)
+        if type_ids is None:
+            type_ids = np.zeros_like(ids) if self.types.size else ids     # ids: any int32 [N] the kernel ignores
+        embed(ids, positions, type_ids, self.tokens, self.token_scale, self.factor,
+              self.positions, self.types, out)
+        if self.norm is not None:
+            self.norm(out, out=out)
+        return self.proj(out) if self.proj is not None else out
