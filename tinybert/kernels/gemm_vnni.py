@@ -2,7 +2,7 @@
 
 Same scheme as ``quant.py`` ("W8A12": int8 weights with a per-output-channel scale, activations
 quantised per row to 12-bit integers ``xq`` in [-2047, 2047]), same exact integer dot products,
-same float32 epilogue, so these paths are bit-identical to the AVX2 and portable ones:
+same float32 epilogue, so these paths are bit-identical to the pairs ones (AVX2 or generic vectors):
 
     y[m, n] = float32(sum_k xq[m, k] * wq[n, k]) * xs[m] * ws[n] + b[n]
 
