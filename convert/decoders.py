@@ -16,7 +16,8 @@ import numpy as np
 from tinybert.config import DecoderConfig
 from tinybert.errors import ConversionError, ModelFileError, UnsupportedModelError
 from tinybert.format import decoder_tensor_shapes
-from tinybert.kernels.rope import rope_from_hf_config
+
+from .rope import rope_from_hf_config
 
 DECODER_FAMILIES = ("gpt2", "llama", "mistral", "qwen2")
 

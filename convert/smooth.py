@@ -4,7 +4,7 @@ The runtime quantises each layer's input per row (per token). At 12 bits that is
 (all-MiniLM-L6-v2 cosine 0.9996); at 8 bits the few outlier channels of BERT-family activations set
 every row's scale and the rest lose their precision. But 8-bit inputs halve the AVX-512 VNNI work
 (one byte plane instead of two), so the converter gives 8 bits to the layers that keep their
-accuracy with it. (8-bit rows are centred on their midpoint at run time, see kernels/gemm.py: the
+accuracy with it. (8-bit rows are centred on their midpoint at run time, see kernels/quant.py: the
 GELU outputs that ``mlp.down`` reads lie in [-0.17, max], and centring gives them a grid twice as fine.)
 
 * ``attn.qkv`` and ``mlp.up`` read a LayerNorm output, where the outliers live. They are smoothed:
@@ -52,14 +52,26 @@ CALIBRATION_TEXT = Path(__file__).with_name("calibration.txt")
 _BATCH = 16
 
 
-class _Observed(Linear):
-    """A Linear that records the largest |input| of each input channel."""
+class _Observed:
+    """Stands in for a layer during the float calibration run: records the largest |input| of each input
+    channel, then calls the layer.
 
-    amax: np.ndarray
+    Wrapped from the outside, and put in the block's attribute for that one throw-away model: the runtime
+    layer needs no hook for it, and nothing is asked of it but ``in_features`` and being callable, so the
+    converter does not depend on Linear's internals. Any other attribute is the layer's.
+    """
 
-    def __call__(self, x: np.ndarray, threads: int | None = None) -> np.ndarray:
-        np.maximum(self.amax, np.abs(x).max(axis=0), out=self.amax)
-        return super().__call__(x, threads)
+    def __init__(self, layer) -> None:
+        self.layer = layer
+        self.amax = np.zeros(layer.in_features, dtype=np.float32)
+
+    def __call__(self, x: np.ndarray, *args, **kwargs) -> np.ndarray:
+        if len(x):
+            np.maximum(self.amax, np.abs(x).max(axis=0), out=self.amax)
+        return self.layer(x, *args, **kwargs)
+
+    def __getattr__(self, name: str):
+        return getattr(self.layer, name)
 
 
 def _batches(cfg: EncoderConfig, tokenizer_json: str, texts: list[str]) -> list:
@@ -86,10 +98,9 @@ def _reference(cfg: EncoderConfig, tensors: dict[str, np.ndarray],
     model = EncoderModel(cfg, tensors)
     observed: dict[str, _Observed] = {}
     for i, block in enumerate(model.blocks):
-        for layer, kind in ((block.attn.qkv, "attn.qkv"), (block.mlp.up, "mlp.up")):
-            layer.__class__ = _Observed
-            layer.amax = np.zeros(layer.in_features, dtype=np.float32)
-            observed[f"{fmt.layer_prefix(i)}{kind}"] = layer
+        for owner, attr, kind in ((block.attn, "qkv", "attn.qkv"), (block.mlp, "up", "mlp.up")):
+            observed[f"{fmt.layer_prefix(i)}{kind}"] = layer = _Observed(getattr(owner, attr))
+            setattr(owner, attr, layer)
     hidden = _run(model, batches)
     return hidden, {name: layer.amax for name, layer in observed.items()}
 

@@ -8,6 +8,7 @@ import math
 import numpy as np
 import pytest
 import torch
+from tinybert_convert.rope import rope_from_hf_config
 
 from tinybert.kernels import activations, decoder, rope
 
@@ -131,7 +132,7 @@ def tables():
     def get(case: str, head_dim: int):
         if (case, head_dim) not in cache:
             cfg = _llama_config(ROPE_CASES[case], head_dim)
-            params = rope.rope_from_hf_config(cfg.to_dict())
+            params = rope_from_hf_config(cfg.to_dict())
             cache[case, head_dim] = (cfg, params, *rope.rope_tables(head_dim, MAX_POSITIONS, params))
         return cache[case, head_dim]
 
@@ -160,7 +161,7 @@ def test_inv_freq_bit_exact_where_torch_pow_is_correctly_rounded(case, head_dim)
 
     cfg = _llama_config(ROPE_CASES[case], head_dim)
     hf = LlamaRotaryEmbedding(cfg).inv_freq.numpy()
-    np.testing.assert_array_equal(rope._inv_freq(head_dim, rope.rope_from_hf_config(cfg.to_dict())), hf)
+    np.testing.assert_array_equal(rope._inv_freq(head_dim, rope_from_hf_config(cfg.to_dict())), hf)
 
 
 @pytest.mark.parametrize("theta,head_dim", [(1234.5, 96), (1e6, 128), (10000.0, 96)])
@@ -170,7 +171,7 @@ def test_inv_freq_within_one_ulp_of_torch_elsewhere(theta, head_dim):
 
     cfg = _llama_config(dict(rope_type="default", rope_theta=theta), head_dim)
     hf = LlamaRotaryEmbedding(cfg).inv_freq.numpy()
-    ours = rope._inv_freq(head_dim, rope.rope_from_hf_config(cfg.to_dict()))
+    ours = rope._inv_freq(head_dim, rope_from_hf_config(cfg.to_dict()))
     assert np.abs(ours.view(np.int32).astype(np.int64) - hf.view(np.int32)).max() <= 1
     exponent = (np.arange(0, head_dim, 2, dtype=np.float32) / np.float32(head_dim)).astype(np.float64)
     exact = 1.0 / np.float64(np.float32(theta)) ** exponent  # from the float32 exponent torch uses
@@ -247,25 +248,25 @@ def test_rope_from_hf_config_llama_configs(case):
                 "linear-3": {"type": "linear", "theta": 10000.0, "factor": 3.0},
                 "llama3-odd": {"type": "llama3", "theta": 10000.0, "factor": 6.0, "low_freq_factor": 1.5,
                                "high_freq_factor": 3.5, "original_max_position_embeddings": 56}}[case]
-    assert rope.rope_from_hf_config(cfg) == {**expected, "attention_scaling": 1.0}
+    assert rope_from_hf_config(cfg) == {**expected, "attention_scaling": 1.0}
 
 
 def test_rope_from_hf_config_legacy_keys():
     llama31 = {"max_position_embeddings": 131072, "rope_theta": 500000.0,
                "rope_scaling": {"factor": 8.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
                                 "original_max_position_embeddings": 8192, "rope_type": "llama3"}}
-    assert rope.rope_from_hf_config(llama31) == {
+    assert rope_from_hf_config(llama31) == {
         "type": "llama3", "theta": 500000.0, "factor": 8.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
         "original_max_position_embeddings": 8192, "attention_scaling": 1.0}
-    assert rope.rope_from_hf_config({"rope_theta": 1e6, "rope_scaling": None}) == {
+    assert rope_from_hf_config({"rope_theta": 1e6, "rope_scaling": None}) == {
         "type": "default", "theta": 1e6, "attention_scaling": 1.0}
-    assert rope.rope_from_hf_config({}) == {"type": "default", "theta": 10000.0, "attention_scaling": 1.0}
-    assert rope.rope_from_hf_config({"rope_scaling": {"type": "linear", "factor": 2.0}}) == {
+    assert rope_from_hf_config({}) == {"type": "default", "theta": 10000.0, "attention_scaling": 1.0}
+    assert rope_from_hf_config({"rope_scaling": {"type": "linear", "factor": 2.0}}) == {
         "type": "linear", "theta": 10000.0, "factor": 2.0, "attention_scaling": 1.0}
     # llama3 without original_max_position_embeddings falls back to max_position_embeddings, as transformers does
     no_original = {"max_position_embeddings": 2048, "rope_parameters": {
         "rope_type": "llama3", "rope_theta": 10000.0, "factor": 8.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0}}
-    assert rope.rope_from_hf_config(no_original)["original_max_position_embeddings"] == 2048
+    assert rope_from_hf_config(no_original)["original_max_position_embeddings"] == 2048
 
 
 def test_legacy_config_gives_the_same_tables_as_transformers():
@@ -277,7 +278,7 @@ def test_legacy_config_gives_the_same_tables_as_transformers():
                                "original_max_position_embeddings": 128}}
     cfg = LlamaConfig(**legacy)
     hf = LlamaRotaryEmbedding(cfg).inv_freq.numpy()
-    np.testing.assert_array_equal(rope._inv_freq(64, rope.rope_from_hf_config(legacy)), hf)
+    np.testing.assert_array_equal(rope._inv_freq(64, rope_from_hf_config(legacy)), hf)
 
 
 @pytest.mark.parametrize("params", [
@@ -289,7 +290,7 @@ def test_legacy_config_gives_the_same_tables_as_transformers():
 def test_rope_from_hf_config_rejects_unsupported_types(params):
     cfg = _llama_config(params, 64).to_dict()
     with pytest.raises(ValueError, match=params["rope_type"]):
-        rope.rope_from_hf_config(cfg)
+        rope_from_hf_config(cfg)
 
 
 def test_rope_rejects_bad_input():
@@ -300,10 +301,10 @@ def test_rope_rejects_bad_input():
     with pytest.raises(ValueError, match="even"):
         rope.rope_tables(63, 16, {"type": "default", "theta": 10000.0})
     with pytest.raises(ValueError, match="partial_rotary_factor"):
-        rope.rope_from_hf_config({"rope_parameters": {"rope_type": "linear", "factor": 2.0,
+        rope_from_hf_config({"rope_parameters": {"rope_type": "linear", "factor": 2.0,
                                                       "partial_rotary_factor": 0.5}})
     with pytest.raises(ValueError, match="factor"):
-        rope.rope_from_hf_config({"rope_scaling": {"rope_type": "llama3", "factor": 8.0}})
+        rope_from_hf_config({"rope_scaling": {"rope_type": "llama3", "factor": 8.0}})
 
 
 # ----------------------------------------------------------------------------------- KV cache + attention
@@ -557,3 +558,16 @@ def test_copy_slots():
     expected = before.copy()
     expected[:, dest, :, :7] = before[:, src, :, :7]
     np.testing.assert_array_equal(cache, expected)
+
+
+def test_runtime_knows_no_hugging_face_rope_names():
+    """HF config parsing is the converter's (convert/rope.py): the runtime reads the canonical dict only."""
+    from pathlib import Path
+
+    import tinybert
+
+    assert not hasattr(rope, "rope_from_hf_config")
+    names = ("rope_scaling", "rope_parameters", "rope_theta", "rope_type")
+    for path in Path(tinybert.__file__).parent.rglob("*.py"):
+        text = path.read_text(encoding="utf-8")
+        assert not [name for name in names if name in text], path

@@ -1,45 +1,29 @@
-"""Correctness tests for tinybert/kernels/gemm.py (no timing).
+"""Correctness tests for the linear-layer kernels: tinybert/kernels/gemm.py (dispatch), gemm_pairs.py,
+gemm_vnni.py, gemm_fp32.py, quant.py and cpu.py (no timing).
 
 The integer part of every int8 path is exact, so each path is checked twice:
   * allclose (rtol 1e-6) against y = xs * ws * dot + b computed in float64 from int64 dot products;
-  * bit-exact equality with a numpy emulation of the shared float32 epilogue
-    float32(dot) * xs[m] * ws[n] + b[n]  (and between all paths).
+  * bit-exact equality with the numpy oracles of tests/oracles.py (the shared float32 epilogue
+    float32(dot) * xs[m] * ws[n] + b[n] spelled out), and between all paths.
 """
 
 import numpy as np
 import pytest
 from numba import njit
+from oracles import dot_ref, epilogue_ref, linear_int8_ref, qlinear_ref, quantize_centred_ref, quantize_ref
 
+from tinybert.kernels import cpu, gemm_fp32, gemm_pairs
 from tinybert.kernels import gemm as g
 
-PATHS = ["simd", "portable"]
+PATHS = ["simd"]       # the pairs kernel: one vector micro-kernel (AVX2 intrinsic or generic IR) on every CPU
 
 
-# ------------------------------------------------------------------------------------------------
-# numpy references
-# ------------------------------------------------------------------------------------------------
-
-def quantize_ref(x, qmax=g.ACT_QMAX):
-    amax = np.abs(x).max(axis=1)
-    scale = np.where(amax > 0, amax / np.float32(qmax), np.float32(1.0)).astype(np.float32)
-    inv = (np.float32(1.0) / scale).astype(np.float32)
-    xq = np.rint(x * inv[:, None]).astype(np.int16)
-    return xq, scale
-
-
-def quantize_centred_ref(x, qmax=g.ACT8_QMAX):
-    """8-bit rows: x ~ c + xs * xq, c the midpoint of the row's range."""
-    lo, hi = x.min(axis=1).astype(np.float64), x.max(axis=1).astype(np.float64)
-    c = ((hi + lo) * 0.5).astype(np.float32)
-    half = np.maximum(hi - c, c - lo)
-    scale = np.where(half > 0, (half / qmax).astype(np.float32), np.float32(1.0)).astype(np.float32)
-    inv = (np.float32(1.0) / scale).astype(np.float32)
-    xq = np.rint((x - c[:, None]) * inv[:, None]).astype(np.int16)
-    return xq, scale, c
-
-
-def dot_ref(xq, wq):
-    return xq.astype(np.int64) @ wq.astype(np.int64).T
+@njit(nogil=True, error_model="numpy")
+def quantize_rows(x, xq, xs):
+    """The pairs path's row quantiser on its own: xq[m] = rint(x[m] / xs[m]), 12-bit rows."""
+    xc = np.empty(x.shape[0], dtype=np.float32)
+    for m in range(x.shape[0]):
+        gemm_pairs._quantize_row_into(x, m, xs, xc, xq[m], np.float32(g.ACT_QMAX))
 
 
 def check_out(out, xq, xs, wq, ws, bias, xc=None):
@@ -55,10 +39,7 @@ def check_out(out, xq, xs, wq, ws, bias, xc=None):
     assert np.all(np.abs(out - expected) <= 1e-6 * scale + 1e-30)
     assert np.allclose(out, expected, rtol=1e-6, atol=1e-6 * scale.max())
     # The shared epilogue, emulated in float32: every path must match it bit for bit.
-    exact = dot.astype(np.float64).astype(np.float32) * xs[:, None] * ws[None, :] + bias[None, :]
-    if xc is not None:
-        exact = exact + xc[:, None] * wsum[None, :]
-    np.testing.assert_array_equal(out, exact)
+    np.testing.assert_array_equal(out, epilogue_ref(dot, xs, ws, bias, xc, wsum))
 
 
 def make_case(rng, m, n, k, extreme=None):
@@ -101,7 +82,7 @@ def test_quantize_rows_matches_numpy(m, k):
         x[2] = 0.0                                # all-zero row -> scale 1, xq 0
     xq = np.empty((m, k), np.int16)
     xs = np.empty(m, np.float32)
-    g.quantize_rows(x, xq, xs)
+    quantize_rows(x, xq, xs)
     xq_ref, xs_ref = quantize_ref(x)
     np.testing.assert_array_equal(xs, xs_ref)
     np.testing.assert_array_equal(xq, xq_ref)
@@ -115,7 +96,7 @@ def test_quantize_rows_half_even():
     x = np.array([[2047.0, 0.5, 1.5, 2.5, -0.5, -1.5]], np.float32)
     xq = np.empty_like(x, dtype=np.int16)
     xs = np.empty(1, np.float32)
-    g.quantize_rows(x, xq, xs)
+    quantize_rows(x, xq, xs)
     assert xs[0] == 1.0
     np.testing.assert_array_equal(xq[0], [2047, 0, 2, 2, 0, -2])
 
@@ -176,15 +157,6 @@ def test_pack_weight_rejects_bad_input():
 # GEMM paths
 # ------------------------------------------------------------------------------------------------
 
-@pytest.mark.parametrize("m,n,k", SHAPES)
-def test_qlinear_reference(m, n, k):
-    rng = np.random.default_rng(m * 7919 + n * 31 + k)
-    xq, xs, wq, ws, bias = make_case(rng, m, n, k)
-    out = np.empty((m, n), np.float32)
-    g.qlinear(xq, xs, wq, ws, bias, out)
-    check_out(out, xq, xs, wq, ws, bias)
-
-
 @pytest.mark.parametrize("path", PATHS)
 @pytest.mark.parametrize("m,n,k", SHAPES)
 def test_qlinear_packed(m, n, k, path):
@@ -207,9 +179,7 @@ def test_extreme_values(m, n, k, extreme, path):
     out = np.empty((m, n), np.float32)
     g.qlinear_packed(xq, xs, g.pack_weight(wq, "pairs"), ws, bias, out, path=path)
     check_out(out, xq, xs, wq, ws, bias)
-    ref = np.empty((m, n), np.float32)
-    g.qlinear(xq, xs, wq, ws, bias, ref)
-    np.testing.assert_array_equal(out, ref)
+    np.testing.assert_array_equal(out, qlinear_ref(xq, xs, wq, ws, bias))
 
 
 @pytest.mark.parametrize("packed", [True, False])
@@ -230,10 +200,9 @@ def test_linear_int8(m, n, k, path, packed):
     # Same answer as the unfused reference pipeline.
     xq2 = np.empty((m, k), np.int16)
     xs2 = np.empty(m, np.float32)
-    g.quantize_rows(x, xq2, xs2)
-    ref = np.empty((m, n), np.float32)
-    g.qlinear(xq2, xs2, wq, ws, bias, ref)
-    np.testing.assert_array_equal(y, ref)
+    quantize_rows(x, xq2, xs2)
+    np.testing.assert_array_equal(y, qlinear_ref(xq2, xs2, wq, ws, bias))
+    np.testing.assert_array_equal(y, linear_int8_ref(x, wq, ws, bias))
     # And it approximates the float layer.
     y32 = g.linear_fp32(x, wq.astype(np.float32) * ws[:, None], bias)
     assert np.abs(y - y32).max() <= 1e-3 * (np.abs(y32).max() + 1)
@@ -246,9 +215,10 @@ def test_act_bits_must_be_8_or_12():
 
 def test_default_path_is_vector():
     # The vector micro-kernel runs on every CPU (generic LLVM vector IR without AVX2); the scalar
-    # kernel is only a reference.
-    assert g._use_simd(None) is True
-    assert g._use_simd("simd") is True and g._use_simd("portable") is False
+    # reference is numpy now (tests/oracles.py), not a kernel path.
+    assert cpu.pairs_path(None) == cpu.pairs_path("simd") == "simd"
+    with pytest.raises(ValueError, match="path"):
+        cpu.pairs_path("portable")
 
 
 # ------------------------------------------------------------------------------------------------
@@ -265,15 +235,15 @@ def _make_runner(mk):
 @pytest.mark.parametrize("use_x86", [False, True])
 @pytest.mark.parametrize("rows", [1, 4, 6])
 def test_microkernel_variants(rows, use_x86):
-    if use_x86 and not g.SIMD_AVAILABLE:
-        pytest.skip("host has no AVX2")
+    if use_x86 and not cpu.HOST_AVX2:
+        pytest.skip("target has no AVX2")
     rng = np.random.default_rng(rows)
-    run = _make_runner(g._make_simd_microkernel(rows, use_x86))
+    run = _make_runner(gemm_pairs._make_simd_microkernel(rows, use_x86))
     k, nr = 38, g.NR
     # Three row tiles of activations; the kernel runs on the second (x_off != 0), whose first
     # `rows` rows it reads.
     xq = rng.integers(-2047, 2048, (3 * g.MR, k)).astype(np.int16)
-    xt = g.to_row_tiles(xq)
+    xt = gemm_pairs.to_row_tiles(xq)
     assert xt.shape == (3, k * g.MR)
     x, x_off = xt.reshape(-1), xt[0].size
     # Full int8 range, with sign-extension edge cases (-128, -1, 127) in whole rows.
@@ -292,16 +262,12 @@ def test_microkernel_variants(rows, use_x86):
     expected = tile0.copy()
     expected[t_off:t_off + rows * nr] += dot_ref(xrows, wq).reshape(-1).astype(np.int32)
     np.testing.assert_array_equal(tile, expected)
-    # The portable micro-kernel agrees.
-    tile2 = tile0.copy()
-    g._microkernel_portable(rows, tile2, t_off, x, x_off, wp, w_off, k // 2)
-    np.testing.assert_array_equal(tile2, expected)
 
 
 def test_to_row_tiles_layout():
     # 7 rows = one full tile and one partial tile whose missing rows are zero.
     xq = np.arange(7 * 4, dtype=np.int16).reshape(7, 4) + 1
-    xt = g.to_row_tiles(xq)
+    xt = gemm_pairs.to_row_tiles(xq)
     assert xt.shape == (2, 4 * g.MR)
     for m in range(7):
         for k in range(4):
@@ -312,7 +278,7 @@ def test_to_row_tiles_layout():
 def test_microkernel_rejects_int16_weights():
     # The IR reads int8 panels: an int16 (old widened layout) array must not type-check.
     from numba.core.errors import TypingError
-    run = _make_runner(g._make_simd_microkernel(1, False))
+    run = _make_runner(gemm_pairs._make_simd_microkernel(1, False))
     with pytest.raises(TypingError):
         run(np.zeros(16, np.int32), 0, np.zeros(12, np.int16), 0,
             np.zeros(32, np.int16), 0, 1)
@@ -421,7 +387,7 @@ def test_pack_weight_fp32_rejects_bad_input():
 @pytest.mark.parametrize("rows", [1, 4, 6])
 def test_fp32_microkernel(rows, panels):
     rng = np.random.default_rng(rows * 10 + panels)
-    mk = g._make_f32_microkernel(rows, panels)
+    mk = gemm_fp32._make_f32_microkernel(rows, panels)
 
     @njit
     def run(tile, t_off, ldt, x, x_off, x_stride, wp, w_off, w_pstride, kc, accumulate):
@@ -460,9 +426,9 @@ from tinybert.kernels import gemm_vnni as gv  # noqa: E402
 # Native where the CPU has the instructions, else their exact emulation (gemm_vnni docstring). The
 # only host that runs neither: an AMX CPU whose OS refused the tile state (or a TINYBERT_INT8_ISA cap).
 QUAD_PATHS = [
-    pytest.param("vnni", marks=pytest.mark.skipif(not (gv.VNNI_AVAILABLE or gv.VNNI_EMULATED),
+    pytest.param("vnni", marks=pytest.mark.skipif(not (cpu.VNNI_AVAILABLE or cpu.VNNI_EMULATED),
                                                   reason="VNNI capped by TINYBERT_INT8_ISA")),
-    pytest.param("amx", marks=pytest.mark.skipif(not (gv.AMX_AVAILABLE or gv.AMX_EMULATED),
+    pytest.param("amx", marks=pytest.mark.skipif(not (cpu.AMX_EMULATED or cpu.amx_available()),
                                                  reason="AMX CPU whose OS refused the tile state, or capped")),
 ]
 
@@ -495,7 +461,7 @@ def test_pack_quads_rejects_bad_input():
     with pytest.raises(ValueError, match="path"):
         g.linear_int8(np.zeros((2, 10), np.float32), wp, np.ones(20, np.float32), np.zeros(20, np.float32),
                       path="portable")
-    if not (gv.AMX_AVAILABLE or gv.AMX_EMULATED):     # AMX code compiled in, but not usable here
+    if not (cpu.AMX_EMULATED or cpu.amx_available()):     # AMX code compiled in, but not usable here
         with pytest.raises(ValueError, match="AMX"):
             g.linear_int8(np.zeros((2, 10), np.float32), wp, np.ones(20, np.float32), np.zeros(20, np.float32),
                           path="amx")
@@ -532,9 +498,7 @@ def test_quads_extreme_values(m, n, k, extreme, path):
     out = np.empty((m, n), np.float32)
     gv.qlinear_quads(xq, xs, gv.pack_quads(wq), ws, bias, out, path=path)
     check_out(out, xq, xs, wq, ws, bias)
-    ref = np.empty((m, n), np.float32)
-    g.qlinear(xq, xs, wq, ws, bias, ref)
-    np.testing.assert_array_equal(out, ref)
+    np.testing.assert_array_equal(out, qlinear_ref(xq, xs, wq, ws, bias))
 
 
 # The default path (None) takes quads only where they are native (test_pack_quads_rejects_bad_input).
@@ -554,9 +518,8 @@ def test_linear_quads_matches_pairs_bit_for_bit(m, n, k, path, bits):
     ws = (rng.random(n) * 1e-2).astype(np.float32)
     bias = rng.standard_normal(n).astype(np.float32)
     y = g.linear_int8(x, gv.pack_quads(wq), ws, bias, path=path, act_bits=bits)
-    for other in ("simd", "portable"):
-        np.testing.assert_array_equal(y, g.linear_int8(x, g.pack_weight(wq, "pairs"), ws, bias, path=other,
-                                                       act_bits=bits))
+    np.testing.assert_array_equal(y, g.linear_int8(x, g.pack_weight(wq, "pairs"), ws, bias, act_bits=bits))
+    np.testing.assert_array_equal(y, linear_int8_ref(x, wq, ws, bias, bits))
     np.testing.assert_array_equal(y[m // 2], bias)
     if bits == 12:
         xq, xs = quantize_ref(x)
@@ -635,7 +598,7 @@ rng = np.random.default_rng(0)
 x = rng.standard_normal((40, 200)).astype(np.float32)
 wq = rng.integers(-127, 128, (48, 200)).astype(np.int8)
 ws, b = np.full(48, 0.01, np.float32), np.zeros(48, np.float32)
-ref = gemm.linear_int8(x, gemm.pack_weight(wq, "pairs"), ws, b, path="portable")
+ref = gemm.linear_int8(x, gemm.pack_weight(wq, "pairs"), ws, b)
 paths = [None] + (["vnni"] if gv.VNNI_AVAILABLE else []) + (["amx"] if gv.AMX_AVAILABLE else [])
 same = all(np.array_equal(gemm.linear_int8(x, gemm.pack_weight(wq), ws, b, path=p if gv.VNNI_AVAILABLE else None), ref)
            for p in paths)
@@ -651,8 +614,8 @@ print(gv.VNNI_AVAILABLE, gv.AMX_AVAILABLE, gemm.best_layout(), same)
     assert runs["avx512vnni"].stdout.split() == [str(gv.VNNI_AVAILABLE), "False",
                                                  "quads" if gv.VNNI_AVAILABLE else "pairs", "True"]
     assert runs["nonsense"].returncode != 0 and "TINYBERT_INT8_ISA" in runs["nonsense"].stderr
-    assert runs["amx"].stdout.split() == [str(gv.VNNI_AVAILABLE), str(gv.AMX_AVAILABLE), g.best_layout(), "True"]
-    assert runs["emulate"].stdout.split() == ["True", str(gv.AMX_AVAILABLE or gv.AMX_EMULATED), "quads", "True"], \
+    assert runs["amx"].stdout.split() == [str(gv.VNNI_AVAILABLE), str(cpu.amx_available()), g.best_layout(), "True"]
+    assert runs["emulate"].stdout.split() == ["True", str(cpu.amx_available() or cpu.AMX_EMULATED), "quads", "True"], \
         runs["emulate"].stderr
 
 
@@ -670,7 +633,7 @@ def test_linear_quads_padding_over_reused_memory(m, k, path):
     ws = (rng.random(n) * 1e-2).astype(np.float32)
     bias = rng.standard_normal(n).astype(np.float32)
     x = (rng.standard_normal((m, k)) * 3).astype(np.float32)
-    expected = g.linear_int8(x, g.pack_weight(wq, "pairs"), ws, bias, path="portable")
+    expected = linear_int8_ref(x, wq, ws, bias)
     for _ in range(3):
         gv.linear_quads(np.full((mp, kp), 1e3, np.float32), big, ws, bias, path=path)
         np.testing.assert_array_equal(gv.linear_quads(x, gv.pack_quads(wq), ws, bias, path=path), expected)
@@ -715,7 +678,8 @@ def test_split_rounds_half_to_even_like_the_pairs_path(path):
     ws = (rng.random(40) * 1e-2).astype(np.float32)
     bias = np.zeros(40, np.float32)
     y = gv.linear_quads(x, gv.pack_quads(wq), ws, bias, path=path)
-    np.testing.assert_array_equal(y, g.linear_int8(x, g.pack_weight(wq, "pairs"), ws, bias, path="portable"))
+    np.testing.assert_array_equal(y, g.linear_int8(x, g.pack_weight(wq, "pairs"), ws, bias))
+    np.testing.assert_array_equal(y, linear_int8_ref(x, wq, ws, bias))
     xq = np.rint(x).astype(np.int64)              # scale 1: the quantised row is rint(x) itself
     assert np.array_equal(xq[0, :9], [0, 2, 2, 0, -2, -2, 1000, 2047, 0])
     np.testing.assert_array_equal(y, ((xq @ wq.T.astype(np.int64)).astype(np.float32) * ws).astype(np.float32))
@@ -820,9 +784,159 @@ def test_row_bands_match_the_column_split(m, bits):
     wp, qmax = gv.pack_quads(wq), g.act_qmax(bits)
     wsum = g.weight_sums(wq, ws) if bits == 8 else g.NO_SUMS
     smooth = np.exp(rng.standard_normal(k)).astype(np.float32)
-    expected = g.linear_int8(x * smooth, g.pack_weight(wq, "pairs"), ws, bias, path="portable", act_bits=bits)
+    expected = linear_int8_ref(x * smooth, wq, ws, bias, bits)
+    np.testing.assert_array_equal(expected, g.linear_int8(x * smooth, g.pack_weight(wq, "pairs"), ws, bias,
+                                                          act_bits=bits))
     assert np.isnan(expected[m // 2]).all()
     for threads in (1, 2, 3, 5):                         # 1: the column split itself
         out = np.full((m, n), 7.0, np.float32)
         gv._linear_quads(x, wp, ws, bias, out, qmax, wsum, smooth, threads)
         np.testing.assert_array_equal(out, expected)
+
+
+# ------------------------------------------------------------------------------------------------
+# CPU dispatch (cpu.py): one module decides, nothing is requested at import, the layers run one way
+# ------------------------------------------------------------------------------------------------
+
+ZEN4 = {"avx2", "fma", "avx512f", "avx512bw", "avx512vnni"}
+SAPPHIRE_RAPIDS = ZEN4 | {"amx-tile", "amx-int8"}
+HASWELL = {"avx2", "fma"}
+
+
+@pytest.mark.parametrize("features,cap,emulate,layout,amx,grant", [
+    (HASWELL, "amx", False, "pairs", False, False),
+    (HASWELL, "amx", True, "quads", True, False),            # both quads drivers emulated
+    (HASWELL, "avx512vnni", True, "quads", False, False),
+    (HASWELL, "avx2", True, "pairs", False, False),          # the cap wins over the emulation
+    (ZEN4, "amx", False, "quads", False, False),
+    (ZEN4, "amx", True, "quads", True, False),               # native VNNI, emulated AMX
+    (ZEN4, "avx512vnni", False, "quads", False, False),
+    (ZEN4, "avx2", False, "pairs", False, False),
+    (SAPPHIRE_RAPIDS, "amx", False, "quads", True, True),    # native AMX: the OS must grant the tiles
+    (SAPPHIRE_RAPIDS, "amx", True, "quads", True, True),
+    (SAPPHIRE_RAPIDS, "avx512vnni", False, "quads", False, False),
+    (SAPPHIRE_RAPIDS, "avx2", False, "pairs", False, False),
+])
+def test_int8_policy_for_every_isa_level(features, cap, emulate, layout, amx, grant):
+    policy = cpu.int8_policy(frozenset(features), cap, emulate)
+    assert (policy.layout, policy.amx_wanted, policy.amx_needs_grant) == (layout, amx, grant)
+    # Code generation follows the target alone, never the cap or the emulation switch.
+    assert (policy.target_vnni, policy.target_amx) == ("avx512vnni" in features, "amx-int8" in features)
+
+
+def test_int8_policy_refuses_an_unknown_cap():
+    with pytest.raises(ValueError, match="TINYBERT_INT8_ISA"):
+        cpu.int8_policy(frozenset(ZEN4), "avx512", False)
+
+
+@pytest.mark.parametrize("features,cap,emulate,granted,small,large", [
+    (HASWELL, "amx", False, False, None, None),          # pairs: the quads default path is refused
+    (HASWELL, "amx", True, False, "vnni", "amx"),        # emulated AMX needs no grant
+    (ZEN4, "amx", False, False, "vnni", "vnni"),
+    (ZEN4, "avx512vnni", True, False, "vnni", "vnni"),
+    (SAPPHIRE_RAPIDS, "amx", False, True, "vnni", "amx"),
+    (SAPPHIRE_RAPIDS, "amx", False, False, "vnni", "vnni"),   # the OS refused the tile state
+    (SAPPHIRE_RAPIDS, "avx512vnni", False, True, "vnni", "vnni"),
+])
+def test_default_quads_path_under_each_policy(monkeypatch, features, cap, emulate, granted, small, large):
+    """The driver a layer gets for a batch-1 GEMM (VNNI) and for one of AMX_MIN_ROWS rows or more, and
+    when the AMX permission is asked for: once, by the first GEMM that would run on AMX."""
+    policy = cpu.int8_policy(frozenset(features), cap, emulate)
+    requests = []
+
+    def request():
+        requests.append(1)
+        return granted
+
+    monkeypatch.setattr(cpu, "POLICY", policy)
+    monkeypatch.setattr(cpu, "VNNI_EMULATED", not policy.target_vnni)
+    monkeypatch.setattr(cpu, "AMX_EMULATED", not policy.target_amx)
+    monkeypatch.setattr(cpu, "request_amx", request)
+    monkeypatch.setattr(cpu, "_amx", None)
+    if small is None:
+        with pytest.raises(ValueError, match="VNNI"):
+            cpu.quads_path(None, 1)
+        assert cpu.best_layout() == "pairs" and not requests
+        return
+    assert cpu.best_layout() == "quads"
+    assert cpu.quads_path(None, 1) == small == "vnni" and not cpu.amx_for(cpu.AMX_MIN_ROWS - 1)
+    assert not requests                                   # a small GEMM never asks for the tiles
+    assert cpu.quads_path(None, cpu.AMX_MIN_ROWS) == large
+    assert cpu.quads_path(None, 500) == large and cpu.amx_for(64) == (large == "amx")
+    assert len(requests) == int(policy.amx_needs_grant)   # asked once, and only where native AMX runs
+    assert cpu.quads_path("vnni", 64) == "vnni"           # a named path runs native or emulated
+    if large == "amx" or policy.target_amx is False:
+        assert cpu.quads_path("amx", 64) == "amx"
+    else:                                                 # native AMX code, but no tiles granted / capped
+        with pytest.raises(ValueError, match="AMX"):
+            cpu.quads_path("amx", 64)
+
+
+def test_importing_tinybert_does_not_request_amx(tmp_path):
+    """The AMX tile state is a process-wide side effect: asked for at the first AMX GEMM, not at import.
+
+    The process is told to compile for a CPU with AMX (NUMBA_CPU_FEATURES; nothing is compiled, so this
+    host need not have it), and the libc syscall is intercepted (refused) to see when it is made."""
+    import subprocess
+    import sys
+
+    code = """
+import ctypes
+import numba, llvmlite.binding   # their own libraries load first, unwatched
+calls = []
+real_cdll = ctypes.CDLL
+class Watched:
+    def __init__(self, *args, **kwargs):
+        self._lib = real_cdll(*args, **kwargs)
+    def __getattr__(self, name):
+        if name == "syscall":
+            return lambda *args: calls.append(args) or -1          # record, and refuse
+        return getattr(self._lib, name)
+ctypes.CDLL = Watched
+import tinybert, tinybert_convert
+from tinybert.kernels import attention, cpu, gemm, gemm_fp32, gemm_pairs, gemm_vnni, quant
+assert cpu.POLICY.amx_wanted and cpu.POLICY.amx_needs_grant and gemm.best_layout() == "quads"
+at_import = list(calls)
+small = cpu.quads_path(None, 1), cpu.amx_for(cpu.AMX_MIN_ROWS - 1)
+before_large = list(calls)
+large = cpu.quads_path(None, 64), cpu.amx_for(64), gemm_vnni.AMX_AVAILABLE
+print(at_import, before_large, small, large, calls)
+"""
+    env = {"PATH": "/usr/bin:/bin", "NUMBA_CACHE_DIR": str(tmp_path), "PYTHONPATH": ":".join(sys.path),
+           "NUMBA_CPU_FEATURES": "+avx2,+fma,+avx512f,+avx512bw,+avx512vnni,+amx-tile,+amx-int8"}
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split("] ", 2)[:2] == ["[", "["], out.stdout        # nothing at import, nothing for M < 16
+    assert out.stdout.strip().endswith("('vnni', False) ('vnni', False, False) [(158, 4131, 18)]"), out.stdout
+
+
+def test_kernel_modules_import_one_way():
+    """The kernel modules form layers: cpu.py and quant.py below both int8 families, which import nothing
+    of each other, and gemm.py (dispatch) above them; no cycle anywhere in the package."""
+    import ast
+    from pathlib import Path
+
+    from tinybert import kernels
+
+    folder = Path(kernels.__file__).parent
+    graph = {}
+    for path in folder.glob("*.py"):
+        deps = set()
+        for node in ast.walk(ast.parse(path.read_text())):      # module level and inside functions alike
+            if isinstance(node, ast.ImportFrom) and node.level == 1:
+                deps |= {node.module} if node.module else {alias.name for alias in node.names}
+        graph[path.stem] = deps - {None}
+    assert not graph["cpu"] & set(graph), graph["cpu"]         # detection needs no kernel
+    assert graph["quant"] <= {"jitcache"}, graph["quant"]
+    assert not graph["gemm_pairs"] & {"gemm", "gemm_vnni", "gemm_fp32"}
+    assert not graph["gemm_vnni"] & {"gemm", "gemm_pairs", "gemm_fp32"}
+    assert not any("gemm" in graph[m] for m in graph if m != "gemm"), "only the layers import the dispatch"
+
+    def visit(module, stack):
+        assert module not in stack, f"import cycle: {' -> '.join(stack + [module])}"
+        for dep in graph.get(module, ()):
+            visit(dep, stack + [module])
+
+    for module in graph:
+        visit(module, [])
+

@@ -25,22 +25,26 @@ from .generation.beam import log_softmax, top_k
 from .kernels import (
     activations,
     attention,
+    cpu,
     decoder,
     embeddings,
     gemm,
+    gemm_fp32,
+    gemm_pairs,
     gemm_vnni,
     mathfn,
     memory,
     norm,
     pooling,
+    quant,
     rope,
     search,
 )
 from .models import EncoderModel
 from .seq2seq import Seq2SeqModel
 
-_KERNEL_MODULES = (activations, attention, decoder, embeddings, gemm, gemm_vnni, mathfn, memory, norm, pooling, rope,
-                   search)
+_KERNEL_MODULES = (activations, attention, cpu, decoder, embeddings, gemm, gemm_fp32, gemm_pairs, gemm_vnni, mathfn,
+                   memory, norm, pooling, quant, rope, search)
 
 
 def _marker() -> Path:
@@ -49,7 +53,7 @@ def _marker() -> Path:
     It lives beside Numba's own cache files, whose index Numba keys on the same things."""
     index = Path(attention.attention_with_bias._cache._cache_file._index_path)
     stamp = [__version__, numba.__version__, llvm.get_host_cpu_name(), llvm.get_host_cpu_features().flatten(),
-             gemm.best_layout(), str(gemm_vnni.AMX_AVAILABLE)]
+             gemm.best_layout(), str(cpu.POLICY)]   # the policy, not the AMX grant: asking would request it
     stamp += [f"{Path(m.__file__).name}:{os.stat(m.__file__).st_mtime_ns}" for m in _KERNEL_MODULES]
     digest = hashlib.sha256("\n".join(stamp).encode()).hexdigest()[:16]
     return index.parent / f"tinybert-warm-{digest}"

@@ -39,14 +39,14 @@ from numba import njit, prange, types
 from numba.core import cgutils
 from numba.extending import intrinsic
 
-from .gemm import _target_features
+from .cpu import WIDE_REGISTERS
 from .jitcache import fast_cache_loading
 from .memory import aligned_bytes, prefetch
 
 MR = 6   # queries (tile rows) per block: 6 rows x (even k, odd k) = 12 accumulators
 NR = 16  # tile columns (keys of a K panel, or output columns): one 16-float vector
 PREFETCH_ROWS = 8  # key rows ahead the panel gather asks for (each row's k and v are cache misses)
-WIDE_REGISTERS = "avx512f" in _target_features()   # 32 vector registers that hold 16 floats each
+# WIDE_REGISTERS (cpu.py): 32 vector registers that hold 16 floats each
 
 
 def _make_tile(rows):

@@ -1,8 +1,8 @@
-"""int8 linear layers on AVX-512 VNNI and AMX: the same exact sums as gemm.py, four times the width.
+"""int8 linear layers on AVX-512 VNNI and AMX: the same exact sums as gemm_pairs.py, four times the width.
 
-Same scheme as ``gemm.py`` ("W8A12": int8 weights with a per-output-channel scale, activations
+Same scheme as ``quant.py`` ("W8A12": int8 weights with a per-output-channel scale, activations
 quantised per row to 12-bit integers ``xq`` in [-2047, 2047]), same exact integer dot products,
-same float32 epilogue, so these paths are bit-identical to the AVX2 and portable ones:
+same float32 epilogue, so these paths are bit-identical to the pairs ones (AVX2 or generic vectors):
 
     y[m, n] = float32(sum_k xq[m, k] * wq[n, k]) * xs[m] * ws[n] + b[n]
 
@@ -17,7 +17,7 @@ bytes and each weight is stored offset by 128 as an unsigned byte:
 Both byte sums are exact in int32 (|h * u| <= 32 * 255, for K up to MAX_K); the last term is one
 integer per row, taken while quantising; the combination is done in int64.
 
-An 8-bit layer (``act_bits=8``, |xq| <= 127, rows centred as in gemm.py) needs no split: l = xq,
+An 8-bit layer (``act_bits=8``, |xq| <= 127, rows centred as in quant.py) needs no split: l = xq,
 h = 0. The VNNI driver then runs the one-plane micro-kernel (half the ``vpdpbusd``) and leaves the h
 sums at zero, so the same epilogue applies; AMX runs its two-plane program on the zero h plane (same
 sums).
@@ -45,14 +45,13 @@ Compiled for a CPU without these instructions, both kernels spell them in generi
 integer sums, much slower): ``path="vnni"`` / ``"amx"`` then run everything else of the two paths
 (packing, splitting, blocking, epilogues) on any CPU, which is how the tests cover them on one
 without AVX-512.  The default path never picks an emulation unless TINYBERT_INT8_EMULATE=1.
+
+Layering: the quantiser and the checks come from quant.py (shared with gemm_pairs.py, which this
+module does not import, nor it this one); whether the instructions are emitted, and which driver
+the default path takes (AMX asks the OS for its tile state then, not at import), come from cpu.py.
 """
 
 from __future__ import annotations
-
-import ctypes
-import os
-import platform
-import sys
 
 import numpy as np
 from llvmlite import ir
@@ -60,12 +59,19 @@ from numba import njit, prange, types
 from numba.core import cgutils
 from numba.extending import intrinsic
 
-from .gemm import (
-    MR,
+from . import cpu
+from .cpu import AMX_EMULATED as AMX_EMULATED  # re-exported: bench/ and tests read the CPU facts here
+from .cpu import AMX_MIN_ROWS as AMX_MIN_ROWS
+from .cpu import VNNI_AVAILABLE as VNNI_AVAILABLE
+from .cpu import VNNI_EMULATED as VNNI_EMULATED
+from .cpu import amx_for, quads_path
+from .irloop import no_unroll
+from .jitcache import fast_cache_loading
+from .memory import aligned_bytes, aligned_empty, last_level_cache_bytes
+from .quant import NO_SMOOTHING as NO_SMOOTHING  # re-exported: the layers read these two here
+from .quant import (
     NO_SUMS,
-    NR,
     QMAX12,
-    _target_features,
     act_qmax,
     add_centre_block,
     check_scale_bias,
@@ -73,10 +79,10 @@ from .gemm import (
     layer_input,
     row_scale_centre,
 )
-from .irloop import no_unroll
-from .jitcache import fast_cache_loading
-from .memory import aligned_bytes, aligned_empty, last_level_cache_bytes
+from .quant import check_smooth as check_smooth
 
+NR = 16                # output channels per panel: one zmm of int32 lanes
+MR = 6                 # activation rows per VNNI micro-tile: 6 rows x 2 panels x (h, l) = 24 zmm
 KQ_ALIGN = 64          # K is padded to this (one AMX tile row of bytes)
 N_ALIGN = 2 * NR       # N is padded to a pair of panels (the AMX task width)
 TILE_ROWS = 16         # AMX tile rows; M is padded to a multiple of it
@@ -85,50 +91,20 @@ KCQ = 128              # VNNI k block in quads: a 128 x 64-byte panel slice (8 K
 AMX_B_BYTES = 524_288  # AMX task width: as many panel pairs as keep their weights within 512 KiB (L2)
 AMX_MAX_BLOCKS = 32    # AMX task height: at most 32 blocks (512 rows)
 AMX_TASKS = 16         # parallel tasks to aim for (columns are split further when rows are few)
-AMX_MIN_ROWS = 16      # below this many rows the VNNI kernel is used on AMX hosts
 MAX_K = 200_000        # keeps every int32 byte-sum exact (32 * 255 * MAX_K < 2**31)
 WIDE_K = 8192          # up to here |dot| <= 2047 * 127 * K < 2**31: the epilogue may use int32
 
 
-def _request_amx() -> bool:
-    # Linux hands out the 8 KiB AMX tile state only to processes that ask for it (arch_prctl
-    # ARCH_REQ_XCOMP_PERM, XFEATURE_XTILEDATA); the grant covers every thread of the process.
-    if sys.platform != "linux" or platform.machine() != "x86_64":
-        return False
-    try:
-        libc = ctypes.CDLL(None, use_errno=True)
-        return libc.syscall(158, 0x1023, 18) == 0        # SYS_arch_prctl on x86-64
-    except (OSError, AttributeError):
-        return False
+_TARGET_VNNI = cpu.POLICY.target_vnni   # code generation follows the target alone (cpu.py)
+_TARGET_AMX = cpu.POLICY.target_amx
 
 
-ISA_LEVELS = ("avx2", "avx512vnni", "amx")
-_cap = os.environ.get("TINYBERT_INT8_ISA", "amx").strip().lower()
-if _cap not in ISA_LEVELS:
-    raise ImportError(f"TINYBERT_INT8_ISA must be one of {ISA_LEVELS}, got {_cap!r}")
-
-_FEATURES = _target_features()
-# What the compiled code may contain depends on the target alone, never on TINYBERT_INT8_ISA or the
-# OS's AMX grant: Numba's cache is keyed on the target, and a kernel compiled with its instructions
-# left out (a capped process) must not be loaded by a process that runs it.
-_TARGET_VNNI = {"avx512f", "avx512bw", "avx512vnni"} <= _FEATURES
-_TARGET_AMX = _TARGET_VNNI and {"amx-tile", "amx-int8"} <= _FEATURES
-# On a target without the instructions the kernels spell them in generic LLVM IR instead: exact
-# (same integer sums, hence bit-identical outputs) and much slower, so that both paths' layout,
-# blocking and epilogue code are tested on every CPU (forced with path="vnni" / "amx").
-VNNI_EMULATED = not _TARGET_VNNI
-"""True when the compiled VNNI micro-kernel emulates vpdpbusd (a target without AVX-512 VNNI)."""
-AMX_EMULATED = not _TARGET_AMX
-"""True when the compiled AMX block emulates the tile instructions (a target without AMX-INT8)."""
-_EMULATE = os.environ.get("TINYBERT_INT8_EMULATE", "").strip() == "1"
-VNNI_AVAILABLE = (_TARGET_VNNI or _EMULATE) and _cap != "avx2"
-"""True when Numba targets a CPU with AVX-512 VNNI (and TINYBERT_INT8_ISA allows it): weights are
-then packed as quads.  TINYBERT_INT8_EMULATE=1 makes the emulation count too (whole-model tests of
-the quads path on any CPU; never for speed)."""
-AMX_AVAILABLE = VNNI_AVAILABLE and _cap == "amx" and (_request_amx() if _TARGET_AMX else _EMULATE)
-"""True when the CPU has AMX-INT8, the OS granted this process the tile state, and TINYBERT_INT8_ISA
-allows it (or TINYBERT_INT8_EMULATE=1 on a CPU without AMX).  (TINYBERT_INT8_ISA=avx512vnni shows
-what a CPU without AMX, such as Zen 4, runs.)"""
+def __getattr__(name: str):
+    # AMX_AVAILABLE was a module constant, computed (and the AMX tile state requested) at import.  It is
+    # now cpu.amx_available(), asked on first use; reading this name is such a use.
+    if name == "AMX_AVAILABLE":
+        return cpu.amx_available()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 # ----------------------------------------------------------------------------------------------
@@ -177,7 +153,7 @@ def _make_split(low_only: bool):
         ``low_only`` (8-bit activations, |q| <= 127): h = 0, l = q, one signed byte.
         Contiguous 1-d rows. <16 x float> / <16 x i32> IR: written in Python, Numba widens the int32
         arithmetic to int64 and LLVM vectorised the loop four lanes at a time.  Same float32 product and
-        round-half-even (``llvm.rint``) as np.rint((x - centre) * inv), so the integers equal gemm.py's.
+        round-half-even (``llvm.rint``) as np.rint((x - centre) * inv), so the integers equal gemm_pairs.py's.
         """
         for arr, dtype in ((row, types.float32), (hrow, types.int8), (lrow, types.int8)):
             if not (isinstance(arr, types.Array) and arr.dtype == dtype and arr.ndim == 1 and arr.layout == "C"):
@@ -247,7 +223,7 @@ _split_low = _make_split(True)
 
 @njit(cache=True, nogil=True, error_model="numpy", inline="always")
 def _split_row(x, m, xh, xl, xs, xc, xsum, qmax, smooth, scratch):
-    """Quantise row m exactly as gemm._quantize_row_into does (8-bit rows centred), and store it
+    """Quantise row m exactly as gemm_pairs._quantize_row_into does (8-bit rows centred), and store it
     split into bytes (8-bit rows, qmax <= 127: all of it in xl, xh zero).
 
     A non-empty ``smooth`` (the layer's 1 / smoothing factors, see blocks.Linear) quantises
@@ -282,10 +258,6 @@ SPLIT_BLOCK = 16   # rows per task of the parallel split (one scratch row each)
 def _smoothing_scratch(x, smooth):
     """The scratch row _split_row forms x[m] * smooth in: f32[1, K], or [1, 0] when there is no smoothing."""
     return np.empty((1, x.shape[1] if smooth.shape[0] > 0 else 0), dtype=np.float32)
-
-NO_SMOOTHING = np.zeros(0, dtype=np.float32)
-"""The ``smooth`` argument of a layer whose input is quantised as it is."""
-
 
 @njit(cache=True, nogil=True, parallel=True, error_model="numpy")
 def _split_rows_parallel(x, xh, xl, xs, xc, xsum, qmax, smooth):
@@ -643,8 +615,8 @@ def _make_combine16():
     h = dots[h_off:], l = dots[l_off:] (int32).  The integer is formed in int64 when ``wide`` (K
     above WIDE_K, where the exact dot may pass int32), else in wrapping int32 arithmetic, which
     gives the exact value whenever that value fits; either way it is converted once to float32:
-    the same rounding as gemm.py's float32(exact sum).  Multiplies and the add stay separate (no FMA contraction), in
-    gemm.py's order, so the result is bit-identical.
+    the same rounding as the pairs path's float32(exact sum).  Multiplies and the add stay separate (no
+    FMA contraction), in quant.py's order, so the result is bit-identical.
     """
     f32, i32, i64 = ir.FloatType(), ir.IntType(32), ir.IntType(64)
     v16i32, v16i64, v16f32 = ir.VectorType(i32, 16), ir.VectorType(i64, 16), ir.VectorType(f32, 16)
@@ -718,7 +690,7 @@ def _make_epilogue(panels: int, low: bool = False):
                                      (+ xc[m0 + r] * wsum[n0 + 16*q + j] when wsum is not empty)
 
     with h = tile[t_off + r*ldt + q*pstride + j] and l = the same at + l_off.  The same arithmetic as
-    ``_combine16``'s narrow branch, bit for bit, and then gemm.add_centre_term's (centred 8-bit rows;
+    ``_combine16``'s narrow branch, bit for bit, and then quant.add_centre_term's (centred 8-bit rows;
     here while the tile is in registers); written as one intrinsic because the per-16-channel
     calls, compiled inside the parallel loops, spent most of their time on spilled loop state and
     negative-index checks (measured: ~90 cycles per 16 outputs).
@@ -828,7 +800,7 @@ def _finish(out, n_dim, m, n0, ncols, dots, h_off, l_off, xsum, xs, ws, bias, wi
     """out[m*n_dim + n0 + j] = float32(64 h_j + l_j - 128 xsum[m]) * xs[m] * ws[n0 + j] + bias[n0 + j].
 
     h_j = dots[h_off + j], l_j = dots[l_off + j]; the integer is exact in int64, and float32 of
-    it is the same rounding gemm.py's epilogue makes.
+    it is the same rounding the pairs epilogue makes.
     """
     comp = np.int64(128) * xsum[m]
     s = xs[m]
@@ -1024,23 +996,6 @@ def _check_quads(wp, k_dim, n_dim):
         raise ValueError(f"packed weight {wp.shape} does not match K={k_dim}, N={n_dim}")
 
 
-def _pick(path, m_rows):
-    # A path named explicitly runs where its code is native, or emulated (a CPU without it); the
-    # default runs only what is available. "amx" compiled for an AMX CPU whose OS refused the tile
-    # state, or either path capped by TINYBERT_INT8_ISA, is refused.
-    if path is None:
-        if not VNNI_AVAILABLE:
-            raise ValueError("quad-packed weights need a CPU with AVX-512 VNNI (or path='vnni' to emulate it)")
-        return "amx" if AMX_AVAILABLE and m_rows >= AMX_MIN_ROWS else "vnni"
-    if path not in ("amx", "vnni"):
-        raise ValueError(f"quad-packed weights run on path None, 'vnni' or 'amx', not {path!r}")
-    if path == "amx" and not (AMX_AVAILABLE or AMX_EMULATED):
-        raise ValueError("path 'amx' needs a CPU with AMX-INT8 and the OS's permission")
-    if not (VNNI_AVAILABLE or VNNI_EMULATED):
-        raise ValueError("quad-packed weights need a CPU with AVX-512 VNNI")
-    return path
-
-
 def _split_buffers(m_rows, k_dim):
     """Zeroed, 64-byte-aligned byte planes [M padded to 16, K padded to 64] (padding must contribute
     nothing)."""
@@ -1059,7 +1014,8 @@ def _run(xh, xl, xsum, xs, wp, ws, bias, out, path):
 
 def qlinear_quads(xq: np.ndarray, xs: np.ndarray, wp: np.ndarray, ws: np.ndarray, bias: np.ndarray,
                   out: np.ndarray, path: str | None = None) -> None:
-    """Same result as ``gemm.qlinear(xq, xs, wq, ws, bias, out)`` with ``wp = pack_quads(wq)``.
+    """out[m, n] = xs[m] * ws[n] * (xq[m] . wq[n]) + bias[n] with ``wp = pack_quads(wq)``: the drivers on
+    given integers (tests reach extreme sums with it; layers quantise in ``linear_quads``).
 
     xq int16 [M, K] (|xq| <= ACT_QMAX), xs f32[M], ws f32[N], bias f32[N], out f32[M, N].
     path: None (AMX for M >= AMX_MIN_ROWS where available, else VNNI), "vnni" or "amx" (on a CPU
@@ -1067,7 +1023,7 @@ def qlinear_quads(xq: np.ndarray, xs: np.ndarray, wp: np.ndarray, ws: np.ndarray
     """
     m_rows, k_dim = xq.shape
     _check_quads(wp, k_dim, ws.shape[0])
-    path = _pick(path, m_rows)
+    path = quads_path(path, m_rows)
     xh, xl, xsum = _split_buffers(m_rows, k_dim)
     split_quantized(np.ascontiguousarray(xq, dtype=np.int16), xh, xl, xsum)
     _run(xh, xl, xsum, xs, wp, ws, bias, out, path)
@@ -1098,7 +1054,7 @@ def _input_buffers(x, wp):
 def _linear_quads(x, wp, ws, bias, out, qmax, wsum, smooth, bands):
     """Split-quantise x and run the VNNI GEMM in one compiled call (a Python-level sequence of
     allocations and calls cost ~10 us per layer, a third of a small GEMM).  8-bit rows are
-    centred (qmax <= 127): ``wsum`` = gemm.weight_sums, else gemm.NO_SUMS; the epilogues add
+    centred (qmax <= 127): ``wsum`` = quant.weight_sums, else quant.NO_SUMS; the epilogues add
     the centre term back to each tile (a pass over the whole output afterwards ran serially and
     streamed it from L2).  ``smooth``: multiply x by it first (per input channel; NO_SUMS: no).
     ``bands``: split ROW_BANDS_MIN..ROW_BANDS_MAX rows into this many row bands (_gemm_vnni_bands; the
@@ -1136,7 +1092,7 @@ def linear_quads(x: np.ndarray, wp: np.ndarray, ws: np.ndarray, bias: np.ndarray
     m_rows, k_dim = x.shape
     n_dim = ws.shape[0]
     _check_quads(wp, k_dim, n_dim)
-    path = _pick(path, m_rows)
+    path = quads_path(path, m_rows)
     qmax = act_qmax(act_bits)
     wsum = quads_weight_sums(wp, ws) if act_bits == 8 else NO_SUMS
     out = np.empty((m_rows, n_dim), dtype=np.float32)
@@ -1147,7 +1103,7 @@ def linear_quads(x: np.ndarray, wp: np.ndarray, ws: np.ndarray, bias: np.ndarray
 
 
 def quads_weight_sums(wp: np.ndarray, ws: np.ndarray) -> np.ndarray:
-    """gemm.weight_sums of the int8 weight that ``pack_quads`` packed into wp (padding is 128 = 0)."""
+    """quant.weight_sums of the int8 weight that ``pack_quads`` packed into wp (padding is 128 = 0)."""
     panels, kquads, width = wp.shape
     sums = wp.reshape(panels, kquads, width // 4, 4).astype(np.int64).sum(axis=(1, 3)).reshape(-1) - 128 * 4 * kquads
     return dequantised_sums(sums, ws)
@@ -1157,8 +1113,8 @@ def linear_quads_checked_weights(x: np.ndarray, wp: np.ndarray, ws: np.ndarray, 
                                  k_dim: int, qmax: np.float32 = QMAX12, wsum: np.ndarray = NO_SUMS,
                                  smooth: np.ndarray = NO_SMOOTHING, bands: int = 1) -> np.ndarray:
     """``linear_quads`` for a layer whose ``wp``, ``ws``, ``bias``, true input width ``k_dim`` and
-    activation range ``qmax`` (``gemm.act_qmax``) were checked once with ``check_layer`` (at load),
-    and, for an 8-bit layer, ``wsum`` (gemm.weight_sums) with ``gemm.check_wsum``.  A non-empty
+    activation range ``qmax`` (``quant.act_qmax``) were checked once with ``check_layer`` (at load),
+    and, for an 8-bit layer, ``wsum`` (quant.weight_sums) with ``quant.check_wsum``.  A non-empty
     ``smooth`` (f32[k_dim], checked with ``check_smooth``) multiplies x per input channel first, as
     the quantiser reads it: the result of ``linear_quads(x * smooth, ...)``, bit for bit.  ``bands``:
     see _linear_quads (the same result either way).
@@ -1170,7 +1126,7 @@ def linear_quads_checked_weights(x: np.ndarray, wp: np.ndarray, ws: np.ndarray, 
     x = layer_input(x, k_dim)
     out = np.empty((x.shape[0], ws.shape[0]), dtype=np.float32)
     if x.shape[0]:
-        _linear(x, wp, ws, bias, out, AMX_AVAILABLE and x.shape[0] >= AMX_MIN_ROWS, qmax, wsum, smooth, bands)
+        _linear(x, wp, ws, bias, out, amx_for(x.shape[0]), qmax, wsum, smooth, bands)
     return out
 
 
@@ -1179,14 +1135,6 @@ def check_layer(wp: np.ndarray, ws: np.ndarray, bias: np.ndarray, k_dim: int) ->
     _check_quads(wp, k_dim, ws.shape[0])
     check_scale_bias(ws, bias)
 
-
-
-def check_smooth(smooth: np.ndarray, k_dim: int) -> None:
-    """Per-input-channel factors for ``linear_quads_checked_weights``: contiguous float32 [k_dim]."""
-    if not (isinstance(smooth, np.ndarray) and smooth.dtype == np.float32 and smooth.shape == (k_dim,)
-            and smooth.flags.c_contiguous):
-        raise ValueError(f"smoothing factors must be contiguous float32 [{k_dim}], got "
-                         f"{getattr(smooth, 'dtype', type(smooth))}{getattr(smooth, 'shape', '')}")
 
 
 fast_cache_loading(globals())   # warm starts skip Numba's compiler set-up (see jitcache.py)

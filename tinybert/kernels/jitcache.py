@@ -14,9 +14,10 @@ the private methods used here, the kernels keep Numba's default loader.
 
 Stale code: Numba keys a function's cache entries on its own file's modification time and size,
 but a kernel compiles in the functions it calls from other modules (``gemm_vnni`` inlines
-``gemm.row_scale_centre``): after an edit of gemm.py alone, the cached VNNI kernels would keep the
+``quant.row_scale_centre``): after an edit of quant.py alone, the cached VNNI kernels would keep the
 old code. ``fast_cache_loading`` therefore adds KERNELS_STAMP, the times and sizes of every module of
-this package, to each kernel's key, so a change to any of them recompiles all of them.
+this package (a new module too: the stamp globs the folder), to each kernel's key, so a change to any
+of them recompiles all of them.
 
 Numba's runtime: ``rtsys.initialize`` builds NRT's few LLVM functions (reference counts, atomics)
 and compiles them, every process. That compile runs LLVM's optimiser and code generator, which

@@ -1,0 +1,63 @@
+"""Hugging Face RoPE settings → the runtime's canonical rope dict (tinybert/kernels/rope.py).
+
+The converter is the only code that knows Hugging Face names (``rope_scaling``, ``rope_parameters``,
+``rope_type``, ``rope_theta``, ...): the file carries the canonical dict in its config, and the runtime's
+``rope_tables`` reads that alone.  Which rope types exist is the runtime's vocabulary
+(``SUPPORTED_TYPES``), so a type the kernels cannot build is refused here, at conversion.
+"""
+
+from __future__ import annotations
+
+from tinybert.kernels.rope import SUPPORTED_TYPES
+
+
+def rope_from_hf_config(cfg: dict) -> dict:
+    """The canonical rope dict for a Llama-family config.json dict.
+
+    Reads transformers 5's ``rope_parameters`` ({"rope_type", "rope_theta", "factor", ...}) and the
+    older top-level ``rope_theta`` + ``rope_scaling`` ({"type" or "rope_type", "factor", ...}), with
+    transformers' precedence: a non-empty ``rope_scaling`` wins over ``rope_parameters``; theta comes
+    from the parameters, else the top-level ``rope_theta``, else 10000; llama3's
+    ``original_max_position_embeddings`` from a top-level key of that name, else the parameters,
+    else ``max_position_embeddings``.
+
+    Raises ValueError for rope types other than default / linear / llama3 ("dynamic" rescales with
+    the sequence length, "yarn" and "longrope" need extra attention scaling and per-frequency
+    factors; none are implemented), for per-layer-type (nested) rope parameters, and for a
+    ``partial_rotary_factor`` other than 1 on linear / llama3 (transformers' Llama cannot run it
+    either; its default rope ignores the factor, and so do we).
+    """
+    params = cfg.get("rope_scaling") or cfg.get("rope_parameters") or {}
+    if not isinstance(params, dict):
+        raise ValueError(f"rope parameters must be a dict, got {type(params).__name__}")
+    if any(isinstance(value, dict) for value in params.values()):
+        raise ValueError("per-layer-type rope parameters are not supported")
+    kind = params.get("rope_type", params.get("type", "default"))
+    if kind not in SUPPORTED_TYPES:
+        raise ValueError(f"unsupported rope type {kind!r}: only {', '.join(SUPPORTED_TYPES)} are implemented")
+    theta = params.get("rope_theta")
+    if theta is None:
+        theta = cfg.get("rope_theta")
+    rope: dict = {"type": kind, "theta": float(10000.0 if theta is None else theta)}
+    if kind != "default":
+        partial = params.get("partial_rotary_factor", cfg.get("partial_rotary_factor"))
+        if partial is not None and float(partial) != 1.0:
+            raise ValueError(f"partial_rotary_factor={partial} is not supported with rope type {kind!r}")
+    try:
+        if kind in ("linear", "llama3"):
+            rope["factor"] = float(params["factor"])
+        if kind == "llama3":
+            rope["low_freq_factor"] = float(params["low_freq_factor"])
+            rope["high_freq_factor"] = float(params["high_freq_factor"])
+            original = cfg.get("original_max_position_embeddings")
+            if original is None:
+                original = params.get("original_max_position_embeddings", cfg.get("max_position_embeddings"))
+            if original is None:
+                raise KeyError("original_max_position_embeddings")
+            rope["original_max_position_embeddings"] = int(original)
+    except KeyError as err:
+        raise ValueError(f"rope type {kind!r} needs {err.args[0]!r} in the config") from None
+    except (TypeError, ValueError) as err:
+        raise ValueError(f"bad rope parameter in the config: {err}") from None
+    rope["attention_scaling"] = 1.0
+    return rope
