@@ -36,7 +36,6 @@ import numpy as np
 from tinybert import format as fmt
 from tinybert.config import EncoderConfig
 from tinybert.errors import ConversionError
-from tinybert.layers import Linear
 from tinybert.models import EncoderModel
 from tinybert.tokenizer import load_tokenizer, pack
 
