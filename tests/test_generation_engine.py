@@ -214,3 +214,14 @@ def test_t5_ngram_beam_differences_are_float_noise_on_near_ties(tmp_path, senten
         differ += not together
     assert logit_error < 1e-4
     assert differ == len(gaps) and all(g < 1e-4 for g in gaps), gaps                            # 2.
+
+
+def test_tiny_temperature_is_greedy_not_nan(decoders):
+    """A temperature that overflows float32 when it divides the logits (1e-45, 1e-300) is the limit T → 0:
+    the greedy tokens, never NaN probabilities (which used to pick token 0 every step)."""
+    _, path = decoders("gpt2")
+    gen = tinybert.Generator(path)
+    prompts = _inputs(gen.config.vocab_size, seed=9, low=3, high=10)[:3]
+    greedy = gen.generate_ids(prompts, max_new_tokens=12)
+    for temperature in (1e-45, 1e-300):
+        assert gen.generate_ids(prompts, max_new_tokens=12, temperature=temperature, seed=1) == greedy
