@@ -100,12 +100,14 @@ def warp(scores: np.ndarray, params: GenerationParams) -> np.ndarray:
 
     A temperature so small that a score divided by it overflows float32 is the limit T → 0: the row keeps
     only its best score(s), i.e. greedy search, never NaN probabilities."""
-    with np.errstate(over="ignore"):
-        scores = scores / np.float32(params.temperature)
-    overflow = ~np.isfinite(scores.max(axis=1)) & np.isfinite(scores).any(axis=1)
-    if overflow.any():
-        best = scores[overflow] == scores[overflow].max(axis=1, keepdims=True)
-        scores[overflow] = np.where(best, np.float32(0), np.float32(-np.inf))
+    t = np.float32(params.temperature)          # 0 when the temperature underflows float32
+    with np.errstate(over="ignore", divide="ignore", invalid="ignore"):
+        scaled = scores / t
+    collapse = ~np.isfinite(scaled.max(axis=1)) & np.isfinite(scores.max(axis=1))
+    if collapse.any():
+        best = scores[collapse] == scores[collapse].max(axis=1, keepdims=True)
+        scaled[collapse] = np.where(best, np.float32(0), np.float32(-np.inf))
+    scores = scaled
     if params.top_k is not None:
         k = min(params.top_k, scores.shape[1])
         kth = np.partition(scores, -k, axis=1)[:, -k][:, None]
