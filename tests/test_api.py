@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 import tinybert
-from tinybert import api
+from tinybert import scheduler
 
 
 def test_runtime_never_imports_torch_or_transformers(minilm_files):
@@ -39,23 +39,24 @@ def test_runtime_never_imports_torch_or_transformers(minilm_files):
 
 @pytest.mark.parametrize("precision", ["int8", "fp32"])
 def test_thread_count_does_not_change_results(minilm_files, sentences, hf_tokenizer, precision, monkeypatch):
-    # threads=2 runs many batches whole, one per thread (Encoder._pipelined); splits a lone batch into
-    # two parts run on their own threads with single-threaded kernels (api.sequence_groups); runs a
+    # threads=2 runs many batches whole, one per thread (Scheduler.map); splits a lone batch into
+    # two parts run on their own threads with single-threaded kernels (scheduler.sequence_groups); runs a
     # lone sequence on two-threaded kernels. Every kernel is row- or sequence-wise and deterministic,
     # so all of these must agree bit for bit with threads=1.
     one = tinybert.Encoder(minilm_files[precision], threads=1)
     two = tinybert.Encoder(minilm_files[precision], threads=2)
     taken = {"alone": 0, "split": 0}
-    alone, split = two._run_alone, two._run_part
-    monkeypatch.setattr(two, "_run_alone", lambda *a: taken.__setitem__("alone", taken["alone"] + 1) or alone(*a))
-    monkeypatch.setattr(two, "_run_part", lambda *a: taken.__setitem__("split", taken["split"] + 1) or split(*a))
+    runs = two.runner.scheduler
+    alone, split = runs.run_alone, runs._run_part
+    monkeypatch.setattr(runs, "run_alone", lambda *a: taken.__setitem__("alone", taken["alone"] + 1) or alone(*a))
+    monkeypatch.setattr(runs, "_run_part", lambda *a: taken.__setitem__("split", taken["split"] + 1) or split(*a))
     for texts, batch_size, alone_runs in ((sentences[:40], 32, 2), (sentences[:100], 8, 13), (sentences[:20], 32, 0)):
         taken.update(alone=0, split=0)
         np.testing.assert_array_equal(one.encode(texts, batch_size=batch_size),
                                       two.encode(texts, batch_size=batch_size))
         assert taken["alone"] == alone_runs, (len(texts), batch_size, taken)      # many batches: pipelined
     assert taken["split"] == 2                      # one batch of 20 sentences: split over the threads
-    assert len(api.sequence_groups(np.array([0, 40, 90, 130, 170]), 2)) == 2
+    assert len(scheduler.sequence_groups(np.array([0, 40, 90, 130, 170]), 2)) == 2
     np.testing.assert_array_equal(one.encode(sentences[5]), two.encode(sentences[5]))
     batch = hf_tokenizer(sentences[:9], padding=True, return_tensors="np")     # padded, masked forward
     np.testing.assert_array_equal(one.forward(batch["input_ids"], batch["attention_mask"]),
@@ -64,19 +65,18 @@ def test_thread_count_does_not_change_results(minilm_files, sentences, hf_tokeni
 
 @pytest.mark.parametrize("threads", [1, 2])
 def test_pooling_chunk_by_chunk_equals_pooling_the_hidden_states(minilm_files, sentences, threads):
-    # encode() pools each CHUNK_TOKENS chunk as it leaves the model (Encoder._run_part with pool) instead
+    # encode() pools each CHUNK_TOKENS chunk as it leaves the model (Scheduler._run_part, per sequence) instead
     # of holding the batch's [T, H] hidden states: every mode must give what pooling those gives, bit for
     # bit, for a batch of several chunks, on one thread and split over two (each part chunked again).
     from tinybert.heads import pool_segments
 
     enc = tinybert.Encoder(minilm_files["int8"], threads=threads)
-    batch = tinybert.tokenizer.pack(enc.tokenizer.encode_batch(sentences[:60]))
-    assert batch.ids.size > 3 * api.CHUNK_TOKENS
-    keys = np.ones(batch.ids.size, dtype=np.uint8)
-    hidden = enc._run(batch.ids, batch.type_ids, batch.starts, keys)
+    encodings = enc.tokenizer.encode_batch(sentences[:60])
+    batch = enc.runner.pack(encodings, list(range(len(encodings))))
+    assert batch.ids.size > 3 * scheduler.CHUNK_TOKENS
+    hidden = enc.runner.run(batch)
     for mode in ("mean", "cls", "max", "mean_sqrt_len"):
-        np.testing.assert_array_equal(enc._run(batch.ids, batch.type_ids, batch.starts, keys, pool=mode),
-                                      pool_segments(hidden, batch.starts, mode))
+        np.testing.assert_array_equal(enc.runner.run(batch, pool=mode), pool_segments(hidden, batch.starts, mode))
 
 
 def test_row_bands_only_where_the_weights_fit_the_cache(minilm_files, sentences, monkeypatch):
@@ -86,7 +86,7 @@ def test_row_bands_only_where_the_weights_fit_the_cache(minilm_files, sentences,
     from tinybert.kernels import gemm_vnni
 
     enc = tinybert.Encoder(minilm_files["int8"], threads=2)
-    layers = [layer for block in enc._model.blocks for layer in block.linears()]
+    layers = [layer for block in enc.runner.model.blocks for layer in block.linears()]
     quads = [layer for layer in layers if layer._quads]
     total = sum(layer.weight.nbytes for layer in quads)
     assert all(layer.row_bands == (total <= gemm_vnni.ROW_BANDS_WEIGHTS) for layer in quads)
@@ -112,7 +112,7 @@ def _counting_model(enc: tinybert.Encoder, fail_at: int | None = None) -> dict:
 
     seen = {"begun": 0, "ended": 0}
     lock = threading.Lock()
-    model = enc._model
+    model = enc.runner.model
 
     def counted(*args):
         with lock:
@@ -126,7 +126,7 @@ def _counting_model(enc: tinybert.Encoder, fail_at: int | None = None) -> dict:
         finally:
             with lock:
                 seen["ended"] += 1
-    enc._model = counted
+    enc.runner.model = counted
     return seen
 
 
@@ -142,33 +142,33 @@ def test_pipelined_batches_raise_the_error_and_leave_nothing_running(minilm_file
     # An abandoned generator (a caller that stops iterating) does the same.
     seen = _counting_model(enc)
     encodings = enc.tokenizer.encode_batch(sentences[:80])
-    batches = enc._batches(encodings, 4)
+    batches = enc.runner.batches(encodings, 4)
     next(batches)
     batches.close()
     assert seen["begun"] == seen["ended"] < 20, seen
     # ... and the encoder still works afterwards.
-    enc._model = tinybert.Encoder(minilm_files["int8"])._model
+    enc.runner.model = tinybert.Encoder(minilm_files["int8"]).runner.model
     assert enc.encode(sentences[:9], batch_size=4).shape == (9, 384)
 
 
 def test_sequence_groups():
     starts = np.array([0, 10, 200, 210, 220, 400], np.int64)
-    assert api.sequence_groups(starts, 1) == [(0, 5)]
+    assert scheduler.sequence_groups(starts, 1) == [(0, 5)]
     for parts in (2, 3, 4, 8):
-        groups = api.sequence_groups(starts, parts)
+        groups = scheduler.sequence_groups(starts, parts)
         assert groups[0][0] == 0 and groups[-1][1] == 5 and len(groups) <= parts
         assert all(b0 < b1 for b0, b1 in groups) and all(a[1] == b[0] for a, b in zip(groups, groups[1:]))
-    assert api.sequence_groups(starts, 2) == [(0, 2), (2, 5)]      # 200 tokens each
-    assert api.sequence_groups(np.array([0, 30, 60], np.int64), 2) == [(0, 2)]   # too few tokens to split
-    assert api.sequence_groups(np.array([0, 500], np.int64), 2) == [(0, 1)]      # one sequence
+    assert scheduler.sequence_groups(starts, 2) == [(0, 2), (2, 5)]      # 200 tokens each
+    assert scheduler.sequence_groups(np.array([0, 30, 60], np.int64), 2) == [(0, 2)]   # too few tokens to split
+    assert scheduler.sequence_groups(np.array([0, 500], np.int64), 2) == [(0, 1)]      # one sequence
 
 
 def test_sequence_chunks():
     starts = np.array([0, 100, 200, 300, 900, 950, 1000, 1010], np.int64)
-    chunks = api.sequence_chunks(starts, 256)
+    chunks = scheduler.sequence_chunks(starts, 256)
     assert chunks == [(0, 2), (2, 3), (3, 4), (4, 7)]          # 200, 100, 600 alone, 110 tokens
-    assert api.sequence_chunks(starts, 10_000) == [(0, 7)]
-    assert api.sequence_chunks(np.array([0, 5], np.int64), 1) == [(0, 1)]
+    assert scheduler.sequence_chunks(starts, 10_000) == [(0, 7)]
+    assert scheduler.sequence_chunks(np.array([0, 5], np.int64), 1) == [(0, 1)]
 
 
 @pytest.mark.parametrize("threads", [1, 2])
@@ -182,7 +182,7 @@ def test_batches_larger_than_a_chunk_match_transformers(minilm_files, minilm_dir
     enc = tinybert.Encoder(minilm_files["fp32"], threads=threads)
     batch = dict(hf_tokenizer(sentences[:32], padding="max_length", max_length=64, truncation=True,
                               return_tensors="np"))
-    assert batch["input_ids"].size > 4 * api.CHUNK_TOKENS
+    assert batch["input_ids"].size > 4 * scheduler.CHUNK_TOKENS
     got = enc.forward(batch["input_ids"], batch["attention_mask"], batch["token_type_ids"])
     expected = hf_last_hidden(AutoModel.from_pretrained(str(minilm_dir)).eval(), batch)
     real = batch["attention_mask"].astype(bool)
@@ -388,7 +388,7 @@ def test_quads_kernels_run_the_whole_model_on_any_cpu(isa, minilm_files, sentenc
         enc = tinybert.Encoder({str(minilm_files["int8"])!r})
         np.save(sys.argv[1], enc.encode({texts!r}, batch_size=24))
         np.save(sys.argv[2], enc.encode({short!r}))
-        print(gemm.best_layout(), gemm_vnni.AMX_AVAILABLE, enc._model.blocks[0].qkv._quads)
+        print(gemm.best_layout(), gemm_vnni.AMX_AVAILABLE, enc.runner.model.blocks[0].qkv._quads)
     """)
     result = subprocess.run([sys.executable, "-c", code, str(tmp_path / "a.npy"), str(tmp_path / "b.npy")],
                             env=env, capture_output=True, text=True, timeout=900)
