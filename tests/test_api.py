@@ -7,6 +7,7 @@ import sys
 import textwrap
 from pathlib import Path
 
+import numba
 import numpy as np
 import pytest
 
@@ -169,6 +170,93 @@ def test_sequence_chunks():
     assert chunks == [(0, 2), (2, 3), (3, 4), (4, 7)]          # 200, 100, 600 alone, 110 tokens
     assert scheduler.sequence_chunks(starts, 10_000) == [(0, 7)]
     assert scheduler.sequence_chunks(np.array([0, 5], np.int64), 1) == [(0, 1)]
+
+
+class _Toy:
+    """A packed batch with no arrays but its starts: the scheduler needs nothing else."""
+
+    def __init__(self, starts: np.ndarray) -> None:
+        self.starts = starts
+
+    def select(self, b0: int, b1: int) -> _Toy:
+        return _Toy(self.starts[b0:b1 + 1] - self.starts[b0])
+
+
+def _toy(lengths) -> _Toy:
+    return _Toy(np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64))
+
+
+def _positions(batch: _Toy) -> np.ndarray:
+    """Per token: its position in its sequence (what a chunk sees must not depend on the chunking)."""
+    return np.concatenate([np.arange(n) for n in np.diff(batch.starts)]).astype(np.float32)[:, None]
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+def test_scheduler_runs_any_batch_function(threads, monkeypatch):
+    # The scheduler knows nothing of models: any function of a packed batch, per token or per sequence,
+    # comes back whole and in order, chunked to CHUNK_TOKENS (a longer sequence alone), split or pipelined.
+    if threads > numba.config.NUMBA_NUM_THREADS:
+        pytest.skip("needs two Numba threads")
+    monkeypatch.setattr(scheduler, "threads_may_share_kernels", lambda: True)   # toy functions run no kernels
+    lengths = np.random.default_rng(3).integers(1, 300, 61)
+    runs = scheduler.Scheduler(threads)
+    seen = []
+
+    def per_sequence(batch: _Toy) -> np.ndarray:
+        seen.append(batch.starts)
+        return np.diff(batch.starts).astype(np.float32)[:, None]
+
+    got = np.zeros(len(lengths))
+    for rows, batch, out in runs.map(lengths, 8, lambda rows: _toy(lengths[rows]), per_sequence, "sequence"):
+        assert np.array_equal(out[:, 0], lengths[rows]) and np.array_equal(np.diff(batch.starts), lengths[rows])
+        got[rows] = out[:, 0]
+    assert np.array_equal(got, lengths)
+    order = [i for rows in scheduler.length_batches(list(lengths), 8) for i in rows]
+    assert order == sorted(range(len(lengths)), key=lambda i: -lengths[i])       # longest first, stable
+    assert all(s[-1] <= scheduler.CHUNK_TOKENS or s.size == 2 for s in seen)
+    whole = _toy(lengths)
+    np.testing.assert_array_equal(runs.run(whole, _positions, "token"), _positions(whole))
+    np.testing.assert_array_equal(runs.run_alone(whole, per_sequence, "sequence")[:, 0], lengths)
+
+
+def test_scheduler_raises_a_part_failure_once_every_part_has_ended(monkeypatch):
+    # One batch split over two threads: a part that fails is raised in the caller only when the other
+    # part has ended too, so nothing of the call still runs once the caller has the error.
+    import threading
+    import time
+
+    if numba.config.NUMBA_NUM_THREADS < 2:
+        pytest.skip("needs two Numba threads")
+    monkeypatch.setattr(scheduler, "threads_may_share_kernels", lambda: True)
+    ended, lock = [], threading.Lock()
+
+    def slow_or_failing(batch: _Toy) -> np.ndarray:
+        if batch.starts[-1] == 100:                  # the first part: fails at once
+            raise tinybert.InputError("part failed on purpose")
+        time.sleep(0.2)
+        with lock:
+            ended.append(batch.starts[-1])
+        return np.zeros((batch.starts.size - 1, 1), np.float32)
+
+    with pytest.raises(tinybert.InputError, match="on purpose"):
+        scheduler.Scheduler(2).run(_toy([100, 150]), slow_or_failing, "sequence")
+    assert ended == [150]
+
+
+def test_open_model_is_one_check_for_every_class(minilm_files):
+    from tinybert.opening import open_model
+
+    opened = open_model(minilm_files["int8"], "encoder", 1, "Encoder")
+    assert (opened.threads, opened.config.kind, opened.quantization) == (1, "encoder", "int8")
+    assert opened.tokenizer.truncation["max_length"] == opened.config.max_length
+    with pytest.raises(tinybert.ModelKindError, match="holds a encoder model; Generator needs a decoder"):
+        open_model(minilm_files["int8"], "decoder", None, "Generator")
+    with pytest.raises(tinybert.ModelKindError, match="Translator needs an encoder-decoder"):
+        open_model(minilm_files["int8"], "encoder-decoder", None, "Translator")
+    with pytest.raises(tinybert.InputError, match="threads"):
+        open_model(minilm_files["int8"], "encoder", 0, "Encoder")
+    with pytest.raises(tinybert.ModelFileError):
+        open_model(minilm_files["int8"].with_name("missing.safetensors"), "encoder", 0, "Encoder")
 
 
 @pytest.mark.parametrize("threads", [1, 2])
