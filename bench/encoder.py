@@ -196,6 +196,7 @@ def load_engine(engine: str, path: Path, threads: int):
     kind, precision = engine.rsplit("-", 1)
     if _tinybert_kind(kind):
         import tinybert
+        from tinybert.runner import EncoderBatch
 
         enc = tinybert.Encoder(path, threads=threads)
 
@@ -205,7 +206,7 @@ def load_engine(engine: str, path: Path, threads: int):
             lengths = np.array([len(r) for r in rows])
             starts = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64)
             ids = np.concatenate([np.asarray(r, dtype=np.int32) for r in rows])
-            return enc._run(ids, np.zeros_like(ids), starts, np.ones(ids.size, dtype=np.uint8), pool="mean")
+            return enc.runner.run(EncoderBatch.of(ids, np.zeros_like(ids), starts), pool="mean")
 
         def corpus(rows, batch_size):
             # What encode(texts, batch_size) does after tokenising (longest first, batches run whole
@@ -214,7 +215,7 @@ def load_engine(engine: str, path: Path, threads: int):
 
             encodings = [SimpleNamespace(ids=r, type_ids=[0] * len(r)) for r in rows]
             out = np.empty((len(rows), enc.dimension), dtype=np.float32)
-            for idx, _, pooled in enc._batches(encodings, batch_size, pool="mean"):
+            for idx, _, pooled in enc.runner.batches(encodings, batch_size, pool="mean"):
                 out[idx] = pooled
             return out
         run.corpus = corpus

@@ -141,7 +141,7 @@ def _export_onnx(folder: Path, target: Path) -> None:
 
 
 def length_order(texts: list[str], folder: Path, max_len: int) -> list[int]:
-    """The order tinybert's ``Encoder._batches`` processes texts in: token count, longest first, stable."""
+    """The order tinybert's scheduler (``Scheduler.map``) processes texts in: token count, longest first, stable."""
     from tokenizers import Tokenizer
 
     tok = Tokenizer.from_file(str(folder / "tokenizer.json"))
@@ -227,11 +227,11 @@ def _tinybert(spec: dict) -> dict:
 
     # The head alone (pooler + classifier + softmax) on precomputed hidden states: a direct figure, since
     # classify - encode is a small difference of two noisy numbers.
-    hidden = [(batch.starts, h) for _, batch, h in clf._batches(clf.tokenizer.encode_batch(texts), BATCH)]
+    hidden = [(batch.starts, h) for _, batch, h in clf.runner.batches(clf.tokenizer.encode_batch(texts), BATCH)]
 
     def head() -> None:
         for starts, h in hidden:
-            softmax(clf._head.sequence_logits(h, starts))
+            softmax(clf.runner.head.sequence_logits(h, starts))
     head_s = _median_time(head, repeats=5 if quick else 20, min_seconds=0.0)
     index = {name: i for i, name in LABELS.items()}
     out = last["out"]

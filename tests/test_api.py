@@ -7,11 +7,12 @@ import sys
 import textwrap
 from pathlib import Path
 
+import numba
 import numpy as np
 import pytest
 
 import tinybert
-from tinybert import api
+from tinybert import scheduler
 
 
 def test_runtime_never_imports_torch_or_transformers(minilm_files):
@@ -39,23 +40,24 @@ def test_runtime_never_imports_torch_or_transformers(minilm_files):
 
 @pytest.mark.parametrize("precision", ["int8", "fp32"])
 def test_thread_count_does_not_change_results(minilm_files, sentences, hf_tokenizer, precision, monkeypatch):
-    # threads=2 runs many batches whole, one per thread (Encoder._pipelined); splits a lone batch into
-    # two parts run on their own threads with single-threaded kernels (api.sequence_groups); runs a
+    # threads=2 runs many batches whole, one per thread (Scheduler.map); splits a lone batch into
+    # two parts run on their own threads with single-threaded kernels (scheduler.sequence_groups); runs a
     # lone sequence on two-threaded kernels. Every kernel is row- or sequence-wise and deterministic,
     # so all of these must agree bit for bit with threads=1.
     one = tinybert.Encoder(minilm_files[precision], threads=1)
     two = tinybert.Encoder(minilm_files[precision], threads=2)
     taken = {"alone": 0, "split": 0}
-    alone, split = two._run_alone, two._run_part
-    monkeypatch.setattr(two, "_run_alone", lambda *a: taken.__setitem__("alone", taken["alone"] + 1) or alone(*a))
-    monkeypatch.setattr(two, "_run_part", lambda *a: taken.__setitem__("split", taken["split"] + 1) or split(*a))
+    runs = two.runner.scheduler
+    alone, split = runs.run_alone, runs._run_part
+    monkeypatch.setattr(runs, "run_alone", lambda *a: taken.__setitem__("alone", taken["alone"] + 1) or alone(*a))
+    monkeypatch.setattr(runs, "_run_part", lambda *a: taken.__setitem__("split", taken["split"] + 1) or split(*a))
     for texts, batch_size, alone_runs in ((sentences[:40], 32, 2), (sentences[:100], 8, 13), (sentences[:20], 32, 0)):
         taken.update(alone=0, split=0)
         np.testing.assert_array_equal(one.encode(texts, batch_size=batch_size),
                                       two.encode(texts, batch_size=batch_size))
         assert taken["alone"] == alone_runs, (len(texts), batch_size, taken)      # many batches: pipelined
     assert taken["split"] == 2                      # one batch of 20 sentences: split over the threads
-    assert len(api.sequence_groups(np.array([0, 40, 90, 130, 170]), 2)) == 2
+    assert len(scheduler.sequence_groups(np.array([0, 40, 90, 130, 170]), 2)) == 2
     np.testing.assert_array_equal(one.encode(sentences[5]), two.encode(sentences[5]))
     batch = hf_tokenizer(sentences[:9], padding=True, return_tensors="np")     # padded, masked forward
     np.testing.assert_array_equal(one.forward(batch["input_ids"], batch["attention_mask"]),
@@ -64,19 +66,18 @@ def test_thread_count_does_not_change_results(minilm_files, sentences, hf_tokeni
 
 @pytest.mark.parametrize("threads", [1, 2])
 def test_pooling_chunk_by_chunk_equals_pooling_the_hidden_states(minilm_files, sentences, threads):
-    # encode() pools each CHUNK_TOKENS chunk as it leaves the model (Encoder._run_part with pool) instead
+    # encode() pools each CHUNK_TOKENS chunk as it leaves the model (Scheduler._run_part, per sequence) instead
     # of holding the batch's [T, H] hidden states: every mode must give what pooling those gives, bit for
     # bit, for a batch of several chunks, on one thread and split over two (each part chunked again).
     from tinybert.heads import pool_segments
 
     enc = tinybert.Encoder(minilm_files["int8"], threads=threads)
-    batch = tinybert.tokenizer.pack(enc.tokenizer.encode_batch(sentences[:60]))
-    assert batch.ids.size > 3 * api.CHUNK_TOKENS
-    keys = np.ones(batch.ids.size, dtype=np.uint8)
-    hidden = enc._run(batch.ids, batch.type_ids, batch.starts, keys)
+    encodings = enc.tokenizer.encode_batch(sentences[:60])
+    batch = enc.runner.pack(encodings, list(range(len(encodings))))
+    assert batch.ids.size > 3 * scheduler.CHUNK_TOKENS
+    hidden = enc.runner.run(batch)
     for mode in ("mean", "cls", "max", "mean_sqrt_len"):
-        np.testing.assert_array_equal(enc._run(batch.ids, batch.type_ids, batch.starts, keys, pool=mode),
-                                      pool_segments(hidden, batch.starts, mode))
+        np.testing.assert_array_equal(enc.runner.run(batch, pool=mode), pool_segments(hidden, batch.starts, mode))
 
 
 def test_row_bands_only_where_the_weights_fit_the_cache(minilm_files, sentences, monkeypatch):
@@ -86,7 +87,7 @@ def test_row_bands_only_where_the_weights_fit_the_cache(minilm_files, sentences,
     from tinybert.layers import use_row_bands
 
     enc = tinybert.Encoder(minilm_files["int8"], threads=2)
-    layers = [layer for block in enc._model.blocks for layer in block.linears()]
+    layers = [layer for block in enc.runner.model.blocks for layer in block.linears()]
     quads = [layer for layer in layers if layer._quads]
     total = sum(layer.weight.nbytes for layer in quads)
     assert all(layer.row_bands == (total <= gemm_vnni.ROW_BANDS_WEIGHTS) for layer in quads)
@@ -112,7 +113,7 @@ def _counting_model(enc: tinybert.Encoder, fail_at: int | None = None) -> dict:
 
     seen = {"begun": 0, "ended": 0}
     lock = threading.Lock()
-    model = enc._model
+    model = enc.runner.model
 
     def counted(*args):
         with lock:
@@ -126,7 +127,7 @@ def _counting_model(enc: tinybert.Encoder, fail_at: int | None = None) -> dict:
         finally:
             with lock:
                 seen["ended"] += 1
-    enc._model = counted
+    enc.runner.model = counted
     return seen
 
 
@@ -142,33 +143,120 @@ def test_pipelined_batches_raise_the_error_and_leave_nothing_running(minilm_file
     # An abandoned generator (a caller that stops iterating) does the same.
     seen = _counting_model(enc)
     encodings = enc.tokenizer.encode_batch(sentences[:80])
-    batches = enc._batches(encodings, 4)
+    batches = enc.runner.batches(encodings, 4)
     next(batches)
     batches.close()
     assert seen["begun"] == seen["ended"] < 20, seen
     # ... and the encoder still works afterwards.
-    enc._model = tinybert.Encoder(minilm_files["int8"])._model
+    enc.runner.model = tinybert.Encoder(minilm_files["int8"]).runner.model
     assert enc.encode(sentences[:9], batch_size=4).shape == (9, 384)
 
 
 def test_sequence_groups():
     starts = np.array([0, 10, 200, 210, 220, 400], np.int64)
-    assert api.sequence_groups(starts, 1) == [(0, 5)]
+    assert scheduler.sequence_groups(starts, 1) == [(0, 5)]
     for parts in (2, 3, 4, 8):
-        groups = api.sequence_groups(starts, parts)
+        groups = scheduler.sequence_groups(starts, parts)
         assert groups[0][0] == 0 and groups[-1][1] == 5 and len(groups) <= parts
         assert all(b0 < b1 for b0, b1 in groups) and all(a[1] == b[0] for a, b in zip(groups, groups[1:]))
-    assert api.sequence_groups(starts, 2) == [(0, 2), (2, 5)]      # 200 tokens each
-    assert api.sequence_groups(np.array([0, 30, 60], np.int64), 2) == [(0, 2)]   # too few tokens to split
-    assert api.sequence_groups(np.array([0, 500], np.int64), 2) == [(0, 1)]      # one sequence
+    assert scheduler.sequence_groups(starts, 2) == [(0, 2), (2, 5)]      # 200 tokens each
+    assert scheduler.sequence_groups(np.array([0, 30, 60], np.int64), 2) == [(0, 2)]   # too few tokens to split
+    assert scheduler.sequence_groups(np.array([0, 500], np.int64), 2) == [(0, 1)]      # one sequence
 
 
 def test_sequence_chunks():
     starts = np.array([0, 100, 200, 300, 900, 950, 1000, 1010], np.int64)
-    chunks = api.sequence_chunks(starts, 256)
+    chunks = scheduler.sequence_chunks(starts, 256)
     assert chunks == [(0, 2), (2, 3), (3, 4), (4, 7)]          # 200, 100, 600 alone, 110 tokens
-    assert api.sequence_chunks(starts, 10_000) == [(0, 7)]
-    assert api.sequence_chunks(np.array([0, 5], np.int64), 1) == [(0, 1)]
+    assert scheduler.sequence_chunks(starts, 10_000) == [(0, 7)]
+    assert scheduler.sequence_chunks(np.array([0, 5], np.int64), 1) == [(0, 1)]
+
+
+class _Toy:
+    """A packed batch with no arrays but its starts: the scheduler needs nothing else."""
+
+    def __init__(self, starts: np.ndarray) -> None:
+        self.starts = starts
+
+    def select(self, b0: int, b1: int) -> _Toy:
+        return _Toy(self.starts[b0:b1 + 1] - self.starts[b0])
+
+
+def _toy(lengths) -> _Toy:
+    return _Toy(np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64))
+
+
+def _positions(batch: _Toy) -> np.ndarray:
+    """Per token: its position in its sequence (what a chunk sees must not depend on the chunking)."""
+    return np.concatenate([np.arange(n) for n in np.diff(batch.starts)]).astype(np.float32)[:, None]
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+def test_scheduler_runs_any_batch_function(threads, monkeypatch):
+    # The scheduler knows nothing of models: any function of a packed batch, per token or per sequence,
+    # comes back whole and in order, chunked to CHUNK_TOKENS (a longer sequence alone), split or pipelined.
+    if threads > numba.config.NUMBA_NUM_THREADS:
+        pytest.skip("needs two Numba threads")
+    monkeypatch.setattr(scheduler, "threads_may_share_kernels", lambda: True)   # toy functions run no kernels
+    lengths = np.random.default_rng(3).integers(1, 300, 61)
+    runs = scheduler.Scheduler(threads)
+    seen = []
+
+    def per_sequence(batch: _Toy) -> np.ndarray:
+        seen.append(batch.starts)
+        return np.diff(batch.starts).astype(np.float32)[:, None]
+
+    got = np.zeros(len(lengths))
+    for rows, batch, out in runs.map(lengths, 8, lambda rows: _toy(lengths[rows]), per_sequence, "sequence"):
+        assert np.array_equal(out[:, 0], lengths[rows]) and np.array_equal(np.diff(batch.starts), lengths[rows])
+        got[rows] = out[:, 0]
+    assert np.array_equal(got, lengths)
+    order = [i for rows in scheduler.length_batches(list(lengths), 8) for i in rows]
+    assert order == sorted(range(len(lengths)), key=lambda i: -lengths[i])       # longest first, stable
+    assert all(s[-1] <= scheduler.CHUNK_TOKENS or s.size == 2 for s in seen)
+    whole = _toy(lengths)
+    np.testing.assert_array_equal(runs.run(whole, _positions, "token"), _positions(whole))
+    np.testing.assert_array_equal(runs.run_alone(whole, per_sequence, "sequence")[:, 0], lengths)
+
+
+def test_scheduler_raises_a_part_failure_once_every_part_has_ended(monkeypatch):
+    # One batch split over two threads: a part that fails is raised in the caller only when the other
+    # part has ended too, so nothing of the call still runs once the caller has the error.
+    import threading
+    import time
+
+    if numba.config.NUMBA_NUM_THREADS < 2:
+        pytest.skip("needs two Numba threads")
+    monkeypatch.setattr(scheduler, "threads_may_share_kernels", lambda: True)
+    ended, lock = [], threading.Lock()
+
+    def slow_or_failing(batch: _Toy) -> np.ndarray:
+        if batch.starts[-1] == 100:                  # the first part: fails at once
+            raise tinybert.InputError("part failed on purpose")
+        time.sleep(0.2)
+        with lock:
+            ended.append(batch.starts[-1])
+        return np.zeros((batch.starts.size - 1, 1), np.float32)
+
+    with pytest.raises(tinybert.InputError, match="on purpose"):
+        scheduler.Scheduler(2).run(_toy([100, 150]), slow_or_failing, "sequence")
+    assert ended == [150]
+
+
+def test_open_model_is_one_check_for_every_class(minilm_files):
+    from tinybert.opening import open_model
+
+    opened = open_model(minilm_files["int8"], "encoder", 1, "Encoder")
+    assert (opened.threads, opened.config.kind, opened.quantization) == (1, "encoder", "int8")
+    assert opened.tokenizer.truncation["max_length"] == opened.config.max_length
+    with pytest.raises(tinybert.ModelKindError, match="holds a encoder model; Generator needs a decoder"):
+        open_model(minilm_files["int8"], "decoder", None, "Generator")
+    with pytest.raises(tinybert.ModelKindError, match="Translator needs an encoder-decoder"):
+        open_model(minilm_files["int8"], "encoder-decoder", None, "Translator")
+    with pytest.raises(tinybert.InputError, match="threads"):
+        open_model(minilm_files["int8"], "encoder", 0, "Encoder")
+    with pytest.raises(tinybert.ModelFileError):
+        open_model(minilm_files["int8"].with_name("missing.safetensors"), "encoder", 0, "Encoder")
 
 
 @pytest.mark.parametrize("threads", [1, 2])
@@ -182,7 +270,7 @@ def test_batches_larger_than_a_chunk_match_transformers(minilm_files, minilm_dir
     enc = tinybert.Encoder(minilm_files["fp32"], threads=threads)
     batch = dict(hf_tokenizer(sentences[:32], padding="max_length", max_length=64, truncation=True,
                               return_tensors="np"))
-    assert batch["input_ids"].size > 4 * api.CHUNK_TOKENS
+    assert batch["input_ids"].size > 4 * scheduler.CHUNK_TOKENS
     got = enc.forward(batch["input_ids"], batch["attention_mask"], batch["token_type_ids"])
     expected = hf_last_hidden(AutoModel.from_pretrained(str(minilm_dir)).eval(), batch)
     real = batch["attention_mask"].astype(bool)
@@ -388,7 +476,7 @@ def test_quads_kernels_run_the_whole_model_on_any_cpu(isa, minilm_files, sentenc
         enc = tinybert.Encoder({str(minilm_files["int8"])!r})
         np.save(sys.argv[1], enc.encode({texts!r}, batch_size=24))
         np.save(sys.argv[2], enc.encode({short!r}))
-        print(gemm.best_layout(), gemm_vnni.AMX_AVAILABLE, enc._model.blocks[0].attn.qkv._quads)
+        print(gemm.best_layout(), gemm_vnni.AMX_AVAILABLE, enc.runner.model.blocks[0].attn.qkv._quads)
     """)
     result = subprocess.run([sys.executable, "-c", code, str(tmp_path / "a.npy"), str(tmp_path / "b.npy")],
                             env=env, capture_output=True, text=True, timeout=900)

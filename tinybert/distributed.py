@@ -140,18 +140,19 @@ def _check_fits(ray: Any, threads_per_worker: int) -> None:
                          f"{largest:g} CPUs: no worker could ever be scheduled")
 
 
-def _open_model(task: str, model: str | os.PathLike) -> Any:
-    """The API object for ``task`` on ``model``: the same checks a worker makes (file validity,
-    encoder kind, classification head), raised here on the driver."""
+def _open_model(task: str, model: str | os.PathLike, threads: int = 1) -> Any:
+    """The API object for ``task`` on ``model``: what a worker runs its batches on (through the API
+    classes, so with their scheduler), and on the driver the same checks a worker makes (file
+    validity, encoder kind, classification head) before anything is scheduled."""
     if not isinstance(model, (str, os.PathLike)):
         raise InputError(f"model must be a path to a tinybert file, got {type(model).__name__}")
     if task == "embed":
         from .api import Encoder
 
-        return Encoder(model, threads=1)
+        return Encoder(model, threads=threads)
     from .tasks import Classifier
 
-    return Classifier(model, threads=1)
+    return Classifier(model, threads=threads)
 
 
 # ----------------------------------------------------------------------------- the model on the workers
@@ -246,15 +247,7 @@ class _BatchWorker:
     public API classes) and turns each pyarrow batch into the same batch plus the output columns."""
 
     def __init__(self, task: str, source: tuple, threads: int, options: dict) -> None:
-        path = _node_model_file(source)
-        if task == "embed":
-            from .api import Encoder
-
-            self.model = Encoder(path, threads=threads)
-        else:
-            from .tasks import Classifier
-
-            self.model = Classifier(path, threads=threads)
+        self.model = _open_model(task, _node_model_file(source), threads)
         self.task = task
         self.options = options
         self.calls = 0

@@ -1,18 +1,17 @@
 """Task APIs on top of ``Encoder``, returning what transformers' pipelines return.
 
-Each class is an ``Encoder`` whose file carries the matching head (``ModelKindError`` otherwise):
+Each class is an ``Encoder`` whose file carries the matching head (``ModelKindError`` otherwise), and
+runs through the encoder's ``runner`` (model, head, tokenizer, scheduler) by its public methods:
 ``Classifier`` (text classification, sentence pairs, cross-encoder reranking), ``TokenClassifier``
 (NER), ``FillMask`` and ``QuestionAnswerer`` (extractive QA over long contexts with a stride).
 """
 
 from __future__ import annotations
 
-import threading
 from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
-from tokenizers import Tokenizer
 
 from .api import Encoder
 from .errors import InputError, ModelKindError
@@ -42,6 +41,13 @@ def _one_or_many(single: bool, results: list) -> object:
     return results[0] if single else results
 
 
+def _require_task(encoder: Encoder, *tasks: str) -> None:
+    if encoder.task.type not in tasks:
+        raise ModelKindError(
+            f"{encoder.path} carries a {encoder.task.type} head; {type(encoder).__name__} needs {' or '.join(tasks)} "
+            "(convert a checkpoint with that head, e.g. *ForSequenceClassification)")
+
+
 class Classifier(Encoder):
     """Sequence classification (sentiment, topic, NLI, cross-encoders), like
     ``pipeline("text-classification")`` on the same checkpoint.
@@ -53,7 +59,7 @@ class Classifier(Encoder):
 
     def __init__(self, path: str | Path, threads: int | None = None) -> None:
         super().__init__(path, threads)
-        self._require_task("sequence-classification")
+        _require_task(self, "sequence-classification")
         self.labels: tuple[str, ...] = self.task.labels
 
     def scores_function(self) -> str:
@@ -76,8 +82,8 @@ class Classifier(Encoder):
         else:
             encodings = self.tokenizer.encode_batch(texts)
         out = np.empty((len(texts), len(self.labels)), dtype=np.float32)
-        for rows, batch, hidden in self._batches(encodings, batch_size):
-            out[rows] = self._head.sequence_logits(hidden, batch.starts)
+        for rows, batch, hidden in self.runner.batches(encodings, batch_size):
+            out[rows] = self.runner.head.sequence_logits(hidden, batch.starts)
         return out
 
     def classify(self, texts: str | Sequence[str], text_pair: str | Sequence[str] | None = None,
@@ -137,21 +143,9 @@ class TokenClassifier(Encoder):
 
     def __init__(self, path: str | Path, threads: int | None = None) -> None:
         super().__init__(path, threads)
-        self._require_task("token-classification")
+        _require_task(self, "token-classification")
         self.labels: tuple[str, ...] = self.task.labels
         self._decoder = Decoder(self.tokenizer, self.tokenizer_options["clean_up_tokenization_spaces"])
-        self._window_tokenizers: dict[int, Tokenizer] = {}
-        self._lock = threading.Lock()
-
-    def _window_tokenizer(self, stride: int) -> Tokenizer:
-        # A tokenizer per stride, built once: reconfiguring the shared one would race with other threads.
-        with self._lock:
-            if stride not in self._window_tokenizers:
-                tok = Tokenizer.from_str(self._tokenizer_json)
-                tok.no_padding()
-                tok.enable_truncation(max_length=self.config.max_length, stride=stride)
-                self._window_tokenizers[stride] = tok
-            return self._window_tokenizers[stride]
 
     def ner(self, texts: str | Sequence[str], aggregation: str = "simple", ignore_labels: Sequence[str] = ("O",),
             stride: int | None = None, batch_size: int = 32) -> list:
@@ -170,7 +164,7 @@ class TokenClassifier(Encoder):
         if stride is not None:
             if not isinstance(stride, int) or isinstance(stride, bool) or not 0 <= stride < self.config.max_length // 2:
                 raise InputError(f"stride must be an integer in [0, {self.config.max_length // 2}), got {stride!r}")
-            tok = self._window_tokenizer(stride)
+            tok = self.runner.truncating_tokenizer(self.config.max_length, stride)
         else:
             tok = self.tokenizer
         # Every window of every text runs as one sequence of the packed batches.
@@ -180,8 +174,8 @@ class TokenClassifier(Encoder):
                 encodings.append(window)
                 owner.append(i)
         logits: list[np.ndarray | None] = [None] * len(encodings)
-        for rows, batch, hidden in self._batches(encodings, batch_size):
-            out = self._head.token_logits(hidden)
+        for rows, batch, hidden in self.runner.batches(encodings, batch_size):
+            out = self.runner.head.token_logits(hidden)
             for j, row in enumerate(rows):
                 logits[row] = out[batch.starts[j]:batch.starts[j + 1]]
         windows: list[list[TokenWindow]] = [[] for _ in texts]
@@ -203,7 +197,7 @@ class FillMask(Encoder):
 
     def __init__(self, path: str | Path, threads: int | None = None) -> None:
         super().__init__(path, threads)
-        self._require_task("masked-lm", "pretraining")
+        _require_task(self, "masked-lm", "pretraining")
         self.mask_token: str | None = self.tokenizer_options["mask_token"]
         self.mask_token_id = self.tokenizer.token_to_id(self.mask_token) if self.mask_token else None
         if self.mask_token_id is None:
@@ -226,9 +220,9 @@ class FillMask(Encoder):
                 raise InputError(f"texts[{i}] has no mask token {self.mask_token} (after truncation)")
         results: list = [None] * len(texts)
         top_k = min(top_k, self.config.vocab_size)
-        for rows, batch, hidden in self._batches(encodings, batch_size):
+        for rows, batch, hidden in self.runner.batches(encodings, batch_size):
             where = np.flatnonzero(batch.ids == self.mask_token_id)
-            probs = softmax(self._head.mlm_logits(hidden[where]))
+            probs = softmax(self.runner.head.mlm_logits(hidden[where]))
             owner = np.searchsorted(batch.starts, where, side="right") - 1
             for j, row in enumerate(rows):
                 mine = np.flatnonzero(owner == j)
@@ -262,19 +256,7 @@ class QuestionAnswerer(Encoder):
 
     def __init__(self, path: str | Path, threads: int | None = None) -> None:
         super().__init__(path, threads)
-        self._require_task("question-answering")
-        self._window_tokenizers: dict[tuple[int, int], Tokenizer] = {}
-        self._lock = threading.Lock()
-
-    def _window_tokenizer(self, max_length: int, stride: int) -> Tokenizer:
-        with self._lock:
-            key = (max_length, stride)
-            if key not in self._window_tokenizers:
-                tok = Tokenizer.from_str(self._tokenizer_json)
-                tok.no_padding()
-                tok.enable_truncation(max_length=max_length, stride=stride, strategy="only_second")
-                self._window_tokenizers[key] = tok
-            return self._window_tokenizers[key]
+        _require_task(self, "question-answering")
 
     def answer(self, question: str | Sequence[str], context: str | Sequence[str], top_k: int = 1,
                max_answer_len: int = 30, max_seq_len: int = 384, doc_stride: int = 128,
@@ -299,7 +281,7 @@ class QuestionAnswerer(Encoder):
         if not isinstance(doc_stride, int) or isinstance(doc_stride, bool) or doc_stride < 0:
             raise InputError(f"doc_stride must be a non-negative integer, got {doc_stride!r}")
         stride = min(doc_stride, max_len // 2)
-        tok = self._window_tokenizer(max_len, stride)
+        tok = self.runner.truncating_tokenizer(max_len, stride, strategy="only_second")
         specials = tok.post_processor.num_special_tokens_to_add(True) if tok.post_processor else 0
         encodings, owner = [], []
         for i, (q, c) in enumerate(zip(questions, contexts)):
@@ -313,8 +295,8 @@ class QuestionAnswerer(Encoder):
                 encodings.append(window)
                 owner.append(i)
         candidates: list[list[tuple[float, int, int]]] = [[] for _ in questions]
-        for rows, batch, hidden in self._batches(encodings, batch_size):
-            both = self._head.token_logits(hidden)
+        for rows, batch, hidden in self.runner.batches(encodings, batch_size):
+            both = self.runner.head.token_logits(hidden)
             for j, row in enumerate(rows):
                 enc = encodings[row]
                 logits = both[batch.starts[j]:batch.starts[j + 1]]
