@@ -15,12 +15,7 @@ from .heads import l2_normalize
 from .opening import open_model
 from .runner import EncoderBatch, EncoderRunner
 from .scheduler import check_threads
-from .scheduler import check_threads as _check_threads  # noqa: F401  (generator.py, translator.py: see below)
-from .scheduler import numba_threads as _numba_threads  # noqa: F401
 from .tokenizer import check_texts, token_ids
-
-# Generator and Translator still import _check_threads and _numba_threads from here; once they open their
-# files through opening.open_model and take numba_threads from tinybert.scheduler, the two aliases go.
 
 
 def _as_int_array(name: str, value: object, shape: tuple[int, ...] | None) -> np.ndarray:

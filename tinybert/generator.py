@@ -7,14 +7,14 @@ from pathlib import Path
 
 import numpy as np
 
-from .api import _check_threads, _numba_threads
 from .config import DecoderConfig
 from .decoder import DecoderModel
-from .errors import InputError, ModelKindError
+from .errors import InputError
 from .generation import BeamSearch, GenerationParams, IncrementalDecoder, SampleSearch, StopMatcher, decode, run_all
 from .layers import KVCache
-from .loader import load
-from .tokenizer import check_texts, load_tokenizer
+from .opening import open_model
+from .scheduler import numba_threads
+from .tokenizer import check_texts
 
 
 def _positive_int(name: str, value: object) -> int:
@@ -38,17 +38,14 @@ class Generator:
     """
 
     def __init__(self, path: str | Path, threads: int | None = None) -> None:
-        model_file = load(path)
-        if not isinstance(model_file.config, DecoderConfig):
-            raise ModelKindError(f"{path} holds a {model_file.config.kind} model; Generator needs a decoder "
-                                 "(GPT-2, Llama family)")
-        self.path = Path(path)
-        self.config: DecoderConfig = model_file.config
-        self.quantization: str = model_file.quantization
-        self.metadata: dict[str, str] = model_file.metadata
-        self.tokenizer = load_tokenizer(model_file.tokenizer_json, self.config.max_positions)
-        self.threads = _check_threads(threads)
-        self._model = DecoderModel(self.config, model_file.tensors)
+        opened = open_model(path, "decoder", threads, "Generator")
+        self.path = opened.path
+        self.config: DecoderConfig = opened.config
+        self.quantization: str = opened.quantization
+        self.metadata: dict[str, str] = opened.metadata
+        self.tokenizer = opened.tokenizer
+        self.threads = opened.threads
+        self._model = DecoderModel(self.config, opened.tensors)
 
     # ------------------------------------------------------------------ public API
 
@@ -154,7 +151,7 @@ class Generator:
         flat = np.concatenate(rows).astype(np.int32)
         slots = np.repeat(np.arange(len(rows), dtype=np.int32), lengths)
         positions = np.concatenate([np.arange(n, dtype=np.int32) for n in lengths])
-        with _numba_threads(self.threads):
+        with numba_threads(self.threads):
             logits = self._model(flat, slots, positions, cache)
         out = np.zeros(ids.shape + (self.config.vocab_size,), dtype=np.float32)
         start = 0
@@ -289,11 +286,11 @@ class _DecoderStepper:
         ids = np.concatenate(prompts).astype(np.int32)
         slots = np.repeat(np.asarray(blocks, dtype=np.int32) * self.rows_per_block, lengths)
         positions = np.concatenate([np.arange(n, dtype=np.int32) for n in lengths])
-        with _numba_threads(self.threads):
+        with numba_threads(self.threads):
             return self.model(ids, slots, positions, self.cache, logit_rows=np.cumsum(lengths) - 1)
 
     def step(self, tokens: np.ndarray, slots: np.ndarray, positions: np.ndarray, blocks: np.ndarray) -> np.ndarray:
-        with _numba_threads(self.threads):
+        with numba_threads(self.threads):
             return self.model(tokens, slots, positions, self.cache)
 
     def copy_slots(self, dest: np.ndarray, src: np.ndarray, upto: int) -> None:

@@ -14,13 +14,13 @@ from pathlib import Path
 
 import numpy as np
 
-from .api import _check_threads, _numba_threads
 from .config import Seq2SeqConfig
-from .errors import InputError, ModelKindError
+from .errors import InputError
 from .generation import BeamSearch, GenerationParams, SampleSearch
 from .generation import decode as decode_all
 from .layers import KVCache
-from .loader import load
+from .opening import open_model
+from .scheduler import numba_threads
 from .seq2seq import Seq2SeqModel
 from .tokenizer import Decoder, check_texts, load_tokenizer
 
@@ -45,16 +45,14 @@ class Translator:
     """
 
     def __init__(self, path: str | Path, threads: int | None = None) -> None:
-        model_file = load(path)
-        if not isinstance(model_file.config, Seq2SeqConfig):
-            raise ModelKindError(f"{path} holds a {model_file.config.kind} model; Translator needs an "
-                                 "encoder-decoder (T5, BART, Marian)")
-        self.path = Path(path)
-        self.config: Seq2SeqConfig = model_file.config
-        self.quantization: str = model_file.quantization
-        self.metadata: dict[str, str] = model_file.metadata
-        self.threads = _check_threads(threads)
-        self.tokenizer = load_tokenizer(model_file.tokenizer_json, self.config.max_positions)
+        opened = open_model(path, "encoder-decoder", threads, "Translator")
+        model_file = opened.file
+        self.path = opened.path
+        self.config: Seq2SeqConfig = opened.config
+        self.quantization: str = opened.quantization
+        self.metadata: dict[str, str] = opened.metadata
+        self.threads = opened.threads
+        self.tokenizer = opened.tokenizer
         self._source_ids = model_file.source_id_map
         self._unknown_pieces = model_file.source_unknown_pieces
         clean_up = model_file.tokenizer_options["clean_up_tokenization_spaces"]
@@ -237,7 +235,7 @@ class _Seq2SeqStepper:
         np.cumsum([len(s) for s in chunk], out=starts[1:])
         blocks = np.asarray(blocks, dtype=np.int32)
         state = self.state
-        with _numba_threads(self.threads):
+        with numba_threads(self.threads):
             hidden = self.model.encode(np.concatenate(chunk), starts)
             self.model.write_sources(state, hidden, starts, blocks)
             k = len(chunk)
@@ -245,7 +243,7 @@ class _Seq2SeqStepper:
                                    np.zeros(k, dtype=np.int32), blocks)
 
     def step(self, tokens: np.ndarray, slots: np.ndarray, positions: np.ndarray, blocks: np.ndarray) -> np.ndarray:
-        with _numba_threads(self.threads):
+        with numba_threads(self.threads):
             return self.model.step(self.state, tokens, slots, positions, blocks)
 
     def copy_slots(self, dest: np.ndarray, src: np.ndarray, upto: int) -> None:
