@@ -19,7 +19,7 @@ from .scheduler import Scheduler
 from .tokenizer import pack
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)
 class EncoderBatch:
     """Sequences packed without padding (sequence b is rows starts[b]:starts[b+1] of each array), in
     the dtypes the kernels take."""
