@@ -288,7 +288,7 @@ def test_long_sources(built):
     (dict(beam_size=0), "beam_size"),
     (dict(beam_size=257), "beam_size"),
     (dict(max_length=0), "max_length"),
-    (dict(num_hypotheses=5), "num_return_sequences"),
+    (dict(num_hypotheses=5), "num_hypotheses"),
     (dict(min_length=-1), "min_length"),
     (dict(beam_size=4, temperature=0.7), "deterministic"),
     (dict(length_penalty=float("nan")), "length_penalty"),

@@ -24,6 +24,10 @@ from .scheduler import numba_threads
 from .seq2seq import Seq2SeqModel
 from .tokenizer import Decoder, check_texts, load_tokenizer
 
+# translate()'s names for the engine's settings, in messages
+_NAMES = {"num_beams": "beam_size", "max_new_tokens": "max_length", "min_new_tokens": "min_length",
+          "num_return_sequences": "num_hypotheses"}
+
 
 def _positive_int(name: str, value: object) -> int:
     if not isinstance(value, int) or isinstance(value, bool) or value < 1:
@@ -170,7 +174,7 @@ class Translator:
             repetition_penalty=repetition_penalty, no_repeat_ngram_size=no_repeat_ngram_size, num_beams=beam_size,
             length_penalty=length_penalty, early_stopping=early_stopping, num_return_sequences=num_hypotheses,
             seed=seed, bad_token_ids=cfg.bad_token_ids, forced_bos_token_id=cfg.forced_bos_token_id,
-            forced_eos_token_id=cfg.forced_eos_token_id).validate()
+            forced_eos_token_id=cfg.forced_eos_token_id).validate(_NAMES)
 
     # ------------------------------------------------------------------ decoding
 

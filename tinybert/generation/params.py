@@ -71,51 +71,59 @@ class GenerationParams:
     def greedy(self) -> bool:
         return self.temperature == 0
 
-    def validate(self) -> GenerationParams:
-        """Raise InputError on a bad value; return self."""
+    def validate(self, names: dict[str, str] | None = None) -> GenerationParams:
+        """Raise InputError on a bad value; return self. ``names`` maps a field to the name the caller's
+        API gives it (the Translator's ``beam_size`` for ``num_beams``, ...), for the messages."""
+        names = names or {}
+
+        def n(field: str) -> str:
+            return names.get(field, field)
+
         if not is_int(self.max_new_tokens) or not 1 <= self.max_new_tokens <= MAX_NEW_TOKENS:
-            raise InputError(f"max_new_tokens must be a positive integer, got {self.max_new_tokens!r}")
+            raise InputError(f"{n('max_new_tokens')} must be a positive integer, got {self.max_new_tokens!r}")
         for name in ("min_new_tokens", "no_repeat_ngram_size"):
             v = getattr(self, name)
             if not is_int(v) or not 0 <= v <= MAX_NEW_TOKENS:
-                raise InputError(f"{name} must be an integer ≥ 0, got {v!r}")
+                raise InputError(f"{n(name)} must be an integer ≥ 0, got {v!r}")
         t = self.temperature
         if not _number(t) or t < 0:
-            raise InputError(f"temperature must be a finite number ≥ 0, got {t!r}")
+            raise InputError(f"{n('temperature')} must be a finite number ≥ 0, got {t!r}")
         if self.top_k is not None and (not is_int(self.top_k) or self.top_k < 1):
-            raise InputError(f"top_k must be a positive integer or None, got {self.top_k!r}")
+            raise InputError(f"{n('top_k')} must be a positive integer or None, got {self.top_k!r}")
         for name in ("top_p", "min_p"):
             p = getattr(self, name)
             if p is not None and (not _number(p) or not 0 < p <= 1):
-                raise InputError(f"{name} must be in (0, 1] or None, got {p!r}")
+                raise InputError(f"{n(name)} must be in (0, 1] or None, got {p!r}")
         r = self.repetition_penalty
         if r is not None and (not _number(r) or r <= 0):
-            raise InputError(f"repetition_penalty must be a positive number or None, got {r!r}")
+            raise InputError(f"{n('repetition_penalty')} must be a positive number or None, got {r!r}")
         if self.seed is not None and (not is_int(self.seed) or self.seed < 0):
-            raise InputError(f"seed must be a non-negative integer or None, got {self.seed!r}")
+            raise InputError(f"{n('seed')} must be a non-negative integer or None, got {self.seed!r}")
         if not is_int(self.num_beams) or not 1 <= self.num_beams <= MAX_BEAMS:
-            raise InputError(f"num_beams must be an integer from 1 to {MAX_BEAMS}, got {self.num_beams!r}")
+            raise InputError(f"{n('num_beams')} must be an integer from 1 to {MAX_BEAMS}, got {self.num_beams!r}")
         lp = self.length_penalty
         if not _number(lp) or abs(lp) > 100:
-            raise InputError(f"length_penalty must be a number from -100 to 100, got {lp!r}")
+            raise InputError(f"{n('length_penalty')} must be a number from -100 to 100, got {lp!r}")
         if not (self.early_stopping is True or self.early_stopping is False or self.early_stopping == "never"):
-            raise InputError(f"early_stopping must be True, False or 'never', got {self.early_stopping!r}")
-        n = self.num_return_sequences
-        if not is_int(n) or n < 1:
-            raise InputError(f"num_return_sequences must be a positive integer, got {n!r}")
-        if n > self.num_beams:
-            raise InputError(f"num_return_sequences ({n}) cannot exceed num_beams ({self.num_beams})")
+            raise InputError(f"{n('early_stopping')} must be True, False or 'never', got {self.early_stopping!r}")
+        count = self.num_return_sequences
+        if not is_int(count) or count < 1:
+            raise InputError(f"{n('num_return_sequences')} must be a positive integer, got {count!r}")
+        if count > self.num_beams:
+            raise InputError(f"{n('num_return_sequences')} ({count}) cannot exceed {n('num_beams')} "
+                             f"({self.num_beams})")
         if self.beam and (self.temperature or self.top_k is not None or self.top_p is not None
                           or self.min_p is not None or self.seed is not None):
             raise InputError("beam search is deterministic: temperature, top_k, top_p, min_p and seed do not apply")
         if self.forced_bos_token_id is not None and (not is_int(self.forced_bos_token_id)
                                                      or self.forced_bos_token_id < 0):
-            raise InputError(f"forced_bos_token_id must be a token id or None, got {self.forced_bos_token_id!r}")
+            raise InputError(f"{n('forced_bos_token_id')} must be a token id or None, "
+                             f"got {self.forced_bos_token_id!r}")
         for name in ("forced_eos_token_id", "bad_token_ids"):
             v = getattr(self, name)
             ids = () if v is None else (v,) if is_int(v) else v
             if not isinstance(ids, (tuple, list)) or not all(is_int(i) and i >= 0 for i in ids):
-                raise InputError(f"{name} must be token ids, got {v!r}")
+                raise InputError(f"{n(name)} must be token ids, got {v!r}")
         return self
 
     def check_vocabulary(self, vocab_size: int, eos_ids: Sequence[int]) -> None:
