@@ -15,7 +15,7 @@ A bench uses it like this:
     if args.worker:
         return harness.serve(args.worker, worker)      # worker(spec: dict) -> dict, in the engine's own process
     session = harness.Session("encoder", args)         # machine, versions, command; bandwidth=True measures it
-    results = session.rounds(engines, lambda engine: spec)   # {engine: medians over rounds, + "rounds"}
+    results = session.rounds(engines, specs)            # {engine: medians over rounds, + "rounds"}
     session.write({"models": ...})                     # bench/results/encoder-<date>-<cpu>.json
 """
 
@@ -40,7 +40,20 @@ from pathlib import Path
 import numpy as np
 
 REPO = Path(__file__).resolve().parents[1]
-SENTENCES = REPO.parent / "shared" / "data" / "sentences.txt"
+
+
+def _shared() -> Path:
+    """../shared beside the repo (TINYBERT_SHARED overrides; a git worktree nested deeper finds the nearest one)."""
+    if os.environ.get("TINYBERT_SHARED"):
+        return Path(os.environ["TINYBERT_SHARED"])
+    for parent in REPO.parents:
+        if (parent / "shared" / "data").is_dir():
+            return parent / "shared"
+    return REPO.parent / "shared"
+
+
+SHARED = _shared()
+SENTENCES = SHARED / "data" / "sentences.txt"
 CACHE = Path(os.environ.get("TINYBERT_BENCH_CACHE", Path.home() / ".cache" / "tinybert-bench"))
 RESULTS = REPO / "bench" / "results"
 SCRATCH = RESULTS / "scratch"   # --smoke results: git-ignored, never figures to quote
@@ -185,6 +198,26 @@ def onnx_model(out: Path, precision: str, export: Callable[[Path], None]) -> Pat
     return built_once(out / "model-int8.onnx", build)
 
 
+def engine_files(folder: Path, out: Path, engine: str, check_ct2: Callable[[Path, Path], None] | None = None,
+                 reconvert: bool = False) -> Path:
+    """What a tinybert / CTranslate2 / PyTorch ``engine`` loads for the HF ``folder``: tinybert's file or the
+    CTranslate2 folder, converted once into ``out`` (beside the HF folder, not in it: the converters and
+    from_pretrained read every weight file they find there; ``check_ct2(path, folder)`` checks the CTranslate2
+    conversion), or ``folder`` itself for PyTorch (int8 is quantized at load time). ``reconvert``: convert
+    tinybert's file again even when one of the current format version is cached."""
+    kind, precision = kind_precision(engine)
+    if is_tinybert(kind):
+        return tinybert_file(folder, out / f"tinybert-{precision}.safetensors", precision, reconvert)
+    if kind == "ctranslate2":
+        path = ct2_model(folder, out / f"ct2-{precision}", precision)
+        if check_ct2:
+            check_ct2(path, folder)
+        return path
+    if kind in ("pytorch", "torch"):
+        return folder
+    raise ValueError(f"unknown engine {engine!r}")
+
+
 # ----------------------------------------------------------------------------- engines (worker side)
 
 def ort_session(path: Path, threads: int):
@@ -235,6 +268,25 @@ def median_time(fn: Callable[[], object], repeats: int, min_seconds: float = 0.0
         if len(times) >= max_calls:
             break
     return statistics.median(times)
+
+
+def time_generation(call: Callable[[int], object], new_tokens: int, ttft_repeats: int, total_repeats: int) -> dict:
+    """A generation call timed twice, medians after a warm-up each: ``call(1)`` (one new token: prefill and
+    the first token, the time to first token) and ``call(new_tokens)``. Per sequence, decode speed is the
+    tokens after the first over the time after the first. The outputs of the last calls are in "first" and
+    "full" (for the caller to check and drop)."""
+    last: dict = {}
+
+    def first() -> None:
+        last["first"] = call(1)
+
+    def full() -> None:
+        last["full"] = call(new_tokens)
+    ttft = median_time(first, repeats=ttft_repeats)
+    total = median_time(full, repeats=total_repeats)
+    return {"ttft_ms": ttft * 1e3, "total_s": total,
+            "decode_tok_s": (new_tokens - 1) / (total - ttft) if total > ttft else float("nan"),
+            "first": last["first"], "full": last["full"]}
 
 
 def peak_rss_mb() -> float:
@@ -613,15 +665,15 @@ class Session:
         spec = dict(spec, engine=engine, threads=self.threads, quick=self.report["quick"], smoke=self.report["smoke"])
         return run_worker(self.module, spec, self.scratch, name, thread_env(self.threads, env))
 
-    def rounds(self, engines: list[str], spec_for: Callable[[str], dict], tag: str = "",
-               env_for: Callable[[str], dict | None] | None = None) -> dict[str, dict]:
-        """Every engine in its own process, ``--rounds`` times, interleaved; each engine's combined result
-        (medians over the rounds, see combine). ``spec_for(engine)`` returns the spec, or {"error": ...}."""
+    def rounds(self, engines: list[str], specs: dict[str, dict], tag: str = "",
+               envs: dict[str, dict] | None = None) -> dict[str, dict]:
+        """Every engine in its own process on ``specs[engine]``, ``--rounds`` times, interleaved; each engine's
+        combined result (medians over the rounds, see combine). A spec {"error": ...} is not run: it is the result
+        (e.g. preparing that engine failed). ``envs[engine]``: extra environment for that engine's process."""
         def one(engine: str, r: int) -> dict:
-            spec = spec_for(engine)
-            if "error" in spec:
-                return spec
-            return self.run(engine, spec, f"{tag}-{engine}-r{r}", env_for(engine) if env_for else None)
+            if "error" in specs[engine]:
+                return specs[engine]
+            return self.run(engine, specs[engine], f"{tag}-{engine}-r{r}", (envs or {}).get(engine))
         runs = interleave(engines, self.args.rounds, one)
         return {engine: combine(rs) for engine, rs in runs.items()}
 
@@ -634,7 +686,7 @@ class Session:
             self.bench, self.machine["cpu"], self.report["quick"], self.report["smoke"])
         out.parent.mkdir(parents=True, exist_ok=True)
         out.write_text(json.dumps(self.report, indent=1, default=_json_default) + "\n")
-        print(f"\nversions: " + ", ".join(f"{k} {v}" for k, v in self.report["versions"].items() if v))
+        print("\nversions: " + ", ".join(f"{k} {v}" for k, v in self.report["versions"].items() if v))
         print(f"wrote {out}")
         self._tmp.cleanup()
         return out
