@@ -337,7 +337,9 @@ def print_model(model: str, info: dict, new_tokens: int) -> None:
             fig = res["batches"][str(b)]
             row += [f"{fig['ttft_ms']:.1f}", f"{fig['decode_tok_s']:.1f}", f"{fig['total_tok_s']:.1f}"]
         agree = res["batches"].get("1", {}).get("agreement_leading")
-        row += [f"{harness.fmt(100 * res.get('fraction_of_bound', float('nan')), '.0f')}%", f"{res['load_s']:.2f}",
+        frac = res.get("fraction_of_bound")
+        row += ["-" if frac is None or frac != frac else f"{100 * frac:.0f}%",
+                f"{res['load_s']:.2f}",
                 f"{res['file_mb']:.1f}", f"{res['peak_rss_mb']:.0f}", f"{agree[0]}/{new_tokens}" if agree else "-"]
         rows.append(row)
     print(harness.table(header, rows))

@@ -414,16 +414,10 @@ def best_peer(values: dict[str, float | None], engine: str, higher: bool = True,
     return best, (mine / peers[best] if higher else peers[best] / mine)
 
 
-def ratio_text(entry: tuple[str, float] | None) -> str:
-    return f"{entry[1]:.2f}x {entry[0]}" if entry else "-"
-
-
-def table(header: list[str], rows: list[list[str]], first_width: int | None = None) -> str:
+def table(header: list[str], rows: list[list[str]]) -> str:
     """A plain-text table: the first column left-aligned, the others right-aligned, widths from the content."""
     cols = list(zip(*([header] + rows))) if rows else [[h] for h in header]
     widths = [max(len(str(c)) for c in col) for col in cols]
-    if first_width:
-        widths[0] = max(widths[0], first_width)
     lines = []
     for row in [header] + rows:
         cells = [f"{str(row[0]):<{widths[0]}}"] + [f"{str(c):>{w}}" for c, w in zip(row[1:], widths[1:])]
@@ -543,7 +537,7 @@ def versions() -> dict:
     return out
 
 
-def _two_thread_sum(parts: list[np.ndarray]) -> float:
+def _threaded_sum(parts: list[np.ndarray]) -> float:
     out = [0.0] * len(parts)
 
     def work(i: int) -> None:
@@ -580,7 +574,7 @@ def measure_bandwidth(threads: int, nbytes: int = BANDWIDTH_BYTES, repeats: int 
     parts = np.array_split(a, threads)
     res = {"bytes": a.nbytes, "threads": threads, "repeats": repeats,
            "numpy_1thread_gb_s": a.nbytes / median_time(lambda: np.add.reduce(a), repeats) / 1e9,
-           f"numpy_{threads}pythreads_gb_s": a.nbytes / median_time(lambda: _two_thread_sum(parts), repeats) / 1e9,
+           f"numpy_{threads}pythreads_gb_s": a.nbytes / median_time(lambda: _threaded_sum(parts), repeats) / 1e9,
            f"numba_prange_{threads}threads_gb_s": a.nbytes / median_time(lambda: psum(a, 16), repeats) / 1e9}
     res["bound_gb_s"] = max(v for k, v in res.items() if k.endswith("gb_s"))
     res["method"] = "max of the three readers over a 1 GiB float32 sum (../shared/tools/bandwidth.py's method)"
@@ -681,15 +675,27 @@ class Session:
         """The JSON results: the session's header (machine, versions, command, dates) and ``body``."""
         self.report["finished"] = datetime.datetime.now().astimezone().isoformat(timespec="seconds")
         self.report["wall_s"] = round(time.time() - self.started, 1)
+        self.report["options"] = {k: v for k, v in vars(self.args).items() if k != "worker"}  # as resolved
         self.report.update(body)
         out = Path(self.args.out) if self.args.out else results_path(
             self.bench, self.machine["cpu"], self.report["quick"], self.report["smoke"])
         out.parent.mkdir(parents=True, exist_ok=True)
-        out.write_text(json.dumps(self.report, indent=1, default=_json_default) + "\n")
+        out.write_text(json.dumps(_finite(self.report), indent=1, default=_json_default, allow_nan=False) + "\n")
         print("\nversions: " + ", ".join(f"{k} {v}" for k, v in self.report["versions"].items() if v))
         print(f"wrote {out}")
         self._tmp.cleanup()
         return out
+
+
+def _finite(value):
+    """NaN and infinities become null, so that the results are standard JSON."""
+    if isinstance(value, dict):
+        return {k: _finite(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_finite(v) for v in value]
+    if isinstance(value, float) and (value != value or value in (float("inf"), float("-inf"))):
+        return None
+    return value
 
 
 def _json_default(value):

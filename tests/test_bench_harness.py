@@ -100,3 +100,13 @@ def test_session_writes_header_and_body(tmp_path, monkeypatch, capsys):
     for key in ("command", "started", "finished", "machine", "versions", "threads", "rounds", "options"):
         assert key in report
     assert report["models"]["minilm"]["tinybert-int8"]["ms"] == 1.0
+
+
+def test_results_are_standard_json(tmp_path, monkeypatch, capsys):
+    import argparse
+
+    monkeypatch.setattr(harness, "SCRATCH", tmp_path)
+    args = argparse.Namespace(threads=2, rounds=1, smoke=True, out=None, worker=None)
+    out = harness.Session("generate", args).write({"x": float("nan"), "y": [float("inf"), 1.5]})
+    report = json.loads(out.read_text(), parse_constant=lambda c: pytest.fail(f"{c} in the results"))
+    assert report["x"] is None and report["y"] == [None, 1.5]
