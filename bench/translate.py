@@ -1,7 +1,7 @@
 """Translation (encoder-decoder) benchmark: tinybert's ``Translator`` and its peers side by side, one run.
 
-    python -m bench.translate [--quick] [--threads 2] [--models t5,marian] [--engines ...] [--reconvert]
-                              [--out bench/results/translate.json]
+    python -m bench.translate [--quick] [--smoke] [--rounds N] [--threads 2] [--models t5,marian] [--engines ...]
+                              [--reconvert] [--out FILE]
 
 Models (random weights, seeded, built once into ~/.cache/tinybert-bench/<name>/hf with ``save_pretrained``;
 ``TINYBERT_BENCH_CACHE`` moves the cache): "t5" has T5-small's shape (6+6 layers, d_model 512, d_ff 2048,
@@ -41,27 +41,19 @@ Every tinybert figure is printed with its ratio to the best peer of its precisio
 target line checks tinybert int8 >= 1.4x CTranslate2 int8 tokens/s on every row.
 
 ``--quick``: t5 only (unless --models), batch 1 only, 16 new tokens, 2 + 1 repeats: a smoke run, not figures
-to quote.
+to quote. ``--smoke``: the same with 4 new tokens and one timed call each (results in bench/results/scratch/).
 """
 
 from __future__ import annotations
 
-import argparse
 import json
-import os
-import platform
-import shutil
-import subprocess
-import sys
-import tempfile
 import time
-from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 
-from bench.encoder import CACHE, REPO, _file_size, _median_time, _peak_rss_mb, _versions
-from bench.generate import _leading_match, build_engine_files
+from bench import harness
+from bench.harness import CACHE
 
 ENGINES = ["tinybert-int8", "tinybert-fp32", "pytorch-int8", "pytorch-fp32", "ctranslate2-int8", "ctranslate2-fp32"]
 MODELS = ["t5", "marian"]
@@ -70,11 +62,12 @@ SEED = 0
 SOURCE_LEN = 64
 NEW_TOKENS = 64
 QUICK_NEW_TOKENS = 16
+SMOKE_NEW_TOKENS = 4
 BATCHES = (1, 16)
 BEAMS = (1, 4)
 N_SOURCES = max(BATCHES)
 # (TTFT repeats, total-generation repeats); each median also has one warm-up call before it.
-REPEATS = {"full": (5, 3), "quick": (2, 1)}
+REPEATS = {"full": (5, 3), "quick": (2, 1), "smoke": (1, 1)}
 TARGET = 1.4  # tinybert int8 tokens/s over CTranslate2 int8's, on every row
 
 SHAPES = {
@@ -134,49 +127,23 @@ def _write_tokenizer(model: str, vocab_size: int, target: Path) -> None:
 
 def hf_folder(model: str) -> Path:
     """The seeded random HF folder of ``model`` (built once): weights, tokenizer, bench.json."""
-    folder = CACHE / model / "hf"
-    if (folder / "bench.json").is_file():
-        return folder
-    partial = folder.with_name("hf.partial")
-    shutil.rmtree(partial, ignore_errors=True)
-    partial.mkdir(parents=True)
-    net = _hf_model(model)
-    net.save_pretrained(partial)
-    _write_tokenizer(model, net.config.vocab_size, partial)
-    (partial / "bench.json").write_text(json.dumps({"parameters": net.num_parameters(), "seed": SEED}))
-    shutil.rmtree(folder, ignore_errors=True)
-    partial.rename(folder)  # only a complete folder ever sits at CACHE/<model>/hf
-    return folder
-
-
-def _ct2_vocabulary(path: Path) -> list[str]:
-    """The target vocabulary of a converted CTranslate2 model (shared or separate files)."""
-    for name in ("shared_vocabulary.json", "target_vocabulary.json"):
-        if (path / name).is_file():
-            return json.loads((path / name).read_text(encoding="utf-8"))
-    raise RuntimeError(f"{path}: no shared_vocabulary.json or target_vocabulary.json")
+    def build(folder: Path) -> None:
+        net = _hf_model(model)
+        net.save_pretrained(folder)
+        _write_tokenizer(model, net.config.vocab_size, folder)
+        (folder / "bench.json").write_text(json.dumps({"parameters": net.num_parameters(), "seed": SEED}))
+    return harness.built_once(CACHE / model / "hf", build, lambda f: (f / "bench.json").is_file())
 
 
 def _check_ct2_vocabulary(path: Path, folder: Path) -> None:
-    """CTranslate2 maps token strings to ids through its own vocabulary: it must be the tokenizer's, id for id
-    (Marian: without the final <pad>, which CTranslate2 drops since its decoder starts from a zero embedding)."""
-    from tokenizers import Tokenizer
-
-    tok = Tokenizer.from_file(str(folder / "tokenizer.json"))
-    expected = [tok.id_to_token(i) for i in range(tok.get_vocab_size())]
-    for name in ("shared_vocabulary.json", "source_vocabulary.json", "target_vocabulary.json"):
-        if not (path / name).is_file():
-            continue
-        vocab = json.loads((path / name).read_text(encoding="utf-8"))
-        if vocab != expected[:len(vocab)] or len(vocab) < len(expected) - 1 or len(set(vocab)) != len(vocab):
-            raise RuntimeError(f"{path / name}: CTranslate2 vocabulary ({len(vocab)} tokens) is not the "
-                               f"tokenizer's ({len(expected)} tokens) id for id")
+    # Marian: CTranslate2 drops the final <pad>, since its decoder starts from a zero embedding.
+    harness.check_ct2_vocabulary(path, folder, may_drop_last=True)
 
 
 def prepare(model: str, engine: str, reconvert: bool = False) -> Path:
     """Build (once, cached) what ``engine`` loads for ``model``; returns its path. ``reconvert``: convert
     tinybert's files again even when a file of the current format version is cached."""
-    return build_engine_files(hf_folder(model), CACHE / model, engine, _check_ct2_vocabulary, reconvert)
+    return harness.engine_files(hf_folder(model), CACHE / model, engine, _check_ct2_vocabulary, reconvert)
 
 
 def sources(model: str) -> dict:
@@ -197,14 +164,10 @@ def sources(model: str) -> dict:
 
 # ----------------------------------------------------------------------------- engines (worker)
 
-Run = Callable[[object, int, int], object]
-ToIds = Callable[[object], list[list[int]]]
-
-
-def load_engine(engine: str, path: Path, threads: int) -> tuple[Run, ToIds]:
+def load_engine(engine: str, path: Path, threads: int):
     """Returns (run, to_ids): run(sources, new tokens, beam size) is the timed call (sources are what the engine
-    takes, see _engine_inputs); to_ids(its output) -> the new ids of each source, outside the timed region."""
-    kind, precision = engine.rsplit("-", 1)
+    takes, see harness.engine_inputs); to_ids(its output) -> the new ids of each source, outside the timed region."""
+    kind, precision = harness.kind_precision(engine)
     if kind == "tinybert":
         from tinybert import Translator
 
@@ -222,7 +185,7 @@ def load_engine(engine: str, path: Path, threads: int) -> tuple[Run, ToIds]:
 
         tr = ctranslate2.Translator(str(path), device="cpu", compute_type="int8" if precision == "int8" else "float32",
                                     intra_threads=threads, inter_threads=1)
-        vocab = {t: i for i, t in enumerate(_ct2_vocabulary(path))}
+        vocab = {t: i for i, t in enumerate(harness.ct2_vocabulary(path))}
 
         def run(rows: list[list[str]], n: int, beam: int) -> object:
             # Step 0 emits the first new token; EOS is disabled while step < min_decoding_length; the search
@@ -236,11 +199,8 @@ def load_engine(engine: str, path: Path, threads: int) -> tuple[Run, ToIds]:
     import torch
     from transformers import AutoModelForSeq2SeqLM
 
-    torch.set_num_threads(threads)
-    torch.set_num_interop_threads(1)
-    net = AutoModelForSeq2SeqLM.from_pretrained(str(path), dtype=torch.float32).eval()
-    if precision == "int8":
-        net = torch.ao.quantization.quantize_dynamic(net, {torch.nn.Linear}, dtype=torch.qint8)
+    net = harness.torch_model(lambda: AutoModelForSeq2SeqLM.from_pretrained(str(path), dtype=torch.float32),
+                              precision, threads)
     start = net.generation_config.decoder_start_token_id
     extra = {}
     if net.config.model_type == "marian":
@@ -259,17 +219,6 @@ def load_engine(engine: str, path: Path, threads: int) -> tuple[Run, ToIds]:
     return run, to_ids
 
 
-def _engine_inputs(engine: str, spec: dict, batch: int) -> object:
-    kind = engine.rsplit("-", 1)[0]
-    if kind == "ctranslate2":
-        return spec["sources"]["tokens"][:batch]
-    if kind == "pytorch":
-        import torch
-
-        return torch.tensor(spec["sources"]["ids"][:batch], dtype=torch.long)
-    return spec["sources"]["ids"][:batch]
-
-
 def _check_output(engine: str, ids: list[list[int]], batch: int, n: int, eos: int) -> None:
     lengths = sorted({len(r) for r in ids})
     if len(ids) != batch or lengths != [n]:
@@ -279,62 +228,28 @@ def _check_output(engine: str, ids: list[list[int]], batch: int, n: int, eos: in
 
 
 def worker(spec: dict) -> dict:
-    engine, quick = spec["engine"], spec["quick"]
+    engine = spec["engine"]
     t0 = time.perf_counter()
     run, to_ids = load_engine(engine, Path(spec["path"]), spec["threads"])
     result: dict = {"load_s": time.perf_counter() - t0, "workloads": {}}
     n, eos = spec["new_tokens"], spec["sources"]["eos_id"]
-    ttft_repeats, total_repeats = REPEATS["quick" if quick else "full"]
+    ttft_repeats, total_repeats = REPEATS["smoke" if spec["smoke"] else "quick" if spec["quick"] else "full"]
     for beam in spec["beams"]:
         for batch in spec["batches"]:
-            rows = _engine_inputs(engine, spec, batch)
-            last: dict = {}
-
-            def first(rows: object = rows, beam: int = beam, last: dict = last) -> None:
-                last["first"] = run(rows, 1, beam)
-
-            def full(rows: object = rows, beam: int = beam, last: dict = last) -> None:
-                last["full"] = run(rows, n, beam)
-            ttft = _median_time(first, repeats=ttft_repeats, min_seconds=0.0)
-            total = _median_time(full, repeats=total_repeats, min_seconds=0.0)
-            _check_output(engine, to_ids(last["first"]), batch, 1, eos)
-            ids = to_ids(last["full"])
+            rows = harness.engine_inputs(engine, spec["sources"], batch)
+            fig = harness.time_generation(lambda k, rows=rows, beam=beam: run(rows, k, beam), n, ttft_repeats,
+                                          total_repeats)
+            _check_output(engine, to_ids(fig.pop("first")), batch, 1, eos)
+            ids = to_ids(fig.pop("full"))
             _check_output(engine, ids, batch, n, eos)
-            fig = {"beam": beam, "batch": batch, "ttft_ms": ttft * 1e3, "total_s": total,
-                   "tok_s": batch * n / total, "generated_tokens": batch * n,
-                   # per sequence: the tokens after the first, over the time after the first
-                   "decode_tok_s": (n - 1) / (total - ttft) if total > ttft else float("nan")}
+            fig.update(beam=beam, batch=batch, tok_s=batch * n / fig["total_s"], generated_tokens=batch * n)
             if batch == 1:
                 fig["ids"] = ids
             result["workloads"][_workload(beam, batch)] = fig
-    result["peak_rss_mb"] = _peak_rss_mb()
     return result
 
 
-# ----------------------------------------------------------------------------- orchestration (parent)
-
-def _subprocess(spec: dict, tmp: Path, name: str) -> dict:
-    spec = dict(spec, result=str(tmp / f"{name}.json"))
-    spec_path = tmp / f"{name}.spec.json"
-    spec_path.write_text(json.dumps(spec))
-    threads = str(spec["threads"])
-    env = dict(os.environ, OMP_NUM_THREADS=threads, OPENBLAS_NUM_THREADS=threads, NUMBA_NUM_THREADS=threads,
-               MKL_NUM_THREADS=threads)
-    proc = subprocess.run([sys.executable, "-m", "bench.translate", "--worker", str(spec_path)],
-                          cwd=REPO, env=env, capture_output=True, text=True)
-    if proc.returncode != 0:
-        lines = proc.stderr.strip().splitlines()
-        return {"error": " | ".join(lines[-3:]) if lines else f"exit code {proc.returncode}"}
-    return json.loads(Path(spec["result"]).read_text())
-
-
-def _best(results: dict, peers: list[str], workload: str, key: str, lower: bool) -> str | None:
-    live = [p for p in peers if workload in results.get(p, {}).get("workloads", {})]
-    if not live:
-        return None
-    pick = min if lower else max
-    return pick(live, key=lambda p: results[p]["workloads"][workload][key])
-
+# ----------------------------------------------------------------------------- analysis (parent)
 
 def analyse(results: dict) -> dict:
     """Agreement with the reference, tinybert's ratios to the best peer of its precision and to CTranslate2
@@ -346,23 +261,21 @@ def analyse(results: dict) -> dict:
             if ids is None:
                 continue
             if w in ref:
-                fig["agreement_leading"] = [_leading_match(a, b) for a, b in zip(ids, ref[w])]
+                fig["agreement_leading"] = [harness.leading_match(a, b) for a, b in zip(ids, ref[w])]
             fig["first_ids"] = ids[0][:16]
     ratios: dict = {}
     for mine in ("tinybert-int8", "tinybert-fp32"):
-        precision = mine.rsplit("-", 1)[1]
-        peers = [e for e in results if e.endswith(precision) and not e.startswith("tinybert")]
+        precision = harness.kind_precision(mine)[1]
         for w, fig in results.get(mine, {}).get("workloads", {}).items():
+            figs = {e: r["workloads"][w] for e, r in results.items() if w in r.get("workloads", {})}
             entry: dict = {}
-            fast = _best(results, peers, w, "tok_s", lower=False)
-            if fast:
-                entry["tok_s"] = {"peer": fast, "ratio": fig["tok_s"] / results[fast]["workloads"][w]["tok_s"]}
-            quick = _best(results, peers, w, "ttft_ms", lower=True)
-            if quick:  # >1: tinybert's first token comes sooner
-                entry["ttft"] = {"peer": quick, "ratio": results[quick]["workloads"][w]["ttft_ms"] / fig["ttft_ms"]}
+            for key, name, higher in (("tok_s", "tok_s", True), ("ttft_ms", "ttft", False)):
+                best = harness.best_peer({e: f[key] for e, f in figs.items()}, mine, higher)
+                if best:  # > 1: tinybert faster (TTFT: the peer's time over tinybert's)
+                    entry[name] = {"peer": best[0], "ratio": best[1]}
             ct2 = f"ctranslate2-{precision}"
-            if w in results.get(ct2, {}).get("workloads", {}):
-                entry[f"tok_s_vs_{ct2}"] = fig["tok_s"] / results[ct2]["workloads"][w]["tok_s"]
+            if ct2 in figs:
+                entry[f"tok_s_vs_{ct2}"] = fig["tok_s"] / figs[ct2]["tok_s"]
             ratios.setdefault(mine, {})[w] = entry
     return ratios
 
@@ -388,39 +301,42 @@ def _ratio_cell(entry: dict | None, key: str) -> str:
 def print_model(model: str, info: dict) -> None:
     results, workloads = info["engines"], info["workloads"]
     engines = list(results)
-    width = max(14, *(len(e) + 2 for e in engines))
     print(f"\n{model}: {SHAPES[model]}; {info['parameters'] / 1e6:.1f}M parameters, random weights")
     print(f"{info['source_len']} source tokens -> {info['new_tokens']} new tokens (forced, no EOS); "
           f"{info['threads']} threads; medians (warm-up excluded)")
-    for title, key, fmt, ratio_key in (
-            ("tokens/s (batch x new tokens / wall time of the call)", "tok_s", "{:.1f}", "tok_s"),
-            ("time to first token, ms (same call with 1 new token: encoder + first decoder step)",
-             "ttft_ms", "{:.1f}", "ttft")):
+    for title, key, ratio_key in (
+            ("tokens/s (batch x new tokens / wall time of the call)", "tok_s", "tok_s"),
+            ("time to first token, ms (same call with 1 new token: encoder + first decoder step)", "ttft_ms", "ttft")):
         print(f"\n{title}")
-        print(f"{'workload':11}" + "".join(f"{e:>{width}}" for e in engines)
-              + f"   {'tinybert-int8 / best int8 peer':32}tinybert-fp32 / best fp32 peer")
+        rows = []
         for w in workloads:
-            row = f"{w:11}"
+            row = [w]
             for e in engines:
                 fig = results[e].get("workloads", {}).get(w)
-                row += f"{fmt.format(fig[key]) if fig else 'error' if 'error' in results[e] else '-':>{width}}"
+                row.append(f"{fig[key]:.1f}" if fig else "error" if "error" in results[e] else "-")
             r = info["ratios"]
-            row += (f"   {_ratio_cell(r.get('tinybert-int8', {}).get(w), ratio_key):32}"
-                    f"{_ratio_cell(r.get('tinybert-fp32', {}).get(w), ratio_key):32}")
-            print(row.rstrip())
+            row += [_ratio_cell(r.get("tinybert-int8", {}).get(w), ratio_key),
+                    _ratio_cell(r.get("tinybert-fp32", {}).get(w), ratio_key)]
+            rows.append(row)
+        print(harness.table(["workload"] + engines + ["tinybert-int8 / best int8 peer",
+                                                      "tinybert-fp32 / best fp32 peer"], rows))
     print("ratios > 1: tinybert faster (tokens/s: tinybert over the peer; TTFT: the peer's time over tinybert's)")
-    print(f"\n{'engine':18}{'load s':>8}{'MB':>8}{'RSS MB':>8}" + "".join(
-        f"{f'agree {_workload(b, 1)}':>18}" for b in info["beams"]))
+    rows = []
+    n = info["new_tokens"]
     for engine, res in results.items():
         if "error" in res:
-            print(f"{engine:18} error: {res['error']}")
             continue
-        row = f"{engine:18}{res['load_s']:>8.2f}{res['file_mb']:>8.1f}{res['peak_rss_mb']:>8.0f}"
-        n = info["new_tokens"]
+        row = [engine, f"{res['load_s']:.2f}", f"{res['file_mb']:.1f}", f"{res['peak_rss_mb']:.0f}"]
         for b in info["beams"]:
             agree = res["workloads"].get(_workload(b, 1), {}).get("agreement_leading")
-            row += f"{f'{agree[0]}/{n}' if agree else '-':>18}"
-        print(row)
+            row.append(f"{agree[0]}/{n}" if agree else "-")
+        rows.append(row)
+    print()
+    print(harness.table(["engine", "load s", "MB", "RSS MB"] + [f"agree {_workload(b, 1)}" for b in info["beams"]],
+                        rows))
+    for engine, res in results.items():
+        if "error" in res:
+            print(f"{engine}: error: {res['error']}")
     print(f"MB = file (PyTorch: the fp32 HF folder); RSS = peak VmHWM of the engine's process over all workloads; "
           f"agree = leading tokens identical to {REFERENCE}'s")
     print("pytorch-int8 = torch quantize_dynamic({nn.Linear}, qint8): every projection and the LM head int8 "
@@ -435,82 +351,61 @@ def print_model(model: str, info: dict) -> None:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = harness.parser(__doc__)
     parser.add_argument("--quick", action="store_true",
                         help=f"t5 only (unless --models), batch 1 only, {QUICK_NEW_TOKENS} new tokens, fewer "
                              "repeats: a smoke run, not figures to quote")
-    parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--models", default=None, help="comma-separated: t5,marian (default both; --quick: t5)")
     parser.add_argument("--engines", default=",".join(ENGINES), help="comma-separated subset of " + ",".join(ENGINES))
-    parser.add_argument("--out", default=None,
-                        help="JSON report (default bench/results/translate.json, --quick: translate-quick.json)")
     parser.add_argument("--reconvert", action="store_true",
                         help="convert the tinybert files again even if cached ones have the current format version "
                              "(after a converter change)")
-    parser.add_argument("--worker", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.worker:
-        spec = json.loads(Path(args.worker).read_text())
-        Path(spec["result"]).write_text(json.dumps(worker(spec)))
+        harness.serve(args.worker, worker)
         return
     engines = [e for e in args.engines.split(",") if e]
-    models = [m for m in (args.models or ("t5" if args.quick else ",".join(MODELS))).split(",") if m]
+    quick = args.quick or args.smoke
+    models = [m for m in (args.models or ("t5" if quick else ",".join(MODELS))).split(",") if m]
     for names, known in ((engines, ENGINES), (models, MODELS)):
         if set(names) - set(known):
             parser.error(f"unknown {sorted(set(names) - set(known))}; choose from {known}")
-    batches = [1] if args.quick else list(BATCHES)
+    batches = [1] if quick else list(BATCHES)
     beams = list(BEAMS)
     workloads = [_workload(b, n) for b in beams for n in batches]
-    new_tokens = QUICK_NEW_TOKENS if args.quick else NEW_TOKENS
-    out = Path(args.out or REPO / "bench" / "results" / ("translate-quick.json" if args.quick else "translate.json"))
-    versions = _versions()
-    import tokenizers
-
-    import tinybert
-
-    versions.update(tinybert=tinybert.__version__, tokenizers=tokenizers.__version__)
-    report = {"date": time.strftime("%Y-%m-%d"), "machine": platform.processor() or platform.machine(),
-              "threads": args.threads, "quick": args.quick, "source_len": SOURCE_LEN, "new_tokens": new_tokens,
-              "batches": batches, "beams": beams, "target": TARGET,
-              "repeats": dict(zip(("ttft", "total"), REPEATS["quick" if args.quick else "full"])),
-              "seed": SEED, "versions": versions, "models": {}}
-    with tempfile.TemporaryDirectory() as tmp:
-        for model in models:
-            print(f"\n== {model}: preparing (cached after the first run)", flush=True)
-            paths: dict[str, Path] = {}
-            results: dict = {}
-            for engine in engines:
-                try:
-                    paths[engine] = prepare(model, engine, reconvert=args.reconvert)
-                except Exception as exc:  # e.g. a converter that does not know the family yet: the rest still runs
-                    results[engine] = {"error": f"preparing failed: {type(exc).__name__}: {exc}"}
-            model_sources = sources(model)
-            for engine in engines:
-                if engine in results:
-                    print(f"   {engine}: {results[engine]['error']}", flush=True)
-                    continue
-                print(f"   {engine} ...", end=" ", flush=True)
-                t = time.perf_counter()
-                spec = {"engine": engine, "path": str(paths[engine]), "threads": args.threads, "quick": args.quick,
-                        "new_tokens": new_tokens, "batches": batches, "beams": beams, "sources": model_sources}
-                results[engine] = _subprocess(spec, Path(tmp), f"{model}-{engine}")
-                if "error" not in results[engine]:
-                    results[engine]["file_mb"] = _file_size(paths[engine]) / 1e6
-                print(f"{time.perf_counter() - t:.0f} s" + (" (error)" if "error" in results[engine] else ""),
-                      flush=True)
-            results = {e: results[e] for e in engines}
-            params = json.loads((hf_folder(model) / "bench.json").read_text())["parameters"]
-            info = {"shape": SHAPES[model], "parameters": params, "threads": args.threads, "source_len": SOURCE_LEN,
-                    "new_tokens": new_tokens, "batches": batches, "beams": beams, "workloads": workloads,
-                    "engines": results}
-            info["ratios"] = analyse(results)
-            info["target"] = target_check(results, workloads)
-            report["models"][model] = info
-            print_model(model, info)
-    print("\nversions: " + ", ".join(f"{k} {v}" for k, v in versions.items()))
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(report, indent=2))
-    print(f"\nwrote {out}")
+    new_tokens = SMOKE_NEW_TOKENS if args.smoke else QUICK_NEW_TOKENS if args.quick else NEW_TOKENS
+    session = harness.Session("translate", args)
+    report: dict = {"source_len": SOURCE_LEN, "new_tokens": new_tokens, "batches": batches, "beams": beams,
+                    "target": TARGET, "seed": SEED,
+                    "repeats": dict(zip(("ttft", "total"), REPEATS["smoke" if args.smoke else
+                                                                    "quick" if args.quick else "full"])),
+                    "models": {}}
+    for model in models:
+        print(f"\n== {model}: preparing (cached after the first run)", flush=True)
+        paths: dict[str, Path] = {}
+        specs: dict[str, dict] = {}
+        model_sources = sources(model)
+        for engine in engines:
+            try:
+                paths[engine] = prepare(model, engine, reconvert=args.reconvert)
+            except Exception as exc:  # e.g. a converter that does not know the family yet: the rest still runs
+                specs[engine] = {"error": f"preparing failed: {type(exc).__name__}: {exc}"}
+                continue
+            specs[engine] = {"path": str(paths[engine]), "new_tokens": new_tokens, "batches": batches,
+                             "beams": beams, "sources": model_sources}
+        results = session.rounds(engines, specs, tag=model)
+        for engine, res in results.items():
+            if "error" not in res:
+                res["file_mb"] = harness.file_size(paths[engine]) / 1e6
+        params = json.loads((hf_folder(model) / "bench.json").read_text())["parameters"]
+        info = {"shape": SHAPES[model], "parameters": params, "threads": args.threads, "source_len": SOURCE_LEN,
+                "new_tokens": new_tokens, "batches": batches, "beams": beams, "workloads": workloads,
+                "engines": results}
+        info["ratios"] = analyse(results)
+        info["target"] = target_check(results, workloads)
+        report["models"][model] = info
+        print_model(model, info)
+    session.write(report)
 
 
 if __name__ == "__main__":
