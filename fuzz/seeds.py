@@ -60,7 +60,7 @@ def _write(path: Path, cfg, shapes: dict, task: TaskConfig, quantization: str, e
 def encoder_config() -> EncoderConfig:
     return EncoderConfig(architecture="bert", vocab_size=len(WORDS), hidden_size=8, embedding_size=8, num_layers=1,
                          num_heads=2, intermediate_size=16, max_positions=16, type_vocab_size=2, activation="gelu",
-                         layer_norm_eps=1e-12, position_scheme="absolute", pad_token_id=0, max_length=16)
+                         norm_eps=1e-12, position_scheme="absolute", pad_token_id=0, max_length=16)
 
 
 def decoder_config() -> DecoderConfig:

@@ -112,7 +112,7 @@ def test_encoder_is_the_post_norm_kernel_sequence(encoders, sentences, dtype):
     from tinybert.models import position_ids
     from tinybert.tokenizer import pack
 
-    model = encoders[dtype]._model
+    model = encoders[dtype].runner.model
     batch = pack(encoders[dtype].tokenizer.encode_batch(sentences[:40]))
     ids, starts = batch.ids, batch.starts
     types, mask = np.zeros_like(ids), np.ones(ids.size, dtype=np.uint8)

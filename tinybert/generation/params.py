@@ -95,8 +95,10 @@ class GenerationParams:
             if p is not None and (not _number(p) or not 0 < p <= 1):
                 raise InputError(f"{n(name)} must be in (0, 1] or None, got {p!r}")
         r = self.repetition_penalty
-        if r is not None and (not _number(r) or r <= 0):
-            raise InputError(f"{n('repetition_penalty')} must be a positive number or None, got {r!r}")
+        # It scales float32 scores: a value that is 0 or inf in float32 would make 0/0 = NaN scores.
+        if r is not None and (not _number(r) or not 0 < np.float32(r) < np.inf):
+            raise InputError(f"{n('repetition_penalty')} must be a positive number within float32's range or None, "
+                             f"got {r!r}")
         if self.seed is not None and (not is_int(self.seed) or self.seed < 0):
             raise InputError(f"{n('seed')} must be a non-negative integer or None, got {self.seed!r}")
         if not is_int(self.num_beams) or not 1 <= self.num_beams <= MAX_BEAMS:
