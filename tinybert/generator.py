@@ -12,7 +12,7 @@ from .decoder import DecoderModel
 from .errors import InputError
 from .generation import BeamSearch, GenerationParams, IncrementalDecoder, SampleSearch, StopMatcher, decode, run_all
 from .layers import KVCache
-from .opening import open_model
+from .opening import OpenedModel, open_model
 from .scheduler import numba_threads
 from .tokenizer import check_texts
 
@@ -23,7 +23,7 @@ def _positive_int(name: str, value: object) -> int:
     return value
 
 
-class Generator:
+class Generator(OpenedModel):
     """A decoder-only language model loaded from a tinybert file.
 
     >>> gen = Generator("gpt2.int8.safetensors")
@@ -39,12 +39,8 @@ class Generator:
 
     def __init__(self, path: str | Path, threads: int | None = None) -> None:
         opened = open_model(path, "decoder", threads, "Generator")
-        self.path = opened.path
-        self.config: DecoderConfig = opened.config
-        self.quantization: str = opened.quantization
-        self.metadata: dict[str, str] = opened.metadata
-        self.tokenizer = opened.tokenizer
-        self.threads = opened.threads
+        self._take(opened)
+        self.config: DecoderConfig
         self._model = DecoderModel(self.config, opened.tensors)
 
     # ------------------------------------------------------------------ public API

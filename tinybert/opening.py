@@ -65,3 +65,17 @@ def open_model(path: str | Path, kind: str, threads: int | None, user: str) -> O
     length = config.max_length if isinstance(config, EncoderConfig) else config.max_positions
     tokenizer = load_tokenizer(model_file.tokenizer_json, length)
     return Opened(Path(path), model_file, tokenizer, check_threads(threads))
+
+
+class OpenedModel:
+    """What Generator and Translator expose of their file, taken from ``open_model``'s result in one place."""
+
+    path: Path
+    quantization: str
+    metadata: dict[str, str]
+    tokenizer: Tokenizer
+    threads: int
+
+    def _take(self, opened: Opened) -> None:
+        self.path, self.config, self.quantization = opened.path, opened.config, opened.quantization
+        self.metadata, self.tokenizer, self.threads = opened.metadata, opened.tokenizer, opened.threads

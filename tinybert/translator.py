@@ -19,7 +19,7 @@ from .errors import InputError
 from .generation import BeamSearch, GenerationParams, SampleSearch
 from .generation import decode as decode_all
 from .layers import KVCache
-from .opening import open_model
+from .opening import OpenedModel, open_model
 from .scheduler import numba_threads
 from .seq2seq import Seq2SeqModel
 from .tokenizer import Decoder, check_texts, load_tokenizer
@@ -35,7 +35,7 @@ def _positive_int(name: str, value: object) -> int:
     return value
 
 
-class Translator:
+class Translator(OpenedModel):
     """An encoder-decoder model loaded from a tinybert file.
 
     >>> tr = Translator("opus-mt-en-de.int8.safetensors")
@@ -51,12 +51,8 @@ class Translator:
     def __init__(self, path: str | Path, threads: int | None = None) -> None:
         opened = open_model(path, "encoder-decoder", threads, "Translator")
         model_file = opened.file
-        self.path = opened.path
-        self.config: Seq2SeqConfig = opened.config
-        self.quantization: str = opened.quantization
-        self.metadata: dict[str, str] = opened.metadata
-        self.threads = opened.threads
-        self.tokenizer = opened.tokenizer
+        self._take(opened)
+        self.config: Seq2SeqConfig
         self._source_ids = model_file.source_id_map
         self._unknown_pieces = model_file.source_unknown_pieces
         clean_up = model_file.tokenizer_options["clean_up_tokenization_spaces"]
