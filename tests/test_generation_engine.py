@@ -225,3 +225,14 @@ def test_tiny_temperature_is_greedy_not_nan(decoders):
     greedy = gen.generate_ids(prompts, max_new_tokens=12)
     for temperature in (1e-45, 1e-300):
         assert gen.generate_ids(prompts, max_new_tokens=12, temperature=temperature, seed=1) == greedy
+
+
+@pytest.mark.parametrize("field, value", [("max_new_tokens", 2**63), ("max_new_tokens", 10**30),
+                                          ("min_new_tokens", 10**30), ("no_repeat_ngram_size", 2**64),
+                                          ("repetition_penalty", 1e-300), ("repetition_penalty", 1e300)])
+def test_huge_settings_are_input_errors(field, value):
+    """Sizes past any context and penalties outside float32 are InputErrors, not OverflowError or NaN later."""
+    from tinybert.errors import InputError
+
+    with pytest.raises(InputError, match=field):
+        GenerationParams(**{field: value}).validate()

@@ -96,7 +96,7 @@ class GenerationParams:
                 raise InputError(f"{n(name)} must be in (0, 1] or None, got {p!r}")
         r = self.repetition_penalty
         # It scales float32 scores: a value that is 0 or inf in float32 would make 0/0 = NaN scores.
-        if r is not None and (not _number(r) or not 0 < np.float32(r) < np.inf):
+        if r is not None and (not _number(r) or not np.finfo(np.float32).tiny <= r <= np.finfo(np.float32).max):
             raise InputError(f"{n('repetition_penalty')} must be a positive number within float32's range or None, "
                              f"got {r!r}")
         if self.seed is not None and (not is_int(self.seed) or self.seed < 0):
