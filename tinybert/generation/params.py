@@ -13,6 +13,8 @@ MAX_BEAMS = 256
 """Beams per input at most: each step scores beams x vocabulary candidates and each beam holds a KV
 cache slot, so a beam count in the millions would run for hours or exhaust memory instead of failing."""
 
+_F32_TINY, _F32_MAX = float(np.finfo(np.float32).tiny), float(np.finfo(np.float32).max)
+
 MAX_NEW_TOKENS = 1 << 31
 """A bound far past any context, so that 10**30 is an InputError rather than an OverflowError later."""
 
@@ -96,7 +98,7 @@ class GenerationParams:
                 raise InputError(f"{n(name)} must be in (0, 1] or None, got {p!r}")
         r = self.repetition_penalty
         # It scales float32 scores: a value that is 0 or inf in float32 would make 0/0 = NaN scores.
-        if r is not None and (not _number(r) or not np.finfo(np.float32).tiny <= r <= np.finfo(np.float32).max):
+        if r is not None and (not _number(r) or not _F32_TINY <= float(r) <= _F32_MAX):
             raise InputError(f"{n('repetition_penalty')} must be a positive number within float32's range or None, "
                              f"got {r!r}")
         if self.seed is not None and (not is_int(self.seed) or self.seed < 0):
