@@ -18,7 +18,7 @@ from .pooling import sentence_transformers_settings
 from .quantize import quantize_tensors
 from .readers import read_checkpoint
 from .seq2seq import SEQ2SEQ_FAMILIES, resolve_tied_head, seq2seq_config, seq2seq_tensors
-from .smooth import mixed_activation_tensors
+from .smooth import generation_activation_tensors, mixed_activation_tensors
 from .tokenizer import tokenizer_json, tokenizer_options
 from .writer import write_safetensors
 
@@ -96,6 +96,8 @@ def convert(src: str | Path, out: str | Path, dtype: str = "int8", show_progress
     if dtype == "int8":
         if mixed_activations and isinstance(cfg, EncoderConfig):
             tensors = mixed_activation_tensors(cfg, tensors, tokenizer)
+        elif mixed_activations:
+            tensors = generation_activation_tensors(cfg, tensors, tokenizer)
         else:
             tensors = quantize_tensors(tensors)
     metadata = {

@@ -1,4 +1,4 @@
-"""8-bit activations for an int8 encoder: calibration and smoothing (SmoothQuant, Xiao et al. 2022).
+"""8-bit activations for int8 models: calibration and smoothing (SmoothQuant, Xiao et al. 2022).
 
 The runtime quantises each layer's input per row (per token). At 12 bits that is as good as float
 (all-MiniLM-L6-v2 cosine 0.9996); at 8 bits the few outlier channels of BERT-family activations set
@@ -25,6 +25,15 @@ all-MiniLM-L6-v2: 12 bits everywhere 4.8e-4, every layer at 8 bits 7.5e-4 (kept;
 
 Sentence embeddings of all-MiniLM-L6-v2 (1,000 shared sentences, mean-pooled cosine vs transformers
 fp32): 12 bits everywhere 0.99957 mean / 0.9992 p01; every layer at 8 bits 0.99943 / 0.9990.
+
+Decoders and encoder-decoders (``generation_activation_tensors``) are judged by their logits, teacher-forced
+over the calibration text (an encoder-decoder reads each sentence and predicts it), which is what beam
+search and sampling read: every linear, the LM head included, gets 8-bit inputs (smoothed where the
+input is a norm's output: attn.qkv, cross.q, cross.kv, mlp.up, an untied LM head) if the logits stay
+within GENERATION_BUDGET of the float model's; else every linear but the LM head and mlp.down; else 12
+bits everywhere. At batch 16 × beam 4 the LM head is most of a decoder step's work (T5-small: 80 %), and
+8-bit inputs halve it. A tied LM head cannot be smoothed (its weight is also the token table): it gets
+``lm_head.weight.smooth`` = 1, the marker of 8-bit inputs (format.py).
 """
 
 from __future__ import annotations
@@ -34,19 +43,27 @@ from pathlib import Path
 import numpy as np
 
 from tinybert import format as fmt
-from tinybert.config import EncoderConfig
+from tinybert.config import DecoderConfig, EncoderConfig, Seq2SeqConfig
+from tinybert.decoder import DecoderModel
 from tinybert.errors import ConversionError
+from tinybert.layers import KVCache
 from tinybert.models import EncoderModel
+from tinybert.seq2seq import Seq2SeqModel
 from tinybert.tokenizer import load_tokenizer, pack
 
 from .quantize import quantize_tensors
 
-SMOOTHED = ("attn.qkv", "mlp.up")     # inputs that come from a LayerNorm: smoothed when 8-bit
+# Inputs that come from a norm (or the encoder's final norm, for cross.kv): smoothed when 8-bit.
+SMOOTHED = ("attn.qkv", "cross.q", "cross.kv", "mlp.up", "lm_head")
+ENCODER_SMOOTHED = ("attn.qkv", "mlp.up")     # the encoder's among them
 EIGHT_BIT = ("attn.out",)              # 8-bit inputs as they are, wherever anything is
 ALPHA = 0.5                            # SmoothQuant migration strength
 # Allowed error of the int8 model's hidden states: mean over tokens of 1 - cosine with the float
 # model's, the issue's fidelity gate (cosine >= 0.999) applied per token, on the calibration text.
 ERROR_BUDGET = 1e-3
+# The same measure on the logits of a generation model (mean over predicted tokens of 1 - cosine).
+GENERATION_BUDGET = 1e-3
+_GENERATION_TOKENS = 48      # calibration tokens per sentence (and per side of an encoder-decoder)
 CALIBRATION_TEXT = Path(__file__).with_name("calibration.txt")
 _BATCH = 16
 
@@ -111,6 +128,14 @@ def _error(cfg: EncoderConfig, tensors: dict[str, np.ndarray], batches: list, re
     return float(np.mean(1.0 - cos))
 
 
+def _kind(layer: str) -> str:
+    """ "decoder.layers.3.mlp.up" → "mlp.up"; "lm_head" → "lm_head"."""
+    parts = layer.split(".")
+    if "layers" in parts:
+        parts = parts[parts.index("layers") + 2:]
+    return ".".join(parts)
+
+
 def smoothed(tensors: dict[str, np.ndarray], ranges: dict[str, np.ndarray],
              layers: set[str]) -> dict[str, np.ndarray]:
     """The float32 tensors with ``layers`` ("layers.3.mlp.down", ...) marked for 8-bit inputs.
@@ -121,8 +146,11 @@ def smoothed(tensors: dict[str, np.ndarray], ranges: dict[str, np.ndarray],
     out = dict(tensors)
     for layer in layers:
         name = layer + ".weight"
+        if name not in tensors:     # a tied LM head: 8-bit inputs, no smoothing (format.py)
+            out[name + fmt.SMOOTH_SUFFIX] = np.ones(tensors[fmt.EMBED_TOKENS].shape[1], dtype=np.float32)
+            continue
         w = tensors[name]
-        if layer.split(".", 2)[2] in SMOOTHED:
+        if _kind(layer) in SMOOTHED:
             a = np.maximum(ranges[layer], np.float32(1e-5))
             wmax = np.maximum(np.abs(w).max(axis=0), np.float32(1e-5))
             s = (a ** ALPHA / wmax ** (1 - ALPHA)).astype(np.float32)
@@ -160,11 +188,11 @@ def mixed_activation_tensors(cfg: EncoderConfig, tensors: dict[str, np.ndarray],
         return candidate, _error(cfg, candidate, batches, reference)
 
     prefixes = [fmt.layer_prefix(i) for i in range(cfg.num_layers)]
-    every = {p + kind for p in prefixes for kind in (*SMOOTHED, *EIGHT_BIT, "mlp.down")}
+    every = {p + kind for p in prefixes for kind in (*ENCODER_SMOOTHED, *EIGHT_BIT, "mlp.down")}
     best, report["all"] = trial(every)
     chosen = every
     if report["all"] > budget:
-        chosen = {p + kind for p in prefixes for kind in (*SMOOTHED, *EIGHT_BIT)}
+        chosen = {p + kind for p in prefixes for kind in (*ENCODER_SMOOTHED, *EIGHT_BIT)}
         best, report["qkv,out,up"] = trial(chosen)
         if report["qkv,out,up"] > budget:
             return plain
@@ -178,3 +206,109 @@ def mixed_activation_tensors(cfg: EncoderConfig, tensors: dict[str, np.ndarray],
             report["qkv,out,up+" + down] = error
     report["chosen"] = sorted(chosen)
     return best
+
+
+# ---------------------------------------------------------------------------------------------- generation
+
+def _generation_model(cfg: DecoderConfig | Seq2SeqConfig, tensors: dict[str, np.ndarray]):
+    return DecoderModel(cfg, tensors) if isinstance(cfg, DecoderConfig) else Seq2SeqModel(cfg, tensors)
+
+
+def _generation_linears(model) -> dict[str, tuple[object, str]]:
+    """Every linear of a decoder or encoder-decoder: tensor name → (owner, attribute)."""
+    stacks = [("", model)] if isinstance(model, DecoderModel) else [("encoder", model.encoder),
+                                                                      ("decoder", model.decoder)]
+    found: dict[str, tuple[object, str]] = {fmt.LM_HEAD: (model, "lm_head")}
+    for stack, part in stacks:
+        for i, block in enumerate(part.blocks):
+            owners = [(block.attn, ("qkv", "out"), "attn."), (block.mlp, ("up", "down"), "mlp.")]
+            if block.cross is not None:
+                owners.append((block.cross, ("q", "kv", "out"), "cross."))
+            for owner, attrs, kind in owners:
+                for attr in attrs:
+                    found[fmt.layer_prefix(i, stack) + kind + attr] = (owner, attr)
+    return found
+
+
+def _generation_texts(cfg: DecoderConfig | Seq2SeqConfig, tokenizer_json: str, texts: list[str]) -> list[np.ndarray]:
+    limit = min(_GENERATION_TOKENS, cfg.max_positions - 1)
+    tokenizer = load_tokenizer(tokenizer_json, limit)
+    vocab = cfg.vocab_size if isinstance(cfg, DecoderConfig) else min(cfg.vocab_size, cfg.decoder_vocab_size)
+    seqs = []
+    for encoding in tokenizer.encode_batch(texts):
+        ids = np.asarray(encoding.ids[:limit], dtype=np.int32)
+        if ids.size < 2:
+            continue
+        if ids.min() < 0 or ids.max() >= vocab:
+            raise ConversionError("the tokenizer produces ids outside the model's vocabulary")
+        seqs.append(ids)
+    return seqs
+
+
+def _generation_logits(model, seqs: list[np.ndarray]) -> np.ndarray:
+    """Teacher-forced logits of every calibration sentence, one batch of _BATCH sentences at a time: a
+    decoder predicts each next token; an encoder-decoder reads the sentence and predicts it after its
+    decoder start token."""
+    out = []
+    for first in range(0, len(seqs), _BATCH):
+        batch = seqs[first:first + _BATCH]
+        lengths = np.array([s.size for s in batch])
+        slots = np.repeat(np.arange(len(batch), dtype=np.int32), lengths)
+        positions = np.concatenate([np.arange(n, dtype=np.int32) for n in lengths])
+        if isinstance(model, DecoderModel):
+            cache = KVCache(model.config, len(batch), int(lengths.max()))
+            out.append(model(np.concatenate(batch), slots, positions, cache))
+            continue
+        starts = np.zeros(len(batch) + 1, dtype=np.int64)
+        np.cumsum(lengths, out=starts[1:])
+        cache = model.start(model.encode(np.concatenate(batch), starts), starts, int(lengths.max()))
+        start = model.config.decoder_start_token_id
+        tokens = np.concatenate([np.concatenate([[start], s[:-1]]) for s in batch]).astype(np.int32)
+        out.append(model.step(cache, tokens, slots, positions))
+    return np.concatenate(out)
+
+
+def _logit_error(logits: np.ndarray, reference: np.ndarray) -> float:
+    cos = (logits * reference).sum(1) / (np.linalg.norm(logits, axis=1) * np.linalg.norm(reference, axis=1) + 1e-30)
+    return float(np.mean(1.0 - cos))
+
+
+def generation_activation_tensors(cfg: DecoderConfig | Seq2SeqConfig, tensors: dict[str, np.ndarray],
+                                  tokenizer_json: str, texts: list[str] | None = None,
+                                  report: dict | None = None) -> dict[str, np.ndarray]:
+    """A decoder's or encoder-decoder's float32 tensors quantised to int8, with 8-bit inputs where the logits
+    keep their accuracy (see the module docstring). ``report``, if given, receives the errors measured
+    (mean 1 - cosine of the logits, and the share of predicted tokens whose argmax differs from the float
+    model's) and the layers chosen."""
+    if texts is None:
+        texts = [line for line in CALIBRATION_TEXT.read_text(encoding="utf-8").splitlines() if line.strip()]
+    report = {} if report is None else report
+    report["chosen"] = []
+    seqs = _generation_texts(cfg, tokenizer_json, texts)
+    plain = quantize_tensors(tensors)
+    if not seqs:
+        return plain
+    model = _generation_model(cfg, tensors)
+    observed = {name: _Observed(getattr(owner, attr)) for name, (owner, attr) in _generation_linears(model).items()}
+    for name, (owner, attr) in _generation_linears(model).items():
+        setattr(owner, attr, observed[name])
+    reference = _generation_logits(model, seqs)
+    ranges = {name: layer.amax for name, layer in observed.items()}
+    del model, observed
+    top = reference.argmax(1)
+
+    def measure(label: str, candidate: dict[str, np.ndarray]) -> float:
+        logits = _generation_logits(_generation_model(cfg, candidate), seqs)
+        report[label] = error = _logit_error(logits, reference)
+        report[label + " argmax changed"] = float(np.mean(logits.argmax(1) != top))
+        return error
+
+    budget = max(GENERATION_BUDGET, measure("12-bit", plain))
+    every = set(ranges)
+    inner = {n for n in every if _kind(n) not in ("lm_head", "mlp.down")}
+    for label, layers in (("all", every), ("all but lm_head and mlp.down", inner)):
+        candidate = quantize_tensors(smoothed(tensors, ranges, layers))
+        if measure(label, candidate) <= budget:
+            report["chosen"] = sorted(layers)
+            return candidate
+    return plain

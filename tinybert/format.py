@@ -29,7 +29,8 @@ A quantised linear weight ``T`` [N, K] may also carry float32 ``T.smooth`` [K] (
 input is then quantised to 8 bits per row instead of 12 (centred on the row's midpoint), after
 dividing its column k by ``T.smooth[k]``; ``T`` was multiplied column-wise by it before quantisation, so the product is
 unchanged (SmoothQuant; the converter's convert/smooth.py decides which layers get it). A
-runtime that predates it rejects such a file as holding unexpected tensors.
+runtime that predates it rejects such a file as holding unexpected tensors. A tied LM head (its weight is
+the token table) may carry ``lm_head.weight.smooth`` [H], all ones: 8-bit inputs without smoothing.
 
     embed.tokens [vocab, E]            embed.positions [max_positions, E]
     embed.token_types [types, E]       (only when the model has token types)

@@ -290,4 +290,5 @@ class _DecoderStepper:
             return self.model(tokens, slots, positions, self.cache)
 
     def copy_slots(self, dest: np.ndarray, src: np.ndarray, upto: int) -> None:
-        self.cache.copy_slots(dest, src, upto)
+        with numba_threads(self.threads):
+            self.cache.copy_slots(dest, src, upto)

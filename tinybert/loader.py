@@ -182,10 +182,13 @@ def load(path: str | Path) -> ModelFile:
             raise ModelFileError(f"{path}: config claims {config.num_layers} layers, "
                                  f"the file holds only {len(names)} tensors")
         expected = _expected(config, task, quantization)
+        tied_head = fmt.LM_HEAD + ".weight" + fmt.SMOOTH_SUFFIX
         if quantization == "int8":      # optional: 8-bit input layers (see format.SMOOTH_SUFFIX)
             for name, (shape, dtype) in list(expected.items()):
                 if dtype == np.int8 and name.endswith(".weight") and name + fmt.SMOOTH_SUFFIX in names:
                     expected[name + fmt.SMOOTH_SUFFIX] = ((shape[1],), np.dtype(np.float32))
+            if tied_head in names and fmt.LM_HEAD + ".weight" not in expected and task.type in _GENERATION_TASKS:
+                expected[tied_head] = ((config.hidden_size,), np.dtype(np.float32))
         missing = sorted(set(expected) - names)
         if missing:
             raise ModelFileError(f"{path}: tensors missing: {', '.join(missing[:5])}"
@@ -210,6 +213,9 @@ def load(path: str | Path) -> ModelFile:
                 raise ModelFileError(f"{path}: tensor {name} holds NaN or infinite values")
             if name.endswith(fmt.SMOOTH_SUFFIX) and not (array > 0).all():
                 raise ModelFileError(f"{path}: tensor {name} must be positive")
+            if name == tied_head and fmt.LM_HEAD + ".weight" not in expected and not (array == 1).all():
+                # The tied head's weight is also the token table: it cannot have been smoothed.
+                raise ModelFileError(f"{path}: tensor {name} of a tied LM head must be all ones")
             del array
     except ModelFileError:
         raise
@@ -217,6 +223,9 @@ def load(path: str | Path) -> ModelFile:
         raise ModelFileError(f"{path}: cannot read tensors ({exc})") from None
     return ModelFile(path, config, tensors, tokenizer, pooling, quantization, metadata, task, options,
                      target_tokenizer, source_id_map, unknown_pieces)
+
+
+_GENERATION_TASKS = ("text-generation", "text2text-generation")
 
 
 def _target_tokenizer(path: Path, metadata: dict[str, str], config: EncoderConfig | DecoderConfig | Seq2SeqConfig

@@ -247,4 +247,5 @@ class _Seq2SeqStepper:
             return self.model.step(self.state, tokens, slots, positions, blocks)
 
     def copy_slots(self, dest: np.ndarray, src: np.ndarray, upto: int) -> None:
-        self.state.copy_slots(dest, src, upto)
+        with numba_threads(self.threads):
+            self.state.copy_slots(dest, src, upto)

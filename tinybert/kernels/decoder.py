@@ -40,7 +40,6 @@ from .jitcache import fast_cache_loading
 from .mathfn import exp2_nonpositive, fmax
 
 PARALLEL_MIN_WORK = 1 << 16
-KEY_BLOCK = 64  # keys scored per step of the online softmax (the size of each task's score buffer)
 _LOG2E = 1.4426950408889634
 
 
@@ -124,105 +123,105 @@ def cached_attention_with_bias(q, k_cache, v_cache, slots, positions, scale, bia
     """cached_attention plus bias[h, positions[r] − t] on the score of key t (none when bias has 0 columns):
     one implementation for plain and position-biased (T5) decoder attention."""
     n_rows, q_heads, d = q.shape
-    group = q_heads // k_cache.shape[1]
-    tasks = n_rows * q_heads
     keys = 0
     for r in range(n_rows):
         keys += positions[r] + 1
+    # A task is one row with all its heads: the row's slot is one contiguous block of the cache
+    # ([heads, T, d]), read front to back (tasks of single (row, head) pairs in an interleaved order ran
+    # 3-4x slower once the cache outgrew L2). With fewer rows than that keeps two threads busy (batch 1),
+    # a task is one (row, head) pair instead.
+    per_row = 1 if n_rows >= 4 else q_heads
+    tasks = n_rows * per_row
     if keys * q_heads * d < PARALLEL_MIN_WORK:
         for task in range(tasks):
-            _attend(q, k_cache, v_cache, slots, positions, scale, bias, out, task // q_heads, task % q_heads, group)
+            _attend_task(q, k_cache, v_cache, slots, positions, scale, bias, out, task, per_row)
     else:
         # Numba hands each thread one contiguous range of iterations. In a causal prefill the late
-        # rows see the most keys, so iterations alternate between the two ends of the (row, head)
-        # order (0, T-1, 1, T-2, ...): every range then holds about the same number of keys.
+        # rows see the most keys, so iterations alternate between the two ends of the task order
+        # (0, T-1, 1, T-2, ...): every range then holds about the same number of keys.
         for i in prange(tasks):
             task = i // 2 if i % 2 == 0 else tasks - 1 - i // 2
-            _attend(q, k_cache, v_cache, slots, positions, scale, bias, out, task // q_heads, task % q_heads, group)
+            _attend_task(q, k_cache, v_cache, slots, positions, scale, bias, out, task, per_row)
+
+
+@njit(cache=True, nogil=True, error_model="numpy")
+def _attend_task(q, k_cache, v_cache, slots, positions, scale, bias, out, task, per_row):
+    # Heads h0 .. h1 − 1 of row r, with per-task buffers (never per key or per head).
+    q_heads, d = q.shape[1], q.shape[2]
+    r = task // per_row
+    h0 = (task % per_row) * (q_heads // per_row)
+    h1 = h0 + q_heads // per_row
+    scores = np.empty(positions[r] + 1, dtype=np.float32)
+    qs = np.empty(d, dtype=np.float32)
+    acc = np.empty(d, dtype=np.float32)
+    for h in range(h0, h1):
+        _attend(q, k_cache, v_cache, slots[r], positions[r] + 1, np.float32(scale * _LOG2E), bias, out, r, h,
+                scores, qs, acc)
 
 
 @njit(cache=True, nogil=True, fastmath=True, error_model="numpy")
-def _attend(q, k_cache, v_cache, slots, positions, scale, bias, out, r, h, group):
-    # One (row, query head) pair, one pass over its keys in blocks of KEY_BLOCK with a running
-    # maximum m and running sum l: a block's scores are computed, the accumulator and l are rescaled
-    # once by 2**(m_old - m_new) if the block raised the maximum, then the block's weights
-    # 2**(s - m) are added in. Scores are kept in log2 units (scale · log2 e folded into q) so the
-    # weights come from the cheaper exp2. Keys and values go four at a time: the inner loops over
-    # d are short (64, 128), so their setup, q's loads and acc's loads and stores are shared by four
-    # keys (about 1.3x faster for d = 64 than one key at a time).
+def _attend(q, k_cache, v_cache, slot, n_keys, scale2, bias, out, r, h, scores, qs, acc):
+    # One (row, query head) pair in two passes over its keys: all scores, then their exact maximum and
+    # weights 2**(s − max), then the weighted sum of values. Scores are in log2 units (scale · log2 e
+    # folded into q) so the weights come from the cheaper exp2. Keys and values go four at a time: the
+    # inner loops over d are short (64, 128), so their setup, q's loads and acc's loads and stores are
+    # shared by four keys.
     d = q.shape[2]
-    keys = k_cache[slots[r], h // group]
-    values = v_cache[slots[r], h // group]
-    n_keys = positions[r] + 1
-    scale2 = np.float32(scale * _LOG2E)
-    # Three small per-task buffers (never per key). acc is not accumulated in out itself, so LLVM
-    # needs no check that out overlaps the cache.
-    qs = np.empty(d, dtype=np.float32)
+    group = q.shape[1] // k_cache.shape[1]
+    keys = k_cache[slot, h // group]
+    values = v_cache[slot, h // group]
     for e in range(d):
         qs[e] = q[r, h, e] * scale2
-    acc = np.zeros(d, dtype=np.float32)
-    scores = np.empty(KEY_BLOCK, dtype=np.float32)
-    m = np.float32(0.0)
+    t = 0
+    while t + 4 <= n_keys:
+        s0 = np.float32(0.0)
+        s1 = np.float32(0.0)
+        s2 = np.float32(0.0)
+        s3 = np.float32(0.0)
+        for e in range(d):
+            qe = qs[e]
+            s0 += qe * keys[t, e]
+            s1 += qe * keys[t + 1, e]
+            s2 += qe * keys[t + 2, e]
+            s3 += qe * keys[t + 3, e]
+        scores[t] = s0
+        scores[t + 1] = s1
+        scores[t + 2] = s2
+        scores[t + 3] = s3
+        t += 4
+    while t < n_keys:
+        s0 = np.float32(0.0)
+        for e in range(d):
+            s0 += qs[e] * keys[t, e]
+        scores[t] = s0
+        t += 1
+    if bias.shape[1] > 0:
+        for t in range(n_keys):
+            scores[t] += bias[h, n_keys - 1 - t] * _LOG2E
+    m = scores[0]
+    for t in range(1, n_keys):
+        m = fmax(m, scores[t])
     total = np.float32(0.0)
-    for t0 in range(0, n_keys, KEY_BLOCK):
-        nb = min(KEY_BLOCK, n_keys - t0)
-        j = 0
-        while j + 4 <= nb:
-            t = t0 + j
-            s0 = np.float32(0.0)
-            s1 = np.float32(0.0)
-            s2 = np.float32(0.0)
-            s3 = np.float32(0.0)
-            for e in range(d):
-                qe = qs[e]
-                s0 += qe * keys[t, e]
-                s1 += qe * keys[t + 1, e]
-                s2 += qe * keys[t + 2, e]
-                s3 += qe * keys[t + 3, e]
-            scores[j] = s0
-            scores[j + 1] = s1
-            scores[j + 2] = s2
-            scores[j + 3] = s3
-            j += 4
-        while j < nb:
-            s0 = np.float32(0.0)
-            for e in range(d):
-                s0 += qs[e] * keys[t0 + j, e]
-            scores[j] = s0
-            j += 1
-        if bias.shape[1] > 0:
-            for j in range(nb):
-                scores[j] += bias[h, n_keys - 1 - t0 - j] * _LOG2E
-        block_max = scores[0]
-        for j in range(1, nb):
-            block_max = fmax(block_max, scores[j])
-        if t0 == 0:
-            m = block_max  # acc and total are still zero: nothing to rescale
-        elif block_max > m:
-            corr = exp2_nonpositive(m - block_max)
-            total *= corr
-            for e in range(d):
-                acc[e] *= corr
-            m = block_max
-        for j in range(nb):
-            p = exp2_nonpositive(scores[j] - m)
-            scores[j] = p
-            total += p
-        j = 0
-        while j + 4 <= nb:
-            t = t0 + j
-            p0 = scores[j]
-            p1 = scores[j + 1]
-            p2 = scores[j + 2]
-            p3 = scores[j + 3]
-            for e in range(d):
-                acc[e] += p0 * values[t, e] + p1 * values[t + 1, e] + p2 * values[t + 2, e] + p3 * values[t + 3, e]
-            j += 4
-        while j < nb:
-            p0 = scores[j]
-            for e in range(d):
-                acc[e] += p0 * values[t0 + j, e]
-            j += 1
+    for t in range(n_keys):
+        p = exp2_nonpositive(scores[t] - m)
+        scores[t] = p
+        total += p
+    for e in range(d):
+        acc[e] = 0.0
+    t = 0
+    while t + 4 <= n_keys:
+        p0 = scores[t]
+        p1 = scores[t + 1]
+        p2 = scores[t + 2]
+        p3 = scores[t + 3]
+        for e in range(d):
+            acc[e] += p0 * values[t, e] + p1 * values[t + 1, e] + p2 * values[t + 2, e] + p3 * values[t + 3, e]
+        t += 4
+    while t < n_keys:
+        p0 = scores[t]
+        for e in range(d):
+            acc[e] += p0 * values[t, e]
+        t += 1
     inv = np.float32(1.0) / total
     for e in range(d):
         out[r, h, e] = acc[e] * inv

@@ -12,16 +12,17 @@ Preconditions, unchecked: R ≥ 1, V ≥ 1, 1 ≤ k ≤ R · V; −inf entries a
 """
 
 import numpy as np
-from numba import njit, prange
+from numba import njit
 
 from .jitcache import fast_cache_loading
 from .mathfn import exp_nonpositive, fmax
 
 
-@njit(cache=True, nogil=True, parallel=True, error_model="numpy")
+@njit(cache=True, nogil=True, error_model="numpy")
 def log_softmax_rows(x, out):
-    rows = x.shape[0]
-    for r in prange(rows):
+    # Serial: beam search calls it per input on a few rows, where a parallel launch costs more than
+    # the work (and milliseconds when another process holds a core).
+    for r in range(x.shape[0]):
         _log_softmax_row(x, out, r)
 
 

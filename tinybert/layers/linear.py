@@ -27,7 +27,8 @@ class Linear:
         self.bias = tensors.get(name + ".bias", bias)
         if self.bias is None:
             self.bias = np.zeros(self.out_features, dtype=np.float32)
-        smooth = tensors.get(weight_name + SMOOTH_SUFFIX) if self.scale is not None else None
+        # The 8-bit marker is the layer's own, also when its weight is another's (a tied LM head).
+        smooth = tensors.get(name + ".weight" + SMOOTH_SUFFIX) if self.scale is not None else None
         self.act_qmax = gemm.act_qmax(12 if smooth is None else 8)
         # 8-bit layers centre their input rows; the weight's row sums give back what that took out.
         self.wsum = gemm.NO_SUMS if smooth is None else gemm.weight_sums(self.weight, self.scale)
