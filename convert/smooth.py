@@ -273,6 +273,11 @@ def _logit_error(logits: np.ndarray, reference: np.ndarray) -> float:
     return float(np.mean(1.0 - cos))
 
 
+def _generation_budget(twelve_bit_error: float) -> float:
+    """The logit error an 8-bit variant may reach: GENERATION_BUDGET, or 12-bit inputs' own if higher."""
+    return max(GENERATION_BUDGET, twelve_bit_error)
+
+
 def generation_activation_tensors(cfg: DecoderConfig | Seq2SeqConfig, tensors: dict[str, np.ndarray],
                                   tokenizer_json: str, texts: list[str] | None = None,
                                   report: dict | None = None) -> dict[str, np.ndarray]:
@@ -303,7 +308,7 @@ def generation_activation_tensors(cfg: DecoderConfig | Seq2SeqConfig, tensors: d
         report[label + " argmax changed"] = float(np.mean(logits.argmax(1) != top))
         return error
 
-    budget = max(GENERATION_BUDGET, measure("12-bit", plain))
+    budget = _generation_budget(measure("12-bit", plain))
     every = set(ranges)
     inner = {n for n in every if _kind(n) not in ("lm_head", "mlp.down")}
     for label, layers in (("all", every), ("all but lm_head and mlp.down", inner)):
