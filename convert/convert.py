@@ -32,9 +32,9 @@ def convert(src: str | Path, out: str | Path, dtype: str = "int8", show_progress
     ``architectures`` names (``BertForSequenceClassification`` → "sequence-classification", a base
     model → "feature-extraction"); pass "feature-extraction" to keep only the encoder. Decoder-only
     checkpoints (GPT-2, Llama, Mistral, Qwen2) convert for "text-generation", encoder-decoders (T5,
-    BART, Marian) for "text2text-generation". ``mixed_activations`` (int8 encoders): give the
-    layers that keep their accuracy with it 8-bit inputs, calibrated and smoothed (convert/smooth.py;
-    about twice as fast on AVX-512 VNNI); False keeps 12-bit inputs everywhere. Returns the
+    BART, Marian) for "text2text-generation". ``mixed_activations`` (int8): give the layers that
+    keep the model's accuracy with it 8-bit inputs, calibrated and smoothed (convert/smooth.py; about
+    twice as fast on AVX-512 VNNI); False keeps 12-bit inputs everywhere. Returns the
     output path. Raises ConversionError or UnsupportedModelError on a folder it cannot convert;
     never leaves a partial file at ``out``.
     """

@@ -299,7 +299,7 @@ def build_parser() -> argparse.ArgumentParser:
                                       "text2text-generation"],
                    help="head to convert (default: what config.json's architectures names)")
     p.add_argument("--act12", action="store_true",
-                   help="int8 encoders: 12-bit inputs in every layer (default: 8-bit inputs where calibration "
+                   help="int8: 12-bit inputs in every layer (default: 8-bit inputs where calibration "
                         "shows they keep the accuracy, which is faster on AVX-512 VNNI)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=_cmd_convert)
