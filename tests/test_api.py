@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 import tinybert
-from tinybert import scheduler
+from tinybert.api import scheduler
 
 
 def test_runtime_never_imports_torch_or_transformers(minilm_files):
@@ -69,7 +69,7 @@ def test_pooling_chunk_by_chunk_equals_pooling_the_hidden_states(minilm_files, s
     # encode() pools each CHUNK_TOKENS chunk as it leaves the model (Scheduler._run_part, per sequence) instead
     # of holding the batch's [T, H] hidden states: every mode must give what pooling those gives, bit for
     # bit, for a batch of several chunks, on one thread and split over two (each part chunked again).
-    from tinybert.heads import pool_segments
+    from tinybert.models.heads import pool_segments
 
     enc = tinybert.Encoder(minilm_files["int8"], threads=threads)
     encodings = enc.tokenizer.encode_batch(sentences[:60])
@@ -244,7 +244,7 @@ def test_scheduler_raises_a_part_failure_once_every_part_has_ended(monkeypatch):
 
 
 def test_open_model_is_one_check_for_every_class(minilm_files):
-    from tinybert.opening import open_model
+    from tinybert.api.opening import open_model
 
     opened = open_model(minilm_files["int8"], "encoder", 1, "Encoder")
     assert (opened.threads, opened.config.kind, opened.quantization) == (1, "encoder", "int8")
@@ -316,7 +316,7 @@ def test_warmup_compiles_into_an_empty_cache(tmp_path):
         import sys
         import numpy as np
         from numba.core.dispatcher import Dispatcher
-        from tinybert.warmup import _tiny_model
+        from tinybert.api.warmup import _tiny_model
         for quantization in ("int8", "fp32"):
             model = _tiny_model(quantization, "gelu")
             for rows in (1, 5, 12, 40, 70):

@@ -221,7 +221,7 @@ def test_exp2_nonpositive_matches_numpy():
 
 def test_pool_segments_matches_numpy():
     from tinybert.errors import InputError
-    from tinybert.heads import pool_segments
+    from tinybert.models.heads import pool_segments
 
     lengths = [1, 7, 130, 2, 16]
     starts = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64)

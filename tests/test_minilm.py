@@ -109,7 +109,7 @@ def test_encoder_is_the_post_norm_kernel_sequence(encoders, sentences, dtype):
     from tinybert.kernels.embeddings import embed
     from tinybert.kernels.norm import add_layer_norm, layer_norm
     from tinybert.layers import FFN_ROWS
-    from tinybert.models import position_ids
+    from tinybert.models.encoder import position_ids
     from tinybert.tokenizer import pack
 
     model = encoders[dtype].runner.model

@@ -1,6 +1,6 @@
-"""tinybert.ner against transformers' token-classification pipeline on the same logits.
+"""tinybert.api.ner against transformers' token-classification pipeline on the same logits.
 
-The pipeline runs a small random token-classification model end to end; tinybert.ner gets that
+The pipeline runs a small random token-classification model end to end; tinybert.api.ner gets that
 model's logits for the encodings that ``tokenizers`` produces and must return the same entities.
 Two tokenizers cover both subword heuristics of the pipeline: WordPiece (all-MiniLM-L6-v2, which
 has a continuing-subword prefix) and a byte-level BPE trained here (which has none).
@@ -16,8 +16,8 @@ from functools import cache
 import numpy as np
 import pytest
 
+from tinybert.api.ner import AGGREGATIONS, TokenWindow, entities
 from tinybert.errors import InputError, TinyBertError
-from tinybert.ner import AGGREGATIONS, TokenWindow, entities
 
 LABELS = ["O", "B-PER", "I-PER", "B-ORG", "I-ORG", "B-LOC", "I-LOC", "B-MISC", "I-MISC"]
 

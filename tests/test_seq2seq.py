@@ -16,7 +16,7 @@ from tinybert_convert.seq2seq import seq2seq_config, seq2seq_tensors  # noqa: E4
 
 from tinybert.errors import UnsupportedModelError  # noqa: E402
 from tinybert.layers import relative_position_bucket, sinusoidal_table  # noqa: E402
-from tinybert.seq2seq import Seq2SeqModel  # noqa: E402
+from tinybert.models.seq2seq import Seq2SeqModel  # noqa: E402
 
 VOCAB = 1000
 TOL = 1e-4

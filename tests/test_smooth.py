@@ -8,7 +8,7 @@ import numpy as np
 from tinybert_convert import smooth
 
 from tinybert import format as fmt
-from tinybert.warmup import _random_tensors, _tiny_model
+from tinybert.api.warmup import _random_tensors, _tiny_model
 
 
 class _Layer:

@@ -26,7 +26,7 @@ from tinybert_convert import convert  # noqa: E402
 from tinybert import Generator, Translator  # noqa: E402
 from tinybert.errors import InputError, ModelKindError  # noqa: E402
 from tinybert.loader import load  # noqa: E402
-from tinybert.seq2seq import Seq2SeqModel  # noqa: E402
+from tinybert.models.seq2seq import Seq2SeqModel  # noqa: E402
 
 VOCAB = 1000
 KINDS = ("t5-v1.0", "t5-v1.1", "bart", "marian")

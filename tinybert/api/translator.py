@@ -14,15 +14,15 @@ from pathlib import Path
 
 import numpy as np
 
-from .config import Seq2SeqConfig
-from .errors import InputError
-from .generation import BeamSearch, GenerationParams, SampleSearch
-from .generation import decode as decode_all
-from .layers import KVCache
+from ..config import Seq2SeqConfig
+from ..errors import InputError
+from ..generation import BeamSearch, GenerationParams, SampleSearch
+from ..generation import decode as decode_all
+from ..layers import KVCache
+from ..models.seq2seq import Seq2SeqModel
+from ..tokenizer import Decoder, check_texts, load_tokenizer
 from .opening import OpenedModel, open_model
 from .scheduler import numba_threads
-from .seq2seq import Seq2SeqModel
-from .tokenizer import Decoder, check_texts, load_tokenizer
 
 # translate()'s names for the engine's settings, in messages
 _NAMES = {"num_beams": "beam_size", "max_new_tokens": "max_length", "min_new_tokens": "min_length",

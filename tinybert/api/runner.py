@@ -10,13 +10,13 @@ from dataclasses import dataclass
 import numpy as np
 from tokenizers import Tokenizer
 
-from .config import EncoderConfig
-from .errors import InputError
-from .heads import TaskHead, pool_segments
-from .models import EncoderModel
+from ..config import EncoderConfig
+from ..errors import InputError
+from ..models.encoder import EncoderModel
+from ..models.heads import TaskHead, pool_segments
+from ..tokenizer import pack
 from .opening import Opened
 from .scheduler import Scheduler
-from .tokenizer import pack
 
 
 @dataclass(slots=True)

@@ -10,11 +10,11 @@ from pathlib import Path
 
 from tokenizers import Tokenizer
 
-from .config import DecoderConfig, EncoderConfig, Seq2SeqConfig
-from .errors import ModelKindError
-from .loader import ModelFile, TensorStore, load
+from ..config import DecoderConfig, EncoderConfig, Seq2SeqConfig
+from ..errors import ModelKindError
+from ..loader import ModelFile, TensorStore, load
+from ..tokenizer import load_tokenizer
 from .scheduler import check_threads
-from .tokenizer import load_tokenizer
 
 _KINDS: dict[str, tuple[type, str]] = {
     "encoder": (EncoderConfig, "an encoder (use Generator for decoders)"),

@@ -7,14 +7,14 @@ from pathlib import Path
 
 import numpy as np
 
-from .config import DecoderConfig
-from .decoder import DecoderModel
-from .errors import InputError
-from .generation import BeamSearch, GenerationParams, IncrementalDecoder, SampleSearch, StopMatcher, decode, run_all
-from .layers import KVCache
+from ..config import DecoderConfig
+from ..errors import InputError
+from ..generation import BeamSearch, GenerationParams, IncrementalDecoder, SampleSearch, StopMatcher, decode, run_all
+from ..layers import KVCache
+from ..models.decoder import DecoderModel
+from ..tokenizer import check_texts
 from .opening import OpenedModel, open_model
 from .scheduler import numba_threads
-from .tokenizer import check_texts
 
 
 def _positive_int(name: str, value: object) -> int:

@@ -1,5 +1,5 @@
 """The public API. ``Encoder`` turns texts into vectors and token ids into hidden states; the task
-classes built on it (tinybert/tasks.py) add the heads."""
+classes built on it (tinybert/api/tasks.py) add the heads."""
 
 from __future__ import annotations
 
@@ -8,14 +8,14 @@ from pathlib import Path
 
 import numpy as np
 
-from . import format as fmt
-from .config import EncoderConfig, TaskConfig
-from .errors import InputError, ModelKindError
-from .heads import l2_normalize
+from .. import format as fmt
+from ..config import EncoderConfig, TaskConfig
+from ..errors import InputError, ModelKindError
+from ..models.heads import l2_normalize
+from ..tokenizer import check_texts, token_ids
 from .opening import open_model
 from .runner import EncoderBatch, EncoderRunner
 from .scheduler import check_threads
-from .tokenizer import check_texts, token_ids
 
 
 def _as_int_array(name: str, value: object, shape: tuple[int, ...] | None) -> np.ndarray:

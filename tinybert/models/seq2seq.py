@@ -27,10 +27,10 @@ from __future__ import annotations
 import numba
 import numpy as np
 
-from . import format as fmt
-from .config import Seq2SeqConfig
-from .errors import InputError, check_finite
-from .layers import (
+from .. import format as fmt
+from ..config import Seq2SeqConfig
+from ..errors import InputError, check_finite
+from ..layers import (
     CachedRows,
     Embeddings,
     KVCache,

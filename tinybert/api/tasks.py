@@ -13,10 +13,10 @@ from pathlib import Path
 
 import numpy as np
 
-from .api import Encoder
-from .errors import InputError, ModelKindError
+from ..errors import InputError, ModelKindError
+from ..tokenizer import Decoder, check_pairs, check_texts
+from .encoder import Encoder
 from .ner import AGGREGATIONS, TokenWindow, entities
-from .tokenizer import Decoder, check_pairs, check_texts
 
 
 def softmax(x: np.ndarray) -> np.ndarray:

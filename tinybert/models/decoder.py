@@ -13,10 +13,10 @@ from __future__ import annotations
 import numba
 import numpy as np
 
-from . import format as fmt
-from .config import DecoderConfig
-from .errors import check_finite
-from .layers import CachedRows, Embeddings, KVCache, Linear, Norm, Positions, TransformerBlock, use_row_bands
+from .. import format as fmt
+from ..config import DecoderConfig
+from ..errors import check_finite
+from ..layers import CachedRows, Embeddings, KVCache, Linear, Norm, Positions, TransformerBlock, use_row_bands
 
 __all__ = ["DecoderModel", "KVCache"]
 

@@ -20,7 +20,7 @@ from typing import Literal, Protocol, TypeVar
 import numba
 import numpy as np
 
-from .errors import InputError
+from ..errors import InputError
 
 SPLIT_MIN_TOKENS = 64
 """A batch is split over the threads only when each part gets at least this many tokens."""

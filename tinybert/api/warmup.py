@@ -17,12 +17,11 @@ import llvmlite.binding as llvm
 import numba
 import numpy as np
 
-from . import __version__
-from . import format as fmt
-from .config import DecoderConfig, EncoderConfig, Seq2SeqConfig
-from .decoder import DecoderModel, KVCache
-from .generation.beam import log_softmax, top_k
-from .kernels import (
+from .. import __version__
+from .. import format as fmt
+from ..config import DecoderConfig, EncoderConfig, Seq2SeqConfig
+from ..generation.beam import log_softmax, top_k
+from ..kernels import (
     activations,
     attention,
     cpu,
@@ -40,8 +39,10 @@ from .kernels import (
     rope,
     search,
 )
-from .models import EncoderModel
-from .seq2seq import Seq2SeqModel
+from ..layers import KVCache
+from ..models.decoder import DecoderModel
+from ..models.encoder import EncoderModel
+from ..models.seq2seq import Seq2SeqModel
 
 _KERNEL_MODULES = (activations, attention, cpu, decoder, embeddings, gemm, gemm_fp32, gemm_pairs, gemm_vnni, mathfn,
                    memory, norm, pooling, quant, rope, search)

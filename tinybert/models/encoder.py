@@ -10,10 +10,10 @@ from __future__ import annotations
 import numba
 import numpy as np
 
-from . import format as fmt
-from .config import EncoderConfig
-from .errors import check_finite
-from .layers import Embeddings, PackedRows, Positions, TransformerBlock, use_row_bands
+from .. import format as fmt
+from ..config import EncoderConfig
+from ..errors import check_finite
+from ..layers import Embeddings, PackedRows, Positions, TransformerBlock, use_row_bands
 
 
 def position_ids(cfg: EncoderConfig, ids: np.ndarray, starts: np.ndarray) -> np.ndarray:

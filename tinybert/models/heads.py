@@ -11,11 +11,11 @@ from __future__ import annotations
 
 import numpy as np
 
-from .config import EncoderConfig, TaskConfig
-from .errors import InputError, check_finite
-from .kernels.activations import ACTIVATIONS
-from .kernels.pooling import segment_sum
-from .layers import Linear, Norm
+from ..config import EncoderConfig, TaskConfig
+from ..errors import InputError, check_finite
+from ..kernels.activations import ACTIVATIONS
+from ..kernels.pooling import segment_sum
+from ..layers import Linear, Norm
 
 
 def pool_segments(hidden: np.ndarray, starts: np.ndarray, mode: str) -> np.ndarray:
