@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from conftest import DECODERS, EOT
+from conftest import DECODERS, EOT, hf_greedy
 
 import tinybert
 from tinybert.errors import InputError, ModelKindError
@@ -22,20 +22,6 @@ PROMPT_TEXTS = [
 
 def _ids(gen: tinybert.Generator, text: str) -> list[int]:
     return gen.tokenizer.encode(text).ids
-
-
-def _hf_greedy(model, prompts: list[list[int]], max_new_tokens: int) -> list[list[int]]:
-    """transformers' greedy continuation of each prompt, batched with left padding."""
-    import torch
-
-    width = max(len(p) for p in prompts)
-    pad = 0
-    input_ids = torch.tensor([[pad] * (width - len(p)) + p for p in prompts])
-    mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in prompts])
-    with torch.no_grad():
-        out = model.generate(input_ids=input_ids, attention_mask=mask, max_new_tokens=max_new_tokens,
-                             min_new_tokens=max_new_tokens, do_sample=False, pad_token_id=pad)
-    return [row[width:].tolist() for row in out]
 
 
 def _hf_logits(model, ids: list[int]) -> np.ndarray:
@@ -53,7 +39,7 @@ def test_greedy_matches_transformers(name, decoder_model):
     new = 64
     # one prompt alone, then the batch of three different lengths (transformers left-pads it)
     for batch in ([prompts[0]], prompts):
-        ref = _hf_greedy(model, batch, new)
+        ref = hf_greedy(model, batch, new)
         got = gen.generate_ids(batch, max_new_tokens=new, output_logits=True)
         for prompt, r, g in zip(batch, ref, got):
             assert g["token_ids"] == r, f"{name}: first difference at {np.argmin(np.equal(g['token_ids'], r))}"
@@ -85,7 +71,7 @@ def test_eos_stops_each_sequence(decoder_model, bpe_tokenizer_file):
     model, files = decoder_model("gpt2")
     gen = tinybert.Generator(files["fp32"])
     prompts = [_ids(gen, t) for t in PROMPT_TEXTS]
-    greedy = _hf_greedy(model, prompts[:1], 20)[0]
+    greedy = hf_greedy(model, prompts[:1], 20)[0]
     stop_at = next(i for i in range(3, 20) if greedy[i] not in greedy[:i])
     eos = greedy[stop_at]
     model_eos, files_eos = decoder_model("gpt2", eos_token_id=eos)
@@ -110,7 +96,7 @@ def test_int8_agreement_reported(decoder_model):
         model, files = decoder_model(name)
         fp32, int8 = tinybert.Generator(files["fp32"]), tinybert.Generator(files["int8"])
         prompts = [_ids(fp32, t) for t in PROMPT_TEXTS]
-        ref = _hf_greedy(model, prompts, 32)
+        ref = hf_greedy(model, prompts, 32)
         got = int8.generate_ids(prompts, max_new_tokens=32)
         same = [next((i for i, (a, b) in enumerate(zip(r, g["token_ids"])) if a != b), 32) for r, g in zip(ref, got)]
         full = [_hf_logits(model, p + r) for p, r in zip(prompts, ref)]
@@ -134,60 +120,6 @@ def test_sampling_seed_and_top_k_one(decoder_model):
     assert a == b and a != c
     greedy = gen.generate(PROMPT_TEXTS, max_new_tokens=24)
     assert gen.generate(PROMPT_TEXTS, max_new_tokens=24, temperature=1.3, top_k=1, seed=3) == greedy
-
-
-def test_processors_match_transformers():
-    import torch
-    from transformers.generation.logits_process import (
-        MinPLogitsWarper,
-        RepetitionPenaltyLogitsProcessor,
-        TemperatureLogitsWarper,
-        TopKLogitsWarper,
-        TopPLogitsWarper,
-    )
-
-    from tinybert.generation import GenerationParams, apply_repetition_penalty, warp
-
-    rng = np.random.default_rng(0)
-    logits = rng.normal(0, 3, size=(4, 300)).astype(np.float32)
-    seen = [rng.integers(0, 300, size=n) for n in (1, 5, 40, 300)]
-    for penalty in (1.3, 0.7):
-        ref = logits.copy()
-        for row in range(4):
-            ref[row] = RepetitionPenaltyLogitsProcessor(penalty)(
-                torch.tensor(seen[row])[None], torch.tensor(logits[row:row + 1])).numpy()[0]
-        np.testing.assert_allclose(apply_repetition_penalty(logits, seen, penalty), ref, rtol=1e-6)
-    for t, k, p, m in ((0.7, 50, None, None), (1.0, None, 0.9, None), (1.5, 20, 0.5, None), (0.5, 300, 0.99, None),
-                       (1.0, 5, 0.05, None), (1.0, None, None, 0.1), (0.8, 40, 0.9, 0.3)):
-        ref = torch.tensor(logits)
-        ref = TemperatureLogitsWarper(t)(None, ref)
-        if k is not None:
-            ref = TopKLogitsWarper(k)(None, ref)
-        if p is not None:
-            ref = TopPLogitsWarper(p)(None, ref)
-        if m is not None:
-            ref = MinPLogitsWarper(m)(None, ref)
-        got = warp(logits, GenerationParams(temperature=t, top_k=k, top_p=p, min_p=m))
-        ref = ref.numpy()
-        np.testing.assert_array_equal(np.isinf(got), np.isinf(ref))
-        np.testing.assert_allclose(got[~np.isinf(got)], ref[~np.isinf(ref)], rtol=1e-6)
-
-
-def test_sampled_tokens_stay_inside_top_k_and_top_p():
-    import torch
-    from transformers.generation.logits_process import MinPLogitsWarper, TopKLogitsWarper, TopPLogitsWarper
-
-    from tinybert.generation import GenerationParams, pick
-
-    logits = np.random.default_rng(1).normal(0, 2, size=(1, 200)).astype(np.float32)
-    rng = np.random.default_rng(0)
-    for params, warper in ((GenerationParams(temperature=1.0, top_k=7), TopKLogitsWarper(7)),
-                           (GenerationParams(temperature=1.0, top_p=0.6), TopPLogitsWarper(0.6)),
-                           (GenerationParams(temperature=1.0, min_p=0.2), MinPLogitsWarper(0.2))):
-        allowed = set(np.flatnonzero(~torch.isinf(warper(None, torch.tensor(logits))).numpy()[0]))
-        draws = [int(pick(logits, params, rng)[0]) for _ in range(3000)]
-        assert set(draws) <= allowed
-        assert len(set(draws)) >= min(len(allowed), 5), "the draws should explore the allowed set"
 
 
 # ---------------------------------------------------------------- text: stop strings, streaming
@@ -281,37 +213,6 @@ def test_converted_file_records_the_family(decoder_model):
     assert (cfg.architecture, cfg.norm, cfg.positions, cfg.activation, cfg.tie_word_embeddings) == \
         ("gpt2", "layernorm", "learned", "gelu_tanh", True)
     assert EOT in load(files["fp32"]).tokenizer_json
-
-
-def test_cli_generate_and_stream(decoder_model, tmp_path):
-    import json
-    import os
-    import subprocess
-    import sys
-
-    model, files = decoder_model("gpt2")
-    out = tmp_path / "gpt2.safetensors"
-    env = dict(os.environ)
-
-    def run(*args):
-        return subprocess.run([sys.executable, "-m", "tinybert", *map(str, args)], capture_output=True, text=True,
-                              encoding="utf-8", env=env, timeout=600)
-
-    proc = run("convert", files["fp32"].parent / "hf", out, "--dtype", "fp32", "--quiet")
-    assert proc.returncode == 0, proc.stderr
-    gen = tinybert.Generator(out)
-    prompts = [_ids(gen, t) for t in PROMPT_TEXTS[:2]]
-    ref = _hf_greedy(model, prompts, 16)
-    proc = run("generate", out, *PROMPT_TEXTS[:2], "--max-new-tokens", 16, "--json")
-    assert proc.returncode == 0, proc.stderr
-    lines = [json.loads(line) for line in proc.stdout.splitlines()]
-    assert [line["token_ids"] for line in lines] == ref
-    assert [line["prompt"] for line in lines] == PROMPT_TEXTS[:2]
-    proc = run("generate", out, PROMPT_TEXTS[0], "--max-new-tokens", 16, "--stream")
-    assert proc.returncode == 0, proc.stderr
-    assert proc.stdout == gen.tokenizer.decode(ref[0]) + "\n"
-    proc = run("generate", out, PROMPT_TEXTS[0], "--temperature", "-1")
-    assert proc.returncode == 2 and "temperature" in proc.stderr
 
 
 @pytest.mark.parametrize("name", ["gpt2", "llama"])

@@ -9,42 +9,22 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from conftest import NER_LABELS, hf_pipeline_tokenizer
+from conftest import (
+    NER_LABELS,
+    SCORE_TOL,
+    UNICODE_TEXTS,
+    assert_same_entities,
+    assert_same_labels,
+    hf_pipeline_tokenizer,
+    hf_qa,
+    reference_spans,
+)
 
 import tinybert
 from tinybert.errors import InputError, ModelKindError, UnsupportedModelError
 
 ALL_FAMILIES = ["bert", "roberta", "xlm-roberta", "distilbert", "electra"]
 CORE_FAMILIES = ["bert", "roberta", "distilbert"]
-UNICODE_TEXTS = [
-    "Zoë Müller flew from São Paulo to 東京 😀 yesterday with Renée.",
-    "François and 李小龙 met at the Café Größe in Zürich 🎉 on Monday.",
-]
-SCORE_TOL = 1e-4
-
-
-def _assert_same_labels(ref: list[dict], got: list[dict]) -> None:
-    """Same label → score map within SCORE_TOL; same order wherever the scores are not tied."""
-    assert sorted(r["label"] for r in ref) == sorted(g["label"] for g in got)
-    ref_scores = {r["label"]: r["score"] for r in ref}
-    for g in got:
-        assert abs(g["score"] - ref_scores[g["label"]]) <= SCORE_TOL, (ref, got)
-    for (a, b) in zip(ref, got):
-        if a["label"] != b["label"]:
-            assert abs(a["score"] - ref_scores[b["label"]]) <= SCORE_TOL, (ref, got)
-
-
-def _assert_same_entities(ref: list[dict], got: list[dict]) -> None:
-    assert len(ref) == len(got), (ref, got)
-    for r, g in zip(ref, got):
-        assert set(r) == set(g), (r, g)
-        for key in r:
-            if key == "score":
-                assert abs(float(r[key]) - g[key]) <= SCORE_TOL, (r, g)
-            else:
-                assert r[key] == g[key], (key, r, g)
-
-
 # ---------------------------------------------------------------- sequence classification
 
 
@@ -57,7 +37,7 @@ def test_classify_matches_pipeline(family, head_model, minilm_dir, sentences):
     texts = sentences[:40] + UNICODE_TEXTS
     clf = tinybert.Classifier(files["fp32"])
     for ref, got in zip(pipe(texts, top_k=None), clf.classify(texts, top_k=None)):
-        _assert_same_labels(ref, got)
+        assert_same_labels(ref, got)
     # default top_k=1 on one string: the best label, as the pipeline's legacy single-text call
     ref = pipe(texts[0])[0]
     (got,) = clf.classify(texts[0])
@@ -75,7 +55,7 @@ def test_classify_sentence_pairs(family, head_model, minilm_dir, sentences):
     clf = tinybert.Classifier(files["fp32"])
     got = clf.classify(firsts, text_pair=seconds, top_k=None)
     for a, b, g in zip(firsts, seconds, got):
-        _assert_same_labels(pipe({"text": a, "text_pair": b}, top_k=None), g)
+        assert_same_labels(pipe({"text": a, "text_pair": b}, top_k=None), g)
 
 
 @pytest.mark.parametrize("problem_type,labels", [
@@ -93,7 +73,7 @@ def test_classify_problem_types(problem_type, labels, head_model, minilm_dir, se
     assert clf.scores_function() == expected_fn
     texts = sentences[200:230]
     for ref, got in zip(pipe(texts, top_k=None), clf.classify(texts, top_k=None)):
-        _assert_same_labels(ref, got)
+        assert_same_labels(ref, got)
 
 
 @pytest.mark.parametrize("family", ALL_FAMILIES)
@@ -145,7 +125,7 @@ def test_ner_matches_pipeline(family, aggregation, head_model, minilm_dir, sente
     got = tinybert.TokenClassifier(files["fp32"]).ner(texts, aggregation=aggregation)
     n_entities = 0
     for text, ref, entities in zip(texts, pipe(texts), got):
-        _assert_same_entities(ref, entities)
+        assert_same_entities(ref, entities)
         n_entities += len(ref)
         for e in entities:
             if aggregation != "none":
@@ -170,7 +150,7 @@ def test_ner_stride_windows_cover_long_text(head_model, minilm_dir, sentences):
     pipe = pipeline("token-classification", model=model, tokenizer=tok, aggregation_strategy="simple", stride=32)
     text = " ".join(sentences[400:430])
     got = tinybert.TokenClassifier(files["fp32"]).ner(text, aggregation="simple", stride=32)
-    _assert_same_entities(pipe(text), got)
+    assert_same_entities(pipe(text), got)
     assert max(e["end"] for e in got) > len(text) // 2, "entities from the later windows are present"
 
 
@@ -267,34 +247,6 @@ def test_fill_mask_int8_agrees(head_model, minilm_dir, sentences):
 # ---------------------------------------------------------------- question answering
 
 
-def _reference_spans(start: np.ndarray, end: np.ndarray, context_mask: np.ndarray, max_answer_len: int):
-    """All (score, start_token, end_token) of one window: the standard search, written here."""
-    def softmax(x):
-        x = np.where(context_mask, x.astype(np.float64), -np.inf)
-        e = np.exp(x - x[context_mask].max())
-        return e / e.sum()
-
-    ps, pe = softmax(start), softmax(end)
-    spans = []
-    idx = np.flatnonzero(context_mask)
-    for s in idx:
-        for e in idx:
-            if s <= e < s + max_answer_len:
-                spans.append((ps[s] * pe[e], int(s), int(e)))
-    return spans
-
-
-def _hf_qa(model, tok, question, context, max_len, stride):
-    import torch
-
-    enc = tok(question, context, truncation="only_second", max_length=max_len, stride=stride,
-              return_overflowing_tokens=True, return_offsets_mapping=True, padding=True, return_tensors="pt")
-    inputs = {k: enc[k] for k in ("input_ids", "attention_mask", "token_type_ids") if k in enc}
-    with torch.no_grad():
-        out = model(**inputs)
-    return enc, inputs, out.start_logits.numpy(), out.end_logits.numpy()
-
-
 @pytest.mark.parametrize("family", CORE_FAMILIES + ["electra"])
 @pytest.mark.parametrize("max_len,stride", [(384, 128), (64, 16)])
 def test_qa_logits_and_spans(family, max_len, stride, head_model, minilm_dir, sentences):
@@ -305,7 +257,7 @@ def test_qa_logits_and_spans(family, max_len, stride, head_model, minilm_dir, se
     cases.append(("Who flew to 東京?", UNICODE_TEXTS[0] + " " + UNICODE_TEXTS[1]))
     windows_seen = 0
     for question, context in cases:
-        enc, inputs, start_ref, end_ref = _hf_qa(model, tok, question, context, max_len, stride)
+        enc, inputs, start_ref, end_ref = hf_qa(model, tok, question, context, max_len, stride)
         windows_seen += len(start_ref)
         ours = qa.logits(**{k: v.numpy() for k, v in inputs.items()})
         mask = inputs["attention_mask"].numpy().astype(bool)
@@ -316,7 +268,7 @@ def test_qa_logits_and_spans(family, max_len, stride, head_model, minilm_dir, se
             context_mask = np.array([s == 1 for s in enc.sequence_ids(w)])
             offsets = enc["offset_mapping"][w].numpy()
             spans += [(score, offsets[s][0], offsets[e][1])
-                      for score, s, e in _reference_spans(start_ref[w], end_ref[w], context_mask, 30)]
+                      for score, s, e in reference_spans(start_ref[w], end_ref[w], context_mask, 30)]
         spans.sort(key=lambda t: -t[0])
         score, char_start, char_end = spans[0]
         got = qa.answer(question, context, max_seq_len=max_len, doc_stride=stride)
@@ -337,13 +289,13 @@ def test_qa_int8_agrees(head_model, minilm_dir, sentences):
     got = tinybert.QuestionAnswerer(files["int8"]).answer(questions, contexts, max_seq_len=192, doc_stride=64)
     same = []
     for question, context, answer in zip(questions, contexts, got):
-        enc, _, start_ref, end_ref = _hf_qa(model, tok, question, context, 192, 64)
+        enc, _, start_ref, end_ref = hf_qa(model, tok, question, context, 192, 64)
         spans = []
         for w in range(len(start_ref)):
             context_mask = np.array([s == 1 for s in enc.sequence_ids(w)])
             offsets = enc["offset_mapping"][w].numpy()
             spans += [(score, int(offsets[s][0]), int(offsets[e][1]))
-                      for score, s, e in _reference_spans(start_ref[w], end_ref[w], context_mask, 30)]
+                      for score, s, e in reference_spans(start_ref[w], end_ref[w], context_mask, 30)]
         best = max(spans)
         same.append((answer["start"], answer["end"]) == best[1:])
     agreement = np.mean(same)

@@ -396,3 +396,47 @@ def test_strip_whitespace_is_pythons():
     from tinybert_convert import spm as module
 
     assert set(module._PY_WHITESPACE) == {chr(c) for c in range(0x110000) if chr(c).isspace()}
+
+
+# ---------------------------------------------------------------- Marian end to end: the Translator on SentencePiece
+
+
+@pytest.mark.usefixtures("quiet_torch")
+def test_marian_spm_end_to_end(marian_folders, sentences, tmp_path):
+    """A Marian folder as opus-mt ships it (source.spm, target.spm, vocab.json; no tokenizer.json), random
+    weights: `translate(text)` equals MarianTokenizer → generate (beam 4) → MarianTokenizer.decode, on real
+    sentences and hard texts; the file carries both tokenizers."""
+    import shutil
+
+    import torch
+    from tinybert_convert import convert
+
+    from tinybert import Translator
+
+    folder = tmp_path / "marian"
+    shutil.copytree(marian_folders["shared"], folder)
+    vocab = json.loads((folder / "vocab.json").read_text())
+    pad = vocab["<pad>"]
+    torch.manual_seed(0)
+    model = transformers.MarianMTModel(transformers.MarianConfig(
+        vocab_size=len(vocab), d_model=64, encoder_layers=2, decoder_layers=2, encoder_attention_heads=4,
+        decoder_attention_heads=4, encoder_ffn_dim=128, decoder_ffn_dim=128, max_position_embeddings=128,
+        pad_token_id=pad, decoder_start_token_id=pad, eos_token_id=0, forced_eos_token_id=0)).eval()
+    with torch.no_grad():
+        model.model.shared.weight.mul_(6)
+    model.generation_config.bad_words_ids = [[pad]]
+    model.save_pretrained(folder)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        tok = transformers.MarianTokenizer.from_pretrained(str(folder))
+    path = convert(folder, tmp_path / "marian.safetensors", dtype="fp32")
+    tr = Translator(path)
+    assert "target_tokenizer" in tr.metadata and "source_unknown_pieces" in tr.metadata
+    texts = sentences[:12] + ["Zoë's café?! V Z", "Ünïcödé — 你好 🙂", "  many   spaces  "]
+    got = tr.translate(texts, max_length=24, return_ids=True)
+    for text, hyp in zip(texts, got):
+        ids = tok(text)["input_ids"]
+        out = model.generate(torch.tensor([ids]), num_beams=4, max_new_tokens=24, do_sample=False)[0, 1:].tolist()
+        ref_ids = out[:out.index(0)] if 0 in out else out
+        assert hyp["token_ids"] == ref_ids, text
+        assert hyp["text"] == tok.decode(out, skip_special_tokens=True), text

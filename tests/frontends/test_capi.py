@@ -1,7 +1,7 @@
 """The C API: `tinybert build-capi`, then real C programs compiled with gcc and run from a plain environment
 (no virtual environment, no PYTHONPATH), compared with the Python API on the same files.
 
-The examples in capi/examples/ and the test programs in tests/capi/ are built against the installed
+The examples in capi/examples/ and the test programs in tests/frontends/capi/ are built against the installed
 header and library through the generated pkg-config file, exactly as the README tells a user to.
 """
 
@@ -16,11 +16,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from test_translator import built  # noqa: F401  (fixture)
 
 pytest.importorskip("cffi")
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 EXAMPLES = ROOT / "capi" / "examples"
 PROGRAMS = Path(__file__).resolve().parent / "capi"
 SENTENCES = ["The cat sits outside.", "A man is playing guitar.", "The new movie is awesome.", "A woman watches TV.",
@@ -129,10 +128,10 @@ def test_generate_example_streams_the_python_text(programs, decoder_model):
     assert int(proc.stderr.decode().split()[0]) >= 2        # it did stream, in several pieces
 
 
-def test_translate_example_matches_python(programs, built):  # noqa: F811
+def test_translate_example_matches_python(programs, seq2seq_model):
     from tinybert import Translator
 
-    _, files = built("bart")
+    _, files = seq2seq_model("bart")
     texts = ["The weather is lovely today.", "Beam search keeps the best partial translations."]
     proc = run_c(programs["translate"], files["int8"], *texts)
     assert proc.returncode == 0, proc.stderr.decode()
@@ -226,7 +225,7 @@ def _memcheck(tmp_path: Path, env: dict, *command) -> tuple[subprocess.Completed
 
 
 def test_valgrind_error_paths(programs, tmp_path):
-    """tests/capi/errors.c (every error path: NULL pointers, bad UTF-8, small buffers, wrong kinds, freed and
+    """tests/frontends/capi/errors.c (every error path: NULL pointers, bad UTF-8, small buffers, wrong kinds, freed and
     made-up handles) under memcheck on the tiny seed models: 0 errors, no invalid access."""
     from fuzz.seeds import write_seeds
 
@@ -239,7 +238,7 @@ def test_valgrind_error_paths(programs, tmp_path):
 
 
 def test_valgrind_no_invalid_access_no_growing_leak(programs, head_model, tmp_path):
-    """tests/capi/leaks.c under valgrind memcheck (PYTHONMALLOC=malloc, so memcheck sees every allocation;
+    """tests/frontends/capi/leaks.c under valgrind memcheck (PYTHONMALLOC=malloc, so memcheck sees every allocation;
     capi/valgrind-python.supp hides the interpreter's and ld.so's own reports): no invalid read or write,
     and the bytes definitely lost after 10 calls of tb_encode equal those after 1,010 (one process, two
     leak checks through valgrind's client requests)."""

@@ -2,7 +2,7 @@
 
 Source checkpoint: the real all-MiniLM-L6-v2 folder. Its config.json is the reference for `info`;
 in-process ``Encoder.encode`` is the reference for `embed` (its own fidelity against transformers
-is tested in test_minilm.py); transformers is the reference for the demo's search results.
+is tested in tests/models/test_minilm.py); transformers is the reference for the demo's search results.
 """
 
 from __future__ import annotations

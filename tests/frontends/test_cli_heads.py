@@ -2,7 +2,7 @@
 
 Each command converts a random transformers ``*For*`` checkpoint with `tinybert convert` (fp32) and
 its JSON-lines output must equal what transformers' pipeline (QA: its model logits and the span
-search written in test_heads.py) returns for the same texts.
+search written in tests/conftest.py) returns for the same texts.
 """
 
 from __future__ import annotations
@@ -11,9 +11,16 @@ import json
 
 import numpy as np
 import pytest
-from conftest import NER_LABELS, hf_pipeline_tokenizer
+from conftest import (
+    NER_LABELS,
+    UNICODE_TEXTS,
+    assert_same_entities,
+    assert_same_labels,
+    hf_pipeline_tokenizer,
+    hf_qa,
+    reference_spans,
+)
 from test_cli import assert_cli_error, assert_ok, run
-from test_heads import UNICODE_TEXTS, _assert_same_entities, _assert_same_labels, _hf_qa, _reference_spans
 
 
 @pytest.fixture(scope="module")
@@ -48,14 +55,14 @@ def test_cli_classify(cli_env, head_model, tmp_path, minilm_dir, sentences):
     out = lines(run(cli_env, "classify", path, *texts, "--top-k", "0"))
     assert [o["text"] for o in out] == texts
     for ref, o in zip(pipe(texts, top_k=None), out):
-        _assert_same_labels(ref, o["labels"])
+        assert_same_labels(ref, o["labels"])
     # sentence pairs from stdin, tab-separated
     pairs = [(sentences[10], sentences[11]), (sentences[12], sentences[13])]
     out = lines(run(cli_env, "classify", path, "--pairs", stdin="\n".join(f"{a}\t{b}" for a, b in pairs)))
     for (a, b), o in zip(pairs, out):
         assert (o["text"], o["text_pair"]) == (a, b) and len(o["labels"]) == 1
         ref = pipe({"text": a, "text_pair": b}, top_k=1)
-        _assert_same_labels(ref, o["labels"])
+        assert_same_labels(ref, o["labels"])
     assert_cli_error(run(cli_env, "classify", path, "--pairs", "no tab here"), "first<TAB>second")
 
 
@@ -70,7 +77,7 @@ def test_cli_ner(cli_env, head_model, tmp_path, minilm_dir, sentences):
         out = lines(run(cli_env, "ner", path, "--aggregation", aggregation, stdin="\n".join(texts)))
         assert [o["text"] for o in out] == texts
         for ref, o in zip(pipe(texts), out):
-            _assert_same_entities(ref, o["entities"])
+            assert_same_entities(ref, o["entities"])
 
 
 def test_cli_fill_mask(cli_env, head_model, tmp_path, minilm_dir):
@@ -96,9 +103,9 @@ def test_cli_qa(cli_env, head_model, tmp_path, minilm_dir, sentences):
     out = lines(run(cli_env, "qa", path, *questions, "--context-file", ctx_file))
     tok = hf_pipeline_tokenizer("bert", minilm_dir)
     for question, o in zip(questions, out):
-        enc, _, start, end = _hf_qa(model, tok, question, context, 192, 96)
+        enc, _, start, end = hf_qa(model, tok, question, context, 192, 96)
         mask = np.array([s == 1 for s in enc.sequence_ids(0)])
-        score, s, e = max(_reference_spans(start[0], end[0], mask, 30))
+        score, s, e = max(reference_spans(start[0], end[0], mask, 30))
         offsets = enc["offset_mapping"][0].numpy()
         assert o["question"] == question
         assert (o["answer"]["start"], o["answer"]["end"]) == (int(offsets[s][0]), int(offsets[e][1]))

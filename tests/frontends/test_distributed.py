@@ -2,8 +2,8 @@
 
 References: in-process ``Encoder.encode`` / ``Classifier.classify`` on the same file and the same batch
 contents (each Ray batch here is exactly one block of known rows), whose own fidelity against
-transformers is tested elsewhere (test_minilm.py, test_heads.py). Ray must be installed: CI installs
-the ``ray`` extra through ``test``, so nothing here is skipped without it.
+transformers is tested elsewhere (tests/models/test_minilm.py, tests/api/test_heads.py). Ray must be
+installed: CI installs the ``ray`` extra through ``test``, so nothing here is skipped without it.
 """
 
 from __future__ import annotations

@@ -22,7 +22,6 @@ torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
 
 from conftest import build_hf_decoder  # noqa: E402
-from test_translator import built  # noqa: E402, F401  (fixture)
 from tinybert_convert import convert  # noqa: E402
 
 import tinybert  # noqa: E402
@@ -57,8 +56,8 @@ def _strip(row: list[int], eos: int | None, pad: int | None) -> list[int]:
 
 @pytest.mark.parametrize("case", list(CASES))
 @pytest.mark.parametrize("kind", ["t5-v1.0", "t5-v1.1", "bart", "marian"])
-def test_seq2seq_batch_equals_transformers_alone(built, kind, case):  # noqa: F811
-    model, files = built(kind)
+def test_seq2seq_batch_equals_transformers_alone(seq2seq_model, kind, case):
+    model, files = seq2seq_model(kind)
     settings = CASES[case]
     tr = tinybert.Translator(files["fp32"])
     sources = _inputs(model.config.vocab_size, seed=11, low=3, high=30)

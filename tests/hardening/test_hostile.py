@@ -25,7 +25,7 @@ from tinybert import Classifier, Encoder, Generator, Translator
 from tinybert.errors import InputError, ModelFileError, NumericalError, TinyBertError
 from tinybert.loader import load
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture(scope="module")

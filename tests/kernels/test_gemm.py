@@ -940,3 +940,50 @@ def test_kernel_modules_import_one_way():
     for module in graph:
         visit(module, [])
 
+
+# ------------------------------------------------------------------------- the whole model on the quads paths
+
+@pytest.mark.parametrize("isa", ["amx", "avx512vnni"])
+def test_quads_kernels_run_the_whole_model_on_any_cpu(isa, minilm_files, sentences, reference_embeddings, tmp_path):
+    """all-MiniLM-L6-v2 on the AVX-512 VNNI / AMX kernels, forced with TINYBERT_INT8_EMULATE=1.
+
+    On a CPU without those instructions the kernels emulate them exactly (gemm_vnni.py), so the
+    quads layout, the byte split, both drivers and their epilogues run end to end here too. The
+    paths are built to give the very same float32 sums as the pairs path, so the embeddings must
+    equal this process's bit for bit, and match transformers. A batch of many tokens takes the AMX
+    driver (capped at avx512vnni: the VNNI one); a 5-token sentence takes the VNNI driver."""
+    import os
+    import subprocess
+    import sys
+    import textwrap
+
+    import tinybert
+    from tinybert.kernels import gemm, gemm_vnni
+
+    texts = sentences[:24]
+    short = "A short one."
+    env = dict(os.environ, TINYBERT_INT8_EMULATE="1", TINYBERT_INT8_ISA=isa)
+    code = textwrap.dedent(f"""
+        import sys
+        import numpy as np
+        import tinybert
+        from tinybert.kernels import gemm, gemm_vnni
+        enc = tinybert.Encoder({str(minilm_files["int8"])!r})
+        np.save(sys.argv[1], enc.encode({texts!r}, batch_size=24))
+        np.save(sys.argv[2], enc.encode({short!r}))
+        print(gemm.best_layout(), gemm_vnni.AMX_AVAILABLE, enc.runner.model.blocks[0].attn.qkv._quads)
+    """)
+    result = subprocess.run([sys.executable, "-c", code, str(tmp_path / "a.npy"), str(tmp_path / "b.npy")],
+                            env=env, capture_output=True, text=True, timeout=900)
+    assert result.returncode == 0, result.stderr
+    amx = isa == "amx" and (gemm_vnni.AMX_AVAILABLE or gemm_vnni.AMX_EMULATED)
+    assert result.stdout.split() == ["quads", str(amx), "True"]
+    quads, quads_short = np.load(tmp_path / "a.npy"), np.load(tmp_path / "b.npy")
+
+    enc = tinybert.Encoder(minilm_files["int8"])
+    np.testing.assert_array_equal(quads, enc.encode(texts, batch_size=24))
+    np.testing.assert_array_equal(quads_short, enc.encode(short))
+    if not gemm_vnni.VNNI_AVAILABLE:
+        assert gemm.best_layout() == "pairs"        # the emulation never runs unless asked for
+    cos = (quads * reference_embeddings[:len(texts)]).sum(1)
+    assert cos.mean() >= 0.999 and cos.min() >= 0.995, (cos.mean(), cos.min())

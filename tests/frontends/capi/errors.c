@@ -1,5 +1,5 @@
 /* Every error path of the C API. Usage: errors ENCODER_FILE CLASSIFIER_FILE DECODER_FILE
- * Prints one line per case: "name<TAB>status<TAB>needed<TAB>message"; tests/test_capi.py checks them. */
+ * Prints one line per case: "name<TAB>status<TAB>needed<TAB>message"; tests/frontends/test_capi.py checks them. */
 #include <stdint.h>
 #include <stdio.h>
 #include <string.h>
