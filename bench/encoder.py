@@ -147,7 +147,7 @@ def load_engine(engine: str, path: Path, threads: int):
     kind, precision = harness.kind_precision(engine)
     if harness.is_tinybert(kind):
         import tinybert
-        from tinybert.runner import EncoderBatch
+        from tinybert.api.runner import EncoderBatch
 
         enc = tinybert.Encoder(path, threads=threads)
 

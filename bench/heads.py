@@ -129,7 +129,7 @@ def length_order(texts: list[str], folder: Path, max_len: int) -> list[int]:
 # ----------------------------------------------------------------------------- engines (worker)
 
 def _softmax(x: np.ndarray) -> np.ndarray:
-    # float64, as tinybert.tasks.softmax: every engine does the same post-processing work
+    # float64, as tinybert.api.tasks.softmax: every engine does the same post-processing work
     x = x.astype(np.float64)
     e = np.exp(x - x.max(axis=-1, keepdims=True))
     return e / e.sum(axis=-1, keepdims=True)
@@ -171,7 +171,7 @@ def _interleaved(a: Callable[[], object], b: Callable[[], object], warm_a: Calla
 
 def _tinybert(spec: dict) -> dict:
     import tinybert
-    from tinybert.tasks import softmax
+    from tinybert.api.tasks import softmax
 
     t0 = time.perf_counter()
     clf = tinybert.Classifier(spec["path"], threads=spec["threads"])

@@ -1,5 +1,5 @@
 """Encoder-decoder checkpoints (T5ForConditionalGeneration v1.0 / v1.1, BartForConditionalGeneration,
-MarianMTModel) → canonical config and float32 tensors (names: see tinybert/seq2seq.py).
+MarianMTModel) → canonical config and float32 tensors (names: see tinybert/models/seq2seq.py).
 
 The only place that knows these families' Hugging Face names. Q, K and V of self-attention are fused into
 one tensor, K and V of cross-attention into another, a gated FFN's wi_0 (gate) and wi_1 (linear) into one

@@ -208,6 +208,65 @@ def head_model(tmp_path_factory, minilm_dir):
     return get
 
 
+# ---------------------------------------------------------------- task heads: comparisons with the pipelines
+
+UNICODE_TEXTS = [
+    "Zoë Müller flew from São Paulo to 東京 😀 yesterday with Renée.",
+    "François and 李小龙 met at the Café Größe in Zürich 🎉 on Monday.",
+]
+SCORE_TOL = 1e-4
+
+
+def assert_same_labels(ref: list[dict], got: list[dict]) -> None:
+    """Same label → score map within SCORE_TOL; same order wherever the scores are not tied."""
+    assert sorted(r["label"] for r in ref) == sorted(g["label"] for g in got)
+    ref_scores = {r["label"]: r["score"] for r in ref}
+    for g in got:
+        assert abs(g["score"] - ref_scores[g["label"]]) <= SCORE_TOL, (ref, got)
+    for (a, b) in zip(ref, got):
+        if a["label"] != b["label"]:
+            assert abs(a["score"] - ref_scores[b["label"]]) <= SCORE_TOL, (ref, got)
+
+
+def assert_same_entities(ref: list[dict], got: list[dict]) -> None:
+    assert len(ref) == len(got), (ref, got)
+    for r, g in zip(ref, got):
+        assert set(r) == set(g), (r, g)
+        for key in r:
+            if key == "score":
+                assert abs(float(r[key]) - g[key]) <= SCORE_TOL, (r, g)
+            else:
+                assert r[key] == g[key], (key, r, g)
+
+
+def reference_spans(start: np.ndarray, end: np.ndarray, context_mask: np.ndarray, max_answer_len: int):
+    """All (score, start_token, end_token) of one QA window: the standard span search, written here."""
+    def softmax(x):
+        x = np.where(context_mask, x.astype(np.float64), -np.inf)
+        e = np.exp(x - x[context_mask].max())
+        return e / e.sum()
+
+    ps, pe = softmax(start), softmax(end)
+    spans = []
+    idx = np.flatnonzero(context_mask)
+    for s in idx:
+        for e in idx:
+            if s <= e < s + max_answer_len:
+                spans.append((ps[s] * pe[e], int(s), int(e)))
+    return spans
+
+
+def hf_qa(model, tok, question, context, max_len, stride):
+    import torch
+
+    enc = tok(question, context, truncation="only_second", max_length=max_len, stride=stride,
+              return_overflowing_tokens=True, return_offsets_mapping=True, padding=True, return_tensors="pt")
+    inputs = {k: enc[k] for k in ("input_ids", "attention_mask", "token_type_ids") if k in enc}
+    with torch.no_grad():
+        out = model(**inputs)
+    return enc, inputs, out.start_logits.numpy(), out.end_logits.numpy()
+
+
 # ---------------------------------------------------------------- decoders
 
 EOT = "<|endoftext|>"
@@ -284,6 +343,20 @@ def build_hf_decoder(name: str, folder: Path, tokenizer_file: Path, seed: int = 
     return model
 
 
+def hf_greedy(model, prompts: list[list[int]], max_new_tokens: int) -> list[list[int]]:
+    """transformers' greedy continuation of each prompt, batched with left padding."""
+    import torch
+
+    width = max(len(p) for p in prompts)
+    pad = 0
+    input_ids = torch.tensor([[pad] * (width - len(p)) + p for p in prompts])
+    mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in prompts])
+    with torch.no_grad():
+        out = model.generate(input_ids=input_ids, attention_mask=mask, max_new_tokens=max_new_tokens,
+                             min_new_tokens=max_new_tokens, do_sample=False, pad_token_id=pad)
+    return [row[width:].tolist() for row in out]
+
+
 @pytest.fixture(scope="session")
 def decoder_model(tmp_path_factory, bpe_tokenizer_file):
     """name → (transformers model, {"fp32": path, "int8": path}), built and converted once."""
@@ -316,3 +389,125 @@ def quiet_torch():
     yield
     torch.set_num_threads(threads)
     transformers.logging.set_verbosity(verbosity)
+
+
+# ---------------------------------------------------------------- encoder-decoders
+
+SEQ2SEQ_VOCAB = 1000
+SEQ2SEQ_KINDS = ("t5-v1.0", "t5-v1.1", "bart", "marian")
+SOURCE_LENGTHS = (7, 25, 13, 3)
+
+
+def seq2seq_sources(seed: int = 0) -> list[list[int]]:
+    """Four random sources of different lengths (7, 25, 13, 3 tokens) for the seq2seq models."""
+    rng = np.random.default_rng(seed)
+    return [rng.integers(3, SEQ2SEQ_VOCAB - 3, size=n).tolist() for n in SOURCE_LENGTHS]
+
+
+def build_hf_seq2seq(kind: str):
+    """A seeded random transformers encoder-decoder of kind ``kind`` (SEQ2SEQ_KINDS), made decisive: its LM head
+    sharpened (scaled, or an independent random head) so that float noise cannot decide a choice."""
+    import torch
+    import transformers as tf
+
+    vocab = SEQ2SEQ_VOCAB
+    torch.manual_seed(0)
+    small = dict(vocab_size=vocab, d_model=64)
+    if kind.startswith("t5"):
+        v11 = kind == "t5-v1.1"
+        cfg = tf.T5Config(**small, d_kv=16, d_ff=128, num_layers=2, num_decoder_layers=2, num_heads=4,
+                          relative_attention_num_buckets=16, relative_attention_max_distance=24,
+                          feed_forward_proj="gated-gelu" if v11 else "relu", tie_word_embeddings=not v11,
+                          decoder_start_token_id=0, pad_token_id=0, eos_token_id=1, n_positions=128)
+        model = tf.T5ForConditionalGeneration(cfg)
+        with torch.no_grad():
+            if v11:
+                model.lm_head.weight = torch.nn.Parameter(torch.randn(vocab, 64) * 0.4)
+            else:
+                # A tied random T5 echoes its input token; stronger decoder outputs make it move on sometimes.
+                for name, p in model.named_parameters():
+                    if "layer_norm" in name:
+                        p.copy_(1 + 0.5 * torch.randn(p.shape))
+                    if name.startswith("decoder") and name.endswith((".o.weight", "wo.weight")):
+                        p.mul_(8)
+    else:
+        common = dict(**small, encoder_layers=2, decoder_layers=2, encoder_attention_heads=4,
+                      decoder_attention_heads=4, encoder_ffn_dim=128, decoder_ffn_dim=128, max_position_embeddings=96)
+        if kind == "bart":
+            model = tf.BartForConditionalGeneration(tf.BartConfig(**common, scale_embedding=True))
+        else:
+            model = tf.MarianMTModel(tf.MarianConfig(**common, scale_embedding=True, activation_function="swish",
+                                                     pad_token_id=vocab - 1, decoder_start_token_id=vocab - 1,
+                                                     eos_token_id=0, forced_eos_token_id=0))
+        with torch.no_grad():
+            for name, p in model.named_parameters():
+                if "norm" in name and name.endswith("weight"):
+                    p.add_(0.2 * torch.randn(p.shape))
+            model.lm_head.weight.mul_(20) if kind == "bart" else model.model.shared.weight.mul_(6)
+    return model.eval()
+
+
+def _pick_eos(model) -> int:
+    """A token the model's own output (greedy, no repeated bigram) reaches at step 9 of the longest source (not
+    a start/pad id)."""
+    import torch
+
+    src = torch.tensor([seq2seq_sources()[1]])
+    out = model.generate(src, do_sample=False, max_new_tokens=12, min_new_tokens=12, eos_token_id=None,
+                         forced_eos_token_id=None, forced_bos_token_id=None, bad_words_ids=None,
+                         no_repeat_ngram_size=2)[0, 1:].tolist()
+    avoid = {model.config.decoder_start_token_id, model.config.pad_token_id}
+    return next(t for t in out[8:] + out if t not in avoid)
+
+
+@pytest.fixture(scope="session")
+def seq2seq_model(tmp_path_factory, bpe_tokenizer_file):
+    """kind → (transformers model, {"fp32": path, "int8": path}), built and converted once per session. Each
+    model's EOS is a token its own greedy output reaches after a few steps, so hypotheses end at different
+    lengths."""
+    import torch
+    from tinybert_convert import convert
+
+    cache: dict = {}
+
+    def get(kind: str):
+        if kind not in cache:
+            threads = torch.get_num_threads()
+            torch.set_num_threads(1)        # as quiet_torch: the session fixture may be set up before it
+            try:
+                model = build_hf_seq2seq(kind)
+                eos = _pick_eos(model)
+            finally:
+                torch.set_num_threads(threads)
+            model.config.eos_token_id = eos
+            model.generation_config.eos_token_id = eos
+            if kind in ("bart", "marian"):
+                model.config.forced_eos_token_id = eos
+                model.generation_config.forced_eos_token_id = eos
+            if kind == "marian":
+                model.generation_config.bad_words_ids = [[SEQ2SEQ_VOCAB - 1]]  # as Marian checkpoints ban their pad
+            folder = tmp_path_factory.mktemp(f"s2s-{kind}")
+            model.save_pretrained(folder / "hf")
+            (folder / "hf" / "tokenizer.json").write_text(bpe_tokenizer_file.read_text())
+            files = {d: convert(folder / "hf", folder / f"{kind}.{d}.safetensors", dtype=d) for d in ("fp32", "int8")}
+            cache[kind] = (model, files)
+        return cache[kind]
+
+    return get
+
+
+def seq2seq_reference(model, src: list[int], max_new_tokens: int = 40, **kwargs) -> list[list[int]]:
+    """transformers' generate on one input: the new ids of each returned sequence, EOS and padding removed."""
+    import torch
+
+    out = model.generate(torch.tensor([src]), do_sample=False, max_new_tokens=max_new_tokens, **kwargs)
+    eos, pad = model.generation_config.eos_token_id, model.generation_config.pad_token_id
+    seqs = []
+    for row in out[:, 1:].tolist():                  # drop the decoder start
+        if eos in row:
+            row = row[:row.index(eos)]
+        else:
+            while row and row[-1] == pad and pad != eos:
+                row.pop()
+        seqs.append(row)
+    return seqs

@@ -2,7 +2,11 @@
 
 __version__ = "0.1.0"
 
-from .api import Encoder  # noqa: E402
+from .api.encoder import Encoder  # noqa: E402
+from .api.generator import Generator  # noqa: E402
+from .api.tasks import Classifier, FillMask, QuestionAnswerer, TokenClassifier  # noqa: E402
+from .api.translator import Translator  # noqa: E402
+from .api.warmup import kernels_ready, warmup  # noqa: E402
 from .errors import (  # noqa: E402
     ConversionError,
     InputError,
@@ -11,10 +15,6 @@ from .errors import (  # noqa: E402
     TinyBertError,
     UnsupportedModelError,
 )
-from .generator import Generator  # noqa: E402
-from .tasks import Classifier, FillMask, QuestionAnswerer, TokenClassifier  # noqa: E402
-from .translator import Translator  # noqa: E402
-from .warmup import kernels_ready, warmup  # noqa: E402
 
 __all__ = ["Encoder", "Generator", "Translator", "Classifier", "TokenClassifier", "FillMask", "QuestionAnswerer",
            "TinyBertError", "ModelFileError", "ModelKindError", "UnsupportedModelError", "ConversionError",

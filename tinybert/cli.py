@@ -35,7 +35,7 @@ def _read_texts(args: argparse.Namespace) -> list[str]:
 
 def _ensure_kernels() -> None:
     """Compile the kernels with a visible progress bar rather than stall silently on a first run."""
-    from .warmup import kernels_ready, warmup
+    from .api.warmup import kernels_ready, warmup
 
     if not kernels_ready():
         print("tinybert: compiling kernels for this machine (first run only)", file=sys.stderr)
@@ -43,13 +43,13 @@ def _ensure_kernels() -> None:
 
 
 def _cmd_warmup(args: argparse.Namespace) -> None:
-    from .warmup import warmup
+    from .api.warmup import warmup
 
     warmup(show_progress=not args.quiet)
 
 
 def _cmd_embed(args: argparse.Namespace) -> None:
-    from .api import Encoder
+    from .api.encoder import Encoder
 
     _ensure_kernels()
     encoder = Encoder(args.model, threads=args.threads)
@@ -88,7 +88,7 @@ def _json_lines(records: list[dict]) -> None:
 
 
 def _cmd_classify(args: argparse.Namespace) -> None:
-    from .tasks import Classifier
+    from .api.tasks import Classifier
 
     _ensure_kernels()
     clf = Classifier(args.model, threads=args.threads)
@@ -105,7 +105,7 @@ def _cmd_classify(args: argparse.Namespace) -> None:
 
 
 def _cmd_ner(args: argparse.Namespace) -> None:
-    from .tasks import TokenClassifier
+    from .api.tasks import TokenClassifier
 
     _ensure_kernels()
     model = TokenClassifier(args.model, threads=args.threads)
@@ -115,7 +115,7 @@ def _cmd_ner(args: argparse.Namespace) -> None:
 
 
 def _cmd_fill_mask(args: argparse.Namespace) -> None:
-    from .tasks import FillMask
+    from .api.tasks import FillMask
 
     _ensure_kernels()
     model = FillMask(args.model, threads=args.threads)
@@ -125,7 +125,7 @@ def _cmd_fill_mask(args: argparse.Namespace) -> None:
 
 
 def _cmd_qa(args: argparse.Namespace) -> None:
-    from .tasks import QuestionAnswerer
+    from .api.tasks import QuestionAnswerer
 
     if (args.context is None) == (args.context_file is None):
         raise InputError("give the context with exactly one of --context TEXT or --context-file FILE")
@@ -144,7 +144,7 @@ def _cmd_qa(args: argparse.Namespace) -> None:
 
 
 def _cmd_generate(args: argparse.Namespace) -> None:
-    from .generator import Generator
+    from .api.generator import Generator
 
     _ensure_kernels()
     gen = Generator(args.model, threads=args.threads)
@@ -174,7 +174,7 @@ def _cmd_generate(args: argparse.Namespace) -> None:
 
 
 def _cmd_translate(args: argparse.Namespace) -> None:
-    from .translator import Translator
+    from .api.translator import Translator
 
     _ensure_kernels()
     model = Translator(args.model, threads=args.threads)

@@ -358,7 +358,7 @@ class DecoderConfig:
 
 @dataclass(frozen=True)
 class Seq2SeqConfig:
-    """An encoder-decoder Transformer (T5 v1.0 / v1.1, BART, Marian); see tinybert/seq2seq.py.
+    """An encoder-decoder Transformer (T5 v1.0 / v1.1, BART, Marian); see tinybert/models/seq2seq.py.
 
     ``head_dim`` is T5's d_kv (num_heads · head_dim may differ from hidden_size). ``max_positions`` is the
     longest source and the longest decoder sequence the model takes (the position table for learned and

@@ -62,7 +62,7 @@ def bundled_sentences() -> list[str]:
 
 
 def run(model: str | None = None, top_k: int = 3, queries: list[str] | None = None) -> None:
-    from .api import Encoder
+    from .api.encoder import Encoder
 
     start = time.perf_counter()
     path = Path(model) if model else default_model()

@@ -147,10 +147,10 @@ def _open_model(task: str, model: str | os.PathLike, threads: int = 1) -> Any:
     if not isinstance(model, (str, os.PathLike)):
         raise InputError(f"model must be a path to a tinybert file, got {type(model).__name__}")
     if task == "embed":
-        from .api import Encoder
+        from .api.encoder import Encoder
 
         return Encoder(model, threads=threads)
-    from .tasks import Classifier
+    from .api.tasks import Classifier
 
     return Classifier(model, threads=threads)
 

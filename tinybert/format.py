@@ -225,7 +225,7 @@ def seq2seq_tensor_shapes(cfg: dict) -> dict[str, tuple[int, ...]]:
     """Every tensor an encoder-decoder file must hold (without .scale companions), with its shape.
 
     T5 has no biases and RMS norms; BART and Marian a bias on every linear and LayerNorms; see
-    tinybert/seq2seq.py for the names.
+    tinybert/models/seq2seq.py for the names.
     """
     h, a, i_dim = cfg["hidden_size"], cfg["num_heads"] * cfg["head_dim"], cfg["intermediate_size"]
     bias = cfg["family"] != "t5"

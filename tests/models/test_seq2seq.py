@@ -1,0 +1,175 @@
+"""Encoder-decoder forward pass (T5 v1.0 / v1.1, BART, Marian) against transformers on small random models.
+
+References: transformers' encoder output and full-recompute decoder logits on the same weights, fed
+through the converter from ``state_dict()``. Never tinybert's own numbers.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+transformers = pytest.importorskip("transformers")
+
+from tinybert_convert.seq2seq import seq2seq_config, seq2seq_tensors  # noqa: E402
+
+from tinybert.errors import UnsupportedModelError  # noqa: E402
+from tinybert.layers import relative_position_bucket, sinusoidal_table  # noqa: E402
+from tinybert.models.seq2seq import Seq2SeqModel  # noqa: E402
+
+VOCAB = 1000
+TOL = 1e-4
+
+
+def _randomise(model, seed: int) -> None:
+    """Random values also for what a fresh model initialises to constants (norms, biases, final_logits_bias)."""
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if "norm" in name and name.endswith("weight"):
+                p.copy_(1.0 + 0.2 * torch.randn(p.shape, generator=gen))
+            elif name.endswith("bias") and "relative_attention_bias" not in name:
+                p.copy_(0.1 * torch.randn(p.shape, generator=gen))
+        if hasattr(model, "final_logits_bias"):
+            model.final_logits_bias.copy_(0.5 * torch.randn(model.final_logits_bias.shape, generator=gen))
+
+
+def _build(kind: str):
+    torch.manual_seed(0)
+    tf = transformers
+    if kind in ("t5-v1.0", "t5-v1.1"):
+        v11 = kind == "t5-v1.1"
+        cfg = tf.T5Config(vocab_size=VOCAB, d_model=64, d_kv=16, d_ff=128, num_layers=2, num_decoder_layers=2,
+                          num_heads=4, relative_attention_num_buckets=16, relative_attention_max_distance=24,
+                          feed_forward_proj="gated-gelu" if v11 else "relu", tie_word_embeddings=not v11,
+                          decoder_start_token_id=0, pad_token_id=0, eos_token_id=1)
+        model = tf.T5ForConditionalGeneration(cfg)
+        if v11:
+            # v1.1 checkpoints carry their own LM head (transformers 5 ties it at init: untie it here)
+            model.lm_head.weight = torch.nn.Parameter(torch.randn(VOCAB, 64) * 0.1)
+    elif kind == "bart":
+        cfg = tf.BartConfig(vocab_size=VOCAB, d_model=64, encoder_layers=2, decoder_layers=2,
+                            encoder_attention_heads=4, decoder_attention_heads=4, encoder_ffn_dim=128,
+                            decoder_ffn_dim=128, max_position_embeddings=40, scale_embedding=True)
+        model = tf.BartForConditionalGeneration(cfg)
+    else:
+        cfg = tf.MarianConfig(vocab_size=VOCAB, d_model=64, encoder_layers=2, decoder_layers=2,
+                              encoder_attention_heads=4, decoder_attention_heads=4, encoder_ffn_dim=128,
+                              decoder_ffn_dim=128, max_position_embeddings=40, scale_embedding=True,
+                              activation_function="swish", pad_token_id=VOCAB - 1, decoder_start_token_id=VOCAB - 1,
+                              eos_token_id=0, forced_eos_token_id=0)
+        model = tf.MarianMTModel(cfg)
+    _randomise(model, 1)
+    model.eval()
+    hf = model.config.to_dict()
+    if kind == "t5-v1.1":
+        hf["tie_word_embeddings"] = False   # as v1.1's config.json says
+    state = {k: v.detach().numpy() for k, v in model.state_dict().items()}
+    cfg = seq2seq_config(hf)
+    tensors = seq2seq_tensors(cfg, state)
+    assert ("lm_head.weight" in tensors) == (kind == "t5-v1.1")
+    ours = Seq2SeqModel(cfg, tensors)
+    return model, ours, cfg
+
+
+KINDS = ("t5-v1.0", "t5-v1.1", "bart", "marian")
+
+
+@pytest.fixture(scope="module", params=KINDS)
+def models(request):
+    return _build(request.param)
+
+
+def _batch(seed: int = 3) -> list[np.ndarray]:
+    rng = np.random.default_rng(seed)
+    return [rng.integers(2, VOCAB - 2, size=n).astype(np.int32) for n in (7, 30, 13)]
+
+
+def _padded(seqs: list[np.ndarray], pad: int):
+    longest = max(len(s) for s in seqs)
+    ids = np.full((len(seqs), longest), pad, dtype=np.int64)
+    mask = np.zeros((len(seqs), longest), dtype=np.int64)
+    for b, s in enumerate(seqs):
+        ids[b, :len(s)] = s
+        mask[b, :len(s)] = 1
+    return torch.from_numpy(ids), torch.from_numpy(mask)
+
+
+def _packed(seqs: list[np.ndarray]):
+    starts = np.zeros(len(seqs) + 1, dtype=np.int64)
+    starts[1:] = np.cumsum([len(s) for s in seqs])
+    return np.concatenate(seqs).astype(np.int32), starts
+
+
+def test_encoder_matches_transformers(models):
+    model, ours, cfg = models
+    seqs = _batch()
+    ids, mask = _padded(seqs, cfg.pad_token_id or 0)
+    with torch.no_grad():
+        ref = model.get_encoder()(input_ids=ids, attention_mask=mask).last_hidden_state.numpy()
+    packed, starts = _packed(seqs)
+    got = ours.encode(packed, starts)
+    for b, s in enumerate(seqs):
+        np.testing.assert_allclose(got[starts[b]:starts[b + 1]], ref[b, :len(s)], atol=TOL, rtol=0)
+
+
+def test_decoder_steps_match_full_recompute(models):
+    model, ours, cfg = models
+    seqs = _batch()
+    ids, mask = _padded(seqs, cfg.pad_token_id or 0)
+    rng = np.random.default_rng(7)
+    steps = 12
+    dec = np.empty((len(seqs), steps), dtype=np.int64)
+    dec[:, 0] = cfg.decoder_start_token_id
+    dec[:, 1:] = rng.integers(2, VOCAB - 2, size=(len(seqs), steps - 1))
+    with torch.no_grad():
+        ref = model(input_ids=ids, attention_mask=mask, decoder_input_ids=torch.from_numpy(dec)).logits.numpy()
+    packed, starts = _packed(seqs)
+    state = ours.start(ours.encode(packed, starts), starts, length=steps)
+    slots = np.arange(len(seqs), dtype=np.int32)
+    for t in range(steps):
+        logits = ours.step(state, dec[:, t].astype(np.int32), slots, np.full(len(seqs), t, dtype=np.int32))
+        np.testing.assert_allclose(logits, ref[:, t], atol=TOL, rtol=0, err_msg=f"step {t}")
+
+
+def test_decoder_prefill_rows_match_steps(models):
+    """Several positions of one slot in one call (a prefill) give the same logits as one at a time."""
+    model, ours, cfg = models
+    seqs = _batch()[:1]
+    packed, starts = _packed(seqs)
+    enc = ours.encode(packed, starts)
+    dec = np.array([cfg.decoder_start_token_id, 5, 9, 17, 3], dtype=np.int32)
+    state = ours.start(enc, starts, length=8)
+    together = ours.step(state, dec, np.zeros(5, np.int32), np.arange(5, dtype=np.int32))
+    state = ours.start(enc, starts, length=8)
+    apart = np.concatenate([ours.step(state, dec[t:t + 1], np.zeros(1, np.int32), np.array([t], np.int32))
+                            for t in range(5)])
+    np.testing.assert_allclose(together, apart, atol=1e-5, rtol=0)
+
+
+def test_relative_buckets_match_transformers():
+    from transformers.models.t5.modeling_t5 import T5Attention
+
+    rel = np.arange(-300, 300)
+    for bidirectional in (True, False):
+        for buckets, dist in ((32, 128), (16, 24), (8, 20)):
+            ref = T5Attention._relative_position_bucket(torch.from_numpy(rel), bidirectional, buckets, dist).numpy()
+            np.testing.assert_array_equal(relative_position_bucket(rel, bidirectional, buckets, dist), ref)
+
+
+def test_sinusoidal_table_matches_transformers():
+    from transformers.models.marian.modeling_marian import MarianSinusoidalPositionalEmbedding
+
+    for n, dim in ((40, 64), (17, 33)):
+        ref = MarianSinusoidalPositionalEmbedding(n, dim).create_weight().numpy()
+        np.testing.assert_array_equal(sinusoidal_table(n, dim), ref)
+
+
+def test_unsupported_configs():
+    with pytest.raises(UnsupportedModelError):
+        seq2seq_config({"model_type": "pegasus"})
+    with pytest.raises(UnsupportedModelError):
+        seq2seq_config({"model_type": "t5", "feed_forward_proj": "gated-gelu-x"})
+    with pytest.raises(UnsupportedModelError):
+        seq2seq_config({"model_type": "bart", "architectures": ["BartForSequenceClassification"]})

@@ -1,0 +1,81 @@
+"""One way to open a model file for every public class (Encoder and the task classes, Generator,
+Translator): the same validation, the same kind check and message, the same tokenizer set-up and the
+same thread check, in the same order, so the classes cannot drift apart on what a bad file or a bad
+argument gives."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from tokenizers import Tokenizer
+
+from ..config import DecoderConfig, EncoderConfig, Seq2SeqConfig
+from ..errors import ModelKindError
+from ..loader import ModelFile, TensorStore, load
+from ..tokenizer import load_tokenizer
+from .scheduler import check_threads
+
+_KINDS: dict[str, tuple[type, str]] = {
+    "encoder": (EncoderConfig, "an encoder (use Generator for decoders)"),
+    "decoder": (DecoderConfig, "a decoder (GPT-2, Llama family)"),
+    "encoder-decoder": (Seq2SeqConfig, "an encoder-decoder (T5, BART, Marian)"),
+}
+
+
+@dataclass(frozen=True)
+class Opened:
+    """A validated model file of the kind asked for, its tokenizer and the thread count to use."""
+
+    path: Path
+    file: ModelFile           # everything the file holds, for what only one kind needs (pooling, task, ...)
+    tokenizer: Tokenizer      # truncates to the model's length, never pads
+    threads: int
+
+    @property
+    def config(self) -> EncoderConfig | DecoderConfig | Seq2SeqConfig:
+        return self.file.config
+
+    @property
+    def tensors(self) -> TensorStore:
+        return self.file.tensors
+
+    @property
+    def metadata(self) -> dict[str, str]:
+        return self.file.metadata
+
+    @property
+    def quantization(self) -> str:
+        return self.file.quantization
+
+
+def open_model(path: str | Path, kind: str, threads: int | None, user: str) -> Opened:
+    """Open ``path`` for the class named ``user``, which needs a model of ``kind`` ("encoder",
+    "decoder" or "encoder-decoder").
+
+    Raises ModelFileError for a file that does not validate, ModelKindError for another kind,
+    InputError for a bad ``threads`` (see scheduler.check_threads). The tokenizer truncates to what the
+    model can take: an encoder's ``max_length``, the other kinds' ``max_positions``.
+    """
+    config_type, needed = _KINDS[kind]
+    model_file = load(path)
+    config = model_file.config
+    if not isinstance(config, config_type):
+        raise ModelKindError(f"{path} holds a {config.kind} model; {user} needs {needed}")
+    length = config.max_length if isinstance(config, EncoderConfig) else config.max_positions
+    tokenizer = load_tokenizer(model_file.tokenizer_json, length)
+    return Opened(Path(path), model_file, tokenizer, check_threads(threads))
+
+
+class OpenedModel:
+    """What Generator and Translator expose of their file, taken from ``open_model``'s result in one place."""
+
+    path: Path
+    quantization: str
+    metadata: dict[str, str]
+    tokenizer: Tokenizer
+    threads: int
+
+    def _take(self, opened: Opened) -> None:
+        self.path, self.config, self.quantization = opened.path, opened.config, opened.quantization
+        self.metadata, self.tokenizer, self.threads = opened.metadata, opened.tokenizer, opened.threads

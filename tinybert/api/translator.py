@@ -1,0 +1,251 @@
+"""``Translator``: translation and summarisation with an encoder-decoder model (T5, BART, Marian).
+
+Inputs run through the one generation driver (tinybert/generation/driver.py): up to ``batch_size`` at once,
+each with its own search (greedy, sampled or beam) and its own block of cache slots; the encoder runs on
+the packed sources of the inputs admitted together (no padding), then one decoder step per new token for
+every unfinished input. Every kernel computes each row from that row alone, so an input's output never
+depends on what else is in the batch.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+
+from ..config import Seq2SeqConfig
+from ..errors import InputError
+from ..generation import BeamSearch, GenerationParams, SampleSearch
+from ..generation import decode as decode_all
+from ..layers import KVCache
+from ..models.seq2seq import Seq2SeqModel
+from ..tokenizer import Decoder, check_texts, load_tokenizer
+from .opening import OpenedModel, open_model
+from .scheduler import numba_threads
+
+# translate()'s names for the engine's settings, in messages
+_NAMES = {"num_beams": "beam_size", "max_new_tokens": "max_length", "min_new_tokens": "min_length",
+          "num_return_sequences": "num_hypotheses"}
+
+
+def _positive_int(name: str, value: object) -> int:
+    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+        raise InputError(f"{name} must be a positive integer, got {value!r}")
+    return value
+
+
+class Translator(OpenedModel):
+    """An encoder-decoder model loaded from a tinybert file.
+
+    >>> tr = Translator("opus-mt-en-de.int8.safetensors")
+    >>> tr.translate(["Hello world.", "How are you?"])
+    ['Hallo Welt.', 'Wie geht es dir?']
+    >>> Translator("t5-small.int8.safetensors").translate("translate English to German: Thank you.")
+    'Vielen Dank.'
+
+    T5 takes its task as a text prefix, written by the caller ("translate English to German: ",
+    "summarize: "). ``threads`` caps the Numba worker threads (default: all).
+    """
+
+    def __init__(self, path: str | Path, threads: int | None = None) -> None:
+        opened = open_model(path, "encoder-decoder", threads, "Translator")
+        model_file = opened.file
+        self._take(opened)
+        self.config: Seq2SeqConfig
+        self._source_ids = model_file.source_id_map
+        self._unknown_pieces = model_file.source_unknown_pieces
+        clean_up = model_file.tokenizer_options["clean_up_tokenization_spaces"]
+        target = model_file.target_tokenizer_json
+        self._decoder = Decoder(load_tokenizer(target, self.config.max_positions) if target else self.tokenizer,
+                                clean_up)
+        self._model = Seq2SeqModel(self.config, model_file.tensors)
+
+    # ------------------------------------------------------------------ public API
+
+    def translate(self, texts: str | Sequence[str], beam_size: int = 4, max_length: int = 256, min_length: int = 0,
+                  length_penalty: float = 1.0, no_repeat_ngram_size: int = 0, num_hypotheses: int = 1,
+                  early_stopping: bool | str = False, repetition_penalty: float | None = None,
+                  temperature: float = 0.0, top_k: int | None = None, top_p: float | None = None,
+                  seed: int | None = None, truncation: bool = False, batch_size: int = 16,
+                  return_ids: bool = False, show_progress: bool = False) -> str | list:
+        """Translate each text; one string gives one result, a list gives a list (in input order).
+
+        ``beam_size`` > 1 runs beam search with transformers' semantics (``length_penalty``,
+        ``early_stopping``, ``no_repeat_ngram_size``, ``repetition_penalty``); ``beam_size=1`` decodes
+        greedily, or samples when ``temperature`` > 0 (``top_k``, ``top_p``, ``seed`` as the Generator).
+        ``max_length`` / ``min_length`` bound the new tokens (EOS included), as transformers'
+        ``max_new_tokens`` / ``min_new_tokens``. ``num_hypotheses`` > 1 (≤ ``beam_size``) makes each
+        result a list of that many, best first. A source longer than the model's ``max_positions``
+        raises InputError unless ``truncation`` is set. With ``return_ids`` each result is a dict
+        ``{"text", "token_ids", "finish_reason"}`` ("eos" or "length"; beam results add "score").
+        Inputs run ``batch_size`` at a time; results do not depend on the batching.
+        """
+        single = isinstance(texts, str)
+        params = self._params(beam_size, max_length, min_length, length_penalty, no_repeat_ngram_size,
+                              num_hypotheses, early_stopping, repetition_penalty, temperature, top_k, top_p, seed)
+        _positive_int("batch_size", batch_size)
+        texts = check_texts(texts)
+        sources = [self._encode(t, truncation) for t in texts]
+        results = self._run(sources, params, batch_size, show_progress)
+        out = [[r if return_ids else r["text"] for r in res] if num_hypotheses > 1 else
+               (res[0] if return_ids else res[0]["text"]) for res in results]
+        return out[0] if single else out
+
+    def summarize(self, texts: str | Sequence[str], beam_size: int = 4, max_length: int = 142, min_length: int = 0,
+                  length_penalty: float = 2.0, no_repeat_ngram_size: int = 3, early_stopping: bool | str = True,
+                  truncation: bool = True, **kwargs) -> str | list:
+        """``translate`` with summarisation defaults (those of BART-large-CNN's generation config: beam 4,
+        length penalty 2, no repeated trigram, early stopping) and long documents truncated to the model's
+        ``max_positions``. T5 needs the "summarize: " prefix in the text."""
+        return self.translate(texts, beam_size=beam_size, max_length=max_length, min_length=min_length,
+                              length_penalty=length_penalty, no_repeat_ngram_size=no_repeat_ngram_size,
+                              early_stopping=early_stopping, truncation=truncation, **kwargs)
+
+    def translate_ids(self, input_ids: Sequence[Sequence[int]], beam_size: int = 4, max_length: int = 256,
+                      min_length: int = 0, length_penalty: float = 1.0, no_repeat_ngram_size: int = 0,
+                      num_hypotheses: int = 1, early_stopping: bool | str = False,
+                      repetition_penalty: float | None = None, temperature: float = 0.0, top_k: int | None = None,
+                      top_p: float | None = None, seed: int | None = None, batch_size: int = 16,
+                      output_logits: bool = False) -> list:
+        """``translate`` from source token ids (one list per input, special tokens included, as transformers'
+        ``generate(input_ids)`` takes them). Each result is a dict ``{"token_ids", "finish_reason"}``
+        (plus "score" for beam search; a list of dicts with ``num_hypotheses`` > 1); ``output_logits``
+        (greedy/sampling only) adds the raw logits of every step, float32 [steps, vocab], as transformers'
+        ``output_logits=True``."""
+        if isinstance(input_ids, (str, bytes)) or not isinstance(input_ids, Sequence) or not len(input_ids):
+            raise InputError("input_ids must be a non-empty list of token id lists")
+        params = self._params(beam_size, max_length, min_length, length_penalty, no_repeat_ngram_size,
+                              num_hypotheses, early_stopping, repetition_penalty, temperature, top_k, top_p, seed)
+        _positive_int("batch_size", batch_size)
+        sources = [self._check_ids(ids) for ids in input_ids]
+        if output_logits and params.beam:
+            raise InputError("output_logits is for greedy or sampled decoding (beam_size=1)")
+        results = self._run(sources, params, batch_size, False, decode=False, output_logits=output_logits)
+        return [res if num_hypotheses > 1 else res[0] for res in results]
+
+    # ------------------------------------------------------------------ inputs
+
+    def _encode(self, text: str, truncation: bool) -> np.ndarray:
+        encoding = self.tokenizer.encode(text)
+        if encoding.overflowing and not truncation:
+            raise InputError(f"a text of more than {self.config.max_positions} tokens is longer than the model "
+                             "takes; shorten it or pass truncation=True")
+        ids = np.asarray(encoding.ids, dtype=np.int64)
+        if self._source_ids is not None:
+            if ids.size and ids.max() >= self._source_ids.size:
+                raise InputError("the source tokenizer produced an id outside its id map")
+            mapped = self._source_ids[ids]
+            if self._unknown_pieces is not None:
+                # Text the source pieces cannot spell may still be a vocabulary entry (MarianTokenizer's lookup).
+                unk, pieces = self._unknown_pieces
+                for i in np.flatnonzero(ids == unk):
+                    mapped[i] = pieces.get(encoding.tokens[i], mapped[i])
+            ids = mapped
+        return self._check_ids(ids)
+
+    def _check_ids(self, ids: object) -> np.ndarray:
+        if isinstance(ids, (str, bytes)):
+            raise InputError("each source must be a list of token ids")
+        ids = np.asarray(ids)
+        if ids.ndim != 1 or ids.size == 0 or ids.dtype.kind not in "iu":
+            raise InputError("each source must be a non-empty list of token ids")
+        if ids.min() < 0 or ids.max() >= self.config.vocab_size:
+            raise InputError(f"token ids must lie in [0, {self.config.vocab_size})")
+        if ids.size > self.config.max_positions:
+            raise InputError(f"a source of {ids.size} tokens is longer than the model's {self.config.max_positions}")
+        return ids.astype(np.int32)
+
+    def _params(self, beam_size: int, max_length: int, min_length: int, length_penalty: float,
+                no_repeat_ngram_size: int, num_hypotheses: int, early_stopping: bool | str,
+                repetition_penalty: float | None, temperature: float, top_k: int | None, top_p: float | None,
+                seed: int | None) -> GenerationParams:
+        """The engine's settings from translate()'s names, with the constraints the checkpoint sets."""
+        cfg = self.config
+        _positive_int("max_length", max_length)
+        if cfg.max_positions < 2:
+            raise InputError("the model has no room for a decoded token")
+        return GenerationParams(
+            max_new_tokens=max_length, min_new_tokens=min_length, temperature=temperature, top_k=top_k, top_p=top_p,
+            repetition_penalty=repetition_penalty, no_repeat_ngram_size=no_repeat_ngram_size, num_beams=beam_size,
+            length_penalty=length_penalty, early_stopping=early_stopping, num_return_sequences=num_hypotheses,
+            seed=seed, bad_token_ids=cfg.bad_token_ids, forced_bos_token_id=cfg.forced_bos_token_id,
+            forced_eos_token_id=cfg.forced_eos_token_id).validate(_NAMES)
+
+    # ------------------------------------------------------------------ decoding
+
+    def _run(self, sources: list[np.ndarray], params: GenerationParams, batch_size: int, show_progress: bool,
+             decode: bool = True, output_logits: bool = False) -> list[list[dict]]:
+        cfg = self.config
+        # The start token takes position 0, so max_positions − 1 tokens can follow it.
+        budget = min(params.max_new_tokens, cfg.max_positions - 1)
+        start = [cfg.decoder_start_token_id]
+        if params.beam:
+            searches = [BeamSearch(start, budget, cfg.eos_token_ids, params) for _ in sources]
+        else:
+            searches = [SampleSearch(start, budget, cfg.eos_token_ids, params,
+                                     np.random.default_rng(None if params.seed is None else [params.seed, i]),
+                                     keep_logits=output_logits) for i in range(len(sources))]
+        blocks, rows = min(batch_size, len(sources)), params.num_beams
+        state = KVCache(cfg, blocks * rows, budget, blocks, max(len(s) for s in sources))
+        stepper = _Seq2SeqStepper(self._model, sources, cfg.decoder_start_token_id, state, rows, self.threads)
+        bar = None
+        if show_progress:
+            from tqdm import tqdm
+
+            bar = tqdm(total=len(sources), unit="text", desc="translating")
+        try:
+            finished = 0
+            for _ in decode_all(stepper, searches, blocks, rows):
+                if bar is not None:
+                    done = sum(s.done for s in searches)
+                    bar.update(done - finished)
+                    finished = done
+        finally:
+            if bar is not None:
+                bar.close()
+        eos = set(cfg.eos_token_ids)
+        results = []
+        for search in searches:
+            hyps = search.results()
+            for hyp in hyps:
+                ids = hyp["token_ids"]
+                hyp["finish_reason"] = "eos" if ids and ids[-1] in eos else "length"
+                if ids and ids[-1] in eos:
+                    del ids[-1]
+                if decode:
+                    hyp["text"] = self._decoder.decode(ids, skip_special_tokens=True)
+            results.append(hyps)
+        return results
+
+
+class _Seq2SeqStepper:
+    """The encoder-decoder model as the generation driver's Stepper: block b is decoder slots b·n … b·n + n − 1
+    and source b; a prefill encodes the sources of the inputs it admits (packed, one encoder call), writes
+    their cross-attention keys/values into their blocks' sources and runs the decoder start token."""
+
+    def __init__(self, model: Seq2SeqModel, sources: list[np.ndarray], start: int, state: KVCache,
+                 rows_per_block: int, threads: int) -> None:
+        self.model, self.sources, self.start, self.state = model, sources, start, state
+        self.rows_per_block, self.threads = rows_per_block, threads
+
+    def prefill(self, inputs: Sequence[int], blocks: Sequence[int]) -> np.ndarray:
+        chunk = [self.sources[i] for i in inputs]
+        starts = np.zeros(len(chunk) + 1, dtype=np.int64)
+        np.cumsum([len(s) for s in chunk], out=starts[1:])
+        blocks = np.asarray(blocks, dtype=np.int32)
+        state = self.state
+        with numba_threads(self.threads):
+            hidden = self.model.encode(np.concatenate(chunk), starts)
+            self.model.write_sources(state, hidden, starts, blocks)
+            k = len(chunk)
+            return self.model.step(state, np.full(k, self.start, dtype=np.int32), blocks * self.rows_per_block,
+                                   np.zeros(k, dtype=np.int32), blocks)
+
+    def step(self, tokens: np.ndarray, slots: np.ndarray, positions: np.ndarray, blocks: np.ndarray) -> np.ndarray:
+        with numba_threads(self.threads):
+            return self.model.step(self.state, tokens, slots, positions, blocks)
+
+    def copy_slots(self, dest: np.ndarray, src: np.ndarray, upto: int) -> None:
+        with numba_threads(self.threads):
+            self.state.copy_slots(dest, src, upto)

@@ -1,0 +1,112 @@
+"""Task heads on top of the last hidden state (packed [T, H]; sequence b is rows starts[b]:starts[b+1]).
+
+Every family's head is built from the same parts, with the differences as data (TaskConfig):
+    pooler      h_first → act(W h_first + b)         (BERT tanh pooler, RoBERTa/ELECTRA head dense, DistilBERT)
+    classifier  W x + b                              (sequence / token classification, QA start-end logits)
+    masked LM   LayerNorm(act(W h + b)) → decoder    (decoder tied to the token embeddings or not)
+    NSP         W pooled + b                         (BERT pretraining)
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from ..config import EncoderConfig, TaskConfig
+from ..errors import InputError, check_finite
+from ..kernels.activations import ACTIVATIONS
+from ..kernels.pooling import segment_sum
+from ..layers import Linear, Norm
+
+
+def pool_segments(hidden: np.ndarray, starts: np.ndarray, mode: str) -> np.ndarray:
+    """Sentence vectors from packed hidden states [T, H] (sequence b = rows starts[b]:starts[b+1],
+    all real tokens), pooled as sentence-transformers pools: mean of the tokens; mean_sqrt_len =
+    sum / sqrt(count); cls = first token; max = element-wise max."""
+    if (starts.ndim != 1 or starts.size < 2 or starts[0] < 0 or starts[-1] > hidden.shape[0]
+            or np.any(np.diff(starts) < 1)):
+        raise InputError(f"starts must rise from 0 to at most {hidden.shape[0]} with no empty sequence")
+    first = starts[:-1]
+    if mode == "cls":
+        return np.ascontiguousarray(hidden[first])
+    if mode == "max":
+        return np.maximum.reduceat(hidden, first, axis=0)
+    summed = np.empty((first.size, hidden.shape[1]), dtype=np.float64)
+    segment_sum(np.ascontiguousarray(hidden, dtype=np.float32), np.ascontiguousarray(starts, dtype=np.int64), summed)
+    count = np.diff(starts).astype(np.float64)[:, None]
+    if mode == "mean":
+        return (summed / count).astype(np.float32)
+    if mode == "mean_sqrt_len":
+        return (summed / np.sqrt(count)).astype(np.float32)
+    raise ValueError(f"unknown pooling mode {mode!r}")
+
+
+def l2_normalize(x: np.ndarray) -> np.ndarray:
+    norm = np.sqrt((x.astype(np.float64) ** 2).sum(axis=1, keepdims=True))
+    return (x / np.maximum(norm, 1e-12)).astype(np.float32)
+
+
+def _finite(logits: np.ndarray) -> np.ndarray:
+    check_finite(logits, "head logits")
+    return logits
+
+
+def _activate(x: np.ndarray, name: str) -> np.ndarray:
+    if name == "tanh":
+        return np.tanh(x, out=x)
+    ACTIVATIONS[name](x)
+    return x
+
+
+class Pooler:
+    """act(W h + b) on the first token of each sequence."""
+
+    def __init__(self, tensors: dict[str, np.ndarray], activation: str) -> None:
+        self.dense = Linear(tensors, "head.pooler")
+        self.activation = activation
+
+    def __call__(self, hidden: np.ndarray, starts: np.ndarray) -> np.ndarray:
+        first = np.ascontiguousarray(hidden[starts[:-1]])
+        return _activate(self.dense(first), self.activation)
+
+
+class MaskedLMHead:
+    """Vocabulary logits: decoder(LayerNorm(act(W h + b))) (+ bias); the decoder may be embed.tokens."""
+
+    def __init__(self, task: TaskConfig, tensors: dict[str, np.ndarray]) -> None:
+        self.dense = Linear(tensors, "head.mlm.dense")
+        self.activation = task.mlm_activation
+        self.norm = Norm(tensors, "head.mlm.norm", "layernorm", task.mlm_norm_eps)
+        self.decoder = Linear(tensors, "head.mlm.decoder",
+                              weight_name="embed.tokens" if task.mlm_tied else None)
+
+    def __call__(self, hidden_rows: np.ndarray) -> np.ndarray:
+        x = _activate(self.dense(np.ascontiguousarray(hidden_rows)), self.activation)
+        return self.decoder(self.norm(x, out=x))
+
+
+class TaskHead:
+    """The head a file carries; each method raises nothing and expects validated packed inputs."""
+
+    def __init__(self, cfg: EncoderConfig, task: TaskConfig, tensors: dict[str, np.ndarray]) -> None:
+        self.task = task
+        self.pooler = Pooler(tensors, task.pooler_activation) if task.pooler_activation else None
+        self.classifier = Linear(tensors, "head.classifier") if "head.classifier.weight" in tensors else None
+        self.nsp = Linear(tensors, "head.nsp") if "head.nsp.weight" in tensors else None
+        self.mlm = MaskedLMHead(task, tensors) if task.type in ("masked-lm", "pretraining") else None
+
+    def sequence_logits(self, hidden: np.ndarray, starts: np.ndarray) -> np.ndarray:
+        """[B, labels] from the first token of each sequence (through the pooler where there is one)."""
+        x = self.pooler(hidden, starts) if self.pooler else np.ascontiguousarray(hidden[starts[:-1]])
+        return _finite(self.classifier(x))
+
+    def token_logits(self, hidden: np.ndarray) -> np.ndarray:
+        """[T, labels] (question answering: [T, 2] start and end logits)."""
+        return _finite(self.classifier(hidden))
+
+    def mlm_logits(self, hidden_rows: np.ndarray) -> np.ndarray:
+        """[R, vocab] for the given rows only: fill-mask needs the masked positions, not all tokens."""
+        return _finite(self.mlm(hidden_rows))
+
+    def nsp_logits(self, hidden: np.ndarray, starts: np.ndarray) -> np.ndarray:
+        """[B, 2]: index 0 = "B follows A", as transformers' BertForPreTraining."""
+        return _finite(self.nsp(self.pooler(hidden, starts)))
