@@ -44,11 +44,11 @@ import numpy as np
 
 from tinybert import format as fmt
 from tinybert.config import DecoderConfig, EncoderConfig, Seq2SeqConfig
-from tinybert.decoder import DecoderModel
 from tinybert.errors import ConversionError
 from tinybert.layers import KVCache
-from tinybert.models import EncoderModel
-from tinybert.seq2seq import Seq2SeqModel
+from tinybert.models.decoder import DecoderModel
+from tinybert.models.encoder import EncoderModel
+from tinybert.models.seq2seq import Seq2SeqModel
 from tinybert.tokenizer import load_tokenizer, pack
 
 from .quantize import quantize_tensors
