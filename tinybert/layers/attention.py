@@ -55,11 +55,24 @@ class Positions:
 
     def __init__(self, cfg: BlockConfig, tensors: dict[str, np.ndarray], stack: str = "") -> None:
         self.cfg = cfg
-        self.rope = rope_tables(cfg.head_dim, cfg.max_positions, cfg.rope) if cfg.positions == "rope" else None
+        # Rotary tables cover the positions used so far and grow on demand (a table for a stated context of
+        # 10⁷ positions would be gigabytes); one position at load checks the rope parameters.
+        self._rope = rope_tables(cfg.head_dim, 1, cfg.rope) if cfg.positions == "rope" else None
         self.table = None
         if cfg.positions == "relative":
             self.table = np.ascontiguousarray(tensors[fmt.stack_prefix(stack) + fmt.REL_BIAS], dtype=np.float32)
         self._causal = np.zeros((cfg.num_heads, 0), dtype=np.float32)
+
+    def rope(self, upto: int) -> tuple[np.ndarray, np.ndarray] | None:
+        """cos, sin tables covering positions < ``upto`` (≤ max_positions), or None without rotary positions.
+        Grown by doubling; a position's entries do not depend on the table's length."""
+        if self._rope is None:
+            return None
+        held = self._rope[0].shape[0]
+        if held < upto:
+            grown = min(self.cfg.max_positions, max(upto, 2 * held, 256))
+            self._rope = rope_tables(self.cfg.head_dim, grown, self.cfg.rope)
+        return self._rope
 
     def packed_bias(self, longest: int) -> tuple[np.ndarray, int]:
         """bias[h, center + j − i] for keys j and queries i of sequences up to ``longest`` (bidirectional)."""
@@ -114,8 +127,10 @@ class CachedRows:
                  threads: int, sources: np.ndarray | None = None) -> None:
         self.cfg, self.slots, self.positions, self.cache, self.threads = cfg, slots, at, cache, threads
         self.scale = _score_scale(cfg)
-        self.rope = positions.rope
-        self.bias = positions.causal_bias(int(at.max()) + 1)
+        upto = int(at.max()) + 1
+        self.rope = positions.rope(upto)
+        self.bias = positions.causal_bias(upto)
+        cache.reserve(upto)
         if cfg.cross_attention:
             self.sources = slots if sources is None else sources
             self.source_positions = cache.source_lengths[self.sources] - 1   # every source key is visible

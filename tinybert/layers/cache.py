@@ -19,19 +19,46 @@ def _geometry(cfg) -> tuple[int, int, int]:
     return cfg.num_decoder_layers, block.num_kv_heads, block.head_dim
 
 
+# Positions a slot holds at first; the self-attention part grows (doubling) as positions are written, so a
+# large ``length`` (max_new_tokens = 10**9, a context of millions) costs nothing until it is used.
+INITIAL_LENGTH = 128
+
+
 class KVCache:
-    """self_k, self_v float32 [layers, slots, kv_heads, length, head_dim]; cross_k, cross_v float32
-    [layers, sources, kv_heads, source_length, head_dim]; source_lengths int32 [sources]. Allocated once;
-    ``length`` bounds the positions a slot can hold."""
+    """self_k, self_v float32 [layers, slots, kv_heads, held, head_dim]; cross_k, cross_v float32
+    [layers, sources, kv_heads, source_length, head_dim]; source_lengths int32 [sources].
+
+    ``length`` bounds the positions a slot may hold; ``held`` (≤ length) is what is allocated, and
+    ``reserve`` grows it before positions past it are written. The cross-attention part is allocated once.
+    """
 
     def __init__(self, cfg, slots: int, length: int, sources: int = 0, source_length: int = 0) -> None:
         layers, heads, d = _geometry(cfg)
-        self.self_k = np.zeros((layers, slots, heads, length, d), dtype=np.float32)
+        self.self_k = np.zeros((layers, slots, heads, min(length, INITIAL_LENGTH), d), dtype=np.float32)
         self.self_v = np.zeros_like(self.self_k)
         self.cross_k = np.zeros((layers, sources, heads, source_length, d), dtype=np.float32)
         self.cross_v = np.zeros_like(self.cross_k)
         self.source_lengths = np.zeros(sources, dtype=np.int32)
         self.length = length
+
+    @property
+    def held(self) -> int:
+        """Positions per slot allocated now."""
+        return self.self_k.shape[3]
+
+    def reserve(self, positions: int) -> None:
+        """Make room for positions 0 .. ``positions`` − 1 of every slot (≤ ``length``, validated by the
+        caller): at least double what is held, so n positions cost O(n) copies in all."""
+        held = self.held
+        if positions <= held:
+            return
+        grown = min(self.length, max(positions, 2 * held))
+        for name in ("self_k", "self_v"):
+            old = getattr(self, name)
+            new = np.zeros(old.shape[:3] + (grown,) + old.shape[4:], dtype=np.float32)
+            new[:, :, :, :held] = old
+            setattr(self, name, new)
+            del old
 
     @staticmethod
     def bytes_for(cfg, slots: int, length: int, sources: int = 0, source_length: int = 0) -> int:
@@ -66,7 +93,7 @@ class KVCache:
         a beam continuing another beam). All sources are read before any destination is written."""
         dest = np.ascontiguousarray(dest, dtype=np.int64)
         src = np.ascontiguousarray(src, dtype=np.int64)
-        if dest.shape != src.shape or dest.ndim != 1 or not 0 <= upto <= self.length or (dest.size and (
+        if dest.shape != src.shape or dest.ndim != 1 or not 0 <= upto <= self.held or (dest.size and (
                 min(dest.min(), src.min()) < 0 or max(dest.max(), src.max()) >= self.slots
                 or np.intersect1d(dest, src).size)):
             raise InputError("copy_slots needs distinct destination and source slots of the state")

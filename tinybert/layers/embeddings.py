@@ -57,8 +57,8 @@ class Embeddings:
         self.positions = _NONE
         if positions == "learned":
             self.positions = _dense(tensors, names["positions"])
-        elif positions == "sinusoidal":
-            self.positions = sinusoidal_table(max_positions, width)
+        # A sinusoidal table covers the positions used so far and grows on demand (see __call__).
+        self.sinusoidal_limit = max_positions if positions == "sinusoidal" else 0
         self.types = tensors.get(names["token_types"], _NONE)
         self.norm = Norm(tensors, names["norm"], norm, norm_eps) if names["norm"] + ".weight" in tensors else None
         self.proj = Linear(tensors, names["proj"]) if names["proj"] + ".weight" in tensors else None
@@ -66,6 +66,8 @@ class Embeddings:
     def __call__(self, ids: np.ndarray, positions: np.ndarray, type_ids: np.ndarray | None = None) -> np.ndarray:
         """ids, positions (, type_ids) int32 [N], validated → float32 [N, H]."""
         out = np.empty((ids.size, self.tokens.shape[1]), dtype=np.float32)
+        if self.sinusoidal_limit and ids.size:
+            self._sinusoidal(int(positions.max()) + 1)
         if type_ids is None:
             type_ids = np.zeros_like(ids) if self.types.size else ids     # ids: any int32 [N] the kernel ignores
         embed(ids, positions, type_ids, self.tokens, self.token_scale, self.factor,
@@ -73,3 +75,9 @@ class Embeddings:
         if self.norm is not None:
             self.norm(out, out=out)
         return self.proj(out) if self.proj is not None else out
+
+    def _sinusoidal(self, upto: int) -> None:
+        held = self.positions.shape[0]
+        if held < upto:     # doubling; a position's row does not depend on the table's length
+            grown = min(self.sinusoidal_limit, max(upto, 2 * held, 256))
+            self.positions = sinusoidal_table(grown, self.tokens.shape[1])

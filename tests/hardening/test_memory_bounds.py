@@ -1,0 +1,87 @@
+"""Sizes a file states and no tensor backs (a rotary or sinusoidal context, T5's nominal one) and sizes a call
+asks for (max_length) allocate only what is used: a few-KB config edit cannot make the process allocate
+gigabytes. Peak memory is measured with tracemalloc, which sees numpy's allocations."""
+
+from __future__ import annotations
+
+import json
+import tracemalloc
+from pathlib import Path
+
+import numpy as np
+import pytest
+from conftest import seq2seq_sources
+
+from tinybert.layers import KVCache
+from tinybert.loader import load
+
+# Far more than these tiny models need, far less than the tables or caches their stated sizes would take.
+PEAK_LIMIT = 64 << 20
+
+
+def _with_config(src: Path, dst: Path, **changes) -> Path:
+    """``src`` rewritten with its config's fields changed (the tensors unchanged)."""
+    from safetensors.numpy import load_file, save_file
+
+    metadata = dict(load(src).metadata)
+    config = json.loads(metadata["config"])
+    config.update(changes)
+    metadata["config"] = json.dumps(config)
+    save_file(load_file(str(src)), str(dst), metadata=metadata)
+    return dst
+
+
+def _peak(run) -> tuple[object, int]:
+    """run()'s result and the peak of traced allocations during it, in bytes."""
+    tracemalloc.start()
+    try:
+        result = run()
+        return result, tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+
+
+def test_kv_cache_holds_what_is_used_and_grows_keeping_its_contents(seq2seq_model):
+    cfg = load(seq2seq_model("t5-v1.1")[1]["fp32"]).config
+    cache = KVCache(cfg, 3, 10**9)
+    assert cache.length == 10**9 and cache.held <= 128
+    cache.self_k[:, :, :, :cache.held] = np.random.default_rng(0).random(cache.self_k.shape)
+    before = cache.self_k.copy()
+    cache.reserve(1000)
+    assert 1000 <= cache.held <= 2 * 1000 and cache.self_v.shape == cache.self_k.shape
+    np.testing.assert_array_equal(cache.self_k[:, :, :, :before.shape[3]], before)
+    assert not cache.self_k[:, :, :, before.shape[3]:].any()
+
+
+def test_t5_with_a_huge_stated_context_and_max_length(seq2seq_model, tmp_path):
+    """T5's positions are relative, so its max_positions is nominal: 2**24 with max_length=10**9 used to size
+    the decoder cache for every position (8.6 GB for this tiny model)."""
+    from tinybert import Translator
+
+    path = _with_config(seq2seq_model("t5-v1.1")[1]["fp32"], tmp_path / "t5.safetensors", max_positions=1 << 24)
+    src = seq2seq_sources()[1]          # its output reaches the model's EOS after a few tokens
+    translator = Translator(path)
+    expected = translator.translate_ids([src], beam_size=1, max_length=40)
+    got, peak = _peak(lambda: translator.translate_ids([src], beam_size=1, max_length=10**9))
+    assert got == expected and got[0]["finish_reason"] == "eos"
+    assert peak < PEAK_LIMIT, f"{peak / 2**20:.0f} MiB"
+
+
+@pytest.mark.parametrize("kind", ["marian", "llama"])
+def test_stated_context_of_millions_costs_nothing_until_used(kind, seq2seq_model, decoder_model, tmp_path):
+    """Sinusoidal (Marian) and rotary (Llama) tables are built for the positions used, not for max_positions
+    (4e6 here: gigabytes of tables before, in float64 while building)."""
+    from tinybert import Generator, Translator
+
+    files = seq2seq_model(kind)[1] if kind == "marian" else decoder_model(kind)[1]
+    path = _with_config(files["fp32"], tmp_path / f"{kind}.safetensors", max_positions=4_000_000)
+    if kind == "marian":
+        expected = Translator(files["fp32"]).translate_ids([seq2seq_sources()[0]], beam_size=2, max_length=12)
+        got, peak = _peak(lambda: Translator(path).translate_ids([seq2seq_sources()[0]], beam_size=2,
+                                                                 max_length=12))
+    else:
+        prompt = [[5, 6, 7, 8]]
+        expected = Generator(files["fp32"]).generate_ids(prompt, max_new_tokens=200)
+        got, peak = _peak(lambda: Generator(path).generate_ids(prompt, max_new_tokens=200))
+    assert got == expected
+    assert peak < PEAK_LIMIT, f"{peak / 2**20:.0f} MiB"
