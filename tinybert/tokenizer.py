@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+import re
 from dataclasses import dataclass
 
 import numpy as np
@@ -19,8 +21,18 @@ class Packed:
     starts: np.ndarray     # int64 [B+1]: text b is ids[starts[b]:starts[b+1]]
 
 
-def load_tokenizer(text: str, max_length: int) -> Tokenizer:
+# Texts longer than this many characters are tokenized a bounded prefix at a time (see TextTokenizer).
+PREFIX_CHARS = 1 << 20
+# A prefix is used only if it yields this many tokens past the truncation length, so that its cut cannot
+# change the tokens that are kept.
+PREFIX_MARGIN = 64
+# Windowed tokenization (a stride) keeps every token of a text: it takes texts up to this many characters.
+WINDOWED_CHARS = 1 << 22
+
+
+def load_tokenizer(text: str, max_length: int) -> TextTokenizer:
     """A tokenizer from tokenizer.json text that truncates to ``max_length`` and never pads."""
+    check_patterns(text)
     try:
         tokenizer = Tokenizer.from_str(text)
     except Exception as exc:  # tokenizers raises its own exception type
@@ -37,7 +49,138 @@ def load_tokenizer(text: str, max_length: int) -> Tokenizer:
         if isinstance(exc, (KeyboardInterrupt, SystemExit)):
             raise
         raise ModelFileError(f"tokenizer metadata does not work: {type(exc).__name__}: {exc}") from None
-    return tokenizer
+    return TextTokenizer(tokenizer, text, max_length)
+
+
+# A group holding a repetition and repeated itself, "(a+)+", "(a*)*", "(?:ab+){2,}": the regex engine
+# (Oniguruma, backtracking) can take exponential time on a near-match.
+_NESTED_REPEAT = re.compile(r"[+*]|\{\d*,\d*\}|\{\d{2,}\}")
+
+
+def check_patterns(tokenizer_json: str) -> None:
+    """Refuse a tokenizer.json whose regular expressions nest repetitions (catastrophic backtracking: one
+    short text could take minutes, uninterruptibly)."""
+    try:
+        spec = json.loads(tokenizer_json)
+    except ValueError:
+        return      # Tokenizer.from_str reports it
+    for pattern in _regexes(spec):
+        if _nests_repetition(pattern):
+            raise ModelFileError(f"tokenizer regex {pattern[:80]!r} nests repetitions (exponential backtracking)")
+
+
+def _regexes(node: object, depth: int = 0) -> list[str]:
+    if depth > 64:
+        return []
+    if isinstance(node, dict):
+        found = [node["Regex"]] if isinstance(node.get("Regex"), str) else []
+        return found + [r for value in node.values() for r in _regexes(value, depth + 1)]
+    if isinstance(node, list):
+        return [r for value in node for r in _regexes(value, depth + 1)]
+    return []
+
+
+def _nests_repetition(pattern: str) -> bool:
+    """Whether a group that contains a repetition is itself repeated (+, *, {n,}, {n,m})."""
+    stack: list[bool] = []      # per open group: has it a repetition inside?
+    i = 0
+    while i < len(pattern):
+        c = pattern[i]
+        if c == "\\":
+            i += 2
+            continue
+        if c == "[":        # a character class: skip to its end (its + and * are literal)
+            i += 1
+            while i < len(pattern) and pattern[i] != "]":
+                i += 2 if pattern[i] == "\\" else 1
+        elif c == "(":
+            stack.append(False)
+        elif c == ")" and stack:
+            repeated_inside = stack.pop()
+            follow = _NESTED_REPEAT.match(pattern, i + 1)
+            if repeated_inside and follow:
+                return True
+            if stack and (repeated_inside or follow):
+                stack[-1] = True
+        elif stack and _NESTED_REPEAT.match(pattern, i):
+            stack[-1] = True
+        i += 1
+    return False
+
+
+class TextTokenizer:
+    """The file's ``tokenizers.Tokenizer`` (truncating to ``max_length``) with two guarantees: a failure
+    inside the tokenizer, including a Rust panic (a BaseException), is an InputError; and a long text costs
+    memory for the part that is kept, not for all of it (tokenizing costs ~150 bytes per input byte, and a
+    30 MB text made the Rust allocator abort the process). Everything else is the tokenizer's own."""
+
+    def __init__(self, tokenizer: Tokenizer, tokenizer_json: str, max_length: int, windows: bool = False) -> None:
+        """``windows``: the tokenizer cuts each text into overlapping windows (``Encoding.overflowing``), so
+        all of a text is kept: texts past WINDOWED_CHARS characters are refused instead of cut."""
+        self.tokenizer, self._json, self.max_length, self.windows = tokenizer, tokenizer_json, max_length, windows
+        self._counter: Tokenizer | None = None      # without truncation, for the prefixes of long texts
+
+    def encode(self, text: str, pair: str | None = None, add_special_tokens: bool = True):
+        text = self._bounded(text)
+        pair = None if pair is None else self._bounded(pair)
+        return _guarded(self.tokenizer.encode, text, pair, add_special_tokens=add_special_tokens)
+
+    def encode_batch(self, inputs: list, add_special_tokens: bool = True) -> list:
+        inputs = [tuple(self._bounded(t) for t in item) if isinstance(item, (tuple, list)) else self._bounded(item)
+                  for item in inputs]
+        return _guarded(self.tokenizer.encode_batch, inputs, add_special_tokens=add_special_tokens)
+
+    def decode(self, ids: list[int], skip_special_tokens: bool = True) -> str:
+        return _guarded(self.tokenizer.decode, ids, skip_special_tokens=skip_special_tokens)
+
+    def __getattr__(self, name: str) -> object:
+        return getattr(self.tokenizer, name)
+
+    def _bounded(self, text: str) -> str:
+        """``text``, or a prefix of it whose tokens, truncated, are the text's own: a prefix cut at
+        whitespace that yields PREFIX_MARGIN tokens more than the truncation keeps. Prefixes double from
+        16 characters per kept token up to PREFIX_CHARS; a text whose first PREFIX_CHARS characters give
+        fewer tokens than that is an InputError (its kept tokens could come from any depth)."""
+        if not isinstance(text, str) or len(text) <= max(4096, 16 * self.max_length):
+            return text
+        if self.windows:
+            if len(text) > WINDOWED_CHARS:
+                raise InputError(f"a text of {len(text):,} characters is past the {WINDOWED_CHARS:,} that windowed "
+                                 "tokenization takes: split it")
+            return text
+        if self._counter is None:
+            self._counter = Tokenizer.from_str(self._json)
+            self._counter.no_padding()
+            self._counter.no_truncation()
+        size = min(PREFIX_CHARS, max(4096, 16 * self.max_length))
+        while True:
+            prefix = _cut(text, size)
+            count = len(_guarded(self._counter.encode, prefix, add_special_tokens=False).ids)
+            if count >= self.max_length + PREFIX_MARGIN:
+                return prefix
+            if size >= PREFIX_CHARS:
+                raise InputError(f"a text of {len(text):,} characters gives only {count} tokens in its first "
+                                 f"{len(prefix):,}: cut it to its first part")
+            size = min(PREFIX_CHARS, 2 * size)
+
+
+def _cut(text: str, size: int) -> str:
+    """The first ``size`` characters of ``text``, cut back to the last whitespace in their final quarter if
+    there is one (so no word is split)."""
+    prefix = text[:size]
+    for i in range(len(prefix) - 1, 3 * len(prefix) // 4, -1):
+        if prefix[i].isspace():
+            return prefix[:i]
+    return prefix
+
+
+def _guarded(call, *args, **kwargs):
+    try:
+        return call(*args, **kwargs)
+    except (KeyboardInterrupt, SystemExit):
+        raise
+    except BaseException as exc:  # pyo3 raises a Rust panic as PanicException, a BaseException
+        raise InputError(f"the tokenizer failed on this input: {type(exc).__name__}: {exc}") from None
 
 
 def check_texts(texts: object) -> list[str]:

@@ -8,12 +8,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from tokenizers import Tokenizer
-
 from ..config import DecoderConfig, EncoderConfig, Seq2SeqConfig
 from ..errors import ModelKindError
 from ..loader import ModelFile, TensorStore, load
-from ..tokenizer import load_tokenizer
+from ..tokenizer import TextTokenizer, load_tokenizer
 from .scheduler import check_threads
 
 _KINDS: dict[str, tuple[type, str]] = {
@@ -29,7 +27,7 @@ class Opened:
 
     path: Path
     file: ModelFile           # everything the file holds, for what only one kind needs (pooling, task, ...)
-    tokenizer: Tokenizer      # truncates to the model's length, never pads
+    tokenizer: TextTokenizer      # truncates to the model's length, never pads
     threads: int
 
     @property
@@ -73,7 +71,7 @@ class OpenedModel:
     path: Path
     quantization: str
     metadata: dict[str, str]
-    tokenizer: Tokenizer
+    tokenizer: TextTokenizer
     threads: int
 
     def _take(self, opened: Opened) -> None:

@@ -14,7 +14,7 @@ from ..config import EncoderConfig
 from ..errors import InputError
 from ..models.encoder import EncoderModel
 from ..models.heads import TaskHead, pool_segments
-from ..tokenizer import pack
+from ..tokenizer import TextTokenizer, pack
 from .opening import Opened
 from .scheduler import Scheduler
 
@@ -62,7 +62,7 @@ class EncoderRunner:
         self.model = EncoderModel(self.config, opened.tensors)
         task = opened.file.task
         self.head = TaskHead(self.config, task, opened.tensors) if task.type != "feature-extraction" else None
-        self._truncating: dict[tuple[int, int, str], Tokenizer] = {}
+        self._truncating: dict[tuple[int, int, str], TextTokenizer] = {}
         self._lock = threading.Lock()
 
     def run(self, batch: EncoderBatch, pool: str | None = None) -> np.ndarray:
@@ -91,7 +91,7 @@ class EncoderRunner:
             raise InputError("the tokenizer produced token type ids the model does not have")
         return EncoderBatch.of(batch.ids, batch.type_ids, batch.starts)
 
-    def truncating_tokenizer(self, max_length: int, stride: int, strategy: str = "longest_first") -> Tokenizer:
+    def truncating_tokenizer(self, max_length: int, stride: int, strategy: str = "longest_first") -> TextTokenizer:
         """A tokenizer that cuts long inputs into windows of ``max_length`` tokens sharing ``stride``
         (``Encoding.overflowing``), built once per setting: reconfiguring the shared one would race with
         other threads."""
@@ -101,7 +101,7 @@ class EncoderRunner:
                 tok = Tokenizer.from_str(self.tokenizer_json)
                 tok.no_padding()
                 tok.enable_truncation(max_length=max_length, stride=stride, strategy=strategy)
-                self._truncating[key] = tok
+                self._truncating[key] = TextTokenizer(tok, self.tokenizer_json, max_length, windows=True)
             return self._truncating[key]
 
     def _function(self, pool: str | None) -> Callable[[EncoderBatch], np.ndarray]:

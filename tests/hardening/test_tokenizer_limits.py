@@ -1,0 +1,87 @@
+"""Long texts cost memory for what is kept; a tokenizer failure (a Rust panic included) is a TinyBertError;
+tokenizer regexes that backtrack exponentially are refused at load."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from tinybert.errors import InputError, ModelFileError
+from tinybert.tokenizer import TextTokenizer, load_tokenizer
+
+_LONG_TEXT_RUN = textwrap.dedent("""
+    import resource, sys
+    import numpy as np
+    import tinybert
+
+    def status(key):
+        for line in open("/proc/self/status"):
+            if line.startswith(key):
+                return int(line.split()[1]) * 1024
+
+    path, megabytes, kind = sys.argv[1], int(sys.argv[2]), sys.argv[3]
+    enc = tinybert.Encoder(path, threads=1)
+    unit = "Memory bounds are checked here. " if kind == "latin" else "長い文章を安全に切る。"
+    text = unit * (megabytes * 2**20 // len(unit.encode()))
+    head = enc.encode([text[:20000]])
+    # Everything above runs unlimited; from here on the process may map 1 GiB more, so a tokenizer that
+    # wants memory in proportion to the whole text fails (the Rust allocator then aborts the process).
+    resource.setrlimit(resource.RLIMIT_AS, (status("VmSize") + 2**30, resource.RLIM_INFINITY))
+    before = status("VmRSS")
+    got = enc.encode([text])
+    print(json.dumps({"same": bool(np.allclose(got, head, atol=1e-6)), "grew": status("VmHWM") - before}))
+""").replace("import resource, sys", "import json, resource, sys")
+
+
+@pytest.mark.parametrize("megabytes,kind", [(10, "latin"), (100, "latin"), (10, "cjk")])
+def test_long_text_costs_memory_for_what_is_kept(minilm_files, megabytes, kind):
+    done = subprocess.run([sys.executable, "-c", _LONG_TEXT_RUN, str(minilm_files["int8"]), str(megabytes), kind],
+                          capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-2000:]
+    result = json.loads(done.stdout.strip().splitlines()[-1])
+    assert result["same"], "the embedding of a long text is its first part's"
+    assert result["grew"] < 200 * 2**20, f"peak RSS grew {result['grew'] / 2**20:.0f} MiB"
+
+
+def _with_pre_tokenizer(minilm_dir: Path, pattern: str) -> str:
+    spec = json.loads((minilm_dir / "tokenizer.json").read_text())
+    spec["pre_tokenizer"] = {"type": "Split", "pattern": {"Regex": pattern}, "behavior": "Isolated", "invert": False}
+    return json.dumps(spec)
+
+
+@pytest.mark.parametrize("pattern", ["(a+)+$", "(a*)*b", "(?:x|ab+){2,}", "((ab)+c)*"])
+def test_nested_repetition_regex_is_refused_at_load(minilm_dir, pattern):
+    with pytest.raises(ModelFileError, match="nests repetitions"):
+        load_tokenizer(_with_pre_tokenizer(minilm_dir, pattern), 128)
+
+
+@pytest.mark.parametrize("pattern", [r"\s+", r"(?i:'s|'t)| ?\p{L}+| ?\p{N}+|\s+(?!\S)", r"(ab|cd)+", r"([+*])+x"])
+def test_ordinary_regexes_load(minilm_dir, pattern):
+    assert load_tokenizer(_with_pre_tokenizer(minilm_dir, pattern), 128).encode("ab cd +x").ids
+
+
+def test_a_panic_inside_the_tokenizer_is_an_input_error(minilm_dir):
+    """The loader refuses this regex; built past it, the Rust regex engine panics on a near-match (a
+    PanicException, which ``except Exception`` does not catch): the wrapper turns it into an InputError."""
+    from tokenizers import Tokenizer
+
+    spec = _with_pre_tokenizer(minilm_dir, "(a+)+$")
+    tokenizer = TextTokenizer(Tokenizer.from_str(spec), spec, 128)
+    with pytest.raises(InputError, match="tokenizer failed"):
+        tokenizer.encode("a" * 24 + "!")
+    with pytest.raises(InputError, match="tokenizer failed"):
+        tokenizer.encode_batch(["fine", "a" * 24 + "!"])
+
+
+def test_a_long_text_of_nothing_but_spaces_is_refused(minilm_files):
+    """Its first PREFIX_CHARS characters give no token, so its kept tokens could come from any depth: refused
+    rather than tokenized whole."""
+    import tinybert
+
+    with pytest.raises(InputError, match="cut it to its first part"):
+        tinybert.Encoder(minilm_files["int8"]).encode(["\n" * (3 << 20) + "late words"])
