@@ -12,10 +12,11 @@ from .errors import (  # noqa: E402
     InputError,
     ModelFileError,
     ModelKindError,
+    ProcessError,
     TinyBertError,
     UnsupportedModelError,
 )
 
 __all__ = ["Encoder", "Generator", "Translator", "Classifier", "TokenClassifier", "FillMask", "QuestionAnswerer",
            "TinyBertError", "ModelFileError", "ModelKindError", "UnsupportedModelError", "ConversionError",
-           "InputError", "warmup", "kernels_ready", "__version__"]
+           "InputError", "ProcessError", "warmup", "kernels_ready", "__version__"]

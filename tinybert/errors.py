@@ -26,6 +26,12 @@ class ModelKindError(TinyBertError):
     Classifier on a file converted from a base model without a classification head)."""
 
 
+class ProcessError(TinyBertError):
+    """tinybert cannot run in this process: it is a child forked after its parent ran tinybert's parallel
+    kernels, whose OpenMP worker threads do not exist in a forked child (it would hang or be killed).
+    Start worker processes with the "spawn" or "forkserver" method, or fork before the first call."""
+
+
 class NumericalError(ModelFileError):
     """The model computed infinite or NaN values: its weights (valid in shape and finite, but out of any
     sane range, e.g. a hostile or damaged file) overflow float32. Raised instead of returning them."""

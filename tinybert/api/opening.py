@@ -12,7 +12,7 @@ from ..config import DecoderConfig, EncoderConfig, Seq2SeqConfig
 from ..errors import ModelKindError
 from ..loader import ModelFile, TensorStore, load
 from ..tokenizer import TextTokenizer, load_tokenizer
-from .scheduler import check_threads
+from .scheduler import check_process, check_threads
 
 _KINDS: dict[str, tuple[type, str]] = {
     "encoder": (EncoderConfig, "an encoder (use Generator for decoders)"),
@@ -56,6 +56,7 @@ def open_model(path: str | Path, kind: str, threads: int | None, user: str) -> O
     model can take: an encoder's ``max_length``, the other kinds' ``max_positions``.
     """
     config_type, needed = _KINDS[kind]
+    check_process()
     model_file = load(path)
     config = model_file.config
     if not isinstance(config, config_type):

@@ -10,6 +10,7 @@ sequence on its own, so the output is the same bit for bit whatever the thread c
 
 from __future__ import annotations
 
+import os
 import threading
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Sequence
@@ -20,7 +21,7 @@ from typing import Literal, Protocol, TypeVar
 import numba
 import numpy as np
 
-from ..errors import InputError
+from ..errors import InputError, ProcessError
 
 SPLIT_MIN_TOKENS = 64
 """A batch is split over the threads only when each part gets at least this many tokens."""
@@ -52,6 +53,32 @@ K = TypeVar("K")
 RunFn = Callable[[S], np.ndarray]
 
 
+_forked_after_kernels = False
+
+
+def _after_fork_in_child() -> None:
+    # Numba's threading layer knows its name once a parallel kernel has started its OpenMP (or TBB)
+    # workers; a child forked after that has the pool's state but none of its threads.
+    global _forked_after_kernels
+    try:
+        numba.threading_layer()
+    except ValueError:
+        return
+    _forked_after_kernels = True
+
+
+os.register_at_fork(after_in_child=_after_fork_in_child)
+
+
+def check_process() -> None:
+    """ProcessError in a child forked after its parent ran parallel kernels (where they would hang, or the
+    OpenMP runtime would kill the process)."""
+    if _forked_after_kernels:
+        raise ProcessError("tinybert's kernels ran in the parent before this process was forked, and their "
+                           "worker threads do not exist here: start workers with multiprocessing's 'spawn' or "
+                           "'forkserver' method (or fork before the first call)")
+
+
 def check_threads(threads: int | None) -> int:
     """The thread count to use for ``threads`` (None: all Numba threads), or InputError: a count Numba
     was not started with would fail inside a kernel, after the caller's input was accepted."""
@@ -66,7 +93,9 @@ def check_threads(threads: int | None) -> int:
 @contextmanager
 def numba_threads(n: int) -> Iterator[None]:
     """Numba's thread count set to ``n`` for the block, on this thread only, and put back after it,
-    so that one model's setting never leaks into another's calls."""
+    so that one model's setting never leaks into another's calls. Every kernel call of the API passes
+    here, so this is also where a forked child learns that it cannot run them (check_process)."""
+    check_process()
     previous = numba.get_num_threads()
     numba.set_num_threads(n)
     try:
