@@ -13,7 +13,9 @@ from tinybert.errors import ConversionError
 
 from .architectures import canonical_tensors, encoder_config, find_prefix, legacy_names
 from .decoders import DECODER_FAMILIES, decoder_config, decoder_tensors
+from .files import read_json
 from .heads import canonical_head
+from .hfconfig import string
 from .pooling import sentence_transformers_settings
 from .quantize import quantize_tensors
 from .readers import read_checkpoint
@@ -36,24 +38,20 @@ def convert(src: str | Path, out: str | Path, dtype: str = "int8", show_progress
     keep the model's accuracy with it 8-bit inputs, calibrated and smoothed (convert/smooth.py; about
     twice as fast on AVX-512 VNNI); False keeps 12-bit inputs everywhere. Returns the
     output path. Raises ConversionError or UnsupportedModelError on a folder it cannot convert;
-    never leaves a partial file at ``out``.
+    never leaves a partial file at ``out``. Only files inside ``src`` are read (symlinks may lead
+    into the Hugging Face cache folder of the same model, nowhere else).
     """
     src, out = Path(src), Path(out)
     if dtype not in fmt.QUANTIZATIONS:
         raise ConversionError(f"dtype must be one of {fmt.QUANTIZATIONS}, got {dtype!r}")
     if not src.is_dir():
         raise ConversionError(f"{src} is not a folder")
-    config_path = src / "config.json"
-    if not config_path.is_file():
+    if not (src / "config.json").is_file():
         raise ConversionError(f"{src}: config.json is missing")
-    try:
-        hf_config = json.loads(config_path.read_text())
-    except ValueError:
-        raise ConversionError(f"{config_path}: not valid JSON") from None
-    if not isinstance(hf_config, dict):
-        raise ConversionError(f"{config_path}: not a JSON object")
+    hf_config = read_json(src, "config.json", dict)
+    model_type = string(hf_config, "model_type")
     extra: dict[str, str] = {}
-    if hf_config.get("model_type") == "marian" and not (src / "tokenizer.json").is_file():
+    if model_type == "marian" and not (src / "tokenizer.json").is_file():
         # Marian ships SentencePiece models, not a tokenizer.json: rebuild them for `tokenizers`.
         from .spm import marian_tokenizers, marian_unknown_pieces
 
@@ -66,18 +64,17 @@ def convert(src: str | Path, out: str | Path, dtype: str = "int8", show_progress
     else:
         tokenizer = tokenizer_json(src)
     options = tokenizer_options(src, tokenizer)
-    if hf_config.get("model_type") in SEQ2SEQ_FAMILIES:
+    if model_type in SEQ2SEQ_FAMILIES:
         if task not in (None, "text2text-generation"):
-            raise ConversionError(f"a {hf_config['model_type']} checkpoint converts for text2text-generation, "
-                                  f"not {task!r}")
+            raise ConversionError(f"a {model_type} checkpoint converts for text2text-generation, not {task!r}")
         raw = read_checkpoint(src)
         cfg = resolve_tied_head(seq2seq_config(hf_config, src), raw)
         tensors = seq2seq_tensors(cfg, raw)
         del raw
         task_config = TaskConfig(type="text2text-generation")
-    elif hf_config.get("model_type") in DECODER_FAMILIES:
+    elif model_type in DECODER_FAMILIES:
         if task not in (None, "text-generation"):
-            raise ConversionError(f"a {hf_config['model_type']} checkpoint converts for text-generation, not {task!r}")
+            raise ConversionError(f"a {model_type} checkpoint converts for text-generation, not {task!r}")
         cfg = decoder_config(hf_config, src)
         tensors = decoder_tensors(cfg, read_checkpoint(src))
         task_config = TaskConfig(type="text-generation")

@@ -27,6 +27,7 @@ INT_LIMIT = 2 ** 31
 # the file backs: this bound keeps a hostile count from making the loader allocate without limit. It is above the
 # context of any supported checkpoint (Qwen2.5-1M: 1,010,000).
 MAX_POSITIONS = 1 << 20
+MAX_LABELS = 100_000                    # classes of a classification head: more is implausible, and costly
 _FLOAT32_MAX = 3.4028234663852886e38    # the kernels compute in float32: a larger number is an infinity there
 
 
@@ -329,7 +330,7 @@ class TaskConfig:
             raise ModelFileError(f"task type {self.type!r} is not one of {TASKS}")
         if self.type in ("sequence-classification", "token-classification") and not self.labels:
             raise ModelFileError(f"a {self.type} task needs labels")
-        if len(self.labels) > 100_000:
+        if len(self.labels) > MAX_LABELS:
             raise ModelFileError("task has an implausible number of labels")
         if self.problem_type is not None and self.problem_type not in PROBLEM_TYPES:
             raise ModelFileError(f"task problem_type {self.problem_type!r} is not one of {PROBLEM_TYPES}")

@@ -427,6 +427,116 @@ def test_convert_bad_dtype(bert, tmp_path):
     assert not (tmp_path / "o.safetensors").exists()
 
 
+def _nest(depth: int) -> str:
+    return "[" * depth + "]" * depth
+
+
+def _modules(kind: object, path: object):
+    def edit(src: Path) -> None:
+        (src / "modules.json").write_text(json.dumps([{"idx": 0, "name": "0", "path": path, "type": kind}]))
+    return edit
+
+
+def _nested_weights_header(src: Path) -> None:
+    weights = src / "model.safetensors"
+    raw = weights.read_bytes()
+    header_len = int.from_bytes(raw[:8], "little")
+    deep = _nest(100_000).encode()          # deeper than json.loads' stack
+    weights.unlink()                        # the copy may be read-only (transformers writes 0600)
+    weights.write_bytes(len(deep).to_bytes(8, "little") + deep + raw[8 + header_len:])
+
+
+def _vocab_only(text: str):
+    def edit(src: Path) -> None:
+        (src / "tokenizer.json").unlink()
+        (src / "vocab.txt").write_text(text)
+    return edit
+
+
+@pytest.mark.parametrize("damage, words", [
+    (lambda src: (src / "config.json").write_text(_nest(100_000)), ["config.json", "JSON"]),
+    (lambda src: (src / "config.json").write_text('{"model_type": "bert", "x": ' + _nest(100_000) + "}"),
+     ["config.json", "JSON"]),
+    (_nested_weights_header, ["model.safetensors"]),
+    (lambda src: _edit_config(src, hidden_size="abc"), ["config.json", "hidden_size"]),
+    (lambda src: _edit_config(src, hidden_size=[32]), ["config.json", "hidden_size"]),
+    (lambda src: _edit_config(src, layer_norm_eps="tiny"), ["config.json", "layer_norm_eps"]),
+    (lambda src: _edit_config(src, num_attention_heads=0), ["config.json", "num_attention_heads"]),
+    (_modules(5, ""), ["modules.json", "type"]),
+    (_modules("sentence_transformers.models.Pooling", 5), ["modules.json", "path"]),
+    (lambda src: (src / "tokenizer.json").write_bytes(b'{"version": "1.0", "x": "\xff\xfe"}'),
+     ["tokenizer.json", "UTF-8"]),
+    (_vocab_only(""), ["vocab.txt"]),
+    (lambda src: (_vocab_only("[PAD]\n[UNK]\n[CLS]\n[SEP]\n")(src),
+                  (src / "tokenizer_config.json").write_text("[1, 2]")), ["tokenizer_config.json"]),
+], ids=["nested config.json", "nested value in config.json", "nested weights header", "hidden_size abc",
+        "hidden_size [32]", "layer_norm_eps tiny", "num_attention_heads 0", "modules.json type int",
+        "modules.json path int", "tokenizer.json not UTF-8", "empty vocab.txt", "tokenizer_config.json a list"])
+def test_convert_hostile_checkpoint(bert, tmp_path, damage, words):
+    """Checkpoint files that once escaped as RecursionError, ValueError, TypeError, ZeroDivisionError,
+    AttributeError or UnicodeDecodeError: a ConversionError naming the file (and key), and nothing written."""
+    src = _copy_folder(bert["src"], tmp_path / "src")
+    damage(src)
+    msg = _convert_error(src, tmp_path / "o.safetensors", ConversionError)
+    for word in words:
+        assert word in msg, msg
+
+
+HOSTILE_VALUES = ["abc", [32], {}, None, True, -1, 0, 2 ** 31, 1e300, float("nan")]
+
+
+@pytest.fixture(scope="module")
+def generative_folders(tmp_path_factory, bpe_tokenizer_file) -> dict[str, Path]:
+    """Random transformers decoders and encoder-decoders saved as checkpoint folders (not converted)."""
+    from conftest import build_hf_decoder, build_hf_seq2seq
+
+    root = tmp_path_factory.mktemp("generative")
+    folders = {}
+    for name in ("gpt2", "llama-llama3"):
+        build_hf_decoder(name, root / name, bpe_tokenizer_file)
+        folders[name] = root / name
+    for kind in ("t5-v1.0", "bart"):
+        build_hf_seq2seq(kind).save_pretrained(root / kind)
+        shutil.copy(bpe_tokenizer_file, root / kind / "tokenizer.json")
+        folders[kind] = root / kind
+    return folders
+
+
+def _config_edits(config: dict) -> list[tuple[str, dict]]:
+    """(what, edited config) for every key, and every key of a nested object (rope parameters), set to each
+    hostile value."""
+    edits = []
+    for key, original in config.items():
+        edits += [(f"{key} = {value!r}", {**config, key: value}) for value in HOSTILE_VALUES]
+        if isinstance(original, dict):
+            edits += [(f"{key}.{inner} = {value!r}", {**config, key: {**original, inner: value}})
+                      for inner in original for value in HOSTILE_VALUES]
+    return edits
+
+
+@pytest.mark.parametrize("family", ["bert", "gpt2", "llama-llama3", "t5-v1.0", "bart"])
+def test_convert_every_config_value_is_checked(request, tmp_path, family):
+    """Every key of a config.json (and of its rope parameters) set to a value of another type, zero, negative,
+    huge or NaN: the folder converts, or a ConversionError / UnsupportedModelError says why; never another
+    exception, never a file left behind by a failure."""
+    original = (request.getfixturevalue("bert")["src"] if family == "bert"
+                else request.getfixturevalue("generative_folders")[family])
+    src = _copy_folder(original, tmp_path / "src")
+    out = tmp_path / "o.safetensors"
+    failures = []
+    for what, config in _config_edits(json.loads((original / "config.json").read_text())):
+        (src / "config.json").write_text(json.dumps(config))
+        try:
+            convert(src, out, dtype="fp32")
+            out.unlink()
+        except (ConversionError, UnsupportedModelError):
+            if out.exists():
+                failures.append(f"{what}: a failed conversion left {out}")
+        except Exception as exc:  # the type is what is under test
+            failures.append(f"{what}: {type(exc).__name__}: {str(exc)[:100]}")
+    assert not failures, "\n".join(failures)
+
+
 # --------------------------------------------------------------------------- forward() arguments
 
 def _ids(n=6):
