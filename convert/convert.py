@@ -13,7 +13,7 @@ from tinybert.errors import ConversionError
 
 from .architectures import canonical_tensors, encoder_config, find_prefix, legacy_names
 from .decoders import DECODER_FAMILIES, decoder_config, decoder_tensors
-from .files import read_json
+from .files import check_output, read_json
 from .heads import canonical_head
 from .hfconfig import string
 from .pooling import sentence_transformers_settings
@@ -26,7 +26,7 @@ from .writer import write_safetensors
 
 
 def convert(src: str | Path, out: str | Path, dtype: str = "int8", show_progress: bool = False,
-            task: str | None = None, mixed_activations: bool = True) -> Path:
+            task: str | None = None, mixed_activations: bool = True, force: bool = False) -> Path:
     """Convert the Hugging Face checkpoint folder ``src`` into the tinybert file ``out``.
 
     ``dtype`` is "int8" (linear weights and the token/position embedding tables int8 with per-row
@@ -37,8 +37,14 @@ def convert(src: str | Path, out: str | Path, dtype: str = "int8", show_progress
     BART, Marian) for "text2text-generation". ``mixed_activations`` (int8): give the layers that
     keep the model's accuracy with it 8-bit inputs, calibrated and smoothed (convert/smooth.py; about
     twice as fast on AVX-512 VNNI); False keeps 12-bit inputs everywhere. Returns the
-    output path. Raises ConversionError or UnsupportedModelError on a folder it cannot convert;
-    never leaves a partial file at ``out``. Only files inside ``src`` are read (symlinks may lead
+    output path.
+
+    ``out`` must not lie inside ``src`` (nor be a file it links to, such as a Hugging Face cache blob): a
+    conversion never replaces its input. An existing ``out`` is replaced only with ``force=True``. Both are
+    checked, with the output folder being writable, before the checkpoint is read.
+
+    Raises ConversionError or UnsupportedModelError on a folder it cannot convert or an output it must not
+    write; never leaves a partial file at ``out``. Only files inside ``src`` are read (symlinks may lead
     into the Hugging Face cache folder of the same model, nowhere else).
     """
     src, out = Path(src), Path(out)
@@ -46,6 +52,7 @@ def convert(src: str | Path, out: str | Path, dtype: str = "int8", show_progress
         raise ConversionError(f"dtype must be one of {fmt.QUANTIZATIONS}, got {dtype!r}")
     if not src.is_dir():
         raise ConversionError(f"{src} is not a folder")
+    check_output(src, out, force)
     if not (src / "config.json").is_file():
         raise ConversionError(f"{src}: config.json is missing")
     hf_config = read_json(src, "config.json", dict)

@@ -6,11 +6,15 @@ must lie inside ``source_region``: the folder itself, or for a snapshot of the H
 folder, whose ``snapshots/<revision>/<file>`` links to ``../../blobs/<hash>``. Nothing else is followed. Any error
 of reading or parsing (unreadable, not UTF-8, invalid JSON, JSON nested deeper than the parser's stack, a JSON
 value of the wrong kind) is a ConversionError naming the file.
+
+``check_output`` refuses, before anything is read, an output the conversion could not or must not write.
 """
 
 from __future__ import annotations
 
 import json
+import os
+import tempfile
 from pathlib import Path, PurePosixPath
 
 from tinybert.errors import ConversionError
@@ -67,3 +71,25 @@ def read_json(folder: Path, name: str, kind: type | None = None) -> object:
     if kind is not None and not isinstance(value, kind):
         raise ConversionError(f"{folder / name}: not a JSON {'object' if kind is dict else 'list'}")
     return value
+
+
+def check_output(src: Path, out: Path, force: bool) -> None:
+    """Refuse an output that is a folder, lies in a missing or unwritable folder, lies inside the source's region
+    (a conversion never replaces or adds to its own input: the checkpoint's files, the cache blobs they link to),
+    or exists when ``force`` is not set. Checked before the checkpoint is read, so a bad output path fails at
+    once rather than after the whole conversion."""
+    if out.is_dir():
+        raise ConversionError(f"output {out} is a folder; name the .safetensors file to write")
+    folder = out.parent
+    if not folder.is_dir():
+        raise ConversionError(f"output folder {folder} does not exist")
+    if out.resolve().is_relative_to(source_region(src)):
+        raise ConversionError(f"output {out} lies inside the checkpoint folder {src}: write it somewhere else")
+    if (out.exists() or out.is_symlink()) and not force:
+        raise ConversionError(f"{out} exists; pass force=True (tinybert convert --force) to replace it")
+    try:   # the writer's temporary file goes beside the output: make sure one can be created there
+        fd, probe = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".writable", dir=folder)
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as exc:
+        raise ConversionError(f"cannot write in {folder} ({exc.strerror or exc})") from None

@@ -47,10 +47,14 @@ def write_safetensors(path: Path, tensors: dict[str, np.ndarray], metadata: dict
     folder = path.parent if str(path.parent) else Path(".")
     if not folder.is_dir():
         raise ConversionError(f"output folder {folder} does not exist")
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=folder)
+    header = header_bytes(tensors, metadata)
+    try:
+        fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=folder)
+    except OSError as exc:
+        raise ConversionError(f"cannot write in {folder} ({exc.strerror or exc})") from None
     try:
         with os.fdopen(fd, "wb") as fh:
-            fh.write(header_bytes(tensors, metadata))
+            fh.write(header)
             for _, array in _ordered(tensors):
                 fh.write(np.ascontiguousarray(array).astype(array.dtype.newbyteorder("<"), copy=False).tobytes())
                 if progress is not None:
@@ -59,7 +63,9 @@ def write_safetensors(path: Path, tensors: dict[str, np.ndarray], metadata: dict
             os.fsync(fh.fileno())
         os.chmod(tmp_name, 0o644)
         os.replace(tmp_name, path)
-    except BaseException:
+    except BaseException as exc:
         if os.path.exists(tmp_name):
             os.unlink(tmp_name)
+        if isinstance(exc, OSError):    # a full disk, a folder that went away: the output's problem, named
+            raise ConversionError(f"cannot write {path}: {exc}") from exc
         raise

@@ -8,6 +8,7 @@ subprocess to prove they end in an exception, not a crash.
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -425,6 +426,93 @@ def test_convert_bad_dtype(bert, tmp_path):
     with pytest.raises(ConversionError, match="float16"):
         convert(bert["src"], tmp_path / "o.safetensors", dtype="float16")
     assert not (tmp_path / "o.safetensors").exists()
+
+
+def _listing(folder: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+@pytest.mark.parametrize("name", ["config.json", "model.safetensors", "tokenizer.json", "new.safetensors"])
+def test_convert_never_writes_into_its_source(bert, tmp_path, name):
+    """convert(src, src/"config.json") once replaced the checkpoint's own file: an output inside the source folder
+    is refused, even with force=True, and the folder is left as it was."""
+    src = _copy_folder(bert["src"], tmp_path / "src")
+    before = _listing(src)
+    for force in (False, True):
+        msg = raised(ConversionError, convert, src, src / name, force=force)
+        assert "inside the checkpoint folder" in msg, msg
+    assert _listing(src) == before
+
+
+def _hf_cache(src: Path, root: Path) -> Path:
+    """``src`` laid out as the Hugging Face cache does: <repo>/blobs/<hash> files, and the snapshot folder
+    <repo>/snapshots/<revision>/<name> of symlinks to ../../blobs/<hash>; returns the snapshot folder."""
+    snapshot = root / "models--test--bert" / "snapshots" / "0123abcd"
+    blobs = root / "models--test--bert" / "blobs"
+    snapshot.mkdir(parents=True)
+    blobs.mkdir()
+    for i, path in enumerate(sorted(p for p in src.iterdir() if p.is_file())):
+        shutil.copy(path, blobs / f"blob{i}")
+        (snapshot / path.name).symlink_to(Path("..", "..", "blobs", f"blob{i}"))
+    return snapshot
+
+
+def test_convert_never_writes_onto_a_cache_blob(bert, tmp_path):
+    """In the Hugging Face cache the files the converter reads are blobs the snapshot links to: an output that is
+    one of them, or a link to one, is refused too."""
+    snapshot = _hf_cache(bert["src"], tmp_path / "cache")
+    blob = (snapshot / "model.safetensors").resolve()
+    link = tmp_path / "link.safetensors"
+    link.symlink_to(blob)
+    before = _listing(tmp_path / "cache")
+    for out in (blob, link):
+        msg = raised(ConversionError, convert, snapshot, out, force=True)
+        assert "inside the checkpoint folder" in msg, msg
+    assert _listing(tmp_path / "cache") == before
+
+
+def test_convert_replaces_an_existing_file_only_with_force(bert, tmp_path):
+    out = tmp_path / "o.safetensors"
+    out.write_bytes(b"an earlier file")
+    msg = raised(ConversionError, convert, bert["src"], out)
+    assert str(out) in msg and "force" in msg
+    assert out.read_bytes() == b"an earlier file"
+    convert(bert["src"], out, dtype="fp32", force=True)
+    assert out.read_bytes() == bert["files"]["fp32"].read_bytes()
+
+
+def test_cli_convert_force(bert, tmp_path, capsys):
+    from tinybert.cli import main
+
+    out = tmp_path / "o.safetensors"
+    out.write_bytes(b"an earlier file")
+    assert main(["convert", str(bert["src"]), str(out), "--dtype", "fp32", "--quiet"]) == 2
+    assert "--force" in capsys.readouterr().err
+    assert out.read_bytes() == b"an earlier file"
+    assert main(["convert", str(bert["src"]), str(out), "--dtype", "fp32", "--quiet", "--force"]) == 0
+    assert out.read_bytes() == bert["files"]["fp32"].read_bytes()
+
+
+@pytest.mark.parametrize("kind", ["folder", "missing folder", "read-only folder"])
+def test_convert_checks_the_output_first(bert, tmp_path, kind):
+    """An output that is a folder or cannot be written once gave a bare OSError after the whole conversion: it is
+    a ConversionError before anything is read (the source's config.json is broken here, and never reached)."""
+    src = _copy_folder(bert["src"], tmp_path / "src")
+    (src / "config.json").write_text("{not json")
+    if kind == "folder":
+        out, words = tmp_path, "is a folder"
+    elif kind == "missing folder":
+        out, words = tmp_path / "nowhere" / "o.safetensors", "does not exist"
+    elif os.geteuid() != 0:
+        (tmp_path / "ro").mkdir(mode=0o555)
+        out, words = tmp_path / "ro" / "o.safetensors", "cannot write"
+    else:   # root writes through permission bits; sysfs refuses to create files even for root
+        if not Path("/sys/kernel").is_dir():
+            pytest.skip("needs a non-root user or Linux's sysfs")
+        out, words = Path("/sys/tinybert-test.safetensors"), "cannot write"
+    msg = raised(ConversionError, convert, src, out)
+    assert words in msg and "config.json" not in msg, msg
+    assert not (out.exists() and out.is_file())
 
 
 def _nest(depth: int) -> str:
