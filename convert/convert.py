@@ -24,6 +24,20 @@ from .smooth import generation_activation_tensors, mixed_activation_tensors
 from .tokenizer import tokenizer_json, tokenizer_options
 from .writer import write_safetensors
 
+_SOURCE_CHARS = 1024   # of each string in the source metadata: a path or hub id is far shorter
+
+
+def _source(hf_config: dict) -> str:
+    """The ``source`` metadata, where the file came from. It is informational only, so odd or over-long values are
+    dropped or cut rather than refused (a 110 MB ``_name_or_path`` once made a file the loader refuses)."""
+    def cut(value: object) -> str | None:
+        return value[:_SOURCE_CHARS] if isinstance(value, str) else None
+
+    archs = hf_config.get("architectures")
+    archs = [cut(a) for a in archs[:16] if isinstance(a, str)] if isinstance(archs, list) else None
+    return json.dumps({"model_type": cut(hf_config.get("model_type")), "architectures": archs,
+                       "name_or_path": cut(hf_config.get("_name_or_path"))}, sort_keys=True)
+
 
 def convert(src: str | Path, out: str | Path, dtype: str = "int8", show_progress: bool = False,
             task: str | None = None, mixed_activations: bool = True, force: bool = False) -> Path:
@@ -113,9 +127,7 @@ def convert(src: str | Path, out: str | Path, dtype: str = "int8", show_progress
         fmt.KEY_QUANTIZATION: dtype,
         fmt.KEY_TASK: json.dumps(task_config.to_dict(), sort_keys=True),
         fmt.KEY_TOKENIZER_OPTIONS: json.dumps(options, sort_keys=True),
-        fmt.KEY_SOURCE: json.dumps({"model_type": hf_config.get("model_type"),
-                                    "architectures": hf_config.get("architectures"),
-                                    "name_or_path": hf_config.get("_name_or_path")}, sort_keys=True),
+        fmt.KEY_SOURCE: _source(hf_config),
     }
     bar = None
     if show_progress:

@@ -17,6 +17,10 @@ import numpy as np
 
 from tinybert.errors import ConversionError
 
+# safetensors (and so the loader) refuses a header above 100,000,000 bytes: the converter stays well inside that,
+# so a file it writes always opens. Metadata is most of the header (the tokenizer, escaped as ASCII JSON).
+HEADER_LIMIT = 80_000_000
+
 _NAMES = {np.dtype(np.float32): "F32", np.dtype(np.float16): "F16", np.dtype(np.int8): "I8",
           np.dtype(np.int32): "I32", np.dtype(np.uint8): "U8"}
 
@@ -36,6 +40,12 @@ def header_bytes(tensors: dict[str, np.ndarray], metadata: dict[str, str]) -> by
                         "data_offsets": [offset, offset + array.nbytes]}
         offset += array.nbytes
     raw = json.dumps(header, sort_keys=False, separators=(",", ":"), ensure_ascii=True).encode()
+    if len(raw) > HEADER_LIMIT:
+        sizes = {key: len(json.dumps(value)) for key, value in metadata.items()}
+        largest = max(sizes, key=sizes.get)
+        raise ConversionError(f"the file's header would take {len(raw) / 1e6:.1f} MB, above the converter's limit of "
+                              f"{HEADER_LIMIT / 1e6:.0f} MB (the loader reads up to 100 MB); its largest entry is "
+                              f"metadata {largest!r} ({sizes[largest] / 1e6:.1f} MB)")
     raw += b" " * (-(len(raw)) % 8)  # data section starts 8-byte aligned
     return len(raw).to_bytes(8, "little") + raw
 

@@ -515,6 +515,83 @@ def test_convert_checks_the_output_first(bert, tmp_path, kind):
     assert not (out.exists() and out.is_file())
 
 
+def test_convert_reads_a_hugging_face_cache_snapshot(bert, tmp_path):
+    """The cache's own layout (snapshots/<revision>/<file> → ../../blobs/<hash>) converts, to the same bytes as
+    the plain folder."""
+    snapshot = _hf_cache(bert["src"], tmp_path / "cache")
+    out = convert(snapshot, tmp_path / "o.safetensors", dtype="fp32")
+    assert out.read_bytes() == bert["files"]["fp32"].read_bytes()
+
+
+def _link_outside(name: str):
+    """The folder's ``name`` replaced by a symlink to a copy of it outside the folder."""
+    def edit(src: Path) -> None:
+        outside = src.parent / "outside"
+        outside.mkdir(exist_ok=True)
+        shutil.move(src / name, outside / name)
+        (src / name).symlink_to(outside / name)
+    return edit
+
+
+def _sharded_with_outside_shard(src: Path) -> None:
+    """model.safetensors as a one-shard index whose shard is a symlink leading out of the folder."""
+    tensors, _ = read_file(src / "model.safetensors")
+    (src / "model.safetensors").unlink()
+    (src / "model.safetensors.index.json").write_text(json.dumps({"weight_map": {k: "shard-1.safetensors"
+                                                                                 for k in tensors}}))
+    from safetensors.numpy import save_file
+
+    (src.parent / "outside").mkdir(exist_ok=True)
+    save_file(tensors, str(src.parent / "outside" / "shard-1.safetensors"))
+    (src / "shard-1.safetensors").symlink_to(src.parent / "outside" / "shard-1.safetensors")
+
+
+def _pooling_at(path: str):
+    def edit(src: Path) -> None:
+        (src.parent / "outside").mkdir(exist_ok=True)
+        (src.parent / "outside" / "config.json").write_text(json.dumps({"pooling_mode_cls_token": True}))
+        (src / "modules.json").write_text(json.dumps([
+            {"idx": 0, "name": "0", "path": "", "type": "sentence_transformers.models.Transformer"},
+            {"idx": 1, "name": "1", "path": path, "type": "sentence_transformers.models.Pooling"}]))
+    return edit
+
+
+@pytest.mark.parametrize("damage", [
+    _link_outside("model.safetensors"), _link_outside("config.json"), _link_outside("tokenizer.json"),
+    _sharded_with_outside_shard, _pooling_at("../outside"), _pooling_at(str(Path("/tmp").resolve())),
+], ids=["weights", "config.json", "tokenizer.json", "shard", "modules.json ../outside", "modules.json absolute"])
+def test_convert_reads_nothing_outside_the_folder(bert, tmp_path, damage):
+    """A modules.json path of ../outside was read, and symlinks leading out of the folder were followed: both are
+    refused (only the Hugging Face cache's links into its blobs are followed)."""
+    src = _copy_folder(bert["src"], tmp_path / "src")
+    damage(src)
+    msg = _convert_error(src, tmp_path / "o.safetensors", ConversionError)
+    assert "outside the model folder" in msg, msg
+
+
+def test_convert_cuts_long_source_strings(bert, tmp_path):
+    """A 110 MB _name_or_path once made a file the loader refuses (safetensors reads headers up to 100 MB): the
+    free-form source metadata keeps at most 1,024 characters of each string."""
+    src = _copy_folder(bert["src"], tmp_path / "src")
+    _edit_config(src, _name_or_path="x" * 110_000_000, architectures=["BertModel", "y" * 5000])
+    out = convert(src, tmp_path / "o.safetensors", dtype="fp32")
+    source = json.loads(tinybert.Encoder(out).metadata[fmt.KEY_SOURCE])
+    assert source["name_or_path"] == "x" * 1024
+    assert source["architectures"] == ["BertModel", "y" * 1024]
+
+
+def test_writer_refuses_metadata_the_loader_could_not_read(tmp_path):
+    """Whatever else makes the header too large (a huge label or tokenizer) is a ConversionError naming the
+    entry, and nothing is written."""
+    from tinybert_convert.writer import HEADER_LIMIT
+
+    out = tmp_path / "o.safetensors"
+    msg = raised(ConversionError, write_safetensors, out, {"t": np.zeros(2, np.float32)},
+                 {"format": "tinybert", "task": "z" * HEADER_LIMIT})
+    assert "'task'" in msg, msg
+    assert list(tmp_path.iterdir()) == []
+
+
 def _nest(depth: int) -> str:
     return "[" * depth + "]" * depth
 
