@@ -131,7 +131,7 @@ def tinybert_file(folder: Path, path: Path, precision: str, reconvert: bool = Fa
         from tinybert_convert import convert
 
         path.parent.mkdir(parents=True, exist_ok=True)
-        convert(folder, path, dtype=precision, **convert_args)
+        convert(folder, path, dtype=precision, force=True, **convert_args)   # a stale file or --reconvert
     return path
 
 

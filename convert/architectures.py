@@ -11,8 +11,10 @@ from dataclasses import dataclass
 import numpy as np
 
 from tinybert.config import EncoderConfig
-from tinybert.errors import ConversionError, UnsupportedModelError
+from tinybert.errors import ConversionError, ModelFileError, UnsupportedModelError
 from tinybert.format import encoder_tensor_shapes
+
+from .hfconfig import integer, number, string
 
 _ACTIVATIONS = {"gelu": "gelu", "gelu_new": "gelu_tanh", "gelu_pytorch_tanh": "gelu_tanh",
                 "gelu_fast": "gelu_tanh", "relu": "relu"}
@@ -60,18 +62,11 @@ FAMILIES = {
 }
 
 
-def _get(hf: dict, *keys: str, default=None):
-    for key in keys:
-        if key in hf and hf[key] is not None:
-            return hf[key]
-    if default is not None:
-        return default
-    raise UnsupportedModelError(f"config.json has none of {', '.join(keys)}")
-
-
 def hf_activation(hf: dict) -> str:
     """The canonical name of the encoder's hidden activation (BERT hidden_act, DistilBERT activation)."""
-    act_name = _get(hf, "hidden_act", "activation")
+    act_name = string(hf, "hidden_act", "activation")
+    if act_name is None:
+        raise UnsupportedModelError("config.json has none of hidden_act, activation")
     if act_name not in _ACTIVATIONS:
         raise UnsupportedModelError(f"activation {act_name!r} is not supported; supported: {sorted(_ACTIVATIONS)}")
     return _ACTIVATIONS[act_name]
@@ -79,7 +74,7 @@ def hf_activation(hf: dict) -> str:
 
 def encoder_config(hf: dict, max_seq_length: int | None = None) -> EncoderConfig:
     """Canonical config from a Hugging Face ``config.json`` dict."""
-    model_type = hf.get("model_type")
+    model_type = string(hf, "model_type")
     if model_type not in FAMILIES:
         raise UnsupportedModelError(
             f"model_type {model_type!r} is not supported; supported: encoders {', '.join(sorted(FAMILIES))}; "
@@ -91,33 +86,38 @@ def encoder_config(hf: dict, max_seq_length: int | None = None) -> EncoderConfig
     if hf.get("is_decoder") or hf.get("add_cross_attention"):
         raise UnsupportedModelError("decoder-configured encoders (is_decoder/add_cross_attention) are not supported")
     activation = hf_activation(hf)
-    hidden = int(_get(hf, "hidden_size", "dim"))
-    pad = int(hf.get("pad_token_id") if hf.get("pad_token_id") is not None else 0)
-    max_positions = int(_get(hf, "max_position_embeddings"))
+    hidden = integer(hf, "hidden_size", "dim", minimum=1)
+    pad = integer(hf, "pad_token_id", default=0)
+    max_positions = integer(hf, "max_position_embeddings", minimum=1)
     offset = pad + 1 if family.position_scheme == "padding_offset" else 0
     max_length = max_positions - offset
     if max_seq_length:
-        max_length = min(max_length, int(max_seq_length))
+        max_length = min(max_length, max_seq_length)
     if max_length <= 0:
         raise UnsupportedModelError("max_position_embeddings leaves no room for tokens after the padding offset")
+    heads = integer(hf, "num_attention_heads", "n_heads", minimum=1)
+    if hidden % heads:
+        raise UnsupportedModelError("hidden_size is not a multiple of num_attention_heads")
     cfg = EncoderConfig(
         architecture=model_type,
-        vocab_size=int(_get(hf, "vocab_size")),
+        vocab_size=integer(hf, "vocab_size", minimum=1),
         hidden_size=hidden,
-        embedding_size=int(hf.get("embedding_size") or hidden),
-        num_layers=int(_get(hf, "num_hidden_layers", "n_layers")),
-        num_heads=int(_get(hf, "num_attention_heads", "n_heads")),
-        intermediate_size=int(_get(hf, "intermediate_size", "hidden_dim")),
+        embedding_size=integer(hf, "embedding_size", default=hidden, minimum=1),
+        num_layers=integer(hf, "num_hidden_layers", "n_layers", minimum=1),
+        num_heads=heads,
+        intermediate_size=integer(hf, "intermediate_size", "hidden_dim", minimum=1),
         max_positions=max_positions,
-        type_vocab_size=0 if model_type == "distilbert" else int(hf.get("type_vocab_size", 0) or 0),
+        type_vocab_size=0 if model_type == "distilbert" else integer(hf, "type_vocab_size", default=0),
         activation=activation,
-        norm_eps=float(hf.get("layer_norm_eps", 1e-12)),
+        norm_eps=number(hf, "layer_norm_eps", default=1e-12),
         position_scheme=family.position_scheme,
         pad_token_id=pad,
         max_length=max_length,
     )
-    if cfg.hidden_size % cfg.num_heads:
-        raise UnsupportedModelError("hidden_size is not a multiple of num_attention_heads")
+    try:    # the runtime's own check of the numbers (ranges, consistency), as the loader will do
+        cfg.validate()
+    except ModelFileError as exc:
+        raise ConversionError(f"config.json: {exc}") from None
     return cfg
 
 

@@ -13,7 +13,9 @@ from tinybert.errors import ConversionError
 
 from .architectures import canonical_tensors, encoder_config, find_prefix, legacy_names
 from .decoders import DECODER_FAMILIES, decoder_config, decoder_tensors
+from .files import check_output, read_json
 from .heads import canonical_head
+from .hfconfig import string
 from .pooling import sentence_transformers_settings
 from .quantize import quantize_tensors
 from .readers import read_checkpoint
@@ -22,9 +24,23 @@ from .smooth import generation_activation_tensors, mixed_activation_tensors
 from .tokenizer import tokenizer_json, tokenizer_options
 from .writer import write_safetensors
 
+_SOURCE_CHARS = 1024   # of each string in the source metadata: a path or hub id is far shorter
+
+
+def _source(hf_config: dict) -> str:
+    """The ``source`` metadata, where the file came from. It is informational only, so odd or over-long values are
+    dropped or cut rather than refused (a 110 MB ``_name_or_path`` once made a file the loader refuses)."""
+    def cut(value: object) -> str | None:
+        return value[:_SOURCE_CHARS] if isinstance(value, str) else None
+
+    archs = hf_config.get("architectures")
+    archs = [cut(a) for a in archs[:16] if isinstance(a, str)] if isinstance(archs, list) else None
+    return json.dumps({"model_type": cut(hf_config.get("model_type")), "architectures": archs,
+                       "name_or_path": cut(hf_config.get("_name_or_path"))}, sort_keys=True)
+
 
 def convert(src: str | Path, out: str | Path, dtype: str = "int8", show_progress: bool = False,
-            task: str | None = None, mixed_activations: bool = True) -> Path:
+            task: str | None = None, mixed_activations: bool = True, force: bool = False) -> Path:
     """Convert the Hugging Face checkpoint folder ``src`` into the tinybert file ``out``.
 
     ``dtype`` is "int8" (linear weights and the token/position embedding tables int8 with per-row
@@ -35,25 +51,28 @@ def convert(src: str | Path, out: str | Path, dtype: str = "int8", show_progress
     BART, Marian) for "text2text-generation". ``mixed_activations`` (int8): give the layers that
     keep the model's accuracy with it 8-bit inputs, calibrated and smoothed (convert/smooth.py; about
     twice as fast on AVX-512 VNNI); False keeps 12-bit inputs everywhere. Returns the
-    output path. Raises ConversionError or UnsupportedModelError on a folder it cannot convert;
-    never leaves a partial file at ``out``.
+    output path.
+
+    ``out`` must not lie inside ``src`` (nor be a file it links to, such as a Hugging Face cache blob): a
+    conversion never replaces its input. An existing ``out`` is replaced only with ``force=True``. Both are
+    checked, with the output folder being writable, before the checkpoint is read.
+
+    Raises ConversionError or UnsupportedModelError on a folder it cannot convert or an output it must not
+    write; never leaves a partial file at ``out``. Only files inside ``src`` are read (symlinks may lead
+    into the Hugging Face cache folder of the same model, nowhere else).
     """
     src, out = Path(src), Path(out)
     if dtype not in fmt.QUANTIZATIONS:
         raise ConversionError(f"dtype must be one of {fmt.QUANTIZATIONS}, got {dtype!r}")
     if not src.is_dir():
         raise ConversionError(f"{src} is not a folder")
-    config_path = src / "config.json"
-    if not config_path.is_file():
+    check_output(src, out, force)
+    if not (src / "config.json").is_file():
         raise ConversionError(f"{src}: config.json is missing")
-    try:
-        hf_config = json.loads(config_path.read_text())
-    except ValueError:
-        raise ConversionError(f"{config_path}: not valid JSON") from None
-    if not isinstance(hf_config, dict):
-        raise ConversionError(f"{config_path}: not a JSON object")
+    hf_config = read_json(src, "config.json", dict)
+    model_type = string(hf_config, "model_type")
     extra: dict[str, str] = {}
-    if hf_config.get("model_type") == "marian" and not (src / "tokenizer.json").is_file():
+    if model_type == "marian" and not (src / "tokenizer.json").is_file():
         # Marian ships SentencePiece models, not a tokenizer.json: rebuild them for `tokenizers`.
         from .spm import marian_tokenizers, marian_unknown_pieces
 
@@ -66,18 +85,17 @@ def convert(src: str | Path, out: str | Path, dtype: str = "int8", show_progress
     else:
         tokenizer = tokenizer_json(src)
     options = tokenizer_options(src, tokenizer)
-    if hf_config.get("model_type") in SEQ2SEQ_FAMILIES:
+    if model_type in SEQ2SEQ_FAMILIES:
         if task not in (None, "text2text-generation"):
-            raise ConversionError(f"a {hf_config['model_type']} checkpoint converts for text2text-generation, "
-                                  f"not {task!r}")
+            raise ConversionError(f"a {model_type} checkpoint converts for text2text-generation, not {task!r}")
         raw = read_checkpoint(src)
         cfg = resolve_tied_head(seq2seq_config(hf_config, src), raw)
         tensors = seq2seq_tensors(cfg, raw)
         del raw
         task_config = TaskConfig(type="text2text-generation")
-    elif hf_config.get("model_type") in DECODER_FAMILIES:
+    elif model_type in DECODER_FAMILIES:
         if task not in (None, "text-generation"):
-            raise ConversionError(f"a {hf_config['model_type']} checkpoint converts for text-generation, not {task!r}")
+            raise ConversionError(f"a {model_type} checkpoint converts for text-generation, not {task!r}")
         cfg = decoder_config(hf_config, src)
         tensors = decoder_tensors(cfg, read_checkpoint(src))
         task_config = TaskConfig(type="text-generation")
@@ -109,9 +127,7 @@ def convert(src: str | Path, out: str | Path, dtype: str = "int8", show_progress
         fmt.KEY_QUANTIZATION: dtype,
         fmt.KEY_TASK: json.dumps(task_config.to_dict(), sort_keys=True),
         fmt.KEY_TOKENIZER_OPTIONS: json.dumps(options, sort_keys=True),
-        fmt.KEY_SOURCE: json.dumps({"model_type": hf_config.get("model_type"),
-                                    "architectures": hf_config.get("architectures"),
-                                    "name_or_path": hf_config.get("_name_or_path")}, sort_keys=True),
+        fmt.KEY_SOURCE: _source(hf_config),
     }
     bar = None
     if show_progress:

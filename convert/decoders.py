@@ -8,7 +8,6 @@ a gated MLP's gate and up projections into one [2I, H] tensor (gate rows first).
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
@@ -17,6 +16,8 @@ from tinybert.config import DecoderConfig
 from tinybert.errors import ConversionError, ModelFileError, UnsupportedModelError
 from tinybert.format import decoder_tensor_shapes
 
+from .files import read_json
+from .hfconfig import integer, number, string
 from .rope import rope_from_hf_config
 
 DECODER_FAMILIES = ("gpt2", "llama", "mistral", "qwen2")
@@ -28,18 +29,14 @@ _GPT2_ACTIVATIONS = {"gelu_new": "gelu_tanh", "gelu_pytorch_tanh": "gelu_tanh", 
 def _eos_ids(hf: dict, folder: Path) -> tuple[int, ...]:
     """EOS ids from generation_config.json (what transformers' generate uses), else config.json."""
     value = None
-    gen_path = folder / "generation_config.json"
-    if gen_path.is_file():
-        try:
-            value = json.loads(gen_path.read_text()).get("eos_token_id")
-        except ValueError:
-            raise ConversionError(f"{gen_path}: not valid JSON") from None
+    if (folder / "generation_config.json").is_file():
+        value = read_json(folder, "generation_config.json", dict).get("eos_token_id")
     if value is None:
         value = hf.get("eos_token_id")
     if value is None:
         return ()
     ids = value if isinstance(value, list) else [value]
-    if not all(isinstance(i, int) for i in ids):
+    if not all(isinstance(i, int) and not isinstance(i, bool) for i in ids):
         raise ConversionError(f"eos_token_id {value!r} is not an integer or a list of integers")
     return tuple(ids)
 
@@ -53,17 +50,17 @@ def _optional_id(value: object) -> int | None:
 def _context(hf: dict, model_type: str) -> int:
     """The context length; a sliding attention window caps it, so tinybert never runs where its full
     attention and the model's windowed attention would differ."""
-    context = int(hf["max_position_embeddings"])
-    window = hf.get("sliding_window")
+    context = integer(hf, "max_position_embeddings", minimum=1)
+    window = integer(hf, "sliding_window", default=0)
     sliding = hf.get("use_sliding_window", model_type == "mistral")
-    if sliding and isinstance(window, int) and window > 0:
+    if sliding and window > 0:
         context = min(context, window)
     return context
 
 
 def decoder_config(hf: dict, folder: Path) -> DecoderConfig:
     """Canonical config of a decoder-only checkpoint's ``config.json``."""
-    model_type = hf.get("model_type")
+    model_type = string(hf, "model_type")
     if model_type not in DECODER_FAMILIES:
         raise UnsupportedModelError(f"model_type {model_type!r} is not a supported decoder")
     if model_type == "gpt2":
@@ -72,34 +69,34 @@ def decoder_config(hf: dict, folder: Path) -> DecoderConfig:
                                         "supported")
         if hf.get("scale_attn_weights") is False:
             raise UnsupportedModelError("GPT-2 without scale_attn_weights is not supported")
-        act = hf.get("activation_function", "gelu_new")
+        act = string(hf, "activation_function", default="gelu_new")
         if act not in _GPT2_ACTIVATIONS:
             raise UnsupportedModelError(f"GPT-2 activation {act!r} is not supported")
-        hidden, heads = int(hf["n_embd"]), int(hf["n_head"])
+        hidden, heads = integer(hf, "n_embd", minimum=1), integer(hf, "n_head", minimum=1)
         fields = dict(
-            architecture="gpt2", vocab_size=int(hf["vocab_size"]), hidden_size=hidden,
-            num_layers=int(hf["n_layer"]), num_heads=heads, num_kv_heads=heads, head_dim=hidden // heads,
-            intermediate_size=int(hf.get("n_inner") or 4 * hidden), max_positions=int(hf["n_positions"]),
-            norm="layernorm", norm_eps=float(hf.get("layer_norm_epsilon", 1e-5)),
+            architecture="gpt2", vocab_size=integer(hf, "vocab_size"), hidden_size=hidden,
+            num_layers=integer(hf, "n_layer"), num_heads=heads, num_kv_heads=heads, head_dim=hidden // heads,
+            intermediate_size=integer(hf, "n_inner", default=4 * hidden), max_positions=integer(hf, "n_positions"),
+            norm="layernorm", norm_eps=number(hf, "layer_norm_epsilon", default=1e-5),
             activation=_GPT2_ACTIVATIONS[act], gated_mlp=False, positions="learned", rope=None,
             attn_bias=True, attn_out_bias=True, mlp_bias=True,
             tie_word_embeddings=bool(hf.get("tie_word_embeddings", True)))
     else:
-        if hf.get("hidden_act", "silu") != "silu":
+        if string(hf, "hidden_act", default="silu") != "silu":
             raise UnsupportedModelError(f"{model_type} activation {hf.get('hidden_act')!r} is not supported")
         try:
             rope = rope_from_hf_config(hf)
         except ValueError as exc:
             raise UnsupportedModelError(str(exc)) from None
-        hidden, heads = int(hf["hidden_size"]), int(hf["num_attention_heads"])
+        hidden, heads = integer(hf, "hidden_size", minimum=1), integer(hf, "num_attention_heads", minimum=1)
         qkv_bias = bool(hf.get("attention_bias", False)) or model_type == "qwen2"
         fields = dict(
-            architecture=model_type, vocab_size=int(hf["vocab_size"]), hidden_size=hidden,
-            num_layers=int(hf["num_hidden_layers"]), num_heads=heads,
-            num_kv_heads=int(hf.get("num_key_value_heads") or heads),
-            head_dim=int(hf.get("head_dim") or hidden // heads),
-            intermediate_size=int(hf["intermediate_size"]), max_positions=_context(hf, model_type),
-            norm="rmsnorm", norm_eps=float(hf.get("rms_norm_eps", 1e-6)), activation="silu", gated_mlp=True,
+            architecture=model_type, vocab_size=integer(hf, "vocab_size"), hidden_size=hidden,
+            num_layers=integer(hf, "num_hidden_layers"), num_heads=heads,
+            num_kv_heads=integer(hf, "num_key_value_heads", default=heads, minimum=1),
+            head_dim=integer(hf, "head_dim", default=hidden // heads, minimum=1),
+            intermediate_size=integer(hf, "intermediate_size"), max_positions=_context(hf, model_type),
+            norm="rmsnorm", norm_eps=number(hf, "rms_norm_eps", default=1e-6), activation="silu", gated_mlp=True,
             positions="rope", rope=rope, attn_bias=qkv_bias,
             attn_out_bias=bool(hf.get("attention_bias", False)) and model_type == "llama",
             mlp_bias=bool(hf.get("mlp_bias", False)),

@@ -12,11 +12,12 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from tinybert.config import EncoderConfig, TaskConfig
+from tinybert.config import MAX_LABELS, EncoderConfig, TaskConfig
 from tinybert.errors import ConversionError, ModelFileError, UnsupportedModelError
 from tinybert.format import TASKS
 
 from .architectures import hf_activation
+from .hfconfig import integer, strings
 
 
 @dataclass(frozen=True)
@@ -81,9 +82,9 @@ def detect_task(hf: dict) -> str:
     """The task of a checkpoint from config.json ``architectures``; feature-extraction (the encoder
     alone) for base models and for heads tinybert does not run (multiple choice, ELECTRA's
     discriminator)."""
-    for arch in hf.get("architectures") or []:
+    for arch in strings(hf, "architectures"):
         for suffix, task in _SUFFIXES.items():
-            if isinstance(arch, str) and arch.endswith(suffix):
+            if arch.endswith(suffix):
                 # ELECTRA's ForPreTraining is the replaced-token discriminator, not BERT's MLM + NSP:
                 # its encoder converts, its head is not one tinybert runs.
                 if task == "pretraining" and arch != "BertForPreTraining":
@@ -94,7 +95,6 @@ def detect_task(hf: dict) -> str:
 
 def _labels(hf: dict, task: str) -> tuple[str, ...]:
     id2label = hf.get("id2label")
-    num_labels = hf.get("num_labels")
     if isinstance(id2label, dict) and id2label:
         try:
             keyed = {int(k): str(v) for k, v in id2label.items()}
@@ -103,7 +103,10 @@ def _labels(hf: dict, task: str) -> tuple[str, ...]:
         if sorted(keyed) != list(range(len(keyed))):
             raise ConversionError("config.json id2label keys are not 0..N-1")
         return tuple(keyed[i] for i in range(len(keyed)))
-    if isinstance(num_labels, int) and num_labels > 0:
+    num_labels = integer(hf, "num_labels", default=None, minimum=1)
+    if num_labels is not None:
+        if num_labels > MAX_LABELS:      # refused before building the names
+            raise ConversionError(f"config.json num_labels {num_labels} is above {MAX_LABELS}")
         return tuple(f"LABEL_{i}" for i in range(num_labels))
     raise ConversionError(f"a {task} checkpoint needs id2label or num_labels in config.json")
 

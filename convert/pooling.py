@@ -7,44 +7,41 @@ folder gets mean pooling without normalisation.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 from tinybert.errors import ConversionError, UnsupportedModelError
 
+from .files import read_json, source_file
+from .hfconfig import integer
+
 _MODES = (("pooling_mode_cls_token", "cls"), ("pooling_mode_mean_tokens", "mean"),
           ("pooling_mode_max_tokens", "max"), ("pooling_mode_mean_sqrt_len_tokens", "mean_sqrt_len"))
-
-
-def _json(path: Path, kind: type) -> object:
-    try:
-        value = json.loads(path.read_text())
-    except ValueError:
-        raise ConversionError(f"{path}: not valid JSON") from None
-    if not isinstance(value, kind):
-        raise ConversionError(f"{path}: expected a JSON {'object' if kind is dict else 'list'}")
-    return value
 
 
 def sentence_transformers_settings(folder: Path) -> tuple[dict, int | None]:
     """Return (pooling {"mode", "normalize"}, max_seq_length or None)."""
     pooling = {"mode": "mean", "normalize": False}
     max_seq_length = None
-    bert_cfg = folder / "sentence_bert_config.json"
-    if bert_cfg.is_file():
-        max_seq_length = _json(bert_cfg, dict).get("max_seq_length")
+    if (folder / "sentence_bert_config.json").is_file():
+        max_seq_length = integer(read_json(folder, "sentence_bert_config.json", dict), "max_seq_length", default=None,
+                                 minimum=1, source="sentence_bert_config.json")
     modules_path = folder / "modules.json"
     if not modules_path.is_file():
         return pooling, max_seq_length
-    for module in _json(modules_path, list):
+    for module in read_json(folder, "modules.json", list):
         if not isinstance(module, dict):
             raise ConversionError(f"{modules_path}: entries must be JSON objects")
-        kind = module.get("type", "")
+        kind, path = module.get("type", ""), module.get("path", "")
+        if not isinstance(kind, str) or not isinstance(path, str):
+            raise ConversionError(f"{modules_path}: a module's type and path must be strings, got "
+                                  f"{type(kind).__name__} and {type(path).__name__}")
         if kind.endswith(".Pooling"):
-            cfg_path = folder / module.get("path", "") / "config.json"
+            # The path comes from the folder's own file: it must name a folder inside it.
+            cfg_name = f"{path}/config.json" if path else "config.json"
+            cfg_path = source_file(folder, cfg_name)
             if not cfg_path.is_file():
                 raise ConversionError(f"{cfg_path}: pooling config named in modules.json is missing")
-            cfg = _json(cfg_path, dict)
+            cfg = read_json(folder, cfg_name, dict)
             modes = [mode for key, mode in _MODES if cfg.get(key)]
             if len(modes) != 1 or cfg.get("pooling_mode_weightedmean_tokens") or cfg.get("pooling_mode_lasttoken"):
                 raise UnsupportedModelError(

@@ -15,6 +15,8 @@ import numpy as np
 
 from tinybert.errors import ConversionError
 
+from .files import read_json, source_file
+
 _DTYPES = {"F64": np.float64, "F32": np.float32, "F16": np.float16, "BF16": np.uint16,
            "I64": np.int64, "I32": np.int32, "I16": np.int16, "I8": np.int8, "U8": np.uint8,
            "BOOL": np.bool_}
@@ -39,8 +41,8 @@ def read_safetensors(path: Path) -> dict[str, np.ndarray]:
                 raise ConversionError(f"{path}: safetensors header length is out of range")
             header = json.loads(fh.read(header_len))
             data = mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ)
-    except (OSError, ValueError) as exc:
-        raise ConversionError(f"{path}: cannot read safetensors file: {exc}") from None
+    except (OSError, ValueError, RecursionError) as exc:    # RecursionError: JSON nested past the parser's stack
+        raise ConversionError(f"{path}: cannot read safetensors file: {type(exc).__name__}: {str(exc)[:200]}") from None
     if not isinstance(header, dict):
         raise ConversionError(f"{path}: safetensors header is not a JSON object")
     base = 8 + header_len
@@ -53,8 +55,8 @@ def read_safetensors(path: Path) -> dict[str, np.ndarray]:
                 or not all(isinstance(v, int) and v >= 0 for v in info["shape"] + info["data_offsets"])):
             raise ConversionError(f"{path}: header entry of tensor {name} is malformed")
         dtype = info.get("dtype")
-        if dtype not in _DTYPES:
-            raise ConversionError(f"{path}: tensor {name} has unsupported dtype {dtype}")
+        if not isinstance(dtype, str) or dtype not in _DTYPES:
+            raise ConversionError(f"{path}: tensor {name} has unsupported dtype {dtype!r:.60}")
         if dtype not in ("F64", "F32", "F16", "BF16"):
             continue
         start, end = info["data_offsets"]
@@ -88,12 +90,9 @@ def read_checkpoint(folder: Path) -> dict[str, np.ndarray]:
     single = folder / "model.safetensors"
     index = folder / "model.safetensors.index.json"
     if single.is_file():
-        return read_safetensors(single)
+        return read_safetensors(source_file(folder, single.name))
     if index.is_file():
-        try:
-            weight_map = json.loads(index.read_text())["weight_map"]
-        except (ValueError, KeyError, TypeError) as exc:
-            raise ConversionError(f"{index}: bad shard index: {exc}") from None
+        weight_map = read_json(folder, index.name, dict).get("weight_map")
         if not isinstance(weight_map, dict) or not all(isinstance(v, str) for v in weight_map.values()):
             raise ConversionError(f"{index}: weight_map must map tensor names to shard file names")
         tensors: dict[str, np.ndarray] = {}
@@ -101,13 +100,13 @@ def read_checkpoint(folder: Path) -> dict[str, np.ndarray]:
             # A shard is a file of this folder: no path separators, no "..", nothing absolute.
             if not shard or shard in (".", "..") or "/" in shard or "\\" in shard or "\0" in shard:
                 raise ConversionError(f"{index}: shard name {shard!r} points outside the model folder")
-            shard_path = folder / shard
+            shard_path = source_file(folder, shard)     # a symlink may lead into the HF cache's blobs, nowhere else
             if not shard_path.is_file():
                 raise ConversionError(f"{folder}: shard {shard} named in the index is missing")
             tensors.update(read_safetensors(shard_path))
         return tensors
     binary = folder / "pytorch_model.bin"
     if binary.is_file():
-        return read_pytorch_bin(binary)
+        return read_pytorch_bin(source_file(folder, binary.name))
     raise ConversionError(f"{folder}: no weights found (model.safetensors, "
                           "model.safetensors.index.json or pytorch_model.bin)")

@@ -11,6 +11,16 @@ from __future__ import annotations
 from tinybert.kernels.rope import SUPPORTED_TYPES
 
 
+def _number(value: object, name: str) -> float:
+    """float(value) of a config value, or ValueError naming it (float() raises TypeError for lists and the like)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise ValueError(f"rope parameter {name} must be a number, got {value!r:.60}")
+    try:
+        return float(value)
+    except OverflowError:       # an int too large for a float
+        raise ValueError(f"rope parameter {name} is out of range") from None
+
+
 def rope_from_hf_config(cfg: dict) -> dict:
     """The canonical rope dict for a Llama-family config.json dict.
 
@@ -25,7 +35,8 @@ def rope_from_hf_config(cfg: dict) -> dict:
     the sequence length, "yarn" and "longrope" need extra attention scaling and per-frequency
     factors; none are implemented), for per-layer-type (nested) rope parameters, and for a
     ``partial_rotary_factor`` other than 1 on linear / llama3 (transformers' Llama cannot run it
-    either; its default rope ignores the factor, and so do we).
+    either; its default rope ignores the factor, and so do we), and for parameters that are not numbers
+    (ranges are the runtime's check: tinybert/config.py).
     """
     params = cfg.get("rope_scaling") or cfg.get("rope_parameters") or {}
     if not isinstance(params, dict):
@@ -38,26 +49,28 @@ def rope_from_hf_config(cfg: dict) -> dict:
     theta = params.get("rope_theta")
     if theta is None:
         theta = cfg.get("rope_theta")
-    rope: dict = {"type": kind, "theta": float(10000.0 if theta is None else theta)}
+    rope: dict = {"type": kind, "theta": _number(10000.0 if theta is None else theta, "rope_theta")}
     if kind != "default":
         partial = params.get("partial_rotary_factor", cfg.get("partial_rotary_factor"))
-        if partial is not None and float(partial) != 1.0:
+        if partial is not None and _number(partial, "partial_rotary_factor") != 1.0:
             raise ValueError(f"partial_rotary_factor={partial} is not supported with rope type {kind!r}")
     try:
         if kind in ("linear", "llama3"):
-            rope["factor"] = float(params["factor"])
+            rope["factor"] = _number(params["factor"], "factor")
         if kind == "llama3":
-            rope["low_freq_factor"] = float(params["low_freq_factor"])
-            rope["high_freq_factor"] = float(params["high_freq_factor"])
+            rope["low_freq_factor"] = _number(params["low_freq_factor"], "low_freq_factor")
+            rope["high_freq_factor"] = _number(params["high_freq_factor"], "high_freq_factor")
             original = cfg.get("original_max_position_embeddings")
             if original is None:
                 original = params.get("original_max_position_embeddings", cfg.get("max_position_embeddings"))
             if original is None:
                 raise KeyError("original_max_position_embeddings")
-            rope["original_max_position_embeddings"] = int(original)
+            if isinstance(original, float) and original.is_integer():     # 8192.0 in a hand-edited config
+                original = int(original)
+            if isinstance(original, bool) or not isinstance(original, int):
+                raise ValueError(f"original_max_position_embeddings must be an integer, got {original!r:.60}")
+            rope["original_max_position_embeddings"] = original
     except KeyError as err:
         raise ValueError(f"rope type {kind!r} needs {err.args[0]!r} in the config") from None
-    except (TypeError, ValueError) as err:
-        raise ValueError(f"bad rope parameter in the config: {err}") from None
     rope["attention_scaling"] = 1.0
     return rope

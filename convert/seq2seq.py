@@ -10,7 +10,6 @@ sinusoidal tables are not stored (the runtime computes them).
 from __future__ import annotations
 
 import dataclasses
-import json
 from pathlib import Path
 
 import numpy as np
@@ -18,6 +17,9 @@ import numpy as np
 from tinybert.config import Seq2SeqConfig
 from tinybert.errors import ConversionError, ModelFileError, UnsupportedModelError
 from tinybert.format import seq2seq_tensor_shapes
+
+from .files import read_json
+from .hfconfig import integer, number, string, strings
 
 SEQ2SEQ_FAMILIES = ("t5", "bart", "marian")
 SEQ2SEQ_ARCHITECTURES = {"T5ForConditionalGeneration": "t5", "BartForConditionalGeneration": "bart",
@@ -29,7 +31,7 @@ _ACTIVATIONS = {"relu": "relu", "gelu": "gelu", "gelu_new": "gelu_tanh", "gelu_p
 
 def _activation(name: object, family: str) -> str:
     if name not in _ACTIVATIONS:
-        raise UnsupportedModelError(f"{family} activation {name!r} is not supported")
+        raise UnsupportedModelError(f"{family} activation {name!r:.60} is not supported")
     return _ACTIVATIONS[name]
 
 
@@ -42,34 +44,23 @@ def _eos_ids(value: object) -> tuple[int, ...]:
     return tuple(ids)
 
 
-def _int(hf: dict, name: str, default: object = None) -> int:
-    value = hf.get(name, default)
-    if not isinstance(value, int) or isinstance(value, bool):
-        raise ConversionError(f"config.json {name} must be an integer, got {value!r}")
-    return value
-
-
 def _generation_settings(hf: dict, folder: Path | None) -> dict:
     """forced BOS / EOS and single-token bad words, from generation_config.json (what generate() uses) over
     config.json. Multi-token bad words are not supported: they would silently change outputs."""
     gen: dict = {}
-    path = folder / "generation_config.json" if folder is not None else None
-    if path is not None and path.is_file():
-        try:
-            gen = json.loads(path.read_text())
-        except ValueError:
-            raise ConversionError(f"{path}: not valid JSON") from None
-        if not isinstance(gen, dict):
-            raise ConversionError(f"{path}: not a JSON object")
+    if folder is not None and (folder / "generation_config.json").is_file():
+        gen = read_json(folder, "generation_config.json", dict)
 
     def get(name: str) -> object:
         return gen[name] if gen.get(name) is not None else hf.get(name)
 
     bad = get("bad_words_ids") or []
     if not isinstance(bad, list) or not all(isinstance(w, list) for w in bad):
-        raise ConversionError(f"bad_words_ids {bad!r} is not a list of lists")
+        raise ConversionError(f"bad_words_ids {bad!r:.60} is not a list of lists")
     if any(len(w) != 1 for w in bad):
         raise UnsupportedModelError("bad_words_ids with multi-token words are not supported")
+    if not all(isinstance(w[0], int) and not isinstance(w[0], bool) for w in bad):
+        raise ConversionError(f"bad_words_ids {bad!r:.60} holds something other than token ids")
     forced_eos = get("forced_eos_token_id")
     if isinstance(forced_eos, list):
         if len(forced_eos) != 1:
@@ -82,9 +73,8 @@ def _generation_settings(hf: dict, folder: Path | None) -> dict:
 def seq2seq_config(hf: dict, folder: Path | None = None) -> Seq2SeqConfig:
     """Canonical config of an encoder-decoder checkpoint's ``config.json`` (and, in ``folder``, its
     generation_config.json)."""
-    model_type = hf.get("model_type")
-    archs = hf.get("architectures") or []
-    for arch in archs:
+    model_type = string(hf, "model_type")
+    for arch in strings(hf, "architectures"):
         if arch not in SEQ2SEQ_ARCHITECTURES:
             raise UnsupportedModelError(f"architecture {arch!r} is not a supported encoder-decoder "
                                         f"(supported: {', '.join(SEQ2SEQ_ARCHITECTURES)})")
@@ -94,57 +84,57 @@ def seq2seq_config(hf: dict, folder: Path | None = None) -> Seq2SeqConfig:
         proj = hf.get("feed_forward_proj", "relu")
         parts = proj.split("-") if isinstance(proj, str) else []
         if not parts or len(parts) > 2 or (len(parts) == 2 and parts[0] != "gated"):
-            raise UnsupportedModelError(f"T5 feed_forward_proj {proj!r} is not supported")
+            raise UnsupportedModelError(f"T5 feed_forward_proj {proj!r:.60} is not supported")
         gated = len(parts) == 2
         act = "gelu_new" if proj == "gated-gelu" else parts[-1]
         tied = hf.get("tie_word_embeddings", True) is not False
         # transformers 5 keeps v1.0's rescale of the decoder output as scale_decoder_outputs; older configs
         # imply it by a tied head.
         rescale = bool(hf.get("scale_decoder_outputs", tied))
-        vocab, hidden = _int(hf, "vocab_size"), _int(hf, "d_model")
+        vocab, hidden = integer(hf, "vocab_size"), integer(hf, "d_model", minimum=1)
         fields = dict(
             family="t5", vocab_size=vocab, decoder_vocab_size=vocab, hidden_size=hidden,
-            num_encoder_layers=_int(hf, "num_layers"),
-            num_decoder_layers=_int(hf, "num_decoder_layers", hf.get("num_layers")),
-            num_heads=_int(hf, "num_heads"), head_dim=_int(hf, "d_kv"), intermediate_size=_int(hf, "d_ff"),
-            norm="rmsnorm", norm_eps=float(hf.get("layer_norm_epsilon", 1e-6)), pre_norm=True,
+            num_encoder_layers=integer(hf, "num_layers"),
+            num_decoder_layers=integer(hf, "num_decoder_layers", "num_layers"),
+            num_heads=integer(hf, "num_heads"), head_dim=integer(hf, "d_kv"), intermediate_size=integer(hf, "d_ff"),
+            norm="rmsnorm", norm_eps=number(hf, "layer_norm_epsilon", default=1e-6), pre_norm=True,
             activation=_activation(act, "T5"), gated_mlp=gated, positions="relative",
-            max_positions=_int(hf, "n_positions", 512),
-            relative_buckets=_int(hf, "relative_attention_num_buckets", 32),
-            relative_max_distance=_int(hf, "relative_attention_max_distance", 128),
+            max_positions=integer(hf, "n_positions", default=512),
+            relative_buckets=integer(hf, "relative_attention_num_buckets", default=32),
+            relative_max_distance=integer(hf, "relative_attention_max_distance", default=128),
             attn_scale=False, scale_embedding=False, layernorm_embedding=False, final_logits_bias=False,
             tie_word_embeddings=tied, lm_head_scale=hidden ** -0.5 if rescale else 1.0, share_embeddings=True,
-            decoder_start_token_id=_int(hf, "decoder_start_token_id", hf.get("pad_token_id", 0)),
+            decoder_start_token_id=integer(hf, "decoder_start_token_id", "pad_token_id", default=0),
             eos_token_ids=_eos_ids(hf.get("eos_token_id", 1)), pad_token_id=hf.get("pad_token_id", 0))
     else:
         if hf.get("normalize_before") or hf.get("add_final_layer_norm") or hf.get("normalize_embedding") is False:
             raise UnsupportedModelError(f"{model_type} with normalize_before / add_final_layer_norm (mBART-style) "
                                         "is not supported")
-        hidden = _int(hf, "d_model")
-        heads = _int(hf, "encoder_attention_heads")
-        if _int(hf, "decoder_attention_heads", heads) != heads:
+        hidden = integer(hf, "d_model")
+        heads = integer(hf, "encoder_attention_heads", minimum=1)
+        if integer(hf, "decoder_attention_heads", default=heads) != heads:
             raise UnsupportedModelError("different encoder and decoder head counts are not supported")
-        ffn = _int(hf, "encoder_ffn_dim")
-        if _int(hf, "decoder_ffn_dim", ffn) != ffn:
+        ffn = integer(hf, "encoder_ffn_dim")
+        if integer(hf, "decoder_ffn_dim", default=ffn) != ffn:
             raise UnsupportedModelError("different encoder and decoder FFN widths are not supported")
         if hidden % heads:
             raise ConversionError("d_model is not a multiple of the number of attention heads")
-        vocab = _int(hf, "vocab_size")
+        vocab = integer(hf, "vocab_size")
         marian = model_type == "marian"
         share = bool(hf.get("share_encoder_decoder_embeddings", True)) if marian else True
-        dec_vocab = vocab if share else _int(hf, "decoder_vocab_size", vocab)
+        dec_vocab = vocab if share else integer(hf, "decoder_vocab_size", default=vocab)
         default_act = "swish" if marian else "gelu"
         fields = dict(
             family=model_type, vocab_size=vocab, decoder_vocab_size=dec_vocab, hidden_size=hidden,
-            num_encoder_layers=_int(hf, "encoder_layers"), num_decoder_layers=_int(hf, "decoder_layers"),
+            num_encoder_layers=integer(hf, "encoder_layers"), num_decoder_layers=integer(hf, "decoder_layers"),
             num_heads=heads, head_dim=hidden // heads, intermediate_size=ffn, norm="layernorm", norm_eps=1e-5,
-            pre_norm=False, activation=_activation(hf.get("activation_function", default_act), model_type),
+            pre_norm=False, activation=_activation(string(hf, "activation_function", default=default_act), model_type),
             gated_mlp=False, positions="sinusoidal" if marian else "learned",
-            max_positions=_int(hf, "max_position_embeddings"), relative_buckets=0, relative_max_distance=0,
+            max_positions=integer(hf, "max_position_embeddings"), relative_buckets=0, relative_max_distance=0,
             attn_scale=True, scale_embedding=bool(hf.get("scale_embedding", marian)),
             layernorm_embedding=not marian, final_logits_bias=True,
             tie_word_embeddings=hf.get("tie_word_embeddings", True) is not False, lm_head_scale=1.0,
-            share_embeddings=share, decoder_start_token_id=_int(hf, "decoder_start_token_id"),
+            share_embeddings=share, decoder_start_token_id=integer(hf, "decoder_start_token_id"),
             eos_token_ids=_eos_ids(hf.get("eos_token_id")), pad_token_id=hf.get("pad_token_id"))
     cfg = Seq2SeqConfig(**fields, **_generation_settings(hf, folder))
     try:

@@ -15,7 +15,6 @@ text source.spm does not know), and a target tokenizer over model ids for decodi
 
 from __future__ import annotations
 
-import json
 import math
 import struct
 from collections.abc import Iterator
@@ -26,6 +25,8 @@ import numpy as np
 from tokenizers import AddedToken, Regex, Tokenizer, decoders, models, normalizers, processors
 
 from tinybert.errors import ConversionError, UnsupportedModelError
+
+from . import files
 
 # SentencePiece piece types (sentencepiece_model.proto).
 NORMAL, UNKNOWN, CONTROL, USER_DEFINED, UNUSED, BYTE = 1, 2, 3, 4, 5, 6
@@ -462,14 +463,11 @@ def spm_tokenizer(model_bytes: bytes, eos_piece: str | None = "</s>") -> Tokeniz
 def _read_bytes(path: Path) -> bytes:
     if not path.is_file():
         raise ConversionError(f"{path.parent}: {path.name} is missing (Marian tokenizers need it)")
-    return path.read_bytes()
+    return files.read_bytes(path.parent, path.name)
 
 
 def _read_json(path: Path) -> object:
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except (ValueError, UnicodeDecodeError):
-        raise ConversionError(f"{path}: not valid JSON") from None
+    return files.read_json(path.parent, path.name)
 
 
 def _read_vocab(path: Path) -> dict[str, int]:

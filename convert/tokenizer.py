@@ -9,26 +9,28 @@ from tokenizers import Tokenizer
 
 from tinybert.errors import ConversionError
 
+from .files import read_json, read_text, source_file
+
 
 def _lowercase(folder: Path) -> bool:
-    cfg_path = folder / "tokenizer_config.json"
-    if cfg_path.is_file():
-        try:
-            return bool(json.loads(cfg_path.read_text()).get("do_lower_case", True))
-        except ValueError:
-            raise ConversionError(f"{cfg_path}: not valid JSON") from None
+    if (folder / "tokenizer_config.json").is_file():
+        return bool(read_json(folder, "tokenizer_config.json", dict).get("do_lower_case", True))
     return True
 
 
 def tokenizer_json(folder: Path) -> str:
     """tokenizer.json text for the folder, checked to load with the ``tokenizers`` library."""
-    path = folder / "tokenizer.json"
-    if path.is_file():
-        text = path.read_text(encoding="utf-8")
+    if (folder / "tokenizer.json").is_file():
+        text = read_text(folder, "tokenizer.json")
     elif (folder / "vocab.txt").is_file():
         from tokenizers.implementations import BertWordPieceTokenizer
 
-        wordpiece = BertWordPieceTokenizer(str(folder / "vocab.txt"), lowercase=_lowercase(folder))
+        vocab = source_file(folder, "vocab.txt")
+        lowercase = _lowercase(folder)
+        try:
+            wordpiece = BertWordPieceTokenizer(str(vocab), lowercase=lowercase)
+        except Exception as exc:  # tokenizers raises TypeError, Exception, ... for a vocabulary it cannot use
+            raise ConversionError(f"{vocab}: not a usable WordPiece vocabulary ({exc})") from None
         text = wordpiece._tokenizer.to_str()
     else:
         raise ConversionError(f"{folder}: no tokenizer.json (or vocab.txt for WordPiece models)")
@@ -51,14 +53,8 @@ def tokenizer_options(folder: Path, text: str) -> dict:
     the mask token and transformers' ``clean_up_tokenization_spaces`` (its default is False)."""
     settings: dict = {}
     for name in ("special_tokens_map.json", "tokenizer_config.json"):
-        path = folder / name
-        if path.is_file():
-            try:
-                data = json.loads(path.read_text(encoding="utf-8"))
-            except ValueError:
-                raise ConversionError(f"{path}: not valid JSON") from None
-            if isinstance(data, dict):
-                settings.update(data)
+        if (folder / name).is_file():
+            settings.update(read_json(folder, name, dict))
     mask = _special(settings.get("mask_token"))
     if mask is None:
         # Fall back to the conventional names among the tokenizer's special tokens.

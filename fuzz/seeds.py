@@ -1,6 +1,7 @@
 """Tiny, valid tinybert files to seed the fuzzers and the hostile-input tests: an encoder (int8 and fp32), a
-decoder and an encoder-decoder, a few kilobytes each, with a 24-word WordLevel tokenizer; random weights.
-Built with the format's own shape tables and the converter's writer, without torch."""
+decoder (GPT-2 style), a Llama-style decoder with rotary positions and an encoder-decoder, a few kilobytes each,
+with a 24-word WordLevel tokenizer; random weights. Built with the format's own shape tables and the converter's
+writer, without torch."""
 
 from __future__ import annotations
 
@@ -71,6 +72,17 @@ def decoder_config() -> DecoderConfig:
                          bos_token_id=None, eos_token_ids=(len(WORDS) - 1,), pad_token_id=None)
 
 
+def rope_decoder_config() -> DecoderConfig:
+    """Llama-style: RMS norms, SwiGLU, grouped-query attention, llama3 rotary positions, an untied head."""
+    rope = {"type": "llama3", "theta": 500000.0, "factor": 8.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
+            "original_max_position_embeddings": 8, "attention_scaling": 1.0}
+    return DecoderConfig(architecture="llama", vocab_size=len(WORDS), hidden_size=8, num_layers=1, num_heads=2,
+                         num_kv_heads=1, head_dim=4, intermediate_size=16, max_positions=24, norm="rmsnorm",
+                         norm_eps=1e-6, activation="silu", gated_mlp=True, positions="rope", rope=rope,
+                         attn_bias=False, attn_out_bias=False, mlp_bias=False, tie_word_embeddings=False,
+                         bos_token_id=None, eos_token_ids=(len(WORDS) - 1,), pad_token_id=None)
+
+
 def seq2seq_config() -> Seq2SeqConfig:
     return Seq2SeqConfig(family="t5", vocab_size=len(WORDS), decoder_vocab_size=len(WORDS), hidden_size=8,
                          num_encoder_layers=1, num_decoder_layers=1, num_heads=2, head_dim=4, intermediate_size=16,
@@ -83,7 +95,7 @@ def seq2seq_config() -> Seq2SeqConfig:
 
 def write_seeds(folder: str | Path) -> dict[str, Path]:
     """The seed files, by name: encoder-int8, encoder-fp32, classifier-int8, tokens-int8 (NER), mlm-int8
-    (fill-mask, tied decoder), qa-int8, decoder-int8, seq2seq-int8."""
+    (fill-mask, tied decoder), qa-int8, decoder-int8, rope-int8 (Llama-style decoder), seq2seq-int8."""
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     enc = encoder_config()
@@ -91,6 +103,7 @@ def write_seeds(folder: str | Path) -> dict[str, Path]:
     pooling = {fmt.KEY_POOLING: json.dumps({"mode": "mean", "normalize": True})}
     clf_task = TaskConfig(type="sequence-classification", labels=("neg", "pos"), pooler_activation="tanh")
     dec = decoder_config()
+    rope = rope_decoder_config()
     s2s = seq2seq_config()
 
     def head(name: str, task: TaskConfig, extra: dict | None = None) -> Path:
@@ -110,6 +123,8 @@ def write_seeds(folder: str | Path) -> dict[str, Path]:
                                   clf_task, "int8", pooling),
         "decoder-int8": _write(folder / "decoder-int8.safetensors", dec, fmt.decoder_tensor_shapes(dec.to_dict()),
                                TaskConfig(type="text-generation"), "int8"),
+        "rope-int8": _write(folder / "rope-int8.safetensors", rope, fmt.decoder_tensor_shapes(rope.to_dict()),
+                            TaskConfig(type="text-generation"), "int8"),
         "seq2seq-int8": _write(folder / "seq2seq-int8.safetensors", s2s, fmt.seq2seq_tensor_shapes(s2s.to_dict()),
                                TaskConfig(type="text2text-generation"), "int8"),
     }

@@ -17,7 +17,7 @@ def _cmd_convert(args: argparse.Namespace) -> None:
     from tinybert_convert import convert
 
     out = convert(args.src, args.out, dtype=args.dtype, show_progress=not args.quiet, task=args.task,
-                  mixed_activations=not args.act12)
+                  mixed_activations=not args.act12, force=args.force)
     print(f"wrote {out} ({out.stat().st_size / 1e6:.1f} MB, {args.dtype})", file=sys.stderr)
 
 
@@ -302,6 +302,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="int8: 12-bit inputs in every layer (default: 8-bit inputs where calibration "
                         "shows they keep the accuracy, which is faster on AVX-512 VNNI)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.add_argument("--force", action="store_true", help="replace OUT if it exists (never a file of SRC)")
     p.set_defaults(func=_cmd_convert)
 
     p = sub.add_parser("embed", help="embed texts (arguments, --file, or stdin lines)")

@@ -14,10 +14,89 @@ from .format import (
     POSITION_SCHEMES,
     POSITIONS,
     PROBLEM_TYPES,
+    ROPE_PARAMETERS,
     SEQ2SEQ_FAMILIES,
     SEQ2SEQ_POSITIONS,
     TASKS,
 )
+
+# Counts, sizes, ids and positions are int32 in the runtime (token ids, positions, offsets): every integer a
+# config states lies in [0, INT_LIMIT).
+INT_LIMIT = 2 ** 31
+# Rotary tables, T5's bucket tables, sinusoidal tables and the KV cache get max_positions rows that no tensor of
+# the file backs: this bound keeps a hostile count from making the loader allocate without limit. It is above the
+# context of any supported checkpoint (Qwen2.5-1M: 1,010,000).
+MAX_POSITIONS = 1 << 20
+MAX_LABELS = 100_000                    # classes of a classification head: more is implausible, and costly
+_FLOAT32_MAX = 3.4028234663852886e38    # the kernels compute in float32: a larger number is an infinity there
+
+
+def _short(value: object) -> str:
+    """A value for a message: a hostile file's value can be megabytes long."""
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def _is_int(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and 0 <= value < INT_LIMIT
+
+
+def _is_number(value: object) -> bool:
+    # NaN fails both comparisons; a huge int compares exactly, without converting to float.
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and -_FLOAT32_MAX <= value <= _FLOAT32_MAX
+
+
+_FIELD_TYPES = {
+    "int": (_is_int, "an integer in [0, 2**31)"),
+    "float": (_is_number, "a finite number"),
+    "bool": (lambda v: isinstance(v, bool), "true or false"),
+    "str": (lambda v: isinstance(v, str), "a string"),
+    "dict": (lambda v: isinstance(v, dict), "a JSON object"),
+    "tuple[int, ...]": (lambda v: isinstance(v, tuple) and all(_is_int(x) for x in v),
+                        "a list of integers in [0, 2**31)"),
+    "tuple[str, ...]": (lambda v: isinstance(v, tuple) and all(isinstance(x, str) for x in v), "a list of strings"),
+}
+
+
+def _check_fields(obj: object, what: str = "config") -> None:
+    """Every field of a config dataclass has its annotated type, before anything computes with it: integers (never
+    booleans) in [0, 2**31), numbers finite in float32, true/false, strings; ``X | None`` fields may be null. The
+    range checks of each ``validate`` come after, on values of the right type."""
+    for f in fields(obj):
+        value = getattr(obj, f.name)
+        kind, _, optional = f.type.partition(" | ")     # annotations are strings (from __future__ import annotations)
+        if value is None and optional == "None":
+            continue
+        check, words = _FIELD_TYPES[kind]
+        if not check(value):
+            raise ModelFileError(f"{what} {f.name} must be {words}{' or null' if optional else ''}, "
+                                 f"got {_short(value)}")
+
+
+def _check_rope(rope: object) -> None:
+    """The canonical rope dict of kernels/rope.py: a known type with exactly its parameters (format.ROPE_PARAMETERS,
+    plus an optional attention_scaling), each a positive number (original_max_position_embeddings a positive
+    integer), and for llama3 a low frequency factor below the high one: the tables divide by each of them and by
+    their difference."""
+    if not isinstance(rope, dict):
+        raise ModelFileError("config rope must be a JSON object for rotary positions")
+    kind = rope.get("type")
+    if not isinstance(kind, str) or kind not in ROPE_PARAMETERS:
+        raise ModelFileError(f"config rope type {_short(kind)} is not one of {', '.join(ROPE_PARAMETERS)}")
+    names = ROPE_PARAMETERS[kind]
+    missing = [name for name in names if name not in rope]
+    unknown = sorted(set(rope) - {"type", "attention_scaling", *names})
+    if missing or unknown:
+        raise ModelFileError(f"config rope of type {kind} " + (f"lacks {', '.join(missing)}" if missing else
+                                                               f"has unknown keys {_short(unknown)}"))
+    for name in (*names, "attention_scaling"):
+        value = rope.get(name, 1.0)
+        integer = name == "original_max_position_embeddings"
+        if not (_is_int(value) if integer else _is_number(value)) or not value > 0:
+            raise ModelFileError(f"config rope {name} must be a positive {'integer' if integer else 'number'}, "
+                                 f"got {_short(value)}")
+    if kind == "llama3" and not rope["low_freq_factor"] < rope["high_freq_factor"]:
+        raise ModelFileError("config rope low_freq_factor must be below high_freq_factor")
 
 
 def _check_keys(cls: type, data: object, optional: tuple[str, ...] = ("kind",)) -> None:
@@ -63,8 +142,8 @@ def _from_file(cls: type, data: object, optional: tuple[str, ...] = ("kind",), t
     return cfg
 
 
-def _positive_int(name: str, value: object) -> None:
-    if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
+def _positive_int(name: str, value: int) -> None:
+    if value <= 0:
         raise ModelFileError(f"config {name} must be a positive integer, got {value!r}")
 
 
@@ -103,33 +182,33 @@ class BlockConfig:
     cross_attention: bool = False
 
     def validate(self) -> None:
+        _check_fields(self)
         for name in ("hidden_size", "num_heads", "num_kv_heads", "head_dim", "intermediate_size", "max_positions"):
             _positive_int(name, getattr(self, name))
+        if self.max_positions > MAX_POSITIONS:
+            raise ModelFileError(f"config max_positions {self.max_positions} is above tinybert's limit {MAX_POSITIONS}")
         if self.num_heads % self.num_kv_heads:
             raise ModelFileError("config num_heads is not a multiple of num_kv_heads")
         if self.norm not in NORMS:
             raise ModelFileError(f"config norm {self.norm!r} is not one of {NORMS}")
-        if isinstance(self.norm_eps, bool) or not isinstance(self.norm_eps, (int, float)) \
-                or not 0 < self.norm_eps < float("inf"):
+        if not self.norm_eps > 0:
             raise ModelFileError("config norm_eps must be a positive number")
         if self.activation not in ACTIVATIONS:
             raise ModelFileError(f"config activation {self.activation!r} is not one of {ACTIVATIONS}")
-        for name in ("pre_norm", "gated_mlp", "attn_scale", "causal", "cross_attention"):
-            if not isinstance(getattr(self, name), bool):
-                raise ModelFileError(f"config {name} must be true or false")
         if self.positions not in POSITIONS:
             raise ModelFileError(f"config positions {self.positions!r} is not one of {POSITIONS}")
         if self.positions == "rope":
             if self.head_dim % 2:
                 raise ModelFileError("rotary positions need an even head_dim")
-            if not isinstance(self.rope, dict):
-                raise ModelFileError("config rope must be a JSON object for rotary positions")
-        for name in ("relative_buckets", "relative_max_distance"):
-            value = getattr(self, name)
-            if not isinstance(value, int) or isinstance(value, bool) or value < 0:
-                raise ModelFileError(f"config {name} must be a non-negative integer, got {value!r}")
-        if self.positions == "relative" and (self.relative_buckets < 2 or self.relative_max_distance < 1):
-            raise ModelFileError("config relative_buckets / relative_max_distance are invalid")
+            _check_rope(self.rope)
+        # T5's bucketing (layers/attention.py) halves the buckets per direction and takes a logarithm with base
+        # max_distance / max_exact, where max_exact is half the buckets of a direction: fewer than 4 buckets divide
+        # by zero, and a distance not above max_exact makes the logarithm zero or negative (buckets out of range).
+        if self.positions == "relative" and (self.relative_buckets < 4
+                                             or self.relative_max_distance <= self.relative_buckets // 2):
+            raise ModelFileError(f"config relative_buckets {self.relative_buckets} / relative_max_distance "
+                                 f"{self.relative_max_distance} are invalid: T5's bucketing needs at least 4 buckets "
+                                 "and a distance above half of them")
         if self.positions == "sinusoidal" and self.hidden_size % 2:
             raise ModelFileError("sinusoidal positions need an even hidden_size")
 
@@ -184,12 +263,7 @@ class EncoderConfig:
         return _from_file(cls, data)
 
     def validate(self) -> None:
-        ints = ("vocab_size", "hidden_size", "embedding_size", "num_layers", "num_heads",
-                "intermediate_size", "max_positions", "type_vocab_size", "pad_token_id", "max_length")
-        for name in ints:
-            value = getattr(self, name)
-            if not isinstance(value, int) or isinstance(value, bool) or value < 0:
-                raise ModelFileError(f"config {name} must be a non-negative integer, got {value!r}")
+        _check_fields(self)
         for name in ("vocab_size", "hidden_size", "embedding_size", "num_layers", "num_heads",
                      "intermediate_size", "max_positions", "max_length"):
             if getattr(self, name) == 0:
@@ -251,11 +325,12 @@ class TaskConfig:
         return task
 
     def validate(self) -> None:
+        _check_fields(self, "task")
         if self.type not in TASKS:
             raise ModelFileError(f"task type {self.type!r} is not one of {TASKS}")
         if self.type in ("sequence-classification", "token-classification") and not self.labels:
             raise ModelFileError(f"a {self.type} task needs labels")
-        if len(self.labels) > 100_000:
+        if len(self.labels) > MAX_LABELS:
             raise ModelFileError("task has an implausible number of labels")
         if self.problem_type is not None and self.problem_type not in PROBLEM_TYPES:
             raise ModelFileError(f"task problem_type {self.problem_type!r} is not one of {PROBLEM_TYPES}")
@@ -266,14 +341,12 @@ class TaskConfig:
         if self.type == "pretraining" and self.pooler_activation is None:
             raise ModelFileError("a pretraining task needs the pooler")
         if self.type in ("masked-lm", "pretraining"):
-            if not isinstance(self.mlm_size, int) or isinstance(self.mlm_size, bool) or self.mlm_size <= 0:
+            if self.mlm_size <= 0:
                 raise ModelFileError("task mlm_size must be a positive integer")
             if self.mlm_activation is None:
                 raise ModelFileError("a masked-lm task needs mlm_activation")
-            if not isinstance(self.mlm_norm_eps, (int, float)) or not self.mlm_norm_eps > 0:
+            if not self.mlm_norm_eps > 0:
                 raise ModelFileError("task mlm_norm_eps must be a positive number")
-            if not isinstance(self.mlm_tied, bool):
-                raise ModelFileError("task mlm_tied must be true or false")
 
 
 @dataclass(frozen=True)
@@ -339,6 +412,7 @@ class DecoderConfig:
         return self.num_layers
 
     def validate(self) -> None:
+        _check_fields(self)
         for name in ("vocab_size", "num_layers"):
             _positive_int(name, getattr(self, name))
         if self.kind != "decoder":
@@ -346,13 +420,9 @@ class DecoderConfig:
         if self.positions not in DECODER_POSITIONS:
             raise ModelFileError(f"config positions {self.positions!r} is not one of {DECODER_POSITIONS}")
         self.block.validate()
-        for name in ("attn_bias", "attn_out_bias", "mlp_bias", "tie_word_embeddings"):
-            if not isinstance(getattr(self, name), bool):
-                raise ModelFileError(f"config {name} must be true or false")
         for name, value in (("bos_token_id", self.bos_token_id), ("pad_token_id", self.pad_token_id),
                             *(("eos_token_ids", e) for e in self.eos_token_ids)):
-            if value is not None and (not isinstance(value, int) or isinstance(value, bool)
-                                      or not 0 <= value < self.vocab_size):
+            if value is not None and value >= self.vocab_size:
                 raise ModelFileError(f"config {name} {value!r} is outside the vocabulary")
 
 
@@ -435,6 +505,7 @@ class Seq2SeqConfig:
         return self._block(decoder=True)
 
     def validate(self) -> None:
+        _check_fields(self)
         if self.kind != "encoder-decoder":
             raise ModelFileError(f"config kind {self.kind!r} is not an encoder-decoder")
         if self.family not in SEQ2SEQ_FAMILIES:
@@ -444,23 +515,16 @@ class Seq2SeqConfig:
         if self.positions not in SEQ2SEQ_POSITIONS:
             raise ModelFileError(f"config positions {self.positions!r} is not one of {SEQ2SEQ_POSITIONS}")
         self.decoder_block.validate()
-        for name in ("scale_embedding", "layernorm_embedding", "final_logits_bias", "tie_word_embeddings",
-                     "share_embeddings"):
-            if not isinstance(getattr(self, name), bool):
-                raise ModelFileError(f"config {name} must be true or false")
         if self.share_embeddings and self.vocab_size != self.decoder_vocab_size:
             raise ModelFileError("shared embeddings need one vocabulary size")
-        value = self.lm_head_scale
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value < float("inf"):
+        if not self.lm_head_scale > 0:
             raise ModelFileError("config lm_head_scale must be a positive number")
         ids = [("decoder_start_token_id", self.decoder_start_token_id), ("pad_token_id", self.pad_token_id),
                ("forced_bos_token_id", self.forced_bos_token_id), ("forced_eos_token_id", self.forced_eos_token_id),
                *(("eos_token_ids", e) for e in self.eos_token_ids),
                *(("bad_token_ids", e) for e in self.bad_token_ids)]
         for name, value in ids:
-            if value is None and name not in ("decoder_start_token_id",):
-                continue
-            if not isinstance(value, int) or isinstance(value, bool) or not 0 <= value < self.decoder_vocab_size:
+            if value is not None and value >= self.decoder_vocab_size:
                 raise ModelFileError(f"config {name} {value!r} is outside the vocabulary")
 
 

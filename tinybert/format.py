@@ -117,6 +117,12 @@ POOLING_MODES = ("mean", "cls", "max", "mean_sqrt_len")
 ACTIVATIONS = ("gelu", "gelu_tanh", "relu", "silu")     # of every block (config.BlockConfig)
 POSITIONS = ("learned", "sinusoidal", "rope", "relative")     # where positions enter a block (config.BlockConfig)
 POSITION_SCHEMES = ("absolute", "padding_offset")             # how an encoder numbers its learned positions
+# The canonical rope dict (tinybert/kernels/rope.py): each type's parameters besides "type" and the optional
+# "attention_scaling". Kernels import nothing from here, so kernels/rope.py's SUPPORTED_TYPES repeats the types
+# (a test keeps the two equal).
+ROPE_PARAMETERS = {"default": ("theta",), "linear": ("theta", "factor"),
+                   "llama3": ("theta", "factor", "low_freq_factor", "high_freq_factor",
+                              "original_max_position_embeddings")}
 
 # Tensors quantised to int8 (+ .scale) in an int8 file; everything else stays float32.
 QUANTIZED_LINEARS = ("attn.qkv", "attn.out", "mlp.up", "mlp.down", "cross.q", "cross.kv", "cross.out",

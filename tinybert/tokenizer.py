@@ -42,13 +42,15 @@ def load_tokenizer(text: str, max_length: int) -> TextTokenizer:
         tokenizer.enable_truncation(max_length=max_length)
         # A tokenizer.json can parse and still be broken (a template naming a token it does not define):
         # the Rust code then panics on the first text. Find out now, on a probe, not on the user's input.
-        tokenizer.encode("Probe text, 0.")
-        tokenizer.encode("Probe", "pair")
+        probes = [tokenizer.encode("Probe text, 0."), tokenizer.encode("Probe", "pair")]
         tokenizer.decode([0, 1])
     except BaseException as exc:  # pyo3 raises a panic as PanicException, a BaseException
         if isinstance(exc, (KeyboardInterrupt, SystemExit)):
             raise
         raise ModelFileError(f"tokenizer metadata does not work: {type(exc).__name__}: {exc}") from None
+    for probe in probes:     # the template's special ids and type ids show here, at load, not on the first text
+        _int32(probe.ids, "token id")
+        _int32(probe.type_ids, "type id")
     return TextTokenizer(tokenizer, text, max_length)
 
 
@@ -183,6 +185,19 @@ def _guarded(call, *args, **kwargs):
         raise InputError(f"the tokenizer failed on this input: {type(exc).__name__}: {exc}") from None
 
 
+def _int32(values: list[int], what: str) -> np.ndarray:
+    """Ids of the file's tokenizer as int32, the runtime's id type. The tokenizer (vocabulary, template) may hold
+    ids up to 2**32 - 1; a larger one than int32 holds is the file's fault (numpy 2 would raise OverflowError on
+    the conversion, numpy 1 wrap it to a negative id). Walking the whole vocabulary at load instead would cost a
+    quarter of a small model's load time. Arrays (TokenIds) were checked when they were made."""
+    if isinstance(values, np.ndarray):
+        return values.astype(np.int32, copy=False)
+    if values and max(values) >= 2 ** 31:
+        raise ModelFileError(f"the tokenizer metadata gives a {what} of {max(values)}, beyond the int32 ids tinybert "
+                             "uses")
+    return np.array(values, dtype=np.int32)
+
+
 def check_texts(texts: object) -> list[str]:
     """The texts as a list, or InputError: a str counts as one text; empty input is an error."""
     if isinstance(texts, str):
@@ -217,7 +232,7 @@ def token_ids(tokenizer: Tokenizer, texts: list[str], slice_size: int = 1024) ->
     and keep only their ids and type ids."""
     out = []
     for start in range(0, len(texts), slice_size):
-        out.extend(TokenIds(np.array(e.ids, dtype=np.int32), np.array(e.type_ids, dtype=np.int32))
+        out.extend(TokenIds(_int32(e.ids, "token id"), _int32(e.type_ids, "type id"))
                    for e in tokenizer.encode_batch(texts[start:start + slice_size]))
     return out
 
@@ -229,8 +244,8 @@ def pack(encodings: list) -> Packed:
     np.cumsum(lengths, out=starts[1:])
     if not encodings:
         return Packed(np.zeros(0, dtype=np.int32), np.zeros(0, dtype=np.int32), starts)
-    ids = np.concatenate([np.asarray(e.ids, dtype=np.int32) for e in encodings])
-    type_ids = np.concatenate([np.asarray(e.type_ids, dtype=np.int32) for e in encodings])
+    ids = np.concatenate([_int32(e.ids, "token id") for e in encodings])
+    type_ids = np.concatenate([_int32(e.type_ids, "type id") for e in encodings])
     return Packed(ids, type_ids, starts)
 
 

@@ -26,6 +26,7 @@ from tinybert_convert import writer as tb_writer
 
 import tinybert
 from tinybert import format as fmt
+from tinybert.errors import ConversionError
 
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.txt", "special_tokens_map.json")
 LINEARS = ("attn.qkv", "attn.out", "mlp.up", "mlp.down")
@@ -108,7 +109,7 @@ def bin_folder(bert, minilm_dir):
 def test_conversion_is_byte_deterministic(bert, tmp_path, dtype):
     first = convert(bert["src"], tmp_path / "a.safetensors", dtype=dtype)
     second = convert(bert["src"], tmp_path / "b.safetensors", dtype=dtype)
-    third = convert(bert["src"], tmp_path / "a.safetensors", dtype=dtype)  # overwrite in place
+    third = convert(bert["src"], tmp_path / "a.safetensors", dtype=dtype, force=True)  # overwrite in place
     data = first.read_bytes()
     assert len(data) > 0
     assert data == second.read_bytes()
@@ -168,13 +169,14 @@ def test_interrupt_during_write_leaves_nothing(bert, tmp_path):
 
 
 def test_failure_at_fsync_leaves_nothing(bert, tmp_path, monkeypatch):
-    """A disk error at the very end (after all data is written) still leaves no file."""
+    """A disk error at the very end (after all data is written) still leaves no file, and is a ConversionError
+    naming the output."""
     def failing_fsync(fd):
         raise OSError(28, "No space left on device (simulated)")
 
     monkeypatch.setattr(tb_writer.os, "fsync", failing_fsync)
     target = tmp_path / "model.safetensors"
-    with pytest.raises(OSError, match="simulated"):
+    with pytest.raises(ConversionError, match="simulated"):
         convert(bert["src"], target, dtype="fp32")
     assert not target.exists()
     assert folder_listing(tmp_path) == set()
@@ -191,7 +193,7 @@ def test_failed_conversion_keeps_existing_target(bert, tmp_path, monkeypatch):
     monkeypatch.setattr(tqdm, "tqdm", _FailingBar)
     monkeypatch.setattr(importlib.import_module("tinybert_convert.convert"), "tqdm", _FailingBar, raising=False)
     with pytest.raises(RuntimeError, match="simulated failure"):
-        convert(bert["src"], target, dtype="fp32", show_progress=True)
+        convert(bert["src"], target, dtype="fp32", show_progress=True, force=True)
     assert target.read_bytes() == good
     assert target.stat().st_mtime_ns == stat.st_mtime_ns
     assert folder_listing(tmp_path) == {"model.safetensors"}

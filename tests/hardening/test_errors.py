@@ -8,6 +8,7 @@ subprocess to prove they end in an exception, not a crash.
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -425,6 +426,280 @@ def test_convert_bad_dtype(bert, tmp_path):
     with pytest.raises(ConversionError, match="float16"):
         convert(bert["src"], tmp_path / "o.safetensors", dtype="float16")
     assert not (tmp_path / "o.safetensors").exists()
+
+
+def _listing(folder: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+@pytest.mark.parametrize("name", ["config.json", "model.safetensors", "tokenizer.json", "new.safetensors"])
+def test_convert_never_writes_into_its_source(bert, tmp_path, name):
+    """convert(src, src/"config.json") once replaced the checkpoint's own file: an output inside the source folder
+    is refused, even with force=True, and the folder is left as it was."""
+    src = _copy_folder(bert["src"], tmp_path / "src")
+    before = _listing(src)
+    for force in (False, True):
+        msg = raised(ConversionError, convert, src, src / name, force=force)
+        assert "inside the checkpoint folder" in msg, msg
+    assert _listing(src) == before
+
+
+def _hf_cache(src: Path, root: Path) -> Path:
+    """``src`` laid out as the Hugging Face cache does: <repo>/blobs/<hash> files, and the snapshot folder
+    <repo>/snapshots/<revision>/<name> of symlinks to ../../blobs/<hash>; returns the snapshot folder."""
+    snapshot = root / "models--test--bert" / "snapshots" / "0123abcd"
+    blobs = root / "models--test--bert" / "blobs"
+    snapshot.mkdir(parents=True)
+    blobs.mkdir()
+    for i, path in enumerate(sorted(p for p in src.iterdir() if p.is_file())):
+        shutil.copy(path, blobs / f"blob{i}")
+        (snapshot / path.name).symlink_to(Path("..", "..", "blobs", f"blob{i}"))
+    return snapshot
+
+
+def test_convert_never_writes_onto_a_cache_blob(bert, tmp_path):
+    """In the Hugging Face cache the files the converter reads are blobs the snapshot links to: an output that is
+    one of them, or a link to one, is refused too."""
+    snapshot = _hf_cache(bert["src"], tmp_path / "cache")
+    blob = (snapshot / "model.safetensors").resolve()
+    link = tmp_path / "link.safetensors"
+    link.symlink_to(blob)
+    before = _listing(tmp_path / "cache")
+    for out in (blob, link):
+        msg = raised(ConversionError, convert, snapshot, out, force=True)
+        assert "inside the checkpoint folder" in msg, msg
+    assert _listing(tmp_path / "cache") == before
+
+
+def test_convert_replaces_an_existing_file_only_with_force(bert, tmp_path):
+    out = tmp_path / "o.safetensors"
+    out.write_bytes(b"an earlier file")
+    msg = raised(ConversionError, convert, bert["src"], out)
+    assert str(out) in msg and "force" in msg
+    assert out.read_bytes() == b"an earlier file"
+    convert(bert["src"], out, dtype="fp32", force=True)
+    assert out.read_bytes() == bert["files"]["fp32"].read_bytes()
+
+
+def test_cli_convert_force(bert, tmp_path, capsys):
+    from tinybert.cli import main
+
+    out = tmp_path / "o.safetensors"
+    out.write_bytes(b"an earlier file")
+    assert main(["convert", str(bert["src"]), str(out), "--dtype", "fp32", "--quiet"]) == 2
+    assert "--force" in capsys.readouterr().err
+    assert out.read_bytes() == b"an earlier file"
+    assert main(["convert", str(bert["src"]), str(out), "--dtype", "fp32", "--quiet", "--force"]) == 0
+    assert out.read_bytes() == bert["files"]["fp32"].read_bytes()
+
+
+@pytest.mark.parametrize("kind", ["folder", "missing folder", "read-only folder"])
+def test_convert_checks_the_output_first(bert, tmp_path, kind):
+    """An output that is a folder or cannot be written once gave a bare OSError after the whole conversion: it is
+    a ConversionError before anything is read (the source's config.json is broken here, and never reached)."""
+    src = _copy_folder(bert["src"], tmp_path / "src")
+    (src / "config.json").write_text("{not json")
+    if kind == "folder":
+        out, words = tmp_path, "is a folder"
+    elif kind == "missing folder":
+        out, words = tmp_path / "nowhere" / "o.safetensors", "does not exist"
+    elif os.geteuid() != 0:
+        (tmp_path / "ro").mkdir(mode=0o555)
+        out, words = tmp_path / "ro" / "o.safetensors", "cannot write"
+    else:   # root writes through permission bits; sysfs refuses to create files even for root
+        if not Path("/sys/kernel").is_dir():
+            pytest.skip("needs a non-root user or Linux's sysfs")
+        out, words = Path("/sys/tinybert-test.safetensors"), "cannot write"
+    msg = raised(ConversionError, convert, src, out)
+    assert words in msg and "config.json" not in msg, msg
+    assert not (out.exists() and out.is_file())
+
+
+def test_convert_reads_a_hugging_face_cache_snapshot(bert, tmp_path):
+    """The cache's own layout (snapshots/<revision>/<file> → ../../blobs/<hash>) converts, to the same bytes as
+    the plain folder."""
+    snapshot = _hf_cache(bert["src"], tmp_path / "cache")
+    out = convert(snapshot, tmp_path / "o.safetensors", dtype="fp32")
+    assert out.read_bytes() == bert["files"]["fp32"].read_bytes()
+
+
+def _link_outside(name: str):
+    """The folder's ``name`` replaced by a symlink to a copy of it outside the folder."""
+    def edit(src: Path) -> None:
+        outside = src.parent / "outside"
+        outside.mkdir(exist_ok=True)
+        shutil.move(src / name, outside / name)
+        (src / name).symlink_to(outside / name)
+    return edit
+
+
+def _sharded_with_outside_shard(src: Path) -> None:
+    """model.safetensors as a one-shard index whose shard is a symlink leading out of the folder."""
+    tensors, _ = read_file(src / "model.safetensors")
+    (src / "model.safetensors").unlink()
+    (src / "model.safetensors.index.json").write_text(json.dumps({"weight_map": {k: "shard-1.safetensors"
+                                                                                 for k in tensors}}))
+    from safetensors.numpy import save_file
+
+    (src.parent / "outside").mkdir(exist_ok=True)
+    save_file(tensors, str(src.parent / "outside" / "shard-1.safetensors"))
+    (src / "shard-1.safetensors").symlink_to(src.parent / "outside" / "shard-1.safetensors")
+
+
+def _pooling_at(path: str):
+    def edit(src: Path) -> None:
+        (src.parent / "outside").mkdir(exist_ok=True)
+        (src.parent / "outside" / "config.json").write_text(json.dumps({"pooling_mode_cls_token": True}))
+        (src / "modules.json").write_text(json.dumps([
+            {"idx": 0, "name": "0", "path": "", "type": "sentence_transformers.models.Transformer"},
+            {"idx": 1, "name": "1", "path": path, "type": "sentence_transformers.models.Pooling"}]))
+    return edit
+
+
+@pytest.mark.parametrize("damage", [
+    _link_outside("model.safetensors"), _link_outside("config.json"), _link_outside("tokenizer.json"),
+    _sharded_with_outside_shard, _pooling_at("../outside"), _pooling_at(str(Path("/tmp").resolve())),
+], ids=["weights", "config.json", "tokenizer.json", "shard", "modules.json ../outside", "modules.json absolute"])
+def test_convert_reads_nothing_outside_the_folder(bert, tmp_path, damage):
+    """A modules.json path of ../outside was read, and symlinks leading out of the folder were followed: both are
+    refused (only the Hugging Face cache's links into its blobs are followed)."""
+    src = _copy_folder(bert["src"], tmp_path / "src")
+    damage(src)
+    msg = _convert_error(src, tmp_path / "o.safetensors", ConversionError)
+    assert "outside the model folder" in msg, msg
+
+
+def test_convert_cuts_long_source_strings(bert, tmp_path):
+    """A 110 MB _name_or_path once made a file the loader refuses (safetensors reads headers up to 100 MB): the
+    free-form source metadata keeps at most 1,024 characters of each string."""
+    src = _copy_folder(bert["src"], tmp_path / "src")
+    _edit_config(src, _name_or_path="x" * 110_000_000, architectures=["BertModel", "y" * 5000])
+    out = convert(src, tmp_path / "o.safetensors", dtype="fp32")
+    source = json.loads(tinybert.Encoder(out).metadata[fmt.KEY_SOURCE])
+    assert source["name_or_path"] == "x" * 1024
+    assert source["architectures"] == ["BertModel", "y" * 1024]
+
+
+def test_writer_refuses_metadata_the_loader_could_not_read(tmp_path):
+    """Whatever else makes the header too large (a huge label or tokenizer) is a ConversionError naming the
+    entry, and nothing is written."""
+    from tinybert_convert.writer import HEADER_LIMIT
+
+    out = tmp_path / "o.safetensors"
+    msg = raised(ConversionError, write_safetensors, out, {"t": np.zeros(2, np.float32)},
+                 {"format": "tinybert", "task": "z" * HEADER_LIMIT})
+    assert "'task'" in msg, msg
+    assert list(tmp_path.iterdir()) == []
+
+
+def _nest(depth: int) -> str:
+    return "[" * depth + "]" * depth
+
+
+def _modules(kind: object, path: object):
+    def edit(src: Path) -> None:
+        (src / "modules.json").write_text(json.dumps([{"idx": 0, "name": "0", "path": path, "type": kind}]))
+    return edit
+
+
+def _nested_weights_header(src: Path) -> None:
+    weights = src / "model.safetensors"
+    raw = weights.read_bytes()
+    header_len = int.from_bytes(raw[:8], "little")
+    deep = _nest(100_000).encode()          # deeper than json.loads' stack
+    weights.unlink()                        # the copy may be read-only (transformers writes 0600)
+    weights.write_bytes(len(deep).to_bytes(8, "little") + deep + raw[8 + header_len:])
+
+
+def _vocab_only(text: str):
+    def edit(src: Path) -> None:
+        (src / "tokenizer.json").unlink()
+        (src / "vocab.txt").write_text(text)
+    return edit
+
+
+@pytest.mark.parametrize("damage, words", [
+    (lambda src: (src / "config.json").write_text(_nest(100_000)), ["config.json", "JSON"]),
+    (lambda src: (src / "config.json").write_text('{"model_type": "bert", "x": ' + _nest(100_000) + "}"),
+     ["config.json", "JSON"]),
+    (_nested_weights_header, ["model.safetensors"]),
+    (lambda src: _edit_config(src, hidden_size="abc"), ["config.json", "hidden_size"]),
+    (lambda src: _edit_config(src, hidden_size=[32]), ["config.json", "hidden_size"]),
+    (lambda src: _edit_config(src, layer_norm_eps="tiny"), ["config.json", "layer_norm_eps"]),
+    (lambda src: _edit_config(src, num_attention_heads=0), ["config.json", "num_attention_heads"]),
+    (_modules(5, ""), ["modules.json", "type"]),
+    (_modules("sentence_transformers.models.Pooling", 5), ["modules.json", "path"]),
+    (lambda src: (src / "tokenizer.json").write_bytes(b'{"version": "1.0", "x": "\xff\xfe"}'),
+     ["tokenizer.json", "UTF-8"]),
+    (_vocab_only(""), ["vocab.txt"]),
+    (lambda src: (_vocab_only("[PAD]\n[UNK]\n[CLS]\n[SEP]\n")(src),
+                  (src / "tokenizer_config.json").write_text("[1, 2]")), ["tokenizer_config.json"]),
+], ids=["nested config.json", "nested value in config.json", "nested weights header", "hidden_size abc",
+        "hidden_size [32]", "layer_norm_eps tiny", "num_attention_heads 0", "modules.json type int",
+        "modules.json path int", "tokenizer.json not UTF-8", "empty vocab.txt", "tokenizer_config.json a list"])
+def test_convert_hostile_checkpoint(bert, tmp_path, damage, words):
+    """Checkpoint files that once escaped as RecursionError, ValueError, TypeError, ZeroDivisionError,
+    AttributeError or UnicodeDecodeError: a ConversionError naming the file (and key), and nothing written."""
+    src = _copy_folder(bert["src"], tmp_path / "src")
+    damage(src)
+    msg = _convert_error(src, tmp_path / "o.safetensors", ConversionError)
+    for word in words:
+        assert word in msg, msg
+
+
+HOSTILE_VALUES = ["abc", [32], {}, None, True, -1, 0, 2 ** 31, 1e300, float("nan")]
+
+
+@pytest.fixture(scope="module")
+def generative_folders(tmp_path_factory, bpe_tokenizer_file) -> dict[str, Path]:
+    """Random transformers decoders and encoder-decoders saved as checkpoint folders (not converted)."""
+    from conftest import build_hf_decoder, build_hf_seq2seq
+
+    root = tmp_path_factory.mktemp("generative")
+    folders = {}
+    for name in ("gpt2", "llama-llama3"):
+        build_hf_decoder(name, root / name, bpe_tokenizer_file)
+        folders[name] = root / name
+    for kind in ("t5-v1.0", "bart"):
+        build_hf_seq2seq(kind).save_pretrained(root / kind)
+        shutil.copy(bpe_tokenizer_file, root / kind / "tokenizer.json")
+        folders[kind] = root / kind
+    return folders
+
+
+def _config_edits(config: dict) -> list[tuple[str, dict]]:
+    """(what, edited config) for every key, and every key of a nested object (rope parameters), set to each
+    hostile value."""
+    edits = []
+    for key, original in config.items():
+        edits += [(f"{key} = {value!r}", {**config, key: value}) for value in HOSTILE_VALUES]
+        if isinstance(original, dict):
+            edits += [(f"{key}.{inner} = {value!r}", {**config, key: {**original, inner: value}})
+                      for inner in original for value in HOSTILE_VALUES]
+    return edits
+
+
+@pytest.mark.parametrize("family", ["bert", "gpt2", "llama-llama3", "t5-v1.0", "bart"])
+def test_convert_every_config_value_is_checked(request, tmp_path, family):
+    """Every key of a config.json (and of its rope parameters) set to a value of another type, zero, negative,
+    huge or NaN: the folder converts, or a ConversionError / UnsupportedModelError says why; never another
+    exception, never a file left behind by a failure."""
+    original = (request.getfixturevalue("bert")["src"] if family == "bert"
+                else request.getfixturevalue("generative_folders")[family])
+    src = _copy_folder(original, tmp_path / "src")
+    out = tmp_path / "o.safetensors"
+    failures = []
+    for what, config in _config_edits(json.loads((original / "config.json").read_text())):
+        (src / "config.json").write_text(json.dumps(config))
+        try:
+            convert(src, out, dtype="fp32")
+            out.unlink()
+        except (ConversionError, UnsupportedModelError):
+            if out.exists():
+                failures.append(f"{what}: a failed conversion left {out}")
+        except Exception as exc:  # the type is what is under test
+            failures.append(f"{what}: {type(exc).__name__}: {str(exc)[:100]}")
+    assert not failures, "\n".join(failures)
 
 
 # --------------------------------------------------------------------------- forward() arguments

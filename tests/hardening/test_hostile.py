@@ -117,6 +117,122 @@ def test_hostile_headers(seeds, tmp_path, edit, words):
     assert words in str(info.value).lower(), str(info.value)
 
 
+def _rewrite_metadata(src: Path, dst: Path, key: str, edit, tensors_edit=None) -> Path:
+    """A copy of ``src`` whose JSON metadata ``key`` is ``edit(value)`` (and whose tensors ``tensors_edit`` may
+    change), written with safetensors' own writer: a well-formed file with hostile values."""
+    from safetensors import safe_open
+    from safetensors.numpy import save_file
+
+    with safe_open(str(src), framework="numpy") as fh:
+        tensors = {name: fh.get_tensor(name) for name in fh.keys()}
+        metadata = dict(fh.metadata())
+    metadata[key] = json.dumps(edit(json.loads(metadata[key])))
+    if tensors_edit is not None:
+        tensors_edit(tensors)
+    save_file(tensors, str(dst), metadata=metadata)
+    return dst
+
+
+def _update(**changes):
+    return lambda value: {**value, **changes}
+
+
+def _rope(**changes):
+    return lambda cfg: {**cfg, "rope": {**cfg["rope"], **changes}}
+
+
+def _rel_bias_rows(rows: int):
+    def edit(tensors):
+        for side in ("encoder", "decoder"):
+            tensors[side + ".rel_bias"] = np.ascontiguousarray(tensors[side + ".rel_bias"][:rows])
+    return edit
+
+
+def _token_id(tok: dict) -> dict:
+    tok["model"]["vocab"]["cat"] = 2 ** 31
+    return tok
+
+
+def _template_type_id(tok: dict) -> dict:
+    tok["post_processor"]["single"][0]["SpecialToken"]["type_id"] = 2 ** 31
+    return tok
+
+
+@pytest.mark.parametrize("seed, key, edit, tensors_edit, words", [
+    ("rope-int8", "config", _update(rope={}), None, "rope"),
+    ("rope-int8", "config", _update(rope={"type": "yarn"}), None, "rope"),
+    ("rope-int8", "config", _rope(theta="abc"), None, "theta"),
+    ("rope-int8", "config", _rope(original_max_position_embeddings="x"), None, "original_max_position_embeddings"),
+    ("seq2seq-int8", "config", _update(relative_buckets=2), _rel_bias_rows(2), "relative"),
+    ("seq2seq-int8", "config", _update(relative_buckets=3), _rel_bias_rows(3), "relative"),
+    ("seq2seq-int8", "config", _update(relative_max_distance=2), None, "relative"),
+    ("encoder-int8", "tokenizer", _token_id, None, "tokenizer"),
+    ("encoder-int8", "tokenizer", _template_type_id, None, "tokenizer"),
+], ids=["rope {}", "rope yarn", "theta abc", "llama3 original x", "buckets 2", "buckets 3", "max distance 2",
+        "token id 2**31", "type id 2**31"])
+def test_hostile_config_values(seeds, tmp_path, seed, key, edit, tensors_edit, words):
+    """Values in a file's config and tokenizer that once escaped as ValueError, TypeError, ZeroDivisionError,
+    IndexError or OverflowError: each is a ModelFileError naming the problem."""
+    path = _rewrite_metadata(seeds[seed], tmp_path / "hostile.safetensors", key, edit, tensors_edit)
+    with pytest.raises(ModelFileError) as info:
+        _run_file(path)
+    assert words in str(info.value), str(info.value)
+
+
+HOSTILE_VALUES = ["abc", [32], None, True, -1, 0, 2, 2 ** 21, 2 ** 31, 1e300, float("nan")]
+
+
+def _config_edits(config: dict) -> list[tuple[str, object, object]]:
+    """(field, value, edit) for every field of a config dict and every parameter of its rope dict."""
+    edits = [(name, value, _update(**{name: value})) for name in config for value in HOSTILE_VALUES]
+    if isinstance(config.get("rope"), dict):
+        edits += [(f"rope.{name}", value, _rope(**{name: value}))
+                  for name in config["rope"] for value in HOSTILE_VALUES]
+    return edits
+
+
+@pytest.mark.parametrize("seed, key", [("encoder-int8", "config"), ("decoder-int8", "config"), ("rope-int8", "config"),
+                                       ("seq2seq-int8", "config"), ("mlm-int8", "task"), ("classifier-int8", "task")])
+def test_every_config_value_is_checked(seeds, tmp_path, seed, key):
+    """Every field of a file's config (and of its rope parameters) or task, set to a value of another type, zero,
+    negative, tiny, huge or NaN: the file loads and runs (a context too short for the probe text is an InputError),
+    or a ModelFileError says why; never another exception."""
+    failures = []
+    for field, value, edit in _config_edits(json.loads(load(seeds[seed]).metadata[key])):
+        path = _rewrite_metadata(seeds[seed], tmp_path / "hostile.safetensors", key, edit)
+        try:
+            _run_file(path)
+        except ModelFileError:
+            pass
+        except InputError:
+            assert field == "max_positions", (field, value)
+        except Exception as exc:  # the type is what is under test
+            failures.append(f"{key} {field} = {value!r}: {type(exc).__name__}: {str(exc)[:100]}")
+    assert not failures, "\n".join(failures)
+
+
+def test_positions_without_a_tensor_are_bounded(seeds, tmp_path):
+    """Rotary and T5 models build position tables no tensor backs: a max_positions above config.MAX_POSITIONS is
+    refused before anything allocates them (2**31 positions once asked for 8 GiB)."""
+    from tinybert.config import MAX_POSITIONS
+
+    for seed in ("rope-int8", "seq2seq-int8"):
+        path = _rewrite_metadata(seeds[seed], tmp_path / "long.safetensors", "config",
+                                 _update(max_positions=MAX_POSITIONS + 1))
+        with pytest.raises(ModelFileError, match="max_positions"):
+            load(path)
+        _run_file(_rewrite_metadata(seeds[seed], tmp_path / "ok.safetensors", "config",
+                                    _update(max_positions=4096)))
+
+
+def test_rope_types_agree_with_the_kernels():
+    """config.py checks rope dicts with format.ROPE_PARAMETERS; the kernels build tables for SUPPORTED_TYPES."""
+    from tinybert import format as fmt
+    from tinybert.kernels.rope import SUPPORTED_TYPES
+
+    assert tuple(fmt.ROPE_PARAMETERS) == SUPPORTED_TYPES
+
+
 def test_missing_nan_and_overflowing_scales(seeds, tmp_path):
     """A missing or NaN scale is refused at load; a finite but absurd scale is refused when the model's values overflow
     (NumericalError), never returned as inf/NaN results."""

@@ -18,7 +18,8 @@ Hugging Face config, whose key names the runtime does not know):
      "high_freq_factor": float, "original_max_position_embeddings": int, "attention_scaling": float}
 
 "attention_scaling" is optional (default 1.0); transformers uses 1.0 for all three types (it is
-not 1 only for yarn and longrope, which are unsupported). Other keys are ignored.
+not 1 only for yarn and longrope, which are unsupported). Other keys are ignored here; a file's rope dict is
+checked before (tinybert/config.py: exactly these keys, positive values, low_freq_factor < high_freq_factor).
 
 Layouts: cos, sin float32 [max_positions, d/2] (transformers duplicates them over both halves; the
 kernel reads the half table twice). ``apply_rope``: x float32 [N, heads, d] rotated in place,
