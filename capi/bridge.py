@@ -9,11 +9,12 @@ a handle C did not get from here is an error, never a dereference.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import itertools
 import json
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 
 OK = 1
 ERR_INVALID_ARGUMENT = -1
@@ -22,6 +23,7 @@ ERR_INVALID_UTF8 = -3
 ERR_WRONG_MODEL_KIND = -4
 ERR_FILE = -5
 ERR_INTERNAL = -6
+ERR_BUSY = -7
 
 
 class CallError(Exception):
@@ -38,6 +40,21 @@ class _Model:
         self.api = api
         self.kind = kind
         self.lock = threading.Lock()
+        self.owner: int | None = None       # the thread inside a call on this model, if any
+
+    @contextlib.contextmanager
+    def use(self) -> Iterator[object]:
+        """The model's API object, one call at a time. A call from the thread already inside a call on this
+        model (a streaming callback calling back into it) is TB_ERR_BUSY: waiting for the lock would wait for
+        itself."""
+        if self.owner == threading.get_ident():
+            raise CallError(ERR_BUSY, "this model is busy: a callback may not call the model whose call invoked it")
+        with self.lock:
+            self.owner = threading.get_ident()
+            try:
+                yield self.api
+            finally:
+                self.owner = None
 
 
 _models: dict[int, _Model] = {}
@@ -138,9 +155,11 @@ def install(ffi, lib) -> None:
     def _tbpy_model_free(handle) -> None:
         with _registry_lock:
             entry = _models.pop(int(handle), None)
-        if entry is not None:
-            with entry.lock:       # let a call still running on another thread finish first
-                entry.api = None
+        if entry is None or entry.owner == threading.get_ident():
+            # Freed from a callback of its own call: the handle is gone now, the model when that call returns.
+            return
+        with entry.lock:       # let a call still running on another thread finish first
+            entry.api = None
 
     @ffi.def_extern(error=0)
     @guarded
@@ -154,12 +173,12 @@ def install(ffi, lib) -> None:
         if n_texts > 1_000_000:
             raise CallError(ERR_INVALID_ARGUMENT, f"n_texts {n_texts} is implausibly large")
         strings = [_text(ffi, texts[i], f"texts[{i}]") for i in range(n_texts)]
-        with entry.lock:
-            needed = n_texts * entry.api.dimension
+        with entry.use() as api:
+            needed = n_texts * api.dimension
             if out_len < needed:
                 raise CallError(ERR_BUFFER_TOO_SMALL, f"tb_encode needs {needed} floats in out, {out_len} given",
                                 needed)
-            vectors = entry.api.encode(strings)
+            vectors = api.encode(strings)
         ffi.memmove(out, vectors.tobytes(), vectors.nbytes)
 
     @ffi.def_extern(error=0)
@@ -171,8 +190,8 @@ def install(ffi, lib) -> None:
         if not isinstance(entry.api, Classifier):
             raise CallError(ERR_WRONG_MODEL_KIND, "this encoder file has no sequence-classification head")
         string = _text(ffi, text, "text")
-        with entry.lock:
-            best = entry.api.classify(string, top_k=1)[0]
+        with entry.use() as api:
+            best = api.classify(string, top_k=1)[0]
         _write_text(ffi, label, label_len, best["label"], "label")
         if score != ffi.NULL:
             score[0] = best["score"]
@@ -199,12 +218,12 @@ def install(ffi, lib) -> None:
         entry = model(handle, "decoder")
         string = _text(ffi, prompt, "prompt")
         options = generate_options(params)
-        with entry.lock:
+        with entry.use() as api:
             if on_piece == ffi.NULL:
-                text = entry.api.generate(string, **options)
+                text = api.generate(string, **options)
             else:
                 pieces = []
-                stream = entry.api.stream(string, **options)
+                stream = api.stream(string, **options)
                 try:
                     for piece in stream:
                         pieces.append(piece)
@@ -228,6 +247,6 @@ def install(ffi, lib) -> None:
                    "no_repeat_ngram_size": int(params.no_repeat_ngram_size), "truncation": bool(params.truncation)}
         if params.repetition_penalty != 1.0:
             options["repetition_penalty"] = float(params.repetition_penalty)
-        with entry.lock:
-            result = entry.api.translate(string, **options)
+        with entry.use() as api:
+            result = api.translate(string, **options)
         _write_text(ffi, out, out_len, result, "out")

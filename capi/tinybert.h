@@ -44,6 +44,8 @@ extern "C" {
 #define TB_ERR_WRONG_MODEL_KIND -4   /* e.g. tb_generate on an encoder file */
 #define TB_ERR_FILE -5               /* missing, unreadable or invalid model file */
 #define TB_ERR_INTERNAL -6           /* anything else (including "Python could not start") */
+#define TB_ERR_BUSY -7               /* a callback called the model whose call invoked it (tb_generate's on_piece
+                                        calling tb_generate, tb_encode, ... on the same model); other models work */
 
 typedef struct tb_model tb_model;
 
@@ -83,7 +85,8 @@ size_t tb_last_needed(void);
  * Returns NULL on failure (TB_ERR_FILE, TB_ERR_INVALID_ARGUMENT; see tb_last_error()). */
 tb_model *tb_model_load(const char *path, int n_threads);
 
-/* Release a model. NULL is a no-op; an unknown handle is ignored. */
+/* Release a model. NULL is a no-op; an unknown handle is ignored. Called from a callback of a call on the
+ * same model, the handle is invalid at once and the model is released when that call returns. */
 void tb_model_free(tb_model *model);
 
 /* Width of the sentence embeddings of an encoder model (> 0), or a negative TB_ERR_* code. */

@@ -250,3 +250,15 @@ def test_valgrind_no_invalid_access_no_growing_leak(programs, head_model, tmp_pa
     errors = re.search(r"ERROR SUMMARY: (\d+) errors", text)
     print(f"\nvalgrind: definitely lost after 10 / 1,010 calls: {counts}; {errors.group(0) if errors else ''}")
     assert len(counts) == 2 and counts[1] == counts[0]
+
+
+def test_callbacks_calling_back_into_their_model_never_deadlock(programs, decoder_model, minilm_files):
+    """tb_generate's on_piece calling tb_generate on the same model gets TB_ERR_BUSY (it used to wait for
+    itself for ever); another model works from the callback; tb_model_free from the callback releases the
+    model when the call returns, and the handle is invalid after it."""
+    _, dec = decoder_model("gpt2")
+    proc = run_c(programs["reentrant"], dec["int8"], minilm_files["int8"], timeout=300)
+    assert proc.returncode == 0, proc.stdout.decode() + proc.stderr.decode()
+    cases = dict(line.split("\t") for line in proc.stdout.decode().splitlines())
+    assert cases == {"outer_generate": "0", "inner_generate": "-7", "inner_busy_message": "1",
+                     "inner_encode_other": "0", "generate_freeing_itself": "0", "after_free": "-1"}
