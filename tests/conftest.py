@@ -6,11 +6,20 @@ tinybert itself.
 
 from __future__ import annotations
 
+import os
 import shutil
 from pathlib import Path
 
 import numpy as np
 import pytest
+
+# The tests run Numba's OpenMP kernels (2 threads here) and torch's OpenMP ops in one process, and spawn
+# processes that do the same. By default an OpenMP worker spins after each parallel region, and on a 2-core
+# machine a spinning worker takes the core the other runtime (or a busy neighbour) needs: measured here, torch's
+# references ran up to 35x slower after a 2-thread tinybert call. Passive waiting changes no result (the same
+# threads run the same code); it only stops the spinning. Both runtimes read it when they load, i.e. after
+# this file is imported; child processes inherit it.
+os.environ.setdefault("OMP_WAIT_POLICY", "passive")
 
 REPO = Path(__file__).resolve().parents[1]
 SENTENCES = REPO.parent / "shared" / "data" / "sentences.txt"
