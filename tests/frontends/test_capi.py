@@ -32,8 +32,9 @@ if shutil.which("gcc") is None:
 def plain_env() -> dict[str, str]:
     """What a user's shell has: no virtual environment, no PYTHONPATH, the system PATH."""
     env = {"PATH": "/usr/local/bin:/usr/bin:/bin", "HOME": os.environ.get("HOME", "/tmp"), "LANG": "C.UTF-8"}
-    if "NUMBA_CACHE_DIR" in os.environ:
-        env["NUMBA_CACHE_DIR"] = os.environ["NUMBA_CACHE_DIR"]
+    for name in ("NUMBA_CACHE_DIR", "OMP_WAIT_POLICY"):      # the suite's kernel cache and OpenMP waiting (conftest)
+        if name in os.environ:
+            env[name] = os.environ[name]
     return env
 
 
