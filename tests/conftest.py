@@ -386,6 +386,22 @@ def decoder_model(tmp_path_factory, bpe_tokenizer_file):
     return get
 
 
+@pytest.fixture(scope="session", autouse=True)
+def one_torch_thread():
+    """torch (the reference) on one thread for the whole session, as quiet_torch does for a module: its models
+    here are small, and on a shared 2-core machine a second intra-op thread mostly waits for a core (tiny ops
+    then cost a wake-up or a spin each). The references are transformers' own either way."""
+    try:
+        import torch
+    except ImportError:
+        yield
+        return
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.fixture(scope="module")
 def quiet_torch():
     """One torch thread (the machine is shared) and no transformers warnings for a module; both restored."""
