@@ -490,20 +490,14 @@ def seq2seq_model(tmp_path_factory, bpe_tokenizer_file):
     """kind → (transformers model, {"fp32": path, "int8": path}), built and converted once per session. Each
     model's EOS is a token its own greedy output reaches after a few steps, so hypotheses end at different
     lengths."""
-    import torch
     from tinybert_convert import convert
 
     cache: dict = {}
 
     def get(kind: str):
         if kind not in cache:
-            threads = torch.get_num_threads()
-            torch.set_num_threads(1)        # as quiet_torch: the session fixture may be set up before it
-            try:
-                model = build_hf_seq2seq(kind)
-                eos = _pick_eos(model)
-            finally:
-                torch.set_num_threads(threads)
+            model = build_hf_seq2seq(kind)
+            eos = _pick_eos(model)
             model.config.eos_token_id = eos
             model.generation_config.eos_token_id = eos
             if kind in ("bart", "marian"):
