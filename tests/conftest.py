@@ -6,11 +6,20 @@ tinybert itself.
 
 from __future__ import annotations
 
+import os
 import shutil
 from pathlib import Path
 
 import numpy as np
 import pytest
+
+# The tests run Numba's OpenMP kernels (2 threads here) and torch's OpenMP ops in one process, and spawn
+# processes that do the same. By default an OpenMP worker spins after each parallel region, and on a 2-core
+# machine a spinning worker takes the core the other runtime (or a busy neighbour) needs: measured here, torch's
+# references ran up to 35x slower after a 2-thread tinybert call. Passive waiting changes no result (the same
+# threads run the same code); it only stops the spinning. Both runtimes read it when they load, i.e. after
+# this file is imported; child processes inherit it.
+os.environ.setdefault("OMP_WAIT_POLICY", "passive")
 
 REPO = Path(__file__).resolve().parents[1]
 SENTENCES = REPO.parent / "shared" / "data" / "sentences.txt"
@@ -377,6 +386,22 @@ def decoder_model(tmp_path_factory, bpe_tokenizer_file):
     return get
 
 
+@pytest.fixture(scope="session", autouse=True)
+def one_torch_thread():
+    """torch (the reference) on one thread for the whole session, as quiet_torch does for a module: its models
+    here are small, and on a shared 2-core machine a second intra-op thread mostly waits for a core (tiny ops
+    then cost a wake-up or a spin each). The references are transformers' own either way."""
+    try:
+        import torch
+    except ImportError:
+        yield
+        return
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.fixture(scope="module")
 def quiet_torch():
     """One torch thread (the machine is shared) and no transformers warnings for a module; both restored."""
@@ -465,20 +490,14 @@ def seq2seq_model(tmp_path_factory, bpe_tokenizer_file):
     """kind → (transformers model, {"fp32": path, "int8": path}), built and converted once per session. Each
     model's EOS is a token its own greedy output reaches after a few steps, so hypotheses end at different
     lengths."""
-    import torch
     from tinybert_convert import convert
 
     cache: dict = {}
 
     def get(kind: str):
         if kind not in cache:
-            threads = torch.get_num_threads()
-            torch.set_num_threads(1)        # as quiet_torch: the session fixture may be set up before it
-            try:
-                model = build_hf_seq2seq(kind)
-                eos = _pick_eos(model)
-            finally:
-                torch.set_num_threads(threads)
+            model = build_hf_seq2seq(kind)
+            eos = _pick_eos(model)
             model.config.eos_token_id = eos
             model.generation_config.eos_token_id = eos
             if kind in ("bart", "marian"):

@@ -1,7 +1,8 @@
 """Decoder-only generation (GPT-2, Llama family) against transformers on the same random weights.
 
-References: transformers' model logits and ``generate(do_sample=False)`` (greedy), its logits
-processors (repetition penalty, top-k, top-p) on the same logits. Never tinybert's own numbers.
+References: transformers' model logits and ``generate(do_sample=False)`` (greedy and beam search). Never
+tinybert's own numbers. (The logits processors alone: tests/generation/test_processors.py; the `generate`
+command: tests/frontends/test_cli_generation.py.)
 """
 
 from __future__ import annotations

@@ -7,7 +7,9 @@ tinybert runs the inputs as one batch: equal outputs show both fidelity and batc
 
 Random models need help to be worth decoding: their LM heads are sharpened (scaled, or an independent
 random head) so logits are decisive, and each model's EOS is a token its own greedy output reaches after
-a few steps, so hypotheses end at different lengths.
+a few steps, so hypotheses end at different lengths (the models: ``seq2seq_model`` in tests/conftest.py, shared
+with the generation-engine, CLI and C API tests). Marian with SentencePiece end to end:
+tests/convert/test_spm.py; the `translate` / `summarize` commands: tests/frontends/test_cli_generation.py.
 """
 
 from __future__ import annotations

@@ -32,8 +32,9 @@ if shutil.which("gcc") is None:
 def plain_env() -> dict[str, str]:
     """What a user's shell has: no virtual environment, no PYTHONPATH, the system PATH."""
     env = {"PATH": "/usr/local/bin:/usr/bin:/bin", "HOME": os.environ.get("HOME", "/tmp"), "LANG": "C.UTF-8"}
-    if "NUMBA_CACHE_DIR" in os.environ:
-        env["NUMBA_CACHE_DIR"] = os.environ["NUMBA_CACHE_DIR"]
+    for name in ("NUMBA_CACHE_DIR", "OMP_WAIT_POLICY"):      # the suite's kernel cache and OpenMP waiting (conftest)
+        if name in os.environ:
+            env[name] = os.environ[name]
     return env
 
 
@@ -198,17 +199,23 @@ def test_broken_environment_fails_cleanly(tmp_path, minilm_files):
         assert ("could not start" in message) if name == "no-python" else ("could not start or import" in message)
 
 
-def _valgrind_env(warm_up: list) -> dict[str, str]:
-    """An environment whose Numba target is the CPU valgrind shows (it differs from the real one, which would
-    make Numba recompile every kernel under valgrind, for hours), with the kernel cache filled natively by
-    running ``warm_up`` (a command) once."""
+@pytest.fixture(scope="session")
+def valgrind_cpu() -> tuple[str, str]:
+    """The CPU name and features valgrind shows a program (asked once: a Python start under valgrind is slow)."""
     if shutil.which("valgrind") is None:
         pytest.fail("valgrind is required for this test", pytrace=False)
     probe = subprocess.run(["valgrind", "-q", sys.executable, "-c", "import llvmlite.binding as b; "
                             "print(b.get_host_cpu_name()); print(','.join('+' + k for k, v in "
                             "sorted(b.get_host_cpu_features().items()) if v))"],
                            capture_output=True, text=True, timeout=600, check=True).stdout.split()
-    env = {**plain_env(), "NUMBA_CPU_NAME": probe[0], "NUMBA_CPU_FEATURES": probe[1]}
+    return probe[0], probe[1]
+
+
+def _valgrind_env(valgrind_cpu: tuple[str, str], warm_up: list) -> dict[str, str]:
+    """An environment whose Numba target is the CPU valgrind shows (it differs from the real one, which would
+    make Numba recompile every kernel under valgrind, for hours), with the kernel cache filled natively by
+    running ``warm_up`` (a command) once."""
+    env = {**plain_env(), "NUMBA_CPU_NAME": valgrind_cpu[0], "NUMBA_CPU_FEATURES": valgrind_cpu[1]}
     warm = run_c(*warm_up, env=env)
     assert warm.returncode in (0, 1), warm.stderr.decode()
     return {**env, "PYTHONMALLOC": "malloc"}
@@ -224,26 +231,26 @@ def _memcheck(tmp_path: Path, env: dict, *command) -> tuple[subprocess.Completed
     return proc, text
 
 
-def test_valgrind_error_paths(programs, tmp_path):
+def test_valgrind_error_paths(programs, valgrind_cpu, tmp_path):
     """tests/frontends/capi/errors.c (every error path: NULL pointers, bad UTF-8, small buffers, wrong kinds, freed and
     made-up handles) under memcheck on the tiny seed models: 0 errors, no invalid access."""
     from fuzz.seeds import write_seeds
 
     seeds = write_seeds(tmp_path / "seeds")
     args = [seeds["encoder-int8"], seeds["classifier-int8"], seeds["decoder-int8"]]
-    env = _valgrind_env([programs["errors"], *args])
+    env = _valgrind_env(valgrind_cpu, [programs["errors"], *args])
     proc, _ = _memcheck(tmp_path, env, programs["errors"], *args)
     assert proc.returncode == 0, proc.stdout.decode()[-3000:]
     assert "encode_bad_utf8\t-3" in proc.stdout.decode()
 
 
-def test_valgrind_no_invalid_access_no_growing_leak(programs, head_model, tmp_path):
+def test_valgrind_no_invalid_access_no_growing_leak(programs, valgrind_cpu, head_model, tmp_path):
     """tests/frontends/capi/leaks.c under valgrind memcheck (PYTHONMALLOC=malloc, so memcheck sees every allocation;
     capi/valgrind-python.supp hides the interpreter's and ld.so's own reports): no invalid read or write,
     and the bytes definitely lost after 10 calls of tb_encode equal those after 1,010 (one process, two
     leak checks through valgrind's client requests)."""
     _, files = head_model("bert", "sequence-classification", labels=["négatif", "neutral", "positive"])
-    env = _valgrind_env([programs["leaks"], files["int8"], 1, 1])
+    env = _valgrind_env(valgrind_cpu, [programs["leaks"], files["int8"], 1, 1])
     proc, text = _memcheck(tmp_path, env, programs["leaks"], files["int8"], 10, 1000)
     assert proc.returncode == 0, proc.stderr.decode()[-3000:] + text[-3000:]
     counts = [int(x) for x in re.findall(r"definite (\d+)", proc.stdout.decode())]
