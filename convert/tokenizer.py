@@ -36,7 +36,9 @@ def tokenizer_json(folder: Path) -> str:
         raise ConversionError(f"{folder}: no tokenizer.json (or vocab.txt for WordPiece models)")
     try:
         Tokenizer.from_str(text)
-    except Exception as exc:  # tokenizers raises its own exception type
+    except BaseException as exc:  # tokenizers' own exception type, or a Rust panic (a BaseException): a BPE
+        if isinstance(exc, (KeyboardInterrupt, SystemExit)):    # merge whose result is not in the vocabulary
+            raise
         raise ConversionError(f"{folder}: tokenizer does not load: {exc}") from None
     return text
 

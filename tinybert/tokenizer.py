@@ -35,7 +35,9 @@ def load_tokenizer(text: str, max_length: int) -> TextTokenizer:
     check_patterns(text)
     try:
         tokenizer = Tokenizer.from_str(text)
-    except Exception as exc:  # tokenizers raises its own exception type
+    except BaseException as exc:  # tokenizers' own exception type, or a Rust panic (a BaseException): a BPE
+        if isinstance(exc, (KeyboardInterrupt, SystemExit)):    # merge whose result is not in the vocabulary
+            raise
         raise ModelFileError(f"tokenizer metadata does not load: {exc}") from None
     tokenizer.no_padding()
     try:

@@ -78,6 +78,16 @@ def test_a_panic_inside_the_tokenizer_is_an_input_error(minilm_dir):
         tokenizer.encode_batch(["fine", "a" * 24 + "!"])
 
 
+def test_a_panic_while_loading_the_tokenizer_is_a_model_file_error(minilm_dir):
+    """A BPE merge whose result is not in the vocabulary makes tokenizers panic inside ``Tokenizer.from_str``
+    (a PanicException escaped the loader; found by fuzz/tokenizer.py): a ModelFileError."""
+    spec = json.loads((minilm_dir / "tokenizer.json").read_text())
+    spec["model"] = {"type": "BPE", "vocab": {"[UNK]": 0, "cat": 1, "dog": 2}, "merges": ["cat dog"],
+                     "unk_token": "[UNK]"}
+    with pytest.raises(ModelFileError, match="does not load"):
+        load_tokenizer(json.dumps(spec), 128)
+
+
 def test_a_long_text_of_nothing_but_spaces_is_refused(minilm_files):
     """Its first PREFIX_CHARS characters give no token, so its kept tokens could come from any depth: refused
     rather than tokenized whole."""
