@@ -472,6 +472,19 @@ def test_every_entry_point(seeds, a, b, n, m, which, aggregation):
     _only_input_errors(calls[which])
 
 
+def test_windows_too_short_for_their_stride(seeds, tmp_path):
+    """A window too short to hold more than the tokens it shares (``max_seq_len=2``, or a QA file whose
+    max_length is 2) was a ValueError from tokenizers' enable_truncation (found by fuzz/configs.py): an
+    InputError."""
+    from tinybert import QuestionAnswerer
+
+    with pytest.raises(InputError, match="windows of 2 tokens"):
+        QuestionAnswerer(seeds["qa-int8"]).answer("what sat", "the cat sat on the mat", max_seq_len=2)
+    path = _rewrite_metadata(seeds["qa-int8"], tmp_path / "short.safetensors", "config", _update(max_length=2))
+    with pytest.raises(InputError, match="windows of 2 tokens"):
+        QuestionAnswerer(path).answer("what sat", "the cat sat on the mat")
+
+
 _ENTRY: dict = {}
 
 
