@@ -7,7 +7,8 @@ from pathlib import Path
 
 from tokenizers import Tokenizer
 
-from tinybert.errors import ConversionError
+from tinybert.errors import ConversionError, ModelFileError
+from tinybert.tokenizer import check_tokenizer_json
 
 from .files import read_json, read_text, source_file
 
@@ -34,6 +35,10 @@ def tokenizer_json(folder: Path) -> str:
         text = wordpiece._tokenizer.to_str()
     else:
         raise ConversionError(f"{folder}: no tokenizer.json (or vocab.txt for WordPiece models)")
+    try:
+        check_tokenizer_json(text)      # what would hang or abort the process in tokenizers, refused first
+    except ModelFileError as exc:
+        raise ConversionError(f"{folder}: {exc}") from None
     try:
         Tokenizer.from_str(text)
     except BaseException as exc:  # tokenizers' own exception type, or a Rust panic (a BaseException): a BPE

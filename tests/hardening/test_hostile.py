@@ -108,6 +108,7 @@ def _overlap(header: dict) -> None:
     (lambda h: h["__metadata__"].update(format_version="99"), "version"),
     (lambda h: h["__metadata__"].update(tokenizer="{not json"), "tokenizer"),
     (lambda h: h["__metadata__"].update(config="[" * 100_000), "config"),  # deeply nested JSON
+    (lambda h: h["__metadata__"].update(tokenizer="[" * 100_000), "tokenizer"),   # was a RecursionError
     (lambda h: h["__metadata__"].update(task=json.dumps({"type": "x" * 1_000_000})), "task"),
 ])
 def test_hostile_headers(seeds, tmp_path, edit, words):
