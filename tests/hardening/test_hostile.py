@@ -419,6 +419,26 @@ def test_fuzz_inputs_slice(tmp_path):
     assert "Done" in proc.stderr
 
 
+def test_fuzz_configs_slice(tmp_path):
+    """fuzz/configs.py: hostile config, rope, task, pooling and tokenizer-option values in every seed file, a run and
+    a huge-size call each, under -rss_limit_mb=1024 and an address-space limit (the long version: -runs=100000)."""
+    pytest.importorskip("atheris")
+    proc = _fuzz("fuzz.configs", str(tmp_path / "corpus"), "-runs=300", "-max_total_time=60",
+                 f"-artifact_prefix={tmp_path}/")
+    assert proc.returncode == 0, proc.stderr[-5000:]
+    assert "Done 300 runs" in proc.stderr
+
+
+def test_fuzz_tokenizer_slice(tmp_path):
+    """fuzz/tokenizer.py: hostile regexes, ids, models and metadata in the tokenizer JSON, then adversarial texts
+    (the long version: -runs=100000)."""
+    pytest.importorskip("atheris")
+    proc = _fuzz("fuzz.tokenizer", str(tmp_path / "corpus"), "-runs=300", "-max_total_time=60",
+                 f"-artifact_prefix={tmp_path}/")
+    assert proc.returncode == 0, proc.stderr[-5000:]
+    assert "Done 300 runs" in proc.stderr
+
+
 def test_threads_share_models():
     """8 threads × 100 mixed calls (encode, classify, greedy and sampled generation) on shared models equal
     the sequential results (the long version: `python -m fuzz.stress threads`, 8 × 200)."""
