@@ -4,7 +4,7 @@ translation parameters, on the tiny seed models of fuzz/seeds.py.
 
     python -m fuzz.inputs [-runs=100000] [-max_total_time=SECONDS] [libFuzzer options]
 
-About one text in sixteen (at most one per input) is long: 4 K to 24 M characters (tens of MB of UTF-8) of
+About one text in 64 (at most one per input) is long: 4 K to 24 M characters (tens of MB of UTF-8) of
 a repeated fuzz-chosen unit, CJK without spaces, a whitespace-only run ending in a few words, or one character
 without whitespace, through encode, classify, generate and translate. The process runs under -rss_limit_mb=1024
 and an address-space limit 1 GiB above its size after the models load (fuzz/limits.py), so a text that costs
@@ -70,8 +70,8 @@ def _long_text(fdp: atheris.FuzzedDataProvider) -> str:
 
 
 def _text(fdp: atheris.FuzzedDataProvider) -> str:
-    choice = fdp.ConsumeIntInRange(0, 15)
-    if choice == 15 and _long_left[0]:
+    choice = fdp.ConsumeIntInRange(0, 63)
+    if choice == 63 and _long_left[0]:
         _long_left[0] -= 1
         return _long_text(fdp)
     choice %= 4
