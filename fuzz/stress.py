@@ -24,6 +24,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -116,6 +117,13 @@ def _plain_env() -> dict[str, str]:
 
 def capi_reentrant(iterations: int, seed: int, library: str | None, timeout: float) -> dict:
     work = Path(tempfile.mkdtemp(prefix="tinybert-capi-reentrant-"))
+    try:
+        return _capi_reentrant(work, iterations, seed, library, timeout)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+def _capi_reentrant(work: Path, iterations: int, seed: int, library: str | None, timeout: float) -> dict:
     if library is None:
         library = str(work / "lib")
         subprocess.run([sys.executable, "-m", "tinybert", "build-capi", library], check=True, capture_output=True,
@@ -139,10 +147,10 @@ def capi_reentrant(iterations: int, seed: int, library: str | None, timeout: flo
     details = []
     for line in proc.stdout.splitlines():
         key, _, value = line.partition("\t")
-        if key in ("mismatch", "load_failed"):
-            details.append(value)
-        else:
+        if value.isdigit() and key not in ("mismatch", "load_failed"):
             result[key] = int(value)
+        else:
+            details.append(line)
     result.update(seconds=round(time.perf_counter() - start, 1), details=details[:20])
     if proc.returncode not in (0, 1):
         result["stderr"] = proc.stderr[-2000:]
