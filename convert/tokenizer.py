@@ -7,7 +7,8 @@ from pathlib import Path
 
 from tokenizers import Tokenizer
 
-from tinybert.errors import ConversionError
+from tinybert.errors import ConversionError, ModelFileError
+from tinybert.tokenizer import check_tokenizer_json
 
 from .files import read_json, read_text, source_file
 
@@ -35,8 +36,14 @@ def tokenizer_json(folder: Path) -> str:
     else:
         raise ConversionError(f"{folder}: no tokenizer.json (or vocab.txt for WordPiece models)")
     try:
+        check_tokenizer_json(text)      # what would hang or abort the process in tokenizers, refused first
+    except ModelFileError as exc:
+        raise ConversionError(f"{folder}: {exc}") from None
+    try:
         Tokenizer.from_str(text)
-    except Exception as exc:  # tokenizers raises its own exception type
+    except BaseException as exc:  # tokenizers' own exception type, or a Rust panic (a BaseException): a BPE
+        if isinstance(exc, (KeyboardInterrupt, SystemExit)):    # merge whose result is not in the vocabulary
+            raise
         raise ConversionError(f"{folder}: tokenizer does not load: {exc}") from None
     return text
 

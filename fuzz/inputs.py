@@ -4,6 +4,12 @@ translation parameters, on the tiny seed models of fuzz/seeds.py.
 
     python -m fuzz.inputs [-runs=100000] [-max_total_time=SECONDS] [libFuzzer options]
 
+About one text in 64 (at most one per input) is long: 4 K to 24 M characters (tens of MB of UTF-8) of
+a repeated fuzz-chosen unit, CJK without spaces, a whitespace-only run ending in a few words, or one character
+without whitespace, through encode, classify, generate and translate. The process runs under -rss_limit_mb=1024
+and an address-space limit 1 GiB above its size after the models load (fuzz/limits.py), so a text that costs
+memory in proportion to all of it, not to the part kept, is a crash.
+
 Success and ``TinyBertError`` are the only acceptable outcomes; anything else is a crash.
 """
 
@@ -24,6 +30,8 @@ with atheris.instrument_imports(include=["tinybert", "tinybert_convert"], exclud
     from tinybert import Classifier, Encoder, Generator, Translator
     from tinybert.errors import TinyBertError
 
+from fuzz.limits import limit_address_space
+
 _MODELS: dict = {}
 
 
@@ -39,8 +47,34 @@ def _models() -> dict:
     return _MODELS
 
 
+LONG_UNITS = ["長い文章を安全に切る。", "你好世界", "the cat sat ", "café ", "🙂", "x", "\u3000"]
+_long_left = [0]         # long texts still allowed in the current input (one: memory stays within the limit)
+
+
+def _long_text(fdp: atheris.FuzzedDataProvider) -> str:
+    """Up to tens of MB: a repeated fuzz-chosen unit, CJK without spaces, a whitespace-only run ending in a few
+    words, or one character with no whitespace at all. Lengths are spread over 4 KB to 24 M characters."""
+    size = (1 << fdp.ConsumeIntInRange(12, 24)) + fdp.ConsumeIntInRange(0, 1 << 10)
+    size = min(size + (fdp.ConsumeIntInRange(0, 8 << 20) if size >= 1 << 24 else 0), 24 << 20)
+    kind = fdp.ConsumeIntInRange(0, 3)
+    if kind == 0:
+        unit = fdp.ConsumeUnicodeNoSurrogates(fdp.ConsumeIntInRange(1, 16)) or "the "
+    elif kind == 1:
+        unit = fdp.PickValueInList(LONG_UNITS)
+    elif kind == 2:         # whitespace only, then words past the tokenizer's prefix
+        run = fdp.PickValueInList([" ", "\n", "\t", " \n", "\u3000", "\r\n"])
+        return run * (size // len(run)) + fdp.PickValueInList([" the cat", "late words", "你好", ""])
+    else:                   # no whitespace: one long "word"
+        unit = fdp.PickValueInList(["x", "a", "你", "🙂", "é", "\x00", "-"])
+    return unit * (size // len(unit) + 1)
+
+
 def _text(fdp: atheris.FuzzedDataProvider) -> str:
-    choice = fdp.ConsumeIntInRange(0, 3)
+    choice = fdp.ConsumeIntInRange(0, 63)
+    if choice == 63 and _long_left[0]:
+        _long_left[0] -= 1
+        return _long_text(fdp)
+    choice %= 4
     if choice == 0:
         return fdp.ConsumeUnicode(fdp.ConsumeIntInRange(0, 64))
     if choice == 1:        # words the tokenizer knows, so the kernels see real ids
@@ -60,6 +94,7 @@ def _number(fdp: atheris.FuzzedDataProvider) -> object:
 def check_inputs(data: bytes) -> None:
     fdp = atheris.FuzzedDataProvider(data)
     models = _models()
+    _long_left[0] = 1
     op = fdp.ConsumeIntInRange(0, 6)
     try:
         if op == 0:
@@ -97,9 +132,15 @@ def check_inputs(data: bytes) -> None:
 
 def main(argv: list[str]) -> None:
     for arg in argv[1:]:
-        if not arg.startswith("-"):
+        if not arg.startswith("-") and not os.path.isfile(arg):     # a file: an input to run again
             os.makedirs(arg, exist_ok=True)       # a corpus folder libFuzzer should keep inputs in
-    atheris.Setup([argv[0], "-rss_limit_mb=4096", "-timeout=60", *argv[1:]], check_inputs)
+    models = _models()                            # load the models and their kernels before the limits apply
+    models["encoder"].encode("the cat")
+    models["classifier"].classify("the cat")
+    models["generator"].generate("the cat", max_new_tokens=2)
+    models["translator"].translate("the cat", max_length=2)
+    limit_address_space(1024)
+    atheris.Setup([argv[0], "-rss_limit_mb=1024", "-timeout=60", *argv[1:]], check_inputs)
     atheris.Fuzz()
 
 

@@ -32,10 +32,12 @@ WINDOWED_CHARS = 1 << 22
 
 def load_tokenizer(text: str, max_length: int) -> TextTokenizer:
     """A tokenizer from tokenizer.json text that truncates to ``max_length`` and never pads."""
-    check_patterns(text)
+    check_tokenizer_json(text)
     try:
         tokenizer = Tokenizer.from_str(text)
-    except Exception as exc:  # tokenizers raises its own exception type
+    except BaseException as exc:  # tokenizers' own exception type, or a Rust panic (a BaseException): a BPE
+        if isinstance(exc, (KeyboardInterrupt, SystemExit)):    # merge whose result is not in the vocabulary
+            raise
         raise ModelFileError(f"tokenizer metadata does not load: {exc}") from None
     tokenizer.no_padding()
     try:
@@ -59,16 +61,43 @@ def load_tokenizer(text: str, max_length: int) -> TextTokenizer:
 _NESTED_REPEAT = re.compile(r"[+*]|\{\d*,\d*\}|\{\d{2,}\}")
 
 
-def check_patterns(tokenizer_json: str) -> None:
-    """Refuse a tokenizer.json whose regular expressions nest repetitions (catastrophic backtracking: one
-    short text could take minutes, uninterruptibly)."""
+def check_tokenizer_json(tokenizer_json: str) -> None:
+    """Refuse a tokenizer.json that tokenizers would choke on in ways no exception reports: regular expressions
+    that nest repetitions (catastrophic backtracking: one short text could take minutes, uninterruptibly), BPE
+    merges whose second part its continuing-subword prefix would cut inside a character (the process aborts),
+    and nesting deeper than the JSON parser's stack (a RecursionError)."""
     try:
         spec = json.loads(tokenizer_json)
+    except RecursionError:
+        raise ModelFileError("tokenizer metadata nests deeper than the JSON parser's stack") from None
     except ValueError:
         return      # Tokenizer.from_str reports it
     for pattern in _regexes(spec):
         if _nests_repetition(pattern):
             raise ModelFileError(f"tokenizer regex {pattern[:80]!r} nests repetitions (exponential backtracking)")
+    _check_bpe_merges(spec)
+
+
+def _check_bpe_merges(spec: object) -> None:
+    """tokenizers builds each BPE merge (a, b) as a + b with the first len(continuing_subword_prefix) bytes
+    of b cut off, without looking: where that cut falls inside a character of b, the invalid UTF-8 string it
+    makes aborts the process when its error message reaches Python (tokenizers 0.23: merge "a 你" with
+    prefix "#"); where b is shorter than the prefix it panics. Both are refused here. Files without a prefix
+    (GPT-2, Llama, ...) cost nothing."""
+    model = spec.get("model") if isinstance(spec, dict) else None
+    prefix = model.get("continuing_subword_prefix") if isinstance(model, dict) else None
+    merges = model.get("merges") if isinstance(model, dict) else None
+    if not isinstance(prefix, str) or not prefix or not isinstance(merges, list):
+        return
+    cut = len(prefix.encode("utf-8"))
+    for merge in merges:
+        parts = merge.split(" ", 1) if isinstance(merge, str) else merge
+        if not isinstance(parts, list) or len(parts) != 2 or not isinstance(parts[1], str):
+            continue    # not a pair: Tokenizer.from_str reports it
+        second = parts[1].encode("utf-8")
+        if len(second) < cut or (len(second) > cut and second[cut] & 0xC0 == 0x80):
+            raise ModelFileError(f"tokenizer BPE merge {str(merge)[:80]!r}: its second part does not begin with the "
+                                 f"continuing-subword prefix {prefix[:20]!r}")
 
 
 def _regexes(node: object, depth: int = 0) -> list[str]:

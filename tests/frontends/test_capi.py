@@ -269,3 +269,20 @@ def test_callbacks_calling_back_into_their_model_never_deadlock(programs, decode
     cases = dict(line.split("\t") for line in proc.stdout.decode().splitlines())
     assert cases == {"outer_generate": "0", "inner_generate": "-7", "inner_busy_message": "1",
                      "inner_encode_other": "0", "generate_freeing_itself": "0", "after_free": "-1"}
+
+
+def test_random_callbacks_reentering_the_library(capi):
+    """fuzz/stress.py capi-reentrant, 100 iterations: tb_generate callbacks that call tb_generate / tb_encode /
+    tb_classify / tb_model_free on the same model or another at random get the promised status every time
+    (TB_ERR_BUSY on a model running below in the stack, success elsewhere, TB_ERR_INVALID_ARGUMENT on a freed
+    handle, at once and after the call returns), and the program ends (the long version: 10,000 iterations)."""
+    import json
+
+    proc = subprocess.run([sys.executable, "-m", "fuzz.stress", "capi-reentrant", "--library", str(capi),
+                           "--iterations", "100", "--seed", "1", "--timeout", "300"], capture_output=True, text=True,
+                          timeout=900, cwd=ROOT)
+    assert proc.returncode == 0, proc.stdout + proc.stderr[-3000:]
+    result = json.loads(proc.stdout)
+    assert result["mismatches"] == 0 and not result["hang"]
+    for exercised in ("busy", "ok_in_callback", "freed_in_callback", "invalid_after_free", "wrong_kind"):
+        assert result[exercised] > 0, (exercised, result)

@@ -611,6 +611,15 @@ def _nested_weights_header(src: Path) -> None:
     weights.write_bytes(len(deep).to_bytes(8, "little") + deep + raw[8 + header_len:])
 
 
+def _bpe_merge_outside_vocabulary(src: Path) -> None:
+    """A BPE merge whose result is not in the vocabulary: tokenizers panics while deserialising (a
+    PanicException, which ``except Exception`` misses; found by fuzz/tokenizer.py)."""
+    spec = json.loads((src / "tokenizer.json").read_text())
+    spec["model"] = {"type": "BPE", "vocab": {"[UNK]": 0, "cat": 1, "dog": 2}, "merges": ["cat dog"],
+                     "unk_token": "[UNK]"}
+    (src / "tokenizer.json").write_text(json.dumps(spec))
+
+
 def _vocab_only(text: str):
     def edit(src: Path) -> None:
         (src / "tokenizer.json").unlink()
@@ -634,12 +643,15 @@ def _vocab_only(text: str):
     (_vocab_only(""), ["vocab.txt"]),
     (lambda src: (_vocab_only("[PAD]\n[UNK]\n[CLS]\n[SEP]\n")(src),
                   (src / "tokenizer_config.json").write_text("[1, 2]")), ["tokenizer_config.json"]),
+    (_bpe_merge_outside_vocabulary, ["tokenizer does not load"]),
 ], ids=["nested config.json", "nested value in config.json", "nested weights header", "hidden_size abc",
         "hidden_size [32]", "layer_norm_eps tiny", "num_attention_heads 0", "modules.json type int",
-        "modules.json path int", "tokenizer.json not UTF-8", "empty vocab.txt", "tokenizer_config.json a list"])
+        "modules.json path int", "tokenizer.json not UTF-8", "empty vocab.txt", "tokenizer_config.json a list",
+        "tokenizer.json BPE panics"])
 def test_convert_hostile_checkpoint(bert, tmp_path, damage, words):
     """Checkpoint files that once escaped as RecursionError, ValueError, TypeError, ZeroDivisionError,
-    AttributeError or UnicodeDecodeError: a ConversionError naming the file (and key), and nothing written."""
+    AttributeError, UnicodeDecodeError or a Rust panic: a ConversionError naming the file (and key), and nothing
+    written."""
     src = _copy_folder(bert["src"], tmp_path / "src")
     damage(src)
     msg = _convert_error(src, tmp_path / "o.safetensors", ConversionError)

@@ -108,6 +108,7 @@ def _overlap(header: dict) -> None:
     (lambda h: h["__metadata__"].update(format_version="99"), "version"),
     (lambda h: h["__metadata__"].update(tokenizer="{not json"), "tokenizer"),
     (lambda h: h["__metadata__"].update(config="[" * 100_000), "config"),  # deeply nested JSON
+    (lambda h: h["__metadata__"].update(tokenizer="[" * 100_000), "tokenizer"),   # was a RecursionError
     (lambda h: h["__metadata__"].update(task=json.dumps({"type": "x" * 1_000_000})), "task"),
 ])
 def test_hostile_headers(seeds, tmp_path, edit, words):
@@ -418,6 +419,26 @@ def test_fuzz_inputs_slice(tmp_path):
     assert "Done" in proc.stderr
 
 
+def test_fuzz_configs_slice(tmp_path):
+    """fuzz/configs.py: hostile config, rope, task, pooling and tokenizer-option values in every seed file, a run and
+    a huge-size call each, under -rss_limit_mb=1024 and an address-space limit (the long version: -runs=100000)."""
+    pytest.importorskip("atheris")
+    proc = _fuzz("fuzz.configs", str(tmp_path / "corpus"), "-runs=300", "-max_total_time=60",
+                 f"-artifact_prefix={tmp_path}/")
+    assert proc.returncode == 0, proc.stderr[-5000:]
+    assert "Done 300 runs" in proc.stderr
+
+
+def test_fuzz_tokenizer_slice(tmp_path):
+    """fuzz/tokenizer.py: hostile regexes, ids, models and metadata in the tokenizer JSON, then adversarial texts
+    (the long version: -runs=100000)."""
+    pytest.importorskip("atheris")
+    proc = _fuzz("fuzz.tokenizer", str(tmp_path / "corpus"), "-runs=300", "-max_total_time=60",
+                 f"-artifact_prefix={tmp_path}/")
+    assert proc.returncode == 0, proc.stderr[-5000:]
+    assert "Done 300 runs" in proc.stderr
+
+
 def test_threads_share_models():
     """8 threads × 100 mixed calls (encode, classify, greedy and sampled generation) on shared models equal
     the sequential results (the long version: `python -m fuzz.stress threads`, 8 × 200)."""
@@ -470,6 +491,19 @@ def test_every_entry_point(seeds, a, b, n, m, which, aggregation):
         lambda: models["ner"].forward(ids_value(a), ids_value(b)),
     ]
     _only_input_errors(calls[which])
+
+
+def test_windows_too_short_for_their_stride(seeds, tmp_path):
+    """A window too short to hold more than the tokens it shares (``max_seq_len=2``, or a QA file whose
+    max_length is 2) was a ValueError from tokenizers' enable_truncation (found by fuzz/configs.py): an
+    InputError."""
+    from tinybert import QuestionAnswerer
+
+    with pytest.raises(InputError, match="windows of 2 tokens"):
+        QuestionAnswerer(seeds["qa-int8"]).answer("what sat", "the cat sat on the mat", max_seq_len=2)
+    path = _rewrite_metadata(seeds["qa-int8"], tmp_path / "short.safetensors", "config", _update(max_length=2))
+    with pytest.raises(InputError, match="windows of 2 tokens"):
+        QuestionAnswerer(path).answer("what sat", "the cat sat on the mat")
 
 
 _ENTRY: dict = {}

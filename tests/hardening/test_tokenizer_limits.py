@@ -78,6 +78,60 @@ def test_a_panic_inside_the_tokenizer_is_an_input_error(minilm_dir):
         tokenizer.encode_batch(["fine", "a" * 24 + "!"])
 
 
+def test_a_panic_while_loading_the_tokenizer_is_a_model_file_error(minilm_dir):
+    """A BPE merge whose result is not in the vocabulary makes tokenizers panic inside ``Tokenizer.from_str``
+    (a PanicException escaped the loader; found by fuzz/tokenizer.py): a ModelFileError."""
+    spec = json.loads((minilm_dir / "tokenizer.json").read_text())
+    spec["model"] = {"type": "BPE", "vocab": {"[UNK]": 0, "cat": 1, "dog": 2}, "merges": ["cat dog"],
+                     "unk_token": "[UNK]"}
+    with pytest.raises(ModelFileError, match="does not load"):
+        load_tokenizer(json.dumps(spec), 128)
+
+
+_BPE_CUT_INSIDE_A_CHARACTER = textwrap.dedent("""
+    import json
+    from tinybert.errors import ModelFileError
+    from tinybert.tokenizer import load_tokenizer
+
+    spec = {"version": "1.0", "model": {"type": "BPE", "vocab": {"[UNK]": 0, "a": 1, "你": 2}, "merges": ["a 你"],
+                                        "unk_token": "[UNK]", "continuing_subword_prefix": "#"}}
+    try:
+        load_tokenizer(json.dumps(spec), 128)
+    except ModelFileError as exc:
+        print("refused:", exc)
+
+    from pathlib import Path
+    from tempfile import mkdtemp
+    from tinybert.errors import ConversionError
+    from tinybert_convert.tokenizer import tokenizer_json
+
+    folder = Path(mkdtemp())
+    (folder / "tokenizer.json").write_text(json.dumps(spec))
+    try:
+        tokenizer_json(folder)
+    except ConversionError as exc:
+        print("converter refused:", exc)
+""")
+
+
+def test_a_bpe_merge_cut_inside_a_character_is_refused():
+    """tokenizers cuts len(continuing_subword_prefix) bytes off a merge's second part without looking: inside a
+    character (merge "a 你", prefix "#") the invalid UTF-8 it builds aborts the process (SIGABRT) when its error
+    reaches Python (found by fuzz/tokenizer.py). The loader and the converter refuse such merges first. Run in a
+    child process, so that a regression fails this test instead of killing the test run."""
+    done = subprocess.run([sys.executable, "-c", _BPE_CUT_INSIDE_A_CHARACTER], capture_output=True, text=True,
+                          timeout=300)
+    assert done.returncode == 0, f"exit {done.returncode}: {done.stderr[-1500:]}"
+    assert "refused: tokenizer BPE merge 'a 你'" in done.stdout, done.stdout
+    assert "converter refused:" in done.stdout and "BPE merge 'a 你'" in done.stdout, done.stdout
+
+
+def test_tokenizer_json_nested_past_the_parser_stack_is_refused():
+    """Found while reading the regex check: its json.loads raised RecursionError (not a TinyBertError)."""
+    with pytest.raises(ModelFileError, match="nests deeper"):
+        load_tokenizer("[" * 100_000, 128)
+
+
 def test_a_long_text_of_nothing_but_spaces_is_refused(minilm_files):
     """Its first PREFIX_CHARS characters give no token, so its kept tokens could come from any depth: refused
     rather than tokenized whole."""

@@ -100,7 +100,11 @@ class EncoderRunner:
             if key not in self._truncating:
                 tok = Tokenizer.from_str(self.tokenizer_json)
                 tok.no_padding()
-                tok.enable_truncation(max_length=max_length, stride=stride, strategy=strategy)
+                try:
+                    tok.enable_truncation(max_length=max_length, stride=stride, strategy=strategy)
+                except Exception as exc:  # a window too short to hold more than its shared tokens (ValueError)
+                    raise InputError(f"windows of {max_length} tokens sharing {stride} cannot be made with this "
+                                     f"tokenizer ({exc})") from None
                 self._truncating[key] = TextTokenizer(tok, self.tokenizer_json, max_length, windows=True)
             return self._truncating[key]
 
