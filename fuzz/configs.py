@@ -13,7 +13,7 @@ run once on short texts; then one call asks for a huge size (max_new_tokens / ma
 up to 2**63), stopped after a CPU budget (fuzz/limits.py: such a call may run long; what it must not do is
 allocate for the size asked).
 
-Success and ``TinyBertError`` are the only acceptable outcomes. The process runs under -rss_limit_mb=1024 and an
+Success and ``TinyBertError`` are the only acceptable outcomes. The process runs under -rss_limit_mb=4096 and an
 address-space limit 1 GiB above its size after warm-up, so an allocation sized by a config value is a crash.
 """
 
@@ -257,7 +257,7 @@ def main(argv: list[str]) -> None:
             os.makedirs(arg, exist_ok=True)       # a corpus folder libFuzzer should keep inputs in
     warm_up()
     limit_address_space(1024)
-    atheris.Setup([argv[0], "-rss_limit_mb=1024", "-timeout=120", "-len_control=0", "-max_len=1024", *argv[1:]],
+    atheris.Setup([argv[0], "-rss_limit_mb=4096", "-timeout=120", "-len_control=0", "-max_len=1024", *argv[1:]],
                  check_config)
     atheris.Fuzz()
 

@@ -6,7 +6,7 @@ translation parameters, on the tiny seed models of fuzz/seeds.py.
 
 About one text in 64 (at most one per input) is long: 4 K to 24 M characters (tens of MB of UTF-8) of
 a repeated fuzz-chosen unit, CJK without spaces, a whitespace-only run ending in a few words, or one character
-without whitespace, through encode, classify, generate and translate. The process runs under -rss_limit_mb=1024
+without whitespace, through encode, classify, generate and translate. The process runs under -rss_limit_mb=4096
 and an address-space limit 1 GiB above its size after the models load (fuzz/limits.py), so a text that costs
 memory in proportion to all of it, not to the part kept, is a crash.
 
@@ -140,7 +140,7 @@ def main(argv: list[str]) -> None:
     models["generator"].generate("the cat", max_new_tokens=2)
     models["translator"].translate("the cat", max_length=2)
     limit_address_space(1024)
-    atheris.Setup([argv[0], "-rss_limit_mb=1024", "-timeout=60", *argv[1:]], check_inputs)
+    atheris.Setup([argv[0], "-rss_limit_mb=4096", "-timeout=60", *argv[1:]], check_inputs)
     atheris.Fuzz()
 
 

@@ -282,7 +282,7 @@ def main(argv: list[str]) -> None:
     Encoder(_DIR / "seeds" / "encoder-int8.safetensors", threads=1).encode(TEXTS)
     Generator(_DIR / "seeds" / "decoder-int8.safetensors", threads=1).generate(TEXTS[0], max_new_tokens=3)
     limit_address_space(1024)
-    atheris.Setup([argv[0], "-rss_limit_mb=1024", "-timeout=20", "-len_control=0", "-max_len=1024", *argv[1:]],
+    atheris.Setup([argv[0], "-rss_limit_mb=4096", "-timeout=20", "-len_control=0", "-max_len=1024", *argv[1:]],
                   check_tokenizer)
     atheris.Fuzz()
 

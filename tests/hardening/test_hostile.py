@@ -421,7 +421,7 @@ def test_fuzz_inputs_slice(tmp_path):
 
 def test_fuzz_configs_slice(tmp_path):
     """fuzz/configs.py: hostile config, rope, task, pooling and tokenizer-option values in every seed file, a run and
-    a huge-size call each, under -rss_limit_mb=1024 and an address-space limit (the long version: -runs=100000)."""
+    a huge-size call each, under -rss_limit_mb=4096 and an address-space limit (the long version: -runs=100000)."""
     pytest.importorskip("atheris")
     proc = _fuzz("fuzz.configs", str(tmp_path / "corpus"), "-runs=300", "-max_total_time=60",
                  f"-artifact_prefix={tmp_path}/")
