@@ -173,3 +173,30 @@ def test_unsupported_configs():
         seq2seq_config({"model_type": "t5", "feed_forward_proj": "gated-gelu-x"})
     with pytest.raises(UnsupportedModelError):
         seq2seq_config({"model_type": "bart", "architectures": ["BartForSequenceClassification"]})
+
+
+def test_causal_bias_grows_by_doubling(monkeypatch):
+    """A decode step asks for the bias of one position more than the last: the table is rebuilt O(log n) times
+    over n steps, and always holds the bias of every position asked for. (Rebuilt at every step, its slightly
+    longer arrays grew the heap by ~2 MB per 2,000-step translation with a fresh model each time, until
+    fuzz.configs ran out of address space.)"""
+    import dataclasses
+
+    from fuzz.seeds import seq2seq_config
+    from tinybert import format as fmt
+    from tinybert.layers import attention
+
+    cfg = dataclasses.replace(seq2seq_config(), max_positions=4097).decoder_block
+    table = np.random.default_rng(0).standard_normal((cfg.relative_buckets, cfg.num_heads)).astype(np.float32)
+    positions = attention.Positions(cfg, {fmt.stack_prefix("decoder") + fmt.REL_BIAS: table}, "decoder")
+    builds = []
+    real = attention.relative_position_bucket
+    monkeypatch.setattr(attention, "relative_position_bucket", lambda *a: builds.append(a) or real(*a))
+    for upto in range(1, 2001):
+        bias = positions.causal_bias(upto)
+        assert bias.shape[1] >= upto
+    assert len(builds) <= 7, len(builds)            # 64, 128, ..., 2048
+    assert bias.shape[1] <= 4097
+    expected = table[real(-np.arange(2000), False, cfg.relative_buckets, cfg.relative_max_distance)].T
+    np.testing.assert_array_equal(bias[:, :2000], expected)
+    assert positions.causal_bias(4097).shape[1] == 4097          # never past max_positions

@@ -84,11 +84,15 @@ class Positions:
         return np.ascontiguousarray(self.table[buckets].T), longest - 1    # [heads, 2·longest − 1]
 
     def causal_bias(self, upto: int) -> np.ndarray:
-        """bias[h, p − t] for a query at p and keys t ≤ p < ``upto``; kept and extended on demand."""
+        """bias[h, p − t] for a query at p and keys t ≤ p < ``upto`` (or more positions); kept, and grown by
+        doubling. (Rebuilt one position longer at every decode step, its arrays grew by a few bytes each time,
+        and the process's heap by ~2 MB per 2,000-step translation with a new model each time: the config
+        fuzzer ran out of address space.)"""
         if self.table is None:
             return _NO_BIAS
         if self._causal.shape[1] < upto:
             cfg = self.cfg
+            upto = min(cfg.max_positions, max(upto, 2 * self._causal.shape[1], 64))
             buckets = relative_position_bucket(-np.arange(upto), False, cfg.relative_buckets,
                                                cfg.relative_max_distance)
             self._causal = np.ascontiguousarray(self.table[buckets].T)
