@@ -790,8 +790,31 @@ def test_row_bands_match_the_column_split(m, bits):
     assert np.isnan(expected[m // 2]).all()
     for threads in (1, 2, 3, 5):                         # 1: the column split itself
         out = np.full((m, n), 7.0, np.float32)
-        gv._linear_quads(x, wp, ws, bias, out, qmax, wsum, smooth, threads)
+        gv._linear_quads(x, wp, ws, bias, out, qmax, wsum, smooth, threads, True)
         np.testing.assert_array_equal(out, expected)
+
+
+@pytest.mark.skipif(not (gv.VNNI_AVAILABLE or gv.VNNI_EMULATED), reason="VNNI capped by TINYBERT_INT8_ISA")
+@pytest.mark.parametrize("n,k", [(72, 200), (32, 64), (100, 8300)])
+def test_one_8_bit_row_streams_each_threads_panels(n, k):
+    # One 8-bit row (a batch-1 decode step) takes _gemv_vnni_low: each thread one contiguous run of panel pairs,
+    # each pair over the whole K. It must give the reference's result bit for bit for any thread count (more
+    # threads than pairs included), with a partial last pair, K past WIDE_K, smoothing, and a non-finite row.
+    rng = np.random.default_rng(n + k)
+    wq = rng.integers(-127, 128, (n, k)).astype(np.int8)
+    ws, bias = (rng.random(n) * 1e-2).astype(np.float32), rng.standard_normal(n).astype(np.float32)
+    wp, qmax, wsum = gv.pack_quads(wq), g.act_qmax(8), g.weight_sums(wq, ws)
+    smooth = np.exp(rng.standard_normal(k)).astype(np.float32)
+    for bad in (None, np.nan, np.inf):
+        x = (rng.standard_normal((1, k)) * 3).astype(np.float32)
+        if bad is not None:
+            x[0, k // 2] = bad
+        expected = linear_int8_ref(x * smooth, wq, ws, bias, 8)
+        assert np.isfinite(expected).all() == (bad is None)
+        for threads in (1, 2, 3, 7):
+            out = np.full((1, n), 7.0, np.float32)
+            gv._linear_quads(x, wp, ws, bias, out, qmax, wsum, smooth, threads, False)
+            np.testing.assert_array_equal(out, expected)
 
 
 # ------------------------------------------------------------------------------------------------

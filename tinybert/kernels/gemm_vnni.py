@@ -53,6 +53,7 @@ the default path takes (AMX asks the OS for its tile state then, not at import),
 
 from __future__ import annotations
 
+import numba
 import numpy as np
 from llvmlite import ir
 from numba import njit, prange, types
@@ -938,6 +939,48 @@ def _gemm_vnni_bands(x, xh, xl, xsum, xs, xc, qmax, smooth, wp, ws, bias, out, w
 
 
 @njit(cache=True, nogil=True, parallel=True, error_model="numpy")
+def _gemv_vnni_low(xl, xsum, xs, xc, wp, ws, bias, out, wsum, parts):
+    """One 8-bit row (quantised into xl [1, Kp]) against every weight panel: the decode step of a batch-1
+    generation, bound by the weight bytes it reads.  Each of ``parts`` tasks (one per thread) streams one
+    contiguous run of panel pairs, each pair over the whole K (one row has nothing to reuse a k block
+    for), through one small tile.  The column split's tasks of one pair and one k block each allocated a
+    tile and ran a loop nest per 24 KB.  Measured on Zen 4 (GPT-2's 49 decode GEMVs from memory, in turn):
+    1 thread 14.2 -> 16.8 GB/s (the same run's numpy sum: 22 GB/s); 2 threads the same within this VM's
+    noise (21.8 and 21.3 GB/s, numpy sum 29-31).  Software prefetch in the loop did not help (T0 or NTA,
+    1-2 KB ahead)."""
+    n_dim = out.shape[1]
+    kp = xl.shape[1]
+    kq = wp.shape[1]
+    n_groups = wp.shape[0] // VNNI_PANELS
+    width = VNNI_PANELS * NR
+    wide = kp > WIDE_K
+    out_flat = out.reshape(out.size)
+    x_l = xl.reshape(xl.size)
+    w = wp.reshape(wp.size)
+    per = (n_groups + parts - 1) // parts
+    for part in prange(parts):
+        g0 = part * per
+        g1 = min(n_groups, g0 + per)
+        tile = aligned_bytes((width + NR) * 4).view(np.int32)
+        tile[width:] = 0
+        for g in range(g0, g1):
+            p = g * VNNI_PANELS
+            _vl1(tile, 0, x_l, x_l, 0, kp, w, p * kq * 4 * NR, kq * 4 * NR, kq, 1)
+            n0 = p * NR
+            ncols = min(width, n_dim - n0)
+            if ncols == width and not wide:
+                _epilogue2_low(tile, 0, width, NR, 0, 1, out_flat, n0, n_dim, xsum, xs, 0, ws, bias, n0, xc, wsum)
+            else:
+                for q in range(VNNI_PANELS):
+                    nq = n0 + q * NR
+                    if nq < n_dim:
+                        _finish(out_flat, n_dim, 0, nq, min(NR, n_dim - nq), tile, width, q * NR, xsum, xs, ws,
+                                bias, wide)
+                if wsum.shape[0] > 0:
+                    add_centre_block(out_flat, n_dim, 0, 1, n0, ncols, xc, wsum)
+
+
+@njit(cache=True, nogil=True, parallel=True, error_model="numpy")
 def _gemm_amx(xh, xl, xsum, xs, wp, ws, bias, out, cfg, xc, wsum):
     m_rows, n_dim = out.shape
     kp = xh.shape[1]
@@ -1051,20 +1094,32 @@ def _input_buffers(x, wp):
 
 
 @njit(cache=True, nogil=True, error_model="numpy")
-def _linear_quads(x, wp, ws, bias, out, qmax, wsum, smooth, bands):
+def _linear_quads(x, wp, ws, bias, out, qmax, wsum, smooth, threads, row_bands):
     """Split-quantise x and run the VNNI GEMM in one compiled call (a Python-level sequence of
     allocations and calls cost ~10 us per layer, a third of a small GEMM).  8-bit rows are
     centred (qmax <= 127): ``wsum`` = quant.weight_sums, else quant.NO_SUMS; the epilogues add
     the centre term back to each tile (a pass over the whole output afterwards ran serially and
     streamed it from L2).  ``smooth``: multiply x by it first (per input channel; NO_SUMS: no).
-    ``bands``: split ROW_BANDS_MIN..ROW_BANDS_MAX rows into this many row bands (_gemm_vnni_bands; the
-    thread count, for a layer whose model's weights stay in cache), or 1: split the columns.
-    The AMX driver has its own entry point, _linear_quads_amx: compiled in here, it added 4.7 s to
-    every cold start on CPUs that never run it."""
-    xh, xl, xsum, xs, xc = _input_buffers(x, wp)
+    ``threads``: the thread count.  One 8-bit row takes _gemv_vnni_low, one stream per thread;
+    ROW_BANDS_MIN..ROW_BANDS_MAX 8-bit rows of a ``row_bands`` layer (a model whose weights stay in
+    cache) are split by rows (_gemm_vnni_bands); the rest by columns (_gemm_vnni).  The same result
+    either way, bit for bit.  The AMX driver has its own entry point, _linear_quads_amx: compiled in
+    here, it added 4.7 s to every cold start on CPUs that never run it."""
     m_rows = x.shape[0]
-    if bands > 1 and ROW_BANDS_MIN <= m_rows <= ROW_BANDS_MAX and qmax <= 127:
-        _gemm_vnni_bands(x, xh, xl, xsum, xs, xc, qmax, smooth, wp, ws, bias, out, wsum, min(bands, m_rows // 4))
+    if m_rows == 1 and qmax <= 127:
+        kp = wp.shape[1] * 4
+        xl = aligned_bytes(kp).view(np.int8).reshape((1, kp))
+        xl[0, x.shape[1]:] = 0
+        xsum = np.empty(1, dtype=np.int64)
+        xs = np.empty(1, dtype=np.float32)
+        xc = np.empty(1, dtype=np.float32)
+        # An 8-bit row's h plane is all zeros and never read: xl stands in for it (its l bytes are written last).
+        _split_row(x, 0, xl, xl, xs, xc, xsum, qmax, smooth, _smoothing_scratch(x, smooth))
+        _gemv_vnni_low(xl, xsum, xs, xc, wp, ws, bias, out, wsum, max(1, threads))
+        return
+    xh, xl, xsum, xs, xc = _input_buffers(x, wp)
+    if row_bands and threads > 1 and ROW_BANDS_MIN <= m_rows <= ROW_BANDS_MAX and qmax <= 127:
+        _gemm_vnni_bands(x, xh, xl, xsum, xs, xc, qmax, smooth, wp, ws, bias, out, wsum, min(threads, m_rows // 4))
         return
     _split_rows(x, xh, xl, xs, xc, xsum, qmax, smooth)
     _gemm_vnni(xh, xl, xsum, xs, wp, ws, bias, out, qmax <= 127, xc, wsum)
@@ -1079,11 +1134,11 @@ def _linear_quads_amx(x, wp, ws, bias, out, cfg, qmax, wsum, smooth):
 
 
 def _linear(x: np.ndarray, wp: np.ndarray, ws: np.ndarray, bias: np.ndarray, out: np.ndarray, amx: bool,
-            qmax: np.float32, wsum: np.ndarray, smooth: np.ndarray, bands: int) -> None:
+            qmax: np.float32, wsum: np.ndarray, smooth: np.ndarray, threads: int, row_bands: bool) -> None:
     if amx:
         _linear_quads_amx(x, wp, ws, bias, out, _AMX_CONFIG, qmax, wsum, smooth)
     else:
-        _linear_quads(x, wp, ws, bias, out, qmax, wsum, smooth, bands)
+        _linear_quads(x, wp, ws, bias, out, qmax, wsum, smooth, threads, row_bands)
 
 
 def linear_quads(x: np.ndarray, wp: np.ndarray, ws: np.ndarray, bias: np.ndarray,
@@ -1098,7 +1153,7 @@ def linear_quads(x: np.ndarray, wp: np.ndarray, ws: np.ndarray, bias: np.ndarray
     out = np.empty((m_rows, n_dim), dtype=np.float32)
     if m_rows:
         _linear(np.ascontiguousarray(x, dtype=np.float32), wp, ws, bias, out, path == "amx", qmax, wsum,
-                NO_SMOOTHING, 1)
+                NO_SMOOTHING, numba.get_num_threads(), False)
     return out
 
 
@@ -1111,13 +1166,15 @@ def quads_weight_sums(wp: np.ndarray, ws: np.ndarray) -> np.ndarray:
 
 def linear_quads_checked_weights(x: np.ndarray, wp: np.ndarray, ws: np.ndarray, bias: np.ndarray,
                                  k_dim: int, qmax: np.float32 = QMAX12, wsum: np.ndarray = NO_SUMS,
-                                 smooth: np.ndarray = NO_SMOOTHING, bands: int = 1) -> np.ndarray:
+                                 smooth: np.ndarray = NO_SMOOTHING, threads: int = 1,
+                                 row_bands: bool = False) -> np.ndarray:
     """``linear_quads`` for a layer whose ``wp``, ``ws``, ``bias``, true input width ``k_dim`` and
     activation range ``qmax`` (``quant.act_qmax``) were checked once with ``check_layer`` (at load),
     and, for an 8-bit layer, ``wsum`` (quant.weight_sums) with ``quant.check_wsum``.  A non-empty
     ``smooth`` (f32[k_dim], checked with ``check_smooth``) multiplies x per input channel first, as
-    the quantiser reads it: the result of ``linear_quads(x * smooth, ...)``, bit for bit.  ``bands``:
-    see _linear_quads (the same result either way).
+    the quantiser reads it: the result of ``linear_quads(x * smooth, ...)``, bit for bit.  ``threads``
+    (numba.get_num_threads(), which the caller has) and ``row_bands``: see _linear_quads (the same
+    result either way).
 
     Only x is checked here: at batch 1 the full per-call validation and dispatch cost ~8 us of a
     ~40 us GEMM, 24 times per MiniLM forward. (The packing pads K to 64, so only the layer knows
@@ -1126,7 +1183,7 @@ def linear_quads_checked_weights(x: np.ndarray, wp: np.ndarray, ws: np.ndarray, 
     x = layer_input(x, k_dim)
     out = np.empty((x.shape[0], ws.shape[0]), dtype=np.float32)
     if x.shape[0]:
-        _linear(x, wp, ws, bias, out, amx_for(x.shape[0]), qmax, wsum, smooth, bands)
+        _linear(x, wp, ws, bias, out, amx_for(x.shape[0]), qmax, wsum, smooth, threads, row_bands)
     return out
 
 

@@ -58,11 +58,10 @@ class Linear:
         """x float32 [M, in_features] → [M, out_features]. ``threads``: numba.get_num_threads(), when the
         caller has it (each call of that costs ~0.8 us, 2-3 % of a batch-1 MiniLM forward)."""
         if self._quads:
-            bands = 1
-            if self.row_bands:
-                bands = numba.get_num_threads() if threads is None else threads
             return gemm_vnni.linear_quads_checked_weights(x, self.weight, self.scale, self.bias, self.in_features,
-                                                          self.act_qmax, self.wsum, self._fused_smooth, bands)
+                                                          self.act_qmax, self.wsum, self._fused_smooth,
+                                                          numba.get_num_threads() if threads is None else threads,
+                                                          self.row_bands)
         if self.input_scale is not None:
             x = gemm.layer_input(x, self.in_features) * self.input_scale
         if self.scale is not None:
