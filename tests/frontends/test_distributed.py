@@ -26,8 +26,6 @@ import ray.data
 import tinybert
 from tinybert.distributed import _FAULT_ENV, MissingExtraError, _tinybert_error, classify_dataset, embed_dataset
 
-pytestmark = pytest.mark.xdist_group("ray")   # one process starts the module's Ray cluster (see pyproject.toml)
-
 ROWS_PER_BATCH = 250   # 1,000 sentences in 4 blocks of 250: each Ray batch is one block
 
 
