@@ -199,4 +199,5 @@ def test_causal_bias_grows_by_doubling(monkeypatch):
     assert bias.shape[1] <= 4097
     expected = table[real(-np.arange(2000), False, cfg.relative_buckets, cfg.relative_max_distance)].T
     np.testing.assert_array_equal(bias[:, :2000], expected)
-    assert positions.causal_bias(4097).shape[1] == 4097          # never past max_positions
+    assert positions.causal_bias(4097).shape[1] == 4097          # doubling stops at max_positions ...
+    assert positions.causal_bias(4100).shape[1] == 4100          # ... but never gives fewer positions than asked

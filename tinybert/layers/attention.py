@@ -92,7 +92,8 @@ class Positions:
             return _NO_BIAS
         if self._causal.shape[1] < upto:
             cfg = self.cfg
-            upto = min(cfg.max_positions, max(upto, 2 * self._causal.shape[1], 64))
+            # Never shorter than asked, even past max_positions: the kernels index it unchecked.
+            upto = max(upto, min(cfg.max_positions, max(2 * self._causal.shape[1], 64)))
             buckets = relative_position_bucket(-np.arange(upto), False, cfg.relative_buckets,
                                                cfg.relative_max_distance)
             self._causal = np.ascontiguousarray(self.table[buckets].T)
