@@ -29,8 +29,9 @@ identical tokens at batch 1; random weights give flat logits, so int8 engines ar
 
 The decode bound: a batch-1 decode step reads every linear weight and the LM head once, so it cannot run
 faster than (memory read bandwidth) / (weight bytes per step). The bandwidth is measured in the same run, in
-a process of its own, by ../shared/tools/bandwidth.py's method (bench.harness.measure_bandwidth: a sum over
-1 GiB of float32, numpy with one part per thread, numpy on one thread and a Numba prange sum; the best counts).
+a process of its own, at the start and again in every round between the engines (the median of the readings
+counts), by ../shared/tools/bandwidth.py's method (bench.harness.measure_bandwidth: a sum over 1 GiB of
+float32, numpy with one part per thread, numpy on one thread and a Numba prange sum; the best of the three).
 Weight bytes: int8 = 1 byte/param, fp32 = 4 (scales, biases, norms and the one embedding row are left out,
 as is the KV cache, which is printed on its own line). Each engine's batch-1 decode speed is reported as a
 percentage of the bound for the bytes it actually reads: weight bytes per token / time per token / bound.
@@ -395,7 +396,6 @@ def main(argv: list[str] | None = None) -> None:
     batches = [1] if quick else list(BATCHES)
     new_tokens = SMOKE_NEW_TOKENS if args.smoke else QUICK_NEW_TOKENS if args.quick else NEW_TOKENS
     session = harness.Session("generate", args, bandwidth=True)
-    bandwidth = session.bandwidth_gb_s
     report: dict = {"prompt_len": PROMPT_LEN, "new_tokens": new_tokens, "batches": batches, "seed": SEED,
                     "repeats": dict(zip(("ttft", "total"), REPEATS["smoke" if args.smoke else
                                                                     "quick" if args.quick else "full"])),
@@ -407,6 +407,7 @@ def main(argv: list[str] | None = None) -> None:
         specs = {engine: {"path": str(paths[engine]), "new_tokens": new_tokens, "batches": batches,
                           "prompts": model_prompts} for engine in engines}
         results = session.rounds(engines, specs, tag=model)
+        bandwidth = session.bandwidth_gb_s     # re-measured in every round
         for engine, res in results.items():
             if "error" not in res:
                 res["file_mb"] = harness.file_size(paths[engine]) / 1e6

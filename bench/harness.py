@@ -550,6 +550,9 @@ def _threaded_sum(parts: list[np.ndarray]) -> float:
     return sum(out)
 
 
+BANDWIDTH = "read bandwidth"   # the pseudo-engine of rounds() that re-measures the bound
+
+
 def measure_bandwidth(threads: int, nbytes: int = BANDWIDTH_BYTES, repeats: int = 7) -> dict:
     """Memory read bandwidth, GB/s (1e9 bytes), by ../shared/tools/bandwidth.py's method: a sum over a 1 GiB
     float32 array; median of ``repeats`` passes after one untimed pass, for numpy on one thread, numpy on
@@ -665,11 +668,28 @@ class Session:
         combined result (medians over the rounds, see combine). A spec {"error": ...} is not run: it is the result
         (e.g. preparing that engine failed). ``envs[engine]``: extra environment for that engine's process."""
         def one(engine: str, r: int) -> dict:
+            if engine == BANDWIDTH:
+                return bandwidth_in_process(self.threads, self.scratch)
             if "error" in specs[engine]:
                 return specs[engine]
             return self.run(engine, specs[engine], f"{tag}-{engine}-r{r}", (envs or {}).get(engine))
-        runs = interleave(engines, self.args.rounds, one)
+        # A session that states a bound measures it again in every round, between the engines: this VM's
+        # bandwidth drifts by a third within minutes, so one reading at the start could flatter or wrong them.
+        measure = "bandwidth" in self.report
+        runs = interleave(engines + [BANDWIDTH] * measure, self.args.rounds, one)
+        if measure:
+            self._add_bandwidth([bw["bound_gb_s"] for bw in runs.pop(BANDWIDTH) if "error" not in bw])
         return {engine: combine(rs) for engine, rs in runs.items()}
+
+    def _add_bandwidth(self, readings: list[float]) -> None:
+        bw = self.report["bandwidth"]
+        bw.setdefault("readings_gb_s", [bw["bound_gb_s"]]).extend(readings)
+        bw["bound_gb_s"] = statistics.median(bw["readings_gb_s"])
+        bw["method"] = (f"median of {len(bw['readings_gb_s'])} readings (one at the start, one per round between "
+                        "the engines), each the max of three readers over a 1 GiB float32 sum "
+                        "(../shared/tools/bandwidth.py's method)")
+        print("   read bandwidth readings: " + ", ".join(f"{v:.1f}" for v in bw["readings_gb_s"])
+              + f" GB/s; median {bw['bound_gb_s']:.1f}", flush=True)
 
     def write(self, body: dict) -> Path:
         """The JSON results: the session's header (machine, versions, command, dates) and ``body``."""

@@ -795,11 +795,12 @@ def test_row_bands_match_the_column_split(m, bits):
 
 
 @pytest.mark.skipif(not (gv.VNNI_AVAILABLE or gv.VNNI_EMULATED), reason="VNNI capped by TINYBERT_INT8_ISA")
-@pytest.mark.parametrize("n,k", [(72, 200), (32, 64), (100, 8300)])
+@pytest.mark.parametrize("n,k", [(72, 200), (32, 64), (16, 128), (100, 8300)])
 def test_one_8_bit_row_streams_each_threads_panels(n, k):
-    # One 8-bit row (a batch-1 decode step) takes _gemv_vnni_low: each thread one contiguous run of panel pairs,
-    # each pair over the whole K. It must give the reference's result bit for bit for any thread count (more
-    # threads than pairs included), with a partial last pair, K past WIDE_K, smoothing, and a non-finite row.
+    # One 8-bit row (a batch-1 decode step) takes _gemv_vnni_low: each thread one contiguous run of panels, one
+    # panel over the whole K at a time. It must give the reference's result bit for bit for any thread count
+    # (more threads than panels included), with a partial last panel, N of one panel (packed with a padding
+    # panel), K past WIDE_K, smoothing, and a non-finite row.
     rng = np.random.default_rng(n + k)
     wq = rng.integers(-127, 128, (n, k)).astype(np.int8)
     ws, bias = (rng.random(n) * 1e-2).astype(np.float32), rng.standard_normal(n).astype(np.float32)

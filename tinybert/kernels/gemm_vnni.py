@@ -317,7 +317,8 @@ def _dpbusd_generic(builder, acc, u, s):
 VNNI_PANELS = 2   # 16-channel panels per VNNI micro-tile (24 zmm accumulators for 6 rows)
 
 
-def _make_vnni_microkernel(rows: int, emit: bool, parts: int = 2, compact: bool = False):
+def _make_vnni_microkernel(rows: int, emit: bool, parts: int = 2, compact: bool = False,
+                           panels: int = VNNI_PANELS):
     """``rows`` (1..MR) x a pair of 16-channel panels x (h, l) in 4 * rows zmm accumulators.
 
     Tile row i holds [h of panel 0 | h of panel 1 | l of panel 0 | l of panel 1], 16 int32 each.
@@ -331,13 +332,14 @@ def _make_vnni_microkernel(rows: int, emit: bool, parts: int = 2, compact: bool 
     kernel takes one more argument, ``first``: non-zero for the first k block, whose sums are
     stored rather than added (so the tile needs no zeroing, and is half the size).
 
+    ``panels`` = 1 (one row, compact): one panel, read as one sequential stream (_gemv_vnni_low).
+
     With ``emit`` False (target without AVX-512 VNNI, where the instruction could not be lowered)
     vpdpbusd is emulated in generic IR (``_dpbusd_generic``): same sums, for tests.
     """
     i8, i32, i64 = ir.IntType(8), ir.IntType(32), ir.IntType(64)
     v16i32 = ir.VectorType(i32, 16)
     splat = ir.Constant(ir.VectorType(i32, 16), [0] * 16)
-    panels = VNNI_PANELS
     assert parts == 1 or not compact
     ldt = (1 if compact else 2) * panels * NR
 
@@ -454,6 +456,7 @@ def _vnni_microkernel(rows, tile, t_off, xh, xl, x_off, x_stride, wp, w_off, w_p
 
 _vl1, _vl2, _vl3, _vl4, _vl5, _vl6 = [_make_vnni_microkernel(r, _TARGET_VNNI, parts=1, compact=True)
                                       for r in range(1, MR + 1)]
+_vl1_single = _make_vnni_microkernel(1, _TARGET_VNNI, parts=1, compact=True, panels=1)
 
 
 @njit(cache=True, nogil=True, error_model="numpy", inline="always")
@@ -787,6 +790,7 @@ def _make_epilogue(panels: int, low: bool = False):
 
 _epilogue2 = _make_epilogue(2)   # both drivers run two-panel (32-channel) tiles
 _epilogue2_low = _make_epilogue(2, low=True)
+_epilogue1_low = _make_epilogue(1, low=True)   # _gemv_vnni_low's one-panel tiles
 
 
 # ----------------------------------------------------------------------------------------------
@@ -941,41 +945,37 @@ def _gemm_vnni_bands(x, xh, xl, xsum, xs, xc, qmax, smooth, wp, ws, bias, out, w
 @njit(cache=True, nogil=True, parallel=True, error_model="numpy")
 def _gemv_vnni_low(xl, xsum, xs, xc, wp, ws, bias, out, wsum, parts):
     """One 8-bit row (quantised into xl [1, Kp]) against every weight panel: the decode step of a batch-1
-    generation, bound by the weight bytes it reads.  Each of ``parts`` tasks (one per thread) streams one
-    contiguous run of panel pairs, each pair over the whole K (one row has nothing to reuse a k block
-    for), through one small tile.  The column split's tasks of one pair and one k block each allocated a
-    tile and ran a loop nest per 24 KB.  Measured on Zen 4 (GPT-2's 49 decode GEMVs from memory, in turn):
-    1 thread 14.2 -> 16.8 GB/s (the same run's numpy sum: 22 GB/s); 2 threads the same within this VM's
-    noise (21.8 and 21.3 GB/s, numpy sum 29-31).  Software prefetch in the loop did not help (T0 or NTA,
-    1-2 KB ahead)."""
+    generation, bound by the weight bytes it reads.  Each of ``parts`` tasks (one per thread) takes one
+    contiguous run of panels and reads it front to back, one panel over the whole K at a time, so that
+    each thread's reads are a single sequential stream (what the hardware prefetchers follow best).
+
+    Measured on Zen 4, GPT-2's 49 decode GEMVs from memory in turn, 2 threads, alternating step by step
+    in one process: panel pairs read side by side (two streams per thread, a new one every 24 KB at
+    K = 768) took 4.6-5.0 ms per chain, one panel at a time 3.9-4.2 ms (0.78-0.91x; the K = 768 layers
+    and the LM head gained, the K = 3072 one was unchanged).  Before that, the column split's tasks of
+    one pair and one k block each allocated a tile and ran a loop nest per 24 KB (1 thread 14.2 ->
+    16.8 GB/s).  Software prefetch in the loop did not help (T0 or NTA, 0.5-2 KB ahead)."""
     n_dim = out.shape[1]
     kp = xl.shape[1]
     kq = wp.shape[1]
-    n_groups = wp.shape[0] // VNNI_PANELS
-    width = VNNI_PANELS * NR
+    n_panels = (n_dim + NR - 1) // NR      # padding panels past N are never read
     wide = kp > WIDE_K
     out_flat = out.reshape(out.size)
     x_l = xl.reshape(xl.size)
     w = wp.reshape(wp.size)
-    per = (n_groups + parts - 1) // parts
+    per = (n_panels + parts - 1) // parts
     for part in prange(parts):
-        g0 = part * per
-        g1 = min(n_groups, g0 + per)
-        tile = aligned_bytes((width + NR) * 4).view(np.int32)
-        tile[width:] = 0
-        for g in range(g0, g1):
-            p = g * VNNI_PANELS
-            _vl1(tile, 0, x_l, x_l, 0, kp, w, p * kq * 4 * NR, kq * 4 * NR, kq, 1)
+        # NR int32 of l, then NR zeros: the h that _finish reads for a compact tile.
+        tile = aligned_bytes(2 * NR * 4).view(np.int32)
+        tile[NR:] = 0
+        for p in range(part * per, min(n_panels, (part + 1) * per)):
+            _vl1_single(tile, 0, x_l, x_l, 0, kp, w, p * kq * 4 * NR, kq * 4 * NR, kq, 1)
             n0 = p * NR
-            ncols = min(width, n_dim - n0)
-            if ncols == width and not wide:
-                _epilogue2_low(tile, 0, width, NR, 0, 1, out_flat, n0, n_dim, xsum, xs, 0, ws, bias, n0, xc, wsum)
+            ncols = min(NR, n_dim - n0)
+            if ncols == NR and not wide:
+                _epilogue1_low(tile, 0, NR, NR, 0, 1, out_flat, n0, n_dim, xsum, xs, 0, ws, bias, n0, xc, wsum)
             else:
-                for q in range(VNNI_PANELS):
-                    nq = n0 + q * NR
-                    if nq < n_dim:
-                        _finish(out_flat, n_dim, 0, nq, min(NR, n_dim - nq), tile, width, q * NR, xsum, xs, ws,
-                                bias, wide)
+                _finish(out_flat, n_dim, 0, n0, ncols, tile, NR, 0, xsum, xs, ws, bias, wide)
                 if wsum.shape[0] > 0:
                     add_centre_block(out_flat, n_dim, 0, 1, n0, ncols, xc, wsum)
 
