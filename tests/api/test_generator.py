@@ -51,6 +51,27 @@ def test_greedy_matches_transformers(name, decoder_model):
 
 
 @pytest.mark.parametrize("name", ["gpt2", "llama"])
+def test_float16_kv_cache_of_int8_models(name, decoder_model):
+    """int8 models keep keys and values in float16 (half the cache's bytes, which a decode step reads besides the
+    weights), float32 models in float32. On the float32 weights, a float16 cache's logits after a 64-token
+    greedy run stay within 10x the float32 tolerance of transformers' full recompute."""
+    model, files = decoder_model(name)
+    fp32, int8 = tinybert.Generator(files["fp32"]), tinybert.Generator(files["int8"])
+    assert (fp32._model.kv_dtype, int8._model.kv_dtype) == ("float32", "float16")
+    assert 2 * int8.kv_cache_bytes(4, 100) == fp32.kv_cache_bytes(4, 100)
+    prompt = _ids(fp32, PROMPT_TEXTS[0])
+    (ref,) = hf_greedy(model, [prompt], 64)
+    fp32._model.kv_dtype = "float16"
+    (got,) = fp32.generate_ids([prompt], max_new_tokens=64, output_logits=True)
+    full = _hf_logits(model, prompt + got["token_ids"])[len(prompt) - 1:len(prompt) - 1 + 64]
+    worst = float(np.abs(got["logits"] - full).max())
+    assert 0 < worst <= 1e-3, worst
+    same = next((i for i, (a, b) in enumerate(zip(ref, got["token_ids"])) if a != b), 64)
+    print(f"{name} fp32 weights, float16 cache: max |logit - transformers| {worst:.2e}; greedy tokens identical "
+          f"to transformers for the first {same} of 64")
+
+
+@pytest.mark.parametrize("name", ["gpt2", "llama"])
 def test_logits_for_scoring(name, decoder_model):
     import torch
 

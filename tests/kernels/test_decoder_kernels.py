@@ -8,9 +8,10 @@ import math
 import numpy as np
 import pytest
 import torch
+from numba import njit
 from tinybert_convert.rope import rope_from_hf_config
 
-from tinybert.kernels import activations, decoder, rope
+from tinybert.kernels import activations, decoder, half, rope
 
 RNG = np.random.default_rng(20240611)
 
@@ -503,6 +504,77 @@ def test_write_kv_covers_both_paths():
     assert 5 * 3 * 7 < decoder.PARALLEL_MIN_WORK <= 300 * 4 * 64
 
 
+# ------------------------------------------------------------------------------- float16 KV cache (half.py)
+
+@njit
+def _halves(x, native, emulated):
+    for i in range(x.size):
+        native[i] = half.to_half(x[i])
+        emulated[i] = half.to_half_emulated(x[i])
+
+
+@njit
+def _floats(h, native, emulated):
+    for i in range(h.size):
+        native[i] = half.from_half(h[i])
+        emulated[i] = half.from_half_emulated(h[i])
+
+
+def test_half_conversions_match_numpy():
+    # Both the compiled conversion (F16C's instructions where the target has them) and the integer emulation
+    # (the path of targets without F16C, run here on any CPU) against numpy's float16: 2 million random bit
+    # patterns (every exponent, subnormals, inf, NaN) plus the rounding edges; and back, every one of the
+    # 65,536 halves.
+    bits = RNG.integers(0, 2**32, 2_000_000, dtype=np.uint64).astype(np.uint32)
+    edges = [65504, 65519.996, 65520, 2.0**-14, 2.0**-14 * (1 - 2.0**-11), 2.0**-24, 2.0**-25,
+             2.0**-25 * (1 + 2.0**-20), 2.0**-26, 1 + 2.0**-11, 1 + 3 * 2.0**-11, 0.0, np.inf]
+    x = np.concatenate([bits.view(np.float32), np.array(edges + [-e for e in edges], np.float32)])
+    with np.errstate(over="ignore"):
+        expected = x.astype(np.float16).view(np.uint16)
+    native, emulated = np.empty_like(expected), np.empty_like(expected)
+    _halves(x, native, emulated)
+    nan = np.isnan(x)
+    assert nan.any() and (expected[~nan] == 0x7C00).any() and (expected[~nan] < 0x400).any()
+    for got in (native, emulated):
+        np.testing.assert_array_equal(got[~nan], expected[~nan])
+        assert np.isnan(got[nan].view(np.float16)).all()
+    every = np.arange(65536, dtype=np.uint32).astype(np.uint16)
+    native, emulated = np.empty(65536, np.float32), np.empty(65536, np.float32)
+    _floats(every, native, emulated)
+    exact = every.view(np.float16).astype(np.float32)
+    nan = np.isnan(exact)
+    for got in (native, emulated):
+        np.testing.assert_array_equal(got[~nan], exact[~nan])
+        assert np.isnan(got[nan]).all()
+
+
+@pytest.mark.parametrize("bias", [False, True])
+@pytest.mark.parametrize("q_heads,kv_heads,d", [(12, 12, 64), (8, 2, 24)])
+def test_float16_cache(q_heads, kv_heads, d, bias):
+    # write_kv stores numpy's float16 of each key and value; attention over the float16 cache is the float32
+    # kernel's over a float32 cache holding those rounded values, bit for bit (the arithmetic is float32
+    # either way; only the loads convert). Prefill rows and decode rows, with and without a position bias.
+    lengths, slot_ids = (5, 150, 1), (3, 0, 1)
+    q, k32, v32, slots, positions = _prefill(lengths, slot_ids, q_heads, kv_heads, d, 160)
+    k_new = RNG.standard_normal((positions.size, kv_heads, d)).astype(np.float32) * 5
+    v_new = RNG.standard_normal((positions.size, kv_heads, d)).astype(np.float32)
+    k16 = np.full(k32.shape, 0x7E00, np.uint16)      # NaN wherever nothing is written
+    v16 = np.full(v32.shape, 0x7E00, np.uint16)
+    decoder.write_kv(k_new, v_new, slots, positions, k16, v16)
+    np.testing.assert_array_equal(k16[slots, :, positions], half.to_half_array(k_new))
+    np.testing.assert_array_equal(v16[slots, :, positions], half.to_half_array(v_new))
+    k32[slots, :, positions] = k16[slots, :, positions].view(np.float16).astype(np.float32)
+    v32[slots, :, positions] = v16[slots, :, positions].view(np.float16).astype(np.float32)
+    table = (RNG.standard_normal((q_heads, 160)) * 3).astype(np.float32) if bias else np.zeros((1, 0), np.float32)
+    decode = np.array([n - 1 for n in lengths], np.int32), np.array(slot_ids, np.int32)
+    for rows_q, at, where in ((q, positions, slots), (q[:3], *decode)):
+        expected, out = np.empty_like(rows_q), np.empty_like(rows_q)
+        decoder.cached_attention_with_bias(rows_q, k32, v32, where, at, 0.125, table, expected)
+        decoder.cached_attention_with_bias(rows_q, k16, v16, where, at, 0.125, table, out)
+        assert np.isfinite(out).all()
+        np.testing.assert_array_equal(out, expected)
+
+
 # ------------------------------------------------------------------------ encoder-decoder (T5 bias, beams)
 
 @pytest.mark.parametrize("heads,d", [(4, 64), (8, 24), (2, 1)])
@@ -550,8 +622,11 @@ def test_encoder_attention_with_bias(d, threads):
                 np.testing.assert_allclose(out[i, h], w @ v[s0:s1, h] / w.sum(), atol=2e-5, rtol=1e-4)
 
 
-def test_copy_slots():
+@pytest.mark.parametrize("dtype", [np.float32, np.uint16])
+def test_copy_slots(dtype):
     cache = RNG.standard_normal((2, 6, 3, 10, 4)).astype(np.float32)
+    if dtype == np.uint16:
+        cache = half.to_half_array(cache)
     before = cache.copy()
     dest, src = np.array([4, 1, 5]), np.array([0, 0, 2])
     decoder.copy_slots(cache, dest, src, 7)

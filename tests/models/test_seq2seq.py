@@ -15,6 +15,7 @@ transformers = pytest.importorskip("transformers")
 from tinybert_convert.seq2seq import seq2seq_config, seq2seq_tensors  # noqa: E402
 
 from tinybert.errors import UnsupportedModelError  # noqa: E402
+from tinybert.kernels.half import to_half_array  # noqa: E402
 from tinybert.layers import relative_position_bucket, sinusoidal_table  # noqa: E402
 from tinybert.models.seq2seq import Seq2SeqModel  # noqa: E402
 
@@ -131,6 +132,38 @@ def test_decoder_steps_match_full_recompute(models):
     for t in range(steps):
         logits = ours.step(state, dec[:, t].astype(np.int32), slots, np.full(len(seqs), t, dtype=np.int32))
         np.testing.assert_allclose(logits, ref[:, t], atol=TOL, rtol=0, err_msg=f"step {t}")
+
+
+def test_float16_cache_stays_close_to_transformers(models):
+    """The float16 KV cache (int8 models' default) on the float32 weights: keys and values of self- and
+    cross-attention rounded to float16, every step's logits still within 100x the float32 tolerance of
+    transformers, and the cross-attention cache the float16 rounding of the float32 one."""
+    model, ours, cfg = models
+    assert ours.kv_dtype == "float32"
+    seqs = _batch()
+    ids, mask = _padded(seqs, cfg.pad_token_id or 0)
+    steps = 8
+    dec = np.empty((len(seqs), steps), dtype=np.int64)
+    dec[:, 0] = cfg.decoder_start_token_id
+    dec[:, 1:] = np.random.default_rng(8).integers(2, VOCAB - 2, size=(len(seqs), steps - 1))
+    with torch.no_grad():
+        ref = model(input_ids=ids, attention_mask=mask, decoder_input_ids=torch.from_numpy(dec)).logits.numpy()
+    packed, starts = _packed(seqs)
+    enc = ours.encode(packed, starts)
+    full = ours.start(enc, starts, length=steps)
+    try:
+        ours.kv_dtype = "float16"
+        state = ours.start(enc, starts, length=steps)
+    finally:
+        ours.kv_dtype = "float32"
+    assert state.dtype == "float16" and state.cross_k.dtype == np.uint16
+    np.testing.assert_array_equal(state.cross_k, to_half_array(full.cross_k))
+    slots = np.arange(len(seqs), dtype=np.int32)
+    worst = 0.0
+    for t in range(steps):
+        logits = ours.step(state, dec[:, t].astype(np.int32), slots, np.full(len(seqs), t, dtype=np.int32))
+        worst = max(worst, float(np.abs(logits - ref[:, t]).max()))
+    assert 0 < worst <= 100 * TOL, worst
 
 
 def test_decoder_prefill_rows_match_steps(models):

@@ -46,8 +46,10 @@ class Generator(OpenedModel):
     # ------------------------------------------------------------------ public API
 
     def kv_cache_bytes(self, batch: int, length: int) -> int:
-        """Bytes of the KV cache for ``batch`` sequences of up to ``length`` tokens (float32)."""
-        return KVCache.bytes_for(self.config, batch, min(length, self.config.max_positions))
+        """Bytes of the KV cache for ``batch`` sequences of up to ``length`` tokens (float16 keys and values
+        for an int8 model, float32 for a float32 one)."""
+        return KVCache.bytes_for(self.config, batch, min(length, self.config.max_positions),
+                                 dtype=self._model.kv_dtype)
 
     def generate(self, prompts: str | Sequence[str], max_new_tokens: int = 64, temperature: float = 0.0,
                  top_k: int | None = None, top_p: float | None = None, repetition_penalty: float | None = None,
@@ -143,7 +145,7 @@ class Generator(OpenedModel):
                 raise InputError(f"row {b}: the attention mask must be one contiguous run of ones")
             rows.append(self._check_ids(ids[b, where]))
         lengths = [len(r) for r in rows]
-        cache = KVCache(self.config, len(rows), max(lengths))
+        cache = KVCache(self.config, len(rows), max(lengths), dtype=self._model.kv_dtype)
         flat = np.concatenate(rows).astype(np.int32)
         slots = np.repeat(np.arange(len(rows), dtype=np.int32), lengths)
         positions = np.concatenate([np.arange(n, dtype=np.int32) for n in lengths])
@@ -209,7 +211,7 @@ class Generator(OpenedModel):
 
     def _stepper(self, searches: list, blocks: int, rows_per_block: int) -> _DecoderStepper:
         length = max(s.plen + s.max_new_tokens for s in searches)
-        cache = KVCache(self.config, blocks * rows_per_block, length)
+        cache = KVCache(self.config, blocks * rows_per_block, length, dtype=self._model.kv_dtype)
         return _DecoderStepper(self._model, [s.prefix for s in searches],
                                cache, rows_per_block, self.threads)
 

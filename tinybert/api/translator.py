@@ -187,7 +187,7 @@ class Translator(OpenedModel):
                                      np.random.default_rng(None if params.seed is None else [params.seed, i]),
                                      keep_logits=output_logits) for i in range(len(sources))]
         blocks, rows = min(batch_size, len(sources)), params.num_beams
-        state = KVCache(cfg, blocks * rows, budget, blocks, max(len(s) for s in sources))
+        state = KVCache(cfg, blocks * rows, budget, blocks, max(len(s) for s in sources), self._model.kv_dtype)
         stepper = _Seq2SeqStepper(self._model, sources, cfg.decoder_start_token_id, state, rows, self.threads)
         bar = None
         if show_progress:

@@ -105,7 +105,7 @@ def _tiny_decoder(quantization: str, family: str) -> DecoderModel:
 
 def _run_decoder(model: DecoderModel) -> None:
     """A prefill of two sequences, then one decode step each: every decoder kernel path."""
-    cache = KVCache(model.config, 2, 8)
+    cache = KVCache(model.config, 2, 8, dtype=model.kv_dtype)
     ids = np.array([1, 2, 3, 4, 5], dtype=np.int32)
     slots = np.array([0, 0, 1, 1, 1], dtype=np.int32)
     positions = np.array([0, 1, 0, 1, 2], dtype=np.int32)

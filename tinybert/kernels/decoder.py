@@ -13,16 +13,18 @@ cached_attention:  for row r (a token of the sequence held in cache slot slots[r
                        out[r, h] = Σ_{t ≤ positions[r]} softmax_t(scale · q[r, h] · K[t]) V[t]
                        K = k_cache[slots[r], h // g],  V = v_cache[slots[r], h // g]
 
-                   q, out float32 [N, Hq, d]; k_cache, v_cache float32 [S, Hkv, Tmax, d] (S slots,
-                   one sequence each); slots, positions int32 [N]. During prefill the rows are all
-                   prompt tokens (of any number of sequences, in any order), during decode one
-                   token per sequence; causality comes from positions alone, so the caller must
-                   have written every row's own k/v (write_kv) before calling. out may alias q
-                   (each (row, head) reads its q before writing its out, and nothing else).
+                   q, out float32 [N, Hq, d]; k_cache, v_cache [S, Hkv, Tmax, d] (S slots, one
+                   sequence each), float32 or uint16 (float16 bits, see half.py: converted as they are
+                   written and read, the arithmetic stays float32); slots, positions int32 [N].
+                   During prefill the rows are all prompt tokens (of any number of sequences, in
+                   any order), during decode one token per sequence; causality comes from
+                   positions alone, so the caller must have written every row's own k/v (write_kv)
+                   before calling. out may alias q (each (row, head) reads its q before writing its
+                   out, and nothing else).
                    Weights come from a float32 exp2 with relative error < 3e-7.
 
-Preconditions, unchecked (kernels do no bounds checks; callers validate): float32 arrays of the
-shapes above; Hq a multiple of Hkv; 0 <= slots[r] < S; 0 <= positions[r] < Tmax; no two rows of
+Preconditions, unchecked (kernels do no bounds checks; callers validate): float32 arrays (caches: float32
+or uint16) of the shapes above; Hq a multiple of Hkv; 0 <= slots[r] < S; 0 <= positions[r] < Tmax; no two rows of
 write_kv share a (slot, position); cache entries at positions 0 .. positions[r] of slot slots[r]
 written. Any strides give correct results, but pass C-contiguous arrays: Numba compiles another,
 slower specialisation for non-contiguous ones and only unit-stride inner loops vectorise.
@@ -36,6 +38,7 @@ attention, multiply-adds of q·K) and over prange above it.
 import numpy as np
 from numba import njit, prange
 
+from .half import cache_load, cache_value
 from .jitcache import fast_cache_loading
 from .mathfn import exp2_nonpositive, fmax
 
@@ -92,15 +95,16 @@ def _write_kv_row(k_new, v_new, slot, pos, k_cache, v_cache, r):
     kv_heads, d = k_new.shape[1], k_new.shape[2]
     for h in range(kv_heads):
         for e in range(d):
-            k_cache[slot, h, pos, e] = k_new[r, h, e]
+            k_cache[slot, h, pos, e] = cache_value(k_new[r, h, e], k_cache.dtype)
         for e in range(d):
-            v_cache[slot, h, pos, e] = v_new[r, h, e]
+            v_cache[slot, h, pos, e] = cache_value(v_new[r, h, e], v_cache.dtype)
 
 
 @njit(cache=True, nogil=True, parallel=True, error_model="numpy")
 def copy_slots(cache, dest, src, upto):
     """cache[:, dest[i], :, :upto] = cache[:, src[i], :, :upto] for every i (beam search: a beam takes over
-    another's cached positions). cache float32 [L, S, H, T, d]; dest, src int64 [n]; no dest is a src."""
+    another's cached positions). cache [L, S, H, T, d], float32 or uint16; dest, src int64 [n]; no dest is a
+    src."""
     layers, heads = cache.shape[0], cache.shape[2]
     for task in prange(layers * dest.shape[0]):
         layer, i = task // dest.shape[0], task % dest.shape[0]
@@ -180,10 +184,10 @@ def _attend(q, k_cache, v_cache, slot, n_keys, scale2, bias, out, r, h, scores, 
         s3 = np.float32(0.0)
         for e in range(d):
             qe = qs[e]
-            s0 += qe * keys[t, e]
-            s1 += qe * keys[t + 1, e]
-            s2 += qe * keys[t + 2, e]
-            s3 += qe * keys[t + 3, e]
+            s0 += qe * cache_load(keys[t, e])
+            s1 += qe * cache_load(keys[t + 1, e])
+            s2 += qe * cache_load(keys[t + 2, e])
+            s3 += qe * cache_load(keys[t + 3, e])
         scores[t] = s0
         scores[t + 1] = s1
         scores[t + 2] = s2
@@ -192,7 +196,7 @@ def _attend(q, k_cache, v_cache, slot, n_keys, scale2, bias, out, r, h, scores, 
     while t < n_keys:
         s0 = np.float32(0.0)
         for e in range(d):
-            s0 += qs[e] * keys[t, e]
+            s0 += qs[e] * cache_load(keys[t, e])
         scores[t] = s0
         t += 1
     if bias.shape[1] > 0:
@@ -215,12 +219,13 @@ def _attend(q, k_cache, v_cache, slot, n_keys, scale2, bias, out, r, h, scores, 
         p2 = scores[t + 2]
         p3 = scores[t + 3]
         for e in range(d):
-            acc[e] += p0 * values[t, e] + p1 * values[t + 1, e] + p2 * values[t + 2, e] + p3 * values[t + 3, e]
+            acc[e] += (p0 * cache_load(values[t, e]) + p1 * cache_load(values[t + 1, e])
+                       + p2 * cache_load(values[t + 2, e]) + p3 * cache_load(values[t + 3, e]))
         t += 4
     while t < n_keys:
         p0 = scores[t]
         for e in range(d):
-            acc[e] += p0 * values[t, e]
+            acc[e] += p0 * cache_load(values[t, e])
         t += 1
     inv = np.float32(1.0) / total
     for e in range(d):

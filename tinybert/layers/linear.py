@@ -38,6 +38,7 @@ class Linear:
         else:
             self.weight = gemm.pack_weight_fp32(self.weight)
         self._quads = gemm_vnni.is_quads(self.weight)
+        self.quantized = self.scale is not None
         self.row_bands = False     # see use_row_bands
         # 1 / smooth, or None where it is all ones (nothing to divide).
         self.input_scale = None if smooth is None or (smooth == 1).all() else \

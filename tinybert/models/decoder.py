@@ -16,7 +16,17 @@ import numpy as np
 from .. import format as fmt
 from ..config import DecoderConfig
 from ..errors import check_finite
-from ..layers import CachedRows, Embeddings, KVCache, Linear, Norm, Positions, TransformerBlock, use_row_bands
+from ..layers import (
+    CachedRows,
+    Embeddings,
+    KVCache,
+    Linear,
+    Norm,
+    Positions,
+    TransformerBlock,
+    cache_dtype,
+    use_row_bands,
+)
 
 __all__ = ["DecoderModel", "KVCache"]
 
@@ -32,7 +42,9 @@ class DecoderModel:
         self.blocks = [TransformerBlock(block, tensors, fmt.layer_prefix(i), i) for i in range(cfg.num_layers)]
         self.final_norm = Norm(tensors, fmt.FINAL_NORM, block.norm, block.norm_eps)
         self.lm_head = Linear(tensors, fmt.LM_HEAD, weight_name=fmt.EMBED_TOKENS if cfg.tie_word_embeddings else None)
-        use_row_bands([layer for b in self.blocks for layer in b.linears()])
+        linears = [layer for b in self.blocks for layer in b.linears()]
+        use_row_bands(linears)
+        self.kv_dtype = cache_dtype(any(layer.quantized for layer in linears))   # the KVCache dtype to use
 
     def __call__(self, ids: np.ndarray, slots: np.ndarray, positions: np.ndarray, cache: KVCache,
                  logit_rows: np.ndarray | None = None) -> np.ndarray:

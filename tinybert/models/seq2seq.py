@@ -39,6 +39,7 @@ from ..layers import (
     PackedRows,
     Positions,
     TransformerBlock,
+    cache_dtype,
     use_row_bands,
 )
 
@@ -78,6 +79,7 @@ class Seq2SeqModel:
         head_weight = fmt.LM_HEAD + ".weight" if fmt.LM_HEAD + ".weight" in tensors else dec_tokens
         self.lm_head = Linear(tensors, fmt.LM_HEAD, weight_name=head_weight)
         use_row_bands([layer for stack in (self.encoder, self.decoder) for b in stack.blocks for layer in b.linears()])
+        self.kv_dtype = cache_dtype(any(layer.quantized for b in self.decoder.blocks for layer in b.linears()))
 
     def _check_positions(self, positions: np.ndarray) -> None:
         if self.config.positions != "relative" and positions.size and positions.max() >= self.config.max_positions:
@@ -114,7 +116,7 @@ class Seq2SeqModel:
         slots = batch if slots is None else int(slots)
         if slots < 1 or not 1 <= length <= cfg.max_positions:
             raise InputError(f"a decoder state needs ≥ 1 slot and 1..{cfg.max_positions} positions")
-        cache = KVCache(cfg, slots, int(length), batch, int(np.diff(starts).max()))
+        cache = KVCache(cfg, slots, int(length), batch, int(np.diff(starts).max()), self.kv_dtype)
         self.write_sources(cache, encoder_hidden, starts, np.arange(batch))
         return cache
 
