@@ -33,8 +33,9 @@ a process of its own, at the start and again in every round between the engines 
 counts), by ../shared/tools/bandwidth.py's method (bench.harness.measure_bandwidth: a sum over 1 GiB of
 float32, numpy with one part per thread, numpy on one thread and a Numba prange sum; the best of the three).
 Weight bytes: int8 = 1 byte/param, fp32 = 4 (scales, biases, norms and the one embedding row are left out,
-as is the KV cache, which is printed on its own line). Each engine's batch-1 decode speed is reported as a
-percentage of the bound for the bytes it actually reads: weight bytes per token / time per token / bound.
+as is the KV cache, printed on its own line: float32, float16 in tinybert int8). Each engine's batch-1 decode
+speed is reported as a percentage of the bound for the bytes it actually reads: weight bytes per token / time
+per token / bound.
 
 Targets (issue 24), tinybert int8 vs CTranslate2 int8 in the same run, on tokens/s of the whole call (batch x
 new tokens / wall time; at batch 8 that is the per-sequence ratio too): >= 2.0x at batch 1, >= 1.5x at
@@ -365,7 +366,8 @@ def print_model(model: str, info: dict, new_tokens: int) -> None:
           f"{total / 1e6:.0f} MB = {bw * 1e9 / total:.0f} tok/s, fp32 {4 * total / 1e6:.0f} MB = "
           f"{bw * 1e9 / (4 * total):.0f} tok/s"
           + (f", GPT-2 dynint8 {engine_weight_bytes(model, 'pytorch-int8') / 1e6:.0f} MB" if model == "gpt2" else ""))
-    print(f"  plus the fp32 KV cache, {kv / 1e6:.1f} MB per step on average over the decode (not in the bound)")
+    print(f"  plus the KV cache, {kv / 1e6:.1f} MB per step on average over the decode in float32 (tinybert int8 keeps "
+          f"float16: {kv / 2e6:.1f} MB; not in the bound)")
     t = info["target"]
     cells = [f"b{b} {harness.fmt(r['ratio'], '.2f')}x (>= {r['target']}x; decode "
              f"{harness.fmt(r['decode_ratio'], '.2f')}x)" for b, r in t["vs_ctranslate2_int8"].items()]
