@@ -170,3 +170,10 @@ class Encoder:
         for rows, _, pooled in self.runner.batches(encodings, batch_size, show_progress, "encoding", pool=mode):
             out[rows] = pooled
         return l2_normalize(out) if do_normalize else out
+
+    def __repr__(self) -> str:
+        # The task classes share it: their class name, plus the labels of the heads that have them.
+        labels = getattr(self, "labels", None)
+        return (f"{type(self).__name__}(path={str(self.path)!r}, architecture={self.config.architecture!r}, "
+                f"quantization={self.quantization!r}, dim={self.dimension}, "
+                f"{f'labels={list(labels)!r}, ' if labels else ''}threads={self.threads})")

@@ -268,6 +268,11 @@ class Generator(OpenedModel):
     def _decode(self, ids: list[int]) -> str:
         return self.tokenizer.decode(ids, skip_special_tokens=True)
 
+    def __repr__(self) -> str:
+        return (f"{type(self).__name__}(path={str(self.path)!r}, architecture={self.config.architecture!r}, "
+                f"quantization={self.quantization!r}, layers={self.config.num_layers}, "
+                f"hidden={self.config.hidden_size}, threads={self.threads})")
+
 
 class _DecoderStepper:
     """The decoder-only model as the generation driver's Stepper: block b is cache slots b·n … b·n + n − 1;

@@ -14,10 +14,11 @@ from ..loader import ModelFile, TensorStore, load
 from ..tokenizer import TextTokenizer, load_tokenizer
 from .scheduler import check_process, check_threads
 
-_KINDS: dict[str, tuple[type, str]] = {
-    "encoder": (EncoderConfig, "an encoder (use Generator for decoders)"),
-    "decoder": (DecoderConfig, "a decoder (GPT-2, Llama family)"),
-    "encoder-decoder": (Seq2SeqConfig, "an encoder-decoder (T5, BART, Marian)"),
+# kind → (its config, how a message names it, the class that opens it)
+_KINDS: dict[str, tuple[type, str, str]] = {
+    "encoder": (EncoderConfig, "an encoder (BERT family)", "Encoder or a task class"),
+    "decoder": (DecoderConfig, "a decoder (GPT-2, Llama family)", "Generator"),
+    "encoder-decoder": (Seq2SeqConfig, "an encoder-decoder (T5, BART, Marian)", "Translator"),
 }
 
 
@@ -55,12 +56,13 @@ def open_model(path: str | Path, kind: str, threads: int | None, user: str) -> O
     InputError for a bad ``threads`` (see scheduler.check_threads). The tokenizer truncates to what the
     model can take: an encoder's ``max_length``, the other kinds' ``max_positions``.
     """
-    config_type, needed = _KINDS[kind]
+    config_type, needed, _ = _KINDS[kind]
     check_process()
     model_file = load(path)
     config = model_file.config
     if not isinstance(config, config_type):
-        raise ModelKindError(f"{path} holds a {config.kind} model; {user} needs {needed}")
+        _, held, opener = _KINDS[config.kind]
+        raise ModelKindError(f"{path} holds {held} model; {user} needs {needed} model: open it with {opener}")
     length = config.max_length if isinstance(config, EncoderConfig) else config.max_positions
     tokenizer = load_tokenizer(model_file.tokenizer_json, length)
     return Opened(Path(path), model_file, tokenizer, check_threads(threads))

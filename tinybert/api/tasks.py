@@ -41,11 +41,21 @@ def _one_or_many(single: bool, results: list) -> object:
     return results[0] if single else results
 
 
+# task → (its head as a message names it, the transformers class of the checkpoints that have it)
+_HEADS = {"sequence-classification": ("sequence-classification", "*ForSequenceClassification"),
+          "token-classification": ("token-classification", "*ForTokenClassification"),
+          "question-answering": ("question-answering", "*ForQuestionAnswering"),
+          "masked-lm": ("masked-LM", "*ForMaskedLM"), "pretraining": ("masked-LM", "*ForMaskedLM")}
+
+
 def _require_task(encoder: Encoder, *tasks: str) -> None:
     if encoder.task.type not in tasks:
+        head, checkpoint = _HEADS[tasks[0]]
+        held = "it is a feature-extraction file, converted without a task head" \
+            if encoder.task.type == "feature-extraction" else f"it has a {encoder.task.type} head"
         raise ModelKindError(
-            f"{encoder.path} carries a {encoder.task.type} head; {type(encoder).__name__} needs {' or '.join(tasks)} "
-            "(convert a checkpoint with that head, e.g. *ForSequenceClassification)")
+            f"{encoder.path} has no {head} head ({held}); {type(encoder).__name__} needs a file converted "
+            f"from a {checkpoint} checkpoint (tinybert convert HF_FOLDER OUT.safetensors)")
 
 
 class Classifier(Encoder):

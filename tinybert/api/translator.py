@@ -218,6 +218,12 @@ class Translator(OpenedModel):
             results.append(hyps)
         return results
 
+    def __repr__(self) -> str:
+        cfg = self.config
+        return (f"{type(self).__name__}(path={str(self.path)!r}, architecture={cfg.family!r}, "
+                f"quantization={self.quantization!r}, layers={cfg.num_encoder_layers}+{cfg.num_decoder_layers}, "
+                f"hidden={cfg.hidden_size}, threads={self.threads})")
+
 
 class _Seq2SeqStepper:
     """The encoder-decoder model as the generation driver's Stepper: block b is decoder slots b·n … b·n + n − 1
