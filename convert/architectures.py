@@ -14,7 +14,9 @@ from tinybert.config import EncoderConfig
 from tinybert.errors import ConversionError, ModelFileError, UnsupportedModelError
 from tinybert.format import encoder_tensor_shapes
 
+from .decoders import DECODER_FAMILIES
 from .hfconfig import integer, number, string
+from .seq2seq import SEQ2SEQ_FAMILIES
 
 _ACTIVATIONS = {"gelu": "gelu", "gelu_new": "gelu_tanh", "gelu_pytorch_tanh": "gelu_tanh",
                 "gelu_fast": "gelu_tanh", "relu": "relu"}
@@ -72,13 +74,24 @@ def hf_activation(hf: dict) -> str:
     return _ACTIVATIONS[act_name]
 
 
+def supported_model_types() -> str:
+    """The model_type values the converter takes, for messages; read from the tables that drive it."""
+    return (f"encoders {', '.join(sorted(FAMILIES))}; decoders {', '.join(sorted(DECODER_FAMILIES))}; "
+            f"encoder-decoders {', '.join(sorted(SEQ2SEQ_FAMILIES))}")
+
+
+def check_model_type(model_type: str | None) -> None:
+    """UnsupportedModelError unless some part of the converter handles ``model_type``."""
+    if model_type not in (*FAMILIES, *DECODER_FAMILIES, *SEQ2SEQ_FAMILIES):
+        raise UnsupportedModelError(f"model_type {model_type!r} is not supported (supported: "
+                                    f"{supported_model_types()}); convert a checkpoint of one of those types")
+
+
 def encoder_config(hf: dict, max_seq_length: int | None = None) -> EncoderConfig:
     """Canonical config from a Hugging Face ``config.json`` dict."""
     model_type = string(hf, "model_type")
     if model_type not in FAMILIES:
-        raise UnsupportedModelError(
-            f"model_type {model_type!r} is not supported; supported: encoders {', '.join(sorted(FAMILIES))}; "
-            "decoders gpt2, llama, mistral, qwen2")
+        raise UnsupportedModelError(f"model_type {model_type!r} is not supported; supported: {supported_model_types()}")
     family = FAMILIES[model_type]
     if hf.get("position_embedding_type", "absolute") not in ("absolute", None):
         raise UnsupportedModelError(

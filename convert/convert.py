@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import json
+import sys
+import time
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -11,7 +14,7 @@ from tinybert import format as fmt
 from tinybert.config import EncoderConfig, TaskConfig
 from tinybert.errors import ConversionError
 
-from .architectures import canonical_tensors, encoder_config, find_prefix, legacy_names
+from .architectures import canonical_tensors, check_model_type, encoder_config, find_prefix, legacy_names
 from .decoders import DECODER_FAMILIES, decoder_config, decoder_tensors
 from .files import check_output, read_json
 from .heads import canonical_head
@@ -37,6 +40,34 @@ def _source(hf_config: dict) -> str:
     archs = [cut(a) for a in archs[:16] if isinstance(a, str)] if isinstance(archs, list) else None
     return json.dumps({"model_type": cut(hf_config.get("model_type")), "architectures": archs,
                        "name_or_path": cut(hf_config.get("_name_or_path"))}, sort_keys=True)
+
+
+class _Progress:
+    """What ``show_progress`` shows on stderr: each step as it starts, with the seconds since the start, and a
+    count of the calibration trials (each runs the model over the calibration text)."""
+
+    def __init__(self, show: bool) -> None:
+        self.show, self.start, self.trials = show, time.monotonic(), None
+
+    def step(self, text: str) -> None:
+        if self.show:
+            self.close()
+            print(f"[{time.monotonic() - self.start:5.1f}s] {text}", file=sys.stderr, flush=True)
+
+    def trial(self, label: str) -> None:
+        if not self.show:
+            return
+        if self.trials is None:
+            from tqdm import tqdm
+
+            self.trials = tqdm(desc="calibrating", unit="trial", file=sys.stderr)
+        self.trials.set_postfix_str(label, refresh=False)
+        self.trials.update(1)
+
+    def close(self) -> None:
+        if self.trials is not None:
+            self.trials.close()
+            self.trials = None
 
 
 def convert(src: str | Path, out: str | Path, dtype: str = "int8", show_progress: bool = False,
@@ -71,6 +102,9 @@ def convert(src: str | Path, out: str | Path, dtype: str = "int8", show_progress
         raise ConversionError(f"{src}: config.json is missing")
     hf_config = read_json(src, "config.json", dict)
     model_type = string(hf_config, "model_type")
+    check_model_type(model_type)
+    progress = _Progress(show_progress)
+    progress.step(f"reading {src} ({model_type})")
     extra: dict[str, str] = {}
     if model_type == "marian" and not (src / "tokenizer.json").is_file():
         # Marian ships SentencePiece models, not a tokenizer.json: rebuild them for `tokenizers`.
@@ -112,12 +146,16 @@ def convert(src: str | Path, out: str | Path, dtype: str = "int8", show_progress
         if not np.isfinite(value).all():
             raise ConversionError(f"tensor {name} holds NaN or infinite values")
     if dtype == "int8":
-        if mixed_activations and isinstance(cfg, EncoderConfig):
-            tensors = mixed_activation_tensors(cfg, tensors, tokenizer)
-        elif mixed_activations:
-            tensors = generation_activation_tensors(cfg, tensors, tokenizer)
+        if mixed_activations:
+            progress.step("quantising to int8 and calibrating 8-bit activations (on a first run this also compiles "
+                          "the kernels)")
+            calibrate: Callable = mixed_activation_tensors if isinstance(cfg, EncoderConfig) else \
+                generation_activation_tensors
+            tensors = calibrate(cfg, tensors, tokenizer, progress=progress.trial)
         else:
+            progress.step("quantising to int8")
             tensors = quantize_tensors(tensors)
+    progress.close()
     metadata = {
         fmt.KEY_FORMAT: fmt.FORMAT_NAME,
         fmt.KEY_VERSION: str(fmt.FORMAT_VERSION),

@@ -38,6 +38,7 @@ bits everywhere. At batch 16 × beam 4 the LM head is most of a decoder step's w
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -162,14 +163,16 @@ def smoothed(tensors: dict[str, np.ndarray], ranges: dict[str, np.ndarray],
 
 
 def mixed_activation_tensors(cfg: EncoderConfig, tensors: dict[str, np.ndarray], tokenizer_json: str,
-                             texts: list[str] | None = None, report: dict | None = None) -> dict[str, np.ndarray]:
+                             texts: list[str] | None = None, report: dict | None = None,
+                             progress: Callable[[str], None] | None = None) -> dict[str, np.ndarray]:
     """The encoder's float32 tensors quantised to int8, with 8-bit inputs where they keep the accuracy.
 
     Runs the float model over the calibration text, then int8 versions, fastest first, and keeps the
     first whose hidden-state error is within ERROR_BUDGET (or no worse than 12-bit inputs
     everywhere, where even that exceeds it): every layer 8-bit; else attn.qkv, attn.out and mlp.up
     8-bit, plus each layer's mlp.down that still fits, those that cost least first; else 12-bit
-    inputs everywhere. ``report``, if given, receives the errors measured and the layers chosen.
+    inputs everywhere. ``report``, if given, receives the errors measured and the layers chosen; ``progress``
+    is called with the name of each model run (the float reference, then each trial) as it starts.
     """
     if texts is None:
         texts = [line for line in CALIBRATION_TEXT.read_text(encoding="utf-8").splitlines() if line.strip()]
@@ -179,11 +182,15 @@ def mixed_activation_tensors(cfg: EncoderConfig, tensors: dict[str, np.ndarray],
     plain = quantize_tensors(tensors)
     if not batches:
         return plain
+    tell = progress or (lambda label: None)
+    tell("float reference")
     reference, ranges = _reference(cfg, tensors, batches)
+    tell("12-bit")
     report["12-bit"] = base = _error(cfg, plain, batches, reference)
     budget = max(ERROR_BUDGET, base)
 
     def trial(layers: set[str]) -> tuple[dict[str, np.ndarray], float]:
+        tell(f"8-bit in {len(layers)} layers")
         candidate = quantize_tensors(smoothed(tensors, ranges, layers))
         return candidate, _error(cfg, candidate, batches, reference)
 
@@ -280,11 +287,12 @@ def _generation_budget(twelve_bit_error: float) -> float:
 
 def generation_activation_tensors(cfg: DecoderConfig | Seq2SeqConfig, tensors: dict[str, np.ndarray],
                                   tokenizer_json: str, texts: list[str] | None = None,
-                                  report: dict | None = None) -> dict[str, np.ndarray]:
+                                  report: dict | None = None,
+                                  progress: Callable[[str], None] | None = None) -> dict[str, np.ndarray]:
     """A decoder's or encoder-decoder's float32 tensors quantised to int8, with 8-bit inputs where the logits
     keep their accuracy (see the module docstring). ``report``, if given, receives the errors measured
     (mean 1 - cosine of the logits, and the share of predicted tokens whose argmax differs from the float
-    model's) and the layers chosen."""
+    model's) and the layers chosen. ``progress`` is called with the name of each model run as it starts."""
     if texts is None:
         texts = [line for line in CALIBRATION_TEXT.read_text(encoding="utf-8").splitlines() if line.strip()]
     report = {} if report is None else report
@@ -293,6 +301,8 @@ def generation_activation_tensors(cfg: DecoderConfig | Seq2SeqConfig, tensors: d
     plain = quantize_tensors(tensors)
     if not seqs:
         return plain
+    tell = progress or (lambda label: None)
+    tell("float reference")
     model = _generation_model(cfg, tensors)
     observed = {name: _Observed(getattr(owner, attr)) for name, (owner, attr) in _generation_linears(model).items()}
     for name, (owner, attr) in _generation_linears(model).items():
@@ -303,6 +313,7 @@ def generation_activation_tensors(cfg: DecoderConfig | Seq2SeqConfig, tensors: d
     top = reference.argmax(1)
 
     def measure(label: str, candidate: dict[str, np.ndarray]) -> float:
+        tell(label)
         logits = _generation_logits(_generation_model(cfg, candidate), seqs)
         report[label] = error = _logit_error(logits, reference)
         report[label + " argmax changed"] = float(np.mean(logits.argmax(1) != top))
