@@ -69,13 +69,26 @@ def _read_lines(path: str | None) -> Lines:
     return Lines([line[:-1] if line.endswith("\r") else line for line in lines], name)
 
 
-def _argument_lines(texts: list[str], first: int = 1) -> Lines:
-    lines = Lines(list(texts), "", first)
-    for i, text in enumerate(lines.texts):
+def _utf8_argument(text: str) -> str | None:
+    """A command-line text as UTF-8 whatever the locale: under LANG=C without UTF-8 mode Python decodes argv as
+    ASCII, keeping the other bytes as surrogates; those bytes are UTF-8 text. None if they are not."""
+    try:
+        text.encode("utf-8")
+        return text
+    except UnicodeEncodeError:
         try:
-            text.encode("utf-8")
-        except UnicodeEncodeError:
-            raise InputError(f"{lines.where(i)} is not valid UTF-8 (undecodable bytes in the command line)") from None
+            return os.fsencode(text).decode("utf-8")
+        except UnicodeError:
+            return None
+
+
+def _argument_lines(texts: list[str], first: int = 1) -> Lines:
+    lines = Lines([], "", first)
+    for i, text in enumerate(texts):
+        decoded = _utf8_argument(text)
+        if decoded is None:
+            raise InputError(f"{lines.where(i)} is not valid UTF-8 (undecodable bytes in the command line)")
+        lines.texts.append(decoded)
     return lines
 
 
@@ -172,7 +185,9 @@ def _ensure_kernels() -> None:
 
 
 def _json_line(record: object, sink=None) -> None:
-    (sink or sys.stdout).write(json.dumps(record, ensure_ascii=False) + "\n")
+    # UTF-8 as is, but the line and paragraph separators escaped: str.splitlines (and JavaScript) break lines there.
+    text = json.dumps(record, ensure_ascii=False).replace("\u2028", "\\u2028").replace("\u2029", "\\u2029")
+    (sink or sys.stdout).write(text + "\n")
 
 
 def _json_lines(records: list) -> None:
@@ -323,16 +338,16 @@ def _cmd_classify(args: argparse.Namespace) -> None:
 def _cmd_rerank(args: argparse.Namespace) -> None:
     from .api.tasks import Classifier
 
-    if not args.query.strip():
+    (query,) = _argument_lines([args.query]).texts
+    if not query.strip():
         raise InputError("the query is blank; give the text to rank the documents against")
     clf = _open(Classifier, args, "rerank")
     lines = _read_texts(args)
     _refuse_blanks(lines, "rerank")
-    _argument_lines([args.query])
     _ensure_kernels()
     top_k = None if args.top_k == 0 else args.top_k
     with _naming_lines(lines):
-        results = clf.rerank(args.query, lines.texts, top_k=top_k, batch_size=args.batch_size, label=args.label)
+        results = clf.rerank(query, lines.texts, top_k=top_k, batch_size=args.batch_size, label=args.label)
     _json_lines(results)
 
 
@@ -371,7 +386,9 @@ def _cmd_qa(args: argparse.Namespace) -> None:
 
     if (args.context is None) == (args.context_file is None):
         raise InputError("give the context with exactly one of --context TEXT or --context-file FILE")
-    context = args.context
+    context = args.context and _utf8_argument(args.context)
+    if context is None and args.context is not None:
+        raise InputError("--context is not valid UTF-8 (undecodable bytes in the command line)")
     if args.context_file:
         try:
             context = Path(args.context_file).read_bytes().decode("utf-8-sig")

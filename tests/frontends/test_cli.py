@@ -191,11 +191,45 @@ def test_embed_texts_as_arguments(cli_env, model, encoder):
 
 def test_embed_stdin(cli_env, model, encoder, sentences):
     lines = sentences[:5] + ["Naïve café 中文"]
-    stdin = "\n".join([lines[0], "", "   ", *lines[1:]]) + "\n\n"
-    proc = run(cli_env, "embed", model, stdin=stdin)
+    proc = run(cli_env, "embed", model, stdin="\n".join(lines) + "\n")
     assert_ok(proc)
     texts, vectors = parse_jsonl(proc.stdout)
-    assert texts == lines  # blank lines are skipped
+    assert texts == lines
+    np.testing.assert_allclose(vectors, encoder.encode(lines), atol=1e-6)
+
+
+def _embeds_empty(encoder) -> bool:
+    try:
+        encoder.encode([""])
+    except tinybert.InputError:
+        return False
+    return True
+
+
+def test_embed_blank_lines_keep_rows_or_name_the_line(cli_env, model, encoder, sentences, tmp_path):
+    """One output row per input line: a blank line is embedded as "" where the Encoder takes it, else the
+    command fails naming the line; it is never dropped (rows would no longer match lines)."""
+    lines = [sentences[0], "", sentences[1], "   ", sentences[2]]
+    src = tmp_path / "blank.txt"
+    src.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    proc = run(cli_env, "embed", model, "--file", src)
+    if _embeds_empty(encoder):
+        assert_ok(proc)
+        texts, vectors = parse_jsonl(proc.stdout)
+        assert texts == lines
+        np.testing.assert_allclose(vectors, encoder.encode(lines), atol=1e-6)
+    else:
+        assert_cli_error(proc, f"line 2 of {src}", "blank")
+        assert proc.stdout == ""
+
+
+def test_embed_lines_split_on_newline_only(cli_env, model, encoder):
+    """A form feed or U+2028 inside a line does not start a new row (str.splitlines would); CRLF is one break."""
+    lines = ["page one\x0cpage two", "left\u2028right", "windows line"]
+    proc = run(cli_env, "embed", model, stdin=lines[0] + "\n" + lines[1] + "\r\n" + lines[2] + "\r\n")
+    assert_ok(proc)
+    texts, vectors = parse_jsonl(proc.stdout)
+    assert texts == lines
     np.testing.assert_allclose(vectors, encoder.encode(lines), atol=1e-6)
 
 
@@ -237,8 +271,8 @@ def test_embed_not_a_tinybert_file(cli_env, minilm_dir):
 
 
 def test_embed_empty_stdin(cli_env, model):
-    proc = run(cli_env, "embed", model, stdin="\n  \n")
-    assert_cli_error(proc, "empty")
+    proc = run(cli_env, "embed", model, stdin="")
+    assert_cli_error(proc, "standard input is empty")
 
 
 def test_embed_missing_text_file(cli_env, model, tmp_path):
@@ -299,6 +333,12 @@ def test_convert_unsupported_folder(cli_env, minilm_dir, tmp_path):
     out = tmp_path / "gpt_neox.safetensors"
     proc = run(cli_env, "convert", src, out, "--quiet")
     assert_cli_error(proc, "gpt_neox", "not supported")
+    from tinybert_convert.architectures import FAMILIES
+    from tinybert_convert.decoders import DECODER_FAMILIES
+    from tinybert_convert.seq2seq import SEQ2SEQ_FAMILIES
+
+    for model_type in (*FAMILIES, *DECODER_FAMILIES, *SEQ2SEQ_FAMILIES, "t5", "bart", "marian"):
+        assert re.search(rf"\b{model_type}\b", proc.stderr), (model_type, proc.stderr)
     assert not out.exists()
 
 
@@ -306,6 +346,186 @@ def test_convert_missing_folder(cli_env, tmp_path):
     src = tmp_path / "nothing-here"
     proc = run(cli_env, "convert", src, tmp_path / "o.safetensors")
     assert_cli_error(proc, str(src))
+
+
+# --------------------------------------------------------------------------- Unix behaviour
+
+def test_version(cli_env):
+    proc = run(cli_env, "--version")
+    assert_ok(proc)
+    assert proc.stdout == f"tinybert {tinybert.__version__}\n"
+
+
+@pytest.mark.parametrize("sub,needles", [
+    (["convert"], ["(default: int8)"]),
+    (["embed"], ["(default: 32)", "default: all Numba threads", ".npy", ".csv"]),
+    (["similarity"], ["--files", "(default: 32)"]),
+    (["rerank"], ["query", "(default: 0)"]),
+    (["classify"], ["(default: 1)"]),
+    (["fill-mask"], ["(default: 5)"]),
+    (["qa"], ["(default: 30)"]),
+    (["generate"], ["(default: 64)", "(default: 0.0)"]),
+    (["translate"], ["(default: 4)", "(default: 256)", "(default: False)"]),
+    (["summarize"], ["(default: 142)", "(default: 2.0)", "(default: 3)", "(default: True)"]),
+    (["embed-corpus"], ["(default: text)", "(default: 256)"]),
+    (["demo"], ["(default: 3)"]),
+])
+def test_help_shows_defaults(cli_env, sub, needles):
+    proc = run(cli_env, *sub, "--help")
+    assert_ok(proc)
+    text = " ".join(proc.stdout.split())     # argparse wraps lines
+    for needle in needles:
+        assert needle in text, (needle, proc.stdout)
+
+
+def test_embed_output_format_from_extension(cli_env, model, encoder, tmp_path):
+    texts = TEXTS
+    for name in ("v.csv", "v.json", "v.jsonl"):
+        out = tmp_path / name
+        assert_ok(run(cli_env, "embed", model, *texts, "-o", out))
+        if name.endswith(".csv"):
+            vectors = np.loadtxt(out, delimiter=",", dtype=np.float32, ndmin=2)
+        else:
+            got, vectors = parse_jsonl(out.read_text(encoding="utf-8"))
+            assert got == texts
+        assert vectors.shape == (len(texts), encoder.dimension)
+        np.testing.assert_allclose(vectors, encoder.encode(texts), atol=1e-6)
+
+
+def test_embed_unknown_extension_refused_before_any_work(cli_env, tmp_path):
+    """Refused before the model is even opened: the model named here does not exist."""
+    out = tmp_path / "vectors.txt"
+    proc = run(cli_env, "embed", tmp_path / "no-such-model.safetensors", "hello", "-o", out)
+    assert_cli_error(proc, str(out), ".jsonl", ".npy", ".csv")
+    assert "no-such-model" not in proc.stderr and not out.exists()
+    proc = run(cli_env, "embed", tmp_path / "no-such-model.safetensors", "hello", "-o", tmp_path / "nodir" / "v.npy")
+    assert_cli_error(proc, "does not exist", "nodir")
+
+
+def test_non_ascii_round_trip_unescaped_in_c_locale(cli_env, model, encoder):
+    """UTF-8 in and out whatever the locale, and no \\u escapes in the JSON."""
+    env = {**cli_env, "LC_ALL": "C", "LANG": "C", "PYTHONUTF8": "0"}
+    env.pop("PYTHONIOENCODING", None)
+    text = "Zoë, São Paulo — 東京 😀"
+    for args, stdin in (([text], None), ([], text + "\n")):
+        proc = run(env, "embed", model, *args, stdin=stdin)
+        assert_ok(proc)
+        assert text in proc.stdout and "\\u" not in proc.stdout
+        texts, vectors = parse_jsonl(proc.stdout)
+        assert texts == [text]
+        np.testing.assert_allclose(vectors, encoder.encode([text]), atol=1e-6)
+
+
+def test_broken_pipe_ends_quietly(cli_env, model, tmp_path):
+    """`tinybert embed ... | head -1`: the reader goes away; no traceback, no error message, status 141."""
+    src = tmp_path / "many.txt"
+    src.write_text("".join(f"sentence number {i}\n" for i in range(300)), encoding="utf-8")   # ~1 MB of JSON
+    producer = subprocess.Popen([sys.executable, "-m", "tinybert", "embed", str(model), "--file", str(src)],
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=cli_env)
+    reader = subprocess.run([sys.executable, "-c", "import sys; sys.stdin.readline()"], stdin=producer.stdout,
+                            capture_output=True, timeout=600)
+    producer.stdout.close()
+    stderr = producer.stderr.read().decode()
+    assert producer.wait(timeout=600) == 141, stderr
+    assert reader.returncode == 0
+    assert stderr == ""
+
+
+def test_bad_files_fail_before_any_compile(cli_env, model, tmp_path, minilm_dir):
+    """With a cold kernel cache, a missing or wrong model file, a missing input file or a model of the wrong
+    kind is reported at once: nothing is compiled first."""
+    env = {**cli_env, "NUMBA_CACHE_DIR": str(tmp_path / "cold-numba-cache")}
+    missing = tmp_path / "nosuch.safetensors"
+    cases = [(("embed", missing, "hi"), str(missing)),
+             (("embed", minilm_dir / "model.safetensors", "hi"), "not a tinybert file"),
+             (("embed", model, "--file", tmp_path / "no-texts.txt"), "no-texts.txt"),
+             (("classify", model, "hi"), "tinybert embed"),
+             (("generate", model, "hi"), "tinybert embed")]
+    for args, needle in cases:
+        proc = run(env, *args)
+        assert_cli_error(proc, needle)
+        assert "compiling kernels" not in proc.stderr, proc.stderr
+
+
+def test_wrong_kind_messages_name_the_subcommand(cli_env, model):
+    proc = run(cli_env, "fill-mask", model, "Paris is the [MASK] of France.")
+    assert_cli_error(proc, "masked-LM head", "*ForMaskedLM", "use `tinybert embed`")
+    assert "ForSequenceClassification" not in proc.stderr
+    proc = run(cli_env, "generate", model, "Once upon a time")
+    assert_cli_error(proc, "holds an encoder", "`tinybert generate` needs a decoder", "use `tinybert embed`")
+    assert "Generator" not in proc.stderr and "a encoder" not in proc.stderr
+    with pytest.raises(tinybert.ModelKindError, match=r"no masked-LM head .*\*ForMaskedLM"):
+        tinybert.FillMask(model)
+    with pytest.raises(tinybert.ModelKindError, match="holds an encoder .*Generator needs a decoder"):
+        tinybert.Generator(model)
+
+
+def test_similarity_matches_the_encoder(cli_env, model, encoder, sentences, tmp_path):
+    def cosine(a: list[str], b: list[str]) -> np.ndarray:
+        va, vb = encoder.encode(a).astype(np.float64), encoder.encode(b).astype(np.float64)
+        return (va * vb).sum(1) / (np.linalg.norm(va, axis=1) * np.linalg.norm(vb, axis=1))
+
+    proc = run(cli_env, "similarity", model, TEXTS[0], TEXTS[1])
+    assert_ok(proc)
+    assert abs(float(proc.stdout) - cosine(TEXTS[:1], TEXTS[1:2])[0]) <= 1e-5
+    a, b = sentences[40:46], sentences[46:52]
+    fa, fb = tmp_path / "a.txt", tmp_path / "b.txt"
+    fa.write_text("\n".join(a) + "\n", encoding="utf-8")
+    fb.write_text("\n".join(b) + "\n", encoding="utf-8")
+    proc = run(cli_env, "similarity", model, "--files", fa, fb)
+    assert_ok(proc)
+    got = np.array([float(line) for line in proc.stdout.splitlines()])
+    np.testing.assert_allclose(got, cosine(a, b), atol=1e-5)
+    fb.write_text("\n".join(b[:-1]) + "\n", encoding="utf-8")
+    assert_cli_error(run(cli_env, "similarity", model, "--files", fa, fb), "6 lines", "5")
+    assert_cli_error(run(cli_env, "similarity", model, "only one"), "two texts")
+
+
+def test_encoder_repr(model):
+    enc = tinybert.Encoder(model, threads=1)
+    assert repr(enc) == (f"Encoder(path={str(model)!r}, architecture='bert', quantization='int8', dim=384, "
+                         "threads=1)")
+
+
+def test_convert_refuses_to_overwrite_without_force(cli_env, minilm_dir, tmp_path):
+    out = tmp_path / "existing.safetensors"
+    out.write_bytes(b"keep me")
+    proc = run(cli_env, "convert", minilm_dir, out)
+    assert_cli_error(proc, str(out), "--force")
+    assert out.read_bytes() == b"keep me"
+    assert "reading" not in proc.stderr and "writing" not in proc.stderr   # no conversion step started
+
+
+def test_convert_checks_the_output_path_before_reading_the_folder(cli_env, tmp_path):
+    """The checkpoint here is broken (config.json is not JSON): each bad output is reported instead, so it
+    was checked first."""
+    src = tmp_path / "broken"
+    src.mkdir()
+    (src / "config.json").write_text("{not json")
+    assert_cli_error(run(cli_env, "convert", src, tmp_path / "ok.safetensors"), "config.json")   # the baseline
+    for out, needle in ((tmp_path / "nodir" / "m.safetensors", "does not exist"),
+                        (tmp_path / "m.bin", ".safetensors"),
+                        (tmp_path, "folder")):
+        proc = run(cli_env, "convert", src, out)
+        assert_cli_error(proc, needle)
+        assert "config.json" not in proc.stderr, proc.stderr
+
+
+def test_convert_shows_its_steps(cli_env, minilm_dir, tmp_path):
+    out = tmp_path / "m.safetensors"
+    proc = run(cli_env, "convert", minilm_dir, out)
+    assert_ok(proc)
+    for needle in ("reading", "calibrating", "writing m.safetensors"):
+        assert needle in proc.stderr, proc.stderr
+
+
+def test_info_is_human_readable(cli_env, model, minilm_dir):
+    proc = run(cli_env, "info", model)
+    assert_ok(proc)
+    hf = json.loads((minilm_dir / "config.json").read_text())
+    assert "{" not in proc.stdout and "'" not in proc.stdout, proc.stdout      # no Python reprs
+    assert f"source        {hf['model_type']} ({', '.join(hf['architectures'])})" in proc.stdout
+    assert "use           tinybert embed, tinybert similarity" in proc.stdout
 
 
 # --------------------------------------------------------------------------- demo

@@ -46,6 +46,19 @@ def test_cli_generate_and_stream(decoder_model, tmp_path):
     assert proc.stdout == gen.tokenizer.decode(ref[0]) + "\n"
     proc = run("generate", out, PROMPTS[0], "--temperature", "-1")
     assert proc.returncode == 2 and "temperature" in proc.stderr
+    # one row per prompt: a blank prompt is an error naming its line, before any generation
+    proc = run("generate", out, "--file", _write(tmp_path / "p.txt", [PROMPTS[0], "", PROMPTS[1]]))
+    assert proc.returncode == 2 and "line 2 of" in proc.stderr and "blank" in proc.stderr, proc.stderr
+    assert proc.stdout == ""
+    proc = run("translate", out, "Hello")
+    assert proc.returncode == 2 and "use `tinybert generate`" in proc.stderr and "an encoder-decoder" in proc.stderr
+    assert repr(gen) == (f"Generator(path={str(out)!r}, architecture='gpt2', quantization='fp32', "
+                         f"layers={gen.config.num_layers}, hidden={gen.config.hidden_size}, threads={gen.threads})")
+
+
+def _write(path, lines: list[str]):
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    return path
 
 
 def test_cli_translate_and_summarize(seq2seq_model, tmp_path, bpe_tokenizer_file):
@@ -83,4 +96,21 @@ def test_cli_translate_and_summarize(seq2seq_model, tmp_path, bpe_tokenizer_file
     assert_ok(proc)
     assert proc.stdout.splitlines() == [expected(t, max_new_tokens=30) for t in texts]
     assert_cli_error(run(env, "translate", path, "x", "--beam-size", "0"), "beam_size")
-    assert_cli_error(run(env, "translate", path, "word " * 400), "truncation")
+    assert_cli_error(run(env, "translate", path, "word " * 400), "--truncation")
+    # one line out per line in: blank lines stay blank lines, the others are translated as alone
+    proc = run(env, "translate", path, "--beam-size", "1", "--max-length", "30", "--quiet",
+               stdin=f"\n{texts[0]}\n\n   \n{texts[1]}\n\n")
+    assert_ok(proc)
+    assert proc.stdout.split("\n") == ["", expected(texts[0], max_new_tokens=30), "", "",
+                                        expected(texts[1], max_new_tokens=30), "", ""]
+    proc = run(env, "translate", path, "--beam-size", "1", "--max-length", "30", "--json", stdin=f"{texts[0]}\n\n")
+    assert_ok(proc)
+    rows = [json.loads(line) for line in proc.stdout.splitlines()]
+    assert [r["source"] for r in rows] == [texts[0], ""] and rows[1]["text"] == ""
+    # a text the model cannot take is an error naming its line
+    assert_cli_error(run(env, "translate", path, stdin=f"{texts[0]}\n{'word ' * 400}\n"),
+                     "line 2 of standard input", "--truncation")
+    tr = tinybert.Translator(path, threads=1)
+    assert repr(tr) == (f"Translator(path={str(path)!r}, architecture='bart', quantization='fp32', "
+                        f"layers={tr.config.num_encoder_layers}+{tr.config.num_decoder_layers}, "
+                        f"hidden={tr.config.hidden_size}, threads=1)")

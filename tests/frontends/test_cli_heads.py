@@ -22,6 +22,8 @@ from conftest import (
 )
 from test_cli import assert_cli_error, assert_ok, run
 
+import tinybert
+
 
 @pytest.fixture(scope="module")
 def cli_env(tmp_path_factory) -> dict[str, str]:
@@ -64,6 +66,30 @@ def test_cli_classify(cli_env, head_model, tmp_path, minilm_dir, sentences):
         ref = pipe({"text": a, "text_pair": b}, top_k=1)
         assert_same_labels(ref, o["labels"])
     assert_cli_error(run(cli_env, "classify", path, "--pairs", "no tab here"), "first<TAB>second")
+    # one row per line: a blank line cannot be classified, so it is an error naming the line, not a dropped row
+    assert_cli_error(run(cli_env, "classify", path, stdin=f"{texts[0]}\n\n{texts[1]}\n"),
+                     "line 2 of standard input", "blank")
+    clf = tinybert.Classifier(path, threads=1)
+    assert repr(clf) == (f"Classifier(path={str(path)!r}, architecture='bert', quantization='fp32', "
+                         f"dim={clf.dimension}, labels=['negative', 'neutral', 'positive'], threads=1)")
+
+
+def test_cli_rerank(cli_env, head_model, tmp_path, sentences):
+    """`tinybert rerank` prints what Classifier.rerank returns, documents from arguments, --file or stdin."""
+    _, path = converted(cli_env, head_model, tmp_path, "bert", "sequence-classification", labels=["score"])
+    query, docs = sentences[0], sentences[1:8]
+    expected = tinybert.Classifier(path).rerank(query, docs)
+
+    def same(got: list[dict], want: list[dict]) -> None:
+        assert [(g["index"], g["document"]) for g in got] == [(w["index"], w["document"]) for w in want]
+        np.testing.assert_allclose([g["score"] for g in got], [w["score"] for w in want], atol=1e-6)
+
+    same(lines(run(cli_env, "rerank", path, query, *docs)), expected)
+    src = tmp_path / "docs.txt"
+    src.write_text("\n".join(docs) + "\n", encoding="utf-8")
+    same(lines(run(cli_env, "rerank", path, query, "--file", src, "--top-k", "3")), expected[:3])
+    same(lines(run(cli_env, "rerank", path, query, stdin="\n".join(docs))), expected)
+    assert_cli_error(run(cli_env, "rerank", path, query, stdin=f"{docs[0]}\n \n"), "line 2 of standard input")
 
 
 def test_cli_ner(cli_env, head_model, tmp_path, minilm_dir, sentences):
@@ -78,6 +104,12 @@ def test_cli_ner(cli_env, head_model, tmp_path, minilm_dir, sentences):
         assert [o["text"] for o in out] == texts
         for ref, o in zip(pipe(texts), out):
             assert_same_entities(ref, o["entities"])
+    # a blank line has no entities: its row is there, empty, as transformers' pipeline gives for ""
+    out = lines(run(cli_env, "ner", path, stdin=f"{texts[0]}\n\n{texts[1]}\n"))
+    assert [o["text"] for o in out] == [texts[0], "", texts[1]]
+    assert out[1]["entities"] == [] == pipe("")
+    ner = tinybert.TokenClassifier(path, threads=1)
+    assert repr(ner).startswith(f"TokenClassifier(path={str(path)!r}, architecture='bert', quantization='fp32'")
 
 
 def test_cli_fill_mask(cli_env, head_model, tmp_path, minilm_dir):
@@ -92,6 +124,11 @@ def test_cli_fill_mask(cli_env, head_model, tmp_path, minilm_dir):
             [(p["token"], p["token_str"], p["sequence"]) for p in o["predictions"]]
         assert np.allclose([r["score"] for r in ref], [p["score"] for p in o["predictions"]], atol=1e-4)
     assert_cli_error(run(cli_env, "fill-mask", path, "no mask here"), "mask token")
+    assert_cli_error(run(cli_env, "fill-mask", path, stdin=f"{texts[0]}\nno mask here\n"),
+                     "line 2 of standard input", "mask token")
+    assert repr(tinybert.FillMask(path, threads=1)) == (
+        f"FillMask(path={str(path)!r}, architecture='bert', quantization='fp32', dim={model.config.hidden_size}, "
+        "threads=1)")
 
 
 def test_cli_qa(cli_env, head_model, tmp_path, minilm_dir, sentences):
@@ -112,4 +149,5 @@ def test_cli_qa(cli_env, head_model, tmp_path, minilm_dir, sentences):
         assert o["answer"]["answer"] == context[o["answer"]["start"]:o["answer"]["end"]]
         assert abs(o["answer"]["score"] - score) <= 1e-4
     assert_cli_error(run(cli_env, "qa", path, "Why?"), "--context")
-    assert_cli_error(run(cli_env, "classify", path, "some text"), "question-answering")
+    assert_cli_error(run(cli_env, "classify", path, "some text"), "question-answering", "use `tinybert qa`")
+    assert repr(tinybert.QuestionAnswerer(path, threads=1)).startswith("QuestionAnswerer(path=")
