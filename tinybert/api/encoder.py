@@ -49,8 +49,10 @@ class Encoder:
     ``runner`` (an EncoderRunner: model, head, tokenizer and scheduler) is what the calls run on.
     """
 
-    def __init__(self, path: str | Path, threads: int | None = None) -> None:
-        opened = open_model(path, "encoder", threads, type(self).__name__)
+    def __init__(self, path: str | Path, threads: int | None = None, *, dtype: str = "int8",
+                 revision: str | None = None, local_files_only: bool | None = None) -> None:
+        opened = open_model(path, "encoder", threads, type(self).__name__, dtype=dtype, revision=revision,
+                           local_files_only=local_files_only)
         model_file = opened.file
         self.path = opened.path
         self.config: EncoderConfig = opened.config

@@ -57,8 +57,9 @@ class Classifier(Encoder):
     [{'label': 'POSITIVE', 'score': 0.9998}]
     """
 
-    def __init__(self, path: str | Path, threads: int | None = None) -> None:
-        super().__init__(path, threads)
+    def __init__(self, path: str | Path, threads: int | None = None, *, dtype: str = "int8",
+                 revision: str | None = None, local_files_only: bool | None = None) -> None:
+        super().__init__(path, threads, dtype=dtype, revision=revision, local_files_only=local_files_only)
         _require_task(self, "sequence-classification")
         self.labels: tuple[str, ...] = self.task.labels
 
@@ -141,8 +142,9 @@ class TokenClassifier(Encoder):
     [{'entity_group': 'PER', 'score': 0.99, 'word': 'Wolfgang', 'start': 11, 'end': 19}, ...]
     """
 
-    def __init__(self, path: str | Path, threads: int | None = None) -> None:
-        super().__init__(path, threads)
+    def __init__(self, path: str | Path, threads: int | None = None, *, dtype: str = "int8",
+                 revision: str | None = None, local_files_only: bool | None = None) -> None:
+        super().__init__(path, threads, dtype=dtype, revision=revision, local_files_only=local_files_only)
         _require_task(self, "token-classification")
         self.labels: tuple[str, ...] = self.task.labels
         self._decoder = Decoder(self.tokenizer, self.tokenizer_options["clean_up_tokenization_spaces"])
@@ -195,8 +197,9 @@ class FillMask(Encoder):
     [{'score': 0.9, 'token': 3007, 'token_str': 'capital', 'sequence': 'paris is the capital of france.'}]
     """
 
-    def __init__(self, path: str | Path, threads: int | None = None) -> None:
-        super().__init__(path, threads)
+    def __init__(self, path: str | Path, threads: int | None = None, *, dtype: str = "int8",
+                 revision: str | None = None, local_files_only: bool | None = None) -> None:
+        super().__init__(path, threads, dtype=dtype, revision=revision, local_files_only=local_files_only)
         _require_task(self, "masked-lm", "pretraining")
         self.mask_token: str | None = self.tokenizer_options["mask_token"]
         self.mask_token_id = self.tokenizer.token_to_id(self.mask_token) if self.mask_token else None
@@ -254,8 +257,9 @@ class QuestionAnswerer(Encoder):
     {'answer': 'Berlin', 'score': 0.97, 'start': 34, 'end': 40}
     """
 
-    def __init__(self, path: str | Path, threads: int | None = None) -> None:
-        super().__init__(path, threads)
+    def __init__(self, path: str | Path, threads: int | None = None, *, dtype: str = "int8",
+                 revision: str | None = None, local_files_only: bool | None = None) -> None:
+        super().__init__(path, threads, dtype=dtype, revision=revision, local_files_only=local_files_only)
         _require_task(self, "question-answering")
 
     def answer(self, question: str | Sequence[str], context: str | Sequence[str], top_k: int = 1,
