@@ -150,3 +150,20 @@ def test_first_use_says_the_kernels_will_compile(ready, minilm_files, monkeypatc
         tinybert.Encoder(minilm_files["fp32"])
     said = [r.getMessage() for r in caplog.records if r.name == "tinybert"]
     assert said == ([] if ready else [warmup.COMPILE_NOTICE])
+
+
+def test_generator_and_translator_take_folders(decoder_model, seq2seq_model, tmp_path, monkeypatch):
+    # The same names for every class: a decoder's and an encoder-decoder's Hugging Face folder, converted into the
+    # cache (int8 by default), give the outputs of the files converted from those folders.
+    monkeypatch.setenv("TINYBERT_CACHE", str(tmp_path))
+    _, files = decoder_model("gpt2")
+    by_folder = tinybert.Generator(files["int8"].parent / "hf")
+    assert by_folder.quantization == "int8" and by_folder.path.parent == tmp_path / "models"
+    prompt = [[5, 6, 7, 8]]
+    assert (by_folder.generate_ids(prompt, max_new_tokens=8)[0]["token_ids"]
+            == tinybert.Generator(files["int8"]).generate_ids(prompt, max_new_tokens=8)[0]["token_ids"])
+    _, files = seq2seq_model("t5-v1.1")
+    by_folder = tinybert.Translator(files["fp32"].parent / "hf", dtype="fp32")
+    source = [[5, 6, 7, 8, 9]]
+    assert (by_folder.translate_ids(source, max_length=8)[0]["token_ids"]
+            == tinybert.Translator(files["fp32"]).translate_ids(source, max_length=8)[0]["token_ids"])
