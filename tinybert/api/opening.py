@@ -74,7 +74,7 @@ def open_model(path: str | Path, kind: str, threads: int | None, user: str, dtyp
     config = model_file.config
     if not isinstance(config, config_type):
         raise ModelKindError(f"{path} holds a {config.kind} model; {user} needs {needed}")
-    notice_compile()
+    notice_compile(kind)
     length = config.max_length if isinstance(config, EncoderConfig) else config.max_positions
     tokenizer = load_tokenizer(model_file.tokenizer_json, length)
     return Opened(Path(path), model_file, tokenizer, threads)

@@ -75,11 +75,22 @@ COMPILE_NOTICE = ("tinybert: this machine's kernels are not all compiled yet: th
                   "them all ahead, with a progress bar.")
 
 
-def notice_compile() -> None:
+def _compiled_before(kind: str) -> bool:
+    """True when the attention kernel that models of ``kind`` run has machine code in Numba's disk cache: this
+    machine has run such a model before, so the kernels it needs are (most likely) compiled."""
+    kernel = attention.attention_with_bias if kind == "encoder" else decoder.cached_attention_with_bias
+    try:
+        return Path(kernel._cache._cache_file._index_path).exists()
+    except (AttributeError, OSError):
+        return False
+
+
+def notice_compile(kind: str) -> None:
     """Say once per process, on the "tinybert" logger (stderr unless logging is configured otherwise), that the
-    first calls will compile, when warmup() has not run: a silent first call of tens of seconds looks hung."""
+    first calls will compile, when neither warmup() nor an earlier model of ``kind`` ("encoder", "decoder",
+    "encoder-decoder") compiled them: a silent first call of tens of seconds looks hung."""
     global _told
-    if not _told and not kernels_ready():
+    if not _told and not kernels_ready() and not _compiled_before(kind):
         _told = True
         import logging
 
