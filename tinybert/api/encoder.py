@@ -235,8 +235,11 @@ class Encoder:
             raise InputError("tinybert returns numpy arrays of sentence embeddings on the CPU: convert_to_tensor, "
                              "output_value other than 'sentence_embedding' and devices other than 'cpu' are not "
                              "supported")
-        dim = self.truncate_dim if truncate_dim is None else truncate_dim
-        if dim is not None and (not isinstance(dim, int) or isinstance(dim, bool) or not 1 <= dim <= self.dimension):
+        dim = truncate_dim
+        if dim is None:
+            # the model's own truncate_dim: one past the hidden size cuts nothing, as in sentence-transformers
+            dim = self.truncate_dim if self.truncate_dim is not None and self.truncate_dim < self.dimension else None
+        elif not isinstance(dim, int) or isinstance(dim, bool) or not 1 <= dim <= self.dimension:
             raise InputError(f"truncate_dim must be an integer in [1, {self.dimension}], got {dim!r}")
         text_prompt = self._prompt(prompt, prompt_name)
         if text_prompt:
