@@ -54,6 +54,8 @@ def _cmd_embed(args: argparse.Namespace) -> None:
     _ensure_kernels()
     encoder = Encoder(args.model, threads=args.threads)
     texts = _read_texts(args)
+    if not texts:       # Encoder.encode returns [0, dim] for no texts; a command given none is a mistake
+        raise InputError("texts is empty: no text to embed")
     vectors = encoder.encode(texts, batch_size=args.batch_size, show_progress=args.progress)
     if args.output and args.output.endswith(".npy"):
         np.save(args.output, vectors)
