@@ -170,8 +170,8 @@ def install(ffi, lib) -> None:
     @guarded
     def _tbpy_encode(handle, texts, n_texts, out, out_len) -> None:
         entry = model(handle, "encoder")
-        if n_texts > 1_000_000:
-            raise CallError(ERR_INVALID_ARGUMENT, f"n_texts {n_texts} is implausibly large")
+        if n_texts == 0 or n_texts > 1_000_000:       # 0: Encoder.encode would return no rows
+            raise CallError(ERR_INVALID_ARGUMENT, f"n_texts {n_texts} must lie in [1, 1000000]")
         strings = [_text(ffi, texts[i], f"texts[{i}]") for i in range(n_texts)]
         with entry.use() as api:
             needed = n_texts * api.dimension

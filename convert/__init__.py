@@ -6,4 +6,8 @@ The only part of tinybert that knows Hugging Face weight names. Needs torch only
 
 from .convert import convert
 
-__all__ = ["convert"]
+CONVERTER_VERSION = 2
+"""Raised whenever a conversion's output changes (new metadata, different quantisation or calibration): the
+runtime's cache of converted models (tinybert/api/resolve.py) keys its entries on it."""
+
+__all__ = ["CONVERTER_VERSION", "convert"]

@@ -134,7 +134,7 @@ def convert(src: str | Path, out: str | Path, dtype: str = "int8", show_progress
         tensors = decoder_tensors(cfg, read_checkpoint(src))
         task_config = TaskConfig(type="text-generation")
     else:
-        pooling, max_seq_length = sentence_transformers_settings(src)
+        pooling, max_seq_length, st_settings = sentence_transformers_settings(src, hf_config)
         cfg = encoder_config(hf_config, max_seq_length)
         raw = legacy_names(read_checkpoint(src))
         tensors = canonical_tensors(hf_config, cfg, raw)
@@ -142,6 +142,7 @@ def convert(src: str | Path, out: str | Path, dtype: str = "int8", show_progress
         tensors.update(head)
         del raw
         extra[fmt.KEY_POOLING] = json.dumps(pooling, sort_keys=True)
+        extra[fmt.KEY_SENTENCE_TRANSFORMERS] = json.dumps(st_settings, sort_keys=True, ensure_ascii=False)
     for name, value in tensors.items():
         if not np.isfinite(value).all():
             raise ConversionError(f"tensor {name} holds NaN or infinite values")

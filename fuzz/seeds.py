@@ -101,6 +101,9 @@ def write_seeds(folder: str | Path) -> dict[str, Path]:
     enc = encoder_config()
     enc_shapes = fmt.encoder_tensor_shapes(enc.to_dict())
     pooling = {fmt.KEY_POOLING: json.dumps({"mode": "mean", "normalize": True})}
+    prompted = {fmt.KEY_SENTENCE_TRANSFORMERS: json.dumps({      # the settings of a sentence-transformers model
+        "prompts": {"query": "the ", "document": ""}, "default_prompt_name": "query", "similarity_fn_name": "dot",
+        "truncate_dim": 8, "include_prompt": True, "activation_fn": None})}
     clf_task = TaskConfig(type="sequence-classification", labels=("neg", "pos"), pooler_activation="tanh")
     dec = decoder_config()
     rope = rope_decoder_config()
@@ -116,7 +119,8 @@ def write_seeds(folder: str | Path) -> dict[str, Path]:
         "tokens-int8": head("tokens-int8", TaskConfig(type="token-classification", labels=("O", "B-X", "I-X"))),
         "mlm-int8": head("mlm-int8", TaskConfig(type="masked-lm", mlm_size=8, mlm_activation="gelu"), mask),
         "qa-int8": head("qa-int8", TaskConfig(type="question-answering")),
-        "encoder-int8": _write(folder / "encoder-int8.safetensors", enc, enc_shapes, TaskConfig(), "int8", pooling),
+        "encoder-int8": _write(folder / "encoder-int8.safetensors", enc, enc_shapes, TaskConfig(), "int8",
+                               {**pooling, **prompted}),
         "encoder-fp32": _write(folder / "encoder-fp32.safetensors", enc, enc_shapes, TaskConfig(), "fp32", pooling),
         "classifier-int8": _write(folder / "classifier-int8.safetensors", enc,
                                   {**enc_shapes, **fmt.head_tensor_shapes(clf_task.to_dict(), enc.to_dict())},

@@ -166,10 +166,14 @@ def _open(cls: type, args: argparse.Namespace, command: str) -> object:
     that fits it rather than a Python class."""
     try:
         return cls(args.model, threads=args.threads)
-    except ModelKindError:
+    except ModelKindError as exc:
+        from .api.resolve import resolve
         from .loader import load
 
-        task = load(args.model).task.type
+        try:    # a Hub id or a folder: its converted file is in the cache by now
+            task = load(resolve(args.model)[0]).task.type
+        except TinyBertError:
+            raise exc from None
         raise ModelKindError(f"{args.model} holds {_holds(task)}; `tinybert {command}` needs {_NEEDS[command]}: "
                              f"use `tinybert {_COMMAND_FOR_TASK.get(task, 'info')}` for this file") from None
 

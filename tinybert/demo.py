@@ -7,13 +7,13 @@ cache folder and reused; nothing is downloaded.
 
 from __future__ import annotations
 
-import os
 import time
 from importlib import resources
 from pathlib import Path
 
 import numpy as np
 
+from .api.resolve import cache_dir
 from .errors import TinyBertError
 from .loader import load
 
@@ -24,14 +24,6 @@ QUERIES = [
     "Translating program messages into other languages",
 ]
 DEFAULT_MODEL_NAME = "all-MiniLM-L6-v2.int8.safetensors"
-
-
-def cache_dir() -> Path:
-    """$TINYBERT_CACHE, else $XDG_CACHE_HOME/tinybert, else ~/.cache/tinybert."""
-    if os.environ.get("TINYBERT_CACHE"):
-        return Path(os.environ["TINYBERT_CACHE"])
-    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-    return Path(base) / "tinybert"
 
 
 def default_model(log=print) -> Path:

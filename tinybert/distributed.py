@@ -145,7 +145,8 @@ def _open_model(task: str, model: str | os.PathLike, threads: int = 1) -> Any:
     classes, so with their scheduler), and on the driver the same checks a worker makes (file
     validity, encoder kind, classification head) before anything is scheduled."""
     if not isinstance(model, (str, os.PathLike)):
-        raise InputError(f"model must be a path to a tinybert file, got {type(model).__name__}")
+        raise InputError(f"model must be a tinybert file, a Hugging Face folder or a Hub id, got "
+                         f"{type(model).__name__}")
     if task == "embed":
         from .api.encoder import Encoder
 
@@ -308,7 +309,7 @@ def _run(task: str, ds: ray.data.Dataset, model: str | os.PathLike, text_columns
     _check_positive_int("encode_batch_size", options["encode_batch_size"])
     compute = _compute_strategy(ray, concurrency)
     _check_dataset(ray, pa, ds, text_columns, new_columns)
-    _open_model(task, model)
+    model = _open_model(task, model).path     # a folder or Hub id: the file it was converted to
     if not ray.is_initialized():
         ray.init()
     _check_fits(ray, threads_per_worker)
@@ -469,7 +470,7 @@ def embed_corpus(model: str | os.PathLike, input: str | os.PathLike, output: str
     if source.resolve() == target.resolve():
         raise InputError("OUTPUT must differ from INPUT")
     _check_positive_int("batch_size", batch_size)
-    _open_model("embed", model)
+    model = _open_model("embed", model).path
     names, total, chunks = _open_corpus(pa, source, in_kind, batch_size)
     if text_column not in names:
         raise InputError(f"{source} has no column {text_column!r}; its columns are {names}")

@@ -8,6 +8,11 @@ Metadata keys (all values are strings, as safetensors requires):
     config           canonical model config, JSON (see ``EncoderConfig``)
     tokenizer        the Hugging Face ``tokenizer.json`` text
     pooling          {"mode": "mean"|"cls"|"max"|"mean_sqrt_len", "normalize": bool}, JSON
+    sentence_transformers  encoders, optional (older files lack it): what sentence-transformers reads from
+                     config_sentence_transformers.json, the Pooling module and a cross-encoder's config.json, JSON:
+                     {"prompts": {name: text}, "default_prompt_name": str | null, "similarity_fn_name": one of
+                     SIMILARITY_FUNCTIONS | null, "truncate_dim": int | null, "include_prompt": bool,
+                     "activation_fn": one of CROSS_ENCODER_ACTIVATIONS | null}; see check_sentence_transformers
     quantization     "int8" or "fp32"
     source           free-form description of the converted checkpoint, JSON
     task             the head the file carries, JSON (see ``TaskConfig``): {"type": one of TASKS, ...}
@@ -93,6 +98,7 @@ KEY_VERSION = "format_version"
 KEY_CONFIG = "config"
 KEY_TOKENIZER = "tokenizer"
 KEY_POOLING = "pooling"
+KEY_SENTENCE_TRANSFORMERS = "sentence_transformers"
 KEY_QUANTIZATION = "quantization"
 KEY_SOURCE = "source"
 KEY_TASK = "task"
@@ -114,6 +120,12 @@ SCALE_SUFFIX = ".scale"
 SMOOTH_SUFFIX = ".smooth"
 QUANTIZATIONS = ("int8", "fp32")
 POOLING_MODES = ("mean", "cls", "max", "mean_sqrt_len")
+SIMILARITY_FUNCTIONS = ("cosine", "dot", "euclidean", "manhattan")    # sentence-transformers' similarity_fn_name
+CROSS_ENCODER_ACTIVATIONS = ("sigmoid", "identity", "tanh")            # a CrossEncoder's activation_fn
+# Bounds on the sentence_transformers metadata: real models carry a handful of short prompts.
+MAX_PROMPTS = 64
+MAX_PROMPT_NAME_CHARS = 256
+MAX_PROMPT_CHARS = 16384
 ACTIVATIONS = ("gelu", "gelu_tanh", "relu", "silu")     # of every block (config.BlockConfig)
 POSITIONS = ("learned", "sinusoidal", "rope", "relative")     # where positions enter a block (config.BlockConfig)
 POSITION_SCHEMES = ("absolute", "padding_offset")             # how an encoder numbers its learned positions
@@ -308,3 +320,42 @@ def is_quantized_name(name: str) -> bool:
     if name in QUANTIZED_EMBEDDINGS:
         return True
     return name.endswith(".weight") and any(f".{q}.weight" in "." + name for q in QUANTIZED_LINEARS)
+
+
+def default_sentence_transformers() -> dict:
+    """The sentence_transformers settings of a file without them: no prompts, cosine similarity, no truncation,
+    prompt tokens pooled, the CrossEncoder's default activation."""
+    return {"prompts": {}, "default_prompt_name": None, "similarity_fn_name": None, "truncate_dim": None,
+            "include_prompt": True, "activation_fn": None}
+
+
+def check_sentence_transformers(value: object) -> str | None:
+    """What is wrong with a sentence_transformers settings dict (types, names, sizes), or None when it is
+    valid. The converter and the loader both check with it (a file is untrusted input)."""
+    if not isinstance(value, dict) or set(value) != set(default_sentence_transformers()):
+        return f"must be an object with exactly the keys {sorted(default_sentence_transformers())}"
+    prompts = value["prompts"]
+    if not isinstance(prompts, dict) or len(prompts) > MAX_PROMPTS:
+        return f"prompts must be an object of at most {MAX_PROMPTS} prompts"
+    for name, text in prompts.items():
+        if not isinstance(name, str) or not name or len(name) > MAX_PROMPT_NAME_CHARS:
+            return f"prompt names must be strings of 1 to {MAX_PROMPT_NAME_CHARS} characters"
+        if not isinstance(text, str) or len(text) > MAX_PROMPT_CHARS:
+            return f"prompt {name[:40]!r} must be a string of at most {MAX_PROMPT_CHARS} characters"
+        try:        # JSON escapes can make lone surrogates, which no tokenizer takes
+            (name + text).encode("utf-8")
+        except UnicodeEncodeError:
+            return f"prompt {name[:40]!r} is not valid Unicode"
+    default = value["default_prompt_name"]
+    if default is not None and (not isinstance(default, str) or default not in prompts):
+        return f"default_prompt_name {str(default)[:40]!r} is not one of the prompts"
+    if value["similarity_fn_name"] not in (None, *SIMILARITY_FUNCTIONS):
+        return f"similarity_fn_name must be one of {SIMILARITY_FUNCTIONS} or null"
+    dim = value["truncate_dim"]
+    if dim is not None and (isinstance(dim, bool) or not isinstance(dim, int) or not 1 <= dim < 2 ** 31):
+        return "truncate_dim must be a positive integer or null"
+    if not isinstance(value["include_prompt"], bool):
+        return "include_prompt must be a boolean"
+    if value["activation_fn"] not in (None, *CROSS_ENCODER_ACTIVATIONS):
+        return f"activation_fn must be one of {CROSS_ENCODER_ACTIVATIONS} or null"
+    return None

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterator, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -94,6 +94,8 @@ class ModelFile:
     target_tokenizer_json: str | None = None     # encoder-decoders with separate target pieces (Marian)
     source_id_map: np.ndarray | None = None      # with it: model id of each source-tokenizer id, int32
     source_unknown_pieces: tuple[int, dict[str, int]] | None = None   # (unk id, unknown text → model id)
+    # encoders: prompts, similarity, ... (format.check_sentence_transformers); the defaults for older files
+    sentence_transformers: dict = field(default_factory=fmt.default_sentence_transformers)
 
 
 def _json_key(metadata: dict[str, str], key: str) -> object:
@@ -154,6 +156,14 @@ def load(path: str | Path) -> ModelFile:
         if (not isinstance(pooling, dict) or pooling.get("mode") not in fmt.POOLING_MODES
                 or not isinstance(pooling.get("normalize"), bool)):
             raise ModelFileError(f"{path}: bad pooling metadata {metadata.get(fmt.KEY_POOLING)!r}")
+    st_settings = fmt.default_sentence_transformers()
+    if fmt.KEY_SENTENCE_TRANSFORMERS in metadata:
+        if not isinstance(config, EncoderConfig):
+            raise ModelFileError(f"{path}: sentence_transformers metadata in a {config.kind} file")
+        st_settings = _json_key(metadata, fmt.KEY_SENTENCE_TRANSFORMERS)
+        problem = fmt.check_sentence_transformers(st_settings)
+        if problem:
+            raise ModelFileError(f"{path}: bad sentence_transformers metadata: {problem}")
     quantization = metadata.get(fmt.KEY_QUANTIZATION)
     if quantization not in fmt.QUANTIZATIONS:
         raise ModelFileError(f"{path}: unknown quantization {quantization!r}")
@@ -222,7 +232,7 @@ def load(path: str | Path) -> ModelFile:
     except Exception as exc:
         raise ModelFileError(f"{path}: cannot read tensors ({exc})") from None
     return ModelFile(path, config, tensors, tokenizer, pooling, quantization, metadata, task, options,
-                     target_tokenizer, source_id_map, unknown_pieces)
+                     target_tokenizer, source_id_map, unknown_pieces, st_settings)
 
 
 _GENERATION_TASKS = ("text-generation", "text2text-generation")

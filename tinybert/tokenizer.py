@@ -247,6 +247,35 @@ def check_texts(texts: object) -> list[str]:
     return list(texts)
 
 
+def check_sentences(sentences: object) -> tuple[list[str], bool]:
+    """``Encoder.encode``'s input as (a list of texts, whether it was one string), or InputError. As
+    sentence-transformers takes them: a str, a list or tuple, a 1-D numpy array of strings, or any other
+    iterable of strings (a generator, read once); empty input and empty texts are allowed (an empty text
+    encodes as the tokenizer's special tokens alone). Sets and mappings are refused: their order is not the
+    caller's."""
+    if isinstance(sentences, str):
+        return [sentences], True
+    if isinstance(sentences, np.ndarray):
+        if sentences.ndim != 1 or sentences.dtype.kind not in "UO":
+            raise InputError(f"texts as a numpy array must be 1-D and hold strings, got {sentences.dtype} "
+                             f"{sentences.shape}")
+        texts = sentences.tolist()
+    elif isinstance(sentences, (list, tuple)):
+        texts = list(sentences)
+    elif isinstance(sentences, (bytes, bytearray, set, frozenset, dict)) or not hasattr(sentences, "__iter__"):
+        raise InputError(f"texts must be a string or a list of strings, got {type(sentences).__name__}")
+    else:
+        texts = list(sentences)
+    for i, text in enumerate(texts):
+        if not isinstance(text, str):
+            raise InputError(f"texts[{i}] is a {type(text).__name__}, not a string")
+        try:
+            text.encode("utf-8")
+        except UnicodeEncodeError:
+            raise InputError(f"texts[{i}] is not valid Unicode (lone surrogate: undecodable input bytes?)") from None
+    return texts, False
+
+
 @dataclass
 class TokenIds:
     """What the encoder needs of one tokenizer ``Encoding``, in 8 bytes per token: an Encoding also

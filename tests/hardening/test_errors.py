@@ -832,16 +832,14 @@ def test_encode_truncates_long_text(which, encoder, minilm_files, hf_tokenizer, 
 
 
 @pytest.mark.parametrize("texts,words", [
-    ([], ["empty"]),
-    ((), ["empty"]),
-    ("", ["texts[0]", "empty"]),
-    (["fine", ""], ["texts[1]", "empty"]),
-    (["fine", "  \t\n "], ["texts[1]", "whitespace"]),
+    # An empty list and empty texts are valid, as in sentence-transformers (tests/api/test_sentence_transformers.py).
     (["fine", 3], ["texts[1]", "int"]),
     (["fine", None], ["texts[1]", "NoneType"]),
     ([b"bytes"], ["texts[0]", "bytes"]),
     (None, ["string"]),
     (42, ["string"]),
+    ({"a"}, ["set"]),
+    (np.array([[" a"]]), ["numpy", "1-D"]),
 ])
 def test_encode_bad_texts(encoder, texts, words):
     message = raised(InputError, encoder.encode, texts)
@@ -863,6 +861,12 @@ def test_encode_text_with_lone_surrogate(encoder):
     ({"batch_size": True}, ["batch_size"]),
     ({"pooling": "median"}, ["pooling", "median"]),
     ({"pooling": "MEAN"}, ["pooling", "MEAN"]),
+    ({"precision": "int4"}, ["precision", "int4"]),
+    ({"truncate_dim": 0}, ["truncate_dim", "0"]),
+    ({"truncate_dim": 10_000}, ["truncate_dim", "10000"]),
+    ({"prompt_name": "nope"}, ["prompt_name", "nope"]),
+    ({"convert_to_tensor": True}, ["convert_to_tensor"]),
+    ({"device": "cuda"}, ["cpu"]),
 ])
 def test_encode_bad_arguments(encoder, kwargs, words):
     with pytest.raises(InputError) as info:

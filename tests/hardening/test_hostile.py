@@ -193,7 +193,8 @@ def _config_edits(config: dict) -> list[tuple[str, object, object]]:
 
 
 @pytest.mark.parametrize("seed, key", [("encoder-int8", "config"), ("decoder-int8", "config"), ("rope-int8", "config"),
-                                       ("seq2seq-int8", "config"), ("mlm-int8", "task"), ("classifier-int8", "task")])
+                                       ("seq2seq-int8", "config"), ("mlm-int8", "task"), ("classifier-int8", "task"),
+                                       ("encoder-int8", "sentence_transformers")])
 def test_every_config_value_is_checked(seeds, tmp_path, seed, key):
     """Every field of a file's config (and of its rope parameters) or task, set to a value of another type, zero,
     negative, tiny, huge or NaN: the file loads and runs (a context too short for the probe text is an InputError),

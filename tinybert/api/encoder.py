@@ -3,7 +3,7 @@ classes built on it (tinybert/api/tasks.py) add the heads."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable
 from pathlib import Path
 
 import numpy as np
@@ -12,7 +12,8 @@ from .. import format as fmt
 from ..config import EncoderConfig, TaskConfig
 from ..errors import InputError, ModelKindError
 from ..models.heads import l2_normalize
-from ..tokenizer import check_texts, token_ids
+from ..tokenizer import check_sentences, token_ids
+from .embeddings import PRECISIONS, quantize_embeddings, similarity
 from .opening import open_model
 from .runner import EncoderBatch, EncoderRunner
 from .scheduler import check_threads
@@ -49,8 +50,10 @@ class Encoder:
     ``runner`` (an EncoderRunner: model, head, tokenizer and scheduler) is what the calls run on.
     """
 
-    def __init__(self, path: str | Path, threads: int | None = None) -> None:
-        opened = open_model(path, "encoder", threads, type(self).__name__)
+    def __init__(self, path: str | Path, threads: int | None = None, *, dtype: str = "int8",
+                 revision: str | None = None, local_files_only: bool | None = None) -> None:
+        opened = open_model(path, "encoder", threads, type(self).__name__, dtype=dtype, revision=revision,
+                           local_files_only=local_files_only)
         model_file = opened.file
         self.path = opened.path
         self.config: EncoderConfig = opened.config
@@ -61,6 +64,14 @@ class Encoder:
         self.tokenizer_options: dict = dict(model_file.tokenizer_options)
         self.tokenizer = opened.tokenizer
         self.runner = EncoderRunner(opened)
+        st = model_file.sentence_transformers
+        self.sentence_transformers: dict = dict(st)     # the file's settings as read (format.py)
+        # As SentenceTransformer: "query" and "document" prompts always exist (empty unless the model sets them).
+        self.prompts: dict[str, str] = {"query": "", "document": "", **st["prompts"]}
+        self.default_prompt_name: str | None = st["default_prompt_name"]
+        self.truncate_dim: int | None = st["truncate_dim"]
+        self._similarity_fn_name: str = st["similarity_fn_name"] or "cosine"
+        self._include_prompt: bool = st["include_prompt"]
 
     @property
     def threads(self) -> int:
@@ -148,28 +159,147 @@ class Encoder:
         starts = np.arange(0, batch * seq + 1, seq, dtype=np.int64)
         return EncoderBatch.of(ids.reshape(-1), types.reshape(-1), starts, mask.reshape(-1)), (batch, seq)
 
-    def encode(self, texts: str | Sequence[str], batch_size: int = 32, normalize: bool | None = None,
-               pooling: str | None = None, show_progress: bool = False) -> np.ndarray:
-        """Sentence embeddings float32 [len(texts), hidden], one row per text, in input order.
+    @property
+    def max_seq_length(self) -> int:
+        """Tokens per text ``encode`` keeps (longer texts are truncated): sentence-transformers' max_seq_length
+        when the checkpoint sets it, else the position table."""
+        return self.config.max_length
 
-        Pooling ("mean", "cls", "max", "mean_sqrt_len") and L2 normalisation default to what the
-        file records (all-MiniLM-L6-v2: mean + normalise, as sentence-transformers does). Texts
-        longer than the model's max_length tokens are truncated to it. A single string counts as
-        a list of one. Empty input or an empty text raises InputError.
+    def get_sentence_embedding_dimension(self) -> int:
+        """Length of the vectors ``encode`` returns: the hidden size, or ``truncate_dim`` when it is smaller."""
+        if self.truncate_dim is not None:
+            return min(self.dimension, self.truncate_dim)
+        return self.dimension
+
+    get_embedding_dimension = get_sentence_embedding_dimension      # sentence-transformers 6's name
+
+    @property
+    def similarity_fn_name(self) -> str:
+        """The similarity ``similarity`` computes: "cosine" (the default), "dot", "euclidean" or "manhattan",
+        from the checkpoint's config_sentence_transformers.json; settable."""
+        return self._similarity_fn_name
+
+    @similarity_fn_name.setter
+    def similarity_fn_name(self, name: str) -> None:
+        if name not in fmt.SIMILARITY_FUNCTIONS:
+            raise InputError(f"similarity_fn_name must be one of {fmt.SIMILARITY_FUNCTIONS}, got {name!r}")
+        self._similarity_fn_name = name
+
+    def similarity(self, embeddings1: object, embeddings2: object) -> np.ndarray:
+        """float32 [len(embeddings1), len(embeddings2)]: ``similarity_fn_name`` between every pair of rows
+        (cosine; dot product; negative euclidean or manhattan distance), as SentenceTransformer.similarity
+        (which returns a torch tensor). One vector [dim] counts as one row."""
+        return similarity(self.similarity_fn_name, embeddings1, embeddings2)
+
+    def encode(self, sentences: str | Iterable[str] | None = None, batch_size: int = 32,
+               normalize: bool | None = None, pooling: str | None = None, show_progress: bool | None = None, *,
+               show_progress_bar: bool | None = None, normalize_embeddings: bool = False,
+               prompt_name: str | None = None, prompt: str | None = None, truncate_dim: int | None = None,
+               precision: str = "float32", convert_to_numpy: bool = True, convert_to_tensor: bool = False,
+               output_value: str | None = "sentence_embedding", device: str | None = None,
+               texts: str | Iterable[str] | None = None,
+               inputs: str | Iterable[str] | None = None) -> np.ndarray | list[np.ndarray]:
+        """Sentence embeddings float32 [len(sentences), dim], one row per text, in input order; the arguments
+        of sentence-transformers' ``SentenceTransformer.encode``.
+
+        ``sentences``: a str (gives [1, dim]: tinybert's rule, where sentence-transformers gives [dim]), a
+        list, tuple, 1-D numpy array of strings or any iterable of strings (``texts=`` and ``inputs=`` are
+        other names for it). An empty list gives [0, dim]; an empty text is the embedding of the tokenizer's
+        special tokens alone, as in sentence-transformers.
+
+        The steps, in sentence-transformers' order: the prompt (``prompt``, else ``prompts[prompt_name]``,
+        else the model's default prompt) is put before each text; texts longer than ``max_seq_length``
+        tokens are truncated; the tokens are pooled as the file records ("mean", "cls", "max",
+        "mean_sqrt_len"; ``pooling`` overrides it) and L2-normalised when the file has a Normalize module
+        (``normalize`` True / False forces it on / off); the vectors are cut to their first ``truncate_dim``
+        values (default: the model's truncate_dim); ``normalize_embeddings`` L2-normalises them again after
+        the cut; ``precision`` ("float32", "int8", "uint8", "binary", "ubinary") quantises them as
+        sentence-transformers' ``quantize_embeddings`` (int8 and uint8 take each dimension's range over the
+        texts of this call, so they need at least two texts).
+
+        ``convert_to_numpy=False`` returns a list of 1-D arrays (sentence-transformers gives torch tensors);
+        ``show_progress_bar`` (or ``show_progress``) shows a tqdm bar. ``convert_to_tensor``,
+        ``output_value`` other than "sentence_embedding" and devices other than "cpu" need torch: InputError.
+        Texts are sorted by length internally so that each batch carries little padding.
         """
-        texts = check_texts(texts)
+        given = [value for value in (sentences, texts, inputs) if value is not None]
+        if len(given) > 1:
+            raise InputError("pass the texts once: as sentences (the first argument), texts= or inputs=")
+        items, _ = check_sentences(given[0] if given else None)
         if not isinstance(batch_size, int) or isinstance(batch_size, bool) or batch_size < 1:
             raise InputError(f"batch_size must be a positive integer, got {batch_size!r}")
         mode = self.pooling["mode"] if pooling is None else pooling
         if mode not in fmt.POOLING_MODES:
             raise InputError(f"pooling must be one of {fmt.POOLING_MODES}, got {pooling!r}")
-        do_normalize = self.pooling["normalize"] if normalize is None else bool(normalize)
+        if precision not in PRECISIONS:
+            raise InputError(f"precision must be one of {PRECISIONS}, got {precision!r}")
+        if convert_to_tensor or output_value != "sentence_embedding" or device not in (None, "cpu"):
+            raise InputError("tinybert returns numpy arrays of sentence embeddings on the CPU: convert_to_tensor, "
+                             "output_value other than 'sentence_embedding' and devices other than 'cpu' are not "
+                             "supported")
+        dim = truncate_dim
+        if dim is None:
+            # the model's own truncate_dim: one past the hidden size cuts nothing, as in sentence-transformers
+            dim = self.truncate_dim if self.truncate_dim is not None and self.truncate_dim < self.dimension else None
+        elif not isinstance(dim, int) or isinstance(dim, bool) or not 1 <= dim <= self.dimension:
+            raise InputError(f"truncate_dim must be an integer in [1, {self.dimension}], got {dim!r}")
+        text_prompt = self._prompt(prompt, prompt_name)
+        if text_prompt:
+            items = [text_prompt + text for text in items]
+        progress = bool(show_progress_bar if show_progress_bar is not None else show_progress)
+        file_normalize = self.pooling["normalize"] if normalize is None else bool(normalize)
 
-        encodings = token_ids(self.tokenizer, texts)
-        out = np.empty((len(texts), self.dimension), dtype=np.float32)
-        for rows, _, pooled in self.runner.batches(encodings, batch_size, show_progress, "encoding", pool=mode):
-            out[rows] = pooled
-        return l2_normalize(out) if do_normalize else out
+        out = np.empty((len(items), self.dimension), dtype=np.float32)
+        if items:
+            encodings = token_ids(self.tokenizer, items)
+            for rows, _, pooled in self.runner.batches(encodings, batch_size, progress, "encoding", pool=mode):
+                out[rows] = pooled
+        if file_normalize:                  # the model's Normalize module: before truncate_dim cuts
+            out = l2_normalize(out)
+        if dim is not None and dim < self.dimension:
+            out = np.ascontiguousarray(out[:, :dim])
+        if normalize_embeddings:
+            out = l2_normalize(out)
+        out = quantize_embeddings(out, precision)
+        return out if convert_to_numpy else list(out)
+
+    def encode_query(self, sentences: str | Iterable[str] | None = None, prompt_name: str | None = None,
+                     prompt: str | None = None, **kwargs) -> np.ndarray | list[np.ndarray]:
+        """``encode`` with the model's "query" prompt unless ``prompt_name`` or ``prompt`` is given, as
+        sentence-transformers 6 (an empty "query" prompt when the model has none, so the default prompt does
+        not apply)."""
+        if prompt_name is None and prompt is None:
+            prompt_name = "query"
+        return self.encode(sentences, prompt_name=prompt_name, prompt=prompt, **kwargs)
+
+    def encode_document(self, sentences: str | Iterable[str] | None = None, prompt_name: str | None = None,
+                        prompt: str | None = None, **kwargs) -> np.ndarray | list[np.ndarray]:
+        """``encode`` with the model's "document" prompt unless ``prompt_name`` or ``prompt`` is given, as
+        sentence-transformers 6 (which tries "document", "passage", "corpus" in that order; "document" always
+        exists, empty unless the model sets it)."""
+        if prompt_name is None and prompt is None:
+            prompt_name = next(name for name in ("document", "passage", "corpus") if name in self.prompts)
+        return self.encode(sentences, prompt_name=prompt_name, prompt=prompt, **kwargs)
+
+    def _prompt(self, prompt: str | None, prompt_name: str | None) -> str:
+        """The prompt text to put before each text, chosen as SentenceTransformer._resolve_prompt does."""
+        if prompt is not None:
+            if not isinstance(prompt, str):
+                raise InputError(f"prompt must be a string, got {type(prompt).__name__}")
+            check_sentences(prompt)
+        elif prompt_name is not None:
+            if prompt_name not in self.prompts:
+                raise InputError(f"prompt_name {prompt_name!r} is not one of the model's prompts "
+                                 f"{sorted(self.prompts)}")
+            prompt = self.prompts[prompt_name]
+        elif self.default_prompt_name is not None:
+            prompt = self.prompts.get(self.default_prompt_name, "")
+        if prompt and not self._include_prompt:
+            # The model pools without the prompt's tokens (Pooling include_prompt=False, INSTRUCTOR-style),
+            # which tinybert's pooling does not do: refuse rather than return other vectors.
+            raise InputError("this model pools without its prompt's tokens (include_prompt=False), which tinybert "
+                             "does not support: encode without a prompt")
+        return prompt or ""
 
     def __repr__(self) -> str:
         # The task classes share it: their class name, plus the labels of the heads that have them.

@@ -37,8 +37,10 @@ class Generator(OpenedModel):
     reproducible). ``threads`` caps the Numba worker threads (default: all).
     """
 
-    def __init__(self, path: str | Path, threads: int | None = None) -> None:
-        opened = open_model(path, "decoder", threads, "Generator")
+    def __init__(self, path: str | Path, threads: int | None = None, *, dtype: str = "int8",
+                 revision: str | None = None, local_files_only: bool | None = None) -> None:
+        opened = open_model(path, "decoder", threads, "Generator", dtype=dtype, revision=revision,
+                           local_files_only=local_files_only)
         self._take(opened)
         self.config: DecoderConfig
         self._model = DecoderModel(self.config, opened.tensors)

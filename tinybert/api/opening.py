@@ -9,10 +9,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..config import DecoderConfig, EncoderConfig, Seq2SeqConfig
-from ..errors import ModelKindError
+from ..errors import ModelFileError, ModelKindError
 from ..loader import ModelFile, TensorStore, load
 from ..tokenizer import TextTokenizer, load_tokenizer
+from .resolve import resolve
 from .scheduler import check_process, check_threads
+from .warmup import notice_compile
 
 # kind → (its config, how a message names it, the class that opens it)
 _KINDS: dict[str, tuple[type, str, str]] = {
@@ -48,24 +50,36 @@ class Opened:
         return self.file.quantization
 
 
-def open_model(path: str | Path, kind: str, threads: int | None, user: str) -> Opened:
+def open_model(path: str | Path, kind: str, threads: int | None, user: str, dtype: str = "int8",
+               revision: str | None = None, local_files_only: bool | None = None) -> Opened:
     """Open ``path`` for the class named ``user``, which needs a model of ``kind`` ("encoder",
-    "decoder" or "encoder-decoder").
+    "decoder" or "encoder-decoder"). ``path`` is a tinybert file, a Hugging Face folder or a Hub id
+    (resolve.py: folders and ids are converted to ``dtype`` once, into the tinybert cache).
 
-    Raises ModelFileError for a file that does not validate, ModelKindError for another kind,
-    InputError for a bad ``threads`` (see scheduler.check_threads). The tokenizer truncates to what the
-    model can take: an encoder's ``max_length``, the other kinds' ``max_positions``.
+    Raises ModelFileError for a file that does not validate or a name that resolves to nothing,
+    ModelKindError for another kind, InputError for a bad ``threads`` (see scheduler.check_threads). The
+    tokenizer truncates to what the model can take: an encoder's ``max_length``, the other kinds'
+    ``max_positions``.
     """
     config_type, needed, _ = _KINDS[kind]
     check_process()
-    model_file = load(path)
+    threads = check_threads(threads)
+    path, rebuild = resolve(path, dtype, revision, local_files_only)
+    try:
+        model_file = load(path)
+    except ModelFileError:
+        if rebuild is None:
+            raise
+        path = rebuild()            # a damaged or stale cache entry: convert it again
+        model_file = load(path)
     config = model_file.config
     if not isinstance(config, config_type):
         _, held, opener = _KINDS[config.kind]
         raise ModelKindError(f"{path} holds {held} model; {user} needs {needed} model: open it with {opener}")
+    notice_compile(kind)
     length = config.max_length if isinstance(config, EncoderConfig) else config.max_positions
     tokenizer = load_tokenizer(model_file.tokenizer_json, length)
-    return Opened(Path(path), model_file, tokenizer, check_threads(threads))
+    return Opened(Path(path), model_file, tokenizer, threads)
 
 
 class OpenedModel:

@@ -8,7 +8,7 @@ runs through the encoder's ``runner`` (model, head, tokenizer, scheduler) by its
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -67,8 +67,9 @@ class Classifier(Encoder):
     [{'label': 'POSITIVE', 'score': 0.9998}]
     """
 
-    def __init__(self, path: str | Path, threads: int | None = None) -> None:
-        super().__init__(path, threads)
+    def __init__(self, path: str | Path, threads: int | None = None, *, dtype: str = "int8",
+                 revision: str | None = None, local_files_only: bool | None = None) -> None:
+        super().__init__(path, threads, dtype=dtype, revision=revision, local_files_only=local_files_only)
         _require_task(self, "sequence-classification")
         self.labels: tuple[str, ...] = self.task.labels
 
@@ -82,7 +83,7 @@ class Classifier(Encoder):
         return "softmax"
 
     def predict_logits(self, texts: str | Sequence[str], text_pair: str | Sequence[str] | None = None,
-                       batch_size: int = 32) -> np.ndarray:
+                       batch_size: int = 32, show_progress: bool = False) -> np.ndarray:
         """Raw logits float32 [len(texts), labels] (texts longer than the model are truncated,
         pairs longest-first as transformers does)."""
         texts = check_texts(texts)
@@ -92,9 +93,69 @@ class Classifier(Encoder):
         else:
             encodings = self.tokenizer.encode_batch(texts)
         out = np.empty((len(texts), len(self.labels)), dtype=np.float32)
-        for rows, batch, hidden in self.runner.batches(encodings, batch_size):
+        for rows, batch, hidden in self.runner.batches(encodings, batch_size, show_progress, "scoring"):
             out[rows] = self.runner.head.sequence_logits(hidden, batch.starts)
         return out
+
+    @property
+    def activation_fn(self) -> str:
+        """What ``predict`` and ``rank`` apply to the logits, as sentence-transformers' CrossEncoder: the
+        activation_fn the checkpoint's config.json records ("sigmoid", "identity" or "tanh"), else "sigmoid"
+        for a one-label model and "identity" for more."""
+        recorded = self.sentence_transformers["activation_fn"]
+        return recorded if recorded is not None else "sigmoid" if len(self.labels) == 1 else "identity"
+
+    def predict(self, inputs: Sequence[str] | Iterable[Sequence[str]], batch_size: int = 32,
+                show_progress_bar: bool | None = None, activation_fn: str | Callable | None = None,
+                apply_softmax: bool = False, convert_to_numpy: bool = True) -> np.ndarray | list | np.float32:
+        """Scores of (first, second) text pairs, as sentence-transformers' ``CrossEncoder.predict``: float32
+        [n] for a one-label model, [n, labels] otherwise; one pair ``[a, b]`` gives one score (a float32
+        scalar, or [labels]).
+
+        The logits go through ``activation_fn`` (default: the model's ``activation_fn``, sigmoid for a
+        one-label model unless its config.json names another; identity for more labels); a name ("sigmoid",
+        "identity", "tanh") or a function of a numpy array. ``apply_softmax`` then softmaxes each row of a
+        multi-label model. ``convert_to_numpy=False`` gives a list of scores (rows). Pairs longer than the model
+        are truncated longest-first.
+        """
+        single = _is_one_pair(inputs)
+        pairs = [inputs] if single else _pairs(inputs)
+        function = _activation(self.activation_fn if activation_fn is None else activation_fn)
+        if pairs:
+            logits = self.predict_logits([p[0] for p in pairs], [p[1] for p in pairs], batch_size,
+                                         bool(show_progress_bar))
+        else:
+            logits = np.zeros((0, len(self.labels)), dtype=np.float32)
+        scores = np.asarray(function(logits), dtype=np.float32)
+        if len(self.labels) == 1 and scores.ndim > 1:
+            scores = scores[:, 0]
+        if apply_softmax and scores.ndim > 1:
+            scores = softmax(scores).astype(np.float32)
+        if single:
+            return scores[0]
+        return scores if convert_to_numpy else list(scores)
+
+    def rank(self, query: str, documents: Sequence[str], top_k: int | None = None, return_documents: bool = False,
+             batch_size: int = 32, show_progress_bar: bool | None = None,
+             activation_fn: str | Callable | None = None) -> list[dict]:
+        """Documents sorted by their score against ``query``, best first, as sentence-transformers'
+        ``CrossEncoder.rank``: ``[{"corpus_id": index, "score": float}]`` (with ``"text"`` when
+        ``return_documents``), ``top_k`` of them (all when None). Scores as ``predict``; equal scores keep
+        the documents' order. Only for one-label models (ModelKindError otherwise, as CrossEncoder refuses)."""
+        if len(self.labels) != 1:
+            raise ModelKindError(f"rank() needs a one-label cross-encoder; {self.path} has {len(self.labels)} labels "
+                                 "(use predict() on pairs)")
+        if not isinstance(query, str):
+            raise InputError(f"query must be a string, got {type(query).__name__}")
+        if isinstance(documents, str) or not isinstance(documents, Sequence):
+            raise InputError(f"documents must be a list of strings, got {type(documents).__name__}")
+        _check_top_k(top_k, allow_none=True)
+        scores = self.predict([[query, doc] for doc in documents], batch_size=batch_size,
+                              show_progress_bar=show_progress_bar, activation_fn=activation_fn)
+        results = []
+        for i, score in enumerate(scores.tolist()):
+            results.append({"corpus_id": i, "score": score, **({"text": documents[i]} if return_documents else {})})
+        return sorted(results, key=lambda r: r["score"], reverse=True)[:top_k]
 
     def classify(self, texts: str | Sequence[str], text_pair: str | Sequence[str] | None = None,
                  top_k: int | None = 1, batch_size: int = 32) -> list:
@@ -143,6 +204,41 @@ class Classifier(Encoder):
         return [{"index": int(i), "document": documents[i], "score": float(scores[i])} for i in order]
 
 
+def _is_one_pair(inputs: object) -> bool:
+    """Whether ``inputs`` is one pair rather than a list of them (CrossEncoder.is_singular_input)."""
+    if isinstance(inputs, (list, tuple)):
+        return len(inputs) > 0 and not isinstance(inputs[0], (list, tuple))
+    if isinstance(inputs, np.ndarray) and inputs.dtype.kind in "UO":
+        return inputs.size > 0 and inputs.ndim < 2
+    return False
+
+
+def _pairs(inputs: object) -> list:
+    """The pairs of ``predict``'s input, each two strings, or InputError."""
+    if isinstance(inputs, np.ndarray):
+        inputs = inputs.tolist()
+    if isinstance(inputs, (str, bytes, dict, set)) or not hasattr(inputs, "__iter__"):
+        raise InputError(f"inputs must be a list of [text, text] pairs, got {type(inputs).__name__}")
+    pairs = list(inputs)
+    for i, pair in enumerate(pairs):
+        if (not isinstance(pair, (list, tuple)) or len(pair) != 2
+                or not all(isinstance(text, str) for text in pair)):
+            raise InputError(f"inputs[{i}] must be a pair of two strings, got {str(pair)[:80]}")
+    return pairs
+
+
+_ACTIVATIONS: dict[str, Callable[[np.ndarray], np.ndarray]] = {
+    "sigmoid": sigmoid, "identity": lambda x: x, "tanh": lambda x: np.tanh(x.astype(np.float64))}
+
+
+def _activation(function: str | Callable) -> Callable[[np.ndarray], np.ndarray]:
+    if callable(function):
+        return function
+    if function not in _ACTIVATIONS:
+        raise InputError(f"activation_fn must be one of {tuple(_ACTIVATIONS)} or a function, got {function!r}")
+    return _ACTIVATIONS[function]
+
+
 class TokenClassifier(Encoder):
     """Token classification / named-entity recognition, like ``pipeline("token-classification")``.
 
@@ -151,8 +247,9 @@ class TokenClassifier(Encoder):
     [{'entity_group': 'PER', 'score': 0.99, 'word': 'Wolfgang', 'start': 11, 'end': 19}, ...]
     """
 
-    def __init__(self, path: str | Path, threads: int | None = None) -> None:
-        super().__init__(path, threads)
+    def __init__(self, path: str | Path, threads: int | None = None, *, dtype: str = "int8",
+                 revision: str | None = None, local_files_only: bool | None = None) -> None:
+        super().__init__(path, threads, dtype=dtype, revision=revision, local_files_only=local_files_only)
         _require_task(self, "token-classification")
         self.labels: tuple[str, ...] = self.task.labels
         self._decoder = Decoder(self.tokenizer, self.tokenizer_options["clean_up_tokenization_spaces"])
@@ -205,8 +302,9 @@ class FillMask(Encoder):
     [{'score': 0.9, 'token': 3007, 'token_str': 'capital', 'sequence': 'paris is the capital of france.'}]
     """
 
-    def __init__(self, path: str | Path, threads: int | None = None) -> None:
-        super().__init__(path, threads)
+    def __init__(self, path: str | Path, threads: int | None = None, *, dtype: str = "int8",
+                 revision: str | None = None, local_files_only: bool | None = None) -> None:
+        super().__init__(path, threads, dtype=dtype, revision=revision, local_files_only=local_files_only)
         _require_task(self, "masked-lm", "pretraining")
         self.mask_token: str | None = self.tokenizer_options["mask_token"]
         self.mask_token_id = self.tokenizer.token_to_id(self.mask_token) if self.mask_token else None
@@ -264,8 +362,9 @@ class QuestionAnswerer(Encoder):
     {'answer': 'Berlin', 'score': 0.97, 'start': 34, 'end': 40}
     """
 
-    def __init__(self, path: str | Path, threads: int | None = None) -> None:
-        super().__init__(path, threads)
+    def __init__(self, path: str | Path, threads: int | None = None, *, dtype: str = "int8",
+                 revision: str | None = None, local_files_only: bool | None = None) -> None:
+        super().__init__(path, threads, dtype=dtype, revision=revision, local_files_only=local_files_only)
         _require_task(self, "question-answering")
 
     def answer(self, question: str | Sequence[str], context: str | Sequence[str], top_k: int = 1,

@@ -48,8 +48,10 @@ class Translator(OpenedModel):
     "summarize: "). ``threads`` caps the Numba worker threads (default: all).
     """
 
-    def __init__(self, path: str | Path, threads: int | None = None) -> None:
-        opened = open_model(path, "encoder-decoder", threads, "Translator")
+    def __init__(self, path: str | Path, threads: int | None = None, *, dtype: str = "int8",
+                 revision: str | None = None, local_files_only: bool | None = None) -> None:
+        opened = open_model(path, "encoder-decoder", threads, "Translator", dtype=dtype, revision=revision,
+                           local_files_only=local_files_only)
         model_file = opened.file
         self._take(opened)
         self.config: Seq2SeqConfig

@@ -31,6 +31,7 @@ from ..kernels import (
     gemm_fp32,
     gemm_pairs,
     gemm_vnni,
+    half,
     mathfn,
     memory,
     norm,
@@ -44,8 +45,8 @@ from ..models.decoder import DecoderModel
 from ..models.encoder import EncoderModel
 from ..models.seq2seq import Seq2SeqModel
 
-_KERNEL_MODULES = (activations, attention, cpu, decoder, embeddings, gemm, gemm_fp32, gemm_pairs, gemm_vnni, mathfn,
-                   memory, norm, pooling, quant, rope, search)
+_KERNEL_MODULES = (activations, attention, cpu, decoder, embeddings, gemm, gemm_fp32, gemm_pairs, gemm_vnni, half,
+                   mathfn, memory, norm, pooling, quant, rope, search)
 
 
 def _marker() -> Path:
@@ -66,6 +67,34 @@ def kernels_ready() -> bool:
         return _marker().exists()
     except (AttributeError, OSError):
         return False
+
+
+_told = False
+COMPILE_NOTICE = ("tinybert: this machine's kernels are not all compiled yet: the first calls compile what they use "
+                  "(up to a minute, once; cached on disk after). tinybert.warmup() or `tinybert warmup` compiles "
+                  "them all ahead, with a progress bar.")
+
+
+def _compiled_before(kind: str) -> bool:
+    """True when the attention kernel that models of ``kind`` run has machine code in Numba's disk cache: this
+    machine has run such a model before, so the kernels it needs are (most likely) compiled."""
+    kernel = attention.attention_with_bias if kind == "encoder" else decoder.cached_attention_with_bias
+    try:
+        return Path(kernel._cache._cache_file._index_path).exists()
+    except (AttributeError, OSError):
+        return False
+
+
+def notice_compile(kind: str) -> None:
+    """Say once per process, on the "tinybert" logger (stderr unless logging is configured otherwise), that the
+    first calls will compile, when neither warmup() nor an earlier model of ``kind`` ("encoder", "decoder",
+    "encoder-decoder") compiled them: a silent first call of tens of seconds looks hung."""
+    global _told
+    if not _told and not kernels_ready() and not _compiled_before(kind):
+        _told = True
+        import logging
+
+        logging.getLogger("tinybert").warning(COMPILE_NOTICE)
 
 
 def _random_tensors(shapes: dict[str, tuple[int, ...]], quantization: str) -> dict[str, np.ndarray]:
