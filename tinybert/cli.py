@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import inspect
 import json
+import logging
 import os
 import re
 import sys
@@ -814,10 +815,21 @@ def _quiet_broken_pipe() -> int:
     return EXIT_BROKEN_PIPE
 
 
+def _without_compile_notice(record: logging.LogRecord) -> bool:
+    # The command says it compiles (with a progress bar) once its input is checked; the API's notice at model
+    # opening would come first and twice, and even before an error in the input.
+    from .api.warmup import COMPILE_NOTICE
+
+    return record.getMessage() != COMPILE_NOTICE
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run the command line ``argv`` (default: sys.argv[1:]); returns the exit status: 0, 2 on an error,
     141 when stdout's reader closed the pipe, 130 on Ctrl-C."""
     _utf8_stdio()
+    logger = logging.getLogger("tinybert")
+    if _without_compile_notice not in logger.filters:
+        logger.addFilter(_without_compile_notice)
     try:
         parser = build_parser()
         # `embed MODEL -o out.npy "text"`: argparse leaves texts that follow an option unparsed.
