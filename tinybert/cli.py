@@ -166,13 +166,13 @@ def _open(cls: type, args: argparse.Namespace, command: str) -> object:
     """``cls(args.model, threads=args.threads)``; a file of another kind gets a message naming the subcommand
     that fits it rather than a Python class."""
     try:
-        return cls(args.model, threads=args.threads)
+        return cls(args.model, threads=args.threads, dtype=args.dtype, revision=args.revision)
     except ModelKindError as exc:
         from .api.resolve import resolve
         from .loader import load
 
         try:    # a Hub id or a folder: its converted file is in the cache by now
-            task = load(resolve(args.model)[0]).task.type
+            task = load(resolve(args.model, args.dtype, args.revision)[0]).task.type
         except TinyBertError:
             raise exc from None
         raise ModelKindError(f"{args.model} holds {_holds(task)}; `tinybert {command}` needs {_NEEDS[command]}: "
@@ -208,8 +208,10 @@ def _cmd_convert(args: argparse.Namespace) -> None:
     # The converter checks the rest of the output path (folder, existing file, writable) before reading anything.
     if Path(args.out).suffix != ".safetensors" and not Path(args.out).is_dir():
         raise InputError(f"output {args.out} must end in .safetensors (the format tinybert writes)")
-    out = convert(args.src, args.out, dtype=args.dtype, show_progress=not args.quiet, task=args.task,
-                  mixed_activations=not args.act12, force=args.force)
+    from .api.resolve import hf_folder
+
+    out = convert(hf_folder(args.src, args.revision), args.out, dtype=args.dtype, show_progress=not args.quiet,
+                  task=args.task, mixed_activations=not args.act12, force=args.force)
     print(f"wrote {out} ({out.stat().st_size / 1e6:.1f} MB, {args.dtype})", file=sys.stderr)
 
 
@@ -521,9 +523,10 @@ def _ids(values: object) -> str:
 
 def _cmd_info(args: argparse.Namespace) -> None:
     from . import format as fmt
+    from .api.resolve import resolve
     from .loader import load
 
-    model = load(args.model)
+    model = load(resolve(args.model, args.dtype, args.revision)[0])
     cfg = model.config
     # Quantisation companions (.scale, .smooth) are not parameters of the model.
     params = sum(int(np.prod(model.tensors.shape(name))) for name in model.tensors
@@ -630,7 +633,8 @@ def build_parser() -> argparse.ArgumentParser:
         return p
 
     p = command("convert", "convert a Hugging Face model folder to one tinybert file", _cmd_convert)
-    p.add_argument("src", help="Hugging Face model folder (config.json, tokenizer.json, weights)")
+    p.add_argument("src", help="Hugging Face model folder (config.json, tokenizer.json, weights) or Hub id (org/name)")
+    p.add_argument("--revision", help="branch, tag or commit of a Hub id")
     p.add_argument("out", help="output .safetensors file (checked before the folder is read)")
     p.add_argument("--dtype", choices=["int8", "fp32"], default="int8", help="weight type")
     p.add_argument("--task", choices=["feature-extraction", "sequence-classification", "token-classification",
@@ -647,7 +651,7 @@ def build_parser() -> argparse.ArgumentParser:
                      description: str | None = None) -> argparse.ArgumentParser:
         p = command(name, help_text, func, (description or help_text + ".") + " Texts come as arguments, from "
                     "--file or from stdin lines.")
-        p.add_argument("model", help="tinybert model file")
+        p.add_argument("model", help="a tinybert file, a Hugging Face folder or a Hub id (org/name)")
         p.add_argument("texts", nargs="*", help="texts; if none, read --file or stdin (one per line)")
         p.add_argument("--file", help="read texts from this UTF-8 file, one per line")
         p.add_argument("--batch-size", type=int, default=batch_size, help="texts per batch")
@@ -664,14 +668,14 @@ def build_parser() -> argparse.ArgumentParser:
     p = command("similarity", "cosine similarity of two texts, or of two files line by line", _cmd_similarity,
                 "Embeds both sides with the model's own pooling and prints cos(a, b), one number per line: "
                 "`similarity MODEL A B` or `similarity MODEL --files a.txt b.txt` (line i with line i).")
-    p.add_argument("model", help="tinybert encoder file")
+    p.add_argument("model", help="an encoder: a tinybert file, a Hugging Face folder or a Hub id")
     p.add_argument("texts", nargs="*", help="the two texts to compare")
     p.add_argument("--files", nargs=2, metavar=("A", "B"), help="compare line i of A with line i of B")
     p.add_argument("--batch-size", type=int, default=32, help="texts per batch")
     p.add_argument("--threads", type=int, default=None, help=_THREADS_HELP)
 
     p = command("embed-corpus", "embed a Parquet or JSON-lines corpus on Ray (local, or a cluster)", _cmd_embed_corpus)
-    p.add_argument("model", help="tinybert model file")
+    p.add_argument("model", help="a tinybert file, a Hugging Face folder or a Hub id (org/name)")
     p.add_argument("input", help="corpus: .parquet, or .jsonl / .json (JSON lines), one row per text")
     p.add_argument("output", help="same formats; every input column kept, the embedding added, rows in input order")
     p.add_argument("--address", help="Ray cluster to run on (e.g. auto, ray://head:10001; default: a local instance)")
@@ -695,7 +699,7 @@ def build_parser() -> argparse.ArgumentParser:
                 "Scores each document (arguments, --file or stdin lines) against QUERY with a cross-encoder "
                 "(a sequence-classification file) and prints JSON lines {\"index\", \"document\", \"score\"}, best "
                 "first; index counts the documents from 0 (line number - 1).")
-    p.add_argument("model", help="tinybert cross-encoder file")
+    p.add_argument("model", help="a cross-encoder: a tinybert file, a Hugging Face folder or a Hub id")
     p.add_argument("query", help="the query")
     p.add_argument("texts", nargs="*", help="documents; if none, read --file or stdin (one per line)")
     p.add_argument("--file", help="read documents from this UTF-8 file, one per line")
@@ -778,7 +782,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--paths", help=argparse.SUPPRESS)
 
     p = command("info", "describe a tinybert model file", _cmd_info)
-    p.add_argument("model", help="tinybert model file")
+    p.add_argument("model", help="a tinybert file, a Hugging Face folder or a Hub id (org/name)")
     p.add_argument("--json", action="store_true", help="machine-readable output (one JSON object)")
 
     p = command("demo", "semantic search with the embedded all-MiniLM-L6-v2 (no download)", _cmd_demo)
@@ -787,7 +791,16 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = command("warmup", "compile and cache the kernels now (otherwise the first call does it)", _cmd_warmup)
     p.add_argument("--quiet", action="store_true", help="no progress bar")
+    for name in _MODEL_COMMANDS:         # every command that opens a model takes it by name too (docs/loading.md)
+        p = sub.choices[name]
+        p.add_argument("--dtype", choices=["int8", "fp32"], default="int8",
+                       help="what a Hugging Face folder or Hub id is converted to (a tinybert file keeps its own)")
+        p.add_argument("--revision", help="branch, tag or commit of a Hub id")
     return parser
+
+
+_MODEL_COMMANDS = ("embed", "similarity", "classify", "rerank", "ner", "fill-mask", "qa", "generate", "translate",
+                   "summarize", "info")
 
 
 _TEXT_COMMANDS = ("embed", "classify", "rerank", "ner", "fill-mask", "qa", "generate", "translate", "summarize",

@@ -171,3 +171,23 @@ def test_generator_and_translator_take_folders(decoder_model, seq2seq_model, tmp
     source = [[5, 6, 7, 8, 9]]
     assert (by_folder.translate_ids(source, max_length=8)[0]["token_ids"]
             == tinybert.Translator(files["fp32"]).translate_ids(source, max_length=8)[0]["token_ids"])
+
+
+def test_cli_takes_hub_ids(offline_env, minilm_files, tmp_path):
+    # The same names on the command line, offline: `embed` by id gives the file's vectors, `info` describes the
+    # id's converted file, `convert` reads the id's snapshot.
+    def cli(*args: str) -> subprocess.CompletedProcess:
+        return subprocess.run([sys.executable, "-m", "tinybert", *args], env=child_env(offline_env),
+                              capture_output=True, text=True, timeout=600)
+
+    by_id, by_file = cli("embed", REPO, TEXTS[1]), cli("embed", str(minilm_files["int8"]), TEXTS[1])
+    assert by_id.returncode == 0 and by_file.returncode == 0, by_id.stderr + by_file.stderr
+    assert by_id.stdout == by_file.stdout and by_id.stdout.count("\n") == 1
+    info = cli("info", REPO, "--json")
+    assert info.returncode == 0, info.stderr
+    assert json.loads(info.stdout)["quantization"] == "int8"
+    out = tmp_path / "minilm.fp32.safetensors"
+    done = cli("convert", REPO, str(out), "--dtype", "fp32", "--quiet")
+    assert done.returncode == 0, done.stderr
+    np.testing.assert_array_equal(tinybert.Encoder(out).encode(TEXTS),
+                                  tinybert.Encoder(minilm_files["fp32"]).encode(TEXTS))

@@ -63,7 +63,6 @@ def open_model(path: str | Path, kind: str, threads: int | None, user: str, dtyp
     """
     config_type, needed, _ = _KINDS[kind]
     check_process()
-    threads = check_threads(threads)
     path, rebuild = resolve(path, dtype, revision, local_files_only)
     try:
         model_file = load(path)
@@ -79,7 +78,7 @@ def open_model(path: str | Path, kind: str, threads: int | None, user: str, dtyp
     notice_compile(kind)
     length = config.max_length if isinstance(config, EncoderConfig) else config.max_positions
     tokenizer = load_tokenizer(model_file.tokenizer_json, length)
-    return Opened(Path(path), model_file, tokenizer, threads)
+    return Opened(Path(path), model_file, tokenizer, check_threads(threads))
 
 
 class OpenedModel:

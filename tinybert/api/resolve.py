@@ -78,6 +78,19 @@ def resolve(name: str | Path, dtype: str = "int8", revision: str | None = None,
     return _cached(snapshot, f"{repo.replace('/', '--')}@{snapshot.name}", dtype)
 
 
+def hf_folder(name: str | Path, revision: str | None = None, local_files_only: bool | None = None) -> Path:
+    """A Hugging Face folder for ``name``: the folder itself, or a Hub id's snapshot (from the Hugging Face cache,
+    else downloaded, as ``resolve`` finds it). What ``tinybert convert`` reads."""
+    if Path(name).is_dir():
+        return Path(name)
+    match = _HUB_ID.match(str(name))
+    if match is None or Path(name).exists():
+        raise ModelFileError(f"{name} is not a Hugging Face model folder or Hub id")
+    if revision is not None and match.group("rev") is not None:
+        raise ModelFileError(f"{name} names a revision and revision={revision!r} names another: give one")
+    return _hub_snapshot(match.group("repo"), revision or match.group("rev"), local_files_only)
+
+
 def _hub_snapshot(repo: str, revision: str | None, local_files_only: bool | None) -> Path:
     """The snapshot folder of ``repo`` at ``revision``: from the Hugging Face cache, else downloaded."""
     try:
