@@ -227,7 +227,8 @@ def _describe_row(batch: pa.Table, i: int, skip: Sequence[str]) -> str:
 
 
 def _batch_texts(batch: pa.Table, column: str, skip: Sequence[str]) -> list[str]:
-    """The column's texts, or InputError naming the first bad one and its row (Encoder.encode's rule)."""
+    """The column's texts, or InputError naming the first bad one and its row. Empty texts are refused here,
+    although Encoder.encode embeds them: in a corpus column they are nearly always missing data."""
     texts = batch.column(column).to_pylist()
     for i, text in enumerate(texts):
         if text is None:
@@ -239,7 +240,7 @@ def _batch_texts(batch: pa.Table, column: str, skip: Sequence[str]) -> list[str]
         else:
             continue
         raise InputError(f"column {column!r} holds {problem} ({_describe_row(batch, i, skip)}); "
-                         "Encoder.encode refuses it: drop or fill such rows first")
+                         "tinybert.distributed refuses it: drop or fill such rows first")
     return texts
 
 

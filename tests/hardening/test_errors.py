@@ -101,7 +101,7 @@ def test_catching_base_class_catches_each(encoder, tmp_path):
     cases = [
         lambda: tinybert.Encoder(tmp_path / "missing.safetensors"),
         lambda: convert(tmp_path / "no-such-folder", tmp_path / "o.safetensors"),
-        lambda: encoder.encode([]),
+        lambda: encoder.encode(["ok", 3]),
     ]
     caught = []
     for case in cases:
@@ -912,7 +912,7 @@ _CRASH_SCRIPT = textwrap.dedent("""
         "string ids": lambda: enc.forward([["a", "b"]]),
         "None ids": lambda: enc.forward(None),
         "0x0 ids": lambda: enc.forward(np.zeros((0, 0), dtype=np.int64)),
-        "bad texts": lambda: enc.encode(["ok", ""]),
+        "bad texts": lambda: enc.encode(["ok", None]),
     }
     result = {}
     for name, case in cases.items():
