@@ -68,12 +68,10 @@ def resolve(name: str | Path, dtype: str = "int8", revision: str | None = None,
             return _cached(path, _folder_key(path), dtype)
         raise ModelFileError(f"{path} is a folder without config.json: not a Hugging Face model folder")
     text = str(name)
-    match = _HUB_ID.match(text)
-    if match is None or text.endswith(".safetensors") or os.sep in text.replace("/", "", 1):
+    hub = _hub_id(text, revision)
+    if hub is None or text.endswith(".safetensors") or os.sep in text.replace("/", "", 1):
         raise ModelFileError(f"no such model file or folder: {text}")
-    if revision is not None and match.group("rev") is not None:
-        raise ModelFileError(f"{text} names a revision and revision={revision!r} names another: give one")
-    repo, revision = match.group("repo"), revision or match.group("rev")
+    repo, revision = hub
     snapshot = _hub_snapshot(repo, revision, local_files_only)
     return _cached(snapshot, f"{repo.replace('/', '--')}@{snapshot.name}", dtype)
 
@@ -83,12 +81,20 @@ def hf_folder(name: str | Path, revision: str | None = None, local_files_only: b
     else downloaded, as ``resolve`` finds it). What ``tinybert convert`` reads."""
     if Path(name).is_dir():
         return Path(name)
-    match = _HUB_ID.match(str(name))
-    if match is None or Path(name).exists():
+    hub = _hub_id(str(name), revision)
+    if hub is None or Path(name).exists():
         raise ModelFileError(f"{name} is not a Hugging Face model folder or Hub id")
+    return _hub_snapshot(*hub, local_files_only)
+
+
+def _hub_id(text: str, revision: str | None) -> tuple[str, str | None] | None:
+    """(repo, revision) of a Hub id ("org/name", "org/name@rev" or ``revision``), None when ``text`` is not one."""
+    match = _HUB_ID.match(text)
+    if match is None:
+        return None
     if revision is not None and match.group("rev") is not None:
-        raise ModelFileError(f"{name} names a revision and revision={revision!r} names another: give one")
-    return _hub_snapshot(match.group("repo"), revision or match.group("rev"), local_files_only)
+        raise ModelFileError(f"{text} names a revision and revision={revision!r} names another: give one")
+    return match.group("repo"), revision or match.group("rev")
 
 
 def _hub_snapshot(repo: str, revision: str | None, local_files_only: bool | None) -> Path:
