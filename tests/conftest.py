@@ -32,6 +32,7 @@ SENTENCES = REPO.parent / "shared" / "data" / "sentences.txt"
 # against 13:00 in one process).
 BACKGROUND = (
     "tests/kernels/test_kernel_cache.py::",
+    "tests/kernels/test_prebuilt.py::",
     "tests/kernels/test_gemm.py::test_kernel_choice_follows_numba_target",
     "tests/kernels/test_gemm.py::test_int8_isa_cap",
     "tests/kernels/test_gemm.py::test_importing_tinybert_does_not_request_amx",

@@ -136,8 +136,8 @@ def test_runtime_set_up_falls_back_to_numba_when_its_internals_differ(minilm_fil
 def test_editing_one_kernel_module_recompiles_the_kernels_that_inline_it(tmp_path):
     """gemm_vnni's activation splitter (``_split_rows``) compiles in quant.py's row quantiser
     (``row_scale_centre``); Numba keys its cache on gemm_vnni.py alone. With jitcache.KERNELS_STAMP in the key,
-    touching quant.py must recompile it (a stale cache would keep the old quantiser), and so must touching any
-    other kernel module (gemm.py), while an untouched package loads it from the cache.
+    editing quant.py must recompile it (a stale cache would keep the old quantiser), and so must editing any
+    other kernel module (gemm.py), while an unedited package loads it from the cache, whatever the files' times.
 
     (The splitter, not the whole VNNI GEMM: the same cache key and the same inlined quantiser, compiled in a few
     seconds instead of ~20 per cold run.)"""
@@ -170,14 +170,21 @@ def test_editing_one_kernel_module_recompiles_the_kernels_that_inline_it(tmp_pat
         assert result.returncode == 0, result.stderr
         return tuple(int(v) for v in result.stdout.split())
 
+    def edit(name: str) -> None:
+        path = tmp_path / "pkg" / "tinybert" / "kernels" / name
+        path.write_text(path.read_text() + "\n# edited\n")
+
     def touch(name: str) -> None:
         path = tmp_path / "pkg" / "tinybert" / "kernels" / name
         os.utime(path, ns=(path.stat().st_atime_ns, path.stat().st_mtime_ns + 10**9))
 
     assert run() == (1, 0)                 # cold: compiled
     assert run() == (0, 1)                 # warm: loaded
-    touch("quant.py")
+    edit("quant.py")
     assert run() == (1, 0)                 # quant.py changed: the splitter that inlines it recompiled
     assert run() == (0, 1)
-    touch("gemm.py")
+    edit("gemm.py")
     assert run() == (1, 0)                 # any kernel module changed: recompiled too
+    touch("quant.py")
+    touch("gemm_vnni.py")
+    assert run() == (0, 1)                 # new times, same code (an install copies files): still warm

@@ -10,7 +10,6 @@ is slow instead of looking hung.
 from __future__ import annotations
 
 import hashlib
-import os
 from pathlib import Path
 
 import llvmlite.binding as llvm
@@ -22,31 +21,18 @@ from .. import format as fmt
 from ..config import DecoderConfig, EncoderConfig, Seq2SeqConfig
 from ..generation.beam import log_softmax, top_k
 from ..kernels import (
-    activations,
     attention,
     cpu,
     decoder,
-    embeddings,
     gemm,
-    gemm_fp32,
-    gemm_pairs,
-    gemm_vnni,
-    half,
-    mathfn,
-    memory,
-    norm,
+    jitcache,
     pooling,
-    quant,
-    rope,
-    search,
+    prebuilt,
 )
 from ..layers import KVCache
 from ..models.decoder import DecoderModel
 from ..models.encoder import EncoderModel
 from ..models.seq2seq import Seq2SeqModel
-
-_KERNEL_MODULES = (activations, attention, cpu, decoder, embeddings, gemm, gemm_fp32, gemm_pairs, gemm_vnni, half,
-                   mathfn, memory, norm, pooling, quant, rope, search)
 
 
 def _marker() -> Path:
@@ -55,14 +41,17 @@ def _marker() -> Path:
     It lives beside Numba's own cache files, whose index Numba keys on the same things."""
     index = Path(attention.attention_with_bias._cache._cache_file._index_path)
     stamp = [__version__, numba.__version__, llvm.get_host_cpu_name(), llvm.get_host_cpu_features().flatten(),
-             gemm.best_layout(), str(cpu.POLICY)]   # the policy, not the AMX grant: asking would request it
-    stamp += [f"{Path(m.__file__).name}:{os.stat(m.__file__).st_mtime_ns}" for m in _KERNEL_MODULES]
+             gemm.best_layout(), str(cpu.POLICY), jitcache.KERNELS_STAMP]   # the policy, not the AMX grant
     digest = hashlib.sha256("\n".join(stamp).encode()).hexdigest()[:16]
     return index.parent / f"tinybert-warm-{digest}"
 
 
 def kernels_ready() -> bool:
-    """True when warmup() has already compiled every kernel on this machine (fast first calls)."""
+    """True when every kernel is compiled for this machine (fast first calls): the package carries them for
+    this CPU's tier (kernels/prebuilt.py), or warmup() has run."""
+    shipped = prebuilt.prebuilt_for_host(jitcache.KERNELS_STAMP)
+    if shipped is not None and shipped.policy == tuple(cpu.POLICY):   # a capped policy runs other kernels
+        return True
     try:
         return _marker().exists()
     except (AttributeError, OSError):
@@ -79,6 +68,8 @@ def _compiled_before(kind: str) -> bool:
     """True when the attention kernel that models of ``kind`` run has machine code in Numba's disk cache: this
     machine has run such a model before, so the kernels it needs are (most likely) compiled."""
     kernel = attention.attention_with_bias if kind == "encoder" else decoder.cached_attention_with_bias
+    if prebuilt.prebuilt_for_host(jitcache.KERNELS_STAMP) is not None:
+        return True
     try:
         return Path(kernel._cache._cache_file._index_path).exists()
     except (AttributeError, OSError):

@@ -79,6 +79,67 @@ def int8_policy(features: frozenset[str] | set[str], cap: str, emulate: bool) ->
     return Int8Policy(target_vnni, target_amx, vnni, amx_wanted, amx_wanted and target_amx)
 
 
+class CodeFacts(NamedTuple):
+    """The target features the kernels' code depends on: two targets with equal facts get the same kernels, so
+    code compiled for one runs the same on the other (if that CPU has every instruction it uses)."""
+
+    avx2: bool    # HOST_AVX2
+    f16c: bool    # half.F16C
+    wide: bool    # WIDE_REGISTERS
+    vnni: bool    # Int8Policy.target_vnni
+    amx: bool     # Int8Policy.target_amx
+
+
+def code_facts(features: frozenset[str] | set[str]) -> CodeFacts:
+    """What code the kernels compile to for a target with ``features``."""
+    policy = int8_policy(features, "amx", False)
+    return CodeFacts("avx2" in features, "f16c" in features, "avx512f" in features, policy.target_vnni,
+                     policy.target_amx)
+
+
+class Tier(NamedTuple):
+    """A CPU tier that kernels are compiled for ahead of time (when the package is built): LLVM's name of a
+    generic CPU and the features it gets, so the code runs on every CPU that has them."""
+
+    cpu: str
+    features: frozenset[str]
+
+    @property
+    def feature_string(self) -> str:
+        """NUMBA_CPU_FEATURES for this tier."""
+        return ",".join("+" + f for f in sorted(self.features))
+
+
+_V3 = frozenset("avx avx2 bmi bmi2 cx16 f16c fma lzcnt movbe popcnt sahf sse3 ssse3 sse4.1 sse4.2 xsave".split())
+_V4 = _V3 | {"avx512f", "avx512bw", "avx512cd", "avx512dq", "avx512vl"}
+TIERS = {
+    "avx2": Tier("x86-64-v3", _V3),                          # Haswell .. Alder Lake, Zen 1-3
+    "avx512": Tier("x86-64-v4", _V4),                        # Skylake-X
+    "avx512vnni": Tier("x86-64-v4", _V4 | {"avx512vnni"}),   # Cascade Lake, Ice Lake, Zen 4-5
+    "amx": Tier("x86-64-v4", _V4 | {"avx512vnni", "amx-tile", "amx-int8"}),   # Sapphire / Emerald Rapids
+}
+"""Code for a tier is built by running it, so a machine builds the tiers its CPU runs (see api/prebuild.py)."""
+
+
+def tier_for(features: frozenset[str] | set[str]) -> str | None:
+    """The tier whose code is the code the kernels compile to on a CPU with ``features``, and runs there: its
+    features are a subset of ``features`` and its CodeFacts equal theirs. None when no tier is (AVX-only
+    CPUs, other architectures)."""
+    facts = code_facts(features)
+    for name, tier in TIERS.items():
+        if tier.features <= set(features) and code_facts(tier.features) == facts:
+            return name
+    return None
+
+
+def host_tier() -> str | None:
+    """The tier of prebuilt kernels this process may load: None when Numba compiles for a target other than the
+    host (NUMBA_CPU_NAME / NUMBA_CPU_FEATURES, NUMBA_ENABLE_AVX=0), whose code prebuilt kernels are not."""
+    if numba.config.CPU_NAME not in (None, "host") or numba.config.CPU_FEATURES or not numba.config.ENABLE_AVX:
+        return None
+    return tier_for(frozenset(k for k, v in llb.get_host_cpu_features().items() if v))
+
+
 TARGET_FEATURES = target_features()
 HOST_AVX2 = "avx2" in TARGET_FEATURES
 """The pairs micro-kernel calls the AVX2 vpmaddwd intrinsic (else generic vector IR, which LLVM lowers

@@ -12,12 +12,13 @@ Only tinybert's own kernels get this loader (each kernel module calls ``fast_cac
 its namespace); other Numba code in the process keeps Numba's default. If a Numba release changes
 the private methods used here, the kernels keep Numba's default loader.
 
-Stale code: Numba keys a function's cache entries on its own file's modification time and size,
-but a kernel compiles in the functions it calls from other modules (``gemm_vnni`` inlines
-``quant.row_scale_centre``): after an edit of quant.py alone, the cached VNNI kernels would keep the
-old code. ``fast_cache_loading`` therefore adds KERNELS_STAMP, the times and sizes of every module of
-this package (a new module too: the stamp globs the folder), to each kernel's key, so a change to any
-of them recompiles all of them.
+Stale code: Numba keys a function's cache entries on a hash of its own file, but a kernel compiles
+in the functions it calls from other modules (``gemm_vnni`` inlines ``quant.row_scale_centre``): after
+an edit of quant.py alone, the cached VNNI kernels would keep the old code. ``fast_cache_loading``
+therefore adds KERNELS_STAMP, a hash of every module of this package (a new module too: the stamp globs
+the folder), to each kernel's key, so a change to any of them recompiles all of them. A hash of the
+contents, not times: an installed copy of the same source has the same key, which is what lets kernels
+compiled when the package was built load (prebuilt.py).
 
 Numba's runtime: ``rtsys.initialize`` builds NRT's few LLVM functions (reference counts, atomics)
 and compiles them, every process. That compile runs LLVM's optimiser and code generator, which
@@ -45,13 +46,22 @@ from numba.core.compiler_lock import global_compiler_lock
 from numba.core.dispatcher import Dispatcher
 from numba.core.runtime import _nrt_python, nrtdynmod, rtsys
 
+from . import prebuilt
+
 
 class _WarmCache(FunctionCache):
     """Numba's per-function disk cache, minus the compiler set-up when loading."""
 
     def load_overload(self, sig, target_context):
+        global prebuilt_loads
         # Cached code calls NRT for every array it touches.
         initialize_runtime(target_context, Path(self._cache_path))
+        shipped = prebuilt.prebuilt_for_host(KERNELS_STAMP)
+        if shipped is not None:
+            result = shipped.load(self, sig, target_context)
+            if result is not None:
+                prebuilt_loads += 1
+                return result
         with self._guard_against_spurious_io_errors():
             return self._load_overload(sig, target_context)
 
@@ -62,15 +72,31 @@ _RUNTIME_SUPPORTED = (hasattr(rtsys, "_init") and hasattr(nrtdynmod, "create_nrt
 _RUNTIME_MAGIC = b"tinybert-nrt-1\n"
 
 runtime_source: str | None = None
-"""How this process got Numba's runtime through ``initialize_runtime``: "cache" (linked the stored
-object code), "compiled" (built it, and stored it when the folder was writable), "numba" (Numba's own
-``rtsys.initialize``), or None (not yet, or Numba initialised it first)."""
+"""How this process got Numba's runtime through ``initialize_runtime``: "prebuilt" (linked the object code
+built with the package), "cache" (linked the stored object code), "compiled" (built it, and stored it when
+the folder was writable), "numba" (Numba's own ``rtsys.initialize``), or None (not yet, or Numba
+initialised it first)."""
+prebuilt_loads = 0
+"""Kernels this process loaded from the package's prebuilt code (prebuilt.py)."""
 
 
-def _runtime_file(folder: Path, codegen) -> Path:
-    key = repr((numba.__version__, llvmlite.__version__, ll.llvm_version_info, sys.version,
-                codegen.magic_tuple())).encode()
-    return folder / f"tinybert-nrt-{hashlib.sha256(key).hexdigest()[:20]}.bin"
+def runtime_file_name(magic: tuple) -> str:
+    """The file name of NRT's object code compiled by a codegen whose ``magic_tuple()`` is ``magic``."""
+    key = repr((numba.__version__, llvmlite.__version__, ll.llvm_version_info, sys.version, magic)).encode()
+    return f"tinybert-nrt-{hashlib.sha256(key).hexdigest()[:20]}.bin"
+
+
+def _stored_runtime(folder: Path, codegen) -> tuple[tuple[bytes, bytes] | None, Path, str]:
+    """NRT's (object code, bitcode) from the package's prebuilt code or ``folder``, the file to store it in
+    when neither has it, and where it came from."""
+    shipped = prebuilt.prebuilt_for_host(KERNELS_STAMP)
+    if shipped is not None and shipped.runtime is not None:
+        blob = shipped.read(shipped.runtime)
+        stored = _parse_runtime(blob) if blob is not None else None
+        if stored is not None:
+            return stored, folder, "prebuilt"
+    path = folder / runtime_file_name(codegen.magic_tuple())
+    return _read_runtime(path), path, "cache"
 
 
 def _read_runtime(path: Path) -> tuple[bytes, bytes] | None:
@@ -79,6 +105,10 @@ def _read_runtime(path: Path) -> tuple[bytes, bytes] | None:
         blob = path.read_bytes()
     except OSError:
         return None
+    return _parse_runtime(blob)
+
+
+def _parse_runtime(blob: bytes) -> tuple[bytes, bytes] | None:
     head = len(_RUNTIME_MAGIC) + 32 + 8
     if len(blob) < head or not blob.startswith(_RUNTIME_MAGIC):
         return None
@@ -122,11 +152,10 @@ def initialize_runtime(target_context, folder: Path) -> None:
         for name, address in _nrt_python.c_helpers.items():
             ll.add_symbol(name if name.startswith("_") else "NRT_" + name, address)
         codegen = target_context.codegen()
-        path = _runtime_file(folder, codegen)
-        stored = _read_runtime(path)
+        stored, path, source = _stored_runtime(folder, codegen)
         if stored is not None:
             library = codegen.unserialize_library(("nrt", "object", stored))
-            runtime_source = "cache"
+            runtime_source = source
         else:
             ir_module, library = nrtdynmod.create_nrt_module(target_context)
             library.enable_object_caching()
@@ -139,10 +168,15 @@ def initialize_runtime(target_context, folder: Path) -> None:
         rtsys._init = True
 
 
-def kernels_stamp(folder: Path = Path(__file__).parent) -> tuple:
-    """(name, mtime_ns, size) of every module in ``folder``: the part of each kernel's cache key that
-    covers the code it compiles in from the other modules."""
-    return tuple((p.name, p.stat().st_mtime_ns, p.stat().st_size) for p in sorted(folder.glob("*.py")))
+def kernels_stamp(folder: Path = Path(__file__).parent) -> str:
+    """A SHA-256 of the names and contents of every module in ``folder``: the part of each kernel's cache
+    key that covers the code it compiles in from the other modules."""
+    digest = hashlib.sha256()
+    for path in sorted(folder.glob("*.py")):
+        data = path.read_bytes()
+        digest.update(f"{path.name}\0{len(data)}\0".encode())
+        digest.update(data)
+    return digest.hexdigest()
 
 
 KERNELS_STAMP = kernels_stamp()
