@@ -351,3 +351,43 @@ def test_multi_label_predict_matches_cross_encoder(cross_encoders):
         clf.rank(QUERY, DOCS)
     with pytest.raises(tinybert.InputError, match="pair"):
         clf.predict([["only one"]])
+
+
+def test_max_seq_length_is_settable_as_in_sentence_transformers(prompted, texts):
+    """Setting max_seq_length truncates as sentence-transformers' setter does; past the position table it is
+    refused (sentence-transformers would fail inside the model)."""
+    enc, ref, folder = prompted
+    try:
+        for length in (8, 17, 48):
+            enc.max_seq_length = ref.max_seq_length = length
+            assert enc.max_seq_length == length
+            np.testing.assert_allclose(enc.encode(texts, prompt=""), ref.encode(texts, prompt=""), atol=1e-5)
+        limit = enc.config.max_positions - enc.config.position_offset
+        enc.max_seq_length = limit
+        assert enc.encode(texts[-1:]).shape == (1, 48)
+        for bad in (0, limit + 1, 8.0, True, None):
+            with pytest.raises(tinybert.InputError, match="max_seq_length"):
+                enc.max_seq_length = bad
+        assert enc.max_seq_length == limit
+    finally:
+        enc.max_seq_length = ref.max_seq_length = 48
+
+
+@pytest.mark.parametrize("model", ["minilm-fp32", "prompted"])
+def test_token_embeddings_match_sentence_transformers(model, minilm, minilm_st, prompted, texts):
+    """output_value="token_embeddings": each text's tokens' last hidden states, unpadded, in input order (the
+    prompted model puts its default prompt's tokens first, as sentence-transformers does)."""
+    enc, ref = (minilm["fp32"], minilm_st) if model == "minilm-fp32" else prompted[:2]
+    ours = enc.encode(texts, batch_size=5, output_value="token_embeddings")
+    theirs = ref.encode(texts, batch_size=5, output_value="token_embeddings")
+    assert len(ours) == len(theirs) == len(texts)
+    for mine, their in zip(ours, theirs):
+        assert mine.dtype == np.float32 and mine.shape == tuple(their.shape)
+        np.testing.assert_allclose(mine, their.numpy(), atol=2e-5)
+    [one] = enc.encode(texts[0], output_value="token_embeddings")       # a list even for one str
+    np.testing.assert_array_equal(one, ours[0])
+    assert enc.encode([], output_value="token_embeddings") == []
+    with pytest.raises(tinybert.InputError, match="float32"):
+        enc.encode(texts[:2], output_value="token_embeddings", precision="int8")
+    with pytest.raises(tinybert.InputError, match="output_value"):
+        enc.encode(texts[:2], output_value=None)

@@ -12,11 +12,13 @@ from .. import format as fmt
 from ..config import EncoderConfig, TaskConfig
 from ..errors import InputError, ModelKindError
 from ..models.heads import l2_normalize
-from ..tokenizer import check_sentences, token_ids
+from ..tokenizer import check_sentences, load_tokenizer, token_ids
 from .embeddings import PRECISIONS, quantize_embeddings, similarity
 from .opening import open_model
 from .runner import EncoderBatch, EncoderRunner
 from .scheduler import check_threads
+
+OUTPUT_VALUES = ("sentence_embedding", "token_embeddings")
 
 
 def _as_int_array(name: str, value: object, shape: tuple[int, ...] | None) -> np.ndarray:
@@ -162,8 +164,18 @@ class Encoder:
     @property
     def max_seq_length(self) -> int:
         """Tokens per text ``encode`` keeps (longer texts are truncated): sentence-transformers' max_seq_length
-        when the checkpoint sets it, else the position table."""
-        return self.config.max_length
+        when the checkpoint sets it, else the position table. Settable, as in sentence-transformers, up to
+        the position table (InputError past it)."""
+        return self.tokenizer.max_length
+
+    @max_seq_length.setter
+    def max_seq_length(self, length: int) -> None:
+        limit = self.config.max_positions - self.config.position_offset
+        if not isinstance(length, int) or isinstance(length, bool) or not 1 <= length <= limit:
+            raise InputError(f"max_seq_length must be an integer in [1, {limit}] (the position table), "
+                             f"got {length!r}")
+        # A new tokenizer, not the shared one reconfigured: a call in another thread may be using it.
+        self.tokenizer = self.runner.tokenizer = load_tokenizer(self.runner.tokenizer_json, length)
 
     def get_sentence_embedding_dimension(self) -> int:
         """Length of the vectors ``encode`` returns: the hidden size, or ``truncate_dim`` when it is smaller."""
@@ -218,8 +230,10 @@ class Encoder:
         texts of this call, so they need at least two texts).
 
         ``convert_to_numpy=False`` returns a list of 1-D arrays (sentence-transformers gives torch tensors);
-        ``show_progress_bar`` (or ``show_progress``) shows a tqdm bar. ``convert_to_tensor``,
-        ``output_value`` other than "sentence_embedding" and devices other than "cpu" need torch: InputError.
+        ``output_value="token_embeddings"`` returns, per text, its tokens' last hidden states float32
+        [tokens, hidden] (a list, even for one str; before pooling, so normalisation, ``truncate_dim`` and
+        ``precision`` do not apply). ``show_progress_bar`` (or ``show_progress``) shows a tqdm bar.
+        ``convert_to_tensor``, ``output_value=None`` and devices other than "cpu" need torch: InputError.
         Texts are sorted by length internally so that each batch carries little padding.
         """
         given = [value for value in (sentences, texts, inputs) if value is not None]
@@ -233,10 +247,11 @@ class Encoder:
             raise InputError(f"pooling must be one of {fmt.POOLING_MODES}, got {pooling!r}")
         if precision not in PRECISIONS:
             raise InputError(f"precision must be one of {PRECISIONS}, got {precision!r}")
-        if convert_to_tensor or output_value != "sentence_embedding" or device not in (None, "cpu"):
-            raise InputError("tinybert returns numpy arrays of sentence embeddings on the CPU: convert_to_tensor, "
-                             "output_value other than 'sentence_embedding' and devices other than 'cpu' are not "
-                             "supported")
+        if convert_to_tensor or output_value not in OUTPUT_VALUES or device not in (None, "cpu"):
+            raise InputError("tinybert returns numpy arrays on the CPU: convert_to_tensor, output_value other than "
+                             f"{' or '.join(map(repr, OUTPUT_VALUES))} and devices other than 'cpu' are not supported")
+        if output_value == "token_embeddings" and precision != "float32":
+            raise InputError("token embeddings are float32: precision applies to sentence embeddings")
         dim = truncate_dim
         if dim is None:
             # the model's own truncate_dim: one past the hidden size cuts nothing, as in sentence-transformers
@@ -247,6 +262,8 @@ class Encoder:
         if text_prompt:
             items = [text_prompt + text for text in items]
         progress = bool(show_progress_bar if show_progress_bar is not None else show_progress)
+        if output_value == "token_embeddings":
+            return self._token_embeddings(items, batch_size, progress)
         file_normalize = self.pooling["normalize"] if normalize is None else bool(normalize)
 
         out = np.empty((len(items), self.dimension), dtype=np.float32)
@@ -262,6 +279,16 @@ class Encoder:
             out = l2_normalize(out)
         out = quantize_embeddings(out, precision)
         return out if convert_to_numpy else list(out)
+
+    def _token_embeddings(self, items: list[str], batch_size: int, progress: bool) -> list[np.ndarray]:
+        """The last hidden state of each text's tokens, float32 [tokens, hidden] per text, in input order."""
+        out: list[np.ndarray] = [np.empty((0, self.dimension), dtype=np.float32)] * len(items)
+        if items:
+            encodings = token_ids(self.tokenizer, items)
+            for rows, batch, hidden in self.runner.batches(encodings, batch_size, progress, "encoding"):
+                for i, row in enumerate(rows):
+                    out[row] = hidden[batch.starts[i]:batch.starts[i + 1]].copy()
+        return out
 
     def encode_query(self, sentences: str | Iterable[str] | None = None, prompt_name: str | None = None,
                      prompt: str | None = None, **kwargs) -> np.ndarray | list[np.ndarray]:
