@@ -611,7 +611,8 @@ def test_encoder_attention_with_bias(d, threads):
     bias = (RNG.standard_normal((heads, 2 * center + 1)) * 3).astype(np.float32)
     qkv = np.concatenate([q.reshape(t, -1), k.reshape(t, -1), v.reshape(t, -1)], axis=1)
     flat_out = np.empty((t, heads * d), dtype=np.float32)
-    attention_with_bias(qkv, starts, np.ones(t, np.uint8), heads, 1.0, bias, center, flat_out, threads)
+    attention_with_bias(qkv, starts, np.ones(t, np.uint8), heads, 1.0, bias, center, np.zeros((0, 0, 0), np.float32),
+                        np.zeros((0, 0, 0), np.float32), np.zeros(0, np.int32), flat_out, threads)
     out = flat_out.reshape(t, heads, d)
     for b in range(len(lengths)):
         s0, s1 = starts[b], starts[b + 1]
