@@ -74,10 +74,8 @@ FAMILIES = {
 def deberta_fields(hf: dict) -> dict:
     """EncoderConfig fields of a DeBERTa-v2/v3 config.json (DebertaV2Config's keys and defaults); what the
     runtime does not implement is refused."""
-    for key, why in (("conv_kernel_size", "the encoder's convolution layer"),
-                     ("z_steps", "enhanced mask decoder steps")):
-        if integer(hf, key, default=0) > 0:
-            raise UnsupportedModelError(f"DeBERTa {key} > 0 ({why}) is not supported")
+    if integer(hf, "conv_kernel_size", default=0) > 0:
+        raise UnsupportedModelError("DeBERTa conv_kernel_size > 0 (the encoder's convolution layer) is not supported")
     hidden, heads = integer(hf, "hidden_size", minimum=1), integer(hf, "num_attention_heads", minimum=1)
     if integer(hf, "embedding_size", default=hidden) != hidden:
         raise UnsupportedModelError("DeBERTa embedding_size != hidden_size (an embedding projection before the "

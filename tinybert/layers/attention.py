@@ -206,9 +206,10 @@ class PackedRows:
         terms = []
         for name, part, table in (("c2p", 0, self.positions.rel_k), ("p2c", 1, self.positions.rel_q)):
             if name in cfg.disentangled:
-                rows = qkv[:, part * h * d:(part + 1) * h * d].reshape(t, h, d).transpose(1, 0, 2)
-                terms.append(np.ascontiguousarray(np.matmul(rows, table[layer][:, self.lo:self.hi].transpose(0, 2, 1)),
-                                                  dtype=np.float32))
+                # [heads, T, d] @ [heads, d, W], contiguous so that numpy hands each head to BLAS whole
+                rows = np.ascontiguousarray(qkv[:, part * h * d:(part + 1) * h * d].reshape(t, h, d).transpose(1, 0, 2))
+                keys = np.ascontiguousarray(table[layer][:, self.lo:self.hi].transpose(0, 2, 1))
+                terms.append(np.ascontiguousarray(np.matmul(rows, keys), dtype=np.float32))
             else:
                 terms.append(np.zeros((h, t, width), dtype=np.float32))
         # The kernel reads c2p[h, t, rel[...]] unchecked.
