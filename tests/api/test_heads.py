@@ -154,28 +154,27 @@ def test_ner_stride_windows_cover_long_text(head_model, minilm_dir, sentences):
     assert max(e["end"] for e in got) > len(text) // 2, "entities from the later windows are present"
 
 
-@pytest.mark.parametrize("family", ["bert", "deberta-v2"])
-def test_ner_int8_agrees(family, head_model, minilm_dir, sentences):
+def test_ner_int8_agrees(head_model, minilm_dir, sentences):
     from transformers import pipeline
 
-    model, files = head_model(family, "token-classification", labels=NER_LABELS)
+    model, files = head_model("bert", "token-classification", labels=NER_LABELS)
     texts = sentences[500:700]
-    pipe = pipeline("token-classification", model=model, tokenizer=hf_pipeline_tokenizer(family, minilm_dir),
+    pipe = pipeline("token-classification", model=model, tokenizer=hf_pipeline_tokenizer("bert", minilm_dir),
                     aggregation_strategy="none", ignore_labels=[])
     ref_tokens = [(e["index"], e["entity"]) for r in pipe(texts) for e in r]
     got = tinybert.TokenClassifier(files["int8"]).ner(texts, aggregation="none", ignore_labels=())
     got_tokens = [(e["index"], e["entity"]) for r in got for e in r]
     assert len(ref_tokens) == len(got_tokens)
     token_agreement = np.mean([a == b for a, b in zip(ref_tokens, got_tokens)])
-    print(f"{family} NER int8 token-label agreement: {token_agreement:.4f} of {len(ref_tokens)} tokens")
+    print(f"NER int8 token-label agreement: {token_agreement:.4f} of {len(ref_tokens)} tokens")
     assert token_agreement >= 0.99, f"int8 token labels agree on {token_agreement:.4f}"
-    pipe_spans = pipeline("token-classification", model=model, tokenizer=hf_pipeline_tokenizer(family, minilm_dir),
+    pipe_spans = pipeline("token-classification", model=model, tokenizer=hf_pipeline_tokenizer("bert", minilm_dir),
                           aggregation_strategy="simple")
     ref_spans = [(i, e["entity_group"], e["start"], e["end"]) for i, r in enumerate(pipe_spans(texts)) for e in r]
     got_spans = {(i, e["entity_group"], e["start"], e["end"])
                  for i, r in enumerate(tinybert.TokenClassifier(files["int8"]).ner(texts)) for e in r}
     span_agreement = np.mean([s in got_spans for s in ref_spans])
-    print(f"{family} NER int8 entity-span agreement: {span_agreement:.4f} of {len(ref_spans)} entities")
+    print(f"NER int8 entity-span agreement: {span_agreement:.4f} of {len(ref_spans)} entities")
     assert span_agreement >= 0.97, f"int8 entity spans agree on {span_agreement:.4f}"
 
 
@@ -225,14 +224,13 @@ def test_fill_mask_untied_decoder(head_model, minilm_dir, sentences):
         assert [r["token"] for r in ref] == [g["token"] for g in got]
 
 
-@pytest.mark.parametrize("family", ["bert", "deberta-v2"])
-def test_fill_mask_int8_agrees(family, head_model, minilm_dir, sentences):
+def test_fill_mask_int8_agrees(head_model, minilm_dir, sentences):
     from transformers import pipeline
 
-    model, files = head_model(family, "masked-lm")
+    model, files = head_model("bert", "masked-lm")
     with __import__("safetensors").safe_open(str(files["int8"]), "numpy") as fh:
         assert "head.mlm.decoder.weight" not in fh.keys(), "a tied decoder is the token table, not a copy"
-    pipe = pipeline("fill-mask", model=model, tokenizer=hf_pipeline_tokenizer(family, minilm_dir))
+    pipe = pipeline("fill-mask", model=model, tokenizer=hf_pipeline_tokenizer("bert", minilm_dir))
     texts = _masked(sentences[700:], "[MASK]", 200)
     ref = pipe(texts, top_k=2)
     got = [g[0]["token"] for g in tinybert.FillMask(files["int8"]).fill(texts, top_k=1)]
@@ -240,7 +238,7 @@ def test_fill_mask_int8_agrees(family, head_model, minilm_dir, sentences):
     # A random 30k-way MLM head has near-ties a trained one does not have; where the reference itself
     # prefers its top token by a clear margin (5 % in probability), int8 must pick the same token.
     clear = np.array([r[0]["score"] >= 1.05 * r[1]["score"] for r in ref])
-    print(f"{family} fill-mask int8 top-1 agreement: {same.mean():.3f} overall, {same[clear].mean():.3f} on "
+    print(f"fill-mask int8 top-1 agreement: {same.mean():.3f} overall, {same[clear].mean():.3f} on "
           f"{clear.sum()} texts with a clear reference margin")
     assert clear.sum() >= 50
     assert same[clear].mean() >= 0.99, f"int8 top token agrees on {same[clear].mean():.3f} of clear cases"
@@ -284,10 +282,9 @@ def test_qa_logits_and_spans(family, max_len, stride, head_model, minilm_dir, se
         assert windows_seen > 2 * len(cases), "long contexts must be split into several windows"
 
 
-@pytest.mark.parametrize("family", ["bert", "deberta-v2"])
-def test_qa_int8_agrees(family, head_model, minilm_dir, sentences):
-    model, files = head_model(family, "question-answering")
-    tok = hf_pipeline_tokenizer(family, minilm_dir)
+def test_qa_int8_agrees(head_model, minilm_dir, sentences):
+    model, files = head_model("bert", "question-answering")
+    tok = hf_pipeline_tokenizer("bert", minilm_dir)
     questions = [" ".join(s.split()[:10]) + "?" for s in sentences[:150]]
     contexts = [" ".join(sentences[i + 1:i + 4]) for i in range(150)]
     got = tinybert.QuestionAnswerer(files["int8"]).answer(questions, contexts, max_seq_len=192, doc_stride=64)
@@ -303,7 +300,7 @@ def test_qa_int8_agrees(family, head_model, minilm_dir, sentences):
         best = max(spans)
         same.append((answer["start"], answer["end"]) == best[1:])
     agreement = np.mean(same)
-    print(f"{family} QA int8 answer-span agreement with transformers: {agreement:.4f} of {len(same)}")
+    print(f"QA int8 answer-span agreement with transformers: {agreement:.4f} of {len(same)}")
     assert agreement >= 0.97, f"int8 answer spans agree on {agreement:.3f}"
 
 
