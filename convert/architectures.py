@@ -12,7 +12,7 @@ import numpy as np
 
 from tinybert.config import EncoderConfig
 from tinybert.errors import ConversionError, ModelFileError, UnsupportedModelError
-from tinybert.format import encoder_tensor_shapes
+from tinybert.format import REL_EMBEDDINGS, REL_NORM, encoder_tensor_shapes
 
 from .decoders import DECODER_FAMILIES
 from .hfconfig import integer, number, string
@@ -47,6 +47,12 @@ DISTILBERT_LAYER = LayerNames(
     up="ffn.lin1", down="ffn.lin2", mlp_norm="output_layer_norm")
 
 
+DEBERTA_LAYER = LayerNames(
+    query="attention.self.query_proj", key="attention.self.key_proj", value="attention.self.value_proj",
+    attn_out="attention.output.dense", attn_norm="attention.output.LayerNorm",
+    up="intermediate.dense", down="output.dense", mlp_norm="output.LayerNorm")
+
+
 @dataclass(frozen=True)
 class Family:
     layer_root: str
@@ -61,7 +67,50 @@ FAMILIES = {
     "xlm-roberta": Family("encoder.layer", BERT_LAYER, "padding_offset"),
     "camembert": Family("encoder.layer", BERT_LAYER, "padding_offset"),
     "distilbert": Family("transformer.layer", DISTILBERT_LAYER, "absolute"),
+    "deberta-v2": Family("encoder.layer", DEBERTA_LAYER, "absolute"),   # "none" without position_biased_input
 }
+
+
+def deberta_fields(hf: dict) -> dict:
+    """EncoderConfig fields of a DeBERTa-v2/v3 config.json (DebertaV2Config's keys and defaults); what the
+    runtime does not implement is refused."""
+    if integer(hf, "conv_kernel_size", default=0) > 0:
+        raise UnsupportedModelError("DeBERTa conv_kernel_size > 0 (the encoder's convolution layer) is not supported")
+    hidden, heads = integer(hf, "hidden_size", minimum=1), integer(hf, "num_attention_heads", minimum=1)
+    if integer(hf, "embedding_size", default=hidden) != hidden:
+        raise UnsupportedModelError("DeBERTa embedding_size != hidden_size (an embedding projection before the "
+                                    "LayerNorm) is not supported")
+    if heads and integer(hf, "attention_head_size", default=hidden // heads) * heads != hidden:
+        raise UnsupportedModelError("DeBERTa attention_head_size · heads != hidden_size is not supported")
+    terms = hf.get("pos_att_type") or []
+    if isinstance(terms, str):
+        terms = [x.strip() for x in terms.lower().split("|")]
+    if not isinstance(terms, list) or not all(isinstance(x, str) for x in terms):
+        raise ConversionError("config.json pos_att_type must be a list of strings or a '|'-separated string")
+    unknown = sorted(set(terms) - {"c2p", "p2c"})
+    if unknown:
+        raise UnsupportedModelError(f"DeBERTa pos_att_type {unknown} is not supported (only c2p, p2c)")
+    relative = bool(hf.get("relative_attention", False))
+    if not relative:
+        if terms:     # transformers still scales the scores by them, with no term to scale
+            raise UnsupportedModelError("DeBERTa pos_att_type without relative_attention is not supported")
+        return {"position_scheme": "absolute" if hf.get("position_biased_input", True) else "none"}
+    if terms and not hf.get("share_att_key", False):
+        raise UnsupportedModelError("DeBERTa without share_att_key (separate position projections) is not supported")
+    norm_rel = [x.strip() for x in string(hf, "norm_rel_ebd", default="none").lower().split("|")]
+    if set(norm_rel) - {"none", "layer_norm"}:
+        raise UnsupportedModelError(f"DeBERTa norm_rel_ebd {hf.get('norm_rel_ebd')!r} is not supported")
+    max_relative = hf.get("max_relative_positions", -1)
+    if isinstance(max_relative, int) and not isinstance(max_relative, bool) and max_relative < 1:
+        max_relative = integer(hf, "max_position_embeddings", minimum=1)   # transformers' fallback
+    else:
+        max_relative = integer(hf, "max_relative_positions", minimum=1)
+    buckets = hf.get("position_buckets", -1)
+    buckets = 0 if isinstance(buckets, int) and not isinstance(buckets, bool) and buckets <= 0 else \
+        integer(hf, "position_buckets", minimum=1)
+    return {"position_scheme": "absolute" if hf.get("position_biased_input", True) else "none",
+            "disentangled": tuple(dict.fromkeys(terms)), "relative_buckets": buckets,
+            "relative_max_distance": max_relative, "rel_norm": "layer_norm" in norm_rel}
 
 
 def hf_activation(hf: dict) -> str:
@@ -99,10 +148,12 @@ def encoder_config(hf: dict, max_seq_length: int | None = None) -> EncoderConfig
     if hf.get("is_decoder") or hf.get("add_cross_attention"):
         raise UnsupportedModelError("decoder-configured encoders (is_decoder/add_cross_attention) are not supported")
     activation = hf_activation(hf)
+    extra = deberta_fields(hf) if model_type == "deberta-v2" else {}
+    scheme = extra.pop("position_scheme", family.position_scheme)
     hidden = integer(hf, "hidden_size", "dim", minimum=1)
     pad = integer(hf, "pad_token_id", default=0)
     max_positions = integer(hf, "max_position_embeddings", minimum=1)
-    offset = pad + 1 if family.position_scheme == "padding_offset" else 0
+    offset = pad + 1 if scheme == "padding_offset" else 0
     max_length = max_positions - offset
     if max_seq_length:
         max_length = min(max_length, max_seq_length)
@@ -123,9 +174,10 @@ def encoder_config(hf: dict, max_seq_length: int | None = None) -> EncoderConfig
         type_vocab_size=0 if model_type == "distilbert" else integer(hf, "type_vocab_size", default=0),
         activation=activation,
         norm_eps=number(hf, "layer_norm_eps", default=1e-12),
-        position_scheme=family.position_scheme,
+        position_scheme=scheme,
         pad_token_id=pad,
         max_length=max_length,
+        **extra,
     )
     try:    # the runtime's own check of the numbers (ranges, consistency), as the loader will do
         cfg.validate()
@@ -169,10 +221,16 @@ def canonical_tensors(hf: dict, cfg: EncoderConfig, tensors: dict[str, np.ndarra
 
     out = {
         "embed.tokens": take("embeddings.word_embeddings.weight"),
-        "embed.positions": take("embeddings.position_embeddings.weight"),
         "embed.norm.weight": take("embeddings.LayerNorm.weight"),
         "embed.norm.bias": take("embeddings.LayerNorm.bias"),
     }
+    if cfg.position_scheme != "none":
+        out["embed.positions"] = take("embeddings.position_embeddings.weight")
+    if cfg.disentangled:     # DeBERTa's relative embeddings, shared by every layer
+        out[REL_EMBEDDINGS] = take("encoder.rel_embeddings.weight")
+        if cfg.rel_norm:
+            out[REL_NORM + ".weight"] = take("encoder.LayerNorm.weight")
+            out[REL_NORM + ".bias"] = take("encoder.LayerNorm.bias")
     if cfg.type_vocab_size > 0:
         out["embed.token_types"] = take("embeddings.token_type_embeddings.weight")
     if cfg.embedding_size != cfg.hidden_size:

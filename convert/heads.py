@@ -26,7 +26,7 @@ class HeadNames:
     stands for the base-model prefix such as ``bert.``)."""
 
     seq_pooler: str | None          # dense before the sequence classifier
-    seq_pooler_activation: str | None
+    seq_pooler_activation: str | None   # None: config.json's pooler_hidden_act (DeBERTa's ContextPooler)
     seq_classifier: str
     token_classifier: str
     qa: str
@@ -37,6 +37,7 @@ class HeadNames:
     mlm_activation: str | None      # None: the encoder's own hidden activation
     mlm_width: str                  # "hidden" or "embedding" (ELECTRA's generator head)
     mlm_norm_eps: float | None      # None: the encoder's norm_eps
+    mlm_always_tied: bool = False   # the decoder is the token table whatever tie_word_embeddings says
 
 
 _ROBERTA = HeadNames(
@@ -66,7 +67,36 @@ HEADS = {
         mlm_dense="generator_predictions.dense", mlm_norm="generator_predictions.LayerNorm",
         mlm_decoder="generator_lm_head", mlm_bias="generator_lm_head.bias", mlm_activation="gelu",
         mlm_width="embedding", mlm_norm_eps=None),
+    # DeBERTa-v2/v3 with legacy=True (transformers' default): a BERT-style cls.predictions head.
+    "deberta-v2": HeadNames(
+        seq_pooler="pooler.dense", seq_pooler_activation=None, seq_classifier="classifier",
+        token_classifier="classifier", qa="qa_outputs",
+        mlm_dense="cls.predictions.transform.dense", mlm_norm="cls.predictions.transform.LayerNorm",
+        mlm_decoder="cls.predictions.decoder", mlm_bias="cls.predictions.bias", mlm_activation=None,
+        mlm_width="hidden", mlm_norm_eps=None),
 }
+# DeBERTa-v2/v3 with legacy=False: lm_predictions.lm_head, always multiplied by the token table.
+_DEBERTA_LM_PREDICTIONS = HeadNames(
+    seq_pooler="pooler.dense", seq_pooler_activation=None, seq_classifier="classifier",
+    token_classifier="classifier", qa="qa_outputs",
+    mlm_dense="lm_predictions.lm_head.dense", mlm_norm="lm_predictions.lm_head.LayerNorm",
+    mlm_decoder="lm_predictions.lm_head.decoder", mlm_bias="lm_predictions.lm_head.bias", mlm_activation=None,
+    mlm_width="hidden", mlm_norm_eps=None, mlm_always_tied=True)
+
+
+def _head_names(hf: dict, architecture: str) -> HeadNames:
+    if architecture == "deberta-v2" and hf.get("legacy", True) is False:
+        return _DEBERTA_LM_PREDICTIONS
+    return HEADS[architecture]
+
+
+def _pooler_activation(hf: dict, names: HeadNames) -> str:
+    """The pooler's activation: the family's, or config.json's pooler_hidden_act (DeBERTa, default gelu)."""
+    if names.seq_pooler_activation is not None:
+        return names.seq_pooler_activation
+    if hf.get("pooler_hidden_size", hf.get("hidden_size")) != hf.get("hidden_size"):
+        raise UnsupportedModelError("a pooler_hidden_size other than hidden_size is not supported")
+    return hf_activation({"hidden_act": hf.get("pooler_hidden_act", "gelu")})
 
 # transformers class-name suffix → task
 _SUFFIXES = {
@@ -121,7 +151,7 @@ def canonical_head(hf: dict, cfg: EncoderConfig, tensors: dict[str, np.ndarray],
         return TaskConfig(), {}
     if task == "pretraining" and cfg.architecture != "bert":
         raise UnsupportedModelError(f"pretraining heads are converted for BERT only, not {cfg.architecture}")
-    names = HEADS[cfg.architecture]
+    names = _head_names(hf, cfg.architecture)
 
     def take(name: str) -> np.ndarray:
         full = name.format(base=base_prefix)
@@ -140,7 +170,7 @@ def canonical_head(hf: dict, cfg: EncoderConfig, tensors: dict[str, np.ndarray],
         fields["problem_type"] = hf.get("problem_type")
         if names.seq_pooler is not None:
             linear("head.pooler", names.seq_pooler)
-            fields["pooler_activation"] = names.seq_pooler_activation
+            fields["pooler_activation"] = _pooler_activation(hf, names)
         linear("head.classifier", names.seq_classifier)
     elif task == "token-classification":
         fields["labels"] = _labels(hf, task)
@@ -152,7 +182,7 @@ def canonical_head(hf: dict, cfg: EncoderConfig, tensors: dict[str, np.ndarray],
     else:  # masked-lm, pretraining
         act = names.mlm_activation or hf_activation(hf)
         width = cfg.hidden_size if names.mlm_width == "hidden" else cfg.embedding_size
-        tied = bool(hf.get("tie_word_embeddings", True))
+        tied = names.mlm_always_tied or bool(hf.get("tie_word_embeddings", True))
         fields.update(mlm_size=width, mlm_activation=act, mlm_tied=tied,
                       mlm_norm_eps=float(names.mlm_norm_eps or cfg.norm_eps))
         linear("head.mlm.dense", names.mlm_dense)

@@ -84,6 +84,21 @@ def minilm_files(minilm_dir, tmp_path_factory) -> dict[str, Path]:
             for dtype in ("int8", "fp32")}
 
 
+def deberta_config(**overrides):
+    """A small DeBERTa-v3-shaped config: relative attention with both terms over log buckets, shared key
+    projections, LayerNorm'ed relative embeddings, no absolute positions, no token types. 32 buckets (v3: 256)
+    so that the log buckets act on the test sentences; ``overrides`` change any of it."""
+    from transformers import DebertaV2Config
+
+    kwargs = dict(vocab_size=30522, hidden_size=64, num_hidden_layers=2, num_attention_heads=4,
+                  intermediate_size=128, max_position_embeddings=512, pad_token_id=0, hidden_act="gelu",
+                  type_vocab_size=0, relative_attention=True, position_buckets=32, max_relative_positions=128,
+                  pos_att_type=["p2c", "c2p"], share_att_key=True, norm_rel_ebd="layer_norm",
+                  position_biased_input=False, layer_norm_eps=1e-7)
+    kwargs.update(overrides)
+    return DebertaV2Config(**kwargs)
+
+
 def _configs():
     from transformers import BertConfig, DistilBertConfig, ElectraConfig, RobertaConfig, XLMRobertaConfig
 
@@ -101,6 +116,7 @@ def _configs():
                                                hidden_dim=128, max_position_embeddings=192,
                                                activation="gelu", pad_token_id=0),
         "electra": lambda: ElectraConfig(**common, embedding_size=32, hidden_act="gelu", type_vocab_size=2),
+        "deberta-v2": deberta_config,
     }
 
 

@@ -9,6 +9,7 @@ from .errors import ModelFileError
 from .format import (
     ACTIVATIONS,
     DECODER_POSITIONS,
+    DISENTANGLED_TERMS,
     HEAD_ACTIVATIONS,
     NORMS,
     POSITION_SCHEMES,
@@ -156,8 +157,11 @@ class BlockConfig:
     ``norm`` ("layernorm" | "rmsnorm") with ``norm_eps``; ``pre_norm``: x + f(norm(x)), else norm(x + f(x)).
     ``activation``, ``gated_mlp`` (down(act(gate) · up)). ``positions`` says where positions enter:
     "learned" / "sinusoidal" tables in the embeddings, "rope" on q and k (``rope``: the canonical dict of
-    kernels/rope.py), "relative" as T5's bias on the scores (``relative_buckets``, ``relative_max_distance``).
-    ``attn_scale``: scores times 1/√head_dim (False for T5). ``causal``: self-attention over the slot cache
+    kernels/rope.py), "relative" as T5's bias on the scores (``relative_buckets``, ``relative_max_distance``),
+    "disentangled" as DeBERTa's content-to-position / position-to-content terms (``disentangled``: which of
+    format.DISENTANGLED_TERMS; ``relative_buckets``: position_buckets, 0 for none; ``relative_max_distance``:
+    max_relative_positions). ``attn_scale``: scores times 1/√head_dim (False for T5), 1/√(head_dim · (1 + number
+    of disentangled terms)) for DeBERTa. ``causal``: self-attention over the slot cache
     (decoders) rather than bidirectional over packed sequences; ``cross_attention`` over the slot's source.
     Grouped-query attention is ``num_kv_heads`` < ``num_heads``.
     """
@@ -180,6 +184,7 @@ class BlockConfig:
     attn_scale: bool = True
     causal: bool = False
     cross_attention: bool = False
+    disentangled: tuple[str, ...] = ()
 
     def validate(self) -> None:
         _check_fields(self)
@@ -211,14 +216,35 @@ class BlockConfig:
                                  "and a distance above half of them")
         if self.positions == "sinusoidal" and self.hidden_size % 2:
             raise ModelFileError("sinusoidal positions need an even hidden_size")
+        if (self.positions == "disentangled") != bool(self.disentangled):
+            raise ModelFileError("config disentangled terms go with disentangled positions, and only with them")
+        if self.positions == "disentangled":
+            _check_disentangled(self.disentangled, self.relative_buckets, self.relative_max_distance)
+
+
+def _check_disentangled(terms: tuple[str, ...], buckets: int, max_distance: int) -> None:
+    """DeBERTa's relative attention: known terms, each once; a distance and bucket count that keep the relative
+    embedding table bounded, and a log-bucket base (max_distance − 1) / (buckets / 2) above 1 (at 1 the bucketing
+    divides by log 1 = 0; below it the buckets run backwards)."""
+    if not terms or len(set(terms)) != len(terms) or not set(terms) <= set(DISENTANGLED_TERMS):
+        raise ModelFileError(f"config disentangled {_short(terms)} must be distinct terms of {DISENTANGLED_TERMS}")
+    if not 1 <= max_distance <= MAX_POSITIONS or buckets > MAX_POSITIONS:
+        raise ModelFileError(f"config relative_max_distance {max_distance} / relative_buckets {buckets} must lie in "
+                             f"[1, {MAX_POSITIONS}]")
+    if buckets and (buckets < 2 or max_distance - 1 <= buckets // 2):
+        raise ModelFileError(f"config relative_buckets {buckets} needs relative_max_distance above buckets / 2 + 1, "
+                             f"got {max_distance}")
 
 
 @dataclass(frozen=True)
 class EncoderConfig:
     """A BERT-family encoder, post-LayerNorm blocks.
 
-    ``position_scheme`` is "absolute" (position i for token i) or "padding_offset" (RoBERTa:
-    non-pad tokens count up from ``pad_token_id + 1``, pads sit at ``pad_token_id``).
+    ``position_scheme`` is "absolute" (position i for token i), "padding_offset" (RoBERTa:
+    non-pad tokens count up from ``pad_token_id + 1``, pads sit at ``pad_token_id``) or "none" (no position
+    table: DeBERTa-v3, whose positions are relative, in attention). ``disentangled``: DeBERTa's attention
+    terms (BlockConfig), over ``relative_buckets`` log buckets (0: none) up to ``relative_max_distance``, with
+    the relative embeddings LayerNorm'ed when ``rel_norm``.
     ``max_length`` is the longest token sequence the model accepts (positions table minus the
     offset, capped by sentence-transformers' ``max_seq_length`` where the checkpoint sets it).
     """
@@ -238,6 +264,10 @@ class EncoderConfig:
     pad_token_id: int
     max_length: int
     kind: str = "encoder"
+    disentangled: tuple[str, ...] = ()
+    relative_buckets: int = 0
+    relative_max_distance: int = 0
+    rel_norm: bool = False
 
     @property
     def head_dim(self) -> int:
@@ -252,15 +282,20 @@ class EncoderConfig:
         return BlockConfig(hidden_size=self.hidden_size, num_heads=self.num_heads, num_kv_heads=self.num_heads,
                            head_dim=self.head_dim, intermediate_size=self.intermediate_size, norm="layernorm",
                            norm_eps=self.norm_eps, pre_norm=False, activation=self.activation, gated_mlp=False,
-                           positions="learned", max_positions=self.max_positions)
+                           positions="disentangled" if self.disentangled else "learned",
+                           max_positions=self.max_positions, relative_buckets=self.relative_buckets,
+                           relative_max_distance=self.relative_max_distance, disentangled=self.disentangled)
 
     def to_dict(self) -> dict:
-        return asdict(self)
+        data = asdict(self)
+        data["disentangled"] = list(self.disentangled)
+        return data
 
     @classmethod
     def from_dict(cls, data: dict) -> EncoderConfig:
         """Build and check a config read from a file; any inconsistency is a ModelFileError."""
-        return _from_file(cls, data)
+        return _from_file(cls, data, optional=("kind", "disentangled", "relative_buckets", "relative_max_distance",
+                                               "rel_norm"), tuples=("disentangled",))
 
     def validate(self) -> None:
         _check_fields(self)
@@ -275,6 +310,8 @@ class EncoderConfig:
         if self.position_scheme not in POSITION_SCHEMES:
             raise ModelFileError(f"config position_scheme {self.position_scheme!r} is unknown")
         self.block.validate()
+        if self.rel_norm and not self.disentangled:
+            raise ModelFileError("config rel_norm needs disentangled attention")
         if self.pad_token_id >= self.vocab_size:
             raise ModelFileError("config pad_token_id is outside the vocabulary")
         if self.max_length + self.position_offset > self.max_positions:

@@ -37,7 +37,7 @@ unchanged (SmoothQuant; the converter's convert/smooth.py decides which layers g
 runtime that predates it rejects such a file as holding unexpected tensors. A tied LM head (its weight is
 the token table) may carry ``lm_head.weight.smooth`` [H], all ones: 8-bit inputs without smoothing.
 
-    embed.tokens [vocab, E]            embed.positions [max_positions, E]
+    embed.tokens [vocab, E]            embed.positions [max_positions, E]   (unless position_scheme "none")
     embed.token_types [types, E]       (only when the model has token types)
     embed.norm.weight / .bias [E]
     embed.proj.weight [H, E] / .bias   (only when E != H, ELECTRA)
@@ -47,6 +47,8 @@ the token table) may carry ``lm_head.weight.smooth`` [H], all ones: 8-bit inputs
     layers.L.mlp.up.weight [I, H] / .bias [I]
     layers.L.mlp.down.weight [H, I] / .bias [H]
     layers.L.mlp_norm.weight / .bias [H]
+    rel_embeddings [2 · span, H]       DeBERTa's relative position embeddings (config ``disentangled``)
+    rel_norm.weight / .bias [H]        their LayerNorm (config ``rel_norm``)
 
 Decoder files (config kind "decoder") use the same layer names, pre-norm, plus ``final_norm`` and,
 when the LM head is not tied to embed.tokens, ``lm_head.weight`` [V, H]; see decoder_tensor_shapes.
@@ -127,8 +129,9 @@ MAX_PROMPTS = 64
 MAX_PROMPT_NAME_CHARS = 256
 MAX_PROMPT_CHARS = 16384
 ACTIVATIONS = ("gelu", "gelu_tanh", "relu", "silu")     # of every block (config.BlockConfig)
-POSITIONS = ("learned", "sinusoidal", "rope", "relative")     # where positions enter a block (config.BlockConfig)
-POSITION_SCHEMES = ("absolute", "padding_offset")             # how an encoder numbers its learned positions
+POSITIONS = ("learned", "sinusoidal", "rope", "relative", "disentangled")  # where positions enter a block (BlockConfig)
+POSITION_SCHEMES = ("absolute", "padding_offset", "none")     # how an encoder numbers its position table (or none)
+DISENTANGLED_TERMS = ("c2p", "p2c")     # DeBERTa's content-to-position and position-to-content attention terms
 # The canonical rope dict (tinybert/kernels/rope.py): each type's parameters besides "type" and the optional
 # "attention_scaling". Kernels import nothing from here, so kernels/rope.py's SUPPORTED_TYPES repeats the types
 # (a test keeps the two equal).
@@ -148,6 +151,8 @@ QUANTIZED_EMBEDDINGS = ("embed.tokens", "embed.positions", "decoder.embed.tokens
 # they may share and the LM head.
 EMBED_TOKENS = "embed.tokens"
 REL_BIAS = "rel_bias"                 # T5's relative position bias [buckets, heads], one per stack
+REL_EMBEDDINGS = "rel_embeddings"     # DeBERTa's relative position embeddings [2 · span, H], shared by the layers
+REL_NORM = "rel_norm"                 # the LayerNorm applied to them (norm_rel_ebd = layer_norm)
 FINAL_NORM = "final_norm"
 LM_HEAD = "lm_head"
 # Within a layer (after layer_prefix):
@@ -173,15 +178,27 @@ def embed_names(stack: str = "", shared_tokens: bool = True) -> dict[str, str]:
             "proj": p + "proj"}
 
 
+def relative_span(buckets: int, max_distance: int) -> int:
+    """DeBERTa's attention span: relative positions run over [-span, span) after bucketing (the relative
+    embedding table has 2 · span rows): the buckets when there are any, else the maximum distance."""
+    return buckets if buckets > 0 else max_distance
+
+
 def encoder_tensor_shapes(cfg: dict) -> dict[str, tuple[int, ...]]:
     """Every tensor an encoder file must hold (without .scale companions), with its shape."""
     e, h, i_dim = cfg["embedding_size"], cfg["hidden_size"], cfg["intermediate_size"]
     shapes: dict[str, tuple[int, ...]] = {
         "embed.tokens": (cfg["vocab_size"], e),
-        "embed.positions": (cfg["max_positions"], e),
         "embed.norm.weight": (e,),
         "embed.norm.bias": (e,),
     }
+    if cfg["position_scheme"] != "none":
+        shapes["embed.positions"] = (cfg["max_positions"], e)
+    if cfg.get("disentangled"):     # files of earlier converters have none of these keys
+        shapes[REL_EMBEDDINGS] = (2 * relative_span(cfg["relative_buckets"], cfg["relative_max_distance"]), h)
+        if cfg.get("rel_norm"):
+            shapes[REL_NORM + ".weight"] = (h,)
+            shapes[REL_NORM + ".bias"] = (h,)
     if cfg["type_vocab_size"] > 0:
         shapes["embed.token_types"] = (cfg["type_vocab_size"], e)
     if e != h:

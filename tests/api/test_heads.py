@@ -23,7 +23,7 @@ from conftest import (
 import tinybert
 from tinybert.errors import InputError, ModelKindError, UnsupportedModelError
 
-ALL_FAMILIES = ["bert", "roberta", "xlm-roberta", "distilbert", "electra"]
+ALL_FAMILIES = ["bert", "roberta", "xlm-roberta", "distilbert", "electra", "deberta-v2"]
 CORE_FAMILIES = ["bert", "roberta", "distilbert"]
 # ---------------------------------------------------------------- sequence classification
 
@@ -190,11 +190,12 @@ def _masked(sentences: list[str], mask: str, n: int) -> list[str]:
     return texts
 
 
-@pytest.mark.parametrize("family", ["bert", "roberta", "distilbert", "electra"])
-def test_fill_mask_matches_pipeline(family, head_model, minilm_dir, sentences):
+@pytest.mark.parametrize("family,extra", [("bert", {}), ("roberta", {}), ("distilbert", {}), ("electra", {}),
+                                          ("deberta-v2", {}), ("deberta-v2", {"legacy": False})])
+def test_fill_mask_matches_pipeline(family, extra, head_model, minilm_dir, sentences):
     from transformers import pipeline
 
-    model, files = head_model(family, "masked-lm")
+    model, files = head_model(family, "masked-lm", **extra)
     pipe = pipeline("fill-mask", model=model, tokenizer=hf_pipeline_tokenizer(family, minilm_dir))
     texts = _masked(sentences[600:], "[MASK]", 15) + ["Paris is the [MASK] of [MASK] 😀."]
     got = tinybert.FillMask(files["fp32"]).fill(texts, top_k=5)
@@ -247,7 +248,7 @@ def test_fill_mask_int8_agrees(head_model, minilm_dir, sentences):
 # ---------------------------------------------------------------- question answering
 
 
-@pytest.mark.parametrize("family", CORE_FAMILIES + ["electra"])
+@pytest.mark.parametrize("family", CORE_FAMILIES + ["electra", "deberta-v2"])
 @pytest.mark.parametrize("max_len,stride", [(384, 128), (64, 16)])
 def test_qa_logits_and_spans(family, max_len, stride, head_model, minilm_dir, sentences):
     model, files = head_model(family, "question-answering")

@@ -611,7 +611,8 @@ def test_encoder_attention_with_bias(d, threads):
     bias = (RNG.standard_normal((heads, 2 * center + 1)) * 3).astype(np.float32)
     qkv = np.concatenate([q.reshape(t, -1), k.reshape(t, -1), v.reshape(t, -1)], axis=1)
     flat_out = np.empty((t, heads * d), dtype=np.float32)
-    attention_with_bias(qkv, starts, np.ones(t, np.uint8), heads, 1.0, bias, center, flat_out, threads)
+    attention_with_bias(qkv, starts, np.ones(t, np.uint8), heads, 1.0, bias, center, np.zeros((0, 0, 0), np.float32),
+                        np.zeros((0, 0, 0), np.float32), np.zeros(0, np.int32), flat_out, threads)
     out = flat_out.reshape(t, heads, d)
     for b in range(len(lengths)):
         s0, s1 = starts[b], starts[b + 1]
@@ -620,6 +621,38 @@ def test_encoder_attention_with_bias(d, threads):
                 s = k[s0:s1, h].astype(np.float64) @ q[i, h] + bias[h, center + np.arange(s0, s1) - i]
                 w = np.exp(s - s.max())
                 np.testing.assert_allclose(out[i, h], w @ v[s0:s1, h] / w.sum(), atol=2e-5, rtol=1e-4)
+
+
+@pytest.mark.parametrize("threads", [1, 7])
+def test_encoder_attention_with_content_bias(threads):
+    """The encoder attention kernel's DeBERTa path (c2p / p2c gathered by relative index, masked keys) vs float64
+    numpy: score = (q_i·k_j + c2p[h, i, m] + p2c[h, j, m]) · scale, m = rel[center + j − i]."""
+    from tinybert.kernels.attention import attention_with_bias
+
+    heads, d, width, lengths = 3, 16, 11, (1, 9, 30, 7)
+    starts = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64)
+    t = int(starts[-1])
+    q, k, v = (RNG.standard_normal((t, heads, d)).astype(np.float32) for _ in range(3))
+    c2p, p2c = ((RNG.standard_normal((heads, t, width)) * 3).astype(np.float32) for _ in range(2))
+    center = max(lengths) - 1
+    rel = RNG.integers(0, width, 2 * center + 1).astype(np.int32)
+    mask = np.ones(t, np.uint8)
+    mask[[5, 20, 21]] = 0
+    qkv = np.concatenate([q.reshape(t, -1), k.reshape(t, -1), v.reshape(t, -1)], axis=1)
+    flat_out = np.empty((t, heads * d), dtype=np.float32)
+    scale = 1 / math.sqrt(3 * d)
+    attention_with_bias(qkv, starts, mask, heads, scale, np.zeros((1, 0), np.float32), center, c2p, p2c, rel,
+                        flat_out, threads)
+    out = flat_out.reshape(t, heads, d)
+    for b in range(len(lengths)):
+        s0, s1 = starts[b], starts[b + 1]
+        keys = np.arange(s0, s1)[mask[s0:s1] == 1]
+        for i in range(s0, s1):
+            for h in range(heads):
+                m = rel[center + keys - i]
+                s = (k[keys, h].astype(np.float64) @ q[i, h] + c2p[h, i, m] + p2c[h, keys, m]) * scale
+                w = np.exp(s - s.max())
+                np.testing.assert_allclose(out[i, h], w @ v[keys, h] / w.sum(), atol=2e-5, rtol=1e-4)
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.uint16])

@@ -95,7 +95,8 @@ class Encoder:
         ``model(...).last_hidden_state``.
 
         ``attention_mask`` (1 = attend, 0 = padding) defaults to all ones; ``token_type_ids``
-        to zeros. Raises InputError for ids outside the vocabulary, sequences longer than the
+        to zeros (and are ignored by a model without token types, as transformers' DeBERTa does).
+        Raises InputError for ids outside the vocabulary, sequences longer than the
         position table, masks that are not 0/1, or shapes that disagree.
         """
         batch, (size, seq) = self._check_ids(input_ids, attention_mask, token_type_ids)
@@ -156,8 +157,12 @@ class Encoder:
         else:
             types = _as_int_array("token_type_ids", token_type_ids, ids.shape)
             limit = max(cfg.type_vocab_size, 1)
-            if types.min() < 0 or types.max() >= limit:
+            if types.min() < 0 or (cfg.type_vocab_size and types.max() >= limit):
                 raise InputError(f"token_type_ids must lie in [0, {limit})")
+            if not cfg.type_vocab_size:
+                # No token-type table (DeBERTa-v3, DistilBERT): DeBERTa's tokenizers still mark a pair's second
+                # text 1, and transformers' model ignores it; so do we.
+                types = np.zeros((batch, seq), dtype=np.int32)
         starts = np.arange(0, batch * seq + 1, seq, dtype=np.int64)
         return EncoderBatch.of(ids.reshape(-1), types.reshape(-1), starts, mask.reshape(-1)), (batch, seq)
 

@@ -1,7 +1,8 @@
 """Multi-head scaled dot-product attention over sequences packed one after another.
 
 For sequence b, head h, query i:   out[i,h] = Σ_j softmax_j(q_i · k_j / √d  over valid j in b) v_j
-(``attention_with_bias``: q_i · k_j · scale + bias[h, center + j − i], T5's relative position bias)
+(``attention_with_bias``: q_i · k_j · scale + bias[h, center + j − i], T5's relative position bias, and
+ + (c2p[h, i, m] + p2c[h, j, m]) · scale with m = rel[center + j − i], DeBERTa's disentangled attention)
 
 Layout: ``qkv`` float32 [T, 3*H] holds q | k | v side by side per token (the fused QKV GEMM's
 output), head h owning columns [h*d, (h+1)*d) of each third. Sequence b owns rows
@@ -237,6 +238,8 @@ def _tile(rows, c, c_off, ldc, a, a_off, lda, b, b_off, b_pstride, ldb, kdim):
 
 
 _NO_BIAS = np.zeros((1, 0), dtype=np.float32)
+_NO_CONTENT = np.zeros((0, 0, 0), dtype=np.float32)
+_NO_REL = np.zeros(0, dtype=np.int32)
 
 
 def attention(qkv: np.ndarray, starts: np.ndarray, key_mask: np.ndarray, num_heads: int, out: np.ndarray,
@@ -247,15 +250,23 @@ def attention(qkv: np.ndarray, starts: np.ndarray, key_mask: np.ndarray, num_hea
     Plain Python: as a compiled wrapper it recompiled attention_with_bias's code into its own
     (1.5 s of a cold start)."""
     d = out.shape[1] // num_heads
-    attention_with_bias(qkv, starts, key_mask, num_heads, 1.0 / math.sqrt(d), _NO_BIAS, 0, out,
-                        numba.get_num_threads() if threads is None else threads)
+    attention_with_bias(qkv, starts, key_mask, num_heads, 1.0 / math.sqrt(d), _NO_BIAS, 0, _NO_CONTENT,
+                        _NO_CONTENT, _NO_REL, out, numba.get_num_threads() if threads is None else threads)
 
 
 @njit(cache=True, nogil=True, parallel=True, error_model="numpy")
-def attention_with_bias(qkv, starts, key_mask, num_heads, scale, bias, center, out, threads):
+def attention_with_bias(qkv, starts, key_mask, num_heads, scale, bias, center, c2p, p2c, rel, out, threads):
     """``attention`` with the score scale given (T5: 1, no 1/√d) and, when ``bias`` has columns, T5's relative
     position bias added to the score of query i and key j: bias[h, center + j − i] (i, j positions within
     the sequence; bias float32 [heads, W] with center ≥ longest − 1 and W > center + longest − 1).
+
+    When ``rel`` has entries, DeBERTa's disentangled attention adds (c2p[h, t_i, m] + p2c[h, t_j, m]) · scale
+    with m = rel[center + j − i] (t_i, t_j the packed rows of query i and key j): c2p float32 [heads, T, W]
+    holds q_t · Kr[m] (content to position) and p2c float32 [heads, T, W] holds k_t · Qr[m] (position to
+    content), Kr / Qr the relative embeddings projected by the layer's key / query projections; rel int32
+    [≥ 2·center + 1] holds values in [0, W). Only these [T, W] products per head exist, W (the relative
+    positions the batch reaches) ≤ 2 · position_buckets: no [L, L] bias per sequence is ever built, and the
+    gather costs two loads per score. The caller checks every shape and index (none is checked here).
     ``threads``: numba.get_num_threads() (an argument: calling it here makes the function uncacheable)."""
     # The parallel loop only dispatches: Numba's parfor passes are slow on large loop bodies, and
     # a call keeps the compile (cold start) short. The micro-kernel reads q (and often v) straight
@@ -274,11 +285,11 @@ def attention_with_bias(qkv, starts, key_mask, num_heads, scale, bias, center, o
         b = task // groups
         g = task - b * groups
         _attend_heads(qkv, flat, starts[b], starts[b + 1], key_mask, g * per_group,
-                      min(num_heads, (g + 1) * per_group), num_heads, scale, bias, center, out)
+                      min(num_heads, (g + 1) * per_group), num_heads, scale, bias, center, c2p, p2c, rel, out)
 
 
 @njit(cache=True, nogil=True, fastmath=True, error_model="numpy")
-def _attend_heads(qkv, flat, base, end, key_mask, h0, h1, num_heads, scale, bias, center, out):
+def _attend_heads(qkv, flat, base, end, key_mask, h0, h1, num_heads, scale, bias, center, c2p, p2c, rel, out):
     """Heads h0..h1-1 of the sequence in rows base..end-1.  One call (and one set of buffers) for
     all of them: a call from the parallel loop increfs and decrefs each array argument, atomics on
     counts that both threads share, which cost a 16-token head as much as its arithmetic."""
@@ -311,12 +322,12 @@ def _attend_heads(qkv, flat, base, end, key_mask, h0, h1, num_heads, scale, bias
     obuf = aligned_bytes(MR * d16 * 4).view(np.float32)
     inv_total = np.empty(MR, dtype=np.float32)
     for h in range(h0, h1):
-        _attend_head(qkv, flat, base, seq, valid, n, h, num_heads, scale, bias, center, out,
+        _attend_head(qkv, flat, base, seq, valid, n, h, num_heads, scale, bias, center, c2p, p2c, rel, out,
                      kpan, vpan, scores, obuf, inv_total)
 
 
 @njit(cache=True, nogil=True, fastmath=True, error_model="numpy", inline="always")
-def _attend_head(qkv, flat, base, seq, valid, n, h, num_heads, scale, bias, center, out,
+def _attend_head(qkv, flat, base, seq, valid, n, h, num_heads, scale, bias, center, c2p, p2c, rel, out,
                  kpan, vpan, scores, obuf, inv_total):
     hidden = out.shape[1]
     ld = 3 * hidden
@@ -328,6 +339,7 @@ def _attend_head(qkv, flat, base, seq, valid, n, h, num_heads, scale, bias, cent
     # log2 units; keys past n were zeroed by the caller.
     log2e = np.float32(1.4426950408889634)
     has_bias = bias.shape[1] > 0
+    has_content = rel.shape[0] > 0
     scale = np.float32(1.4426950408889634 * scale)
     for p in range((n + NR - 1) // NR):
         dst = kpan[p * d * NR:(p + 1) * d * NR]
@@ -375,6 +387,12 @@ def _attend_head(qkv, flat, base, seq, valid, n, h, num_heads, scale, bias, cent
             if has_bias:
                 for j in range(n):
                     srow[j] += bias[h, center + valid[j] - (i0 + r)] * log2e
+            if has_content:
+                # Scores are in log2 units already scaled: c2p and p2c take the same scale · log2(e).
+                c2p_row = c2p[h, base + i0 + r]
+                for j in range(n):
+                    m = rel[center + valid[j] - (i0 + r)]
+                    srow[j] += (c2p_row[m] + p2c[h, base + valid[j], m]) * scale
             inv_total[r] = np.float32(1.0) / _softmax_row(scores, r * n16, n)
         for c0 in range(0, d16, 2 * NR):   # two output panels per call
             _tile(rows, obuf, c0, d16, scores, 0, n16, vpan, c0 * n, NR * n, NR, n)

@@ -6,8 +6,23 @@ The rows decide how keys are found, so that one block serves encoders and decode
     CachedRows  tokens of sequences held in cache slots (decoders): each row writes its key and value into its
                 slot and attends causally to it, and cross-attends to the source its slot reads.
 
-Positions are data of the stack (``Positions``): a rotary table applied to q and k, or a bias on the scores
-(T5's relative buckets; ALiBi would be another bias of the same [heads, distance] form).
+Positions are data of the stack (``Positions``): a rotary table applied to q and k, a bias on the scores
+(T5's relative buckets; ALiBi would be another bias of the same [heads, distance] form), or DeBERTa's
+disentangled attention (below).
+
+DeBERTa (He et al., 2021) adds to q_i · k_j two terms through relative embeddings P (shared by the layers,
+LayerNorm'ed in v3) projected by each layer's own query and key projections, Qr = P Wq + bq, Kr = P Wk + bk:
+
+    score(i, j) = (q_i · k_j + q_i · Kr[δ] + k_j · Qr[δ]) / √(d · (1 + terms)),   δ = span + bucket(i − j)
+
+(content-to-position c2p, position-to-content p2c; bucket is odd, so transformers' p2c index span − bucket(j − i)
+is the same δ). The terms depend on content, not on the distance alone, so they cannot be a [heads, distance]
+bias. They are folded into the packed attention kernel instead of built as a dense [heads, L, L] bias per
+sequence: c2p[h, t, m] = q_t · Kr[m] and p2c[h, t, m] = k_t · Qr[m] are [T, W] products per head (W ≤ 2 · span,
+the relative positions the batch reaches: 2L − 1 for short sequences, at most 512 for v3 however long they
+are), and the kernel gathers c2p[i, δ] + p2c[j, δ] for each score. Dense biases would cost Σ L² per head in
+memory and a pass over it; these cost T · W and two loads per score. Qr and Kr are computed once, at load, by
+the layer's own qkv projection (int8 files: its int8 weights, as for any other input).
 """
 
 from __future__ import annotations
@@ -18,13 +33,31 @@ import numpy as np
 
 from .. import format as fmt
 from ..config import BlockConfig
+from ..errors import ModelFileError
 from ..kernels.attention import attention_with_bias
 from ..kernels.decoder import cached_attention, cached_attention_with_bias, write_kv
 from ..kernels.rope import apply_rope, rope_tables
 from .cache import KVCache
 from .linear import Linear
+from .norm import Norm
 
 _NO_BIAS = np.zeros((1, 0), dtype=np.float32)
+
+
+def log_bucket_position(relative_position: np.ndarray, bucket_size: int, max_position: int) -> np.ndarray:
+    """transformers' DeBERTa-v2 make_log_bucket_position (relative = query pos − key pos): exact within
+    ±bucket_size / 2, logarithmic beyond, in numpy with the same float32 arithmetic."""
+    rel = np.asarray(relative_position, dtype=np.int64)
+    mid = bucket_size // 2
+    abs_pos = np.where((rel < mid) & (rel > -mid), mid - 1, np.abs(rel))
+    # torch's float32 log is not correctly rounded, nor is numpy's, and not always alike: a ceil that falls within
+    # an ulp of an integer can differ by a bucket. The base rounded from a float64 log matched torch's for more
+    # configs than numpy's; tests check every distance a model's positions reach against transformers.
+    base = np.float32(math.log(float(np.float32((max_position - 1) / mid))))
+    with np.errstate(divide="ignore", invalid="ignore"):
+        log_pos = (np.ceil(np.log(abs_pos.astype(np.float32) / np.float32(mid))
+                           / base * np.float32(mid - 1)) + np.float32(mid))
+    return np.where(abs_pos <= mid, rel, log_pos * np.sign(rel)).astype(np.int64)
 
 
 def relative_position_bucket(relative_position: np.ndarray, bidirectional: bool, num_buckets: int,
@@ -62,6 +95,35 @@ class Positions:
         if cfg.positions == "relative":
             self.table = np.ascontiguousarray(tensors[fmt.stack_prefix(stack) + fmt.REL_BIAS], dtype=np.float32)
         self._causal = np.zeros((cfg.num_heads, 0), dtype=np.float32)
+        # DeBERTa: the relative embeddings (normed once), projected per layer by ``project``.
+        self.rel_embeddings, self.rel_q, self.rel_k = None, [], []
+        if cfg.positions == "disentangled":
+            rel = np.ascontiguousarray(tensors[fmt.stack_prefix(stack) + fmt.REL_EMBEDDINGS], dtype=np.float32)
+            norm = fmt.stack_prefix(stack) + fmt.REL_NORM
+            self.rel_embeddings = Norm(tensors, norm, "layernorm", cfg.norm_eps)(rel) \
+                if norm + ".weight" in tensors else rel
+            self.span = fmt.relative_span(cfg.relative_buckets, cfg.relative_max_distance)
+
+    def project(self, qkv: list[Linear]) -> None:
+        """Qr and Kr of each layer, [heads, 2 · span, d], by the layers' qkv projections (DeBERTa, share_att_key)."""
+        if self.rel_embeddings is None:
+            return
+        h, d = self.cfg.num_heads, self.cfg.head_dim
+        for linear in qkv:
+            rows = linear(self.rel_embeddings)
+            self.rel_q.append(np.ascontiguousarray(rows[:, :h * d].reshape(-1, h, d).transpose(1, 0, 2)))
+            self.rel_k.append(np.ascontiguousarray(rows[:, h * d:2 * h * d].reshape(-1, h, d).transpose(1, 0, 2)))
+
+    def packed_content_index(self, longest: int) -> tuple[np.ndarray, int, int]:
+        """DeBERTa: rel[center + j − i] = δ(i, j) − lo for queries i and keys j of sequences up to ``longest``
+        (center = longest − 1), with [lo, hi) the rows of Qr / Kr those δ reach."""
+        cfg, span = self.cfg, self.span
+        query_minus_key = np.arange(longest - 1, -longest, -1)    # i − j for j − i = −(longest − 1) ... longest − 1
+        if cfg.relative_buckets > 0:
+            query_minus_key = log_bucket_position(query_minus_key, cfg.relative_buckets, cfg.relative_max_distance)
+        delta = np.clip(query_minus_key + span, 0, 2 * span - 1)
+        lo, hi = int(delta.min()), int(delta.max()) + 1
+        return (delta - lo).astype(np.int32), lo, hi
 
     def rope(self, upto: int) -> tuple[np.ndarray, np.ndarray] | None:
         """cos, sin tables covering positions < ``upto`` (≤ max_positions), or None without rotary positions.
@@ -101,7 +163,11 @@ class Positions:
 
 
 def _score_scale(cfg: BlockConfig) -> float:
-    return 1.0 / math.sqrt(cfg.head_dim) if cfg.attn_scale else 1.0
+    return 1.0 / math.sqrt(cfg.head_dim * (1 + len(cfg.disentangled))) if cfg.attn_scale else 1.0
+
+
+_NO_CONTENT = np.zeros((0, 0, 0), dtype=np.float32)
+_NO_REL = np.zeros(0, dtype=np.int32)
 
 
 class PackedRows:
@@ -112,16 +178,45 @@ class PackedRows:
                  threads: int) -> None:
         self.cfg, self.starts, self.key_mask, self.threads = cfg, starts, key_mask, threads
         self.scale = _score_scale(cfg)
-        longest = int(np.diff(starts).max()) if positions.table is not None else 0
+        self.positions = positions
+        longest = int(np.diff(starts).max()) if positions.table is not None or positions.rel_q else 0
         self.bias, self.center = positions.packed_bias(longest)
+        self.rel = _NO_REL
+        if positions.rel_q and longest > 0:
+            self.rel, self.lo, self.hi = positions.packed_content_index(longest)
+            self.center = longest - 1
 
     def attend(self, qkv: np.ndarray, layer: int) -> np.ndarray:
         """q | k | v rows [T, 3A] → context [T, A]."""
         cfg = self.cfg
         context = np.empty((qkv.shape[0], cfg.num_heads * cfg.head_dim), dtype=np.float32)
+        c2p, p2c = self._content(qkv, layer)
         attention_with_bias(qkv, self.starts, self.key_mask, cfg.num_heads, self.scale, self.bias, self.center,
-                            context, self.threads)
+                            c2p, p2c, self.rel, context, self.threads)
         return context
+
+    def _content(self, qkv: np.ndarray, layer: int) -> tuple[np.ndarray, np.ndarray]:
+        """DeBERTa's c2p[h, t, m] = q_t · Kr[lo + m] and p2c[h, t, m] = k_t · Qr[lo + m] (zeros for a term the
+        model lacks), checked against the index table the kernel gathers them by."""
+        if not self.rel.size:
+            return _NO_CONTENT, _NO_CONTENT
+        cfg = self.cfg
+        t, h, d = qkv.shape[0], cfg.num_heads, cfg.head_dim
+        width = self.hi - self.lo
+        terms = []
+        for name, part, table in (("c2p", 0, self.positions.rel_k), ("p2c", 1, self.positions.rel_q)):
+            if name in cfg.disentangled:
+                # [heads, T, d] @ [heads, d, W], contiguous so that numpy hands each head to BLAS whole
+                rows = np.ascontiguousarray(qkv[:, part * h * d:(part + 1) * h * d].reshape(t, h, d).transpose(1, 0, 2))
+                keys = np.ascontiguousarray(table[layer][:, self.lo:self.hi].transpose(0, 2, 1))
+                terms.append(np.ascontiguousarray(np.matmul(rows, keys), dtype=np.float32))
+            else:
+                terms.append(np.zeros((h, t, width), dtype=np.float32))
+        # The kernel reads c2p[h, t, rel[...]] unchecked.
+        if any(term.shape != (h, t, width) for term in terms) or self.rel.shape[0] != 2 * self.center + 1 \
+                or self.rel.min() < 0 or self.rel.max() >= width:
+            raise ModelFileError("DeBERTa position tables do not fit the batch")
+        return terms[0], terms[1]
 
 
 class CachedRows:

@@ -34,15 +34,18 @@ def position_ids(cfg: EncoderConfig, ids: np.ndarray, starts: np.ndarray) -> np.
 
 
 class EncoderModel:
-    """A BERT-family encoder: ``last_hidden_state = blocks(embeddings(ids))``, post-norm blocks."""
+    """A BERT-family encoder: ``last_hidden_state = blocks(embeddings(ids))``, post-norm blocks (DeBERTa's
+    disentangled attention is the blocks' ``positions``)."""
 
     def __init__(self, cfg: EncoderConfig, tensors: dict[str, np.ndarray]) -> None:
         self.config = cfg
         self.block_config = cfg.block
-        self.embeddings = Embeddings(tensors, "", "learned", cfg.max_positions, norm_eps=cfg.norm_eps)
+        table = "none" if cfg.position_scheme == "none" else "learned"
+        self.embeddings = Embeddings(tensors, "", table, cfg.max_positions, norm_eps=cfg.norm_eps)
         self.positions = Positions(self.block_config, tensors)
         self.blocks = [TransformerBlock(self.block_config, tensors, fmt.layer_prefix(i), i)
                        for i in range(cfg.num_layers)]
+        self.positions.project([block.attn.qkv for block in self.blocks])   # DeBERTa's per-layer Qr, Kr
         use_row_bands([self.embeddings.proj] * (self.embeddings.proj is not None)
                       + [layer for block in self.blocks for layer in block.linears()])
 
