@@ -50,6 +50,11 @@ class Generator(OpenedModel):
 
     # ------------------------------------------------------------------ public API
 
+    @property
+    def chat_template(self) -> str | None:
+        """The file's chat template (Jinja text, from the checkpoint), or None when it has none."""
+        return None if self._chat_settings is None else self._chat_settings["template"]
+
     def kv_cache_bytes(self, batch: int, length: int) -> int:
         """Bytes of the KV cache for ``batch`` sequences of up to ``length`` tokens (float16 keys and values
         for an int8 model, float32 for a float32 one)."""
