@@ -464,6 +464,7 @@ def _cmd_chat(args: argparse.Namespace) -> None:
     EOF or /exit ends it, /reset forgets the history. A turn that fails (too long for the context, refused by the
     template) is reported and left out of the history."""
     from .api.generator import Generator
+    from .generation import GenerationParams
 
     gen = _open(Generator, args, "chat")
     if gen.chat_template is None:
@@ -473,6 +474,9 @@ def _cmd_chat(args: argparse.Namespace) -> None:
     options = dict(max_new_tokens=args.max_new_tokens, temperature=args.temperature, top_k=args.top_k,
                    top_p=args.top_p, repetition_penalty=args.repetition_penalty, stop=args.stop or None,
                    seed=args.seed)
+    # checked once here, not when the first turn starts: a bad option is not a failed turn
+    GenerationParams(**{k: v for k, v in options.items() if k != "stop"}).validate()
+    gen._stops(options["stop"])
     if args.prompt is not None:
         messages = history + [{"role": "user", "content": args.prompt}]
         gen.render_chat(messages)       # a refused conversation fails before any compile
@@ -608,6 +612,8 @@ def _cmd_info(args: argparse.Namespace) -> None:
         "task": model.task.to_dict(),
         "source": _source(model.metadata.get("source", "")),
     }
+    if model.chat_template is not None:
+        info["chat_template"] = model.chat_template
     if args.json:
         print(json.dumps(info, indent=2, ensure_ascii=False))
         return
@@ -620,8 +626,9 @@ def _cmd_info(args: argparse.Namespace) -> None:
         print(f"  vocabulary    {cfg.vocab_size} tokens, context {cfg.max_positions}")
         print(f"  weights       {params / 1e6:.1f} M parameters, {model.quantization}")
         print(f"  task          text-generation (end-of-sequence ids {_ids(cfg.eos_token_ids)})")
+        print(f"  chat          {'template kept' if model.chat_template else 'no template'}")
         print(f"  source        {source}")
-        print("  use           tinybert generate")
+        print(f"  use           tinybert generate{', tinybert chat' if model.chat_template else ''}")
         return
     if cfg.kind == "encoder-decoder":
         print(f"  architecture  {cfg.family} encoder-decoder, {cfg.num_encoder_layers}+{cfg.num_decoder_layers} "

@@ -81,9 +81,25 @@ def test_cli_chat_prompt_answers_once(chat_files):
     assert proc.stdout == _reference(tokenizer, model, messages, 10) + "\n"
     proc = _run(path, "--prompt", "hi", "--temperature", "-1")
     assert proc.returncode == 2 and "temperature" in proc.stderr
+    proc = _run(path, "--top-p", "2", stdin="hello\n")        # before any turn, not as a failed turn
+    assert proc.returncode == 2 and "top_p" in proc.stderr and proc.stdout == ""
 
 
 def test_cli_chat_without_template(decoder_model):
     _, files = decoder_model("llama")
     proc = _run(files["fp32"], "--prompt", "hi")
     assert proc.returncode == 2 and "has no chat template" in proc.stderr and "tinybert generate" in proc.stderr
+
+
+def test_cli_info_shows_the_template(chat_files, decoder_model):
+    def info(path, *extra):
+        proc = subprocess.run([sys.executable, "-m", "tinybert", "info", str(path), *extra], capture_output=True,
+                              env=dict(os.environ), timeout=600)
+        assert proc.returncode == 0, proc.stderr.decode()
+        return proc.stdout.decode("utf-8")
+
+    assert "tinybert generate, tinybert chat" in info(chat_files[2])
+    assert json.loads(info(chat_files[2], "--json"))["chat_template"] == {
+        "template": TEMPLATE.read_text(), "special_tokens": {"eos_token": EOT}}
+    plain = decoder_model("llama")[1]["fp32"]
+    assert "no template" in info(plain) and "chat_template" not in json.loads(info(plain, "--json"))
