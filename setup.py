@@ -31,6 +31,7 @@ RUNTIME = [
     "tqdm>=4.60",
     "huggingface_hub>=0.20",   # Hub ids: the Hugging Face cache, offline first, and downloads
     "filelock>=3.0",           # one conversion per model when processes race (a huggingface_hub dependency)
+    "jinja2>=3.1.6",           # chat templates, sandboxed (3.1.6 closes known sandbox escapes, as transformers asks)
 ]
 
 

@@ -219,21 +219,42 @@ def install(ffi, lib) -> None:
         string = _text(ffi, prompt, "prompt")
         options = generate_options(params)
         with entry.use() as api:
-            if on_piece == ffi.NULL:
-                text = api.generate(string, **options)
-            else:
-                pieces = []
-                stream = api.stream(string, **options)
-                try:
-                    for piece in stream:
-                        pieces.append(piece)
-                        if on_piece(ffi.new("char[]", piece.encode("utf-8")), user_data) != 0:
-                            break
-                finally:
-                    stream.close()
-                text = "".join(pieces)
-        if out != ffi.NULL:
-            _write_text(ffi, out, out_len, text, "out")
+            run_generation(out, out_len, on_piece, user_data, lambda: api.generate(string, **options),
+                           lambda: api.stream(string, **options))
+
+    def run_generation(ffi_out, out_len, on_piece, user_data, complete, stream) -> None:
+        """``complete()`` (the whole text) without a callback; with one, ``stream()``'s pieces to it until it
+        returns non-zero. The text so far goes to out."""
+        if on_piece == ffi.NULL:
+            text = complete()
+        else:
+            pieces = []
+            iterator = stream()
+            try:
+                for piece in iterator:
+                    pieces.append(piece)
+                    if on_piece(ffi.new("char[]", piece.encode("utf-8")), user_data) != 0:
+                        break
+            finally:
+                iterator.close()
+            text = "".join(pieces)
+        if ffi_out != ffi.NULL:
+            _write_text(ffi, ffi_out, out_len, text, "out")
+
+    @ffi.def_extern(error=0)
+    @guarded
+    def _tbpy_chat(handle, messages_json, params, on_piece, user_data, out, out_len) -> None:
+        entry = model(handle, "decoder")
+        text = _text(ffi, messages_json, "messages_json")
+        try:
+            messages = json.loads(text)
+        except (ValueError, RecursionError):
+            raise CallError(ERR_INVALID_ARGUMENT, "messages_json is not valid JSON: give an array of "
+                                                  '{"role": ..., "content": ...} objects') from None
+        options = generate_options(params)
+        with entry.use() as api:
+            run_generation(out, out_len, on_piece, user_data, lambda: api.chat(messages, **options),
+                           lambda: api.stream_chat(messages, **options))
 
     @ffi.def_extern(error=0)
     @guarded

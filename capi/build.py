@@ -43,6 +43,8 @@ extern "Python" int _tbpy_generate(uint64_t handle, const char *prompt, const tb
                                    tb_token_callback on_piece, void *user_data, char *out, size_t out_len);
 extern "Python" int _tbpy_translate(uint64_t handle, const char *text, const tb_translate_params *params,
                                     char *out, size_t out_len);
+extern "Python" int _tbpy_chat(uint64_t handle, const char *messages_json, const tb_generate_params *params,
+                               tb_token_callback on_piece, void *user_data, char *out, size_t out_len);
 
 void _tb_set_error(const char *message, size_t needed);
 """
@@ -59,6 +61,8 @@ static int _tbpy_generate(uint64_t handle, const char *prompt, const tb_generate
                           tb_token_callback on_piece, void *user_data, char *out, size_t out_len);
 static int _tbpy_translate(uint64_t handle, const char *text, const tb_translate_params *params, char *out,
                            size_t out_len);
+static int _tbpy_chat(uint64_t handle, const char *messages_json, const tb_generate_params *params,
+                      tb_token_callback on_piece, void *user_data, char *out, size_t out_len);
 """
 
 INIT = """
@@ -82,7 +86,9 @@ def _python_paths() -> tuple[list[str], list[str]]:
     import tinybert_capi
 
     for module in (tinybert, tinybert_capi):
-        parent = str(Path(module.__file__).resolve().parent.parent)
+        # not resolved: a package folder reached through a symlink of its import name (tinybert_capi → capi/)
+        # is importable from the symlink's folder, not from its target's
+        parent = str(Path(os.path.abspath(module.__file__)).parent.parent)
         if parent not in sitedirs and parent not in paths:
             paths.append(parent)
     return sitedirs, paths

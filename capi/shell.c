@@ -180,6 +180,23 @@ CFFI_DLLEXPORT int tb_generate(tb_model *model, const char *prompt, const tb_gen
                                     user_data, out, out_len));
 }
 
+CFFI_DLLEXPORT int tb_chat(tb_model *model, const char *messages_json, const tb_generate_params *params,
+                           tb_token_callback on_piece, void *user_data, char *out, size_t out_len) {
+    tb_generate_params defaults = tb_generate_default_params();
+    tb_begin();
+    if (model == NULL || messages_json == NULL) {
+        tb_set_error(model == NULL ? "tb_chat: model is NULL" : "tb_chat: messages_json is NULL");
+        return TB_ERR_INVALID_ARGUMENT;
+    }
+    if (out == NULL && out_len != 0) {
+        tb_set_error("tb_chat: out is NULL but out_len is not 0");
+        return TB_ERR_INVALID_ARGUMENT;
+    }
+    if (tb_python() != 0) return TB_ERR_INTERNAL;
+    return tb_status(_tbpy_chat((uint64_t)(uintptr_t)model, messages_json, params ? params : &defaults, on_piece,
+                                user_data, out, out_len));
+}
+
 CFFI_DLLEXPORT tb_translate_params tb_translate_default_params(void) {
     tb_translate_params p;
     memset(&p, 0, sizeof p);

@@ -110,6 +110,17 @@ tb_generate_params tb_generate_default_params(void);
 int tb_generate(tb_model *model, const char *prompt, const tb_generate_params *params, tb_token_callback on_piece,
                 void *user_data, char *out, size_t out_len);
 
+/* The assistant's reply to a conversation, with a decoder model that has a chat template (an instruct or chat
+ * model; its file keeps the checkpoint's template). messages_json is a UTF-8 JSON array of
+ * {"role": "...", "content": "..."} objects, oldest first, e.g.
+ *   [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hello"}]
+ * rendered with the template as transformers' apply_chat_template(add_generation_prompt=True) renders it.
+ * Generation stops at every EOS id the file records. params, on_piece, user_data, out and out_len as in
+ * tb_generate. Malformed JSON or messages, a file without a chat template and a conversation the template
+ * refuses are TB_ERR_INVALID_ARGUMENT (tb_last_error() says which). */
+int tb_chat(tb_model *model, const char *messages_json, const tb_generate_params *params, tb_token_callback on_piece,
+            void *user_data, char *out, size_t out_len);
+
 /* Default translation parameters (beam 4, up to 256 new tokens). */
 tb_translate_params tb_translate_default_params(void);
 

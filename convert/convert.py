@@ -15,6 +15,7 @@ from tinybert.config import EncoderConfig, TaskConfig
 from tinybert.errors import ConversionError
 
 from .architectures import canonical_tensors, check_model_type, encoder_config, find_prefix, legacy_names
+from .chat import chat_template_settings
 from .decoders import DECODER_FAMILIES, decoder_config, decoder_tensors
 from .files import check_output, read_json
 from .heads import canonical_head
@@ -133,6 +134,9 @@ def convert(src: str | Path, out: str | Path, dtype: str = "int8", show_progress
         cfg = decoder_config(hf_config, src)
         tensors = decoder_tensors(cfg, read_checkpoint(src))
         task_config = TaskConfig(type="text-generation")
+        chat = chat_template_settings(src)
+        if chat is not None:
+            extra[fmt.KEY_CHAT_TEMPLATE] = json.dumps(chat, sort_keys=True, ensure_ascii=False)
     else:
         pooling, max_seq_length, st_settings = sentence_transformers_settings(src, hf_config)
         cfg = encoder_config(hf_config, max_seq_length)

@@ -143,6 +143,7 @@ _NEEDS = {
     "fill-mask": "a masked-LM head (a file converted from a *ForMaskedLM checkpoint)",
     "qa": "a question-answering head (a file converted from a *ForQuestionAnswering checkpoint)",
     "generate": "a decoder (GPT-2, Llama, Mistral, Qwen2)",
+    "chat": "a decoder with a chat template (an instruct or chat model)",
     "translate": "an encoder-decoder (T5, BART, Marian)", "summarize": "an encoder-decoder (T5, BART, Marian)",
 }
 _COMMAND_FOR_TASK = {
@@ -446,6 +447,75 @@ def _cmd_generate(args: argparse.Namespace) -> None:
         sys.stdout.flush()
 
 
+def _chat_reply(gen, messages: list[dict], options: dict) -> str:
+    """Stream the reply to ``messages`` to stdout; returns its text."""
+    pieces = []
+    for piece in gen.stream_chat(messages, **options):
+        pieces.append(piece)
+        sys.stdout.write(piece)
+        sys.stdout.flush()
+    sys.stdout.write("\n")
+    sys.stdout.flush()
+    return "".join(pieces)
+
+
+def _cmd_chat(args: argparse.Namespace) -> None:
+    """One answer (--prompt), or a conversation: each stdin line is a user turn, answered with the history so far;
+    EOF or /exit ends it, /reset forgets the history. A turn that fails (too long for the context, refused by the
+    template) is reported and left out of the history."""
+    from .api.generator import Generator
+    from .generation import GenerationParams
+
+    gen = _open(Generator, args, "chat")
+    if gen.chat_template is None:
+        raise InputError(f"{args.model} has no chat template: `tinybert chat` needs an instruct or chat model "
+                         "(use `tinybert generate` to continue plain prompts)")
+    history = [{"role": "system", "content": args.system}] if args.system is not None else []
+    options = dict(max_new_tokens=args.max_new_tokens, temperature=args.temperature, top_k=args.top_k,
+                   top_p=args.top_p, repetition_penalty=args.repetition_penalty, stop=args.stop or None,
+                   seed=args.seed)
+    # checked once here, not when the first turn starts: a bad option is not a failed turn
+    GenerationParams(**{k: v for k, v in options.items() if k != "stop"}).validate()
+    gen._stops(options["stop"])
+    if args.prompt is not None:
+        messages = history + [{"role": "user", "content": args.prompt}]
+        gen.render_chat(messages)       # a refused conversation fails before any compile
+        _ensure_kernels()
+        _chat_reply(gen, messages, options)
+        return
+    interactive = sys.stdin.isatty()
+    ready = False
+    while True:
+        if interactive:
+            print("> ", end="", file=sys.stderr, flush=True)
+        raw = sys.stdin.buffer.readline()
+        if not raw:
+            break
+        try:
+            line = raw.decode("utf-8").rstrip("\r\n")
+        except UnicodeDecodeError as exc:
+            print(f"tinybert: error: the line is not UTF-8 (byte {exc.start})", file=sys.stderr)
+            continue
+        if line.strip() in ("/exit", "/quit"):
+            break
+        if line.strip() == "/reset":
+            history = history[:1] if args.system is not None else []
+            continue
+        if not line.strip():
+            continue
+        messages = history + [{"role": "user", "content": line}]
+        try:
+            gen.render_chat(messages)
+            if not ready:
+                _ensure_kernels()
+                ready = True
+            reply = _chat_reply(gen, messages, options)
+        except InputError as exc:
+            print(f"tinybert: error: {exc}", file=sys.stderr)
+            continue
+        history = messages + [{"role": "assistant", "content": reply}]
+
+
 _SEQ2SEQ_OPTIONS = ("beam_size", "max_length", "min_length", "length_penalty", "no_repeat_ngram_size",
                     "num_hypotheses", "repetition_penalty", "temperature", "top_k", "top_p", "seed", "batch_size",
                     "truncation")
@@ -542,6 +612,8 @@ def _cmd_info(args: argparse.Namespace) -> None:
         "task": model.task.to_dict(),
         "source": _source(model.metadata.get("source", "")),
     }
+    if model.chat_template is not None:
+        info["chat_template"] = model.chat_template
     if args.json:
         print(json.dumps(info, indent=2, ensure_ascii=False))
         return
@@ -554,8 +626,9 @@ def _cmd_info(args: argparse.Namespace) -> None:
         print(f"  vocabulary    {cfg.vocab_size} tokens, context {cfg.max_positions}")
         print(f"  weights       {params / 1e6:.1f} M parameters, {model.quantization}")
         print(f"  task          text-generation (end-of-sequence ids {_ids(cfg.eos_token_ids)})")
+        print(f"  chat          {'template kept' if model.chat_template else 'no template'}")
         print(f"  source        {source}")
-        print("  use           tinybert generate")
+        print(f"  use           tinybert generate{', tinybert chat' if model.chat_template else ''}")
         return
     if cfg.kind == "encoder-decoder":
         print(f"  architecture  {cfg.family} encoder-decoder, {cfg.num_encoder_layers}+{cfg.num_decoder_layers} "
@@ -738,6 +811,25 @@ def build_parser() -> argparse.ArgumentParser:
                    help="JSON lines with token ids and finish reason (exact text; plain output turns newlines "
                         "inside a continuation into spaces to keep one line per prompt)")
 
+    chat = Generator.stream_chat
+    p = command("chat", "chat with an instruct decoder, streaming its replies", _cmd_chat,
+                "Talk to an instruct or chat model (its file keeps the checkpoint's chat template): each line on "
+                "stdin is your turn and the streamed reply follows, with the conversation so far as context; "
+                "EOF or /exit ends, /reset starts over. --prompt answers once.")
+    p.add_argument("model", help="a decoder with a chat template: a tinybert file, a Hugging Face folder or a Hub id")
+    p.add_argument("--prompt", help="answer this one message and exit")
+    p.add_argument("--system", help="system message opening the conversation")
+    p.add_argument("--max-new-tokens", type=int, default=_api_default("max_new_tokens", chat),
+                   help="most tokens per reply")
+    p.add_argument("--temperature", type=float, default=_api_default("temperature", chat),
+                   help="0 is greedy; > 0 samples")
+    p.add_argument("--top-k", type=int, default=None, help="sample from the k likeliest tokens")
+    p.add_argument("--top-p", type=float, default=None, help="sample from the smallest set of this probability")
+    p.add_argument("--repetition-penalty", type=float, default=None, help="> 1 discourages repeated tokens")
+    p.add_argument("--stop", action="append", help="stop string (repeatable); a reply ends where it starts")
+    p.add_argument("--seed", type=int, default=None, help="seed of the sampling (reproducible draws)")
+    p.add_argument("--threads", type=int, default=None, help=_THREADS_HELP)
+
     for name, help_text, run in (
             ("translate", "translate texts with an encoder-decoder (T5, BART, Marian); one line out per line in",
              Translator.translate),
@@ -800,7 +892,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 _MODEL_COMMANDS = ("embed", "similarity", "classify", "rerank", "ner", "fill-mask", "qa", "generate", "translate",
-                   "summarize", "info")
+                   "summarize", "info", "chat")
 
 
 _TEXT_COMMANDS = ("embed", "classify", "rerank", "ner", "fill-mask", "qa", "generate", "translate", "summarize",

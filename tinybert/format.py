@@ -22,6 +22,11 @@ Metadata keys (all values are strings, as safetensors requires):
                      decodes generated ids; without it ``tokenizer`` decodes too
     source_id_map    with target_tokenizer: JSON list, model id of each id ``tokenizer`` produces (Marian's
                      source SentencePiece ids → its joint vocabulary)
+    chat_template    decoders, optional (older files and checkpoints without a template lack it): what
+                     transformers' ``apply_chat_template`` renders with, JSON: {"template": the Jinja text,
+                     "special_tokens": {name: text}} with names from CHAT_SPECIAL_TOKENS (the tokenizer's
+                     bos_token, eos_token, ... as tokenizer_config.json names them); see check_chat_template.
+                     Chat stops on the config's eos_token_ids (generation_config.json's, as transformers' generate)
     source_unknown_pieces  with it, optional: {"unk_id": id, "pieces": {text: model id}}, JSON: a token the
                      source tokenizer yields as unknown (``unk_id``) whose text is in ``pieces`` takes that
                      model id (MarianTokenizer looks unknown text up in the joint vocabulary)
@@ -108,6 +113,7 @@ KEY_TOKENIZER_OPTIONS = "tokenizer_options"
 KEY_TARGET_TOKENIZER = "target_tokenizer"
 KEY_SOURCE_ID_MAP = "source_id_map"
 KEY_SOURCE_UNKNOWN_PIECES = "source_unknown_pieces"
+KEY_CHAT_TEMPLATE = "chat_template"
 
 TASKS = ("feature-extraction", "sequence-classification", "token-classification", "question-answering",
          "masked-lm", "pretraining", "text-generation", "text2text-generation")
@@ -128,6 +134,11 @@ CROSS_ENCODER_ACTIVATIONS = ("sigmoid", "identity", "tanh")            # a Cross
 MAX_PROMPTS = 64
 MAX_PROMPT_NAME_CHARS = 256
 MAX_PROMPT_CHARS = 16384
+# The named special tokens transformers passes to a chat template (PreTrainedTokenizerBase.SPECIAL_TOKENS_ATTRIBUTES).
+CHAT_SPECIAL_TOKENS = ("bos_token", "eos_token", "unk_token", "sep_token", "pad_token", "cls_token", "mask_token")
+# Bounds on the chat_template metadata: real templates are a few KB (the largest, with tool use, tens of KB).
+MAX_CHAT_TEMPLATE_CHARS = 1 << 20
+MAX_SPECIAL_TOKEN_CHARS = 1024
 ACTIVATIONS = ("gelu", "gelu_tanh", "relu", "silu")     # of every block (config.BlockConfig)
 POSITIONS = ("learned", "sinusoidal", "rope", "relative", "disentangled")  # where positions enter a block (BlockConfig)
 POSITION_SCHEMES = ("absolute", "padding_offset", "none")     # how an encoder numbers its position table (or none)
@@ -375,4 +386,25 @@ def check_sentence_transformers(value: object) -> str | None:
         return "include_prompt must be a boolean"
     if value["activation_fn"] not in (None, *CROSS_ENCODER_ACTIVATIONS):
         return f"activation_fn must be one of {CROSS_ENCODER_ACTIVATIONS} or null"
+    return None
+
+
+def check_chat_template(value: object) -> str | None:
+    """What is wrong with a chat_template settings dict (types, names, sizes), or None when it is valid. The
+    converter and the loader both check with it; whether the template compiles is checked where it is compiled
+    (tinybert/api/chat.py)."""
+    if not isinstance(value, dict) or set(value) != {"template", "special_tokens"}:
+        return "must be an object with exactly the keys ['special_tokens', 'template']"
+    template, tokens = value["template"], value["special_tokens"]
+    if not isinstance(template, str) or not template or len(template) > MAX_CHAT_TEMPLATE_CHARS:
+        return f"template must be a non-empty string of at most {MAX_CHAT_TEMPLATE_CHARS} characters"
+    if not isinstance(tokens, dict) or not set(tokens) <= set(CHAT_SPECIAL_TOKENS):
+        return f"special_tokens must be an object whose keys are among {CHAT_SPECIAL_TOKENS}"
+    for name, text in tokens.items():
+        if not isinstance(text, str) or len(text) > MAX_SPECIAL_TOKEN_CHARS:
+            return f"special token {name} must be a string of at most {MAX_SPECIAL_TOKEN_CHARS} characters"
+    try:        # JSON escapes can make lone surrogates, which no tokenizer takes
+        "".join([template, *tokens.values()]).encode("utf-8")
+    except UnicodeEncodeError:
+        return "template or special tokens are not valid Unicode"
     return None

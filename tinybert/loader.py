@@ -96,6 +96,8 @@ class ModelFile:
     source_unknown_pieces: tuple[int, dict[str, int]] | None = None   # (unk id, unknown text → model id)
     # encoders: prompts, similarity, ... (format.check_sentence_transformers); the defaults for older files
     sentence_transformers: dict = field(default_factory=fmt.default_sentence_transformers)
+    # decoders: the chat template and the special tokens it reads (format.check_chat_template); None without one
+    chat_template: dict | None = None
 
 
 def _json_key(metadata: dict[str, str], key: str) -> object:
@@ -164,6 +166,14 @@ def load(path: str | Path) -> ModelFile:
         problem = fmt.check_sentence_transformers(st_settings)
         if problem:
             raise ModelFileError(f"{path}: bad sentence_transformers metadata: {problem}")
+    chat_template = None
+    if fmt.KEY_CHAT_TEMPLATE in metadata:
+        if not isinstance(config, DecoderConfig):
+            raise ModelFileError(f"{path}: chat_template metadata in a {config.kind} file")
+        chat_template = _json_key(metadata, fmt.KEY_CHAT_TEMPLATE)
+        problem = fmt.check_chat_template(chat_template)
+        if problem:
+            raise ModelFileError(f"{path}: bad chat_template metadata: {problem}")
     quantization = metadata.get(fmt.KEY_QUANTIZATION)
     if quantization not in fmt.QUANTIZATIONS:
         raise ModelFileError(f"{path}: unknown quantization {quantization!r}")
@@ -232,7 +242,7 @@ def load(path: str | Path) -> ModelFile:
     except Exception as exc:
         raise ModelFileError(f"{path}: cannot read tensors ({exc})") from None
     return ModelFile(path, config, tensors, tokenizer, pooling, quantization, metadata, task, options,
-                     target_tokenizer, source_id_map, unknown_pieces, st_settings)
+                     target_tokenizer, source_id_map, unknown_pieces, st_settings, chat_template)
 
 
 _GENERATION_TASKS = ("text-generation", "text2text-generation")

@@ -83,7 +83,7 @@ def test_build_writes_library_header_and_pkgconfig(capi):
     exported = {line.split()[-1] for line in symbols.splitlines() if " T " in line}
     for name in ("tb_model_load", "tb_model_free", "tb_last_error", "tb_last_needed", "tb_version",
                  "tb_embedding_dim", "tb_encode", "tb_classify", "tb_generate", "tb_generate_default_params",
-                 "tb_translate", "tb_translate_default_params"):
+                 "tb_translate", "tb_translate_default_params", "tb_chat"):
         assert name in exported, name
 
 
@@ -129,6 +129,48 @@ def test_generate_example_streams_the_python_text(programs, decoder_model):
     assert int(proc.stderr.decode().split()[0]) >= 2        # it did stream, in several pieces
 
 
+def test_chat_example_equals_transformers(programs, tmp_path, bpe_tokenizer_file):
+    """tb_chat on a random Llama with SmolLM2's chat template: the streamed and the returned reply equal
+    transformers' greedy generate on apply_chat_template of the same messages."""
+    import json
+
+    import torch
+    from conftest import EOT, build_hf_decoder
+    from tinybert_convert import convert
+    from transformers import AutoTokenizer
+
+    template = (ROOT / "tests" / "data" / "chat_templates" / "smollm2.jinja").read_text()
+    model = build_hf_decoder("llama", tmp_path / "hf", bpe_tokenizer_file)
+    (tmp_path / "hf" / "tokenizer_config.json").write_text(json.dumps(
+        {"tokenizer_class": "PreTrainedTokenizerFast", "chat_template": template, "eos_token": EOT}))
+    path = convert(tmp_path / "hf", tmp_path / "chat.safetensors", dtype="fp32")
+    tokenizer = AutoTokenizer.from_pretrained(str(tmp_path / "hf"))
+    messages = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Ça va? 你好 🙂"}]
+    ids = list(tokenizer.apply_chat_template(messages, add_generation_prompt=True, return_dict=True)["input_ids"])
+    with torch.no_grad():
+        new = model.generate(input_ids=torch.tensor([ids]), max_new_tokens=20, min_new_tokens=20, do_sample=False,
+                             pad_token_id=0)[0, len(ids):].tolist()
+    ref = tokenizer.decode(new, skip_special_tokens=True)
+    proc = run_c(programs["chat"], path, json.dumps(messages), 20)
+    assert proc.returncode == 0, proc.stderr.decode()
+    streamed, full = proc.stdout.decode("utf-8").split("\n---\n")
+    assert streamed == ref and full == ref + "\n"
+    for bad, message in (("[{\"role\": \"user\"}]", "exactly the keys 'role' and 'content'"),
+                         ("[{\"role\": \"user\", \"content\": ", "not valid JSON")):
+        proc = run_c(programs["chat"], path, bad)
+        assert proc.returncode == 1 and "tb_chat: -1 " in proc.stderr.decode() and message in proc.stderr.decode()
+    proc = subprocess.run([str(programs["chat"]), str(path), b'[{"role": "user", "content": "\xff"}]'],
+                          capture_output=True, timeout=600, env=plain_env())
+    assert proc.returncode == 1 and "tb_chat: -3 " in proc.stderr.decode()
+
+
+def test_chat_without_template_is_invalid_argument(programs, decoder_model):
+    _, files = decoder_model("gpt2")
+    proc = run_c(programs["chat"], files["int8"], '[{"role": "user", "content": "hi"}]')
+    assert proc.returncode == 1 and "tb_chat: -1 " in proc.stderr.decode()
+    assert "has no chat template" in proc.stderr.decode()
+
+
 def test_translate_example_matches_python(programs, seq2seq_model):
     from tinybert import Translator
 
@@ -154,6 +196,7 @@ def test_error_paths(programs, minilm_files, head_model, decoder_model):
         "encode_ok": 0, "encode_wrong_kind": -4, "dim_null_model": -1, "dim_wrong_kind": -4, "ok_dim": 0,
         "classify_no_head": -4, "classify_small_label": -2, "classify_null_label": -1, "classify_bad_utf8": -3,
         "classify_ok": 0, "generate_wrong_kind": -4, "generate_null_prompt": -1, "generate_null_out_with_len": -1,
+        "chat_wrong_kind": -4, "chat_null_messages": -1, "chat_null_out_with_len": -1, "chat_empty_messages": -1,
         "generate_zero_tokens": -1, "generate_negative_top_k": -1, "generate_small_out": -2,
         "generate_callback_stops": 0, "translate_wrong_kind": -4, "translate_null_out": -1, "garbage_handle": -1,
         "freed_handle": -1, "ok_after_free": 0, "version": 0,

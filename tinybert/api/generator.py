@@ -13,6 +13,7 @@ from ..generation import BeamSearch, GenerationParams, IncrementalDecoder, Sampl
 from ..layers import KVCache
 from ..models.decoder import DecoderModel
 from ..tokenizer import check_texts
+from .chat import ChatTemplate
 from .opening import OpenedModel, open_model
 from .scheduler import numba_threads
 
@@ -44,8 +45,15 @@ class Generator(OpenedModel):
         self._take(opened)
         self.config: DecoderConfig
         self._model = DecoderModel(self.config, opened.tensors)
+        self._chat_settings: dict | None = opened.file.chat_template
+        self._chat_template: ChatTemplate | None = None      # compiled on first use
 
     # ------------------------------------------------------------------ public API
+
+    @property
+    def chat_template(self) -> str | None:
+        """The file's chat template (Jinja text, from the checkpoint), or None when it has none."""
+        return None if self._chat_settings is None else self._chat_settings["template"]
 
     def kv_cache_bytes(self, batch: int, length: int) -> int:
         """Bytes of the KV cache for ``batch`` sequences of up to ``length`` tokens (float16 keys and values
@@ -130,6 +138,47 @@ class Generator(OpenedModel):
                                   seed=seed).validate()
         yield from self._stream(self._encode(prompt), params, self._stops(stop))
 
+    def chat(self, messages: Sequence[dict], add_generation_prompt: bool = True, return_ids: bool = False,
+             **generate_options) -> str | list | dict:
+        """The assistant's reply to ``messages`` (a list of ``{"role": str, "content": str}`` dicts, oldest
+        first): the conversation rendered with the file's chat template exactly as transformers'
+        ``tokenizer.apply_chat_template(messages, add_generation_prompt=...)`` renders it, tokenized as
+        transformers does (no special tokens added: the template writes them), then continued as ``generate``
+        continues a prompt, stopping at every EOS id the file records (generation_config.json's).
+
+        ``generate_options``: ``generate``'s settings (``max_new_tokens``, ``temperature``, ``stop``,
+        ``num_beams``, ...); ``return_ids`` as there. A file without a chat template, a malformed message or a
+        template that refuses the conversation (its ``raise_exception``) raise InputError.
+        """
+        ids = self._chat_ids(messages, add_generation_prompt)
+        result = self.generate_ids([ids], **generate_options)[0]
+        pick = (lambda hyp: hyp) if return_ids else (lambda hyp: hyp["text"])
+        return [pick(h) for h in result] if isinstance(result, list) else pick(result)
+
+    def stream_chat(self, messages: Sequence[dict], add_generation_prompt: bool = True, max_new_tokens: int = 64,
+                    temperature: float = 0.0, top_k: int | None = None, top_p: float | None = None,
+                    repetition_penalty: float | None = None, stop: Sequence[str] | None = None,
+                    seed: int | None = None, no_repeat_ngram_size: int = 0, min_new_tokens: int = 0,
+                    min_p: float | None = None) -> Iterator[str]:
+        """``chat``'s reply piece by piece, as ``stream`` yields a prompt's continuation (the pieces join to
+        what ``chat`` returns)."""
+        params = GenerationParams(max_new_tokens=max_new_tokens, min_new_tokens=min_new_tokens,
+                                  temperature=temperature, top_k=top_k, top_p=top_p, min_p=min_p,
+                                  repetition_penalty=repetition_penalty, no_repeat_ngram_size=no_repeat_ngram_size,
+                                  seed=seed).validate()
+        stops = self._stops(stop)
+        yield from self._stream(self._chat_ids(messages, add_generation_prompt), params, stops)
+
+    def render_chat(self, messages: Sequence[dict], add_generation_prompt: bool = True) -> str:
+        """The prompt ``chat`` gives the model: ``messages`` rendered with the file's chat template, as
+        transformers' ``apply_chat_template(messages, tokenize=False, add_generation_prompt=...)``."""
+        if self._chat_template is None:
+            if self._chat_settings is None:
+                raise InputError(f"{self.path.name} has no chat template (its checkpoint had none, or it was "
+                                 "converted before tinybert kept them): use generate with a prompt")
+            self._chat_template = ChatTemplate(self._chat_settings)
+        return self._chat_template.render(messages, add_generation_prompt)
+
     def logits(self, input_ids: object, attention_mask: object = None) -> np.ndarray:
         """Next-token logits float32 [batch, seq, vocab] for every position, as transformers'
         ``model(input_ids, attention_mask).logits`` (for scoring and perplexity). Padding (mask 0)
@@ -173,8 +222,11 @@ class Generator(OpenedModel):
             raise InputError("stop must be a list of non-empty strings")
         return list(stop)
 
-    def _encode(self, prompt: str) -> np.ndarray:
-        encoding = self.tokenizer.encode(prompt)
+    def _chat_ids(self, messages: object, add_generation_prompt: bool) -> np.ndarray:
+        return self._encode(self.render_chat(messages, add_generation_prompt), add_special_tokens=False)
+
+    def _encode(self, prompt: str, add_special_tokens: bool = True) -> np.ndarray:
+        encoding = self.tokenizer.encode(prompt, add_special_tokens=add_special_tokens)
         if encoding.overflowing:
             raise InputError(f"the prompt is longer than the model's context of {self.config.max_positions} "
                              "tokens; shorten it")

@@ -60,6 +60,10 @@ int main(int argc, char **argv) {
     report("generate_wrong_kind", tb_generate(enc, "Once", &params, NULL, NULL, text, sizeof text));
     report("generate_null_prompt", tb_generate(dec, NULL, &params, NULL, NULL, text, sizeof text));
     report("generate_null_out_with_len", tb_generate(dec, "Once", &params, NULL, NULL, NULL, 10));
+    report("chat_wrong_kind", tb_chat(enc, "[]", &params, NULL, NULL, text, sizeof text));
+    report("chat_null_messages", tb_chat(dec, NULL, &params, NULL, NULL, text, sizeof text));
+    report("chat_null_out_with_len", tb_chat(dec, "[]", &params, NULL, NULL, NULL, 10));
+    report("chat_empty_messages", tb_chat(dec, "[]", &params, NULL, NULL, text, sizeof text));
     params.max_new_tokens = 0;
     report("generate_zero_tokens", tb_generate(dec, "Once", &params, NULL, NULL, text, sizeof text));
     params = tb_generate_default_params();
