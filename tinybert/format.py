@@ -111,7 +111,9 @@ TASKS = ("feature-extraction", "sequence-classification", "token-classification"
          "masked-lm", "pretraining", "text-generation", "text2text-generation")
 NORMS = ("layernorm", "rmsnorm")
 DECODER_POSITIONS = ("learned", "rope")
-SEQ2SEQ_FAMILIES = ("t5", "bart", "marian")
+SEQ2SEQ_FAMILIES = ("t5", "bart", "marian", "mbart", "m2m_100")
+LANGUAGE_POSITIONS = ("prefix", "suffix")     # where a multilingual source puts its language code
+MAX_LANGUAGES = 4096                           # language codes of a file (NLLB-200: 202)
 SEQ2SEQ_POSITIONS = ("relative", "learned", "sinusoidal")
 HEAD_ACTIVATIONS = ("tanh", "relu", "gelu", "gelu_tanh")
 PROBLEM_TYPES = ("single_label_classification", "multi_label_classification", "regression")
