@@ -452,7 +452,7 @@ def quiet_torch():
 # ---------------------------------------------------------------- encoder-decoders
 
 SEQ2SEQ_VOCAB = 1000
-SEQ2SEQ_KINDS = ("t5-v1.0", "t5-v1.1", "bart", "marian")
+SEQ2SEQ_KINDS = ("t5-v1.0", "t5-v1.1", "mt5", "bart", "mbart", "marian", "m2m_100")
 SOURCE_LENGTHS = (7, 25, 13, 3)
 
 
@@ -471,13 +471,15 @@ def build_hf_seq2seq(kind: str):
     vocab = SEQ2SEQ_VOCAB
     torch.manual_seed(0)
     small = dict(vocab_size=vocab, d_model=64)
-    if kind.startswith("t5"):
-        v11 = kind == "t5-v1.1"
-        cfg = tf.T5Config(**small, d_kv=16, d_ff=128, num_layers=2, num_decoder_layers=2, num_heads=4,
-                          relative_attention_num_buckets=16, relative_attention_max_distance=24,
-                          feed_forward_proj="gated-gelu" if v11 else "relu", tie_word_embeddings=not v11,
-                          decoder_start_token_id=0, pad_token_id=0, eos_token_id=1, n_positions=128)
-        model = tf.T5ForConditionalGeneration(cfg)
+    if kind.startswith("t5") or kind == "mt5":
+        v11 = kind != "t5-v1.0"
+        config_class, model_class = (tf.MT5Config, tf.MT5ForConditionalGeneration) if kind == "mt5" else \
+            (tf.T5Config, tf.T5ForConditionalGeneration)
+        cfg = config_class(**small, d_kv=16, d_ff=128, num_layers=2, num_decoder_layers=2, num_heads=4,
+                           relative_attention_num_buckets=16, relative_attention_max_distance=24,
+                           feed_forward_proj="gated-gelu" if v11 else "relu", tie_word_embeddings=not v11,
+                           decoder_start_token_id=0, pad_token_id=0, eos_token_id=1, n_positions=128)
+        model = model_class(cfg)
         with torch.no_grad():
             if v11:
                 model.lm_head.weight = torch.nn.Parameter(torch.randn(vocab, 64) * 0.4)
@@ -493,6 +495,11 @@ def build_hf_seq2seq(kind: str):
                       decoder_attention_heads=4, encoder_ffn_dim=128, decoder_ffn_dim=128, max_position_embeddings=96)
         if kind == "bart":
             model = tf.BartForConditionalGeneration(tf.BartConfig(**common, scale_embedding=True))
+        elif kind == "mbart":
+            model = tf.MBartForConditionalGeneration(tf.MBartConfig(**common, scale_embedding=True,
+                                                                    decoder_start_token_id=2))
+        elif kind == "m2m_100":
+            model = tf.M2M100ForConditionalGeneration(tf.M2M100Config(**common))
         else:
             model = tf.MarianMTModel(tf.MarianConfig(**common, scale_embedding=True, activation_function="swish",
                                                      pad_token_id=vocab - 1, decoder_start_token_id=vocab - 1,
@@ -501,7 +508,7 @@ def build_hf_seq2seq(kind: str):
             for name, p in model.named_parameters():
                 if "norm" in name and name.endswith("weight"):
                     p.add_(0.2 * torch.randn(p.shape))
-            model.lm_head.weight.mul_(20) if kind == "bart" else model.model.shared.weight.mul_(6)
+            model.lm_head.weight.mul_(20) if kind in ("bart", "mbart") else model.model.shared.weight.mul_(6)
     return model.eval()
 
 
