@@ -221,6 +221,12 @@ def seq2seq_tensors(cfg: Seq2SeqConfig, tensors: dict[str, np.ndarray]) -> dict[
         dec_tokens = out["embed.tokens"]
         if not cfg.share_embeddings:
             dec_tokens = out["decoder.embed.tokens"] = take(root + "decoder.embed_tokens.weight")
+        else:
+            for side in ("encoder", "decoder"):     # transformers unties them from shared with tie_word_embeddings
+                table = tensors.get(f"{root}{side}.embed_tokens.weight")
+                if table is not None and not np.array_equal(np.asarray(table, dtype=np.float32), dec_tokens):
+                    raise UnsupportedModelError(f"{root}{side}.embed_tokens.weight differs from the shared token "
+                                                "table; separate token tables are not supported")
         for side, n_layers in (("encoder", cfg.num_encoder_layers), ("decoder", cfg.num_decoder_layers)):
             base = f"{root}{side}."
             if cfg.positions == "learned":

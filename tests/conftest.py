@@ -508,7 +508,16 @@ def build_hf_seq2seq(kind: str):
             for name, p in model.named_parameters():
                 if "norm" in name and name.endswith("weight"):
                     p.add_(0.2 * torch.randn(p.shape))
-            model.lm_head.weight.mul_(20) if kind in ("bart", "mbart") else model.model.shared.weight.mul_(6)
+            if kind in ("mbart", "m2m_100"):
+                # A tied head echoes the last token whatever the source: an independent head (the converter
+                # finds it differs from the tokens) and a stronger cross-attention make the output depend on the
+                # source and its language code.
+                model.lm_head.weight = torch.nn.Parameter(torch.randn(vocab, 64) * 0.4)
+                for name, p in model.named_parameters():
+                    if name.endswith(("encoder_attn.v_proj.weight", "encoder_attn.out_proj.weight")):
+                        p.mul_(4)
+            else:
+                model.lm_head.weight.mul_(20) if kind == "bart" else model.model.shared.weight.mul_(6)
     return model.eval()
 
 
