@@ -174,3 +174,20 @@ def test_truncated_source_keeps_code_and_eos(multilingual):
     ref = seq2seq_reference(model, ids, max_new_tokens=8, forced_bos_token_id=tok.convert_tokens_to_ids("fra_Latn"))
     assert got["token_ids"] == ref[0]
     np.testing.assert_array_equal(len(ids), tr.config.max_positions)
+
+
+def test_cli_translate_with_languages(multilingual, capsys):
+    """`tinybert translate --src-lang --tgt-lang`: each line as transformers' generate with those languages; a
+    missing or unknown code is a CLI error naming the valid codes."""
+    from tinybert.cli import main
+
+    model, tok, files = multilingual("nllb")
+    path = str(files["fp32"])
+    assert main(["translate", path, *TEXTS[:2], "--src-lang", "deu_Latn", "--tgt-lang", "fra_Latn", "--beam-size",
+                 "1", "--max-length", str(MAX_NEW), "--json"]) == 0
+    rows = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert [r["token_ids"] for r in rows] == [_reference(model, tok, t, "deu_Latn", "fra_Latn")[0] for t in TEXTS[:2]]
+    assert main(["translate", path, "hello", "--src-lang", "deu_Latn"]) == 2
+    assert "pass tgt_lang" in capsys.readouterr().err
+    assert main(["translate", path, "hello", "--tgt-lang", "xx"]) == 2
+    assert "fra_Latn" in capsys.readouterr().err
