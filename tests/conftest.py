@@ -579,3 +579,55 @@ def seq2seq_reference(model, src: list[int], max_new_tokens: int = 40, **kwargs)
                 row.pop()
         seqs.append(row)
     return seqs
+
+
+# ---------------------------------------------------------------- multilingual encoder-decoders
+
+_LANGUAGE_CHARS = list("abcdefghijklmnopqrstuvwxyz.,?!'")
+# kind → (build_hf_seq2seq kind, a source language, a target language)
+LANGUAGE_KINDS = {"nllb": ("m2m_100", "deu_Latn", "fra_Latn"), "nllb-legacy": ("m2m_100", "eng_Latn", "spa_Latn"),
+                  "mbart50": ("mbart", "fr_XX", "de_DE")}
+
+
+def build_language_tokenizer(kind: str):
+    """A character-level tokenizer of the family's own transformers class (NllbTokenizer in either source layout,
+    MBart50Tokenizer): its language-code tokens, ids and templates are the class's."""
+    import transformers
+
+    if kind.startswith("nllb"):
+        vocab = {"<s>": 0, "<pad>": 1, "</s>": 2, "<unk>": 3, "\u2581": 4}
+        for c in _LANGUAGE_CHARS:
+            vocab.setdefault(c, len(vocab))
+            vocab.setdefault("\u2581" + c, len(vocab))
+        return transformers.NllbTokenizer(vocab=vocab, merges=[("\u2581", c) for c in _LANGUAGE_CHARS],
+                                          src_lang="eng_Latn", legacy_behaviour=kind == "nllb-legacy")
+    pieces = [("<unk>", 0.0), ("<s>", 0.0), ("</s>", 0.0), ("\u2581", -2.0)]
+    pieces += [(c, -3.0) for c in _LANGUAGE_CHARS] + [("\u2581" + c, -2.5) for c in _LANGUAGE_CHARS]
+    return transformers.MBart50Tokenizer(vocab=pieces, src_lang="en_XX")
+
+
+@pytest.fixture(scope="session")
+def multilingual(tmp_path_factory):
+    """kind (LANGUAGE_KINDS) → (transformers model, its tokenizer reloaded from the saved folder,
+    {"fp32": path, "int8": path}): a random model of the family (build_hf_seq2seq) with an EOS its own output
+    reaches, saved with its tokenizer and converted once per session."""
+    import transformers
+    from tinybert_convert import convert
+
+    cache: dict = {}
+
+    def get(kind: str):
+        if kind not in cache:
+            model = build_hf_seq2seq(LANGUAGE_KINDS[kind][0])
+            eos = _pick_eos(model)
+            model.config.eos_token_id = model.generation_config.eos_token_id = eos
+            folder = tmp_path_factory.mktemp(f"lang-{kind}")
+            model.save_pretrained(folder / "hf")
+            build_language_tokenizer(kind).save_pretrained(folder / "hf")
+            tok = transformers.AutoTokenizer.from_pretrained(folder / "hf")
+            assert len(tok) <= model.config.vocab_size
+            files = {d: convert(folder / "hf", folder / f"{kind}.{d}.safetensors", dtype=d) for d in ("fp32", "int8")}
+            cache[kind] = (model, tok, files)
+        return cache[kind]
+
+    return get

@@ -15,7 +15,8 @@ import json
 
 import numpy as np
 import pytest
-from conftest import _pick_eos, build_hf_seq2seq, seq2seq_reference
+from conftest import LANGUAGE_KINDS as KINDS
+from conftest import seq2seq_reference
 
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
@@ -27,50 +28,6 @@ pytestmark = pytest.mark.usefixtures("quiet_torch")
 
 TEXTS = ["hello world.", "the quick brown fox jumps over the lazy dog, twice!", "why?", "it's a small model"]
 MAX_NEW = 30
-_CHARS = list("abcdefghijklmnopqrstuvwxyz.,?!'")
-# kind → (transformers model kind, source language, target language)
-KINDS = {"nllb": ("m2m_100", "deu_Latn", "fra_Latn"), "nllb-legacy": ("m2m_100", "eng_Latn", "spa_Latn"),
-         "mbart50": ("mbart", "fr_XX", "de_DE")}
-
-
-def _tokenizer(kind: str):
-    """A character-level tokenizer of the family's class, saved with the family's special-token logic."""
-    if kind.startswith("nllb"):
-        vocab = {"<s>": 0, "<pad>": 1, "</s>": 2, "<unk>": 3, "\u2581": 4}
-        for c in _CHARS:
-            vocab.setdefault(c, len(vocab))
-            vocab.setdefault("\u2581" + c, len(vocab))
-        return transformers.NllbTokenizer(vocab=vocab, merges=[("\u2581", c) for c in _CHARS], src_lang="eng_Latn",
-                                          legacy_behaviour=kind == "nllb-legacy")
-    pieces = [("<unk>", 0.0), ("<s>", 0.0), ("</s>", 0.0), ("\u2581", -2.0)]
-    pieces += [(c, -3.0) for c in _CHARS] + [("\u2581" + c, -2.5) for c in _CHARS]
-    return transformers.MBart50Tokenizer(vocab=pieces, src_lang="en_XX")
-
-
-@pytest.fixture(scope="module")
-def multilingual(tmp_path_factory):
-    """kind → (transformers model, its tokenizer reloaded from the folder, {"fp32": path, "int8": path})."""
-    from tinybert_convert import convert
-
-    cache: dict = {}
-
-    def get(kind: str):
-        if kind not in cache:
-            model = build_hf_seq2seq(KINDS[kind][0])
-            eos = _pick_eos(model)
-            model.config.eos_token_id = model.generation_config.eos_token_id = eos
-            folder = tmp_path_factory.mktemp(f"lang-{kind}")
-            model.save_pretrained(folder / "hf")
-            _tokenizer(kind).save_pretrained(folder / "hf")
-            tok = transformers.AutoTokenizer.from_pretrained(folder / "hf")
-            assert len(tok) <= model.config.vocab_size
-            files = {d: convert(folder / "hf", folder / f"{kind}.{d}.safetensors", dtype=d) for d in ("fp32", "int8")}
-            cache[kind] = (model, tok, files)
-        return cache[kind]
-
-    return get
-
-
 def _reference(model, tok, text: str, src: str, tgt: str, **kwargs) -> list[list[int]]:
     tok.src_lang = src
     ids = tok(text)["input_ids"]
