@@ -290,3 +290,36 @@ def test_causal_bias_grows_by_doubling(monkeypatch):
     np.testing.assert_array_equal(bias[:, :2000], expected)
     assert positions.causal_bias(4097).shape[1] == 4097          # doubling stops at max_positions ...
     assert positions.causal_bias(4100).shape[1] == 4100          # ... but never gives fewer positions than asked
+
+
+def test_language_and_position_fields_are_validated():
+    """The multilingual fields of a file's config: a file written before them (keys absent) loads meaning none;
+    bad codes, ids, layouts and padding indices are ModelFileErrors before anything is allocated."""
+    from tinybert.config import Seq2SeqConfig
+    from tinybert.errors import ModelFileError
+
+    cfg = seq2seq_config({**transformers.M2M100Config(vocab_size=VOCAB, d_model=64, encoder_layers=1,
+                                                      decoder_layers=1, encoder_attention_heads=4,
+                                                      decoder_attention_heads=4, encoder_ffn_dim=32,
+                                                      decoder_ffn_dim=32).to_dict(),
+                          "architectures": ["M2M100ForConditionalGeneration"]})
+    assert cfg.position_padding_idx == 1 and cfg.positions == "sinusoidal" and cfg.pre_norm
+    data = cfg.to_dict()
+    old = {k: v for k, v in data.items() if k not in ("position_padding_idx", "language_codes", "language_position",
+                                                      "source_eos_token_id")}
+    loaded = Seq2SeqConfig.from_dict(old)
+    assert loaded.position_padding_idx is None and loaded.language_codes == {} and not loaded.multilingual
+    good = Seq2SeqConfig.from_dict({**data, "language_codes": {"fra_Latn": 7}, "source_eos_token_id": 2})
+    assert good.multilingual and good.language_codes == {"fra_Latn": 7}
+    for bad, words in [({"language_codes": {"fra_Latn": VOCAB}, "source_eos_token_id": 2}, "language_codes"),
+                       ({"language_codes": {"": 3}, "source_eos_token_id": 2}, "language_codes"),
+                       ({"language_codes": {"fra_Latn": "3"}, "source_eos_token_id": 2}, "language_codes"),
+                       ({"language_codes": {f"c{i}": 3 for i in range(5000)}, "source_eos_token_id": 2}, "4096"),
+                       ({"language_codes": {"fra_Latn": 3}}, "source_eos_token_id"),
+                       ({"language_codes": ["fra_Latn"]}, "language_codes"),
+                       ({"language_position": "middle"}, "language_position"),
+                       ({"position_padding_idx": 1 << 20}, "position_padding_idx"),
+                       ({"position_padding_idx": 1, "pad_token_id": None}, "pad_token_id"),
+                       ({"position_padding_idx": 1, "positions": "learned"}, "sinusoidal")]:
+        with pytest.raises(ModelFileError, match=words):
+            Seq2SeqConfig.from_dict({**data, **bad})
