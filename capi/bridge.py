@@ -258,9 +258,11 @@ def install(ffi, lib) -> None:
 
     @ffi.def_extern(error=0)
     @guarded
-    def _tbpy_translate(handle, text, params, out, out_len) -> None:
+    def _tbpy_translate(handle, text, params, src_lang, tgt_lang, out, out_len) -> None:
         entry = model(handle, "encoder-decoder")
         string = _text(ffi, text, "text")
+        languages = {name: _text(ffi, code, name) for name, code in (("src_lang", src_lang), ("tgt_lang", tgt_lang))
+                     if code != ffi.NULL}
         if params.truncation not in (0, 1):
             raise CallError(ERR_INVALID_ARGUMENT, f"truncation must be 0 or 1, got {params.truncation}")
         options = {"beam_size": int(params.beam_size), "max_length": int(params.max_length),
@@ -269,5 +271,5 @@ def install(ffi, lib) -> None:
         if params.repetition_penalty != 1.0:
             options["repetition_penalty"] = float(params.repetition_penalty)
         with entry.use() as api:
-            result = api.translate(string, **options)
+            result = api.translate(string, **options, **languages)
         _write_text(ffi, out, out_len, result, "out")

@@ -42,7 +42,7 @@ extern "Python" int _tbpy_classify(uint64_t handle, const char *text, char *labe
 extern "Python" int _tbpy_generate(uint64_t handle, const char *prompt, const tb_generate_params *params,
                                    tb_token_callback on_piece, void *user_data, char *out, size_t out_len);
 extern "Python" int _tbpy_translate(uint64_t handle, const char *text, const tb_translate_params *params,
-                                    char *out, size_t out_len);
+                                    const char *src_lang, const char *tgt_lang, char *out, size_t out_len);
 extern "Python" int _tbpy_chat(uint64_t handle, const char *messages_json, const tb_generate_params *params,
                                tb_token_callback on_piece, void *user_data, char *out, size_t out_len);
 
@@ -59,8 +59,8 @@ static int _tbpy_encode(uint64_t handle, const char *const *texts, size_t n_text
 static int _tbpy_classify(uint64_t handle, const char *text, char *label, size_t label_len, float *score);
 static int _tbpy_generate(uint64_t handle, const char *prompt, const tb_generate_params *params,
                           tb_token_callback on_piece, void *user_data, char *out, size_t out_len);
-static int _tbpy_translate(uint64_t handle, const char *text, const tb_translate_params *params, char *out,
-                           size_t out_len);
+static int _tbpy_translate(uint64_t handle, const char *text, const tb_translate_params *params,
+                           const char *src_lang, const char *tgt_lang, char *out, size_t out_len);
 static int _tbpy_chat(uint64_t handle, const char *messages_json, const tb_generate_params *params,
                       tb_token_callback on_piece, void *user_data, char *out, size_t out_len);
 """

@@ -210,8 +210,8 @@ CFFI_DLLEXPORT tb_translate_params tb_translate_default_params(void) {
     return p;
 }
 
-CFFI_DLLEXPORT int tb_translate(tb_model *model, const char *text, const tb_translate_params *params, char *out,
-                                size_t out_len) {
+CFFI_DLLEXPORT int tb_translate_lang(tb_model *model, const char *text, const tb_translate_params *params,
+                                     const char *src_lang, const char *tgt_lang, char *out, size_t out_len) {
     tb_translate_params defaults = tb_translate_default_params();
     tb_begin();
     if (model == NULL || text == NULL || out == NULL) {
@@ -220,5 +220,11 @@ CFFI_DLLEXPORT int tb_translate(tb_model *model, const char *text, const tb_tran
         return TB_ERR_INVALID_ARGUMENT;
     }
     if (tb_python() != 0) return TB_ERR_INTERNAL;
-    return tb_status(_tbpy_translate((uint64_t)(uintptr_t)model, text, params ? params : &defaults, out, out_len));
+    return tb_status(_tbpy_translate((uint64_t)(uintptr_t)model, text, params ? params : &defaults, src_lang,
+                                     tgt_lang, out, out_len));
+}
+
+CFFI_DLLEXPORT int tb_translate(tb_model *model, const char *text, const tb_translate_params *params, char *out,
+                                size_t out_len) {
+    return tb_translate_lang(model, text, params, NULL, NULL, out, out_len);
 }

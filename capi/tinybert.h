@@ -125,9 +125,16 @@ int tb_chat(tb_model *model, const char *messages_json, const tb_generate_params
 tb_translate_params tb_translate_default_params(void);
 
 /* Translate (or summarise: pass the summarisation settings) one text with an encoder-decoder model (T5,
- * BART, Marian). params may be NULL (defaults). The result is written into out (out_len bytes, NUL
+ * mT5, BART, mBART, Marian, M2M-100, NLLB; multilingual ones need tb_translate_lang). params may be NULL (defaults). The result is written into out (out_len bytes, NUL
  * included). */
 int tb_translate(tb_model *model, const char *text, const tb_translate_params *params, char *out, size_t out_len);
+
+/* tb_translate for multilingual models (NLLB-200, M2M-100, mBART-50): src_lang is the text's language code
+ * (e.g. "eng_Latn"; NULL: the tokenizer's default), tgt_lang the code to translate into (required by those
+ * models; NULL otherwise). An unknown or missing code is TB_ERR_INVALID_ARGUMENT; tb_last_error() lists the
+ * model's codes. A separate function, so that tb_translate_params keeps its layout (an additive ABI). */
+int tb_translate_lang(tb_model *model, const char *text, const tb_translate_params *params, const char *src_lang,
+                      const char *tgt_lang, char *out, size_t out_len);
 
 #ifdef __cplusplus
 }

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import sys
 import time
@@ -12,7 +13,7 @@ import numpy as np
 
 from tinybert import format as fmt
 from tinybert.config import EncoderConfig, TaskConfig
-from tinybert.errors import ConversionError
+from tinybert.errors import ConversionError, ModelFileError
 
 from .architectures import canonical_tensors, check_model_type, encoder_config, find_prefix, legacy_names
 from .chat import chat_template_settings
@@ -20,6 +21,7 @@ from .decoders import DECODER_FAMILIES, decoder_config, decoder_tensors
 from .files import check_output, read_json
 from .heads import canonical_head
 from .hfconfig import string
+from .languages import language_settings
 from .pooling import sentence_transformers_settings
 from .quantize import quantize_tensors
 from .readers import read_checkpoint
@@ -125,6 +127,11 @@ def convert(src: str | Path, out: str | Path, dtype: str = "int8", show_progress
             raise ConversionError(f"a {model_type} checkpoint converts for text2text-generation, not {task!r}")
         raw = read_checkpoint(src)
         cfg = resolve_tied_head(seq2seq_config(hf_config, src), raw)
+        cfg = dataclasses.replace(cfg, **language_settings(src, tokenizer))
+        try:
+            cfg.validate()
+        except ModelFileError as exc:
+            raise ConversionError(f"{src}: language codes: {exc}") from None
         tensors = seq2seq_tensors(cfg, raw)
         del raw
         task_config = TaskConfig(type="text2text-generation")

@@ -1,10 +1,11 @@
-"""Encoder-decoder checkpoints (T5ForConditionalGeneration v1.0 / v1.1, BartForConditionalGeneration,
-MarianMTModel) → canonical config and float32 tensors (names: see tinybert/models/seq2seq.py).
+"""Encoder-decoder checkpoints (T5ForConditionalGeneration v1.0 / v1.1, MT5ForConditionalGeneration,
+BartForConditionalGeneration, MBartForConditionalGeneration, MarianMTModel, M2M100ForConditionalGeneration for
+M2M-100 and NLLB-200) → canonical config and float32 tensors (names: see tinybert/models/seq2seq.py).
 
 The only place that knows these families' Hugging Face names. Q, K and V of self-attention are fused into
 one tensor, K and V of cross-attention into another, a gated FFN's wi_0 (gate) and wi_1 (linear) into one
 [2I, H] tensor (gate rows first). BART's learned position tables lose their two offset rows; Marian's
-sinusoidal tables are not stored (the runtime computes them).
+and M2M-100's sinusoidal tables are not stored (the runtime computes them).
 """
 
 from __future__ import annotations
@@ -21,9 +22,12 @@ from tinybert.format import seq2seq_tensor_shapes
 from .files import read_json
 from .hfconfig import integer, number, string, strings
 
-SEQ2SEQ_FAMILIES = ("t5", "bart", "marian")
-SEQ2SEQ_ARCHITECTURES = {"T5ForConditionalGeneration": "t5", "BartForConditionalGeneration": "bart",
-                         "MarianMTModel": "marian"}
+SEQ2SEQ_FAMILIES = ("t5", "mt5", "bart", "mbart", "marian", "m2m_100")
+SEQ2SEQ_ARCHITECTURES = {"T5ForConditionalGeneration": "t5", "MT5ForConditionalGeneration": "mt5",
+                         "BartForConditionalGeneration": "bart", "MBartForConditionalGeneration": "mbart",
+                         "MarianMTModel": "marian", "M2M100ForConditionalGeneration": "m2m_100"}
+# fairseq-style families (BART layout): pre-norm with final norms, and how positions enter.
+_PRE_NORM = ("mbart", "m2m_100")
 
 _ACTIVATIONS = {"relu": "relu", "gelu": "gelu", "gelu_new": "gelu_tanh", "gelu_pytorch_tanh": "gelu_tanh",
                 "gelu_fast": "gelu_tanh", "swish": "silu", "silu": "silu"}
@@ -78,10 +82,11 @@ def seq2seq_config(hf: dict, folder: Path | None = None) -> Seq2SeqConfig:
         if arch not in SEQ2SEQ_ARCHITECTURES:
             raise UnsupportedModelError(f"architecture {arch!r} is not a supported encoder-decoder "
                                         f"(supported: {', '.join(SEQ2SEQ_ARCHITECTURES)})")
-    if model_type not in ("t5", "bart", "marian"):
+    if model_type not in SEQ2SEQ_FAMILIES:
         raise UnsupportedModelError(f"model_type {model_type!r} is not a supported encoder-decoder")
-    if model_type == "t5":
-        proj = hf.get("feed_forward_proj", "relu")
+    if model_type in ("t5", "mt5"):
+        # mT5 is T5 v1.1 (gated GELU, own head) with a multilingual vocabulary; it never rescales the output.
+        proj = hf.get("feed_forward_proj", "gated-gelu" if model_type == "mt5" else "relu")
         parts = proj.split("-") if isinstance(proj, str) else []
         if not parts or len(parts) > 2 or (len(parts) == 2 and parts[0] != "gated"):
             raise UnsupportedModelError(f"T5 feed_forward_proj {proj!r:.60} is not supported")
@@ -90,7 +95,7 @@ def seq2seq_config(hf: dict, folder: Path | None = None) -> Seq2SeqConfig:
         tied = hf.get("tie_word_embeddings", True) is not False
         # transformers 5 keeps v1.0's rescale of the decoder output as scale_decoder_outputs; older configs
         # imply it by a tied head.
-        rescale = bool(hf.get("scale_decoder_outputs", tied))
+        rescale = model_type == "t5" and bool(hf.get("scale_decoder_outputs", tied))
         vocab, hidden = integer(hf, "vocab_size"), integer(hf, "d_model", minimum=1)
         fields = dict(
             family="t5", vocab_size=vocab, decoder_vocab_size=vocab, hidden_size=hidden,
@@ -107,9 +112,11 @@ def seq2seq_config(hf: dict, folder: Path | None = None) -> Seq2SeqConfig:
             decoder_start_token_id=integer(hf, "decoder_start_token_id", "pad_token_id", default=0),
             eos_token_ids=_eos_ids(hf.get("eos_token_id", 1)), pad_token_id=hf.get("pad_token_id", 0))
     else:
-        if hf.get("normalize_before") or hf.get("add_final_layer_norm") or hf.get("normalize_embedding") is False:
-            raise UnsupportedModelError(f"{model_type} with normalize_before / add_final_layer_norm (mBART-style) "
-                                        "is not supported")
+        pre_norm = model_type in _PRE_NORM
+        if not pre_norm and (hf.get("normalize_before") or hf.get("add_final_layer_norm")
+                             or hf.get("normalize_embedding") is False):
+            raise UnsupportedModelError(f"{model_type} with normalize_before / add_final_layer_norm is not supported "
+                                        "(convert it as mbart)")
         hidden = integer(hf, "d_model")
         heads = integer(hf, "encoder_attention_heads", minimum=1)
         if integer(hf, "decoder_attention_heads", default=heads) != heads:
@@ -120,22 +127,30 @@ def seq2seq_config(hf: dict, folder: Path | None = None) -> Seq2SeqConfig:
         if hidden % heads:
             raise ConversionError("d_model is not a multiple of the number of attention heads")
         vocab = integer(hf, "vocab_size")
-        marian = model_type == "marian"
+        marian, m2m = model_type == "marian", model_type == "m2m_100"
         share = bool(hf.get("share_encoder_decoder_embeddings", True)) if marian else True
         dec_vocab = vocab if share else integer(hf, "decoder_vocab_size", default=vocab)
-        default_act = "swish" if marian else "gelu"
+        default_act = {"marian": "swish", "m2m_100": "relu"}.get(model_type, "gelu")
+        sinusoidal = marian or m2m
+        pad = hf.get("pad_token_id", 1 if m2m else None)
         fields = dict(
             family=model_type, vocab_size=vocab, decoder_vocab_size=dec_vocab, hidden_size=hidden,
             num_encoder_layers=integer(hf, "encoder_layers"), num_decoder_layers=integer(hf, "decoder_layers"),
             num_heads=heads, head_dim=hidden // heads, intermediate_size=ffn, norm="layernorm", norm_eps=1e-5,
-            pre_norm=False, activation=_activation(string(hf, "activation_function", default=default_act), model_type),
-            gated_mlp=False, positions="sinusoidal" if marian else "learned",
+            pre_norm=pre_norm,
+            activation=_activation(string(hf, "activation_function", default=default_act), model_type),
+            gated_mlp=False, positions="sinusoidal" if sinusoidal else "learned",
             max_positions=integer(hf, "max_position_embeddings"), relative_buckets=0, relative_max_distance=0,
-            attn_scale=True, scale_embedding=bool(hf.get("scale_embedding", marian)),
-            layernorm_embedding=not marian, final_logits_bias=True,
+            attn_scale=True, scale_embedding=bool(hf.get("scale_embedding", sinusoidal)),
+            layernorm_embedding=not sinusoidal, final_logits_bias=not m2m,
+            position_padding_idx=pad if m2m else None,
             tie_word_embeddings=hf.get("tie_word_embeddings", True) is not False, lm_head_scale=1.0,
-            share_embeddings=share, decoder_start_token_id=integer(hf, "decoder_start_token_id"),
-            eos_token_ids=_eos_ids(hf.get("eos_token_id")), pad_token_id=hf.get("pad_token_id"))
+            share_embeddings=share,
+            # generate() starts from bos_token_id when there is no decoder_start_token_id (mBART-cc25)
+            decoder_start_token_id=integer(hf, "decoder_start_token_id", "bos_token_id"),
+            eos_token_ids=_eos_ids(hf.get("eos_token_id")), pad_token_id=pad)
+    if fields["family"] == "m2m_100" and not isinstance(fields["pad_token_id"], int):
+        raise ConversionError("m2m_100 config.json needs an integer pad_token_id (its positions' padding index)")
     cfg = Seq2SeqConfig(**fields, **_generation_settings(hf, folder))
     try:
         cfg.validate()
@@ -173,7 +188,7 @@ def seq2seq_tensors(cfg: Seq2SeqConfig, tensors: dict[str, np.ndarray]) -> dict[
         return np.ascontiguousarray(np.concatenate(arrays, axis=0))
 
     out: dict[str, np.ndarray] = {}
-    if cfg.family == "t5":
+    if cfg.positions == "relative":     # T5 and mT5
         out["embed.tokens"] = take("shared.weight", "encoder.embed_tokens.weight")
         dec_tokens = out["embed.tokens"]
         for side, n_layers in (("encoder", cfg.num_encoder_layers), ("decoder", cfg.num_decoder_layers)):
@@ -206,6 +221,12 @@ def seq2seq_tensors(cfg: Seq2SeqConfig, tensors: dict[str, np.ndarray]) -> dict[
         dec_tokens = out["embed.tokens"]
         if not cfg.share_embeddings:
             dec_tokens = out["decoder.embed.tokens"] = take(root + "decoder.embed_tokens.weight")
+        else:
+            for side in ("encoder", "decoder"):     # transformers unties them from shared with tie_word_embeddings
+                table = tensors.get(f"{root}{side}.embed_tokens.weight")
+                if table is not None and not np.array_equal(np.asarray(table, dtype=np.float32), dec_tokens):
+                    raise UnsupportedModelError(f"{root}{side}.embed_tokens.weight differs from the shared token "
+                                                "table; separate token tables are not supported")
         for side, n_layers in (("encoder", cfg.num_encoder_layers), ("decoder", cfg.num_decoder_layers)):
             base = f"{root}{side}."
             if cfg.positions == "learned":
@@ -217,6 +238,9 @@ def seq2seq_tensors(cfg: Seq2SeqConfig, tensors: dict[str, np.ndarray]) -> dict[
             if cfg.layernorm_embedding:
                 out[f"{side}.embed.norm.weight"] = take(base + "layernorm_embedding.weight")
                 out[f"{side}.embed.norm.bias"] = take(base + "layernorm_embedding.bias")
+            if cfg.pre_norm:
+                out[f"{side}.final_norm.weight"] = take(base + "layer_norm.weight")
+                out[f"{side}.final_norm.bias"] = take(base + "layer_norm.bias")
             for i in range(n_layers):
                 src, dst = f"{base}layers.{i}.", f"{side}.layers.{i}."
                 names = [("attn_norm", "self_attn_layer_norm"), ("mlp_norm", "final_layer_norm")]

@@ -468,7 +468,7 @@ def quiet_torch():
 # ---------------------------------------------------------------- encoder-decoders
 
 SEQ2SEQ_VOCAB = 1000
-SEQ2SEQ_KINDS = ("t5-v1.0", "t5-v1.1", "bart", "marian")
+SEQ2SEQ_KINDS = ("t5-v1.0", "t5-v1.1", "mt5", "bart", "mbart", "marian", "m2m_100")
 SOURCE_LENGTHS = (7, 25, 13, 3)
 
 
@@ -487,13 +487,15 @@ def build_hf_seq2seq(kind: str):
     vocab = SEQ2SEQ_VOCAB
     torch.manual_seed(0)
     small = dict(vocab_size=vocab, d_model=64)
-    if kind.startswith("t5"):
-        v11 = kind == "t5-v1.1"
-        cfg = tf.T5Config(**small, d_kv=16, d_ff=128, num_layers=2, num_decoder_layers=2, num_heads=4,
-                          relative_attention_num_buckets=16, relative_attention_max_distance=24,
-                          feed_forward_proj="gated-gelu" if v11 else "relu", tie_word_embeddings=not v11,
-                          decoder_start_token_id=0, pad_token_id=0, eos_token_id=1, n_positions=128)
-        model = tf.T5ForConditionalGeneration(cfg)
+    if kind.startswith("t5") or kind == "mt5":
+        v11 = kind != "t5-v1.0"
+        config_class, model_class = (tf.MT5Config, tf.MT5ForConditionalGeneration) if kind == "mt5" else \
+            (tf.T5Config, tf.T5ForConditionalGeneration)
+        cfg = config_class(**small, d_kv=16, d_ff=128, num_layers=2, num_decoder_layers=2, num_heads=4,
+                           relative_attention_num_buckets=16, relative_attention_max_distance=24,
+                           feed_forward_proj="gated-gelu" if v11 else "relu", tie_word_embeddings=not v11,
+                           decoder_start_token_id=0, pad_token_id=0, eos_token_id=1, n_positions=128)
+        model = model_class(cfg)
         with torch.no_grad():
             if v11:
                 model.lm_head.weight = torch.nn.Parameter(torch.randn(vocab, 64) * 0.4)
@@ -509,6 +511,11 @@ def build_hf_seq2seq(kind: str):
                       decoder_attention_heads=4, encoder_ffn_dim=128, decoder_ffn_dim=128, max_position_embeddings=96)
         if kind == "bart":
             model = tf.BartForConditionalGeneration(tf.BartConfig(**common, scale_embedding=True))
+        elif kind == "mbart":
+            model = tf.MBartForConditionalGeneration(tf.MBartConfig(**common, scale_embedding=True,
+                                                                    decoder_start_token_id=2))
+        elif kind == "m2m_100":
+            model = tf.M2M100ForConditionalGeneration(tf.M2M100Config(**common))
         else:
             model = tf.MarianMTModel(tf.MarianConfig(**common, scale_embedding=True, activation_function="swish",
                                                      pad_token_id=vocab - 1, decoder_start_token_id=vocab - 1,
@@ -517,7 +524,16 @@ def build_hf_seq2seq(kind: str):
             for name, p in model.named_parameters():
                 if "norm" in name and name.endswith("weight"):
                     p.add_(0.2 * torch.randn(p.shape))
-            model.lm_head.weight.mul_(20) if kind == "bart" else model.model.shared.weight.mul_(6)
+            if kind in ("mbart", "m2m_100"):
+                # A tied head echoes the last token whatever the source: an independent head (the converter
+                # finds it differs from the tokens) and a stronger cross-attention make the output depend on the
+                # source and its language code.
+                model.lm_head.weight = torch.nn.Parameter(torch.randn(vocab, 64) * 0.4)
+                for name, p in model.named_parameters():
+                    if name.endswith(("encoder_attn.v_proj.weight", "encoder_attn.out_proj.weight")):
+                        p.mul_(4)
+            else:
+                model.lm_head.weight.mul_(20) if kind == "bart" else model.model.shared.weight.mul_(6)
     return model.eval()
 
 
@@ -579,3 +595,55 @@ def seq2seq_reference(model, src: list[int], max_new_tokens: int = 40, **kwargs)
                 row.pop()
         seqs.append(row)
     return seqs
+
+
+# ---------------------------------------------------------------- multilingual encoder-decoders
+
+_LANGUAGE_CHARS = list("abcdefghijklmnopqrstuvwxyz.,?!'")
+# kind → (build_hf_seq2seq kind, a source language, a target language)
+LANGUAGE_KINDS = {"nllb": ("m2m_100", "deu_Latn", "fra_Latn"), "nllb-legacy": ("m2m_100", "eng_Latn", "spa_Latn"),
+                  "mbart50": ("mbart", "fr_XX", "de_DE")}
+
+
+def build_language_tokenizer(kind: str):
+    """A character-level tokenizer of the family's own transformers class (NllbTokenizer in either source layout,
+    MBart50Tokenizer): its language-code tokens, ids and templates are the class's."""
+    import transformers
+
+    if kind.startswith("nllb"):
+        vocab = {"<s>": 0, "<pad>": 1, "</s>": 2, "<unk>": 3, "\u2581": 4}
+        for c in _LANGUAGE_CHARS:
+            vocab.setdefault(c, len(vocab))
+            vocab.setdefault("\u2581" + c, len(vocab))
+        return transformers.NllbTokenizer(vocab=vocab, merges=[("\u2581", c) for c in _LANGUAGE_CHARS],
+                                          src_lang="eng_Latn", legacy_behaviour=kind == "nllb-legacy")
+    pieces = [("<unk>", 0.0), ("<s>", 0.0), ("</s>", 0.0), ("\u2581", -2.0)]
+    pieces += [(c, -3.0) for c in _LANGUAGE_CHARS] + [("\u2581" + c, -2.5) for c in _LANGUAGE_CHARS]
+    return transformers.MBart50Tokenizer(vocab=pieces, src_lang="en_XX")
+
+
+@pytest.fixture(scope="session")
+def multilingual(tmp_path_factory):
+    """kind (LANGUAGE_KINDS) → (transformers model, its tokenizer reloaded from the saved folder,
+    {"fp32": path, "int8": path}): a random model of the family (build_hf_seq2seq) with an EOS its own output
+    reaches, saved with its tokenizer and converted once per session."""
+    import transformers
+    from tinybert_convert import convert
+
+    cache: dict = {}
+
+    def get(kind: str):
+        if kind not in cache:
+            model = build_hf_seq2seq(LANGUAGE_KINDS[kind][0])
+            eos = _pick_eos(model)
+            model.config.eos_token_id = model.generation_config.eos_token_id = eos
+            folder = tmp_path_factory.mktemp(f"lang-{kind}")
+            model.save_pretrained(folder / "hf")
+            build_language_tokenizer(kind).save_pretrained(folder / "hf")
+            tok = transformers.AutoTokenizer.from_pretrained(folder / "hf")
+            assert len(tok) <= model.config.vocab_size
+            files = {d: convert(folder / "hf", folder / f"{kind}.{d}.safetensors", dtype=d) for d in ("fp32", "int8")}
+            cache[kind] = (model, tok, files)
+        return cache[kind]
+
+    return get

@@ -144,7 +144,8 @@ _NEEDS = {
     "qa": "a question-answering head (a file converted from a *ForQuestionAnswering checkpoint)",
     "generate": "a decoder (GPT-2, Llama, Mistral, Qwen2)",
     "chat": "a decoder with a chat template (an instruct or chat model)",
-    "translate": "an encoder-decoder (T5, BART, Marian)", "summarize": "an encoder-decoder (T5, BART, Marian)",
+    "translate": "an encoder-decoder (T5, BART, Marian, NLLB, ...)",
+    "summarize": "an encoder-decoder (T5, BART, Marian, ...)",
 }
 _COMMAND_FOR_TASK = {
     "feature-extraction": "embed` or `tinybert similarity", "sequence-classification": "classify` or `tinybert rerank",
@@ -518,7 +519,7 @@ def _cmd_chat(args: argparse.Namespace) -> None:
 
 _SEQ2SEQ_OPTIONS = ("beam_size", "max_length", "min_length", "length_penalty", "no_repeat_ngram_size",
                     "num_hypotheses", "repetition_penalty", "temperature", "top_k", "top_p", "seed", "batch_size",
-                    "truncation")
+                    "truncation", "src_lang", "tgt_lang")
 
 
 def _cmd_translate(args: argparse.Namespace) -> None:
@@ -528,7 +529,8 @@ def _cmd_translate(args: argparse.Namespace) -> None:
     lines = _read_texts(args)
     run = model.summarize if args.command == "summarize" else model.translate
     options = {name: getattr(args, name) for name in _SEQ2SEQ_OPTIONS if getattr(args, name) is not None}
-    _check_each(lines, lambda text: model._encode(text, options["truncation"]), skip_blank=True)
+    source_code, _ = model._languages(args.src_lang, args.tgt_lang)     # a bad or missing code fails first
+    _check_each(lines, lambda text: model._encode(text, options["truncation"], source_code), skip_blank=True)
     # A blank line translates to a blank line: the rows of the output stay those of the input.
     filled = [i for i, t in enumerate(lines.texts) if t.strip()]
     hypotheses = options.get("num_hypotheses", 1)
@@ -831,7 +833,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--threads", type=int, default=None, help=_THREADS_HELP)
 
     for name, help_text, run in (
-            ("translate", "translate texts with an encoder-decoder (T5, BART, Marian); one line out per line in",
+            ("translate", "translate texts with an encoder-decoder (T5, mT5, BART, mBART, Marian, M2M-100, NLLB); "
+                          "one line out per line in",
              Translator.translate),
             ("summarize", "summarise texts with an encoder-decoder (BART, T5 with 'summarize: '); one line out "
                           "per line in", Translator.summarize)):
@@ -861,6 +864,11 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--seed", type=int, default=None, help="seed of the sampling (reproducible draws)")
         p.add_argument("--truncation", action=argparse.BooleanOptionalAction, default=default("truncation"),
                        help="cut texts longer than the model takes (otherwise such a text is an error)")
+        p.add_argument("--src-lang", default=None,
+                       help="multilingual models (NLLB, M2M-100, mBART-50): the texts' language code, e.g. "
+                            "eng_Latn (default: the tokenizer's)")
+        p.add_argument("--tgt-lang", default=None,
+                       help="multilingual models: the code of the language to translate into (required there)")
         p.add_argument("--json", action="store_true", help="JSON lines with token ids and finish reason")
         p.add_argument("--quiet", action="store_true", help="no progress bar for --file")
 

@@ -3,7 +3,7 @@ which family it is running. The converter fills it from a Hugging Face config; t
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, field, fields
 
 from .errors import ModelFileError
 from .format import (
@@ -11,6 +11,8 @@ from .format import (
     DECODER_POSITIONS,
     DISENTANGLED_TERMS,
     HEAD_ACTIVATIONS,
+    LANGUAGE_POSITIONS,
+    MAX_LANGUAGES,
     NORMS,
     POSITION_SCHEMES,
     POSITIONS,
@@ -474,6 +476,14 @@ class Seq2SeqConfig:
     checkpoint's generation config sets and every search must honour: ``forced_bos_token_id`` (first token
     after the decoder start), ``forced_eos_token_id`` (the token at the length limit) and
     ``bad_token_ids`` (never generated, e.g. Marian's pad).
+
+    ``position_padding_idx`` (sinusoidal positions only): None is Marian's table, position p its row p; a
+    number is fairseq's table (M2M-100 / NLLB: tensor2tensor frequencies), position p its row
+    padding_idx + 1 + p and a pad token's position the all-zero row padding_idx (the encoder numbers only
+    the non-pad tokens). Multilingual models (M2M-100, NLLB, mBART-50) name their languages by tokens:
+    ``language_codes`` maps each code a caller passes ("fra_Latn", "fr", "fr_XX") to its token id; a source
+    is ``[code] text </s>`` (``language_position`` "prefix") or ``text </s> [code]`` ("suffix", NLLB's
+    legacy behaviour), with ``source_eos_token_id`` as </s>; the target code is forced as the first token.
     """
 
     family: str
@@ -507,11 +517,20 @@ class Seq2SeqConfig:
     forced_bos_token_id: int | None = None
     forced_eos_token_id: int | None = None
     bad_token_ids: tuple[int, ...] = ()
+    position_padding_idx: int | None = None
+    language_codes: dict = field(default_factory=dict)
+    language_position: str = "prefix"
+    source_eos_token_id: int | None = None
     kind: str = "encoder-decoder"
 
     @property
     def num_layers(self) -> int:
         return self.num_encoder_layers + self.num_decoder_layers
+
+    @property
+    def multilingual(self) -> bool:
+        """The model takes its source and target languages as tokens (``language_codes``)."""
+        return bool(self.language_codes)
 
     def to_dict(self) -> dict:
         data = asdict(self)
@@ -522,7 +541,9 @@ class Seq2SeqConfig:
     @classmethod
     def from_dict(cls, data: dict) -> Seq2SeqConfig:
         """Build and check a config read from a file; any inconsistency is a ModelFileError."""
-        return _from_file(cls, data, optional=("kind", "forced_bos_token_id", "forced_eos_token_id", "bad_token_ids"),
+        return _from_file(cls, data, optional=("kind", "forced_bos_token_id", "forced_eos_token_id", "bad_token_ids",
+                                               "position_padding_idx", "language_codes", "language_position",
+                                               "source_eos_token_id"),
                           tuples=("eos_token_ids", "bad_token_ids"))
 
     def _block(self, decoder: bool) -> BlockConfig:
@@ -563,6 +584,31 @@ class Seq2SeqConfig:
         for name, value in ids:
             if value is not None and value >= self.decoder_vocab_size:
                 raise ModelFileError(f"config {name} {value!r} is outside the vocabulary")
+        if self.position_padding_idx is not None:
+            if self.positions != "sinusoidal":
+                raise ModelFileError("config position_padding_idx is for sinusoidal positions")
+            if self.pad_token_id is None:
+                raise ModelFileError("config position_padding_idx needs the pad_token_id whose positions it pads")
+            if self.hidden_size < 4:
+                raise ModelFileError("fairseq sinusoidal positions need a hidden size of at least 4")
+            if self.position_padding_idx + 1 + self.max_positions > MAX_POSITIONS:
+                raise ModelFileError(f"config position_padding_idx + max_positions exceeds {MAX_POSITIONS}")
+        self._validate_languages()
+
+    def _validate_languages(self) -> None:
+        if self.language_position not in LANGUAGE_POSITIONS:
+            raise ModelFileError(f"config language_position {_short(self.language_position)} is not one of "
+                                 f"{LANGUAGE_POSITIONS}")
+        codes = self.language_codes
+        if len(codes) > MAX_LANGUAGES:
+            raise ModelFileError(f"config language_codes has more than {MAX_LANGUAGES} codes")
+        for code, token in codes.items():
+            if not 0 < len(code) <= 64 or not _is_int(token) or token >= min(self.vocab_size, self.decoder_vocab_size):
+                raise ModelFileError(f"config language_codes entry {_short(code)}: {_short(token)} is not a short "
+                                     "code and a token id of both vocabularies")
+        if codes and (self.source_eos_token_id is None or self.source_eos_token_id >= self.vocab_size):
+            raise ModelFileError("config source_eos_token_id must be a source token id when there are language "
+                                 "codes")
 
 
 def config_from_dict(data: object) -> EncoderConfig | DecoderConfig | Seq2SeqConfig:

@@ -66,8 +66,8 @@ only when it is a LayerNorm):
 
     embed.tokens [V, H]                    token table of the encoder (and of the decoder unless below)
     decoder.embed.tokens [Vd, H]           only when the decoder has its own table (Marian, unshared)
-    S.embed.positions [P, H]               learned positions (BART), row p = position p (offset removed)
-    S.embed.norm.weight / .bias [H]        LayerNorm on the embeddings (BART layernorm_embedding)
+    S.embed.positions [P, H]               learned positions (BART, mBART), row p = position p (offset removed)
+    S.embed.norm.weight / .bias [H]        LayerNorm on the embeddings (BART / mBART layernorm_embedding)
     S.rel_bias [buckets, num_heads]        T5 relative attention bias (layer 0's, shared by all layers)
     S.layers.L.attn_norm.weight [H]        self-attention norm (before it: pre-norm; after the add: post)
     S.layers.L.attn.qkv.weight [3A, H]     q | k | v stacked
@@ -79,9 +79,9 @@ only when it is a LayerNorm):
     S.layers.L.mlp_norm.weight [H]
     S.layers.L.mlp.up.weight [I, H]        or [2I, H] for a gated FFN (gate rows first, then linear)
     S.layers.L.mlp.down.weight [H, I]
-    S.final_norm.weight [H]                pre-norm models (T5)
+    S.final_norm.weight [H]                pre-norm models (T5, mBART, M2M-100)
     lm_head.weight [Vd, H]                 only when not tied to the decoder token table
-    lm_head.bias [Vd]                      final_logits_bias (BART, Marian)
+    lm_head.bias [Vd]                      final_logits_bias (BART, mBART, Marian)
 
 Head tensors, by task (``N`` labels, ``M`` the MLM transform width, ``V`` the vocabulary):
 
@@ -119,7 +119,9 @@ TASKS = ("feature-extraction", "sequence-classification", "token-classification"
          "masked-lm", "pretraining", "text-generation", "text2text-generation")
 NORMS = ("layernorm", "rmsnorm")
 DECODER_POSITIONS = ("learned", "rope")
-SEQ2SEQ_FAMILIES = ("t5", "bart", "marian")
+SEQ2SEQ_FAMILIES = ("t5", "bart", "marian", "mbart", "m2m_100")
+LANGUAGE_POSITIONS = ("prefix", "suffix")     # where a multilingual source puts its language code
+MAX_LANGUAGES = 4096                           # language codes of a file (NLLB-200: 202)
 SEQ2SEQ_POSITIONS = ("relative", "learned", "sinusoidal")
 HEAD_ACTIVATIONS = ("tanh", "relu", "gelu", "gelu_tanh")
 PROBLEM_TYPES = ("single_label_classification", "multi_label_classification", "regression")

@@ -83,7 +83,7 @@ def test_build_writes_library_header_and_pkgconfig(capi):
     exported = {line.split()[-1] for line in symbols.splitlines() if " T " in line}
     for name in ("tb_model_load", "tb_model_free", "tb_last_error", "tb_last_needed", "tb_version",
                  "tb_embedding_dim", "tb_encode", "tb_classify", "tb_generate", "tb_generate_default_params",
-                 "tb_translate", "tb_translate_default_params", "tb_chat"):
+                 "tb_translate", "tb_translate_default_params", "tb_translate_lang", "tb_chat"):
         assert name in exported, name
 
 
@@ -329,3 +329,18 @@ def test_random_callbacks_reentering_the_library(capi):
     assert result["mismatches"] == 0 and not result["hang"]
     for exercised in ("busy", "ok_in_callback", "freed_in_callback", "invalid_after_free", "wrong_kind"):
         assert result[exercised] > 0, (exercised, result)
+
+
+def test_translate_with_languages_matches_python(programs, multilingual):
+    """tb_translate_lang on an NLLB-style file: the Python API's translations with the same codes; a missing
+    target code is TB_ERR_INVALID_ARGUMENT naming the codes."""
+    from tinybert import Translator
+
+    _, _, files = multilingual("nllb")
+    texts = ["hello world.", "why?"]
+    proc = run_c(programs["translate"], files["int8"], "--src-lang", "deu_Latn", "--tgt-lang", "fra_Latn", *texts)
+    assert proc.returncode == 0, proc.stderr.decode()
+    ref = Translator(files["int8"]).translate(texts, src_lang="deu_Latn", tgt_lang="fra_Latn")
+    assert proc.stdout.decode("utf-8").split("\n")[:-1] == ref
+    proc = run_c(programs["translate"], files["int8"], "--src-lang", "deu_Latn", texts[0])
+    assert proc.returncode == 1 and "tb_translate: -1" in proc.stderr.decode() and "fra_Latn" in proc.stderr.decode()

@@ -1,4 +1,5 @@
-"""Encoder-decoder forward pass (T5 v1.0 / v1.1, BART, Marian) against transformers on small random models.
+"""Encoder-decoder forward pass (T5 v1.0 / v1.1, mT5, BART, mBART, Marian, M2M-100) against transformers on small
+random models.
 
 References: transformers' encoder output and full-recompute decoder logits on the same weights, fed
 through the converter from ``state_dict()``. Never tinybert's own numbers.
@@ -16,7 +17,7 @@ from tinybert_convert.seq2seq import seq2seq_config, seq2seq_tensors  # noqa: E4
 
 from tinybert.errors import UnsupportedModelError  # noqa: E402
 from tinybert.kernels.half import to_half_array  # noqa: E402
-from tinybert.layers import relative_position_bucket, sinusoidal_table  # noqa: E402
+from tinybert.layers import fairseq_sinusoidal_table, relative_position_bucket, sinusoidal_table  # noqa: E402
 from tinybert.models.seq2seq import Seq2SeqModel  # noqa: E402
 
 VOCAB = 1000
@@ -49,6 +50,24 @@ def _build(kind: str):
         if v11:
             # v1.1 checkpoints carry their own LM head (transformers 5 ties it at init: untie it here)
             model.lm_head.weight = torch.nn.Parameter(torch.randn(VOCAB, 64) * 0.1)
+    elif kind == "mt5":
+        cfg = tf.MT5Config(vocab_size=VOCAB, d_model=64, d_kv=16, d_ff=128, num_layers=2, num_decoder_layers=2,
+                           num_heads=4, relative_attention_num_buckets=16, relative_attention_max_distance=24,
+                           decoder_start_token_id=0, pad_token_id=0, eos_token_id=1)
+        model = tf.MT5ForConditionalGeneration(cfg)
+        # mT5 checkpoints carry their own LM head and config.json says so (transformers 5 ties it at init)
+        model.lm_head.weight = torch.nn.Parameter(torch.randn(VOCAB, 64) * 0.1)
+    elif kind == "mbart":
+        cfg = tf.MBartConfig(vocab_size=VOCAB, d_model=64, encoder_layers=2, decoder_layers=2,
+                             encoder_attention_heads=4, decoder_attention_heads=4, encoder_ffn_dim=128,
+                             decoder_ffn_dim=128, max_position_embeddings=40, scale_embedding=True,
+                             decoder_start_token_id=2)
+        model = tf.MBartForConditionalGeneration(cfg)
+    elif kind == "m2m_100":
+        cfg = tf.M2M100Config(vocab_size=VOCAB, d_model=64, encoder_layers=2, decoder_layers=2,
+                              encoder_attention_heads=4, decoder_attention_heads=4, encoder_ffn_dim=128,
+                              decoder_ffn_dim=128, max_position_embeddings=40)
+        model = tf.M2M100ForConditionalGeneration(cfg)
     elif kind == "bart":
         cfg = tf.BartConfig(vocab_size=VOCAB, d_model=64, encoder_layers=2, decoder_layers=2,
                             encoder_attention_heads=4, decoder_attention_heads=4, encoder_ffn_dim=128,
@@ -64,17 +83,17 @@ def _build(kind: str):
     _randomise(model, 1)
     model.eval()
     hf = model.config.to_dict()
-    if kind == "t5-v1.1":
-        hf["tie_word_embeddings"] = False   # as v1.1's config.json says
+    if kind in ("t5-v1.1", "mt5"):
+        hf["tie_word_embeddings"] = False   # as v1.1's and mT5's config.json say
     state = {k: v.detach().numpy() for k, v in model.state_dict().items()}
     cfg = seq2seq_config(hf)
     tensors = seq2seq_tensors(cfg, state)
-    assert ("lm_head.weight" in tensors) == (kind == "t5-v1.1")
+    assert ("lm_head.weight" in tensors) == (kind in ("t5-v1.1", "mt5"))
     ours = Seq2SeqModel(cfg, tensors)
     return model, ours, cfg
 
 
-KINDS = ("t5-v1.0", "t5-v1.1", "bart", "marian")
+KINDS = ("t5-v1.0", "t5-v1.1", "mt5", "bart", "mbart", "marian", "m2m_100")
 
 
 @pytest.fixture(scope="module", params=KINDS)
@@ -199,6 +218,43 @@ def test_sinusoidal_table_matches_transformers():
         np.testing.assert_array_equal(sinusoidal_table(n, dim), ref)
 
 
+def test_fairseq_sinusoidal_table_matches_transformers():
+    """M2M-100 / NLLB positions: fairseq's table (tensor2tensor frequencies, zero padding row) as transformers
+    builds it, rounded alike in float32."""
+    from transformers.models.m2m_100.modeling_m2m_100 import M2M100SinusoidalPositionalEmbedding
+
+    # NLLB's width 1024: torch's float32 exp is off by one unit in the last place for a few frequencies, which
+    # position 1025 multiplies into 1.5e-5.
+    for n, dim, pad, tol in ((1026, 64, 1, 1e-7), (300, 33, 1, 1e-7), (50, 16, 3, 1e-7), (1026, 1024, 1, 2e-5)):
+        ref = M2M100SinusoidalPositionalEmbedding.get_embedding(n, dim, pad).numpy()
+        np.testing.assert_allclose(fairseq_sinusoidal_table(n, dim, pad), ref, atol=tol, rtol=0)
+
+
+def test_source_pads_take_fairseq_positions(models):
+    """A pad token inside a source (M2M-100 numbers only the non-pad tokens and gives pads the zero row) and in
+    a decoder row: as transformers computes them (its incremental positions for the decoder)."""
+    model, ours, cfg = models
+    if cfg.position_padding_idx is None:
+        return
+    pad = cfg.pad_token_id
+    src = np.array([5, 9, pad, 17, 3, pad, 44], dtype=np.int32)
+    with torch.no_grad():
+        ref = model.get_encoder()(input_ids=torch.from_numpy(src[None].astype(np.int64))).last_hidden_state[0]
+    starts = np.array([0, src.size])
+    enc = ours.encode(src, starts)
+    np.testing.assert_allclose(enc, ref.numpy(), atol=TOL, rtol=0)
+    dec = [cfg.decoder_start_token_id, 7, pad, 11, pad]
+    state = ours.start(enc, starts, length=8)
+    got = ours.step(state, np.array(dec, np.int32), np.zeros(len(dec), np.int32), np.arange(len(dec), dtype=np.int32))
+    past, hidden = None, (ref[None],)
+    for t, token in enumerate(dec):        # one token at a time with the cache, as generate() decodes
+        with torch.no_grad():
+            out = model(encoder_outputs=hidden, decoder_input_ids=torch.tensor([[token]]), cache=past,
+                        use_cache=True)
+        past = out.past_key_values
+        np.testing.assert_allclose(got[t], out.logits[0, 0].numpy(), atol=TOL, rtol=0, err_msg=f"step {t}")
+
+
 def test_unsupported_configs():
     with pytest.raises(UnsupportedModelError):
         seq2seq_config({"model_type": "pegasus"})
@@ -234,3 +290,36 @@ def test_causal_bias_grows_by_doubling(monkeypatch):
     np.testing.assert_array_equal(bias[:, :2000], expected)
     assert positions.causal_bias(4097).shape[1] == 4097          # doubling stops at max_positions ...
     assert positions.causal_bias(4100).shape[1] == 4100          # ... but never gives fewer positions than asked
+
+
+def test_language_and_position_fields_are_validated():
+    """The multilingual fields of a file's config: a file written before them (keys absent) loads meaning none;
+    bad codes, ids, layouts and padding indices are ModelFileErrors before anything is allocated."""
+    from tinybert.config import Seq2SeqConfig
+    from tinybert.errors import ModelFileError
+
+    cfg = seq2seq_config({**transformers.M2M100Config(vocab_size=VOCAB, d_model=64, encoder_layers=1,
+                                                      decoder_layers=1, encoder_attention_heads=4,
+                                                      decoder_attention_heads=4, encoder_ffn_dim=32,
+                                                      decoder_ffn_dim=32).to_dict(),
+                          "architectures": ["M2M100ForConditionalGeneration"]})
+    assert cfg.position_padding_idx == 1 and cfg.positions == "sinusoidal" and cfg.pre_norm
+    data = cfg.to_dict()
+    old = {k: v for k, v in data.items() if k not in ("position_padding_idx", "language_codes", "language_position",
+                                                      "source_eos_token_id")}
+    loaded = Seq2SeqConfig.from_dict(old)
+    assert loaded.position_padding_idx is None and loaded.language_codes == {} and not loaded.multilingual
+    good = Seq2SeqConfig.from_dict({**data, "language_codes": {"fra_Latn": 7}, "source_eos_token_id": 2})
+    assert good.multilingual and good.language_codes == {"fra_Latn": 7}
+    for bad, words in [({"language_codes": {"fra_Latn": VOCAB}, "source_eos_token_id": 2}, "language_codes"),
+                       ({"language_codes": {"": 3}, "source_eos_token_id": 2}, "language_codes"),
+                       ({"language_codes": {"fra_Latn": "3"}, "source_eos_token_id": 2}, "language_codes"),
+                       ({"language_codes": {f"c{i}": 3 for i in range(5000)}, "source_eos_token_id": 2}, "4096"),
+                       ({"language_codes": {"fra_Latn": 3}}, "source_eos_token_id"),
+                       ({"language_codes": ["fra_Latn"]}, "language_codes"),
+                       ({"language_position": "middle"}, "language_position"),
+                       ({"position_padding_idx": 1 << 20}, "position_padding_idx"),
+                       ({"position_padding_idx": 1, "pad_token_id": None}, "pad_token_id"),
+                       ({"position_padding_idx": 1, "positions": "learned"}, "sinusoidal")]:
+        with pytest.raises(ModelFileError, match=words):
+            Seq2SeqConfig.from_dict({**data, **bad})

@@ -1,4 +1,5 @@
-"""``Translator``: translation and summarisation with an encoder-decoder model (T5, BART, Marian).
+"""``Translator``: translation and summarisation with an encoder-decoder model (T5, mT5, BART, mBART, Marian,
+M2M-100, NLLB).
 
 Inputs run through the one generation driver (tinybert/generation/driver.py): up to ``batch_size`` at once,
 each with its own search (greedy, sampled or beam) and its own block of cache slots; the encoder runs on
@@ -45,7 +46,13 @@ class Translator(OpenedModel):
     'Vielen Dank.'
 
     T5 takes its task as a text prefix, written by the caller ("translate English to German: ",
-    "summarize: "). ``threads`` caps the Numba worker threads (default: all).
+    "summarize: "). Multilingual models (NLLB-200, M2M-100, mBART-50) take language codes:
+
+    >>> Translator("nllb-200-distilled-600M.int8.safetensors").translate("Hello.", src_lang="eng_Latn",
+    ...                                                                   tgt_lang="fra_Latn")
+    'Bonjour.'
+
+    ``languages`` lists a model's codes. ``threads`` caps the Numba worker threads (default: all).
     """
 
     def __init__(self, path: str | Path, threads: int | None = None, *, dtype: str = "int8",
@@ -65,12 +72,18 @@ class Translator(OpenedModel):
 
     # ------------------------------------------------------------------ public API
 
+    @property
+    def languages(self) -> list[str]:
+        """The language codes the model takes as ``src_lang`` / ``tgt_lang`` (empty if it takes none)."""
+        return sorted(self.config.language_codes)
+
     def translate(self, texts: str | Sequence[str], beam_size: int = 4, max_length: int = 256, min_length: int = 0,
                   length_penalty: float = 1.0, no_repeat_ngram_size: int = 0, num_hypotheses: int = 1,
                   early_stopping: bool | str = False, repetition_penalty: float | None = None,
                   temperature: float = 0.0, top_k: int | None = None, top_p: float | None = None,
                   seed: int | None = None, truncation: bool = False, batch_size: int = 16,
-                  return_ids: bool = False, show_progress: bool = False) -> str | list:
+                  return_ids: bool = False, show_progress: bool = False, src_lang: str | None = None,
+                  tgt_lang: str | None = None) -> str | list:
         """Translate each text; one string gives one result, a list gives a list (in input order).
 
         ``beam_size`` > 1 runs beam search with transformers' semantics (``length_penalty``,
@@ -82,13 +95,19 @@ class Translator(OpenedModel):
         raises InputError unless ``truncation`` is set. With ``return_ids`` each result is a dict
         ``{"text", "token_ids", "finish_reason"}`` ("eos" or "length"; beam results add "score").
         Inputs run ``batch_size`` at a time; results do not depend on the batching.
+
+        Multilingual models (``languages`` not empty) need ``tgt_lang``, the code of the language to
+        translate into, forced as the first generated token; ``src_lang`` is the source text's code, put
+        where the model's tokenizer puts it (default: the language the tokenizer was saved with).
         """
         single = isinstance(texts, str)
+        source_code, forced = self._languages(src_lang, tgt_lang)
         params = self._params(beam_size, max_length, min_length, length_penalty, no_repeat_ngram_size,
-                              num_hypotheses, early_stopping, repetition_penalty, temperature, top_k, top_p, seed)
+                              num_hypotheses, early_stopping, repetition_penalty, temperature, top_k, top_p, seed,
+                              forced)
         _positive_int("batch_size", batch_size)
         texts = check_texts(texts)
-        sources = [self._encode(t, truncation) for t in texts]
+        sources = [self._encode(t, truncation, source_code) for t in texts]
         results = self._run(sources, params, batch_size, show_progress)
         out = [[r if return_ids else r["text"] for r in res] if num_hypotheses > 1 else
                (res[0] if return_ids else res[0]["text"]) for res in results]
@@ -109,16 +128,18 @@ class Translator(OpenedModel):
                       num_hypotheses: int = 1, early_stopping: bool | str = False,
                       repetition_penalty: float | None = None, temperature: float = 0.0, top_k: int | None = None,
                       top_p: float | None = None, seed: int | None = None, batch_size: int = 16,
-                      output_logits: bool = False) -> list:
+                      output_logits: bool = False, tgt_lang: str | None = None) -> list:
         """``translate`` from source token ids (one list per input, special tokens included, as transformers'
         ``generate(input_ids)`` takes them). Each result is a dict ``{"token_ids", "finish_reason"}``
         (plus "score" for beam search; a list of dicts with ``num_hypotheses`` > 1); ``output_logits``
         (greedy/sampling only) adds the raw logits of every step, float32 [steps, vocab], as transformers'
-        ``output_logits=True``."""
+        ``output_logits=True``. A multilingual model needs ``tgt_lang`` (the ids carry the source code)."""
         if isinstance(input_ids, (str, bytes)) or not isinstance(input_ids, Sequence) or not len(input_ids):
             raise InputError("input_ids must be a non-empty list of token id lists")
+        _, forced = self._languages(None, tgt_lang)
         params = self._params(beam_size, max_length, min_length, length_penalty, no_repeat_ngram_size,
-                              num_hypotheses, early_stopping, repetition_penalty, temperature, top_k, top_p, seed)
+                              num_hypotheses, early_stopping, repetition_penalty, temperature, top_k, top_p, seed,
+                              forced)
         _positive_int("batch_size", batch_size)
         sources = [self._check_ids(ids) for ids in input_ids]
         if output_logits and params.beam:
@@ -128,12 +149,42 @@ class Translator(OpenedModel):
 
     # ------------------------------------------------------------------ inputs
 
-    def _encode(self, text: str, truncation: bool) -> np.ndarray:
-        encoding = self.tokenizer.encode(text)
-        if encoding.overflowing and not truncation:
+    def _languages(self, src_lang: str | None, tgt_lang: str | None) -> tuple[int | None, int | None]:
+        """(token id of the source code or None, the forced first token) for the languages asked for."""
+        codes = self.config.language_codes
+        if not codes:
+            if src_lang is not None or tgt_lang is not None:
+                raise InputError("this model takes no language codes (src_lang / tgt_lang are for multilingual "
+                                 "models such as NLLB, M2M-100 and mBART-50)")
+            return None, self.config.forced_bos_token_id
+        if tgt_lang is None:
+            raise InputError("this model is multilingual: pass tgt_lang, the code of the language to translate into "
+                             f"(one of {', '.join(sorted(codes))})")
+        for name, code in (("src_lang", src_lang), ("tgt_lang", tgt_lang)):
+            if code is not None and (not isinstance(code, str) or code not in codes):
+                raise InputError(f"{name} {code!r:.40} is not one of the model's language codes: "
+                                 f"{', '.join(sorted(codes))}")
+        return (None if src_lang is None else codes[src_lang]), codes[tgt_lang]
+
+    def _encode(self, text: str, truncation: bool, source_code: int | None = None) -> np.ndarray:
+        cfg = self.config
+        if source_code is None:
+            encoding = self.tokenizer.encode(text)
+            ids = np.asarray(encoding.ids, dtype=np.int64)
+            too_long = bool(encoding.overflowing)
+        else:
+            # The text's pieces with the code and </s> around them, as the model's tokenizer class sets its
+            # template for src_lang; truncation keeps both.
+            encoding = self.tokenizer.encode(text, add_special_tokens=False)
+            room = cfg.max_positions - 2
+            too_long = bool(encoding.overflowing) or len(encoding.ids) > room
+            body = encoding.ids[:room]
+            eos = cfg.source_eos_token_id
+            ids = np.asarray([source_code, *body, eos] if cfg.language_position == "prefix" else
+                             [*body, eos, source_code], dtype=np.int64)
+        if too_long and not truncation:
             raise InputError(f"a text of more than {self.config.max_positions} tokens is longer than the model "
                              "takes; shorten it or pass truncation=True")
-        ids = np.asarray(encoding.ids, dtype=np.int64)
         if self._source_ids is not None:
             if ids.size and ids.max() >= self._source_ids.size:
                 raise InputError("the source tokenizer produced an id outside its id map")
@@ -161,7 +212,7 @@ class Translator(OpenedModel):
     def _params(self, beam_size: int, max_length: int, min_length: int, length_penalty: float,
                 no_repeat_ngram_size: int, num_hypotheses: int, early_stopping: bool | str,
                 repetition_penalty: float | None, temperature: float, top_k: int | None, top_p: float | None,
-                seed: int | None) -> GenerationParams:
+                seed: int | None, forced_bos_token_id: int | None) -> GenerationParams:
         """The engine's settings from translate()'s names, with the constraints the checkpoint sets."""
         cfg = self.config
         _positive_int("max_length", max_length)
@@ -171,7 +222,7 @@ class Translator(OpenedModel):
             max_new_tokens=max_length, min_new_tokens=min_length, temperature=temperature, top_k=top_k, top_p=top_p,
             repetition_penalty=repetition_penalty, no_repeat_ngram_size=no_repeat_ngram_size, num_beams=beam_size,
             length_penalty=length_penalty, early_stopping=early_stopping, num_return_sequences=num_hypotheses,
-            seed=seed, bad_token_ids=cfg.bad_token_ids, forced_bos_token_id=cfg.forced_bos_token_id,
+            seed=seed, bad_token_ids=cfg.bad_token_ids, forced_bos_token_id=forced_bos_token_id,
             forced_eos_token_id=cfg.forced_eos_token_id).validate(_NAMES)
 
     # ------------------------------------------------------------------ decoding

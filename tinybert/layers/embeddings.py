@@ -29,6 +29,23 @@ def sinusoidal_table(n_pos: int, dim: int) -> np.ndarray:
     return out
 
 
+def fairseq_sinusoidal_table(n_pos: int, dim: int, padding_idx: int) -> np.ndarray:
+    """transformers' M2M100SinusoidalPositionalEmbedding.get_embedding (fairseq, tensor2tensor frequencies):
+    sin(p·f_k) in the first half, cos(p·f_k) in the second, f_k = exp(−k·ln 10000 / (dim/2 − 1)); a zero column
+    for an odd width and an all-zero row ``padding_idx``. Exponents, frequencies and angles are rounded to
+    float32 as torch computes them (the exponential correctly rounded, which torch's is nearly always), so
+    the angles of large positions round alike."""
+    half = dim // 2
+    exponents = np.arange(half, dtype=np.float32) * np.float32(-math.log(10000) / (half - 1))
+    freq = np.exp(exponents.astype(np.float64)).astype(np.float32)
+    angles = (np.arange(n_pos, dtype=np.float32)[:, None] * freq[None, :]).astype(np.float64)
+    out = np.zeros((n_pos, dim), dtype=np.float32)
+    out[:, :half] = np.sin(angles)
+    out[:, half:2 * half] = np.cos(angles)
+    out[padding_idx] = 0.0
+    return out
+
+
 def _dense(tensors: dict[str, np.ndarray], name: str) -> np.ndarray:
     """A small table stored int8 to keep the file small, widened once at load."""
     table = tensors[name]
@@ -42,13 +59,15 @@ class Embeddings:
 
     ``stack`` and ``shared_tokens`` name the tensors (format.embed_names); ``positions`` is the block config's
     scheme: "learned" and "sinusoidal" add a table here, "rope" and "relative" act inside attention instead.
+    A sinusoidal ``padding_idx`` selects fairseq's table (``fairseq_sinusoidal_table``, whose rows the caller's
+    positions index directly: the padding offset is the caller's) over Marian's.
     ``scale``: multiply the token rows by √width (Marian). The norm, token types and projection are there when
     the file has them.
     """
 
     def __init__(self, tensors: dict[str, np.ndarray], stack: str, positions: str, max_positions: int,
                  norm: str = "layernorm", norm_eps: float = 1e-5, scale: bool = False,
-                 shared_tokens: bool = True) -> None:
+                 shared_tokens: bool = True, padding_idx: int | None = None) -> None:
         names = fmt.embed_names(stack, shared_tokens)
         self.tokens = tensors[names["tokens"]]
         self.token_scale = tensors.get(names["tokens"] + fmt.SCALE_SUFFIX, _NO_SCALE)
@@ -58,7 +77,10 @@ class Embeddings:
         if positions == "learned":
             self.positions = _dense(tensors, names["positions"])
         # A sinusoidal table covers the positions used so far and grows on demand (see __call__).
-        self.sinusoidal_limit = max_positions if positions == "sinusoidal" else 0
+        self.padding_idx = padding_idx
+        self.sinusoidal_limit = 0
+        if positions == "sinusoidal":
+            self.sinusoidal_limit = max_positions if padding_idx is None else max_positions + padding_idx + 1
         self.types = tensors.get(names["token_types"], _NONE)
         self.norm = Norm(tensors, names["norm"], norm, norm_eps) if names["norm"] + ".weight" in tensors else None
         self.proj = Linear(tensors, names["proj"]) if names["proj"] + ".weight" in tensors else None
@@ -80,4 +102,6 @@ class Embeddings:
         held = self.positions.shape[0]
         if held < upto:     # doubling; a position's row does not depend on the table's length
             grown = min(self.sinusoidal_limit, max(upto, 2 * held, 256))
-            self.positions = sinusoidal_table(grown, self.tokens.shape[1])
+            dim = self.tokens.shape[1]
+            self.positions = sinusoidal_table(grown, dim) if self.padding_idx is None else \
+                fairseq_sinusoidal_table(grown, dim, self.padding_idx)

@@ -1,4 +1,5 @@
-"""Encoder-decoder Transformers (T5 v1.0 / v1.1, BART, Marian) — the forward pass. Arrays in, arrays out.
+"""Encoder-decoder Transformers (T5 v1.0 / v1.1 / mT5, BART, mBART, Marian, M2M-100 / NLLB) — the forward pass.
+Arrays in, arrays out.
 
 Encoder: packed sequences (no padding), bidirectional attention within each sequence. Decoder: token rows
 with cache slots and positions, like tinybert/decoder.py; each row attends causally to its own slot's
@@ -15,6 +16,11 @@ per sequence by ``start``). Families differ only in config data:
     Marian                   post-norm LayerNorm, sinusoidal positions (computed at load exactly as
                              transformers' MarianSinusoidalPositionalEmbedding, never stored), embeddings
                              scaled by √d_model, SiLU ("swish"), final_logits_bias.
+    mBART (Liu et al. 2020)  BART made pre-norm, with final LayerNorms in both stacks.
+    M2M-100 / NLLB           pre-norm LayerNorm with final norms, fairseq's sinusoidal positions (from
+                             padding_idx + 1; pads take a zero row), embeddings scaled by √d_model, ReLU,
+                             no final_logits_bias.
+    mT5                      T5 v1.1 with a multilingual vocabulary.
 
     pre-norm:   x = x + attn(norm(x));          x = x + cross(cross_norm(x));   x = x + ffn(mlp_norm(x))
     post-norm:  x = norm(x + attn(x));          x = cross_norm(x + cross(x));   x = mlp_norm(x + ffn(x))
@@ -53,7 +59,8 @@ class _Stack:
         decoder = stack == "decoder"
         self.block_config = block = cfg.decoder_block if decoder else cfg.encoder_block
         self.embeddings = Embeddings(tensors, stack, cfg.positions, cfg.max_positions, block.norm, block.norm_eps,
-                                     scale=cfg.scale_embedding, shared_tokens=not decoder or cfg.share_embeddings)
+                                     scale=cfg.scale_embedding, shared_tokens=not decoder or cfg.share_embeddings,
+                                     padding_idx=cfg.position_padding_idx)
         self.positions = Positions(block, tensors, stack)
         layers = cfg.num_decoder_layers if decoder else cfg.num_encoder_layers
         self.blocks = [TransformerBlock(block, tensors, fmt.layer_prefix(i, stack), i) for i in range(layers)]
@@ -85,6 +92,26 @@ class Seq2SeqModel:
         if self.config.positions != "relative" and positions.size and positions.max() >= self.config.max_positions:
             raise InputError(f"position {int(positions.max())} is past the model's {self.config.max_positions}")
 
+    def _source_rows(self, ids: np.ndarray, starts: np.ndarray, positions: np.ndarray) -> np.ndarray:
+        """Position-table rows of packed source tokens. fairseq's positions (``position_padding_idx``) number the
+        non-pad tokens of each sequence from padding_idx + 1 and give pads the zero row padding_idx."""
+        pad = self.config.position_padding_idx
+        if pad is None:
+            return positions
+        real = ids != self.config.pad_token_id
+        counts = np.cumsum(real)
+        before = np.concatenate(([0], counts))[starts[:-1]]
+        ordinal = counts - np.repeat(before, np.diff(starts))
+        return np.where(real, ordinal + pad, pad).astype(np.int32)
+
+    def _target_rows(self, tokens: np.ndarray, positions: np.ndarray) -> np.ndarray:
+        """Position-table rows of decoder tokens: as transformers' incremental decoding numbers them, position p
+        is row padding_idx + 1 + p and a pad token takes the zero row (fairseq positions only)."""
+        pad = self.config.position_padding_idx
+        if pad is None:
+            return positions
+        return np.where(tokens == self.config.pad_token_id, pad, positions + pad + 1).astype(np.int32)
+
     def encode(self, ids: np.ndarray, starts: np.ndarray) -> np.ndarray:
         """ids int32 [T] (the sequences packed back to back), starts int64 [B+1] → float32 [T, H]."""
         cfg = self.config
@@ -98,7 +125,7 @@ class Seq2SeqModel:
         lengths = np.diff(starts)
         positions = (np.arange(ids.size) - np.repeat(starts[:-1], lengths)).astype(np.int32)
         self._check_positions(positions)
-        x = self.encoder.embeddings(ids, positions)
+        x = self.encoder.embeddings(ids, self._source_rows(ids, starts, positions))
         rows = PackedRows(self.encoder.block_config, self.encoder.positions, starts, np.ones(ids.size, dtype=np.uint8),
                           numba.get_num_threads())
         x = self.encoder(x, rows)
@@ -157,7 +184,7 @@ class Seq2SeqModel:
                 or sources.min() < 0 or sources.max() >= state.sources):
             raise InputError("slot, source or position outside the decoder state")
         self._check_positions(positions)
-        x = self.decoder.embeddings(tokens, positions)
+        x = self.decoder.embeddings(tokens, self._target_rows(tokens, positions))
         rows = CachedRows(self.decoder.block_config, self.decoder.positions, slots, positions, state,
                           numba.get_num_threads(), sources)
         x = self.decoder(x, rows)
