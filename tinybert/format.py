@@ -49,7 +49,15 @@ the token table) may carry ``lm_head.weight.smooth`` [H], all ones: 8-bit inputs
     layers.L.mlp_norm.weight / .bias [H]
 
 Decoder files (config kind "decoder") use the same layer names, pre-norm, plus ``final_norm`` and,
-when the LM head is not tied to embed.tokens, ``lm_head.weight`` [V, H]; see decoder_tensor_shapes.
+when the LM head is not tied to embed.tokens, ``lm_head.weight`` [V, H]; see decoder_tensor_shapes. Blocks
+with the config switches below also have:
+
+    layers.L.attn.q_norm.weight [d]    qk_norm: a norm of each head's query and key (d = head_dim), after
+    layers.L.attn.k_norm.weight [d]    the projection and before the rotary positions (Qwen3, Gemma 3)
+    layers.L.attn_post_norm.weight [H] post_norms: a norm of the sublayer's output before the residual add
+    layers.L.mlp_post_norm.weight [H]  (Gemma 3: x = x + post_norm(f(norm(x))))
+
+A norm stored as (1 + w) by its checkpoint (Gemma) is stored here with the 1 added: every RMSNorm is w · x̂.
 
 Encoder-decoder files (config kind "encoder-decoder"): every tensor under ``encoder.`` or ``decoder.``
 except the token tables and the LM head; see seq2seq_tensor_shapes (float32 before quantisation; ``S`` is
@@ -134,7 +142,8 @@ POSITION_SCHEMES = ("absolute", "padding_offset")             # how an encoder n
 # (a test keeps the two equal).
 ROPE_PARAMETERS = {"default": ("theta",), "linear": ("theta", "factor"),
                    "llama3": ("theta", "factor", "low_freq_factor", "high_freq_factor",
-                              "original_max_position_embeddings")}
+                              "original_max_position_embeddings"),
+                   "longrope": ("theta", "factors", "original_max_position_embeddings")}
 
 # Tensors quantised to int8 (+ .scale) in an int8 file; everything else stays float32.
 QUANTIZED_LINEARS = ("attn.qkv", "attn.out", "mlp.up", "mlp.down", "cross.q", "cross.kv", "cross.out",
@@ -154,6 +163,8 @@ LM_HEAD = "lm_head"
 ATTN_NORM, ATTN_QKV, ATTN_OUT = "attn_norm", "attn.qkv", "attn.out"
 CROSS_NORM, CROSS_Q, CROSS_KV, CROSS_OUT = "cross_norm", "cross.q", "cross.kv", "cross.out"
 MLP_NORM, MLP_UP, MLP_DOWN = "mlp_norm", "mlp.up", "mlp.down"
+ATTN_Q_NORM, ATTN_K_NORM = "attn.q_norm", "attn.k_norm"          # per-head query / key norms (qk_norm)
+ATTN_POST_NORM, MLP_POST_NORM = "attn_post_norm", "mlp_post_norm"    # sublayer output norms (post_norms)
 
 
 def stack_prefix(stack: str = "") -> str:
@@ -233,6 +244,13 @@ def decoder_tensor_shapes(cfg: dict) -> dict[str, tuple[int, ...]]:
         shapes.update(norm(p + "mlp_norm"))
         shapes.update(linear(p + "mlp.up", 2 * i_dim if cfg["gated_mlp"] else i_dim, h, cfg["mlp_bias"]))
         shapes.update(linear(p + "mlp.down", h, i_dim, cfg["mlp_bias"]))
+        if cfg.get("qk_norm"):
+            shapes.update({p + ATTN_Q_NORM + ".weight": (d,), p + ATTN_K_NORM + ".weight": (d,)})
+            if has_norm_bias:
+                shapes.update({p + ATTN_Q_NORM + ".bias": (d,), p + ATTN_K_NORM + ".bias": (d,)})
+        if cfg.get("post_norms"):
+            shapes.update(norm(p + ATTN_POST_NORM))
+            shapes.update(norm(p + MLP_POST_NORM))
     shapes.update(norm("final_norm"))
     if not cfg["tie_word_embeddings"]:
         shapes["lm_head.weight"] = (cfg["vocab_size"], h)

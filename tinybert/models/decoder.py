@@ -37,7 +37,7 @@ class DecoderModel:
     def __init__(self, cfg: DecoderConfig, tensors: dict[str, np.ndarray]) -> None:
         self.config = cfg
         self.block_config = block = cfg.block
-        self.embeddings = Embeddings(tensors, "", cfg.positions, cfg.max_positions)
+        self.embeddings = Embeddings(tensors, "", cfg.positions, cfg.max_positions, scale=cfg.scale_embedding)
         self.positions = Positions(block, tensors)
         self.blocks = [TransformerBlock(block, tensors, fmt.layer_prefix(i), i) for i in range(cfg.num_layers)]
         self.final_norm = Norm(tensors, fmt.FINAL_NORM, block.norm, block.norm_eps)
