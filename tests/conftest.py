@@ -388,6 +388,8 @@ def build_hf_decoder(name: str, folder: Path, tokenizer_file: Path, seed: int = 
         for pname, param in model.named_parameters():
             if "norm" in pname or "ln_" in pname:
                 param.uniform_(0.5, 1.5) if pname.endswith("weight") else param.uniform_(-0.2, 0.2)
+                if config.model_type == "gemma3_text":
+                    param -= 1.0        # Gemma's norms scale by (1 + w): the same 0.5 .. 1.5 as the others
         if head_scale is not None:
             model.config.tie_word_embeddings = False
             model.lm_head.weight = torch.nn.Parameter(model.lm_head.weight.detach().clone() * head_scale)
