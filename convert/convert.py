@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import sys
 import time
@@ -128,11 +129,20 @@ def convert(src: str | Path, out: str | Path, dtype: str = "int8", show_progress
         del raw
         task_config = TaskConfig(type="text2text-generation")
     elif model_type in DECODER_FAMILIES:
-        if task not in (None, "text-generation"):
-            raise ConversionError(f"a {model_type} checkpoint converts for text-generation, not {task!r}")
+        if task not in (None, "text-generation", "feature-extraction"):
+            raise ConversionError(f"a {model_type} checkpoint converts for text-generation or feature-extraction "
+                                  f"(an embedder), not {task!r}")
+        # a sentence-transformers folder (Qwen3-Embedding) is an embedder: pooled hidden states, no LM head
+        embedder = task == "feature-extraction" or (task is None and (src / "modules.json").is_file())
         cfg = decoder_config(hf_config, src)
-        tensors = decoder_tensors(cfg, read_checkpoint(src))
-        task_config = TaskConfig(type="text-generation")
+        if embedder:
+            pooling, max_seq_length, st_settings = sentence_transformers_settings(src, hf_config)
+            if max_seq_length is not None and max_seq_length < cfg.max_positions:     # texts are cut there
+                cfg = dataclasses.replace(cfg, max_positions=max_seq_length)
+            extra[fmt.KEY_POOLING] = json.dumps(pooling, sort_keys=True)
+            extra[fmt.KEY_SENTENCE_TRANSFORMERS] = json.dumps(st_settings, sort_keys=True, ensure_ascii=False)
+        tensors = decoder_tensors(cfg, read_checkpoint(src), lm_head=not embedder)
+        task_config = TaskConfig(type="feature-extraction" if embedder else "text-generation")
     else:
         pooling, max_seq_length, st_settings = sentence_transformers_settings(src, hf_config)
         cfg = encoder_config(hf_config, max_seq_length)
@@ -147,7 +157,9 @@ def convert(src: str | Path, out: str | Path, dtype: str = "int8", show_progress
         if not np.isfinite(value).all():
             raise ConversionError(f"tensor {name} holds NaN or infinite values")
     if dtype == "int8":
-        if mixed_activations:
+        # a decoder embedder has no logits for the calibration to measure: 12-bit inputs everywhere
+        decoder_embedder = task_config.type == "feature-extraction" and not isinstance(cfg, EncoderConfig)
+        if mixed_activations and not decoder_embedder:
             progress.step("quantising to int8 and calibrating 8-bit activations (on a first run this also compiles "
                           "the kernels)")
             calibrate: Callable = mixed_activation_tensors if isinstance(cfg, EncoderConfig) else \

@@ -165,8 +165,9 @@ def decoder_config(hf: dict, folder: Path) -> DecoderConfig:
     return cfg
 
 
-def decoder_tensors(cfg: DecoderConfig, tensors: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-    """Rename, transpose (GPT-2 Conv1D) and fuse a decoder checkpoint's tensors into canonical float32."""
+def decoder_tensors(cfg: DecoderConfig, tensors: dict[str, np.ndarray], lm_head: bool = True) -> dict[str, np.ndarray]:
+    """Rename, transpose (GPT-2 Conv1D) and fuse a decoder checkpoint's tensors into canonical float32; without
+    ``lm_head`` (an embedder) the LM head is left out."""
     def take(*names: str) -> np.ndarray:
         for name in names:
             if name in tensors:
@@ -189,7 +190,7 @@ def decoder_tensors(cfg: DecoderConfig, tensors: dict[str, np.ndarray]) -> dict[
                 out[dst + canon + ".bias"] = take(src + hf_name + ".bias")
         out["final_norm.weight"] = take(root + "ln_f.weight")
         out["final_norm.bias"] = take(root + "ln_f.bias")
-        if not cfg.tie_word_embeddings:
+        if lm_head and not cfg.tie_word_embeddings:
             out["lm_head.weight"] = take("lm_head.weight")
     else:
         root = "model." if "model.embed_tokens.weight" in tensors else ""
@@ -231,9 +232,9 @@ def decoder_tensors(cfg: DecoderConfig, tensors: dict[str, np.ndarray]) -> dict[
                 out[dst + "mlp.up.bias"] = fused(mlp, "gate_up_proj", ("gate_proj", "up_proj"), ".bias")
                 out[dst + "mlp.down.bias"] = take(mlp + "down_proj.bias")
         out["final_norm.weight"] = norm(root + "norm.weight")
-        if not cfg.tie_word_embeddings:
+        if lm_head and not cfg.tie_word_embeddings:
             out["lm_head.weight"] = take("lm_head.weight")
-    expected = decoder_tensor_shapes(cfg.to_dict())
+    expected = decoder_tensor_shapes(cfg.to_dict(), lm_head)
     for name, shape in expected.items():
         if out[name].shape != shape:
             raise ConversionError(f"tensor {name} has shape {out[name].shape}, config.json implies {shape}")

@@ -457,6 +457,10 @@ class DecoderConfig:
         """The block a KV cache is shaped for (as Seq2SeqConfig.decoder_block)."""
         return self.block
 
+    # What Encoder reads of an encoder's config, for a decoder embedder: positions from 0, no token types.
+    position_offset = 0
+    type_vocab_size = 0
+
     @property
     def num_decoder_layers(self) -> int:
         return self.num_layers

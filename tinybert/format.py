@@ -7,9 +7,11 @@ Metadata keys (all values are strings, as safetensors requires):
     format_version   FORMAT_VERSION as a decimal string
     config           canonical model config, JSON (see ``EncoderConfig``)
     tokenizer        the Hugging Face ``tokenizer.json`` text
-    pooling          {"mode": "mean"|"cls"|"max"|"mean_sqrt_len", "normalize": bool}, JSON
-    sentence_transformers  encoders, optional (older files lack it): what sentence-transformers reads from
-                     config_sentence_transformers.json, the Pooling module and a cross-encoder's config.json, JSON:
+    pooling          {"mode": "mean"|"cls"|"max"|"mean_sqrt_len"|"lasttoken", "normalize": bool}, JSON: encoders
+                     and decoder embedders (a decoder file with task feature-extraction, no LM head)
+    sentence_transformers  encoders and decoder embedders, optional (older files lack it): what
+                     sentence-transformers reads from config_sentence_transformers.json, the Pooling module and a
+                     cross-encoder's config.json, JSON:
                      {"prompts": {name: text}, "default_prompt_name": str | null, "similarity_fn_name": one of
                      SIMILARITY_FUNCTIONS | null, "truncate_dim": int | null, "include_prompt": bool,
                      "activation_fn": one of CROSS_ENCODER_ACTIVATIONS | null}; see check_sentence_transformers
@@ -127,7 +129,7 @@ PROBLEM_TYPES = ("single_label_classification", "multi_label_classification", "r
 SCALE_SUFFIX = ".scale"
 SMOOTH_SUFFIX = ".smooth"
 QUANTIZATIONS = ("int8", "fp32")
-POOLING_MODES = ("mean", "cls", "max", "mean_sqrt_len")
+POOLING_MODES = ("mean", "cls", "max", "mean_sqrt_len", "lasttoken")
 SIMILARITY_FUNCTIONS = ("cosine", "dot", "euclidean", "manhattan")    # sentence-transformers' similarity_fn_name
 CROSS_ENCODER_ACTIVATIONS = ("sigmoid", "identity", "tanh")            # a CrossEncoder's activation_fn
 # Bounds on the sentence_transformers metadata: real models carry a handful of short prompts.
@@ -217,8 +219,9 @@ def encoder_tensor_shapes(cfg: dict) -> dict[str, tuple[int, ...]]:
     return shapes
 
 
-def decoder_tensor_shapes(cfg: dict) -> dict[str, tuple[int, ...]]:
-    """Every tensor a decoder file must hold (without .scale companions), with its shape.
+def decoder_tensor_shapes(cfg: dict, lm_head: bool = True) -> dict[str, tuple[int, ...]]:
+    """Every tensor a decoder file must hold (without .scale companions), with its shape; without ``lm_head``
+    (an embedder: task feature-extraction) no LM head even when it is not tied.
 
     A gated MLP stores gate and up stacked in ``mlp.up`` ([2I, H]: gate rows first), so one GEMM
     computes both; norms have a bias only when they are LayerNorms.
@@ -252,7 +255,7 @@ def decoder_tensor_shapes(cfg: dict) -> dict[str, tuple[int, ...]]:
             shapes.update(norm(p + ATTN_POST_NORM))
             shapes.update(norm(p + MLP_POST_NORM))
     shapes.update(norm("final_norm"))
-    if not cfg["tie_word_embeddings"]:
+    if lm_head and not cfg["tie_word_embeddings"]:
         shapes["lm_head.weight"] = (cfg["vocab_size"], h)
     return shapes
 

@@ -72,7 +72,12 @@ def open_model(path: str | Path, kind: str, threads: int | None, user: str, dtyp
         path = rebuild()            # a damaged or stale cache entry: convert it again
         model_file = load(path)
     config = model_file.config
-    if not isinstance(config, config_type):
+    embedder = isinstance(config, DecoderConfig) and model_file.task.type == "feature-extraction"
+    if embedder != (kind == "encoder") and isinstance(config, DecoderConfig):
+        # a decoder embedder (no LM head) opens with Encoder, never with Generator
+        raise ModelKindError(f"{path} holds a decoder {'embedder' if embedder else 'language model'}; {user} "
+                             f"needs {needed} model: open it with {'Encoder' if embedder else 'Generator'}")
+    if not isinstance(config, config_type) and not embedder:
         _, held, opener = _KINDS[config.kind]
         raise ModelKindError(f"{path} holds {held} model; {user} needs {needed} model: open it with {opener}")
     notice_compile(kind)
