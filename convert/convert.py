@@ -79,7 +79,8 @@ def convert(src: str | Path, out: str | Path, dtype: str = "int8", show_progress
     scales, everything else float32) or "fp32". ``task`` defaults to what config.json's
     ``architectures`` names (``BertForSequenceClassification`` → "sequence-classification", a base
     model → "feature-extraction"); pass "feature-extraction" to keep only the encoder. Decoder-only
-    checkpoints (GPT-2, Llama, Mistral, Qwen2) convert for "text-generation", encoder-decoders (T5,
+    checkpoints (GPT-2, Llama, Mistral, Qwen2, Qwen3, Phi-3, Gemma 3) convert for "text-generation" (or, from a
+    sentence-transformers folder or with task="feature-extraction", as an embedder), encoder-decoders (T5,
     BART, Marian) for "text2text-generation". ``mixed_activations`` (int8): give the layers that
     keep the model's accuracy with it 8-bit inputs, calibrated and smoothed (convert/smooth.py; about
     twice as fast on AVX-512 VNNI); False keeps 12-bit inputs everywhere. Returns the

@@ -19,7 +19,7 @@ from .warmup import notice_compile
 # kind → (its config, how a message names it, the class that opens it)
 _KINDS: dict[str, tuple[type, str, str]] = {
     "encoder": (EncoderConfig, "an encoder (BERT family)", "Encoder or a task class"),
-    "decoder": (DecoderConfig, "a decoder (GPT-2, Llama family)", "Generator"),
+    "decoder": (DecoderConfig, "a decoder (GPT-2, Llama family, Qwen3, Phi-3, Gemma 3)", "Generator"),
     "encoder-decoder": (Seq2SeqConfig, "an encoder-decoder (T5, BART, Marian)", "Translator"),
 }
 
