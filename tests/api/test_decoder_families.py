@@ -153,3 +153,43 @@ def test_config_switches_are_validated_and_optional(decoder_model):
         llama.pop(key)
     old = DecoderConfig.from_dict(llama)
     assert not (old.qk_norm or old.post_norms or old.scale_embedding or old.layer_windows)
+
+
+@pytest.mark.parametrize("name, overrides", [
+    ("qwen3", {"attention_bias": True}),        # biases on q, k, v and o
+    ("phi3", {"sliding_window": 8}),            # every Phi-3 layer windowed
+])
+def test_variants_generate_as_transformers(name, overrides, decoder_model):
+    model, files = decoder_model(name, **overrides)
+    gen = tinybert.Generator(files["fp32"])
+    if name == "phi3":
+        assert gen.config.layer_windows == (8, 8)
+    else:
+        assert gen.config.attn_bias and gen.config.attn_out_bias
+    prompts = [gen.tokenizer.encode(t).ids for t in PROMPT_TEXTS]
+    ref = hf_greedy(model, prompts, 40)
+    got = gen.generate_ids(prompts, max_new_tokens=40, output_logits=True)
+    for prompt, r, g in zip(prompts, ref, got):
+        assert g["token_ids"] == r
+        full = _hf_logits(model, prompt + r)
+        np.testing.assert_allclose(g["logits"], full[len(prompt) - 1:len(prompt) - 1 + 40], atol=1e-4)
+
+
+def test_gemma3_hub_config_of_transformers_4(decoder_model, tmp_path):
+    """Gemma 3 configs on the Hub written by transformers 4 state rope_theta, rope_local_base_freq, rope_scaling
+    and sliding_window_pattern instead of per-layer-type rope parameters and layer_types: the same model."""
+    from tinybert_convert import convert
+
+    from tinybert.loader import load
+
+    _, files = decoder_model("gemma3")
+    src = tmp_path / "src"
+    shutil.copytree(files["fp32"].parent / "hf", src)
+    config = json.loads((src / "config.json").read_text())
+    for key in ("layer_types", "rope_parameters"):
+        config.pop(key)
+    config.update(sliding_window_pattern=2, rope_theta=1_000_000.0, rope_local_base_freq=10_000.0,
+                  rope_scaling={"rope_type": "linear", "factor": 4.0})
+    (src / "config.json").write_text(json.dumps(config))
+    old = convert(src, tmp_path / "old.safetensors", dtype="fp32")
+    assert load(old).config == load(files["fp32"]).config
