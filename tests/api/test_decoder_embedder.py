@@ -17,7 +17,8 @@ from tinybert.errors import InputError, ModelKindError
 
 QUERY_PROMPT = "Instruct: Given a web search query, retrieve relevant passages that answer the query\nQuery:"
 TEXTS = ["The option can also be used to compare files", "If no matching line exists",
-         "Especially a keybox with some initial certificates is often desired when", "a"]
+         "Especially a keybox with some initial certificates is often desired when", "a",
+         " ".join(["The option can also be used to compare files"] * 20)]     # cut at max_seq_length 100
 
 
 @pytest.fixture(scope="module")
@@ -27,7 +28,10 @@ def embedder(tmp_path_factory, bpe_tokenizer_file):
     from tinybert_convert import convert
 
     folder = tmp_path_factory.mktemp("qwen3-embedding") / "st"
-    build_hf_decoder("qwen3", folder, bpe_tokenizer_file)
+    causal_lm = build_hf_decoder("qwen3", folder, bpe_tokenizer_file)
+    # as Qwen3-Embedding ships: the base model's weights (no "model." prefix, no LM head)
+    (folder / "model.safetensors").unlink()
+    causal_lm.model.save_pretrained(folder)
     files = {
         "tokenizer_config.json": {"tokenizer_class": "PreTrainedTokenizerFast", "pad_token": EOT, "eos_token": EOT,
                                   "padding_side": "left", "model_max_length": 100},
@@ -56,16 +60,17 @@ def embedder(tmp_path_factory, bpe_tokenizer_file):
 def test_fp32_matches_sentence_transformers(embedder, prompt_name):
     model, files, _ = embedder
     assert model.tokenizer.padding_side == "left"
-    ref = model.encode(TEXTS, prompt_name=prompt_name, batch_size=4)
+    ref = model.encode(TEXTS, prompt_name=prompt_name, batch_size=5)
     enc = tinybert.Encoder(files["fp32"])
     assert enc.pooling == {"mode": "lasttoken", "normalize": True} and enc.prompts["query"] == QUERY_PROMPT
-    got = enc.encode(TEXTS, prompt_name=prompt_name, batch_size=4)
+    assert enc.max_seq_length == model.max_seq_length == 100 < len(enc.tokenizer.encode(TEXTS[-1] * 2).ids) + 1
+    got = enc.encode(TEXTS, prompt_name=prompt_name, batch_size=5)
     worst = float(np.abs(got - ref).max())
     print(f"qwen3 embedder fp32 (prompt {prompt_name}): max |embedding - sentence-transformers| {worst:.2e}")
     assert worst <= 1e-5
     np.testing.assert_allclose(enc.encode_query(TEXTS), model.encode_query(TEXTS), atol=1e-5)
     # batches of one and of all give the same vectors (no padding, each text's own last token)
-    np.testing.assert_allclose(enc.encode(TEXTS, batch_size=1), enc.encode(TEXTS, batch_size=4), atol=1e-6)
+    np.testing.assert_allclose(enc.encode(TEXTS, batch_size=1), enc.encode(TEXTS, batch_size=5), atol=1e-6)
 
 
 def test_forward_matches_transformers(embedder):
