@@ -111,3 +111,16 @@ def test_embedder_and_language_model_open_with_their_classes(embedder, decoder_m
     with pytest.raises(ModelKindError, match="Generator"):
         tinybert.Encoder(lm_files["fp32"])
     assert tinybert.Generator(lm_files["fp32"]).config.qk_norm
+
+
+def test_cli_describes_and_embeds_with_it(embedder, capsys):
+    from tinybert.cli import main
+
+    model, files, _ = embedder
+    assert main(["info", str(files["fp32"])]) == 0
+    out = capsys.readouterr().out
+    assert "qwen3 decoder" in out and "feature-extraction (lasttoken pooling, normalized)" in out
+    assert "tinybert embed" in out and "text-generation" not in out
+    assert main(["embed", str(files["fp32"]), TEXTS[0], TEXTS[1]]) == 0
+    rows = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    np.testing.assert_allclose([r["embedding"] for r in rows], model.encode(TEXTS[:2]), atol=1e-5)
