@@ -20,7 +20,7 @@ Hugging Face config, whose key names the runtime does not know):
      "attention_scaling": float}
 
 "attention_scaling" is optional (default 1.0); transformers uses 1.0 for the first three types. longrope
-(Phi-3; "su" in older configs) divides θ_i by factors[i]: transformers' ``_compute_longrope_parameters``
+(Phi-3; "su" in older configs) divides θ_i by factors[i]: transformers' longrope (modeling_rope_utils.py)
 picks its short factors while a forward's positions stay within original_max_position_embeddings and the
 long ones beyond it, so the runtime holds the short factors and the context is capped there (config.py
 checks max_positions against it); its attention_scaling (√(1 + ln s / ln L) for s = context / L) applies
