@@ -84,19 +84,25 @@ def _gemma3(hf: dict) -> dict:
     if not isinstance(types, list) or len(types) != layers or \
             not set(types) <= {"sliding_attention", "full_attention"}:
         raise ConversionError("config.json: layer_types must list sliding_attention / full_attention per layer")
+    if "sliding_window" in hf and hf["sliding_window"] is None and "sliding_attention" in types:
+        # sliding layers without a window, but with the local rope: not expressible as layer_windows
+        raise UnsupportedModelError("Gemma 3 sliding_attention layers without a sliding_window are not supported")
     window = integer(hf, "sliding_window", default=4096, minimum=1)
     params = hf.get("rope_parameters")
     if isinstance(params, dict) and "full_attention" in params:
-        rope = {"rope_theta": 1_000_000.0, **params["full_attention"]}
-        local = {"rope_theta": 10_000.0, **(params.get("sliding_attention") or {})}
+        full, sliding = params["full_attention"], params.get("sliding_attention") or {}
+        if not isinstance(full, dict) or not isinstance(sliding, dict):
+            raise ConversionError("config.json: rope_parameters of a layer type must be a JSON object")
+        rope = {"rope_theta": 1_000_000.0, **full}
+        local = {"rope_theta": 10_000.0, **sliding}
         shared = {k: hf[k] for k in ("max_position_embeddings", "original_max_position_embeddings") if k in hf}
         global_rope = _rope({**shared, "rope_parameters": rope})
         local_rope = _rope({**shared, "rope_parameters": local})
     else:
-        global_rope = _rope({**hf, "rope_theta": hf.get("rope_theta", 1_000_000.0)})
-        local_rope = _rope({"rope_theta": hf.get("rope_local_base_freq", 10_000.0)})
+        global_rope = _rope({**hf, "rope_theta": number(hf, "rope_theta", default=1_000_000.0)})
+        local_rope = _rope({"rope_theta": number(hf, "rope_local_base_freq", default=10_000.0)})
     return dict(scale_embedding=True, qk_norm=True, post_norms=True, rope=global_rope, local_rope=local_rope,
-                score_scale=number(hf, "query_pre_attn_scalar", default=256) ** -0.5,
+                score_scale=number(hf, "query_pre_attn_scalar", default=256) ** -0.5,     # number() is positive
                 layer_windows=tuple(window if t == "sliding_attention" else 0 for t in types))
 
 

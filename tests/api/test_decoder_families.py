@@ -120,6 +120,7 @@ def _refused(folder, tmp_path, **changes) -> None:
     ("gemma3", {"attn_logit_softcapping": 50.0}),
     ("gemma3", {"use_bidirectional_attention": True}),
     ("gemma3", {"hidden_activation": "relu"}),
+    ("gemma3", {"sliding_window": None}),       # sliding layers with their local rope but no window
     ("phi3", {"partial_rotary_factor": 0.5}),
     ("qwen3", {"rope_parameters": {"rope_type": "yarn", "factor": 4.0, "rope_theta": 10000.0}}),
 ])
