@@ -81,7 +81,8 @@ def convert(src: str | Path, out: str | Path, dtype: str = "int8", show_progress
     scales, everything else float32) or "fp32". ``task`` defaults to what config.json's
     ``architectures`` names (``BertForSequenceClassification`` → "sequence-classification", a base
     model → "feature-extraction"); pass "feature-extraction" to keep only the encoder. Decoder-only
-    checkpoints (GPT-2, Llama, Mistral, Qwen2) convert for "text-generation", encoder-decoders (T5,
+    checkpoints (GPT-2, Llama, Mistral, Qwen2, Qwen3, Phi-3, Gemma 3) convert for "text-generation" (or, from a
+    sentence-transformers folder or with task="feature-extraction", as an embedder), encoder-decoders (T5,
     BART, Marian) for "text2text-generation". ``mixed_activations`` (int8): give the layers that
     keep the model's accuracy with it 8-bit inputs, calibrated and smoothed (convert/smooth.py; about
     twice as fast on AVX-512 VNNI); False keeps 12-bit inputs everywhere. Returns the
@@ -136,12 +137,21 @@ def convert(src: str | Path, out: str | Path, dtype: str = "int8", show_progress
         del raw
         task_config = TaskConfig(type="text2text-generation")
     elif model_type in DECODER_FAMILIES:
-        if task not in (None, "text-generation"):
-            raise ConversionError(f"a {model_type} checkpoint converts for text-generation, not {task!r}")
+        if task not in (None, "text-generation", "feature-extraction"):
+            raise ConversionError(f"a {model_type} checkpoint converts for text-generation or feature-extraction "
+                                  f"(an embedder), not {task!r}")
+        # a sentence-transformers folder (Qwen3-Embedding) is an embedder: pooled hidden states, no LM head
+        embedder = task == "feature-extraction" or (task is None and (src / "modules.json").is_file())
         cfg = decoder_config(hf_config, src)
-        tensors = decoder_tensors(cfg, read_checkpoint(src))
-        task_config = TaskConfig(type="text-generation")
-        chat = chat_template_settings(src)
+        if embedder:
+            pooling, max_seq_length, st_settings = sentence_transformers_settings(src, hf_config)
+            if max_seq_length is not None and max_seq_length < cfg.max_positions:     # texts are cut there
+                cfg = dataclasses.replace(cfg, max_positions=max_seq_length)
+            extra[fmt.KEY_POOLING] = json.dumps(pooling, sort_keys=True)
+            extra[fmt.KEY_SENTENCE_TRANSFORMERS] = json.dumps(st_settings, sort_keys=True, ensure_ascii=False)
+        tensors = decoder_tensors(cfg, read_checkpoint(src), lm_head=not embedder)
+        task_config = TaskConfig(type="feature-extraction" if embedder else "text-generation")
+        chat = None if embedder else chat_template_settings(src)
         if chat is not None:
             extra[fmt.KEY_CHAT_TEMPLATE] = json.dumps(chat, sort_keys=True, ensure_ascii=False)
     else:
@@ -158,7 +168,9 @@ def convert(src: str | Path, out: str | Path, dtype: str = "int8", show_progress
         if not np.isfinite(value).all():
             raise ConversionError(f"tensor {name} holds NaN or infinite values")
     if dtype == "int8":
-        if mixed_activations:
+        # a decoder embedder has no logits for the calibration to measure: 12-bit inputs everywhere
+        decoder_embedder = task_config.type == "feature-extraction" and not isinstance(cfg, EncoderConfig)
+        if mixed_activations and not decoder_embedder:
             progress.step("quantising to int8 and calibrating 8-bit activations (on a first run this also compiles "
                           "the kernels)")
             calibrate: Callable = mixed_activation_tensors if isinstance(cfg, EncoderConfig) else \

@@ -18,7 +18,8 @@ from .files import read_json, source_file
 from .hfconfig import integer
 
 _MODES = (("pooling_mode_cls_token", "cls"), ("pooling_mode_mean_tokens", "mean"),
-          ("pooling_mode_max_tokens", "max"), ("pooling_mode_mean_sqrt_len_tokens", "mean_sqrt_len"))
+          ("pooling_mode_max_tokens", "max"), ("pooling_mode_mean_sqrt_len_tokens", "mean_sqrt_len"),
+          ("pooling_mode_lasttoken", "lasttoken"))
 
 
 # A CrossEncoder's activation_fn, as config.json names it (the class's import path). sentence-transformers resolves
@@ -56,9 +57,9 @@ def sentence_transformers_settings(folder: Path, hf_config: dict | None = None) 
                 raise ConversionError(f"{cfg_path}: pooling config named in modules.json is missing")
             cfg = read_json(folder, cfg_name, dict)
             modes = [mode for key, mode in _MODES if cfg.get(key)]
-            if len(modes) != 1 or cfg.get("pooling_mode_weightedmean_tokens") or cfg.get("pooling_mode_lasttoken"):
+            if len(modes) != 1 or cfg.get("pooling_mode_weightedmean_tokens"):
                 raise UnsupportedModelError(
-                    f"{cfg_path}: only exactly one of cls/mean/max/mean_sqrt_len pooling is supported")
+                    f"{cfg_path}: only exactly one of cls/mean/max/mean_sqrt_len/lasttoken pooling is supported")
             pooling["mode"] = modes[0]
             include_prompt = cfg.get("include_prompt", True)
             if not isinstance(include_prompt, bool):

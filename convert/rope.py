@@ -8,6 +8,8 @@ The converter is the only code that knows Hugging Face names (``rope_scaling``, 
 
 from __future__ import annotations
 
+import math
+
 from tinybert.kernels.rope import SUPPORTED_TYPES
 
 
@@ -31,10 +33,14 @@ def rope_from_hf_config(cfg: dict) -> dict:
     ``original_max_position_embeddings`` from a top-level key of that name, else the parameters,
     else ``max_position_embeddings``.
 
-    Raises ValueError for rope types other than default / linear / llama3 ("dynamic" rescales with
-    the sequence length, "yarn" and "longrope" need extra attention scaling and per-frequency
-    factors; none are implemented), for per-layer-type (nested) rope parameters, and for a
-    ``partial_rotary_factor`` other than 1 on linear / llama3 (transformers' Llama cannot run it
+    longrope (Phi-3's, "su" in early configs) keeps its short factors and the attention scaling transformers
+    computes; the context is capped at its original_max_position_embeddings (convert/decoders.py), where
+    transformers uses the short factors.
+
+    Raises ValueError for rope types other than default / linear / llama3 / longrope ("dynamic" rescales
+    with the sequence length, "yarn" needs extra attention scaling; neither is implemented), for per-layer-type
+    (nested) rope parameters (Gemma 3's are split in convert/decoders.py), and for a
+    ``partial_rotary_factor`` other than 1 on scaled types (transformers' Llama cannot run it
     either; its default rope ignores the factor, and so do we), and for parameters that are not numbers
     (ranges are the runtime's check: tinybert/config.py).
     """
@@ -44,6 +50,8 @@ def rope_from_hf_config(cfg: dict) -> dict:
     if any(isinstance(value, dict) for value in params.values()):
         raise ValueError("per-layer-type rope parameters are not supported")
     kind = params.get("rope_type", params.get("type", "default"))
+    if kind == "su":            # longrope's name in early Phi-3 configs (transformers renames it too)
+        kind = "longrope"
     if kind not in SUPPORTED_TYPES:
         raise ValueError(f"unsupported rope type {kind!r}: only {', '.join(SUPPORTED_TYPES)} are implemented")
     theta = params.get("rope_theta")
@@ -60,6 +68,12 @@ def rope_from_hf_config(cfg: dict) -> dict:
         if kind == "llama3":
             rope["low_freq_factor"] = _number(params["low_freq_factor"], "low_freq_factor")
             rope["high_freq_factor"] = _number(params["high_freq_factor"], "high_freq_factor")
+        if kind == "longrope":
+            factors = params["short_factor"]
+            if not isinstance(factors, list):
+                raise ValueError(f"rope short_factor must be a list of numbers, got {factors!r:.60}")
+            rope["factors"] = [_number(f, "short_factor") for f in factors]
+        if kind in ("llama3", "longrope"):
             original = cfg.get("original_max_position_embeddings")
             if original is None:
                 original = params.get("original_max_position_embeddings", cfg.get("max_position_embeddings"))
@@ -70,7 +84,22 @@ def rope_from_hf_config(cfg: dict) -> dict:
             if isinstance(original, bool) or not isinstance(original, int):
                 raise ValueError(f"original_max_position_embeddings must be an integer, got {original!r:.60}")
             rope["original_max_position_embeddings"] = original
+        rope["attention_scaling"] = _longrope_scaling(cfg, params, original) if kind == "longrope" else 1.0
     except KeyError as err:
         raise ValueError(f"rope type {kind!r} needs {err.args[0]!r} in the config") from None
-    rope["attention_scaling"] = 1.0
     return rope
+
+
+def _longrope_scaling(cfg: dict, params: dict, original: int) -> float:
+    """transformers' _compute_longrope_parameters: the attention_factor given, else √(1 + ln s / ln L) for the
+    scale s = factor, or max_position_embeddings / L without one (Phi-3), and 1 for s ≤ 1 (L: the original
+    context)."""
+    if params.get("attention_factor") is not None:
+        return _number(params["attention_factor"], "attention_factor")
+    factor = params.get("factor")
+    if factor is None:
+        factor = _number(cfg["max_position_embeddings"], "max_position_embeddings") / original
+    factor = _number(factor, "factor")
+    if factor <= 1.0 or original <= 1:
+        return 1.0
+    return math.sqrt(1 + math.log(factor) / math.log(original))

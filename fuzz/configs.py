@@ -55,13 +55,14 @@ SIZES = [10 ** 9, 2 ** 31 - 1, 2 ** 31, 2 ** 63, 10 ** 6, 2 ** 20, 4097]
 ROPE_TYPES = ["default", "linear", "llama3", "dynamic", "yarn", "longrope", "", "LLAMA3", None, 3, ["llama3"]]
 ROPE_KEYS = {"theta": 10000.0, "factor": 8.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
              "original_max_position_embeddings": 8, "attention_scaling": 1.0, "rope_type": "llama3",
-             "beta_fast": 32.0, "mscale": 1.0}
+             "beta_fast": 32.0, "mscale": 1.0, "factors": [1.0, 2.0]}
 TEXTS = ["the cat sat on the mat", "café 你好 🙂"]
 # Config fields no tensor backs (sizes, ids, scales): picked more often, since nothing but the loader's checks
 # stands between them and an allocation or an index.
 UNBACKED = ["max_positions", "max_length", "relative_max_distance", "relative_buckets", "rope", "pad_token_id",
             "bos_token_id", "eos_token_ids", "decoder_start_token_id", "forced_bos_token_id", "forced_eos_token_id",
-            "bad_token_ids", "norm_eps", "lm_head_scale", "attn_scale", "positions", "position_scheme"]
+            "bad_token_ids", "norm_eps", "lm_head_scale", "attn_scale", "positions", "position_scheme",
+            "layer_windows", "local_rope", "score_scale", "qk_norm", "post_norms", "scale_embedding"]
 
 
 def _seeds() -> list[tuple[str, dict, dict]]:

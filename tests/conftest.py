@@ -348,7 +348,7 @@ def bpe_tokenizer_file(tmp_path_factory, sentences) -> Path:
 
 
 def _decoder_configs(vocab: int, eot: int) -> dict:
-    from transformers import GPT2Config, LlamaConfig, Qwen2Config
+    from transformers import Gemma3TextConfig, GPT2Config, LlamaConfig, Phi3Config, Qwen2Config, Qwen3Config
 
     llama = dict(vocab_size=vocab, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
                  num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256,
@@ -364,10 +364,23 @@ def _decoder_configs(vocab: int, eot: int) -> dict:
             "rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
             "original_max_position_embeddings": 64, "rope_theta": 500000.0}),
         "qwen2": lambda: Qwen2Config(**{**llama, "num_key_value_heads": 2}),
+        # head_dim 32 with 4 heads: q is wider than the hidden size, as in Qwen3 checkpoints
+        "qwen3": lambda: Qwen3Config(**llama, head_dim=32),
+        # longrope with a context 4x the original (attention scaling ≈ 1.14); tinybert stops at the original 160
+        "phi3": lambda: Phi3Config(**{**llama, "max_position_embeddings": 640}, original_max_position_embeddings=160,
+                                   rope_parameters={"rope_type": "longrope", "rope_theta": 10000.0,
+                                                    "short_factor": [1.0, 1.1, 1.3, 1.7, 2.2, 3.0, 4.1, 5.5],
+                                                    "long_factor": [1.0, 2.0, 4.0, 8.0, 12.0, 16.0, 24.0, 32.0]}),
+        # a window of 8 positions, well below the generated lengths; global layers with linear rope scaling
+        "gemma3": lambda: Gemma3TextConfig(
+            **{**llama, "num_hidden_layers": 3, "tie_word_embeddings": True}, head_dim=16, query_pre_attn_scalar=24,
+            sliding_window=8, layer_types=["sliding_attention", "full_attention", "sliding_attention"],
+            rope_parameters={"full_attention": {"rope_type": "linear", "factor": 4.0, "rope_theta": 1_000_000.0},
+                             "sliding_attention": {"rope_type": "default", "rope_theta": 10_000.0}}),
     }
 
 
-DECODERS = ["gpt2", "llama", "llama-mqa-tied", "llama-linear", "llama-llama3", "qwen2"]
+DECODERS = ["gpt2", "llama", "llama-mqa-tied", "llama-linear", "llama-llama3", "qwen2", "qwen3", "phi3", "gemma3"]
 
 
 def build_hf_decoder(name: str, folder: Path, tokenizer_file: Path, seed: int = 0, head_scale: float | None = None,
@@ -391,6 +404,8 @@ def build_hf_decoder(name: str, folder: Path, tokenizer_file: Path, seed: int = 
         for pname, param in model.named_parameters():
             if "norm" in pname or "ln_" in pname:
                 param.uniform_(0.5, 1.5) if pname.endswith("weight") else param.uniform_(-0.2, 0.2)
+                if config.model_type == "gemma3_text":
+                    param -= 1.0        # Gemma's norms scale by (1 + w): the same 0.5 .. 1.5 as the others
         if head_scale is not None:
             model.config.tie_word_embeddings = False
             model.lm_head.weight = torch.nn.Parameter(model.lm_head.weight.detach().clone() * head_scale)

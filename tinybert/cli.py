@@ -142,7 +142,7 @@ _NEEDS = {
     "ner": "a token-classification head (a file converted from a *ForTokenClassification checkpoint)",
     "fill-mask": "a masked-LM head (a file converted from a *ForMaskedLM checkpoint)",
     "qa": "a question-answering head (a file converted from a *ForQuestionAnswering checkpoint)",
-    "generate": "a decoder (GPT-2, Llama, Mistral, Qwen2)",
+    "generate": "a decoder (GPT-2, Llama, Mistral, Qwen2, Qwen3, Phi-3, Gemma 3)",
     "chat": "a decoder with a chat template (an instruct or chat model)",
     "translate": "an encoder-decoder (T5, BART, Marian, NLLB, ...)",
     "summarize": "an encoder-decoder (T5, BART, Marian, ...)",
@@ -627,6 +627,12 @@ def _cmd_info(args: argparse.Namespace) -> None:
               f"{cfg.norm}, {cfg.activation}{' gated' if cfg.gated_mlp else ''}, {cfg.positions} positions")
         print(f"  vocabulary    {cfg.vocab_size} tokens, context {cfg.max_positions}")
         print(f"  weights       {params / 1e6:.1f} M parameters, {model.quantization}")
+        if model.task.type == "feature-extraction":      # a decoder embedder (Qwen3-Embedding)
+            print(f"  task          feature-extraction ({model.pooling['mode']} pooling"
+                  f"{', normalized' if model.pooling['normalize'] else ''})")
+            print(f"  source        {source}")
+            print("  use           tinybert embed, tinybert similarity")
+            return
         print(f"  task          text-generation (end-of-sequence ids {_ids(cfg.eos_token_ids)})")
         print(f"  chat          {'template kept' if model.chat_template else 'no template'}")
         print(f"  source        {source}")

@@ -79,8 +79,8 @@ def _check_fields(obj: object, what: str = "config") -> None:
 def _check_rope(rope: object) -> None:
     """The canonical rope dict of kernels/rope.py: a known type with exactly its parameters (format.ROPE_PARAMETERS,
     plus an optional attention_scaling), each a positive number (original_max_position_embeddings a positive
-    integer), and for llama3 a low frequency factor below the high one: the tables divide by each of them and by
-    their difference."""
+    integer, longrope's factors a list of them), and for llama3 a low frequency factor below the high one: the
+    tables divide by each of them and by their difference."""
     if not isinstance(rope, dict):
         raise ModelFileError("config rope must be a JSON object for rotary positions")
     kind = rope.get("type")
@@ -94,6 +94,10 @@ def _check_rope(rope: object) -> None:
                                                                f"has unknown keys {_short(unknown)}"))
     for name in (*names, "attention_scaling"):
         value = rope.get(name, 1.0)
+        if name == "factors":       # longrope: one factor per frequency (the block checks their number)
+            if not (isinstance(value, list) and value and all(_is_number(v) and v > 0 for v in value)):
+                raise ModelFileError(f"config rope factors must be a list of positive numbers, got {_short(value)}")
+            continue
         integer = name == "original_max_position_embeddings"
         if not (_is_int(value) if integer else _is_number(value)) or not value > 0:
             raise ModelFileError(f"config rope {name} must be a positive {'integer' if integer else 'number'}, "
@@ -166,6 +170,13 @@ class BlockConfig:
     of disentangled terms)) for DeBERTa. ``causal``: self-attention over the slot cache
     (decoders) rather than bidirectional over packed sequences; ``cross_attention`` over the slot's source.
     Grouped-query attention is ``num_kv_heads`` < ``num_heads``.
+
+    ``qk_norm``: each head's query and key go through a norm of the block's kind (weights [head_dim]) after the
+    projection, before rotary positions (Qwen3, Gemma 3). ``post_norms``: the sublayers' outputs are normed
+    before the residual add, x + post_norm(f(norm(x))) (Gemma 3). ``score_scale`` replaces 1/√head_dim
+    (Gemma 3's query_pre_attn_scalar^-1/2). ``layer_windows``: per layer, the sliding attention window (a query
+    sees the keys less than that many positions back; 0: all of them), empty when no layer has one; windowed
+    layers use the rotary ``local_rope`` when it is set (Gemma 3's local base frequency).
     """
 
     hidden_size: int
@@ -187,6 +198,15 @@ class BlockConfig:
     causal: bool = False
     cross_attention: bool = False
     disentangled: tuple[str, ...] = ()
+    qk_norm: bool = False
+    post_norms: bool = False
+    score_scale: float | None = None
+    layer_windows: tuple[int, ...] = ()
+    local_rope: dict | None = None
+
+    @property
+    def windowed(self) -> bool:
+        return any(self.layer_windows)
 
     def validate(self) -> None:
         _check_fields(self)
@@ -207,7 +227,24 @@ class BlockConfig:
         if self.positions == "rope":
             if self.head_dim % 2:
                 raise ModelFileError("rotary positions need an even head_dim")
-            _check_rope(self.rope)
+            for rope in (self.rope, *((self.local_rope,) if self.local_rope is not None else ())):
+                _check_rope(rope)
+                if rope["type"] == "longrope":
+                    if len(rope["factors"]) != self.head_dim // 2:
+                        raise ModelFileError(f"config rope factors must be head_dim / 2 = {self.head_dim // 2} "
+                                             "numbers")
+                    # the factors are transformers' short ones, which it uses only within the original context
+                    if self.max_positions > rope["original_max_position_embeddings"]:
+                        raise ModelFileError("config max_positions is above the longrope "
+                                             "original_max_position_embeddings")
+        elif self.local_rope is not None:
+            raise ModelFileError("config local_rope needs rotary positions")
+        if self.post_norms and not self.pre_norm:
+            raise ModelFileError("config post_norms need pre-norm blocks")
+        if self.score_scale is not None and not self.score_scale > 0:
+            raise ModelFileError("config score_scale must be a positive number")
+        if self.windowed and (not self.causal or self.positions == "relative"):
+            raise ModelFileError("config layer_windows need causal attention without a relative position bias")
         # T5's bucketing (layers/attention.py) halves the buckets per direction and takes a logarithm with base
         # max_distance / max_exact, where max_exact is half the buckets of a direction: fewer than 4 buckets divide
         # by zero, and a distance not above max_exact makes the logarithm zero or negative (buckets out of range).
@@ -398,6 +435,9 @@ class DecoderConfig:
     the canonical ``rope`` dict of tinybert/kernels/rope.py), grouped-query attention
     (``num_kv_heads`` ≤ ``num_heads``), which projections carry biases, and whether the LM head is
     the token embedding table (``tie_word_embeddings``). ``max_positions`` is the context length.
+    ``scale_embedding``: token rows times √hidden_size (Gemma). ``qk_norm``, ``post_norms``, ``score_scale``,
+    ``layer_windows`` (one entry per layer, or none) and ``local_rope`` are BlockConfig's (Qwen3, Gemma 3);
+    files of earlier converters lack them and mean their defaults.
     """
 
     architecture: str
@@ -422,29 +462,43 @@ class DecoderConfig:
     bos_token_id: int | None
     eos_token_ids: tuple[int, ...]
     pad_token_id: int | None
+    scale_embedding: bool = False
+    qk_norm: bool = False
+    post_norms: bool = False
+    score_scale: float | None = None
+    layer_windows: tuple[int, ...] = ()
+    local_rope: dict | None = None
     kind: str = "decoder"
 
     def to_dict(self) -> dict:
         data = asdict(self)
         data["eos_token_ids"] = list(self.eos_token_ids)
+        data["layer_windows"] = list(self.layer_windows)
         return data
 
     @classmethod
     def from_dict(cls, data: dict) -> DecoderConfig:
         """Build and check a config read from a file; any inconsistency is a ModelFileError."""
-        return _from_file(cls, data, tuples=("eos_token_ids",))
+        return _from_file(cls, data, optional=("kind", *_DECODER_ADDITIONS),
+                          tuples=("eos_token_ids", "layer_windows"))
 
     @property
     def block(self) -> BlockConfig:
         return BlockConfig(hidden_size=self.hidden_size, num_heads=self.num_heads, num_kv_heads=self.num_kv_heads,
                            head_dim=self.head_dim, intermediate_size=self.intermediate_size, norm=self.norm,
                            norm_eps=self.norm_eps, pre_norm=True, activation=self.activation, gated_mlp=self.gated_mlp,
-                           positions=self.positions, max_positions=self.max_positions, rope=self.rope, causal=True)
+                           positions=self.positions, max_positions=self.max_positions, rope=self.rope, causal=True,
+                           qk_norm=self.qk_norm, post_norms=self.post_norms, score_scale=self.score_scale,
+                           layer_windows=self.layer_windows, local_rope=self.local_rope)
 
     @property
     def decoder_block(self) -> BlockConfig:
         """The block a KV cache is shaped for (as Seq2SeqConfig.decoder_block)."""
         return self.block
+
+    # What Encoder reads of an encoder's config, for a decoder embedder: positions from 0, no token types.
+    position_offset = 0
+    type_vocab_size = 0
 
     @property
     def num_decoder_layers(self) -> int:
@@ -458,11 +512,17 @@ class DecoderConfig:
             raise ModelFileError(f"config kind {self.kind!r} is not a decoder")
         if self.positions not in DECODER_POSITIONS:
             raise ModelFileError(f"config positions {self.positions!r} is not one of {DECODER_POSITIONS}")
+        if self.layer_windows and len(self.layer_windows) != self.num_layers:
+            raise ModelFileError("config layer_windows must have one entry per layer")
         self.block.validate()
         for name, value in (("bos_token_id", self.bos_token_id), ("pad_token_id", self.pad_token_id),
                             *(("eos_token_ids", e) for e in self.eos_token_ids)):
             if value is not None and value >= self.vocab_size:
                 raise ModelFileError(f"config {name} {value!r} is outside the vocabulary")
+
+
+# DecoderConfig fields later converters added: a file without them means their defaults (as before them).
+_DECODER_ADDITIONS = ("scale_embedding", "qk_norm", "post_norms", "score_scale", "layer_windows", "local_rope")
 
 
 @dataclass(frozen=True)

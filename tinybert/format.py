@@ -7,9 +7,11 @@ Metadata keys (all values are strings, as safetensors requires):
     format_version   FORMAT_VERSION as a decimal string
     config           canonical model config, JSON (see ``EncoderConfig``)
     tokenizer        the Hugging Face ``tokenizer.json`` text
-    pooling          {"mode": "mean"|"cls"|"max"|"mean_sqrt_len", "normalize": bool}, JSON
-    sentence_transformers  encoders, optional (older files lack it): what sentence-transformers reads from
-                     config_sentence_transformers.json, the Pooling module and a cross-encoder's config.json, JSON:
+    pooling          {"mode": "mean"|"cls"|"max"|"mean_sqrt_len"|"lasttoken", "normalize": bool}, JSON: encoders
+                     and decoder embedders (a decoder file with task feature-extraction, no LM head)
+    sentence_transformers  encoders and decoder embedders, optional (older files lack it): what
+                     sentence-transformers reads from config_sentence_transformers.json, the Pooling module and a
+                     cross-encoder's config.json, JSON:
                      {"prompts": {name: text}, "default_prompt_name": str | null, "similarity_fn_name": one of
                      SIMILARITY_FUNCTIONS | null, "truncate_dim": int | null, "include_prompt": bool,
                      "activation_fn": one of CROSS_ENCODER_ACTIVATIONS | null}; see check_sentence_transformers
@@ -56,7 +58,15 @@ the token table) may carry ``lm_head.weight.smooth`` [H], all ones: 8-bit inputs
     rel_norm.weight / .bias [H]        their LayerNorm (config ``rel_norm``)
 
 Decoder files (config kind "decoder") use the same layer names, pre-norm, plus ``final_norm`` and,
-when the LM head is not tied to embed.tokens, ``lm_head.weight`` [V, H]; see decoder_tensor_shapes.
+when the LM head is not tied to embed.tokens, ``lm_head.weight`` [V, H]; see decoder_tensor_shapes. Blocks
+with the config switches below also have:
+
+    layers.L.attn.q_norm.weight [d]    qk_norm: a norm of each head's query and key (d = head_dim), after
+    layers.L.attn.k_norm.weight [d]    the projection and before the rotary positions (Qwen3, Gemma 3)
+    layers.L.attn_post_norm.weight [H] post_norms: a norm of the sublayer's output before the residual add
+    layers.L.mlp_post_norm.weight [H]  (Gemma 3: x = x + post_norm(f(norm(x))))
+
+A norm stored as (1 + w) by its checkpoint (Gemma) is stored here with the 1 added: every RMSNorm is w · x̂.
 
 Encoder-decoder files (config kind "encoder-decoder"): every tensor under ``encoder.`` or ``decoder.``
 except the token tables and the LM head; see seq2seq_tensor_shapes (float32 before quantisation; ``S`` is
@@ -129,7 +139,7 @@ PROBLEM_TYPES = ("single_label_classification", "multi_label_classification", "r
 SCALE_SUFFIX = ".scale"
 SMOOTH_SUFFIX = ".smooth"
 QUANTIZATIONS = ("int8", "fp32")
-POOLING_MODES = ("mean", "cls", "max", "mean_sqrt_len")
+POOLING_MODES = ("mean", "cls", "max", "mean_sqrt_len", "lasttoken")
 SIMILARITY_FUNCTIONS = ("cosine", "dot", "euclidean", "manhattan")    # sentence-transformers' similarity_fn_name
 CROSS_ENCODER_ACTIVATIONS = ("sigmoid", "identity", "tanh")            # a CrossEncoder's activation_fn
 # Bounds on the sentence_transformers metadata: real models carry a handful of short prompts.
@@ -150,7 +160,8 @@ DISENTANGLED_TERMS = ("c2p", "p2c")     # DeBERTa's content-to-position and posi
 # (a test keeps the two equal).
 ROPE_PARAMETERS = {"default": ("theta",), "linear": ("theta", "factor"),
                    "llama3": ("theta", "factor", "low_freq_factor", "high_freq_factor",
-                              "original_max_position_embeddings")}
+                              "original_max_position_embeddings"),
+                   "longrope": ("theta", "factors", "original_max_position_embeddings")}
 
 # Tensors quantised to int8 (+ .scale) in an int8 file; everything else stays float32.
 QUANTIZED_LINEARS = ("attn.qkv", "attn.out", "mlp.up", "mlp.down", "cross.q", "cross.kv", "cross.out",
@@ -172,6 +183,8 @@ LM_HEAD = "lm_head"
 ATTN_NORM, ATTN_QKV, ATTN_OUT = "attn_norm", "attn.qkv", "attn.out"
 CROSS_NORM, CROSS_Q, CROSS_KV, CROSS_OUT = "cross_norm", "cross.q", "cross.kv", "cross.out"
 MLP_NORM, MLP_UP, MLP_DOWN = "mlp_norm", "mlp.up", "mlp.down"
+ATTN_Q_NORM, ATTN_K_NORM = "attn.q_norm", "attn.k_norm"          # per-head query / key norms (qk_norm)
+ATTN_POST_NORM, MLP_POST_NORM = "attn_post_norm", "mlp_post_norm"    # sublayer output norms (post_norms)
 
 
 def stack_prefix(stack: str = "") -> str:
@@ -236,8 +249,9 @@ def encoder_tensor_shapes(cfg: dict) -> dict[str, tuple[int, ...]]:
     return shapes
 
 
-def decoder_tensor_shapes(cfg: dict) -> dict[str, tuple[int, ...]]:
-    """Every tensor a decoder file must hold (without .scale companions), with its shape.
+def decoder_tensor_shapes(cfg: dict, lm_head: bool = True) -> dict[str, tuple[int, ...]]:
+    """Every tensor a decoder file must hold (without .scale companions), with its shape; without ``lm_head``
+    (an embedder: task feature-extraction) no LM head even when it is not tied.
 
     A gated MLP stores gate and up stacked in ``mlp.up`` ([2I, H]: gate rows first), so one GEMM
     computes both; norms have a bias only when they are LayerNorms.
@@ -263,8 +277,15 @@ def decoder_tensor_shapes(cfg: dict) -> dict[str, tuple[int, ...]]:
         shapes.update(norm(p + "mlp_norm"))
         shapes.update(linear(p + "mlp.up", 2 * i_dim if cfg["gated_mlp"] else i_dim, h, cfg["mlp_bias"]))
         shapes.update(linear(p + "mlp.down", h, i_dim, cfg["mlp_bias"]))
+        if cfg.get("qk_norm"):
+            shapes.update({p + ATTN_Q_NORM + ".weight": (d,), p + ATTN_K_NORM + ".weight": (d,)})
+            if has_norm_bias:
+                shapes.update({p + ATTN_Q_NORM + ".bias": (d,), p + ATTN_K_NORM + ".bias": (d,)})
+        if cfg.get("post_norms"):
+            shapes.update(norm(p + ATTN_POST_NORM))
+            shapes.update(norm(p + MLP_POST_NORM))
     shapes.update(norm("final_norm"))
-    if not cfg["tie_word_embeddings"]:
+    if lm_head and not cfg["tie_word_embeddings"]:
         shapes["lm_head.weight"] = (cfg["vocab_size"], h)
     return shapes
 

@@ -132,7 +132,7 @@ def _expected(config: EncoderConfig | DecoderConfig | Seq2SeqConfig, task: TaskC
               quantization: str) -> dict[str, tuple[tuple[int, ...], np.dtype]]:
     expected = {}
     if isinstance(config, DecoderConfig):
-        shapes = fmt.decoder_tensor_shapes(config.to_dict())
+        shapes = fmt.decoder_tensor_shapes(config.to_dict(), lm_head=task.type == "text-generation")
     elif isinstance(config, Seq2SeqConfig):
         shapes = fmt.seq2seq_tensor_shapes(config.to_dict())
     else:
@@ -152,15 +152,18 @@ def load(path: str | Path) -> ModelFile:
     path = Path(path)
     metadata = read_metadata(path)
     config = config_from_dict(_json_key(metadata, fmt.KEY_CONFIG))
+    task = TaskConfig.from_dict(_json_key(metadata, fmt.KEY_TASK))
+    # a decoder embedder: a decoder with task feature-extraction, pooled like an encoder
+    embedder = isinstance(config, DecoderConfig) and task.type == "feature-extraction"
     pooling = None
-    if isinstance(config, EncoderConfig):
+    if isinstance(config, EncoderConfig) or embedder:
         pooling = _json_key(metadata, fmt.KEY_POOLING)
         if (not isinstance(pooling, dict) or pooling.get("mode") not in fmt.POOLING_MODES
                 or not isinstance(pooling.get("normalize"), bool)):
             raise ModelFileError(f"{path}: bad pooling metadata {metadata.get(fmt.KEY_POOLING)!r}")
     st_settings = fmt.default_sentence_transformers()
     if fmt.KEY_SENTENCE_TRANSFORMERS in metadata:
-        if not isinstance(config, EncoderConfig):
+        if not (isinstance(config, EncoderConfig) or embedder):
             raise ModelFileError(f"{path}: sentence_transformers metadata in a {config.kind} file")
         st_settings = _json_key(metadata, fmt.KEY_SENTENCE_TRANSFORMERS)
         problem = fmt.check_sentence_transformers(st_settings)
@@ -180,8 +183,7 @@ def load(path: str | Path) -> ModelFile:
     tokenizer = metadata.get(fmt.KEY_TOKENIZER)
     if not tokenizer:
         raise ModelFileError(f"{path}: metadata has no tokenizer")
-    task = TaskConfig.from_dict(_json_key(metadata, fmt.KEY_TASK))
-    if ((task.type == "text-generation") != isinstance(config, DecoderConfig)
+    if ((task.type == "text-generation") != (isinstance(config, DecoderConfig) and not embedder)
             or (task.type == "text2text-generation") != isinstance(config, Seq2SeqConfig)):
         raise ModelFileError(f"{path}: task {task.type!r} does not fit a {config.kind} model")
     target_tokenizer, source_id_map, unknown_pieces = _target_tokenizer(path, metadata, config)

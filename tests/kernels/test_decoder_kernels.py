@@ -285,13 +285,41 @@ def test_legacy_config_gives_the_same_tables_as_transformers():
 @pytest.mark.parametrize("params", [
     dict(rope_type="dynamic", rope_theta=10000.0, factor=2.0),
     dict(rope_type="yarn", rope_theta=10000.0, factor=4.0, original_max_position_embeddings=256),
-    dict(rope_type="longrope", rope_theta=10000.0, short_factor=[1.0] * 32, long_factor=[2.0] * 32,
-         original_max_position_embeddings=256),
 ])
 def test_rope_from_hf_config_rejects_unsupported_types(params):
     cfg = _llama_config(params, 64).to_dict()
     with pytest.raises(ValueError, match=params["rope_type"]):
         rope_from_hf_config(cfg)
+
+
+@pytest.mark.parametrize("factor", [None, 3.0])
+def test_longrope_tables_match_phi3_within_the_original_context(factor):
+    """longrope (Phi-3): transformers' short factors and attention scaling √(1 + ln s / ln L) (s = the config's
+    factor, else max_position_embeddings / L) at every position up to the original context L, which is where
+    tinybert's context ends (convert/decoders.py); "su" is its older name."""
+    from transformers import Phi3Config
+    from transformers.models.phi3.modeling_phi3 import Phi3RotaryEmbedding
+
+    short = [float(x) for x in 1.0 + 0.37 * np.arange(32)]
+    params = dict(rope_type="longrope", rope_theta=10000.0, short_factor=short, long_factor=[40.0] * 32,
+                  **({"factor": factor} if factor else {}))
+    cfg = Phi3Config(hidden_size=256, num_attention_heads=4, max_position_embeddings=4096,
+                     original_max_position_embeddings=256, rope_parameters=params)
+    ours = rope_from_hf_config(cfg.to_dict())
+    scale = factor or 4096 / 256
+    assert ours["type"] == "longrope" and ours["original_max_position_embeddings"] == 256
+    assert ours["attention_scaling"] == pytest.approx(math.sqrt(1 + math.log(scale) / math.log(256)))
+    emb = Phi3RotaryEmbedding(cfg)
+    np.testing.assert_array_equal(rope._inv_freq(64, ours), emb.original_inv_freq.numpy())
+    positions = np.arange(256, dtype=np.int64)
+    with torch.no_grad():
+        hf_cos, hf_sin = emb(torch.zeros(1), torch.from_numpy(positions)[None])
+    cos, sin = rope.rope_tables(64, 256, ours)
+    np.testing.assert_allclose(cos, hf_cos[0, :, :32].numpy(), atol=1e-6, rtol=0)
+    np.testing.assert_allclose(sin, hf_sin[0, :, :32].numpy(), atol=1e-6, rtol=0)
+    legacy = {**cfg.to_dict(), "rope_scaling": {**params, "type": "su"}}
+    legacy["rope_scaling"].pop("rope_type")
+    assert rope_from_hf_config(legacy) == ours
 
 
 def test_rope_rejects_bad_input():

@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 
 from .. import format as fmt
-from ..config import EncoderConfig, TaskConfig
+from ..config import DecoderConfig, EncoderConfig, TaskConfig
 from ..errors import InputError, ModelKindError
 from ..models.heads import l2_normalize
 from ..tokenizer import check_sentences, load_tokenizer, token_ids
@@ -38,7 +38,8 @@ def _as_int_array(name: str, value: object, shape: tuple[int, ...] | None) -> np
 
 
 class Encoder:
-    """A BERT-family encoder loaded from a tinybert file.
+    """A BERT-family encoder loaded from a tinybert file, or a decoder embedder (Qwen3-Embedding: a decoder file
+    converted from a sentence-transformers folder, pooled on each text's last token).
 
     >>> enc = Encoder("all-MiniLM-L6-v2.int8.safetensors")
     >>> enc.encode(["A sentence.", "Another one."]).shape
@@ -58,7 +59,7 @@ class Encoder:
                            local_files_only=local_files_only)
         model_file = opened.file
         self.path = opened.path
-        self.config: EncoderConfig = opened.config
+        self.config: EncoderConfig | DecoderConfig = opened.config
         self.pooling: dict = dict(model_file.pooling)
         self.quantization: str = opened.quantization
         self.metadata: dict[str, str] = opened.metadata
@@ -152,6 +153,9 @@ class Encoder:
             if mask.min() < 0 or mask.max() > 1:
                 raise InputError("attention_mask must hold only 0 and 1")
             mask = mask.astype(np.uint8)
+            if isinstance(cfg, DecoderConfig) and np.any(np.diff(mask.astype(np.int8), axis=1) > 0):
+                # causal attention: padding after a row's tokens never reaches them; before, it would
+                raise InputError("a decoder embedder takes right padding only (attention_mask 1s, then 0s)")
         if token_type_ids is None:
             types = np.zeros((batch, seq), dtype=np.int32)
         else:

@@ -19,7 +19,7 @@ from .warmup import notice_compile
 # kind → (its config, how a message names it, the class that opens it)
 _KINDS: dict[str, tuple[type, str, str]] = {
     "encoder": (EncoderConfig, "an encoder (BERT family)", "Encoder or a task class"),
-    "decoder": (DecoderConfig, "a decoder (GPT-2, Llama family)", "Generator"),
+    "decoder": (DecoderConfig, "a decoder (GPT-2, Llama family, Qwen3, Phi-3, Gemma 3)", "Generator"),
     "encoder-decoder": (Seq2SeqConfig, "an encoder-decoder (T5, BART, Marian)", "Translator"),
 }
 
@@ -72,7 +72,12 @@ def open_model(path: str | Path, kind: str, threads: int | None, user: str, dtyp
         path = rebuild()            # a damaged or stale cache entry: convert it again
         model_file = load(path)
     config = model_file.config
-    if not isinstance(config, config_type):
+    embedder = isinstance(config, DecoderConfig) and model_file.task.type == "feature-extraction"
+    if embedder != (kind == "encoder") and isinstance(config, DecoderConfig):
+        # a decoder embedder (no LM head) opens with Encoder, never with Generator
+        raise ModelKindError(f"{path} holds a decoder {'embedder' if embedder else 'language model'}; {user} "
+                             f"needs {needed} model: open it with {'Encoder' if embedder else 'Generator'}")
+    if not isinstance(config, config_type) and not embedder:
         _, held, opener = _KINDS[config.kind]
         raise ModelKindError(f"{path} holds {held} model; {user} needs {needed} model: open it with {opener}")
     notice_compile(kind)

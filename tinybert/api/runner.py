@@ -10,8 +10,9 @@ from dataclasses import dataclass
 import numpy as np
 from tokenizers import Tokenizer
 
-from ..config import EncoderConfig
+from ..config import DecoderConfig, EncoderConfig
 from ..errors import InputError
+from ..models.decoder import DecoderModel
 from ..models.encoder import EncoderModel
 from ..models.heads import TaskHead, pool_segments
 from ..tokenizer import TextTokenizer, pack
@@ -55,11 +56,15 @@ class EncoderRunner:
     """
 
     def __init__(self, opened: Opened) -> None:
-        self.config: EncoderConfig = opened.config
+        self.config: EncoderConfig | DecoderConfig = opened.config
         self.tokenizer = opened.tokenizer
         self.tokenizer_json: str = opened.file.tokenizer_json
         self.scheduler = Scheduler(opened.threads)
-        self.model = EncoderModel(self.config, opened.tensors)
+        if isinstance(self.config, DecoderConfig):      # a decoder embedder (Qwen3-Embedding): causal, no padding
+            decoder = DecoderModel(self.config, opened.tensors, lm_head=False)
+            self.model = lambda ids, type_ids, starts, key_mask: decoder.packed(ids, starts)
+        else:
+            self.model = EncoderModel(self.config, opened.tensors)
         task = opened.file.task
         self.head = TaskHead(self.config, task, opened.tensors) if task.type != "feature-extraction" else None
         self._truncating: dict[tuple[int, int, str], TextTokenizer] = {}

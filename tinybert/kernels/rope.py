@@ -16,9 +16,15 @@ Hugging Face config, whose key names the runtime does not know):
     {"type": "linear",  "theta": float, "factor": float, "attention_scaling": float}
     {"type": "llama3",  "theta": float, "factor": float, "low_freq_factor": float,
      "high_freq_factor": float, "original_max_position_embeddings": int, "attention_scaling": float}
+    {"type": "longrope", "theta": float, "factors": [float] * (d/2), "original_max_position_embeddings": int,
+     "attention_scaling": float}
 
-"attention_scaling" is optional (default 1.0); transformers uses 1.0 for all three types (it is
-not 1 only for yarn and longrope, which are unsupported). Other keys are ignored here; a file's rope dict is
+"attention_scaling" is optional (default 1.0); transformers uses 1.0 for the first three types. longrope
+(Phi-3; "su" in older configs) divides θ_i by factors[i]: transformers' longrope (modeling_rope_utils.py)
+picks its short factors while a forward's positions stay within original_max_position_embeddings and the
+long ones beyond it, so the runtime holds the short factors and the context is capped there (config.py
+checks max_positions against it); its attention_scaling (√(1 + ln s / ln L) for s = context / L) applies
+at every length. Other keys are ignored here; a file's rope dict is
 checked before (tinybert/config.py: exactly these keys, positive values, low_freq_factor < high_freq_factor).
 
 Layouts: cos, sin float32 [max_positions, d/2] (transformers duplicates them over both halves; the
@@ -42,7 +48,7 @@ from numba import njit, prange
 
 from .jitcache import fast_cache_loading
 
-SUPPORTED_TYPES = ("default", "linear", "llama3")
+SUPPORTED_TYPES = ("default", "linear", "llama3", "longrope")
 # Below this many elements a parallel launch (~15 µs) costs more than the rotation itself: a
 # decode step (N = 1) rotates a few thousand values.
 PARALLEL_MIN_WORK = 1 << 16
@@ -62,7 +68,10 @@ def _inv_freq(head_dim: int, rope: dict) -> np.ndarray:
     base = np.float64(_f32(rope["theta"]))
     power = (base ** exponent.astype(np.float64)).astype(np.float32)
     inv = _f32(1.0) / power  # torch's 1.0 / t is reciprocal(t) * 1.0: the same float32 number
-    if kind == "linear":
+    if kind == "longrope":
+        # transformers: 1.0 / (ext_factors * base ** (arange / d)), the product in float32
+        inv = _f32(1.0) / (np.asarray(rope["factors"], dtype=np.float32) * power)
+    elif kind == "linear":
         inv = inv / _f32(rope["factor"])
     elif kind == "llama3":
         factor = _f32(rope["factor"])

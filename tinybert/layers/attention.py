@@ -6,9 +6,10 @@ The rows decide how keys are found, so that one block serves encoders and decode
     CachedRows  tokens of sequences held in cache slots (decoders): each row writes its key and value into its
                 slot and attends causally to it, and cross-attends to the source its slot reads.
 
-Positions are data of the stack (``Positions``): a rotary table applied to q and k, a bias on the scores
-(T5's relative buckets; ALiBi would be another bias of the same [heads, distance] form), or DeBERTa's
-disentangled attention (below).
+Positions are data of the stack (``Positions``): a rotary table applied to q and k, or a bias on the scores
+(T5's relative buckets; ALiBi would be another bias of the same [heads, distance] form). A sliding attention
+window is a bias of that form too: −1e30 on keys a window or more behind the query (Gemma 3, Phi-3). Which
+rotary table and which bias a layer uses is the config's per-layer data (``BlockConfig.layer_windows``).
 
 DeBERTa (He et al., 2021) adds to q_i · k_j two terms through relative embeddings P (shared by the layers,
 LayerNorm'ed in v3) projected by each layer's own query and key projections, Qr = P Wq + bq, Kr = P Wk + bk:
@@ -42,6 +43,10 @@ from .linear import Linear
 from .norm import Norm
 
 _NO_BIAS = np.zeros((1, 0), dtype=np.float32)
+# The bias on keys outside a sliding window. Finite, not −inf: the attention kernels are compiled with fastmath,
+# which assumes no infinities. Their softmax weight is then 2**-126 (exp2_nonpositive's floor) against the
+# weight 1 of the top score: below float32's resolution of any sum it joins.
+WINDOW_BIAS = np.float32(-1e30)
 
 
 def log_bucket_position(relative_position: np.ndarray, bucket_size: int, max_position: int) -> np.ndarray:
@@ -91,6 +96,8 @@ class Positions:
         # Rotary tables cover the positions used so far and grow on demand (a table for a stated context of
         # 10⁷ positions would be gigabytes); one position at load checks the rope parameters.
         self._rope = rope_tables(cfg.head_dim, 1, cfg.rope) if cfg.positions == "rope" else None
+        self._local_rope = rope_tables(cfg.head_dim, 1, cfg.local_rope) if cfg.local_rope is not None else None
+        self._windows: dict[int, np.ndarray] = {}
         self.table = None
         if cfg.positions == "relative":
             self.table = np.ascontiguousarray(tensors[fmt.stack_prefix(stack) + fmt.REL_BIAS], dtype=np.float32)
@@ -125,16 +132,35 @@ class Positions:
         lo, hi = int(delta.min()), int(delta.max()) + 1
         return (delta - lo).astype(np.int32), lo, hi
 
-    def rope(self, upto: int) -> tuple[np.ndarray, np.ndarray] | None:
-        """cos, sin tables covering positions < ``upto`` (≤ max_positions), or None without rotary positions.
-        Grown by doubling; a position's entries do not depend on the table's length."""
+    def rope(self, upto: int, local: bool = False) -> tuple[np.ndarray, np.ndarray] | None:
+        """cos, sin tables covering positions < ``upto`` (≤ max_positions), or None without rotary positions;
+        ``local``: the windowed layers' tables (``local_rope``, else the same). Grown by doubling; a position's
+        entries do not depend on the table's length."""
+        if local and self._local_rope is not None:
+            self._local_rope = self._grown(self._local_rope, upto, self.cfg.local_rope)
+            return self._local_rope
         if self._rope is None:
             return None
-        held = self._rope[0].shape[0]
-        if held < upto:
-            grown = min(self.cfg.max_positions, max(upto, 2 * held, 256))
-            self._rope = rope_tables(self.cfg.head_dim, grown, self.cfg.rope)
+        self._rope = self._grown(self._rope, upto, self.cfg.rope)
         return self._rope
+
+    def _grown(self, tables: tuple[np.ndarray, np.ndarray], upto: int, rope: dict) -> tuple[np.ndarray, np.ndarray]:
+        held = tables[0].shape[0]
+        if held >= upto:
+            return tables
+        return rope_tables(self.cfg.head_dim, min(self.cfg.max_positions, max(upto, 2 * held, 256)), rope)
+
+    def window_bias(self, window: int, upto: int) -> np.ndarray:
+        """bias[h, p − t] for a query at p and keys t ≤ p < ``upto`` (or more): 0 within ``window`` positions
+        (p − t < window, transformers' sliding_window_overlay), WINDOW_BIAS beyond. Kept per window, grown by
+        doubling like causal_bias."""
+        held = self._windows.get(window)
+        if held is None or held.shape[1] < upto:
+            width = max(upto, min(self.cfg.max_positions, max(2 * (0 if held is None else held.shape[1]), 64)))
+            held = np.zeros((self.cfg.num_heads, width), dtype=np.float32)
+            held[:, window:] = WINDOW_BIAS
+            self._windows[window] = held
+        return held
 
     def packed_bias(self, longest: int) -> tuple[np.ndarray, int]:
         """bias[h, center + j − i] for keys j and queries i of sequences up to ``longest`` (bidirectional)."""
@@ -163,6 +189,8 @@ class Positions:
 
 
 def _score_scale(cfg: BlockConfig) -> float:
+    if cfg.score_scale is not None:
+        return cfg.score_scale
     return 1.0 / math.sqrt(cfg.head_dim * (1 + len(cfg.disentangled))) if cfg.attn_scale else 1.0
 
 
@@ -230,6 +258,11 @@ class CachedRows:
         upto = int(at.max()) + 1
         self.rope = positions.rope(upto)
         self.bias = positions.causal_bias(upto)
+        # per layer: its rotary tables and score bias (windowed layers: local rope, window bias)
+        windows = cfg.layer_windows if cfg.windowed else ()
+        local = positions.rope(upto, local=True) if windows else None
+        self.layer_rope = [local if w else self.rope for w in windows]
+        self.layer_bias = [positions.window_bias(w, upto) if w else self.bias for w in windows]
         cache.reserve(upto)
         if cfg.cross_attention:
             self.sources = slots if sources is None else sources
@@ -242,12 +275,13 @@ class CachedRows:
         q = np.ascontiguousarray(qkv[:, :hq * d]).reshape(n, hq, d)
         k = np.ascontiguousarray(qkv[:, hq * d:(hq + hkv) * d]).reshape(n, hkv, d)
         v = np.ascontiguousarray(qkv[:, (hq + hkv) * d:]).reshape(n, hkv, d)
-        if self.rope is not None:
-            apply_rope(q, self.positions, *self.rope)
-            apply_rope(k, self.positions, *self.rope)
+        rope, bias = (self.layer_rope[layer], self.layer_bias[layer]) if self.layer_bias else (self.rope, self.bias)
+        if rope is not None:
+            apply_rope(q, self.positions, *rope)
+            apply_rope(k, self.positions, *rope)
         keys, values = self.cache.self_k[layer], self.cache.self_v[layer]
         write_kv(k, v, self.slots, self.positions, keys, values)
-        cached_attention_with_bias(q, keys, values, self.slots, self.positions, self.scale, self.bias, q)
+        cached_attention_with_bias(q, keys, values, self.slots, self.positions, self.scale, bias, q)
         return q.reshape(n, hq * d)
 
     def attend_source(self, q: np.ndarray, layer: int) -> np.ndarray:
@@ -260,16 +294,35 @@ class CachedRows:
         return q.reshape(n, -1)
 
 
+class HeadNorms:
+    """qk_norm: each head's query and key normed over head_dim (weights shared by the heads), in place in the
+    q | k | v rows, before the rows apply positions (Qwen3, Gemma 3)."""
+
+    def __init__(self, cfg: BlockConfig, tensors: dict[str, np.ndarray], prefix: str) -> None:
+        self.q = Norm(tensors, prefix + fmt.ATTN_Q_NORM, cfg.norm, cfg.norm_eps)
+        self.k = Norm(tensors, prefix + fmt.ATTN_K_NORM, cfg.norm, cfg.norm_eps)
+        d = cfg.head_dim
+        self.q_end, self.k_end, self.d = cfg.num_heads * d, (cfg.num_heads + cfg.num_kv_heads) * d, d
+
+    def __call__(self, qkv: np.ndarray) -> None:
+        for norm, start, end in ((self.q, 0, self.q_end), (self.k, self.q_end, self.k_end)):
+            heads = np.ascontiguousarray(qkv[:, start:end]).reshape(-1, self.d)
+            qkv[:, start:end] = norm(heads, out=heads).reshape(qkv.shape[0], end - start)
+
+
 class SelfAttention:
-    def __init__(self, tensors: dict[str, np.ndarray], prefix: str) -> None:
+    def __init__(self, tensors: dict[str, np.ndarray], prefix: str, cfg: BlockConfig) -> None:
         self.qkv = Linear(tensors, prefix + fmt.ATTN_QKV)
         self.out = Linear(tensors, prefix + fmt.ATTN_OUT)
+        self.head_norms = HeadNorms(cfg, tensors, prefix) if cfg.qk_norm else None
 
     def linears(self) -> list[Linear]:
         return [self.qkv, self.out]
 
     def __call__(self, x: np.ndarray, rows: PackedRows | CachedRows, layer: int) -> np.ndarray:
         qkv = self.qkv(x, rows.threads)
+        if self.head_norms is not None:
+            self.head_norms(qkv)
         context = rows.attend(qkv, layer)
         del qkv   # [T, 3A], the largest activation: gone before the output projection allocates (peak memory)
         return self.out(context, rows.threads)

@@ -2,6 +2,7 @@
 
     pre-norm  (GPT-2, Llama, T5):  x = x + attn(norm(x));  [x = x + cross(norm(x));]  x = x + mlp(norm(x))
     post-norm (BERT, BART, Marian): x = norm(x + attn(x)); [x = norm(x + cross(x));]  x = norm(x + mlp(x))
+    pre-norm with post_norms (Gemma 3): x = x + post_norm(attn(norm(x)));  x = x + post_norm(mlp(norm(x)))
 
     mlp(x) = down(act(up(x)))   or, gated (SwiGLU, GEGLU):  down(act(gate(x)) · up(x))
 
@@ -52,29 +53,34 @@ class TransformerBlock:
         def norm(name: str) -> Norm:
             return Norm(tensors, prefix + name, cfg.norm, cfg.norm_eps)
 
-        self.attn_norm, self.attn = norm(fmt.ATTN_NORM), SelfAttention(tensors, prefix)
+        self.attn_norm, self.attn = norm(fmt.ATTN_NORM), SelfAttention(tensors, prefix, cfg)
         self.cross_norm, self.cross = None, None
         if cfg.cross_attention:
             self.cross_norm, self.cross = norm(fmt.CROSS_NORM), CrossAttention(tensors, prefix)
         self.mlp_norm, self.mlp = norm(fmt.MLP_NORM), MLP(cfg, tensors, prefix)
+        self.attn_post_norm, self.mlp_post_norm = None, None
+        if cfg.post_norms:
+            self.attn_post_norm, self.mlp_post_norm = norm(fmt.ATTN_POST_NORM), norm(fmt.MLP_POST_NORM)
 
     def linears(self) -> list[Linear]:
         return self.attn.linears() + (self.cross.linears() if self.cross else []) + self.mlp.linears()
 
     def __call__(self, x: np.ndarray, rows: PackedRows | CachedRows) -> np.ndarray:
         """x float32 [N, H], one row per token of ``rows`` → x, updated in place."""
-        self.residual(x, self.attn_norm, self.attn, rows)
+        self.residual(x, self.attn_norm, self.attn, rows, self.attn_post_norm)
         if self.cross is not None:
             self.residual(x, self.cross_norm, self.cross, rows)
         # The MLP is row-wise: run it over row blocks so that the [rows, intermediate] hidden state stays in
         # cache between the up GEMM, the activation and the down GEMM, instead of streaming a
         # [N, intermediate] array through memory three times. Each block updates its own rows of x.
         for r0 in range(0, x.shape[0], FFN_ROWS):
-            self.residual(x[r0:r0 + FFN_ROWS], self.mlp_norm, self.mlp, rows)
+            self.residual(x[r0:r0 + FFN_ROWS], self.mlp_norm, self.mlp, rows, self.mlp_post_norm)
         return x
 
-    def residual(self, x: np.ndarray, norm: Norm, sublayer, rows: PackedRows | CachedRows) -> None:
+    def residual(self, x: np.ndarray, norm: Norm, sublayer, rows: PackedRows | CachedRows,
+                 post_norm: Norm | None = None) -> None:
         if self.pre_norm:
-            x += sublayer(norm(x), rows, self.index)                      # x = x + f(norm(x))
+            out = sublayer(norm(x), rows, self.index)
+            x += out if post_norm is None else post_norm(out, out=out)  # x = x + [post_norm](f(norm(x)))
         else:
             norm(sublayer(x, rows, self.index), residual=x, out=x)      # x = norm(x + f(x))

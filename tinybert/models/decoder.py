@@ -32,16 +32,20 @@ __all__ = ["DecoderModel", "KVCache"]
 
 
 class DecoderModel:
-    """embeddings → blocks → final norm → LM head (tied to the token table or not)."""
+    """embeddings → blocks → final norm → LM head (tied to the token table or not; none with ``lm_head=False``:
+    an embedder, whose file has none)."""
 
-    def __init__(self, cfg: DecoderConfig, tensors: dict[str, np.ndarray]) -> None:
+    def __init__(self, cfg: DecoderConfig, tensors: dict[str, np.ndarray], lm_head: bool = True) -> None:
         self.config = cfg
         self.block_config = block = cfg.block
-        self.embeddings = Embeddings(tensors, "", cfg.positions, cfg.max_positions)
+        self.embeddings = Embeddings(tensors, "", cfg.positions, cfg.max_positions, scale=cfg.scale_embedding)
         self.positions = Positions(block, tensors)
         self.blocks = [TransformerBlock(block, tensors, fmt.layer_prefix(i), i) for i in range(cfg.num_layers)]
         self.final_norm = Norm(tensors, fmt.FINAL_NORM, block.norm, block.norm_eps)
-        self.lm_head = Linear(tensors, fmt.LM_HEAD, weight_name=fmt.EMBED_TOKENS if cfg.tie_word_embeddings else None)
+        self.lm_head = None
+        if lm_head:
+            self.lm_head = Linear(tensors, fmt.LM_HEAD,
+                                  weight_name=fmt.EMBED_TOKENS if cfg.tie_word_embeddings else None)
         linears = [layer for b in self.blocks for layer in b.linears()]
         use_row_bands(linears)
         self.kv_dtype = cache_dtype(any(layer.quantized for layer in linears))   # the KVCache dtype to use
@@ -51,12 +55,30 @@ class DecoderModel:
         """ids, slots, positions int32 [N] (validated: ids in the vocabulary, positions < cache.length,
         slots < the cache's slots, and every earlier position of each slot already in the cache or in
         this call, in order) → logits float32 [R, vocab] for ``logit_rows`` (all rows when None)."""
+        x, threads = self._blocks(ids, slots, positions, cache)
+        if logit_rows is not None:
+            x = np.ascontiguousarray(x[logit_rows])
+        logits = self.lm_head(self.final_norm(x, out=x), threads)
+        check_finite(logits, "logits")
+        return logits
+
+    def _blocks(self, ids: np.ndarray, slots: np.ndarray, positions: np.ndarray,
+                cache: KVCache) -> tuple[np.ndarray, int]:
         x = self.embeddings(ids, positions)
         rows = CachedRows(self.block_config, self.positions, slots, positions, cache, numba.get_num_threads())
         for block in self.blocks:
             x = block(x, rows)
-        if logit_rows is not None:
-            x = np.ascontiguousarray(x[logit_rows])
-        logits = self.lm_head(self.final_norm(x, out=x), rows.threads)
-        check_finite(logits, "logits")
-        return logits
+        return x, rows.threads
+
+    def packed(self, ids: np.ndarray, starts: np.ndarray) -> np.ndarray:
+        """Last hidden state float32 [T, H] (after the final norm) of whole sequences packed back to back
+        (sequence b = rows starts[b]:starts[b+1], each shorter than max_positions; ids validated), as an
+        encoder returns it: each sequence in its own slot of a cache made for this call."""
+        lengths = np.diff(starts)
+        slots = np.repeat(np.arange(lengths.size, dtype=np.int32), lengths)
+        positions = (np.arange(ids.size) - np.repeat(starts[:-1], lengths)).astype(np.int32)
+        cache = KVCache(self.config, lengths.size, int(lengths.max()), dtype=self.kv_dtype)
+        x, _ = self._blocks(ids, slots, positions, cache)
+        x = self.final_norm(x, out=x)
+        check_finite(x, "hidden states")
+        return x

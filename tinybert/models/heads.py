@@ -21,13 +21,15 @@ from ..layers import Linear, Norm
 def pool_segments(hidden: np.ndarray, starts: np.ndarray, mode: str) -> np.ndarray:
     """Sentence vectors from packed hidden states [T, H] (sequence b = rows starts[b]:starts[b+1],
     all real tokens), pooled as sentence-transformers pools: mean of the tokens; mean_sqrt_len =
-    sum / sqrt(count); cls = first token; max = element-wise max."""
+    sum / sqrt(count); cls = first token; lasttoken = last token (decoder embedders); max = element-wise max."""
     if (starts.ndim != 1 or starts.size < 2 or starts[0] < 0 or starts[-1] > hidden.shape[0]
             or np.any(np.diff(starts) < 1)):
         raise InputError(f"starts must rise from 0 to at most {hidden.shape[0]} with no empty sequence")
     first = starts[:-1]
     if mode == "cls":
         return np.ascontiguousarray(hidden[first])
+    if mode == "lasttoken":
+        return np.ascontiguousarray(hidden[starts[1:] - 1])
     if mode == "max":
         return np.maximum.reduceat(hidden, first, axis=0)
     summed = np.empty((first.size, hidden.shape[1]), dtype=np.float64)
