@@ -50,17 +50,43 @@ def hf_folder(model: str) -> Path:
         import shutil
 
         import torch
-        from transformers import BertConfig, BertModel
+        from transformers import AutoModel
 
         torch.manual_seed(0)
-        config = BertConfig(hidden_size=768, num_hidden_layers=12, num_attention_heads=12,
-                            intermediate_size=3072, vocab_size=30522)
-        config.position_embedding_type = "absolute"  # CTranslate2's converter needs it
-        BertModel(config).eval().save_pretrained(folder)
+        AutoModel.from_config(_random_config(model)).eval().save_pretrained(folder)
         src = hf_folder("minilm")
         for name in ("tokenizer.json", "tokenizer_config.json", "vocab.txt", "special_tokens_map.json"):
             shutil.copy(src / name, folder / name)
-    return harness.built_once(CACHE / "bert-base-random", build, lambda f: (f / "model.safetensors").is_file())
+    if model not in FAMILY_SHAPES:
+        raise SystemExit(f"unknown model {model!r}: minilm, {', '.join(FAMILY_SHAPES)}")
+    name = "bert-base-random" if model == "bert-base" else f"{model}-random"
+    return harness.built_once(CACHE / name, build, lambda f: (f / "model.safetensors").is_file())
+
+
+BERT_BASE = dict(hidden_size=768, num_hidden_layers=12, num_attention_heads=12, intermediate_size=3072,
+                 vocab_size=30522)
+FAMILY_SHAPES = ("bert-base", "deberta-v3-base", "mpnet-base", "modernbert-base")
+"""Seeded random models at BERT-base's shape (768 x 12 layers, 12 heads, MLP 3072 or the gated MLP of the same
+weights, 2048; MiniLM's WordPiece tokenizer): per-token speed of each family against BERT's (issue 27: int8
+within 10 %). Run the last three with the tinybert engines."""
+
+
+def _random_config(model: str):
+    from transformers import BertConfig, DebertaV2Config, ModernBertConfig, MPNetConfig
+
+    if model == "bert-base":
+        config = BertConfig(**BERT_BASE)
+        config.position_embedding_type = "absolute"  # CTranslate2's converter needs it
+        return config
+    if model == "deberta-v3-base":
+        return DebertaV2Config(**BERT_BASE, max_position_embeddings=512, relative_attention=True, position_buckets=256,
+                               max_relative_positions=-1, pos_att_type=["p2c", "c2p"], position_biased_input=False,
+                               type_vocab_size=0, norm_rel_ebd="layer_norm", share_att_key=True)
+    if model == "mpnet-base":
+        return MPNetConfig(**BERT_BASE, max_position_embeddings=514)
+    return ModernBertConfig(**{**BERT_BASE, "intermediate_size": 2048}, pad_token_id=0, cls_token_id=101,
+                            sep_token_id=102, bos_token_id=101, eos_token_id=102, global_attn_every_n_layers=3,
+                            local_attention=128, max_position_embeddings=8192)
 
 
 def prepare(model: str, engine: str) -> Path:
@@ -279,7 +305,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--quick", action="store_true",
                         help=f"MiniLM only (unless --models), few repeats, {QUICK_SENTENCES}-sentence corpus and "
                              "fidelity set, no cold start: a smoke run, not figures to quote")
-    parser.add_argument("--models", default=None, help="comma-separated: minilm,bert-base (default both)")
+    parser.add_argument("--models", default=None,
+                        help=f"comma-separated, of minilm,{','.join(FAMILY_SHAPES)} (default minilm,bert-base)")
     parser.add_argument("--engines", default=None,
                         help=f"comma-separated (default: all; {CAPPED} too on a CPU with AMX, except with --quick)")
     args = parser.parse_args(argv)

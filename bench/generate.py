@@ -5,7 +5,9 @@
 
 Models (random weights, seeded, built once into ~/.cache/tinybert-bench/<name>/hf with ``save_pretrained``):
 "gpt2" has GPT-2 small's shape (12 x 768, 12 heads, vocab 50257, 1024 positions); "llama" is a Llama-shaped
-model of ~125M parameters (768 hidden, 12 layers, 12 heads, 4 KV heads, MLP 2048, vocab 32000, untied head).
+model of ~125M parameters (768 hidden, 12 layers, 12 heads, 4 KV heads, MLP 2048, vocab 32000, untied head);
+"qwen3", "phi3" and "gemma3" are those families at the "llama" shape (run them with the tinybert engines: the
+peers' converters do not all take them), for their decode speed against the bound.
 Their tokenizer is a byte-level BPE trained on ../shared/data/sentences.txt, padded with dummy added tokens
 up to the model's vocabulary so that every id has a token string (CTranslate2 needs a vocabulary matching
 the model). Neither config has an EOS id, so nothing can stop early; every engine is also told to produce
@@ -57,7 +59,7 @@ from bench import harness
 from bench.harness import CACHE
 
 ENGINES = ["tinybert-int8", "tinybert-fp32", "pytorch-int8", "pytorch-fp32", "ctranslate2-int8", "ctranslate2-fp32"]
-MODELS = ["gpt2", "llama"]
+MODELS = ["gpt2", "llama", "qwen3", "phi3", "gemma3"]   # the last three: tinybert engines only
 REFERENCE = "pytorch-fp32"
 SEED = 0
 PROMPT_LEN = 128
@@ -93,9 +95,24 @@ def _hf_config(model: str):
     if model == "gpt2":
         return GPT2Config(vocab_size=50257, n_positions=1024, n_embd=768, n_layer=12, n_head=12,
                           bos_token_id=None, eos_token_id=None, pad_token_id=None)
-    return LlamaConfig(vocab_size=32000, hidden_size=768, num_hidden_layers=12, num_attention_heads=12,
-                       num_key_value_heads=4, intermediate_size=2048, max_position_embeddings=2048,
-                       tie_word_embeddings=False, bos_token_id=None, eos_token_id=None, pad_token_id=None)
+    # The families of issue 27 at the "llama" shape, so that their decode speed compares with Llama's and the bound.
+    shape = dict(vocab_size=32000, hidden_size=768, num_hidden_layers=12, num_attention_heads=12,
+                 num_key_value_heads=4, intermediate_size=2048, max_position_embeddings=2048,
+                 tie_word_embeddings=False, bos_token_id=None, eos_token_id=None, pad_token_id=None)
+    if model == "qwen3":
+        from transformers import Qwen3Config
+
+        return Qwen3Config(**shape, head_dim=64)
+    if model == "phi3":
+        from transformers import Phi3Config
+
+        return Phi3Config(**shape, original_max_position_embeddings=2048)
+    if model == "gemma3":
+        from transformers import Gemma3TextConfig
+
+        # every 6th layer global, the others a 512-token window (the whole 256-token run fits in it)
+        return Gemma3TextConfig(**shape, head_dim=64, sliding_window=512, query_pre_attn_scalar=64)
+    return LlamaConfig(**shape)
 
 
 def _train_tokenizer(vocab_size: int, target: Path) -> int:
@@ -323,7 +340,7 @@ def target_check(results: dict, bandwidth_gb_s: float) -> dict:
 
 def print_model(model: str, info: dict, new_tokens: int) -> None:
     results, batches = info["engines"], info["batches"]
-    label, note = TORCH_INT8_NOTE[model]
+    label, note = TORCH_INT8_NOTE.get(model, TORCH_INT8_NOTE["llama"])
     print(f"\n{model}: {info['parameters'] / 1e6:.1f}M parameters; greedy, {PROMPT_LEN}-token prompts + "
           f"{new_tokens} new tokens; {info['threads']} threads; medians (warm-up excluded)")
     header = ["engine"]
@@ -383,7 +400,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--quick", action="store_true",
                         help=f"gpt2 only (unless --models), batch 1 only, {QUICK_NEW_TOKENS} new tokens, fewer "
                              "repeats: a smoke run, not figures to quote")
-    parser.add_argument("--models", default=None, help="comma-separated: gpt2,llama (default both; --quick: gpt2)")
+    parser.add_argument("--models", default=None,
+                        help=f"comma-separated, of {','.join(MODELS)} (default gpt2,llama; --quick: gpt2)")
     parser.add_argument("--engines", default=",".join(ENGINES))
     args = parser.parse_args(argv)
     if args.worker:
@@ -391,7 +409,7 @@ def main(argv: list[str] | None = None) -> None:
         return
     engines = [e for e in args.engines.split(",") if e]
     quick = args.quick or args.smoke
-    models = [m for m in (args.models or ("gpt2" if quick else ",".join(MODELS))).split(",") if m]
+    models = [m for m in (args.models or ("gpt2" if quick else "gpt2,llama")).split(",") if m]
     for names, known in ((engines, ENGINES), (models, MODELS)):
         if set(names) - set(known):
             parser.error(f"unknown {sorted(set(names) - set(known))}; choose from {known}")
@@ -416,7 +434,7 @@ def main(argv: list[str] | None = None) -> None:
         info = {"parameters": _safetensors_parameters(hf_folder(model)), "weight_params": weight_params(model),
                 "kv_bytes_per_step": kv_bytes_per_step(model, new_tokens), "bandwidth_gb_s": bandwidth,
                 "threads": args.threads, "batches": batches, "engines": results,
-                "pytorch_int8": dict(zip(("label", "note"), TORCH_INT8_NOTE[model]))}
+                "pytorch_int8": dict(zip(("label", "note"), TORCH_INT8_NOTE.get(model, TORCH_INT8_NOTE["llama"])))}
         info["ratios"] = analyse(model, results, bandwidth)
         info["target"] = target_check(results, bandwidth)
         report["models"][model] = info
