@@ -9,6 +9,7 @@ from .errors import ModelFileError
 from .format import (
     ACTIVATIONS,
     DECODER_POSITIONS,
+    ENCODER_POSITIONS,
     HEAD_ACTIVATIONS,
     NORMS,
     POSITION_SCHEMES,
@@ -17,6 +18,7 @@ from .format import (
     ROPE_PARAMETERS,
     SEQ2SEQ_FAMILIES,
     SEQ2SEQ_POSITIONS,
+    TASK_POOLINGS,
     TASKS,
 )
 
@@ -157,6 +159,10 @@ class BlockConfig:
     ``activation``, ``gated_mlp`` (down(act(gate) · up)). ``positions`` says where positions enter:
     "learned" / "sinusoidal" tables in the embeddings, "rope" on q and k (``rope``: the canonical dict of
     kernels/rope.py), "relative" as T5's bias on the scores (``relative_buckets``, ``relative_max_distance``).
+    A relative bias may also come on top of learned positions (MPNet): ``relative_buckets`` > 0 says there is one
+    (``has_relative_bias``). ``window`` > 0: the layers in ``window_layers`` attend only to keys within ±window
+    positions of the query (ModernBERT's local attention; bidirectional packed rows only), with rotary parameters
+    ``window_rope`` when given (else ``rope``).
     ``attn_scale``: scores times 1/√head_dim (False for T5). ``causal``: self-attention over the slot cache
     (decoders) rather than bidirectional over packed sequences; ``cross_attention`` over the slot's source.
     Grouped-query attention is ``num_kv_heads`` < ``num_heads``.
@@ -180,6 +186,14 @@ class BlockConfig:
     attn_scale: bool = True
     causal: bool = False
     cross_attention: bool = False
+    window: int = 0
+    window_layers: tuple[int, ...] = ()
+    window_rope: dict | None = None
+
+    @property
+    def has_relative_bias(self) -> bool:
+        """T5's bucketed bias on the scores: as the position scheme (T5) or on top of learned positions (MPNet)."""
+        return self.positions == "relative" or self.relative_buckets > 0
 
     def validate(self) -> None:
         _check_fields(self)
@@ -204,23 +218,38 @@ class BlockConfig:
         # T5's bucketing (layers/attention.py) halves the buckets per direction and takes a logarithm with base
         # max_distance / max_exact, where max_exact is half the buckets of a direction: fewer than 4 buckets divide
         # by zero, and a distance not above max_exact makes the logarithm zero or negative (buckets out of range).
-        if self.positions == "relative" and (self.relative_buckets < 4
-                                             or self.relative_max_distance <= self.relative_buckets // 2):
+        if self.has_relative_bias and (self.relative_buckets < 4
+                                       or self.relative_max_distance <= self.relative_buckets // 2):
             raise ModelFileError(f"config relative_buckets {self.relative_buckets} / relative_max_distance "
                                  f"{self.relative_max_distance} are invalid: T5's bucketing needs at least 4 buckets "
                                  "and a distance above half of them")
         if self.positions == "sinusoidal" and self.hidden_size % 2:
             raise ModelFileError("sinusoidal positions need an even hidden_size")
+        if bool(self.window) != bool(self.window_layers):
+            raise ModelFileError("config window and window_layers must be given together")
+        if self.window and self.causal:
+            raise ModelFileError("config window: local attention is supported in bidirectional encoders only")
+        if self.window_rope is not None:
+            if self.positions != "rope":
+                raise ModelFileError("config window_rope needs rotary positions")
+            _check_rope(self.window_rope)
 
 
 @dataclass(frozen=True)
 class EncoderConfig:
-    """A BERT-family encoder, post-LayerNorm blocks.
+    """A BERT-family encoder: post-LayerNorm blocks unless ``pre_norm``.
 
     ``position_scheme`` is "absolute" (position i for token i) or "padding_offset" (RoBERTa:
     non-pad tokens count up from ``pad_token_id + 1``, pads sit at ``pad_token_id``).
     ``max_length`` is the longest token sequence the model accepts (positions table minus the
     offset, capped by sentence-transformers' ``max_seq_length`` where the checkpoint sets it).
+
+    Optional (files of earlier converters lack them; the defaults are BERT's): ``positions`` "learned" (a table
+    in the embeddings) or "rope" (``rope`` on q and k, positions restarting per sequence);
+    ``relative_buckets`` / ``relative_max_distance`` > 0: a T5-style relative bias shared by the layers
+    (MPNet); ``pre_norm`` blocks with a ``final_norm`` (ModernBERT), whose first layer may have no attention
+    norm (``first_attn_norm`` False); ``gated_mlp``; local attention (``window``, ``window_layers``,
+    ``window_rope``) as in BlockConfig.
     """
 
     architecture: str
@@ -238,6 +267,16 @@ class EncoderConfig:
     pad_token_id: int
     max_length: int
     kind: str = "encoder"
+    positions: str = "learned"
+    rope: dict | None = None
+    relative_buckets: int = 0
+    relative_max_distance: int = 0
+    pre_norm: bool = False
+    first_attn_norm: bool = True
+    gated_mlp: bool = False
+    window: int = 0
+    window_layers: tuple[int, ...] = ()
+    window_rope: dict | None = None
 
     @property
     def head_dim(self) -> int:
@@ -251,16 +290,21 @@ class EncoderConfig:
     def block(self) -> BlockConfig:
         return BlockConfig(hidden_size=self.hidden_size, num_heads=self.num_heads, num_kv_heads=self.num_heads,
                            head_dim=self.head_dim, intermediate_size=self.intermediate_size, norm="layernorm",
-                           norm_eps=self.norm_eps, pre_norm=False, activation=self.activation, gated_mlp=False,
-                           positions="learned", max_positions=self.max_positions)
+                           norm_eps=self.norm_eps, pre_norm=self.pre_norm, activation=self.activation,
+                           gated_mlp=self.gated_mlp, positions=self.positions, max_positions=self.max_positions,
+                           rope=self.rope, relative_buckets=self.relative_buckets,
+                           relative_max_distance=self.relative_max_distance, window=self.window,
+                           window_layers=self.window_layers, window_rope=self.window_rope)
 
     def to_dict(self) -> dict:
-        return asdict(self)
+        data = asdict(self)
+        data["window_layers"] = list(self.window_layers)
+        return data
 
     @classmethod
     def from_dict(cls, data: dict) -> EncoderConfig:
         """Build and check a config read from a file; any inconsistency is a ModelFileError."""
-        return _from_file(cls, data)
+        return _from_file(cls, data, optional=_ENCODER_OPTIONAL, tuples=("window_layers",))
 
     def validate(self) -> None:
         _check_fields(self)
@@ -274,11 +318,23 @@ class EncoderConfig:
             raise ModelFileError("config hidden_size is not a multiple of num_heads")
         if self.position_scheme not in POSITION_SCHEMES:
             raise ModelFileError(f"config position_scheme {self.position_scheme!r} is unknown")
+        if self.positions not in ENCODER_POSITIONS:
+            raise ModelFileError(f"config positions {self.positions!r} is not one of {ENCODER_POSITIONS}")
+        if list(self.window_layers) != sorted(set(self.window_layers)) or any(
+                i >= self.num_layers for i in self.window_layers):
+            raise ModelFileError("config window_layers must be distinct layer indices in rising order")
+        if not self.first_attn_norm and not self.pre_norm:
+            raise ModelFileError("config first_attn_norm False needs pre_norm blocks")
         self.block.validate()
         if self.pad_token_id >= self.vocab_size:
             raise ModelFileError("config pad_token_id is outside the vocabulary")
         if self.max_length + self.position_offset > self.max_positions:
             raise ModelFileError("config max_length reaches past the position table")
+
+
+# Encoder fields files of earlier converters do not have (their defaults are BERT's).
+_ENCODER_OPTIONAL = ("kind", "positions", "rope", "relative_buckets", "relative_max_distance", "pre_norm",
+                     "first_attn_norm", "gated_mlp", "window", "window_layers", "window_rope")
 
 
 @dataclass(frozen=True)
@@ -291,6 +347,9 @@ class TaskConfig:
     classifier (BERT tanh pooler, RoBERTa/ELECTRA classification head, DistilBERT pre_classifier).
     Masked-LM heads: transform width ``mlm_size``, its ``mlm_activation``, its LayerNorm
     ``mlm_norm_eps``, and whether the decoder is tied to the token embeddings (``mlm_tied``).
+    ModernBERT's prediction head is the pooler followed by a LayerNorm (``pooler_norm_eps``), read by sequence
+    classification from the first token or the mean of the tokens (``pooling`` "first" | "mean"); a token
+    classification or question-answering head with a pooler runs it on every token.
     """
 
     type: str = "feature-extraction"
@@ -301,6 +360,8 @@ class TaskConfig:
     mlm_activation: str | None = None
     mlm_norm_eps: float = 1e-12
     mlm_tied: bool = True
+    pooling: str = "first"
+    pooler_norm_eps: float | None = None
 
     def to_dict(self) -> dict:
         data = asdict(self)
@@ -338,6 +399,10 @@ class TaskConfig:
             value = getattr(self, name)
             if value is not None and value not in HEAD_ACTIVATIONS:
                 raise ModelFileError(f"task {name} {value!r} is not one of {HEAD_ACTIVATIONS}")
+        if self.pooling not in TASK_POOLINGS:
+            raise ModelFileError(f"task pooling {self.pooling!r} is not one of {TASK_POOLINGS}")
+        if self.pooler_norm_eps is not None and (self.pooler_activation is None or not self.pooler_norm_eps > 0):
+            raise ModelFileError("task pooler_norm_eps must be a positive number, and needs the pooler")
         if self.type == "pretraining" and self.pooler_activation is None:
             raise ModelFileError("a pretraining task needs the pooler")
         if self.type in ("masked-lm", "pretraining"):

@@ -7,7 +7,8 @@ The rows decide how keys are found, so that one block serves encoders and decode
                 slot and attends causally to it, and cross-attends to the source its slot reads.
 
 Positions are data of the stack (``Positions``): a rotary table applied to q and k, or a bias on the scores
-(T5's relative buckets; ALiBi would be another bias of the same [heads, distance] form).
+(T5's relative buckets; ALiBi would be another bias of the same [heads, distance] form). Local attention in
+packed rows (ModernBERT) is a bias of the same form too: 0 within the window, a large negative number outside.
 """
 
 from __future__ import annotations
@@ -25,6 +26,10 @@ from .cache import KVCache
 from .linear import Linear
 
 _NO_BIAS = np.zeros((1, 0), dtype=np.float32)
+# Keys outside a local window: finite, so that the kernel's fast-math arithmetic never meets an infinity. Its
+# scores sit ~1e30 below any in-window score, which the softmax turns into exact zeros (kernels/attention.py
+# flushes p below 2**-126 to 0); a query whose every key is outside (padding far from any token) stays finite.
+_OUTSIDE_WINDOW = np.float32(-1e30)
 
 
 def relative_position_bucket(relative_position: np.ndarray, bidirectional: bool, num_buckets: int,
@@ -56,32 +61,43 @@ class Positions:
     def __init__(self, cfg: BlockConfig, tensors: dict[str, np.ndarray], stack: str = "") -> None:
         self.cfg = cfg
         # Rotary tables cover the positions used so far and grow on demand (a table for a stated context of
-        # 10⁷ positions would be gigabytes); one position at load checks the rope parameters.
-        self._rope = rope_tables(cfg.head_dim, 1, cfg.rope) if cfg.positions == "rope" else None
+        # 10⁷ positions would be gigabytes); one position at load checks the rope parameters. Windowed layers
+        # may rotate with other parameters (ModernBERT's local theta).
+        self._params = {False: cfg.rope, True: cfg.window_rope or cfg.rope}
+        self._rope = {windowed: rope_tables(cfg.head_dim, 1, params) for windowed, params in self._params.items()} \
+            if cfg.positions == "rope" else None
         self.table = None
-        if cfg.positions == "relative":
+        if cfg.has_relative_bias:
             self.table = np.ascontiguousarray(tensors[fmt.stack_prefix(stack) + fmt.REL_BIAS], dtype=np.float32)
         self._causal = np.zeros((cfg.num_heads, 0), dtype=np.float32)
 
-    def rope(self, upto: int) -> tuple[np.ndarray, np.ndarray] | None:
-        """cos, sin tables covering positions < ``upto`` (≤ max_positions), or None without rotary positions.
-        Grown by doubling; a position's entries do not depend on the table's length."""
+    def rope(self, upto: int, windowed: bool = False) -> tuple[np.ndarray, np.ndarray] | None:
+        """cos, sin tables covering positions < ``upto`` (≤ max_positions), or None without rotary positions
+        (``windowed``: those of the local-attention layers). Grown by doubling; a position's entries do not
+        depend on the table's length."""
         if self._rope is None:
             return None
-        held = self._rope[0].shape[0]
+        held = self._rope[windowed][0].shape[0]
         if held < upto:
             grown = min(self.cfg.max_positions, max(upto, 2 * held, 256))
-            self._rope = rope_tables(self.cfg.head_dim, grown, self.cfg.rope)
-        return self._rope
+            self._rope[windowed] = rope_tables(self.cfg.head_dim, grown, self._params[windowed])
+        return self._rope[windowed]
 
-    def packed_bias(self, longest: int) -> tuple[np.ndarray, int]:
-        """bias[h, center + j − i] for keys j and queries i of sequences up to ``longest`` (bidirectional)."""
-        if self.table is None:
-            return _NO_BIAS, 0
+    def packed_bias(self, longest: int, windowed: bool = False) -> tuple[np.ndarray, int]:
+        """bias[h, center + j − i] for keys j and queries i of sequences up to ``longest`` (bidirectional);
+        ``windowed``: that of the local-attention layers, which also shuts out keys more than ``window`` away."""
         cfg = self.cfg
+        if self.table is None and not windowed:
+            return _NO_BIAS, 0
         offsets = np.arange(-(longest - 1), longest)
-        buckets = relative_position_bucket(offsets, True, cfg.relative_buckets, cfg.relative_max_distance)
-        return np.ascontiguousarray(self.table[buckets].T), longest - 1    # [heads, 2·longest − 1]
+        if self.table is None:
+            bias = np.zeros((cfg.num_heads, offsets.size), dtype=np.float32)
+        else:
+            buckets = relative_position_bucket(offsets, True, cfg.relative_buckets, cfg.relative_max_distance)
+            bias = np.ascontiguousarray(self.table[buckets].T)                 # [heads, 2·longest − 1]
+        if windowed:
+            bias[:, np.abs(offsets) > cfg.window] = _OUTSIDE_WINDOW
+        return bias, longest - 1
 
     def causal_bias(self, upto: int) -> np.ndarray:
         """bias[h, p − t] for a query at p and keys t ≤ p < ``upto`` (or more positions); kept, and grown by
@@ -112,14 +128,30 @@ class PackedRows:
                  threads: int) -> None:
         self.cfg, self.starts, self.key_mask, self.threads = cfg, starts, key_mask, threads
         self.scale = _score_scale(cfg)
-        longest = int(np.diff(starts).max()) if positions.table is not None else 0
-        self.bias, self.center = positions.packed_bias(longest)
+        self.windowed = frozenset(cfg.window_layers)
+        kinds = (False, True) if self.windowed else (False,)     # plain layers, local-attention layers
+        lengths = np.diff(starts)
+        longest = int(lengths.max()) if lengths.size else 0
+        self.bias = {w: positions.packed_bias(longest if positions.table is not None or w else 0, w) for w in kinds}
+        self.rope = None
+        if cfg.positions == "rope":
+            # Rotary positions restart in each sequence (transformers numbers a padded row 0 .. S−1).
+            self.at = (np.arange(starts[-1], dtype=np.int64) - np.repeat(starts[:-1], lengths)).astype(np.int32)
+            self.rope = {w: positions.rope(longest, w) for w in kinds}
 
     def attend(self, qkv: np.ndarray, layer: int) -> np.ndarray:
         """q | k | v rows [T, 3A] → context [T, A]."""
         cfg = self.cfg
-        context = np.empty((qkv.shape[0], cfg.num_heads * cfg.head_dim), dtype=np.float32)
-        attention_with_bias(qkv, self.starts, self.key_mask, cfg.num_heads, self.scale, self.bias, self.center,
+        windowed = layer in self.windowed
+        n, a = qkv.shape[0], cfg.num_heads * cfg.head_dim
+        if self.rope is not None:
+            # q and k rotated as one [T, 2·heads, d] array (both take the same angles), in a contiguous copy.
+            qk = np.ascontiguousarray(qkv[:, :2 * a]).reshape(n, 2 * cfg.num_heads, cfg.head_dim)
+            apply_rope(qk, self.at, *self.rope[windowed])
+            qkv[:, :2 * a] = qk.reshape(n, 2 * a)
+        context = np.empty((n, a), dtype=np.float32)
+        bias, center = self.bias[windowed]
+        attention_with_bias(qkv, self.starts, self.key_mask, cfg.num_heads, self.scale, bias, center,
                             context, self.threads)
         return context
 
