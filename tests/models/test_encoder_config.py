@@ -3,7 +3,6 @@ and inconsistent values are ModelFileErrors; the converter refuses what the runt
 
 from __future__ import annotations
 
-
 import pytest
 from tinybert_convert.architectures import encoder_config
 
