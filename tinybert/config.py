@@ -297,8 +297,14 @@ class EncoderConfig:
                            window_layers=self.window_layers, window_rope=self.window_rope)
 
     def to_dict(self) -> dict:
+        """The file's config: the optional fields only where they differ from their defaults, so that a
+        BERT-family file is the same as before them (and readable by a runtime that predates them)."""
         data = asdict(self)
         data["window_layers"] = list(self.window_layers)
+        defaults = {f.name: f.default for f in fields(self)}
+        for name in _ENCODER_OPTIONAL[1:]:
+            if getattr(self, name) == defaults[name]:
+                del data[name]
         return data
 
     @classmethod

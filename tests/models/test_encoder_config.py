@@ -17,6 +17,7 @@ NEW_FIELDS = ("positions", "rope", "relative_buckets", "relative_max_distance", 
 
 def test_a_file_of_an_earlier_converter_loads_as_before():
     data = bert_seed().to_dict()
+    assert not set(data) & set(NEW_FIELDS), "a BERT-family file is written as before the new fields"
     old = {k: v for k, v in data.items() if k not in NEW_FIELDS}
     cfg = EncoderConfig.from_dict(old)
     assert cfg == bert_seed()
@@ -24,6 +25,7 @@ def test_a_file_of_an_earlier_converter_loads_as_before():
     assert (block.positions, block.pre_norm, block.gated_mlp, block.has_relative_bias, block.window) == \
         ("learned", False, False, False, 0)
     assert EncoderConfig.from_dict(modernbert_config().to_dict()) == modernbert_config()
+    assert set(NEW_FIELDS) - set(modernbert_config().to_dict()) == {"relative_buckets", "relative_max_distance"}
 
 
 @pytest.mark.parametrize("changes, words", [
