@@ -16,8 +16,8 @@ from tinybert.config import MAX_LABELS, EncoderConfig, TaskConfig
 from tinybert.errors import ConversionError, ModelFileError, UnsupportedModelError
 from tinybert.format import TASKS
 
-from .architectures import hf_activation
-from .hfconfig import integer, strings
+from .architectures import FAMILIES, HF_ACTIVATIONS, hf_activation
+from .hfconfig import integer, string, strings
 
 
 @dataclass(frozen=True)
@@ -38,6 +38,10 @@ class HeadNames:
     mlm_width: str                  # "hidden" or "embedding" (ELECTRA's generator head)
     mlm_norm_eps: float | None      # None: the encoder's norm_eps
     mlm_always_tied: bool = False   # the decoder is the token table whatever tie_word_embeddings says
+    # ModernBERT's prediction head (dense → act → LayerNorm) before every classifier and the MLM decoder:
+    pooler_norm: str | None = None        # the LayerNorm after the pooler
+    token_pooler: bool = False            # token classification and QA run the pooler on every token
+    activation_key: str | None = None     # config.json key of the pooler and MLM activation (default gelu)
 
 
 _ROBERTA = HeadNames(
@@ -74,6 +78,12 @@ HEADS = {
         mlm_dense="cls.predictions.transform.dense", mlm_norm="cls.predictions.transform.LayerNorm",
         mlm_decoder="cls.predictions.decoder", mlm_bias="cls.predictions.bias", mlm_activation=None,
         mlm_width="hidden", mlm_norm_eps=None),
+    "mpnet": _ROBERTA,
+    "modernbert": HeadNames(
+        seq_pooler="head.dense", seq_pooler_activation=None, seq_classifier="classifier",
+        token_classifier="classifier", qa="classifier", mlm_dense="head.dense", mlm_norm="head.norm",
+        mlm_decoder="decoder", mlm_bias="decoder.bias", mlm_activation=None, mlm_width="hidden", mlm_norm_eps=None,
+        pooler_norm="head.norm", token_pooler=True, activation_key="classifier_activation"),
 }
 # DeBERTa-v2/v3 with legacy=False: lm_predictions.lm_head, always multiplied by the token table.
 _DEBERTA_LM_PREDICTIONS = HeadNames(
@@ -152,16 +162,33 @@ def canonical_head(hf: dict, cfg: EncoderConfig, tensors: dict[str, np.ndarray],
     if task == "pretraining" and cfg.architecture != "bert":
         raise UnsupportedModelError(f"pretraining heads are converted for BERT only, not {cfg.architecture}")
     names = _head_names(hf, cfg.architecture)
+    optional_biases = FAMILIES[cfg.architecture].optional_biases
+    head_act = None
+    if names.activation_key:
+        head_act = HF_ACTIVATIONS.get(string(hf, names.activation_key, default="gelu"))
+        if head_act is None:
+            raise UnsupportedModelError(f"config.json {names.activation_key} {hf[names.activation_key]!r} is not "
+                                        f"one of {sorted(HF_ACTIVATIONS)}")
 
-    def take(name: str) -> np.ndarray:
+    def take(name: str, like: np.ndarray | None = None) -> np.ndarray:
         full = name.format(base=base_prefix)
         if full not in tensors:
+            if like is not None and optional_biases:    # a projection or norm without a bias
+                return np.zeros(like.shape[0], dtype=np.float32)
             raise ConversionError(f"a {task} checkpoint needs the tensor {full}, which is missing")
         return np.ascontiguousarray(tensors[full], dtype=np.float32)
 
     def linear(dst: str, src: str) -> None:
         out[dst + ".weight"] = take(src + ".weight")
-        out[dst + ".bias"] = take(src + ".bias")
+        out[dst + ".bias"] = take(src + ".bias", like=out[dst + ".weight"])
+
+    def pooler() -> None:
+        linear("head.pooler", names.seq_pooler)
+        # ModernBERT names its activation's key; others have their own, or config.json's pooler_hidden_act
+        fields["pooler_activation"] = head_act if names.activation_key else _pooler_activation(hf, names)
+        if names.pooler_norm:
+            linear("head.pooler_norm", names.pooler_norm)
+            fields["pooler_norm_eps"] = cfg.norm_eps
 
     out: dict[str, np.ndarray] = {}
     fields: dict = {"type": task}
@@ -169,25 +196,33 @@ def canonical_head(hf: dict, cfg: EncoderConfig, tensors: dict[str, np.ndarray],
         fields["labels"] = _labels(hf, task)
         fields["problem_type"] = hf.get("problem_type")
         if names.seq_pooler is not None:
-            linear("head.pooler", names.seq_pooler)
-            fields["pooler_activation"] = _pooler_activation(hf, names)
+            pooler()
+        if names.token_pooler and hf.get("classifier_pooling") == "mean":
+            fields["pooling"] = "mean"
         linear("head.classifier", names.seq_classifier)
     elif task == "token-classification":
         fields["labels"] = _labels(hf, task)
+        if names.token_pooler:
+            pooler()
         linear("head.classifier", names.token_classifier)
     elif task == "question-answering":
+        if names.token_pooler:
+            pooler()
         linear("head.classifier", names.qa)
         if out["head.classifier.weight"].shape[0] != 2:
             raise UnsupportedModelError("question answering needs exactly 2 outputs (start, end)")
     else:  # masked-lm, pretraining
-        act = names.mlm_activation or hf_activation(hf)
+        act = names.mlm_activation or head_act or hf_activation(hf)
         width = cfg.hidden_size if names.mlm_width == "hidden" else cfg.embedding_size
         tied = names.mlm_always_tied or bool(hf.get("tie_word_embeddings", True))
         fields.update(mlm_size=width, mlm_activation=act, mlm_tied=tied,
                       mlm_norm_eps=float(names.mlm_norm_eps or cfg.norm_eps))
         linear("head.mlm.dense", names.mlm_dense)
         linear("head.mlm.norm", names.mlm_norm)
-        out["head.mlm.decoder.bias"] = _first(take, names.mlm_bias, names.mlm_decoder + ".bias")
+        if optional_biases and names.mlm_bias not in tensors:
+            out["head.mlm.decoder.bias"] = np.zeros(cfg.vocab_size, dtype=np.float32)
+        else:
+            out["head.mlm.decoder.bias"] = _first(take, names.mlm_bias, names.mlm_decoder + ".bias")
         if not tied:
             out["head.mlm.decoder.weight"] = take(names.mlm_decoder + ".weight")
         elif width != cfg.embedding_size:

@@ -64,6 +64,25 @@ def encoder_config() -> EncoderConfig:
                          norm_eps=1e-12, position_scheme="absolute", pad_token_id=0, max_length=16)
 
 
+def mpnet_config() -> EncoderConfig:
+    """MPNet-style: learned positions with RoBERTa's padding offset and a relative bias shared by the layers."""
+    return EncoderConfig(architecture="mpnet", vocab_size=len(WORDS), hidden_size=8, embedding_size=8, num_layers=2,
+                         num_heads=2, intermediate_size=16, max_positions=18, type_vocab_size=0, activation="gelu",
+                         norm_eps=1e-12, position_scheme="padding_offset", pad_token_id=1, max_length=16,
+                         relative_buckets=8, relative_max_distance=16)
+
+
+def modernbert_config() -> EncoderConfig:
+    """ModernBERT-style: pre-norm, GeGLU, rotary positions with two thetas, a local window on layer 1, no
+    attention norm in layer 0."""
+    return EncoderConfig(architecture="modernbert", vocab_size=len(WORDS), hidden_size=8, embedding_size=8,
+                         num_layers=2, num_heads=2, intermediate_size=16, max_positions=16, type_vocab_size=0,
+                         activation="gelu", norm_eps=1e-5, position_scheme="absolute", pad_token_id=0, max_length=16,
+                         positions="rope", rope={"type": "default", "theta": 160000.0, "attention_scaling": 1.0},
+                         pre_norm=True, first_attn_norm=False, gated_mlp=True, window=2, window_layers=(1,),
+                         window_rope={"type": "default", "theta": 10000.0, "attention_scaling": 1.0})
+
+
 def decoder_config() -> DecoderConfig:
     return DecoderConfig(architecture="gpt2", vocab_size=len(WORDS), hidden_size=8, num_layers=1, num_heads=2,
                          num_kv_heads=2, head_dim=4, intermediate_size=16, max_positions=24, norm="layernorm",
@@ -95,7 +114,8 @@ def seq2seq_config() -> Seq2SeqConfig:
 
 def write_seeds(folder: str | Path) -> dict[str, Path]:
     """The seed files, by name: encoder-int8, encoder-fp32, classifier-int8, tokens-int8 (NER), mlm-int8
-    (fill-mask, tied decoder), qa-int8, decoder-int8, rope-int8 (Llama-style decoder), seq2seq-int8."""
+    (fill-mask, tied decoder), qa-int8, mpnet-int8, modernbert-int8 (a mean-pooling classifier with ModernBERT's
+    prediction head), decoder-int8, rope-int8 (Llama-style decoder), seq2seq-int8."""
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     enc = encoder_config()
@@ -115,7 +135,16 @@ def write_seeds(folder: str | Path) -> dict[str, Path]:
 
     # The tiny vocabulary has no [MASK]: one of its words stands in.
     mask = {fmt.KEY_TOKENIZER_OPTIONS: json.dumps({"mask_token": "mat", "clean_up_tokenization_spaces": True})}
+    mpnet, modern = mpnet_config(), modernbert_config()
+    modern_task = TaskConfig(type="sequence-classification", labels=("neg", "pos"), pooler_activation="gelu",
+                             pooling="mean", pooler_norm_eps=1e-5)
     return {
+        "mpnet-int8": _write(folder / "mpnet-int8.safetensors", mpnet, fmt.encoder_tensor_shapes(mpnet.to_dict()),
+                             TaskConfig(), "int8", pooling),
+        "modernbert-int8": _write(folder / "modernbert-int8.safetensors", modern,
+                                  {**fmt.encoder_tensor_shapes(modern.to_dict()),
+                                   **fmt.head_tensor_shapes(modern_task.to_dict(), modern.to_dict())},
+                                  modern_task, "int8", pooling),
         "tokens-int8": head("tokens-int8", TaskConfig(type="token-classification", labels=("O", "B-X", "I-X"))),
         "mlm-int8": head("mlm-int8", TaskConfig(type="masked-lm", mlm_size=8, mlm_activation="gelu"), mask),
         "qa-int8": head("qa-int8", TaskConfig(type="question-answering")),

@@ -6,8 +6,10 @@ tinybert itself.
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -100,7 +102,15 @@ def deberta_config(**overrides):
 
 
 def _configs():
-    from transformers import BertConfig, DistilBertConfig, ElectraConfig, RobertaConfig, XLMRobertaConfig
+    from transformers import (
+        BertConfig,
+        DistilBertConfig,
+        ElectraConfig,
+        ModernBertConfig,
+        MPNetConfig,
+        RobertaConfig,
+        XLMRobertaConfig,
+    )
 
     common = dict(vocab_size=30522, hidden_size=64, num_hidden_layers=2, num_attention_heads=4,
                   intermediate_size=128, max_position_embeddings=192, pad_token_id=0)
@@ -117,10 +127,63 @@ def _configs():
                                                activation="gelu", pad_token_id=0),
         "electra": lambda: ElectraConfig(**common, embedding_size=32, hidden_act="gelu", type_vocab_size=2),
         "deberta-v2": deberta_config,
+        # MPNet pads with id 1 (its embeddings hard-code it): its tests use the MiniLM tokenizer with [PAD] moved
+        # to id 1 (mpnet_tokenizer_dir). 514 positions: 512 tokens after the padding offset.
+        "mpnet": lambda: MPNetConfig(**{**common, "max_position_embeddings": 514, "pad_token_id": 1},
+                                     hidden_act="gelu", bos_token_id=101, eos_token_id=102),
+        # A 16-token local window (±8), far below the test sentences' lengths, so that the window matters;
+        # 3 layers: global, local, global.
+        "modernbert": lambda: ModernBertConfig(**{**common, "num_hidden_layers": 3}, local_attention=16,
+                                               global_attn_every_n_layers=2, bos_token_id=101, eos_token_id=102,
+                                               cls_token_id=101, sep_token_id=102, attn_implementation="eager"),
     }
 
 
-FAMILIES = ["bert", "bert-gelu_new", "bert-relu", "roberta", "xlm-roberta", "distilbert", "electra"]
+FAMILIES = ["bert", "bert-gelu_new", "bert-relu", "roberta", "xlm-roberta", "distilbert", "electra", "mpnet",
+            "modernbert"]
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.txt", "special_tokens_map.json")
+_MPNET_TOKENIZER: list[Path] = []
+
+
+def mpnet_tokenizer_dir(minilm_dir: Path) -> Path:
+    """The MiniLM tokenizer files with [PAD] at id 1 (and [unused0] at 0), as MPNet pads; made once."""
+    if not _MPNET_TOKENIZER:
+        folder = Path(tempfile.mkdtemp(prefix="mpnet-tokenizer-"))
+        data = json.loads((minilm_dir / "tokenizer.json").read_text(encoding="utf-8"))
+        vocab = data["model"]["vocab"]
+        vocab["[PAD]"], vocab["[unused0]"] = 1, 0
+        for token in data.get("added_tokens") or []:
+            if token["content"] == "[PAD]":
+                token["id"] = 1
+        if data.get("padding"):
+            data["padding"]["pad_id"] = 1
+        (folder / "tokenizer.json").write_text(json.dumps(data, ensure_ascii=False), encoding="utf-8")
+        lines = (minilm_dir / "vocab.txt").read_text(encoding="utf-8").split("\n")
+        lines[0], lines[1] = lines[1], lines[0]
+        (folder / "vocab.txt").write_text("\n".join(lines), encoding="utf-8")
+        for fname in ("tokenizer_config.json", "special_tokens_map.json"):
+            shutil.copy(minilm_dir / fname, folder / fname)
+        _MPNET_TOKENIZER.append(folder)
+    return _MPNET_TOKENIZER[0]
+
+
+def copy_tokenizer(name: str, minilm_dir: Path, folder: Path) -> None:
+    """The tokenizer files family ``name`` is tested with, into ``folder``."""
+    source = mpnet_tokenizer_dir(minilm_dir) if name == "mpnet" else minilm_dir
+    for fname in TOKENIZER_FILES:
+        shutil.copy(source / fname, folder / fname)
+
+
+def randomize_norms(model) -> None:
+    """Non-trivial LayerNorm parameters so the tests see them (ModernBERT's norms have no bias)."""
+    import torch
+
+    with torch.no_grad():
+        for module in model.modules():
+            if isinstance(module, torch.nn.LayerNorm):
+                module.weight.uniform_(0.5, 1.5)
+                if module.bias is not None:
+                    module.bias.uniform_(-0.2, 0.2)
 
 
 def build_hf_model(name: str, folder: Path, minilm_dir: Path, seed: int = 0, **save_kwargs):
@@ -137,17 +200,14 @@ def build_hf_model(name: str, folder: Path, minilm_dir: Path, seed: int = 0, **s
         model = ElectraForPreTraining(config)  # discriminator checkpoint: weights under "electra."
     else:
         model = AutoModel.from_config(config)
-    # Non-trivial LayerNorm parameters so the test sees them.
-    with torch.no_grad():
-        for module in model.modules():
-            if isinstance(module, torch.nn.LayerNorm):
-                module.weight.uniform_(0.5, 1.5)
-                module.bias.uniform_(-0.2, 0.2)
+    randomize_norms(model)
+    if name == "mpnet":     # a relative bias of the size a trained one has (random init is ~0.02)
+        with torch.no_grad():
+            model.encoder.relative_attention_bias.weight.normal_(0.0, 1.0)
     model.eval()
     folder.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(folder, **save_kwargs)
-    for fname in ("tokenizer.json", "tokenizer_config.json", "vocab.txt", "special_tokens_map.json"):
-        shutil.copy(minilm_dir / fname, folder / fname)
+    copy_tokenizer(name, minilm_dir, folder)
     return model.electra if name == "electra" else model
 
 
@@ -215,23 +275,22 @@ def build_hf_head_model(name: str, task: str, folder: Path, minilm_dir: Path, se
     for key, value in config_kwargs.items():
         setattr(config, key, value)
     model = getattr(transformers, HEAD_CLASSES[task]).from_config(config)
+    randomize_norms(model)
     with torch.no_grad():
-        for module in model.modules():
-            if isinstance(module, torch.nn.LayerNorm):
-                module.weight.uniform_(0.5, 1.5)
-                module.bias.uniform_(-0.2, 0.2)
         for pname, param in model.named_parameters():
             if not pname.endswith(".weight"):
                 continue
             if pname.split(".")[-2] in ("classifier", "out_proj", "qa_outputs", "seq_relationship"):
                 param.mul_(head_scale)
-            elif pname.endswith(("pooler.dense.weight", "classifier.dense.weight", "pre_classifier.weight")):
+            elif pname.endswith(("pooler.dense.weight", "classifier.dense.weight", "pre_classifier.weight",
+                                 "head.dense.weight")):
                 param.mul_(5.0)  # a trained pooler uses its range; a random one sits near zero
+            elif pname.endswith("relative_attention_bias.weight"):
+                param.normal_(0.0, 1.0)     # MPNet: a relative bias of a trained one's size
     model.eval()
     folder.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(folder)
-    for fname in ("tokenizer.json", "tokenizer_config.json", "vocab.txt", "special_tokens_map.json"):
-        shutil.copy(minilm_dir / fname, folder / fname)
+    copy_tokenizer(name, minilm_dir, folder)
     return model
 
 
@@ -240,8 +299,8 @@ def hf_pipeline_tokenizer(name: str, minilm_dir: Path):
     RoBERTa-style models take no token_type_ids)."""
     from transformers import AutoTokenizer
 
-    tok = AutoTokenizer.from_pretrained(str(minilm_dir))
-    if name in ("distilbert", "roberta", "xlm-roberta"):
+    tok = AutoTokenizer.from_pretrained(str(mpnet_tokenizer_dir(minilm_dir) if name == "mpnet" else minilm_dir))
+    if name in ("distilbert", "roberta", "xlm-roberta", "mpnet", "modernbert"):
         tok.model_input_names = ["input_ids", "attention_mask"]
     return tok
 

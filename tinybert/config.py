@@ -10,6 +10,7 @@ from .format import (
     ACTIVATIONS,
     DECODER_POSITIONS,
     DISENTANGLED_TERMS,
+    ENCODER_POSITIONS,
     HEAD_ACTIVATIONS,
     LANGUAGE_POSITIONS,
     MAX_LANGUAGES,
@@ -20,6 +21,7 @@ from .format import (
     ROPE_PARAMETERS,
     SEQ2SEQ_FAMILIES,
     SEQ2SEQ_POSITIONS,
+    TASK_POOLINGS,
     TASKS,
 )
 
@@ -168,6 +170,8 @@ class BlockConfig:
     format.DISENTANGLED_TERMS; ``relative_buckets``: position_buckets, 0 for none; ``relative_max_distance``:
     max_relative_positions). ``attn_scale``: scores times 1/√head_dim (False for T5), 1/√(head_dim · (1 + number
     of disentangled terms)) for DeBERTa. ``causal``: self-attention over the slot cache
+    A T5-style relative bias may also come on top of learned or rotary positions (MPNet): ``relative_buckets`` > 0
+    without disentangled terms says there is one (``has_relative_bias``).
     (decoders) rather than bidirectional over packed sequences; ``cross_attention`` over the slot's source.
     Grouped-query attention is ``num_kv_heads`` < ``num_heads``.
 
@@ -175,8 +179,9 @@ class BlockConfig:
     projection, before rotary positions (Qwen3, Gemma 3). ``post_norms``: the sublayers' outputs are normed
     before the residual add, x + post_norm(f(norm(x))) (Gemma 3). ``score_scale`` replaces 1/√head_dim
     (Gemma 3's query_pre_attn_scalar^-1/2). ``layer_windows``: per layer, the sliding attention window (a query
-    sees the keys less than that many positions back; 0: all of them), empty when no layer has one; windowed
-    layers use the rotary ``local_rope`` when it is set (Gemma 3's local base frequency).
+    sees the keys less than that many positions away, back in causal attention, either way in bidirectional
+    attention: ModernBERT's local layers; 0: all of them), empty when no layer has one; windowed layers use the
+    rotary ``local_rope`` when it is set (Gemma 3's and ModernBERT's local base frequency).
     """
 
     hidden_size: int
@@ -207,6 +212,11 @@ class BlockConfig:
     @property
     def windowed(self) -> bool:
         return any(self.layer_windows)
+
+    @property
+    def has_relative_bias(self) -> bool:
+        """T5's bucketed bias on the scores: as the position scheme (T5) or on top of learned positions (MPNet)."""
+        return self.positions == "relative" or (self.relative_buckets > 0 and not self.disentangled)
 
     def validate(self) -> None:
         _check_fields(self)
@@ -243,13 +253,14 @@ class BlockConfig:
             raise ModelFileError("config post_norms need pre-norm blocks")
         if self.score_scale is not None and not self.score_scale > 0:
             raise ModelFileError("config score_scale must be a positive number")
-        if self.windowed and (not self.causal or self.positions == "relative"):
-            raise ModelFileError("config layer_windows need causal attention without a relative position bias")
+        if self.windowed and ((self.causal and self.has_relative_bias) or self.disentangled):
+            raise ModelFileError("config layer_windows go with bidirectional attention (a relative bias allowed) or "
+                                 "causal attention without a relative bias, never with disentangled attention")
         # T5's bucketing (layers/attention.py) halves the buckets per direction and takes a logarithm with base
         # max_distance / max_exact, where max_exact is half the buckets of a direction: fewer than 4 buckets divide
         # by zero, and a distance not above max_exact makes the logarithm zero or negative (buckets out of range).
-        if self.positions == "relative" and (self.relative_buckets < 4
-                                             or self.relative_max_distance <= self.relative_buckets // 2):
+        if self.has_relative_bias and (self.relative_buckets < 4
+                                       or self.relative_max_distance <= self.relative_buckets // 2):
             raise ModelFileError(f"config relative_buckets {self.relative_buckets} / relative_max_distance "
                                  f"{self.relative_max_distance} are invalid: T5's bucketing needs at least 4 buckets "
                                  "and a distance above half of them")
@@ -277,7 +288,7 @@ def _check_disentangled(terms: tuple[str, ...], buckets: int, max_distance: int)
 
 @dataclass(frozen=True)
 class EncoderConfig:
-    """A BERT-family encoder, post-LayerNorm blocks.
+    """A BERT-family encoder: post-LayerNorm blocks unless ``pre_norm``.
 
     ``position_scheme`` is "absolute" (position i for token i), "padding_offset" (RoBERTa:
     non-pad tokens count up from ``pad_token_id + 1``, pads sit at ``pad_token_id``) or "none" (no position
@@ -286,6 +297,13 @@ class EncoderConfig:
     the relative embeddings LayerNorm'ed when ``rel_norm``.
     ``max_length`` is the longest token sequence the model accepts (positions table minus the
     offset, capped by sentence-transformers' ``max_seq_length`` where the checkpoint sets it).
+
+    Optional (files of earlier converters lack them; the defaults are BERT's): ``positions`` "learned" (a table
+    in the embeddings) or "rope" (``rope`` on q and k, positions restarting per sequence);
+    ``relative_buckets`` / ``relative_max_distance`` > 0: a T5-style relative bias shared by the layers
+    (MPNet); ``pre_norm`` blocks with a ``final_norm`` (ModernBERT), whose first layer may have no attention
+    norm (``first_attn_norm`` False); ``gated_mlp``; local attention (``window``, ``window_layers``,
+    ``window_rope``) as in BlockConfig.
     """
 
     architecture: str
@@ -307,6 +325,14 @@ class EncoderConfig:
     relative_buckets: int = 0
     relative_max_distance: int = 0
     rel_norm: bool = False
+    positions: str = "learned"
+    rope: dict | None = None
+    pre_norm: bool = False
+    first_attn_norm: bool = True
+    gated_mlp: bool = False
+    window: int = 0
+    window_layers: tuple[int, ...] = ()
+    window_rope: dict | None = None
 
     @property
     def head_dim(self) -> int:
@@ -320,21 +346,31 @@ class EncoderConfig:
     def block(self) -> BlockConfig:
         return BlockConfig(hidden_size=self.hidden_size, num_heads=self.num_heads, num_kv_heads=self.num_heads,
                            head_dim=self.head_dim, intermediate_size=self.intermediate_size, norm="layernorm",
-                           norm_eps=self.norm_eps, pre_norm=False, activation=self.activation, gated_mlp=False,
-                           positions="disentangled" if self.disentangled else "learned",
-                           max_positions=self.max_positions, relative_buckets=self.relative_buckets,
-                           relative_max_distance=self.relative_max_distance, disentangled=self.disentangled)
+                           norm_eps=self.norm_eps, pre_norm=self.pre_norm, activation=self.activation,
+                           gated_mlp=self.gated_mlp, positions="disentangled" if self.disentangled else self.positions,
+                           max_positions=self.max_positions, rope=self.rope, relative_buckets=self.relative_buckets,
+                           relative_max_distance=self.relative_max_distance, disentangled=self.disentangled,
+                           # local attention: keys within ±window of the query, i.e. |i − j| < window + 1
+                           layer_windows=tuple(self.window + 1 if i in self.window_layers else 0
+                                               for i in range(self.num_layers)) if self.window else (),
+                           local_rope=self.window_rope)
 
     def to_dict(self) -> dict:
+        """The file's config: the optional fields only where they differ from their defaults, so that a
+        BERT-family file is the same as before them (and readable by a runtime that predates them)."""
         data = asdict(self)
         data["disentangled"] = list(self.disentangled)
+        data["window_layers"] = list(self.window_layers)
+        defaults = {f.name: f.default for f in fields(self)}
+        for name in _ENCODER_OPTIONAL[1:]:
+            if getattr(self, name) == defaults[name]:
+                del data[name]
         return data
 
     @classmethod
     def from_dict(cls, data: dict) -> EncoderConfig:
         """Build and check a config read from a file; any inconsistency is a ModelFileError."""
-        return _from_file(cls, data, optional=("kind", "disentangled", "relative_buckets", "relative_max_distance",
-                                               "rel_norm"), tuples=("disentangled",))
+        return _from_file(cls, data, optional=_ENCODER_OPTIONAL, tuples=("disentangled", "window_layers"))
 
     def validate(self) -> None:
         _check_fields(self)
@@ -348,6 +384,17 @@ class EncoderConfig:
             raise ModelFileError("config hidden_size is not a multiple of num_heads")
         if self.position_scheme not in POSITION_SCHEMES:
             raise ModelFileError(f"config position_scheme {self.position_scheme!r} is unknown")
+        if self.positions not in ENCODER_POSITIONS:
+            raise ModelFileError(f"config positions {self.positions!r} is not one of {ENCODER_POSITIONS}")
+        if bool(self.window) != bool(self.window_layers):
+            raise ModelFileError("config window and window_layers must be given together")
+        if list(self.window_layers) != sorted(set(self.window_layers)) or any(
+                i >= self.num_layers for i in self.window_layers):
+            raise ModelFileError("config window_layers must be distinct layer indices in rising order")
+        if self.window >= INT_LIMIT - 1:
+            raise ModelFileError("config window is too large")
+        if not self.first_attn_norm and not self.pre_norm:
+            raise ModelFileError("config first_attn_norm False needs pre_norm blocks")
         self.block.validate()
         if self.rel_norm and not self.disentangled:
             raise ModelFileError("config rel_norm needs disentangled attention")
@@ -355,6 +402,11 @@ class EncoderConfig:
             raise ModelFileError("config pad_token_id is outside the vocabulary")
         if self.max_length + self.position_offset > self.max_positions:
             raise ModelFileError("config max_length reaches past the position table")
+
+
+# Encoder fields files of earlier converters do not have (their defaults are BERT's).
+_ENCODER_OPTIONAL = ("kind", "disentangled", "relative_buckets", "relative_max_distance", "rel_norm", "positions",
+                     "rope", "pre_norm", "first_attn_norm", "gated_mlp", "window", "window_layers", "window_rope")
 
 
 @dataclass(frozen=True)
@@ -367,6 +419,9 @@ class TaskConfig:
     classifier (BERT tanh pooler, RoBERTa/ELECTRA classification head, DistilBERT pre_classifier).
     Masked-LM heads: transform width ``mlm_size``, its ``mlm_activation``, its LayerNorm
     ``mlm_norm_eps``, and whether the decoder is tied to the token embeddings (``mlm_tied``).
+    ModernBERT's prediction head is the pooler followed by a LayerNorm (``pooler_norm_eps``), read by sequence
+    classification from the first token or the mean of the tokens (``pooling`` "first" | "mean"); a token
+    classification or question-answering head with a pooler runs it on every token.
     """
 
     type: str = "feature-extraction"
@@ -377,6 +432,8 @@ class TaskConfig:
     mlm_activation: str | None = None
     mlm_norm_eps: float = 1e-12
     mlm_tied: bool = True
+    pooling: str = "first"
+    pooler_norm_eps: float | None = None
 
     def to_dict(self) -> dict:
         data = asdict(self)
@@ -414,6 +471,10 @@ class TaskConfig:
             value = getattr(self, name)
             if value is not None and value not in HEAD_ACTIVATIONS:
                 raise ModelFileError(f"task {name} {value!r} is not one of {HEAD_ACTIVATIONS}")
+        if self.pooling not in TASK_POOLINGS:
+            raise ModelFileError(f"task pooling {self.pooling!r} is not one of {TASK_POOLINGS}")
+        if self.pooler_norm_eps is not None and (self.pooler_activation is None or not self.pooler_norm_eps > 0):
+            raise ModelFileError("task pooler_norm_eps must be a positive number, and needs the pooler")
         if self.type == "pretraining" and self.pooler_activation is None:
             raise ModelFileError("a pretraining task needs the pooler")
         if self.type in ("masked-lm", "pretraining"):

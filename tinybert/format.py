@@ -97,6 +97,7 @@ Head tensors, by task (``N`` labels, ``M`` the MLM transform width, ``V`` the vo
 
     head.pooler.weight [H, H] / .bias       first-token dense + activation (BERT pooler, RoBERTa/ELECTRA
                                             classifier.dense, DistilBERT pre_classifier)
+    head.pooler_norm.weight / .bias [H]     LayerNorm after the pooler (ModernBERT's prediction head)
     head.classifier.weight [N, H] / .bias   sequence/token classification; question answering (N = 2)
     head.nsp.weight [2, H] / .bias          next-sentence prediction (pretraining)
     head.mlm.dense.weight [M, H] / .bias    masked-LM transform → activation → head.mlm.norm [M]
@@ -129,11 +130,13 @@ TASKS = ("feature-extraction", "sequence-classification", "token-classification"
          "masked-lm", "pretraining", "text-generation", "text2text-generation")
 NORMS = ("layernorm", "rmsnorm")
 DECODER_POSITIONS = ("learned", "rope")
+ENCODER_POSITIONS = ("learned", "rope")
 SEQ2SEQ_FAMILIES = ("t5", "bart", "marian", "mbart", "m2m_100")
 LANGUAGE_POSITIONS = ("prefix", "suffix")     # where a multilingual source puts its language code
 MAX_LANGUAGES = 4096                           # language codes of a file (NLLB-200: 202)
 SEQ2SEQ_POSITIONS = ("relative", "learned", "sinusoidal")
 HEAD_ACTIVATIONS = ("tanh", "relu", "gelu", "gelu_tanh")
+TASK_POOLINGS = ("first", "mean")        # what a sequence classifier reads (TaskConfig.pooling)
 PROBLEM_TYPES = ("single_label_classification", "multi_label_classification", "regression")
 
 SCALE_SUFFIX = ".scale"
@@ -211,25 +214,35 @@ def relative_span(buckets: int, max_distance: int) -> int:
 
 
 def encoder_tensor_shapes(cfg: dict) -> dict[str, tuple[int, ...]]:
-    """Every tensor an encoder file must hold (without .scale companions), with its shape."""
+    """Every tensor an encoder file must hold (without .scale companions), with its shape.
+
+    Keys of EncoderConfig that files of earlier converters lack take their defaults (BERT's). A gated MLP stores
+    gate and up stacked in ``mlp.up`` ([2I, H]: gate rows first); rotary positions have no table; a relative
+    bias is ``rel_bias`` [buckets, heads]; pre-norm encoders end in ``final_norm``, and with ``first_attn_norm``
+    False layer 0 has no ``attn_norm`` (ModernBERT). Projections and norms without a bias in the checkpoint are
+    stored with a zero one.
+    """
     e, h, i_dim = cfg["embedding_size"], cfg["hidden_size"], cfg["intermediate_size"]
     shapes: dict[str, tuple[int, ...]] = {
         "embed.tokens": (cfg["vocab_size"], e),
         "embed.norm.weight": (e,),
         "embed.norm.bias": (e,),
     }
-    if cfg["position_scheme"] != "none":
+    if cfg.get("positions", "learned") == "learned" and cfg["position_scheme"] != "none":
         shapes["embed.positions"] = (cfg["max_positions"], e)
     if cfg.get("disentangled"):     # files of earlier converters have none of these keys
         shapes[REL_EMBEDDINGS] = (2 * relative_span(cfg["relative_buckets"], cfg["relative_max_distance"]), h)
         if cfg.get("rel_norm"):
             shapes[REL_NORM + ".weight"] = (h,)
             shapes[REL_NORM + ".bias"] = (h,)
+    elif cfg.get("relative_buckets", 0) > 0:
+        shapes[REL_BIAS] = (cfg["relative_buckets"], cfg["num_heads"])
     if cfg["type_vocab_size"] > 0:
         shapes["embed.token_types"] = (cfg["type_vocab_size"], e)
     if e != h:
         shapes["embed.proj.weight"] = (h, e)
         shapes["embed.proj.bias"] = (h,)
+    up = 2 * i_dim if cfg.get("gated_mlp", False) else i_dim
     for layer in range(cfg["num_layers"]):
         p = layer_prefix(layer)
         shapes.update({
@@ -239,13 +252,18 @@ def encoder_tensor_shapes(cfg: dict) -> dict[str, tuple[int, ...]]:
             p + "attn.out.bias": (h,),
             p + "attn_norm.weight": (h,),
             p + "attn_norm.bias": (h,),
-            p + "mlp.up.weight": (i_dim, h),
-            p + "mlp.up.bias": (i_dim,),
+            p + "mlp.up.weight": (up, h),
+            p + "mlp.up.bias": (up,),
             p + "mlp.down.weight": (h, i_dim),
             p + "mlp.down.bias": (h,),
             p + "mlp_norm.weight": (h,),
             p + "mlp_norm.bias": (h,),
         })
+    if not cfg.get("first_attn_norm", True):
+        del shapes[layer_prefix(0) + "attn_norm.weight"], shapes[layer_prefix(0) + "attn_norm.bias"]
+    if cfg.get("pre_norm", False):
+        shapes[FINAL_NORM + ".weight"] = (h,)
+        shapes[FINAL_NORM + ".bias"] = (h,)
     return shapes
 
 
@@ -345,6 +363,9 @@ def head_tensor_shapes(task: dict, cfg: dict) -> dict[str, tuple[int, ...]]:
     if task.get("pooler_activation") is not None:
         shapes["head.pooler.weight"] = (h, h)
         shapes["head.pooler.bias"] = (h,)
+    if task.get("pooler_norm_eps") is not None:
+        shapes["head.pooler_norm.weight"] = (h,)
+        shapes["head.pooler_norm.bias"] = (h,)
     if kind in ("sequence-classification", "token-classification", "question-answering"):
         n = 2 if kind == "question-answering" else len(task["labels"])
         shapes["head.classifier.weight"] = (n, h)

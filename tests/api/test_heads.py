@@ -23,7 +23,7 @@ from conftest import (
 import tinybert
 from tinybert.errors import InputError, ModelKindError, UnsupportedModelError
 
-ALL_FAMILIES = ["bert", "roberta", "xlm-roberta", "distilbert", "electra", "deberta-v2"]
+ALL_FAMILIES = ["bert", "roberta", "xlm-roberta", "distilbert", "electra", "deberta-v2", "mpnet", "modernbert"]
 CORE_FAMILIES = ["bert", "roberta", "distilbert"]
 # ---------------------------------------------------------------- sequence classification
 
@@ -43,6 +43,28 @@ def test_classify_matches_pipeline(family, head_model, minilm_dir, sentences):
     (got,) = clf.classify(texts[0])
     assert got["label"] == ref["label"] and abs(got["score"] - ref["score"]) <= SCORE_TOL
     assert [len(r) for r in clf.classify(texts[:3], top_k=2)] == [2, 2, 2]
+
+
+def test_classify_modernbert_mean_pooling(head_model, minilm_dir, sentences):
+    """ModernBERT's classifier_pooling="mean": the prediction head reads the mean of the tokens (padding left
+    out), in the pipeline's batches and in padded Encoder.logits batches alike."""
+    from transformers import pipeline
+
+    labels = ["negative", "neutral", "positive"]
+    model, files = head_model("modernbert", "sequence-classification", labels=labels, classifier_pooling="mean")
+    tok = hf_pipeline_tokenizer("modernbert", minilm_dir)
+    pipe = pipeline("text-classification", model=model, tokenizer=tok)
+    texts = sentences[40:70] + UNICODE_TEXTS
+    clf = tinybert.Classifier(files["fp32"])
+    for ref, got in zip(pipe(texts, top_k=None), clf.classify(texts, top_k=None)):
+        assert_same_labels(ref, got)
+    batch = tok(texts[:8], padding=True, return_tensors="pt")
+    import torch
+
+    with torch.no_grad():
+        ref = model(**batch).logits.numpy()
+    got = tinybert.Encoder(files["fp32"]).logits(**{k: v.numpy() for k, v in batch.items()})["logits"]
+    np.testing.assert_allclose(got, ref, atol=SCORE_TOL)
 
 
 @pytest.mark.parametrize("family", ["bert", "distilbert", "electra"])
@@ -191,7 +213,8 @@ def _masked(sentences: list[str], mask: str, n: int) -> list[str]:
 
 
 @pytest.mark.parametrize("family,extra", [("bert", {}), ("roberta", {}), ("distilbert", {}), ("electra", {}),
-                                          ("deberta-v2", {}), ("deberta-v2", {"legacy": False})])
+                                          ("deberta-v2", {}), ("deberta-v2", {"legacy": False}), ("mpnet", {}),
+                                          ("modernbert", {})])
 def test_fill_mask_matches_pipeline(family, extra, head_model, minilm_dir, sentences):
     from transformers import pipeline
 
@@ -248,7 +271,7 @@ def test_fill_mask_int8_agrees(head_model, minilm_dir, sentences):
 # ---------------------------------------------------------------- question answering
 
 
-@pytest.mark.parametrize("family", CORE_FAMILIES + ["electra", "deberta-v2"])
+@pytest.mark.parametrize("family", CORE_FAMILIES + ["electra", "deberta-v2", "mpnet", "modernbert"])
 @pytest.mark.parametrize("max_len,stride", [(384, 128), (64, 16)])
 def test_qa_logits_and_spans(family, max_len, stride, head_model, minilm_dir, sentences):
     model, files = head_model(family, "question-answering")

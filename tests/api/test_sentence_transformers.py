@@ -391,3 +391,38 @@ def test_token_embeddings_match_sentence_transformers(model, minilm, minilm_st, 
         enc.encode(texts[:2], output_value="token_embeddings", precision="int8")
     with pytest.raises(tinybert.InputError, match="output_value"):
         enc.encode(texts[:2], output_value=None)
+
+
+# --------------------------------------------------------------------------- MPNet and ModernBERT sentence encoders
+
+@pytest.mark.parametrize("family", ["mpnet", "modernbert"])
+def test_family_sentence_encoder_matches_sentence_transformers(family, tmp_path, minilm_dir, texts):
+    """A random model of the family saved as all-mpnet-base-v2 is (Transformer, mean Pooling, Normalize;
+    max_seq_length 40 here, so that the long text is cut), converted fp32 and int8, against the
+    SentenceTransformer of the same folder."""
+    folder = tmp_path / "hf"
+    build_hf_model(family, folder, minilm_dir, seed=5)
+    (folder / "1_Pooling").mkdir()
+    (folder / "1_Pooling" / "config.json").write_text(json.dumps(
+        {"word_embedding_dimension": 64, "pooling_mode_mean_tokens": True, "pooling_mode_cls_token": False,
+         "pooling_mode_max_tokens": False, "pooling_mode_mean_sqrt_len_tokens": False}))
+    (folder / "modules.json").write_text(json.dumps([
+        {"idx": 0, "name": "0", "path": "", "type": "sentence_transformers.models.Transformer"},
+        {"idx": 1, "name": "1", "path": "1_Pooling", "type": "sentence_transformers.models.Pooling"},
+        {"idx": 2, "name": "2", "path": "2_Normalize", "type": "sentence_transformers.models.Normalize"}]))
+    (folder / "sentence_bert_config.json").write_text(json.dumps({"max_seq_length": 40, "do_lower_case": False}))
+    ref_model = st.SentenceTransformer(str(folder), device="cpu")
+    ref = ref_model.encode(texts)
+    assert np.allclose(np.linalg.norm(ref, axis=1), 1.0, atol=1e-5)
+    for dtype in ("fp32", "int8"):
+        enc = tinybert.Encoder(convert(folder, tmp_path / f"{dtype}.safetensors", dtype=dtype))
+        assert (enc.pooling, enc.max_seq_length) == ({"mode": "mean", "normalize": True}, 40)
+        got = enc.encode(texts)
+        assert got.shape == ref.shape == (len(texts), 64)
+        if dtype == "fp32":
+            np.testing.assert_allclose(got, ref, atol=1e-5)
+            print(f"{family} sentence embeddings fp32 max abs diff {np.abs(got - ref).max():.2e}")
+        else:
+            cos = (got * ref).sum(1)
+            print(f"{family} sentence embeddings int8 worst cosine {cos.min():.5f}")
+            assert cos.min() >= 0.99, cos.min()

@@ -184,16 +184,20 @@ HOSTILE_VALUES = ["abc", [32], None, True, -1, 0, 2, 2 ** 21, 2 ** 31, 1e300, fl
 
 
 def _config_edits(config: dict) -> list[tuple[str, object, object]]:
-    """(field, value, edit) for every field of a config dict and every parameter of its rope dict."""
+    """(field, value, edit) for every field of a config dict and every parameter of its rope dicts (``rope``, and
+    ``window_rope`` of local-attention layers)."""
     edits = [(name, value, _update(**{name: value})) for name in config for value in HOSTILE_VALUES]
-    if isinstance(config.get("rope"), dict):
-        edits += [(f"rope.{name}", value, _rope(**{name: value}))
-                  for name in config["rope"] for value in HOSTILE_VALUES]
+    for key in ("rope", "window_rope"):
+        if isinstance(config.get(key), dict):
+            edits += [(f"{key}.{name}", value, _update(**{key: {**config[key], name: value}}))
+                      for name in config[key] for value in HOSTILE_VALUES]
     return edits
 
 
 @pytest.mark.parametrize("seed, key", [("encoder-int8", "config"), ("decoder-int8", "config"), ("rope-int8", "config"),
-                                       ("seq2seq-int8", "config"), ("mlm-int8", "task"), ("classifier-int8", "task"),
+                                       ("seq2seq-int8", "config"), ("mpnet-int8", "config"),
+                                       ("modernbert-int8", "config"), ("modernbert-int8", "task"),
+                                       ("mlm-int8", "task"), ("classifier-int8", "task"),
                                        ("encoder-int8", "sentence_transformers")])
 def test_every_config_value_is_checked(seeds, tmp_path, seed, key):
     """Every field of a file's config (and of its rope parameters) or task, set to a value of another type, zero,

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from conftest import FAMILIES, build_hf_model, hf_last_hidden
+from conftest import FAMILIES, build_hf_model, hf_last_hidden, mpnet_tokenizer_dir
 from tinybert_convert import convert
 
 import tinybert
@@ -31,6 +31,13 @@ def _batch(hf_tokenizer, texts, with_types):
     return batch
 
 
+def _tokenizer(name, hf_tokenizer, minilm_dir):
+    """MPNet's tests pad with id 1, as MPNet does (conftest.mpnet_tokenizer_dir)."""
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(str(mpnet_tokenizer_dir(minilm_dir))) if name == "mpnet" else hf_tokenizer
+
+
 def _cases(sentences, hf_tokenizer, name):
     with_types = name.startswith("bert") or name == "electra"
     padded = _batch(hf_tokenizer, sentences[:24], with_types)  # lengths vary: a padded batch
@@ -43,29 +50,50 @@ def _cases(sentences, hf_tokenizer, name):
 
 
 @pytest.mark.parametrize("name", FAMILIES)
-def test_fp32_matches_transformers(name, family_models, sentences, hf_tokenizer):
+def test_fp32_matches_transformers(name, family_models, sentences, hf_tokenizer, minilm_dir):
     hf, encoders = family_models[name]
-    for batch in _cases(sentences, hf_tokenizer, name):
+    for batch in _cases(sentences, _tokenizer(name, hf_tokenizer, minilm_dir), name):
         expected = hf_last_hidden(hf, batch)
         got = encoders["fp32"].forward(**batch)
         assert got.shape == expected.shape
-        diff = np.abs(got - expected).max()
+        # Padding rows are compared too, except under local attention (ModernBERT): a padding query with no
+        # token within its window has no key to attend to, and no single right answer.
+        rows = batch["attention_mask"].astype(bool) if encoders["fp32"].config.window else slice(None)
+        diff = np.abs(got[rows] - expected[rows]).max()
+        print(f"{name}: fp32 max abs diff {diff:.2e}")
         assert diff <= 1e-4, f"{name}: max abs diff {diff:.2e}"
 
 
+def test_local_window_matters(family_models, sentences, hf_tokenizer):
+    """The ModernBERT test model's sentences are longer than its window, so that the window is tested: without it
+    (local layers seeing every token, as transformers computes with a window wider than the text) the hidden
+    states are another model's."""
+    import copy
+
+    hf, encoders = family_models["modernbert"]
+    batch = _cases(sentences, hf_tokenizer, "modernbert")[0]
+    valid = batch["attention_mask"].astype(bool)
+    assert valid.sum(1).max() > 2 * encoders["fp32"].config.window + 1
+    unwindowed = copy.deepcopy(hf)
+    unwindowed.config.local_attention = 4096     # transformers builds the sliding-window mask from it per call
+    diff = np.abs(hf_last_hidden(unwindowed, batch) - encoders["fp32"].forward(**batch))[valid].max()
+    assert diff > 1e-2, diff
+
+
 @pytest.mark.parametrize("name", FAMILIES)
-def test_int8_per_token_cosine(name, family_models, sentences, hf_tokenizer):
+def test_int8_per_token_cosine(name, family_models, sentences, hf_tokenizer, minilm_dir):
     hf, encoders = family_models[name]
-    for batch in _cases(sentences, hf_tokenizer, name):
+    for batch in _cases(sentences, _tokenizer(name, hf_tokenizer, minilm_dir), name):
         expected = hf_last_hidden(hf, batch)
         got = encoders["int8"].forward(**batch)
         valid = batch["attention_mask"].astype(bool)
         a, b = got[valid], expected[valid]
         cos = (a * b).sum(-1) / (np.linalg.norm(a, axis=-1) * np.linalg.norm(b, axis=-1))
+        print(f"{name}: int8 worst per-token cosine {cos.min():.5f}")
         assert cos.min() >= 0.99, f"{name}: worst per-token cosine {cos.min():.5f}"
 
 
-@pytest.mark.parametrize("name", ["bert", "roberta", "distilbert"])
+@pytest.mark.parametrize("name", ["bert", "roberta", "distilbert", "mpnet", "modernbert"])
 def test_padding_invariance(name, family_models, sentences):
     """A text alone and inside a batch of longer texts gives the same embedding."""
     _, encoders = family_models[name]

@@ -120,7 +120,7 @@ class Encoder:
         hidden, starts = self.runner.run(packed), packed.starts
         kind = self.task.type
         if kind == "sequence-classification":
-            return {"logits": head.sequence_logits(hidden, starts)}
+            return {"logits": head.sequence_logits(hidden, starts, packed.key_mask)}
         if kind == "token-classification":
             return {"logits": head.token_logits(hidden).reshape(batch, seq, -1)}
         if kind == "question-answering":

@@ -94,7 +94,7 @@ class Classifier(Encoder):
             encodings = self.tokenizer.encode_batch(texts)
         out = np.empty((len(texts), len(self.labels)), dtype=np.float32)
         for rows, batch, hidden in self.runner.batches(encodings, batch_size, show_progress, "scoring"):
-            out[rows] = self.runner.head.sequence_logits(hidden, batch.starts)
+            out[rows] = self.runner.head.sequence_logits(hidden, batch.starts, batch.key_mask)
         return out
 
     @property

@@ -8,7 +8,8 @@ The rows decide how keys are found, so that one block serves encoders and decode
 
 Positions are data of the stack (``Positions``): a rotary table applied to q and k, or a bias on the scores
 (T5's relative buckets; ALiBi would be another bias of the same [heads, distance] form). A sliding attention
-window is a bias of that form too: −1e30 on keys a window or more behind the query (Gemma 3, Phi-3). Which
+window is a bias of that form too: −1e30 on keys a window or more away from the query (behind it in causal rows:
+Gemma 3, Phi-3; on either side in packed rows: ModernBERT's local layers). Which
 rotary table and which bias a layer uses is the config's per-layer data (``BlockConfig.layer_windows``).
 
 DeBERTa (He et al., 2021) adds to q_i · k_j two terms through relative embeddings P (shared by the layers,
@@ -99,7 +100,7 @@ class Positions:
         self._local_rope = rope_tables(cfg.head_dim, 1, cfg.local_rope) if cfg.local_rope is not None else None
         self._windows: dict[int, np.ndarray] = {}
         self.table = None
-        if cfg.positions == "relative":
+        if cfg.has_relative_bias:
             self.table = np.ascontiguousarray(tensors[fmt.stack_prefix(stack) + fmt.REL_BIAS], dtype=np.float32)
         self._causal = np.zeros((cfg.num_heads, 0), dtype=np.float32)
         # DeBERTa: the relative embeddings (normed once), projected per layer by ``project``.
@@ -162,14 +163,21 @@ class Positions:
             self._windows[window] = held
         return held
 
-    def packed_bias(self, longest: int) -> tuple[np.ndarray, int]:
-        """bias[h, center + j − i] for keys j and queries i of sequences up to ``longest`` (bidirectional)."""
-        if self.table is None:
-            return _NO_BIAS, 0
+    def packed_bias(self, longest: int, window: int = 0) -> tuple[np.ndarray, int]:
+        """bias[h, center + j − i] for keys j and queries i of sequences up to ``longest`` (bidirectional): the
+        relative bias table's, plus, for a layer with a ``window``, WINDOW_BIAS on keys that far away or more."""
         cfg = self.cfg
+        if self.table is None and not window:
+            return _NO_BIAS, 0
         offsets = np.arange(-(longest - 1), longest)
-        buckets = relative_position_bucket(offsets, True, cfg.relative_buckets, cfg.relative_max_distance)
-        return np.ascontiguousarray(self.table[buckets].T), longest - 1    # [heads, 2·longest − 1]
+        if self.table is None:
+            bias = np.zeros((cfg.num_heads, offsets.size), dtype=np.float32)
+        else:
+            buckets = relative_position_bucket(offsets, True, cfg.relative_buckets, cfg.relative_max_distance)
+            bias = np.ascontiguousarray(self.table[buckets].T)                 # [heads, 2·longest − 1]
+        if window:
+            bias[:, np.abs(offsets) >= window] = WINDOW_BIAS
+        return bias, longest - 1
 
     def causal_bias(self, upto: int) -> np.ndarray:
         """bias[h, p − t] for a query at p and keys t ≤ p < ``upto`` (or more positions); kept, and grown by
@@ -207,19 +215,34 @@ class PackedRows:
         self.cfg, self.starts, self.key_mask, self.threads = cfg, starts, key_mask, threads
         self.scale = _score_scale(cfg)
         self.positions = positions
-        longest = int(np.diff(starts).max()) if positions.table is not None or positions.rel_q else 0
-        self.bias, self.center = positions.packed_bias(longest)
+        lengths = np.diff(starts)
+        longest = int(lengths.max()) if lengths.size else 0
+        windows = {0, *cfg.layer_windows}      # the windows of the layers (0: none)
+        self.bias = {w: positions.packed_bias(longest if positions.table is not None or w else 0, w) for w in windows}
         self.rel = _NO_REL
-        if positions.rel_q and longest > 0:
+        if positions.rel_q and longest > 0:   # DeBERTa: no bias table, no window; the index table is centred
             self.rel, self.lo, self.hi = positions.packed_content_index(longest)
-            self.center = longest - 1
+            self.bias = {0: (_NO_BIAS, longest - 1)}
+        self.rope = None
+        if cfg.positions == "rope":
+            # Rotary positions restart in each sequence (transformers numbers a padded row 0 .. S−1).
+            self.at = (np.arange(starts[-1], dtype=np.int64) - np.repeat(starts[:-1], lengths)).astype(np.int32)
+            self.rope = {w: positions.rope(longest, local=bool(w)) for w in windows}
 
     def attend(self, qkv: np.ndarray, layer: int) -> np.ndarray:
         """q | k | v rows [T, 3A] → context [T, A]."""
         cfg = self.cfg
-        context = np.empty((qkv.shape[0], cfg.num_heads * cfg.head_dim), dtype=np.float32)
+        window = cfg.layer_windows[layer] if cfg.layer_windows else 0
+        n, a = qkv.shape[0], cfg.num_heads * cfg.head_dim
+        if self.rope is not None:
+            # q and k rotated as one [T, 2·heads, d] array (both take the same angles), in a contiguous copy.
+            qk = np.ascontiguousarray(qkv[:, :2 * a]).reshape(n, 2 * cfg.num_heads, cfg.head_dim)
+            apply_rope(qk, self.at, *self.rope[window])
+            qkv[:, :2 * a] = qk.reshape(n, 2 * a)
+        context = np.empty((n, a), dtype=np.float32)
+        bias, center = self.bias[window]
         c2p, p2c = self._content(qkv, layer)
-        attention_with_bias(qkv, self.starts, self.key_mask, cfg.num_heads, self.scale, self.bias, self.center,
+        attention_with_bias(qkv, self.starts, self.key_mask, cfg.num_heads, self.scale, bias, center,
                             c2p, p2c, self.rel, context, self.threads)
         return context
 

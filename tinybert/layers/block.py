@@ -50,7 +50,10 @@ class TransformerBlock:
         self.index = index
         self.pre_norm = cfg.pre_norm
 
-        def norm(name: str) -> Norm:
+        def norm(name: str) -> Norm | None:
+            # A pre-norm block may lack a norm (ModernBERT's first layer: its embeddings end in one already).
+            if cfg.pre_norm and prefix + name + ".weight" not in tensors:
+                return None
             return Norm(tensors, prefix + name, cfg.norm, cfg.norm_eps)
 
         self.attn_norm, self.attn = norm(fmt.ATTN_NORM), SelfAttention(tensors, prefix, cfg)
@@ -77,10 +80,10 @@ class TransformerBlock:
             self.residual(x[r0:r0 + FFN_ROWS], self.mlp_norm, self.mlp, rows, self.mlp_post_norm)
         return x
 
-    def residual(self, x: np.ndarray, norm: Norm, sublayer, rows: PackedRows | CachedRows,
+    def residual(self, x: np.ndarray, norm: Norm | None, sublayer, rows: PackedRows | CachedRows,
                  post_norm: Norm | None = None) -> None:
         if self.pre_norm:
-            out = sublayer(norm(x), rows, self.index)
+            out = sublayer(x if norm is None else norm(x), rows, self.index)
             x += out if post_norm is None else post_norm(out, out=out)  # x = x + [post_norm](f(norm(x)))
         else:
             norm(sublayer(x, rows, self.index), residual=x, out=x)      # x = norm(x + f(x))

@@ -13,7 +13,7 @@ import numpy as np
 from .. import format as fmt
 from ..config import EncoderConfig
 from ..errors import check_finite
-from ..layers import Embeddings, PackedRows, Positions, TransformerBlock, use_row_bands
+from ..layers import Embeddings, Norm, PackedRows, Positions, TransformerBlock, use_row_bands
 
 
 def position_ids(cfg: EncoderConfig, ids: np.ndarray, starts: np.ndarray) -> np.ndarray:
@@ -35,17 +35,18 @@ def position_ids(cfg: EncoderConfig, ids: np.ndarray, starts: np.ndarray) -> np.
 
 class EncoderModel:
     """A BERT-family encoder: ``last_hidden_state = blocks(embeddings(ids))``, post-norm blocks (DeBERTa's
-    disentangled attention is the blocks' ``positions``)."""
+    disentangled attention is the blocks' ``positions``), or pre-norm blocks and a final norm (ModernBERT)."""
 
     def __init__(self, cfg: EncoderConfig, tensors: dict[str, np.ndarray]) -> None:
         self.config = cfg
         self.block_config = cfg.block
-        table = "none" if cfg.position_scheme == "none" else "learned"
+        table = "none" if cfg.position_scheme == "none" else cfg.positions
         self.embeddings = Embeddings(tensors, "", table, cfg.max_positions, norm_eps=cfg.norm_eps)
         self.positions = Positions(self.block_config, tensors)
         self.blocks = [TransformerBlock(self.block_config, tensors, fmt.layer_prefix(i), i)
                        for i in range(cfg.num_layers)]
         self.positions.project([block.attn.qkv for block in self.blocks])   # DeBERTa's per-layer Qr, Kr
+        self.final_norm = Norm(tensors, fmt.FINAL_NORM, "layernorm", cfg.norm_eps) if cfg.pre_norm else None
         use_row_bands([self.embeddings.proj] * (self.embeddings.proj is not None)
                       + [layer for block in self.blocks for layer in block.linears()])
 
@@ -57,5 +58,7 @@ class EncoderModel:
         rows = PackedRows(self.block_config, self.positions, starts, key_mask, numba.get_num_threads())
         for block in self.blocks:
             x = block(x, rows)
+        if self.final_norm is not None:
+            self.final_norm(x, out=x)
         check_finite(x, "hidden states")
         return x

@@ -2,6 +2,7 @@
 
 Every family's head is built from the same parts, with the differences as data (TaskConfig):
     pooler      h_first → act(W h_first + b)         (BERT tanh pooler, RoBERTa/ELECTRA head dense, DistilBERT)
+                (→ LayerNorm; on the mean of the tokens, or on every token: ModernBERT's prediction head)
     classifier  W x + b                              (sequence / token classification, QA start-end logits)
     masked LM   LayerNorm(act(W h + b)) → decoder    (decoder tied to the token embeddings or not)
     NSP         W pooled + b                         (BERT pretraining)
@@ -60,15 +61,33 @@ def _activate(x: np.ndarray, name: str) -> np.ndarray:
 
 
 class Pooler:
-    """act(W h + b) on the first token of each sequence."""
+    """act(W h + b) (→ LayerNorm) on the first token of each sequence, or on the mean of its tokens."""
 
-    def __init__(self, tensors: dict[str, np.ndarray], activation: str) -> None:
+    def __init__(self, task: TaskConfig, tensors: dict[str, np.ndarray]) -> None:
         self.dense = Linear(tensors, "head.pooler")
-        self.activation = activation
+        self.activation = task.pooler_activation
+        self.norm = None
+        if task.pooler_norm_eps is not None:
+            self.norm = Norm(tensors, "head.pooler_norm", "layernorm", task.pooler_norm_eps)
+        self.mean = task.pooling == "mean"
 
-    def __call__(self, hidden: np.ndarray, starts: np.ndarray) -> np.ndarray:
-        first = np.ascontiguousarray(hidden[starts[:-1]])
-        return _activate(self.dense(first), self.activation)
+    def __call__(self, hidden: np.ndarray, starts: np.ndarray, key_mask: np.ndarray | None = None) -> np.ndarray:
+        return self.transform(pool_tokens(hidden, starts, key_mask) if self.mean
+                              else np.ascontiguousarray(hidden[starts[:-1]]))
+
+    def transform(self, rows: np.ndarray) -> np.ndarray:
+        """The dense layer, activation and norm on the given rows."""
+        x = _activate(self.dense(np.ascontiguousarray(rows)), self.activation)
+        return x if self.norm is None else self.norm(x, out=x)
+
+
+def pool_tokens(hidden: np.ndarray, starts: np.ndarray, key_mask: np.ndarray | None) -> np.ndarray:
+    """The mean of each sequence's tokens, padding (key_mask 0) left out, as transformers' masked mean."""
+    if key_mask is None or key_mask.all():
+        return pool_segments(hidden, starts, "mean")
+    weights = key_mask.astype(np.float64)[:, None]
+    summed = np.add.reduceat(hidden * weights, starts[:-1], axis=0)
+    return (summed / np.maximum(np.add.reduceat(weights, starts[:-1], axis=0), 1)).astype(np.float32)
 
 
 class MaskedLMHead:
@@ -91,19 +110,22 @@ class TaskHead:
 
     def __init__(self, cfg: EncoderConfig, task: TaskConfig, tensors: dict[str, np.ndarray]) -> None:
         self.task = task
-        self.pooler = Pooler(tensors, task.pooler_activation) if task.pooler_activation else None
+        self.pooler = Pooler(task, tensors) if task.pooler_activation else None
         self.classifier = Linear(tensors, "head.classifier") if "head.classifier.weight" in tensors else None
         self.nsp = Linear(tensors, "head.nsp") if "head.nsp.weight" in tensors else None
         self.mlm = MaskedLMHead(task, tensors) if task.type in ("masked-lm", "pretraining") else None
 
-    def sequence_logits(self, hidden: np.ndarray, starts: np.ndarray) -> np.ndarray:
-        """[B, labels] from the first token of each sequence (through the pooler where there is one)."""
-        x = self.pooler(hidden, starts) if self.pooler else np.ascontiguousarray(hidden[starts[:-1]])
+    def sequence_logits(self, hidden: np.ndarray, starts: np.ndarray,
+                        key_mask: np.ndarray | None = None) -> np.ndarray:
+        """[B, labels] from the first token of each sequence, or the mean of its tokens (``key_mask``: 0 for
+        padding rows), through the pooler where there is one."""
+        x = self.pooler(hidden, starts, key_mask) if self.pooler else np.ascontiguousarray(hidden[starts[:-1]])
         return _finite(self.classifier(x))
 
     def token_logits(self, hidden: np.ndarray) -> np.ndarray:
-        """[T, labels] (question answering: [T, 2] start and end logits)."""
-        return _finite(self.classifier(hidden))
+        """[T, labels] (question answering: [T, 2] start and end logits), through the pooler on every token
+        where there is one (ModernBERT)."""
+        return _finite(self.classifier(self.pooler.transform(hidden) if self.pooler else hidden))
 
     def mlm_logits(self, hidden_rows: np.ndarray) -> np.ndarray:
         """[R, vocab] for the given rows only: fill-mask needs the masked positions, not all tokens."""
