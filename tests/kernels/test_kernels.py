@@ -37,6 +37,54 @@ def test_layer_norm(rows, dim):
     np.testing.assert_allclose(x, expected, atol=2e-5)
 
 
+def _ref_head_rms_norm(qkv, q_heads, k_heads, wq, wk, eps):
+    """float64 numpy: each of the first q_heads + k_heads heads RMS-normed, the rest of the row as it was."""
+    d = wq.size
+    out = qkv.astype(np.float64)
+    heads = out[:, :(q_heads + k_heads) * d].reshape(qkv.shape[0], q_heads + k_heads, d)
+    w = np.concatenate([np.tile(wq, (q_heads, 1)), np.tile(wk, (k_heads, 1))])
+    heads[:] = heads / np.sqrt((heads * heads).mean(-1, keepdims=True) + eps) * w
+    return out
+
+
+@pytest.mark.parametrize("rows,q_heads,k_heads,d,eps", [
+    (1, 12, 4, 64, 1e-6),      # a decode step (grouped-query attention)
+    (3, 2, 2, 33, 1e-5),       # odd head_dim: the vector loops' tails
+    (300, 16, 8, 128, 1e-6),   # above PARALLEL_MIN_WORK: the prange path
+    (5, 1, 1, 1, 1e-6),
+])
+def test_head_rms_norm_matches_numpy(rows, q_heads, k_heads, d, eps):
+    from tinybert.kernels.decoder import rms_norm
+
+    v_width = k_heads * d
+    qkv = (RNG.standard_normal((rows, (q_heads + k_heads) * d + v_width)) * 3 + 0.5).astype(np.float32)
+    wq, wk = (RNG.uniform(-1.5, 1.5, d).astype(np.float32) for _ in range(2))
+    expected = _ref_head_rms_norm(qkv, q_heads, k_heads, wq, wk, eps)
+    values = qkv[:, (q_heads + k_heads) * d:].copy()
+    heads = qkv[:, :(q_heads + k_heads) * d].reshape(-1, d).copy()
+    norm.head_rms_norm(qkv, q_heads, k_heads, wq, wk, np.float32(eps))
+    np.testing.assert_allclose(qkv, expected, atol=1e-5, rtol=1e-5)
+    np.testing.assert_array_equal(qkv[:, (q_heads + k_heads) * d:], values)   # the value columns untouched
+    # the same arithmetic as rms_norm, head by head
+    rms_q, rms_k = np.empty_like(heads), np.empty_like(heads)
+    rms_norm(heads, wq, eps, rms_q)
+    rms_norm(heads, wk, eps, rms_k)
+    is_q = np.tile(np.arange(q_heads + k_heads) < q_heads, rows)[:, None]
+    np.testing.assert_allclose(qkv[:, :(q_heads + k_heads) * d].reshape(-1, d), np.where(is_q, rms_q, rms_k),
+                               atol=1e-6, rtol=1e-6)
+
+
+def test_head_rms_norm_covers_both_paths_and_rejects_bad_shapes():
+    assert 3 * 4 * 33 < activations.PARALLEL_MIN_WORK <= 300 * 24 * 128
+    w = np.ones(4, np.float32)
+    for qkv, wk in [(np.zeros((2, 7), np.float32), w),                  # narrower than the heads
+                    (np.zeros((2, 12), np.float64), w),                 # not float32
+                    (np.zeros((12, 2), np.float32).T, w),               # not C-contiguous
+                    (np.zeros((2, 12), np.float32), np.ones(3, np.float32))]:   # weights of two sizes
+        with pytest.raises(ValueError):
+            norm.head_rms_norm(qkv, 1, 1, w, wk, np.float32(1e-6))
+
+
 @pytest.mark.parametrize("name", ["gelu", "gelu_tanh", "relu", "silu"])
 def test_activations(name):
     x = (RNG.standard_normal((5, 67)) * 4).astype(np.float32)

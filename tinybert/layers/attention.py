@@ -38,6 +38,7 @@ from ..config import BlockConfig
 from ..errors import ModelFileError
 from ..kernels.attention import attention_with_bias
 from ..kernels.decoder import cached_attention, cached_attention_with_bias, write_kv
+from ..kernels.norm import head_rms_norm
 from ..kernels.rope import apply_rope, rope_tables
 from .cache import KVCache
 from .linear import Linear
@@ -320,15 +321,26 @@ class CachedRows:
 
 class HeadNorms:
     """qk_norm: each head's query and key normed over head_dim (weights shared by the heads), in place in the
-    q | k | v rows, before the rows apply positions (Qwen3, Gemma 3)."""
+    q | k | v rows, before the rows apply positions (Qwen3, Gemma 3). RMSNorm (every family so far) is one
+    kernel call over the rows in place; a LayerNorm copies the columns out and back."""
 
     def __init__(self, cfg: BlockConfig, tensors: dict[str, np.ndarray], prefix: str) -> None:
         self.q = Norm(tensors, prefix + fmt.ATTN_Q_NORM, cfg.norm, cfg.norm_eps)
         self.k = Norm(tensors, prefix + fmt.ATTN_K_NORM, cfg.norm, cfg.norm_eps)
         d = cfg.head_dim
-        self.q_end, self.k_end, self.d = cfg.num_heads * d, (cfg.num_heads + cfg.num_kv_heads) * d, d
+        self.q_heads, self.k_heads, self.d = cfg.num_heads, cfg.num_kv_heads, d
+        self.q_end, self.k_end = cfg.num_heads * d, (cfg.num_heads + cfg.num_kv_heads) * d
+        for norm, name in ((self.q, fmt.ATTN_Q_NORM), (self.k, fmt.ATTN_K_NORM)):
+            if norm.weight.shape != (d,):
+                raise ModelFileError(f"{prefix}{name}.weight has shape {norm.weight.shape}, expected ({d},)")
+        self.rms = cfg.norm == "rmsnorm"
+        self.wq, self.wk = (np.ascontiguousarray(n.weight, dtype=np.float32) for n in (self.q, self.k))
+        self.eps = np.float32(cfg.norm_eps)
 
     def __call__(self, qkv: np.ndarray) -> None:
+        if self.rms:
+            head_rms_norm(qkv, self.q_heads, self.k_heads, self.wq, self.wk, self.eps)
+            return
         for norm, start, end in ((self.q, 0, self.q_end), (self.k, self.q_end, self.k_end)):
             heads = np.ascontiguousarray(qkv[:, start:end]).reshape(-1, self.d)
             qkv[:, start:end] = norm(heads, out=heads).reshape(qkv.shape[0], end - start)
