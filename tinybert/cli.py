@@ -946,9 +946,20 @@ def main(argv: list[str] | None = None) -> int:
     """Run the command line ``argv`` (default: sys.argv[1:]); returns the exit status: 0, 2 on an error,
     141 when stdout's reader closed the pipe, 130 on Ctrl-C."""
     _utf8_stdio()
+    # The command says itself when it compiles; the filter lasts for this call only (a program or a test may call
+    # main() and then the API, which must still say it).
     logger = logging.getLogger("tinybert")
-    if _without_compile_notice not in logger.filters:
+    added = _without_compile_notice not in logger.filters
+    if added:
         logger.addFilter(_without_compile_notice)
+    try:
+        return _run(argv)
+    finally:
+        if added:
+            logger.removeFilter(_without_compile_notice)
+
+
+def _run(argv: list[str] | None) -> int:
     try:
         parser = build_parser()
         # `embed MODEL -o out.npy "text"`: argparse leaves texts that follow an option unparsed.
