@@ -222,7 +222,8 @@ class PackedRows:
         self.rel = _NO_REL
         if positions.rel_q and longest > 0:   # DeBERTa: no bias table, no window; the index table is centred
             self.rel, self.lo, self.hi = positions.packed_content_index(longest)
-            self.bias = {0: (_NO_BIAS, longest - 1)}
+            self.center = longest - 1
+            self.bias = {0: (_NO_BIAS, self.center)}
         self.rope = None
         if cfg.positions == "rope":
             # Rotary positions restart in each sequence (transformers numbers a padded row 0 .. S−1).
