@@ -231,7 +231,9 @@ def encoder_tensor_shapes(cfg: dict) -> dict[str, tuple[int, ...]]:
     if cfg.get("positions", "learned") == "learned" and cfg["position_scheme"] != "none":
         shapes["embed.positions"] = (cfg["max_positions"], e)
     if cfg.get("disentangled"):     # files of earlier converters have none of these keys
-        shapes[REL_EMBEDDINGS] = (2 * relative_span(cfg["relative_buckets"], cfg["relative_max_distance"]), h)
+        # .get: a file's config omits optional fields at their default (0)
+        span = relative_span(cfg.get("relative_buckets", 0), cfg.get("relative_max_distance", 0))
+        shapes[REL_EMBEDDINGS] = (2 * span, h)
         if cfg.get("rel_norm"):
             shapes[REL_NORM + ".weight"] = (h,)
             shapes[REL_NORM + ".bias"] = (h,)
