@@ -182,6 +182,9 @@ def warmup(show_progress: bool = True) -> None:
             pooling.segment_sum(hidden, starts, np.empty((starts.size - 1, hidden.shape[1]), dtype=np.float64))
         if progress is not None:
             progress.update(1)
+    # DeBERTa's c2p / p2c products (the tiny encoders have no disentangled attention): the per-head fp32 GEMM.
+    gemm.heads_times_tables(np.ones((3, 8), dtype=np.float32), 0, gemm.pack_heads_fp32(np.ones((2, 5, 4), np.float32)),
+                            1, 5)
     for quantization, family in decoders:
         _run_decoder(_tiny_decoder(quantization, family))
         if progress is not None:

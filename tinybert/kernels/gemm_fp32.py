@@ -223,6 +223,70 @@ def _sgemm_packed(x, wp, bias, out):
                 out_flat[(m0 + r) * n_dim + n0 + j] = tile[r * width + j] + bias[n0 + j]
 
 
+@njit(cache=True, nogil=True, parallel=True, error_model="numpy")
+def _sgemm_heads(x, col0, tables, p0, out):
+    """out[g, t, c] = Σ_e x[t, col0 + g·d + e] · table_g[p0·NR + c, e] for each head g of ``tables``
+    (pack_heads_fp32), c < out.shape[2] (a whole number of panel groups from panel p0).
+
+    A task is one head and a chunk of at most MC_F32 rows: the chunk's d columns stay in L1 while
+    the head's panels stream past them. The micro-kernel writes straight into ``out`` (whole panels).
+    """
+    m_rows, ldx = x.shape
+    heads, n_panels, d, _ = tables.shape
+    width = out.shape[2]
+    xf = x.reshape(x.size)
+    w = tables.reshape(tables.size)
+    o = out.reshape(out.size)
+    n_chunks = (m_rows + MC_F32 - 1) // MC_F32
+    chunk_rows = ((m_rows + n_chunks - 1) // n_chunks + MR - 1) // MR * MR
+    n_chunks = (m_rows + chunk_rows - 1) // chunk_rows
+    for task in prange(heads * n_chunks):
+        g = task // n_chunks
+        m0 = (task - g * n_chunks) * chunk_rows
+        rows = min(chunk_rows, m_rows - m0)
+        for p in range(p0, p0 + width // NR, F32_PANELS):
+            for kc0 in range(0, d, KC_F32):
+                kc = min(KC_F32, d - kc0)
+                w_off = ((g * n_panels + p) * d + kc0) * NR
+                for r0 in range(0, rows, MR):
+                    _f32_microkernel(min(MR, rows - r0), o, (g * m_rows + m0 + r0) * width + (p - p0) * NR,
+                                     width, xf, (m0 + r0) * ldx + col0 + g * d + kc0, ldx, w, w_off, d * NR,
+                                     kc, kc0)   # accumulate unless kc0 == 0
+
+
+def pack_heads_fp32(tables: np.ndarray) -> np.ndarray:
+    """Pack per-head fp32 tables [G, N, d] (N rows of d each) once, at load, for ``heads_times_tables``:
+    [G, P, d, NR], each head's table packed as by pack_weight_fp32 (P panels, a whole number of groups)."""
+    tables = np.asarray(tables)
+    if tables.ndim != 3 or tables.dtype != np.float32 or 0 in tables.shape:
+        raise TypeError("pack_heads_fp32 expects non-empty float32 tables of shape [G, N, d]")
+    heads, n_dim, d = tables.shape
+    packed = aligned_empty((heads, -(-n_dim // (NR * F32_PANELS)) * F32_PANELS, d, NR), np.float32, fill=0)
+    for g in range(heads):
+        _pack_f32_into(np.ascontiguousarray(tables[g]), packed[g])
+    return packed
+
+
+def heads_times_tables(x: np.ndarray, col0: int, tables: np.ndarray, lo: int, hi: int) -> tuple[np.ndarray, int]:
+    """Each head's rows times its table, in fp32 on Numba threads (no BLAS): for heads g of ``tables``
+    (pack_heads_fp32 of [G, N, d]) and x float32 [T, ≥ col0 + G·d] C-contiguous,
+
+        out[g, t, c] = x[t, col0 + g·d : col0 + (g + 1)·d] · table_g[start + c]
+
+    for the table rows [lo, hi) at least (0 ≤ lo < hi ≤ N); returns (out [G, T, W], start), start ≤ lo a
+    panel boundary and W ≥ hi − start whole panels (the rows past N are zeros)."""
+    heads, n_panels, d, _ = tables.shape
+    if x.ndim != 2 or x.dtype != np.float32 or not x.flags.c_contiguous or col0 < 0 \
+            or col0 + heads * d > x.shape[1] or not 0 <= lo < hi <= n_panels * NR:
+        raise ValueError(f"heads_times_tables: x {x.shape}, columns {col0}+{heads}x{d}, rows [{lo}, {hi})")
+    p0 = lo // (NR * F32_PANELS) * F32_PANELS        # whole panel groups, as the micro-kernel reads them
+    p1 = -(-hi // (NR * F32_PANELS)) * F32_PANELS
+    out = np.empty((heads, x.shape[0], (p1 - p0) * NR), dtype=np.float32)
+    if x.shape[0]:
+        _sgemm_heads(x, col0, tables, p0, out)
+    return out, p0 * NR
+
+
 def pack_weight_fp32(w: np.ndarray) -> np.ndarray:
     """Pack fp32 weights [N, K] once, at load time, for ``linear_fp32``.
 

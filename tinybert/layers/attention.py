@@ -38,6 +38,7 @@ from ..config import BlockConfig
 from ..errors import ModelFileError
 from ..kernels.attention import attention_with_bias
 from ..kernels.decoder import cached_attention, cached_attention_with_bias, write_kv
+from ..kernels.gemm import heads_times_tables, pack_heads_fp32
 from ..kernels.norm import head_rms_norm
 from ..kernels.rope import apply_rope, rope_tables
 from .cache import KVCache
@@ -105,7 +106,7 @@ class Positions:
             self.table = np.ascontiguousarray(tensors[fmt.stack_prefix(stack) + fmt.REL_BIAS], dtype=np.float32)
         self._causal = np.zeros((cfg.num_heads, 0), dtype=np.float32)
         # DeBERTa: the relative embeddings (normed once), projected per layer by ``project``.
-        self.rel_embeddings, self.rel_q, self.rel_k = None, [], []
+        self.rel_embeddings, self.rel_tables = None, []
         if cfg.positions == "disentangled":
             rel = np.ascontiguousarray(tensors[fmt.stack_prefix(stack) + fmt.REL_EMBEDDINGS], dtype=np.float32)
             norm = fmt.stack_prefix(stack) + fmt.REL_NORM
@@ -114,14 +115,18 @@ class Positions:
             self.span = fmt.relative_span(cfg.relative_buckets, cfg.relative_max_distance)
 
     def project(self, qkv: list[Linear]) -> None:
-        """Qr and Kr of each layer, [heads, 2 · span, d], by the layers' qkv projections (DeBERTa, share_att_key)."""
+        """Qr and Kr of each layer, [heads, 2 · span, d], by the layers' qkv projections (DeBERTa, share_att_key),
+        packed as the fp32 GEMM's weights: per layer one table per head of the disentangled terms, Kr's heads
+        (c2p, against the q heads) then Qr's (p2c, against the k heads), in the order q and k sit in qkv."""
         if self.rel_embeddings is None:
             return
         h, d = self.cfg.num_heads, self.cfg.head_dim
         for linear in qkv:
             rows = linear(self.rel_embeddings)
-            self.rel_q.append(np.ascontiguousarray(rows[:, :h * d].reshape(-1, h, d).transpose(1, 0, 2)))
-            self.rel_k.append(np.ascontiguousarray(rows[:, h * d:2 * h * d].reshape(-1, h, d).transpose(1, 0, 2)))
+            heads = {"c2p": rows[:, h * d:2 * h * d], "p2c": rows[:, :h * d]}      # Kr, Qr
+            tables = [heads[term].reshape(-1, h, d).transpose(1, 0, 2)
+                      for term in ("c2p", "p2c") if term in self.cfg.disentangled]
+            self.rel_tables.append(pack_heads_fp32(np.ascontiguousarray(np.concatenate(tables))))
 
     def packed_content_index(self, longest: int) -> tuple[np.ndarray, int, int]:
         """DeBERTa: rel[center + j − i] = δ(i, j) − lo for queries i and keys j of sequences up to ``longest``
@@ -221,7 +226,7 @@ class PackedRows:
         windows = {0, *cfg.layer_windows}      # the windows of the layers (0: none)
         self.bias = {w: positions.packed_bias(longest if positions.table is not None or w else 0, w) for w in windows}
         self.rel = _NO_REL
-        if positions.rel_q and longest > 0:   # DeBERTa: no bias table, no window; the index table is centred
+        if positions.rel_tables and longest > 0:   # DeBERTa: no bias table, no window; the index table is centred
             self.rel, self.lo, self.hi = positions.packed_content_index(longest)
             self.center = longest - 1
             self.bias = {0: (_NO_BIAS, self.center)}
@@ -243,33 +248,35 @@ class PackedRows:
             qkv[:, :2 * a] = qk.reshape(n, 2 * a)
         context = np.empty((n, a), dtype=np.float32)
         bias, center = self.bias[window]
-        c2p, p2c = self._content(qkv, layer)
+        c2p, p2c, rel = self._content(qkv, layer)
         attention_with_bias(qkv, self.starts, self.key_mask, cfg.num_heads, self.scale, bias, center,
-                            c2p, p2c, self.rel, context, self.threads)
+                            c2p, p2c, rel, context, self.threads)
         return context
 
-    def _content(self, qkv: np.ndarray, layer: int) -> tuple[np.ndarray, np.ndarray]:
+    def _content(self, qkv: np.ndarray, layer: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """DeBERTa's c2p[h, t, m] = q_t · Kr[lo + m] and p2c[h, t, m] = k_t · Qr[lo + m] (zeros for a term the
-        model lacks), checked against the index table the kernel gathers them by."""
+        model lacks), and the index table the kernel gathers them by (rel, shifted to the table row the products
+        start at), checked against each other.
+
+        One fp32 GEMM on tinybert's own threads for both terms, q | k's 2·heads rows against the layer's packed
+        Kr | Qr heads: numpy's matmul ran OpenBLAS threads, which kept spinning after each call and fought
+        Numba's for the cores in the kernels that followed (a 128-token DeBERTa-v3-base forward took 4x as long)."""
         if not self.rel.size:
-            return _NO_CONTENT, _NO_CONTENT
+            return _NO_CONTENT, _NO_CONTENT, _NO_REL
         cfg = self.cfg
         t, h, d = qkv.shape[0], cfg.num_heads, cfg.head_dim
-        width = self.hi - self.lo
-        terms = []
-        for name, part, table in (("c2p", 0, self.positions.rel_k), ("p2c", 1, self.positions.rel_q)):
-            if name in cfg.disentangled:
-                # [heads, T, d] @ [heads, d, W], contiguous so that numpy hands each head to BLAS whole
-                rows = np.ascontiguousarray(qkv[:, part * h * d:(part + 1) * h * d].reshape(t, h, d).transpose(1, 0, 2))
-                keys = np.ascontiguousarray(table[layer][:, self.lo:self.hi].transpose(0, 2, 1))
-                terms.append(np.ascontiguousarray(np.matmul(rows, keys), dtype=np.float32))
-            else:
-                terms.append(np.zeros((h, t, width), dtype=np.float32))
+        first = 0 if "c2p" in cfg.disentangled else h * d          # q's columns, else k's
+        products, start = heads_times_tables(qkv, first, self.positions.rel_tables[layer], self.lo, self.hi)
+        rel = self.rel + np.int32(self.lo - start)                 # products begin at table row start ≤ lo
+        width = products.shape[2]
+        absent = np.zeros((h, t, width), dtype=np.float32) if len(cfg.disentangled) < 2 else None
+        c2p = products[:h] if "c2p" in cfg.disentangled else absent      # the first heads, or none
+        p2c = products[-h:] if "p2c" in cfg.disentangled else absent     # the last heads, or none
         # The kernel reads c2p[h, t, rel[...]] unchecked.
-        if any(term.shape != (h, t, width) for term in terms) or self.rel.shape[0] != 2 * self.center + 1 \
-                or self.rel.min() < 0 or self.rel.max() >= width:
+        if any(term.shape != (h, t, width) for term in (c2p, p2c)) or rel.shape[0] != 2 * self.center + 1 \
+                or rel.min() < 0 or rel.max() >= width:
             raise ModelFileError("DeBERTa position tables do not fit the batch")
-        return terms[0], terms[1]
+        return c2p, p2c, rel
 
 
 class CachedRows:
