@@ -46,6 +46,7 @@ from .linear import Linear
 from .norm import Norm
 
 _NO_BIAS = np.zeros((1, 0), dtype=np.float32)
+_PACKED_KEPT = 64    # packed biases kept per stack (by longest sequence and window)
 # The bias on keys outside a sliding window. Finite, not −inf: the attention kernels are compiled with fastmath,
 # which assumes no infinities. Their softmax weight is then 2**-126 (exp2_nonpositive's floor) against the
 # weight 1 of the top score: below float32's resolution of any sum it joins.
@@ -105,6 +106,7 @@ class Positions:
         if cfg.has_relative_bias:
             self.table = np.ascontiguousarray(tensors[fmt.stack_prefix(stack) + fmt.REL_BIAS], dtype=np.float32)
         self._causal = np.zeros((cfg.num_heads, 0), dtype=np.float32)
+        self._packed: dict[tuple[int, int], tuple[np.ndarray, int]] = {}
         # DeBERTa: the relative embeddings (normed once), projected per layer by ``project``.
         self.rel_embeddings, self.rel_tables = None, []
         if cfg.positions == "disentangled":
@@ -172,9 +174,21 @@ class Positions:
     def packed_bias(self, longest: int, window: int = 0) -> tuple[np.ndarray, int]:
         """bias[h, center + j − i] for keys j and queries i of sequences up to ``longest`` (bidirectional): the
         relative bias table's, plus, for a layer with a ``window``, WINDOW_BIAS on keys that far away or more."""
-        cfg = self.cfg
         if self.table is None and not window:
             return _NO_BIAS, 0
+        # Kept per (longest, window): a batch-1 encode of MPNet spent ~10 ms of 45 rebuilding it (bucket logs)
+        # on every call. Readers never write it; a bounded number of lengths is kept (threads may race to build
+        # one: each returns its own, equal, copy).
+        key = (longest, window)
+        held = self._packed.get(key)
+        if held is None:
+            if len(self._packed) >= _PACKED_KEPT:
+                self._packed.clear()
+            held = self._packed[key] = self._build_packed_bias(longest, window)
+        return held
+
+    def _build_packed_bias(self, longest: int, window: int) -> tuple[np.ndarray, int]:
+        cfg = self.cfg
         offsets = np.arange(-(longest - 1), longest)
         if self.table is None:
             bias = np.zeros((cfg.num_heads, offsets.size), dtype=np.float32)
