@@ -40,14 +40,9 @@ def minilm(minilm_files) -> dict[str, tinybert.Encoder]:
     return {dtype: tinybert.Encoder(path) for dtype, path in minilm_files.items()}
 
 
-@pytest.fixture(scope="module")
-def prompted(tmp_path_factory, minilm_dir):
-    """A random BERT saved as a sentence-transformers folder (mean pooling, Normalize, max_seq_length 48) with
-    prompts, a default prompt, dot similarity and a truncate_dim; converted fp32; the SentenceTransformer of the
-    same folder."""
-    root = tmp_path_factory.mktemp("st_prompted")
-    folder = root / "hf"
-    build_hf_model("bert", folder, minilm_dir, seed=11)
+def _as_sentence_transformer(folder: Path, max_seq_length: int) -> None:
+    """Save a 64-wide transformers model folder as sentence-transformers saves one: Transformer, mean Pooling,
+    Normalize."""
     (folder / "1_Pooling").mkdir()
     (folder / "1_Pooling" / "config.json").write_text(json.dumps(
         {"word_embedding_dimension": 64, "pooling_mode_mean_tokens": True, "pooling_mode_cls_token": False,
@@ -56,7 +51,19 @@ def prompted(tmp_path_factory, minilm_dir):
         {"idx": 0, "name": "0", "path": "", "type": "sentence_transformers.models.Transformer"},
         {"idx": 1, "name": "1", "path": "1_Pooling", "type": "sentence_transformers.models.Pooling"},
         {"idx": 2, "name": "2", "path": "2_Normalize", "type": "sentence_transformers.models.Normalize"}]))
-    (folder / "sentence_bert_config.json").write_text(json.dumps({"max_seq_length": 48, "do_lower_case": False}))
+    (folder / "sentence_bert_config.json").write_text(json.dumps({"max_seq_length": max_seq_length,
+                                                                  "do_lower_case": False}))
+
+
+@pytest.fixture(scope="module")
+def prompted(tmp_path_factory, minilm_dir):
+    """A random BERT saved as a sentence-transformers folder (mean pooling, Normalize, max_seq_length 48) with
+    prompts, a default prompt, dot similarity and a truncate_dim; converted fp32; the SentenceTransformer of the
+    same folder."""
+    root = tmp_path_factory.mktemp("st_prompted")
+    folder = root / "hf"
+    build_hf_model("bert", folder, minilm_dir, seed=11)
+    _as_sentence_transformer(folder, max_seq_length=48)
     (folder / "config_sentence_transformers.json").write_text(json.dumps(
         {"prompts": PROMPTS, "default_prompt_name": "classify", "similarity_fn_name": "dot", "truncate_dim": 48}))
     path = convert(folder, root / "fp32.safetensors", dtype="fp32")
@@ -402,15 +409,7 @@ def test_family_sentence_encoder_matches_sentence_transformers(family, tmp_path,
     SentenceTransformer of the same folder."""
     folder = tmp_path / "hf"
     build_hf_model(family, folder, minilm_dir, seed=5)
-    (folder / "1_Pooling").mkdir()
-    (folder / "1_Pooling" / "config.json").write_text(json.dumps(
-        {"word_embedding_dimension": 64, "pooling_mode_mean_tokens": True, "pooling_mode_cls_token": False,
-         "pooling_mode_max_tokens": False, "pooling_mode_mean_sqrt_len_tokens": False}))
-    (folder / "modules.json").write_text(json.dumps([
-        {"idx": 0, "name": "0", "path": "", "type": "sentence_transformers.models.Transformer"},
-        {"idx": 1, "name": "1", "path": "1_Pooling", "type": "sentence_transformers.models.Pooling"},
-        {"idx": 2, "name": "2", "path": "2_Normalize", "type": "sentence_transformers.models.Normalize"}]))
-    (folder / "sentence_bert_config.json").write_text(json.dumps({"max_seq_length": 40, "do_lower_case": False}))
+    _as_sentence_transformer(folder, max_seq_length=40)
     ref_model = st.SentenceTransformer(str(folder), device="cpu")
     ref = ref_model.encode(texts)
     assert np.allclose(np.linalg.norm(ref, axis=1), 1.0, atol=1e-5)
