@@ -10,6 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import sentence_transformers as st
 from conftest import build_hf_model
 from safetensors import safe_open
 from tinybert_convert import convert
@@ -17,8 +18,6 @@ from tinybert_convert.writer import write_safetensors
 
 import tinybert
 from tinybert import format as fmt
-
-st = pytest.importorskip("sentence_transformers")
 
 PRECISIONS = ["float32", "int8", "uint8", "binary", "ubinary"]
 PROMPTS = {"query": "query: ", "passage": "passage: ", "classify": "Classify the topic of this text: "}

@@ -18,11 +18,8 @@ import json
 
 import numpy as np
 import pytest
+import torch
 from conftest import SEQ2SEQ_KINDS, SEQ2SEQ_VOCAB, seq2seq_reference, seq2seq_sources
-
-torch = pytest.importorskip("torch")
-transformers = pytest.importorskip("transformers")
-
 
 from tinybert import Generator, Translator  # noqa: E402
 from tinybert.errors import InputError, ModelKindError  # noqa: E402

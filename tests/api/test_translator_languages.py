@@ -18,9 +18,6 @@ import pytest
 from conftest import LANGUAGE_KINDS as KINDS
 from conftest import seq2seq_reference
 
-torch = pytest.importorskip("torch")
-transformers = pytest.importorskip("transformers")
-
 from tinybert import Translator  # noqa: E402
 from tinybert.errors import InputError  # noqa: E402
 

@@ -10,12 +10,10 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+import torch
 
 from tinybert.errors import InputError
 from tinybert.generation import GenerationParams, beam_search, log_softmax, top_k
-
-torch = pytest.importorskip("torch")
-transformers = pytest.importorskip("transformers")
 
 MAX_NEW = 32
 

@@ -17,10 +17,8 @@ import json
 
 import numpy as np
 import pytest
-
-torch = pytest.importorskip("torch")
-transformers = pytest.importorskip("transformers")
-
+import torch
+import transformers
 from conftest import build_hf_decoder  # noqa: E402
 from tinybert_convert import convert  # noqa: E402
 

@@ -9,10 +9,8 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-
-torch = pytest.importorskip("torch")
-transformers = pytest.importorskip("transformers")
-
+import torch
+import transformers
 from tinybert_convert.seq2seq import seq2seq_config, seq2seq_tensors  # noqa: E402
 
 from tinybert.errors import UnsupportedModelError  # noqa: E402
