@@ -503,7 +503,9 @@ def test_quads_extreme_values(m, n, k, extreme, path):
 
 # The default path (None) takes quads only where they are native (test_pack_quads_rejects_bad_input).
 @pytest.mark.parametrize("path", QUAD_PATHS + ([None] if gv.VNNI_AVAILABLE else []))
-@pytest.mark.parametrize("m,n,k", [(1, 384, 384), (3, 15, 3), (16, 40, 770), (97, 50, 1031), (260, 96, 384)])
+# One row (the decode GEMVs, _gemv_vnni / _gemv_vnni_low) with a partial last panel and past WIDE_K too.
+@pytest.mark.parametrize("m,n,k", [(1, 384, 384), (1, 50, 1031), (1, 17, gv.WIDE_K + 100), (3, 15, 3),
+                                   (16, 40, 770), (97, 50, 1031), (260, 96, 384)])
 @pytest.mark.parametrize("bits", [12, 8])
 def test_linear_quads_matches_pairs_bit_for_bit(m, n, k, path, bits):
     # 8-bit layers run the one-byte-plane VNNI kernel; AMX and pairs the 12-bit ones on 8-bit values.
