@@ -7,7 +7,9 @@ Models (random weights, seeded, built once into ~/.cache/tinybert-bench/<name>/h
 "gpt2" has GPT-2 small's shape (12 x 768, 12 heads, vocab 50257, 1024 positions); "llama" is a Llama-shaped
 model of ~125M parameters (768 hidden, 12 layers, 12 heads, 4 KV heads, MLP 2048, vocab 32000, untied head);
 "qwen3", "phi3" and "gemma3" are those families at the "llama" shape (run them with the tinybert engines: the
-peers' converters do not all take them), for their decode speed against the bound.
+peers' converters do not all take them), for their decode speed against the bound; "qwen3-0.6b" and
+"gemma3-270m" are the real shapes of the smallest models of those two families (a 152k- and a 262k-row tied
+LM head: the bytes per token are what users' models read).
 Their tokenizer is a byte-level BPE trained on ../shared/data/sentences.txt, padded with dummy added tokens
 up to the model's vocabulary so that every id has a token string (CTranslate2 needs a vocabulary matching
 the model). Neither config has an EOS id, so nothing can stop early; every engine is also told to produce
@@ -59,7 +61,7 @@ from bench import harness
 from bench.harness import CACHE
 
 ENGINES = ["tinybert-int8", "tinybert-fp32", "pytorch-int8", "pytorch-fp32", "ctranslate2-int8", "ctranslate2-fp32"]
-MODELS = ["gpt2", "llama", "qwen3", "phi3", "gemma3"]   # the last three: tinybert engines only
+MODELS = ["gpt2", "llama", "qwen3", "phi3", "gemma3", "qwen3-0.6b", "gemma3-270m"]   # from qwen3 on: tinybert only
 REFERENCE = "pytorch-fp32"
 SEED = 0
 PROMPT_LEN = 128
@@ -99,6 +101,20 @@ def _hf_config(model: str):
     shape = dict(vocab_size=32000, hidden_size=768, num_hidden_layers=12, num_attention_heads=12,
                  num_key_value_heads=4, intermediate_size=2048, max_position_embeddings=2048,
                  tie_word_embeddings=False, bos_token_id=None, eos_token_id=None, pad_token_id=None)
+    no_ids = dict(bos_token_id=None, eos_token_id=None, pad_token_id=None)
+    if model == "qwen3-0.6b":        # Qwen3-0.6B's shape (and Qwen3-Embedding-0.6B's)
+        from transformers import Qwen3Config
+
+        return Qwen3Config(vocab_size=151936, hidden_size=1024, num_hidden_layers=28, num_attention_heads=16,
+                           num_key_value_heads=8, head_dim=128, intermediate_size=3072, max_position_embeddings=4096,
+                           tie_word_embeddings=True, **no_ids)
+    if model == "gemma3-270m":       # gemma-3-270m's shape: a 262,144-row tied LM head, 5 of 6 layers windowed
+        from transformers import Gemma3TextConfig
+
+        return Gemma3TextConfig(vocab_size=262144, hidden_size=640, num_hidden_layers=18, num_attention_heads=4,
+                                num_key_value_heads=1, head_dim=256, intermediate_size=2048, sliding_window=512,
+                                query_pre_attn_scalar=256, max_position_embeddings=4096, tie_word_embeddings=True,
+                                **no_ids)
     if model == "qwen3":
         from transformers import Qwen3Config
 
