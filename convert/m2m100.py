@@ -189,6 +189,10 @@ def _vocabulary(folder: Path, vocab_size: int) -> _Vocabulary:
     # The ids transformers gives special tokens in text: added_tokens_decoder's, then vocab.json's, then new ids
     # after the vocabulary in the order above. They must be the ids the class gives them in its templates.
     added = _added_tokens(folder, init)
+    for text in added:
+        if text not in order:
+            raise UnsupportedModelError(f"{folder}: added token {text!r} is not one of the special tokens; such tokens "
+                                        "are not supported")
     in_text = dict(added)
     new = len(encoder.keys() | added.keys())
     for text in order:
@@ -205,10 +209,7 @@ def _vocabulary(folder: Path, vocab_size: int) -> _Vocabulary:
             raise UnsupportedModelError(f"{folder}: M2M100Tokenizer would read {text!r} in text as id {in_text[text]} "
                                         f"but use id {expected} for it; such folders are not supported")
         specials[text] = expected
-    for text in added:
-        if text not in specials:
-            raise UnsupportedModelError(f"{folder}: added token {text!r} is not one of the special tokens; such tokens "
-                                        "are not supported")
+    for text in specials:
         if _MARKS.intersection(text):
             raise UnsupportedModelError(f"{folder}: special token {text!r} holds a Unicode noncharacter")
     src_lang = init.get("src_lang") or "en"
