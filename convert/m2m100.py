@@ -68,8 +68,15 @@ _MARKS = frozenset(_HIDDEN_OPEN + _HIDDEN_CLOSE + _LEAD + _VERBATIM + _KEEP + _S
 
 
 def is_m2m100_folder(folder: Path) -> bool:
-    """An M2M-100 folder as facebook/m2m100_* ship it: sentencepiece.bpe.model and no tokenizer.json."""
-    return (folder / SPM_FILE).is_file() and not (folder / "tokenizer.json").is_file()
+    """An M2M-100 tokenizer folder as facebook/m2m100_* ship it: sentencepiece.bpe.model and vocab.json, no
+    tokenizer.json, and no other tokenizer class named (NLLB's slow-only folders hold the same model file)."""
+    present = [(folder / name).is_file() for name in (SPM_FILE, "vocab.json", "tokenizer.json")]
+    if present != [True, True, False]:
+        return False
+    if not (folder / "tokenizer_config.json").is_file():
+        return True
+    return files.read_json(folder, "tokenizer_config.json", dict).get("tokenizer_class", "M2M100Tokenizer") == \
+        "M2M100Tokenizer"
 
 
 @dataclass

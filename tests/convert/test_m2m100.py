@@ -212,14 +212,20 @@ def test_vocab_with_gaps_is_unsupported(hub):
         m2m100_tokenizers(hub, VOCAB)
 
 
-def test_m2m100_folder_without_any_tokenizer_is_refused_as_before(tmp_path):
-    """An M2M-100 folder with neither tokenizer.json nor sentencepiece.bpe.model: the converter's usual error,
-    before it reads any weights."""
+@pytest.mark.parametrize("files", [["vocab.json"], ["sentencepiece.bpe.model"],
+                                   ["vocab.json", "sentencepiece.bpe.model", "tokenizer_config.json"]],
+                         ids=["vocab-only", "spm-only", "nllb-class"])
+def test_other_m2m_100_folders_without_tokenizer_json_are_refused_as_before(hub, tmp_path, files):
+    """An m2m_100 folder without tokenizer.json that is not M2M-100's own layout (a missing file, or another
+    tokenizer class such as NLLB's slow-only folders): the converter's usual error, before it reads any weights."""
     from tinybert_convert import convert
 
-    folder = tmp_path / "m2m"
+    folder = tmp_path / "other"
     folder.mkdir()
     (folder / "config.json").write_text(json.dumps({"model_type": "m2m_100", "vocab_size": VOCAB}))
-    (folder / "vocab.json").write_text(json.dumps({"<s>": 0, "<pad>": 1, "</s>": 2, "<unk>": 3}))
+    for name in files:
+        shutil.copy(hub / name, folder / name)
+    if "tokenizer_config.json" in files:
+        _edit_json(folder / "tokenizer_config.json", tokenizer_class="NllbTokenizer")
     with pytest.raises(ConversionError, match="no tokenizer.json"):
         convert(folder, tmp_path / "out.safetensors")
