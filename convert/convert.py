@@ -22,6 +22,7 @@ from .files import check_output, read_json
 from .heads import canonical_head
 from .hfconfig import string
 from .languages import language_settings
+from .m2m100 import is_m2m100_folder, m2m100_tokenizers
 from .pooling import sentence_transformers_settings
 from .quantize import quantize_tensors
 from .readers import read_checkpoint
@@ -31,6 +32,17 @@ from .tokenizer import tokenizer_json, tokenizer_options
 from .writer import write_safetensors
 
 _SOURCE_CHARS = 1024   # of each string in the source metadata: a path or hub id is far shorter
+
+
+def _m2m100_tokenizers(src: Path, vocab_size: int, extra: dict[str, str]) -> tuple[str, dict, list[int]]:
+    """(source tokenizer JSON, Seq2SeqConfig language fields, source id map) of an M2M-100 folder without a
+    tokenizer.json; the target tokenizer and the unknown-text table go into ``extra``."""
+    m2m = m2m100_tokenizers(src, vocab_size)
+    extra[fmt.KEY_TARGET_TOKENIZER] = m2m.target
+    extra[fmt.KEY_SOURCE_ID_MAP] = json.dumps(m2m.id_map)
+    if m2m.unknown_pieces:
+        extra[fmt.KEY_SOURCE_UNKNOWN_PIECES] = json.dumps(m2m.unknown_pieces, ensure_ascii=False, sort_keys=True)
+    return m2m.source, m2m.language_settings, m2m.id_map
 
 
 def _source(hf_config: dict) -> str:
@@ -110,11 +122,16 @@ def convert(src: str | Path, out: str | Path, dtype: str = "int8", show_progress
     progress = _Progress(show_progress)
     progress.step(f"reading {src} ({model_type})")
     extra: dict[str, str] = {}
-    if model_type == "marian" and not (src / "tokenizer.json").is_file():
+    id_map: list[int] | None = None
+    m2m100 = model_type == "m2m_100" and is_m2m100_folder(src)
+    if m2m100:
+        tokenizer = ""  # built with the model below: its target tokenizer covers the model's vocabulary
+    elif model_type == "marian" and not (src / "tokenizer.json").is_file():
         # Marian ships SentencePiece models, not a tokenizer.json: rebuild them for `tokenizers`.
         from .spm import marian_tokenizers, marian_unknown_pieces
 
-        tokenizer, target, id_map = marian_tokenizers(src)
+        tokenizer, target, marian_ids = marian_tokenizers(src)
+        id_map = marian_ids
         extra[fmt.KEY_TARGET_TOKENIZER] = target
         extra[fmt.KEY_SOURCE_ID_MAP] = json.dumps(id_map)
         extra[fmt.KEY_SOURCE_UNKNOWN_PIECES] = json.dumps(
@@ -122,19 +139,22 @@ def convert(src: str | Path, out: str | Path, dtype: str = "int8", show_progress
             ensure_ascii=False, sort_keys=True)
     else:
         tokenizer = tokenizer_json(src)
-    options = tokenizer_options(src, tokenizer)
     if model_type in SEQ2SEQ_FAMILIES:
         if task not in (None, "text2text-generation"):
             raise ConversionError(f"a {model_type} checkpoint converts for text2text-generation, not {task!r}")
         raw = read_checkpoint(src)
         cfg = resolve_tied_head(seq2seq_config(hf_config, src), raw)
-        cfg = dataclasses.replace(cfg, **language_settings(src, tokenizer))
+        tensors = seq2seq_tensors(cfg, raw)     # checks the token table against vocab_size
+        del raw
+        if m2m100:
+            tokenizer, languages, id_map = _m2m100_tokenizers(src, cfg.vocab_size, extra)
+        else:
+            languages = language_settings(src, tokenizer)
+        cfg = dataclasses.replace(cfg, **languages)
         try:
             cfg.validate()
         except ModelFileError as exc:
             raise ConversionError(f"{src}: language codes: {exc}") from None
-        tensors = seq2seq_tensors(cfg, raw)
-        del raw
         task_config = TaskConfig(type="text2text-generation")
     elif model_type in DECODER_FAMILIES:
         if task not in (None, "text-generation", "feature-extraction"):
@@ -175,11 +195,14 @@ def convert(src: str | Path, out: str | Path, dtype: str = "int8", show_progress
                           "the kernels)")
             calibrate: Callable = mixed_activation_tensors if isinstance(cfg, EncoderConfig) else \
                 generation_activation_tensors
-            tensors = calibrate(cfg, tensors, tokenizer, progress=progress.trial)
+            # calibration texts must reach the model as its ids (Marian's, M2M-100's source ids are not)
+            mapped = {} if id_map is None else {"id_map": id_map}
+            tensors = calibrate(cfg, tensors, tokenizer, progress=progress.trial, **mapped)
         else:
             progress.step("quantising to int8")
             tensors = quantize_tensors(tensors)
     progress.close()
+    options = tokenizer_options(src, tokenizer)
     metadata = {
         fmt.KEY_FORMAT: fmt.FORMAT_NAME,
         fmt.KEY_VERSION: str(fmt.FORMAT_VERSION),

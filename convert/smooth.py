@@ -38,7 +38,7 @@ bits everywhere. At batch 16 × beam 4 the LM head is most of a decoder step's w
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -237,13 +237,20 @@ def _generation_linears(model) -> dict[str, tuple[object, str]]:
     return found
 
 
-def _generation_texts(cfg: DecoderConfig | Seq2SeqConfig, tokenizer_json: str, texts: list[str]) -> list[np.ndarray]:
+def _generation_texts(cfg: DecoderConfig | Seq2SeqConfig, tokenizer_json: str, texts: list[str],
+                      id_map: Sequence[int] | None = None) -> list[np.ndarray]:
     limit = min(_GENERATION_TOKENS, cfg.max_positions - 1)
     tokenizer = load_tokenizer(tokenizer_json, limit)
     vocab = cfg.vocab_size if isinstance(cfg, DecoderConfig) else min(cfg.vocab_size, cfg.decoder_vocab_size)
+    table = None if id_map is None else np.asarray(id_map, dtype=np.int64)
     seqs = []
     for encoding in tokenizer.encode_batch(texts):
-        ids = np.asarray(encoding.ids[:limit], dtype=np.int32)
+        ids = np.asarray(encoding.ids[:limit], dtype=np.int64)
+        if table is not None:
+            if ids.size and ids.max() >= table.size:
+                raise ConversionError("the tokenizer produces ids outside its id map")
+            ids = table[ids]
+        ids = ids.astype(np.int32)
         if ids.size < 2:
             continue
         if ids.min() < 0 or ids.max() >= vocab:
@@ -288,16 +295,18 @@ def _generation_budget(twelve_bit_error: float) -> float:
 def generation_activation_tensors(cfg: DecoderConfig | Seq2SeqConfig, tensors: dict[str, np.ndarray],
                                   tokenizer_json: str, texts: list[str] | None = None,
                                   report: dict | None = None,
-                                  progress: Callable[[str], None] | None = None) -> dict[str, np.ndarray]:
+                                  progress: Callable[[str], None] | None = None,
+                                  id_map: Sequence[int] | None = None) -> dict[str, np.ndarray]:
     """A decoder's or encoder-decoder's float32 tensors quantised to int8, with 8-bit inputs where the logits
     keep their accuracy (see the module docstring). ``report``, if given, receives the errors measured
     (mean 1 - cosine of the logits, and the share of predicted tokens whose argmax differs from the float
-    model's) and the layers chosen. ``progress`` is called with the name of each model run as it starts."""
+    model's) and the layers chosen. ``progress`` is called with the name of each model run as it starts.
+    ``id_map`` maps the tokenizer's ids to the model's (a tokenizer over SentencePiece ids: Marian, M2M-100)."""
     if texts is None:
         texts = [line for line in CALIBRATION_TEXT.read_text(encoding="utf-8").splitlines() if line.strip()]
     report = {} if report is None else report
     report["chosen"] = []
-    seqs = _generation_texts(cfg, tokenizer_json, texts)
+    seqs = _generation_texts(cfg, tokenizer_json, texts, id_map)
     plain = quantize_tensors(tensors)
     if not seqs:
         return plain

@@ -1,16 +1,18 @@
-"""SentencePiece models (Marian's source.spm / target.spm) rebuilt as ``tokenizers`` Tokenizers.
+"""SentencePiece models (Marian's source.spm / target.spm, M2M-100's sentencepiece.bpe.model) rebuilt as
+``tokenizers`` Tokenizers.
 
 tinybert's runtime tokenizes with the Hugging Face ``tokenizers`` library only: it has neither
 sentencepiece nor protobuf, and the converter must not need them either. So this module reads the
 serialised SentencePiece ``ModelProto`` with a small protobuf wire-format reader and rebuilds what
-sentencepiece does at encoding time (normalizer, whitespace handling, Unigram Viterbi) out of
-``tokenizers`` parts, following sentencepiece's own source (normalizer.cc, unigram_model.cc,
-sentencepiece_processor.cc) rather than transformers' SpmConverter where the two differ.
+sentencepiece does at encoding time (normalizer, whitespace handling, Unigram Viterbi or BPE merges) out
+of ``tokenizers`` parts, following sentencepiece's own source (normalizer.cc, unigram_model.cc,
+bpe_model.cc, sentencepiece_processor.cc) rather than transformers' SpmConverter where the two differ.
 
 Marian checkpoints add a joint ``vocab.json`` (piece → model id) on top of the two SentencePiece
 models; ``marian_tokenizers`` reproduces transformers' (slow-only) ``MarianTokenizer``: a source
 tokenizer with SentencePiece ids plus a map to model ids (``marian_unknown_pieces`` completes it for
-text source.spm does not know), and a target tokenizer over model ids for decoding.
+text source.spm does not know), and a target tokenizer over model ids for decoding. M2M-100's
+folders are the same idea with one model (convert/m2m100.py).
 """
 
 from __future__ import annotations
@@ -30,7 +32,8 @@ from . import files
 
 # SentencePiece piece types (sentencepiece_model.proto).
 NORMAL, UNKNOWN, CONTROL, USER_DEFINED, UNUSED, BYTE = 1, 2, 3, 4, 5, 6
-_MODEL_TYPES = {1: "Unigram", 2: "BPE", 3: "word", 4: "char"}
+UNIGRAM, BPE = 1, 2  # TrainerSpec.model_type
+_MODEL_TYPES = {UNIGRAM: "Unigram", BPE: "BPE", 3: "word", 4: "char"}
 _FLT_MIN = 1.1754943508222875e-38  # sentencepiece starts its max score at FLT_MIN, not at -FLT_MAX
 _DEFAULT_UNK_SURFACE = " \u2047 "
 _SPACE = "\u2581"  # sentencepiece's escaped whitespace "▁"
@@ -162,8 +165,8 @@ def _bool(wire: int, value: int | bytes, number: int, what: str) -> bool:
 
 def parse_model(data: bytes, what: str = "SentencePiece model") -> SpmModel:
     """Read a serialised SentencePiece ModelProto; ConversionError if it is malformed or
-    inconsistent (as sentencepiece's loader would refuse it), UnsupportedModelError if it is not a
-    Unigram model or treats whitespace as a suffix."""
+    inconsistent (as sentencepiece's loader would refuse it), UnsupportedModelError if it is neither a
+    Unigram nor a BPE model or treats whitespace as a suffix."""
     if not isinstance(data, (bytes, bytearray, memoryview)):
         raise ConversionError(f"{what}: expected bytes, got {type(data).__name__}")
     data = bytes(data)
@@ -212,9 +215,9 @@ def parse_model(data: bytes, what: str = "SentencePiece model") -> SpmModel:
 
 
 def _check_model(model: SpmModel, what: str) -> None:
-    if model.model_type != 1:
+    if model.model_type not in (UNIGRAM, BPE):
         name = _MODEL_TYPES.get(model.model_type, f"type {model.model_type}")
-        raise UnsupportedModelError(f"{what}: a SentencePiece {name} model; only Unigram models are supported")
+        raise UnsupportedModelError(f"{what}: a SentencePiece {name} model; only Unigram and BPE models are supported")
     if model.treat_whitespace_as_suffix:
         raise UnsupportedModelError(f"{what}: SentencePiece models that treat whitespace as a suffix are not "
                                     "supported")
@@ -420,16 +423,64 @@ def _spm_decoder(model: SpmModel) -> decoders.Decoder:
     return decoders.Sequence(steps)
 
 
-def _build(model: SpmModel, what: str) -> Tokenizer:
+def _bpe_model(model: SpmModel, what: str) -> models.BPE:
+    """bpe_model.cc in tokenizers terms.
+
+    sentencepiece splits the text into characters and repeatedly merges the adjacent pair whose concatenation
+    is a piece of the highest score, the leftmost of equal ones; a run of characters that are not pieces comes
+    out as one unknown piece (sentencepiece_processor.cc). tokenizers' BPE merges the pair of lowest rank, the
+    leftmost of equal ones, and fuses runs of unknown characters: so every split of every normal piece into two
+    normal pieces is a merge, ranked by the piece's score (then its id). The two can differ only where two
+    splits of one piece are both mergeable at overlapping places (sentencepiece takes the leftmost, tokenizers
+    the split with the shorter left part) or two pieces have equal scores (never in trained models, whose
+    scores are minus the merge order); tests/convert/test_spm.py found no such text among tens of thousands
+    of fuzzed ones.
+    """
+    vocab: dict[str, int] = {}
+    for i, p in enumerate(model.pieces):
+        if p.type in (UNUSED, USER_DEFINED):
+            # sentencepiece merges through unused pieces and then splits them again (its rev_merge), and
+            # keeps user-defined pieces whole wherever they start a symbol: neither has a tokenizers part
+            kind = "unused" if p.type == UNUSED else "user-defined"
+            raise UnsupportedModelError(f"{what}: BPE models with {kind} pieces are not supported")
+        vocab[p.piece if p.type in (NORMAL, BYTE) else _hidden("U" if p.type == UNKNOWN else "C", i)] = i
+    if len(vocab) != len(model.pieces):
+        raise UnsupportedModelError(f"{what}: a piece of the SentencePiece model is named like another one "
+                                    "(tokenizers needs distinct names)")
+    normal = {p.piece for p in model.pieces if p.type == NORMAL}
+    for p in model.pieces:
+        if p.type == NORMAL and not set(p.piece) <= normal:
+            # sentencepiece would merge an unknown character into it; tokenizers cannot (an unknown
+            # character is the unknown token there). Trained models never have such pieces.
+            raise UnsupportedModelError(f"{what}: piece {p.piece!r} holds a character that is not a piece of its "
+                                        "own")
+    order = sorted((i for i, p in enumerate(model.pieces) if p.type == NORMAL),
+                   key=lambda i: (-model.pieces[i].score, i))
+    merges = []
+    for i in order:
+        piece = model.pieces[i].piece
+        merges += [(piece[:k], piece[k:]) for k in range(1, len(piece))
+                   if piece[:k] in normal and piece[k:] in normal]
     try:
-        unigram = models.Unigram(_unigram_vocab(model), model.unk_id, model.byte_fallback)
+        return models.BPE(vocab, merges, unk_token=_hidden("U", model.unk_id), fuse_unk=True,
+                          byte_fallback=model.byte_fallback)
     except Exception as exc:  # tokenizers raises its own exception type
-        raise ConversionError(f"{what}: cannot build the Unigram model: {exc}") from None
-    tokenizer = Tokenizer(unigram)
+        raise ConversionError(f"{what}: cannot build the BPE model: {exc}") from None
+
+
+def build_tokenizer(model: SpmModel, what: str) -> Tokenizer:
+    """The tokenizer of a SentencePiece model; its ids are the SentencePiece ids."""
+    if model.model_type == BPE:
+        tokenizer = Tokenizer(_bpe_model(model, what))
+    else:
+        try:
+            tokenizer = Tokenizer(models.Unigram(_unigram_vocab(model), model.unk_id, model.byte_fallback))
+        except Exception as exc:  # tokenizers raises its own exception type
+            raise ConversionError(f"{what}: cannot build the Unigram model: {exc}") from None
     normalizer = _normalizer(model, what)
     if normalizer is not None:
         tokenizer.normalizer = normalizer
-    # No pre-tokenizer: sentencepiece runs its Viterbi over the whole normalized text.
+    # No pre-tokenizer: sentencepiece segments the whole normalized text at once.
     tokenizer.decoder = _spm_decoder(model)
     return tokenizer
 
@@ -442,13 +493,13 @@ def _eos_processor(eos: str, eos_id: int, what: str) -> processors.PostProcessor
 
 
 def spm_tokenizer(model_bytes: bytes, eos_piece: str | None = "</s>") -> Tokenizer:
-    """A ``tokenizers`` Unigram Tokenizer that segments as sentencepiece's
+    """A ``tokenizers`` Tokenizer (Unigram or BPE, as the model) that segments as sentencepiece's
     ``encode(text, out_type=str)`` and whose ids are the SentencePiece ids (pieces sentencepiece never
     matches in text keep their ids under unmatchable names). With ``eos_piece``, a post-processor
     appends that piece's id to every text (and once after a pair). ConversionError on bad bytes,
-    UnsupportedModelError on a non-Unigram model."""
+    UnsupportedModelError on a model type or feature that is not supported."""
     model = parse_model(model_bytes)
-    tokenizer = _build(model, "SentencePiece model")
+    tokenizer = build_tokenizer(model, "SentencePiece model")
     if eos_piece is not None:
         ids = [i for i, p in enumerate(model.pieces) if p.piece == eos_piece]
         if not ids:
@@ -460,9 +511,9 @@ def spm_tokenizer(model_bytes: bytes, eos_piece: str | None = "</s>") -> Tokeniz
 # ---------------------------------------------------------------- Marian
 
 
-def _read_bytes(path: Path) -> bytes:
+def _read_bytes(path: Path, needed_by: str = "Marian tokenizers") -> bytes:
     if not path.is_file():
-        raise ConversionError(f"{path.parent}: {path.name} is missing (Marian tokenizers need it)")
+        raise ConversionError(f"{path.parent}: {path.name} is missing ({needed_by} need it)")
     return files.read_bytes(path.parent, path.name)
 
 
@@ -470,9 +521,9 @@ def _read_json(path: Path) -> object:
     return files.read_json(path.parent, path.name)
 
 
-def _read_vocab(path: Path) -> dict[str, int]:
+def _read_vocab(path: Path, needed_by: str = "Marian tokenizers") -> dict[str, int]:
     if not path.is_file():
-        raise ConversionError(f"{path.parent}: {path.name} is missing (Marian tokenizers need it)")
+        raise ConversionError(f"{path.parent}: {path.name} is missing ({needed_by} need it)")
     vocab = _read_json(path)
     if not isinstance(vocab, dict) or not vocab:
         raise ConversionError(f"{path}: not a non-empty JSON object of piece → id")
@@ -530,6 +581,10 @@ def _marian(folder: Path) -> _Marian:
         raise UnsupportedModelError(f"{folder / 'added_tokens.json'}: added tokens are not supported")
     source = parse_model(_read_bytes(folder / "source.spm"), str(folder / "source.spm"))
     target = parse_model(_read_bytes(folder / "target.spm"), str(folder / "target.spm"))
+    for name, model in (("source.spm", source), ("target.spm", target)):
+        if model.model_type != UNIGRAM:  # opus-mt's are; a BPE one is untested against MarianTokenizer
+            raise UnsupportedModelError(f"{folder / name}: a SentencePiece BPE model; Marian folders need Unigram "
+                                        "models")
     vocab = _read_vocab(folder / "vocab.json")
     separate = bool(config.get("separate_vocabs", False))
     target_vocab = _read_vocab(folder / "target_vocab.json") if separate else vocab
@@ -579,7 +634,7 @@ def _marian(folder: Path) -> _Marian:
 
 
 def _source_tokenizer(m: _Marian, what: str) -> tuple[Tokenizer, list[int]]:
-    tokenizer = _build(m.source, what)
+    tokenizer = build_tokenizer(m.source, what)
     # MarianTokenizer splits its special tokens off the raw text (before sentencepiece) and reads a
     # leading ">>code<<" as one token; codes become special tokens here, so that they are split off too.
     codes = [k for k in m.vocab if k.startswith(">>") and k.endswith("<<") and k not in m.specials]

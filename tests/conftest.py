@@ -676,7 +676,7 @@ def seq2seq_reference(model, src: list[int], max_new_tokens: int = 40, **kwargs)
 _LANGUAGE_CHARS = list("abcdefghijklmnopqrstuvwxyz.,?!'")
 # kind → (build_hf_seq2seq kind, a source language, a target language)
 LANGUAGE_KINDS = {"nllb": ("m2m_100", "deu_Latn", "fra_Latn"), "nllb-legacy": ("m2m_100", "eng_Latn", "spa_Latn"),
-                  "mbart50": ("mbart", "fr_XX", "de_DE")}
+                  "mbart50": ("mbart", "fr_XX", "de_DE"), "m2m100": ("m2m_100", "fr", "de")}
 
 
 def build_language_tokenizer(kind: str):
@@ -696,11 +696,69 @@ def build_language_tokenizer(kind: str):
     return transformers.MBart50Tokenizer(vocab=pieces, src_lang="en_XX")
 
 
+# Entries of an M2M-100 test vocab.json made of characters its SentencePiece model does not know: M2M100Tokenizer
+# looks such unknown text up in vocab.json.
+M2M100_UNKNOWN_ENTRIES = ("東", "東京", "☃", "😀😀", "한국어")
+
+
+def write_m2m100_tokenizer(folder: Path, model_type: str = "bpe", layout: str = "hub",
+                           language_codes: str = "m2m100", vocab_size: int = 700) -> Path:
+    """An M2M-100 tokenizer folder as facebook/m2m100_418M ships it: ``sentencepiece.bpe.model``, a SentencePiece
+    model (BPE as M2M-100's, or Unigram) trained here on the shared sentences; ``vocab.json`` as fairseq's
+    dictionary (``<s>`` 0, ``<pad>`` 1, ``</s>`` 2, ``<unk>`` 3, then the pieces in another order, eight of them
+    missing, which M2M100Tokenizer reads as ``<unk>``, and M2M100_UNKNOWN_ENTRIES, text the model cannot spell);
+    and no tokenizer.json. ``layout``: "hub" (tokenizer_config.json and a special_tokens_map.json listing the
+    language tokens, as on the Hub), "v4" (tokenizer_config.json with added_tokens_decoder, as transformers 4
+    saves it) or "v5" (what transformers 5's save_pretrained writes: no language token is special there)."""
+    import io
+    import random
+
+    import sentencepiece as spm
+    import transformers
+
+    sentences = [line.strip() for line in SENTENCES.read_text(encoding="utf-8").splitlines() if line.strip()]
+    model = io.BytesIO()
+    spm.SentencePieceTrainer.train(sentence_iterator=iter(sentences), model_writer=model, minloglevel=2,
+                                   num_threads=1, model_type=model_type, vocab_size=vocab_size)
+    sp = spm.SentencePieceProcessor(model_proto=model.getvalue())
+    pieces = [sp.id_to_piece(i) for i in range(sp.get_piece_size()) if not (sp.is_control(i) or sp.is_unknown(i))]
+    random.Random(0).shuffle(pieces)
+    vocab = {"<s>": 0, "<pad>": 1, "</s>": 2, "<unk>": 3}
+    for piece in pieces[8:] + list(M2M100_UNKNOWN_ENTRIES) + ["\u2581Z\u2581"]:   # and one no piece can be
+        vocab.setdefault(piece, len(vocab))
+    assert all(sp.piece_to_id(c) == sp.unk_id() for c in "".join(M2M100_UNKNOWN_ENTRIES))
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "sentencepiece.bpe.model").write_bytes(model.getvalue())
+    (folder / "vocab.json").write_text(json.dumps(vocab, ensure_ascii=False), encoding="utf-8")
+    if layout == "v5":
+        transformers.M2M100Tokenizer(str(folder / "vocab.json"), str(folder / "sentencepiece.bpe.model"),
+                                     language_codes=language_codes).save_pretrained(folder)
+        return folder
+    from transformers.models.m2m_100.tokenization_m2m_100 import FAIRSEQ_LANGUAGE_CODES
+
+    codes = [f"__{code}__" for code in FAIRSEQ_LANGUAGE_CODES[language_codes]]
+    named = {"bos_token": "<s>", "eos_token": "</s>", "sep_token": "</s>", "unk_token": "<unk>", "pad_token": "<pad>"}
+    config = {"src_lang": None, "tgt_lang": None, **named, "language_codes": language_codes, "sp_model_kwargs": {},
+              "num_madeup_words": 8, "model_max_length": 1024, "tokenizer_class": "M2M100Tokenizer"}
+    if layout == "hub":
+        special_map = {**named, "additional_special_tokens": codes}
+        (folder / "special_tokens_map.json").write_text(json.dumps(special_map), encoding="utf-8")
+    else:
+        added = {**{str(i): t for t, i in vocab.items() if i < 4},
+                 **{str(len(vocab) + i): t for i, t in enumerate(codes)}}
+        config["added_tokens_decoder"] = {i: {"content": t, "lstrip": False, "normalized": False, "rstrip": False,
+                                              "single_word": False, "special": True} for i, t in added.items()}
+        config["additional_special_tokens"] = codes
+    (folder / "tokenizer_config.json").write_text(json.dumps(config), encoding="utf-8")
+    return folder
+
+
 @pytest.fixture(scope="session")
 def multilingual(tmp_path_factory):
     """kind (LANGUAGE_KINDS) → (transformers model, its tokenizer reloaded from the saved folder,
     {"fp32": path, "int8": path}): a random model of the family (build_hf_seq2seq) with an EOS its own output
-    reaches, saved with its tokenizer and converted once per session."""
+    reaches, saved with its tokenizer (M2M-100's own SentencePiece folder for "m2m100") and converted once per
+    session."""
     import transformers
     from tinybert_convert import convert
 
@@ -713,7 +771,10 @@ def multilingual(tmp_path_factory):
             model.config.eos_token_id = model.generation_config.eos_token_id = eos
             folder = tmp_path_factory.mktemp(f"lang-{kind}")
             model.save_pretrained(folder / "hf")
-            build_language_tokenizer(kind).save_pretrained(folder / "hf")
+            if kind == "m2m100":
+                write_m2m100_tokenizer(folder / "hf")
+            else:
+                build_language_tokenizer(kind).save_pretrained(folder / "hf")
             tok = transformers.AutoTokenizer.from_pretrained(folder / "hf")
             assert len(tok) <= model.config.vocab_size
             files = {d: convert(folder / "hf", folder / f"{kind}.{d}.safetensors", dtype=d) for d in ("fp32", "int8")}

@@ -20,18 +20,22 @@ Metadata keys (all values are strings, as safetensors requires):
     task             the head the file carries, JSON (see ``TaskConfig``): {"type": one of TASKS, ...}
     tokenizer_options  {"mask_token": str | null, "clean_up_tokenization_spaces": bool}, JSON:
                      what transformers keeps in tokenizer_config.json and decoding needs
-    target_tokenizer   encoder-decoders with separate target pieces (Marian): the tokenizer.json text that
-                     decodes generated ids; without it ``tokenizer`` decodes too
-    source_id_map    with target_tokenizer: JSON list, model id of each id ``tokenizer`` produces (Marian's
-                     source SentencePiece ids → its joint vocabulary)
+    target_tokenizer   encoder-decoders whose ``tokenizer`` is not over the model's ids (Marian, M2M-100's own
+                     SentencePiece folders): the tokenizer.json text that decodes generated ids; without it
+                     ``tokenizer`` decodes too
+    source_id_map    with target_tokenizer: JSON list, model id of each id ``tokenizer`` produces (SentencePiece
+                     ids → Marian's joint vocabulary / M2M-100's vocab.json, special tokens after them). The
+                     language code and </s> put around a source for ``src_lang`` are model ids, not mapped
     chat_template    decoders, optional (older files and checkpoints without a template lack it): what
                      transformers' ``apply_chat_template`` renders with, JSON: {"template": the Jinja text,
                      "special_tokens": {name: text}} with names from CHAT_SPECIAL_TOKENS (the tokenizer's
                      bos_token, eos_token, ... as tokenizer_config.json names them); see check_chat_template.
                      Chat stops on the config's eos_token_ids (generation_config.json's, as transformers' generate)
-    source_unknown_pieces  with it, optional: {"unk_id": id, "pieces": {text: model id}}, JSON: a token the
-                     source tokenizer yields as unknown (``unk_id``) whose text is in ``pieces`` takes that
-                     model id (MarianTokenizer looks unknown text up in the joint vocabulary)
+    source_unknown_pieces  with it, optional: {"unk_id": id, "pieces": {text: model id}, "match": "token" |
+                     "text" (optional, default "token")}, JSON: a token the source tokenizer yields as unknown
+                     (``unk_id``) whose text is in ``pieces`` takes that model id (MarianTokenizer and
+                     M2M100Tokenizer look unknown text up in their vocabulary); the text is the token's own, or
+                     with "text" the source text under the token's offsets (BPE tokenizers name it <unk>)
 
 Canonical tensor names (``L`` is the layer index). A quantised 2-D tensor ``T`` is stored as int8
 ``T`` plus float32 ``T.scale`` with one scale per row (per output channel for linear weights, per

@@ -93,7 +93,8 @@ class ModelFile:
     tokenizer_options: dict
     target_tokenizer_json: str | None = None     # encoder-decoders with separate target pieces (Marian)
     source_id_map: np.ndarray | None = None      # with it: model id of each source-tokenizer id, int32
-    source_unknown_pieces: tuple[int, dict[str, int]] | None = None   # (unk id, unknown text → model id)
+    # (unk id, unknown text → model id, whether the text is the source's under the token rather than the token's)
+    source_unknown_pieces: tuple[int, dict[str, int], bool] | None = None
     # encoders: prompts, similarity, ... (format.check_sentence_transformers); the defaults for older files
     sentence_transformers: dict = field(default_factory=fmt.default_sentence_transformers)
     # decoders: the chat template and the special tokens it reads (format.check_chat_template); None without one
@@ -251,9 +252,9 @@ _GENERATION_TASKS = ("text-generation", "text2text-generation")
 
 
 def _target_tokenizer(path: Path, metadata: dict[str, str], config: EncoderConfig | DecoderConfig | Seq2SeqConfig
-                      ) -> tuple[str | None, np.ndarray | None, tuple[int, dict[str, int]] | None]:
-    """The target tokenizer, the source id map and the unknown-piece table of an encoder-decoder with
-    separate target pieces (Marian)."""
+                      ) -> tuple[str | None, np.ndarray | None, tuple[int, dict[str, int], bool] | None]:
+    """The target tokenizer, the source id map and the unknown-piece table of an encoder-decoder whose source
+    tokenizer is not over the model's ids (Marian, M2M-100's own folders)."""
     has_target, has_map = fmt.KEY_TARGET_TOKENIZER in metadata, fmt.KEY_SOURCE_ID_MAP in metadata
     if not has_target and not has_map:
         if fmt.KEY_SOURCE_UNKNOWN_PIECES in metadata:
@@ -275,9 +276,10 @@ def _target_tokenizer(path: Path, metadata: dict[str, str], config: EncoderConfi
         def is_id(value: object, limit: int) -> bool:
             return isinstance(value, int) and not isinstance(value, bool) and 0 <= value < limit
 
-        if (not isinstance(table, dict) or set(table) != {"unk_id", "pieces"} or not is_id(table["unk_id"], len(ids))
-                or not isinstance(table["pieces"], dict)
+        if (not isinstance(table, dict) or not {"unk_id", "pieces"} <= set(table) <= {"unk_id", "pieces", "match"}
+                or not is_id(table["unk_id"], len(ids)) or not isinstance(table["pieces"], dict)
+                or table.get("match", "token") not in ("token", "text")
                 or not all(isinstance(k, str) and is_id(v, config.vocab_size) for k, v in table["pieces"].items())):
             raise ModelFileError(f"{path}: bad source_unknown_pieces metadata")
-        unknown = (table["unk_id"], table["pieces"])
+        unknown = (table["unk_id"], table["pieces"], table.get("match") == "text")
     return metadata[fmt.KEY_TARGET_TOKENIZER], np.asarray(ids, dtype=np.int32), unknown

@@ -1,12 +1,12 @@
-"""Multilingual translation (NLLB-200 and M2M-100's architecture, mBART-50) against transformers' ``generate``.
+"""Multilingual translation (NLLB-200, M2M-100, mBART-50) against transformers' ``generate``.
 
 Each model is a small random transformers model of its family with a tokenizer of the family's own
-transformers class (NllbTokenizer in both source layouts, MBart50Tokenizer) built at test time and saved
-with ``save_pretrained``, so the language-code tokens, their ids and the source template are the ones
-transformers' special-token logic makes. References: the tokenizer with ``src_lang`` set, then
-``generate(forced_bos_token_id=tokenizer.convert_tokens_to_ids(tgt_lang))``, as transformers' docs translate
-with these models. The architectures' greedy / beam / logits / int8 tests: tests/api/test_translator.py
-(kinds m2m_100, mbart).
+transformers class (NllbTokenizer in both source layouts, MBart50Tokenizer; M2M100Tokenizer on M2M-100's own
+folder layout, sentencepiece.bpe.model + vocab.json and no tokenizer.json) built at test time and saved, so
+the language-code tokens, their ids and the source template are the ones transformers' special-token logic
+makes. References: the tokenizer with ``src_lang`` set, then ``generate(forced_bos_token_id=...)`` with the
+target code's id (``get_lang_id`` for M2M-100), as transformers' docs translate with these models. The
+architectures' greedy / beam / logits / int8 tests: tests/api/test_translator.py (kinds m2m_100, mbart).
 """
 
 from __future__ import annotations
@@ -25,11 +25,18 @@ pytestmark = pytest.mark.usefixtures("quiet_torch")
 
 TEXTS = ["hello world.", "the quick brown fox jumps over the lazy dog, twice!", "why?", "it's a small model"]
 MAX_NEW = 30
+LANGUAGE_COUNTS = {"nllb": 202, "nllb-legacy": 202, "mbart50": 52, "m2m100": 100}
+
+
+def _code_id(tok, code: str) -> int:
+    """The token id of a language code, as the family's docs look it up."""
+    return tok.get_lang_id(code) if type(tok).__name__ == "M2M100Tokenizer" else tok.convert_tokens_to_ids(code)
+
+
 def _reference(model, tok, text: str, src: str, tgt: str, **kwargs) -> list[list[int]]:
     tok.src_lang = src
     ids = tok(text)["input_ids"]
-    return seq2seq_reference(model, ids, max_new_tokens=MAX_NEW, forced_bos_token_id=tok.convert_tokens_to_ids(tgt),
-                             **kwargs)
+    return seq2seq_reference(model, ids, max_new_tokens=MAX_NEW, forced_bos_token_id=_code_id(tok, tgt), **kwargs)
 
 
 @pytest.mark.parametrize("settings", [dict(beam_size=1), dict(beam_size=4, no_repeat_ngram_size=3, num_hypotheses=2)],
@@ -48,7 +55,7 @@ def test_translate_equals_generate_with_forced_language(multilingual, kind, sett
         hyps = hyps if isinstance(hyps, list) else [hyps]
         ref = _reference(model, tok, text, src, tgt, **hf)
         assert [h["token_ids"] for h in hyps] == ref
-        assert all(h[0] == tok.convert_tokens_to_ids(tgt) for h in ref)
+        assert all(h[0] == _code_id(tok, tgt) for h in ref)
         assert [h["text"] for h in hyps] == [tok.decode(r, skip_special_tokens=True) for r in ref]
 
 
@@ -59,8 +66,8 @@ def test_file_records_language_codes(multilingual, kind):
     tr = Translator(files["int8"])
     cfg = json.loads(tr.metadata["config"])
     codes = [t for t in tok.extra_special_tokens if t in tr.languages] if kind == "nllb" else tr.languages
-    assert len(tr.languages) == (202 if kind.startswith("nllb") else 52) and len(codes) == len(tr.languages)
-    assert cfg["language_codes"] == {c: tok.convert_tokens_to_ids(c) for c in tr.languages}
+    assert len(tr.languages) == LANGUAGE_COUNTS[kind] and len(codes) == len(tr.languages)
+    assert cfg["language_codes"] == {c: _code_id(tok, c) for c in tr.languages}
     assert cfg["language_position"] == ("suffix" if kind == "nllb-legacy" else "prefix")
     assert cfg["source_eos_token_id"] == tok.eos_token_id
 
@@ -80,17 +87,18 @@ def test_default_source_language_and_ids(multilingual, kind):
     assert by_ids[0]["token_ids"] == _reference(model, tok, TEXTS[0], "eng_Latn", tgt)[0]
 
 
-def test_int8_agreement_with_languages(multilingual, record_property):
-    """int8 NLLB-style file: greedy outputs with forced languages against transformers fp32 (measured;
-    the gated int8 check of these architectures is tests/api/test_translator.py::test_int8_agreement)."""
-    model, tok, files = multilingual("nllb")
+@pytest.mark.parametrize("kind", ["nllb", "m2m100"])
+def test_int8_agreement_with_languages(multilingual, record_property, kind):
+    """int8 files: greedy outputs with forced languages against transformers fp32 (measured; the gated int8
+    check of these architectures is tests/api/test_translator.py::test_int8_agreement)."""
+    model, tok, files = multilingual(kind)
+    _, src, tgt = KINDS[kind]
     tr = Translator(files["int8"])
-    got = tr.translate(TEXTS, src_lang="deu_Latn", tgt_lang="fra_Latn", beam_size=1, max_length=MAX_NEW,
-                       return_ids=True)
-    same = sum(g["token_ids"] == _reference(model, tok, t, "deu_Latn", "fra_Latn")[0] for t, g in zip(TEXTS, got))
+    got = tr.translate(TEXTS, src_lang=src, tgt_lang=tgt, beam_size=1, max_length=MAX_NEW, return_ids=True)
+    same = sum(g["token_ids"] == _reference(model, tok, t, src, tgt)[0] for t, g in zip(TEXTS, got))
     record_property("int8_identical_outputs", same / len(TEXTS))
-    print(f"\nnllb int8 with languages: identical outputs {same}/{len(TEXTS)}")
-    assert all(g["token_ids"][0] == tok.convert_tokens_to_ids("fra_Latn") for g in got)
+    print(f"\n{kind} int8 with languages: identical outputs {same}/{len(TEXTS)}")
+    assert all(g["token_ids"][0] == _code_id(tok, tgt) for g in got)
 
 
 def test_language_errors(multilingual, seq2seq_model):
@@ -145,3 +153,50 @@ def test_cli_translate_with_languages(multilingual, capsys):
     assert "pass tgt_lang" in capsys.readouterr().err
     assert main(["translate", path, "hello", "--tgt-lang", "xx"]) == 2
     assert "fra_Latn" in capsys.readouterr().err
+
+
+# ---------------------------------------------------------------- M2M-100's own folders (no tokenizer.json)
+
+M2M_TEXTS = TEXTS + ["Hello World. The model's output.", "東京は日本の首都です。 привет мир", "東京 ☃ 😀😀 한국어",
+                     "  many   spaces\there  ", "tabs\tand\nnewlines", "x __de__ y </s> <unk>", "ünïcödé — ½ ①",
+                     "word " * 20]
+
+
+@pytest.mark.parametrize("settings", [dict(beam_size=1), dict(beam_size=4, no_repeat_ngram_size=3, num_hypotheses=2)],
+                         ids=["greedy", "beam4"])
+def test_m2m100_own_folder_translates_as_transformers(multilingual, sentences, settings):
+    """facebook/m2m100_*'s layout (sentencepiece.bpe.model, vocab.json, tokenizer_config.json,
+    special_tokens_map.json): the file carries the rebuilt tokenizers, and translate() equals M2M100Tokenizer →
+    generate(forced_bos_token_id=get_lang_id(tgt)) → decode on shared sentences, non-Latin scripts, characters the
+    SentencePiece model lacks (some of which vocab.json has), whitespace runs, special tokens in text, the empty
+    string; for two source languages."""
+    model, tok, files = multilingual("m2m100")
+    folder = files["fp32"].parent / "hf"
+    assert not (folder / "tokenizer.json").exists() and (folder / "sentencepiece.bpe.model").is_file()
+    tr = Translator(files["fp32"])
+    assert {"target_tokenizer", "source_id_map", "source_unknown_pieces"} <= set(tr.metadata)
+    texts = sentences[:6] + M2M_TEXTS if settings["beam_size"] == 1 else M2M_TEXTS[4:]
+    hf = {"num_beams": settings["beam_size"], "no_repeat_ngram_size": settings.get("no_repeat_ngram_size", 0),
+          "num_return_sequences": settings.get("num_hypotheses", 1)}
+    for src, tgt in (("fr", "de"), ("zh", "en")):
+        got = tr.translate(texts, src_lang=src, tgt_lang=tgt, max_length=MAX_NEW, return_ids=True, **settings)
+        for text, hyps in zip(texts, got):
+            hyps = hyps if isinstance(hyps, list) else [hyps]
+            ref = _reference(model, tok, text, src, tgt, **hf)
+            assert [h["token_ids"] for h in hyps] == ref, text
+            assert [h["text"] for h in hyps] == [tok.decode(r, skip_special_tokens=True) for r in ref], text
+
+
+def test_m2m100_own_folder_default_language_and_errors(multilingual):
+    """Without src_lang the tokenizer's own template ([__en__] text </s>, the language it was saved with); an
+    unknown code is an InputError listing the codes."""
+    model, tok, files = multilingual("m2m100")
+    tr = Translator(files["fp32"])
+    got = tr.translate(TEXTS, tgt_lang="fr", beam_size=1, max_length=MAX_NEW, return_ids=True)
+    assert [g["token_ids"] for g in got] == [_reference(model, tok, t, "en", "fr")[0] for t in TEXTS]
+    with pytest.raises(InputError, match=r"tgt_lang 'fra_Latn' is not one of .*\bde, el, en, es\b"):
+        tr.translate("hello", src_lang="en", tgt_lang="fra_Latn")
+    with pytest.raises(InputError, match="src_lang 'xx' is not one of"):
+        tr.translate("hello", src_lang="xx", tgt_lang="de")
+    with pytest.raises(InputError, match="tgt_lang"):
+        tr.translate("hello", src_lang="en")

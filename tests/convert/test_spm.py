@@ -133,9 +133,94 @@ def test_literal_byte_piece_divergence(spm_models):
     assert spm_tokenizer(model, eos_piece=None).encode("<0x41>").ids == sp.encode("<0x41>")
 
 
-def test_bpe_model_is_unsupported(sentences):
-    with pytest.raises(UnsupportedModelError, match="BPE"):
-        spm_tokenizer(_train(sentences, vocab_size=300, model_type="bpe"))
+# ---------------------------------------------------------------- BPE models (M2M-100's kind)
+
+
+BPE_VARIANTS = {
+    "bpe": dict(vocab_size=800),
+    "bpe-full-coverage": dict(vocab_size=1500, character_coverage=1.0),
+    "bpe-identity-keep-whitespace": dict(vocab_size=700, normalization_rule_name="identity",
+                                         remove_extra_whitespaces=False),
+    "bpe-nfkc-no-dummy-prefix": dict(vocab_size=600, normalization_rule_name="nfkc", add_dummy_prefix=False),
+    "bpe-byte-fallback": dict(vocab_size=800, byte_fallback=True),
+}
+
+
+@pytest.fixture(scope="module")
+def bpe_models(sentences) -> dict[str, bytes]:
+    texts = sentences + _accented(sentences)[:200]
+    return {name: _train(texts, model_type="bpe", **options) for name, options in BPE_VARIANTS.items()}
+
+
+def _fuzzed(sentences: list[str], n: int = 3000) -> list[str]:
+    """Spliced sentences and runs of repeated characters and syllables (where merges of one piece compete)."""
+    rng = random.Random(0)
+    texts = []
+    for _ in range(n):
+        a, b = rng.choice(sentences), rng.choice(sentences)
+        texts.append(a[:rng.randrange(len(a) + 1)] + b[rng.randrange(len(b) + 1):])
+    units = ["a", "e", "l", "s", "-", ".", "!", " ", "ab", "ee", "ll", "an", "the", "é", "東"]
+    texts += ["".join(rng.choice(units) * rng.randrange(1, 6) for _ in range(rng.randrange(1, 12))) for _ in range(n)]
+    return texts
+
+
+@pytest.mark.parametrize("variant", list(BPE_VARIANTS))
+def test_bpe_tokenizer_segments_as_sentencepiece(bpe_models, sentences, variant):
+    """BPE has no ties to break: ids identical to sentencepiece's on every text (a run of unknown characters is
+    one unknown id in both), with </s> appended."""
+    model = bpe_models[variant]
+    sp = spm.SentencePieceProcessor(model_proto=model)
+    tokenizer = Tokenizer.from_str(spm_tokenizer(model).to_str())  # what the runtime loads
+    texts = sentences + HARD + [s.upper() for s in sentences[:300]] + _fuzzed(sentences)
+    eos = sp.piece_to_id("</s>")
+    mine = [tokenizer.encode(text).ids for text in texts]
+    assert mine == [sp.encode(text) + [eos] for text in texts]
+    assert any(sp.unk_id() in ids for ids in mine) != (variant == "bpe-byte-fallback")  # unknown text was met
+    print(f"\n{variant}: ids identical on {len(texts)} texts")
+
+
+def test_bpe_merge_order_on_repetitive_text():
+    """Models trained on text over two to four characters have pieces that can be built from several splits at
+    overlapping places (where tokenizers' rank order and sentencepiece's leftmost-first could part): random
+    strings over the same characters segment identically."""
+    rng = random.Random(1)
+    for alphabet, vocab_size in [("ab", 40), ("abc", 80), ("a-", 30), ("aab.", 60)]:
+        data = ["".join(rng.choice(alphabet) for _ in range(rng.randrange(5, 60))) for _ in range(3000)]
+        data += [rng.choice(alphabet) * rng.randrange(2, 50) for _ in range(500)]
+        model = _train(data, model_type="bpe", vocab_size=vocab_size, character_coverage=1.0)
+        sp = spm.SentencePieceProcessor(model_proto=model)
+        tokenizer = spm_tokenizer(model, eos_piece=None)
+        texts = ["".join(rng.choice(alphabet + " ") for _ in range(rng.randrange(1, 80))) for _ in range(3000)]
+        assert [tokenizer.encode(text).ids for text in texts] == [sp.encode(text) for text in texts], alphabet
+
+
+@pytest.mark.parametrize("variant", list(BPE_VARIANTS))
+def test_bpe_tokenizer_decodes_its_ids_as_sentencepiece(bpe_models, sentences, variant):
+    model = bpe_models[variant]
+    sp = spm.SentencePieceProcessor(model_proto=model)
+    tokenizer = spm_tokenizer(model, eos_piece=None)
+    for text in sentences[:200] + HARD:
+        ids = sp.encode(text)
+        assert tokenizer.decode(ids) == sp.decode(ids), text
+
+
+@pytest.mark.parametrize("model_type", ["word", "char"])
+def test_word_and_char_models_are_unsupported(sentences, model_type):
+    with pytest.raises(UnsupportedModelError, match=f"{model_type} model"):
+        spm_tokenizer(_train(sentences, vocab_size=300, model_type=model_type))
+
+
+@pytest.mark.parametrize("option", ["user_defined_symbols", "control_symbols"])
+def test_bpe_with_user_defined_pieces_is_unsupported(sentences, option):
+    """sentencepiece keeps user-defined pieces whole wherever a symbol starts with one: tokenizers has no such
+    part for BPE. Control pieces never match text and are fine."""
+    model = _train(sentences, vocab_size=400, model_type="bpe", **{option: ["<sep>"]})
+    if option == "control_symbols":
+        sp = spm.SentencePieceProcessor(model_proto=model)
+        assert spm_tokenizer(model, eos_piece=None).encode("a <sep> b").ids == sp.encode("a <sep> b")
+    else:
+        with pytest.raises(UnsupportedModelError, match="user-defined"):
+            spm_tokenizer(model)
 
 
 @pytest.mark.parametrize("data", [b"", b"not a sentencepiece model", b"\x0a\xff\xff\x03", b"\x0a\x05\x0a\x03ab",

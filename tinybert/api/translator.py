@@ -170,7 +170,7 @@ class Translator(OpenedModel):
         cfg = self.config
         if source_code is None:
             encoding = self.tokenizer.encode(text)
-            ids = np.asarray(encoding.ids, dtype=np.int64)
+            ids = self._model_ids(text, encoding)
             too_long = bool(encoding.overflowing)
         else:
             # The text's pieces with the code and </s> around them, as the model's tokenizer class sets its
@@ -178,24 +178,32 @@ class Translator(OpenedModel):
             encoding = self.tokenizer.encode(text, add_special_tokens=False)
             room = cfg.max_positions - 2
             too_long = bool(encoding.overflowing) or len(encoding.ids) > room
-            body = encoding.ids[:room]
+            body = self._model_ids(text, encoding)[:room].tolist()
             eos = cfg.source_eos_token_id
             ids = np.asarray([source_code, *body, eos] if cfg.language_position == "prefix" else
                              [*body, eos, source_code], dtype=np.int64)
         if too_long and not truncation:
             raise InputError(f"a text of more than {self.config.max_positions} tokens is longer than the model "
                              "takes; shorten it or pass truncation=True")
-        if self._source_ids is not None:
-            if ids.size and ids.max() >= self._source_ids.size:
-                raise InputError("the source tokenizer produced an id outside its id map")
-            mapped = self._source_ids[ids]
-            if self._unknown_pieces is not None:
-                # Text the source pieces cannot spell may still be a vocabulary entry (MarianTokenizer's lookup).
-                unk, pieces = self._unknown_pieces
-                for i in np.flatnonzero(ids == unk):
-                    mapped[i] = pieces.get(encoding.tokens[i], mapped[i])
-            ids = mapped
         return self._check_ids(ids)
+
+    def _model_ids(self, text: str, encoding) -> np.ndarray:
+        """The model ids of an encoding: its ids, or for a tokenizer over SentencePiece ids (Marian, M2M-100's
+        own folders) its ids through the file's id map."""
+        ids = np.asarray(encoding.ids, dtype=np.int64)
+        if self._source_ids is None:
+            return ids
+        if ids.size and ids.max() >= self._source_ids.size:
+            raise InputError("the source tokenizer produced an id outside its id map")
+        mapped = self._source_ids[ids].astype(np.int64)
+        if self._unknown_pieces is not None:
+            # Text the source pieces cannot spell may still be a vocabulary entry (MarianTokenizer's and
+            # M2M100Tokenizer's lookup): the token's text, or the text under it in the source.
+            unk, pieces, by_text = self._unknown_pieces
+            for i in np.flatnonzero(ids == unk):
+                key = text[slice(*encoding.offsets[i])] if by_text else encoding.tokens[i]
+                mapped[i] = pieces.get(key, mapped[i])
+        return mapped
 
     def _check_ids(self, ids: object) -> np.ndarray:
         if isinstance(ids, (str, bytes)):
