@@ -60,9 +60,9 @@ class EncoderRunner:
         self.tokenizer = opened.tokenizer
         self.tokenizer_json: str = opened.file.tokenizer_json
         self.scheduler = Scheduler(opened.threads)
-        if isinstance(self.config, DecoderConfig):      # a decoder embedder (Qwen3-Embedding): causal, no padding
+        if isinstance(self.config, DecoderConfig):      # a decoder embedder (Qwen3-Embedding, EmbeddingGemma)
             decoder = DecoderModel(self.config, opened.tensors, lm_head=False)
-            self.model = lambda ids, type_ids, starts, key_mask: decoder.packed(ids, starts)
+            self.model = lambda ids, type_ids, starts, key_mask: decoder.packed(ids, starts, key_mask)
         else:
             self.model = EncoderModel(self.config, opened.tensors)
         task = opened.file.task
