@@ -158,6 +158,9 @@ def load(path: str | Path) -> ModelFile:
     task = TaskConfig.from_dict(_json_key(metadata, fmt.KEY_TASK))
     # a decoder embedder: a decoder with task feature-extraction, pooled like an encoder
     embedder = isinstance(config, DecoderConfig) and task.type == "feature-extraction"
+    if isinstance(config, DecoderConfig) and not config.causal and not embedder:
+        raise ModelFileError(f"{path}: a decoder with bidirectional attention (causal false) only embeds: its task "
+                             "must be feature-extraction")
     pooling = None
     if isinstance(config, EncoderConfig) or embedder:
         pooling = _json_key(metadata, fmt.KEY_POOLING)
@@ -197,9 +200,6 @@ def load(path: str | Path) -> ModelFile:
     if ((task.type == "text-generation") != (isinstance(config, DecoderConfig) and not embedder)
             or (task.type == "text2text-generation") != isinstance(config, Seq2SeqConfig)):
         raise ModelFileError(f"{path}: task {task.type!r} does not fit a {config.kind} model")
-    if isinstance(config, DecoderConfig) and not config.causal and not embedder:
-        raise ModelFileError(f"{path}: a decoder with bidirectional attention (causal false) only embeds: its task "
-                             "must be feature-extraction")
     target_tokenizer, source_id_map, unknown_pieces = _target_tokenizer(path, metadata, config)
     if task.type in ("masked-lm", "pretraining") and task.mlm_tied and task.mlm_size != config.embedding_size:
         raise ModelFileError(f"{path}: a tied MLM decoder must have the embedding width {config.embedding_size}")
