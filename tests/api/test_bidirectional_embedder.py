@@ -174,6 +174,11 @@ def test_cli_describes_and_embeds_with_it(embedding_gemma, texts, capsys):
     out = capsys.readouterr().out
     assert "gemma3_text decoder" in out and "bidirectional" in out
     assert "feature-extraction (mean pooling, Dense 64→256→48, normalized)" in out and "tinybert embed" in out
+    assert main(["info", str(files["fp32"]), "--json"]) == 0
+    info = json.loads(capsys.readouterr().out)
+    assert info["dense"] == [{"in_features": 64, "out_features": 256, "activation": "identity"},
+                             {"in_features": 256, "out_features": 48, "activation": "identity"}]
+    assert info["config"]["causal"] is False and info["pooling"] == {"mode": "mean", "normalize": True}
     assert main(["embed", str(files["fp32"]), texts[0], texts[1]]) == 0
     rows = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
     np.testing.assert_allclose([r["embedding"] for r in rows], model.encode(texts[:2]), atol=1e-4)

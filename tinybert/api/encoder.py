@@ -11,7 +11,7 @@ import numpy as np
 from .. import format as fmt
 from ..config import DecoderConfig, EncoderConfig, TaskConfig
 from ..errors import InputError, ModelKindError
-from ..models.heads import DenseModules, l2_normalize
+from ..models.heads import l2_normalize
 from ..tokenizer import check_sentences, load_tokenizer, token_ids
 from .embeddings import PRECISIONS, quantize_embeddings, similarity
 from .opening import open_model
@@ -68,8 +68,6 @@ class Encoder:
         self.tokenizer_options: dict = dict(model_file.tokenizer_options)
         self.tokenizer = opened.tokenizer
         self.runner = EncoderRunner(opened)
-        # sentence-transformers' Dense modules after pooling (none in most files)
-        self.dense_modules = DenseModules(model_file.dense, opened.tensors)
         st = model_file.sentence_transformers
         self.sentence_transformers: dict = dict(st)     # the file's settings as read (format.py)
         # As SentenceTransformer: "query" and "document" prompts always exist (empty unless the model sets them).
@@ -92,7 +90,7 @@ class Encoder:
     def dimension(self) -> int:
         """Length of the vectors ``encode`` returns (before ``truncate_dim``): the hidden size, or the last Dense
         module's out_features."""
-        return self.dense_modules.out_features(self.config.hidden_size)
+        return self.runner.dense.out_features(self.config.hidden_size)
 
     def forward(self, input_ids: object, attention_mask: object = None,
                 token_type_ids: object = None) -> np.ndarray:
@@ -280,14 +278,12 @@ class Encoder:
             return self._token_embeddings(items, batch_size, progress)
         file_normalize = self.pooling["normalize"] if normalize is None else bool(normalize)
 
-        out = np.empty((len(items), self.config.hidden_size), dtype=np.float32)
+        out = np.empty((len(items), self.dimension), dtype=np.float32)
         if items:
             encodings = token_ids(self.tokenizer, items)
+            # pooled and through the model's Dense modules, chunk by chunk (EncoderRunner)
             for rows, _, pooled in self.runner.batches(encodings, batch_size, progress, "encoding", pool=mode):
                 out[rows] = pooled
-            out = self.dense_modules(out)   # the model's Dense modules, in their order: after pooling
-        else:
-            out = np.empty((0, self.dimension), dtype=np.float32)
         if file_normalize:                  # the model's Normalize module: before truncate_dim cuts
             out = l2_normalize(out)
         if dim is not None and dim < self.dimension:
