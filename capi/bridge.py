@@ -138,7 +138,7 @@ def install(ffi, lib) -> None:
             task = json.loads(metadata.get("task", "{}")).get("type")
         except (ValueError, AttributeError, RecursionError):
             raise ModelFileError(f"{name}: bad config or task metadata") from None
-        if kind == "decoder":
+        if kind == "decoder" and task != "feature-extraction":     # a decoder embedder is an encoder here
             api = Generator(name, threads=threads)
         elif kind == "encoder-decoder":
             api = Translator(name, threads=threads)
@@ -164,7 +164,8 @@ def install(ffi, lib) -> None:
     @ffi.def_extern(error=0)
     @guarded
     def _tbpy_embedding_dim(handle, dim_out) -> None:
-        dim_out[0] = model(handle, "encoder").api.dimension
+        # what encode returns per text: the model's truncate_dim when it sets a smaller one
+        dim_out[0] = model(handle, "encoder").api.get_sentence_embedding_dimension()
 
     @ffi.def_extern(error=0)
     @guarded
@@ -174,7 +175,7 @@ def install(ffi, lib) -> None:
             raise CallError(ERR_INVALID_ARGUMENT, f"n_texts {n_texts} must lie in [1, 1000000]")
         strings = [_text(ffi, texts[i], f"texts[{i}]") for i in range(n_texts)]
         with entry.use() as api:
-            needed = n_texts * api.dimension
+            needed = n_texts * api.get_sentence_embedding_dimension()
             if out_len < needed:
                 raise CallError(ERR_BUFFER_TOO_SMALL, f"tb_encode needs {needed} floats in out, {out_len} given",
                                 needed)

@@ -13,11 +13,12 @@ import numpy as np
 
 from tinybert import format as fmt
 from tinybert.config import EncoderConfig, TaskConfig
-from tinybert.errors import ConversionError, ModelFileError
+from tinybert.errors import ConversionError, ModelFileError, UnsupportedModelError
 
 from .architectures import canonical_tensors, check_model_type, encoder_config, find_prefix, legacy_names
 from .chat import chat_template_settings
 from .decoders import DECODER_FAMILIES, decoder_config, decoder_tensors
+from .dense import dense_modules
 from .files import check_output, read_json
 from .heads import canonical_head
 from .hfconfig import string
@@ -94,7 +95,8 @@ def convert(src: str | Path, out: str | Path, dtype: str = "int8", show_progress
     ``architectures`` names (``BertForSequenceClassification`` → "sequence-classification", a base
     model → "feature-extraction"); pass "feature-extraction" to keep only the encoder. Decoder-only
     checkpoints (GPT-2, Llama, Mistral, Qwen2, Qwen3, Phi-3, Gemma 3) convert for "text-generation" (or, from a
-    sentence-transformers folder or with task="feature-extraction", as an embedder), encoder-decoders (T5,
+    sentence-transformers folder or with task="feature-extraction", as an embedder; a bidirectional one,
+    EmbeddingGemma, only as an embedder), encoder-decoders (T5,
     BART, Marian) for "text2text-generation". ``mixed_activations`` (int8): give the layers that
     keep the model's accuracy with it 8-bit inputs, calibrated and smoothed (convert/smooth.py; about
     twice as fast on AVX-512 VNNI); False keeps 12-bit inputs everywhere. Returns the
@@ -139,6 +141,8 @@ def convert(src: str | Path, out: str | Path, dtype: str = "int8", show_progress
             ensure_ascii=False, sort_keys=True)
     else:
         tokenizer = tokenizer_json(src)
+    dense_layers: list[dict] = []                   # sentence-transformers' Dense modules (encoders, embedders)
+    dense_tensors: dict[str, np.ndarray] = {}
     if model_type in SEQ2SEQ_FAMILIES:
         if task not in (None, "text2text-generation"):
             raise ConversionError(f"a {model_type} checkpoint converts for text2text-generation, not {task!r}")
@@ -160,23 +164,30 @@ def convert(src: str | Path, out: str | Path, dtype: str = "int8", show_progress
         if task not in (None, "text-generation", "feature-extraction"):
             raise ConversionError(f"a {model_type} checkpoint converts for text-generation or feature-extraction "
                                   f"(an embedder), not {task!r}")
-        # a sentence-transformers folder (Qwen3-Embedding) is an embedder: pooled hidden states, no LM head
-        embedder = task == "feature-extraction" or (task is None and (src / "modules.json").is_file())
         cfg = decoder_config(hf_config, src)
+        # a sentence-transformers folder (Qwen3-Embedding) is an embedder: pooled hidden states, no LM head; so is
+        # a bidirectional decoder (EmbeddingGemma), which cannot generate
+        embedder = task == "feature-extraction" or (task is None and ((src / "modules.json").is_file()
+                                                                      or not cfg.causal))
+        if not embedder and not cfg.causal:
+            raise UnsupportedModelError(f"{src}: a decoder with bidirectional attention embeds, it does not "
+                                        "generate: convert it for feature-extraction")
         if embedder:
-            pooling, max_seq_length, st_settings = sentence_transformers_settings(src, hf_config)
+            pooling, max_seq_length, st_settings, dense_paths = sentence_transformers_settings(src, hf_config)
             if max_seq_length is not None and max_seq_length < cfg.max_positions:     # texts are cut there
                 cfg = dataclasses.replace(cfg, max_positions=max_seq_length)
             extra[fmt.KEY_POOLING] = json.dumps(pooling, sort_keys=True)
             extra[fmt.KEY_SENTENCE_TRANSFORMERS] = json.dumps(st_settings, sort_keys=True, ensure_ascii=False)
+            dense_layers, dense_tensors = dense_modules(src, dense_paths, cfg.hidden_size)
         tensors = decoder_tensors(cfg, read_checkpoint(src), lm_head=not embedder)
         task_config = TaskConfig(type="feature-extraction" if embedder else "text-generation")
         chat = None if embedder else chat_template_settings(src)
         if chat is not None:
             extra[fmt.KEY_CHAT_TEMPLATE] = json.dumps(chat, sort_keys=True, ensure_ascii=False)
     else:
-        pooling, max_seq_length, st_settings = sentence_transformers_settings(src, hf_config)
+        pooling, max_seq_length, st_settings, dense_paths = sentence_transformers_settings(src, hf_config)
         cfg = encoder_config(hf_config, max_seq_length)
+        dense_layers, dense_tensors = dense_modules(src, dense_paths, cfg.hidden_size)
         raw = legacy_names(read_checkpoint(src))
         tensors = canonical_tensors(hf_config, cfg, raw)
         task_config, head = canonical_head(hf_config, cfg, raw, find_prefix(raw), task)
@@ -184,7 +195,9 @@ def convert(src: str | Path, out: str | Path, dtype: str = "int8", show_progress
         del raw
         extra[fmt.KEY_POOLING] = json.dumps(pooling, sort_keys=True)
         extra[fmt.KEY_SENTENCE_TRANSFORMERS] = json.dumps(st_settings, sort_keys=True, ensure_ascii=False)
-    for name, value in tensors.items():
+    if dense_layers:
+        extra[fmt.KEY_DENSE] = json.dumps(dense_layers, sort_keys=True)
+    for name, value in {**tensors, **dense_tensors}.items():
         if not np.isfinite(value).all():
             raise ConversionError(f"tensor {name} holds NaN or infinite values")
     if dtype == "int8":
@@ -201,6 +214,7 @@ def convert(src: str | Path, out: str | Path, dtype: str = "int8", show_progress
         else:
             progress.step("quantising to int8")
             tensors = quantize_tensors(tensors)
+    tensors.update(dense_tensors)       # float32 in every file (format.KEY_DENSE)
     progress.close()
     options = tokenizer_options(src, tokenizer)
     metadata = {

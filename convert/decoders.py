@@ -70,12 +70,17 @@ def _rope(hf: dict) -> dict:
 def _gemma3(hf: dict) -> dict:
     """Gemma 3's extra fields: scaled embeddings, q/k and post norms, the score scale, sliding layers with their
     own (local) rotary base. Rope settings come per layer type (transformers 5's rope_parameters) or as
-    rope_theta + rope_scaling for global layers and rope_local_base_freq for sliding ones."""
+    rope_theta + rope_scaling for global layers and rope_local_base_freq for sliding ones.
+
+    With use_bidirectional_attention (EmbeddingGemma) every layer attends both ways, and a sliding layer's keys
+    are those less than sliding_window // 2 + 1 positions away on either side: transformers' Gemma3TextConfig
+    turns config.json's window into that exclusive bound, and its mask is |i − j| < bound."""
     for name in ("attn_logit_softcapping", "final_logit_softcapping"):
         if hf.get(name) is not None:
             raise UnsupportedModelError(f"Gemma 3 {name} is not supported")
-    if hf.get("use_bidirectional_attention"):
-        raise UnsupportedModelError("Gemma 3 use_bidirectional_attention is not supported")
+    bidirectional = hf.get("use_bidirectional_attention") or False
+    if not isinstance(bidirectional, bool):
+        raise ConversionError("config.json: use_bidirectional_attention must be true or false")
     layers = integer(hf, "num_hidden_layers", minimum=1)
     types = hf.get("layer_types")
     if types is None:
@@ -88,6 +93,8 @@ def _gemma3(hf: dict) -> dict:
         # sliding layers without a window, but with the local rope: not expressible as layer_windows
         raise UnsupportedModelError("Gemma 3 sliding_attention layers without a sliding_window are not supported")
     window = integer(hf, "sliding_window", default=4096, minimum=1)
+    if bidirectional:
+        window = window // 2 + 1
     params = hf.get("rope_parameters")
     if isinstance(params, dict) and "full_attention" in params:
         full, sliding = params["full_attention"], params.get("sliding_attention") or {}
@@ -103,7 +110,8 @@ def _gemma3(hf: dict) -> dict:
         local_rope = _rope({"rope_theta": number(hf, "rope_local_base_freq", default=10_000.0)})
     return dict(scale_embedding=True, qk_norm=True, post_norms=True, rope=global_rope, local_rope=local_rope,
                 score_scale=number(hf, "query_pre_attn_scalar", default=256) ** -0.5,     # number() is positive
-                layer_windows=tuple(window if t == "sliding_attention" else 0 for t in types))
+                layer_windows=tuple(window if t == "sliding_attention" else 0 for t in types),
+                causal=not bidirectional)
 
 
 def decoder_config(hf: dict, folder: Path) -> DecoderConfig:

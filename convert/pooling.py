@@ -27,9 +27,14 @@ _MODES = (("pooling_mode_cls_token", "cls"), ("pooling_mode_mean_tokens", "mean"
 _ACTIVATIONS = {"Sigmoid": "sigmoid", "Identity": "identity", "Tanh": "tanh"}
 
 
-def sentence_transformers_settings(folder: Path, hf_config: dict | None = None) -> tuple[dict, int | None, dict]:
+def sentence_transformers_settings(folder: Path, hf_config: dict | None = None
+                                   ) -> tuple[dict, int | None, dict, list[str]]:
     """Return (pooling {"mode", "normalize"}, max_seq_length or None, the sentence_transformers settings of
-    format.check_sentence_transformers)."""
+    format.check_sentence_transformers, the folders of the Dense modules in modules.json's order).
+
+    The runtime applies Transformer → Pooling → the Dense modules → Normalize: a modules.json whose Dense modules
+    come before the Pooling or after the Normalize is refused (UnsupportedModelError) rather than run in
+    another order."""
     pooling = {"mode": "mean", "normalize": False}
     settings = fmt.default_sentence_transformers()
     settings["activation_fn"] = _activation(hf_config or {})
@@ -38,10 +43,12 @@ def sentence_transformers_settings(folder: Path, hf_config: dict | None = None) 
         max_seq_length = integer(read_json(folder, "sentence_bert_config.json", dict), "max_seq_length", default=None,
                                  minimum=1, source="sentence_bert_config.json")
     modules_path = folder / "modules.json"
+    dense: list[str] = []
     if not modules_path.is_file():
-        return pooling, max_seq_length, _checked(settings)
+        return pooling, max_seq_length, _checked(settings), dense
     if (folder / "config_sentence_transformers.json").is_file():
         _read_model_config(read_json(folder, "config_sentence_transformers.json", dict), settings)
+    pooled = False
     for module in read_json(folder, "modules.json", list):
         if not isinstance(module, dict):
             raise ConversionError(f"{modules_path}: entries must be JSON objects")
@@ -65,11 +72,18 @@ def sentence_transformers_settings(folder: Path, hf_config: dict | None = None) 
             if not isinstance(include_prompt, bool):
                 raise ConversionError(f"{cfg_path}: include_prompt must be a boolean")
             settings["include_prompt"] = include_prompt
+            pooled = True
+        elif kind.endswith(".Dense"):
+            if not pooled or pooling["normalize"]:
+                where = "after the Normalize" if pooled else "before the Pooling"
+                raise UnsupportedModelError(f"{modules_path}: a Dense module {where} is not supported (tinybert runs "
+                                            "Pooling, the Dense modules, Normalize)")
+            dense.append(path)
         elif kind.endswith(".Normalize"):
             pooling["normalize"] = True
         elif not kind.endswith(".Transformer"):
             raise UnsupportedModelError(f"{modules_path}: module {kind} is not supported")
-    return pooling, max_seq_length, _checked(settings)
+    return pooling, max_seq_length, _checked(settings), dense
 
 
 def _read_model_config(cfg: dict, settings: dict) -> None:

@@ -211,6 +211,39 @@ def build_hf_model(name: str, folder: Path, minilm_dir: Path, seed: int = 0, **s
     return model.electra if name == "electra" else model
 
 
+def save_as_sentence_transformer(folder: Path, max_seq_length: int, width: int = 64, pooling: str = "mean",
+                                 dense: tuple = (), seed: int = 0) -> None:
+    """Save a transformers model folder of hidden size ``width`` as sentence-transformers saves one: Transformer,
+    Pooling (``pooling``: "mean" or "lasttoken"), a Dense module per entry of ``dense`` ((out_features, bias,
+    activation module) each: sentence-transformers' own Dense with seeded random weights, saved by it, so the
+    folder is what it writes), Normalize."""
+    import torch
+    from sentence_transformers.base.modules.dense import Dense
+
+    modules = [{"idx": 0, "name": "0", "path": "", "type": "sentence_transformers.models.Transformer"},
+               {"idx": 1, "name": "1", "path": "1_Pooling", "type": "sentence_transformers.models.Pooling"}]
+    (folder / "1_Pooling").mkdir()
+    (folder / "1_Pooling" / "config.json").write_text(json.dumps(
+        {"word_embedding_dimension": width, "pooling_mode_mean_tokens": pooling == "mean",
+         "pooling_mode_lasttoken": pooling == "lasttoken", "pooling_mode_cls_token": False,
+         "pooling_mode_max_tokens": False, "pooling_mode_mean_sqrt_len_tokens": False, "include_prompt": True}))
+    torch.manual_seed(seed)
+    for out_features, bias, activation in dense:
+        path = f"{len(modules)}_Dense"
+        (folder / path).mkdir()
+        Dense(width, out_features, bias=bias, activation_function=activation).save(str(folder / path))
+        modules.append({"idx": len(modules), "name": str(len(modules)), "path": path,
+                        "type": "sentence_transformers.models.Dense"})
+        width = out_features
+    path = f"{len(modules)}_Normalize"
+    (folder / path).mkdir()
+    modules.append({"idx": len(modules), "name": str(len(modules)), "path": path,
+                    "type": "sentence_transformers.models.Normalize"})
+    (folder / "modules.json").write_text(json.dumps(modules))
+    (folder / "sentence_bert_config.json").write_text(json.dumps({"max_seq_length": max_seq_length,
+                                                                  "do_lower_case": False}))
+
+
 @pytest.fixture(scope="session")
 def hf_tokenizer(minilm_dir):
     from transformers import AutoTokenizer
@@ -507,6 +540,54 @@ def decoder_model(tmp_path_factory, bpe_tokenizer_file):
         return cache[key]
 
     return get
+
+
+# EmbeddingGemma's prompts (its config_sentence_transformers.json has more; these two are what encode_query and
+# encode_document use)
+EMBEDDING_GEMMA_PROMPTS = {"query": "task: search result | query: ", "document": "title: none | text: "}
+
+
+@pytest.fixture(scope="session")
+def embedding_gemma(tmp_path_factory, bpe_tokenizer_file):
+    """An EmbeddingGemma-shaped sentence-transformers folder on random weights: a bidirectional Gemma3TextModel
+    (sliding window 8 in config.json, so keys within ±4 on its sliding layers; sliding, full and sliding layers;
+    4 query heads sharing 2 key/value heads), mean Pooling, Dense 64 → 256 and 256 → 48 without biases or
+    activations (EmbeddingGemma's 768 → 3072 → 768; the output narrower than the hidden size here, so that a
+    width mix-up shows), Normalize, EmbeddingGemma's prompts, max_seq_length 100. Returns (the
+    SentenceTransformer, {"fp32": path, "int8": path}, the folder, the transformers model)."""
+    import torch
+    from sentence_transformers import SentenceTransformer
+    from tinybert_convert import convert
+    from transformers import Gemma3TextConfig, Gemma3TextModel
+
+    folder = tmp_path_factory.mktemp("embeddinggemma") / "st"
+    vocab = json.loads(bpe_tokenizer_file.read_text())["model"]["vocab"]
+    config = Gemma3TextConfig(
+        vocab_size=len(vocab), hidden_size=64, intermediate_size=128, num_hidden_layers=3, num_attention_heads=4,
+        num_key_value_heads=2, head_dim=16, query_pre_attn_scalar=24, max_position_embeddings=256,
+        sliding_window=8, layer_types=["sliding_attention", "full_attention", "sliding_attention"],
+        use_bidirectional_attention=True, bos_token_id=None, eos_token_id=None, pad_token_id=vocab[EOT],
+        rope_parameters={"full_attention": {"rope_type": "default", "rope_theta": 1_000_000.0},
+                         "sliding_attention": {"rope_type": "default", "rope_theta": 10_000.0}})
+    torch.manual_seed(3)
+    model = Gemma3TextModel(config)
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            if "norm" in name:      # Gemma's norms scale by (1 + w): 0.5 .. 1.5
+                param.uniform_(-0.5, 0.5)
+    model.eval()
+    model.save_pretrained(folder)
+    shutil.copy(bpe_tokenizer_file, folder / "tokenizer.json")
+    (folder / "tokenizer_config.json").write_text(json.dumps(
+        {"tokenizer_class": "PreTrainedTokenizerFast", "pad_token": EOT, "padding_side": "right",
+         "model_max_length": 100}))
+    save_as_sentence_transformer(folder, max_seq_length=100, dense=((256, False, torch.nn.Identity()),
+                                                                    (48, False, torch.nn.Identity())))
+    (folder / "config_sentence_transformers.json").write_text(json.dumps(
+        {"prompts": EMBEDDING_GEMMA_PROMPTS, "default_prompt_name": None, "similarity_fn_name": "cosine"}))
+    files = {dtype: convert(folder, folder.parent / f"embeddinggemma-{dtype}.safetensors", dtype=dtype)
+             for dtype in ("fp32", "int8")}
+    return SentenceTransformer(str(folder), device="cpu"), files, folder, model
 
 
 @pytest.fixture(scope="session", autouse=True)

@@ -611,6 +611,7 @@ def _cmd_info(args: argparse.Namespace) -> None:
         "parameters": params,
         "config": cfg.to_dict(),
         "pooling": model.pooling,
+        "dense": model.dense,
         "task": model.task.to_dict(),
         "source": _source(model.metadata.get("source", "")),
     }
@@ -620,15 +621,19 @@ def _cmd_info(args: argparse.Namespace) -> None:
         print(json.dumps(info, indent=2, ensure_ascii=False))
         return
     source = _describe_source(info["source"])
+    # sentence-transformers' Dense modules after pooling, as their widths: "Dense 768→3072→768"
+    widths = [model.dense[0]["in_features"]] + [d["out_features"] for d in model.dense] if model.dense else []
+    dense = f"Dense {'→'.join(map(str, widths))}" if widths else ""
     print(f"{model.path}  ({info['file_bytes'] / 1e6:.1f} MB, format v{info['format_version']})")
     if cfg.kind == "decoder":
         print(f"  architecture  {cfg.architecture} decoder, {cfg.num_layers} layers, hidden {cfg.hidden_size}, "
               f"{cfg.num_heads} heads ({cfg.num_kv_heads} key/value), intermediate {cfg.intermediate_size}, "
-              f"{cfg.norm}, {cfg.activation}{' gated' if cfg.gated_mlp else ''}, {cfg.positions} positions")
+              f"{cfg.norm}, {cfg.activation}{' gated' if cfg.gated_mlp else ''}, {cfg.positions} positions"
+              f"{'' if cfg.causal else ', bidirectional'}")
         print(f"  vocabulary    {cfg.vocab_size} tokens, context {cfg.max_positions}")
         print(f"  weights       {params / 1e6:.1f} M parameters, {model.quantization}")
         if model.task.type == "feature-extraction":      # a decoder embedder (Qwen3-Embedding)
-            print(f"  task          feature-extraction ({model.pooling['mode']} pooling"
+            print(f"  task          feature-extraction ({model.pooling['mode']} pooling{', ' + dense if dense else ''}"
                   f"{', normalized' if model.pooling['normalize'] else ''})")
             print(f"  source        {source}")
             print("  use           tinybert embed, tinybert similarity")
@@ -654,7 +659,8 @@ def _cmd_info(args: argparse.Namespace) -> None:
           f"{cfg.num_heads} heads, intermediate {cfg.intermediate_size}, {cfg.activation}")
     print(f"  vocabulary    {cfg.vocab_size} tokens, max length {cfg.max_length}")
     print(f"  weights       {params / 1e6:.1f} M parameters, {model.quantization}")
-    print(f"  pooling       {model.pooling['mode']}{' + L2 normalize' if model.pooling['normalize'] else ''}")
+    print(f"  pooling       {model.pooling['mode']}{' + ' + dense if dense else ''}"
+          f"{' + L2 normalize' if model.pooling['normalize'] else ''}")
     task = model.task
     labels = f" ({len(task.labels)} labels: {', '.join(task.labels[:8])}{' ...' if len(task.labels) > 8 else ''})" \
         if task.labels else ""

@@ -498,7 +498,10 @@ class DecoderConfig:
     the token embedding table (``tie_word_embeddings``). ``max_positions`` is the context length.
     ``scale_embedding``: token rows times √hidden_size (Gemma). ``qk_norm``, ``post_norms``, ``score_scale``,
     ``layer_windows`` (one entry per layer, or none) and ``local_rope`` are BlockConfig's (Qwen3, Gemma 3);
-    files of earlier converters lack them and mean their defaults.
+    files of earlier converters lack them and mean their defaults. ``causal`` False: every token attends to the
+    whole sequence, windowed layers to the keys less than their window away on either side (EmbeddingGemma,
+    Gemma 3 with use_bidirectional_attention); such a decoder only embeds (no LM head, no KV cache). The file
+    states it only when False, so a causal decoder's file is the same as before the field.
     """
 
     architecture: str
@@ -529,12 +532,15 @@ class DecoderConfig:
     score_scale: float | None = None
     layer_windows: tuple[int, ...] = ()
     local_rope: dict | None = None
+    causal: bool = True
     kind: str = "decoder"
 
     def to_dict(self) -> dict:
         data = asdict(self)
         data["eos_token_ids"] = list(self.eos_token_ids)
         data["layer_windows"] = list(self.layer_windows)
+        if self.causal:     # the default: left out, so that causal files stay readable by earlier runtimes
+            del data["causal"]
         return data
 
     @classmethod
@@ -548,9 +554,9 @@ class DecoderConfig:
         return BlockConfig(hidden_size=self.hidden_size, num_heads=self.num_heads, num_kv_heads=self.num_kv_heads,
                            head_dim=self.head_dim, intermediate_size=self.intermediate_size, norm=self.norm,
                            norm_eps=self.norm_eps, pre_norm=True, activation=self.activation, gated_mlp=self.gated_mlp,
-                           positions=self.positions, max_positions=self.max_positions, rope=self.rope, causal=True,
-                           qk_norm=self.qk_norm, post_norms=self.post_norms, score_scale=self.score_scale,
-                           layer_windows=self.layer_windows, local_rope=self.local_rope)
+                           positions=self.positions, max_positions=self.max_positions, rope=self.rope,
+                           causal=self.causal, qk_norm=self.qk_norm, post_norms=self.post_norms,
+                           score_scale=self.score_scale, layer_windows=self.layer_windows, local_rope=self.local_rope)
 
     @property
     def decoder_block(self) -> BlockConfig:
@@ -583,7 +589,8 @@ class DecoderConfig:
 
 
 # DecoderConfig fields later converters added: a file without them means their defaults (as before them).
-_DECODER_ADDITIONS = ("scale_embedding", "qk_norm", "post_norms", "score_scale", "layer_windows", "local_rope")
+_DECODER_ADDITIONS = ("scale_embedding", "qk_norm", "post_norms", "score_scale", "layer_windows", "local_rope",
+                      "causal")
 
 
 @dataclass(frozen=True)

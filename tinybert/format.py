@@ -15,6 +15,11 @@ Metadata keys (all values are strings, as safetensors requires):
                      {"prompts": {name: text}, "default_prompt_name": str | null, "similarity_fn_name": one of
                      SIMILARITY_FUNCTIONS | null, "truncate_dim": int | null, "include_prompt": bool,
                      "activation_fn": one of CROSS_ENCODER_ACTIVATIONS | null}; see check_sentence_transformers
+    dense            encoders and decoder embedders, optional (absent: none): sentence-transformers' Dense
+                     modules, applied in order to the pooled vector before the Normalize, JSON:
+                     [{"in_features": int, "out_features": int, "activation": one of DENSE_ACTIVATIONS}, ...];
+                     layer i's weights are dense.i.weight [out, in] and dense.i.bias [out], float32 in every
+                     file (a few rows a batch: no GEMM time to save); see check_dense
     quantization     "int8" or "fp32"
     source           free-form description of the converted checkpoint, JSON
     task             the head the file carries, JSON (see ``TaskConfig``): {"type": one of TASKS, ...}
@@ -97,6 +102,10 @@ only when it is a LayerNorm):
     lm_head.weight [Vd, H]                 only when not tied to the decoder token table
     lm_head.bias [Vd]                      final_logits_bias (BART, mBART, Marian)
 
+sentence-transformers Dense modules (metadata ``dense``; encoders and decoder embedders), float32 in every file:
+
+    dense.i.weight [out, in] / .bias [out]  module i after pooling: act(W x + b) (a zero bias where it had none)
+
 Head tensors, by task (``N`` labels, ``M`` the MLM transform width, ``V`` the vocabulary):
 
     head.pooler.weight [H, H] / .bias       first-token dense + activation (BERT pooler, RoBERTa/ELECTRA
@@ -129,6 +138,7 @@ KEY_TARGET_TOKENIZER = "target_tokenizer"
 KEY_SOURCE_ID_MAP = "source_id_map"
 KEY_SOURCE_UNKNOWN_PIECES = "source_unknown_pieces"
 KEY_CHAT_TEMPLATE = "chat_template"
+KEY_DENSE = "dense"
 
 TASKS = ("feature-extraction", "sequence-classification", "token-classification", "question-answering",
          "masked-lm", "pretraining", "text-generation", "text2text-generation")
@@ -149,6 +159,8 @@ QUANTIZATIONS = ("int8", "fp32")
 POOLING_MODES = ("mean", "cls", "max", "mean_sqrt_len", "lasttoken")
 SIMILARITY_FUNCTIONS = ("cosine", "dot", "euclidean", "manhattan")    # sentence-transformers' similarity_fn_name
 CROSS_ENCODER_ACTIVATIONS = ("sigmoid", "identity", "tanh")            # a CrossEncoder's activation_fn
+DENSE_ACTIVATIONS = ("identity", "tanh")        # a sentence-transformers Dense module's activation_function
+MAX_DENSE = 16                                  # Dense modules of a file (real models: one or two)
 # Bounds on the sentence_transformers metadata: real models carry a handful of short prompts.
 MAX_PROMPTS = 64
 MAX_PROMPT_NAME_CHARS = 256
@@ -192,6 +204,11 @@ CROSS_NORM, CROSS_Q, CROSS_KV, CROSS_OUT = "cross_norm", "cross.q", "cross.kv", 
 MLP_NORM, MLP_UP, MLP_DOWN = "mlp_norm", "mlp.up", "mlp.down"
 ATTN_Q_NORM, ATTN_K_NORM = "attn.q_norm", "attn.k_norm"          # per-head query / key norms (qk_norm)
 ATTN_POST_NORM, MLP_POST_NORM = "attn_post_norm", "mlp_post_norm"    # sublayer output norms (post_norms)
+
+
+def dense_prefix(i: int) -> str:
+    """The tensors of sentence-transformers Dense module i (after pooling): ``dense.i.weight`` / ``.bias``."""
+    return f"dense.{i}"
 
 
 def stack_prefix(stack: str = "") -> str:
@@ -397,6 +414,36 @@ def is_quantized_name(name: str) -> bool:
     if name in QUANTIZED_EMBEDDINGS:
         return True
     return name.endswith(".weight") and any(f".{q}.weight" in "." + name for q in QUANTIZED_LINEARS)
+
+
+def dense_tensor_shapes(dense: list[dict]) -> dict[str, tuple[int, ...]]:
+    """The tensors of the Dense modules a checked ``dense`` list describes, with their shapes."""
+    shapes: dict[str, tuple[int, ...]] = {}
+    for i, layer in enumerate(dense):
+        shapes[dense_prefix(i) + ".weight"] = (layer["out_features"], layer["in_features"])
+        shapes[dense_prefix(i) + ".bias"] = (layer["out_features"],)
+    return shapes
+
+
+def check_dense(value: object, width: int) -> str | None:
+    """What is wrong with a ``dense`` list for pooled vectors of ``width`` values, or None when it is valid:
+    at most MAX_DENSE layers, each {"in_features", "out_features", "activation"}, the sizes positive integers
+    below 2**31, each layer's input the width before it. The converter and the loader both check with it."""
+    if not isinstance(value, list) or len(value) > MAX_DENSE:
+        return f"must be a list of at most {MAX_DENSE} layers"
+    for i, layer in enumerate(value):
+        if not isinstance(layer, dict) or set(layer) != {"in_features", "out_features", "activation"}:
+            return f"layer {i} must be an object with exactly the keys activation, in_features, out_features"
+        for name in ("in_features", "out_features"):
+            size = layer[name]
+            if isinstance(size, bool) or not isinstance(size, int) or not 1 <= size < 2 ** 31:
+                return f"layer {i} {name} must be a positive integer"
+        if layer["in_features"] != width:
+            return f"layer {i} takes {layer['in_features']} values, the vector before it has {width}"
+        if layer["activation"] not in DENSE_ACTIVATIONS:
+            return f"layer {i} activation must be one of {DENSE_ACTIVATIONS}"
+        width = layer["out_features"]
+    return None
 
 
 def default_sentence_transformers() -> dict:

@@ -99,6 +99,8 @@ class ModelFile:
     sentence_transformers: dict = field(default_factory=fmt.default_sentence_transformers)
     # decoders: the chat template and the special tokens it reads (format.check_chat_template); None without one
     chat_template: dict | None = None
+    # encoders and decoder embedders: sentence-transformers' Dense modules after pooling (format.check_dense)
+    dense: list = field(default_factory=list)
 
 
 def _json_key(metadata: dict[str, str], key: str) -> object:
@@ -130,7 +132,7 @@ def read_metadata(path: str | Path) -> dict[str, str]:
 
 
 def _expected(config: EncoderConfig | DecoderConfig | Seq2SeqConfig, task: TaskConfig,
-              quantization: str) -> dict[str, tuple[tuple[int, ...], np.dtype]]:
+              quantization: str, dense: list) -> dict[str, tuple[tuple[int, ...], np.dtype]]:
     expected = {}
     if isinstance(config, DecoderConfig):
         shapes = fmt.decoder_tensor_shapes(config.to_dict(), lm_head=task.type == "text-generation")
@@ -139,6 +141,7 @@ def _expected(config: EncoderConfig | DecoderConfig | Seq2SeqConfig, task: TaskC
     else:
         shapes = fmt.encoder_tensor_shapes(config.to_dict())
         shapes.update(fmt.head_tensor_shapes(task.to_dict(), config.to_dict()))
+    shapes.update(fmt.dense_tensor_shapes(dense))
     for name, shape in shapes.items():
         if quantization == "int8" and fmt.is_quantized_name(name):
             expected[name] = (shape, np.dtype(np.int8))
@@ -156,6 +159,9 @@ def load(path: str | Path) -> ModelFile:
     task = TaskConfig.from_dict(_json_key(metadata, fmt.KEY_TASK))
     # a decoder embedder: a decoder with task feature-extraction, pooled like an encoder
     embedder = isinstance(config, DecoderConfig) and task.type == "feature-extraction"
+    if isinstance(config, DecoderConfig) and not config.causal and not embedder:
+        raise ModelFileError(f"{path}: a decoder with bidirectional attention (causal false) only embeds: its task "
+                             "must be feature-extraction")
     pooling = None
     if isinstance(config, EncoderConfig) or embedder:
         pooling = _json_key(metadata, fmt.KEY_POOLING)
@@ -170,6 +176,14 @@ def load(path: str | Path) -> ModelFile:
         problem = fmt.check_sentence_transformers(st_settings)
         if problem:
             raise ModelFileError(f"{path}: bad sentence_transformers metadata: {problem}")
+    dense = []
+    if fmt.KEY_DENSE in metadata:
+        if pooling is None:
+            raise ModelFileError(f"{path}: dense metadata in a {config.kind} file without pooling")
+        dense = _json_key(metadata, fmt.KEY_DENSE)
+        problem = fmt.check_dense(dense, config.hidden_size)
+        if problem:
+            raise ModelFileError(f"{path}: bad dense metadata: {problem}")
     chat_template = None
     if fmt.KEY_CHAT_TEMPLATE in metadata:
         if not isinstance(config, DecoderConfig):
@@ -204,7 +218,7 @@ def load(path: str | Path) -> ModelFile:
         if config.num_layers * 6 > len(names):
             raise ModelFileError(f"{path}: config claims {config.num_layers} layers, "
                                  f"the file holds only {len(names)} tensors")
-        expected = _expected(config, task, quantization)
+        expected = _expected(config, task, quantization, dense)
         tied_head = fmt.LM_HEAD + ".weight" + fmt.SMOOTH_SUFFIX
         if quantization == "int8":      # optional: 8-bit input layers (see format.SMOOTH_SUFFIX)
             for name, (shape, dtype) in list(expected.items()):
@@ -245,7 +259,7 @@ def load(path: str | Path) -> ModelFile:
     except Exception as exc:
         raise ModelFileError(f"{path}: cannot read tensors ({exc})") from None
     return ModelFile(path, config, tensors, tokenizer, pooling, quantization, metadata, task, options,
-                     target_tokenizer, source_id_map, unknown_pieces, st_settings, chat_template)
+                     target_tokenizer, source_id_map, unknown_pieces, st_settings, chat_template, dense)
 
 
 _GENERATION_TASKS = ("text-generation", "text2text-generation")

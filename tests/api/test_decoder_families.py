@@ -118,7 +118,6 @@ def _refused(folder, tmp_path, **changes) -> None:
 @pytest.mark.parametrize("name, changes", [
     ("gemma3", {"final_logit_softcapping": 30.0}),
     ("gemma3", {"attn_logit_softcapping": 50.0}),
-    ("gemma3", {"use_bidirectional_attention": True}),
     ("gemma3", {"hidden_activation": "relu"}),
     ("gemma3", {"sliding_window": None}),       # sliding layers with their local rope but no window
     ("phi3", {"partial_rotary_factor": 0.5}),

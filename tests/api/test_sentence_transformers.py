@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import sentence_transformers as st
-from conftest import build_hf_model
+from conftest import build_hf_model, save_as_sentence_transformer
 from safetensors import safe_open
 from tinybert_convert import convert
 from tinybert_convert.writer import write_safetensors
@@ -39,21 +39,6 @@ def minilm(minilm_files) -> dict[str, tinybert.Encoder]:
     return {dtype: tinybert.Encoder(path) for dtype, path in minilm_files.items()}
 
 
-def _as_sentence_transformer(folder: Path, max_seq_length: int) -> None:
-    """Save a 64-wide transformers model folder as sentence-transformers saves one: Transformer, mean Pooling,
-    Normalize."""
-    (folder / "1_Pooling").mkdir()
-    (folder / "1_Pooling" / "config.json").write_text(json.dumps(
-        {"word_embedding_dimension": 64, "pooling_mode_mean_tokens": True, "pooling_mode_cls_token": False,
-         "pooling_mode_max_tokens": False, "pooling_mode_mean_sqrt_len_tokens": False}))
-    (folder / "modules.json").write_text(json.dumps([
-        {"idx": 0, "name": "0", "path": "", "type": "sentence_transformers.models.Transformer"},
-        {"idx": 1, "name": "1", "path": "1_Pooling", "type": "sentence_transformers.models.Pooling"},
-        {"idx": 2, "name": "2", "path": "2_Normalize", "type": "sentence_transformers.models.Normalize"}]))
-    (folder / "sentence_bert_config.json").write_text(json.dumps({"max_seq_length": max_seq_length,
-                                                                  "do_lower_case": False}))
-
-
 @pytest.fixture(scope="module")
 def prompted(tmp_path_factory, minilm_dir):
     """A random BERT saved as a sentence-transformers folder (mean pooling, Normalize, max_seq_length 48) with
@@ -62,7 +47,7 @@ def prompted(tmp_path_factory, minilm_dir):
     root = tmp_path_factory.mktemp("st_prompted")
     folder = root / "hf"
     build_hf_model("bert", folder, minilm_dir, seed=11)
-    _as_sentence_transformer(folder, max_seq_length=48)
+    save_as_sentence_transformer(folder, max_seq_length=48)
     (folder / "config_sentence_transformers.json").write_text(json.dumps(
         {"prompts": PROMPTS, "default_prompt_name": "classify", "similarity_fn_name": "dot", "truncate_dim": 48}))
     path = convert(folder, root / "fp32.safetensors", dtype="fp32")
@@ -408,7 +393,7 @@ def test_family_sentence_encoder_matches_sentence_transformers(family, tmp_path,
     SentenceTransformer of the same folder."""
     folder = tmp_path / "hf"
     build_hf_model(family, folder, minilm_dir, seed=5)
-    _as_sentence_transformer(folder, max_seq_length=40)
+    save_as_sentence_transformer(folder, max_seq_length=40)
     ref_model = st.SentenceTransformer(str(folder), device="cpu")
     ref = ref_model.encode(texts)
     assert np.allclose(np.linalg.norm(ref, axis=1), 1.0, atol=1e-5)
@@ -424,3 +409,119 @@ def test_family_sentence_encoder_matches_sentence_transformers(family, tmp_path,
             cos = (got * ref).sum(1)
             print(f"{family} sentence embeddings int8 worst cosine {cos.min():.5f}")
             assert cos.min() >= 0.99, cos.min()
+
+
+# --------------------------------------------------------------------------- Dense modules after pooling
+
+@pytest.fixture(scope="module")
+def dense_bert(tmp_path_factory, minilm_dir):
+    """A random BERT saved as a sentence-transformers folder with two Dense modules after the mean Pooling (64 →
+    96 with bias and Tanh, sentence-transformers' default activation; 96 → 32 without bias, Identity), then
+    Normalize; converted fp32 and int8; the SentenceTransformer of the same folder."""
+    import torch
+
+    root = tmp_path_factory.mktemp("st_dense")
+    folder = root / "hf"
+    build_hf_model("bert", folder, minilm_dir, seed=13)
+    save_as_sentence_transformer(folder, max_seq_length=48, dense=((96, True, torch.nn.Tanh()),
+                                                                   (32, False, torch.nn.Identity())), seed=2)
+    files = {dtype: convert(folder, root / f"{dtype}.safetensors", dtype=dtype) for dtype in ("fp32", "int8")}
+    return st.SentenceTransformer(str(folder), device="cpu"), files, folder
+
+
+def test_dense_modules_match_sentence_transformers(dense_bert, texts):
+    ref_model, files, _ = dense_bert
+    assert [type(m).__name__ for m in ref_model] == ["Transformer", "Pooling", "Dense", "Dense", "Normalize"]
+    ref = ref_model.encode(texts)
+    enc = tinybert.Encoder(files["fp32"])
+    assert enc.dimension == enc.get_sentence_embedding_dimension() == ref_model.get_embedding_dimension() \
+        == 32 != enc.config.hidden_size
+    got = enc.encode(texts, batch_size=7)
+    worst = float(np.abs(got - ref).max())
+    print(f"BERT + Dense (Tanh, Identity) fp32: max |embedding - sentence-transformers| {worst:.2e}")
+    assert got.shape == ref.shape == (len(texts), 32) and worst <= 1e-5
+    # token embeddings are the transformer's, before Pooling and Dense
+    assert enc.encode(texts[:2], output_value="token_embeddings")[0].shape[1] == 64
+    np.testing.assert_allclose(enc.encode(texts[:6], truncate_dim=16, normalize_embeddings=True),
+                               ref_model.encode(texts[:6], truncate_dim=16, normalize_embeddings=True), atol=1e-5)
+    # normalize=False leaves out the Normalize module alone: the Dense modules still apply
+    unnormalized = st.SentenceTransformer(modules=list(ref_model)[:-1], device="cpu")
+    np.testing.assert_allclose(enc.encode(texts[:6], normalize=False), unnormalized.encode(texts[:6]), atol=1e-5)
+    int8 = tinybert.Encoder(files["int8"]).encode(texts)
+    cos = (int8 * ref).sum(axis=1)
+    print(f"BERT + Dense int8: cosine to sentence-transformers fp32 min {cos.min():.5f} mean {cos.mean():.5f}")
+    assert cos.min() >= 0.99
+    assert enc.encode([]).shape == (0, 32)
+
+
+def _edited(folder: Path, tmp_path: Path, name: str, edit) -> Path:
+    copy = tmp_path / name
+    shutil.copytree(folder, copy)
+    edit(copy)
+    return copy
+
+
+def _set_json(path: Path, **changes) -> None:
+    path.write_text(json.dumps({**json.loads(path.read_text()), **changes}))
+
+
+@pytest.mark.parametrize("name, edit, error, match", [
+    ("relu", lambda f: _set_json(f / "2_Dense" / "config.json",
+                                 activation_function="torch.nn.modules.activation.ReLU"),
+     tinybert.UnsupportedModelError, "activation_function"),
+    ("custom", lambda f: _set_json(f / "2_Dense" / "config.json", activation_function="my_package.Swish"),
+     tinybert.UnsupportedModelError, "activation_function"),
+    ("residual", lambda f: _set_json(f / "3_Dense" / "config.json", use_residual=True),
+     tinybert.UnsupportedModelError, "use_residual"),
+    ("token-level", lambda f: _set_json(f / "2_Dense" / "config.json", module_input_name="token_embeddings"),
+     tinybert.UnsupportedModelError, "token_embeddings"),
+    ("in-features", lambda f: _set_json(f / "3_Dense" / "config.json", in_features=64),
+     tinybert.ConversionError, "in_features 64"),
+    ("weight-shape", lambda f: _set_json(f / "3_Dense" / "config.json", out_features=33),
+     tinybert.ConversionError, "shape"),
+    ("no-config", lambda f: (f / "2_Dense" / "config.json").unlink(), tinybert.ConversionError, "missing"),
+    ("after-normalize", lambda f: (f / "modules.json").write_text(json.dumps(
+        [m for m in json.loads((f / "modules.json").read_text()) if "Dense" not in m["type"]]
+        + [m for m in json.loads((f / "modules.json").read_text()) if "Dense" in m["type"]])),
+     tinybert.UnsupportedModelError, "after the Normalize"),
+    ("before-pooling", lambda f: (f / "modules.json").write_text(json.dumps(
+        [json.loads((f / "modules.json").read_text())[i] for i in (0, 2, 1, 3, 4)])),
+     tinybert.UnsupportedModelError, "before the Pooling"),
+])
+def test_bad_dense_modules_are_refused_at_conversion(dense_bert, tmp_path, name, edit, error, match):
+    _, _, folder = dense_bert
+    with pytest.raises(error, match=match):
+        convert(_edited(folder, tmp_path, name, edit), tmp_path / "out.safetensors", dtype="fp32")
+
+
+def test_bad_dense_metadata_is_a_model_file_error(dense_bert, tmp_path):
+    _, files, _ = dense_bert
+    with safe_open(str(files["fp32"]), framework="numpy") as fh:
+        tensors, metadata = {n: fh.get_tensor(n) for n in fh.keys()}, dict(fh.metadata())
+    good = json.loads(metadata[fmt.KEY_DENSE])
+    assert good == [{"in_features": 64, "out_features": 96, "activation": "tanh"},
+                    {"in_features": 96, "out_features": 32, "activation": "identity"}]
+    bad_values = [
+        "not json [", "{}", json.dumps(good * 9),                                    # more than MAX_DENSE layers
+        json.dumps([{**good[0], "activation": "relu"}, good[1]]),
+        json.dumps([{**good[0], "in_features": 32}, good[1]]),                        # not the hidden size
+        json.dumps([good[0], {**good[1], "in_features": 95}]),                        # not the width before it
+        json.dumps([{**good[0], "out_features": 0}, good[1]]),
+        json.dumps([{**good[0], "extra": 1}, good[1]]),
+    ]
+    for i, value in enumerate(bad_values):
+        path = tmp_path / f"bad{i}.safetensors"
+        write_safetensors(path, tensors, {**metadata, fmt.KEY_DENSE: value})
+        with pytest.raises(tinybert.ModelFileError, match="dense"):
+            tinybert.Encoder(path)
+    # the tensors must be the ones the metadata names, with its shapes
+    for i, value in enumerate([json.dumps(good[:1]), json.dumps([good[0], {**good[1], "out_features": 31}])]):
+        path = tmp_path / f"mismatch{i}.safetensors"
+        write_safetensors(path, tensors, {**metadata, fmt.KEY_DENSE: value})
+        with pytest.raises(tinybert.ModelFileError, match="dense.1"):
+            tinybert.Encoder(path)
+    # a file without the key loads without Dense modules (refused: its tensors are unexpected)
+    without = {k: v for k, v in metadata.items() if k != fmt.KEY_DENSE}
+    write_safetensors(tmp_path / "none.safetensors", tensors, without)
+    with pytest.raises(tinybert.ModelFileError, match="unexpected tensors: dense.0"):
+        tinybert.Encoder(tmp_path / "none.safetensors")

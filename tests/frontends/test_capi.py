@@ -102,6 +102,25 @@ def test_embed_example_matches_python(programs, minilm_files):
     np.testing.assert_allclose([s for s, _ in got], [s for s, _ in ref], atol=1e-6, rtol=0)
 
 
+def test_embed_example_on_a_bidirectional_embedder_with_dense_modules(programs, embedding_gemma):
+    """tb_embedding_dim and tb_encode on an EmbeddingGemma-shaped file: its vectors are the last Dense module's 48
+    values, not the hidden size's 64."""
+    from tinybert import Encoder
+
+    _, files, _, _ = embedding_gemma
+    query = "A new film is playing."
+    proc = run_c(programs["embed"], files["int8"], query)
+    assert proc.returncode == 0, proc.stderr.decode()
+    lines = proc.stdout.decode().splitlines()
+    assert lines[-1] == "dim 48"
+    got = [(float(score), text) for score, text in (line.split("\t") for line in lines[:-1])]
+    vectors = Encoder(files["int8"]).encode(SENTENCES + [query])
+    ref = sorted(((float(vectors[i].astype(np.float64) @ vectors[-1].astype(np.float64)), s)
+                  for i, s in enumerate(SENTENCES)), key=lambda x: -x[0])
+    assert [t for _, t in got] == [t for _, t in ref]
+    np.testing.assert_allclose([s for s, _ in got], [s for s, _ in ref], atol=1e-6, rtol=0)
+
+
 def test_classify_example_matches_python(programs, head_model):
     from tinybert import Classifier
 

@@ -38,8 +38,9 @@ def _as_int_array(name: str, value: object, shape: tuple[int, ...] | None) -> np
 
 
 class Encoder:
-    """A BERT-family encoder loaded from a tinybert file, or a decoder embedder (Qwen3-Embedding: a decoder file
-    converted from a sentence-transformers folder, pooled on each text's last token).
+    """A BERT-family encoder loaded from a tinybert file, or a decoder embedder (a decoder file converted from a
+    sentence-transformers folder: Qwen3-Embedding, causal, pooled on each text's last token; EmbeddingGemma,
+    bidirectional, mean-pooled and projected by its Dense modules).
 
     >>> enc = Encoder("all-MiniLM-L6-v2.int8.safetensors")
     >>> enc.encode(["A sentence.", "Another one."]).shape
@@ -87,8 +88,9 @@ class Encoder:
 
     @property
     def dimension(self) -> int:
-        """Length of the vectors ``encode`` returns."""
-        return self.config.hidden_size
+        """Length of the vectors ``encode`` returns (before ``truncate_dim``): the hidden size, or the last Dense
+        module's out_features."""
+        return self.runner.dense.out_features(self.config.hidden_size)
 
     def forward(self, input_ids: object, attention_mask: object = None,
                 token_type_ids: object = None) -> np.ndarray:
@@ -153,7 +155,7 @@ class Encoder:
             if mask.min() < 0 or mask.max() > 1:
                 raise InputError("attention_mask must hold only 0 and 1")
             mask = mask.astype(np.uint8)
-            if isinstance(cfg, DecoderConfig) and np.any(np.diff(mask.astype(np.int8), axis=1) > 0):
+            if isinstance(cfg, DecoderConfig) and cfg.causal and np.any(np.diff(mask.astype(np.int8), axis=1) > 0):
                 # causal attention: padding after a row's tokens never reaches them; before, it would
                 raise InputError("a decoder embedder takes right padding only (attention_mask 1s, then 0s)")
         if token_type_ids is None:
@@ -231,7 +233,8 @@ class Encoder:
         The steps, in sentence-transformers' order: the prompt (``prompt``, else ``prompts[prompt_name]``,
         else the model's default prompt) is put before each text; texts longer than ``max_seq_length``
         tokens are truncated; the tokens are pooled as the file records ("mean", "cls", "max",
-        "mean_sqrt_len"; ``pooling`` overrides it) and L2-normalised when the file has a Normalize module
+        "mean_sqrt_len"; ``pooling`` overrides it), go through the file's Dense modules (sentence-transformers'
+        Dense, in the checkpoint's order) and are L2-normalised when the file has a Normalize module
         (``normalize`` True / False forces it on / off); the vectors are cut to their first ``truncate_dim``
         values (default: the model's truncate_dim); ``normalize_embeddings`` L2-normalises them again after
         the cut; ``precision`` ("float32", "int8", "uint8", "binary", "ubinary") quantises them as
@@ -278,6 +281,7 @@ class Encoder:
         out = np.empty((len(items), self.dimension), dtype=np.float32)
         if items:
             encodings = token_ids(self.tokenizer, items)
+            # pooled and through the model's Dense modules, chunk by chunk (EncoderRunner)
             for rows, _, pooled in self.runner.batches(encodings, batch_size, progress, "encoding", pool=mode):
                 out[rows] = pooled
         if file_normalize:                  # the model's Normalize module: before truncate_dim cuts
@@ -291,7 +295,7 @@ class Encoder:
 
     def _token_embeddings(self, items: list[str], batch_size: int, progress: bool) -> list[np.ndarray]:
         """The last hidden state of each text's tokens, float32 [tokens, hidden] per text, in input order."""
-        out: list[np.ndarray] = [np.empty((0, self.dimension), dtype=np.float32)] * len(items)
+        out: list[np.ndarray] = [np.empty((0, self.config.hidden_size), dtype=np.float32)] * len(items)
         if items:
             encodings = token_ids(self.tokenizer, items)
             for rows, batch, hidden in self.runner.batches(encodings, batch_size, progress, "encoding"):

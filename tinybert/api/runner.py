@@ -14,7 +14,7 @@ from ..config import DecoderConfig, EncoderConfig
 from ..errors import InputError
 from ..models.decoder import DecoderModel
 from ..models.encoder import EncoderModel
-from ..models.heads import TaskHead, pool_segments
+from ..models.heads import DenseModules, TaskHead, pool_segments
 from ..tokenizer import TextTokenizer, pack
 from .opening import Opened
 from .scheduler import Scheduler
@@ -52,7 +52,8 @@ class EncoderRunner:
 
     ``run`` takes one batch on all the threads; ``batches`` many tokenized sequences, batched and
     pipelined. With ``pool`` (a pooling mode, for batches without padding) both give sentence vectors
-    [B, H], each chunk pooled as it leaves the model; without, hidden states [T, H].
+    [B, dim], each chunk pooled as it leaves the model and put through the file's sentence-transformers Dense
+    modules (``dense``; none in most files: dim = H); without, hidden states [T, H].
     """
 
     def __init__(self, opened: Opened) -> None:
@@ -60,11 +61,12 @@ class EncoderRunner:
         self.tokenizer = opened.tokenizer
         self.tokenizer_json: str = opened.file.tokenizer_json
         self.scheduler = Scheduler(opened.threads)
-        if isinstance(self.config, DecoderConfig):      # a decoder embedder (Qwen3-Embedding): causal, no padding
+        if isinstance(self.config, DecoderConfig):      # a decoder embedder (Qwen3-Embedding, EmbeddingGemma)
             decoder = DecoderModel(self.config, opened.tensors, lm_head=False)
-            self.model = lambda ids, type_ids, starts, key_mask: decoder.packed(ids, starts)
+            self.model = lambda ids, type_ids, starts, key_mask: decoder.packed(ids, starts, key_mask)
         else:
             self.model = EncoderModel(self.config, opened.tensors)
+        self.dense = DenseModules(opened.file.dense, opened.tensors)
         task = opened.file.task
         self.head = TaskHead(self.config, task, opened.tensors) if task.type != "feature-extraction" else None
         self._truncating: dict[tuple[int, int, str], TextTokenizer] = {}
@@ -118,4 +120,5 @@ class EncoderRunner:
         up on each call, so that a replaced ``model`` (tests count calls that way) takes effect."""
         if pool is None:
             return lambda b: self.model(b.ids, b.type_ids, b.starts, b.key_mask)
-        return lambda b: pool_segments(self.model(b.ids, b.type_ids, b.starts, b.key_mask), b.starts, pool)
+        return lambda b: self.dense(pool_segments(self.model(b.ids, b.type_ids, b.starts, b.key_mask), b.starts,
+                                                  pool))

@@ -2,7 +2,8 @@
 
 The rows decide how keys are found, so that one block serves encoders and decoders:
 
-    PackedRows  whole sequences packed back to back (encoders): bidirectional within each sequence.
+    PackedRows  whole sequences packed back to back (encoders, bidirectional decoders): bidirectional within each
+                sequence; grouped-query heads are shared by repeating them.
     CachedRows  tokens of sequences held in cache slots (decoders): each row writes its key and value into its
                 slot and attends causally to it, and cross-attends to the source its slot reads.
 
@@ -226,6 +227,20 @@ _NO_CONTENT = np.zeros((0, 0, 0), dtype=np.float32)
 _NO_REL = np.zeros(0, dtype=np.int32)
 
 
+def _shared_kv_heads(qkv: np.ndarray, num_heads: int, num_kv_heads: int, d: int) -> np.ndarray:
+    """Grouped-query attention over packed rows: q | k | v [T, (Hq + 2 Hkv) d] → q | k | v [T, 3 Hq d], key and
+    value head j repeated for query heads j·g .. j·g + g − 1 (g = Hq / Hkv), as transformers' repeat_kv. The
+    packed kernel takes one key head per query head; the copy costs [T, 2 Hq d] floats per layer, little beside
+    the projections (the cached decoder kernels share heads without it)."""
+    n, group, a, kv = qkv.shape[0], num_heads // num_kv_heads, num_heads * d, num_kv_heads * d
+    out = np.empty((n, 3 * a), dtype=np.float32)
+    parts = out.reshape(n, 3, num_kv_heads, group, d)      # a view: q heads, k heads, v heads, by kv group
+    parts[:, 0] = qkv[:, :a].reshape(n, num_kv_heads, group, d)
+    parts[:, 1] = qkv[:, a:a + kv].reshape(n, num_kv_heads, 1, d)
+    parts[:, 2] = qkv[:, a + kv:a + 2 * kv].reshape(n, num_kv_heads, 1, d)
+    return out
+
+
 class PackedRows:
     """Sequence b is rows starts[b]:starts[b+1]; key_mask uint8 [T] is 0 for keys no query may see (padding).
     ``threads``: numba.get_num_threads(), read once per forward (each read costs ~0.8 µs)."""
@@ -251,15 +266,18 @@ class PackedRows:
             self.rope = {w: positions.rope(longest, local=bool(w)) for w in windows}
 
     def attend(self, qkv: np.ndarray, layer: int) -> np.ndarray:
-        """q | k | v rows [T, 3A] → context [T, A]."""
+        """q | k | v rows [T, (Hq + 2 Hkv) d] → context [T, Hq d]."""
         cfg = self.cfg
         window = cfg.layer_windows[layer] if cfg.layer_windows else 0
-        n, a = qkv.shape[0], cfg.num_heads * cfg.head_dim
+        n, d, a = qkv.shape[0], cfg.head_dim, cfg.num_heads * cfg.head_dim
+        qk_width = (cfg.num_heads + cfg.num_kv_heads) * d
         if self.rope is not None:
-            # q and k rotated as one [T, 2·heads, d] array (both take the same angles), in a contiguous copy.
-            qk = np.ascontiguousarray(qkv[:, :2 * a]).reshape(n, 2 * cfg.num_heads, cfg.head_dim)
+            # q and k rotated as one [T, Hq + Hkv, d] array (both take the same angles), in a contiguous copy.
+            qk = np.ascontiguousarray(qkv[:, :qk_width]).reshape(n, cfg.num_heads + cfg.num_kv_heads, d)
             apply_rope(qk, self.at, *self.rope[window])
-            qkv[:, :2 * a] = qk.reshape(n, 2 * a)
+            qkv[:, :qk_width] = qk.reshape(n, qk_width)
+        if cfg.num_kv_heads < cfg.num_heads:
+            qkv = _shared_kv_heads(qkv, cfg.num_heads, cfg.num_kv_heads, d)
         context = np.empty((n, a), dtype=np.float32)
         bias, center = self.bias[window]
         c2p, p2c, rel = self._content(qkv, layer)

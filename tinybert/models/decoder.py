@@ -6,6 +6,10 @@ Tokens travel packed: row r is token ``ids[r]`` of the sequence in cache slot ``
 ``positions[r]``. A prefill is all prompt tokens of all sequences at once (no padding); a decode step is one
 row per unfinished sequence. Each row writes its key/value into the cache and attends to positions
 0..positions[r] of its own slot, so prompts of different lengths never need padding or masks.
+
+A bidirectional decoder (config ``causal`` False: EmbeddingGemma) only embeds: its blocks run over packed
+sequences as an encoder's do (attention.PackedRows), every token attending to its whole sequence (windowed layers:
+to the keys within their window on either side), with no cache.
 """
 
 from __future__ import annotations
@@ -22,6 +26,7 @@ from ..layers import (
     KVCache,
     Linear,
     Norm,
+    PackedRows,
     Positions,
     TransformerBlock,
     cache_dtype,
@@ -70,15 +75,25 @@ class DecoderModel:
             x = block(x, rows)
         return x, rows.threads
 
-    def packed(self, ids: np.ndarray, starts: np.ndarray) -> np.ndarray:
+    def packed(self, ids: np.ndarray, starts: np.ndarray, key_mask: np.ndarray | None = None) -> np.ndarray:
         """Last hidden state float32 [T, H] (after the final norm) of whole sequences packed back to back
         (sequence b = rows starts[b]:starts[b+1], each shorter than max_positions; ids validated), as an
-        encoder returns it: each sequence in its own slot of a cache made for this call."""
+        encoder returns it. Causal: each sequence in its own slot of a cache made for this call (``key_mask`` is
+        not read: the caller pads on the right only, where no real token looks). Bidirectional: over packed rows,
+        keys with ``key_mask`` 0 (uint8 [T]; None: none) left out."""
         lengths = np.diff(starts)
-        slots = np.repeat(np.arange(lengths.size, dtype=np.int32), lengths)
         positions = (np.arange(ids.size) - np.repeat(starts[:-1], lengths)).astype(np.int32)
-        cache = KVCache(self.config, lengths.size, int(lengths.max()), dtype=self.kv_dtype)
-        x, _ = self._blocks(ids, slots, positions, cache)
+        if self.block_config.causal:
+            slots = np.repeat(np.arange(lengths.size, dtype=np.int32), lengths)
+            cache = KVCache(self.config, lengths.size, int(lengths.max()), dtype=self.kv_dtype)
+            x, _ = self._blocks(ids, slots, positions, cache)
+        else:
+            x = self.embeddings(ids, positions)
+            if key_mask is None:
+                key_mask = np.ones(ids.size, dtype=np.uint8)
+            rows = PackedRows(self.block_config, self.positions, starts, key_mask, numba.get_num_threads())
+            for block in self.blocks:
+                x = block(x, rows)
         x = self.final_norm(x, out=x)
         check_finite(x, "hidden states")
         return x

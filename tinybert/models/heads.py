@@ -6,12 +6,15 @@ Every family's head is built from the same parts, with the differences as data (
     classifier  W x + b                              (sequence / token classification, QA start-end logits)
     masked LM   LayerNorm(act(W h + b)) → decoder    (decoder tied to the token embeddings or not)
     NSP         W pooled + b                         (BERT pretraining)
+
+and sentence-transformers' Dense modules, which take the pooled sentence vector: act(W x + b), one after another.
 """
 
 from __future__ import annotations
 
 import numpy as np
 
+from .. import format as fmt
 from ..config import EncoderConfig, TaskConfig
 from ..errors import InputError, check_finite
 from ..kernels.activations import ACTIVATIONS
@@ -46,6 +49,27 @@ def pool_segments(hidden: np.ndarray, starts: np.ndarray, mode: str) -> np.ndarr
 def l2_normalize(x: np.ndarray) -> np.ndarray:
     norm = np.sqrt((x.astype(np.float64) ** 2).sum(axis=1, keepdims=True))
     return (x / np.maximum(norm, 1e-12)).astype(np.float32)
+
+
+class DenseModules:
+    """sentence-transformers' Dense modules on pooled vectors [B, in] → [B, out]: x = act(W x + b) for each, in
+    the order of the checkpoint's modules.json (``layers``: the file's checked ``dense`` list); float32 weights,
+    tinybert's own fp32 GEMM."""
+
+    def __init__(self, layers: list[dict], tensors: dict[str, np.ndarray]) -> None:
+        self.layers = [(Linear(tensors, fmt.dense_prefix(i)), layer["activation"]) for i, layer in enumerate(layers)]
+
+    def out_features(self, width: int) -> int:
+        """The width of the vectors they return for pooled vectors of ``width`` values."""
+        return self.layers[-1][0].out_features if self.layers else width
+
+    def __call__(self, x: np.ndarray) -> np.ndarray:
+        for linear, activation in self.layers:
+            x = linear(np.ascontiguousarray(x, dtype=np.float32))
+            if activation == "tanh":
+                np.tanh(x, out=x)
+        check_finite(x, "Dense module outputs")
+        return x
 
 
 def _finite(logits: np.ndarray) -> np.ndarray:
