@@ -16,7 +16,7 @@ from conftest import hf_greedy
 
 import tinybert
 from tinybert.config import DecoderConfig
-from tinybert.errors import ModelFileError, UnsupportedModelError
+from tinybert.errors import InputError, ModelFileError, UnsupportedModelError
 from tinybert.layers.attention import RotaryTables
 
 FAMILIES = ["qwen3", "phi3", "gemma3"]
@@ -212,6 +212,27 @@ def test_phi3_longrope_int8_agreement(decoder_model):
     print(f"phi3 longrope int8: greedy tokens identical to transformers fp32 for the first {same} of 32; "
           f"logits cosine min {min(cos):.5f} mean {np.mean(cos):.5f}, generation steps min {min(steps):.5f}")
     assert min(cos) >= 0.99 and min(steps) >= 0.99
+
+
+def test_phi3_without_long_factors_stops_at_the_original(decoder_model, tmp_path):
+    """A longrope config without long factors (like a file converted before tinybert kept them): the context ends
+    at the original 24 positions, within which the short factors are transformers'."""
+    from tinybert_convert import convert
+
+    model, files = decoder_model("phi3-long")
+    src = tmp_path / "src"
+    shutil.copytree(files["fp32"].parent / "hf", src)
+    config = json.loads((src / "config.json").read_text())
+    config["rope_parameters"].pop("long_factor")
+    (src / "config.json").write_text(json.dumps(config))
+    gen = tinybert.Generator(convert(src, tmp_path / "short.safetensors", dtype="fp32"))
+    assert gen.config.max_positions == 24 and "long_factors" not in gen.config.rope
+    ids = _long_text(gen, 23)           # (its tokenizer truncates at the context, 24)
+    np.testing.assert_allclose(gen.logits(np.array([ids]))[0], _hf_logits(model, ids), atol=1e-4)
+    with pytest.raises(InputError):
+        gen.logits(np.array([ids + ids[:2]]))           # 25 positions
+    (out,) = gen.generate_ids([ids[:20]], max_new_tokens=50)
+    assert len(out["token_ids"]) == 4 and out["finish_reason"] == "length"
 
 
 def _refused(folder, tmp_path, **changes) -> None:

@@ -182,7 +182,9 @@ class Generator(OpenedModel):
     def logits(self, input_ids: object, attention_mask: object = None) -> np.ndarray:
         """Next-token logits float32 [batch, seq, vocab] for every position, as transformers'
         ``model(input_ids, attention_mask).logits`` (for scoring and perplexity). Padding (mask 0)
-        may sit on either side of each row; its logits are 0."""
+        may sit on either side of each row; its logits are 0. Each row is computed alone: a longrope
+        row (Phi-3) takes its long factors iff it reaches the original context, as transformers does
+        for that row by itself (transformers decides for a whole padded batch)."""
         ids = np.asarray(input_ids)
         if ids.dtype.kind not in "iu" or ids.ndim != 2 or ids.size == 0:
             raise InputError(f"input_ids must be a non-empty 2-D integer array, got {ids.dtype} {ids.shape}")
