@@ -161,9 +161,10 @@ def decoder_config(hf: dict, folder: Path) -> DecoderConfig:
         else:
             fields["rope"] = _rope(hf)
             fields["qk_norm"] = model_type == "qwen3"
-        if fields["rope"]["type"] == "longrope":
-            # transformers switches to the long factors past the original context: tinybert stops there
-            fields["max_positions"] = min(fields["max_positions"], fields["rope"]["original_max_position_embeddings"])
+        rope = fields["rope"]
+        if rope["type"] == "longrope" and "long_factors" not in rope:
+            # past the original context transformers needs the long factors: without them tinybert stops there
+            fields["max_positions"] = min(fields["max_positions"], rope["original_max_position_embeddings"])
         params = hf.get("rope_scaling") or hf.get("rope_parameters") or {}
         partial = hf.get("partial_rotary_factor", params.get("partial_rotary_factor", 1.0))
         if model_type == "phi3" and partial != 1.0:     # Phi-3 rotates only part of each head then

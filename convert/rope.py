@@ -33,9 +33,11 @@ def rope_from_hf_config(cfg: dict) -> dict:
     ``original_max_position_embeddings`` from a top-level key of that name, else the parameters,
     else ``max_position_embeddings``.
 
-    longrope (Phi-3's, "su" in early configs) keeps its short factors and the attention scaling transformers
-    computes; the context is capped at its original_max_position_embeddings (convert/decoders.py), where
-    transformers uses the short factors.
+    longrope (Phi-3's, "su" in early configs) keeps its short factors ("factors"), its long factors
+    ("long_factors", when the config has them: transformers rotates a forward reaching past
+    original_max_position_embeddings with them; the runtime switches per sequence, tinybert/layers/attention.py)
+    and the attention scaling transformers computes, the same for both. Without long factors the context is
+    capped at original_max_position_embeddings (convert/decoders.py).
 
     Raises ValueError for rope types other than default / linear / llama3 / longrope ("dynamic" rescales
     with the sequence length, "yarn" needs extra attention scaling; neither is implemented), for per-layer-type
@@ -69,10 +71,9 @@ def rope_from_hf_config(cfg: dict) -> dict:
             rope["low_freq_factor"] = _number(params["low_freq_factor"], "low_freq_factor")
             rope["high_freq_factor"] = _number(params["high_freq_factor"], "high_freq_factor")
         if kind == "longrope":
-            factors = params["short_factor"]
-            if not isinstance(factors, list):
-                raise ValueError(f"rope short_factor must be a list of numbers, got {factors!r:.60}")
-            rope["factors"] = [_number(f, "short_factor") for f in factors]
+            rope["factors"] = _factors(params["short_factor"], "short_factor")
+            if params.get("long_factor") is not None:
+                rope["long_factors"] = _factors(params["long_factor"], "long_factor")
         if kind in ("llama3", "longrope"):
             original = cfg.get("original_max_position_embeddings")
             if original is None:
@@ -88,6 +89,12 @@ def rope_from_hf_config(cfg: dict) -> dict:
     except KeyError as err:
         raise ValueError(f"rope type {kind!r} needs {err.args[0]!r} in the config") from None
     return rope
+
+
+def _factors(factors: object, name: str) -> list[float]:
+    if not isinstance(factors, list):
+        raise ValueError(f"rope {name} must be a list of numbers, got {factors!r:.60}")
+    return [_number(f, name) for f in factors]
 
 
 def _longrope_scaling(cfg: dict, params: dict, original: int) -> float:

@@ -55,7 +55,7 @@ SIZES = [10 ** 9, 2 ** 31 - 1, 2 ** 31, 2 ** 63, 10 ** 6, 2 ** 20, 4097]
 ROPE_TYPES = ["default", "linear", "llama3", "dynamic", "yarn", "longrope", "", "LLAMA3", None, 3, ["llama3"]]
 ROPE_KEYS = {"theta": 10000.0, "factor": 8.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
              "original_max_position_embeddings": 8, "attention_scaling": 1.0, "rope_type": "llama3",
-             "beta_fast": 32.0, "mscale": 1.0, "factors": [1.0, 2.0]}
+             "beta_fast": 32.0, "mscale": 1.0, "factors": [1.0, 2.0], "long_factors": [1.0, 2.0]}
 TEXTS = ["the cat sat on the mat", "café 你好 🙂"]
 # Config fields no tensor backs (sizes, ids, scales): picked more often, since nothing but the loader's checks
 # stands between them and an allocation or an index.

@@ -439,6 +439,12 @@ def bpe_tokenizer_file(tmp_path_factory, sentences) -> Path:
     return path
 
 
+def _longrope_factors(n: int) -> dict:
+    """Seeded short and long longrope factors, n of each, uniform in [1, 8]."""
+    rng = np.random.default_rng(24)
+    return {"short_factor": rng.uniform(1, 8, n).tolist(), "long_factor": rng.uniform(1, 8, n).tolist()}
+
+
 def _decoder_configs(vocab: int, eot: int) -> dict:
     from transformers import Gemma3TextConfig, GPT2Config, LlamaConfig, Phi3Config, Qwen2Config, Qwen3Config
 
@@ -458,11 +464,18 @@ def _decoder_configs(vocab: int, eot: int) -> dict:
         "qwen2": lambda: Qwen2Config(**{**llama, "num_key_value_heads": 2}),
         # head_dim 32 with 4 heads: q is wider than the hidden size, as in Qwen3 checkpoints
         "qwen3": lambda: Qwen3Config(**llama, head_dim=32),
-        # longrope with a context 4x the original (attention scaling ≈ 1.14); tinybert stops at the original 160
+        # longrope with a context 4x the original (attention scaling ≈ 1.14); the shared tests stay below the
+        # original 160, where both tinybert and transformers take the short factors
         "phi3": lambda: Phi3Config(**{**llama, "max_position_embeddings": 640}, original_max_position_embeddings=160,
                                    rope_parameters={"rope_type": "longrope", "rope_theta": 10000.0,
                                                     "short_factor": [1.0, 1.1, 1.3, 1.7, 2.2, 3.0, 4.1, 5.5],
                                                     "long_factor": [1.0, 2.0, 4.0, 8.0, 12.0, 16.0, 24.0, 32.0]}),
+        # longrope with an original context of 24 of 96 positions and distinct random factors in [1, 8]: prompts
+        # and generations cross it (tests/api/test_decoder_families.py; not in DECODERS: transformers' left-padded
+        # batches switch factors for the whole batch at once, tinybert per sequence)
+        "phi3-long": lambda: Phi3Config(**{**llama, "max_position_embeddings": 96}, original_max_position_embeddings=24,
+                                        rope_parameters={"rope_type": "longrope", "rope_theta": 10000.0,
+                                                         **_longrope_factors(8)}),
         # a window of 8 positions, well below the generated lengths; global layers with linear rope scaling
         "gemma3": lambda: Gemma3TextConfig(
             **{**llama, "num_hidden_layers": 3, "tie_word_embeddings": True}, head_dim=16, query_pre_attn_scalar=24,

@@ -18,6 +18,7 @@ from .format import (
     POSITION_SCHEMES,
     POSITIONS,
     PROBLEM_TYPES,
+    ROPE_OPTIONAL,
     ROPE_PARAMETERS,
     SEQ2SEQ_FAMILIES,
     SEQ2SEQ_POSITIONS,
@@ -80,25 +81,27 @@ def _check_fields(obj: object, what: str = "config") -> None:
 
 def _check_rope(rope: object) -> None:
     """The canonical rope dict of kernels/rope.py: a known type with exactly its parameters (format.ROPE_PARAMETERS,
-    plus an optional attention_scaling), each a positive number (original_max_position_embeddings a positive
-    integer, longrope's factors a list of them), and for llama3 a low frequency factor below the high one: the
-    tables divide by each of them and by their difference."""
+    plus an optional attention_scaling and the type's format.ROPE_OPTIONAL ones), each a positive number
+    (original_max_position_embeddings a positive integer, longrope's factors and long_factors lists of them), and
+    for llama3 a low frequency factor below the high one: the tables divide by each of them and by their
+    difference."""
     if not isinstance(rope, dict):
         raise ModelFileError("config rope must be a JSON object for rotary positions")
     kind = rope.get("type")
     if not isinstance(kind, str) or kind not in ROPE_PARAMETERS:
         raise ModelFileError(f"config rope type {_short(kind)} is not one of {', '.join(ROPE_PARAMETERS)}")
     names = ROPE_PARAMETERS[kind]
+    optional = ROPE_OPTIONAL.get(kind, ())
     missing = [name for name in names if name not in rope]
-    unknown = sorted(set(rope) - {"type", "attention_scaling", *names})
+    unknown = sorted(set(rope) - {"type", "attention_scaling", *names, *optional})
     if missing or unknown:
         raise ModelFileError(f"config rope of type {kind} " + (f"lacks {', '.join(missing)}" if missing else
                                                                f"has unknown keys {_short(unknown)}"))
-    for name in (*names, "attention_scaling"):
+    for name in (*names, "attention_scaling", *(name for name in optional if name in rope)):
         value = rope.get(name, 1.0)
-        if name == "factors":       # longrope: one factor per frequency (the block checks their number)
+        if name in ("factors", "long_factors"):    # longrope: one factor per frequency (the block checks how many)
             if not (isinstance(value, list) and value and all(_is_number(v) and v > 0 for v in value)):
-                raise ModelFileError(f"config rope factors must be a list of positive numbers, got {_short(value)}")
+                raise ModelFileError(f"config rope {name} must be a list of positive numbers, got {_short(value)}")
             continue
         integer = name == "original_max_position_embeddings"
         if not (_is_int(value) if integer else _is_number(value)) or not value > 0:
@@ -240,13 +243,15 @@ class BlockConfig:
             for rope in (self.rope, *((self.local_rope,) if self.local_rope is not None else ())):
                 _check_rope(rope)
                 if rope["type"] == "longrope":
-                    if len(rope["factors"]) != self.head_dim // 2:
-                        raise ModelFileError(f"config rope factors must be head_dim / 2 = {self.head_dim // 2} "
-                                             "numbers")
-                    # the factors are transformers' short ones, which it uses only within the original context
-                    if self.max_positions > rope["original_max_position_embeddings"]:
+                    for name in ("factors", "long_factors"):
+                        if name in rope and len(rope[name]) != self.head_dim // 2:
+                            raise ModelFileError(f"config rope {name} must be head_dim / 2 = {self.head_dim // 2} "
+                                                 "numbers")
+                    # the factors are transformers' short ones, which it uses only within the original context:
+                    # without the long ones (files of earlier converters) the context ends there
+                    if "long_factors" not in rope and self.max_positions > rope["original_max_position_embeddings"]:
                         raise ModelFileError("config max_positions is above the longrope "
-                                             "original_max_position_embeddings")
+                                             "original_max_position_embeddings and the rope has no long_factors")
         elif self.local_rope is not None:
             raise ModelFileError("config local_rope needs rotary positions")
         if self.post_norms and not self.pre_norm:

@@ -181,6 +181,9 @@ ROPE_PARAMETERS = {"default": ("theta",), "linear": ("theta", "factor"),
                    "llama3": ("theta", "factor", "low_freq_factor", "high_freq_factor",
                               "original_max_position_embeddings"),
                    "longrope": ("theta", "factors", "original_max_position_embeddings")}
+# Optional parameters of a type: longrope's long factors (files of earlier converters lack them, and their context
+# ends at original_max_position_embeddings).
+ROPE_OPTIONAL = {"longrope": ("long_factors",)}
 
 # Tensors quantised to int8 (+ .scale) in an int8 file; everything else stays float32.
 QUANTIZED_LINEARS = ("attn.qkv", "attn.out", "mlp.up", "mlp.down", "cross.q", "cross.kv", "cross.out",

@@ -295,8 +295,8 @@ def test_rope_from_hf_config_rejects_unsupported_types(params):
 @pytest.mark.parametrize("factor", [None, 3.0])
 def test_longrope_tables_match_phi3_within_the_original_context(factor):
     """longrope (Phi-3): transformers' short factors and attention scaling √(1 + ln s / ln L) (s = the config's
-    factor, else max_position_embeddings / L) at every position up to the original context L, which is where
-    tinybert's context ends (convert/decoders.py); "su" is its older name."""
+    factor, else max_position_embeddings / L) at every position up to the original context L, where
+    transformers takes them; "su" is its older name."""
     from transformers import Phi3Config
     from transformers.models.phi3.modeling_phi3 import Phi3RotaryEmbedding
 
@@ -320,6 +320,40 @@ def test_longrope_tables_match_phi3_within_the_original_context(factor):
     legacy = {**cfg.to_dict(), "rope_scaling": {**params, "type": "su"}}
     legacy["rope_scaling"].pop("rope_type")
     assert rope_from_hf_config(legacy) == ours
+
+
+def test_longrope_long_tables_match_phi3_past_the_original_context():
+    """A forward reaching the original context L = 256 takes transformers' long factors at every position, one
+    below L the short ones; RotaryTables (layers/attention.py) holds both in one table and indexes them per row:
+    a position below L, or L plus the position."""
+    from transformers import Phi3Config
+    from transformers.models.phi3.modeling_phi3 import Phi3RotaryEmbedding
+
+    from tinybert.layers.attention import RotaryTables
+
+    rng = np.random.default_rng(3)
+    short, long = rng.uniform(1, 40, 32).tolist(), rng.uniform(1, 40, 32).tolist()
+    cfg = Phi3Config(hidden_size=256, num_attention_heads=4, max_position_embeddings=4096,
+                     original_max_position_embeddings=256,
+                     rope_parameters=dict(rope_type="longrope", rope_theta=10000.0, short_factor=short,
+                                          long_factor=long))
+    ours = rope_from_hf_config(cfg.to_dict())
+    assert ours["long_factors"] == long and ours["factors"] == short
+    tables = RotaryTables(64, 4096, ours)
+    assert tables.switch == 256
+    for n in (200, 256, 257, 700):                  # the call's last position is n − 1
+        at = np.arange(n, dtype=np.int32)
+        with torch.no_grad():
+            hf_cos, hf_sin = Phi3RotaryEmbedding(cfg)(torch.zeros(1), torch.from_numpy(at.astype(np.int64))[None])
+        index, cos, sin = tables.rows(at, np.full(n, n - 1, dtype=np.int32))
+        np.testing.assert_array_equal(index, at + (256 if n > 256 else 0))
+        np.testing.assert_allclose(cos[index], hf_cos[0, :, :32].numpy(), atol=1e-6, rtol=0)
+        np.testing.assert_allclose(sin[index], hf_sin[0, :, :32].numpy(), atol=1e-6, rtol=0)
+    # rows of two sequences in one call, one ending below L: each its own factors
+    at = np.concatenate([np.arange(10), np.arange(300)]).astype(np.int32)
+    last = np.repeat(np.array([9, 299], dtype=np.int32), [10, 300])
+    index, _, _ = tables.rows(at, last)
+    np.testing.assert_array_equal(index, np.concatenate([np.arange(10), 256 + np.arange(300)]))
 
 
 def test_rope_rejects_bad_input():

@@ -182,7 +182,9 @@ class Generator(OpenedModel):
     def logits(self, input_ids: object, attention_mask: object = None) -> np.ndarray:
         """Next-token logits float32 [batch, seq, vocab] for every position, as transformers'
         ``model(input_ids, attention_mask).logits`` (for scoring and perplexity). Padding (mask 0)
-        may sit on either side of each row; its logits are 0."""
+        may sit on either side of each row; its logits are 0. Each row is computed alone: a longrope
+        row (Phi-3) takes its long factors iff it reaches the original context, as transformers does
+        for that row by itself (transformers decides for a whole padded batch)."""
         ids = np.asarray(input_ids)
         if ids.dtype.kind not in "iu" or ids.ndim != 2 or ids.size == 0:
             raise InputError(f"input_ids must be a non-empty 2-D integer array, got {ids.dtype} {ids.shape}")
@@ -330,26 +332,62 @@ class Generator(OpenedModel):
 
 class _DecoderStepper:
     """The decoder-only model as the generation driver's Stepper: block b is cache slots b·n … b·n + n − 1;
-    a prefill runs whole prompts into each block's first slot."""
+    a prefill runs whole prompts into each block's first slot.
+
+    A model whose rotary tables switch to longrope's long factors at a position L (Phi-3 past its original
+    context; layers/attention.py RotaryTables) replays: a sequence whose next token lands on L is fed again
+    from position 0, in the same call, so that all of it is rotated with the long factors, as in one forward
+    of the whole text. transformers' Phi-3 does the same in generate (Phi3ForCausalLM.prepare_inputs_for_generation
+    drops the cache when the text reaches L + 1 tokens): every logit then equals a forward of the text before it,
+    however the text was fed in. Each slot's tokens up to L are kept for that (``history``)."""
 
     def __init__(self, model: DecoderModel, prompts: list[np.ndarray], cache: KVCache, rows_per_block: int,
                  threads: int) -> None:
         self.model, self.prompts, self.cache = model, prompts, cache
         self.rows_per_block, self.threads = rows_per_block, threads
+        switches = model.positions.switches
+        self.switches = np.asarray(switches, dtype=np.int32)
+        self.history = np.zeros((cache.slots, switches[-1] + 1), dtype=np.int32) if switches else None
 
     def prefill(self, inputs: Sequence[int], blocks: Sequence[int]) -> np.ndarray:
         prompts = [self.prompts[i] for i in inputs]
         lengths = np.array([len(p) for p in prompts])
         ids = np.concatenate(prompts).astype(np.int32)
-        slots = np.repeat(np.asarray(blocks, dtype=np.int32) * self.rows_per_block, lengths)
+        firsts = np.asarray(blocks, dtype=np.int32) * self.rows_per_block
+        slots = np.repeat(firsts, lengths)
         positions = np.concatenate([np.arange(n, dtype=np.int32) for n in lengths])
+        if self.history is not None:
+            for slot, prompt in zip(firsts, prompts):
+                kept = prompt[:self.history.shape[1]]
+                self.history[slot, :kept.size] = kept
         with numba_threads(self.threads):
             return self.model(ids, slots, positions, self.cache, logit_rows=np.cumsum(lengths) - 1)
 
     def step(self, tokens: np.ndarray, slots: np.ndarray, positions: np.ndarray, blocks: np.ndarray) -> np.ndarray:
+        logit_rows = None
+        if self.history is not None:
+            tokens, slots, positions, logit_rows = self._replayed(tokens, slots, positions)
         with numba_threads(self.threads):
-            return self.model(tokens, slots, positions, self.cache)
+            return self.model(tokens, slots, positions, self.cache, logit_rows=logit_rows)
+
+    def _replayed(self, tokens: np.ndarray, slots: np.ndarray,
+                  positions: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray | None]:
+        """The step's rows with each row that lands on a switch position preceded by its slot's earlier tokens
+        (positions 0 onwards), and the rows whose logits the step returns (None: all of them)."""
+        kept = positions < self.history.shape[1]
+        self.history[slots[kept], positions[kept]] = tokens[kept]
+        replay = np.isin(positions, self.switches)
+        if not replay.any():
+            return tokens, slots, positions, None
+        counts = np.where(replay, positions + 1, 1)
+        ids = np.concatenate([self.history[s, :p + 1] if r else t[None]
+                              for t, s, p, r in zip(tokens, slots, positions, replay)])
+        at = np.concatenate([np.arange(p + 1, dtype=np.int32) if r else p[None] for p, r in zip(positions, replay)])
+        return ids.astype(np.int32), np.repeat(slots, counts).astype(np.int32), at, np.cumsum(counts) - 1
 
     def copy_slots(self, dest: np.ndarray, src: np.ndarray, upto: int) -> None:
         with numba_threads(self.threads):
             self.cache.copy_slots(dest, src, upto)
+        if self.history is not None:
+            width = min(upto, self.history.shape[1])
+            self.history[dest, :width] = self.history[src, :width]

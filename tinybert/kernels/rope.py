@@ -16,16 +16,19 @@ Hugging Face config, whose key names the runtime does not know):
     {"type": "linear",  "theta": float, "factor": float, "attention_scaling": float}
     {"type": "llama3",  "theta": float, "factor": float, "low_freq_factor": float,
      "high_freq_factor": float, "original_max_position_embeddings": int, "attention_scaling": float}
-    {"type": "longrope", "theta": float, "factors": [float] * (d/2), "original_max_position_embeddings": int,
-     "attention_scaling": float}
+    {"type": "longrope", "theta": float, "factors": [float] * (d/2), "long_factors": [float] * (d/2),
+     "original_max_position_embeddings": int, "attention_scaling": float}
 
 "attention_scaling" is optional (default 1.0); transformers uses 1.0 for the first three types. longrope
-(Phi-3; "su" in older configs) divides θ_i by factors[i]: transformers' longrope (modeling_rope_utils.py)
-picks its short factors while a forward's positions stay within original_max_position_embeddings and the
-long ones beyond it, so the runtime holds the short factors and the context is capped there (config.py
-checks max_positions against it); its attention_scaling (√(1 + ln s / ln L) for s = context / L) applies
-at every length. Other keys are ignored here; a file's rope dict is
-checked before (tinybert/config.py: exactly these keys, positive values, low_freq_factor < high_freq_factor).
+(Phi-3; "su" in older configs) divides θ_i by factors[i]. transformers' longrope (modeling_rope_utils.py)
+takes its short factors while a forward's positions stay below original_max_position_embeddings (L) and its
+long ones for every position of a forward that reaches L. These tables are built from "factors"; the long
+tables are the same dict with "factors" replaced by "long_factors" (tinybert/layers/attention.py
+RotaryTables builds both and picks per sequence). "long_factors" is optional: files of earlier converters
+lack it, and their context is capped at L (config.py checks max_positions against it). The attention_scaling
+(√(1 + ln s / ln L) for s = context / L) is the same for both sets, at every length. Other keys are ignored
+here; a file's rope dict is checked before (tinybert/config.py: exactly these keys, positive values,
+low_freq_factor < high_freq_factor).
 
 Layouts: cos, sin float32 [max_positions, d/2] (transformers duplicates them over both halves; the
 kernel reads the half table twice). ``apply_rope``: x float32 [N, heads, d] rotated in place,

@@ -7,10 +7,10 @@ The rows decide how keys are found, so that one block serves encoders and decode
     CachedRows  tokens of sequences held in cache slots (decoders): each row writes its key and value into its
                 slot and attends causally to it, and cross-attends to the source its slot reads.
 
-Positions are data of the stack (``Positions``): a rotary table applied to q and k, or a bias on the scores
-(T5's relative buckets; ALiBi would be another bias of the same [heads, distance] form). A sliding attention
-window is a bias of that form too: −1e30 on keys a window or more away from the query (behind it in causal rows:
-Gemma 3, Phi-3; on either side in packed rows: ModernBERT's local layers). Which
+Positions are data of the stack (``Positions``): a rotary table applied to q and k (``RotaryTables``), or a bias
+on the scores (T5's relative buckets; ALiBi would be another bias of the same [heads, distance] form). A sliding
+attention window is a bias of that form too: −1e30 on keys a window or more away from the query (behind it in
+causal rows: Gemma 3, Phi-3; on either side in packed rows: ModernBERT's local layers). Which
 rotary table and which bias a layer uses is the config's per-layer data (``BlockConfig.layer_windows``).
 
 DeBERTa (He et al., 2021) adds to q_i · k_j two terms through relative embeddings P (shared by the layers,
@@ -92,16 +92,75 @@ def relative_position_bucket(relative_position: np.ndarray, bidirectional: bool,
     return buckets + np.where(is_small, rel, large)
 
 
+class RotaryTables:
+    """The cos / sin tables of one canonical rope dict (kernels/rope.py) for the positions used so far, grown on
+    demand (a table for a stated context of 10⁷ positions would be gigabytes); a position's entries do not depend
+    on the table's length.
+
+    longrope with long factors (Phi-3 past its original context L = original_max_position_embeddings):
+    transformers rotates every position of a forward with the long factors when the forward reaches position L,
+    with the short ones otherwise. The rule here is per sequence, so that a sequence's result never depends on
+    what else is in the batch: a row takes the long factors iff the last position of ITS sequence in the call is
+    L or more (for one sequence, transformers' rule). Both sets live in one table, rows p < L the short factors'
+    angles at p and rows L + p the long factors' at p, so that any mix of rows is one apply_rope over row
+    indices (``rows``): a position, or L plus it."""
+
+    def __init__(self, head_dim: int, max_positions: int, rope: dict) -> None:
+        self.head_dim, self.max_positions, self.rope = head_dim, max_positions, rope
+        long = rope.get("long_factors") if rope["type"] == "longrope" else None
+        switch = rope.get("original_max_position_embeddings", max_positions)
+        # the position from which a sequence may take the long factors (None: it never does)
+        self.switch: int | None = switch if long is not None and switch < max_positions else None
+        self._long = {**rope, "factors": long} if self.switch is not None else None
+        # One position at load checks the parameters. (cos, sin, short positions held, long positions held), one
+        # tuple, so that a thread never reads one table with the other's counts.
+        cos, sin = rope_tables(head_dim, 1, rope)
+        if self._long is not None:
+            rope_tables(head_dim, 1, self._long)
+        self._tables = (cos, sin, 1, 0)
+
+    def rows(self, at: np.ndarray, last: np.ndarray | None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(index, cos, sin) such that ``apply_rope(x, index, cos, sin)`` rotates rows at positions ``at`` (int32,
+        below max_positions); ``last``: the last position of each row's sequence in this call (None: each row's
+        own position, right when every row is short or every row is at the switch or beyond)."""
+        upto = int(at.max()) + 1 if at.size else 1
+        if self.switch is None or upto <= self.switch:
+            cos, sin, _, _ = self._cover(upto, long=False)
+            return at, cos, sin
+        cos, sin, _, _ = self._cover(upto, long=True)
+        switch = np.int32(self.switch)
+        long = (at if last is None else last) >= switch
+        index = at + switch if long.all() else np.where(long, at + switch, at).astype(np.int32, copy=False)
+        return index, cos, sin
+
+    def _cover(self, upto: int, long: bool) -> tuple[np.ndarray, np.ndarray, int, int]:
+        """The tables, grown by doubling to cover short (or only) positions < ``upto``, or long ones."""
+        tables = self._tables
+        _, _, short_held, long_held = tables
+        d = self.head_dim
+        if not long and short_held < upto:      # short rows never pass the switch
+            held = min(self.switch or self.max_positions, max(upto, 2 * short_held, 256))
+            tables = self._tables = (*rope_tables(d, held, self.rope), held, 0)
+        elif long and long_held < upto:
+            held = min(self.max_positions, max(upto, 2 * long_held, 256))
+            short, longs = rope_tables(d, self.switch, self.rope), rope_tables(d, held, self._long)
+            tables = self._tables = (np.concatenate([short[0], longs[0]]), np.concatenate([short[1], longs[1]]),
+                                     self.switch, held)
+        return tables
+
+
 class Positions:
     """The position data a stack's attention uses: rotary tables, or the relative bias table (T5: layer 0's,
     shared by every layer). Learned and sinusoidal positions live in the embeddings instead."""
 
     def __init__(self, cfg: BlockConfig, tensors: dict[str, np.ndarray], stack: str = "") -> None:
         self.cfg = cfg
-        # Rotary tables cover the positions used so far and grow on demand (a table for a stated context of
-        # 10⁷ positions would be gigabytes); one position at load checks the rope parameters.
-        self._rope = rope_tables(cfg.head_dim, 1, cfg.rope) if cfg.positions == "rope" else None
-        self._local_rope = rope_tables(cfg.head_dim, 1, cfg.local_rope) if cfg.local_rope is not None else None
+        self._rope = RotaryTables(cfg.head_dim, cfg.max_positions, cfg.rope) if cfg.positions == "rope" else None
+        self._local_rope = RotaryTables(cfg.head_dim, cfg.max_positions, cfg.local_rope) \
+            if cfg.local_rope is not None else None
+        # The positions at which a rotary table switches to longrope's long factors (rows then need the last
+        # position of their sequence).
+        self.switches = sorted({t.switch for t in (self._rope, self._local_rope) if t is not None and t.switch})
         self._windows: dict[int, np.ndarray] = {}
         self.table = None
         if cfg.has_relative_bias:
@@ -142,23 +201,19 @@ class Positions:
         lo, hi = int(delta.min()), int(delta.max()) + 1
         return (delta - lo).astype(np.int32), lo, hi
 
-    def rope(self, upto: int, local: bool = False) -> tuple[np.ndarray, np.ndarray] | None:
-        """cos, sin tables covering positions < ``upto`` (≤ max_positions), or None without rotary positions;
-        ``local``: the windowed layers' tables (``local_rope``, else the same). Grown by doubling; a position's
-        entries do not depend on the table's length."""
-        if local and self._local_rope is not None:
-            self._local_rope = self._grown(self._local_rope, upto, self.cfg.local_rope)
-            return self._local_rope
-        if self._rope is None:
-            return None
-        self._rope = self._grown(self._rope, upto, self.cfg.rope)
-        return self._rope
+    def rope(self, at: np.ndarray, last: np.ndarray | None = None,
+             local: bool = False) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
+        """(index, cos, sin) for apply_rope on rows at positions ``at`` (RotaryTables.rows; ``last``: the last
+        position of each row's sequence in the call, needed when ``needs_last``), or None without rotary
+        positions; ``local``: the windowed layers' tables (``local_rope``, else the same)."""
+        tables = self._local_rope if local and self._local_rope is not None else self._rope
+        return None if tables is None else tables.rows(at, last)
 
-    def _grown(self, tables: tuple[np.ndarray, np.ndarray], upto: int, rope: dict) -> tuple[np.ndarray, np.ndarray]:
-        held = tables[0].shape[0]
-        if held >= upto:
-            return tables
-        return rope_tables(self.cfg.head_dim, min(self.cfg.max_positions, max(upto, 2 * held, 256)), rope)
+    def needs_last(self, at: np.ndarray) -> bool:
+        """Whether rows at ``at`` need their sequences' last positions: some row has reached a switch to long
+        factors, and not every row is past every switch (then each row's own position decides)."""
+        return bool(self.switches) and at.size > 0 and int(at.max()) >= self.switches[0] \
+            and int(at.min()) < self.switches[-1]
 
     def window_bias(self, window: int, upto: int) -> np.ndarray:
         """bias[h, p − t] for a query at p and keys t ≤ p < ``upto`` (or more): 0 within ``window`` positions
@@ -262,8 +317,9 @@ class PackedRows:
         self.rope = None
         if cfg.positions == "rope":
             # Rotary positions restart in each sequence (transformers numbers a padded row 0 .. S−1).
-            self.at = (np.arange(starts[-1], dtype=np.int64) - np.repeat(starts[:-1], lengths)).astype(np.int32)
-            self.rope = {w: positions.rope(longest, local=bool(w)) for w in windows}
+            at = (np.arange(starts[-1], dtype=np.int64) - np.repeat(starts[:-1], lengths)).astype(np.int32)
+            last = np.repeat(lengths - 1, lengths) if positions.needs_last(at) else None
+            self.rope = {w: positions.rope(at, last, local=bool(w)) for w in windows}
 
     def attend(self, qkv: np.ndarray, layer: int) -> np.ndarray:
         """q | k | v rows [T, (Hq + 2 Hkv) d] → context [T, Hq d]."""
@@ -274,7 +330,7 @@ class PackedRows:
         if self.rope is not None:
             # q and k rotated as one [T, Hq + Hkv, d] array (both take the same angles), in a contiguous copy.
             qk = np.ascontiguousarray(qkv[:, :qk_width]).reshape(n, cfg.num_heads + cfg.num_kv_heads, d)
-            apply_rope(qk, self.at, *self.rope[window])
+            apply_rope(qk, *self.rope[window])
             qkv[:, :qk_width] = qk.reshape(n, qk_width)
         if cfg.num_kv_heads < cfg.num_heads:
             qkv = _shared_kv_heads(qkv, cfg.num_heads, cfg.num_kv_heads, d)
@@ -311,6 +367,13 @@ class PackedRows:
         return c2p, p2c, rel
 
 
+def _last_of_slot(slots: np.ndarray, at: np.ndarray) -> np.ndarray:
+    """Per row, the largest position among the rows of its cache slot (its sequence) in this call."""
+    top = np.zeros(int(slots.max()) + 1, dtype=np.int32)
+    np.maximum.at(top, slots, at)
+    return top[slots]
+
+
 class CachedRows:
     """Row r is the token at position positions[r] of the sequence in cache slot slots[r] (every earlier
     position of the slot already in the cache or earlier in these rows), whose source is sources[r]."""
@@ -320,11 +383,12 @@ class CachedRows:
         self.cfg, self.slots, self.positions, self.cache, self.threads = cfg, slots, at, cache, threads
         self.scale = _score_scale(cfg)
         upto = int(at.max()) + 1
-        self.rope = positions.rope(upto)
+        last = _last_of_slot(slots, at) if positions.needs_last(at) else None
+        self.rope = positions.rope(at, last)
         self.bias = positions.causal_bias(upto)
         # per layer: its rotary tables and score bias (windowed layers: local rope, window bias)
         windows = cfg.layer_windows if cfg.windowed else ()
-        local = positions.rope(upto, local=True) if windows else None
+        local = positions.rope(at, last, local=True) if windows else None
         self.layer_rope = [local if w else self.rope for w in windows]
         self.layer_bias = [positions.window_bias(w, upto) if w else self.bias for w in windows]
         cache.reserve(upto)
@@ -341,8 +405,8 @@ class CachedRows:
         v = np.ascontiguousarray(qkv[:, (hq + hkv) * d:]).reshape(n, hkv, d)
         rope, bias = (self.layer_rope[layer], self.layer_bias[layer]) if self.layer_bias else (self.rope, self.bias)
         if rope is not None:
-            apply_rope(q, self.positions, *rope)
-            apply_rope(k, self.positions, *rope)
+            apply_rope(q, *rope)
+            apply_rope(k, *rope)
         keys, values = self.cache.self_k[layer], self.cache.self_v[layer]
         write_kv(k, v, self.slots, self.positions, keys, values)
         cached_attention_with_bias(q, keys, values, self.slots, self.positions, self.scale, bias, q)
