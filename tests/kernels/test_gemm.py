@@ -448,6 +448,31 @@ def test_pack_quads_layout(n, k):
     assert not unpacked[n:].any() and not unpacked[:, k:].any()
 
 
+@pytest.mark.parametrize("layout", ["quads", "pairs", "fp32"])
+@pytest.mark.parametrize("n,k", [(1, 1), (17, 5), (40, 770), (300, 64)])
+def test_packed_rows_are_the_weight_rows(n, k, layout):
+    # A tied token table is looked up in the LM head's packed weight: every layout gives the rows back exactly.
+    from tinybert.layers.linear import Linear
+
+    rng = np.random.default_rng(n + k)
+    ids = rng.integers(0, n, 2 * n + 3).astype(np.int32)
+    if layout == "fp32":
+        w = rng.standard_normal((n, k)).astype(np.float32)
+        np.testing.assert_array_equal(g.packed_rows(g.pack_weight_fp32(w), ids, k), w[ids])
+        tensors = {"t.weight": w}
+    else:
+        w = rng.integers(-128, 128, (n, k)).astype(np.int8)
+        np.testing.assert_array_equal(g.packed_rows(g.pack_weight(w, layout), ids, k), w[ids])
+        tensors = {"t.weight": w, "t.weight.scale": rng.random(n).astype(np.float32)}
+    layer = Linear(tensors, "t")
+    values, scales = layer.rows(ids)
+    np.testing.assert_array_equal(values, w[ids])
+    np.testing.assert_array_equal(scales, tensors["t.weight.scale"][ids] if layout != "fp32" else np.zeros(0))
+    for bad in ([-1], [n]):
+        with pytest.raises(IndexError):
+            layer.rows(np.array(bad, dtype=np.int32))
+
+
 def test_pack_quads_rejects_bad_input():
     with pytest.raises(TypeError):
         gv.pack_quads(np.zeros((4, 4), np.int16))

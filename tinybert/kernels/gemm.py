@@ -31,6 +31,7 @@ from . import gemm_vnni
 from .cpu import best_layout as best_layout
 from .cpu import check_layout
 from .gemm_fp32 import F32_PANELS as F32_PANELS
+from .gemm_fp32 import fp32_rows
 from .gemm_fp32 import heads_times_tables as heads_times_tables
 from .gemm_fp32 import is_packed_fp32 as is_packed_fp32
 from .gemm_fp32 import linear_fp32 as linear_fp32
@@ -41,7 +42,7 @@ from .gemm_pairs import NR as NR
 from .gemm_pairs import check_layer as check_layer
 from .gemm_pairs import is_packed as is_packed
 from .gemm_pairs import linear_int8_checked_weights as linear_int8_checked_weights
-from .gemm_pairs import linear_pairs, pack_pairs
+from .gemm_pairs import linear_pairs, pack_pairs, pairs_rows
 from .gemm_pairs import pairs_weight_sums as pairs_weight_sums
 from .gemm_pairs import qlinear_packed as qlinear_packed
 from .quant import ACC_BLOCK as ACC_BLOCK
@@ -67,6 +68,19 @@ def pack_weight(wq: np.ndarray, layout: str | None = None) -> np.ndarray:
     if check_layout(layout) == "quads":
         return gemm_vnni.pack_quads(wq)
     return pack_pairs(wq)
+
+
+def packed_rows(w: np.ndarray, ids: np.ndarray, k_dim: int) -> np.ndarray:
+    """Rows ``ids`` (int32, each in [0, N)) of the [N, k_dim] weight that pack_weight (int8 out) or
+    pack_weight_fp32 (float32 out) packed into w, as they were before packing."""
+    if w.dtype == np.uint8:
+        out, rows = np.empty((ids.shape[0], k_dim), dtype=np.int8), gemm_vnni.quads_rows
+    elif w.dtype == np.int8:
+        out, rows = np.empty((ids.shape[0], k_dim), dtype=np.int8), pairs_rows
+    else:
+        out, rows = np.empty((ids.shape[0], k_dim), dtype=np.float32), fp32_rows
+    rows(w, ids, out)
+    return out
 
 
 def linear_int8(x: np.ndarray, wq: np.ndarray, ws: np.ndarray, bias: np.ndarray,

@@ -317,6 +317,17 @@ def _pack_f32_into(w, packed):
                 packed[p, k, j] = row[k]
 
 
+@njit(cache=True, nogil=True, parallel=True, error_model="numpy")
+def fp32_rows(w, ids, out):
+    """out[i] = row ids[i] of the weight pack_weight_fp32 packed into w (out float32 [n, ≤ K]; ids checked by
+    the caller): see gemm_vnni.quads_rows."""
+    lanes = w.shape[2]
+    for i in prange(ids.shape[0]):
+        p, j = ids[i] // lanes, ids[i] % lanes
+        for k in range(out.shape[1]):
+            out[i, k] = w[p, k, j]
+
+
 def is_packed_fp32(w: np.ndarray) -> bool:
     """True for the output of pack_weight_fp32 (float32, 3-d, last axis NR)."""
     return w.dtype == np.float32 and w.ndim == 3 and w.shape[2] == NR

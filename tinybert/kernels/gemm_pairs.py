@@ -107,6 +107,17 @@ def _pack_into(wq, packed):
                 packed[p, k // 2, 2 * j + (k & 1)] = row[k]
 
 
+@njit(cache=True, nogil=True, parallel=True, error_model="numpy")
+def pairs_rows(wp, ids, out):
+    """out[i] = row ids[i] of the int8 weight pack_pairs packed into wp (out int8 [n, ≤ K]; ids checked by the
+    caller): see gemm_vnni.quads_rows."""
+    lanes = wp.shape[2] // 2
+    for i in prange(ids.shape[0]):
+        p, j = ids[i] // lanes, ids[i] % lanes
+        for k in range(out.shape[1]):
+            out[i, k] = wp[p, k // 2, 2 * j + (k & 1)]
+
+
 def is_packed(w: np.ndarray) -> bool:
     """True for the output of pack_weight (int8, 3-d, last axis 2*NR); False for raw int8 [N, K].
 

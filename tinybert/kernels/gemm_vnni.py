@@ -140,6 +140,17 @@ def _pack_quads_into(wq, packed):
             packed[p, k // 4, 4 * j + (k & 3)] = np.uint8(np.int16(wq[n, k]) + 128)
 
 
+@njit(cache=True, nogil=True, parallel=True, error_model="numpy")
+def quads_rows(wp, ids, out):
+    """out[i] = row ids[i] of the int8 weight pack_quads packed into wp (out int8 [n, ≤ K]; ids checked by the
+    caller): a tied token table's lookups read the LM head's packed copy, so the table is not held twice."""
+    lanes = wp.shape[2] // 4
+    for i in prange(ids.shape[0]):
+        p, j = ids[i] // lanes, ids[i] % lanes
+        for k in range(out.shape[1]):
+            out[i, k] = np.int8(np.int16(wp[p, k // 4, 4 * j + (k & 3)]) - 128)
+
+
 def is_quads(w: np.ndarray) -> bool:
     """True for the output of pack_quads (uint8, 3-d, last axis 64)."""
     return w.dtype == np.uint8 and w.ndim == 3 and w.shape[2] == 4 * NR

@@ -62,16 +62,22 @@ class Embeddings:
     A sinusoidal ``padding_idx`` selects fairseq's table (``fairseq_sinusoidal_table``, whose rows the caller's
     positions index directly: the padding offset is the caller's) over Marian's.
     ``scale``: multiply the token rows by √width (Marian). The norm, token types and projection are there when
-    the file has them.
+    the file has them. ``tied``: the LM head whose weight is this token table (``tokens_name``); rows are then
+    looked up in its packed copy, so that the table is not held twice (a 152k-row table is 156 MB in int8).
     """
 
     def __init__(self, tensors: dict[str, np.ndarray], stack: str, positions: str, max_positions: int,
                  norm: str = "layernorm", norm_eps: float = 1e-5, scale: bool = False,
-                 shared_tokens: bool = True, padding_idx: int | None = None) -> None:
+                 shared_tokens: bool = True, padding_idx: int | None = None, tied: Linear | None = None) -> None:
         names = fmt.embed_names(stack, shared_tokens)
-        self.tokens = tensors[names["tokens"]]
-        self.token_scale = tensors.get(names["tokens"] + fmt.SCALE_SUFFIX, _NO_SCALE)
-        width = self.tokens.shape[1]
+        self.tied = tied
+        if tied is None:
+            self.tokens = tensors[names["tokens"]]
+            self.token_scale = tensors.get(names["tokens"] + fmt.SCALE_SUFFIX, _NO_SCALE)
+        else:
+            self.tokens = self.token_scale = None
+        width = tied.in_features if tied is not None else self.tokens.shape[1]
+        self.width = width
         self.factor = np.float32(math.sqrt(width) if scale else 1.0)
         self.positions = _NONE
         if positions == "learned":
@@ -87,13 +93,16 @@ class Embeddings:
 
     def __call__(self, ids: np.ndarray, positions: np.ndarray, type_ids: np.ndarray | None = None) -> np.ndarray:
         """ids, positions (, type_ids) int32 [N], validated → float32 [N, H]."""
-        out = np.empty((ids.size, self.tokens.shape[1]), dtype=np.float32)
+        out = np.empty((ids.size, self.width), dtype=np.float32)
         if self.sinusoidal_limit and ids.size:
             self._sinusoidal(int(positions.max()) + 1)
         if type_ids is None:
             type_ids = np.zeros_like(ids) if self.types.size else ids     # ids: any int32 [N] the kernel ignores
-        embed(ids, positions, type_ids, self.tokens, self.token_scale, self.factor,
-              self.positions, self.types, out)
+        tokens, token_scale = self.tokens, self.token_scale
+        if self.tied is not None:       # this call's rows, in order: the kernel then reads row t for token t
+            tokens, token_scale = self.tied.rows(ids)
+            ids = np.arange(ids.size, dtype=np.int32)
+        embed(ids, positions, type_ids, tokens, token_scale, self.factor, self.positions, self.types, out)
         if self.norm is not None:
             self.norm(out, out=out)
         return self.proj(out) if self.proj is not None else out
@@ -102,6 +111,6 @@ class Embeddings:
         held = self.positions.shape[0]
         if held < upto:     # doubling; a position's row does not depend on the table's length
             grown = min(self.sinusoidal_limit, max(upto, 2 * held, 256))
-            dim = self.tokens.shape[1]
+            dim = self.width
             self.positions = sinusoidal_table(grown, dim) if self.padding_idx is None else \
                 fairseq_sinusoidal_table(grown, dim, self.padding_idx)

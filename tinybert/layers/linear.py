@@ -8,6 +8,8 @@ import numpy as np
 from ..format import SCALE_SUFFIX, SMOOTH_SUFFIX
 from ..kernels import gemm, gemm_vnni
 
+_NO_SCALE = np.zeros(0, dtype=np.float32)
+
 
 class Linear:
     """y = x @ W.T + b with W int8 (+ per-output-channel scale) or float32.
@@ -54,6 +56,15 @@ class Linear:
         if self._quads and self.input_scale is not None:
             self._fused_smooth = np.ascontiguousarray(self.input_scale, dtype=np.float32)
             gemm_vnni.check_smooth(self._fused_smooth, self.in_features)
+
+    def rows(self, ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Rows ``ids`` of the weight as the file holds them (int8 with their scales, or float32 with an empty
+        scale): a tied token table looks its rows up here instead of keeping a second copy of the table."""
+        ids = np.ascontiguousarray(ids, dtype=np.int32)
+        if ids.size and (ids.min() < 0 or ids.max() >= self.out_features):
+            raise IndexError(f"row ids outside [0, {self.out_features})")
+        values = gemm.packed_rows(self.weight, ids, self.in_features)
+        return values, (self.scale[ids] if self.scale is not None else _NO_SCALE)
 
     def __call__(self, x: np.ndarray, threads: int | None = None) -> np.ndarray:
         """x float32 [M, in_features] → [M, out_features]. ``threads``: numba.get_num_threads(), when the

@@ -43,14 +43,16 @@ class DecoderModel:
     def __init__(self, cfg: DecoderConfig, tensors: dict[str, np.ndarray], lm_head: bool = True) -> None:
         self.config = cfg
         self.block_config = block = cfg.block
-        self.embeddings = Embeddings(tensors, "", cfg.positions, cfg.max_positions, scale=cfg.scale_embedding)
-        self.positions = Positions(block, tensors)
-        self.blocks = [TransformerBlock(block, tensors, fmt.layer_prefix(i), i) for i in range(cfg.num_layers)]
-        self.final_norm = Norm(tensors, fmt.FINAL_NORM, block.norm, block.norm_eps)
         self.lm_head = None
         if lm_head:
             self.lm_head = Linear(tensors, fmt.LM_HEAD,
                                   weight_name=fmt.EMBED_TOKENS if cfg.tie_word_embeddings else None)
+        tied = self.lm_head if lm_head and cfg.tie_word_embeddings else None     # the token rows live in it
+        self.embeddings = Embeddings(tensors, "", cfg.positions, cfg.max_positions, scale=cfg.scale_embedding,
+                                     tied=tied)
+        self.positions = Positions(block, tensors)
+        self.blocks = [TransformerBlock(block, tensors, fmt.layer_prefix(i), i) for i in range(cfg.num_layers)]
+        self.final_norm = Norm(tensors, fmt.FINAL_NORM, block.norm, block.norm_eps)
         linears = [layer for b in self.blocks for layer in b.linears()]
         use_row_bands(linears)
         self.kv_dtype = cache_dtype(any(layer.quantized for layer in linears))   # the KVCache dtype to use

@@ -55,12 +55,16 @@ __all__ = ["Seq2SeqModel"]
 class _Stack:
     """One half: embeddings → blocks → final norm (pre-norm models)."""
 
-    def __init__(self, cfg: Seq2SeqConfig, tensors: dict[str, np.ndarray], stack: str) -> None:
+    def __init__(self, cfg: Seq2SeqConfig, tensors: dict[str, np.ndarray], stack: str,
+                 head: tuple[str, Linear] | None = None) -> None:
         decoder = stack == "decoder"
         self.block_config = block = cfg.decoder_block if decoder else cfg.encoder_block
+        shared = not decoder or cfg.share_embeddings
+        # Token rows come from the LM head's packed weight when that weight is this stack's token table.
+        tied = head[1] if head is not None and head[0] == fmt.embed_names(stack, shared)["tokens"] else None
         self.embeddings = Embeddings(tensors, stack, cfg.positions, cfg.max_positions, block.norm, block.norm_eps,
-                                     scale=cfg.scale_embedding, shared_tokens=not decoder or cfg.share_embeddings,
-                                     padding_idx=cfg.position_padding_idx)
+                                     scale=cfg.scale_embedding, shared_tokens=shared,
+                                     padding_idx=cfg.position_padding_idx, tied=tied)
         self.positions = Positions(block, tensors, stack)
         layers = cfg.num_decoder_layers if decoder else cfg.num_encoder_layers
         self.blocks = [TransformerBlock(block, tensors, fmt.layer_prefix(i, stack), i) for i in range(layers)]
@@ -80,11 +84,12 @@ class Seq2SeqModel:
     def __init__(self, cfg: Seq2SeqConfig, tensors: dict[str, np.ndarray]) -> None:
         cfg.validate()
         self.config = cfg
-        self.encoder = _Stack(cfg, tensors, "encoder")
-        self.decoder = _Stack(cfg, tensors, "decoder")
         dec_tokens = fmt.embed_names("decoder", cfg.share_embeddings)["tokens"]
         head_weight = fmt.LM_HEAD + ".weight" if fmt.LM_HEAD + ".weight" in tensors else dec_tokens
         self.lm_head = Linear(tensors, fmt.LM_HEAD, weight_name=head_weight)
+        head = (head_weight, self.lm_head)
+        self.encoder = _Stack(cfg, tensors, "encoder", head)
+        self.decoder = _Stack(cfg, tensors, "decoder", head)
         use_row_bands([layer for stack in (self.encoder, self.decoder) for b in stack.blocks for layer in b.linears()])
         self.kv_dtype = cache_dtype(any(layer.quantized for b in self.decoder.blocks for layer in b.linears()))
 
