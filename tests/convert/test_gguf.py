@@ -1,0 +1,332 @@
+"""GGUF files (llama.cpp's format) in: converted, and opened by Generator directly.
+
+The GGUF files are written here, at test time, from small random transformers models with gguf-py's GGUFWriter,
+the way llama.cpp's convert_hf_to_gguf.py writes them (its names, its metadata keys, the llama architecture's q/k
+row permutation, Llama 3's rope_freqs tensor, 1-D tensors kept F32), in F32, F16, Q8_0 and Q4_0. The reference is
+transformers on the weights the file really holds: each quantised tensor dequantised by gguf-py and loaded back
+into the transformers model. (GGUF blocks run along rows, so dequantising the permuted rows and permuting back
+equals quantising the model's own rows: the reference does not depend on the converter's un-permutation.)
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import logging
+import math
+from pathlib import Path
+
+import gguf
+import numpy as np
+import pytest
+from conftest import EOT, build_hf_decoder, hf_greedy
+from tinybert_convert import convert
+
+import tinybert
+from tinybert.errors import ConversionError, UnsupportedModelError
+from tinybert.loader import load
+
+Q = gguf.GGMLQuantizationType
+PROMPT_TEXTS = ["The option can also be used to compare files", "If no matching line exists",
+                "Especially a keybox with some initial certificates is often desired when"]
+CHAT_TEMPLATE = ("{% for m in messages %}<|{{ m['role'] }}|>{{ m['content'] }}{{ eos_token }}{% endfor %}"
+                 "{% if add_generation_prompt %}<|assistant|>{% endif %}")
+ARCH = {"llama": "llama", "llama-mqa-tied": "llama", "llama-llama3": "llama", "llama-linear": "llama",
+        "qwen2": "qwen2", "qwen3": "qwen3"}
+
+
+def _permute(w: np.ndarray, heads: int) -> np.ndarray:
+    """convert_hf_to_gguf.py's LlamaModel.permute (rope halves → interleaved pairs)."""
+    return w.reshape(heads, 2, w.shape[0] // heads // 2, *w.shape[1:]).swapaxes(1, 2).reshape(w.shape)
+
+
+def _llama3_factors(cfg, head_dim: int) -> np.ndarray:
+    """convert_hf_to_gguf.py's LlamaModel.generate_extra_tensors: the rope_freqs of a llama3 rope."""
+    p = cfg.rope_parameters
+    base, factor, low, high, old = (p["rope_theta"], p["factor"], p["low_freq_factor"], p["high_freq_factor"],
+                                    p["original_max_position_embeddings"])
+    freqs = 1.0 / (base ** (np.arange(0, head_dim, 2, dtype=np.float32) / head_dim))
+    out = []
+    for freq in freqs:
+        wavelen = 2 * math.pi / freq
+        if wavelen < old / high:
+            out.append(1)
+        elif wavelen > old / low:
+            out.append(factor)
+        else:
+            smooth = (old / wavelen - low) / (high - low)
+            out.append(1 / ((1 - smooth) / factor + smooth))
+    return np.array(out, dtype=np.float32)
+
+
+def _gguf_name(hf_name: str) -> str:
+    table = {"model.embed_tokens": "token_embd", "model.norm": "output_norm", "lm_head": "output"}
+    layer = {"input_layernorm": "attn_norm", "post_attention_layernorm": "ffn_norm", "self_attn.q_proj": "attn_q",
+             "self_attn.k_proj": "attn_k", "self_attn.v_proj": "attn_v", "self_attn.o_proj": "attn_output",
+             "self_attn.q_norm": "attn_q_norm", "self_attn.k_norm": "attn_k_norm", "mlp.gate_proj": "ffn_gate",
+             "mlp.up_proj": "ffn_up", "mlp.down_proj": "ffn_down"}
+    stem, suffix = hf_name.rsplit(".", 1)
+    if stem in table:
+        return f"{table[stem]}.{suffix}"
+    _, _, n, rest = stem.split(".", 3)
+    return f"blk.{n}.{layer[rest]}.{suffix}"
+
+
+def write_gguf(model, tokenizer_file: Path, path: Path, qtype: Q, arch: str | None = None,
+               chat_template: str | None = CHAT_TEMPLATE, add_bos: bool = False) -> dict:
+    """Write ``model`` (a transformers Llama / Qwen2 / Qwen3) as llama.cpp would; returns the state dict of what
+    the file holds, dequantised, under the model's own names (for the transformers reference)."""
+    cfg = model.config
+    arch = arch or {"llama": "llama", "qwen2": "qwen2", "qwen3": "qwen3"}[cfg.model_type]
+    head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads
+    w = gguf.GGUFWriter(str(path), arch)
+    w.add_name("tiny test model")
+    w.add_block_count(cfg.num_hidden_layers)
+    w.add_context_length(cfg.max_position_embeddings)
+    w.add_embedding_length(cfg.hidden_size)
+    w.add_feed_forward_length(cfg.intermediate_size)
+    w.add_head_count(cfg.num_attention_heads)
+    w.add_head_count_kv(cfg.num_key_value_heads)
+    w.add_key_length(head_dim)
+    w.add_value_length(head_dim)
+    w.add_rope_dimension_count(head_dim)
+    w.add_layer_norm_rms_eps(cfg.rms_norm_eps)
+    rope = cfg.rope_parameters
+    w.add_rope_freq_base(rope["rope_theta"])
+    if rope.get("rope_type") == "linear":
+        w.add_rope_scaling_type(gguf.RopeScalingType.LINEAR)
+        w.add_rope_scaling_factor(rope["factor"])
+    w.add_vocab_size(cfg.vocab_size)
+    w.add_file_type(int(qtype))
+    # the tokenizer, as convert_hf_to_gguf.py's _set_vocab_gpt2 stores it
+    tok = json.loads(tokenizer_file.read_text())
+    vocab = tok["model"]["vocab"]
+    tokens = sorted(vocab, key=vocab.get)
+    specials = {t["content"] for t in tok["added_tokens"] if t["special"]}
+    w.add_tokenizer_model("gpt2")
+    w.add_tokenizer_pre("gpt-2")
+    w.add_token_list(tokens)
+    w.add_token_types([gguf.TokenType.CONTROL if t in specials else gguf.TokenType.NORMAL for t in tokens])
+    w.add_token_merges([m if isinstance(m, str) else " ".join(m) for m in tok["model"]["merges"]])
+    w.add_eos_token_id(vocab[EOT])
+    w.add_bos_token_id(vocab[EOT])
+    w.add_add_bos_token(add_bos)
+    if chat_template is not None:
+        w.add_chat_template(chat_template)
+    held = {}
+    for name, param in model.state_dict().items():
+        if name == "lm_head.weight" and cfg.tie_word_embeddings:
+            continue
+        value = param.detach().numpy().astype(np.float32)
+        if cfg.model_type == "llama" and name.endswith(("q_proj.weight", "q_proj.bias")):
+            stored = _permute(value, cfg.num_attention_heads)
+        elif cfg.model_type == "llama" and name.endswith(("k_proj.weight", "k_proj.bias")):
+            stored = _permute(value, cfg.num_key_value_heads)
+        else:
+            stored = value
+        kind = qtype if value.ndim == 2 else Q.F32      # llama.cpp keeps norms and biases in F32
+        if kind == Q.F32:
+            w.add_tensor(_gguf_name(name), stored)
+            held[name] = value
+        else:
+            data = gguf.quants.quantize(stored, kind)
+            w.add_tensor(_gguf_name(name), data, raw_dtype=kind)
+            held[name] = gguf.quants.dequantize(gguf.quants.quantize(value, kind), kind)
+    if rope.get("rope_type") == "llama3":
+        w.add_tensor("rope_freqs.weight", _llama3_factors(cfg, head_dim))
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+    return held
+
+
+def _reference(model, held: dict):
+    """The transformers model with the weights the GGUF file holds."""
+    import torch
+
+    ref = copy.deepcopy(model)
+    with torch.no_grad():
+        for name, param in ref.named_parameters():
+            if name in held:
+                param.copy_(torch.from_numpy(np.asarray(held[name], dtype=np.float32)))
+    if model.config.tie_word_embeddings:
+        assert ref.lm_head.weight.data_ptr() == ref.model.embed_tokens.weight.data_ptr()
+    return ref.eval()
+
+
+@pytest.fixture(scope="module")
+def hf_models(tmp_path_factory, bpe_tokenizer_file):
+    cache = {}
+
+    def get(name: str):
+        if name not in cache:
+            folder = tmp_path_factory.mktemp(f"gguf-{name}")
+            cache[name] = build_hf_decoder(name, folder / "hf", bpe_tokenizer_file)
+        return cache[name]
+
+    return get
+
+
+@pytest.fixture(scope="module")
+def gguf_file(hf_models, tmp_path_factory, bpe_tokenizer_file):
+    """(name, qtype) → (GGUF path, transformers reference on its weights)."""
+    cache = {}
+
+    def get(name: str, qtype: Q):
+        if (name, qtype) not in cache:
+            path = tmp_path_factory.mktemp("gguf") / f"{name}-{qtype.name}.gguf"
+            held = write_gguf(hf_models(name), bpe_tokenizer_file, path, qtype)
+            cache[name, qtype] = (path, _reference(hf_models(name), held))
+        return cache[name, qtype]
+
+    return get
+
+
+def _hf_logits(model, ids: list[int]) -> np.ndarray:
+    import torch
+
+    with torch.no_grad():
+        return model(torch.tensor([ids])).logits[0].numpy()
+
+
+CASES = [("llama", Q.F32), ("llama", Q.F16), ("llama", Q.Q8_0), ("llama", Q.Q4_0), ("llama-mqa-tied", Q.Q8_0),
+         ("llama-llama3", Q.F32), ("llama-linear", Q.F16), ("qwen2", Q.F32), ("qwen2", Q.Q4_0), ("qwen3", Q.F32),
+         ("qwen3", Q.Q8_0)]
+
+
+@pytest.mark.parametrize("name, qtype", CASES, ids=[f"{n}-{q.name}" for n, q in CASES])
+def test_fp32_matches_transformers_on_the_dequantised_weights(name, qtype, gguf_file, tmp_path):
+    path, ref = gguf_file(name, qtype)
+    out = convert(path, tmp_path / "model.safetensors", dtype="fp32")
+    gen = tinybert.Generator(out)
+    prompts = [gen.tokenizer.encode(t).ids for t in PROMPT_TEXTS]
+    worst = 0.0
+    for prompt in prompts:
+        ours = gen.logits(np.array([prompt]))[0]
+        theirs = _hf_logits(ref, prompt)
+        worst = max(worst, float(np.abs(ours - theirs).max()))
+        np.testing.assert_allclose(ours, theirs, atol=1e-4)
+    new = 24
+    expected = hf_greedy(ref, prompts, new)
+    got = gen.generate_ids(prompts, max_new_tokens=new)
+    assert [g["token_ids"] for g in got] == expected
+    print(f"GGUF {name} {qtype.name}: fp32 max |logit - transformers| {worst:.2e}; greedy {new} tokens identical")
+
+
+def test_int8_agreement(gguf_file, tmp_path):
+    """int8 from a Q8_0 file, gated as the folder conversions' int8 (tests/api/test_generator.py)."""
+    path, ref = gguf_file("llama", Q.Q8_0)
+    gen = tinybert.Generator(convert(path, tmp_path / "model.safetensors", dtype="int8"))
+    prompts = [gen.tokenizer.encode(t).ids for t in PROMPT_TEXTS]
+    expected = hf_greedy(ref, prompts, 32)
+    got = gen.generate_ids(prompts, max_new_tokens=32)
+    same = [next((i for i, (a, b) in enumerate(zip(r, g["token_ids"])) if a != b), 32) for r, g in zip(expected, got)]
+    cos = [float((a * b).sum() / np.linalg.norm(a) / np.linalg.norm(b))
+           for p, r in zip(prompts, expected)
+           for a, b in zip(_hf_logits(ref, p + r), gen.logits(np.array([p + r]))[0])]
+    print(f"GGUF llama Q8_0 → int8: greedy identical for the first {same} of 32; logits cosine min {min(cos):.5f}")
+    assert min(cos) >= 0.99
+
+
+def test_tokenizer_and_chat_template_carried(gguf_file, tmp_path, sentences, bpe_tokenizer_file):
+    from tokenizers import Tokenizer
+
+    path, _ = gguf_file("llama", Q.F32)
+    out = convert(path, tmp_path / "model.safetensors", dtype="fp32")
+    gen = tinybert.Generator(out)
+    hf = Tokenizer.from_file(str(bpe_tokenizer_file))
+    texts = sentences + ["naïve café — 東京 🙂", f"one{EOT}two", "  spaces\n\nand\ttabs  "]
+    for text in texts:
+        assert gen.tokenizer.encode(text).ids == hf.encode(text).ids, text
+    ids = hf.encode(sentences[0]).ids
+    assert gen.tokenizer.decode(ids) == hf.decode(ids)
+    eot = hf.token_to_id(EOT)
+    assert gen.config.eos_token_ids == (eot,)
+    chat = json.loads(load(out).metadata["chat_template"])
+    assert chat == {"template": CHAT_TEMPLATE, "special_tokens": {"bos_token": EOT, "eos_token": EOT}}
+    rendered = gen.render_chat([{"role": "user", "content": "hi"}])
+    assert rendered == f"<|user|>hi{EOT}<|assistant|>"
+
+
+def test_add_bos_token(hf_models, bpe_tokenizer_file, tmp_path):
+    path = tmp_path / "bos.gguf"
+    write_gguf(hf_models("llama"), bpe_tokenizer_file, path, Q.F32, add_bos=True)
+    gen = tinybert.Generator(convert(path, tmp_path / "model.safetensors", dtype="fp32"))
+    from tokenizers import Tokenizer
+
+    hf = Tokenizer.from_file(str(bpe_tokenizer_file))
+    assert gen.tokenizer.encode("hello there").ids == [hf.token_to_id(EOT)] + hf.encode("hello there").ids
+
+
+def test_generator_opens_the_gguf_file(gguf_file, tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("TINYBERT_CACHE", str(tmp_path / "cache"))
+    path, ref = gguf_file("qwen2", Q.Q8_0)
+    gen = tinybert.Generator(path, dtype="fp32")
+    assert "converting" in capsys.readouterr().err
+    prompt = gen.tokenizer.encode(PROMPT_TEXTS[0]).ids
+    np.testing.assert_allclose(gen.logits(np.array([prompt]))[0], _hf_logits(ref, prompt), atol=1e-4)
+    entries = list((tmp_path / "cache" / "models").glob("*.safetensors"))
+    assert len(entries) == 1 and gen.path == entries[0]
+    again = tinybert.Generator(str(path), dtype="fp32")       # converted once: the cache entry is used
+    assert again.path == entries[0] and "converting" not in capsys.readouterr().err
+
+
+def test_cli_convert(gguf_file, tmp_path):
+    from tinybert.cli import main
+
+    path, ref = gguf_file("llama", Q.Q4_0)
+    out = tmp_path / "cli.safetensors"
+    assert main(["convert", str(path), str(out), "--dtype", "fp32", "--quiet"]) == 0
+    gen = tinybert.Generator(out)
+    prompt = gen.tokenizer.encode(PROMPT_TEXTS[1]).ids
+    np.testing.assert_allclose(gen.logits(np.array([prompt]))[0], _hf_logits(ref, prompt), atol=1e-4)
+
+
+def test_other_quant_types_warn(hf_models, bpe_tokenizer_file, tmp_path, caplog):
+    """A type the tests above do not cover (Q5_0) converts, with a warning naming it."""
+    path = tmp_path / "q5.gguf"
+    held = write_gguf(hf_models("llama"), bpe_tokenizer_file, path, Q.Q5_0)
+    with caplog.at_level(logging.WARNING):
+        out = convert(path, tmp_path / "model.safetensors", dtype="fp32")
+    assert "Q5_0" in caplog.text
+    gen = tinybert.Generator(out)
+    prompt = gen.tokenizer.encode(PROMPT_TEXTS[2]).ids
+    ref = _reference(hf_models("llama"), held)
+    np.testing.assert_allclose(gen.logits(np.array([prompt]))[0], _hf_logits(ref, prompt), atol=1e-4)
+
+
+def test_truncated_and_corrupt_files(gguf_file, tmp_path):
+    path, _ = gguf_file("llama", Q.Q8_0)
+    data = path.read_bytes()
+    for cut in (20, 200, len(data) // 2, len(data) - 100):
+        bad = tmp_path / f"cut{cut}.gguf"
+        bad.write_bytes(data[:cut])
+        with pytest.raises(ConversionError):
+            convert(bad, tmp_path / "out.safetensors", dtype="fp32")
+    # a string length in the metadata made enormous; a tensor shape changed
+    rng = np.random.default_rng(0)
+    for i in range(12):
+        corrupt = bytearray(data)
+        at = int(rng.integers(8, 4096))
+        corrupt[at:at + 8] = b"\xff" * 8
+        bad = tmp_path / f"corrupt{i}.gguf"
+        bad.write_bytes(bytes(corrupt))
+        try:
+            convert(bad, tmp_path / "out.safetensors", dtype="fp32", force=True)
+        except (ConversionError, UnsupportedModelError):
+            pass
+
+
+def test_unsupported_architecture_and_bad_shapes(hf_models, bpe_tokenizer_file, tmp_path):
+    path = tmp_path / "falcon.gguf"
+    write_gguf(hf_models("llama"), bpe_tokenizer_file, path, Q.F32, arch="falcon")
+    with pytest.raises(UnsupportedModelError, match="falcon"):
+        convert(path, tmp_path / "out.safetensors", dtype="fp32")
+    # metadata that does not match the tensors: a head count the weights are not
+    model = copy.deepcopy(hf_models("qwen2"))
+    model.config.intermediate_size = 96
+    path = tmp_path / "shape.gguf"
+    write_gguf(model, bpe_tokenizer_file, path, Q.F32)
+    with pytest.raises(ConversionError, match="shape"):
+        convert(path, tmp_path / "out.safetensors", dtype="fp32")
