@@ -12,7 +12,11 @@ are those of llama.cpp's convert_hf_to_gguf.py (its ``conversion/`` package):
   interleaved, for llama.cpp's pairwise rope); the permutation is undone here, on weights and biases;
 * Llama 3's rope scaling is not in the metadata but in a ``rope_freqs`` tensor (the divisor of each rotary
   frequency); that is the runtime's longrope with those factors at the original context (attention scaling 1);
-* qwen2's q, k and v have biases; qwen3 has q and k RMSNorms (``attn_q_norm`` / ``attn_k_norm``).
+* qwen2's q, k and v have biases; qwen3 has q and k RMSNorms (``attn_q_norm`` / ``attn_k_norm``);
+* gemma3 stores its RMSNorm weights as 1 + w (undone here: the decoder conversion adds the 1, as for a folder),
+  and leaves out what llama.cpp derives (the sliding layers' pattern, the query scale);
+* phi3 stores q, k, v fused (``attn_qkv``) and gate and up fused (``ffn_up``), as Hugging Face does, and its
+  longrope factors as ``rope_factors_short`` / ``rope_factors_long`` tensors.
 
 Quantised tensors are dequantised to float32 with gguf-py's reference code (``gguf.quants.dequantize``): the
 conversion then quantises as the user's dtype says, like any float checkpoint. Every size is checked before
@@ -39,8 +43,26 @@ MAGIC = b"GGUF"
 MAX_ELEMENTS = 1 << 36      # 64 G parameters (256 GB of float32): far past any model a CPU runs, short of a lie
 _TESTED_TYPES = ("F32", "F16", "BF16", "Q8_0", "Q4_0")     # what tests/convert/test_gguf.py checks end to end
 
-# GGUF architecture → (Hugging Face model_type, q/k rows permuted by convert_hf_to_gguf.py)
-ARCHITECTURES = {"llama": ("llama", True), "qwen2": ("qwen2", False), "qwen3": ("qwen3", False)}
+@dataclass(frozen=True)
+class Architecture:
+    """How convert_hf_to_gguf.py stores one architecture (its conversion/ class for it)."""
+
+    model_type: str             # the Hugging Face model_type it was made from
+    permuted: bool = False      # q/k rows permuted for llama.cpp's pairwise rope (LlamaModel.permute)
+    qkv_bias: bool = False      # q, k and v have biases (Qwen2)
+    qk_norm: bool = False       # attn_q_norm / attn_k_norm (Qwen3, Gemma 3)
+    post_norms: bool = False    # Gemma 3's four norms a layer (post_attention_norm, ffn_norm, post_ffw_norm)
+    norm_plus_one: bool = False     # every *norm.weight stored as 1 + w (Gemma3Model.norm_shift)
+    fused: bool = False         # attn_qkv (q | k | v) and ffn_up (gate | up) fused, as Phi-3 stores them
+
+
+ARCHITECTURES = {
+    "llama": Architecture("llama", permuted=True),
+    "qwen2": Architecture("qwen2", qkv_bias=True),
+    "qwen3": Architecture("qwen3", qk_norm=True),
+    "gemma3": Architecture("gemma3_text", qk_norm=True, post_norms=True, norm_plus_one=True),
+    "phi3": Architecture("phi3", fused=True),
+}
 
 
 def is_gguf(path: Path) -> bool:
@@ -135,7 +157,7 @@ def _open(path: Path):
         raise ConversionError(f"{path}: not a readable GGUF file ({type(exc).__name__}: {str(exc)[:200]})") from None
 
 
-def _hf_config(meta: _Metadata, arch: str, model_type: str, names: set[str], vocab: int) -> dict:
+def _hf_config(meta: _Metadata, arch: str, kind: Architecture, names: set[str], vocab: int) -> dict:
     """config.json of the model, from ``{arch}.*`` metadata."""
     hidden = meta.integer(f"{arch}.embedding_length", minimum=1)
     heads = meta.integer(f"{arch}.attention.head_count", minimum=1)
@@ -145,26 +167,56 @@ def _hf_config(meta: _Metadata, arch: str, model_type: str, names: set[str], voc
     if meta.integer(f"{arch}.rope.dimension_count", default=head_dim) != head_dim:
         raise UnsupportedModelError(f"{meta.path}: rope over part of each head (rope.dimension_count) is not "
                                     "supported")
-    context = meta.integer(f"{arch}.context_length", minimum=1)
+    layers = meta.integer(f"{arch}.block_count", minimum=1)
     hf = {
-        "model_type": model_type, "vocab_size": vocab, "hidden_size": hidden,
-        "num_hidden_layers": meta.integer(f"{arch}.block_count", minimum=1),
+        "model_type": kind.model_type, "vocab_size": vocab, "hidden_size": hidden, "num_hidden_layers": layers,
         "num_attention_heads": heads,
         "num_key_value_heads": meta.integer(f"{arch}.attention.head_count_kv", default=heads, minimum=1),
         "head_dim": head_dim,
         "intermediate_size": meta.integer(f"{arch}.feed_forward_length", minimum=1),
-        "max_position_embeddings": context,
+        "max_position_embeddings": meta.integer(f"{arch}.context_length", minimum=1),
         "rms_norm_eps": meta.number(f"{arch}.attention.layer_norm_rms_epsilon", default=1e-6),
-        "rope_theta": meta.number(f"{arch}.rope.freq_base", default=10000.0),
+        "rope_theta": meta.number(f"{arch}.rope.freq_base", default=1_000_000.0 if arch == "gemma3" else 10000.0),
         "tie_word_embeddings": "output.weight" not in names,
         "_name_or_path": meta.string("general.name", default=meta.path.name)[:1024],
     }
     scaling = meta.string(f"{arch}.rope.scaling.type", default="none")
     if scaling == "linear":
         hf["rope_scaling"] = {"rope_type": "linear", "factor": meta.number(f"{arch}.rope.scaling.factor")}
-    elif scaling != "none":
+    elif scaling not in ("none", "longrope"):      # longrope: its factors are tensors (_with_rope_factors)
         raise UnsupportedModelError(f"{meta.path}: rope scaling {scaling!r} is not supported")
+    window = meta.integer(f"{arch}.attention.sliding_window", default=0)
+    if arch == "gemma3":
+        hf.update(_gemma3(meta, layers, window, head_dim, hidden // heads))
+    if arch == "phi3":
+        hf["sliding_window"] = window or None        # 0: no window (Phi-4), as convert_hf_to_gguf.py writes it
+        hf["original_max_position_embeddings"] = meta.integer(f"{arch}.rope.scaling.original_context_length",
+                                                              default=hf["max_position_embeddings"], minimum=1)
+        hf["rope_attention_factor"] = meta.number(f"{arch}.rope.scaling.attn_factor", default=1.0)
     return hf
+
+
+def _gemma3(meta: _Metadata, layers: int, window: int, head_dim: int, width: int) -> dict:
+    """Gemma 3's settings as llama.cpp reads them (src/models/gemma3.cpp): sliding layers by the
+    sliding_window_pattern (a flag per layer, or every n-th layer global, n = 6 by default), their rope base
+    rope.freq_base_swa (10000 by default), and the query scale 1/√head_dim but for the 27B model (62 layers),
+    1/√(hidden / heads): query_pre_attn_scalar is not in the file."""
+    if meta.raw("gemma3.final_logit_softcapping"):
+        raise UnsupportedModelError(f"{meta.path}: Gemma 3 final_logit_softcapping is not supported")
+    pattern = meta.raw("gemma3.attention.sliding_window_pattern")
+    if window == 0:
+        sliding = [False] * layers
+    elif isinstance(pattern, list):
+        if len(pattern) != layers or not all(isinstance(flag, bool) for flag in pattern):
+            raise ConversionError(f"{meta.path}: gemma3.attention.sliding_window_pattern must flag every layer")
+        sliding = pattern
+    else:
+        every = meta.integer("gemma3.attention.sliding_window_pattern", default=6, minimum=1)
+        sliding = [i % every < every - 1 for i in range(layers)]
+    return {"hidden_activation": "gelu_pytorch_tanh", "sliding_window": window or None,
+            "layer_types": ["sliding_attention" if s else "full_attention" for s in sliding],
+            "rope_local_base_freq": meta.number("gemma3.rope.freq_base_swa", default=10000.0),
+            "query_pre_attn_scalar": width if layers == 62 else head_dim}
 
 
 def _unpermute(w: np.ndarray, heads: int) -> np.ndarray:
@@ -173,7 +225,7 @@ def _unpermute(w: np.ndarray, heads: int) -> np.ndarray:
                                 .swapaxes(1, 2).reshape(w.shape))
 
 
-def _expected(hf: dict, has_bias: bool, qk_norm: bool) -> dict[str, tuple[str, tuple[int, ...]]]:
+def _expected(hf: dict, kind: Architecture) -> dict[str, tuple[str, tuple[int, ...]]]:
     """GGUF tensor name → (Hugging Face name, numpy shape) of every tensor the architecture may hold."""
     h, d, i_dim, v = hf["hidden_size"], hf["head_dim"], hf["intermediate_size"], hf["vocab_size"]
     q, kv = hf["num_attention_heads"] * d, hf["num_key_value_heads"] * d
@@ -181,24 +233,36 @@ def _expected(hf: dict, has_bias: bool, qk_norm: bool) -> dict[str, tuple[str, t
              "output_norm.weight": ("model.norm.weight", (h,)),
              "output.weight": ("lm_head.weight", (v, h)),
              "rope_freqs.weight": ("rope_freqs", (d // 2,))}
+    if kind.fused:
+        names.update({"rope_factors_long.weight": ("rope_factors_long", (d // 2,)),
+                      "rope_factors_short.weight": ("rope_factors_short", (d // 2,))})
     for n in range(hf["num_hidden_layers"]):
         g, t = f"blk.{n}.", f"model.layers.{n}."
         names.update({
             g + "attn_norm.weight": (t + "input_layernorm.weight", (h,)),
-            g + "attn_q.weight": (t + "self_attn.q_proj.weight", (q, h)),
-            g + "attn_k.weight": (t + "self_attn.k_proj.weight", (kv, h)),
-            g + "attn_v.weight": (t + "self_attn.v_proj.weight", (kv, h)),
             g + "attn_output.weight": (t + "self_attn.o_proj.weight", (h, q)),
-            g + "ffn_norm.weight": (t + "post_attention_layernorm.weight", (h,)),
-            g + "ffn_gate.weight": (t + "mlp.gate_proj.weight", (i_dim, h)),
-            g + "ffn_up.weight": (t + "mlp.up_proj.weight", (i_dim, h)),
             g + "ffn_down.weight": (t + "mlp.down_proj.weight", (h, i_dim)),
         })
-        if has_bias:
+        if kind.fused:
+            names.update({g + "attn_qkv.weight": (t + "self_attn.qkv_proj.weight", (q + 2 * kv, h)),
+                          g + "ffn_up.weight": (t + "mlp.gate_up_proj.weight", (2 * i_dim, h))})
+        else:
+            names.update({g + "attn_q.weight": (t + "self_attn.q_proj.weight", (q, h)),
+                          g + "attn_k.weight": (t + "self_attn.k_proj.weight", (kv, h)),
+                          g + "attn_v.weight": (t + "self_attn.v_proj.weight", (kv, h)),
+                          g + "ffn_gate.weight": (t + "mlp.gate_proj.weight", (i_dim, h)),
+                          g + "ffn_up.weight": (t + "mlp.up_proj.weight", (i_dim, h))})
+        if kind.post_norms:
+            names.update({g + "post_attention_norm.weight": (t + "post_attention_layernorm.weight", (h,)),
+                          g + "ffn_norm.weight": (t + "pre_feedforward_layernorm.weight", (h,)),
+                          g + "post_ffw_norm.weight": (t + "post_feedforward_layernorm.weight", (h,))})
+        else:
+            names[g + "ffn_norm.weight"] = (t + "post_attention_layernorm.weight", (h,))
+        if kind.qkv_bias:
             names.update({g + "attn_q.bias": (t + "self_attn.q_proj.bias", (q,)),
                           g + "attn_k.bias": (t + "self_attn.k_proj.bias", (kv,)),
                           g + "attn_v.bias": (t + "self_attn.v_proj.bias", (kv,))})
-        if qk_norm:
+        if kind.qk_norm:
             names.update({g + "attn_q_norm.weight": (t + "self_attn.q_norm.weight", (d,)),
                           g + "attn_k_norm.weight": (t + "self_attn.k_norm.weight", (d,))})
     return names
@@ -238,12 +302,12 @@ def read_gguf(path: Path) -> GgufModel:
     if arch not in ARCHITECTURES:
         raise UnsupportedModelError(f"{path}: GGUF architecture {arch[:60]!r} is not supported (supported: "
                                     f"{', '.join(ARCHITECTURES)})")
-    model_type, permuted = ARCHITECTURES[arch]
+    kind = ARCHITECTURES[arch]
     tensors = {t.name: t for t in reader.tensors}
     vocab = tokenizer_from_gguf(meta, path)
-    hf = _hf_config(meta, arch, model_type, set(tensors), len(vocab.tokens))
+    hf = _hf_config(meta, arch, kind, set(tensors), len(vocab.tokens))
     hf.update(vocab.config_ids)
-    expected = _expected(hf, has_bias=model_type == "qwen2", qk_norm=model_type == "qwen3")
+    expected = _expected(hf, kind)
     total = 0
     for name, tensor in tensors.items():
         if name not in expected:
@@ -261,13 +325,15 @@ def read_gguf(path: Path) -> GgufModel:
         hf_name, shape = expected[name]
         types.add(gguf.GGMLQuantizationType(tensor.tensor_type).name)
         values = _dequantise(path, tensor, shape)
-        if permuted and name.endswith(("attn_q.weight", "attn_q.bias")):
+        if kind.permuted and name.endswith(("attn_q.weight", "attn_q.bias")):
             values = _unpermute(values, hf["num_attention_heads"])
-        elif permuted and name.endswith(("attn_k.weight", "attn_k.bias")):
+        elif kind.permuted and name.endswith(("attn_k.weight", "attn_k.bias")):
             values = _unpermute(values, hf["num_key_value_heads"])
+        elif kind.norm_plus_one and name.endswith("norm.weight"):
+            values = values - np.float32(1.0)       # exact: the stored 1 + w lies in [0.5, 2] for trained norms
         state[hf_name] = values
-    if "rope_freqs" in state:
-        hf = _with_rope_factors(hf, state.pop("rope_freqs"))
+    hf = _with_rope_factors(hf, state.pop("rope_freqs", None), state.pop("rope_factors_short", None),
+                            state.pop("rope_factors_long", None))
     untested = sorted(types - set(_TESTED_TYPES))
     if untested:
         log.warning("%s: tensors of type %s were dequantised with gguf-py's reference code, which tinybert's tests "
@@ -275,13 +341,30 @@ def read_gguf(path: Path) -> GgufModel:
     return GgufModel(hf, state, vocab.tokenizer_json, vocab.chat_template, vocab.special_tokens, sorted(types))
 
 
-def _with_rope_factors(hf: dict, factors: np.ndarray) -> dict:
-    """Llama 3's rope as llama.cpp stores it: each frequency divided by its factor. That is longrope with one set
-    of factors, no attention scaling and the context as the original one (so never switched)."""
-    if "rope_scaling" in hf:
-        raise UnsupportedModelError("a GGUF file with both rope_freqs and rope scaling is not supported")
-    if not np.isfinite(factors).all() or (factors <= 0).any():
-        raise ConversionError("rope_freqs must hold positive finite factors")
-    context = hf["max_position_embeddings"]
-    return {**hf, "rope_scaling": {"rope_type": "longrope", "short_factor": [float(f) for f in factors],
-                                   "original_max_position_embeddings": context, "attention_factor": 1.0}}
+def _with_rope_factors(hf: dict, freqs: np.ndarray | None, short: np.ndarray | None,
+                       long: np.ndarray | None) -> dict:
+    """The rope settings llama.cpp keeps in tensors, as config.json states them.
+
+    Llama 3's ``rope_freqs`` divide each rotary frequency by a factor: that is longrope with those factors, no
+    attention scaling and the context as the original one (so never switched). Phi-3's ``rope_factors_short`` /
+    ``rope_factors_long`` are its longrope factors, with the original context and attention factor from the
+    metadata."""
+    hf = dict(hf)
+    scaling = {"rope_type": "longrope", "original_max_position_embeddings": hf["max_position_embeddings"]}
+    attention = hf.pop("rope_attention_factor", 1.0)
+    for name, factors in (("rope_freqs", freqs), ("rope_factors_short", short), ("rope_factors_long", long)):
+        if factors is not None and (not np.isfinite(factors).all() or (factors <= 0).any()):
+            raise ConversionError(f"{name} must hold positive finite factors")
+    if freqs is not None:
+        if "rope_scaling" in hf or short is not None or long is not None:
+            raise UnsupportedModelError("a GGUF file with rope_freqs and other rope scaling is not supported")
+        hf["rope_scaling"] = {**scaling, "short_factor": freqs.tolist(), "attention_factor": 1.0}
+    elif short is not None or long is not None:
+        if short is None or long is None or "rope_scaling" in hf:
+            raise ConversionError("rope_factors_short and rope_factors_long come together, without other scaling")
+        original = hf.pop("original_max_position_embeddings", hf["max_position_embeddings"])
+        hf["rope_scaling"] = {**scaling, "original_max_position_embeddings": original,
+                              "short_factor": short.tolist(), "long_factor": long.tolist(),
+                              "attention_factor": attention}
+    hf.pop("original_max_position_embeddings", None)
+    return hf

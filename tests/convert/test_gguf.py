@@ -59,12 +59,17 @@ def _llama3_factors(cfg, head_dim: int) -> np.ndarray:
     return np.array(out, dtype=np.float32)
 
 
-def _gguf_name(hf_name: str) -> str:
+def _gguf_name(hf_name: str, gemma: bool) -> str:
+    """llama.cpp's name (gguf-py's tensor_mapping.py) of a Hugging Face tensor."""
     table = {"model.embed_tokens": "token_embd", "model.norm": "output_norm", "lm_head": "output"}
     layer = {"input_layernorm": "attn_norm", "post_attention_layernorm": "ffn_norm", "self_attn.q_proj": "attn_q",
              "self_attn.k_proj": "attn_k", "self_attn.v_proj": "attn_v", "self_attn.o_proj": "attn_output",
-             "self_attn.q_norm": "attn_q_norm", "self_attn.k_norm": "attn_k_norm", "mlp.gate_proj": "ffn_gate",
-             "mlp.up_proj": "ffn_up", "mlp.down_proj": "ffn_down"}
+             "self_attn.qkv_proj": "attn_qkv", "self_attn.q_norm": "attn_q_norm", "self_attn.k_norm": "attn_k_norm",
+             "mlp.gate_proj": "ffn_gate", "mlp.up_proj": "ffn_up", "mlp.gate_up_proj": "ffn_up",
+             "mlp.down_proj": "ffn_down"}
+    if gemma:
+        layer.update({"post_attention_layernorm": "post_attention_norm", "pre_feedforward_layernorm": "ffn_norm",
+                      "post_feedforward_layernorm": "post_ffw_norm"})
     stem, suffix = hf_name.rsplit(".", 1)
     if stem in table:
         return f"{table[stem]}.{suffix}"
@@ -77,7 +82,9 @@ def write_gguf(model, tokenizer_file: Path, path: Path, qtype: Q, arch: str | No
     """Write ``model`` (a transformers Llama / Qwen2 / Qwen3) as llama.cpp would; returns the state dict of what
     the file holds, dequantised, under the model's own names (for the transformers reference)."""
     cfg = model.config
-    arch = arch or {"llama": "llama", "qwen2": "qwen2", "qwen3": "qwen3"}[cfg.model_type]
+    arch = arch or {"llama": "llama", "qwen2": "qwen2", "qwen3": "qwen3", "gemma3_text": "gemma3",
+                    "phi3": "phi3"}[cfg.model_type]
+    gemma = cfg.model_type == "gemma3_text"
     head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads
     w = gguf.GGUFWriter(str(path), arch)
     w.add_name("tiny test model")
@@ -92,10 +99,21 @@ def write_gguf(model, tokenizer_file: Path, path: Path, qtype: Q, arch: str | No
     w.add_rope_dimension_count(head_dim)
     w.add_layer_norm_rms_eps(cfg.rms_norm_eps)
     rope = cfg.rope_parameters
+    if gemma:       # Gemma3Model: the global layers' rope, the sliding layers' base, the window (pattern: 6)
+        rope = rope["full_attention"]
+        w.add_rope_freq_base_swa(cfg.rope_parameters["sliding_attention"]["rope_theta"])
+        w.add_sliding_window(cfg.sliding_window)
     w.add_rope_freq_base(rope["rope_theta"])
     if rope.get("rope_type") == "linear":
         w.add_rope_scaling_type(gguf.RopeScalingType.LINEAR)
         w.add_rope_scaling_factor(rope["factor"])
+    if cfg.model_type == "phi3":    # Phi3MiniModel
+        original = rope["original_max_position_embeddings"]
+        w.add_rope_scaling_type(gguf.RopeScalingType.LONGROPE)
+        w.add_rope_scaling_orig_ctx_len(original)
+        w.add_sliding_window(cfg.sliding_window or 0)
+        scale = cfg.max_position_embeddings / original
+        w.add_rope_scaling_attn_factors(math.sqrt(1 + math.log(scale) / math.log(original)) if scale > 1 else 1.0)
     w.add_vocab_size(cfg.vocab_size)
     w.add_file_type(int(qtype))
     # the tokenizer, as convert_hf_to_gguf.py's _set_vocab_gpt2 stores it
@@ -122,18 +140,24 @@ def write_gguf(model, tokenizer_file: Path, path: Path, qtype: Q, arch: str | No
             stored = _permute(value, cfg.num_attention_heads)
         elif cfg.model_type == "llama" and name.endswith(("k_proj.weight", "k_proj.bias")):
             stored = _permute(value, cfg.num_key_value_heads)
+        elif gemma and name.endswith("norm.weight"):
+            stored = value + np.float32(1.0)        # Gemma3Model.norm_shift
+            value = stored - np.float32(1.0)        # what the file says w is (exactly, in float32)
         else:
             stored = value
         kind = qtype if value.ndim == 2 else Q.F32      # llama.cpp keeps norms and biases in F32
         if kind == Q.F32:
-            w.add_tensor(_gguf_name(name), stored)
+            w.add_tensor(_gguf_name(name, gemma), stored)
             held[name] = value
         else:
             data = gguf.quants.quantize(stored, kind)
-            w.add_tensor(_gguf_name(name), data, raw_dtype=kind)
+            w.add_tensor(_gguf_name(name, gemma), data, raw_dtype=kind)
             held[name] = gguf.quants.dequantize(gguf.quants.quantize(value, kind), kind)
     if rope.get("rope_type") == "llama3":
         w.add_tensor("rope_freqs.weight", _llama3_factors(cfg, head_dim))
+    if cfg.model_type == "phi3":
+        w.add_tensor("rope_factors_long.weight", np.array(rope["long_factor"], dtype=np.float32))
+        w.add_tensor("rope_factors_short.weight", np.array(rope["short_factor"], dtype=np.float32))
     w.write_header_to_file()
     w.write_kv_data_to_file()
     w.write_tensors_to_file()
@@ -162,7 +186,7 @@ def hf_models(tmp_path_factory, bpe_tokenizer_file):
     def get(name: str):
         if name not in cache:
             folder = tmp_path_factory.mktemp(f"gguf-{name}")
-            cache[name] = build_hf_decoder(name, folder / "hf", bpe_tokenizer_file)
+            cache[name] = build_hf_decoder(name, folder / "hf", bpe_tokenizer_file, **GGUF_OVERRIDES.get(name, {}))
         return cache[name]
 
     return get
@@ -190,9 +214,13 @@ def _hf_logits(model, ids: list[int]) -> np.ndarray:
         return model(torch.tensor([ids])).logits[0].numpy()
 
 
+# What a GGUF file cannot state, set to what llama.cpp assumes: Gemma 3's query scale 1/√head_dim and its sliding
+# layers every 6th one global (conftest's gemma3 has query_pre_attn_scalar 24 and 3 layers of its own pattern)
+GGUF_OVERRIDES = {"gemma3": {"query_pre_attn_scalar": 16, "num_hidden_layers": 6,
+                             "layer_types": ["sliding_attention"] * 5 + ["full_attention"]}}
 CASES = [("llama", Q.F32), ("llama", Q.F16), ("llama", Q.Q8_0), ("llama", Q.Q4_0), ("llama-mqa-tied", Q.Q8_0),
          ("llama-llama3", Q.F32), ("llama-linear", Q.F16), ("qwen2", Q.F32), ("qwen2", Q.Q4_0), ("qwen3", Q.F32),
-         ("qwen3", Q.Q8_0)]
+         ("qwen3", Q.Q8_0), ("gemma3", Q.F32), ("gemma3", Q.Q8_0), ("phi3", Q.F32), ("phi3", Q.Q4_0)]
 
 
 @pytest.mark.parametrize("name, qtype", CASES, ids=[f"{n}-{q.name}" for n, q in CASES])
@@ -211,6 +239,10 @@ def test_fp32_matches_transformers_on_the_dequantised_weights(name, qtype, gguf_
     expected = hf_greedy(ref, prompts, new)
     got = gen.generate_ids(prompts, max_new_tokens=new)
     assert [g["token_ids"] for g in got] == expected
+    if name == "phi3":      # the long factors are carried too (the prompts stay below the original context)
+        rope = ref.config.rope_parameters
+        np.testing.assert_allclose(gen.config.rope["long_factors"], rope["long_factor"], rtol=1e-7)
+        assert gen.config.rope["original_max_position_embeddings"] == rope["original_max_position_embeddings"]
     print(f"GGUF {name} {qtype.name}: fp32 max |logit - transformers| {worst:.2e}; greedy {new} tokens identical")
 
 
