@@ -77,10 +77,56 @@ def _gguf_name(hf_name: str, gemma: bool) -> str:
     return f"blk.{n}.{layer[rest]}.{suffix}"
 
 
+def _gpt2_vocab(w: gguf.GGUFWriter, tokenizer_file: Path, add_bos: bool) -> None:
+    """A tokenizer.json's byte-level BPE, as convert_hf_to_gguf.py's _set_vocab_gpt2 stores it."""
+    tok = json.loads(tokenizer_file.read_text())
+    vocab = tok["model"]["vocab"]
+    tokens = sorted(vocab, key=vocab.get)
+    specials = {t["content"] for t in tok["added_tokens"] if t["special"]}
+    w.add_tokenizer_model("gpt2")
+    w.add_tokenizer_pre("gpt-2")
+    w.add_token_list(tokens)
+    w.add_token_types([gguf.TokenType.CONTROL if t in specials else gguf.TokenType.NORMAL for t in tokens])
+    w.add_token_merges([m if isinstance(m, str) else " ".join(m) for m in tok["model"]["merges"]])
+    w.add_eos_token_id(vocab[EOT])
+    w.add_bos_token_id(vocab[EOT])
+    w.add_add_bos_token(add_bos)
+
+
+def _spm_vocab(w: gguf.GGUFWriter, model_proto: bytes) -> None:
+    """A SentencePiece model, as convert_hf_to_gguf.py's _set_vocab_sentencepiece stores it (bos added, as Llama)."""
+    import sentencepiece as spm
+
+    sp = spm.SentencePieceProcessor(model_proto=model_proto)
+    types = []
+    for i in range(sp.get_piece_size()):
+        kind = gguf.TokenType.NORMAL
+        if sp.is_unknown(i):
+            kind = gguf.TokenType.UNKNOWN
+        elif sp.is_control(i):
+            kind = gguf.TokenType.CONTROL
+        elif sp.is_unused(i):
+            kind = gguf.TokenType.UNUSED
+        elif sp.is_byte(i):
+            kind = gguf.TokenType.BYTE
+        types.append(kind)
+    w.add_tokenizer_model("llama")
+    w.add_tokenizer_pre("default")
+    w.add_token_list([sp.id_to_piece(i) for i in range(sp.get_piece_size())])
+    w.add_token_scores([sp.get_score(i) for i in range(sp.get_piece_size())])
+    w.add_token_types(types)
+    w.add_bos_token_id(sp.bos_id())
+    w.add_eos_token_id(sp.eos_id())
+    w.add_unk_token_id(sp.unk_id())
+    w.add_add_bos_token(True)
+
+
 def write_gguf(model, tokenizer_file: Path, path: Path, qtype: Q, arch: str | None = None,
-               chat_template: str | None = CHAT_TEMPLATE, add_bos: bool = False) -> dict:
-    """Write ``model`` (a transformers Llama / Qwen2 / Qwen3) as llama.cpp would; returns the state dict of what
-    the file holds, dequantised, under the model's own names (for the transformers reference)."""
+               chat_template: str | None = CHAT_TEMPLATE, add_bos: bool = False,
+               spm_model: bytes | None = None) -> dict:
+    """Write ``model`` (a transformers Llama / Qwen2 / Qwen3 / Gemma 3 / Phi-3) as llama.cpp would, with the
+    byte-level BPE of ``tokenizer_file`` (or the SentencePiece ``spm_model``); returns the state dict of what the
+    file holds, dequantised, under the model's own names (for the transformers reference)."""
     cfg = model.config
     arch = arch or {"llama": "llama", "qwen2": "qwen2", "qwen3": "qwen3", "gemma3_text": "gemma3",
                     "phi3": "phi3"}[cfg.model_type]
@@ -116,19 +162,10 @@ def write_gguf(model, tokenizer_file: Path, path: Path, qtype: Q, arch: str | No
         w.add_rope_scaling_attn_factors(math.sqrt(1 + math.log(scale) / math.log(original)) if scale > 1 else 1.0)
     w.add_vocab_size(cfg.vocab_size)
     w.add_file_type(int(qtype))
-    # the tokenizer, as convert_hf_to_gguf.py's _set_vocab_gpt2 stores it
-    tok = json.loads(tokenizer_file.read_text())
-    vocab = tok["model"]["vocab"]
-    tokens = sorted(vocab, key=vocab.get)
-    specials = {t["content"] for t in tok["added_tokens"] if t["special"]}
-    w.add_tokenizer_model("gpt2")
-    w.add_tokenizer_pre("gpt-2")
-    w.add_token_list(tokens)
-    w.add_token_types([gguf.TokenType.CONTROL if t in specials else gguf.TokenType.NORMAL for t in tokens])
-    w.add_token_merges([m if isinstance(m, str) else " ".join(m) for m in tok["model"]["merges"]])
-    w.add_eos_token_id(vocab[EOT])
-    w.add_bos_token_id(vocab[EOT])
-    w.add_add_bos_token(add_bos)
+    if spm_model is None:
+        _gpt2_vocab(w, tokenizer_file, add_bos)
+    else:
+        _spm_vocab(w, spm_model)
     if chat_template is not None:
         w.add_chat_template(chat_template)
     held = {}
@@ -289,6 +326,30 @@ def test_add_bos_token(hf_models, bpe_tokenizer_file, tmp_path):
 
     hf = Tokenizer.from_file(str(bpe_tokenizer_file))
     assert gen.tokenizer.encode("hello there").ids == [hf.token_to_id(EOT)] + hf.encode("hello there").ids
+
+
+def test_sentencepiece_tokenizer(hf_models, bpe_tokenizer_file, tmp_path, sentences):
+    """A "llama" (SentencePiece) tokenizer, trained as Llama's (BPE, byte fallback, no normalisation, whitespace
+    kept): the ids of sentencepiece itself, after the BOS the file asks for."""
+    import io
+
+    import sentencepiece as spm
+
+    model = hf_models("llama")
+    texts = sentences + ["naïve café — 東京 🙂 ☃", "  two  spaces\tand tab", "<s> and </s> as text", "x", ""]
+    out = io.BytesIO()
+    spm.SentencePieceTrainer.train(sentence_iterator=iter(sentences), model_writer=out, minloglevel=2, num_threads=1,
+                                   model_type="bpe", vocab_size=model.config.vocab_size, byte_fallback=True,
+                                   normalization_rule_name="identity", remove_extra_whitespaces=False)
+    path = tmp_path / "spm.gguf"
+    write_gguf(model, bpe_tokenizer_file, path, Q.F32, spm_model=out.getvalue())
+    gen = tinybert.Generator(convert(path, tmp_path / "model.safetensors", dtype="fp32"))
+    sp = spm.SentencePieceProcessor(model_proto=out.getvalue())
+    for text in texts:
+        assert gen.tokenizer.encode(text).ids == [sp.bos_id()] + sp.encode(text), text
+    assert gen.config.bos_token_id == sp.bos_id() and gen.config.eos_token_ids == (sp.eos_id(),)
+    ids = sp.encode(texts[0])
+    assert gen.tokenizer.decode(ids) == sp.decode(ids)
 
 
 def test_generator_opens_the_gguf_file(gguf_file, tmp_path, monkeypatch, capsys):
