@@ -77,14 +77,14 @@ def _gguf_name(hf_name: str, gemma: bool) -> str:
     return f"blk.{n}.{layer[rest]}.{suffix}"
 
 
-def _gpt2_vocab(w: gguf.GGUFWriter, tokenizer_file: Path, add_bos: bool) -> None:
+def _gpt2_vocab(w: gguf.GGUFWriter, tokenizer_file: Path, add_bos: bool, pre: str = "gpt-2") -> None:
     """A tokenizer.json's byte-level BPE, as convert_hf_to_gguf.py's _set_vocab_gpt2 stores it."""
     tok = json.loads(tokenizer_file.read_text())
     vocab = tok["model"]["vocab"]
     tokens = sorted(vocab, key=vocab.get)
     specials = {t["content"] for t in tok["added_tokens"] if t["special"]}
     w.add_tokenizer_model("gpt2")
-    w.add_tokenizer_pre("gpt-2")
+    w.add_tokenizer_pre(pre)
     w.add_token_list(tokens)
     w.add_token_types([gguf.TokenType.CONTROL if t in specials else gguf.TokenType.NORMAL for t in tokens])
     w.add_token_merges([m if isinstance(m, str) else " ".join(m) for m in tok["model"]["merges"]])
@@ -123,7 +123,7 @@ def _spm_vocab(w: gguf.GGUFWriter, model_proto: bytes) -> None:
 
 def write_gguf(model, tokenizer_file: Path, path: Path, qtype: Q, arch: str | None = None,
                chat_template: str | None = CHAT_TEMPLATE, add_bos: bool = False,
-               spm_model: bytes | None = None) -> dict:
+               spm_model: bytes | None = None, pre: str = "gpt-2") -> dict:
     """Write ``model`` (a transformers Llama / Qwen2 / Qwen3 / Gemma 3 / Phi-3) as llama.cpp would, with the
     byte-level BPE of ``tokenizer_file`` (or the SentencePiece ``spm_model``); returns the state dict of what the
     file holds, dequantised, under the model's own names (for the transformers reference)."""
@@ -163,7 +163,7 @@ def write_gguf(model, tokenizer_file: Path, path: Path, qtype: Q, arch: str | No
     w.add_vocab_size(cfg.vocab_size)
     w.add_file_type(int(qtype))
     if spm_model is None:
-        _gpt2_vocab(w, tokenizer_file, add_bos)
+        _gpt2_vocab(w, tokenizer_file, add_bos, pre)
     else:
         _spm_vocab(w, spm_model)
     if chat_template is not None:
@@ -326,6 +326,43 @@ def test_add_bos_token(hf_models, bpe_tokenizer_file, tmp_path):
 
     hf = Tokenizer.from_file(str(bpe_tokenizer_file))
     assert gen.tokenizer.encode("hello there").ids == [hf.token_to_id(EOT)] + hf.encode("hello there").ids
+
+
+# The pre-tokenizers of Meta-Llama-3's and Qwen2's tokenizer.json (Split, then ByteLevel without its own regex;
+# Qwen2 NFC-normalises first, Llama 3 ignores merges for words in the vocabulary)
+HF_PRE_TOKENIZERS = {
+    "llama-bpe": (r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|"
+                  r"\s*[\r\n]+|\s+(?!\S)|\s+", False, True),
+    "qwen2": (r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|"
+              r"\s*[\r\n]+|\s+(?!\S)|\s+", True, False),
+}
+
+
+@pytest.mark.parametrize("pre", list(HF_PRE_TOKENIZERS))
+def test_llama3_and_qwen2_pre_tokenizers(pre, hf_models, tmp_path, sentences):
+    """A byte-level BPE with Llama 3's or Qwen2's pre-tokenizer, stored with its tokenizer.ggml.pre name: the
+    tokenizer.json it was made from gives the same ids (digits, contractions, newlines, NFC included)."""
+    from tokenizers import Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers, trainers
+
+    regex, nfc, ignore_merges = HF_PRE_TOKENIZERS[pre]
+    model = hf_models("llama")
+    tok = Tokenizer(models.BPE(ignore_merges=ignore_merges))
+    if nfc:
+        tok.normalizer = normalizers.NFC()
+    tok.pre_tokenizer = pre_tokenizers.Sequence([pre_tokenizers.Split(Regex(regex), behavior="isolated"),
+                                                 pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)])
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=model.config.vocab_size, special_tokens=[EOT], show_progress=False,
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+    tok.train_from_iterator(sentences, trainer=trainer)
+    assert tok.get_vocab_size() == model.config.vocab_size
+    tok.save(str(tmp_path / "tokenizer.json"))
+    path = tmp_path / f"{pre}.gguf"
+    write_gguf(model, tmp_path / "tokenizer.json", path, Q.F32, pre=pre)
+    gen = tinybert.Generator(convert(path, tmp_path / "model.safetensors", dtype="fp32"))
+    texts = sentences + ["I'VE 1234567 apples, DON'T\n\n  they're\r\n", "e\u0301 cafe\u0301 Å", "x  \n y", "a1b22c333"]
+    for text in texts:
+        assert gen.tokenizer.encode(text).ids == tok.encode(text).ids, text
 
 
 def test_sentencepiece_tokenizer(hf_models, bpe_tokenizer_file, tmp_path, sentences):
