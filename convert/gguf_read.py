@@ -168,6 +168,8 @@ def _hf_config(meta: _Metadata, arch: str, kind: Architecture, names: set[str], 
         raise UnsupportedModelError(f"{meta.path}: rope over part of each head (rope.dimension_count) is not "
                                     "supported")
     layers = meta.integer(f"{arch}.block_count", minimum=1)
+    if layers > len(names):     # each layer has tensors of its own: bounds the name table built from the count
+        raise ConversionError(f"{meta.path}: {arch}.block_count {layers} is more than the file's {len(names)} tensors")
     hf = {
         "model_type": kind.model_type, "vocab_size": vocab, "hidden_size": hidden, "num_hidden_layers": layers,
         "num_attention_heads": heads,

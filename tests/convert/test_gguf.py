@@ -257,7 +257,7 @@ GGUF_OVERRIDES = {"gemma3": {"query_pre_attn_scalar": 16, "num_hidden_layers": 6
                              "layer_types": ["sliding_attention"] * 5 + ["full_attention"]}}
 CASES = [("llama", Q.F32), ("llama", Q.F16), ("llama", Q.Q8_0), ("llama", Q.Q4_0), ("llama-mqa-tied", Q.Q8_0),
          ("llama-llama3", Q.F32), ("llama-linear", Q.F16), ("qwen2", Q.F32), ("qwen2", Q.Q4_0), ("qwen3", Q.F32),
-         ("qwen3", Q.Q8_0), ("gemma3", Q.F32), ("gemma3", Q.Q8_0), ("phi3", Q.F32), ("phi3", Q.Q4_0)]
+         ("qwen3", Q.Q8_0), ("qwen3", Q.BF16), ("gemma3", Q.F32), ("gemma3", Q.Q8_0), ("phi3", Q.F32), ("phi3", Q.Q4_0)]
 
 
 @pytest.mark.parametrize("name, qtype", CASES, ids=[f"{n}-{q.name}" for n, q in CASES])
@@ -434,12 +434,14 @@ def test_truncated_and_corrupt_files(gguf_file, tmp_path):
         bad.write_bytes(data[:cut])
         with pytest.raises(ConversionError):
             convert(bad, tmp_path / "out.safetensors", dtype="fp32")
-    # a string length in the metadata made enormous; a tensor shape changed
+    # eight bytes of the metadata or tensor table overwritten (lengths, counts, types, shapes, offsets, text):
+    # a clear error, or a file that still converts; never another exception
     rng = np.random.default_rng(0)
-    for i in range(12):
+    header = gguf.GGUFReader(path).data_offset
+    for i in range(40):
         corrupt = bytearray(data)
-        at = int(rng.integers(8, 4096))
-        corrupt[at:at + 8] = b"\xff" * 8
+        at = int(rng.integers(8, header - 8))
+        corrupt[at:at + 8] = b"\xff" * 8 if i % 2 else rng.integers(0, 256, 8, dtype=np.uint8).tobytes()
         bad = tmp_path / f"corrupt{i}.gguf"
         bad.write_bytes(bytes(corrupt))
         try:
@@ -459,4 +461,9 @@ def test_unsupported_architecture_and_bad_shapes(hf_models, bpe_tokenizer_file, 
     path = tmp_path / "shape.gguf"
     write_gguf(model, bpe_tokenizer_file, path, Q.F32)
     with pytest.raises(ConversionError, match="shape"):
+        convert(path, tmp_path / "out.safetensors", dtype="fp32")
+    # a layer count no file of this size holds is refused before anything is sized by it
+    model.config.intermediate_size, model.config.num_hidden_layers = 128, 2 ** 30
+    write_gguf(model, bpe_tokenizer_file, path, Q.F32)
+    with pytest.raises(ConversionError, match="block_count"):
         convert(path, tmp_path / "out.safetensors", dtype="fp32")
