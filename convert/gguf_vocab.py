@@ -79,9 +79,7 @@ def _byte_level(meta, path: Path, tokens: list[str], types: list[int]) -> Tokeni
             pre_tokenizers.Split(Regex(regex), behavior="isolated"),
             pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)])
     tokenizer.decoder = decoders.ByteLevel()
-    added = [AddedToken(tokens[i], special=t == CONTROL, normalized=False)
-             for i, t in enumerate(types) if t in (CONTROL, USER_DEFINED)]
-    tokenizer.add_tokens(added)
+    _add_special_pieces(tokenizer, tokens, types)
     return tokenizer
 
 
@@ -93,7 +91,21 @@ def _sentencepiece(meta, path: Path, tokens: list[str], types: list[int]) -> Tok
                      byte_fallback=BYTE in types,
                      add_dummy_prefix=meta.boolean("tokenizer.ggml.add_space_prefix", True),
                      remove_extra_whitespaces=meta.boolean("tokenizer.ggml.remove_extra_whitespaces", False))
-    return build_tokenizer(model, f"{path}: tokenizer")
+    tokenizer = build_tokenizer(model, f"{path}: tokenizer", named_specials=True)
+    _add_special_pieces(tokenizer, tokens, types)
+    return tokenizer
+
+
+def _add_special_pieces(tokenizer: Tokenizer, tokens: list[str], types: list[int]) -> None:
+    """Control tokens as special added tokens, user-defined ones as added tokens: both matched whole in text before
+    the model (llama.cpp's tokenizer_st_partition, transformers' added tokens), so that a chat template's
+    "<start_of_turn>" or "<s>" is its token."""
+    added = [AddedToken(tokens[i], special=t == CONTROL, normalized=False)
+             for i, t in enumerate(types) if t in (CONTROL, USER_DEFINED) and tokens[i]]
+    before = tokenizer.get_vocab_size(with_added_tokens=True)
+    tokenizer.add_tokens(added)
+    if tokenizer.get_vocab_size(with_added_tokens=True) != before:     # a token's text is not its id's vocab entry
+        raise ConversionError("a control or user-defined token is named like another token")
 
 
 def _with_bos_eos(tokenizer: Tokenizer, tokens: list[str], bos: int | None, eos: int | None) -> None:

@@ -93,8 +93,9 @@ def _gpt2_vocab(w: gguf.GGUFWriter, tokenizer_file: Path, add_bos: bool, pre: st
     w.add_add_bos_token(add_bos)
 
 
-def _spm_vocab(w: gguf.GGUFWriter, model_proto: bytes) -> None:
-    """A SentencePiece model, as convert_hf_to_gguf.py's _set_vocab_sentencepiece stores it (bos added, as Llama)."""
+def _spm_vocab(w: gguf.GGUFWriter, model_proto: bytes, user_defined: tuple[str, ...] = ()) -> None:
+    """A SentencePiece model, as convert_hf_to_gguf.py's _set_vocab_sentencepiece stores it (bos added, as Llama);
+    ``user_defined``: pieces tokenizer_config.json lists as added, not special (USER_DEFINED there)."""
     import sentencepiece as spm
 
     sp = spm.SentencePieceProcessor(model_proto=model_proto)
@@ -109,6 +110,8 @@ def _spm_vocab(w: gguf.GGUFWriter, model_proto: bytes) -> None:
             kind = gguf.TokenType.UNUSED
         elif sp.is_byte(i):
             kind = gguf.TokenType.BYTE
+        elif sp.id_to_piece(i) in user_defined:
+            kind = gguf.TokenType.USER_DEFINED
         types.append(kind)
     w.add_tokenizer_model("llama")
     w.add_tokenizer_pre("default")
@@ -123,7 +126,7 @@ def _spm_vocab(w: gguf.GGUFWriter, model_proto: bytes) -> None:
 
 def write_gguf(model, tokenizer_file: Path, path: Path, qtype: Q, arch: str | None = None,
                chat_template: str | None = CHAT_TEMPLATE, add_bos: bool = False,
-               spm_model: bytes | None = None, pre: str = "gpt-2") -> dict:
+               spm_model: bytes | None = None, pre: str = "gpt-2", user_defined: tuple[str, ...] = ()) -> dict:
     """Write ``model`` (a transformers Llama / Qwen2 / Qwen3 / Gemma 3 / Phi-3) as llama.cpp would, with the
     byte-level BPE of ``tokenizer_file`` (or the SentencePiece ``spm_model``); returns the state dict of what the
     file holds, dequantised, under the model's own names (for the transformers reference)."""
@@ -165,7 +168,7 @@ def write_gguf(model, tokenizer_file: Path, path: Path, qtype: Q, arch: str | No
     if spm_model is None:
         _gpt2_vocab(w, tokenizer_file, add_bos, pre)
     else:
-        _spm_vocab(w, spm_model)
+        _spm_vocab(w, spm_model, user_defined)
     if chat_template is not None:
         w.add_chat_template(chat_template)
     held = {}
@@ -367,23 +370,39 @@ def test_llama3_and_qwen2_pre_tokenizers(pre, hf_models, tmp_path, sentences):
 
 def test_sentencepiece_tokenizer(hf_models, bpe_tokenizer_file, tmp_path, sentences):
     """A "llama" (SentencePiece) tokenizer, trained as Llama's (BPE, byte fallback, no normalisation, whitespace
-    kept): the ids of sentencepiece itself, after the BOS the file asks for."""
+    kept), with control and user-defined pieces: llama.cpp's ids (its tokenizer_st_partition, then SPM): the
+    special pieces matched whole in the text, every other fragment segmented as sentencepiece segments it (with
+    the space prefix), after the BOS the file asks for."""
     import io
+    import re
 
     import sentencepiece as spm
 
     model = hf_models("llama")
-    texts = sentences + ["naïve café — 東京 🙂 ☃", "  two  spaces\tand tab", "<s> and </s> as text", "x", ""]
+    specials = ("<start_of_turn>", "<end_of_turn>", "<ctrl>")
     out = io.BytesIO()
     spm.SentencePieceTrainer.train(sentence_iterator=iter(sentences), model_writer=out, minloglevel=2, num_threads=1,
                                    model_type="bpe", vocab_size=model.config.vocab_size, byte_fallback=True,
-                                   normalization_rule_name="identity", remove_extra_whitespaces=False)
+                                   normalization_rule_name="identity", remove_extra_whitespaces=False,
+                                   control_symbols=list(specials), user_defined_symbols=["@@sep@@"])
     path = tmp_path / "spm.gguf"
-    write_gguf(model, bpe_tokenizer_file, path, Q.F32, spm_model=out.getvalue())
+    write_gguf(model, bpe_tokenizer_file, path, Q.F32, spm_model=out.getvalue(), user_defined=("@@sep@@",))
     gen = tinybert.Generator(convert(path, tmp_path / "model.safetensors", dtype="fp32"))
     sp = spm.SentencePieceProcessor(model_proto=out.getvalue())
+    split = re.compile("(" + "|".join(re.escape(t) for t in (*specials, "@@sep@@", "<s>", "</s>")) + ")")
+
+    def llama_cpp(text: str) -> list[int]:
+        ids = [sp.bos_id()]
+        for part in split.split(text):
+            if part:
+                ids += [sp.piece_to_id(part)] if split.fullmatch(part) else sp.encode(part)
+        return ids
+
+    texts = sentences + ["naïve café — 東京 🙂 ☃", "  two  spaces\tand tab", "<s> and </s> as text", "x", "",
+                         "<start_of_turn>user\nhi there<end_of_turn>\n<start_of_turn>model\n", "a@@sep@@b <ctrl>c",
+                         "<start_of_turn><end_of_turn>", "no <start_of_turn match"]
     for text in texts:
-        assert gen.tokenizer.encode(text).ids == [sp.bos_id()] + sp.encode(text), text
+        assert gen.tokenizer.encode(text).ids == llama_cpp(text), text
     assert gen.config.bos_token_id == sp.bos_id() and gen.config.eos_token_ids == (sp.eos_id(),)
     ids = sp.encode(texts[0])
     assert gen.tokenizer.decode(ids) == sp.decode(ids)
