@@ -5,10 +5,13 @@ Two tokenizer models, as llama.cpp's llama-vocab.cpp reads them:
 * ``gpt2``: byte-level BPE (tokens, merges), pre-tokenized by the regex that ``tokenizer.ggml.pre`` names. The
   regexes are those of the Hugging Face tokenizer.json files the GGUF files were made from (llama.cpp runs
   adapted copies of them): GPT-2's, Llama 3's (``llama-bpe``; merges ignored for words in the vocabulary, as
-  its tokenizer.json says) and Qwen2's (``qwen2``, NFC-normalised first). Control tokens become special added
-  tokens, user-defined ones added tokens, so both are matched whole in text, as transformers does.
+  its tokenizer.json says) and Qwen2's (``qwen2``, NFC-normalised first).
 * ``llama``: SentencePiece (tokens, scores, token types), rebuilt as convert/spm.py rebuilds a SentencePiece
   BPE model: llama.cpp's SPM tokenizer merges by score, as sentencepiece's BPE does.
+
+In both, control tokens become special added tokens and user-defined ones added tokens: matched whole in the text
+before the model, as transformers and llama.cpp (parsing special tokens, as its chat does) match them, so that a
+chat template's special tokens become their ids.
 
 ``add_bos_token`` / ``add_eos_token`` become a post-processor, so texts get the ids the model was trained with.
 """
