@@ -58,14 +58,20 @@ def chat_template_settings(folder: Path) -> dict | None:
     if "added_tokens_decoder" not in config and (folder / "special_tokens_map.json").is_file():
         settings.update(read_json(folder, "special_tokens_map.json", dict))
     tokens = {name: _token(settings.get(name)) for name in fmt.CHAT_SPECIAL_TOKENS}
-    value = {"template": template, "special_tokens": {k: v for k, v in tokens.items() if v is not None}}
+    return template_settings(template, {k: v for k, v in tokens.items() if v is not None}, str(folder / where))
+
+
+def template_settings(template: str, special_tokens: dict[str, str], where: str) -> dict:
+    """The ``chat_template`` metadata of ``template`` and the named special tokens it reads, checked and compiled
+    (a ConversionError naming ``where`` when it is malformed or does not compile)."""
+    value = {"template": template, "special_tokens": special_tokens}
     problem = fmt.check_chat_template(value)
     if problem:
-        raise ConversionError(f"{folder / where}: chat template: {problem}")
+        raise ConversionError(f"{where}: chat template: {problem}")
     from tinybert.api.chat import compile_template
 
     try:
         compile_template(template)
     except ModelFileError as exc:
-        raise ConversionError(f"{folder / where}: {exc}") from None
+        raise ConversionError(f"{where}: {exc}") from None
     return value

@@ -16,10 +16,11 @@ from tinybert.config import EncoderConfig, TaskConfig
 from tinybert.errors import ConversionError, ModelFileError, UnsupportedModelError
 
 from .architectures import canonical_tensors, check_model_type, encoder_config, find_prefix, legacy_names
-from .chat import chat_template_settings
+from .chat import chat_template_settings, template_settings
 from .decoders import DECODER_FAMILIES, decoder_config, decoder_tensors
 from .dense import dense_modules
 from .files import check_output, read_json
+from .gguf_read import is_gguf
 from .heads import canonical_head
 from .hfconfig import string
 from .languages import language_settings
@@ -113,8 +114,10 @@ def convert(src: str | Path, out: str | Path, dtype: str = "int8", show_progress
     src, out = Path(src), Path(out)
     if dtype not in fmt.QUANTIZATIONS:
         raise ConversionError(f"dtype must be one of {fmt.QUANTIZATIONS}, got {dtype!r}")
+    if src.is_file() and is_gguf(src):
+        return _convert_gguf(src, out, dtype, show_progress, task, mixed_activations, force)
     if not src.is_dir():
-        raise ConversionError(f"{src} is not a folder")
+        raise ConversionError(f"{src} is not a folder (nor a GGUF file)")
     check_output(src, out, force)
     if not (src / "config.json").is_file():
         raise ConversionError(f"{src}: config.json is missing")
@@ -197,6 +200,16 @@ def convert(src: str | Path, out: str | Path, dtype: str = "int8", show_progress
         extra[fmt.KEY_SENTENCE_TRANSFORMERS] = json.dumps(st_settings, sort_keys=True, ensure_ascii=False)
     if dense_layers:
         extra[fmt.KEY_DENSE] = json.dumps(dense_layers, sort_keys=True)
+    return _write(out, cfg, tensors, task_config, tokenizer, extra, tokenizer_options(src, tokenizer),
+                  _source(hf_config), dtype, mixed_activations, progress, show_progress, id_map, dense_tensors)
+
+
+def _write(out: Path, cfg, tensors: dict[str, np.ndarray], task_config: TaskConfig, tokenizer: str,
+           extra: dict[str, str], options: dict, source: str, dtype: str, mixed_activations: bool,
+           progress: _Progress, show_progress: bool, id_map: list[int] | None = None,
+           dense_tensors: dict[str, np.ndarray] | None = None) -> Path:
+    """The common end of every conversion: check, quantise (int8) and write the canonical tensors and metadata."""
+    dense_tensors = dense_tensors or {}
     for name, value in {**tensors, **dense_tensors}.items():
         if not np.isfinite(value).all():
             raise ConversionError(f"tensor {name} holds NaN or infinite values")
@@ -216,7 +229,6 @@ def convert(src: str | Path, out: str | Path, dtype: str = "int8", show_progress
             tensors = quantize_tensors(tensors)
     tensors.update(dense_tensors)       # float32 in every file (format.KEY_DENSE)
     progress.close()
-    options = tokenizer_options(src, tokenizer)
     metadata = {
         fmt.KEY_FORMAT: fmt.FORMAT_NAME,
         fmt.KEY_VERSION: str(fmt.FORMAT_VERSION),
@@ -226,7 +238,7 @@ def convert(src: str | Path, out: str | Path, dtype: str = "int8", show_progress
         fmt.KEY_QUANTIZATION: dtype,
         fmt.KEY_TASK: json.dumps(task_config.to_dict(), sort_keys=True),
         fmt.KEY_TOKENIZER_OPTIONS: json.dumps(options, sort_keys=True),
-        fmt.KEY_SOURCE: _source(hf_config),
+        fmt.KEY_SOURCE: source,
     }
     bar = None
     if show_progress:
@@ -240,3 +252,29 @@ def convert(src: str | Path, out: str | Path, dtype: str = "int8", show_progress
         if bar is not None:
             bar.close()
     return out
+
+
+def _convert_gguf(src: Path, out: Path, dtype: str, show_progress: bool, task: str | None, mixed_activations: bool,
+                  force: bool) -> Path:
+    """A GGUF file (llama.cpp) → a tinybert file: its metadata and tensors translated to a Hugging Face config and
+    state dict (convert/gguf_read.py), then converted as a decoder folder's."""
+    from .gguf_read import read_gguf
+
+    check_output(src, out, force)
+    if task not in (None, "text-generation"):
+        raise ConversionError(f"a GGUF file converts for text-generation, not {task!r}")
+    progress = _Progress(show_progress)
+    progress.step(f"reading {src} (GGUF)")
+    model = read_gguf(src)
+    cfg = decoder_config(model.hf_config, None)
+    tensors = decoder_tensors(cfg, model.tensors)
+    del model.tensors
+    extra: dict[str, str] = {}
+    if model.chat_template is not None:
+        chat = template_settings(model.chat_template, model.special_tokens, f"{src}: tokenizer.chat_template")
+        extra[fmt.KEY_CHAT_TEMPLATE] = json.dumps(chat, sort_keys=True, ensure_ascii=False)
+    source = json.loads(_source(model.hf_config))
+    source["gguf_tensor_types"] = model.dequantised
+    options = {"mask_token": None, "clean_up_tokenization_spaces": False}
+    return _write(out, cfg, tensors, TaskConfig(type="text-generation"), model.tokenizer, extra, options,
+                  json.dumps(source, sort_keys=True), dtype, mixed_activations, progress, show_progress)

@@ -28,10 +28,10 @@ _GPT2_ACTIVATIONS = {"gelu_new": "gelu_tanh", "gelu_pytorch_tanh": "gelu_tanh", 
                      "gelu": "gelu", "relu": "relu"}
 
 
-def _eos_ids(hf: dict, folder: Path) -> tuple[int, ...]:
+def _eos_ids(hf: dict, folder: Path | None) -> tuple[int, ...]:
     """EOS ids from generation_config.json (what transformers' generate uses), else config.json."""
     value = None
-    if (folder / "generation_config.json").is_file():
+    if folder is not None and (folder / "generation_config.json").is_file():
         value = read_json(folder, "generation_config.json", dict).get("eos_token_id")
     if value is None:
         value = hf.get("eos_token_id")
@@ -114,8 +114,9 @@ def _gemma3(hf: dict) -> dict:
                 causal=not bidirectional)
 
 
-def decoder_config(hf: dict, folder: Path) -> DecoderConfig:
-    """Canonical config of a decoder-only checkpoint's ``config.json``."""
+def decoder_config(hf: dict, folder: Path | None) -> DecoderConfig:
+    """Canonical config of a decoder-only checkpoint's ``config.json`` (its generation_config.json in ``folder``
+    states the EOS ids when present; None: config.json states them, as for a GGUF file's translated metadata)."""
     model_type = string(hf, "model_type")
     if model_type not in DECODER_FAMILIES:
         raise UnsupportedModelError(f"model_type {model_type!r} is not a supported decoder")

@@ -363,7 +363,7 @@ def _charsmap(model: SpmModel, what: str) -> normalizers.Normalizer | None:
     return charsmap
 
 
-def _normalizer(model: SpmModel, what: str) -> normalizers.Normalizer | None:
+def _normalizer(model: SpmModel, what: str, check_user_defined: bool = True) -> normalizers.Normalizer | None:
     """normalizer.cc in tokenizers terms: the precompiled character map, then (with
     remove_extra_whitespaces) no leading, trailing or repeated spaces, then spaces → "▁" and the
     dummy prefix."""
@@ -379,7 +379,7 @@ def _normalizer(model: SpmModel, what: str) -> normalizers.Normalizer | None:
     if charsmap is not None:
         steps.append(charsmap)
     mapping = normalizers.Sequence(list(steps))
-    for p in model.pieces:
+    for p in model.pieces if check_user_defined else ():
         # sentencepiece copies user-defined pieces past its normalizer; tokenizers cannot, which
         # only matters when the normalizer would change them
         if p.type == USER_DEFINED and (" " in p.piece or mapping.normalize_str(p.piece) != p.piece):
@@ -423,7 +423,7 @@ def _spm_decoder(model: SpmModel) -> decoders.Decoder:
     return decoders.Sequence(steps)
 
 
-def _bpe_model(model: SpmModel, what: str) -> models.BPE:
+def _bpe_model(model: SpmModel, what: str, named_specials: bool = False) -> models.BPE:
     """bpe_model.cc in tokenizers terms.
 
     sentencepiece splits the text into characters and repeatedly merges the adjacent pair whose concatenation
@@ -438,6 +438,11 @@ def _bpe_model(model: SpmModel, what: str) -> models.BPE:
     """
     vocab: dict[str, int] = {}
     for i, p in enumerate(model.pieces):
+        if named_specials and p.type in (CONTROL, USER_DEFINED, UNUSED):
+            # the caller matches control and user-defined pieces whole, as added tokens, before the model: they keep
+            # their names (no merge makes them); unused ones are never produced
+            vocab[_hidden("N", i) if p.type == UNUSED else p.piece] = i
+            continue
         if p.type in (UNUSED, USER_DEFINED):
             # sentencepiece merges through unused pieces and then splits them again (its rev_merge), and
             # keeps user-defined pieces whole wherever they start a symbol: neither has a tokenizers part
@@ -468,16 +473,21 @@ def _bpe_model(model: SpmModel, what: str) -> models.BPE:
         raise ConversionError(f"{what}: cannot build the BPE model: {exc}") from None
 
 
-def build_tokenizer(model: SpmModel, what: str) -> Tokenizer:
-    """The tokenizer of a SentencePiece model; its ids are the SentencePiece ids."""
+def build_tokenizer(model: SpmModel, what: str, named_specials: bool = False) -> Tokenizer:
+    """The tokenizer of a SentencePiece model; its ids are the SentencePiece ids. With ``named_specials`` (BPE
+    models only) control and user-defined pieces keep their names in the vocabulary, for the caller to add as
+    added tokens: matched whole in text before the model, as transformers' and llama.cpp's tokenizers do, where
+    sentencepiece never matches control pieces."""
+    if named_specials and model.model_type != BPE:
+        raise UnsupportedModelError(f"{what}: named special pieces are implemented for BPE models only")
     if model.model_type == BPE:
-        tokenizer = Tokenizer(_bpe_model(model, what))
+        tokenizer = Tokenizer(_bpe_model(model, what, named_specials))
     else:
         try:
             tokenizer = Tokenizer(models.Unigram(_unigram_vocab(model), model.unk_id, model.byte_fallback))
         except Exception as exc:  # tokenizers raises its own exception type
             raise ConversionError(f"{what}: cannot build the Unigram model: {exc}") from None
-    normalizer = _normalizer(model, what)
+    normalizer = _normalizer(model, what, check_user_defined=not named_specials)
     if normalizer is not None:
         tokenizer.normalizer = normalizer
     # No pre-tokenizer: sentencepiece segments the whole normalized text at once.

@@ -719,8 +719,9 @@ def build_parser() -> argparse.ArgumentParser:
         p.set_defaults(func=func)
         return p
 
-    p = command("convert", "convert a Hugging Face model folder to one tinybert file", _cmd_convert)
-    p.add_argument("src", help="Hugging Face model folder (config.json, tokenizer.json, weights) or Hub id (org/name)")
+    p = command("convert", "convert a Hugging Face model folder (or a GGUF file) to one tinybert file", _cmd_convert)
+    p.add_argument("src", help="Hugging Face model folder (config.json, tokenizer.json, weights), Hub id (org/name) "
+                               "or GGUF file (llama.cpp's format)")
     p.add_argument("--revision", help="branch, tag or commit of a Hub id")
     p.add_argument("out", help="output .safetensors file (checked before the folder is read)")
     p.add_argument("--dtype", choices=["int8", "fp32"], default="int8", help="weight type")
@@ -906,7 +907,8 @@ def build_parser() -> argparse.ArgumentParser:
     for name in _MODEL_COMMANDS:         # every command that opens a model takes it by name too (docs/loading.md)
         p = sub.choices[name]
         p.add_argument("--dtype", choices=["int8", "fp32"], default="int8",
-                       help="what a Hugging Face folder or Hub id is converted to (a tinybert file keeps its own)")
+                       help="what a Hugging Face folder, Hub id or GGUF file is converted to (a tinybert file "
+                            "keeps its own)")
         p.add_argument("--revision", help="branch, tag or commit of a Hub id")
     return parser
 

@@ -2,6 +2,7 @@
 
     a tinybert file         used as it is
     a Hugging Face folder   converted once into the tinybert cache
+    a GGUF file             (llama.cpp's format, a decoder) converted once into the tinybert cache
     a Hub id                "org/name" (or "name"), with a revision as ``revision=`` or "org/name@revision":
                             looked up in the Hugging Face cache first, downloaded through huggingface_hub when
                             the network is allowed, then converted once into the tinybert cache
@@ -12,7 +13,8 @@ that cache is (huggingface_hub reads them). Downloads go through huggingface_hub
 
 The tinybert cache is ``$TINYBERT_CACHE``, else ``$XDG_CACHE_HOME/tinybert``, else ``~/.cache/tinybert``. Each
 converted model is one file under ``models/``, named by what it was made from and how: the id and the commit
-of its snapshot (or a folder's path and a fingerprint of its files' names, sizes and modification times), the
+of its snapshot (or a folder's path and a fingerprint of its files' names, sizes and modification times, or a
+GGUF file's path, size and modification time), the
 dtype, the file format version and the converter version; a change to any of them makes a new entry. The
 converter writes a temporary file and renames it (a reader never sees half a file); a lock file beside the
 entry makes two processes that convert the same model at once produce one file (the second waits, then uses
@@ -62,6 +64,8 @@ def resolve(name: str | Path, dtype: str = "int8", revision: str | None = None,
         raise InputError(f"dtype must be one of {DTYPES}, got {dtype!r}")
     path = Path(name)
     if path.is_file():
+        if is_gguf(path):
+            return _cached(path, _file_key(path), dtype)
         return path, None
     if path.is_dir():
         if (path / "config.json").is_file():
@@ -69,17 +73,28 @@ def resolve(name: str | Path, dtype: str = "int8", revision: str | None = None,
         raise ModelFileError(f"{path} is a folder without config.json: not a Hugging Face model folder")
     text = str(name)
     hub = _hub_id(text, revision)
-    if hub is None or text.endswith(".safetensors") or os.sep in text.replace("/", "", 1):
+    if hub is None or text.endswith((".safetensors", ".gguf")) or os.sep in text.replace("/", "", 1):
         raise ModelFileError(f"no such model file or folder: {text}")
     repo, revision = hub
     snapshot = _hub_snapshot(repo, revision, local_files_only)
     return _cached(snapshot, f"{repo.replace('/', '--')}@{snapshot.name}", dtype)
 
 
+def is_gguf(path: Path) -> bool:
+    """Whether ``path`` is a GGUF file (llama.cpp's format): it starts with the magic "GGUF". A tinybert file
+    never does (a safetensors file starts with its header's length)."""
+    try:
+        with open(path, "rb") as fh:
+            return fh.read(4) == b"GGUF"
+    except OSError:
+        return False
+
+
 def hf_folder(name: str | Path, revision: str | None = None, local_files_only: bool | None = None) -> Path:
     """A Hugging Face folder for ``name``: the folder itself, or a Hub id's snapshot (from the Hugging Face cache,
-    else downloaded, as ``resolve`` finds it). What ``tinybert convert`` reads."""
-    if Path(name).is_dir():
+    else downloaded, as ``resolve`` finds it); a GGUF file is returned as it is. What ``tinybert convert``
+    reads."""
+    if Path(name).is_dir() or (Path(name).is_file() and is_gguf(Path(name))):
         return Path(name)
     hub = _hub_id(str(name), revision)
     if hub is None or Path(name).exists():
@@ -142,6 +157,15 @@ def _folder_key(folder: Path) -> str:
         stat = path.stat()
         digest.update(f"\0{path.relative_to(folder)}\0{stat.st_size}\0{stat.st_mtime_ns}".encode())
     return f"{folder.name}-{digest.hexdigest()[:16]}"
+
+
+def _file_key(path: Path) -> str:
+    """A key for a GGUF file: its real path, size and modification time (as for a folder: a replaced file gets a
+    new entry, without hashing gigabytes at every load)."""
+    real = path.resolve()
+    stat = real.stat()
+    digest = hashlib.sha256(f"{real}\0{stat.st_size}\0{stat.st_mtime_ns}".encode()).hexdigest()[:16]
+    return f"{real.stem}-gguf-{digest}"
 
 
 def _converter_version() -> str:
