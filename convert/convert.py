@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 
 from tinybert import format as fmt
-from tinybert.config import EncoderConfig, TaskConfig
+from tinybert.config import EncoderConfig, Seq2SeqConfig, TaskConfig
 from tinybert.errors import ConversionError, ModelFileError, UnsupportedModelError
 
 from .architectures import canonical_tensors, check_model_type, encoder_config, find_prefix, legacy_names
@@ -22,6 +22,7 @@ from .dense import dense_modules
 from .files import check_output, read_json
 from .heads import canonical_head
 from .hfconfig import string
+from .int4 import int4_tensors
 from .languages import language_settings
 from .m2m100 import is_m2m100_folder, m2m100_tokenizers
 from .pooling import sentence_transformers_settings
@@ -99,7 +100,9 @@ def convert(src: str | Path, out: str | Path, dtype: str = "int8", show_progress
     EmbeddingGemma, only as an embedder), encoder-decoders (T5,
     BART, Marian) for "text2text-generation". ``mixed_activations`` (int8): give the layers that
     keep the model's accuracy with it 8-bit inputs, calibrated and smoothed (convert/smooth.py; about
-    twice as fast on AVX-512 VNNI); False keeps 12-bit inputs everywhere. Returns the
+    twice as fast on AVX-512 VNNI); False keeps 12-bit inputs everywhere. "int4" (encoders and decoders):
+    the blocks' linears and an untied LM head 4-bit in groups of 32 (format.py), except those whose error on
+    the calibration text is too large (convert/int4.py), which stay int8 like the tables and heads. Returns the
     output path.
 
     ``out`` must not lie inside ``src`` (nor be a file it links to, such as a Hugging Face cache blob): a
@@ -200,7 +203,15 @@ def convert(src: str | Path, out: str | Path, dtype: str = "int8", show_progress
     for name, value in {**tensors, **dense_tensors}.items():
         if not np.isfinite(value).all():
             raise ConversionError(f"tensor {name} holds NaN or infinite values")
-    if dtype == "int8":
+    if dtype == "int4":
+        if isinstance(cfg, Seq2SeqConfig):
+            raise UnsupportedModelError(f"{src}: int4 weights are not supported for encoder-decoders yet; "
+                                        "convert with dtype int8")
+        progress.step("quantising to int4 (layers too inaccurate at 4 bits stay int8; on a first run this also "
+                      "compiles the kernels)")
+        mapped = {} if id_map is None else {"id_map": id_map}
+        tensors = int4_tensors(cfg, tensors, tokenizer, progress=progress.trial, **mapped)
+    elif dtype == "int8":
         # a decoder embedder has no logits for the calibration to measure: 12-bit inputs everywhere
         decoder_embedder = task_config.type == "feature-extraction" and not isinstance(cfg, EncoderConfig)
         if mixed_activations and not decoder_embedder:

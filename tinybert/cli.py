@@ -723,7 +723,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("src", help="Hugging Face model folder (config.json, tokenizer.json, weights) or Hub id (org/name)")
     p.add_argument("--revision", help="branch, tag or commit of a Hub id")
     p.add_argument("out", help="output .safetensors file (checked before the folder is read)")
-    p.add_argument("--dtype", choices=["int8", "fp32"], default="int8", help="weight type")
+    p.add_argument("--dtype", choices=["int8", "int4", "fp32"], default="int8",
+                   help="weight type (int4: 4-bit linears where calibration keeps them accurate; encoders, decoders)")
     p.add_argument("--task", choices=["feature-extraction", "sequence-classification", "token-classification",
                                       "question-answering", "masked-lm", "pretraining", "text-generation",
                                       "text2text-generation"],
