@@ -88,7 +88,8 @@ class _Progress:
 
 
 def convert(src: str | Path, out: str | Path, dtype: str = "int8", show_progress: bool = False,
-            task: str | None = None, mixed_activations: bool = True, force: bool = False) -> Path:
+            task: str | None = None, mixed_activations: bool = True, force: bool = False,
+            int4_budget: float | None = None) -> Path:
     """Convert the Hugging Face checkpoint folder ``src`` into the tinybert file ``out``.
 
     ``dtype`` is "int8" (linear weights and the token/position embedding tables int8 with per-row
@@ -102,8 +103,10 @@ def convert(src: str | Path, out: str | Path, dtype: str = "int8", show_progress
     keep the model's accuracy with it 8-bit inputs, calibrated and smoothed (convert/smooth.py; about
     twice as fast on AVX-512 VNNI); False keeps 12-bit inputs everywhere. "int4" (encoders and decoders):
     the blocks' linears and an untied LM head 4-bit in groups of 32 (format.py), except those whose error on
-    the calibration text is too large (convert/int4.py), which stay int8 like the tables and heads. Returns the
-    output path.
+    the calibration text is too large (convert/int4.py), which stay int8 like the tables and heads;
+    ``int4_budget`` (int4, e.g. 0.005) also keeps int8 the layers the model's output is most sensitive to until
+    the rest's estimated error (mean 1 − cosine on the calibration text) is within it (one calibration run per
+    layer). Returns the output path.
 
     ``out`` must not lie inside ``src`` (nor be a file it links to, such as a Hugging Face cache blob): a
     conversion never replaces its input. An existing ``out`` is replaced only with ``force=True``. Both are
@@ -116,6 +119,8 @@ def convert(src: str | Path, out: str | Path, dtype: str = "int8", show_progress
     src, out = Path(src), Path(out)
     if dtype not in fmt.QUANTIZATIONS:
         raise ConversionError(f"dtype must be one of {fmt.QUANTIZATIONS}, got {dtype!r}")
+    if int4_budget is not None and not (dtype == "int4" and 0 < int4_budget < 1):
+        raise ConversionError(f"int4_budget must be a number in (0, 1) with dtype int4, got {int4_budget!r}")
     if not src.is_dir():
         raise ConversionError(f"{src} is not a folder")
     check_output(src, out, force)
@@ -210,7 +215,7 @@ def convert(src: str | Path, out: str | Path, dtype: str = "int8", show_progress
         progress.step("quantising to int4 (layers too inaccurate at 4 bits stay int8; on a first run this also "
                       "compiles the kernels)")
         mapped = {} if id_map is None else {"id_map": id_map}
-        tensors = int4_tensors(cfg, tensors, tokenizer, progress=progress.trial, **mapped)
+        tensors = int4_tensors(cfg, tensors, tokenizer, progress=progress.trial, budget=int4_budget, **mapped)
     elif dtype == "int8":
         # a decoder embedder has no logits for the calibration to measure: 12-bit inputs everywhere
         decoder_embedder = task_config.type == "feature-extraction" and not isinstance(cfg, EncoderConfig)
