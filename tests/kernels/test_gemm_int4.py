@@ -67,7 +67,7 @@ SHAPES = [(1, 1, 1), (1, 16, 32), (1, 17, 33), (1, 48, 896), (1, 33, 100), (3, 5
           (16, 31, 257), (37, 64, 160), (2, 130, 4864 // 8)]
 
 
-@pytest.mark.parametrize("path", ["portable", "vnni", None])
+@pytest.mark.parametrize("path", ["portable", "vnni", "vnni-emulated", None])
 @pytest.mark.parametrize("shape", SHAPES)
 def test_bit_identical_to_numpy(shape, path):
     rng = np.random.default_rng(hash(shape) % 2**32)
@@ -77,7 +77,7 @@ def test_bit_identical_to_numpy(shape, path):
     np.testing.assert_array_equal(got, reference(x, q, scales, mins, bias))
 
 
-@pytest.mark.parametrize("path", ["portable", "vnni"])
+@pytest.mark.parametrize("path", ["portable", "vnni", "vnni-emulated"])
 def test_extreme_values(path):
     rng = np.random.default_rng(5)
     x, q, scales, mins, bias = _case(rng, 4, 35, 97, extreme=True)
@@ -88,7 +88,7 @@ def test_extreme_values(path):
     np.testing.assert_array_equal(got, want)
 
 
-@pytest.mark.parametrize("path", ["portable", "vnni"])
+@pytest.mark.parametrize("path", ["portable", "vnni", "vnni-emulated"])
 def test_non_finite_rows_give_nan(path):
     rng = np.random.default_rng(6)
     x, q, scales, mins, bias = _case(rng, 3, 20, 64)

@@ -25,16 +25,39 @@ of x @ W.T that centring took out.  D and S are below 2**24, so float32(D) and f
 and every path that computes the same integers gives bit-identical outputs.  K not a multiple of 32
 is padded with zero codes and zero activations (the padding adds nothing to D or S).
 
-Paths: ``portable`` (Numba, any CPU; prefill runs here for now) and ``vnni`` (one row, AVX-512
-VNNI vpdpbusd on the unsigned codes, emulated in generic IR on other CPUs; see gemm_int4_vnni.py).
+Paths: ``portable`` (Numba loops, any CPU) and ``vnni`` (AVX-512 VNNI ``vpdpbusd`` on the unsigned
+codes; on a CPU without it the same IR with the instruction spelt in generic vectors, so the path is
+tested anywhere). The default takes ``vnni`` where the target has the instruction, for any number of rows:
+its driver reads each thread's panels as one sequential stream, row by row per panel (a panel of a
+K = 4864 layer is 48 KB, so rows after the first read it from L2); a prefill kernel that shares each
+weight load between rows (as gemm_vnni's 6-row tiles do) is not written yet.
+
+VNNI layout (``pack_vnni``, at load): panels of NR = 16 output channels; per (panel p, group g) one block
+of BLOCK_BYTES = 320 bytes, blocks in (p, g) order:
+
+    bytes [64 o + 4 j + t]  (o < 4, j < 16, t < 4):  q[16p + j, 32g + 4o + t] | q[16p + j, 32g + 16 + 4o + t] << 4
+    bytes [256 + 2 j]:      s[16p + j, g] (float16),   bytes [288 + 2 j]: m[16p + j, g] (float16)
+
+so one zmm load of codes gives, masked, 16 lanes x 4 low-nibble codes (k = 32g + 4o .. +3, the dword
+``vpdpbusd`` multiplies by the broadcast activations x[32g + 4o .. +3]) and, shifted, 4 high-nibble codes
+(k + 16).  Codes are unsigned and activations signed, as the instruction wants: no +128 offset and no
+compensation term.  A thread reads its panels front to back, 320 bytes per group, scales beside the codes.
 """
 
 from __future__ import annotations
 
+import numba
 import numpy as np
-from numba import njit, prange
+from llvmlite import ir
+from numba import njit, prange, types
+from numba.core import cgutils
+from numba.extending import intrinsic
 
+from . import cpu
+from .half import F16C
+from .irloop import no_unroll
 from .jitcache import fast_cache_loading
+from .memory import aligned_empty
 from .quant import ACT8_QMAX, row_scale_centre
 
 GROUP = 32             # weights per (channel, group) scale and offset
@@ -46,7 +69,7 @@ class Int4Weight:
     """One int4 layer's weight as the kernels read it: codes uint8 [N, 16 G], scales and offsets as float32
     [N, G], wsum float32 [N], and the true K (the codes are padded to 32 G)."""
 
-    __slots__ = ("codes", "scales", "mins", "wsum", "k_dim", "vnni")
+    __slots__ = ("codes", "scales", "mins", "wsum", "k_dim", "panels")
 
     def __init__(self, codes: np.ndarray, scales: np.ndarray, mins: np.ndarray, k_dim: int) -> None:
         check_int4(codes, scales, mins, k_dim)
@@ -55,7 +78,8 @@ class Int4Weight:
         self.mins = np.ascontiguousarray(mins, dtype=np.float32)
         self.k_dim = k_dim
         self.wsum = weight_sums_int4(self.codes, self.scales, self.mins, k_dim)
-        self.vnni = None            # the panel layout of gemm_int4_vnni, packed on first use
+        # the VNNI layout (float16 scales in it), packed at load where the default path is VNNI, else on first use
+        self.panels = pack_vnni(self.codes, scales, mins) if _vnni_native() else None
 
     @property
     def out_features(self) -> int:
@@ -222,32 +246,208 @@ def check_bias(bias: np.ndarray, n_dim: int) -> None:
 
 
 def linear_int4(x: np.ndarray, weight: Int4Weight, bias: np.ndarray, path: str | None = None) -> np.ndarray:
-    """y = x @ W.T + b for float32 x [M, K] and an int4 weight; ``path`` None (the best for M and the CPU),
-    "portable" or "vnni" (one row at a time; emulated where the CPU lacks AVX-512 VNNI). Every path gives
-    bit-identical results."""
+    """y = x @ W.T + b for float32 x [M, K] and an int4 weight; ``path`` None (the best for the CPU),
+    "portable", "vnni" (emulated where the CPU lacks AVX-512 VNNI) or "vnni-emulated" (always the generic IR;
+    for tests). Every path gives bit-identical results."""
     if x.ndim != 2 or x.shape[1] != weight.k_dim:
         raise ValueError(f"expected input of shape [M, {weight.k_dim}], got {x.shape}")
     x = np.ascontiguousarray(x, dtype=np.float32)
     check_bias(bias, weight.out_features)
-    if path not in (None, "portable", "vnni"):
+    if path not in (None, "portable", "vnni", "vnni-emulated"):
         raise ValueError(f"unknown int4 path {path!r}")
     kp = weight.scales.shape[1] * GROUP
     out = np.empty((x.shape[0], weight.out_features), dtype=np.float32)
     if x.shape[0] == 0:
         return out
-    if path == "vnni" or (path is None and x.shape[0] == 1 and _vnni_native()):
-        return _linear_vnni(x, weight, bias, out)
+    if path in ("vnni", "vnni-emulated") or (path is None and _vnni_native()):
+        return _linear_vnni(x, weight, bias, out, emulate=path == "vnni-emulated")
     xq, xs, xc, gsum = quantize_rows(x, kp)
     _gemm_portable(xq, xs, xc, gsum, weight.codes, weight.scales, weight.mins, bias, weight.wsum, out)
     return out
 
 
 def _vnni_native() -> bool:
-    return False
+    return bool(cpu.POLICY.target_vnni)
 
 
-def _linear_vnni(x, weight, bias, out):
-    raise NotImplementedError
+# ----------------------------------------------------------------------------------------------
+# AVX-512 VNNI (or its generic-IR spelling)
+# ----------------------------------------------------------------------------------------------
+
+NR = 16                          # output channels per panel: one zmm of int32 / float32 lanes
+BLOCK_BYTES = 8 * 32 + 2 * 32    # codes of 16 channels x 32 k, then 16 float16 scales and 16 offsets
+
+
+def pack_vnni(codes: np.ndarray, scales: np.ndarray, mins: np.ndarray) -> np.ndarray:
+    """The VNNI layout (module docstring) of codes [N, 16 G] and float16-valued scales / offsets [N, G]:
+    uint8 [ceil(N / 16), G, 320], 64-byte aligned; padding channels have zero codes, scales and offsets."""
+    n, g = scales.shape
+    p = -(-n // NR)
+    q = np.zeros((p * NR, g * GROUP), dtype=np.uint8)
+    q[:n] = unpack_codes(codes, g * GROUP)
+    q = q.reshape(p, NR, g, 2, 4, 4)                        # [p, j, g, half, o, t]
+    nibbles = q[:, :, :, 0] | (q[:, :, :, 1] << 4)           # [p, j, g, o, t]
+    packed = aligned_empty((p, g, BLOCK_BYTES), np.uint8)
+    packed[:, :, :256] = nibbles.transpose(0, 2, 3, 1, 4).reshape(p, g, 256)
+    for off, values in ((256, scales), (288, mins)):
+        half = np.zeros((p * NR, g), dtype=np.float16)
+        half[:n] = values.astype(np.float16)                 # float32 copies of float16 values: exact
+        packed[:, :, off:off + 32] = half.reshape(p, NR, g).transpose(0, 2, 1).copy().view(np.uint8).reshape(p, g, 32)
+    return packed
+
+
+def _dpbusd_generic(builder, acc, u, s):
+    """acc + vpdpbusd(u, s) in generic IR (as gemm_vnni's): lane j gains sum_t zext(u byte 4j+t) * sext(s byte 4j+t)."""
+    i8, i32 = ir.IntType(8), ir.IntType(32)
+    v64i8, v64i32 = ir.VectorType(i8, 64), ir.VectorType(i32, 64)
+    prods = builder.mul(builder.zext(builder.bitcast(u, v64i8), v64i32),
+                        builder.sext(builder.bitcast(s, v64i8), v64i32))
+    for t in range(4):
+        lanes = ir.Constant(ir.VectorType(i32, 16), [4 * j + t for j in range(16)])
+        acc = builder.add(acc, builder.shuffle_vector(prods, ir.Constant(v64i32, None), lanes))
+    return acc
+
+
+def _half_to_float_generic(builder, h):
+    """<16 x i16> float16 bits -> <16 x float>, exactly, in integer IR (targets without F16C)."""
+    i32, f32 = ir.IntType(32), ir.FloatType()
+    v16i32, v16f32 = ir.VectorType(i32, 16), ir.VectorType(f32, 16)
+
+    def c(v):
+        return ir.Constant(v16i32, [v] * 16)
+
+    b = builder.zext(h, v16i32)
+    sign = builder.shl(builder.and_(b, c(0x8000)), c(16))
+    e = builder.and_(builder.lshr(b, c(10)), c(31))
+    man = builder.and_(b, c(0x3FF))
+    normal = builder.or_(sign, builder.or_(builder.shl(builder.add(e, c(112)), c(23)), builder.shl(man, c(13))))
+    special = builder.or_(sign, builder.or_(c(0x7F800000), builder.shl(man, c(13))))
+    tiny = builder.fmul(builder.uitofp(man, v16f32), ir.Constant(v16f32, [2.0 ** -24] * 16))   # exact
+    tiny = builder.or_(builder.bitcast(tiny, v16i32), sign)
+    bits = builder.select(builder.icmp_unsigned("==", e, c(0)), tiny,
+                          builder.select(builder.icmp_unsigned("==", e, c(31)), special, normal))
+    return builder.bitcast(bits, v16f32)
+
+
+def _make_panel_kernel(emit_vnni: bool, f16c: bool):
+    @intrinsic
+    def panel(typingctx, tile, w, w_off, x, x_off, gs, n_groups):
+        """tile[j] = sum over g < n_groups, in order, of (s[j, g] * D[j, g] - m[j, g] * gs[g]) (float32, from 0)
+        for the panel whose blocks start at w[w_off] and the 8-bit row at x[x_off:] (module docstring)."""
+        for arr, dtype in ((tile, types.float32), (w, types.uint8), (x, types.int8), (gs, types.float32)):
+            if not (isinstance(arr, types.Array) and arr.dtype == dtype and arr.ndim == 1):
+                return None
+        sig = types.void(tile, w, w_off, x, x_off, gs, n_groups)
+
+        def codegen(context, builder, signature, args):
+            tys = signature.args
+            i8, i16, i32, i64, f32 = ir.IntType(8), ir.IntType(16), ir.IntType(32), ir.IntType(64), ir.FloatType()
+            v16i32, v16f32, v16i16 = ir.VectorType(i32, 16), ir.VectorType(f32, 16), ir.VectorType(i16, 16)
+            tile_p, w_p, x_p, gs_p = [cgutils.create_struct_proxy(tys[i])(context, builder, value=args[i]).data
+                                      for i in (0, 1, 3, 5)]
+            w_off_v, x_off_v, ng = [context.cast(builder, args[i], tys[i], types.int64) for i in (2, 4, 6)]
+            base = builder.gep(w_p, [w_off_v])
+            xd = builder.bitcast(builder.gep(x_p, [x_off_v]), i32.as_pointer())
+            zero_i = ir.Constant(v16i32, [0] * 16)
+            nib = ir.Constant(v16i32, [0x0F0F0F0F] * 16)
+            splat0 = ir.Constant(v16i32, [0] * 16)
+            if emit_vnni:
+                vpdpbusd = cgutils.get_or_insert_function(
+                    builder.module, ir.FunctionType(v16i32, [v16i32, v16i32, v16i32]), "llvm.x86.avx512.vpdpbusd.512")
+
+                def dp(acc, u, s):
+                    return builder.call(vpdpbusd, [acc, u, s])
+            else:
+                def dp(acc, u, s):
+                    return _dpbusd_generic(builder, acc, u, s)
+
+            def bcast(ptr):
+                one = builder.insert_element(ir.Constant(v16i32, None), builder.load(ptr, align=1),
+                                             ir.Constant(i32, 0))
+                return builder.shuffle_vector(one, ir.Constant(v16i32, None), splat0)
+
+            def halves(ptr):
+                h = builder.load(builder.bitcast(ptr, v16i16.as_pointer()), align=2)
+                if f16c:
+                    return builder.fpext(builder.bitcast(h, ir.VectorType(ir.HalfType(), 16)), v16f32)
+                return _half_to_float_generic(builder, h)
+
+            acc = cgutils.alloca_once_value(builder, ir.Constant(v16f32, [0.0] * 16))
+            with cgutils.for_range(builder, ng) as loop:
+                g = loop.index
+                blk = builder.gep(base, [builder.mul(g, ir.Constant(i64, BLOCK_BYTES))])
+                xg = builder.gep(xd, [builder.mul(g, ir.Constant(i64, 8))])
+                lo_acc, hi_acc = zero_i, zero_i
+                for o in range(4):
+                    wv = builder.load(builder.bitcast(builder.gep(blk, [ir.Constant(i64, 64 * o)]),
+                                                      v16i32.as_pointer()), align=64)
+                    lo = builder.and_(wv, nib)
+                    hi = builder.and_(builder.lshr(wv, ir.Constant(v16i32, [4] * 16)), nib)
+                    lo_acc = dp(lo_acc, lo, bcast(builder.gep(xg, [ir.Constant(i64, o)])))
+                    hi_acc = dp(hi_acc, hi, bcast(builder.gep(xg, [ir.Constant(i64, 4 + o)])))
+                d = builder.sitofp(builder.add(lo_acc, hi_acc), v16f32)      # |D| < 2**24: exact
+                s = halves(builder.gep(blk, [ir.Constant(i64, 256)]))
+                m = halves(builder.gep(blk, [ir.Constant(i64, 288)]))
+                sg = builder.load(builder.gep(gs_p, [g]))
+                sgv = builder.shuffle_vector(builder.insert_element(ir.Constant(v16f32, None), sg, ir.Constant(i32, 0)),
+                                             ir.Constant(v16f32, None), splat0)
+                # acc + (s * D - m * S): plain IEEE operations (no fast-math flags: no FMA contraction)
+                term = builder.fsub(builder.fmul(s, d), builder.fmul(m, sgv))
+                builder.store(builder.fadd(builder.load(acc), term), acc)
+            no_unroll(builder, loop.index)
+            builder.store(builder.load(acc), builder.bitcast(tile_p, v16f32.as_pointer()), align=4)
+            return context.get_dummy_value()
+
+        return sig, codegen
+
+    return panel
+
+
+_panel_native = _make_panel_kernel(cpu.POLICY.target_vnni, F16C)
+_panel_emulated = _make_panel_kernel(False, False)      # any CPU: the tests run it everywhere
+
+
+def _make_vnni_driver(panel):
+    @njit(cache=True, nogil=True, parallel=True, error_model="numpy")
+    def driver(xq, xs, xc, gsum, wp, bias, wsum, out, parts):
+        """Each of ``parts`` tasks (one per thread) takes a contiguous run of panels and reads it front to back,
+        a single sequential stream (as gemm_vnni._gemv_vnni_low); every row is run against a panel in turn."""
+        m_rows, n_dim = out.shape
+        n_panels, n_groups = wp.shape[0], wp.shape[1]
+        w = wp.reshape(wp.size)
+        x = xq.reshape(xq.size)
+        kp = xq.shape[1]
+        gsf = np.empty((m_rows, n_groups), dtype=np.float32)
+        for m in range(m_rows):
+            for g in range(n_groups):
+                gsf[m, g] = np.float32(gsum[m, g])                     # exact: |S| <= 127 * 32
+        per = (n_panels + parts - 1) // parts
+        for part in prange(parts):
+            tile = np.empty(NR, dtype=np.float32)
+            for p in range(part * per, min(n_panels, (part + 1) * per)):
+                n0 = p * NR
+                ncols = min(NR, n_dim - n0)
+                for m in range(m_rows):
+                    panel(tile, w, p * n_groups * BLOCK_BYTES, x, m * kp, gsf[m], n_groups)
+                    for j in range(ncols):
+                        out[m, n0 + j] = finish_row(tile[j], xs[m], bias[n0 + j], xc[m], wsum[n0 + j])
+
+    return driver
+
+
+_vnni_native_driver = _make_vnni_driver(_panel_native)
+_vnni_emulated_driver = _make_vnni_driver(_panel_emulated)
+
+
+def _linear_vnni(x, weight, bias, out, emulate=False):
+    if weight.panels is None:
+        weight.panels = pack_vnni(weight.codes, weight.scales, weight.mins)
+    kp = weight.scales.shape[1] * GROUP
+    xq, xs, xc, gsum = quantize_rows(x, kp)
+    parts = max(1, min(numba.get_num_threads(), weight.panels.shape[0]))
+    driver = _vnni_native_driver if (_vnni_native() and not emulate) else _vnni_emulated_driver
+    driver(xq, xs, xc, gsum, weight.panels, bias, weight.wsum, out, parts)
+    return out
 
 
 fast_cache_loading(globals())   # warm starts skip Numba's compiler set-up (see jitcache.py)
