@@ -341,7 +341,7 @@ def _make_panel_kernel(emit_vnni: bool, f16c: bool):
 
         def codegen(context, builder, signature, args):
             tys = signature.args
-            i8, i16, i32, i64, f32 = ir.IntType(8), ir.IntType(16), ir.IntType(32), ir.IntType(64), ir.FloatType()
+            i16, i32, i64, f32 = ir.IntType(16), ir.IntType(32), ir.IntType(64), ir.FloatType()
             v16i32, v16f32, v16i16 = ir.VectorType(i32, 16), ir.VectorType(f32, 16), ir.VectorType(i16, 16)
             tile_p, w_p, x_p, gs_p = [cgutils.create_struct_proxy(tys[i])(context, builder, value=args[i]).data
                                       for i in (0, 1, 3, 5)]
@@ -407,36 +407,34 @@ _panel_native = _make_panel_kernel(cpu.POLICY.target_vnni, F16C)
 _panel_emulated = _make_panel_kernel(False, False)      # any CPU: the tests run it everywhere
 
 
-def _make_vnni_driver(panel):
-    @njit(cache=True, nogil=True, parallel=True, error_model="numpy")
-    def driver(xq, xs, xc, gsum, wp, bias, wsum, out, parts):
-        """Each of ``parts`` tasks (one per thread) takes a contiguous run of panels and reads it front to back,
-        a single sequential stream (as gemm_vnni._gemv_vnni_low); every row is run against a panel in turn."""
-        m_rows, n_dim = out.shape
-        n_panels, n_groups = wp.shape[0], wp.shape[1]
-        w = wp.reshape(wp.size)
-        x = xq.reshape(xq.size)
-        kp = xq.shape[1]
-        gsf = np.empty((m_rows, n_groups), dtype=np.float32)
-        for m in range(m_rows):
-            for g in range(n_groups):
-                gsf[m, g] = np.float32(gsum[m, g])                     # exact: |S| <= 127 * 32
-        per = (n_panels + parts - 1) // parts
-        for part in prange(parts):
-            tile = np.empty(NR, dtype=np.float32)
-            for p in range(part * per, min(n_panels, (part + 1) * per)):
-                n0 = p * NR
-                ncols = min(NR, n_dim - n0)
-                for m in range(m_rows):
-                    panel(tile, w, p * n_groups * BLOCK_BYTES, x, m * kp, gsf[m], n_groups)
-                    for j in range(ncols):
-                        out[m, n0 + j] = finish_row(tile[j], xs[m], bias[n0 + j], xc[m], wsum[n0 + j])
-
-    return driver
-
-
-_vnni_native_driver = _make_vnni_driver(_panel_native)
-_vnni_emulated_driver = _make_vnni_driver(_panel_emulated)
+@njit(cache=True, nogil=True, parallel=True, error_model="numpy")
+def _vnni_driver(xq, xs, xc, gsum, wp, bias, wsum, out, parts, emulate):
+    """Each of ``parts`` tasks (one per thread) takes a contiguous run of panels and reads it front to back, a
+    single sequential stream (as gemm_vnni._gemv_vnni_low); every row is run against a panel in turn.
+    ``emulate`` takes the generic-IR kernel (one function, not one per variant: Numba's cache keys a
+    function on its name and source, which two closures of one factory share)."""
+    m_rows, n_dim = out.shape
+    n_panels, n_groups = wp.shape[0], wp.shape[1]
+    w = wp.reshape(wp.size)
+    x = xq.reshape(xq.size)
+    kp = xq.shape[1]
+    gsf = np.empty((m_rows, n_groups), dtype=np.float32)
+    for m in range(m_rows):
+        for g in range(n_groups):
+            gsf[m, g] = np.float32(gsum[m, g])                     # exact: |S| <= 127 * 32
+    per = (n_panels + parts - 1) // parts
+    for part in prange(parts):
+        tile = np.empty(NR, dtype=np.float32)
+        for p in range(part * per, min(n_panels, (part + 1) * per)):
+            n0 = p * NR
+            ncols = min(NR, n_dim - n0)
+            for m in range(m_rows):
+                if emulate:
+                    _panel_emulated(tile, w, p * n_groups * BLOCK_BYTES, x, m * kp, gsf[m], n_groups)
+                else:
+                    _panel_native(tile, w, p * n_groups * BLOCK_BYTES, x, m * kp, gsf[m], n_groups)
+                for j in range(ncols):
+                    out[m, n0 + j] = finish_row(tile[j], xs[m], bias[n0 + j], xc[m], wsum[n0 + j])
 
 
 def _linear_vnni(x, weight, bias, out, emulate=False):
@@ -445,8 +443,7 @@ def _linear_vnni(x, weight, bias, out, emulate=False):
     kp = weight.scales.shape[1] * GROUP
     xq, xs, xc, gsum = quantize_rows(x, kp)
     parts = max(1, min(numba.get_num_threads(), weight.panels.shape[0]))
-    driver = _vnni_native_driver if (_vnni_native() and not emulate) else _vnni_emulated_driver
-    driver(xq, xs, xc, gsum, weight.panels, bias, weight.wsum, out, parts)
+    _vnni_driver(xq, xs, xc, gsum, weight.panels, bias, weight.wsum, out, parts, emulate or not _vnni_native())
     return out
 
 
