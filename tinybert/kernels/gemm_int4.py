@@ -239,7 +239,7 @@ def _gemm_portable(xq, xs, xc, gsum, codes, scales, mins, bias, wsum, out):
                 out[m, n] = finish_row(acc, xs[m], bias[n], xc[m], wsum[n])
 
 
-def check_bias(bias: np.ndarray, n_dim: int) -> None:
+def check_int4_bias(bias: np.ndarray, n_dim: int) -> None:
     if not (isinstance(bias, np.ndarray) and bias.dtype == np.float32 and bias.shape == (n_dim,)
             and bias.flags.c_contiguous):
         raise ValueError(f"bias must be contiguous float32 [{n_dim}]")
@@ -252,7 +252,7 @@ def linear_int4(x: np.ndarray, weight: Int4Weight, bias: np.ndarray, path: str |
     if x.ndim != 2 or x.shape[1] != weight.k_dim:
         raise ValueError(f"expected input of shape [M, {weight.k_dim}], got {x.shape}")
     x = np.ascontiguousarray(x, dtype=np.float32)
-    check_bias(bias, weight.out_features)
+    check_int4_bias(bias, weight.out_features)
     if path not in (None, "portable", "vnni", "vnni-emulated"):
         raise ValueError(f"unknown int4 path {path!r}")
     kp = weight.scales.shape[1] * GROUP

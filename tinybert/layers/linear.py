@@ -7,7 +7,7 @@ import numba
 import numpy as np
 
 from ..format import GROUP_MIN_SUFFIX, GROUP_SCALE_SUFFIX, SCALE_SUFFIX, SMOOTH_SUFFIX
-from ..kernels import gemm, gemm_int4, gemm_vnni
+from ..kernels import gemm, gemm_vnni
 
 
 class Linear:
@@ -65,14 +65,14 @@ class Linear:
                    bias: np.ndarray | None) -> None:
         """An int4 weight: codes + float16 group scales and offsets, 8-bit centred inputs (kernels/gemm_int4.py)."""
         codes = self.weight
-        self.int4 = gemm_int4.Int4Weight(codes, tensors[weight_name + GROUP_SCALE_SUFFIX],
+        self.int4 = gemm.Int4Weight(codes, tensors[weight_name + GROUP_SCALE_SUFFIX],
                                          tensors[weight_name + GROUP_MIN_SUFFIX], 2 * codes.shape[1])
         self.weight = self.int4.codes
         self.out_features, self.in_features = codes.shape[0], 2 * codes.shape[1]
         bias = tensors.get(name + ".bias", bias)
         self.bias = np.ascontiguousarray(np.zeros(self.out_features, np.float32) if bias is None else bias,
                                          dtype=np.float32)
-        gemm_int4.check_bias(self.bias, self.out_features)
+        gemm.check_int4_bias(self.bias, self.out_features)
         self.scale, self.quantized, self._quads, self.row_bands = None, True, False, False
         self.input_scale, self.act_qmax, self.wsum = None, gemm.act_qmax(8), self.int4.wsum
 
@@ -80,7 +80,7 @@ class Linear:
         """x float32 [M, in_features] → [M, out_features]. ``threads``: numba.get_num_threads(), when the
         caller has it (each call of that costs ~0.8 us, 2-3 % of a batch-1 MiniLM forward)."""
         if self.int4 is not None:
-            return gemm_int4.linear_int4(x, self.int4, self.bias)
+            return gemm.linear_int4(x, self.int4, self.bias)
         if self._quads:
             return gemm_vnni.linear_quads_checked_weights(x, self.weight, self.scale, self.bias, self.in_features,
                                                           self.act_qmax, self.wsum, self._fused_smooth,
