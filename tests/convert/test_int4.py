@@ -22,13 +22,12 @@ def int4_decoder(decoder_model, tmp_path_factory):
 
     cache: dict = {}
 
-    def get(name: str, head_scale: float | None = None):
-        if (name, head_scale) not in cache:
-            model, files = decoder_model(name, head_scale=head_scale)
+    def get(name: str):
+        if name not in cache:
+            model, files = decoder_model(name)
             out = tmp_path_factory.mktemp(f"int4-{name}") / "model-int4.safetensors"
-            cache[name, head_scale] = (model, {**files, "int4": convert(files["fp32"].parent / "hf", out,
-                                                                        dtype="int4")})
-        return cache[name, head_scale]
+            cache[name] = (model, {**files, "int4": convert(files["fp32"].parent / "hf", out, dtype="int4")})
+        return cache[name]
 
     return get
 
@@ -106,14 +105,13 @@ def test_int4_decoder_vs_transformers(name, int4_decoder):
     against transformers fp32, with the int8 file's for scale. Random models have flat logits (near-ties
     everywhere; scaling the LM head scales them alike), so greedy runs part ways early at 4 bits: the gate is
     the teacher-forced argmax agreement, greedy is reported. llama and qwen2 have untied LM heads (int4 too)."""
-    head_scale = None
-    model, files = int4_decoder(name, head_scale)
+    model, files = int4_decoder(name)
     gen = tinybert.Generator(files["int4"])
     prompts = [gen.tokenizer.encode(t).ids for t in PROMPT_TEXTS]
     cos, top, same = _logit_agreement(model, gen, prompts)
     cos8, top8, same8 = _logit_agreement(model, tinybert.Generator(files["int8"]), prompts)
     sizes = {dtype: path.stat().st_size for dtype, path in files.items()}
-    print(f"\n{name} (head_scale {head_scale}) int4: logits cosine min {cos.min():.5f} mean {cos.mean():.5f}, "
+    print(f"\n{name} int4: logits cosine min {cos.min():.5f} mean {cos.mean():.5f}, "
           f"argmax agreement {top:.3f}, greedy identical for the first {same} of 32 | int8: min {cos8.min():.5f} "
           f"mean {cos8.mean():.5f}, argmax {top8:.3f}, {same8} | bytes {sizes}")
     assert cos.mean() >= 0.99 and cos.min() >= 0.98
@@ -246,3 +244,19 @@ def test_convert_rejects_bad_int4_requests(tmp_path, decoder_model):
     _, files = decoder_model("llama")
     with pytest.raises(ConversionError, match="int4_budget"):
         convert(files["fp32"].parent / "hf", tmp_path / "x.safetensors", dtype="int8", int4_budget=0.01)
+
+
+def test_cli_converts_int4_with_a_budget(decoder_model, tmp_path, capsys):
+    """``tinybert convert --dtype int4 --int4-budget``: a budget below the all-int4 error keeps some layers int8."""
+    from tinybert.cli import main
+
+    _, files = decoder_model("llama")
+    out = tmp_path / "cli-int4.safetensors"
+    assert main(["convert", str(files["fp32"].parent / "hf"), str(out), "--dtype", "int4", "--int4-budget", "0.002",
+                 "--quiet"]) == 0
+    m = load(out)
+    linears = [fmt.layer_prefix(i) + kind + ".weight" for i in range(2)
+               for kind in ("attn.qkv", "attn.out", "mlp.up", "mlp.down")] + ["lm_head.weight"]
+    kinds = {m.tensors[n].dtype for n in linears}
+    assert m.quantization == "int4" and kinds == {np.dtype(np.int8), np.dtype(np.uint8)}
+    assert "int4" in capsys.readouterr().err
