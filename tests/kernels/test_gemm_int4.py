@@ -126,3 +126,21 @@ def test_codes_round_trip_and_checks():
         linear_int4(np.zeros((2, 44), np.float32), Int4Weight(codes, s, s, 45), np.zeros(5, np.float32))
     with pytest.raises(ValueError):
         linear_int4(np.zeros((2, 45), np.float32), Int4Weight(codes, s, s, 45), np.zeros(5, np.float32), "avx9")
+
+
+def test_vnni_layout_round_trip():
+    """pack_vnni / unpack_vnni are inverses (a loaded weight keeps one layout and derives the other)."""
+    rng = np.random.default_rng(9)
+    x, q, scales, mins, bias = _case(rng, 2, 37, 96)
+    codes = pack_codes(q)
+    panels = gemm_int4.pack_vnni(codes, scales, mins)
+    assert panels.shape == (3, 3, gemm_int4.BLOCK_BYTES) and panels.ctypes.data % 64 == 0
+    back = gemm_int4.unpack_vnni(panels, 37)
+    np.testing.assert_array_equal(back[0], codes)
+    np.testing.assert_array_equal(back[1], scales.astype(np.float32))
+    np.testing.assert_array_equal(back[2], mins.astype(np.float32))
+    _, q, scales, mins, _ = _case(rng, 1, 48, 96)
+    codes = pack_codes(q)
+    weight = Int4Weight(codes, scales, mins, 96)
+    # one layout: 5 bits per weight in the VNNI panels, 6 in the portable arrays (float32 scales), not both
+    assert weight.nbytes == (1.25 if gemm_int4._vnni_native() else 1.5) * codes.nbytes

@@ -66,28 +66,40 @@ MAX_K = 1 << 20        # a bound far above any real width; keeps every index in 
 
 
 class Int4Weight:
-    """One int4 layer's weight as the kernels read it: codes uint8 [N, 16 G], scales and offsets as float32
-    [N, G], wsum float32 [N], and the true K (the codes are padded to 32 G)."""
+    """One int4 layer's weight as the kernels read it, in ONE layout: the VNNI panels (``panels``, where the
+    target has VNNI) or the portable arrays (``codes`` uint8 [N, 16 G], ``scales`` and ``mins`` float32 [N, G]);
+    the other is derived on first use (tests run both paths on one weight), so a loaded model holds 4.6 bits
+    per weight, not both copies. Also wsum float32 [N] and the true K (the codes are padded to 32 G)."""
 
-    __slots__ = ("codes", "scales", "mins", "wsum", "k_dim", "panels")
+    __slots__ = ("_portable", "panels", "wsum", "k_dim", "out_features", "groups")
 
     def __init__(self, codes: np.ndarray, scales: np.ndarray, mins: np.ndarray, k_dim: int) -> None:
         check_int4(codes, scales, mins, k_dim)
-        self.codes = np.ascontiguousarray(codes)
-        self.scales = np.ascontiguousarray(scales, dtype=np.float32)
-        self.mins = np.ascontiguousarray(mins, dtype=np.float32)
-        self.k_dim = k_dim
-        self.wsum = weight_sums_int4(self.codes, self.scales, self.mins, k_dim)
-        # the VNNI layout (float16 scales in it), packed at load where the default path is VNNI, else on first use
-        self.panels = pack_vnni(self.codes, scales, mins) if _vnni_native() else None
+        self.k_dim, self.out_features, self.groups = k_dim, codes.shape[0], scales.shape[1]
+        self.wsum = weight_sums_int4(codes, scales, mins, k_dim)
+        self.panels = self._portable = None
+        if _vnni_native():
+            self.panels = pack_vnni(codes, scales, mins)
+        else:
+            self._portable = (np.ascontiguousarray(codes), np.ascontiguousarray(scales, dtype=np.float32),
+                              np.ascontiguousarray(mins, dtype=np.float32))
 
-    @property
-    def out_features(self) -> int:
-        return self.codes.shape[0]
+    def portable(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(codes, scales, mins) for the portable kernel (unpacked from the panels the first time, if need be)."""
+        if self._portable is None:
+            self._portable = unpack_vnni(self.panels, self.out_features)
+        return self._portable
+
+    def vnni(self) -> np.ndarray:
+        """The VNNI panels (packed the first time, if need be)."""
+        if self.panels is None:
+            self.panels = pack_vnni(*self._portable)
+        return self.panels
 
     @property
     def nbytes(self) -> int:
-        return self.codes.nbytes + self.scales.nbytes + self.mins.nbytes
+        arrays = ([self.panels] if self.panels is not None else []) + list(self._portable or ())
+        return sum(a.nbytes for a in arrays)
 
 
 def groups(k_dim: int) -> int:
@@ -255,14 +267,15 @@ def linear_int4(x: np.ndarray, weight: Int4Weight, bias: np.ndarray, path: str |
     check_int4_bias(bias, weight.out_features)
     if path not in (None, "portable", "vnni", "vnni-emulated"):
         raise ValueError(f"unknown int4 path {path!r}")
-    kp = weight.scales.shape[1] * GROUP
+    kp = weight.groups * GROUP
     out = np.empty((x.shape[0], weight.out_features), dtype=np.float32)
     if x.shape[0] == 0:
         return out
     if path in ("vnni", "vnni-emulated") or (path is None and _vnni_native()):
         return _linear_vnni(x, weight, bias, out, emulate=path == "vnni-emulated")
     xq, xs, xc, gsum = quantize_rows(x, kp)
-    _gemm_portable(xq, xs, xc, gsum, weight.codes, weight.scales, weight.mins, bias, weight.wsum, out)
+    codes, scales, mins = weight.portable()
+    _gemm_portable(xq, xs, xc, gsum, codes, scales, mins, bias, weight.wsum, out)
     return out
 
 
@@ -294,6 +307,16 @@ def pack_vnni(codes: np.ndarray, scales: np.ndarray, mins: np.ndarray) -> np.nda
         half[:n] = values.astype(np.float16)                 # float32 copies of float16 values: exact
         packed[:, :, off:off + 32] = half.reshape(p, NR, g).transpose(0, 2, 1).copy().view(np.uint8).reshape(p, g, 32)
     return packed
+
+
+def unpack_vnni(panels: np.ndarray, n_dim: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """pack_vnni's inverse: (codes uint8 [n_dim, 16 G], scales float32 [n_dim, G], offsets float32 [n_dim, G])."""
+    p, g = panels.shape[0], panels.shape[1]
+    nibbles = panels[:, :, :256].reshape(p, g, 4, NR, 4).transpose(0, 3, 1, 2, 4)     # [p, j, g, o, t]
+    q = np.stack([nibbles & 0x0F, nibbles >> 4], axis=3).reshape(p * NR, g * GROUP)[:n_dim]
+    halves = [panels[:, :, off:off + 32].copy().view(np.float16).reshape(p, g, NR).transpose(0, 2, 1)
+              .reshape(p * NR, g)[:n_dim].astype(np.float32) for off in (256, 288)]
+    return pack_codes(q), np.ascontiguousarray(halves[0]), np.ascontiguousarray(halves[1])
 
 
 def _dpbusd_generic(builder, acc, u, s):
@@ -441,12 +464,10 @@ def _vnni_driver(xq, xs, xc, gsum, wp, bias, wsum, out, parts, emulate):
 
 
 def _linear_vnni(x, weight, bias, out, emulate=False):
-    if weight.panels is None:
-        weight.panels = pack_vnni(weight.codes, weight.scales, weight.mins)
-    kp = weight.scales.shape[1] * GROUP
-    xq, xs, xc, gsum = quantize_rows(x, kp)
-    parts = max(1, min(numba.get_num_threads(), weight.panels.shape[0]))
-    _vnni_driver(xq, xs, xc, gsum, weight.panels, bias, weight.wsum, out, parts, emulate or not _vnni_native())
+    panels = weight.vnni()
+    xq, xs, xc, gsum = quantize_rows(x, weight.groups * GROUP)
+    parts = max(1, min(numba.get_num_threads(), panels.shape[0]))
+    _vnni_driver(xq, xs, xc, gsum, panels, bias, weight.wsum, out, parts, emulate or not _vnni_native())
     return out
 
 

@@ -67,7 +67,7 @@ class Linear:
         codes = self.weight
         self.int4 = gemm.Int4Weight(codes, tensors[weight_name + GROUP_SCALE_SUFFIX],
                                          tensors[weight_name + GROUP_MIN_SUFFIX], 2 * codes.shape[1])
-        self.weight = self.int4.codes
+        self.weight = self.int4      # one layout only (see Int4Weight): the raw codes are not kept
         self.out_features, self.in_features = codes.shape[0], 2 * codes.shape[1]
         bias = tensors.get(name + ".bias", bias)
         self.bias = np.ascontiguousarray(np.zeros(self.out_features, np.float32) if bias is None else bias,
