@@ -63,8 +63,8 @@ def _case(rng, m_rows: int, n_dim: int, k_dim: int, extreme: bool = False):
     return x, q, scales, mins, bias
 
 
-SHAPES = [(1, 1, 1), (1, 16, 32), (1, 17, 33), (1, 48, 896), (1, 33, 100), (3, 5, 31), (7, 40, 64),
-          (16, 31, 257), (37, 64, 160), (2, 130, 4864 // 8)]
+SHAPES = [(1, 1, 1), (1, 16, 32), (1, 17, 33), (1, 48, 896), (1, 33, 100), (3, 5, 31), (7, 40, 64), (4, 20, 64),
+          (8, 33, 96), (16, 31, 257), (37, 64, 160), (2, 130, 4864 // 8)]
 
 
 @pytest.mark.parametrize("path", ["portable", "vnni", "vnni-emulated", None])

@@ -68,8 +68,9 @@ MAX_K = 1 << 20        # a bound far above any real width; keeps every index in 
 class Int4Weight:
     """One int4 layer's weight as the kernels read it, in ONE layout: the VNNI panels (``panels``, where the
     target has VNNI) or the portable arrays (``codes`` uint8 [N, 16 G], ``scales`` and ``mins`` float32 [N, G]);
-    the other is derived on first use (tests run both paths on one weight), so a loaded model holds 4.6 bits
-    per weight, not both copies. Also wsum float32 [N] and the true K (the codes are padded to 32 G)."""
+    the other is derived on first use (tests run both paths on one weight), so a loaded model holds 5 bits
+    per weight (4 + two float16 per 32), not both copies. Also wsum float32 [N] and the true K (the codes
+    are padded to 32 G)."""
 
     __slots__ = ("_portable", "panels", "wsum", "k_dim", "out_features", "groups")
 
@@ -352,25 +353,34 @@ def _half_to_float_generic(builder, h):
     return builder.bitcast(bits, v16f32)
 
 
-def _make_panel_kernel(emit_vnni: bool, f16c: bool):
+ROWS = 4    # activation rows per multi-row kernel call: each weight block is loaded and unpacked once for them
+
+
+def _make_panel_kernel(emit_vnni: bool, f16c: bool, rows: int):
     @intrinsic
-    def panel(typingctx, tile, w, w_off, x, x_off, gs, n_groups):
-        """tile[j] = sum over g < n_groups, in order, of (s[j, g] * D[j, g] - m[j, g] * gs[g]) (float32, from 0)
-        for the panel whose blocks start at w[w_off] and the 8-bit row at x[x_off:] (module docstring)."""
+    def panel(typingctx, tile, w, w_off, x, x_off, x_stride, gs, gs_off, n_groups):
+        """tile[16 r + j] = sum over g < n_groups, in order, of (s[j, g] * D[r, j, g] - m[j, g] * S[r, g])
+        (float32, from 0) for r < ``rows``: the panel whose blocks start at w[w_off], row r's 8-bit codes at
+        x[x_off + r * x_stride:] and its group sums (as float32) at gs[gs_off + r * n_groups:] (module docstring)."""
         for arr, dtype in ((tile, types.float32), (w, types.uint8), (x, types.int8), (gs, types.float32)):
             if not (isinstance(arr, types.Array) and arr.dtype == dtype and arr.ndim == 1):
                 return None
-        sig = types.void(tile, w, w_off, x, x_off, gs, n_groups)
+        sig = types.void(tile, w, w_off, x, x_off, x_stride, gs, gs_off, n_groups)
 
         def codegen(context, builder, signature, args):
             tys = signature.args
             i16, i32, i64, f32 = ir.IntType(16), ir.IntType(32), ir.IntType(64), ir.FloatType()
             v16i32, v16f32, v16i16 = ir.VectorType(i32, 16), ir.VectorType(f32, 16), ir.VectorType(i16, 16)
             tile_p, w_p, x_p, gs_p = [cgutils.create_struct_proxy(tys[i])(context, builder, value=args[i]).data
-                                      for i in (0, 1, 3, 5)]
-            w_off_v, x_off_v, ng = [context.cast(builder, args[i], tys[i], types.int64) for i in (2, 4, 6)]
+                                      for i in (0, 1, 3, 6)]
+            w_off_v, x_off_v, x_stride_v, gs_off_v, ng = [context.cast(builder, args[i], tys[i], types.int64)
+                                                          for i in (2, 4, 5, 7, 8)]
             base = builder.gep(w_p, [w_off_v])
-            xd = builder.bitcast(builder.gep(x_p, [x_off_v]), i32.as_pointer())
+            xds = [builder.bitcast(builder.gep(x_p, [builder.add(x_off_v, builder.mul(x_stride_v,
+                                                                                      ir.Constant(i64, r)))]),
+                                   i32.as_pointer()) for r in range(rows)]
+            gss = [builder.gep(gs_p, [builder.add(gs_off_v, builder.mul(ng, ir.Constant(i64, r)))])
+                   for r in range(rows)]
             zero_i = ir.Constant(v16i32, [0] * 16)
             nib = ir.Constant(v16i32, [0x0F0F0F0F] * 16)
             splat0 = ir.Constant(v16i32, [0] * 16)
@@ -395,33 +405,41 @@ def _make_panel_kernel(emit_vnni: bool, f16c: bool):
                     return builder.fpext(builder.bitcast(h, ir.VectorType(ir.HalfType(), 16)), v16f32)
                 return _half_to_float_generic(builder, h)
 
-            acc = cgutils.alloca_once_value(builder, ir.Constant(v16f32, [0.0] * 16))
+            accs = [cgutils.alloca_once_value(builder, ir.Constant(v16f32, [0.0] * 16)) for _ in range(rows)]
             with cgutils.for_range(builder, ng) as loop:
                 g = loop.index
                 blk = builder.gep(base, [builder.mul(g, ir.Constant(i64, BLOCK_BYTES))])
-                xg = builder.gep(xd, [builder.mul(g, ir.Constant(i64, 8))])
-                # four independent chains of two vpdpbusd each (one chain of eight waited on its latency)
-                chains = [zero_i] * 4
+                codes = []
                 for o in range(4):
                     wv = builder.load(builder.bitcast(builder.gep(blk, [ir.Constant(i64, 64 * o)]),
                                                       v16i32.as_pointer()), align=64)
-                    lo = builder.and_(wv, nib)
-                    hi = builder.and_(builder.lshr(wv, ir.Constant(v16i32, [4] * 16)), nib)
-                    c = 2 * (o & 1)
-                    chains[c] = dp(chains[c], lo, bcast(builder.gep(xg, [ir.Constant(i64, o)])))
-                    chains[c + 1] = dp(chains[c + 1], hi, bcast(builder.gep(xg, [ir.Constant(i64, 4 + o)])))
-                total = builder.add(builder.add(chains[0], chains[1]), builder.add(chains[2], chains[3]))
-                d = builder.sitofp(total, v16f32)      # |D| < 2**24: exact
+                    codes.append((builder.and_(wv, nib),
+                                  builder.and_(builder.lshr(wv, ir.Constant(v16i32, [4] * 16)), nib)))
                 s = halves(builder.gep(blk, [ir.Constant(i64, 256)]))
                 m = halves(builder.gep(blk, [ir.Constant(i64, 288)]))
-                sg = builder.load(builder.gep(gs_p, [g]))
-                sgv = builder.shuffle_vector(builder.insert_element(ir.Constant(v16f32, None), sg, ir.Constant(i32, 0)),
-                                             ir.Constant(v16f32, None), splat0)
-                # acc + (s * D - m * S): plain IEEE operations (no fast-math flags: no FMA contraction)
-                term = builder.fsub(builder.fmul(s, d), builder.fmul(m, sgv))
-                builder.store(builder.fadd(builder.load(acc), term), acc)
+                for r in range(rows):
+                    xg = builder.gep(xds[r], [builder.mul(g, ir.Constant(i64, 8))])
+                    # independent chains (one row: four of two vpdpbusd; four rows: two of four per row)
+                    chains = [zero_i] * (4 if rows == 1 else 2)
+                    for o, (lo, hi) in enumerate(codes):
+                        c = 2 * (o & 1) if rows == 1 else 0
+                        chains[c] = dp(chains[c], lo, bcast(builder.gep(xg, [ir.Constant(i64, o)])))
+                        chains[c + 1] = dp(chains[c + 1], hi, bcast(builder.gep(xg, [ir.Constant(i64, 4 + o)])))
+                    total = chains[0]
+                    for c in chains[1:]:
+                        total = builder.add(total, c)
+                    d = builder.sitofp(total, v16f32)      # |D| < 2**24: exact
+                    sg = builder.load(builder.gep(gss[r], [g]))
+                    sgv = builder.shuffle_vector(builder.insert_element(ir.Constant(v16f32, None), sg,
+                                                                        ir.Constant(i32, 0)),
+                                                 ir.Constant(v16f32, None), splat0)
+                    # acc + (s * D - m * S): plain IEEE operations (no fast-math flags: no FMA contraction)
+                    term = builder.fsub(builder.fmul(s, d), builder.fmul(m, sgv))
+                    builder.store(builder.fadd(builder.load(accs[r]), term), accs[r])
             no_unroll(builder, loop.index)
-            builder.store(builder.load(acc), builder.bitcast(tile_p, v16f32.as_pointer()), align=4)
+            for r in range(rows):
+                builder.store(builder.load(accs[r]), builder.bitcast(builder.gep(tile_p, [ir.Constant(i64, 16 * r)]),
+                                                                     v16f32.as_pointer()), align=4)
             return context.get_dummy_value()
 
         return sig, codegen
@@ -429,38 +447,52 @@ def _make_panel_kernel(emit_vnni: bool, f16c: bool):
     return panel
 
 
-_panel_native = _make_panel_kernel(cpu.POLICY.target_vnni, F16C)
-_panel_emulated = _make_panel_kernel(False, False)      # any CPU: the tests run it everywhere
+_panel_native = _make_panel_kernel(cpu.POLICY.target_vnni, F16C, 1)
+_panel_native_rows = _make_panel_kernel(cpu.POLICY.target_vnni, F16C, ROWS)
+_panel_emulated = _make_panel_kernel(False, False, 1)      # any CPU: the tests run it everywhere
+_panel_emulated_rows = _make_panel_kernel(False, False, ROWS)
 
 
 @njit(cache=True, nogil=True, parallel=True, error_model="numpy")
 def _vnni_driver(xq, xs, xc, gsum, wp, bias, wsum, out, parts, emulate):
     """Each of ``parts`` tasks (one per thread) takes a contiguous run of panels and reads it front to back, a
-    single sequential stream (as gemm_vnni._gemv_vnni_low); every row is run against a panel in turn.
-    ``emulate`` takes the generic-IR kernel (one function, not one per variant: Numba's cache keys a
-    function on its name and source, which two closures of one factory share)."""
+    single sequential stream (as gemm_vnni._gemv_vnni_low); the rows run against a panel ROWS at a time (each
+    weight block loaded and unpacked once for them), the last few one at a time. ``emulate`` takes the
+    generic-IR kernels (one function, not one per variant: Numba's cache keys a function on its name and
+    source, which two closures of one factory share)."""
     m_rows, n_dim = out.shape
     n_panels, n_groups = wp.shape[0], wp.shape[1]
     w = wp.reshape(wp.size)
     x = xq.reshape(xq.size)
     kp = xq.shape[1]
-    gsf = np.empty((m_rows, n_groups), dtype=np.float32)
+    gsf = np.empty(m_rows * n_groups, dtype=np.float32)
     for m in range(m_rows):
         for g in range(n_groups):
-            gsf[m, g] = np.float32(gsum[m, g])                     # exact: |S| <= 127 * 32
+            gsf[m * n_groups + g] = np.float32(gsum[m, g])            # exact: |S| <= 127 * 32
     per = (n_panels + parts - 1) // parts
     for part in prange(parts):
-        tile = np.empty(NR, dtype=np.float32)
+        tile = np.empty(ROWS * NR, dtype=np.float32)
         for p in range(part * per, min(n_panels, (part + 1) * per)):
             n0 = p * NR
             ncols = min(NR, n_dim - n0)
-            for m in range(m_rows):
-                if emulate:
-                    _panel_emulated(tile, w, p * n_groups * BLOCK_BYTES, x, m * kp, gsf[m], n_groups)
-                else:
-                    _panel_native(tile, w, p * n_groups * BLOCK_BYTES, x, m * kp, gsf[m], n_groups)
-                for j in range(ncols):
-                    out[m, n0 + j] = finish_row(tile[j], xs[m], bias[n0 + j], xc[m], wsum[n0 + j])
+            w_off = p * n_groups * BLOCK_BYTES
+            for m0 in range(0, m_rows, ROWS):
+                rows = min(ROWS, m_rows - m0)
+                if rows == ROWS:
+                    if emulate:
+                        _panel_emulated_rows(tile, w, w_off, x, m0 * kp, kp, gsf, m0 * n_groups, n_groups)
+                    else:
+                        _panel_native_rows(tile, w, w_off, x, m0 * kp, kp, gsf, m0 * n_groups, n_groups)
+                for r in range(rows):
+                    m = m0 + r
+                    if rows < ROWS:
+                        if emulate:
+                            _panel_emulated(tile, w, w_off, x, m * kp, kp, gsf, m * n_groups, n_groups)
+                        else:
+                            _panel_native(tile, w, w_off, x, m * kp, kp, gsf, m * n_groups, n_groups)
+                    t = r * NR if rows == ROWS else 0
+                    for j in range(ncols):
+                        out[m, n0 + j] = finish_row(tile[t + j], xs[m], bias[n0 + j], xc[m], wsum[n0 + j])
 
 
 def _linear_vnni(x, weight, bias, out, emulate=False):
