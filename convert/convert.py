@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 
 from tinybert import format as fmt
-from tinybert.config import EncoderConfig, TaskConfig
+from tinybert.config import EncoderConfig, Seq2SeqConfig, TaskConfig
 from tinybert.errors import ConversionError, ModelFileError, UnsupportedModelError
 
 from .architectures import canonical_tensors, check_model_type, encoder_config, find_prefix, legacy_names
@@ -23,6 +23,7 @@ from .files import check_output, read_json
 from .gguf_read import is_gguf
 from .heads import canonical_head
 from .hfconfig import string
+from .int4 import int4_tensors
 from .languages import language_settings
 from .m2m100 import is_m2m100_folder, m2m100_tokenizers
 from .pooling import sentence_transformers_settings
@@ -88,7 +89,8 @@ class _Progress:
 
 
 def convert(src: str | Path, out: str | Path, dtype: str = "int8", show_progress: bool = False,
-            task: str | None = None, mixed_activations: bool = True, force: bool = False) -> Path:
+            task: str | None = None, mixed_activations: bool = True, force: bool = False,
+            int4_budget: float | None = None) -> Path:
     """Convert the Hugging Face checkpoint folder ``src`` into the tinybert file ``out``.
 
     ``dtype`` is "int8" (linear weights and the token/position embedding tables int8 with per-row
@@ -100,8 +102,12 @@ def convert(src: str | Path, out: str | Path, dtype: str = "int8", show_progress
     EmbeddingGemma, only as an embedder), encoder-decoders (T5,
     BART, Marian) for "text2text-generation". ``mixed_activations`` (int8): give the layers that
     keep the model's accuracy with it 8-bit inputs, calibrated and smoothed (convert/smooth.py; about
-    twice as fast on AVX-512 VNNI); False keeps 12-bit inputs everywhere. Returns the
-    output path.
+    twice as fast on AVX-512 VNNI); False keeps 12-bit inputs everywhere. "int4" (encoders and decoders):
+    the blocks' linears and an untied LM head 4-bit in groups of 32 (format.py), except those whose error on
+    the calibration text is too large (convert/int4.py), which stay int8 like the tables and heads;
+    ``int4_budget`` (int4, e.g. 0.005) also keeps int8 the layers the model's output is most sensitive to until
+    the rest's estimated error (mean 1 − cosine on the calibration text) is within it (one calibration run per
+    layer). Returns the output path.
 
     ``out`` must not lie inside ``src`` (nor be a file it links to, such as a Hugging Face cache blob): a
     conversion never replaces its input. An existing ``out`` is replaced only with ``force=True``. Both are
@@ -114,8 +120,10 @@ def convert(src: str | Path, out: str | Path, dtype: str = "int8", show_progress
     src, out = Path(src), Path(out)
     if dtype not in fmt.QUANTIZATIONS:
         raise ConversionError(f"dtype must be one of {fmt.QUANTIZATIONS}, got {dtype!r}")
+    if int4_budget is not None and not (dtype == "int4" and 0 < int4_budget < 1):
+        raise ConversionError(f"int4_budget must be a number in (0, 1) with dtype int4, got {int4_budget!r}")
     if src.is_file() and is_gguf(src):
-        return _convert_gguf(src, out, dtype, show_progress, task, mixed_activations, force)
+        return _convert_gguf(src, out, dtype, show_progress, task, mixed_activations, force, int4_budget)
     if not src.is_dir():
         raise ConversionError(f"{src} is not a folder (nor a GGUF file)")
     check_output(src, out, force)
@@ -201,19 +209,28 @@ def convert(src: str | Path, out: str | Path, dtype: str = "int8", show_progress
     if dense_layers:
         extra[fmt.KEY_DENSE] = json.dumps(dense_layers, sort_keys=True)
     return _write(out, cfg, tensors, task_config, tokenizer, extra, tokenizer_options(src, tokenizer),
-                  _source(hf_config), dtype, mixed_activations, progress, show_progress, id_map, dense_tensors)
+                  _source(hf_config), dtype, mixed_activations, progress, show_progress, id_map, dense_tensors,
+                  int4_budget)
 
 
 def _write(out: Path, cfg, tensors: dict[str, np.ndarray], task_config: TaskConfig, tokenizer: str,
            extra: dict[str, str], options: dict, source: str, dtype: str, mixed_activations: bool,
            progress: _Progress, show_progress: bool, id_map: list[int] | None = None,
-           dense_tensors: dict[str, np.ndarray] | None = None) -> Path:
+           dense_tensors: dict[str, np.ndarray] | None = None, int4_budget: float | None = None) -> Path:
     """The common end of every conversion: check, quantise (int8) and write the canonical tensors and metadata."""
     dense_tensors = dense_tensors or {}
     for name, value in {**tensors, **dense_tensors}.items():
         if not np.isfinite(value).all():
             raise ConversionError(f"tensor {name} holds NaN or infinite values")
-    if dtype == "int8":
+    if dtype == "int4":
+        if isinstance(cfg, Seq2SeqConfig):
+            raise UnsupportedModelError("int4 weights are not supported for encoder-decoders yet; "
+                                        "convert with dtype int8")
+        progress.step("quantising to int4 (layers too inaccurate at 4 bits stay int8; on a first run this also "
+                      "compiles the kernels)")
+        mapped = {} if id_map is None else {"id_map": id_map}
+        tensors = int4_tensors(cfg, tensors, tokenizer, progress=progress.trial, budget=int4_budget, **mapped)
+    elif dtype == "int8":
         # a decoder embedder has no logits for the calibration to measure: 12-bit inputs everywhere
         decoder_embedder = task_config.type == "feature-extraction" and not isinstance(cfg, EncoderConfig)
         if mixed_activations and not decoder_embedder:
@@ -255,7 +272,7 @@ def _write(out: Path, cfg, tensors: dict[str, np.ndarray], task_config: TaskConf
 
 
 def _convert_gguf(src: Path, out: Path, dtype: str, show_progress: bool, task: str | None, mixed_activations: bool,
-                  force: bool) -> Path:
+                  force: bool, int4_budget: float | None = None) -> Path:
     """A GGUF file (llama.cpp) → a tinybert file: its metadata and tensors translated to a Hugging Face config and
     state dict (convert/gguf_read.py), then converted as a decoder folder's."""
     from .gguf_read import read_gguf
@@ -277,4 +294,5 @@ def _convert_gguf(src: Path, out: Path, dtype: str, show_progress: bool, task: s
     source["gguf_tensor_types"] = model.dequantised
     options = {"mask_token": None, "clean_up_tokenization_spaces": False}
     return _write(out, cfg, tensors, TaskConfig(type="text-generation"), model.tokenizer, extra, options,
-                  json.dumps(source, sort_keys=True), dtype, mixed_activations, progress, show_progress)
+                  json.dumps(source, sort_keys=True), dtype, mixed_activations, progress, show_progress,
+                  int4_budget=int4_budget)

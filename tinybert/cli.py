@@ -213,6 +213,7 @@ def _cmd_convert(args: argparse.Namespace) -> None:
     from .api.resolve import hf_folder
 
     out = convert(hf_folder(args.src, args.revision), args.out, dtype=args.dtype, show_progress=not args.quiet,
+                  int4_budget=args.int4_budget,
                   task=args.task, mixed_activations=not args.act12, force=args.force)
     print(f"wrote {out} ({out.stat().st_size / 1e6:.1f} MB, {args.dtype})", file=sys.stderr)
 
@@ -724,7 +725,8 @@ def build_parser() -> argparse.ArgumentParser:
                                "or GGUF file (llama.cpp's format)")
     p.add_argument("--revision", help="branch, tag or commit of a Hub id")
     p.add_argument("out", help="output .safetensors file (checked before the folder is read)")
-    p.add_argument("--dtype", choices=["int8", "fp32"], default="int8", help="weight type")
+    p.add_argument("--dtype", choices=["int8", "int4", "fp32"], default="int8",
+                   help="weight type (int4: 4-bit linears where calibration keeps them accurate; encoders, decoders)")
     p.add_argument("--task", choices=["feature-extraction", "sequence-classification", "token-classification",
                                       "question-answering", "masked-lm", "pretraining", "text-generation",
                                       "text2text-generation"],
@@ -732,6 +734,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--act12", action="store_true",
                    help="int8: 12-bit inputs in every layer (default: 8-bit inputs where calibration "
                         "shows they keep the accuracy, which is faster on AVX-512 VNNI)")
+    p.add_argument("--int4-budget", type=float, metavar="ERROR",
+                   help="int4: keep int8 the layers the output is most sensitive to until the estimated error "
+                        "(mean 1 - cosine on the calibration text) is within ERROR, e.g. 0.005")
     p.add_argument("--quiet", action="store_true", help="no progress on stderr")
     p.add_argument("--force", action="store_true", help="replace OUT if it exists (never a file of SRC)")
 

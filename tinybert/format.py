@@ -20,7 +20,7 @@ Metadata keys (all values are strings, as safetensors requires):
                      [{"in_features": int, "out_features": int, "activation": one of DENSE_ACTIVATIONS}, ...];
                      layer i's weights are dense.i.weight [out, in] and dense.i.bias [out], float32 in every
                      file (a few rows a batch: no GEMM time to save); see check_dense
-    quantization     "int8" or "fp32"
+    quantization     "int8", "int4" or "fp32"
     source           free-form description of the converted checkpoint, JSON
     task             the head the file carries, JSON (see ``TaskConfig``): {"type": one of TASKS, ...}
     tokenizer_options  {"mask_token": str | null, "clean_up_tokenization_spaces": bool}, JSON:
@@ -45,6 +45,20 @@ Metadata keys (all values are strings, as safetensors requires):
 Canonical tensor names (``L`` is the layer index). A quantised 2-D tensor ``T`` is stored as int8
 ``T`` plus float32 ``T.scale`` with one scale per row (per output channel for linear weights, per
 token for embedding tables): ``T_fp32[r, :] = T[r, :] * T.scale[r]``.
+
+int4 weights (quantization "int4"): a quantised linear weight ``T`` [N, K] is either int8 as above or, the
+stored dtype tells, 4-bit codes in groups of 32 along K (G = K / 32 groups; only a layer whose K is a
+multiple of 32, as every real model's are, may be int4, so K = 2 × the codes' width):
+
+    T         uint8 [N, K / 2]   two codes per byte: byte 16 g + i of row n holds q[n, 32 g + i] in its
+                                 low nibble and q[n, 32 g + 16 + i] in its high nibble
+    T.gscale  float16 [N, G]     s
+    T.gmin    float16 [N, G]     m:   T_fp32[n, k] = s[n, g] · q[n, k] − m[n, g],  g = k // 32,  q in 0..15
+
+(asymmetric; llama.cpp's Q4_0 blocks are s = d, m = 8d, and Q4_K's 32-weight sub-blocks s = d · sc,
+m = dmin · mn, both in this nibble order). The layer's input is quantised per row to 8 bits, centred
+(kernels/gemm_int4.py). An int4 file has no ``.smooth`` tensors; its embedding tables, task heads and a
+tied LM head are int8, and so is any layer the converter measured too inaccurate at 4 bits (convert/int4.py).
 
 A quantised linear weight ``T`` [N, K] may also carry float32 ``T.smooth`` [K] (all > 0): the layer's
 input is then quantised to 8 bits per row instead of 12 (centred on the row's midpoint), after
@@ -155,7 +169,10 @@ PROBLEM_TYPES = ("single_label_classification", "multi_label_classification", "r
 
 SCALE_SUFFIX = ".scale"
 SMOOTH_SUFFIX = ".smooth"
-QUANTIZATIONS = ("int8", "fp32")
+GROUP_SCALE_SUFFIX = ".gscale"     # int4 weights: float16 scale per (row, group of 32)
+GROUP_MIN_SUFFIX = ".gmin"         # int4 weights: float16 offset per (row, group of 32)
+INT4_GROUP = 32
+QUANTIZATIONS = ("int8", "int4", "fp32")
 POOLING_MODES = ("mean", "cls", "max", "mean_sqrt_len", "lasttoken")
 SIMILARITY_FUNCTIONS = ("cosine", "dot", "euclidean", "manhattan")    # sentence-transformers' similarity_fn_name
 CROSS_ENCODER_ACTIVATIONS = ("sigmoid", "identity", "tanh")            # a CrossEncoder's activation_fn
@@ -185,7 +202,8 @@ ROPE_PARAMETERS = {"default": ("theta",), "linear": ("theta", "factor"),
 # ends at original_max_position_embeddings).
 ROPE_OPTIONAL = {"longrope": ("long_factors",)}
 
-# Tensors quantised to int8 (+ .scale) in an int8 file; everything else stays float32.
+# Tensors quantised to int8 (+ .scale) in an int8 file (an int4 file: the linears int8 or int4); everything else
+# stays float32.
 QUANTIZED_LINEARS = ("attn.qkv", "attn.out", "mlp.up", "mlp.down", "cross.q", "cross.kv", "cross.out",
                      "head.pooler", "head.mlm.dense", "head.mlm.decoder", "lm_head")
 QUANTIZED_EMBEDDINGS = ("embed.tokens", "embed.positions", "decoder.embed.tokens", "encoder.embed.positions",
@@ -410,6 +428,20 @@ def head_tensor_shapes(task: dict, cfg: dict) -> dict[str, tuple[int, ...]]:
         if not task["mlm_tied"]:
             shapes["head.mlm.decoder.weight"] = (cfg["vocab_size"], m)
     return shapes
+
+
+def int4_shapes(shape: tuple[int, ...]) -> tuple[tuple[int, int], tuple[int, int]] | None:
+    """(codes shape, scale / offset shape) of an int4 linear weight of float shape [N, K], or None when K is not
+    a multiple of INT4_GROUP (such a layer is int8 in every file)."""
+    n, k = shape
+    if k % INT4_GROUP:
+        return None
+    return (n, k // 2), (n, k // INT4_GROUP)
+
+
+def is_int4_candidate(name: str) -> bool:
+    """Whether an int4 file may store ``name`` as int4 codes (a quantised linear weight; not a table)."""
+    return name not in QUANTIZED_EMBEDDINGS and is_quantized_name(name)
 
 
 def is_quantized_name(name: str) -> bool:

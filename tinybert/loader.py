@@ -19,7 +19,8 @@ from . import format as fmt
 from .config import DecoderConfig, EncoderConfig, Seq2SeqConfig, TaskConfig, config_from_dict
 from .errors import ModelFileError
 
-_DTYPES = {"F32": np.dtype(np.float32), "I8": np.dtype(np.int8)}
+_DTYPES = {"F32": np.dtype(np.float32), "I8": np.dtype(np.int8), "U8": np.dtype(np.uint8),
+           "F16": np.dtype(np.float16)}
 _DTYPE_NAMES = {"F64": "float64", "F32": "float32", "F16": "float16", "BF16": "bfloat16", "I64": "int64",
                 "I32": "int32", "I16": "int16", "I8": "int8", "U8": "uint8", "BOOL": "bool"}
 
@@ -143,7 +144,7 @@ def _expected(config: EncoderConfig | DecoderConfig | Seq2SeqConfig, task: TaskC
         shapes.update(fmt.head_tensor_shapes(task.to_dict(), config.to_dict()))
     shapes.update(fmt.dense_tensor_shapes(dense))
     for name, shape in shapes.items():
-        if quantization == "int8" and fmt.is_quantized_name(name):
+        if quantization in ("int8", "int4") and fmt.is_quantized_name(name):
             expected[name] = (shape, np.dtype(np.int8))
             expected[name + fmt.SCALE_SUFFIX] = ((shape[0],), np.dtype(np.float32))
         else:
@@ -226,6 +227,15 @@ def load(path: str | Path) -> ModelFile:
                     expected[name + fmt.SMOOTH_SUFFIX] = ((shape[1],), np.dtype(np.float32))
             if tied_head in names and fmt.LM_HEAD + ".weight" not in expected and task.type in _GENERATION_TASKS:
                 expected[tied_head] = ((config.hidden_size,), np.dtype(np.float32))
+        if quantization == "int4":      # each linear int8 (as expected so far) or int4: the stored dtype tells
+            for name, (shape, dtype) in list(expected.items()):
+                if (dtype == np.int8 and fmt.is_int4_candidate(name) and name in names
+                        and fmt.int4_shapes(shape) is not None and fh.get_slice(name).get_dtype() == "U8"):
+                    codes, groups = fmt.int4_shapes(shape)
+                    del expected[name + fmt.SCALE_SUFFIX]
+                    expected[name] = (codes, np.dtype(np.uint8))
+                    expected[name + fmt.GROUP_SCALE_SUFFIX] = (groups, np.dtype(np.float16))
+                    expected[name + fmt.GROUP_MIN_SUFFIX] = (groups, np.dtype(np.float16))
         missing = sorted(set(expected) - names)
         if missing:
             raise ModelFileError(f"{path}: tensors missing: {', '.join(missing[:5])}"
@@ -246,7 +256,7 @@ def load(path: str | Path) -> ModelFile:
         # copy, so peak memory holds one raw tensor, not the whole file next to its packed copy.
         for name in expected:
             array = tensors[name]
-            if array.dtype == np.float32 and not np.isfinite(array).all():
+            if array.dtype in (np.float32, np.float16) and not np.isfinite(array).all():
                 raise ModelFileError(f"{path}: tensor {name} holds NaN or infinite values")
             if name.endswith(fmt.SMOOTH_SUFFIX) and not (array > 0).all():
                 raise ModelFileError(f"{path}: tensor {name} must be positive")

@@ -25,6 +25,7 @@ from ..kernels import (
     cpu,
     decoder,
     gemm,
+    gemm_int4,
     jitcache,
     pooling,
     prebuilt,
@@ -164,9 +165,11 @@ def _run_seq2seq(model: Seq2SeqModel) -> None:
 def warmup(show_progress: bool = True) -> None:
     """Compile (or load from the cache) every kernel tinybert uses, int8 and fp32 paths, encoders
     decoders and encoder-decoders."""
-    cases = [(q, a) for q in fmt.QUANTIZATIONS for a in fmt.ACTIVATIONS]
-    decoders = [(q, f) for q in fmt.QUANTIZATIONS for f in ("gpt2", "llama")]
-    seq2seqs = [(q, f) for q in fmt.QUANTIZATIONS for f in ("t5", "marian")]
+    # an int4 file's other layers are int8 ones: the int4 kernels are run once below, on their own
+    quantizations = [q for q in fmt.QUANTIZATIONS if q != "int4"]
+    cases = [(q, a) for q in quantizations for a in fmt.ACTIVATIONS]
+    decoders = [(q, f) for q in quantizations for f in ("gpt2", "llama")]
+    seq2seqs = [(q, f) for q in quantizations for f in ("t5", "marian")]
     progress = None
     if show_progress:
         from tqdm import tqdm
@@ -182,6 +185,11 @@ def warmup(show_progress: bool = True) -> None:
             pooling.segment_sum(hidden, starts, np.empty((starts.size - 1, hidden.shape[1]), dtype=np.float64))
         if progress is not None:
             progress.update(1)
+    # int4 layers (kernels/gemm_int4.py), one row (decode) and a few
+    int4 = gemm_int4.Int4Weight(np.full((16, 16), 0x5A, dtype=np.uint8), np.ones((16, 1), np.float16),
+                                np.zeros((16, 1), np.float16), 32)
+    for rows in (1, 5):
+        gemm_int4.linear_int4(np.ones((rows, 32), dtype=np.float32), int4, np.zeros(16, dtype=np.float32))
     # DeBERTa's c2p / p2c products (the tiny encoders have no disentangled attention): the per-head fp32 GEMM.
     gemm.heads_times_tables(np.ones((3, 8), dtype=np.float32), 0, gemm.pack_heads_fp32(np.ones((2, 5, 4), np.float32)),
                             1, 5)

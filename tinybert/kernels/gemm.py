@@ -7,6 +7,7 @@ which family runs it; the families never import one another:
       |-- gemm_pairs.py  int8 "pairs" layout (AVX2 vpmaddwd, or the same IR in generic vectors)
       |-- gemm_vnni.py   int8 "quads" layout (AVX-512 VNNI and AMX drivers, native or emulated)
       |-- gemm_fp32.py   fp32 panels (FMA micro-kernel, Numba threads, no BLAS)
+      |-- gemm_int4.py   4-bit group-wise weights (portable Numba, AVX-512 VNNI native or emulated)
       |-- quant.py       the int8 activation scheme both int8 families compile in (see there)
       `-- cpu.py         target features, TINYBERT_INT8_ISA / _EMULATE, layout and driver choice
 
@@ -37,6 +38,9 @@ from .gemm_fp32 import is_packed_fp32 as is_packed_fp32
 from .gemm_fp32 import linear_fp32 as linear_fp32
 from .gemm_fp32 import pack_heads_fp32 as pack_heads_fp32
 from .gemm_fp32 import pack_weight_fp32 as pack_weight_fp32
+from .gemm_int4 import Int4Weight as Int4Weight
+from .gemm_int4 import check_int4_bias as check_int4_bias
+from .gemm_int4 import linear_int4 as linear_int4
 from .gemm_pairs import MR as MR
 from .gemm_pairs import NR as NR
 from .gemm_pairs import check_layer as check_layer

@@ -1,18 +1,20 @@
-"""Linear layers: y = x @ W.T + b with int8 (+ per-channel scale) or float32 weights, the one door to the GEMMs."""
+"""Linear layers: y = x @ W.T + b with int8 (+ per-channel scale), int4 (+ group scales) or float32 weights, the
+one door to the GEMMs."""
 
 from __future__ import annotations
 
 import numba
 import numpy as np
 
-from ..format import SCALE_SUFFIX, SMOOTH_SUFFIX
+from ..format import GROUP_MIN_SUFFIX, GROUP_SCALE_SUFFIX, SCALE_SUFFIX, SMOOTH_SUFFIX
 from ..kernels import gemm, gemm_vnni
 
 _NO_SCALE = np.zeros(0, dtype=np.float32)
 
 
 class Linear:
-    """y = x @ W.T + b with W int8 (+ per-output-channel scale) or float32.
+    """y = x @ W.T + b with W int8 (+ per-output-channel scale), int4 (uint8 codes + float16 ``.gscale`` and
+    ``.gmin`` per group of 32; 8-bit centred inputs, see kernels/gemm_int4.py) or float32.
 
     An int8 layer quantises its input per row to 12 bits, or to 8 (centred on the row's midpoint)
     when the file gives it a ``.smooth`` vector (the input is divided by it first; see
@@ -23,6 +25,10 @@ class Linear:
                  bias: np.ndarray | None = None) -> None:
         weight_name = weight_name or name + ".weight"   # a tied weight lives under another name
         self.weight = tensors[weight_name]
+        if self.weight.dtype == np.uint8:               # int4 codes (format.py): a family of their own
+            self._init_int4(tensors, name, weight_name, bias)
+            return
+        self.int4 = None
         self.scale = tensors.get(weight_name + SCALE_SUFFIX)
         self.out_features, self.in_features = self.weight.shape
         # Projections without a bias (Llama) run the same kernels with a zero one.
@@ -60,15 +66,34 @@ class Linear:
     def rows(self, ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Rows ``ids`` of the weight as the file holds them (int8 with their scales, or float32 with an empty
         scale): a tied token table looks its rows up here instead of keeping a second copy of the table."""
+        if self.int4 is not None:       # tables and tied heads stay int8 (convert/int4.py)
+            raise TypeError("an int4 layer's rows are not a token table")
         ids = np.ascontiguousarray(ids, dtype=np.int32)
         if ids.size and (ids.min() < 0 or ids.max() >= self.out_features):
             raise IndexError(f"row ids outside [0, {self.out_features})")
         values = gemm.packed_rows(self.weight, ids, self.in_features)
         return values, (self.scale[ids] if self.scale is not None else _NO_SCALE)
 
+    def _init_int4(self, tensors: dict[str, np.ndarray], name: str, weight_name: str,
+                   bias: np.ndarray | None) -> None:
+        """An int4 weight: codes + float16 group scales and offsets, 8-bit centred inputs (kernels/gemm_int4.py)."""
+        codes = self.weight
+        self.int4 = gemm.Int4Weight(codes, tensors[weight_name + GROUP_SCALE_SUFFIX],
+                                         tensors[weight_name + GROUP_MIN_SUFFIX], 2 * codes.shape[1])
+        self.weight = self.int4      # one layout only (see Int4Weight): the raw codes are not kept
+        self.out_features, self.in_features = codes.shape[0], 2 * codes.shape[1]
+        bias = tensors.get(name + ".bias", bias)
+        self.bias = np.ascontiguousarray(np.zeros(self.out_features, np.float32) if bias is None else bias,
+                                         dtype=np.float32)
+        gemm.check_int4_bias(self.bias, self.out_features)
+        self.scale, self.quantized, self._quads, self.row_bands = None, True, False, False
+        self.input_scale, self.act_qmax, self.wsum = None, gemm.act_qmax(8), self.int4.wsum
+
     def __call__(self, x: np.ndarray, threads: int | None = None) -> np.ndarray:
         """x float32 [M, in_features] → [M, out_features]. ``threads``: numba.get_num_threads(), when the
         caller has it (each call of that costs ~0.8 us, 2-3 % of a batch-1 MiniLM forward)."""
+        if self.int4 is not None:
+            return gemm.linear_int4(x, self.int4, self.bias)
         if self._quads:
             return gemm_vnni.linear_quads_checked_weights(x, self.weight, self.scale, self.bias, self.in_features,
                                                           self.act_qmax, self.wsum, self._fused_smooth,

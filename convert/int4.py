@@ -1,0 +1,260 @@
+"""fp32 → int4 weights (format.py, "int4 weights"), and which layers keep int8 instead.
+
+Quantiser: per output channel and group of 32 along K, an asymmetric grid w ≈ s·q − m, q in 0..15,
+s and m float16. Start from the group's range (s = (max − min) / 15, m = −min), then REFINE_STEPS
+rounds of weighted least squares: with the codes fixed, (s, m) is a straight-line fit of w on q, each
+input channel k weighted by its importance h[k] = mean of x[k]² over the layer's calibration inputs
+(llama.cpp's "imatrix" idea: an error where the input is large costs more); re-round the codes to the new
+grid; a group keeps whichever (s, m, q) had the smaller weighted error.
+
+Measured (tests/convert/test_int4.py prints these on each run). Relative Frobenius error of the weights,
+unweighted: all-MiniLM-L6-v2's linears symmetric (llama.cpp Q4_0: d = the signed largest / −8, s = d,
+m = 8d) 0.0899, asymmetric min/max 0.0806, asymmetric refined 0.0756; Gaussian weights 0.0861 / 0.0783 /
+0.0735. So the format is asymmetric. all-MiniLM-L6-v2's sentence embeddings (200 shared sentences,
+every block linear int4, weights dequantised, float activations): mean cosine 0.968 symmetric, 0.973
+min/max, 0.976 refined, 0.985 refined with the importance weights (0.986 with AWQ-style column scaling on top:
+not worth a runtime input scale).
+
+Which layers: the token table (and so a tied LM head) and the task heads stay int8, as in an int8 file.
+Every other linear (the blocks' and an untied LM head) is int4 unless:
+
+* its int4 error on the calibration text is too large: the float model runs over the converter's calibration
+  text (convert/calibration.txt, as for the 8-bit activations of int8 files), each candidate's inputs X are
+  recorded (up to _ROWS rows), and a layer keeps int8 weights (12-bit inputs, as an int8 file's by default) when
+  ``||X W4ᵀ − X Wᵀ|| / ||X Wᵀ|| > LAYER_ERROR_LIMIT`` (Frobenius norms; W4 the dequantised int4 weight).
+  LAYER_ERROR_LIMIT = 0.15 is twice the worst layer measured: all-MiniLM-L6-v2's 24 layers 0.016 to 0.080, a
+  random Llama's 0.072 to 0.076; it catches a layer int4 breaks (a weight or input range float16 or 16 levels
+  cannot hold), not the ordinary error. This relative error does not rank how much a layer matters (MiniLM's
+  mlp.down layers measure lowest and cost the embeddings as much as the others), hence:
+* with a ``budget`` (convert(..., int4_budget=...), ``--int4-budget``): the model's sensitivity to each layer is
+  measured, one calibration run per layer (the float model with only that layer int4, dequantised; the same
+  measure as convert/smooth.py: mean over tokens of 1 − cosine of the encoder's hidden states or the decoder's
+  teacher-forced logits with the float model's), and the most sensitive layers stay int8 until the others'
+  summed sensitivity is within the budget (the per-layer errors add up nearly linearly: MiniLM's sum to
+  0.0145, all int4 measures 0.0153). all-MiniLM-L6-v2 with 0.005: 11 of 24 layers int8, embedding cosine
+  0.9958 mean over the 1,000 shared sentences (0.9845 with every layer int4).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+import numpy as np
+
+from tinybert import format as fmt
+from tinybert.config import DecoderConfig, EncoderConfig
+from tinybert.errors import ConversionError
+from tinybert.kernels.gemm_int4 import GROUP, dequantize, groups, pack_codes
+
+from .quantize import quantize_tensors
+
+REFINE_STEPS = 2
+LAYER_ERROR_LIMIT = 0.15
+_ROWS = 1024          # calibration input rows kept per layer (every few tokens)
+_F16_MAX = 65504.0
+
+
+def _grid(w: np.ndarray, s: np.ndarray, m: np.ndarray, h: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Codes of w [.., 32] on the float16 grid (s, m) [.., 1], and the h-weighted squared error per group."""
+    s32, m32 = s.astype(np.float32), m.astype(np.float32)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        q = np.where(s32 != 0, np.rint((w + m32) / s32), 0)
+    q = np.clip(np.nan_to_num(q), 0, 15)
+    err = np.nansum(h * (s32 * q - m32 - w) ** 2, axis=-1, keepdims=True)
+    return q.astype(np.uint8), err
+
+
+def _f16(v: np.ndarray) -> np.ndarray:
+    return np.clip(v, -_F16_MAX, _F16_MAX).astype(np.float16)
+
+
+def quantize_int4(w: np.ndarray, symmetric: bool = False, refine: int = REFINE_STEPS,
+                  importance: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(codes uint8 [N, 16 G], scales float16 [N, G], offsets float16 [N, G]) of float32 w [N, K] with
+    w ≈ s·q − m per group of 32 (format.py). ``importance`` (float [K], > 0): weight of each input channel in
+    the error minimised (the mean square of the layer's inputs), else 1. ``symmetric`` gives llama.cpp's Q4_0
+    grid instead (for comparison)."""
+    w = np.asarray(w, dtype=np.float32)
+    if w.ndim != 2:
+        raise ValueError("quantize_int4 expects a 2-D array")
+    n, k = w.shape
+    g = groups(k)
+    padded = np.full((n, g * GROUP), np.nan, dtype=np.float32)     # NaN: not part of any group's range or fit
+    padded[:, :k] = w
+    wg = padded.reshape(n, g, GROUP)
+    real = ~np.isnan(wg)
+    h = np.ones(g * GROUP, dtype=np.float64)
+    if importance is not None:
+        h[:k] = np.maximum(importance, 1e-12 * max(float(np.max(importance)), 1e-30))
+    h = np.where(real, h.reshape(1, g, GROUP), 0)
+    if symmetric:
+        idx = np.nanargmax(np.abs(wg), axis=2)[..., None]
+        d = np.take_along_axis(wg, idx, axis=2) / np.float32(-8)
+        s = _f16(d)
+        m = _f16(8 * s.astype(np.float32))
+        q, _ = _grid(wg, s, m, h)
+    else:
+        lo, hi = np.nanmin(wg, axis=2, keepdims=True), np.nanmax(wg, axis=2, keepdims=True)
+        s, m = _f16((hi - lo) / np.float32(15)), _f16(-lo)
+        q, err = _grid(wg, s, m, h)
+        hsum = h.sum(2, keepdims=True)
+        wf = np.where(real, wg, 0).astype(np.float64)
+        for _ in range(refine):
+            # weighted least squares of w on q in each group: w ≈ s q − m
+            qf = q.astype(np.float64)
+            mq, mw = (h * qf).sum(2, keepdims=True) / hsum, (h * wf).sum(2, keepdims=True) / hsum
+            var = (h * (qf - mq) ** 2).sum(2, keepdims=True)
+            cov = (h * (qf - mq) * (wf - mw)).sum(2, keepdims=True)
+            with np.errstate(divide="ignore", invalid="ignore"):
+                s_new = np.where(var > 0, cov / var, s.astype(np.float64))
+            s_new = _f16(np.maximum(s_new, 0))
+            m_new = _f16(s_new.astype(np.float64) * mq - mw)
+            q_new, err_new = _grid(wg, s_new, m_new, h)
+            better = err_new < err
+            s, m = np.where(better, s_new, s), np.where(better, m_new, m)
+            q, err = np.where(better, q_new, q), np.where(better, err_new, err)
+    q = np.where(real, q, 0).astype(np.uint8).reshape(n, g * GROUP)[:, :k]
+    return pack_codes(q), s[..., 0], m[..., 0]
+
+
+def relative_error(w: np.ndarray, packed: tuple[np.ndarray, np.ndarray, np.ndarray],
+                   x: np.ndarray | None = None) -> float:
+    """||x W4ᵀ − x Wᵀ|| / ||x Wᵀ|| (Frobenius), or the weights' own relative error without x."""
+    w4 = dequantize(*packed, w.shape[1])
+    if x is None:
+        return float(np.linalg.norm(w4 - w) / max(np.linalg.norm(w), 1e-30))
+    x64 = x.astype(np.float64)
+    ref = x64 @ w.T.astype(np.float64)
+    return float(np.linalg.norm(x64 @ (w4 - w).T.astype(np.float64)) / max(np.linalg.norm(ref), 1e-30))
+
+
+def _fits_float16(w: np.ndarray) -> bool:
+    return bool(np.abs(w).max(initial=0) < _F16_MAX / 2)
+
+
+class _Recorder:
+    """Stands in for a layer during the float calibration run (as smooth._Observed): keeps every few of its
+    input rows, up to _ROWS, then calls the layer."""
+
+    def __init__(self, layer, stride: int) -> None:
+        self.layer, self.stride, self.rows = layer, stride, []
+        self.kept = 0
+
+    def __call__(self, x: np.ndarray, *args, **kwargs) -> np.ndarray:
+        if self.kept < _ROWS and len(x):
+            take = np.asarray(x[::self.stride], dtype=np.float32)[:_ROWS - self.kept]
+            self.rows.append(take.copy())
+            self.kept += len(take)
+        return self.layer(x, *args, **kwargs)
+
+    def __getattr__(self, name: str):
+        return getattr(self.layer, name)
+
+
+def _encoder_linears(model) -> dict[str, tuple[object, str]]:
+    found = {}
+    for i, block in enumerate(model.blocks):
+        for owner, attrs, kind in ((block.attn, ("qkv", "out"), "attn."), (block.mlp, ("up", "down"), "mlp.")):
+            for attr in attrs:
+                found[fmt.layer_prefix(i) + kind + attr] = (owner, attr)
+    return found
+
+
+class _Calibration:
+    """The float model over the calibration text: each int4 candidate layer's recorded inputs, the reference
+    output (an encoder's hidden states, a decoder's teacher-forced logits), and ``error(tensors)``: the same
+    measure as convert/smooth.py's (mean over tokens of 1 − cosine with the reference) for float32 tensors."""
+
+    def __init__(self, cfg, tensors: dict[str, np.ndarray], tokenizer_json: str, texts: list[str],
+                 id_map: Sequence[int] | None) -> None:
+        from . import smooth
+
+        if isinstance(cfg, EncoderConfig):
+            from tinybert.models.encoder import EncoderModel
+
+            batches = smooth._batches(cfg, tokenizer_json, texts)
+            tokens = sum(b.ids.size for b in batches)
+            self._build, linears = (lambda t: EncoderModel(cfg, t)), _encoder_linears
+            self._run = lambda model: smooth._run(model, batches)
+        else:
+            seqs = smooth._generation_texts(cfg, tokenizer_json, texts, id_map)
+            tokens = sum(s.size for s in seqs)
+            self._build, linears = (lambda t: smooth._generation_model(cfg, t)), smooth._generation_linears
+            self._run = lambda model: smooth._generation_logits(model, seqs)
+        self.empty = tokens == 0
+        model = self._build(tensors)
+        stride = max(1, tokens // _ROWS)
+        recorders = {}
+        for name, (owner, attr) in linears(model).items():
+            if name + ".weight" in tensors:          # a tied LM head has no weight of its own: it stays int8
+                recorders[name] = _Recorder(getattr(owner, attr), stride)
+                setattr(owner, attr, recorders[name])
+        self.reference = None if self.empty else self._run(model)
+        self.inputs = {name: np.concatenate(r.rows) if r.rows else np.zeros((0, r.in_features), np.float32)
+                       for name, r in recorders.items()}
+
+    def error(self, tensors: dict[str, np.ndarray]) -> float:
+        from .smooth import _logit_error
+
+        return _logit_error(self._run(self._build(tensors)), self.reference)
+
+
+def _importance(x: np.ndarray) -> np.ndarray | None:
+    """Mean square of each input channel over the recorded rows (None without rows)."""
+    return (x.astype(np.float64) ** 2).mean(axis=0) if len(x) else None
+
+
+def int4_tensors(cfg: EncoderConfig | DecoderConfig, tensors: dict[str, np.ndarray], tokenizer_json: str,
+                 texts: list[str] | None = None, report: dict | None = None,
+                 progress: Callable[[str], None] | None = None,
+                 id_map: Sequence[int] | None = None, budget: float | None = None) -> dict[str, np.ndarray]:
+    """The float32 tensors of an int4 file: the blocks' linears (and an untied LM head) as int4 codes +
+    ``.gscale`` + ``.gmin``, int8 + ``.scale`` for the other quantised tensors and for the layers kept int8
+    (module docstring): those above LAYER_ERROR_LIMIT and, with a ``budget``, the most sensitive ones until the
+    rest's summed sensitivity fits it. ``report`` receives each candidate's error (and sensitivity) and the
+    layers kept int8; ``progress`` the name of each model run as it starts."""
+    from .smooth import CALIBRATION_TEXT
+
+    if not isinstance(cfg, (EncoderConfig, DecoderConfig)):
+        raise ConversionError("int4 weights are supported for encoders and decoders, not encoder-decoders yet")
+    if texts is None:
+        texts = [line for line in CALIBRATION_TEXT.read_text(encoding="utf-8").splitlines() if line.strip()]
+    report = {} if report is None else report
+    tell = progress or (lambda label: None)
+    tell("float reference")
+    calibration = _Calibration(cfg, tensors, tokenizer_json, texts, id_map)
+    out = quantize_tensors(tensors)
+    report["errors"], report["int8"] = {}, []
+    packed: dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]] = {}
+    for layer, x in sorted(calibration.inputs.items()):
+        w = tensors[layer + ".weight"]
+        if w.shape[1] % GROUP or not _fits_float16(w):      # the format's rule; float16's range
+            report["int8"].append(layer)
+            continue
+        packed[layer] = quantize_int4(w, importance=_importance(x))
+        report["errors"][layer] = error = relative_error(w, packed[layer], x if len(x) else None)
+        if error > LAYER_ERROR_LIMIT:
+            report["int8"].append(layer)
+            del packed[layer]
+    if budget is not None and packed and not calibration.empty:
+        # one run per candidate: the float model with only that layer's weight int4 (dequantised)
+        report["sensitivity"] = sensitivity = {}
+        for layer in sorted(packed):
+            tell(f"sensitivity of {layer}")
+            w = tensors[layer + ".weight"]
+            sensitivity[layer] = calibration.error({**tensors, layer + ".weight": dequantize(*packed[layer],
+                                                                                              w.shape[1])})
+        total = sum(sensitivity.values())
+        for layer in sorted(sensitivity, key=sensitivity.__getitem__, reverse=True):
+            if total <= budget:
+                break
+            total -= sensitivity[layer]
+            report["int8"].append(layer)
+            del packed[layer]
+        report["estimated error"] = total
+    for layer, codes in packed.items():
+        name = layer + ".weight"
+        del out[name + fmt.SCALE_SUFFIX]
+        out[name], out[name + fmt.GROUP_SCALE_SUFFIX], out[name + fmt.GROUP_MIN_SUFFIX] = codes
+    report["int8"].sort()
+    return out
