@@ -911,7 +911,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     for name in _MODEL_COMMANDS:         # every command that opens a model takes it by name too (docs/loading.md)
         p = sub.choices[name]
-        p.add_argument("--dtype", choices=["int8", "fp32"], default="int8",
+        p.add_argument("--dtype", choices=["int8", "int4", "fp32"], default="int8",
                        help="what a Hugging Face folder, Hub id or GGUF file is converted to (a tinybert file "
                             "keeps its own)")
         p.add_argument("--revision", help="branch, tag or commit of a Hub id")

@@ -170,6 +170,10 @@ def test_generator_and_translator_take_folders(decoder_model, seq2seq_model, tmp
     prompt = [[5, 6, 7, 8]]
     assert (by_folder.generate_ids(prompt, max_new_tokens=8)[0]["token_ids"]
             == tinybert.Generator(files["int8"]).generate_ids(prompt, max_new_tokens=8)[0]["token_ids"])
+    # dtype="int4" reaches the converter through the cache like the others (its own entry)
+    int4 = tinybert.Generator(files["int8"].parent / "hf", dtype="int4")
+    assert int4.quantization == "int4" and int4.path.parent == tmp_path / "models" and int4.path != by_folder.path
+    assert len(int4.generate_ids(prompt, max_new_tokens=8)[0]["token_ids"]) == 8
     _, files = seq2seq_model("t5-v1.1")
     by_folder = tinybert.Translator(files["fp32"].parent / "hf", dtype="fp32")
     source = [[5, 6, 7, 8, 9]]

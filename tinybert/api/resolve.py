@@ -33,7 +33,7 @@ from pathlib import Path
 from .. import format as fmt
 from ..errors import InputError, ModelFileError
 
-DTYPES = ("int8", "fp32")
+DTYPES = ("int8", "int4", "fp32")
 
 # What a conversion reads from a Hub repository: configs, tokenizer files, safetensors weights and the
 # sentence-transformers module folders (1_Pooling/config.json, ...). Not ONNX, OpenVINO, TF or Flax copies.
@@ -56,7 +56,7 @@ def cache_dir() -> Path:
 def resolve(name: str | Path, dtype: str = "int8", revision: str | None = None,
             local_files_only: bool | None = None) -> tuple[Path, Callable[[], Path] | None]:
     """The tinybert file for ``name`` (see the module docstring), and for a cache entry a function that converts
-    it again (None for the user's own file). ``dtype``: "int8" or "fp32", for folders and ids.
+    it again (None for the user's own file). ``dtype``: "int8", "int4" or "fp32", for folders and ids.
 
     Raises ModelFileError when ``name`` is neither an existing file or folder nor a Hub id that can be found
     (offline) or downloaded, and ConversionError / UnsupportedModelError from the converter."""
