@@ -130,7 +130,7 @@ def test_name_errors(tmp_path, minilm_files):
     with pytest.raises(ModelFileError, match="without config.json"):
         tinybert.Encoder(tmp_path)
     with pytest.raises(InputError, match="dtype"):
-        tinybert.Encoder(minilm_files["int8"], dtype="int4")
+        tinybert.Encoder(minilm_files["int8"], dtype="int2")
     with pytest.raises(ModelFileError, match="revision"):
         tinybert.Encoder(f"{REPO}@main", revision="v2")
 
