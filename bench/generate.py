@@ -155,20 +155,25 @@ def _train_tokenizer(vocab_size: int, target: Path) -> int:
     return real
 
 
-def hf_folder(model: str) -> Path:
-    """The seeded random HF folder of ``model`` (built once): weights, tokenizer, bench.json."""
+def random_decoder_folder(name: str, config) -> Path:
+    """A seeded random causal LM of ``config`` saved once at CACHE/name/hf: weights, the byte-level BPE
+    tokenizer (_train_tokenizer) and bench.json (its real vocabulary, parameters, seed)."""
     def build(folder: Path) -> None:
         import torch
         from transformers import AutoModelForCausalLM
 
-        config = _hf_config(model)
         torch.manual_seed(SEED)
         net = AutoModelForCausalLM.from_config(config).eval()
         net.save_pretrained(folder)
         real = _train_tokenizer(config.vocab_size, folder)
         (folder / "bench.json").write_text(json.dumps({"real_vocab": real, "parameters": net.num_parameters(),
                                                        "seed": SEED}))
-    return harness.built_once(CACHE / model / "hf", build, lambda f: (f / "bench.json").is_file())
+    return harness.built_once(CACHE / name / "hf", build, lambda f: (f / "bench.json").is_file())
+
+
+def hf_folder(model: str) -> Path:
+    """The seeded random HF folder of ``model`` (built once)."""
+    return random_decoder_folder(model, _hf_config(model))
 
 
 def prepare(model: str, engine: str) -> Path:

@@ -67,20 +67,10 @@ def _hf_config(model: str):
 
 
 def hf_folder(model: str) -> Path:
-    """The seeded random HF folder of ``model`` (built once)."""
-    def build(folder: Path) -> None:
-        import torch
-        from transformers import AutoModelForCausalLM
+    """The seeded random HF folder of ``model`` (built once, as bench.generate builds its models)."""
+    from bench.generate import random_decoder_folder
 
-        from bench.generate import _train_tokenizer
-
-        config = _hf_config(model)
-        torch.manual_seed(SEED)
-        net = AutoModelForCausalLM.from_config(config).eval()
-        net.save_pretrained(folder)
-        real = _train_tokenizer(config.vocab_size, folder)
-        (folder / "bench.json").write_text(json.dumps({"real_vocab": real, "seed": SEED}))
-    return harness.built_once(CACHE / model / "hf", build, lambda f: (f / "bench.json").is_file())
+    return random_decoder_folder(model, _hf_config(model))
 
 
 def _gguf(model: str, quant: str, llama_cpp: Path, gguf_python: str) -> Path:

@@ -56,7 +56,7 @@ from numba.extending import intrinsic
 
 from . import cpu
 from .half import F16C
-from .irloop import no_unroll
+from .irloop import dpbusd_generic, no_unroll
 from .jitcache import fast_cache_loading
 from .memory import aligned_empty
 from .quant import ACT8_QMAX, row_scale_centre
@@ -321,18 +321,6 @@ def unpack_vnni(panels: np.ndarray, n_dim: int) -> tuple[np.ndarray, np.ndarray,
     return pack_codes(q), np.ascontiguousarray(halves[0]), np.ascontiguousarray(halves[1])
 
 
-def _dpbusd_generic(builder, acc, u, s):
-    """acc + vpdpbusd(u, s) in generic IR (as gemm_vnni's): lane j gains sum_t zext(u byte 4j+t) * sext(s byte 4j+t)."""
-    i8, i32 = ir.IntType(8), ir.IntType(32)
-    v64i8, v64i32 = ir.VectorType(i8, 64), ir.VectorType(i32, 64)
-    prods = builder.mul(builder.zext(builder.bitcast(u, v64i8), v64i32),
-                        builder.sext(builder.bitcast(s, v64i8), v64i32))
-    for t in range(4):
-        lanes = ir.Constant(ir.VectorType(i32, 16), [4 * j + t for j in range(16)])
-        acc = builder.add(acc, builder.shuffle_vector(prods, ir.Constant(v64i32, None), lanes))
-    return acc
-
-
 def _half_to_float_generic(builder, h):
     """<16 x i16> float16 bits -> <16 x float>, exactly, in integer IR (targets without F16C)."""
     i32, f32 = ir.IntType(32), ir.FloatType()
@@ -393,7 +381,7 @@ def _make_panel_kernel(emit_vnni: bool, f16c: bool, rows: int):
                     return builder.call(vpdpbusd, [acc, u, s])
             else:
                 def dp(acc, u, s):
-                    return _dpbusd_generic(builder, acc, u, s)
+                    return dpbusd_generic(builder, acc, u, s)
 
             def bcast(ptr):
                 one = builder.insert_element(ir.Constant(v16i32, None), builder.load(ptr, align=1),

@@ -66,7 +66,7 @@ from .cpu import AMX_MIN_ROWS as AMX_MIN_ROWS
 from .cpu import VNNI_AVAILABLE as VNNI_AVAILABLE
 from .cpu import VNNI_EMULATED as VNNI_EMULATED
 from .cpu import amx_for, quads_path
-from .irloop import no_unroll
+from .irloop import dpbusd_generic, no_unroll
 from .jitcache import fast_cache_loading
 from .memory import aligned_bytes, aligned_empty, last_level_cache_bytes
 from .quant import NO_SMOOTHING as NO_SMOOTHING  # re-exported: the layers read these two here
@@ -309,22 +309,6 @@ def split_quantized(xq, xh, xl, xsum):
 # for i < rows, j < NR, kq < kquads; u = the panel rows at wp[w_off + 64*kq].
 # ----------------------------------------------------------------------------------------------
 
-def _dpbusd_generic(builder, acc, u, s):
-    """acc + vpdpbusd(u, s) in generic IR: lane j gains sum_t zext(u byte 4j+t) * sext(s byte 4j+t).
-
-    acc, u, s are <16 x i32>; the four products of a lane are exact in int32 and the accumulation
-    wraps as the instruction's does, so the sums are the instruction's bit for bit.
-    """
-    i8, i32 = ir.IntType(8), ir.IntType(32)
-    v64i8, v64i32 = ir.VectorType(i8, 64), ir.VectorType(i32, 64)
-    prods = builder.mul(builder.zext(builder.bitcast(u, v64i8), v64i32),
-                        builder.sext(builder.bitcast(s, v64i8), v64i32))
-    for t in range(4):
-        lanes = ir.Constant(ir.VectorType(i32, 16), [4 * j + t for j in range(16)])
-        acc = builder.add(acc, builder.shuffle_vector(prods, ir.Constant(v64i32, None), lanes))
-    return acc
-
-
 VNNI_PANELS = 2   # 16-channel panels per VNNI micro-tile (24 zmm accumulators for 6 rows)
 
 
@@ -346,7 +330,7 @@ def _make_vnni_microkernel(rows: int, emit: bool, parts: int = 2, compact: bool 
     ``panels`` = 1 (one row, compact): one panel, read as one sequential stream (_gemv_vnni_low).
 
     With ``emit`` False (target without AVX-512 VNNI, where the instruction could not be lowered)
-    vpdpbusd is emulated in generic IR (``_dpbusd_generic``): same sums, for tests.
+    vpdpbusd is emulated in generic IR (``dpbusd_generic``): same sums, for tests.
     """
     i8, i32, i64 = ir.IntType(8), ir.IntType(32), ir.IntType(64)
     v16i32 = ir.VectorType(i32, 16)
@@ -376,7 +360,7 @@ def _make_vnni_microkernel(rows: int, emit: bool, parts: int = 2, compact: bool 
                     return builder.call(vpdpbusd, [acc, u, s])
             else:
                 def dp(acc, u, s):
-                    return _dpbusd_generic(builder, acc, u, s)
+                    return dpbusd_generic(builder, acc, u, s)
             row_ptrs = []                                 # h rows, then l rows
             for src in ((xh_p, xl_p) if parts == 2 else (xl_p,)):
                 for i in range(rows):
@@ -534,7 +518,7 @@ def _emulate_amx_block(builder, c_p, xh_p, xl_p, x_off, x_stride, w_p, w0, w1, k
                                                    ir.Constant(v16i32, None), splat)
                     b_row = builder.load(at(w_p, builder.add(builder.add(b_base, b_step), const(64 * kq)), v16i32),
                                          align=1)
-                    acc = _dpbusd_generic(builder, acc, b_row, bcast)
+                    acc = dpbusd_generic(builder, acc, b_row, bcast)
                 builder.store(acc, c_ptr, align=4)
 
 

@@ -1,4 +1,4 @@
-"""Loop hints for hand-written LLVM IR micro-kernels.
+"""Loop hints and a generic vpdpbusd for hand-written LLVM IR micro-kernels.
 
 A micro-kernel's loop body is sized to the register file: 24 accumulators, the weight vectors and a
 broadcast fill AVX-512's 32 zmm registers.  LLVM's runtime unroller does not know that: on Zen 4
@@ -23,3 +23,20 @@ def no_unroll(builder: ir.IRBuilder, loop_index: ir.PhiInstr) -> None:
     loop_id.operands = (loop_id, disable)
     for _, block in loop_index.incomings[1:]:          # [0] is the entry edge
         block.terminator.set_metadata("llvm.loop", loop_id)
+
+
+def dpbusd_generic(builder: ir.IRBuilder, acc: ir.Value, u: ir.Value, s: ir.Value) -> ir.Value:
+    """acc + vpdpbusd(u, s) in generic IR: lane j gains sum_t zext(u byte 4j+t) * sext(s byte 4j+t).
+
+    acc, u, s are <16 x i32>; the four products of a lane are exact in int32 and the accumulation
+    wraps as the instruction's does, so the sums are the instruction's bit for bit (the int8 and
+    int4 VNNI kernels' emulation on CPUs without it, so that their paths stay tested anywhere).
+    """
+    i8, i32 = ir.IntType(8), ir.IntType(32)
+    v64i8, v64i32 = ir.VectorType(i8, 64), ir.VectorType(i32, 64)
+    prods = builder.mul(builder.zext(builder.bitcast(u, v64i8), v64i32),
+                        builder.sext(builder.bitcast(s, v64i8), v64i32))
+    for t in range(4):
+        lanes = ir.Constant(ir.VectorType(i32, 16), [4 * j + t for j in range(16)])
+        acc = builder.add(acc, builder.shuffle_vector(prods, ir.Constant(v64i32, None), lanes))
+    return acc
