@@ -673,8 +673,8 @@ def test_encoder_attention_with_bias(d, threads):
     bias = (RNG.standard_normal((heads, 2 * center + 1)) * 3).astype(np.float32)
     qkv = np.concatenate([q.reshape(t, -1), k.reshape(t, -1), v.reshape(t, -1)], axis=1)
     flat_out = np.empty((t, heads * d), dtype=np.float32)
-    attention_with_bias(qkv, starts, np.ones(t, np.uint8), heads, 1.0, bias, center, np.zeros((0, 0, 0), np.float32),
-                        np.zeros((0, 0, 0), np.float32), np.zeros(0, np.int32), flat_out, threads)
+    attention_with_bias(qkv, starts, np.ones(t, np.uint8), heads, 1.0, bias, center,
+                        np.zeros((0, 2, 1, 16), np.float32), -1, -1, np.zeros(0, np.int32), False, flat_out, threads)
     out = flat_out.reshape(t, heads, d)
     for b in range(len(lengths)):
         s0, s1 = starts[b], starts[b + 1]
@@ -685,26 +685,46 @@ def test_encoder_attention_with_bias(d, threads):
                 np.testing.assert_allclose(out[i, h], w @ v[s0:s1, h] / w.sum(), atol=2e-5, rtol=1e-4)
 
 
-@pytest.mark.parametrize("threads", [1, 7])
-def test_encoder_attention_with_content_bias(threads):
-    """The encoder attention kernel's DeBERTa path (c2p / p2c gathered by relative index, masked keys) vs float64
-    numpy: score = (q_i·k_j + c2p[h, i, m] + p2c[h, j, m]) · scale, m = rel[center + j − i]."""
-    from tinybert.kernels.attention import attention_with_bias
+def _log_buckets(query_minus_key, buckets, max_position):
+    """transformers' DeBERTa-v2 make_log_bucket_position, in float64 numpy (an independent rewrite)."""
+    rel = np.asarray(query_minus_key, dtype=np.float64)
+    mid = buckets // 2
+    abs_pos = np.where((rel < mid) & (rel > -mid), mid - 1, np.abs(rel))
+    log_pos = np.ceil(np.log(abs_pos / mid) / np.log((max_position - 1) / mid) * (mid - 1)) + mid
+    return np.where(abs_pos <= mid, rel, log_pos * np.sign(rel)).astype(np.int64)
 
-    heads, d, width, lengths = 3, 16, 11, (1, 9, 30, 7)
+
+@pytest.mark.parametrize("threads", [1, 7])
+@pytest.mark.parametrize("terms", ["both", "c2p", "p2c"])
+@pytest.mark.parametrize("buckets", [0, 8])       # 8: log buckets from distance 4 on (rel not linear)
+@pytest.mark.parametrize("masked", [False, True])
+def test_encoder_attention_with_content_bias(threads, terms, buckets, masked):
+    """The encoder attention kernel's DeBERTa path vs float64 numpy: score = (q_i·k_j + q_i·Kr[m] + k_j·Qr[m]) ·
+    scale with m = span + bucket(i − j), Kr / Qr per-head tables packed by pack_position_tables, masked keys,
+    each term alone, and sequences both shorter and longer than the linear range of the buckets."""
+    from tinybert.kernels.attention import attention_with_bias, pack_position_tables
+
+    heads, d, span, lengths = 3, 16, 12, (1, 9, 30, 7, 40)
     starts = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64)
     t = int(starts[-1])
     q, k, v = (RNG.standard_normal((t, heads, d)).astype(np.float32) for _ in range(3))
-    c2p, p2c = ((RNG.standard_normal((heads, t, width)) * 3).astype(np.float32) for _ in range(2))
+    kr, qr = (RNG.standard_normal((heads, 2 * span, d)).astype(np.float32) for _ in range(2))
     center = max(lengths) - 1
-    rel = RNG.integers(0, width, 2 * center + 1).astype(np.int32)
+    qmk = np.arange(center, -center - 1, -1)                  # i − j for rel[center + j − i]
+    rel = np.clip((_log_buckets(qmk, buckets, 64) if buckets else qmk) + span, 0, 2 * span - 1).astype(np.int32)
+    linear = bool(np.array_equal(rel, rel[center] - np.arange(-center, center + 1)))
+    assert not linear                                   # clipped at span 12 < 39, or bucketed
     mask = np.ones(t, np.uint8)
-    mask[[5, 20, 21]] = 0
+    if masked:
+        mask[[5, 20, 21, 60]] = 0
+    tables = {"both": [kr, qr], "c2p": [kr], "p2c": [qr]}[terms]
+    c2p_at = 0 if terms in ("both", "c2p") else -1
+    p2c_at = heads if terms == "both" else (0 if terms == "p2c" else -1)
     qkv = np.concatenate([q.reshape(t, -1), k.reshape(t, -1), v.reshape(t, -1)], axis=1)
     flat_out = np.empty((t, heads * d), dtype=np.float32)
     scale = 1 / math.sqrt(3 * d)
-    attention_with_bias(qkv, starts, mask, heads, scale, np.zeros((1, 0), np.float32), center, c2p, p2c, rel,
-                        flat_out, threads)
+    attention_with_bias(qkv, starts, mask, heads, scale, np.zeros((1, 0), np.float32), center,
+                        pack_position_tables(np.concatenate(tables)), c2p_at, p2c_at, rel, linear, flat_out, threads)
     out = flat_out.reshape(t, heads, d)
     for b in range(len(lengths)):
         s0, s1 = starts[b], starts[b + 1]
@@ -712,8 +732,42 @@ def test_encoder_attention_with_content_bias(threads):
         for i in range(s0, s1):
             for h in range(heads):
                 m = rel[center + keys - i]
-                s = (k[keys, h].astype(np.float64) @ q[i, h] + c2p[h, i, m] + p2c[h, keys, m]) * scale
-                w = np.exp(s - s.max())
+                s = k[keys, h].astype(np.float64) @ q[i, h]
+                if c2p_at >= 0:
+                    s += kr[h, m].astype(np.float64) @ q[i, h]
+                if p2c_at >= 0:
+                    s += np.einsum("jd,jd->j", k[keys, h].astype(np.float64), qr[h, m])
+                w = np.exp((s - s.max()) * scale)
+                np.testing.assert_allclose(out[i, h], w @ v[keys, h] / w.sum(), atol=2e-5, rtol=1e-4)
+
+
+def test_encoder_attention_with_linear_content_bias():
+    """The contiguous DeBERTa path (rel linear over the sequence, no masked key: both products read in runs) vs
+    float64 numpy, with sequences past one panel pair of the tables."""
+    from tinybert.kernels.attention import attention_with_bias, pack_position_tables
+
+    heads, d, span, lengths = 2, 64, 128, (128, 1, 77, 6)
+    starts = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64)
+    t = int(starts[-1])
+    q, k, v = (RNG.standard_normal((t, heads, d)).astype(np.float32) for _ in range(3))
+    kr, qr = ((RNG.standard_normal((heads, 2 * span, d)) / 4).astype(np.float32) for _ in range(2))
+    center = max(lengths) - 1
+    rel = (span - np.arange(-center, center + 1)).astype(np.int32)
+    qkv = np.concatenate([q.reshape(t, -1), k.reshape(t, -1), v.reshape(t, -1)], axis=1)
+    out = np.empty((t, heads * d), dtype=np.float32)
+    scale = 1 / math.sqrt(3 * d)
+    attention_with_bias(qkv, starts, np.ones(t, np.uint8), heads, scale, np.zeros((1, 0), np.float32), center,
+                        pack_position_tables(np.concatenate([kr, qr])), 0, heads, rel, True, out, 2)
+    out = out.reshape(t, heads, d)
+    for b in range(len(lengths)):
+        s0, s1 = starts[b], starts[b + 1]
+        keys = np.arange(s0, s1)
+        for i in range(s0, s1):
+            for h in range(heads):
+                m = span + (i - keys)
+                s = (k[keys, h].astype(np.float64) @ q[i, h] + kr[h, m].astype(np.float64) @ q[i, h]
+                     + np.einsum("jd,jd->j", k[keys, h].astype(np.float64), qr[h, m]))
+                w = np.exp((s - s.max()) * scale)
                 np.testing.assert_allclose(out[i, h], w @ v[keys, h] / w.sum(), atol=2e-5, rtol=1e-4)
 
 

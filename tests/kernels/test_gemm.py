@@ -1038,30 +1038,3 @@ def test_quads_kernels_run_the_whole_model_on_any_cpu(isa, minilm_files, sentenc
         assert gemm.best_layout() == "pairs"        # the emulation never runs unless asked for
     cos = (quads * reference_embeddings[:len(texts)]).sum(1)
     assert cos.mean() >= 0.999 and cos.min() >= 0.995, (cos.mean(), cos.min())
-
-
-@pytest.mark.parametrize("t,heads,d,n,lo,hi", [
-    (1, 1, 1, 1, 0, 1), (5, 4, 8, 20, 0, 20), (1, 2, 64, 512, 255, 258), (128, 24, 64, 512, 129, 384),
-    (200, 3, 400, 37, 3, 30), (97, 2, 33, 70, 40, 41),
-])
-def test_heads_times_tables(t, heads, d, n, lo, hi):
-    """DeBERTa's c2p / p2c products: each head's columns of x against its own packed table."""
-    rng = np.random.default_rng(t * 31 + n)
-    col0 = 3
-    x = rng.standard_normal((t, col0 + heads * d + 5)).astype(np.float32)
-    tables = (rng.standard_normal((heads, n, d)) / np.sqrt(d)).astype(np.float32)
-    out, start = g.heads_times_tables(x, col0, g.pack_heads_fp32(tables), lo, hi)
-    assert start <= lo and start % g.NR == 0 and out.shape[:2] == (heads, t) and start + out.shape[2] >= hi
-    assert out.dtype == np.float32 and out.flags.c_contiguous
-    rows = min(n, start + out.shape[2])
-    for h in range(heads):
-        check_fp32(np.ascontiguousarray(out[h, :, :rows - start]), x[:, col0 + h * d:col0 + (h + 1) * d],
-                   tables[h, start:rows], np.zeros(rows - start, dtype=np.float32))
-        assert not out[h, :, rows - start:].any()           # past the table: its zero padding
-    # Rows are independent: one row alone gives the same values.
-    one, _ = g.heads_times_tables(np.ascontiguousarray(x[t // 2:t // 2 + 1]), col0, g.pack_heads_fp32(tables), lo, hi)
-    np.testing.assert_array_equal(one[:, 0], out[:, t // 2])
-    with pytest.raises(ValueError):
-        g.heads_times_tables(x, col0 + 6, g.pack_heads_fp32(tables), lo, hi)      # columns past x
-    with pytest.raises(ValueError):
-        g.heads_times_tables(x, col0, g.pack_heads_fp32(tables), lo, 10 ** 6)   # rows past the table

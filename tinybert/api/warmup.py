@@ -190,9 +190,6 @@ def warmup(show_progress: bool = True) -> None:
                                 np.zeros((16, 1), np.float16), 32)
     for rows in (1, 5):
         gemm_int4.linear_int4(np.ones((rows, 32), dtype=np.float32), int4, np.zeros(16, dtype=np.float32))
-    # DeBERTa's c2p / p2c products (the tiny encoders have no disentangled attention): the per-head fp32 GEMM.
-    gemm.heads_times_tables(np.ones((3, 8), dtype=np.float32), 0, gemm.pack_heads_fp32(np.ones((2, 5, 4), np.float32)),
-                            1, 5)
     for quantization, family in decoders:
         _run_decoder(_tiny_decoder(quantization, family))
         if progress is not None:

@@ -2,7 +2,7 @@
 
 For sequence b, head h, query i:   out[i,h] = Σ_j softmax_j(q_i · k_j / √d  over valid j in b) v_j
 (``attention_with_bias``: q_i · k_j · scale + bias[h, center + j − i], T5's relative position bias, and
- + (c2p[h, i, m] + p2c[h, j, m]) · scale with m = rel[center + j − i], DeBERTa's disentangled attention)
+ + (q_i · Kr[m] + k_j · Qr[m]) · scale with m = rel[center + j − i], DeBERTa's disentangled attention)
 
 Layout: ``qkv`` float32 [T, 3*H] holds q | k | v side by side per token (the fused QKV GEMM's
 output), head h owning columns [h*d, (h+1)*d) of each third. Sequence b owns rows
@@ -23,6 +23,18 @@ and queries go MR = 6 at a time (q read in place from qkv), each block in three 
     s[r, j] = q_r · kpan[:, j]                (scores in log2 units: the scale folds in log2(e))
     p[r, j] = 2**(s[r, j] - max_j s[r, j])    (vectorised exp2; normalisation deferred)
     out[r]  = (Σ_j p[r, j] v_j) / Σ_j p[r, j]
+
+DeBERTa's two position terms are products on the same micro-kernel, done where they are used, in cache:
+
+    c2p  per query block, its q rows times the Kr rows the block's scores reach (B = Kr's panels): the
+         block's 6 rows times about n + 6 table rows, where QKᵀ's are 6 times n keys;
+    p2c  per head, before the queries, each 6-key block's k rows times the Qr rows it reaches, moved to
+         pt[i, j] = k_j · Qr[rel[center + j − i]] (a [seq, seq] array per task);
+
+and each score adds a c2p entry and a pt entry, both read in runs when rel is linear (no log buckets
+within the sequence, no masked key). Products of every row against every relative position, made apart
+and gathered per score, cost 2.6x and wrote [heads, T, 2L] arrays to memory (32 x 128 tokens: 100 MB per
+layer, written and read back).
 
 The two products run on one micro-kernel, ``_tile``: C[6, 32] = A[6, K] · B[K, 32] over a pair of
 16-column panels, the tile in 12 vector registers. Per k step it loads two 16-float vectors of B,
@@ -238,8 +250,22 @@ def _tile(rows, c, c_off, ldc, a, a_off, lda, b, b_off, b_pstride, ldb, kdim):
 
 
 _NO_BIAS = np.zeros((1, 0), dtype=np.float32)
-_NO_CONTENT = np.zeros((0, 0, 0), dtype=np.float32)
+_NO_TABLES = np.zeros((0, 2, 1, NR), dtype=np.float32)
 _NO_REL = np.zeros(0, dtype=np.int32)
+
+
+def pack_position_tables(tables: np.ndarray) -> np.ndarray:
+    """DeBERTa's projected relative embeddings, per head [G, N, d] float32, as the micro-kernel's B panels:
+    [G, P, d, NR] with packed[g, p, e, c] = tables[g, 16p + c, e], P even (``_tile`` reads panel pairs) and
+    zeros past N. Once per layer, at load."""
+    tables = np.asarray(tables)
+    if tables.ndim != 3 or tables.dtype != np.float32 or 0 in tables.shape:
+        raise TypeError("pack_position_tables expects non-empty float32 tables of shape [G, N, d]")
+    heads, rows, d = tables.shape
+    panels = -(-rows // (2 * NR)) * 2
+    padded = np.zeros((heads, panels * NR, d), dtype=np.float32)
+    padded[:, :rows] = tables
+    return np.ascontiguousarray(padded.reshape(heads, panels, NR, d).transpose(0, 1, 3, 2))
 
 
 def attention(qkv: np.ndarray, starts: np.ndarray, key_mask: np.ndarray, num_heads: int, out: np.ndarray,
@@ -250,23 +276,23 @@ def attention(qkv: np.ndarray, starts: np.ndarray, key_mask: np.ndarray, num_hea
     Plain Python: as a compiled wrapper it recompiled attention_with_bias's code into its own
     (1.5 s of a cold start)."""
     d = out.shape[1] // num_heads
-    attention_with_bias(qkv, starts, key_mask, num_heads, 1.0 / math.sqrt(d), _NO_BIAS, 0, _NO_CONTENT,
-                        _NO_CONTENT, _NO_REL, out, numba.get_num_threads() if threads is None else threads)
+    attention_with_bias(qkv, starts, key_mask, num_heads, 1.0 / math.sqrt(d), _NO_BIAS, 0, _NO_TABLES, -1, -1,
+                        _NO_REL, False, out, numba.get_num_threads() if threads is None else threads)
 
 
 @njit(cache=True, nogil=True, parallel=True, error_model="numpy")
-def attention_with_bias(qkv, starts, key_mask, num_heads, scale, bias, center, c2p, p2c, rel, out, threads):
+def attention_with_bias(qkv, starts, key_mask, num_heads, scale, bias, center, tables, c2p_at, p2c_at, rel, linear,
+                        out, threads):
     """``attention`` with the score scale given (T5: 1, no 1/√d) and, when ``bias`` has columns, T5's relative
     position bias added to the score of query i and key j: bias[h, center + j − i] (i, j positions within
     the sequence; bias float32 [heads, W] with center ≥ longest − 1 and W > center + longest − 1).
 
-    When ``rel`` has entries, DeBERTa's disentangled attention adds (c2p[h, t_i, m] + p2c[h, t_j, m]) · scale
-    with m = rel[center + j − i] (t_i, t_j the packed rows of query i and key j): c2p float32 [heads, T, W]
-    holds q_t · Kr[m] (content to position) and p2c float32 [heads, T, W] holds k_t · Qr[m] (position to
-    content), Kr / Qr the relative embeddings projected by the layer's key / query projections; rel int32
-    [≥ 2·center + 1] holds values in [0, W). Only these [T, W] products per head exist, W (the relative
-    positions the batch reaches) ≤ 2 · position_buckets: no [L, L] bias per sequence is ever built, and the
-    gather costs two loads per score. The caller checks every shape and index (none is checked here).
+    When ``rel`` has entries, DeBERTa's disentangled attention adds (q_i · Kr_h[m] + k_j · Qr_h[m]) · scale with
+    m = rel[center + j − i]: ``tables`` float32 [G, P, d, NR] (pack_position_tables) holds Kr_h as table
+    c2p_at + h and Qr_h as table p2c_at + h (a term whose index is −1 is absent), the relative embeddings
+    projected by the layer's key and query projections; rel int32 [2·center + 1] holds table rows in
+    [0, P·NR), non-increasing; ``linear``: rel[center + x] = rel[center] − x throughout. The caller checks
+    every shape and index (none is checked here).
     ``threads``: numba.get_num_threads() (an argument: calling it here makes the function uncacheable)."""
     # The parallel loop only dispatches: Numba's parfor passes are slow on large loop bodies, and
     # a call keeps the compile (cold start) short. The micro-kernel reads q (and often v) straight
@@ -285,11 +311,13 @@ def attention_with_bias(qkv, starts, key_mask, num_heads, scale, bias, center, c
         b = task // groups
         g = task - b * groups
         _attend_heads(qkv, flat, starts[b], starts[b + 1], key_mask, g * per_group,
-                      min(num_heads, (g + 1) * per_group), num_heads, scale, bias, center, c2p, p2c, rel, out)
+                      min(num_heads, (g + 1) * per_group), num_heads, scale, bias, center, tables, c2p_at, p2c_at,
+                      rel, linear, out)
 
 
 @njit(cache=True, nogil=True, fastmath=True, error_model="numpy")
-def _attend_heads(qkv, flat, base, end, key_mask, h0, h1, num_heads, scale, bias, center, c2p, p2c, rel, out):
+def _attend_heads(qkv, flat, base, end, key_mask, h0, h1, num_heads, scale, bias, center, tables, c2p_at, p2c_at,
+                  rel, linear, out):
     """Heads h0..h1-1 of the sequence in rows base..end-1.  One call (and one set of buffers) for
     all of them: a call from the parallel loop increfs and decrefs each array argument, atomics on
     counts that both threads share, which cost a 16-token head as much as its arithmetic."""
@@ -321,14 +349,19 @@ def _attend_heads(qkv, flat, base, end, key_mask, h0, h1, num_heads, scale, bias
     scores = aligned_bytes(MR * n16 * 4).view(np.float32)
     obuf = aligned_bytes(MR * d16 * 4).view(np.float32)
     inv_total = np.empty(MR, dtype=np.float32)
+    # DeBERTa: a block's products with the position tables (c2p, p2c), and p2c moved to [query, key].
+    width = tables.shape[1] * NR if rel.shape[0] > 0 else 0
+    cbuf = aligned_bytes(MR * width * 4).view(np.float32)
+    pbuf = aligned_bytes(MR * width * 4).view(np.float32)
+    pt = np.empty(seq * seq if p2c_at >= 0 and width > 0 else 0, dtype=np.float32)
     for h in range(h0, h1):
-        _attend_head(qkv, flat, base, seq, valid, n, h, num_heads, scale, bias, center, c2p, p2c, rel, out,
-                     kpan, vpan, scores, obuf, inv_total)
+        _attend_head(qkv, flat, base, seq, valid, n, h, num_heads, scale, bias, center, tables, c2p_at, p2c_at,
+                     rel, linear, out, kpan, vpan, scores, obuf, inv_total, cbuf, pbuf, pt)
 
 
 @njit(cache=True, nogil=True, fastmath=True, error_model="numpy", inline="always")
-def _attend_head(qkv, flat, base, seq, valid, n, h, num_heads, scale, bias, center, c2p, p2c, rel, out,
-                 kpan, vpan, scores, obuf, inv_total):
+def _attend_head(qkv, flat, base, seq, valid, n, h, num_heads, scale, bias, center, tables, c2p_at, p2c_at, rel,
+                 linear, out, kpan, vpan, scores, obuf, inv_total, cbuf, pbuf, pt):
     hidden = out.shape[1]
     ld = 3 * hidden
     d = hidden // num_heads
@@ -370,6 +403,14 @@ def _attend_head(qkv, flat, base, seq, valid, n, h, num_heads, scale, bias, cent
                 for e in range(NR):
                     dst[e] = src[c * NR + e] if c * NR + e < d else 0.0
 
+    tw = tables.reshape(tables.size)
+    width = tables.shape[1] * NR
+    tpan = tables.shape[1] * d * NR       # floats per table
+    all_keys = n == seq
+    c_first = 0
+    if has_content and p2c_at >= 0:
+        _p2c(flat, base, seq, ld, kcol, d, center, rel, tw, (p2c_at + h) * tpan, width, pbuf, pt)
+
     for i0 in range(0, seq, MR):
         rows = min(MR, seq - i0)
         # The next block's q rows (read in place by the micro-kernel) and output rows, the same
@@ -382,6 +423,16 @@ def _attend_head(qkv, flat, base, seq, valid, n, h, num_heads, scale, bias, cent
             prefetch(out, (base + r) * hidden + qcol + d - 1, True)
         for p in range(0, n16 // NR, 2):    # two key panels per call
             _tile(rows, scores, p * NR, n16, flat, (base + i0) * ld + qcol, ld, kpan, p * d * NR, d * NR, NR, d)
+        if has_content and c2p_at >= 0:
+            # The block's q rows times the Kr rows its scores reach, rel[center + j − i] over its keys j
+            # and rows i (rel is non-increasing), whole panel pairs from table row c_first.
+            lowest = rel[center + valid[n - 1] - i0]
+            highest = rel[center + valid[0] - (i0 + rows - 1)]
+            p_first = lowest // (2 * NR) * 2
+            c_first = p_first * NR
+            for p in range(p_first, highest // (2 * NR) * 2 + 2, 2):
+                _tile(rows, cbuf, (p - p_first) * NR, width, flat, (base + i0) * ld + qcol, ld, tw,
+                      (c2p_at + h) * tpan + p * d * NR, d * NR, NR, d)
         for r in range(rows):
             srow = scores[r * n16:r * n16 + n]
             if has_bias:
@@ -389,10 +440,25 @@ def _attend_head(qkv, flat, base, seq, valid, n, h, num_heads, scale, bias, cent
                     srow[j] += bias[h, center + valid[j] - (i0 + r)] * log2e
             if has_content:
                 # Scores are in log2 units already scaled: c2p and p2c take the same scale · log2(e).
-                c2p_row = c2p[h, base + i0 + r]
-                for j in range(n):
-                    m = rel[center + valid[j] - (i0 + r)]
-                    srow[j] += (c2p_row[m] + p2c[h, base + valid[j], m]) * scale
+                i = i0 + r
+                prow = pt[i * seq:(i + 1) * seq] if p2c_at >= 0 else pt
+                if c2p_at < 0:
+                    for j in range(n):
+                        srow[j] += prow[valid[j]] * scale
+                elif p2c_at < 0:
+                    crow = cbuf[r * width:(r + 1) * width]
+                    for j in range(n):
+                        srow[j] += crow[rel[center + valid[j] - i] - c_first] * scale
+                elif linear and all_keys:
+                    # m = rel[center] + i − j: the c2p row read backwards, pt's row forwards, both in runs.
+                    crow = cbuf[r * width:(r + 1) * width]
+                    top = rel[center] + i - c_first
+                    for j in range(n):
+                        srow[j] += (crow[top - j] + prow[j]) * scale
+                else:
+                    crow = cbuf[r * width:(r + 1) * width]
+                    for j in range(n):
+                        srow[j] += (crow[rel[center + valid[j] - i] - c_first] + prow[valid[j]]) * scale
             inv_total[r] = np.float32(1.0) / _softmax_row(scores, r * n16, n)
         for c0 in range(0, d16, 2 * NR):   # two output panels per call
             _tile(rows, obuf, c0, d16, scores, 0, n16, vpan, c0 * n, NR * n, NR, n)
@@ -403,6 +469,26 @@ def _attend_head(qkv, flat, base, seq, valid, n, h, num_heads, scale, bias, cent
             dst, src = out[base + i0 + r, qcol:qcol + d], obuf[r * d16:r * d16 + d]
             for e in range(d):
                 dst[e] = src[e] * inv
+
+
+@njit(cache=True, nogil=True, fastmath=True, error_model="numpy", inline="always")
+def _p2c(flat, base, seq, ld, kcol, d, center, rel, tw, t_off, width, pbuf, pt):
+    """pt[i·seq + j] = k_j · Qr[rel[center + j − i]] for the sequence's keys j and queries i (Qr: the table
+    at t_off of tw). Each block of 6 keys times the Qr rows it reaches (rel over i = seq − 1 ... 0: about
+    seq + 6 rows), then moved to pt."""
+    for j0 in range(0, seq, MR):
+        rows = min(MR, seq - j0)
+        lowest = rel[center + j0 + rows - 1]          # j − i largest: the last key, i = 0
+        highest = rel[center + j0 - (seq - 1)]        # j − i smallest
+        p_first = lowest // (2 * NR) * 2
+        for p in range(p_first, highest // (2 * NR) * 2 + 2, 2):
+            _tile(rows, pbuf, (p - p_first) * NR, width, flat, (base + j0) * ld + kcol, ld, tw,
+                  t_off + p * d * NR, d * NR, NR, d)
+        first = p_first * NR
+        for i in range(seq):
+            dst = pt[i * seq + j0:i * seq + j0 + rows]
+            for r in range(rows):
+                dst[r] = pbuf[r * width + rel[center + j0 + r - i] - first]
 
 
 fast_cache_loading(globals())   # warm starts skip Numba's compiler set-up (see jitcache.py)

@@ -33,10 +33,8 @@ from .cpu import best_layout as best_layout
 from .cpu import check_layout
 from .gemm_fp32 import F32_PANELS as F32_PANELS
 from .gemm_fp32 import fp32_rows
-from .gemm_fp32 import heads_times_tables as heads_times_tables
 from .gemm_fp32 import is_packed_fp32 as is_packed_fp32
 from .gemm_fp32 import linear_fp32 as linear_fp32
-from .gemm_fp32 import pack_heads_fp32 as pack_heads_fp32
 from .gemm_fp32 import pack_weight_fp32 as pack_weight_fp32
 from .gemm_int4 import Int4Weight as Int4Weight
 from .gemm_int4 import check_int4_bias as check_int4_bias

@@ -20,12 +20,10 @@ LayerNorm'ed in v3) projected by each layer's own query and key projections, Qr 
 
 (content-to-position c2p, position-to-content p2c; bucket is odd, so transformers' p2c index span − bucket(j − i)
 is the same δ). The terms depend on content, not on the distance alone, so they cannot be a [heads, distance]
-bias. They are folded into the packed attention kernel instead of built as a dense [heads, L, L] bias per
-sequence: c2p[h, t, m] = q_t · Kr[m] and p2c[h, t, m] = k_t · Qr[m] are [T, W] products per head (W ≤ 2 · span,
-the relative positions the batch reaches: 2L − 1 for short sequences, at most 512 for v3 however long they
-are), and the kernel gathers c2p[i, δ] + p2c[j, δ] for each score. Dense biases would cost Σ L² per head in
-memory and a pass over it; these cost T · W and two loads per score. Qr and Kr are computed once, at load, by
-the layer's own qkv projection (int8 files: its int8 weights, as for any other input).
+bias. They are made inside the packed attention kernel instead, by its own micro-kernel, where each block of
+scores needs them (kernels/attention.py): each query block's q rows times the Kr rows it reaches, each key
+block's k rows times the Qr rows it reaches. Qr and Kr are computed once, at load, by the layer's own qkv
+projection (int8 files: its int8 weights, as for any other input).
 """
 
 from __future__ import annotations
@@ -37,9 +35,8 @@ import numpy as np
 from .. import format as fmt
 from ..config import BlockConfig
 from ..errors import ModelFileError
-from ..kernels.attention import attention_with_bias
+from ..kernels.attention import attention_with_bias, pack_position_tables
 from ..kernels.decoder import cached_attention, cached_attention_with_bias, write_kv
-from ..kernels.gemm import heads_times_tables, pack_heads_fp32
 from ..kernels.norm import head_rms_norm
 from ..kernels.rope import apply_rope, rope_tables
 from .cache import KVCache
@@ -178,8 +175,8 @@ class Positions:
 
     def project(self, qkv: list[Linear]) -> None:
         """Qr and Kr of each layer, [heads, 2 · span, d], by the layers' qkv projections (DeBERTa, share_att_key),
-        packed as the fp32 GEMM's weights: per layer one table per head of the disentangled terms, Kr's heads
-        (c2p, against the q heads) then Qr's (p2c, against the k heads), in the order q and k sit in qkv."""
+        packed as the attention micro-kernel's panels: per layer one table per head of the disentangled terms,
+        Kr's heads (c2p, against the q heads) then Qr's (p2c, against the k heads)."""
         if self.rel_embeddings is None:
             return
         h, d = self.cfg.num_heads, self.cfg.head_dim
@@ -188,18 +185,19 @@ class Positions:
             heads = {"c2p": rows[:, h * d:2 * h * d], "p2c": rows[:, :h * d]}      # Kr, Qr
             tables = [heads[term].reshape(-1, h, d).transpose(1, 0, 2)
                       for term in ("c2p", "p2c") if term in self.cfg.disentangled]
-            self.rel_tables.append(pack_heads_fp32(np.ascontiguousarray(np.concatenate(tables))))
+            self.rel_tables.append(pack_position_tables(np.ascontiguousarray(np.concatenate(tables))))
 
-    def packed_content_index(self, longest: int) -> tuple[np.ndarray, int, int]:
-        """DeBERTa: rel[center + j − i] = δ(i, j) − lo for queries i and keys j of sequences up to ``longest``
-        (center = longest − 1), with [lo, hi) the rows of Qr / Kr those δ reach."""
+    def packed_content_index(self, longest: int) -> tuple[np.ndarray, bool]:
+        """DeBERTa: rel[center + j − i] = δ(i, j), the Qr / Kr row of query i and key j in sequences up to
+        ``longest`` (center = longest − 1), non-increasing; and whether it is linear (no log bucket reached:
+        rel[center + x] = rel[center] − x)."""
         cfg, span = self.cfg, self.span
         query_minus_key = np.arange(longest - 1, -longest, -1)    # i − j for j − i = −(longest − 1) ... longest − 1
         if cfg.relative_buckets > 0:
             query_minus_key = log_bucket_position(query_minus_key, cfg.relative_buckets, cfg.relative_max_distance)
         delta = np.clip(query_minus_key + span, 0, 2 * span - 1)
-        lo, hi = int(delta.min()), int(delta.max()) + 1
-        return (delta - lo).astype(np.int32), lo, hi
+        linear = bool(np.array_equal(delta, delta[longest - 1] - np.arange(1 - longest, longest)))
+        return delta.astype(np.int32), linear
 
     def rope(self, at: np.ndarray, last: np.ndarray | None = None,
              local: bool = False) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
@@ -278,7 +276,7 @@ def _score_scale(cfg: BlockConfig) -> float:
     return 1.0 / math.sqrt(cfg.head_dim * (1 + len(cfg.disentangled))) if cfg.attn_scale else 1.0
 
 
-_NO_CONTENT = np.zeros((0, 0, 0), dtype=np.float32)
+_NO_TABLES = np.zeros((0, 2, 1, 16), dtype=np.float32)
 _NO_REL = np.zeros(0, dtype=np.int32)
 
 
@@ -309,11 +307,14 @@ class PackedRows:
         longest = int(lengths.max()) if lengths.size else 0
         windows = {0, *cfg.layer_windows}      # the windows of the layers (0: none)
         self.bias = {w: positions.packed_bias(longest if positions.table is not None or w else 0, w) for w in windows}
-        self.rel = _NO_REL
+        self.rel, self.linear = _NO_REL, False
         if positions.rel_tables and longest > 0:   # DeBERTa: no bias table, no window; the index table is centred
-            self.rel, self.lo, self.hi = positions.packed_content_index(longest)
-            self.center = longest - 1
-            self.bias = {0: (_NO_BIAS, self.center)}
+            self.rel, self.linear = positions.packed_content_index(longest)
+            self.bias = {0: (_NO_BIAS, longest - 1)}
+            # The kernel reads the tables by rel unchecked, and takes rel non-increasing: checked once here.
+            if self.rel.shape[0] != 2 * longest - 1 or self.rel.min() < 0 or np.any(np.diff(self.rel) > 0):
+                raise ModelFileError("DeBERTa's relative position index is out of order")
+            self.rel_top = int(self.rel.max())
         self.rope = None
         if cfg.positions == "rope":
             # Rotary positions restart in each sequence (transformers numbers a padded row 0 .. S−1).
@@ -336,35 +337,24 @@ class PackedRows:
             qkv = _shared_kv_heads(qkv, cfg.num_heads, cfg.num_kv_heads, d)
         context = np.empty((n, a), dtype=np.float32)
         bias, center = self.bias[window]
-        c2p, p2c, rel = self._content(qkv, layer)
+        tables, c2p_at, p2c_at = self._content(layer, d)
         attention_with_bias(qkv, self.starts, self.key_mask, cfg.num_heads, self.scale, bias, center,
-                            c2p, p2c, rel, context, self.threads)
+                            tables, c2p_at, p2c_at, self.rel, self.linear, context, self.threads)
         return context
 
-    def _content(self, qkv: np.ndarray, layer: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """DeBERTa's c2p[h, t, m] = q_t · Kr[lo + m] and p2c[h, t, m] = k_t · Qr[lo + m] (zeros for a term the
-        model lacks), and the index table the kernel gathers them by (rel, shifted to the table row the products
-        start at), checked against each other.
-
-        One fp32 GEMM on tinybert's own threads for both terms, q | k's 2·heads rows against the layer's packed
-        Kr | Qr heads: numpy's matmul ran OpenBLAS threads, which kept spinning after each call and fought
-        Numba's for the cores in the kernels that followed (a 128-token DeBERTa-v3-base forward took 4x as long)."""
+    def _content(self, layer: int, d: int) -> tuple[np.ndarray, int, int]:
+        """DeBERTa's packed Kr | Qr tables of ``layer`` and where each term's heads start in them (−1: absent),
+        checked against the index table."""
         if not self.rel.size:
-            return _NO_CONTENT, _NO_CONTENT, _NO_REL
+            return _NO_TABLES, -1, -1
         cfg = self.cfg
-        t, h, d = qkv.shape[0], cfg.num_heads, cfg.head_dim
-        first = 0 if "c2p" in cfg.disentangled else h * d          # q's columns, else k's
-        products, start = heads_times_tables(qkv, first, self.positions.rel_tables[layer], self.lo, self.hi)
-        rel = self.rel + np.int32(self.lo - start)                 # products begin at table row start ≤ lo
-        width = products.shape[2]
-        absent = np.zeros((h, t, width), dtype=np.float32) if len(cfg.disentangled) < 2 else None
-        c2p = products[:h] if "c2p" in cfg.disentangled else absent      # the first heads, or none
-        p2c = products[-h:] if "p2c" in cfg.disentangled else absent     # the last heads, or none
-        # The kernel reads c2p[h, t, rel[...]] unchecked.
-        if any(term.shape != (h, t, width) for term in (c2p, p2c)) or rel.shape[0] != 2 * self.center + 1 \
-                or rel.min() < 0 or rel.max() >= width:
+        tables = self.positions.rel_tables[layer]
+        c2p_at = 0 if "c2p" in cfg.disentangled else -1
+        p2c_at = (cfg.num_heads if c2p_at == 0 else 0) if "p2c" in cfg.disentangled else -1
+        if tables.ndim != 4 or tables.shape[0] < max(c2p_at, p2c_at) + cfg.num_heads or tables.shape[1] % 2 \
+                or tables.shape[2:] != (d, 16) or not tables.flags.c_contiguous or self.rel_top >= tables.shape[1] * 16:
             raise ModelFileError("DeBERTa position tables do not fit the batch")
-        return c2p, p2c, rel
+        return tables, c2p_at, p2c_at
 
 
 def _last_of_slot(slots: np.ndarray, at: np.ndarray) -> np.ndarray:
