@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import logging
 import sys
 import time
 from collections.abc import Callable
@@ -292,6 +293,11 @@ def _convert_gguf(src: Path, out: Path, dtype: str, show_progress: bool, task: s
         extra[fmt.KEY_CHAT_TEMPLATE] = json.dumps(chat, sort_keys=True, ensure_ascii=False)
     source = json.loads(_source(model.hf_config))
     source["gguf_tensor_types"] = model.dequantised
+    requantised = sorted(set(model.dequantised) - {"F32", "F16", "BF16", "F64"} - ({"Q4_0"} if dtype == "int4" else set()))
+    if requantised and dtype != "fp32":
+        logging.getLogger(__name__).warning(
+            "%s: %s tensors do not map exactly onto tinybert's %s layout: dequantised and quantised again (int4 keeps "
+            "the 32-weight groups whose 4-bit grid float16 holds)", src, ", ".join(requantised), dtype)
     options = {"mask_token": None, "clean_up_tokenization_spaces": False}
     return _write(out, cfg, tensors, TaskConfig(type="text-generation"), model.tokenizer, extra, options,
                   json.dumps(source, sort_keys=True), dtype, mixed_activations, progress, show_progress,

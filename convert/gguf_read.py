@@ -19,7 +19,8 @@ are those of llama.cpp's convert_hf_to_gguf.py (its ``conversion/`` package):
   longrope factors as ``rope_factors_short`` / ``rope_factors_long`` tensors.
 
 Quantised tensors are dequantised to float32 with gguf-py's reference code (``gguf.quants.dequantize``): the
-conversion then quantises as the user's dtype says, like any float checkpoint. Every size is checked before
+conversion then quantises as the user's dtype says, like any float checkpoint (int4 keeps the groups that lie on
+a 4-bit grid already, so a Q4_0 file's weights come through bit for bit: convert/int4.py). Every size is checked before
 anything is allocated: the metadata makes a config that tinybert/config.py validates, every tensor's shape must
 be the one that config implies, and the sum of all elements is bounded; a file gguf-py cannot parse (truncated,
 corrupt) is a ConversionError.

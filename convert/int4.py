@@ -68,6 +68,51 @@ def _f16(v: np.ndarray) -> np.ndarray:
     return np.clip(v, -_F16_MAX, _F16_MAX).astype(np.float16)
 
 
+def _exact_grids(wg: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Groups of wg [N, G, 32] (NaN: padding) whose values lie exactly on a float16 grid s·q − m, q in 0..15, in
+    the float32 arithmetic of the format's definition: (found [N, G, 1], s, m, q) where found. Weights that
+    were 4-bit already are carried over without loss: llama.cpp's Q4_0 (d·(q − 8): s = d, m = 8d, always
+    exact; s < 0 where d is), Q4_1 and Q4_K groups whose scale and offset float16 holds, a tinybert int4
+    file's own. Float
+    weights have more than 16 distinct values a group and are passed over after one sort."""
+    n, g, _ = wg.shape
+    ordered = np.sort(wg, axis=2)                       # NaN last
+    distinct = 1 + np.sum(ordered[..., 1:] != ordered[..., :-1], axis=2) - np.isnan(ordered).any(axis=2)
+    found = np.zeros((n, g, 1), dtype=bool)
+    s_out, m_out = np.zeros((n, g, 1), np.float16), np.zeros((n, g, 1), np.float16)
+    q_out = np.zeros(wg.shape, np.uint8)
+    open_ = np.argwhere(distinct <= 16)                 # candidates: [i, j] pairs
+    if not len(open_):
+        return found, s_out, m_out, q_out
+    cand = wg[open_[:, 0], open_[:, 1]].astype(np.float32)          # [C, 32]
+    real = ~np.isnan(cand)
+    lo, hi = np.nanmin(cand, axis=1, keepdims=True), np.nanmax(cand, axis=1, keepdims=True)
+    extreme = np.where(-lo > hi, lo, hi)                # the value of largest magnitude, signed
+    # Q4_0-like grids (m = 8s; llama.cpp's d, so s, is negative when the extreme is positive) by the extreme's
+    # code distance from 8, then min-based ones (m = −min) by the range's number of steps; the first exact one
+    # wins.
+    trials = [(extreme / k, None) for k in (-8, -7, 7, -6, 6, -5, 5, -4, 4, -3, 3, -2, 2, -1, 1)] \
+        + [((hi - lo) / k, -lo) for k in range(15, 0, -1)]
+    done = np.zeros(len(cand), dtype=bool)
+    with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
+        for scale, offset in trials:
+            s16 = _f16(scale)
+            m16 = _f16(8 * s16.astype(np.float32)) if offset is None else _f16(offset)
+            s32, m32 = s16.astype(np.float32), m16.astype(np.float32)
+            q = np.where(s32 != 0, np.rint((cand + m32) / s32), 0)
+            q = np.where(real, np.nan_to_num(q, nan=0.0), 0)
+            ok = ~done & np.all((q >= 0) & (q <= 15) & (~real | (s32 * q.astype(np.float32) - m32 == cand)), axis=1)
+            ok &= np.isfinite(s32[:, 0]) & np.isfinite(m32[:, 0])
+            if ok.any():
+                i, j = open_[ok, 0], open_[ok, 1]
+                found[i, j, 0] = True
+                s_out[i, j], m_out[i, j], q_out[i, j] = s16[ok], m16[ok], q[ok].astype(np.uint8)
+                done |= ok
+            if done.all():
+                break
+    return found, s_out, m_out, q_out
+
+
 def quantize_int4(w: np.ndarray, symmetric: bool = False, refine: int = REFINE_STEPS,
                   importance: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(codes uint8 [N, 16 G], scales float16 [N, G], offsets float16 [N, G]) of float32 w [N, K] with
@@ -113,6 +158,9 @@ def quantize_int4(w: np.ndarray, symmetric: bool = False, refine: int = REFINE_S
             better = err_new < err
             s, m = np.where(better, s_new, s), np.where(better, m_new, m)
             q, err = np.where(better, q_new, q), np.where(better, err_new, err)
+    if not symmetric:       # groups already on a 4-bit grid keep it exactly (GGUF Q4_0 / Q4_K input)
+        exact, s_exact, m_exact, q_exact = _exact_grids(wg)
+        s, m, q = np.where(exact, s_exact, s), np.where(exact, m_exact, m), np.where(exact, q_exact, q)
     q = np.where(real, q, 0).astype(np.uint8).reshape(n, g * GROUP)[:, :k]
     return pack_codes(q), s[..., 0], m[..., 0]
 

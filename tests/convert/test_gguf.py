@@ -23,6 +23,7 @@ from conftest import EOT, build_hf_decoder, hf_greedy
 from tinybert_convert import convert
 
 import tinybert
+from tinybert import format as fmt
 from tinybert.errors import ConversionError, UnsupportedModelError
 from tinybert.loader import load
 
@@ -419,6 +420,34 @@ def test_generator_opens_the_gguf_file(gguf_file, tmp_path, monkeypatch, capsys)
     assert len(entries) == 1 and gen.path == entries[0]
     again = tinybert.Generator(str(path), dtype="fp32")       # converted once: the cache entry is used
     assert again.path == entries[0] and "converting" not in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("name", ["llama", "phi3"])
+def test_q4_0_to_int4_keeps_the_weights_bit_for_bit(name, gguf_file, tmp_path, caplog):
+    """int4 from a Q4_0 file holds the GGUF's weights exactly: every int4 tensor, dequantised by the format's
+    definition, equals the fp32 conversion's weight (itself checked against transformers above), through llama's
+    row permutation and Phi-3's fused projections; and no re-quantisation warning is given."""
+    from tinybert.kernels.gemm_int4 import dequantize
+
+    path, _ = gguf_file(name, Q.Q4_0)
+    with caplog.at_level(logging.WARNING):
+        int4 = load(convert(path, tmp_path / "int4.safetensors", dtype="int4")).tensors
+    assert "quantised again" not in caplog.text
+    fp32 = load(convert(path, tmp_path / "fp32.safetensors", dtype="fp32")).tensors
+    names = [n[:-len(fmt.GROUP_SCALE_SUFFIX)] for n in int4 if n.endswith(fmt.GROUP_SCALE_SUFFIX)]
+    assert len(names) >= 4 * load(tmp_path / "int4.safetensors").config.num_layers
+    for name4 in names:
+        w = fp32[name4]
+        got = dequantize(int4[name4], int4[name4 + fmt.GROUP_SCALE_SUFFIX], int4[name4 + fmt.GROUP_MIN_SUFFIX], w.shape[1])
+        np.testing.assert_array_equal(got, w, err_msg=name4)
+
+
+def test_requantised_types_warn(gguf_file, tmp_path, caplog):
+    """Q8_0 into int4 (or int8's per-row scales) does not map exactly: the conversion says so."""
+    path, _ = gguf_file("llama", Q.Q8_0)
+    with caplog.at_level(logging.WARNING):
+        convert(path, tmp_path / "int4.safetensors", dtype="int4")
+    assert "Q8_0 tensors do not map exactly onto tinybert's int4 layout" in caplog.text
 
 
 def test_cli_convert(gguf_file, tmp_path):

@@ -63,6 +63,24 @@ def test_asymmetric_beats_symmetric(minilm_dir):
         assert refined < 0.9 * sym
 
 
+def test_4_bit_grids_are_kept_exactly():
+    """Weights already on a 4-bit grid come through the quantiser unchanged: llama.cpp's Q4_0 and Q4_1 (gguf-py's own
+    quantisers and dequantisers, the reference), with d of either sign; float weights do not trigger it."""
+    import gguf
+
+    from tinybert_convert.int4 import _exact_grids, quantize_int4
+
+    rng = np.random.default_rng(7)
+    w = (rng.standard_normal((48, 320)) * rng.uniform(0.01, 3, (48, 1))).astype(np.float32)
+    for qtype in (gguf.GGMLQuantizationType.Q4_0, gguf.GGMLQuantizationType.Q4_1):
+        held = gguf.quants.dequantize(gguf.quants.quantize(w, qtype), qtype).reshape(w.shape)
+        codes, s, m = quantize_int4(held)
+        np.testing.assert_array_equal(gemm_int4.dequantize(codes, s, m, w.shape[1]), held, err_msg=qtype.name)
+        if qtype == gguf.GGMLQuantizationType.Q4_0:
+            assert (s < 0).any() and (s > 0).any()       # d takes both signs
+    assert not _exact_grids(w.reshape(48, 10, 32))[0].any()
+
+
 def test_quantiser_edge_cases():
     from tinybert_convert.int4 import quantize_int4
 
