@@ -293,7 +293,8 @@ def _convert_gguf(src: Path, out: Path, dtype: str, show_progress: bool, task: s
         extra[fmt.KEY_CHAT_TEMPLATE] = json.dumps(chat, sort_keys=True, ensure_ascii=False)
     source = json.loads(_source(model.hf_config))
     source["gguf_tensor_types"] = model.dequantised
-    requantised = sorted(set(model.dequantised) - {"F32", "F16", "BF16", "F64"} - ({"Q4_0"} if dtype == "int4" else set()))
+    exact = {"F32", "F16", "BF16", "F64"} | ({"Q4_0"} if dtype == "int4" else set())
+    requantised = sorted(set(model.dequantised) - exact)
     if requantised and dtype != "fp32":
         logging.getLogger(__name__).warning(
             "%s: %s tensors do not map exactly onto tinybert's %s layout: dequantised and quantised again (int4 keeps "

@@ -438,7 +438,8 @@ def test_q4_0_to_int4_keeps_the_weights_bit_for_bit(name, gguf_file, tmp_path, c
     assert len(names) >= 4 * load(tmp_path / "int4.safetensors").config.num_layers
     for name4 in names:
         w = fp32[name4]
-        got = dequantize(int4[name4], int4[name4 + fmt.GROUP_SCALE_SUFFIX], int4[name4 + fmt.GROUP_MIN_SUFFIX], w.shape[1])
+        got = dequantize(int4[name4], int4[name4 + fmt.GROUP_SCALE_SUFFIX], int4[name4 + fmt.GROUP_MIN_SUFFIX],
+                         w.shape[1])
         np.testing.assert_array_equal(got, w, err_msg=name4)
 
 

@@ -67,7 +67,6 @@ def test_4_bit_grids_are_kept_exactly():
     """Weights already on a 4-bit grid come through the quantiser unchanged: llama.cpp's Q4_0 and Q4_1 (gguf-py's own
     quantisers and dequantisers, the reference), with d of either sign; float weights do not trigger it."""
     import gguf
-
     from tinybert_convert.int4 import _exact_grids, quantize_int4
 
     rng = np.random.default_rng(7)
