@@ -18,6 +18,7 @@ from safetensors import safe_open
 from . import format as fmt
 from .config import DecoderConfig, EncoderConfig, Seq2SeqConfig, TaskConfig, config_from_dict
 from .errors import ModelFileError
+from .tokenizer import CompactText
 
 _DTYPES = {"F32": np.dtype(np.float32), "I8": np.dtype(np.int8), "U8": np.dtype(np.uint8),
            "F16": np.dtype(np.float16)}
@@ -79,6 +80,26 @@ class TensorStore(Mapping):
         return self._expected[name][0]
 
 
+class FileMetadata(Mapping[str, str]):
+    """A file's metadata as a read-only mapping, as an opened model keeps it: its long values (the tokenizer JSON:
+    81 MB as a str for a 151k vocabulary) held compressed, and decompressed when read."""
+
+    LONG = 1 << 14
+
+    def __init__(self, metadata: Mapping[str, str]) -> None:
+        self._values = {k: CompactText(v) if len(v) > self.LONG else v for k, v in metadata.items()}
+
+    def __getitem__(self, key: str) -> str:
+        value = self._values[key]
+        return str(value) if isinstance(value, CompactText) else value
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._values)
+
+    def __len__(self) -> int:
+        return len(self._values)
+
+
 @dataclass
 class ModelFile:
     """Everything in one tinybert file, validated."""
@@ -86,10 +107,10 @@ class ModelFile:
     path: Path
     config: EncoderConfig | DecoderConfig | Seq2SeqConfig
     tensors: TensorStore          # read on access: see TensorStore
-    tokenizer_json: str
+    tokenizer_json: CompactText   # str() gives the JSON text
     pooling: dict | None      # encoders only
     quantization: str
-    metadata: dict[str, str]
+    metadata: Mapping[str, str]   # a dict from load(); FileMetadata once a model holds it
     task: TaskConfig
     tokenizer_options: dict
     target_tokenizer_json: str | None = None     # encoder-decoders with separate target pieces (Marian)
@@ -268,7 +289,7 @@ def load(path: str | Path) -> ModelFile:
         raise
     except Exception as exc:
         raise ModelFileError(f"{path}: cannot read tensors ({exc})") from None
-    return ModelFile(path, config, tensors, tokenizer, pooling, quantization, metadata, task, options,
+    return ModelFile(path, config, tensors, CompactText(tokenizer), pooling, quantization, metadata, task, options,
                      target_tokenizer, source_id_map, unknown_pieces, st_settings, chat_template, dense)
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import re
+import zlib
 from dataclasses import dataclass
 
 import numpy as np
@@ -30,8 +31,20 @@ PREFIX_MARGIN = 64
 WINDOWED_CHARS = 1 << 22
 
 
-def load_tokenizer(text: str, max_length: int) -> TextTokenizer:
+class CompactText:
+    """A long text held zlib-compressed, as str(text) on demand: a 151k-token vocabulary's tokenizer.json is 28 M
+    characters, 81 MB as a Python str, kept only to build more tokenizers from (about 6 MB this way)."""
+
+    def __init__(self, text: str) -> None:
+        self._data = zlib.compress(text.encode("utf-8", "surrogatepass"), 1)
+
+    def __str__(self) -> str:
+        return zlib.decompress(self._data).decode("utf-8", "surrogatepass")
+
+
+def load_tokenizer(stored: str | CompactText, max_length: int) -> TextTokenizer:
     """A tokenizer from tokenizer.json text that truncates to ``max_length`` and never pads."""
+    text = str(stored)
     check_tokenizer_json(text)
     try:
         tokenizer = Tokenizer.from_str(text)
@@ -53,7 +66,7 @@ def load_tokenizer(text: str, max_length: int) -> TextTokenizer:
     for probe in probes:     # the template's special ids and type ids show here, at load, not on the first text
         _int32(probe.ids, "token id")
         _int32(probe.type_ids, "type id")
-    return TextTokenizer(tokenizer, text, max_length)
+    return TextTokenizer(tokenizer, stored if isinstance(stored, CompactText) else CompactText(text), max_length)
 
 
 # A group holding a repetition and repeated itself, "(a+)+", "(a*)*", "(?:ab+){2,}": the regex engine
@@ -145,10 +158,11 @@ class TextTokenizer:
     memory for the part that is kept, not for all of it (tokenizing costs ~150 bytes per input byte, and a
     30 MB text made the Rust allocator abort the process). Everything else is the tokenizer's own."""
 
-    def __init__(self, tokenizer: Tokenizer, tokenizer_json: str, max_length: int, windows: bool = False) -> None:
+    def __init__(self, tokenizer: Tokenizer, tokenizer_json: CompactText, max_length: int,
+                 windows: bool = False) -> None:
         """``windows``: the tokenizer cuts each text into overlapping windows (``Encoding.overflowing``), so
         all of a text is kept: texts past WINDOWED_CHARS characters are refused instead of cut."""
-        self.tokenizer, self._json, self.max_length, self.windows = tokenizer, tokenizer_json, max_length, windows
+        self.tokenizer, self.json, self.max_length, self.windows = tokenizer, tokenizer_json, max_length, windows
         self._counter: Tokenizer | None = None      # without truncation, for the prefixes of long texts
 
     def encode(self, text: str, pair: str | None = None, add_special_tokens: bool = True):
@@ -180,7 +194,7 @@ class TextTokenizer:
                                  "tokenization takes: split it")
             return text
         if self._counter is None:
-            self._counter = Tokenizer.from_str(self._json)
+            self._counter = Tokenizer.from_str(str(self.json))
             self._counter.no_padding()
             self._counter.no_truncation()
         size = min(PREFIX_CHARS, max(4096, 16 * self.max_length))

@@ -12,6 +12,7 @@ import pytest
 from conftest import DECODERS, EOT, hf_greedy
 
 import tinybert
+from tinybert import format as fmt
 from tinybert.errors import InputError, ModelKindError
 
 PROMPT_TEXTS = [
@@ -234,7 +235,26 @@ def test_converted_file_records_the_family(decoder_model):
     cfg = load(files["fp32"]).config
     assert (cfg.architecture, cfg.norm, cfg.positions, cfg.activation, cfg.tie_word_embeddings) == \
         ("gpt2", "layernorm", "learned", "gelu_tanh", True)
-    assert EOT in load(files["fp32"]).tokenizer_json
+    assert EOT in str(load(files["fp32"]).tokenizer_json)
+
+
+def test_opened_model_keeps_the_metadata_compressed(decoder_model):
+    """A model holds its file's metadata as a read-only mapping with the long tokenizer JSON compressed (a 151k
+    vocabulary's is 81 MB as a str): every key and value reads back as the file stores it."""
+    from safetensors import safe_open
+
+    from tinybert.loader import FileMetadata
+    from tinybert.tokenizer import CompactText
+
+    _, files = decoder_model("llama")
+    gen = tinybert.Generator(files["int8"])
+    with safe_open(str(files["int8"]), framework="numpy") as fh:
+        stored = fh.metadata()
+    assert isinstance(gen.metadata, FileMetadata) and dict(gen.metadata) == stored
+    assert len(stored[fmt.KEY_TOKENIZER]) > FileMetadata.LONG
+    assert isinstance(gen.metadata._values[fmt.KEY_TOKENIZER], CompactText)
+    text = "x\u0120\U0001F600\ud800y" * 1000            # a lone surrogate survives too
+    assert str(CompactText(text)) == text
 
 
 @pytest.mark.parametrize("name", ["gpt2", "llama"])

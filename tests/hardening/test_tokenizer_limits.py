@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from tinybert.errors import InputError, ModelFileError
-from tinybert.tokenizer import TextTokenizer, load_tokenizer
+from tinybert.tokenizer import CompactText, TextTokenizer, load_tokenizer
 
 _LONG_TEXT_RUN = textwrap.dedent("""
     import resource, sys
@@ -71,7 +71,7 @@ def test_a_panic_inside_the_tokenizer_is_an_input_error(minilm_dir):
     from tokenizers import Tokenizer
 
     spec = _with_pre_tokenizer(minilm_dir, "(a+)+$")
-    tokenizer = TextTokenizer(Tokenizer.from_str(spec), spec, 128)
+    tokenizer = TextTokenizer(Tokenizer.from_str(spec), CompactText(spec), 128)
     with pytest.raises(InputError, match="tokenizer failed"):
         tokenizer.encode("a" * 24 + "!")
     with pytest.raises(InputError, match="tokenizer failed"):

@@ -11,6 +11,7 @@ import numpy as np
 from .. import format as fmt
 from ..config import DecoderConfig, EncoderConfig, TaskConfig
 from ..errors import InputError, ModelKindError
+from ..loader import FileMetadata
 from ..models.heads import l2_normalize
 from ..tokenizer import check_sentences, load_tokenizer, token_ids
 from .embeddings import PRECISIONS, quantize_embeddings, similarity
@@ -63,7 +64,7 @@ class Encoder:
         self.config: EncoderConfig | DecoderConfig = opened.config
         self.pooling: dict = dict(model_file.pooling)
         self.quantization: str = opened.quantization
-        self.metadata: dict[str, str] = opened.metadata
+        self.metadata: FileMetadata = opened.metadata
         self.task: TaskConfig = model_file.task
         self.tokenizer_options: dict = dict(model_file.tokenizer_options)
         self.tokenizer = opened.tokenizer

@@ -5,12 +5,13 @@ argument gives."""
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
 
 from ..config import DecoderConfig, EncoderConfig, Seq2SeqConfig
 from ..errors import ModelFileError, ModelKindError
-from ..loader import ModelFile, TensorStore, load
+from ..loader import FileMetadata, ModelFile, TensorStore, load
 from ..tokenizer import TextTokenizer, load_tokenizer
 from .resolve import resolve
 from .scheduler import check_process, check_threads
@@ -42,7 +43,7 @@ class Opened:
         return self.file.tensors
 
     @property
-    def metadata(self) -> dict[str, str]:
+    def metadata(self) -> FileMetadata:
         return self.file.metadata
 
     @property
@@ -83,6 +84,8 @@ def open_model(path: str | Path, kind: str, threads: int | None, user: str, dtyp
     notice_compile(kind)
     length = config.max_length if isinstance(config, EncoderConfig) else config.max_positions
     tokenizer = load_tokenizer(model_file.tokenizer_json, length)
+    # From here the file's metadata is kept compressed: its tokenizer JSON as a str would outweigh a small model.
+    model_file = dataclasses.replace(model_file, metadata=FileMetadata(model_file.metadata))
     return Opened(Path(path), model_file, tokenizer, check_threads(threads))
 
 
@@ -91,7 +94,7 @@ class OpenedModel:
 
     path: Path
     quantization: str
-    metadata: dict[str, str]
+    metadata: FileMetadata
     tokenizer: TextTokenizer
     threads: int
 

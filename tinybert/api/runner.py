@@ -15,7 +15,7 @@ from ..errors import InputError
 from ..models.decoder import DecoderModel
 from ..models.encoder import EncoderModel
 from ..models.heads import DenseModules, TaskHead, pool_segments
-from ..tokenizer import TextTokenizer, pack
+from ..tokenizer import CompactText, TextTokenizer, pack
 from .opening import Opened
 from .scheduler import Scheduler
 
@@ -59,7 +59,7 @@ class EncoderRunner:
     def __init__(self, opened: Opened) -> None:
         self.config: EncoderConfig | DecoderConfig = opened.config
         self.tokenizer = opened.tokenizer
-        self.tokenizer_json: str = opened.file.tokenizer_json
+        self.tokenizer_json: CompactText = opened.tokenizer.json
         self.scheduler = Scheduler(opened.threads)
         if isinstance(self.config, DecoderConfig):      # a decoder embedder (Qwen3-Embedding, EmbeddingGemma)
             decoder = DecoderModel(self.config, opened.tensors, lm_head=False)
@@ -105,7 +105,7 @@ class EncoderRunner:
         key = (max_length, stride, strategy)
         with self._lock:
             if key not in self._truncating:
-                tok = Tokenizer.from_str(self.tokenizer_json)
+                tok = Tokenizer.from_str(str(self.tokenizer_json))
                 tok.no_padding()
                 try:
                     tok.enable_truncation(max_length=max_length, stride=stride, strategy=strategy)

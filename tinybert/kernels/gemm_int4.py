@@ -152,10 +152,11 @@ def dequantize(codes: np.ndarray, scales: np.ndarray, mins: np.ndarray, k_dim: i
 def weight_sums_int4(codes: np.ndarray, scales: np.ndarray, mins: np.ndarray, k_dim: int) -> np.ndarray:
     """wsum[n] = sum over the real k of s q - m: float64 sums, rounded once to float32."""
     g = groups(k_dim)
-    q = unpack_codes(codes, g * GROUP).astype(np.int64).reshape(codes.shape[0], g, GROUP)
-    counts = np.full(g, GROUP, dtype=np.float64)
+    # Summed from the bytes, two codes each: unpacking [N, K] to int64 first took 8 bytes a weight at load.
+    b = codes.reshape(codes.shape[0], g, GROUP_BYTES)
+    qsum = ((b & 0x0F).sum(axis=2, dtype=np.int32) + (b >> 4).sum(axis=2, dtype=np.int32)).astype(np.float64)
+    counts = np.full(g, GROUP, dtype=np.float64)           # padding codes are zero
     counts[-1] = k_dim - (g - 1) * GROUP
-    qsum = q[:, :, :].sum(axis=2).astype(np.float64)          # padding codes are zero
     with np.errstate(over="ignore", invalid="ignore"):
         total = (scales.astype(np.float64) * qsum - mins.astype(np.float64) * counts).sum(axis=1)
     return total.astype(np.float32)

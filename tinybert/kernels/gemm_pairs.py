@@ -478,7 +478,7 @@ def linear_pairs(x: np.ndarray, wp: np.ndarray, ws: np.ndarray, bias: np.ndarray
 def pairs_weight_sums(wp: np.ndarray, ws: np.ndarray) -> np.ndarray:
     """weight_sums of the int8 weight that ``pack_weight(wq, "pairs")`` packed into wp."""
     panels, kpairs, width = wp.shape
-    return dequantised_sums(wp.reshape(panels, kpairs, width // 2, 2).astype(np.int64).sum(axis=(1, 3)).reshape(-1), ws)
+    return dequantised_sums(wp.reshape(panels, kpairs, width // 2, 2).sum(axis=(1, 3), dtype=np.int64).reshape(-1), ws)
 
 
 

@@ -1199,7 +1199,7 @@ def linear_quads(x: np.ndarray, wp: np.ndarray, ws: np.ndarray, bias: np.ndarray
 def quads_weight_sums(wp: np.ndarray, ws: np.ndarray) -> np.ndarray:
     """quant.weight_sums of the int8 weight that ``pack_quads`` packed into wp (padding is 128 = 0)."""
     panels, kquads, width = wp.shape
-    sums = wp.reshape(panels, kquads, width // 4, 4).astype(np.int64).sum(axis=(1, 3)).reshape(-1) - 128 * 4 * kquads
+    sums = wp.reshape(panels, kquads, width // 4, 4).sum(axis=(1, 3), dtype=np.int64).reshape(-1) - 128 * 4 * kquads
     return dequantised_sums(sums, ws)
 
 

@@ -213,7 +213,7 @@ def add_centre_term(out, xc, wsum):
 def weight_sums(wq: np.ndarray, ws: np.ndarray) -> np.ndarray:
     """ws[n] * sum_k wq[n, k] as float32 [N]: the dequantised weight row sums that 8-bit layers need
     (see row_scale_centre and add_centre_block).  wq int8 [N, K]."""
-    return dequantised_sums(wq.astype(np.int64).sum(axis=1), ws)
+    return dequantised_sums(wq.sum(axis=1, dtype=np.int64), ws)     # summed in chunks: no int64 copy
 
 
 def dequantised_sums(sums: np.ndarray, ws: np.ndarray) -> np.ndarray:
