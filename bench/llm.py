@@ -5,7 +5,8 @@
 
 Models (random weights, seeded, built once into ~/.cache/tinybert-bench/<name>/hf): "smollm2-135m" has
 SmolLM2-135M's shape (Llama, 576 hidden, 30 layers, 9 heads / 3 KV heads, MLP 1536, vocab 49,152, tied) and
-"qwen2.5-0.5b" Qwen2.5-0.5B's (Qwen2, 896 hidden, 24 layers, 14 / 2 heads, MLP 4864, vocab 151,936, tied).
+"qwen2.5-0.5b" Qwen2.5-0.5B's (Qwen2, 896 hidden, 24 layers, 14 / 2 heads, MLP 4864, vocab 151,936, tied); and,
+when named, "llama3.2-1b" Llama-3.2-1B's (2048 hidden, 16 layers, 32 / 8 heads, MLP 8192, vocab 128,256, tied).
 Their tokenizer is bench.generate's byte-level BPE trained on the shared sentences and padded to the vocabulary.
 
 Engines, each in its own fresh process, interleaved round by round with a read-bandwidth reading between them:
@@ -42,6 +43,7 @@ from bench import harness
 from bench.harness import CACHE
 
 MODELS = ("smollm2-135m", "qwen2.5-0.5b")
+BIG_MODELS = ("llama3.2-1b",)       # run when named (--models): 5 GB of float32 to build and convert
 RUNTIME_MODEL = "runtime-tiny"      # the fixed allowance of the memory target: a tiny model's peak RSS
 TINYBERT_ENGINES = ["tinybert-int8", "tinybert-int4"]
 LLAMA_ENGINES = ["llamacpp-q8_0", "llamacpp-q4_0", "llamacpp-q4_k_m"]
@@ -66,6 +68,12 @@ def _hf_config(model: str):
         return LlamaConfig(vocab_size=49152, hidden_size=576, num_hidden_layers=30, num_attention_heads=9,
                            num_key_value_heads=3, intermediate_size=1536, max_position_embeddings=2048,
                            rope_theta=100000.0, **common)
+    if model == "llama3.2-1b":
+        from transformers import LlamaConfig
+
+        return LlamaConfig(vocab_size=128256, hidden_size=2048, num_hidden_layers=16, num_attention_heads=32,
+                           num_key_value_heads=8, intermediate_size=8192, max_position_embeddings=4096,
+                           rope_theta=500000.0, **common)
     from transformers import Qwen2Config
 
     return Qwen2Config(vocab_size=151936, hidden_size=896, num_hidden_layers=24, num_attention_heads=14,
@@ -278,8 +286,8 @@ def main(argv: list[str] | None = None) -> None:
         res = session.run(engine, {"path": str(tiny), "prompt": prompt_ids(RUNTIME_MODEL)}, f"{RUNTIME_MODEL}-{engine}")
         report["runtime_rss_mb"][engine] = res.get("peak_rss_mb")
     for model in [m for m in args.models.split(",") if m]:
-        if model not in MODELS:
-            parser.error(f"unknown model {model!r}: {', '.join(MODELS)}")
+        if model not in MODELS + BIG_MODELS:
+            parser.error(f"unknown model {model!r}: {', '.join(MODELS + BIG_MODELS)}")
         print(f"\n== {model}: preparing (cached after the first run)", flush=True)
         paths, specs = {}, {}
         for engine in engines:

@@ -594,6 +594,18 @@ def _ids(values: object) -> str:
     return ", ".join(map(str, values)) if values else "none"
 
 
+def _cmd_serve(args: argparse.Namespace) -> None:
+    try:
+        from .server import serve
+    except ImportError as exc:
+        raise InputError(f"tinybert serve needs the serve extra: pip install 'tinybert[serve]' ({exc})") from None
+    if not 0 < args.port < 65536 or args.parallel < 1 or (args.context is not None and args.context < 2):
+        raise InputError("--port must be 1..65535, --parallel at least 1, --context at least 2")
+    print(f"tinybert: serving {', '.join(args.models)} on http://{args.host}:{args.port}", file=sys.stderr, flush=True)
+    serve(args.models, host=args.host, port=args.port, api_key=args.api_key, threads=args.threads, dtype=args.dtype,
+          parallel=args.parallel, context=args.context or 4096)
+
+
 def _cmd_info(args: argparse.Namespace) -> None:
     from . import format as fmt
     from .api.resolve import resolve
@@ -898,6 +910,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--python-home", help=argparse.SUPPRESS)
     p.add_argument("--sitedirs", help=argparse.SUPPRESS)
     p.add_argument("--paths", help=argparse.SUPPRESS)
+
+    p = command("serve", "serve models over HTTP: OpenAI and TEI routes (needs the serve extra)", _cmd_serve)
+    p.add_argument("models", nargs="+", metavar="MODEL", help="tinybert files, Hugging Face folders or Hub ids")
+    p.add_argument("--host", default="127.0.0.1", help="address to bind (default: loopback only)")
+    p.add_argument("--port", type=int, default=8080)
+    p.add_argument("--api-key", default=None, help="require 'Authorization: Bearer KEY' (default: no key)")
+    p.add_argument("--parallel", type=int, default=8, help="generations decoded together (cache slots)")
+    p.add_argument("--context", type=int, default=None,
+                   help="positions each generation slot holds (default: the model's, at most 4096)")
+    p.add_argument("--dtype", choices=["int8", "int4", "fp32"], default="int8",
+                   help="weight type for folders, Hub ids and GGUF files")
+    p.add_argument("--threads", type=int, default=None, help=_THREADS_HELP)
 
     p = command("info", "describe a tinybert model file", _cmd_info)
     p.add_argument("model", help="a tinybert file, a Hugging Face folder or a Hub id (org/name)")

@@ -240,3 +240,57 @@ def test_huge_settings_are_input_errors(field, value):
 
     with pytest.raises(InputError, match=field):
         GenerationParams(**{field: value}).validate()
+
+
+class _CountingSearch:
+    """A search of one row that ends after ``length`` tokens; records the blocks it ran in."""
+
+    def __init__(self, plen: int, length: int) -> None:
+        self.plen, self.t, self.done, self.length = plen, 0, False, length
+        self.tokens, self.parents = np.zeros(1, dtype=np.int64), np.zeros(1, dtype=np.int64)
+        self.advances = 0
+
+    @property
+    def rows(self) -> int:
+        return 1
+
+    def advance(self, logits: np.ndarray) -> None:
+        assert not self.done, "a finished or cancelled search was advanced"
+        self.advances += 1
+        self.t += 1
+        self.done = self.t >= self.length
+
+
+class _RecordingStepper:
+    def __init__(self, searches: list) -> None:
+        self.searches, self.live_blocks = searches, []
+
+    def prefill(self, inputs, blocks):
+        return np.zeros((len(inputs), 4), dtype=np.float32)
+
+    def step(self, tokens, slots, positions, blocks):
+        assert len(set(blocks.tolist())) == len(blocks), "two live searches shared a block"
+        self.live_blocks.append(sorted(blocks.tolist()))
+        return np.zeros((len(tokens), 4), dtype=np.float32)
+
+    def copy_slots(self, dest, src, upto):
+        raise AssertionError("one-row searches never copy")
+
+
+def test_driver_takes_searches_that_arrive_and_drops_cancelled_ones():
+    """The driver under a server: searches appended while it runs join at the next step, one set done from
+    outside leaves at once (its block reused), and nothing is advanced after it ends."""
+    from tinybert.generation import decode
+
+    searches = [_CountingSearch(3, 4) for _ in range(3)]
+    stepper = _RecordingStepper(searches)
+    steps = 0
+    for _ in decode(stepper, searches, 2, 1):
+        steps += 1
+        if steps == 1:
+            searches += [_CountingSearch(2, 3), _CountingSearch(5, 2)]      # arrive while decoding
+        if steps == 3:
+            searches[1].done = True                                          # cancelled mid-answer
+            cancelled_at = searches[1].advances
+    assert [s.advances for s in searches] == [4, cancelled_at, 4, 3, 2]
+    assert all(len(blocks) <= 2 for blocks in stepper.live_blocks)

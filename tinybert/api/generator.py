@@ -250,8 +250,9 @@ class Generator(OpenedModel):
     # ------------------------------------------------------------------ decoding
 
     def _searches(self, prompts: list[np.ndarray], params: GenerationParams, stops: list[str],
-                  output_logits: bool = False) -> list:
-        """One search per prompt, its budget cut to the context."""
+                  output_logits: bool = False, first_index: int = 0) -> list:
+        """One search per prompt, its budget cut to the context; prompt i draws from the random stream
+        (seed, first_index + i)."""
         eos = self.config.eos_token_ids
         matcher = StopMatcher(stops)
         stop = (lambda ids: matcher.cut(self._decode(ids)) is not None) if stops else None
@@ -261,7 +262,7 @@ class Generator(OpenedModel):
             if params.beam:
                 searches.append(BeamSearch(prompt, budget, eos, params))
             else:
-                rng = np.random.default_rng(None if params.seed is None else [params.seed, i])
+                rng = np.random.default_rng(None if params.seed is None else [params.seed, first_index + i])
                 searches.append(SampleSearch(prompt, budget, eos, params, rng, stop, output_logits))
         return searches
 
@@ -276,23 +277,25 @@ class Generator(OpenedModel):
         searches = self._searches(prompts, params, stops, output_logits)
         blocks = min(batch_size, len(searches))
         run_all(self._stepper(searches, blocks, params.num_beams), searches, blocks, params.num_beams)
+        return [self._hypotheses(search, stops) for search in searches]
+
+    def _hypotheses(self, search, stops: list[str]) -> list[dict]:
+        """A finished search's results: text (cut at a stop string), token ids (without the EOS) and why each
+        ended ("eos", "stop" or "length")."""
         eos = set(self.config.eos_token_ids)
         matcher = StopMatcher(stops)
-        results = []
-        for search in searches:
-            hyps = []
-            for hyp in search.results():
-                ids = hyp["token_ids"]
-                reason = hyp.get("finish_reason", "length")
-                if ids and ids[-1] in eos:
-                    ids, reason = ids[:-1], "eos"
-                text = self._decode(ids)
-                cut = matcher.cut(text) if stops else None
-                if cut is not None:
-                    text, reason = text[:cut], "stop"
-                hyps.append({**hyp, "text": text, "token_ids": ids, "finish_reason": reason})
-            results.append(hyps)
-        return results
+        hyps = []
+        for hyp in search.results():
+            ids = hyp["token_ids"]
+            reason = hyp.get("finish_reason", "length")
+            if ids and ids[-1] in eos:
+                ids, reason = ids[:-1], "eos"
+            text = self._decode(ids)
+            cut = matcher.cut(text) if stops else None
+            if cut is not None:
+                text, reason = text[:cut], "stop"
+            hyps.append({**hyp, "text": text, "token_ids": ids, "finish_reason": reason})
+        return hyps
 
     def _stream(self, prompt: np.ndarray, params: GenerationParams, stop: list[str]) -> Iterator[str]:
         eos = set(self.config.eos_token_ids)

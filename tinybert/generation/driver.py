@@ -59,14 +59,23 @@ class Stepper(Protocol):
 
 def decode(stepper: Stepper, searches: Sequence[Search], blocks: int, rows_per_block: int) -> Iterator[list[int]]:
     """Run every search to its end; yield, after each model call, the indices of the searches it advanced
-    (a streaming caller reads their new tokens; an abandoned iteration stops decoding)."""
+    (a streaming caller reads their new tokens; an abandoned iteration stops decoding). ``searches`` may grow
+    while it runs (a server appends the requests that arrive): a new search joins at the next step. A search
+    set ``done`` from outside (a cancelled request) leaves at the next step, its block freed."""
     pending = deque(range(len(searches)))
+    known = len(searches)
     free = list(range(blocks - 1, -1, -1))
     live: dict[int, tuple[int, np.ndarray]] = {}     # search → (block, physical slot of each of its rows)
-    while pending or live:
+    while pending or live or len(searches) > known:
+        pending.extend(range(known, len(searches)))
+        known = len(searches)
+        for i in [i for i in live if searches[i].done]:
+            free.append(live.pop(i)[0])
         admit = []
         while pending and free:
-            admit.append((pending.popleft(), free.pop()))
+            i = pending.popleft()
+            if not searches[i].done:                # else cancelled before it started
+                admit.append((i, free.pop()))
         if admit:
             logits = stepper.prefill([i for i, _ in admit], [b for _, b in admit])
             for (i, b), row in zip(admit, logits):
