@@ -24,7 +24,7 @@ from conftest import EOT, build_hf_decoder
 
 import tinybert
 from tinybert.models.heads import l2_normalize
-from tinybert.server import Limits, create_app, open_models
+from tinybert.server import Limits, create_app, open_models, wait_until_healthy
 
 pytestmark = pytest.mark.usefixtures("quiet_torch")
 
@@ -294,16 +294,7 @@ def test_cli_serve_drains_on_sigterm(files, api):
     url = f"http://127.0.0.1:{port}"
     prompt = "Once upon a time"
     try:
-        deadline = time.monotonic() + 120
-        while True:
-            try:
-                if httpx.get(url + "/health", timeout=1).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            assert proc.poll() is None, proc.stderr.read().decode()
-            assert time.monotonic() < deadline
-            time.sleep(0.2)
+        wait_until_healthy(url, proc)
         started = threading.Event()
 
         def stream() -> tuple[int, str]:

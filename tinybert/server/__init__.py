@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from .app import Limits, create_app
 
-__all__ = ["serve", "create_app", "open_models", "Limits"]
+__all__ = ["serve", "create_app", "open_models", "wait_until_healthy", "Limits"]
 
 
 def open_models(arguments: list[str], threads: int | None = None, dtype: str = "int8", parallel: int = 8,
@@ -45,3 +45,26 @@ def serve(models: list[str], host: str = "127.0.0.1", port: int = 8080, api_key:
                 m.live.close(graceful_seconds)
 
     uvicorn.run(app, host=host, port=port, log_level="warning", timeout_graceful_shutdown=graceful_seconds)
+
+
+def wait_until_healthy(url: str, process=None, timeout: float = 120.0) -> None:
+    """Wait until the server at ``url`` answers /health (a server started in another process, ``process`` its
+    Popen: RuntimeError with its stderr if it exits first); TimeoutError after ``timeout`` seconds."""
+    import time
+    import urllib.error
+    import urllib.request
+
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            with urllib.request.urlopen(url + "/health", timeout=1) as answer:
+                if answer.status == 200:
+                    return
+        except (urllib.error.URLError, OSError):
+            pass
+        if process is not None and process.poll() is not None:
+            err = process.stderr.read().decode(errors="replace")[-800:] if process.stderr else ""
+            raise RuntimeError(f"the server exited with status {process.returncode}: {err}")
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"{url} did not answer /health within {timeout} s")
+        time.sleep(0.2)

@@ -50,8 +50,9 @@ _TEI_KINDS = {400: "Validation", 413: "Validation", 422: "Validation", 401: "Una
               503: "Overloaded", 504: "Timeout", 500: "Backend"}
 
 
-def _error_response(request: Request, exc: ApiError) -> JSONResponse:
-    if request.url.path.startswith("/v1/"):
+def _error_response(request: Request | str, exc: ApiError) -> JSONResponse:
+    path = request if isinstance(request, str) else request.url.path
+    if path.startswith("/v1/"):
         body = {"error": {"message": exc.message, "type": exc.kind, "param": exc.param, "code": exc.code}}
     else:
         body = {"error": exc.message, "error_type": _TEI_KINDS.get(exc.status, "Backend")}
@@ -71,25 +72,7 @@ def create_app(models: list[ServedModel], api_key: str | None = None, limits: Li
             m.live.on_step = lambda n: metrics.batch("generate", n)
     app = FastAPI(title="tinybert", docs_url=None, redoc_url=None, openapi_url=None)
 
-    @app.middleware("http")
-    async def guard(request: Request, call_next):
-        started = time.perf_counter()
-        route = request.url.path
-        try:
-            if api_key is not None and route not in ("/health",):
-                given = request.headers.get("authorization", "")
-                token = given[7:] if given.lower().startswith("bearer ") else ""
-                if not hmac.compare_digest(token.encode(), api_key.encode()):
-                    raise ApiError(401, "a valid API key is needed (Authorization: Bearer KEY)", "authentication_error",
-                                   code="invalid_api_key")
-            length = request.headers.get("content-length")
-            if length is not None and (not length.isdigit() or int(length) > limits.max_body_bytes):
-                raise ApiError(413, f"the request body is over {limits.max_body_bytes} bytes")
-            response = await call_next(request)
-        except ApiError as exc:
-            response = _error_response(request, exc)
-        metrics.request(route, response.status_code, time.perf_counter() - started)
-        return response
+    app.add_middleware(_Guard, api_key=api_key, limits=limits, metrics=metrics)
 
     @app.exception_handler(ApiError)
     async def api_error(request: Request, exc: ApiError):
@@ -190,8 +173,8 @@ def create_app(models: list[ServedModel], api_key: str | None = None, limits: Li
                  "embedding": base64.b64encode(v.astype("<f4").tobytes()).decode() if fmt == "base64" else v.tolist()}
                 for i, v in enumerate(vectors)]
         tokens = token_count(m, texts)
-        return {"object": "list", "data": rows, "model": m.name,
-                "usage": {"prompt_tokens": tokens, "total_tokens": tokens}}
+        return JSONResponse({"object": "list", "data": rows, "model": m.name,
+                             "usage": {"prompt_tokens": tokens, "total_tokens": tokens}})
 
     @app.post("/embed")
     async def tei_embed(request: Request):
@@ -203,7 +186,7 @@ def create_app(models: list[ServedModel], api_key: str | None = None, limits: Li
             vectors = _shortened(vectors, data["dimensions"], m.model.dimension)
         if data.get("normalize", True):
             vectors = l2_normalize(vectors)
-        return vectors.tolist()
+        return JSONResponse(vectors.tolist())
 
     @app.post("/embed_sparse")
     async def tei_embed_sparse():
@@ -453,6 +436,42 @@ def create_app(models: list[ServedModel], api_key: str | None = None, limits: Li
         return await generation_route(request, chat=True)
 
     return app
+
+
+class _Guard:
+    """The API key, the body-size limit from Content-Length (bodies without one are counted as they are read)
+    and the request metrics, as a plain ASGI middleware (Starlette's BaseHTTPMiddleware cost ~1 ms a request)."""
+
+    def __init__(self, app, api_key: str | None, limits: Limits, metrics: Metrics) -> None:
+        self.app, self.key, self.limits, self.metrics = app, api_key, limits, metrics
+
+    async def __call__(self, scope, receive, send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        path, started, status = scope["path"], time.perf_counter(), [500]
+        headers = dict(scope["headers"])
+        error = None
+        if self.key is not None and path != "/health":
+            given = headers.get(b"authorization", b"")
+            token = given[7:] if given[:7].lower() == b"bearer " else b""
+            if not hmac.compare_digest(token, self.key.encode()):
+                error = ApiError(401, "a valid API key is needed (Authorization: Bearer KEY)", "authentication_error",
+                                 code="invalid_api_key")
+        length = headers.get(b"content-length")
+        if error is None and length is not None and (not length.isdigit() or int(length) > self.limits.max_body_bytes):
+            error = ApiError(413, f"the request body is over {self.limits.max_body_bytes} bytes")
+
+        async def sending(message) -> None:
+            if message["type"] == "http.response.start":
+                status[0] = message["status"]
+            await send(message)
+
+        if error is not None:
+            await _error_response(path, error)(scope, receive, sending)
+        else:
+            await self.app(scope, receive, sending)
+        self.metrics.request(path, status[0], time.perf_counter() - started)
 
 
 def _message(x: object) -> dict:

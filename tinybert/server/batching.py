@@ -1,5 +1,6 @@
-"""Embedding requests merged across clients: what arrives within a short wait (or until a text budget is full)
-runs as one ``encode`` call, on the model's own thread, and each request gets its rows back.
+"""Embedding requests merged across clients: what arrives while the model is busy runs as its next ``encode``
+call (up to a text budget), on the model's own thread, and each request gets its rows back. An idle model
+takes a request at once: a lone client waits for nothing.
 
 The encoder's output for a text does not depend on the other texts of its batch (every kernel computes a row
 from that row alone), so a merged request's vectors are the ones it would get alone.
@@ -27,10 +28,11 @@ class EmbedBatcher:
     """Merges concurrent calls of ``embed(texts)`` into calls of ``run(all_texts) -> float32 [n, dim]``.
 
     ``max_texts``: texts a merged call takes at most; ``max_wait``: seconds the first request of a batch waits for
-    company; ``max_waiting``: texts that may wait in all (more: QueueFull, the server's 503)."""
+    company (0: none; requests that come while a call runs form the next one); ``max_waiting``: texts that may
+    wait in all (more: QueueFull, the server's 503)."""
 
     def __init__(self, run: Callable[[list[str]], np.ndarray], executor: ThreadPoolExecutor,
-                 on_batch: Callable[[int], None] | None = None, max_texts: int = 128, max_wait: float = 0.002,
+                 on_batch: Callable[[int], None] | None = None, max_texts: int = 128, max_wait: float = 0.0,
                  max_waiting: int = 4096) -> None:
         self._run, self._executor, self.on_batch = run, executor, on_batch or (lambda n: None)
         self.max_texts, self.max_wait, self.max_waiting = max_texts, max_wait, max_waiting
@@ -63,12 +65,10 @@ class EmbedBatcher:
             batch = [carried or await self._queue.get()]
             carried = None
             count = len(batch[0].texts)
-            deadline = loop.time() + self.max_wait
-            while count < self.max_texts:
-                try:
-                    nxt = await asyncio.wait_for(self._queue.get(), max(0.0, deadline - loop.time()))
-                except asyncio.TimeoutError:
-                    break
+            if self.max_wait > 0:           # optional: let company arrive (the default takes what is there)
+                await asyncio.sleep(self.max_wait)
+            while count < self.max_texts and not self._queue.empty():
+                nxt = self._queue.get_nowait()
                 if count + len(nxt.texts) > self.max_texts:
                     carried = nxt            # starts the next batch
                     break
