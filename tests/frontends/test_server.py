@@ -317,3 +317,75 @@ def test_cli_serve_drains_on_sigterm(files, api):
     finally:
         if proc.poll() is None:
             proc.kill()
+
+
+def test_64_clients_50_mixed_requests_each(server, api, sentences):
+    """64 concurrent clients × 50 requests of four kinds (OpenAI and TEI embeddings, completions, chat), each with
+    its own text: every answer is the Python API's for that text — nothing lost, duplicated or crossed."""
+    import asyncio
+
+    texts = sentences[:64]
+    vectors = api["embed"].encode(texts)
+    unit = l2_normalize(vectors)
+    completions = api["chat"].generate(texts, max_new_tokens=3)
+    chats = [api["chat"].chat([{"role": "user", "content": t}], max_new_tokens=3) for t in texts]
+    names = {kind: m.name for kind, m in server.models.items()}
+    wrong: list[str] = []
+
+    async def client(c: int) -> int:
+        done = 0
+        async with httpx.AsyncClient(base_url=server.url, timeout=120) as http:
+            for i in range(50):
+                k, j = (c + i) % 4, (c * 50 + i) % 64
+                if k == 0:
+                    r = await http.post("/v1/embeddings", json={"model": names["embed"], "input": texts[j],
+                                                                "encoding_format": "float"})
+                    ok = np.array_equal(np.array(r.json()["data"][0]["embedding"], np.float32), vectors[j])
+                elif k == 1:
+                    r = await http.post("/embed", json={"inputs": texts[j]})
+                    ok = np.array_equal(np.array(r.json()[0], np.float32), unit[j])
+                elif k == 2:
+                    r = await http.post("/v1/completions", json={"model": names["generate"], "prompt": texts[j],
+                                                                  "max_tokens": 3, "temperature": 0})
+                    ok = r.json()["choices"][0]["text"] == completions[j]
+                else:
+                    r = await http.post("/v1/chat/completions", json={
+                        "model": names["generate"], "messages": [{"role": "user", "content": texts[j]}],
+                        "max_tokens": 3, "temperature": 0})
+                    ok = r.json()["choices"][0]["message"]["content"] == chats[j]
+                if r.status_code != 200 or not ok:
+                    wrong.append(f"client {c} request {i}: {r.status_code} {r.text[:120]}")
+                done += 1
+        return done
+
+    async def everyone() -> list[int]:
+        return await asyncio.gather(*(client(c) for c in range(64)))
+
+    assert asyncio.run(asyncio.wait_for(everyone(), 600)) == [50] * 64
+    assert not wrong, wrong[:5]
+
+
+def test_killed_server_restarts_and_serves(files):
+    """kill -9, then a new server on the same port answers."""
+    port = _free_port()
+    url = f"http://127.0.0.1:{port}"
+    command = [sys.executable, "-m", "tinybert", "serve", str(files["embed"]), "--port", str(port)]
+    first = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        wait_until_healthy(url, first)
+        assert httpx.post(url + "/embed", json={"inputs": "hello"}, timeout=60).status_code == 200
+        first.kill()
+        assert first.wait(30) == -signal.SIGKILL
+        with pytest.raises(httpx.TransportError):
+            httpx.post(url + "/embed", json={"inputs": "hello"}, timeout=5)
+        second = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        try:
+            wait_until_healthy(url, second)
+            r = httpx.post(url + "/embed", json={"inputs": "hello"}, timeout=60)
+            assert r.status_code == 200 and len(r.json()[0]) == 384
+        finally:
+            second.kill()
+            second.wait(30)
+    finally:
+        if first.poll() is None:
+            first.kill()
