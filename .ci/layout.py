@@ -3,8 +3,9 @@
 1. The one-way import rule of tinybert/ (every import, module level or inside a function).
 
 Rooms, lowest first: foundations (format, config, errors, loader, tokenizer) · kernels · layers · models ·
-generation · api · front ends (cli, demo, distributed, server/, the package's __init__ / __main__). A module may
-import its own room and the rooms below it, never one above. Kernels import only kernels; foundations only foundations.
+generation · api · front ends (cli, demo, distributed, server/, integrations/, the package's __init__ /
+__main__). A module may import its own room and the rooms below it, never one above. Kernels import only
+kernels; foundations only foundations.
 Below the front ends nothing imports the converter, the C API, torch, transformers or Ray, with one exception:
 api/resolve.py converts a Hugging Face folder or Hub id on first use, so it imports the converter (lazily: the
 converter itself needs torch only for pytorch_model.bin inputs).
@@ -31,7 +32,8 @@ ALLOWED = {("api/resolve.py", "tinybert_convert")}      # (module, outside packa
 
 def room(parts: list[str]) -> str:
     """The room of module tinybert.<parts...>."""
-    if not parts or parts[0] in ("__init__", "__main__", "cli", "demo", "distributed", "server") or not is_module(
+    if not parts or parts[0] in ("__init__", "__main__", "cli", "demo", "distributed", "server", "integrations") \
+            or not is_module(
             "tinybert." + parts[0]):                   # a name of the package itself: its public face
         return "frontends"
     if parts[0] in FOUNDATIONS:

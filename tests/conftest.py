@@ -555,6 +555,21 @@ def decoder_model(tmp_path_factory, bpe_tokenizer_file):
     return get
 
 
+@pytest.fixture(scope="session")
+def chat_decoder_file(tmp_path_factory, bpe_tokenizer_file) -> Path:
+    """A random Llama with SmolLM2's chat template and its EOT as EOS, converted int8 once (servers, adapters)."""
+    from tinybert_convert import convert
+
+    folder = tmp_path_factory.mktemp("chat-decoder")
+    build_hf_decoder("llama", folder / "hf", bpe_tokenizer_file)
+    template = Path(__file__).resolve().parent / "data" / "chat_templates" / "smollm2.jinja"
+    (folder / "hf" / "tokenizer_config.json").write_text(json.dumps(
+        {"tokenizer_class": "PreTrainedTokenizerFast", "chat_template": template.read_text(), "eos_token": EOT}))
+    eot = json.loads(bpe_tokenizer_file.read_text())["model"]["vocab"][EOT]
+    (folder / "hf" / "generation_config.json").write_text(json.dumps({"eos_token_id": [eot]}))
+    return convert(folder / "hf", folder / "chat.safetensors", dtype="int8")
+
+
 # EmbeddingGemma's prompts (its config_sentence_transformers.json has more; these two are what encode_query and
 # encode_document use)
 EMBEDDING_GEMMA_PROMPTS = {"query": "task: search result | query: ", "document": "title: none | text: "}

@@ -20,7 +20,6 @@ import numpy as np
 import openai
 import pytest
 import uvicorn
-from conftest import EOT, build_hf_decoder
 
 import tinybert
 from tinybert.models.heads import l2_normalize
@@ -28,7 +27,6 @@ from tinybert.server import Limits, create_app, open_models, wait_until_healthy
 
 pytestmark = pytest.mark.usefixtures("quiet_torch")
 
-TEMPLATE = Path(__file__).resolve().parents[1] / "data" / "chat_templates" / "smollm2.jinja"
 CHATS = [[{"role": "user", "content": "What is the option for?"}],
          [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Compare the files"}],
          [{"role": "user", "content": "If no matching line exists"}, {"role": "assistant", "content": "Then what?"},
@@ -64,20 +62,11 @@ class Running:
 
 
 @pytest.fixture(scope="module")
-def files(tmp_path_factory, bpe_tokenizer_file, minilm_files, head_model):
+def files(chat_decoder_file, minilm_files, head_model):
     """The three kinds a server holds: an embedder (MiniLM), a chat decoder (a random Llama with SmolLM2's
     template) and a cross-encoder (a random BERT classifier with one label)."""
-    from tinybert_convert import convert
-
-    folder = tmp_path_factory.mktemp("serve-chat")
-    build_hf_decoder("llama", folder / "hf", bpe_tokenizer_file)
-    (folder / "hf" / "tokenizer_config.json").write_text(json.dumps(
-        {"tokenizer_class": "PreTrainedTokenizerFast", "chat_template": TEMPLATE.read_text(), "eos_token": EOT}))
-    eot = json.loads(bpe_tokenizer_file.read_text())["model"]["vocab"][EOT]
-    (folder / "hf" / "generation_config.json").write_text(json.dumps({"eos_token_id": [eot]}))
-    chat = convert(folder / "hf", folder / "chat.safetensors", dtype="int8")
     ranker = head_model("bert", "sequence-classification", labels=["relevance"])[1]["int8"]
-    return {"embed": minilm_files["int8"], "chat": chat, "rank": ranker}
+    return {"embed": minilm_files["int8"], "chat": chat_decoder_file, "rank": ranker}
 
 
 @pytest.fixture(scope="module")
