@@ -122,19 +122,17 @@ class _Metadata:
         return float(value)
 
     def string(self, key: str, default: str | None = None) -> str | None:
-        value = self.raw(key)
-        if value is None:
-            return default
-        if not isinstance(value, str):
-            raise ConversionError(f"{self.path}: GGUF metadata {key} must be a string")
-        return value
+        return self._typed(key, default, str, "a string")
 
     def boolean(self, key: str, default: bool) -> bool:
+        return self._typed(key, default, bool, "true or false")
+
+    def _typed(self, key: str, default: object, kind: type, what: str):
         value = self.raw(key)
         if value is None:
             return default
-        if not isinstance(value, bool):
-            raise ConversionError(f"{self.path}: GGUF metadata {key} must be true or false")
+        if not isinstance(value, kind):
+            raise ConversionError(f"{self.path}: GGUF metadata {key} must be {what}")
         return value
 
     def array(self, key: str, kind: type) -> list | None:

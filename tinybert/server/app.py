@@ -261,7 +261,7 @@ def create_app(models: list[ServedModel], api_key: str | None = None, limits: Li
 
     # ------------------------------------------------------------------ generation
 
-    def generation_request(data: dict, m: ServedModel) -> tuple[GenerationParams, list[str], int, bool]:
+    def generation_request(data: dict) -> tuple[GenerationParams, list[str], int, bool]:
         n = data.get("n", 1)
         if not isinstance(n, int) or not 1 <= n <= 16:
             raise ApiError(400, "n must be an integer in 1..16", param="n")
@@ -286,8 +286,8 @@ def create_app(models: list[ServedModel], api_key: str | None = None, limits: Li
             raise ApiError(400, str(exc)) from None
         return params, stops, n, bool(data.get("stream", False))
 
-    async def run_generation(m: ServedModel, request: Request, prompt: np.ndarray, params: GenerationParams,
-                             stops: list[str], n: int):
+    async def run_generation(m: ServedModel, prompt: np.ndarray, params: GenerationParams, stops: list[str],
+                             n: int):
         """Submit n choices; returns the queue of (choice, event) and the jobs."""
         loop = asyncio.get_running_loop()
         queue: asyncio.Queue = asyncio.Queue()
@@ -354,8 +354,8 @@ def create_app(models: list[ServedModel], api_key: str | None = None, limits: Li
         data = await body(request)
         m = pick("generate", data.get("model"))
         prompt = prompt_of_chat(m, data.get("messages")) if chat else prompt_of_text(m, data.get("prompt"))
-        params, stops, n, stream = generation_request(data, m)
-        queue, jobs = await run_generation(m, request, prompt, params, stops, n)
+        params, stops, n, stream = generation_request(data)
+        queue, jobs = await run_generation(m, prompt, params, stops, n)
         rid = ("chatcmpl-" if chat else "cmpl-") + uuid.uuid4().hex
         created = int(time.time())
         obj = "chat.completion" if chat else "text_completion"
