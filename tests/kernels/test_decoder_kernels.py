@@ -717,14 +717,14 @@ def test_encoder_attention_with_content_bias(threads, terms, buckets, masked):
     mask = np.ones(t, np.uint8)
     if masked:
         mask[[5, 20, 21, 60]] = 0
-    tables = {"both": [kr, qr], "c2p": [kr], "p2c": [qr]}[terms]
+    tables = {"both": (kr, qr), "c2p": (kr, None), "p2c": (None, qr)}[terms]
     c2p_at = 0 if terms in ("both", "c2p") else -1
     p2c_at = heads if terms == "both" else (0 if terms == "p2c" else -1)
     qkv = np.concatenate([q.reshape(t, -1), k.reshape(t, -1), v.reshape(t, -1)], axis=1)
     flat_out = np.empty((t, heads * d), dtype=np.float32)
     scale = 1 / math.sqrt(3 * d)
     attention_with_bias(qkv, starts, mask, heads, scale, np.zeros((1, 0), np.float32), center,
-                        pack_position_tables(np.concatenate(tables)), c2p_at, p2c_at, rel, linear, flat_out, threads)
+                        pack_position_tables(*tables, scale), c2p_at, p2c_at, rel, linear, flat_out, threads)
     out = flat_out.reshape(t, heads, d)
     for b in range(len(lengths)):
         s0, s1 = starts[b], starts[b + 1]
@@ -741,12 +741,13 @@ def test_encoder_attention_with_content_bias(threads, terms, buckets, masked):
                 np.testing.assert_allclose(out[i, h], w @ v[keys, h] / w.sum(), atol=2e-5, rtol=1e-4)
 
 
-def test_encoder_attention_with_linear_content_bias():
-    """The contiguous DeBERTa path (rel linear over the sequence, no masked key: both products read in runs) vs
-    float64 numpy, with sequences past one panel pair of the tables."""
+@pytest.mark.parametrize("d", [64, 24])
+def test_encoder_attention_with_linear_content_bias(d):
+    """The skewed DeBERTa path (rel linear over the sequence, no masked key: the micro-kernel adds both terms as it
+    makes the scores) vs float64 numpy, with sequences past one panel pair of the tables."""
     from tinybert.kernels.attention import attention_with_bias, pack_position_tables
 
-    heads, d, span, lengths = 2, 64, 128, (128, 1, 77, 6)
+    heads, span, lengths = 2, 128, (128, 1, 77, 6, 40)
     starts = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64)
     t = int(starts[-1])
     q, k, v = (RNG.standard_normal((t, heads, d)).astype(np.float32) for _ in range(3))
@@ -757,7 +758,7 @@ def test_encoder_attention_with_linear_content_bias():
     out = np.empty((t, heads * d), dtype=np.float32)
     scale = 1 / math.sqrt(3 * d)
     attention_with_bias(qkv, starts, np.ones(t, np.uint8), heads, scale, np.zeros((1, 0), np.float32), center,
-                        pack_position_tables(np.concatenate([kr, qr])), 0, heads, rel, True, out, 2)
+                        pack_position_tables(kr, qr, scale), 0, heads, rel, True, out, 2)
     out = out.reshape(t, heads, d)
     for b in range(len(lengths)):
         s0, s1 = starts[b], starts[b + 1]
@@ -795,3 +796,20 @@ def test_runtime_knows_no_hugging_face_rope_names():
     for path in Path(tinybert.__file__).parent.rglob("*.py"):
         text = path.read_text(encoding="utf-8")
         assert not [name for name in names if name in text], path
+
+
+def test_encoder_attention_without_avx512(tmp_path):
+    """The attention kernels compiled for AVX2 (16 vector registers: the micro-kernels split their tiles into
+    panels and, for DeBERTa's skewed tile, rows in threes) pass the encoder attention tests above."""
+    import os
+    import subprocess
+    import sys
+
+    code = ("import sys, pytest; from tinybert.kernels import cpu; assert not cpu.WIDE_REGISTERS; "
+            f"sys.exit(pytest.main(['-q', '-n', '0', '-p', 'no:cacheprovider', {__file__!r}, "
+            "'-k', 'test_encoder_attention_with and not avx512']))")
+    env = {**os.environ, "NUMBA_CPU_NAME": "haswell", "NUMBA_CACHE_DIR": str(tmp_path),
+           "NUMBA_CPU_FEATURES": "+avx,+avx2,+fma,+sse4.2,+popcnt,+bmi2", "PYTEST_ADDOPTS": ""}
+    run = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=900)
+    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
+    assert " passed" in run.stdout and "failed" not in run.stdout, run.stdout[-3000:]

@@ -24,17 +24,24 @@ and queries go MR = 6 at a time (q read in place from qkv), each block in three 
     p[r, j] = 2**(s[r, j] - max_j s[r, j])    (vectorised exp2; normalisation deferred)
     out[r]  = (Σ_j p[r, j] v_j) / Σ_j p[r, j]
 
-DeBERTa's two position terms are products on the same micro-kernel, done where they are used, in cache:
+DeBERTa's two position terms: with a linear relative index (every distance within the log buckets' linear
+range) and every key valid, the score of row i and key j is
 
-    c2p  per query block, its q rows times the Kr rows the block's scores reach (B = Kr's panels): the
-         block's 6 rows times about n + 6 table rows, where QKᵀ's are 6 times n keys;
+    s[i, j] = q_i · (k_j + Kr[m]) + k_j · Qr[m],   m = rel[center] + i − j
+
+made by a skewed micro-kernel (``_make_tile``, disentangled): tile row r covers the keys r places further
+on, so that all six rows read the same table vectors, and each score costs two FMAs where QKᵀ's cost one.
+Keys are transposed for it ([d, keys], rows read them unaligned); the tables are 16-column panels in reverse
+row order, read in a contiguous run per sequence. Otherwise (log buckets reached, masked keys, one term):
+
+    c2p  per query block, its q rows times the Kr rows the block's scores reach: the block's 6 rows times
+         about n + 6 table rows, where QKᵀ's are 6 times n keys;
     p2c  per head, before the queries, each 6-key block's k rows times the Qr rows it reaches, moved to
          pt[i, j] = k_j · Qr[rel[center + j − i]] (a [seq, seq] array per task);
 
-and each score adds a c2p entry and a pt entry, both read in runs when rel is linear (no log buckets
-within the sequence, no masked key). Products of every row against every relative position, made apart
-and gathered per score, cost 2.6x and wrote [heads, T, 2L] arrays to memory (32 x 128 tokens: 100 MB per
-layer, written and read back).
+and each score adds a c2p entry and a pt entry. Products of every row against every relative position, made
+apart and gathered per score, cost 2.6x and wrote [heads, T, 2L] arrays to memory (32 x 128 tokens: 100 MB
+per layer, written and read back); the per-block products cost 2.5x BERT's attention, the skewed tile 1.8-2.1x.
 
 The two products run on one micro-kernel, ``_tile``: C[6, 32] = A[6, K] · B[K, 32] over a pair of
 16-column panels, the tile in 12 vector registers. Per k step it loads two 16-float vectors of B,
@@ -62,7 +69,7 @@ PREFETCH_ROWS = 8  # key rows ahead the panel gather asks for (each row's k and 
 # WIDE_REGISTERS (cpu.py): 32 vector registers that hold 16 floats each
 
 
-def _make_tile(rows):
+def _make_tile(rows, disentangled=False):
     """Micro-kernel intrinsic for a tile of ``rows`` (1..MR) rows by a pair of 16-column panels:
 
         c[c_off + r*ldc + 16*q + j] = Σ_{k < kdim} a[a_off + r*lda + k] * b[b_off + q*b_pstride + k*ldb + j]
@@ -74,67 +81,118 @@ def _make_tile(rows):
     7 per 6 and was load-bound). Without AVX-512 each panel gets its own pass over k (6 rows x two
     ymm = 12 accumulators, again 8 loads per 12 FMAs): both panels at once would need 24 ymm
     accumulators, and AVX2 has 16 registers (LLVM spilled them to the stack).
+
+    ``disentangled``: DeBERTa's scores with both position terms, for a linear relative index, on a skewed tile
+    (arguments c, c_off, ldc, a, a_off, lda, b, b_off, ldb, kdim, t, kr_off, qr_off, t_pstride): row r covers the
+    keys r places further on, so that every row reads the same vectors of the position tables,
+
+        c[c_off + r*ldc + r + 16*q + j] = Σ_k a[r, k] * (kt[r, q, k, j] + kr[q, k, j]) + kt[r, q, k, j] * qr[q, k, j]
+        kt[r, q, k, j] = b[b_off + k*ldb + r + 16*q + j],   kr[q, k, j] = t[kr_off + q*t_pstride + 16*k + j]
+        (qr likewise from qr_off)
+
+    a = q rows, b = keys transposed ([k, key], not panels), t the tables as 16-column panels ([column / 16, k, 16])
+    in reverse table order (row i, key j: column top − rel[center] − i + j). Per k: 12 unaligned key loads, 4
+    table loads and 6 broadcasts for 24 FMAs and 12 adds; square tiles (each row its own table vectors) took 32
+    loads. Rows go three at a time without AVX-512 (the accumulators and vectors fit 16 registers).
     """
     f32, i64 = ir.FloatType(), ir.IntType(64)
     v16 = ir.VectorType(f32, NR)
     splat = ir.Constant(ir.VectorType(ir.IntType(32), NR), [0] * NR)
-    panel_groups = [(0, 1)] if WIDE_REGISTERS else [(0,), (1,)]
+    if WIDE_REGISTERS:
+        groups = [((0, 1), tuple(range(rows)))]
+    elif disentangled:
+        groups = [((q,), tuple(range(r0, min(rows, r0 + 3)))) for q in (0, 1) for r0 in range(0, rows, 3)]
+    else:
+        groups = [((q,), tuple(range(rows))) for q in (0, 1)]
 
-    @intrinsic
-    def tile(typingctx, c, c_off, ldc, a, a_off, lda, b, b_off, b_pstride, ldb, kdim):
-        sig = types.void(c, c_off, ldc, a, a_off, lda, b, b_off, b_pstride, ldb, kdim)
+    def codegen(context, builder, signature, args):
+        tys = signature.args
 
-        def codegen(context, builder, signature, args):
-            tys = signature.args
+        def data(i):
+            return cgutils.create_struct_proxy(tys[i])(context, builder, value=args[i]).data
 
-            def data(i):
-                return cgutils.create_struct_proxy(tys[i])(context, builder, value=args[i]).data
+        def idx(i):
+            return context.cast(builder, args[i], tys[i], types.int64)
 
-            def idx(i):
-                return context.cast(builder, args[i], tys[i], types.int64)
+        def const(v):
+            return ir.Constant(i64, v)
 
-            c_p, a_p, b_p = data(0), data(3), data(6)
-            c_off, ldc, a_off, lda = idx(1), idx(2), idx(4), idx(5)
+        def vload(base, offset):
+            return builder.load(builder.bitcast(builder.gep(base, [offset], source_etype=f32), v16.as_pointer()),
+                                align=4, typ=v16)
+
+        c_p, a_p, b_p = data(0), data(3), data(6)
+        c_off, ldc, a_off, lda = idx(1), idx(2), idx(4), idx(5)
+        if disentangled:
+            b_off, ldb, kdim = idx(7), idx(8), idx(9)
+            b_pstride = const(0)
+        else:
             b_off, b_pstride, ldb, kdim = idx(7), idx(8), idx(9), idx(10)
-            fma = cgutils.get_or_insert_function(
-                builder.module, ir.FunctionType(v16, [v16, v16, v16]), "llvm.fmuladd.v16f32")
-            a_rows = [builder.gep(a_p, [builder.add(a_off, builder.mul(lda, ir.Constant(i64, r)))],
-                                  source_etype=f32) for r in range(rows)]
-            b_bases = [builder.gep(b_p, [builder.add(b_off, builder.mul(b_pstride, ir.Constant(i64, q)))],
-                                   source_etype=f32) for q in range(2)]
-            # Allocas promoted to registers by LLVM (mem2reg) once the loop is built. Each group
-            # of panels runs its own k loop with its accumulators in registers.
-            zero = ir.Constant(v16, [0.0] * NR)
-            for group in panel_groups:
-                accs = {(q, r): cgutils.alloca_once_value(builder, zero) for q in group for r in range(rows)}
-                with cgutils.for_range(builder, kdim) as loop:
-                    k = loop.index
-                    b_ptrs = {q: builder.gep(b_bases[q], [builder.mul(k, ldb)], source_etype=f32) for q in group}
-                    b_vecs = {q: builder.load(builder.bitcast(ptr, v16.as_pointer()), align=4, typ=v16)
-                              for q, ptr in b_ptrs.items()}
-                    for r in range(rows):
-                        a_val = builder.load(builder.gep(a_rows[r], [k], source_etype=f32), typ=f32)
-                        a_vec = builder.shuffle_vector(
-                            builder.insert_element(ir.Constant(v16, None), a_val, ir.Constant(ir.IntType(32), 0)),
-                            ir.Constant(v16, None), splat)
-                        for q in group:
-                            acc = accs[q, r]
-                            builder.store(builder.call(fma, [a_vec, b_vecs[q], builder.load(acc, typ=v16)]), acc)
-                c_base = builder.gep(c_p, [c_off], source_etype=f32)
-                for r in range(rows):
-                    row = builder.gep(c_base, [builder.mul(ldc, ir.Constant(i64, r))], source_etype=f32)
-                    for q in group:
-                        ptr = builder.gep(row, [ir.Constant(i64, NR * q)], source_etype=f32)
-                        builder.store(builder.load(accs[q, r], typ=v16), builder.bitcast(ptr, v16.as_pointer()),
-                                      align=4)
-            return context.get_dummy_value()
+        fma = cgutils.get_or_insert_function(
+            builder.module, ir.FunctionType(v16, [v16, v16, v16]), "llvm.fmuladd.v16f32")
+        a_rows = [builder.gep(a_p, [builder.add(a_off, builder.mul(lda, const(r)))], source_etype=f32)
+                  for r in range(rows)]
+        b_bases = [builder.gep(b_p, [builder.add(b_off, builder.mul(b_pstride, const(q)))], source_etype=f32)
+                   for q in range(2)]
+        if disentangled:
+            t_p, kr_off, qr_off, t_pstride = data(10), idx(11), idx(12), idx(13)
+            kr_base, qr_base = (builder.gep(t_p, [off], source_etype=f32) for off in (kr_off, qr_off))
+            b_base = builder.gep(b_p, [b_off], source_etype=f32)
+        # Allocas promoted to registers by LLVM (mem2reg) once the loop is built. Each group
+        # of panels runs its own k loop with its accumulators in registers.
+        zero = ir.Constant(v16, [0.0] * NR)
+        for panels, group_rows in groups:
+            accs = {(q, r): cgutils.alloca_once_value(builder, zero) for q in panels for r in group_rows}
+            with cgutils.for_range(builder, kdim) as loop:
+                k = loop.index
+                if disentangled:
+                    t_row, b_row = builder.mul(k, const(NR)), builder.mul(k, ldb)
+                    t_at = {q: builder.add(t_row, builder.mul(t_pstride, const(q))) for q in panels}
+                    kr_vecs = {q: vload(kr_base, t_at[q]) for q in panels}
+                    qr_vecs = {q: vload(qr_base, t_at[q]) for q in panels}
+                else:
+                    b_vecs = {q: vload(b_bases[q], builder.mul(k, ldb)) for q in panels}
+                for r in group_rows:
+                    a_val = builder.load(builder.gep(a_rows[r], [k], source_etype=f32), typ=f32)
+                    a_vec = builder.shuffle_vector(
+                        builder.insert_element(ir.Constant(v16, None), a_val, ir.Constant(ir.IntType(32), 0)),
+                        ir.Constant(v16, None), splat)
+                    for q in panels:
+                        acc = accs[q, r]
+                        total = builder.load(acc, typ=v16)
+                        if disentangled:
+                            b_vec = vload(b_base, builder.add(b_row, const(NR * q + r)))
+                            total = builder.call(fma, [b_vec, qr_vecs[q], total])
+                            b_vec = builder.fadd(b_vec, kr_vecs[q])
+                        else:
+                            b_vec = b_vecs[q]
+                        builder.store(builder.call(fma, [a_vec, b_vec, total]), acc)
+            c_base = builder.gep(c_p, [c_off], source_etype=f32)
+            for r in group_rows:
+                row = builder.gep(c_base, [builder.mul(ldc, const(r))], source_etype=f32)
+                if disentangled:
+                    row = builder.gep(row, [const(r)], source_etype=f32)
+                for q in panels:
+                    ptr = builder.gep(row, [const(NR * q)], source_etype=f32)
+                    builder.store(builder.load(accs[q, r], typ=v16), builder.bitcast(ptr, v16.as_pointer()),
+                                  align=4)
+        return context.get_dummy_value()
 
-        return sig, codegen
+    if disentangled:
+        @intrinsic
+        def tile(typingctx, c, c_off, ldc, a, a_off, lda, b, b_off, ldb, kdim, t, kr_off, qr_off, t_pstride):
+            return types.void(c, c_off, ldc, a, a_off, lda, b, b_off, ldb, kdim, t, kr_off, qr_off,
+                              t_pstride), codegen
+    else:
+        @intrinsic
+        def tile(typingctx, c, c_off, ldc, a, a_off, lda, b, b_off, b_pstride, ldb, kdim):
+            return types.void(c, c_off, ldc, a, a_off, lda, b, b_off, b_pstride, ldb, kdim), codegen
 
     return tile
 
 
 _wide1, _wide2, _wide3, _wide4, _wide5, _wide6 = [_make_tile(r) for r in range(1, MR + 1)]
+_dis1, _dis2, _dis3, _dis4, _dis5, _dis6 = [_make_tile(r, disentangled=True) for r in range(1, MR + 1)]
 
 
 @intrinsic
@@ -249,23 +307,71 @@ def _tile(rows, c, c_off, ldc, a, a_off, lda, b, b_off, b_pstride, ldb, kdim):
         _wide1(c, c_off, ldc, a, a_off, lda, b, b_off, b_pstride, ldb, kdim)
 
 
+@njit(cache=True, nogil=True, error_model="numpy", inline="always")
+def _tile_disentangled(rows, c, c_off, ldc, a, a_off, lda, b, b_off, ldb, kdim, t, kr_off, qr_off, t_pstride):
+    if rows == 6:
+        _dis6(c, c_off, ldc, a, a_off, lda, b, b_off, ldb, kdim, t, kr_off, qr_off, t_pstride)
+    elif rows == 5:
+        _dis5(c, c_off, ldc, a, a_off, lda, b, b_off, ldb, kdim, t, kr_off, qr_off, t_pstride)
+    elif rows == 4:
+        _dis4(c, c_off, ldc, a, a_off, lda, b, b_off, ldb, kdim, t, kr_off, qr_off, t_pstride)
+    elif rows == 3:
+        _dis3(c, c_off, ldc, a, a_off, lda, b, b_off, ldb, kdim, t, kr_off, qr_off, t_pstride)
+    elif rows == 2:
+        _dis2(c, c_off, ldc, a, a_off, lda, b, b_off, ldb, kdim, t, kr_off, qr_off, t_pstride)
+    else:
+        _dis1(c, c_off, ldc, a, a_off, lda, b, b_off, ldb, kdim, t, kr_off, qr_off, t_pstride)
+
+
+SKEW = 8   # the skewed tile's rows start at least this many keys early (≥ MR − 1) ...
+KEY_LEFT = SKEW + NR - 1   # ... and up to 15 more, so that its table columns start on a panel
+
+
+@njit(cache=True, nogil=True, inline="always")
+def _skewed_width(n):
+    """Columns of the transposed keys and of the scores rows for n keys on the skewed tile: pairs of panels from
+    KEY_LEFT keys before key 0 past key n − 1, and room for the furthest row's skew and its start's excess."""
+    return (n + KEY_LEFT + 2 * NR - 1) // (2 * NR) * (2 * NR) + 2 * NR
+
+
+# Position tables: 16-column panels of columns in reverse table order, table row m in column top − m with
+# top = W − TABLE_RIGHT − 1 (W columns in all), zeros either side (TABLE_LEFT or more before, TABLE_RIGHT after)
+# for the vectors that reach past the ends: rows of a block before its first, padding keys after the last.
+# A batch reads a run of panels, contiguous, whatever its rows.
+TABLE_LEFT, TABLE_RIGHT = 2 * NR, 3 * NR
 _NO_BIAS = np.zeros((1, 0), dtype=np.float32)
-_NO_TABLES = np.zeros((0, 2, 1, NR), dtype=np.float32)
+NO_TABLES = np.zeros((0, (TABLE_LEFT + TABLE_RIGHT) // NR + 1, 1, NR), dtype=np.float32)
 _NO_REL = np.zeros(0, dtype=np.int32)
 
 
-def pack_position_tables(tables: np.ndarray) -> np.ndarray:
-    """DeBERTa's projected relative embeddings, per head [G, N, d] float32, as the micro-kernel's B panels:
-    [G, P, d, NR] with packed[g, p, e, c] = tables[g, 16p + c, e], P even (``_tile`` reads panel pairs) and
-    zeros past N. Once per layer, at load."""
-    tables = np.asarray(tables)
-    if tables.ndim != 3 or tables.dtype != np.float32 or 0 in tables.shape:
-        raise TypeError("pack_position_tables expects non-empty float32 tables of shape [G, N, d]")
-    heads, rows, d = tables.shape
-    panels = -(-rows // (2 * NR)) * 2
-    padded = np.zeros((heads, panels * NR, d), dtype=np.float32)
-    padded[:, :rows] = tables
-    return np.ascontiguousarray(padded.reshape(heads, panels, NR, d).transpose(0, 1, 3, 2))
+def pack_position_tables(c2p: np.ndarray | None, p2c: np.ndarray | None, scale: float) -> np.ndarray:
+    """DeBERTa's projected relative embeddings, Kr (c2p) and Qr (p2c) per head [H, N, d] float32, as the
+    attention kernel reads them: [G, W / 16, d, 16] float32 with the c2p heads first, then the p2c heads;
+    packed[g, x // 16, e, x % 16] = table_g[top − x, e] for top − N < x ≤ top = W − TABLE_RIGHT − 1, zero
+    elsewhere, W = N + TABLE_LEFT + TABLE_RIGHT rounded up to 16. The c2p tables are multiplied by ``scale`` ·
+    log2(e) (the kernel's scores are in log2 units, and Kr is added to the pre-scaled keys). Once per layer, at
+    load."""
+    tables = [(t, np.float32(scale * 1.4426950408889634) if g == 0 else np.float32(1.0))
+              for g, t in enumerate((c2p, p2c)) if t is not None]
+    shapes = {np.asarray(t).shape for t, _ in tables}
+    if not tables or len(shapes) != 1 or any(np.asarray(t).dtype != np.float32 for t, _ in tables):
+        raise TypeError("pack_position_tables expects float32 tables of one shape [H, N, d]")
+    (heads, rows, d), = shapes
+    if 0 in (heads, rows, d):
+        raise TypeError("pack_position_tables expects non-empty tables")
+    width = -(-(rows + TABLE_LEFT + TABLE_RIGHT) // NR) * NR
+    top = width - TABLE_RIGHT - 1
+    columns = np.zeros((len(tables) * heads, d, width), dtype=np.float32)
+    for g, (table, factor) in enumerate(tables):
+        reverse = np.asarray(table)[:, ::-1, :].transpose(0, 2, 1) * factor
+        columns[g * heads:(g + 1) * heads, :, top - rows + 1:top + 1] = reverse
+    return np.ascontiguousarray(columns.reshape(len(tables) * heads, d, width // NR, NR).transpose(0, 2, 1, 3))
+
+
+def position_table_rows(tables: np.ndarray) -> int:
+    """How many table rows the kernel may index in ``pack_position_tables``'s output (at least N: the rows the
+    rounding adds read zeros)."""
+    return tables.shape[1] * NR - TABLE_LEFT - TABLE_RIGHT
 
 
 def attention(qkv: np.ndarray, starts: np.ndarray, key_mask: np.ndarray, num_heads: int, out: np.ndarray,
@@ -276,7 +382,7 @@ def attention(qkv: np.ndarray, starts: np.ndarray, key_mask: np.ndarray, num_hea
     Plain Python: as a compiled wrapper it recompiled attention_with_bias's code into its own
     (1.5 s of a cold start)."""
     d = out.shape[1] // num_heads
-    attention_with_bias(qkv, starts, key_mask, num_heads, 1.0 / math.sqrt(d), _NO_BIAS, 0, _NO_TABLES, -1, -1,
+    attention_with_bias(qkv, starts, key_mask, num_heads, 1.0 / math.sqrt(d), _NO_BIAS, 0, NO_TABLES, -1, -1,
                         _NO_REL, False, out, numba.get_num_threads() if threads is None else threads)
 
 
@@ -288,11 +394,11 @@ def attention_with_bias(qkv, starts, key_mask, num_heads, scale, bias, center, t
     the sequence; bias float32 [heads, W] with center ≥ longest − 1 and W > center + longest − 1).
 
     When ``rel`` has entries, DeBERTa's disentangled attention adds (q_i · Kr_h[m] + k_j · Qr_h[m]) · scale with
-    m = rel[center + j − i]: ``tables`` float32 [G, P, d, NR] (pack_position_tables) holds Kr_h as table
-    c2p_at + h and Qr_h as table p2c_at + h (a term whose index is −1 is absent), the relative embeddings
-    projected by the layer's key and query projections; rel int32 [2·center + 1] holds table rows in
-    [0, P·NR), non-increasing; ``linear``: rel[center + x] = rel[center] − x throughout. The caller checks
-    every shape and index (none is checked here).
+    m = rel[center + j − i]: ``tables`` float32 [G, d, W] (pack_position_tables, with this ``scale``) holds Kr_h
+    as table c2p_at + h and Qr_h as table p2c_at + h (a term whose index is −1 is absent), the relative
+    embeddings projected by the layer's key and query projections; rel int32 [2·center + 1] holds table rows
+    in [0, position_table_rows(tables)), non-increasing; ``linear``: rel[center + x] = rel[center] − x
+    throughout. The caller checks every shape and index (none is checked here).
     ``threads``: numba.get_num_threads() (an argument: calling it here makes the function uncacheable)."""
     # The parallel loop only dispatches: Numba's parfor passes are slow on large loop bodies, and
     # a call keeps the compile (cold start) short. The micro-kernel reads q (and often v) straight
@@ -337,31 +443,37 @@ def _attend_heads(qkv, flat, base, end, key_mask, h0, h1, num_heads, scale, bias
     n16 = (n + 2 * NR - 1) // (2 * NR) * (2 * NR)
     # Panels come in pairs (the micro-kernel always computes two): d and n are padded to 32.
     d16 = (d + 2 * NR - 1) // (2 * NR) * (2 * NR)
-    kpan = aligned_bytes(n16 * d * 4).view(np.float32)   # panel rows on cache lines (memory.py)
-    # Keys n..n16-1 are padding: zero once here, as every head writes only keys below n. (Each head
+    # DeBERTa with a linear index and every key valid: the skewed micro-kernel makes the scores with both
+    # position terms, from keys transposed (kpan holds [d, kw]). Otherwise: a block's products with the
+    # position tables (c2p, p2c) in cbuf and pbuf, and p2c moved to [query, key] in pt.
+    fused = rel.shape[0] > 0 and linear and n == seq and c2p_at >= 0 and p2c_at >= 0
+    kw = _skewed_width(n) if fused else n16
+    kpan = aligned_bytes(kw * d * 4).view(np.float32)   # panel rows on cache lines (memory.py)
+    # Keys past n are padding: zero once here, as every head writes only keys below n. (Each head
     # zeroing them cost a short sequence most of its time: 31 of a 1-token head's 32 keys.) Their
     # scores are computed but never read; zeros keep them finite and not denormal.
-    for key in range(n, n16):
+    if fused:
+        kpan[:] = 0.0
+    for key in range(n, n16 if not fused else 0):
         p, c = key // NR, key % NR
         for e in range(d):
             kpan[p * d * NR + e * NR + c] = 0.0
     vpan = aligned_bytes(d16 * n * 4).view(np.float32)
-    scores = aligned_bytes(MR * n16 * 4).view(np.float32)
+    scores = aligned_bytes(MR * kw * 4).view(np.float32)
     obuf = aligned_bytes(MR * d16 * 4).view(np.float32)
     inv_total = np.empty(MR, dtype=np.float32)
-    # DeBERTa: a block's products with the position tables (c2p, p2c), and p2c moved to [query, key].
-    width = tables.shape[1] * NR if rel.shape[0] > 0 else 0
+    width = (tables.shape[1] // 2 + 1) * 2 * NR if rel.shape[0] > 0 and not fused else 0   # ≥ W + 16
     cbuf = aligned_bytes(MR * width * 4).view(np.float32)
     pbuf = aligned_bytes(MR * width * 4).view(np.float32)
     pt = np.empty(seq * seq if p2c_at >= 0 and width > 0 else 0, dtype=np.float32)
     for h in range(h0, h1):
         _attend_head(qkv, flat, base, seq, valid, n, h, num_heads, scale, bias, center, tables, c2p_at, p2c_at,
-                     rel, linear, out, kpan, vpan, scores, obuf, inv_total, cbuf, pbuf, pt)
+                     rel, fused, out, kpan, vpan, scores, obuf, inv_total, cbuf, pbuf, pt)
 
 
 @njit(cache=True, nogil=True, fastmath=True, error_model="numpy", inline="always")
 def _attend_head(qkv, flat, base, seq, valid, n, h, num_heads, scale, bias, center, tables, c2p_at, p2c_at, rel,
-                 linear, out, kpan, vpan, scores, obuf, inv_total, cbuf, pbuf, pt):
+                 fused, out, kpan, vpan, scores, obuf, inv_total, cbuf, pbuf, pt):
     hidden = out.shape[1]
     ld = 3 * hidden
     d = hidden // num_heads
@@ -374,6 +486,7 @@ def _attend_head(qkv, flat, base, seq, valid, n, h, num_heads, scale, bias, cent
     has_bias = bias.shape[1] > 0
     has_content = rel.shape[0] > 0
     scale = np.float32(1.4426950408889634 * scale)
+    kw = _skewed_width(n) if fused else n16
     for p in range((n + NR - 1) // NR):
         dst = kpan[p * d * NR:(p + 1) * d * NR]
         for c in range(min(NR, n - p * NR)):
@@ -388,8 +501,12 @@ def _attend_head(qkv, flat, base, seq, valid, n, h, num_heads, scale, bias, cent
                 prefetch(flat, ahead + kcol + d - 1, False)
                 prefetch(flat, ahead + vcol + d - 1, False)
             src = qkv[base + valid[p * NR + c], kcol:kcol + d]
-            for e in range(d):
-                dst[e * NR + c] = src[e] * scale
+            if fused:
+                for e in range(d):
+                    kpan[e * kw + KEY_LEFT + p * NR + c] = src[e] * scale
+            else:
+                for e in range(d):
+                    dst[e * NR + c] = src[e] * scale
     # V panels of 16 columns, vpan[c, j, :] = v[valid[j], 16c:16c+16] (zero padded past d): each
     # pass of the P·V micro-kernel streams one contiguous panel.
     for jj in range(n):
@@ -404,15 +521,30 @@ def _attend_head(qkv, flat, base, seq, valid, n, h, num_heads, scale, bias, cent
                     dst[e] = src[c * NR + e] if c * NR + e < d else 0.0
 
     tw = tables.reshape(tables.size)
-    width = tables.shape[1] * NR
-    tpan = tables.shape[1] * d * NR       # floats per table
-    all_keys = n == seq
+    panel = d * NR                           # floats per table panel
+    per_table = tables.shape[1] * panel
+    top = tables.shape[1] * NR - TABLE_RIGHT - 1     # the column of table row 0
+    width = cbuf.shape[0] // MR
     c_first = 0
-    if has_content and p2c_at >= 0:
-        _p2c(flat, base, seq, ld, kcol, d, center, rel, tw, (p2c_at + h) * tpan, width, pbuf, pt)
+    if has_content and p2c_at >= 0 and not fused:
+        _p2c(flat, base, seq, ld, kcol, d, center, rel, tw, (p2c_at + h) * per_table, top, width, pbuf, pt)
+
+    # The skewed tile's table panels of the next head, asked for a share per query block (at most one table
+    # panel, 64 lines, per block): each layer's tables are new to the cache, and a head's run of them is a jump
+    # that no hardware prefetcher sees coming.
+    ahead_first, ahead_lines, ahead_step = 0, 0, 0
+    if fused and h + 1 < num_heads:
+        ahead_first = (top - rel[center] - (seq - 1) - KEY_LEFT) // NR
+        ahead_lines = ((top - rel[center] + kw) // NR + 1 - ahead_first) * d
+        ahead_step = min(d, (ahead_lines + (seq + MR - 1) // MR - 1) // ((seq + MR - 1) // MR))
+    ahead_at = 0
 
     for i0 in range(0, seq, MR):
         rows = min(MR, seq - i0)
+        for line in range(ahead_at, min(ahead_lines, ahead_at + ahead_step)):
+            prefetch(tw, (c2p_at + h + 1) * per_table + ahead_first * panel + line * NR, False)
+            prefetch(tw, (p2c_at + h + 1) * per_table + ahead_first * panel + line * NR, False)
+        ahead_at += ahead_step
         # The next block's q rows (read in place by the micro-kernel) and output rows, the same
         # kind of misses as above, asked for one block (several thousand cycles) ahead.
         for r in range(i0 + MR, min(seq, i0 + 2 * MR)):
@@ -421,47 +553,54 @@ def _attend_head(qkv, flat, base, seq, valid, n, h, num_heads, scale, bias, cent
                 prefetch(out, (base + r) * hidden + qcol + e, True)
             prefetch(flat, (base + r) * ld + qcol + d - 1, False)
             prefetch(out, (base + r) * hidden + qcol + d - 1, True)
-        for p in range(0, n16 // NR, 2):    # two key panels per call
-            _tile(rows, scores, p * NR, n16, flat, (base + i0) * ld + qcol, ld, kpan, p * d * NR, d * NR, NR, d)
-        if has_content and c2p_at >= 0:
+        s_off = 0
+        if fused:
+            # Row r covers keys from −s_off + r on (the skewed tile): key j of row i reads table row
+            # m = rel[center] + i − j, column top − m, so the tile's table columns start at
+            # top − rel[center] − i0 − s_off, on a panel when s_off is SKEW plus that column's excess over one.
+            # Key j sits in column KEY_LEFT + j of kpan, and in column s_off + j of its scores row.
+            x0 = top - rel[center] - i0 - SKEW
+            s_off = SKEW + x0 % NR
+            t0 = (x0 - x0 % NR) // NR * panel
+            for c0 in range(0, kw - 2 * NR, 2 * NR):
+                _tile_disentangled(rows, scores, c0, kw, flat, (base + i0) * ld + qcol, ld, kpan,
+                                   KEY_LEFT - s_off + c0, kw, d, tw, (c2p_at + h) * per_table + t0 + c0 * d,
+                                   (p2c_at + h) * per_table + t0 + c0 * d, panel)
+        else:
+            for p in range(0, n16 // NR, 2):    # two key panels per call
+                _tile(rows, scores, p * NR, n16, flat, (base + i0) * ld + qcol, ld, kpan, p * d * NR, d * NR, NR, d)
+        if has_content and c2p_at >= 0 and not fused:
             # The block's q rows times the Kr rows its scores reach, rel[center + j − i] over its keys j
-            # and rows i (rel is non-increasing), whole panel pairs from table row c_first.
-            lowest = rel[center + valid[n - 1] - i0]
-            highest = rel[center + valid[0] - (i0 + rows - 1)]
-            p_first = lowest // (2 * NR) * 2
-            c_first = p_first * NR
-            for p in range(p_first, highest // (2 * NR) * 2 + 2, 2):
-                _tile(rows, cbuf, (p - p_first) * NR, width, flat, (base + i0) * ld + qcol, ld, tw,
-                      (c2p_at + h) * tpan + p * d * NR, d * NR, NR, d)
+            # and rows i (rel is non-increasing): columns top − highest ... top − lowest, in panel pairs from
+            # the panel of the first.
+            c_first = top - rel[center + valid[0] - (i0 + rows - 1)]
+            c_first -= c_first % NR
+            last = top - rel[center + valid[n - 1] - i0]
+            for p in range(0, (last - c_first) // (2 * NR) + 1):
+                _tile(rows, cbuf, p * 2 * NR, width, flat, (base + i0) * ld + qcol, ld, tw,
+                      (c2p_at + h) * per_table + c_first * d + p * 2 * panel, panel, NR, d)
         for r in range(rows):
-            srow = scores[r * n16:r * n16 + n]
+            srow = scores[r * kw + s_off:r * kw + s_off + n]
             if has_bias:
                 for j in range(n):
                     srow[j] += bias[h, center + valid[j] - (i0 + r)] * log2e
-            if has_content:
-                # Scores are in log2 units already scaled: c2p and p2c take the same scale · log2(e).
+            if has_content and not fused:
+                # Scores are in log2 units already scaled, and so is Kr; p2c takes scale · log2(e) here.
                 i = i0 + r
                 prow = pt[i * seq:(i + 1) * seq] if p2c_at >= 0 else pt
+                crow = cbuf[r * width:(r + 1) * width]
                 if c2p_at < 0:
                     for j in range(n):
                         srow[j] += prow[valid[j]] * scale
                 elif p2c_at < 0:
-                    crow = cbuf[r * width:(r + 1) * width]
                     for j in range(n):
-                        srow[j] += crow[rel[center + valid[j] - i] - c_first] * scale
-                elif linear and all_keys:
-                    # m = rel[center] + i − j: the c2p row read backwards, pt's row forwards, both in runs.
-                    crow = cbuf[r * width:(r + 1) * width]
-                    top = rel[center] + i - c_first
-                    for j in range(n):
-                        srow[j] += (crow[top - j] + prow[j]) * scale
+                        srow[j] += crow[top - rel[center + valid[j] - i] - c_first]
                 else:
-                    crow = cbuf[r * width:(r + 1) * width]
                     for j in range(n):
-                        srow[j] += (crow[rel[center + valid[j] - i] - c_first] + prow[valid[j]]) * scale
-            inv_total[r] = np.float32(1.0) / _softmax_row(scores, r * n16, n)
+                        srow[j] += crow[top - rel[center + valid[j] - i] - c_first] + prow[valid[j]] * scale
+            inv_total[r] = np.float32(1.0) / _softmax_row(scores, r * kw + s_off, n)
         for c0 in range(0, d16, 2 * NR):   # two output panels per call
-            _tile(rows, obuf, c0, d16, scores, 0, n16, vpan, c0 * n, NR * n, NR, n)
+            _tile(rows, obuf, c0, d16, scores, s_off, kw, vpan, c0 * n, NR * n, NR, n)
         for r in range(rows):
             inv = inv_total[r]
             # Row views indexed from 0: with out[t, qcol + e] Numba's negative-index wraparound
@@ -472,23 +611,22 @@ def _attend_head(qkv, flat, base, seq, valid, n, h, num_heads, scale, bias, cent
 
 
 @njit(cache=True, nogil=True, fastmath=True, error_model="numpy", inline="always")
-def _p2c(flat, base, seq, ld, kcol, d, center, rel, tw, t_off, width, pbuf, pt):
+def _p2c(flat, base, seq, ld, kcol, d, center, rel, tw, t_off, top, width, pbuf, pt):
     """pt[i·seq + j] = k_j · Qr[rel[center + j − i]] for the sequence's keys j and queries i (Qr: the table
-    at t_off of tw). Each block of 6 keys times the Qr rows it reaches (rel over i = seq − 1 ... 0: about
-    seq + 6 rows), then moved to pt."""
+    at t_off of tw, row m in column top − m). Each block of 6 keys times the Qr rows it reaches (rel over
+    i = seq − 1 ... 0: about seq + 6 rows), then moved to pt."""
     for j0 in range(0, seq, MR):
         rows = min(MR, seq - j0)
-        lowest = rel[center + j0 + rows - 1]          # j − i largest: the last key, i = 0
-        highest = rel[center + j0 - (seq - 1)]        # j − i smallest
-        p_first = lowest // (2 * NR) * 2
-        for p in range(p_first, highest // (2 * NR) * 2 + 2, 2):
-            _tile(rows, pbuf, (p - p_first) * NR, width, flat, (base + j0) * ld + kcol, ld, tw,
-                  t_off + p * d * NR, d * NR, NR, d)
-        first = p_first * NR
+        first = top - rel[center + j0 - (seq - 1)]      # j − i smallest: the highest row
+        first -= first % NR
+        last = top - rel[center + j0 + rows - 1]        # j − i largest: the last key, i = 0
+        for p in range(0, (last - first) // (2 * NR) + 1):
+            _tile(rows, pbuf, p * 2 * NR, width, flat, (base + j0) * ld + kcol, ld, tw,
+                  t_off + first * d + p * 2 * d * NR, d * NR, NR, d)
         for i in range(seq):
             dst = pt[i * seq + j0:i * seq + j0 + rows]
             for r in range(rows):
-                dst[r] = pbuf[r * width + rel[center + j0 + r - i] - first]
+                dst[r] = pbuf[r * width + top - rel[center + j0 + r - i] - first]
 
 
 fast_cache_loading(globals())   # warm starts skip Numba's compiler set-up (see jitcache.py)

@@ -35,7 +35,7 @@ import numpy as np
 from .. import format as fmt
 from ..config import BlockConfig
 from ..errors import ModelFileError
-from ..kernels.attention import attention_with_bias, pack_position_tables
+from ..kernels.attention import NO_TABLES, attention_with_bias, pack_position_tables, position_table_rows
 from ..kernels.decoder import cached_attention, cached_attention_with_bias, write_kv
 from ..kernels.norm import head_rms_norm
 from ..kernels.rope import apply_rope, rope_tables
@@ -175,7 +175,7 @@ class Positions:
 
     def project(self, qkv: list[Linear]) -> None:
         """Qr and Kr of each layer, [heads, 2 · span, d], by the layers' qkv projections (DeBERTa, share_att_key),
-        packed as the attention micro-kernel's panels: per layer one table per head of the disentangled terms,
+        packed as the attention kernel reads them: per layer one table per head of the disentangled terms,
         Kr's heads (c2p, against the q heads) then Qr's (p2c, against the k heads)."""
         if self.rel_embeddings is None:
             return
@@ -183,9 +183,9 @@ class Positions:
         for linear in qkv:
             rows = linear(self.rel_embeddings)
             heads = {"c2p": rows[:, h * d:2 * h * d], "p2c": rows[:, :h * d]}      # Kr, Qr
-            tables = [heads[term].reshape(-1, h, d).transpose(1, 0, 2)
-                      for term in ("c2p", "p2c") if term in self.cfg.disentangled]
-            self.rel_tables.append(pack_position_tables(np.ascontiguousarray(np.concatenate(tables))))
+            tables = {term: np.ascontiguousarray(heads[term].reshape(-1, h, d).transpose(1, 0, 2))
+                      if term in self.cfg.disentangled else None for term in ("c2p", "p2c")}
+            self.rel_tables.append(pack_position_tables(tables["c2p"], tables["p2c"], _score_scale(self.cfg)))
 
     def packed_content_index(self, longest: int) -> tuple[np.ndarray, bool]:
         """DeBERTa: rel[center + j − i] = δ(i, j), the Qr / Kr row of query i and key j in sequences up to
@@ -276,7 +276,6 @@ def _score_scale(cfg: BlockConfig) -> float:
     return 1.0 / math.sqrt(cfg.head_dim * (1 + len(cfg.disentangled))) if cfg.attn_scale else 1.0
 
 
-_NO_TABLES = np.zeros((0, 2, 1, 16), dtype=np.float32)
 _NO_REL = np.zeros(0, dtype=np.int32)
 
 
@@ -346,13 +345,13 @@ class PackedRows:
         """DeBERTa's packed Kr | Qr tables of ``layer`` and where each term's heads start in them (−1: absent),
         checked against the index table."""
         if not self.rel.size:
-            return _NO_TABLES, -1, -1
+            return NO_TABLES, -1, -1
         cfg = self.cfg
         tables = self.positions.rel_tables[layer]
         c2p_at = 0 if "c2p" in cfg.disentangled else -1
         p2c_at = (cfg.num_heads if c2p_at == 0 else 0) if "p2c" in cfg.disentangled else -1
-        if tables.ndim != 4 or tables.shape[0] < max(c2p_at, p2c_at) + cfg.num_heads or tables.shape[1] % 2 \
-                or tables.shape[2:] != (d, 16) or not tables.flags.c_contiguous or self.rel_top >= tables.shape[1] * 16:
+        if tables.ndim != 4 or tables.shape[0] < max(c2p_at, p2c_at) + cfg.num_heads or tables.shape[2:] != (d, 16) \
+                or not tables.flags.c_contiguous or self.rel_top >= position_table_rows(tables):
             raise ModelFileError("DeBERTa position tables do not fit the batch")
         return tables, c2p_at, p2c_at
 
