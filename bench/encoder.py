@@ -307,6 +307,10 @@ def main(argv: list[str] | None = None) -> None:
                              "fidelity set, no cold start: a smoke run, not figures to quote")
     parser.add_argument("--models", default=None,
                         help=f"comma-separated, of minilm,{','.join(FAMILY_SHAPES)} (default minilm,bert-base)")
+    parser.add_argument("--interleave-models", action="store_true",
+                        help="run the models' engine processes round by round together, not model after model: "
+                             "time ratios between models (the families against BERT-base) then share the machine's "
+                             "drift")
     parser.add_argument("--engines", default=None,
                         help=f"comma-separated (default: all; {CAPPED} too on a CPU with AMX, except with --quick)")
     args = parser.parse_args(argv)
@@ -320,30 +324,64 @@ def main(argv: list[str] | None = None) -> None:
     engines = [e for e in args.engines.split(",") if e]
     if args.models is None:
         args.models = "minilm" if args.quick else "minilm,bert-base"
-    models: dict = {}
-    for model in [m for m in args.models.split(",") if m]:
+    names = [m for m in args.models.split(",") if m]
+    prepared = {}
+    for model in names:
         print(f"\n== {model}: preparing (cached after the first run)", flush=True)
         model_inputs = inputs(model, args.quick, args.smoke)
         paths = {engine: prepare(model, engine) for engine in engines}
         specs = {engine: {"path": str(paths[engine]), "inputs": model_inputs} for engine in engines}
         # "tinybert/<isa>-int8": tinybert with its int8 kernels capped at <isa>
         envs = {e: {"TINYBERT_INT8_ISA": e.split("/", 1)[1].rsplit("-", 1)[0]} for e in engines if "/" in e}
-        results = session.rounds(engines, specs, tag=model, envs=envs)
+        prepared[model] = paths, specs, envs
+    if args.interleave_models:
+        print(f"\n== {', '.join(names)}: interleaved", flush=True)
+        keys = [f"{model}:{engine}" for model in names for engine in engines]
+        combined = session.rounds(
+            keys, {f"{m}:{e}": dict(prepared[m][1][e], engine=e) for m in names for e in engines}, tag="models",
+            envs={f"{m}:{e}": env for m in names for e, env in prepared[m][2].items()})
+        runs = {m: {e: combined[f"{m}:{e}"] for e in engines} for m in names}
+    else:
+        runs = {}
+        for model in names:
+            print(f"\n== {model}", flush=True)
+            runs[model] = session.rounds(engines, prepared[model][1], tag=model, envs=prepared[model][2])
+    models: dict = {}
+    for model in names:
+        paths, results = prepared[model][0], runs[model]
         for engine, res in results.items():
             if "error" not in res:
                 res["file_bytes"] = harness.file_size(paths[engine])
                 res["file_mb"] = res["file_bytes"] / 1e6
         _fidelity(results)
         if "tinybert-int8" in engines:
-            print("   tinybert-int8 start times ...", flush=True)
+            print(f"   {model}: tinybert-int8 start times ...", flush=True)
             results["tinybert-int8"].update(start_times(prepare(model, "tinybert-int8"), args.threads,
                                                         cold=args.smoke or not args.quick,
                                                         repeats=1 if args.smoke else 5))
         _ratios(results)
         models[model] = results
         _print_table(model, results)
+    if len(names) > 1 and "tinybert-int8" in engines:
+        _family_ratios(models, names[0])
     session.write({"shapes": [f"{b}x{s}" for b, s in FIXED_SHAPES] + ["corpus"], "reference": REFERENCE,
                    "models": models})
+
+
+def _family_ratios(models: dict, base: str) -> None:
+    """tinybert-int8's time on each model relative to its time on ``base`` (the first model), per shape: issue
+    27's per-token speed of each family against BERT-base's. Stored on each model's tinybert-int8 result."""
+    reference = models[base].get("tinybert-int8", {}).get("shapes")
+    if not reference:
+        return
+    for model, results in models.items():
+        shapes = results.get("tinybert-int8", {}).get("shapes")
+        if model == base or not shapes:
+            continue
+        ratios = {shape: shapes[shape]["ms"] / reference[shape]["ms"] for shape in shapes if shape in reference}
+        results["tinybert-int8"]["time_vs_" + base] = ratios
+        print(f"  tinybert-int8 {model} time / {base}'s: "
+              + " / ".join(f"{shape} {ratio:.2f}" for shape, ratio in ratios.items()))
 
 
 def _fidelity(results: dict) -> None:

@@ -659,7 +659,9 @@ class Session:
 
     def run(self, engine: str, spec: dict, name: str, env: dict | None = None) -> dict:
         """One engine process on ``spec`` (threads and quick/smoke are added)."""
-        spec = dict(spec, engine=engine, threads=self.threads, quick=self.report["quick"], smoke=self.report["smoke"])
+        # A spec may name its engine itself (a key such as "model:engine" when models are interleaved).
+        spec = dict({"engine": engine}, **spec, threads=self.threads, quick=self.report["quick"],
+                    smoke=self.report["smoke"])
         return run_worker(self.module, spec, self.scratch, name, thread_env(self.threads, env))
 
     def rounds(self, engines: list[str], specs: dict[str, dict], tag: str = "",
