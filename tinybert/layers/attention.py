@@ -164,6 +164,7 @@ class Positions:
             self.table = np.ascontiguousarray(tensors[fmt.stack_prefix(stack) + fmt.REL_BIAS], dtype=np.float32)
         self._causal = np.zeros((cfg.num_heads, 0), dtype=np.float32)
         self._packed: dict[tuple[int, int], tuple[np.ndarray, int]] = {}
+        self._content_index: dict[int, tuple[np.ndarray, bool, int]] = {}
         # DeBERTa: the relative embeddings (normed once), projected per layer by ``project``.
         self.rel_embeddings, self.rel_tables = None, []
         if cfg.positions == "disentangled":
@@ -187,10 +188,23 @@ class Positions:
                       if term in self.cfg.disentangled else None for term in ("c2p", "p2c")}
             self.rel_tables.append(pack_position_tables(tables["c2p"], tables["p2c"], _score_scale(self.cfg)))
 
-    def packed_content_index(self, longest: int) -> tuple[np.ndarray, bool]:
+    def packed_content_index(self, longest: int) -> tuple[np.ndarray, bool, int]:
         """DeBERTa: rel[center + j − i] = δ(i, j), the Qr / Kr row of query i and key j in sequences up to
-        ``longest`` (center = longest − 1), non-increasing; and whether it is linear (no log bucket reached:
-        rel[center + x] = rel[center] − x)."""
+        ``longest`` (center = longest − 1), non-increasing; whether it is linear (no log bucket reached:
+        rel[center + x] = rel[center] − x); and its largest row. Kept per ``longest``, as packed_bias (a batch-1
+        encode spent 0.15 ms of its 9 rebuilding it)."""
+        held = self._content_index.get(longest)
+        if held is None:
+            if len(self._content_index) >= _PACKED_KEPT:
+                self._content_index.clear()
+            rel, linear = self._build_content_index(longest)
+            # The kernel reads the tables by rel unchecked, and takes rel non-increasing: checked once here.
+            if rel.shape[0] != 2 * longest - 1 or rel.min() < 0 or np.any(np.diff(rel) > 0):
+                raise ModelFileError("DeBERTa's relative position index is out of order")
+            held = self._content_index[longest] = (rel, linear, int(rel.max()))
+        return held
+
+    def _build_content_index(self, longest: int) -> tuple[np.ndarray, bool]:
         cfg, span = self.cfg, self.span
         query_minus_key = np.arange(longest - 1, -longest, -1)    # i − j for j − i = −(longest − 1) ... longest − 1
         if cfg.relative_buckets > 0:
@@ -308,12 +322,8 @@ class PackedRows:
         self.bias = {w: positions.packed_bias(longest if positions.table is not None or w else 0, w) for w in windows}
         self.rel, self.linear = _NO_REL, False
         if positions.rel_tables and longest > 0:   # DeBERTa: no bias table, no window; the index table is centred
-            self.rel, self.linear = positions.packed_content_index(longest)
+            self.rel, self.linear, self.rel_top = positions.packed_content_index(longest)
             self.bias = {0: (_NO_BIAS, longest - 1)}
-            # The kernel reads the tables by rel unchecked, and takes rel non-increasing: checked once here.
-            if self.rel.shape[0] != 2 * longest - 1 or self.rel.min() < 0 or np.any(np.diff(self.rel) > 0):
-                raise ModelFileError("DeBERTa's relative position index is out of order")
-            self.rel_top = int(self.rel.max())
         self.rope = None
         if cfg.positions == "rope":
             # Rotary positions restart in each sequence (transformers numbers a padded row 0 .. S−1).
