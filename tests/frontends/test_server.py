@@ -152,6 +152,31 @@ def test_completions_equal_generate(server, api):
     assert stopped.choices[0].text == gen.generate(prompt, max_new_tokens=20, stop=[" the"])
 
 
+def test_completions_of_token_ids_prompt_lists_and_echo(server, api):
+    """/v1/completions takes what OpenAI's does: token-id prompts, lists of prompts (choice p·n + i is prompt p's
+    i-th), and ``echo``; each answer equals the Python API's on the same prompts."""
+    client, name, gen = _client(server), server.models["generate"].name, api["chat"]
+    prompts = ["The option can also be used to compare files", "Each line is read"]
+    ids = [gen.tokenizer.encode(p).ids for p in prompts]
+    by_ids = client.completions.create(model=name, prompt=ids, max_tokens=8, temperature=0)
+    assert [c.text for c in sorted(by_ids.choices, key=lambda c: c.index)] == \
+        [h["text"] for h in gen.generate_ids(ids, max_new_tokens=8)]
+    assert by_ids.usage.prompt_tokens == sum(map(len, ids))
+    one = client.completions.create(model=name, prompt=ids[1], max_tokens=8, temperature=0)
+    assert one.choices[0].text == gen.generate(prompts[1], max_new_tokens=8)
+    sampled = client.completions.create(model=name, prompt=prompts, max_tokens=8, temperature=0.8, seed=3, n=2)
+    assert [c.text for c in sorted(sampled.choices, key=lambda c: c.index)] == gen.generate(
+        [prompts[0], prompts[0], prompts[1], prompts[1]], max_new_tokens=8, temperature=0.8, seed=3)
+    echoed = client.completions.create(model=name, prompt=prompts[0], max_tokens=6, temperature=0, echo=True)
+    assert echoed.choices[0].text == prompts[0] + gen.generate(prompts[0], max_new_tokens=6)
+    streamed = "".join(c.choices[0].text for c in client.completions.create(
+        model=name, prompt=prompts[0], max_tokens=6, temperature=0, echo=True, stream=True) if c.choices)
+    assert streamed == echoed.choices[0].text
+    for bad in ([[10 ** 9]], [[]], [1.5], [["a"]], [prompts[0]] * 9):
+        with pytest.raises(openai.BadRequestError):
+            client.completions.create(model=name, prompt=bad, max_tokens=2, n=2)
+
+
 def test_chat_equals_generator_chat(server, api):
     client, name, gen = _client(server), server.models["generate"].name, api["chat"]
     for messages in CHATS:

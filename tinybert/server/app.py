@@ -28,6 +28,8 @@ from ..models.heads import l2_normalize
 from .metrics import Metrics
 from .models import ServedModel
 
+MAX_CHOICES = 16   # prompts × n in one generation request
+
 
 @dataclass
 class Limits:
@@ -263,8 +265,8 @@ def create_app(models: list[ServedModel], api_key: str | None = None, limits: Li
 
     def generation_request(data: dict) -> tuple[GenerationParams, list[str], int, bool]:
         n = data.get("n", 1)
-        if not isinstance(n, int) or not 1 <= n <= 16:
-            raise ApiError(400, "n must be an integer in 1..16", param="n")
+        if not isinstance(n, int) or isinstance(n, bool) or not 1 <= n <= MAX_CHOICES:
+            raise ApiError(400, f"n must be an integer in 1..{MAX_CHOICES}", param="n")
         max_tokens = data.get("max_completion_tokens", data.get("max_tokens"))
         max_tokens = 16 if max_tokens is None else max_tokens
         if not isinstance(max_tokens, int) or not 1 <= max_tokens <= limits.max_tokens:
@@ -286,17 +288,19 @@ def create_app(models: list[ServedModel], api_key: str | None = None, limits: Li
             raise ApiError(400, str(exc)) from None
         return params, stops, n, bool(data.get("stream", False))
 
-    async def run_generation(m: ServedModel, prompt: np.ndarray, params: GenerationParams, stops: list[str],
-                             n: int):
-        """Submit n choices; returns the queue of (choice, event) and the jobs."""
+    async def run_generation(m: ServedModel, prompts: list[np.ndarray], params: GenerationParams,
+                             stops: list[str], n: int):
+        """Submit n choices of each prompt (choice p·n + i: prompt p's i-th); returns the queue of (choice, event)
+        and the jobs."""
         loop = asyncio.get_running_loop()
         queue: asyncio.Queue = asyncio.Queue()
         jobs = []
         try:
-            for i in range(n):
-                jobs.append(m.live.submit(prompt, params, stops,
-                                          lambda ev, i=i: loop.call_soon_threadsafe(queue.put_nowait, (i, ev)),
-                                          index=i))
+            for p, prompt in enumerate(prompts):
+                for i in range(p * n, (p + 1) * n):
+                    jobs.append(m.live.submit(prompt, params, stops,
+                                              lambda ev, i=i: loop.call_soon_threadsafe(queue.put_nowait, (i, ev)),
+                                              index=i))
         except QueueFull as exc:
             for job in jobs:
                 job.cancel()
@@ -339,46 +343,71 @@ def create_app(models: list[ServedModel], api_key: str | None = None, limits: Li
         except InputError as exc:
             raise ApiError(400, str(exc), param="messages") from None
 
-    def prompt_of_text(m: ServedModel, prompt: object) -> np.ndarray:
-        if isinstance(prompt, list) and len(prompt) == 1 and isinstance(prompt[0], str):
-            prompt = prompt[0]
-        if not isinstance(prompt, str):
-            raise ApiError(400, "prompt must be one string", param="prompt")
-        texts_of(prompt, "prompt")
+    def prompts_of_completion(m: ServedModel, prompt: object, n: int) -> tuple[list[np.ndarray], list[str]]:
+        """/v1/completions' prompt as OpenAI takes it: a string, a list of strings, a list of token ids or a list
+        of such lists; each prompt's ids and its text (what ``echo`` returns: token-id prompts decoded)."""
+        if isinstance(prompt, str) or (isinstance(prompt, list) and prompt
+                                       and all(isinstance(x, int) and not isinstance(x, bool) for x in prompt)):
+            prompt = [prompt]
+        if not isinstance(prompt, list) or not prompt:
+            raise ApiError(400, "prompt must be a string, a list of strings, a list of token ids or a list of "
+                                "lists of token ids", param="prompt")
+        if len(prompt) * n > MAX_CHOICES:
+            raise ApiError(400, f"{len(prompt)} prompts × n = {n} is over the limit of {MAX_CHOICES} choices a "
+                                "request", param="prompt")
+        ids, texts = [], []
         try:
-            return m.model._encode(prompt)
+            for one in prompt:
+                if isinstance(one, str):
+                    texts_of(one, "prompt")
+                    ids.append(m.model._encode(one))
+                    texts.append(one)
+                elif isinstance(one, list) and all(isinstance(x, int) and not isinstance(x, bool) for x in one):
+                    if len(one) > limits.max_text_chars:
+                        raise ApiError(413, f"a prompt is over the limit of {limits.max_text_chars} tokens")
+                    ids.append(m.model._check_ids(np.asarray(one, dtype=np.int64)))
+                    texts.append(m.model._decode(one))
+                else:
+                    raise ApiError(400, "each prompt must be a string or a list of token ids", param="prompt")
         except InputError as exc:
             raise ApiError(400, str(exc), param="prompt") from None
+        return ids, texts
 
     async def generation_route(request: Request, chat: bool):
         data = await body(request)
         m = pick("generate", data.get("model"))
-        prompt = prompt_of_chat(m, data.get("messages")) if chat else prompt_of_text(m, data.get("prompt"))
         params, stops, n, stream = generation_request(data)
-        queue, jobs = await run_generation(m, prompt, params, stops, n)
+        if chat:
+            prompts, echoes = [prompt_of_chat(m, data.get("messages"))], [""]
+        else:
+            prompts, echoes = prompts_of_completion(m, data.get("prompt"), n)
+            if not data.get("echo", False):
+                echoes = [""] * len(prompts)
+        queue, jobs = await run_generation(m, prompts, params, stops, n)
+        choices_total = len(prompts) * n
         rid = ("chatcmpl-" if chat else "cmpl-") + uuid.uuid4().hex
         created = int(time.time())
         obj = "chat.completion" if chat else "text_completion"
         deadline = time.monotonic() + limits.timeout_s
-        usage = {"prompt_tokens": int(prompt.size) * n, "completion_tokens": 0}
+        usage = {"prompt_tokens": sum(int(p.size) for p in prompts) * n, "completion_tokens": 0}
 
         def finish_reason(result: dict) -> str:
             return "length" if result["finish_reason"] == "length" else "stop"
 
         if not stream:
-            texts, reasons = [""] * n, [None] * n
+            texts, reasons = [""] * choices_total, [None] * choices_total
             async for i, (what, value) in events(request, queue, jobs, deadline):
                 if what == "error":
                     raise ApiError(500, value, "server_error")
                 if what == "done":
-                    texts[i], reasons[i] = value["text"], finish_reason(value)
+                    texts[i], reasons[i] = echoes[i // n] + value["text"], finish_reason(value)
                     usage["completion_tokens"] += len(value["token_ids"]) + (value["finish_reason"] == "eos")
             if any(r is None for r in reasons):
                 return Response(status_code=499)     # the client left
             choices = [({"index": i, "message": {"role": "assistant", "content": texts[i]}, "logprobs": None,
                          "finish_reason": reasons[i]} if chat else
                         {"index": i, "text": texts[i], "logprobs": None, "finish_reason": reasons[i]})
-                       for i in range(n)]
+                       for i in range(choices_total)]
             metrics.tokens("completion", usage["completion_tokens"])
             return {"id": rid, "object": obj, "created": created, "model": m.name, "choices": choices,
                     "usage": {**usage, "total_tokens": usage["prompt_tokens"] + usage["completion_tokens"]}}
@@ -401,6 +430,9 @@ def create_app(models: list[ServedModel], api_key: str | None = None, limits: Li
             if chat:
                 for i in range(n):
                     yield chunk(i, None, None, first=True)
+            for i in range(choices_total):
+                if echoes[i // n]:
+                    yield chunk(i, echoes[i // n], None)
             try:
                 async for i, (what, value) in events(request, queue, jobs, deadline):
                     if what == "text":
