@@ -312,7 +312,8 @@ def main(argv: list[str] | None = None) -> None:
                              "time ratios between models (the families against BERT-base) then share the machine's "
                              "drift")
     parser.add_argument("--engines", default=None,
-                        help=f"comma-separated (default: all; {CAPPED} too on a CPU with AMX, except with --quick)")
+                        help=f"comma-separated (default: all; {CAPPED} too on a CPU with AMX, except with --quick; "
+                             "tinybert-int4 on request: with torch-fp32 in the run it gives int4's fidelity)")
     args = parser.parse_args(argv)
     if args.worker:
         harness.serve(args.worker, worker)

@@ -108,7 +108,8 @@ def convert(src: str | Path, out: str | Path, dtype: str = "int8", show_progress
     the calibration text is too large (convert/int4.py), which stay int8 like the tables and heads;
     ``int4_budget`` (int4, e.g. 0.005) also keeps int8 the layers the model's output is most sensitive to until
     the rest's estimated error (mean 1 − cosine on the calibration text) is within it (one calibration run per
-    layer). Returns the output path.
+    layer); encoders default to 0.005, decoders to none, and 1 keeps no layer int8 for its sensitivity. Returns
+    the output path.
 
     ``out`` must not lie inside ``src`` (nor be a file it links to, such as a Hugging Face cache blob): a
     conversion never replaces its input. An existing ``out`` is replaced only with ``force=True``. Both are
@@ -121,8 +122,8 @@ def convert(src: str | Path, out: str | Path, dtype: str = "int8", show_progress
     src, out = Path(src), Path(out)
     if dtype not in fmt.QUANTIZATIONS:
         raise ConversionError(f"dtype must be one of {fmt.QUANTIZATIONS}, got {dtype!r}")
-    if int4_budget is not None and not (dtype == "int4" and 0 < int4_budget < 1):
-        raise ConversionError(f"int4_budget must be a number in (0, 1) with dtype int4, got {int4_budget!r}")
+    if int4_budget is not None and not (dtype == "int4" and 0 < int4_budget <= 1):
+        raise ConversionError(f"int4_budget must be a number in (0, 1] with dtype int4, got {int4_budget!r}")
     if src.is_file() and is_gguf(src):
         return _convert_gguf(src, out, dtype, show_progress, task, mixed_activations, force, int4_budget)
     if not src.is_dir():

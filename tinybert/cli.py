@@ -748,7 +748,8 @@ def build_parser() -> argparse.ArgumentParser:
                         "shows they keep the accuracy, which is faster on AVX-512 VNNI)")
     p.add_argument("--int4-budget", type=float, metavar="ERROR",
                    help="int4: keep int8 the layers the output is most sensitive to until the estimated error "
-                        "(mean 1 - cosine on the calibration text) is within ERROR, e.g. 0.005")
+                        "(mean 1 - cosine on the calibration text) is within ERROR (encoders: 0.005 unless given; "
+                        "1: every layer 4-bit that can be)")
     p.add_argument("--quiet", action="store_true", help="no progress on stderr")
     p.add_argument("--force", action="store_true", help="replace OUT if it exists (never a file of SRC)")
 
