@@ -19,6 +19,7 @@ import httpx
 import numpy as np
 import openai
 import pytest
+import torch
 import uvicorn
 
 import tinybert
@@ -175,6 +176,48 @@ def test_completions_of_token_ids_prompt_lists_and_echo(server, api):
     for bad in ([[10 ** 9]], [[]], [1.5], [["a"]], [prompts[0]] * 9):
         with pytest.raises(openai.BadRequestError):
             client.completions.create(model=name, prompt=bad, max_tokens=2, n=2)
+
+
+def test_logprobs_equal_the_api_logits(server, api):
+    """``logprobs``: each generated token's log-probability and its ``top_logprobs`` alternatives, in OpenAI's
+    shapes for completions (parallel lists, text offsets) and chat (per-token content, streamed whole with the
+    last chunk), equal torch.log_softmax of the Python API's logits for the same tokens
+    (``Generator.generate_ids(output_logits=True)``)."""
+    client, name, gen = _client(server), server.models["generate"].name, api["chat"]
+    prompt = "The option can also be used to compare files"
+    r = client.completions.create(model=name, prompt=prompt, max_tokens=8, temperature=0, logprobs=3)
+    (ref,) = gen.generate_ids([gen.tokenizer.encode(prompt).ids], max_new_tokens=8, output_logits=True)
+    lp = torch.log_softmax(torch.tensor(ref["logits"], dtype=torch.float64), -1).numpy()
+    steps = len(ref["token_ids"])
+    got = r.choices[0].logprobs
+    assert len(got.token_logprobs) == steps and r.choices[0].text == ref["text"]
+    np.testing.assert_allclose(got.token_logprobs, lp[np.arange(steps), ref["token_ids"]], atol=1e-9)
+    for row, tops in zip(lp, got.top_logprobs):
+        best = np.argsort(-row, kind="stable")[:3]
+        assert list(tops) == [gen.tokenizer.decode([int(i)], skip_special_tokens=False) for i in best]
+        np.testing.assert_allclose(list(tops.values()), row[best], atol=1e-9)
+    assert len(got.tokens) == steps and got.text_offset[0] == 0
+    assert got.text_offset == list(np.cumsum([0] + [len(t) for t in got.tokens[:-1]]))
+
+    messages = [{"role": "user", "content": "What does diff compare?"}]
+    chat = client.chat.completions.create(model=name, messages=messages, max_tokens=6, temperature=0,
+                                          logprobs=True, top_logprobs=2)
+    content = chat.choices[0].logprobs.content
+    ids = gen.tokenizer.encode(gen.render_chat(messages, add_generation_prompt=True), add_special_tokens=False).ids
+    (ref,) = gen.generate_ids([ids], max_new_tokens=6, output_logits=True)
+    lp = torch.log_softmax(torch.tensor(ref["logits"], dtype=torch.float64), -1).numpy()
+    assert [c.logprob for c in content] == pytest.approx(
+        list(lp[np.arange(len(ref["token_ids"])), ref["token_ids"]]), abs=1e-9)
+    assert all(len(c.top_logprobs) == 2 and c.top_logprobs[0].logprob >= c.top_logprobs[1].logprob for c in content)
+    streamed = [c for c in client.chat.completions.create(model=name, messages=messages, max_tokens=6,
+                                                          temperature=0, logprobs=True, stream=True) if c.choices]
+    entries = [e for c in streamed if c.choices[0].logprobs for e in c.choices[0].logprobs.content]
+    assert [e.logprob for e in entries] == [c.logprob for c in content]
+    for bad in ({"logprobs": 6}, {"logprobs": True}, {"logprobs": 2, "echo": True}):
+        with pytest.raises(openai.BadRequestError):
+            client.completions.create(model=name, prompt=prompt, max_tokens=2, **bad)
+    with pytest.raises(openai.BadRequestError):
+        client.chat.completions.create(model=name, messages=messages, max_tokens=2, top_logprobs=3)
 
 
 def test_chat_equals_generator_chat(server, api):

@@ -294,3 +294,29 @@ def test_driver_takes_searches_that_arrive_and_drops_cancelled_ones():
             cancelled_at = searches[1].advances
     assert [s.advances for s in searches] == [4, cancelled_at, 4, 3, 2]
     assert all(len(blocks) <= 2 for blocks in stepper.live_blocks)
+
+
+def test_sample_search_logprobs_equal_torch_log_softmax():
+    """SampleSearch's ``logprobs``: each chosen token's log-probability and the k best, from the raw logits
+    (before the processors: a repetition penalty and temperature change the pick, not these), against
+    torch.log_softmax in float64; ties in the top k go to the lower id."""
+    from tinybert.generation.sampling import SampleSearch
+
+    rng = np.random.default_rng(5)
+    params = GenerationParams(max_new_tokens=4, temperature=0.7, repetition_penalty=1.3, seed=1).validate()
+    search = SampleSearch([3, 4], 4, [0], params, np.random.default_rng([1, 0]), logprobs=3)
+    steps = []
+    while not search.done:
+        logits = (rng.standard_normal((1, 50)) * 4).astype(np.float32)
+        logits[0, 0] = -1e9                          # never EOS: four steps
+        logits[0, 7] = logits[0, 9] = logits[0].max() + 1   # a tie for first place
+        steps.append(logits[0])
+        search.advance(logits)
+    (result,) = search.results()
+    assert len(result["logprobs"]) == len(result["token_ids"]) == 4
+    for row, token, entry in zip(steps, result["token_ids"], result["logprobs"]):
+        ref = torch.log_softmax(torch.tensor(row, dtype=torch.float64), 0).numpy()
+        assert entry["id"] == token
+        assert entry["logprob"] == pytest.approx(ref[token], abs=1e-12)
+        assert [i for i, _ in entry["top"]] == [7, 9, int(np.argsort(-ref, kind="stable")[2])]
+        np.testing.assert_allclose([lp for _, lp in entry["top"]], ref[[i for i, _ in entry["top"]]], atol=1e-12)

@@ -250,9 +250,9 @@ class Generator(OpenedModel):
     # ------------------------------------------------------------------ decoding
 
     def _searches(self, prompts: list[np.ndarray], params: GenerationParams, stops: list[str],
-                  output_logits: bool = False, first_index: int = 0) -> list:
+                  output_logits: bool = False, first_index: int = 0, logprobs: int | None = None) -> list:
         """One search per prompt, its budget cut to the context; prompt i draws from the random stream
-        (seed, first_index + i)."""
+        (seed, first_index + i). ``logprobs`` (greedy or sampling): SampleSearch's."""
         eos = self.config.eos_token_ids
         matcher = StopMatcher(stops)
         stop = (lambda ids: matcher.cut(self._decode(ids)) is not None) if stops else None
@@ -263,7 +263,7 @@ class Generator(OpenedModel):
                 searches.append(BeamSearch(prompt, budget, eos, params))
             else:
                 rng = np.random.default_rng(None if params.seed is None else [params.seed, first_index + i])
-                searches.append(SampleSearch(prompt, budget, eos, params, rng, stop, output_logits))
+                searches.append(SampleSearch(prompt, budget, eos, params, rng, stop, output_logits, logprobs))
         return searches
 
     def _stepper(self, searches: list, blocks: int, rows_per_block: int) -> _DecoderStepper:
@@ -290,6 +290,8 @@ class Generator(OpenedModel):
             reason = hyp.get("finish_reason", "length")
             if ids and ids[-1] in eos:
                 ids, reason = ids[:-1], "eos"
+            if "logprobs" in hyp:
+                hyp = {**hyp, "logprobs": hyp["logprobs"][:len(ids)]}
             text = self._decode(ids)
             cut = matcher.cut(text) if stops else None
             if cut is not None:

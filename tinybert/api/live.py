@@ -53,6 +53,7 @@ class Job:
     decoder: IncrementalDecoder | None = None
     matcher: StopMatcher = field(default_factory=lambda: StopMatcher([]))
     seen: int = 0                           # generated tokens already read
+    logprobs: int | None = None             # SampleSearch's: the chosen tokens' and the k best log-probabilities
 
     def cancel(self) -> None:
         """Stop this request: it leaves the batch at the next step, and no more events come."""
@@ -89,16 +90,17 @@ class LiveBatch:
         return self._active
 
     def submit(self, prompt: np.ndarray, params: GenerationParams, stops: list[str],
-               on_event: Callable[[Event], None], index: int = 0) -> Job:
+               on_event: Callable[[Event], None], index: int = 0, logprobs: int | None = None) -> Job:
         """Queue a request (``params``: greedy or sampling, num_beams 1); QueueFull when max_waiting are waiting.
-        InputError for a prompt that leaves no room in the context."""
+        InputError for a prompt that leaves no room in the context. ``logprobs`` (k ≥ 0): the result carries
+        "logprobs", each generated token's log-probability and the k most likely (SampleSearch)."""
         prompt = self.gen._check_ids(prompt)
         if params.num_beams != 1 or params.num_return_sequences != 1:
             raise InputError("a live batch runs greedy search or sampling, one sequence a request")
         if prompt.size >= self.context:
             raise InputError(f"a prompt of {prompt.size} tokens leaves no room in the served context of "
                              f"{self.context}")
-        job = Job(prompt, params, list(stops), on_event, index, matcher=StopMatcher(list(stops)))
+        job = Job(prompt, params, list(stops), on_event, index, matcher=StopMatcher(list(stops)), logprobs=logprobs)
         job.decoder = IncrementalDecoder(self.gen._decode)
         with self._cond:
             if self._closed:
@@ -125,7 +127,8 @@ class LiveBatch:
         for job in taken:
             budget = min(job.params.max_new_tokens, self.context - job.prompt.size)
             params = dataclasses.replace(job.params, max_new_tokens=budget)
-            (search,) = self.gen._searches([job.prompt], params, job.stops, first_index=job.index)
+            (search,) = self.gen._searches([job.prompt], params, job.stops, first_index=job.index,
+                                           logprobs=job.logprobs)
             searches.append(search)
             prompts.append(job.prompt)
             jobs.append(job)

@@ -18,13 +18,15 @@ from .processors import Processors, pick
 
 class SampleSearch:
     """``stop(ids)`` (optional) says whether the new ids so far end the generation (a stop string);
-    ``keep_logits`` keeps the raw logits of every step, as transformers' ``output_logits``."""
+    ``keep_logits`` keeps the raw logits of every step, as transformers' ``output_logits``; ``logprobs`` (k ≥ 0)
+    keeps each chosen token's log-probability and the k most likely tokens', from the raw logits (the model's
+    distribution, before processors and warpers: OpenAI's ``logprobs``)."""
 
     rows = 1
 
     def __init__(self, prefix: Sequence[int], max_new_tokens: int, eos_ids: Sequence[int], params: GenerationParams,
                  rng: np.random.Generator, stop: Callable[[list[int]], bool] | None = None,
-                 keep_logits: bool = False) -> None:
+                 keep_logits: bool = False, logprobs: int | None = None) -> None:
         self.prefix = np.asarray(list(prefix), dtype=np.int64)
         if self.prefix.ndim != 1 or self.prefix.size == 0:
             raise InputError("prefix must hold at least one token id (the prompt, BOS or the decoder start)")
@@ -35,6 +37,8 @@ class SampleSearch:
         self.rng = rng
         self.stop = stop
         self.keep_logits = keep_logits
+        self.top_logprobs = logprobs
+        self.logprobs: list[dict] = []
         self.plen = self.prefix.size
         self.history = self.prefix          # prefix + new ids, for the processors that read it
         self.ids: list[int] = []            # new ids (an EOS that ended the search included)
@@ -57,6 +61,8 @@ class SampleSearch:
             self.logits.append(logits[0].copy())
         scores = self.processors(logits, (self.history,), self.t)
         token = int(pick(scores, self.params, self.rng)[0])
+        if self.top_logprobs is not None:
+            self.logprobs.append(token_logprobs(logits[0], token, self.top_logprobs))
         self.ids.append(token)
         self.t += 1
         if token in self.eos:
@@ -74,4 +80,20 @@ class SampleSearch:
         out = {"token_ids": list(self.ids), "finish_reason": self.finish_reason}
         if self.keep_logits:
             out["logits"] = np.stack(self.logits)
+        if self.top_logprobs is not None:
+            out["logprobs"] = list(self.logprobs)
         return [out]
+
+
+def token_logprobs(logits: np.ndarray, token: int, k: int) -> dict:
+    """log softmax(logits) at ``token``, and the k largest entries, best first (ties by id): {"id", "logprob",
+    "top": [(id, logprob), ...]}. In float64: a 150k-entry log-sum-exp in float32 loses the small ones."""
+    row = np.asarray(logits, dtype=np.float64)
+    peak = row.max()
+    total = peak + np.log(np.exp(row - peak).sum())
+    top = []
+    if k > 0:
+        best = np.argpartition(-row, min(k, row.size) - 1)[:k]
+        best = best[np.lexsort((best, -row[best]))]
+        top = [(int(i), float(row[i] - total)) for i in best]
+    return {"id": int(token), "logprob": float(row[token] - total), "top": top}

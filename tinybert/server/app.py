@@ -271,8 +271,6 @@ def create_app(models: list[ServedModel], api_key: str | None = None, limits: Li
         max_tokens = 16 if max_tokens is None else max_tokens
         if not isinstance(max_tokens, int) or not 1 <= max_tokens <= limits.max_tokens:
             raise ApiError(400, f"max_tokens must be an integer in 1..{limits.max_tokens}", param="max_tokens")
-        if data.get("logprobs") not in (None, False) or data.get("top_logprobs") is not None:
-            raise ApiError(400, "logprobs are not supported by this server yet", param="logprobs")
         stop = data.get("stop")
         stops = [] if stop is None else [stop] if isinstance(stop, str) else stop
         if not isinstance(stops, list) or len(stops) > 4 or not all(isinstance(s, str) and s for s in stops):
@@ -288,8 +286,53 @@ def create_app(models: list[ServedModel], api_key: str | None = None, limits: Li
             raise ApiError(400, str(exc)) from None
         return params, stops, n, bool(data.get("stream", False))
 
+    def logprobs_request(data: dict, chat: bool) -> int | None:
+        """How many alternatives each token's log-probabilities list (None: no logprobs): chat's ``logprobs``
+        (true/false) and ``top_logprobs`` (0..20); a completion's ``logprobs`` (0..5)."""
+        wanted, top = data.get("logprobs"), data.get("top_logprobs")
+        if chat:
+            if wanted not in (None, True, False):
+                raise ApiError(400, "logprobs must be true or false", param="logprobs")
+            if top is not None and (not wanted or not isinstance(top, int) or isinstance(top, bool)
+                                    or not 0 <= top <= 20):
+                raise ApiError(400, "top_logprobs must be an integer in 0..20, with logprobs true",
+                               param="top_logprobs")
+            return (top or 0) if wanted else None
+        if wanted is None:
+            return None
+        if not isinstance(wanted, int) or isinstance(wanted, bool) or not 0 <= wanted <= 5:
+            raise ApiError(400, "logprobs must be an integer in 0..5", param="logprobs")
+        if data.get("echo"):
+            raise ApiError(400, "logprobs of the prompt (echo with logprobs) are not supported", param="echo")
+        return wanted
+
+    def piece(m: ServedModel, token: int) -> tuple[str, list[int]]:
+        text = m.model.tokenizer.decode([token], skip_special_tokens=False)
+        return text, list(text.encode("utf-8"))
+
+    def logprobs_of(m: ServedModel, entries: list[dict], chat: bool, start: int = 0) -> dict:
+        """A choice's ``logprobs`` in OpenAI's shape (chat: per-token ``content``; completions: parallel lists,
+        text offsets counted from ``start``) from SampleSearch's entries."""
+        if chat:
+            content = []
+            for e in entries:
+                text, raw = piece(m, e["id"])
+                content.append({"token": text, "logprob": e["logprob"], "bytes": raw,
+                                "top_logprobs": [{"token": t, "logprob": lp, "bytes": b}
+                                                 for (t, b), lp in ((piece(m, i), lp) for i, lp in e["top"])]})
+            return {"content": content, "refusal": None}
+        tokens, offsets, at = [], [], start
+        for e in entries:
+            text = piece(m, e["id"])[0]
+            tokens.append(text)
+            offsets.append(at)
+            at += len(text)
+        return {"tokens": tokens, "token_logprobs": [e["logprob"] for e in entries],
+                "top_logprobs": [{piece(m, i)[0]: lp for i, lp in e["top"]} for e in entries],
+                "text_offset": offsets}
+
     async def run_generation(m: ServedModel, prompts: list[np.ndarray], params: GenerationParams,
-                             stops: list[str], n: int):
+                             stops: list[str], n: int, logprobs: int | None = None):
         """Submit n choices of each prompt (choice p·n + i: prompt p's i-th); returns the queue of (choice, event)
         and the jobs."""
         loop = asyncio.get_running_loop()
@@ -300,7 +343,7 @@ def create_app(models: list[ServedModel], api_key: str | None = None, limits: Li
                 for i in range(p * n, (p + 1) * n):
                     jobs.append(m.live.submit(prompt, params, stops,
                                               lambda ev, i=i: loop.call_soon_threadsafe(queue.put_nowait, (i, ev)),
-                                              index=i))
+                                              index=i, logprobs=logprobs))
         except QueueFull as exc:
             for job in jobs:
                 job.cancel()
@@ -383,8 +426,12 @@ def create_app(models: list[ServedModel], api_key: str | None = None, limits: Li
             prompts, echoes = prompts_of_completion(m, data.get("prompt"), n)
             if not data.get("echo", False):
                 echoes = [""] * len(prompts)
-        queue, jobs = await run_generation(m, prompts, params, stops, n)
+        top = logprobs_request(data, chat)
+        queue, jobs = await run_generation(m, prompts, params, stops, n, top)
         choices_total = len(prompts) * n
+
+        def choice_logprobs(i: int, result: dict) -> dict | None:
+            return None if top is None else logprobs_of(m, result.get("logprobs", []), chat, len(echoes[i // n]))
         rid = ("chatcmpl-" if chat else "cmpl-") + uuid.uuid4().hex
         created = int(time.time())
         obj = "chat.completion" if chat else "text_completion"
@@ -395,18 +442,19 @@ def create_app(models: list[ServedModel], api_key: str | None = None, limits: Li
             return "length" if result["finish_reason"] == "length" else "stop"
 
         if not stream:
-            texts, reasons = [""] * choices_total, [None] * choices_total
+            texts, reasons, logprobs = [""] * choices_total, [None] * choices_total, [None] * choices_total
             async for i, (what, value) in events(request, queue, jobs, deadline):
                 if what == "error":
                     raise ApiError(500, value, "server_error")
                 if what == "done":
                     texts[i], reasons[i] = echoes[i // n] + value["text"], finish_reason(value)
+                    logprobs[i] = choice_logprobs(i, value)
                     usage["completion_tokens"] += len(value["token_ids"]) + (value["finish_reason"] == "eos")
             if any(r is None for r in reasons):
                 return Response(status_code=499)     # the client left
-            choices = [({"index": i, "message": {"role": "assistant", "content": texts[i]}, "logprobs": None,
+            choices = [({"index": i, "message": {"role": "assistant", "content": texts[i]}, "logprobs": logprobs[i],
                          "finish_reason": reasons[i]} if chat else
-                        {"index": i, "text": texts[i], "logprobs": None, "finish_reason": reasons[i]})
+                        {"index": i, "text": texts[i], "logprobs": logprobs[i], "finish_reason": reasons[i]})
                        for i in range(choices_total)]
             metrics.tokens("completion", usage["completion_tokens"])
             return {"id": rid, "object": obj, "created": created, "model": m.name, "choices": choices,
@@ -415,12 +463,13 @@ def create_app(models: list[ServedModel], api_key: str | None = None, limits: Li
         include_usage = bool((data.get("stream_options") or {}).get("include_usage", False))
         chunk_obj = "chat.completion.chunk" if chat else "text_completion"
 
-        def chunk(i: int, text: str | None, reason: str | None, first: bool = False) -> str:
+        def chunk(i: int, text: str | None, reason: str | None, first: bool = False,
+                  logprobs: dict | None = None) -> str:
             if chat:
                 delta = {"role": "assistant", "content": ""} if first else ({"content": text} if text else {})
-                choice = {"index": i, "delta": delta, "logprobs": None, "finish_reason": reason}
+                choice = {"index": i, "delta": delta, "logprobs": logprobs, "finish_reason": reason}
             else:
-                choice = {"index": i, "text": text or "", "logprobs": None, "finish_reason": reason}
+                choice = {"index": i, "text": text or "", "logprobs": logprobs, "finish_reason": reason}
             payload = {"id": rid, "object": chunk_obj, "created": created, "model": m.name, "choices": [choice]}
             if include_usage:
                 payload["usage"] = None
@@ -439,7 +488,8 @@ def create_app(models: list[ServedModel], api_key: str | None = None, limits: Li
                         yield chunk(i, value, None)
                     elif what == "done":
                         usage["completion_tokens"] += len(value["token_ids"]) + (value["finish_reason"] == "eos")
-                        yield chunk(i, None, finish_reason(value))
+                        # a streamed choice's token log-probabilities come whole, with its last chunk
+                        yield chunk(i, None, finish_reason(value), logprobs=choice_logprobs(i, value))
                     else:
                         err = {"error": {"message": value, "type": "server_error", "param": None, "code": None}}
                         yield f"data: {json.dumps(err)}\n\n"
