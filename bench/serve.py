@@ -147,6 +147,31 @@ async def _embeddings(port: int, texts: list[str], clients: int, per_client: int
     return {"clients": clients, "requests": len(latencies), "texts_s": len(latencies) / wall, **_percentiles(latencies)}
 
 
+def _lone_requests(port: int, texts: list[str]) -> dict:
+    """One client sending one request at a time on a blocking keep-alive socket: what a request costs beyond its
+    model call, with as little client as there can be (the asyncio client adds its event loop's own work to
+    every latency, on the same two cores as the server)."""
+    latencies = []
+    with socket.create_connection(("127.0.0.1", port)) as conn:
+        reader = conn.makefile("rb")
+        for i, text in enumerate(texts * 2):
+            data = json.dumps({"model": "minilm", "input": text, "encoding_format": "base64"}).encode()
+            t = time.perf_counter()
+            conn.sendall(f"POST /v1/embeddings HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
+                         f"Content-Length: {len(data)}\r\n\r\n".encode() + data)
+            status, length = int(reader.readline().split()[1]), 0
+            while (line := reader.readline()) not in (b"\r\n", b""):
+                name, _, value = line.decode("latin-1").partition(":")
+                if name.lower() == "content-length":
+                    length = int(value)
+            reader.read(length)
+            if status != 200:
+                raise SystemExit(f"/v1/embeddings answered {status}")
+            if i >= len(texts):          # the first pass warms the texts' shapes
+                latencies.append(time.perf_counter() - t)
+    return {"clients": 1, "requests": len(latencies), "client": "blocking socket", **_percentiles(latencies)}
+
+
 async def _chats(url: str, texts: list[str], clients: int) -> dict:
     import httpx
 
@@ -207,6 +232,8 @@ def main(argv: list[str] | None = None) -> None:
         wait_until_healthy(url, server, timeout=300)
         asyncio.run(_embeddings(port, texts, 8, 8))           # warm-up: kernels, connections
         asyncio.run(_chats(url, texts, 2))
+        print("embeddings, lone requests ...", flush=True)
+        report["lone"] = _lone_requests(port, texts[:200])
         for c in counts:
             print(f"embeddings, {c} clients ...", flush=True)
             report["embeddings"].append(asyncio.run(_embeddings(port, texts, c, max(8, 256 // c))))
@@ -227,6 +254,11 @@ def _print(report: dict) -> None:
     print(f"\nembeddings (MiniLM int8): in-process encode in batches of 32 {ref['encode_batched_texts_s']:.0f} "
           f"texts/s; encode([one]) p50 {ref['encode_one_p50_ms']:.2f} ms")
     print(harness.table(["clients", "texts/s", "p50 ms", "p99 ms", "of in-process batched"], rows))
+    lone = report.get("lone")
+    if lone:
+        overhead = lone["p50_ms"] - ref["encode_one_p50_ms"]
+        print(f"lone requests (one blocking keep-alive client, the reference's 200 texts): p50 "
+              f"{lone['p50_ms']:.2f} ms, p99 {lone['p99_ms']:.2f} ms; {overhead:.2f} ms over encode([one])'s p50")
     single = next((c["total_tok_s"] for c in report["chat"] if c["clients"] == 1), None)
     rows = [[str(c["clients"]), f"{c['total_tok_s']:.1f}", harness.fmt(c["per_client_tok_s_median"], ".1f"),
              harness.fmt(c["total_tok_s"] / single if single else None, ".2f")] for c in report["chat"]]
