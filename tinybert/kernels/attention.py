@@ -481,7 +481,8 @@ def _attend_head(qkv, flat, base, seq, valid, n, h, num_heads, scale, bias, cent
     n16 = (n + 2 * NR - 1) // (2 * NR) * (2 * NR)
     qcol, kcol, vcol = h * d, hidden + h * d, 2 * hidden + h * d
     # K panels (a 16 x d transpose each), pre-scaled by log2(e) · scale so that scores come out in
-    # log2 units; keys past n were zeroed by the caller.
+    # log2 units; keys past n were zeroed by the caller. For the skewed tile the keys are one transpose
+    # instead, kpan[e · kw + KEY_LEFT + j] (the tile reads each row's keys at its own offset).
     log2e = np.float32(1.4426950408889634)
     has_bias = bias.shape[1] > 0
     has_content = rel.shape[0] > 0
@@ -529,9 +530,9 @@ def _attend_head(qkv, flat, base, seq, valid, n, h, num_heads, scale, bias, cent
     if has_content and p2c_at >= 0 and not fused:
         _p2c(flat, base, seq, ld, kcol, d, center, rel, tw, (p2c_at + h) * per_table, top, width, pbuf, pt)
 
-    # The skewed tile's table panels of the next head, asked for a share per query block (at most one table
-    # panel, 64 lines, per block): each layer's tables are new to the cache, and a head's run of them is a jump
-    # that no hardware prefetcher sees coming.
+    # The skewed tile's table panels of the next head, asked for a share per query block (at most d lines of
+    # each table per block): each layer's tables are new to the cache, and a head's run of them is a jump that
+    # no hardware prefetcher sees coming.
     ahead_first, ahead_lines, ahead_step = 0, 0, 0
     if fused and h + 1 < num_heads:
         ahead_first = (top - rel[center] - (seq - 1) - KEY_LEFT) // NR
