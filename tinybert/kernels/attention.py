@@ -125,16 +125,16 @@ def _make_tile(rows, disentangled=False):
         c_off, ldc, a_off, lda = idx(1), idx(2), idx(4), idx(5)
         if disentangled:
             b_off, ldb, kdim = idx(7), idx(8), idx(9)
-            b_pstride = const(0)
         else:
             b_off, b_pstride, ldb, kdim = idx(7), idx(8), idx(9), idx(10)
         fma = cgutils.get_or_insert_function(
             builder.module, ir.FunctionType(v16, [v16, v16, v16]), "llvm.fmuladd.v16f32")
         a_rows = [builder.gep(a_p, [builder.add(a_off, builder.mul(lda, const(r)))], source_etype=f32)
                   for r in range(rows)]
-        b_bases = [builder.gep(b_p, [builder.add(b_off, builder.mul(b_pstride, const(q)))], source_etype=f32)
-                   for q in range(2)]
-        if disentangled:
+        if not disentangled:
+            b_bases = [builder.gep(b_p, [builder.add(b_off, builder.mul(b_pstride, const(q)))], source_etype=f32)
+                       for q in range(2)]
+        else:
             t_p, kr_off, qr_off, t_pstride = data(10), idx(11), idx(12), idx(13)
             kr_base, qr_base = (builder.gep(t_p, [off], source_etype=f32) for off in (kr_off, qr_off))
             b_base = builder.gep(b_p, [b_off], source_etype=f32)
@@ -489,7 +489,6 @@ def _attend_head(qkv, flat, base, seq, valid, n, h, num_heads, scale, bias, cent
     scale = np.float32(1.4426950408889634 * scale)
     kw = _skewed_width(n) if fused else n16
     for p in range((n + NR - 1) // NR):
-        dst = kpan[p * d * NR:(p + 1) * d * NR]
         for c in range(min(NR, n - p * NR)):
             # A head's q, k and v are 2-4 cache lines per token, tokens 3*H floats apart: every
             # line is a miss (L2 or beyond) that no hardware prefetcher sees coming, so each
@@ -507,7 +506,7 @@ def _attend_head(qkv, flat, base, seq, valid, n, h, num_heads, scale, bias, cent
                     kpan[e * kw + KEY_LEFT + p * NR + c] = src[e] * scale
             else:
                 for e in range(d):
-                    dst[e * NR + c] = src[e] * scale
+                    kpan[p * d * NR + e * NR + c] = src[e] * scale
     # V panels of 16 columns, vpan[c, j, :] = v[valid[j], 16c:16c+16] (zero padded past d): each
     # pass of the P·V micro-kernel streams one contiguous panel.
     for jj in range(n):
