@@ -663,7 +663,7 @@ def test_cached_attention_bias(heads, d):
 @pytest.mark.parametrize("threads", [1, 2, 7])   # 1, 2: a task per sequence (3 heads); 7: two (2 + 1 heads)
 def test_encoder_attention_with_bias(d, threads):
     """The encoder attention kernel's T5 path (scale 1, relative bias by offset) vs float64 numpy."""
-    from tinybert.kernels.attention import attention_with_bias
+    from tinybert.kernels.attention import NO_QUANTIZED_TABLES, attention_with_bias
 
     heads, lengths = 3, (1, 9, 30, 7)
     starts = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64)
@@ -674,7 +674,8 @@ def test_encoder_attention_with_bias(d, threads):
     qkv = np.concatenate([q.reshape(t, -1), k.reshape(t, -1), v.reshape(t, -1)], axis=1)
     flat_out = np.empty((t, heads * d), dtype=np.float32)
     attention_with_bias(qkv, starts, np.ones(t, np.uint8), heads, 1.0, bias, center,
-                        np.zeros((0, 2, 1, 16), np.float32), -1, -1, np.zeros(0, np.int32), False, flat_out, threads)
+                        np.zeros((0, 2, 1, 16), np.float32), *NO_QUANTIZED_TABLES, -1, -1, np.zeros(0, np.int32), 0,
+                        flat_out, threads)
     out = flat_out.reshape(t, heads, d)
     for b in range(len(lengths)):
         s0, s1 = starts[b], starts[b + 1]
@@ -702,7 +703,7 @@ def test_encoder_attention_with_content_bias(threads, terms, buckets, masked):
     """The encoder attention kernel's DeBERTa path vs float64 numpy: score = (q_i·k_j + q_i·Kr[m] + k_j·Qr[m]) ·
     scale with m = span + bucket(i − j), Kr / Qr per-head tables packed by pack_position_tables, masked keys,
     each term alone, and sequences both shorter and longer than the linear range of the buckets."""
-    from tinybert.kernels.attention import attention_with_bias, pack_position_tables
+    from tinybert.kernels.attention import NO_QUANTIZED_TABLES, attention_with_bias, pack_position_tables
 
     heads, d, span, lengths = 3, 16, 12, (1, 9, 30, 7, 40)
     starts = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64)
@@ -712,8 +713,9 @@ def test_encoder_attention_with_content_bias(threads, terms, buckets, masked):
     center = max(lengths) - 1
     qmk = np.arange(center, -center - 1, -1)                  # i − j for rel[center + j − i]
     rel = np.clip((_log_buckets(qmk, buckets, 64) if buckets else qmk) + span, 0, 2 * span - 1).astype(np.int32)
-    linear = bool(np.array_equal(rel, rel[center] - np.arange(-center, center + 1)))
-    assert not linear                                   # clipped at span 12 < 39, or bucketed
+    off_line = np.flatnonzero(rel != rel[center] - np.arange(-center, center + 1)) - center
+    linear_span = int(np.abs(off_line).min())
+    assert linear_span < max(lengths)                   # clipped at span 12 < 39, or bucketed: both paths run
     mask = np.ones(t, np.uint8)
     if masked:
         mask[[5, 20, 21, 60]] = 0
@@ -724,7 +726,8 @@ def test_encoder_attention_with_content_bias(threads, terms, buckets, masked):
     flat_out = np.empty((t, heads * d), dtype=np.float32)
     scale = 1 / math.sqrt(3 * d)
     attention_with_bias(qkv, starts, mask, heads, scale, np.zeros((1, 0), np.float32), center,
-                        pack_position_tables(*tables, scale), c2p_at, p2c_at, rel, linear, flat_out, threads)
+                        pack_position_tables(*tables, scale), *NO_QUANTIZED_TABLES, c2p_at, p2c_at, rel, linear_span,
+                        flat_out, threads)
     out = flat_out.reshape(t, heads, d)
     for b in range(len(lengths)):
         s0, s1 = starts[b], starts[b + 1]
@@ -745,7 +748,7 @@ def test_encoder_attention_with_content_bias(threads, terms, buckets, masked):
 def test_encoder_attention_with_linear_content_bias(d):
     """The skewed DeBERTa path (rel linear over the sequence, no masked key: the micro-kernel adds both terms as it
     makes the scores) vs float64 numpy, with sequences past one panel pair of the tables."""
-    from tinybert.kernels.attention import attention_with_bias, pack_position_tables
+    from tinybert.kernels.attention import NO_QUANTIZED_TABLES, attention_with_bias, pack_position_tables
 
     heads, span, lengths = 2, 128, (128, 1, 77, 6, 40)
     starts = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64)
@@ -758,7 +761,7 @@ def test_encoder_attention_with_linear_content_bias(d):
     out = np.empty((t, heads * d), dtype=np.float32)
     scale = 1 / math.sqrt(3 * d)
     attention_with_bias(qkv, starts, np.ones(t, np.uint8), heads, scale, np.zeros((1, 0), np.float32), center,
-                        pack_position_tables(kr, qr, scale), 0, heads, rel, True, out, 2)
+                        pack_position_tables(kr, qr, scale), *NO_QUANTIZED_TABLES, 0, heads, rel, center + 1, out, 2)
     out = out.reshape(t, heads, d)
     for b in range(len(lengths)):
         s0, s1 = starts[b], starts[b + 1]
@@ -770,6 +773,68 @@ def test_encoder_attention_with_linear_content_bias(d):
                      + np.einsum("jd,jd->j", k[keys, h].astype(np.float64), qr[h, m]))
                 w = np.exp((s - s.max()) * scale)
                 np.testing.assert_allclose(out[i, h], w @ v[keys, h] / w.sum(), atol=2e-5, rtol=1e-4)
+
+
+def _quantized_rows(x):
+    """Per row of x (float32 [..., d]): round(x / a) and a = max |x| / 127, as the 8-bit position tile's inputs."""
+    a = np.abs(x).max(axis=-1, keepdims=True) / np.float32(127)
+    a = np.where(a > 0, a, np.float32(1)).astype(np.float32)
+    return np.floor(x * (np.float32(1) / a) + np.float32(128.5)) - 128, a[..., 0]
+
+
+@pytest.mark.parametrize("d", [64, 24])
+def test_encoder_attention_with_8bit_position_terms(d):
+    """The 8-bit position tile (int8 DeBERTa on VNNI; emulated elsewhere) vs float64 numpy of the same 8-bit
+    arithmetic: q rows and keys rounded per row, the position tables per head (quantize_position_tables), products
+    exact in integers, q · k in float. And against the unquantized scores, within the rounding's error. A
+    sequence longer than the index's linear span takes the float path, and the others still the 8-bit one."""
+    from tinybert.kernels.attention import (
+        NR, TABLE_RIGHT, attention_with_bias, pack_position_tables, quantize_position_tables)
+
+    heads, span, lengths = 2, 128, (128, 1, 77, 6, 40)
+    starts = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64)
+    t = int(starts[-1])
+    q, k, v = (RNG.standard_normal((t, heads, d)).astype(np.float32) for _ in range(3))
+    kr, qr = ((RNG.standard_normal((heads, 2 * span, d)) / 4).astype(np.float32) for _ in range(2))
+    center = max(lengths) - 1
+    rel = (span - np.arange(-center, center + 1)).astype(np.int32)
+    qkv = np.concatenate([q.reshape(t, -1), k.reshape(t, -1), v.reshape(t, -1)], axis=1)
+    scale = 1 / math.sqrt(3 * d)
+    packed = pack_position_tables(kr, qr, scale)
+    t8, corr, tscale = quantize_position_tables(packed)
+    top = packed.shape[1] * NR - TABLE_RIGHT - 1
+    # Table row m of head table g, from the bytes: column top − m.
+    cols = top - np.arange(2 * span)
+    int_tables = t8[:, cols // NR, :, cols % NR, :].reshape(2 * span, 2 * heads, d).transpose(1, 0, 2)
+    assert np.array_equal(corr[:, cols], -128 * int_tables.astype(np.int32).sum(-1))
+    out = np.empty((t, heads * d), dtype=np.float32)
+    attention_with_bias(qkv, starts, np.ones(t, np.uint8), heads, scale, np.zeros((1, 0), np.float32), center,
+                        packed, t8, corr, tscale, 0, heads, rel, 100, out, 2)
+    out = out.reshape(t, heads, d)
+    log2e = 1.4426950408889634
+    qq, qa = _quantized_rows(q)
+    kq, ka = _quantized_rows(k)
+    worst = 0.0
+    for b in range(len(lengths)):
+        s0, s1 = starts[b], starts[b + 1]
+        keys = np.arange(s0, s1)
+        for i in range(s0, s1):
+            for h in range(heads):
+                m = span + (i - keys)
+                c2p = int_tables[h, m].astype(np.float64) @ qq[i, h]
+                p2c = np.einsum("jd,jd->j", kq[keys, h].astype(np.float64), int_tables[heads + h, m])
+                s = (k[keys, h].astype(np.float64) @ q[i, h] * scale * log2e + qa[i, h] * float(tscale[h]) * c2p
+                     + ka[keys, h] * float(tscale[heads + h]) * scale * log2e * p2c)
+                w = np.exp2(s - s.max())
+                eight_bit = w @ v[keys, h] / w.sum()
+                exact = (k[keys, h].astype(np.float64) @ q[i, h] + kr[h, m].astype(np.float64) @ q[i, h]
+                         + np.einsum("jd,jd->j", k[keys, h].astype(np.float64), qr[h, m]))
+                w = np.exp((exact - exact.max()) * scale)
+                exact = w @ v[keys, h] / w.sum()
+                np.testing.assert_allclose(out[i, h], eight_bit if s1 - s0 <= 100 else exact, atol=2e-5, rtol=1e-4)
+                worst = max(worst, float(np.abs(out[i, h] - exact).max()))
+    print(f"8-bit position terms, d = {d}: largest output error vs float64 {worst:.2e}")
+    assert worst < 2e-2
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.uint16])

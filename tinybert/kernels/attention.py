@@ -59,7 +59,8 @@ from numba import njit, prange, types
 from numba.core import cgutils
 from numba.extending import intrinsic
 
-from .cpu import WIDE_REGISTERS
+from .cpu import POLICY, WIDE_REGISTERS
+from .irloop import dpbusd_generic
 from .jitcache import fast_cache_loading
 from .memory import aligned_bytes, prefetch
 
@@ -67,6 +68,7 @@ MR = 6   # queries (tile rows) per block: 6 rows x (even k, odd k) = 12 accumula
 NR = 16  # tile columns (keys of a K panel, or output columns): one 16-float vector
 PREFETCH_ROWS = 8  # key rows ahead the panel gather asks for (each row's k and v are cache misses)
 # WIDE_REGISTERS (cpu.py): 32 vector registers that hold 16 floats each
+_TARGET_VNNI = POLICY.target_vnni   # the 8-bit position tile emits vpdpbusd (else emulates it: tests)
 
 
 def _make_tile(rows, disentangled=False):
@@ -191,7 +193,111 @@ def _make_tile(rows, disentangled=False):
     return tile
 
 
+def _make_position_tile(rows):
+    """Micro-kernel intrinsic: DeBERTa's two position terms in 8 bits, on the skewed tile of ``_make_tile``
+    (row r covers the keys r places further on, and every row reads the same table vectors), added to scores
+    that hold q · k already:
+
+        c[c_off + r*ldc + r + 16*q + j] += qs[r] * C2P[r, q, j] + ks[kt_off + r + 16*q + j] * P2C[r, q, j]
+        C2P[r, q, j] = corr[ckr_off + 16*q + j] + Σ_kq Σ_t qa[r*lda + 4*kq + t] * kr[q, kq, j, t]
+        P2C[r, q, j] = corr[cqr_off + 16*q + j] + Σ_kq Σ_t kt[(kt_off + r + 16*q + j)*4 + kq*ldk + t] * qr[q, kq, j, t]
+        kr[q, kq, j, t] = t8[kr_off + q*t_pstride + 64*kq + 4*j + t]   (qr likewise from qr_off)
+
+    for r < rows, q < 2, j < NR, kq < kquads. qa (query rows) and kt (keys transposed, in quads of k) are
+    unsigned bytes holding value + 128, the tables t8 signed bytes; the sums are int32 (each term one
+    ``vpdpbusd`` of 64 products), ``corr`` (int32) starts them at −128 · the table column's sum, which takes the
+    offset back out. Per 4 k: 3 key loads shifted into 12 vectors, 4 table loads and 6 broadcasts for 24
+    vpdpbusd, where the float tile takes 4 × (24 FMAs + 12 adds). Emulated in generic IR where the target lacks AVX-512 VNNI.
+    """
+    i8, i32, i64, f32 = ir.IntType(8), ir.IntType(32), ir.IntType(64), ir.FloatType()
+    v16, v16i32 = ir.VectorType(f32, NR), ir.VectorType(i32, NR)
+    splat = ir.Constant(v16i32, [0] * NR)
+
+    def codegen(context, builder, signature, args):
+        tys = signature.args
+
+        def data(i):
+            return cgutils.create_struct_proxy(tys[i])(context, builder, value=args[i]).data
+
+        def idx(i):
+            return context.cast(builder, args[i], tys[i], types.int64)
+
+        def const(v):
+            return ir.Constant(i64, v)
+
+        if _TARGET_VNNI:
+            vpdpbusd = cgutils.get_or_insert_function(
+                builder.module, ir.FunctionType(v16i32, [v16i32, v16i32, v16i32]), "llvm.x86.avx512.vpdpbusd.512")
+
+            def dp(acc, u, s):
+                return builder.call(vpdpbusd, [acc, u, s])
+        else:
+            def dp(acc, u, s):
+                return dpbusd_generic(builder, acc, u, s)
+
+        def load(base, offset, ty, align=1):
+            ptr = builder.gep(base, [offset], source_etype=base.type.pointee)
+            return builder.load(builder.bitcast(ptr, ty.as_pointer()), align=align, typ=ty)
+
+        c_p, qa_p, kt_p, t_p, corr_p, qs_p, ks_p = (data(i) for i in (0, 3, 5, 9, 13, 16, 17))
+        c_off, ldc, lda, kt_off, ldk, kquads = (idx(i) for i in (1, 2, 4, 6, 7, 8))
+        kr_off, qr_off, t_pstride, ckr_off, cqr_off = (idx(i) for i in (10, 11, 12, 14, 15))
+        fma = cgutils.get_or_insert_function(
+            builder.module, ir.FunctionType(v16, [v16, v16, v16]), "llvm.fmuladd.v16f32")
+        # Per (term, panel, row) an int32 accumulator started at the term's column correction.
+        starts = {(term, q): load(corr_p, builder.add(off, const(NR * q)), v16i32, 4)
+                  for term, off in enumerate((ckr_off, cqr_off)) for q in (0, 1)}
+        accs = {(term, q, r): cgutils.alloca_once_value(builder, starts[term, q])
+                for term in (0, 1) for q in (0, 1) for r in range(rows)}
+        with cgutils.for_range(builder, kquads) as loop:
+            kq = loop.index
+            t_row = builder.mul(kq, const(4 * NR))
+            tables = {(term, q): load(t_p, builder.add(builder.add(off, builder.mul(t_pstride, const(q))), t_row),
+                                      v16i32) for term, off in enumerate((kr_off, qr_off)) for q in (0, 1)}
+            k_row = builder.mul(kq, ldk)
+            # Row r's keys are the columns r further on: shifted out of three loads (valignd), where twelve
+            # unaligned loads, each across two cache lines, made the loop load-bound.
+            k_parts = [load(kt_p, builder.add(k_row, builder.mul(builder.add(kt_off, const(NR * i)), const(4))),
+                            v16i32) for i in range(3 if rows > 1 else 2)]
+            for r in range(rows):
+                word = load(qa_p, builder.add(builder.mul(lda, const(r)), builder.mul(kq, const(4))), i32)
+                q_vec = builder.shuffle_vector(builder.insert_element(ir.Constant(v16i32, None), word,
+                                                                      ir.Constant(i32, 0)),
+                                               ir.Constant(v16i32, None), splat)
+                for q in (0, 1):
+                    k_vec = k_parts[q] if r == 0 else builder.shuffle_vector(
+                        k_parts[q], k_parts[q + 1], ir.Constant(v16i32, list(range(r, r + NR))))
+                    c2p, p2c = accs[0, q, r], accs[1, q, r]
+                    builder.store(dp(builder.load(c2p, typ=v16i32), q_vec, tables[0, q]), c2p)
+                    builder.store(dp(builder.load(p2c, typ=v16i32), k_vec, tables[1, q]), p2c)
+        for r in range(rows):
+            q_scale = builder.load(builder.gep(qs_p, [const(r)], source_etype=f32), typ=f32)
+            q_scale = builder.shuffle_vector(builder.insert_element(ir.Constant(v16, None), q_scale,
+                                                                    ir.Constant(i32, 0)),
+                                             ir.Constant(v16, None), splat)
+            for q in (0, 1):
+                at = builder.add(builder.add(c_off, builder.mul(ldc, const(r))), const(r + NR * q))
+                k_scale = load(ks_p, builder.add(kt_off, const(r + NR * q)), v16, 4)
+                score = load(c_p, at, v16, 4)
+                score = builder.call(fma, [q_scale, builder.sitofp(builder.load(accs[0, q, r], typ=v16i32), v16),
+                                           score])
+                score = builder.call(fma, [k_scale, builder.sitofp(builder.load(accs[1, q, r], typ=v16i32), v16),
+                                           score])
+                ptr = builder.gep(c_p, [at], source_etype=f32)
+                builder.store(score, builder.bitcast(ptr, v16.as_pointer()), align=4)
+        return context.get_dummy_value()
+
+    @intrinsic
+    def tile(typingctx, c, c_off, ldc, qa, lda, kt, kt_off, ldk, kquads, t8, kr_off, qr_off, t_pstride, corr,
+             ckr_off, cqr_off, qs, ks):
+        return types.void(c, c_off, ldc, qa, lda, kt, kt_off, ldk, kquads, t8, kr_off, qr_off, t_pstride, corr,
+                          ckr_off, cqr_off, qs, ks), codegen
+
+    return tile
+
+
 _wide1, _wide2, _wide3, _wide4, _wide5, _wide6 = [_make_tile(r) for r in range(1, MR + 1)]
+_pos1, _pos2, _pos3, _pos4, _pos5, _pos6 = [_make_position_tile(r) for r in range(1, MR + 1)]
 _dis1, _dis2, _dis3, _dis4, _dis5, _dis6 = [_make_tile(r, disentangled=True) for r in range(1, MR + 1)]
 
 
@@ -287,6 +393,47 @@ def _softmax_row(typingctx, buf, off, n):
 
 
 
+@intrinsic
+def _abs_peak(typingctx, buf, off, n):
+    """max |buf[off + e]| over e < n (n ≥ 1) in <16 x float> vectors, the last one a masked load (nothing past
+    n is read): Numba's max() keeps NaN's order of operands, so its reduction stays scalar (a serial chain,
+    2 cycles an entry)."""
+    if not (isinstance(buf, types.Array) and buf.dtype == types.float32):
+        return None
+    f32, i1, i32, i64 = ir.FloatType(), ir.IntType(1), ir.IntType(32), ir.IntType(64)
+    v16, vi32, vmask = ir.VectorType(f32, NR), ir.VectorType(i32, NR), ir.VectorType(i1, NR)
+
+    def codegen(context, builder, signature, args):
+        tys = signature.args
+        base = builder.gep(cgutils.create_struct_proxy(tys[0])(context, builder, value=args[0]).data,
+                           [context.cast(builder, args[1], tys[1], types.int64)], source_etype=f32)
+        n = context.cast(builder, args[2], tys[2], types.int64)
+        fabs = cgutils.get_or_insert_function(builder.module, ir.FunctionType(v16, [v16]), "llvm.fabs.v16f32")
+        vmax = cgutils.get_or_insert_function(builder.module, ir.FunctionType(v16, [v16, v16]), "llvm.maxnum.v16f32")
+        masked_load = cgutils.get_or_insert_function(
+            builder.module, ir.FunctionType(v16, [v16.as_pointer(), i32, vmask, v16]), "llvm.masked.load.v16f32.p0v16f32")
+        zero = ir.Constant(v16, [0.0] * NR)
+        peak = cgutils.alloca_once_value(builder, zero)
+        full = builder.udiv(n, ir.Constant(i64, NR))
+        with cgutils.for_range(builder, full) as loop:
+            ptr = builder.bitcast(builder.gep(base, [builder.mul(loop.index, ir.Constant(i64, NR))], source_etype=f32),
+                                  v16.as_pointer())
+            v = builder.call(fabs, [builder.load(ptr, align=4, typ=v16)])
+            builder.store(builder.call(vmax, [builder.load(peak, typ=v16), v]), peak)
+        rest = builder.trunc(builder.urem(n, ir.Constant(i64, NR)), i32)
+        splat = builder.shuffle_vector(builder.insert_element(ir.Constant(vi32, None), rest, ir.Constant(i32, 0)),
+                                       ir.Constant(vi32, None), ir.Constant(vi32, [0] * NR))
+        live = builder.icmp_unsigned("<", ir.Constant(vi32, list(range(NR))), splat)
+        ptr = builder.bitcast(builder.gep(base, [builder.mul(full, ir.Constant(i64, NR))], source_etype=f32),
+                              v16.as_pointer())
+        v = builder.call(fabs, [builder.call(masked_load, [ptr, ir.Constant(i32, 4), live, zero])])
+        reduce_max = cgutils.get_or_insert_function(builder.module, ir.FunctionType(f32, [v16]),
+                                                    "llvm.vector.reduce.fmax.v16f32")
+        return builder.call(reduce_max, [builder.call(vmax, [builder.load(peak, typ=v16), v])])
+
+    return types.float32(buf, off, n), codegen
+
+
 # inline="always": a call between jitted functions increfs and decrefs each array argument, and
 # with both threads passing the shared qkv those atomics bounce one cache line between the cores.
 @njit(cache=True, nogil=True, error_model="numpy", inline="always")
@@ -321,6 +468,29 @@ def _tile_disentangled(rows, c, c_off, ldc, a, a_off, lda, b, b_off, ldb, kdim, 
         _dis2(c, c_off, ldc, a, a_off, lda, b, b_off, ldb, kdim, t, kr_off, qr_off, t_pstride)
     else:
         _dis1(c, c_off, ldc, a, a_off, lda, b, b_off, ldb, kdim, t, kr_off, qr_off, t_pstride)
+
+
+@njit(cache=True, nogil=True, error_model="numpy", inline="always")
+def _tile_positions(rows, c, c_off, ldc, qa, lda, kt, kt_off, ldk, kquads, t8, kr_off, qr_off, t_pstride, corr,
+                    ckr_off, cqr_off, qs, ks):
+    if rows == 6:
+        _pos6(c, c_off, ldc, qa, lda, kt, kt_off, ldk, kquads, t8, kr_off, qr_off, t_pstride, corr, ckr_off, cqr_off,
+              qs, ks)
+    elif rows == 5:
+        _pos5(c, c_off, ldc, qa, lda, kt, kt_off, ldk, kquads, t8, kr_off, qr_off, t_pstride, corr, ckr_off, cqr_off,
+              qs, ks)
+    elif rows == 4:
+        _pos4(c, c_off, ldc, qa, lda, kt, kt_off, ldk, kquads, t8, kr_off, qr_off, t_pstride, corr, ckr_off, cqr_off,
+              qs, ks)
+    elif rows == 3:
+        _pos3(c, c_off, ldc, qa, lda, kt, kt_off, ldk, kquads, t8, kr_off, qr_off, t_pstride, corr, ckr_off, cqr_off,
+              qs, ks)
+    elif rows == 2:
+        _pos2(c, c_off, ldc, qa, lda, kt, kt_off, ldk, kquads, t8, kr_off, qr_off, t_pstride, corr, ckr_off, cqr_off,
+              qs, ks)
+    else:
+        _pos1(c, c_off, ldc, qa, lda, kt, kt_off, ldk, kquads, t8, kr_off, qr_off, t_pstride, corr, ckr_off, cqr_off,
+              qs, ks)
 
 
 SKEW = 8   # the skewed tile's rows start at least this many keys early (≥ MR − 1) ...
@@ -368,6 +538,27 @@ def pack_position_tables(c2p: np.ndarray | None, p2c: np.ndarray | None, scale: 
     return np.ascontiguousarray(columns.reshape(len(tables) * heads, d, width // NR, NR).transpose(0, 2, 1, 3))
 
 
+def quantize_position_tables(tables: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``pack_position_tables``'s output in 8 bits, for the 8-bit position tile (int8 models on AVX-512 VNNI):
+    (t8 int8 [G, W / 16, d / 4, 16, 4], corr int32 [G, W], scale float32 [G]) with
+    t8[g, p, kq, c, t] · scale[g] ≈ tables[g, p, 4 kq + t, c], one symmetric scale per table (the rows are the
+    relative embeddings, normed, through one projection: alike in size), and corr[g, x] = −128 · Σ_e t8 of
+    column x (the tile's queries and keys are unsigned bytes, value + 128). d must be a multiple of 4."""
+    groups, panels, d, _ = tables.shape
+    if d % 4:
+        raise TypeError("quantize_position_tables expects a head size that is a multiple of 4")
+    peak = np.abs(tables).reshape(groups, -1).max(axis=1)
+    scale = np.where(peak > 0, peak / 127, 1).astype(np.float32)
+    q = np.rint(tables / scale[:, None, None, None]).clip(-127, 127).astype(np.int8)     # [G, P, d, 16]
+    t8 = np.ascontiguousarray(q.reshape(groups, panels, d // 4, 4, NR).transpose(0, 1, 2, 4, 3))
+    corr = (-128 * q.astype(np.int32).sum(axis=2)).reshape(groups, panels * NR)
+    return t8, np.ascontiguousarray(corr, dtype=np.int32), scale
+
+
+NO_QUANTIZED_TABLES = (np.zeros((0, 1, 1, NR, 4), dtype=np.int8), np.zeros((0, NR), dtype=np.int32),
+                       np.zeros(0, dtype=np.float32))
+
+
 def position_table_rows(tables: np.ndarray) -> int:
     """How many table rows the kernel may index in ``pack_position_tables``'s output (at least N: the rows the
     rounding adds read zeros)."""
@@ -382,13 +573,14 @@ def attention(qkv: np.ndarray, starts: np.ndarray, key_mask: np.ndarray, num_hea
     Plain Python: as a compiled wrapper it recompiled attention_with_bias's code into its own
     (1.5 s of a cold start)."""
     d = out.shape[1] // num_heads
-    attention_with_bias(qkv, starts, key_mask, num_heads, 1.0 / math.sqrt(d), _NO_BIAS, 0, NO_TABLES, -1, -1,
-                        _NO_REL, False, out, numba.get_num_threads() if threads is None else threads)
+    attention_with_bias(qkv, starts, key_mask, num_heads, 1.0 / math.sqrt(d), _NO_BIAS, 0, NO_TABLES,
+                        *NO_QUANTIZED_TABLES, -1, -1, _NO_REL, 0, out,
+                        numba.get_num_threads() if threads is None else threads)
 
 
 @njit(cache=True, nogil=True, parallel=True, error_model="numpy")
-def attention_with_bias(qkv, starts, key_mask, num_heads, scale, bias, center, tables, c2p_at, p2c_at, rel, linear,
-                        out, threads):
+def attention_with_bias(qkv, starts, key_mask, num_heads, scale, bias, center, tables, qtables, qcorr, qscale, c2p_at,
+                        p2c_at, rel, linear_span, out, threads):
     """``attention`` with the score scale given (T5: 1, no 1/√d) and, when ``bias`` has columns, T5's relative
     position bias added to the score of query i and key j: bias[h, center + j − i] (i, j positions within
     the sequence; bias float32 [heads, W] with center ≥ longest − 1 and W > center + longest − 1).
@@ -397,8 +589,12 @@ def attention_with_bias(qkv, starts, key_mask, num_heads, scale, bias, center, t
     m = rel[center + j − i]: ``tables`` float32 [G, d, W] (pack_position_tables, with this ``scale``) holds Kr_h
     as table c2p_at + h and Qr_h as table p2c_at + h (a term whose index is −1 is absent), the relative
     embeddings projected by the layer's key and query projections; rel int32 [2·center + 1] holds table rows
-    in [0, position_table_rows(tables)), non-increasing; ``linear``: rel[center + x] = rel[center] − x
-    throughout. The caller checks every shape and index (none is checked here).
+    in [0, position_table_rows(tables)), non-increasing; ``linear_span``: rel[center + x] = rel[center] − x for
+    |x| < linear_span (a sequence no longer than that takes the skewed tiles, whatever the others' lengths, so that
+    its result does not depend on its batch). ``qtables, qcorr, qscale``: ``quantize_position_tables(tables)``, or
+    NO_QUANTIZED_TABLES: with them, such a sequence with every key valid has its position terms made in 8 bits
+    (the 8-bit position tile).
+    The caller checks every shape and index (none is checked here).
     ``threads``: numba.get_num_threads() (an argument: calling it here makes the function uncacheable)."""
     # The parallel loop only dispatches: Numba's parfor passes are slow on large loop bodies, and
     # a call keeps the compile (cold start) short. The micro-kernel reads q (and often v) straight
@@ -417,13 +613,13 @@ def attention_with_bias(qkv, starts, key_mask, num_heads, scale, bias, center, t
         b = task // groups
         g = task - b * groups
         _attend_heads(qkv, flat, starts[b], starts[b + 1], key_mask, g * per_group,
-                      min(num_heads, (g + 1) * per_group), num_heads, scale, bias, center, tables, c2p_at, p2c_at,
-                      rel, linear, out)
+                      min(num_heads, (g + 1) * per_group), num_heads, scale, bias, center, tables, qtables, qcorr,
+                      qscale, c2p_at, p2c_at, rel, linear_span, out)
 
 
 @njit(cache=True, nogil=True, fastmath=True, error_model="numpy")
-def _attend_heads(qkv, flat, base, end, key_mask, h0, h1, num_heads, scale, bias, center, tables, c2p_at, p2c_at,
-                  rel, linear, out):
+def _attend_heads(qkv, flat, base, end, key_mask, h0, h1, num_heads, scale, bias, center, tables, qtables, qcorr,
+                  qscale, c2p_at, p2c_at, rel, linear_span, out):
     """Heads h0..h1-1 of the sequence in rows base..end-1.  One call (and one set of buffers) for
     all of them: a call from the parallel loop increfs and decrefs each array argument, atomics on
     counts that both threads share, which cost a 16-token head as much as its arithmetic."""
@@ -446,20 +642,31 @@ def _attend_heads(qkv, flat, base, end, key_mask, h0, h1, num_heads, scale, bias
     # DeBERTa with a linear index and every key valid: the skewed micro-kernel makes the scores with both
     # position terms, from keys transposed (kpan holds [d, kw]). Otherwise: a block's products with the
     # position tables (c2p, p2c) in cbuf and pbuf, and p2c moved to [query, key] in pt.
-    fused = rel.shape[0] > 0 and linear and n == seq and c2p_at >= 0 and p2c_at >= 0
+    # With 8-bit tables (int8 models), q · k is BERT's tile on key panels, and the 8-bit skewed tile adds the
+    # position terms from the keys in bytes, transposed (kq [d / 4, kw, 4]; ks their scales).
+    fused = rel.shape[0] > 0 and seq <= linear_span and n == seq and c2p_at >= 0 and p2c_at >= 0
+    quant = fused and qtables.shape[0] > 0
     kw = _skewed_width(n) if fused else n16
-    kpan = aligned_bytes(kw * d * 4).view(np.float32)   # panel rows on cache lines (memory.py)
+    kpan = aligned_bytes((n16 if quant else kw) * d * 4).view(np.float32)   # panel rows on cache lines (memory.py)
     # Keys past n are padding: zero once here, as every head writes only keys below n. (Each head
     # zeroing them cost a short sequence most of its time: 31 of a 1-token head's 32 keys.) Their
-    # scores are computed but never read; zeros keep them finite and not denormal.
-    if fused:
+    # scores are computed but never read; zeros keep them finite and not denormal (128: a zero byte key).
+    if fused and not quant:
         kpan[:] = 0.0
-    for key in range(n, n16 if not fused else 0):
+    # One byte buffer (keys, then a block's q rows) and one of scales (keys', then the q rows'): an inlined
+    # function takes at most 30 arguments.
+    q8 = aligned_bytes((kw + MR) * d if quant else 0).view(np.uint8)
+    q8[:] = 128
+    q8_scales = aligned_bytes((kw + MR) * 4 if quant else 0).view(np.float32)
+    q8_scales[:] = 0.0
+    for key in range(n, n16 if not fused or quant else 0):
         p, c = key // NR, key % NR
         for e in range(d):
             kpan[p * d * NR + e * NR + c] = 0.0
     vpan = aligned_bytes(d16 * n * 4).view(np.float32)
     scores = aligned_bytes(MR * kw * 4).view(np.float32)
+    if quant:
+        scores[:] = 0.0     # the 8-bit tile adds to columns nobody reads, too: they stay finite
     obuf = aligned_bytes(MR * d16 * 4).view(np.float32)
     inv_total = np.empty(MR, dtype=np.float32)
     width = (tables.shape[1] // 2 + 1) * 2 * NR if rel.shape[0] > 0 and not fused else 0   # ≥ W + 16
@@ -467,13 +674,14 @@ def _attend_heads(qkv, flat, base, end, key_mask, h0, h1, num_heads, scale, bias
     pbuf = aligned_bytes(MR * width * 4).view(np.float32)
     pt = np.empty(seq * seq if p2c_at >= 0 and width > 0 else 0, dtype=np.float32)
     for h in range(h0, h1):
-        _attend_head(qkv, flat, base, seq, valid, n, h, num_heads, scale, bias, center, tables, c2p_at, p2c_at,
-                     rel, fused, out, kpan, vpan, scores, obuf, inv_total, cbuf, pbuf, pt)
+        _attend_head(qkv, flat, base, seq, valid, n, h, num_heads, scale, bias, center, tables, qtables, qcorr,
+                     qscale, c2p_at, p2c_at, rel, fused, out, kpan, vpan, scores, obuf, inv_total, cbuf, pbuf, pt,
+                     q8, q8_scales)
 
 
 @njit(cache=True, nogil=True, fastmath=True, error_model="numpy", inline="always")
-def _attend_head(qkv, flat, base, seq, valid, n, h, num_heads, scale, bias, center, tables, c2p_at, p2c_at, rel,
-                 fused, out, kpan, vpan, scores, obuf, inv_total, cbuf, pbuf, pt):
+def _attend_head(qkv, flat, base, seq, valid, n, h, num_heads, scale, bias, center, tables, qtables, qcorr, qscale,
+                 c2p_at, p2c_at, rel, fused, out, kpan, vpan, scores, obuf, inv_total, cbuf, pbuf, pt, q8, q8_scales):
     hidden = out.shape[1]
     ld = 3 * hidden
     d = hidden // num_heads
@@ -488,6 +696,11 @@ def _attend_head(qkv, flat, base, seq, valid, n, h, num_heads, scale, bias, cent
     has_content = rel.shape[0] > 0
     scale = np.float32(1.4426950408889634 * scale)
     kw = _skewed_width(n) if fused else n16
+    quant = fused and qtables.shape[0] > 0
+    skewed_keys = fused and not quant
+    kq, qa = q8[:kw * d if quant else 0], q8[kw * d if quant else 0:]
+    kq32, qa32 = kq.view(np.uint32), qa.view(np.uint32)
+    ks, qs = q8_scales[:kw if quant else 0], q8_scales[kw if quant else 0:]
     for p in range((n + NR - 1) // NR):
         for c in range(min(NR, n - p * NR)):
             # A head's q, k and v are 2-4 cache lines per token, tokens 3*H floats apart: every
@@ -501,12 +714,20 @@ def _attend_head(qkv, flat, base, seq, valid, n, h, num_heads, scale, bias, cent
                 prefetch(flat, ahead + kcol + d - 1, False)
                 prefetch(flat, ahead + vcol + d - 1, False)
             src = qkv[base + valid[p * NR + c], kcol:kcol + d]
-            if fused:
+            if skewed_keys:
                 for e in range(d):
                     kpan[e * kw + KEY_LEFT + p * NR + c] = src[e] * scale
             else:
                 for e in range(d):
                     kpan[p * d * NR + e * NR + c] = src[e] * scale
+            if quant:
+                # Key j's bytes in column KEY_LEFT + j of kq, 4 at a time (rounded in qa, which is free until
+                # the queries), its scale (with Qr's and the score scale) in ks.
+                col = KEY_LEFT + p * NR + c
+                at = (base + valid[p * NR + c]) * ld + kcol
+                ks[col] = _quantize_row(flat, at, d, qa, 0) * qscale[p2c_at + h] * scale
+                for w in range(d // 4):
+                    kq32[w * kw + col] = qa32[w]
     # V panels of 16 columns, vpan[c, j, :] = v[valid[j], 16c:16c+16] (zero padded past d): each
     # pass of the P·V micro-kernel streams one contiguous panel.
     for jj in range(n):
@@ -533,17 +754,25 @@ def _attend_head(qkv, flat, base, seq, valid, n, h, num_heads, scale, bias, cent
     # each table per block): each layer's tables are new to the cache, and a head's run of them is a jump that
     # no hardware prefetcher sees coming.
     ahead_first, ahead_lines, ahead_step = 0, 0, 0
+    line = 4 * NR if quant else NR     # table entries a cache line holds
     if fused and h + 1 < num_heads:
         ahead_first = (top - rel[center] - (seq - 1) - KEY_LEFT) // NR
-        ahead_lines = ((top - rel[center] + kw) // NR + 1 - ahead_first) * d
+        ahead_lines = ((top - rel[center] + kw) // NR + 1 - ahead_first) * panel // line
         ahead_step = min(d, (ahead_lines + (seq + MR - 1) // MR - 1) // ((seq + MR - 1) // MR))
     ahead_at = 0
+    qt = qtables.reshape(qtables.size)
+    qc = qcorr.reshape(qcorr.size)
+    columns = tables.shape[1] * NR
 
     for i0 in range(0, seq, MR):
         rows = min(MR, seq - i0)
-        for line in range(ahead_at, min(ahead_lines, ahead_at + ahead_step)):
-            prefetch(tw, (c2p_at + h + 1) * per_table + ahead_first * panel + line * NR, False)
-            prefetch(tw, (p2c_at + h + 1) * per_table + ahead_first * panel + line * NR, False)
+        for at in range(ahead_at, min(ahead_lines, ahead_at + ahead_step)):
+            if quant:
+                prefetch(qt, (c2p_at + h + 1) * per_table + ahead_first * panel + at * line, False)
+                prefetch(qt, (p2c_at + h + 1) * per_table + ahead_first * panel + at * line, False)
+            else:
+                prefetch(tw, (c2p_at + h + 1) * per_table + ahead_first * panel + at * line, False)
+                prefetch(tw, (p2c_at + h + 1) * per_table + ahead_first * panel + at * line, False)
         ahead_at += ahead_step
         # The next block's q rows (read in place by the micro-kernel) and output rows, the same
         # kind of misses as above, asked for one block (several thousand cycles) ahead.
@@ -562,6 +791,21 @@ def _attend_head(qkv, flat, base, seq, valid, n, h, num_heads, scale, bias, cent
             x0 = top - rel[center] - i0 - SKEW
             s_off = SKEW + x0 % NR
             t0 = (x0 - x0 % NR) // NR * panel
+        if quant:
+            # q · k on key panels into columns s_off + j, then the position terms added on the 8-bit skewed tile
+            # (table offsets as below: an 8-bit panel holds as many entries as a float one).
+            for p in range(0, n16 // NR, 2):
+                _tile(rows, scores, s_off + p * NR, kw, flat, (base + i0) * ld + qcol, ld, kpan, p * d * NR, d * NR,
+                      NR, d)
+            for r in range(rows):
+                qs[r] = _quantize_row(flat, (base + i0 + r) * ld + qcol, d, qa, r * d) * qscale[c2p_at + h]
+            x_first = x0 - x0 % NR
+            for c0 in range(0, kw - 2 * NR, 2 * NR):
+                _tile_positions(rows, scores, c0, kw, qa, d, kq, KEY_LEFT - s_off + c0, kw * 4, d // 4, qt,
+                                (c2p_at + h) * per_table + t0 + c0 * d, (p2c_at + h) * per_table + t0 + c0 * d,
+                                panel, qc, (c2p_at + h) * columns + x_first + c0,
+                                (p2c_at + h) * columns + x_first + c0, qs, ks)
+        elif fused:
             for c0 in range(0, kw - 2 * NR, 2 * NR):
                 _tile_disentangled(rows, scores, c0, kw, flat, (base + i0) * ld + qcol, ld, kpan,
                                    KEY_LEFT - s_off + c0, kw, d, tw, (c2p_at + h) * per_table + t0 + c0 * d,
@@ -608,6 +852,20 @@ def _attend_head(qkv, flat, base, seq, valid, n, h, num_heads, scale, bias, cent
             dst, src = out[base + i0 + r, qcol:qcol + d], obuf[r * d16:r * d16 + d]
             for e in range(d):
                 dst[e] = src[e] * inv
+
+
+@njit(cache=True, nogil=True, fastmath=True, error_model="numpy", inline="always")
+def _quantize_row(src, src_off, d, dst, off):
+    """dst[off + e] = round(x / a) + 128 with x = src[src_off + e] (unsigned bytes, symmetric: ±127 around 128;
+    halves round up) for e < d; returns a = max |x| / 127 (1 for a zero row). Vector code throughout: rounding a
+    head's 2 · 128 rows in scalar code cost as much as its 8-bit products."""
+    peak = _abs_peak(src, src_off, d)
+    a = peak / np.float32(127.0) if peak > 0 else np.float32(1.0)
+    inv = np.float32(1.0) / a
+    row = dst[off:off + d]
+    for e in range(d):
+        row[e] = np.uint8(np.int32(src[src_off + e] * inv + np.float32(128.5)))     # ≥ 1.5: truncation rounds
+    return a
 
 
 @njit(cache=True, nogil=True, fastmath=True, error_model="numpy", inline="always")

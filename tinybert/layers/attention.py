@@ -35,7 +35,10 @@ import numpy as np
 from .. import format as fmt
 from ..config import BlockConfig
 from ..errors import ModelFileError
-from ..kernels.attention import NO_TABLES, attention_with_bias, pack_position_tables, position_table_rows
+from ..kernels import cpu
+from ..kernels.attention import (
+    NO_QUANTIZED_TABLES, NO_TABLES, attention_with_bias, pack_position_tables, position_table_rows,
+    quantize_position_tables)
 from ..kernels.decoder import cached_attention, cached_attention_with_bias, write_kv
 from ..kernels.norm import head_rms_norm
 from ..kernels.rope import apply_rope, rope_tables
@@ -166,7 +169,7 @@ class Positions:
         self._packed: dict[tuple[int, int], tuple[np.ndarray, int]] = {}
         self._content_index: dict[int, tuple[np.ndarray, bool, int]] = {}
         # DeBERTa: the relative embeddings (normed once), projected per layer by ``project``.
-        self.rel_embeddings, self.rel_tables = None, []
+        self.rel_embeddings, self.rel_tables, self.rel_tables_8bit = None, [], []
         if cfg.positions == "disentangled":
             rel = np.ascontiguousarray(tensors[fmt.stack_prefix(stack) + fmt.REL_EMBEDDINGS], dtype=np.float32)
             norm = fmt.stack_prefix(stack) + fmt.REL_NORM
@@ -177,7 +180,9 @@ class Positions:
     def project(self, qkv: list[Linear]) -> None:
         """Qr and Kr of each layer, [heads, 2 · span, d], by the layers' qkv projections (DeBERTa, share_att_key),
         packed as the attention kernel reads them: per layer one table per head of the disentangled terms,
-        Kr's heads (c2p, against the q heads) then Qr's (p2c, against the k heads)."""
+        Kr's heads (c2p, against the q heads) then Qr's (p2c, against the k heads). For an int8 layer on a CPU
+        with VNNI also in 8 bits: the kernel then makes both terms with 8-bit products (the score terms in the
+        precision of the layer's own products; an fp32 model keeps fp32 scores)."""
         if self.rel_embeddings is None:
             return
         h, d = self.cfg.num_heads, self.cfg.head_dim
@@ -186,32 +191,38 @@ class Positions:
             heads = {"c2p": rows[:, h * d:2 * h * d], "p2c": rows[:, :h * d]}      # Kr, Qr
             tables = {term: np.ascontiguousarray(heads[term].reshape(-1, h, d).transpose(1, 0, 2))
                       if term in self.cfg.disentangled else None for term in ("c2p", "p2c")}
-            self.rel_tables.append(pack_position_tables(tables["c2p"], tables["p2c"], _score_scale(self.cfg)))
+            packed = pack_position_tables(tables["c2p"], tables["p2c"], _score_scale(self.cfg))
+            self.rel_tables.append(packed)
+            eight_bit = linear.quantized and cpu.VNNI_AVAILABLE and d % 4 == 0 and len(self.cfg.disentangled) == 2
+            self.rel_tables_8bit.append(quantize_position_tables(packed) if eight_bit else NO_QUANTIZED_TABLES)
 
-    def packed_content_index(self, longest: int) -> tuple[np.ndarray, bool, int]:
+    def packed_content_index(self, longest: int) -> tuple[np.ndarray, int, int]:
         """DeBERTa: rel[center + j − i] = δ(i, j), the Qr / Kr row of query i and key j in sequences up to
-        ``longest`` (center = longest − 1), non-increasing; whether it is linear (no log bucket reached:
-        rel[center + x] = rel[center] − x); and its largest row. Kept per ``longest``, as packed_bias (a batch-1
+        ``longest`` (center = longest − 1), non-increasing; how far it is linear (no log bucket reached:
+        rel[center + x] = rel[center] − x for |x| < the returned span); and its largest row. Kept per ``longest``, as packed_bias (a batch-1
         encode spent 0.15 ms of its 9 rebuilding it)."""
         held = self._content_index.get(longest)
         if held is None:
             if len(self._content_index) >= _PACKED_KEPT:
                 self._content_index.clear()
-            rel, linear = self._build_content_index(longest)
+            rel, linear_span = self._build_content_index(longest)
             # The kernel reads the tables by rel unchecked, and takes rel non-increasing: checked once here.
             if rel.shape[0] != 2 * longest - 1 or rel.min() < 0 or np.any(np.diff(rel) > 0):
                 raise ModelFileError("DeBERTa's relative position index is out of order")
-            held = self._content_index[longest] = (rel, linear, int(rel.max()))
+            held = self._content_index[longest] = (rel, linear_span, int(rel.max()))
         return held
 
-    def _build_content_index(self, longest: int) -> tuple[np.ndarray, bool]:
+    def _build_content_index(self, longest: int) -> tuple[np.ndarray, int]:
         cfg, span = self.cfg, self.span
         query_minus_key = np.arange(longest - 1, -longest, -1)    # i − j for j − i = −(longest − 1) ... longest − 1
         if cfg.relative_buckets > 0:
             query_minus_key = log_bucket_position(query_minus_key, cfg.relative_buckets, cfg.relative_max_distance)
         delta = np.clip(query_minus_key + span, 0, 2 * span - 1)
-        linear = bool(np.array_equal(delta, delta[longest - 1] - np.arange(1 - longest, longest)))
-        return delta.astype(np.int32), linear
+        # The smallest |x| at which the index leaves the line through the centre: the kernel's skewed tiles take
+        # the sequences shorter than that (per sequence, so that a result does not depend on its batch).
+        off_line = np.flatnonzero(delta != delta[longest - 1] - np.arange(1 - longest, longest)) - (longest - 1)
+        linear_span = int(np.abs(off_line).min()) if off_line.size else longest
+        return delta.astype(np.int32), linear_span
 
     def rope(self, at: np.ndarray, last: np.ndarray | None = None,
              local: bool = False) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
@@ -320,9 +331,9 @@ class PackedRows:
         longest = int(lengths.max()) if lengths.size else 0
         windows = {0, *cfg.layer_windows}      # the windows of the layers (0: none)
         self.bias = {w: positions.packed_bias(longest if positions.table is not None or w else 0, w) for w in windows}
-        self.rel, self.linear = _NO_REL, False
+        self.rel, self.linear_span = _NO_REL, 0
         if positions.rel_tables and longest > 0:   # DeBERTa: no bias table, no window; the index table is centred
-            self.rel, self.linear, self.rel_top = positions.packed_content_index(longest)
+            self.rel, self.linear_span, self.rel_top = positions.packed_content_index(longest)
             self.bias = {0: (_NO_BIAS, longest - 1)}
         self.rope = None
         if cfg.positions == "rope":
@@ -346,16 +357,17 @@ class PackedRows:
             qkv = _shared_kv_heads(qkv, cfg.num_heads, cfg.num_kv_heads, d)
         context = np.empty((n, a), dtype=np.float32)
         bias, center = self.bias[window]
-        tables, c2p_at, p2c_at = self._content(layer, d)
+        tables, eight_bit, c2p_at, p2c_at = self._content(layer, d)
         attention_with_bias(qkv, self.starts, self.key_mask, cfg.num_heads, self.scale, bias, center,
-                            tables, c2p_at, p2c_at, self.rel, self.linear, context, self.threads)
+                            tables, *eight_bit, c2p_at, p2c_at, self.rel, self.linear_span, context,
+                            self.threads)
         return context
 
-    def _content(self, layer: int, d: int) -> tuple[np.ndarray, int, int]:
-        """DeBERTa's packed Kr | Qr tables of ``layer`` and where each term's heads start in them (−1: absent),
-        checked against the index table."""
+    def _content(self, layer: int, d: int) -> tuple[np.ndarray, tuple, int, int]:
+        """DeBERTa's packed Kr | Qr tables of ``layer``, their 8-bit form (or NO_QUANTIZED_TABLES) and where each
+        term's heads start in them (−1: absent), checked against the index table."""
         if not self.rel.size:
-            return NO_TABLES, -1, -1
+            return NO_TABLES, NO_QUANTIZED_TABLES, -1, -1
         cfg = self.cfg
         tables = self.positions.rel_tables[layer]
         c2p_at = 0 if "c2p" in cfg.disentangled else -1
@@ -363,7 +375,13 @@ class PackedRows:
         if tables.ndim != 4 or tables.shape[0] < max(c2p_at, p2c_at) + cfg.num_heads or tables.shape[2:] != (d, 16) \
                 or not tables.flags.c_contiguous or self.rel_top >= position_table_rows(tables):
             raise ModelFileError("DeBERTa position tables do not fit the batch")
-        return tables, c2p_at, p2c_at
+        eight_bit = self.positions.rel_tables_8bit[layer]
+        t8, corr, scale = eight_bit
+        if t8.shape[0] and (t8.shape != (tables.shape[0], tables.shape[1], d // 4, 16, 4) or d % 4
+                            or corr.shape != (tables.shape[0], tables.shape[1] * 16) or scale.shape != (tables.shape[0],)
+                            or not (t8.flags.c_contiguous and corr.flags.c_contiguous)):
+            raise ModelFileError("DeBERTa's 8-bit position tables do not fit the batch")
+        return tables, eight_bit, c2p_at, p2c_at
 
 
 def _last_of_slot(slots: np.ndarray, at: np.ndarray) -> np.ndarray:
