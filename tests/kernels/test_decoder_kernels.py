@@ -789,7 +789,12 @@ def test_encoder_attention_with_8bit_position_terms(d):
     exact in integers, q · k in float. And against the unquantized scores, within the rounding's error. A
     sequence longer than the index's linear span takes the float path, and the others still the 8-bit one."""
     from tinybert.kernels.attention import (
-        NR, TABLE_RIGHT, attention_with_bias, pack_position_tables, quantize_position_tables)
+        NR,
+        TABLE_RIGHT,
+        attention_with_bias,
+        pack_position_tables,
+        quantize_position_tables,
+    )
 
     heads, span, lengths = 2, 128, (128, 1, 77, 6, 40)
     starts = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64)

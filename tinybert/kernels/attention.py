@@ -207,9 +207,10 @@ def _make_position_tile(rows):
     unsigned bytes holding value + 128, the tables t8 signed bytes; the sums are int32 (each term one
     ``vpdpbusd`` of 64 products), ``corr`` (int32) starts them at −128 · the table column's sum, which takes the
     offset back out. Per 4 k: 3 key loads shifted into 12 vectors, 4 table loads and 6 broadcasts for 24
-    vpdpbusd, where the float tile takes 4 × (24 FMAs + 12 adds). Emulated in generic IR where the target lacks AVX-512 VNNI.
+    vpdpbusd, where the float tile takes 4 × (24 FMAs + 12 adds). Emulated in generic IR where the target lacks
+    AVX-512 VNNI.
     """
-    i8, i32, i64, f32 = ir.IntType(8), ir.IntType(32), ir.IntType(64), ir.FloatType()
+    i32, i64, f32 = ir.IntType(32), ir.IntType(64), ir.FloatType()
     v16, v16i32 = ir.VectorType(f32, NR), ir.VectorType(i32, NR)
     splat = ir.Constant(v16i32, [0] * NR)
 
@@ -410,8 +411,8 @@ def _abs_peak(typingctx, buf, off, n):
         n = context.cast(builder, args[2], tys[2], types.int64)
         fabs = cgutils.get_or_insert_function(builder.module, ir.FunctionType(v16, [v16]), "llvm.fabs.v16f32")
         vmax = cgutils.get_or_insert_function(builder.module, ir.FunctionType(v16, [v16, v16]), "llvm.maxnum.v16f32")
-        masked_load = cgutils.get_or_insert_function(
-            builder.module, ir.FunctionType(v16, [v16.as_pointer(), i32, vmask, v16]), "llvm.masked.load.v16f32.p0v16f32")
+        masked_load = cgutils.get_or_insert_function(builder.module, ir.FunctionType(
+            v16, [v16.as_pointer(), i32, vmask, v16]), "llvm.masked.load.v16f32.p0v16f32")
         zero = ir.Constant(v16, [0.0] * NR)
         peak = cgutils.alloca_once_value(builder, zero)
         full = builder.udiv(n, ir.Constant(i64, NR))

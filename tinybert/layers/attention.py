@@ -37,8 +37,13 @@ from ..config import BlockConfig
 from ..errors import ModelFileError
 from ..kernels import cpu
 from ..kernels.attention import (
-    NO_QUANTIZED_TABLES, NO_TABLES, attention_with_bias, pack_position_tables, position_table_rows,
-    quantize_position_tables)
+    NO_QUANTIZED_TABLES,
+    NO_TABLES,
+    attention_with_bias,
+    pack_position_tables,
+    position_table_rows,
+    quantize_position_tables,
+)
 from ..kernels.decoder import cached_attention, cached_attention_with_bias, write_kv
 from ..kernels.norm import head_rms_norm
 from ..kernels.rope import apply_rope, rope_tables
@@ -199,8 +204,8 @@ class Positions:
     def packed_content_index(self, longest: int) -> tuple[np.ndarray, int, int]:
         """DeBERTa: rel[center + j − i] = δ(i, j), the Qr / Kr row of query i and key j in sequences up to
         ``longest`` (center = longest − 1), non-increasing; how far it is linear (no log bucket reached:
-        rel[center + x] = rel[center] − x for |x| < the returned span); and its largest row. Kept per ``longest``, as packed_bias (a batch-1
-        encode spent 0.15 ms of its 9 rebuilding it)."""
+        rel[center + x] = rel[center] − x for |x| < the returned span); and its largest row. Kept per ``longest``,
+        as packed_bias (a batch-1 encode spent 0.15 ms of its 9 rebuilding it)."""
         held = self._content_index.get(longest)
         if held is None:
             if len(self._content_index) >= _PACKED_KEPT:
@@ -377,8 +382,9 @@ class PackedRows:
             raise ModelFileError("DeBERTa position tables do not fit the batch")
         eight_bit = self.positions.rel_tables_8bit[layer]
         t8, corr, scale = eight_bit
-        if t8.shape[0] and (t8.shape != (tables.shape[0], tables.shape[1], d // 4, 16, 4) or d % 4
-                            or corr.shape != (tables.shape[0], tables.shape[1] * 16) or scale.shape != (tables.shape[0],)
+        groups, panels = tables.shape[:2]
+        if t8.shape[0] and (t8.shape != (groups, panels, d // 4, 16, 4) or d % 4
+                            or corr.shape != (groups, panels * 16) or scale.shape != (groups,)
                             or not (t8.flags.c_contiguous and corr.flags.c_contiguous)):
             raise ModelFileError("DeBERTa's 8-bit position tables do not fit the batch")
         return tables, eight_bit, c2p_at, p2c_at
