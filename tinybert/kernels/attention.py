@@ -395,44 +395,72 @@ def _softmax_row(typingctx, buf, off, n):
 
 
 @intrinsic
-def _abs_peak(typingctx, buf, off, n):
-    """max |buf[off + e]| over e < n (n ≥ 1) in <16 x float> vectors, the last one a masked load (nothing past
-    n is read): Numba's max() keeps NaN's order of operands, so its reduction stays scalar (a serial chain,
-    2 cycles an entry)."""
-    if not (isinstance(buf, types.Array) and buf.dtype == types.float32):
+def _quantize_row(typingctx, src, src_off, d, dst, off):
+    """dst[off + e] = round(x / a) + 128 with x = src[src_off + e] (unsigned bytes, symmetric: ±127 around 128;
+    halves round up) for e < d (d ≥ 1); returns a = max |x| / 127 (1 for a zero row). <16 x float> vectors, the
+    last one masked (nothing past d is read or written): as Numba code, with max()'s scalar reduction and the
+    loops' overhead, a 64-entry row took 100-130 cycles, and rounding a head's q and k as much as its products."""
+    if not (isinstance(src, types.Array) and src.dtype == types.float32 and isinstance(dst, types.Array)
+            and dst.dtype == types.uint8):
         return None
-    f32, i1, i32, i64 = ir.FloatType(), ir.IntType(1), ir.IntType(32), ir.IntType(64)
-    v16, vi32, vmask = ir.VectorType(f32, NR), ir.VectorType(i32, NR), ir.VectorType(i1, NR)
+    f32, i1, i8, i32, i64 = ir.FloatType(), ir.IntType(1), ir.IntType(8), ir.IntType(32), ir.IntType(64)
+    v16, vi32, vi8, vmask = (ir.VectorType(t, NR) for t in (f32, i32, i8, i1))
 
     def codegen(context, builder, signature, args):
         tys = signature.args
-        base = builder.gep(cgutils.create_struct_proxy(tys[0])(context, builder, value=args[0]).data,
-                           [context.cast(builder, args[1], tys[1], types.int64)], source_etype=f32)
-        n = context.cast(builder, args[2], tys[2], types.int64)
-        fabs = cgutils.get_or_insert_function(builder.module, ir.FunctionType(v16, [v16]), "llvm.fabs.v16f32")
-        vmax = cgutils.get_or_insert_function(builder.module, ir.FunctionType(v16, [v16, v16]), "llvm.maxnum.v16f32")
-        masked_load = cgutils.get_or_insert_function(builder.module, ir.FunctionType(
-            v16, [v16.as_pointer(), i32, vmask, v16]), "llvm.masked.load.v16f32.p0v16f32")
-        zero = ir.Constant(v16, [0.0] * NR)
-        peak = cgutils.alloca_once_value(builder, zero)
-        full = builder.udiv(n, ir.Constant(i64, NR))
-        with cgutils.for_range(builder, full) as loop:
-            ptr = builder.bitcast(builder.gep(base, [builder.mul(loop.index, ir.Constant(i64, NR))], source_etype=f32),
-                                  v16.as_pointer())
-            v = builder.call(fabs, [builder.load(ptr, align=4, typ=v16)])
-            builder.store(builder.call(vmax, [builder.load(peak, typ=v16), v]), peak)
-        rest = builder.trunc(builder.urem(n, ir.Constant(i64, NR)), i32)
-        splat = builder.shuffle_vector(builder.insert_element(ir.Constant(vi32, None), rest, ir.Constant(i32, 0)),
-                                       ir.Constant(vi32, None), ir.Constant(vi32, [0] * NR))
-        live = builder.icmp_unsigned("<", ir.Constant(vi32, list(range(NR))), splat)
-        ptr = builder.bitcast(builder.gep(base, [builder.mul(full, ir.Constant(i64, NR))], source_etype=f32),
-                              v16.as_pointer())
-        v = builder.call(fabs, [builder.call(masked_load, [ptr, ir.Constant(i32, 4), live, zero])])
-        reduce_max = cgutils.get_or_insert_function(builder.module, ir.FunctionType(f32, [v16]),
-                                                    "llvm.vector.reduce.fmax.v16f32")
-        return builder.call(reduce_max, [builder.call(vmax, [builder.load(peak, typ=v16), v])])
 
-    return types.float32(buf, off, n), codegen
+        def at(i, j, ty):
+            data = cgutils.create_struct_proxy(tys[i])(context, builder, value=args[i]).data
+            return builder.gep(data, [context.cast(builder, args[j], tys[j], types.int64)], source_etype=ty)
+
+        x_base, y_base = at(0, 1, f32), at(3, 4, i8)
+        n = context.cast(builder, args[2], tys[2], types.int64)
+        module = builder.module
+        fabs = cgutils.get_or_insert_function(module, ir.FunctionType(v16, [v16]), "llvm.fabs.v16f32")
+        vmax = cgutils.get_or_insert_function(module, ir.FunctionType(v16, [v16, v16]), "llvm.maxnum.v16f32")
+        masked_load = cgutils.get_or_insert_function(module, ir.FunctionType(
+            v16, [v16.as_pointer(), i32, vmask, v16]), "llvm.masked.load.v16f32.p0v16f32")
+        masked_store = cgutils.get_or_insert_function(module, ir.FunctionType(
+            ir.VoidType(), [vi8, vi8.as_pointer(), i32, vmask]), "llvm.masked.store.v16i8.p0v16i8")
+        reduce_max = cgutils.get_or_insert_function(module, ir.FunctionType(f32, [v16]),
+                                                    "llvm.vector.reduce.fmax.v16f32")
+        zero = ir.Constant(v16, [0.0] * NR)
+        full = builder.udiv(n, ir.Constant(i64, NR))
+        rest = builder.trunc(builder.urem(n, ir.Constant(i64, NR)), i32)
+        live = builder.icmp_unsigned("<", ir.Constant(vi32, list(range(NR))), builder.shuffle_vector(
+            builder.insert_element(ir.Constant(vi32, None), rest, ir.Constant(i32, 0)), ir.Constant(vi32, None),
+            ir.Constant(vi32, [0] * NR)))
+
+        def x_ptr(k):
+            return builder.bitcast(builder.gep(x_base, [builder.mul(k, ir.Constant(i64, NR))], source_etype=f32),
+                                   v16.as_pointer())
+
+        def y_ptr(k):
+            return builder.bitcast(builder.gep(y_base, [builder.mul(k, ir.Constant(i64, NR))], source_etype=i8),
+                                   vi8.as_pointer())
+
+        peak = cgutils.alloca_once_value(builder, zero)
+        with cgutils.for_range(builder, full) as loop:
+            v = builder.call(fabs, [builder.load(x_ptr(loop.index), align=4, typ=v16)])
+            builder.store(builder.call(vmax, [builder.load(peak, typ=v16), v]), peak)
+        tail = builder.call(masked_load, [x_ptr(full), ir.Constant(i32, 4), live, zero])
+        top = builder.call(reduce_max, [builder.call(vmax, [builder.load(peak, typ=v16), builder.call(fabs, [tail])])])
+        a = builder.fdiv(top, ir.Constant(f32, 127.0))
+        a = builder.select(builder.fcmp_ordered(">", top, ir.Constant(f32, 0.0)), a, ir.Constant(f32, 1.0))
+        inv = builder.fdiv(ir.Constant(f32, 1.0), a)
+        inv_v = builder.shuffle_vector(builder.insert_element(ir.Constant(v16, None), inv, ir.Constant(i32, 0)),
+                                       ir.Constant(v16, None), ir.Constant(vi32, [0] * NR))
+        half = ir.Constant(v16, [128.5] * NR)
+
+        def rounded(x):       # x / a + 128.5 ≥ 1.5: truncation rounds
+            return builder.trunc(builder.fptosi(builder.fadd(builder.fmul(x, inv_v), half), vi32), vi8)
+
+        with cgutils.for_range(builder, full) as loop:
+            builder.store(rounded(builder.load(x_ptr(loop.index), align=4, typ=v16)), y_ptr(loop.index), align=1)
+        builder.call(masked_store, [rounded(tail), y_ptr(full), ir.Constant(i32, 1), live])
+        return a
+
+    return types.float32(src, src_off, d, dst, off), codegen
 
 
 # inline="always": a call between jitted functions increfs and decrefs each array argument, and
@@ -853,20 +881,6 @@ def _attend_head(qkv, flat, base, seq, valid, n, h, num_heads, scale, bias, cent
             dst, src = out[base + i0 + r, qcol:qcol + d], obuf[r * d16:r * d16 + d]
             for e in range(d):
                 dst[e] = src[e] * inv
-
-
-@njit(cache=True, nogil=True, fastmath=True, error_model="numpy", inline="always")
-def _quantize_row(src, src_off, d, dst, off):
-    """dst[off + e] = round(x / a) + 128 with x = src[src_off + e] (unsigned bytes, symmetric: ±127 around 128;
-    halves round up) for e < d; returns a = max |x| / 127 (1 for a zero row). Vector code throughout: rounding a
-    head's 2 · 128 rows in scalar code cost as much as its 8-bit products."""
-    peak = _abs_peak(src, src_off, d)
-    a = peak / np.float32(127.0) if peak > 0 else np.float32(1.0)
-    inv = np.float32(1.0) / a
-    row = dst[off:off + d]
-    for e in range(d):
-        row[e] = np.uint8(np.int32(src[src_off + e] * inv + np.float32(128.5)))     # ≥ 1.5: truncation rounds
-    return a
 
 
 @njit(cache=True, nogil=True, fastmath=True, error_model="numpy", inline="always")

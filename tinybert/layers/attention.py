@@ -175,6 +175,7 @@ class Positions:
         self._content_index: dict[int, tuple[np.ndarray, bool, int]] = {}
         # DeBERTa: the relative embeddings (normed once), projected per layer by ``project``.
         self.rel_embeddings, self.rel_tables, self.rel_tables_8bit = None, [], []
+        self.table_rows = 0     # the table rows the kernel may index, in every layer's tables
         if cfg.positions == "disentangled":
             rel = np.ascontiguousarray(tensors[fmt.stack_prefix(stack) + fmt.REL_EMBEDDINGS], dtype=np.float32)
             norm = fmt.stack_prefix(stack) + fmt.REL_NORM
@@ -200,6 +201,17 @@ class Positions:
             self.rel_tables.append(packed)
             eight_bit = linear.quantized and cpu.VNNI_AVAILABLE and d % 4 == 0 and len(self.cfg.disentangled) == 2
             self.rel_tables_8bit.append(quantize_position_tables(packed) if eight_bit else NO_QUANTIZED_TABLES)
+        # The kernel reads these unchecked: their shapes are checked once here, and a batch's index against
+        # table_rows (PackedRows).
+        for packed, (t8, corr, scale) in zip(self.rel_tables, self.rel_tables_8bit):
+            groups, panels = packed.shape[:2]
+            if packed.ndim != 4 or groups != h * len(self.cfg.disentangled) or packed.shape[2:] != (d, 16) \
+                    or not packed.flags.c_contiguous \
+                    or t8.shape[0] and (t8.shape != (groups, panels, d // 4, 16, 4) or d % 4
+                                        or corr.shape != (groups, panels * 16) or scale.shape != (groups,)
+                                        or not (t8.flags.c_contiguous and corr.flags.c_contiguous)):
+                raise ModelFileError("DeBERTa position tables do not fit the model")
+        self.table_rows = min(position_table_rows(t) for t in self.rel_tables) if self.rel_tables else 0
 
     def packed_content_index(self, longest: int) -> tuple[np.ndarray, int, int]:
         """DeBERTa: rel[center + j − i] = δ(i, j), the Qr / Kr row of query i and key j in sequences up to
@@ -338,7 +350,9 @@ class PackedRows:
         self.bias = {w: positions.packed_bias(longest if positions.table is not None or w else 0, w) for w in windows}
         self.rel, self.linear_span = _NO_REL, 0
         if positions.rel_tables and longest > 0:   # DeBERTa: no bias table, no window; the index table is centred
-            self.rel, self.linear_span, self.rel_top = positions.packed_content_index(longest)
+            self.rel, self.linear_span, rel_top = positions.packed_content_index(longest)
+            if rel_top >= positions.table_rows:
+                raise ModelFileError("DeBERTa position tables do not fit the batch")
             self.bias = {0: (_NO_BIAS, longest - 1)}
         self.rope = None
         if cfg.positions == "rope":
@@ -370,24 +384,13 @@ class PackedRows:
 
     def _content(self, layer: int, d: int) -> tuple[np.ndarray, tuple, int, int]:
         """DeBERTa's packed Kr | Qr tables of ``layer``, their 8-bit form (or NO_QUANTIZED_TABLES) and where each
-        term's heads start in them (−1: absent), checked against the index table."""
+        term's heads start in them (−1: absent), checked once (Positions.project; the index in __init__)."""
         if not self.rel.size:
             return NO_TABLES, NO_QUANTIZED_TABLES, -1, -1
         cfg = self.cfg
-        tables = self.positions.rel_tables[layer]
         c2p_at = 0 if "c2p" in cfg.disentangled else -1
         p2c_at = (cfg.num_heads if c2p_at == 0 else 0) if "p2c" in cfg.disentangled else -1
-        if tables.ndim != 4 or tables.shape[0] < max(c2p_at, p2c_at) + cfg.num_heads or tables.shape[2:] != (d, 16) \
-                or not tables.flags.c_contiguous or self.rel_top >= position_table_rows(tables):
-            raise ModelFileError("DeBERTa position tables do not fit the batch")
-        eight_bit = self.positions.rel_tables_8bit[layer]
-        t8, corr, scale = eight_bit
-        groups, panels = tables.shape[:2]
-        if t8.shape[0] and (t8.shape != (groups, panels, d // 4, 16, 4) or d % 4
-                            or corr.shape != (groups, panels * 16) or scale.shape != (groups,)
-                            or not (t8.flags.c_contiguous and corr.flags.c_contiguous)):
-            raise ModelFileError("DeBERTa's 8-bit position tables do not fit the batch")
-        return tables, eight_bit, c2p_at, p2c_at
+        return self.positions.rel_tables[layer], self.positions.rel_tables_8bit[layer], c2p_at, p2c_at
 
 
 def _last_of_slot(slots: np.ndarray, at: np.ndarray) -> np.ndarray:
