@@ -167,6 +167,58 @@ def quantize_int4(w: np.ndarray, symmetric: bool = False, refine: int = REFINE_S
     return pack_codes(q), s[..., 0], m[..., 0]
 
 
+import os
+USE_GPTQ = os.environ.get("TB_GPTQ", "1") == "1"
+GPTQ_DAMP = 0.01      # of the mean diagonal of XᵀX, added to it (GPTQ's dampening)
+_GPTQ_BLOCK = 128     # columns per lazy update (a multiple of GROUP)
+
+
+def gptq_int4(w: np.ndarray, x: np.ndarray, importance: np.ndarray | None = None,
+              ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``quantize_int4``'s output for w [N, K] with GPTQ's error feedback (Frantar et al. 2022): the columns are
+    rounded in order, and each column's rounding error is spread over the columns not yet rounded as the
+    inverse Hessian of the layer's inputs x [R, K] says, so that x W4ᵀ stays close to x Wᵀ (the loss GPTQ
+    minimises). A group's grid (s, m) is fitted, as quantize_int4 fits it, to the group's weights as they stand
+    when its first column comes up."""
+    w = np.asarray(w, dtype=np.float32)
+    n, k = w.shape
+    if k % GROUP or len(x) == 0:
+        return quantize_int4(w, importance=importance)
+    x64 = np.asarray(x, dtype=np.float64)
+    hess = x64.T @ x64 / len(x64)
+    dead = np.diag(hess) <= 0
+    hess[dead, dead] = 1.0
+    hess += GPTQ_DAMP * float(np.mean(np.diag(hess))) * np.eye(k)
+    try:
+        # The upper Cholesky factor of H⁻¹: row j holds the weights that spread column j's error onward.
+        hinv = np.linalg.cholesky(np.linalg.inv(hess)).T
+    except np.linalg.LinAlgError:
+        return quantize_int4(w, importance=importance)
+    work = w.astype(np.float64)
+    work[:, dead] = 0.0
+    codes = np.zeros((n, k), dtype=np.uint8)
+    s_all = np.zeros((n, k // GROUP), dtype=np.float16)
+    m_all = np.zeros((n, k // GROUP), dtype=np.float16)
+    for b0 in range(0, k, _GPTQ_BLOCK):
+        b1 = min(k, b0 + _GPTQ_BLOCK)
+        errors = np.zeros((n, b1 - b0))
+        for j in range(b0, b1):
+            g = j // GROUP
+            if j % GROUP == 0:
+                _, s_all[:, g:g + 1], m_all[:, g:g + 1] = quantize_int4(
+                    work[:, j:j + GROUP].astype(np.float32),
+                    importance=None if importance is None else importance[j:j + GROUP])
+            s32, m32 = s_all[:, g].astype(np.float64), m_all[:, g].astype(np.float64)
+            with np.errstate(divide="ignore", invalid="ignore"):
+                q = np.clip(np.nan_to_num(np.where(s32 != 0, np.rint((work[:, j] + m32) / s32), 0)), 0, 15)
+            codes[:, j] = q
+            err = (work[:, j] - (s32 * q - m32)) / hinv[j, j]
+            work[:, j + 1:b1] -= np.outer(err, hinv[j, j + 1:b1])
+            errors[:, j - b0] = err
+        work[:, b1:] -= errors @ hinv[b0:b1, b1:]
+    return pack_codes(codes), s_all, m_all
+
+
 def relative_error(w: np.ndarray, packed: tuple[np.ndarray, np.ndarray, np.ndarray],
                    x: np.ndarray | None = None) -> float:
     """||x W4ᵀ − x Wᵀ|| / ||x Wᵀ|| (Frobenius), or the weights' own relative error without x."""
@@ -285,6 +337,9 @@ def int4_tensors(cfg: EncoderConfig | DecoderConfig, tensors: dict[str, np.ndarr
             report["int8"].append(layer)
             continue
         packed[layer] = quantize_int4(w, importance=_importance(x))
+        if USE_GPTQ and len(x) and not np.array_equal(dequantize(*packed[layer], w.shape[1]), w):
+            # Weights already on 4-bit grids (a GGUF Q4_0 / Q4_K file) keep them exactly; others get GPTQ.
+            packed[layer] = gptq_int4(w, x, importance=_importance(x))
         report["errors"][layer] = error = relative_error(w, packed[layer], x if len(x) else None)
         if error > LAYER_ERROR_LIMIT:
             report["int8"].append(layer)
