@@ -60,7 +60,7 @@ from numba.core import cgutils
 from numba.extending import intrinsic
 
 from .cpu import POLICY, WIDE_REGISTERS
-from .irloop import dpbusd_generic
+from .irloop import dpbusd
 from .jitcache import fast_cache_loading
 from .memory import aligned_bytes, prefetch
 
@@ -226,15 +226,7 @@ def _make_position_tile(rows):
         def const(v):
             return ir.Constant(i64, v)
 
-        if _TARGET_VNNI:
-            vpdpbusd = cgutils.get_or_insert_function(
-                builder.module, ir.FunctionType(v16i32, [v16i32, v16i32, v16i32]), "llvm.x86.avx512.vpdpbusd.512")
-
-            def dp(acc, u, s):
-                return builder.call(vpdpbusd, [acc, u, s])
-        else:
-            def dp(acc, u, s):
-                return dpbusd_generic(builder, acc, u, s)
+        dp = dpbusd(builder, _TARGET_VNNI)
 
         def load(base, offset, ty, align=1):
             ptr = builder.gep(base, [offset], source_etype=base.type.pointee)

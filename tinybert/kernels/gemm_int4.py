@@ -56,7 +56,7 @@ from numba.extending import intrinsic
 
 from . import cpu
 from .half import F16C
-from .irloop import dpbusd_generic, no_unroll
+from .irloop import dpbusd, no_unroll
 from .jitcache import fast_cache_loading
 from .memory import aligned_empty
 from .quant import ACT8_QMAX, row_scale_centre
@@ -374,15 +374,7 @@ def _make_panel_kernel(emit_vnni: bool, f16c: bool, rows: int):
             zero_i = ir.Constant(v16i32, [0] * 16)
             nib = ir.Constant(v16i32, [0x0F0F0F0F] * 16)
             splat0 = ir.Constant(v16i32, [0] * 16)
-            if emit_vnni:
-                vpdpbusd = cgutils.get_or_insert_function(
-                    builder.module, ir.FunctionType(v16i32, [v16i32, v16i32, v16i32]), "llvm.x86.avx512.vpdpbusd.512")
-
-                def dp(acc, u, s):
-                    return builder.call(vpdpbusd, [acc, u, s])
-            else:
-                def dp(acc, u, s):
-                    return dpbusd_generic(builder, acc, u, s)
+            dp = dpbusd(builder, emit_vnni)
 
             def bcast(ptr):
                 one = builder.insert_element(ir.Constant(v16i32, None), builder.load(ptr, align=1),

@@ -66,7 +66,7 @@ from .cpu import AMX_MIN_ROWS as AMX_MIN_ROWS
 from .cpu import VNNI_AVAILABLE as VNNI_AVAILABLE
 from .cpu import VNNI_EMULATED as VNNI_EMULATED
 from .cpu import amx_for, quads_path
-from .irloop import dpbusd_generic, no_unroll
+from .irloop import dpbusd, dpbusd_generic, no_unroll
 from .jitcache import fast_cache_loading
 from .memory import aligned_bytes, aligned_empty, last_level_cache_bytes
 from .quant import NO_SMOOTHING as NO_SMOOTHING  # re-exported: the layers read these two here
@@ -351,16 +351,7 @@ def _make_vnni_microkernel(rows: int, emit: bool, parts: int = 2, compact: bool 
             data = [cgutils.create_struct_proxy(tys[i])(context, builder, value=args[i]).data
                     for i in (0, 2, 3, 6)]
             tile_p, xh_p, xl_p, w_p = data
-            if emit:
-                vpdpbusd = cgutils.get_or_insert_function(
-                    builder.module, ir.FunctionType(v16i32, [v16i32, v16i32, v16i32]),
-                    "llvm.x86.avx512.vpdpbusd.512")
-
-                def dp(acc, u, s):
-                    return builder.call(vpdpbusd, [acc, u, s])
-            else:
-                def dp(acc, u, s):
-                    return dpbusd_generic(builder, acc, u, s)
+            dp = dpbusd(builder, emit)
             row_ptrs = []                                 # h rows, then l rows
             for src in ((xh_p, xl_p) if parts == 2 else (xl_p,)):
                 for i in range(rows):
