@@ -24,15 +24,18 @@ and queries go MR = 6 at a time (q read in place from qkv), each block in three 
     p[r, j] = 2**(s[r, j] - max_j s[r, j])    (vectorised exp2; normalisation deferred)
     out[r]  = (Σ_j p[r, j] v_j) / Σ_j p[r, j]
 
-DeBERTa's two position terms: with a linear relative index (every distance within the log buckets' linear
-range) and every key valid, the score of row i and key j is
+DeBERTa's two position terms: for a sequence whose distances are all within the index's linear span (the log
+buckets' linear range) and whose keys are all valid, the score of row i and key j is
 
     s[i, j] = q_i · (k_j + Kr[m]) + k_j · Qr[m],   m = rel[center] + i − j
 
 made by a skewed micro-kernel (``_make_tile``, disentangled): tile row r covers the keys r places further
 on, so that all six rows read the same table vectors, and each score costs two FMAs where QKᵀ's cost one.
 Keys are transposed for it ([d, keys], rows read them unaligned); the tables are 16-column panels in reverse
-row order, read in a contiguous run per sequence. Otherwise (log buckets reached, masked keys, one term):
+row order, read in a contiguous run per sequence. With 8-bit tables (``quantize_position_tables``: int8 models
+on VNNI) q · k is the plain tile instead, and ``_make_position_tile`` adds both position terms from q rows and
+keys rounded to bytes, on the same skew: 24 vpdpbusd per 4 k for 6 × 32 scores (1.5x BERT's attention, where
+the float skewed tile is 1.8-2.3x). Otherwise (log buckets reached, masked keys, one term):
 
     c2p  per query block, its q rows times the Kr rows the block's scores reach: the block's 6 rows times
          about n + 6 table rows, where QKᵀ's are 6 times n keys;
@@ -41,7 +44,7 @@ row order, read in a contiguous run per sequence. Otherwise (log buckets reached
 
 and each score adds a c2p entry and a pt entry. Products of every row against every relative position, made
 apart and gathered per score, cost 2.6x and wrote [heads, T, 2L] arrays to memory (32 x 128 tokens: 100 MB
-per layer, written and read back); the per-block products cost 2.5x BERT's attention, the skewed tile 1.8-2.1x.
+per layer, written and read back); the per-block products cost 2.5x BERT's attention.
 
 The two products run on one micro-kernel, ``_tile``: C[6, 32] = A[6, K] · B[K, 32] over a pair of
 16-column panels, the tile in 12 vector registers. Per k step it loads two 16-float vectors of B,
