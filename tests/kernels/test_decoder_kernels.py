@@ -744,12 +744,9 @@ def test_encoder_attention_with_content_bias(threads, terms, buckets, masked):
                 np.testing.assert_allclose(out[i, h], w @ v[keys, h] / w.sum(), atol=2e-5, rtol=1e-4)
 
 
-@pytest.mark.parametrize("d", [64, 24])
-def test_encoder_attention_with_linear_content_bias(d):
-    """The skewed DeBERTa path (rel linear over the sequence, no masked key: the micro-kernel adds both terms as it
-    makes the scores) vs float64 numpy, with sequences past one panel pair of the tables."""
-    from tinybert.kernels.attention import NO_QUANTIZED_TABLES, attention_with_bias, pack_position_tables
-
+def _linear_deberta_case(d):
+    """Five packed sequences (1 to 128 tokens), 2 heads of d, random q, k, v and Kr, Qr tables of span 128, and
+    the linear index: (heads, span, lengths, starts, t, q, k, v, kr, qr, center, rel, qkv)."""
     heads, span, lengths = 2, 128, (128, 1, 77, 6, 40)
     starts = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64)
     t = int(starts[-1])
@@ -758,6 +755,25 @@ def test_encoder_attention_with_linear_content_bias(d):
     center = max(lengths) - 1
     rel = (span - np.arange(-center, center + 1)).astype(np.int32)
     qkv = np.concatenate([q.reshape(t, -1), k.reshape(t, -1), v.reshape(t, -1)], axis=1)
+    return heads, span, lengths, starts, t, q, k, v, kr, qr, center, rel, qkv
+
+
+def _disentangled_reference(q, keys, values, kr, qr, scale):
+    """One query's DeBERTa attention output in float64: scores q·k_j + q·Kr_j + k_j·Qr_j (Kr, Qr: the table rows
+    of each key's distance), scaled, softmax, times the values."""
+    k64 = keys.astype(np.float64)
+    s = k64 @ q + kr.astype(np.float64) @ q + np.einsum("jd,jd->j", k64, qr)
+    w = np.exp((s - s.max()) * scale)
+    return w @ values / w.sum()
+
+
+@pytest.mark.parametrize("d", [64, 24])
+def test_encoder_attention_with_linear_content_bias(d):
+    """The skewed DeBERTa path (rel linear over the sequence, no masked key: the micro-kernel adds both terms as it
+    makes the scores) vs float64 numpy, with sequences past one panel pair of the tables."""
+    from tinybert.kernels.attention import NO_QUANTIZED_TABLES, attention_with_bias, pack_position_tables
+
+    heads, span, lengths, starts, t, q, k, v, kr, qr, center, rel, qkv = _linear_deberta_case(d)
     out = np.empty((t, heads * d), dtype=np.float32)
     scale = 1 / math.sqrt(3 * d)
     attention_with_bias(qkv, starts, np.ones(t, np.uint8), heads, scale, np.zeros((1, 0), np.float32), center,
@@ -769,10 +785,8 @@ def test_encoder_attention_with_linear_content_bias(d):
         for i in range(s0, s1):
             for h in range(heads):
                 m = span + (i - keys)
-                s = (k[keys, h].astype(np.float64) @ q[i, h] + kr[h, m].astype(np.float64) @ q[i, h]
-                     + np.einsum("jd,jd->j", k[keys, h].astype(np.float64), qr[h, m]))
-                w = np.exp((s - s.max()) * scale)
-                np.testing.assert_allclose(out[i, h], w @ v[keys, h] / w.sum(), atol=2e-5, rtol=1e-4)
+                expected = _disentangled_reference(q[i, h], k[keys, h], v[keys, h], kr[h, m], qr[h, m], scale)
+                np.testing.assert_allclose(out[i, h], expected, atol=2e-5, rtol=1e-4)
 
 
 def _quantized_rows(x):
@@ -796,14 +810,7 @@ def test_encoder_attention_with_8bit_position_terms(d):
         quantize_position_tables,
     )
 
-    heads, span, lengths = 2, 128, (128, 1, 77, 6, 40)
-    starts = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64)
-    t = int(starts[-1])
-    q, k, v = (RNG.standard_normal((t, heads, d)).astype(np.float32) for _ in range(3))
-    kr, qr = ((RNG.standard_normal((heads, 2 * span, d)) / 4).astype(np.float32) for _ in range(2))
-    center = max(lengths) - 1
-    rel = (span - np.arange(-center, center + 1)).astype(np.int32)
-    qkv = np.concatenate([q.reshape(t, -1), k.reshape(t, -1), v.reshape(t, -1)], axis=1)
+    heads, span, lengths, starts, t, q, k, v, kr, qr, center, rel, qkv = _linear_deberta_case(d)
     scale = 1 / math.sqrt(3 * d)
     packed = pack_position_tables(kr, qr, scale)
     t8, corr, tscale = quantize_position_tables(packed)
@@ -832,10 +839,7 @@ def test_encoder_attention_with_8bit_position_terms(d):
                      + ka[keys, h] * float(tscale[heads + h]) * scale * log2e * p2c)
                 w = np.exp2(s - s.max())
                 eight_bit = w @ v[keys, h] / w.sum()
-                exact = (k[keys, h].astype(np.float64) @ q[i, h] + kr[h, m].astype(np.float64) @ q[i, h]
-                         + np.einsum("jd,jd->j", k[keys, h].astype(np.float64), qr[h, m]))
-                w = np.exp((exact - exact.max()) * scale)
-                exact = w @ v[keys, h] / w.sum()
+                exact = _disentangled_reference(q[i, h], k[keys, h], v[keys, h], kr[h, m], qr[h, m], scale)
                 np.testing.assert_allclose(out[i, h], eight_bit if s1 - s0 <= 100 else exact, atol=2e-5, rtol=1e-4)
                 worst = max(worst, float(np.abs(out[i, h] - exact).max()))
     print(f"8-bit position terms, d = {d}: largest output error vs float64 {worst:.2e}")

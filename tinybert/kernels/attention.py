@@ -74,6 +74,20 @@ PREFETCH_ROWS = 8  # key rows ahead the panel gather asks for (each row's k and 
 _TARGET_VNNI = POLICY.target_vnni   # the 8-bit position tile emits vpdpbusd (else emulates it: tests)
 
 
+def _arguments(context, builder, signature, args):
+    """An intrinsic's argument readers: data(i), the data pointer of array argument i; idx(i), integer argument
+    i as int64."""
+    tys = signature.args
+
+    def data(i):
+        return cgutils.create_struct_proxy(tys[i])(context, builder, value=args[i]).data
+
+    def idx(i):
+        return context.cast(builder, args[i], tys[i], types.int64)
+
+    return data, idx
+
+
 def _make_tile(rows, disentangled=False):
     """Micro-kernel intrinsic for a tile of ``rows`` (1..MR) rows by a pair of 16-column panels:
 
@@ -111,13 +125,7 @@ def _make_tile(rows, disentangled=False):
         groups = [((q,), tuple(range(rows))) for q in (0, 1)]
 
     def codegen(context, builder, signature, args):
-        tys = signature.args
-
-        def data(i):
-            return cgutils.create_struct_proxy(tys[i])(context, builder, value=args[i]).data
-
-        def idx(i):
-            return context.cast(builder, args[i], tys[i], types.int64)
+        data, idx = _arguments(context, builder, signature, args)
 
         def const(v):
             return ir.Constant(i64, v)
@@ -218,13 +226,7 @@ def _make_position_tile(rows):
     splat = ir.Constant(v16i32, [0] * NR)
 
     def codegen(context, builder, signature, args):
-        tys = signature.args
-
-        def data(i):
-            return cgutils.create_struct_proxy(tys[i])(context, builder, value=args[i]).data
-
-        def idx(i):
-            return context.cast(builder, args[i], tys[i], types.int64)
+        data, idx = _arguments(context, builder, signature, args)
 
         def const(v):
             return ir.Constant(i64, v)
@@ -402,14 +404,10 @@ def _quantize_row(typingctx, src, src_off, d, dst, off):
     v16, vi32, vi8, vmask = (ir.VectorType(t, NR) for t in (f32, i32, i8, i1))
 
     def codegen(context, builder, signature, args):
-        tys = signature.args
-
-        def at(i, j, ty):
-            data = cgutils.create_struct_proxy(tys[i])(context, builder, value=args[i]).data
-            return builder.gep(data, [context.cast(builder, args[j], tys[j], types.int64)], source_etype=ty)
-
-        x_base, y_base = at(0, 1, f32), at(3, 4, i8)
-        n = context.cast(builder, args[2], tys[2], types.int64)
+        data, idx = _arguments(context, builder, signature, args)
+        x_base = builder.gep(data(0), [idx(1)], source_etype=f32)
+        y_base = builder.gep(data(3), [idx(4)], source_etype=i8)
+        n = idx(2)
         module = builder.module
         fabs = cgutils.get_or_insert_function(module, ir.FunctionType(v16, [v16]), "llvm.fabs.v16f32")
         vmax = cgutils.get_or_insert_function(module, ir.FunctionType(v16, [v16, v16]), "llvm.maxnum.v16f32")
