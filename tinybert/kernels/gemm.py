@@ -39,6 +39,7 @@ from .gemm_fp32 import pack_weight_fp32 as pack_weight_fp32
 from .gemm_int4 import Int4Weight as Int4Weight
 from .gemm_int4 import check_int4_bias as check_int4_bias
 from .gemm_int4 import linear_int4 as linear_int4
+from .gemm_int4 import linear_int4_checked_weights as linear_int4_checked_weights
 from .gemm_pairs import MR as MR
 from .gemm_pairs import NR as NR
 from .gemm_pairs import check_layer as check_layer

@@ -66,9 +66,10 @@ from .cpu import AMX_MIN_ROWS as AMX_MIN_ROWS
 from .cpu import VNNI_AVAILABLE as VNNI_AVAILABLE
 from .cpu import VNNI_EMULATED as VNNI_EMULATED
 from .cpu import amx_for, quads_path
-from .irloop import dpbusd, dpbusd_generic, no_unroll
+from .irloop import STREAM_PREFETCH_BYTES, dpbusd, dpbusd_generic, no_unroll
+from .irloop import prefetch as prefetch_ir
 from .jitcache import fast_cache_loading
-from .memory import aligned_bytes, aligned_empty, last_level_cache_bytes
+from .memory import EPILOGUE_AHEAD_PANELS, aligned_bytes, aligned_empty, last_level_cache_bytes, prefetch
 from .quant import NO_SMOOTHING as NO_SMOOTHING  # re-exported: the layers read these two here
 from .quant import (
     NO_SUMS,
@@ -313,7 +314,7 @@ VNNI_PANELS = 2   # 16-channel panels per VNNI micro-tile (24 zmm accumulators f
 
 
 def _make_vnni_microkernel(rows: int, emit: bool, parts: int = 2, compact: bool = False,
-                           panels: int = VNNI_PANELS):
+                           panels: int = VNNI_PANELS, prefetch_ahead: int = 0):
     """``rows`` (1..MR) x a pair of 16-channel panels x (h, l) in 4 * rows zmm accumulators.
 
     Tile row i holds [h of panel 0 | h of panel 1 | l of panel 0 | l of panel 1], 16 int32 each.
@@ -327,7 +328,8 @@ def _make_vnni_microkernel(rows: int, emit: bool, parts: int = 2, compact: bool 
     kernel takes one more argument, ``first``: non-zero for the first k block, whose sums are
     stored rather than added (so the tile needs no zeroing, and is half the size).
 
-    ``panels`` = 1 (one row, compact): one panel, read as one sequential stream (_gemv_vnni_low).
+    ``panels`` = 1 (one row, compact): one panel, read as one sequential stream (_gemv_vnni_low);
+    ``prefetch_ahead`` > 0 prefetches that stream so many bytes ahead (irloop.prefetch).
 
     With ``emit`` False (target without AVX-512 VNNI, where the instruction could not be lowered)
     vpdpbusd is emulated in generic IR (``dpbusd_generic``): same sums, for tests.
@@ -368,6 +370,8 @@ def _make_vnni_microkernel(rows: int, emit: bool, parts: int = 2, compact: bool 
                 kq = loop.index
                 ws = [builder.load(builder.gep(w_bases[q], [kq], source_etype=v16i32), align=1, typ=v16i32)
                       for q in range(panels)]
+                if prefetch_ahead:
+                    prefetch_ir(builder, builder.gep(w_bases[0], [kq], source_etype=v16i32), prefetch_ahead)
                 for part in range(parts):
                     for i in range(rows):
                         ptr = row_ptrs[part * rows + i]
@@ -442,8 +446,10 @@ def _vnni_microkernel(rows, tile, t_off, xh, xl, x_off, x_stride, wp, w_off, w_p
 
 _vl1, _vl2, _vl3, _vl4, _vl5, _vl6 = [_make_vnni_microkernel(r, _TARGET_VNNI, parts=1, compact=True)
                                       for r in range(1, MR + 1)]
-_vl1_single = _make_vnni_microkernel(1, _TARGET_VNNI, parts=1, compact=True, panels=1)
-_vk1_single = _make_vnni_microkernel(1, _TARGET_VNNI, panels=1)     # _gemv_vnni: one 12-bit row, (h, l)
+_vl1_single = _make_vnni_microkernel(1, _TARGET_VNNI, parts=1, compact=True, panels=1,
+                                     prefetch_ahead=STREAM_PREFETCH_BYTES)
+_vk1_single = _make_vnni_microkernel(1, _TARGET_VNNI, panels=1,     # _gemv_vnni: one 12-bit row, (h, l)
+                                     prefetch_ahead=STREAM_PREFETCH_BYTES)
 
 
 @njit(cache=True, nogil=True, error_model="numpy", inline="always")
@@ -930,6 +936,17 @@ def _gemm_vnni_bands(x, xh, xl, xsum, xs, xc, qmax, smooth, wp, ws, bias, out, w
                         add_centre_block(out_flat, n_dim, m0, rows, n0, ncols, xc, wsum)
 
 
+@njit(cache=True, nogil=True, error_model="numpy", inline="always")
+def _prefetch_epilogue(ws, bias, wsum, n0):
+    # A later panel's scales, bias and sums: read from memory beside the weight stream, each cost a miss per panel
+    # (the int4 GEMV's chain took 1.19x its kernels' time without this, 1.05-1.09x with).
+    ahead = n0 + EPILOGUE_AHEAD_PANELS * NR
+    prefetch(ws, ahead, False)
+    prefetch(bias, ahead, False)
+    if wsum.shape[0] > 0:
+        prefetch(wsum, ahead, False)
+
+
 @njit(cache=True, nogil=True, parallel=True, error_model="numpy")
 def _gemv_vnni_low(xl, xsum, xs, xc, wp, ws, bias, out, wsum, parts):
     """One 8-bit row (quantised into xl [1, Kp]) against every weight panel: the decode step of a batch-1
@@ -942,7 +959,8 @@ def _gemv_vnni_low(xl, xsum, xs, xc, wp, ws, bias, out, wsum, parts):
     K = 768) took 4.6-5.0 ms per chain, one panel at a time 3.9-4.2 ms (0.78-0.91x; the K = 768 layers
     and the LM head gained, the K = 3072 one was unchanged).  Before that, the column split's tasks of
     one pair and one k block each allocated a tile and ran a loop nest per 24 KB (1 thread 14.2 ->
-    16.8 GB/s).  Software prefetch in the loop did not help (T0 or NTA, 0.5-2 KB ahead)."""
+    16.8 GB/s).  Software prefetch 0.5-2 KB ahead did not help; 10 KB ahead (irloop.STREAM_PREFETCH_BYTES) does:
+    the same chain of a 135M (0.5B) shape's 120 (96) GEMVs, kernels alone, 33 -> 38.5 GB/s (35 -> 39)."""
     n_dim = out.shape[1]
     kp = xl.shape[1]
     kq = wp.shape[1]
@@ -957,6 +975,7 @@ def _gemv_vnni_low(xl, xsum, xs, xc, wp, ws, bias, out, wsum, parts):
         tile = aligned_bytes(2 * NR * 4).view(np.int32)
         tile[NR:] = 0
         for p in range(part * per, min(n_panels, (part + 1) * per)):
+            _prefetch_epilogue(ws, bias, wsum, p * NR)
             _vl1_single(tile, 0, x_l, x_l, 0, kp, w, p * kq * 4 * NR, kq * 4 * NR, kq, 1)
             n0 = p * NR
             ncols = min(NR, n_dim - n0)
@@ -987,6 +1006,7 @@ def _gemv_vnni(xh, xl, xsum, xs, wp, ws, bias, out, parts):
     for part in prange(parts):
         tile = aligned_bytes(2 * NR * 4).view(np.int32)     # [h | l] of one panel
         for p in range(part * per, min(n_panels, (part + 1) * per)):
+            _prefetch_epilogue(ws, bias, NO_SUMS, p * NR)
             tile[:] = 0
             _vk1_single(tile, 0, x_h, x_l, 0, kp, w, p * kq * 4 * NR, kq * 4 * NR, kq)
             n0 = p * NR

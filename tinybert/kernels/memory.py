@@ -6,21 +6,23 @@ measured on this project's Emerald Rapids VM, a ``tileloadd``/``tdpbsud`` loop r
 32-byte-aligned rows (42 ns per tile product) than on 64-byte-aligned ones (6.5 ns).  So every
 buffer a micro-kernel streams whole rows from is allocated through here.
 
-``prefetch`` is for strided reads: attention reads each head's 32-64 floats of a token, tokens a page
-apart, and asking for them ahead took its K/V gather from 37 to 13 kcycles per 128-token head.
+``prefetch`` is for reads the hardware cannot predict: attention reads each head's 32-64 floats of a token,
+tokens a page apart, and asking for them ahead took its K/V gather from 37 to 13 kcycles per 128-token head;
+a decode GEMV reads a panel's bias (and scales) beside its weight stream, a miss per panel without it.
 """
 
 from __future__ import annotations
 
 import numpy as np
-from llvmlite import ir
 from numba import njit, types
 from numba.core import cgutils
 from numba.extending import intrinsic
 
+from . import irloop
 from .jitcache import fast_cache_loading
 
 ALIGN = 64   # bytes: one cache line, one zmm register, one AMX tile row
+EPILOGUE_AHEAD_PANELS = 4   # how many 16-channel panels ahead a decode GEMV asks for its epilogue's per-channel data
 
 
 def last_level_cache_bytes(default: int = 8 << 20) -> int:
@@ -70,14 +72,9 @@ def prefetch(typingctx, arr, index, write):
     rw = 1 if write.literal_value else 0
 
     def codegen(context, builder, signature, args):
-        i8p = ir.IntType(8).as_pointer()
         data = cgutils.create_struct_proxy(signature.args[0])(context, builder, value=args[0]).data
         idx = context.cast(builder, args[1], signature.args[1], types.int64)
-        ptr = builder.bitcast(builder.gep(data, [idx]), i8p)
-        fn = cgutils.get_or_insert_function(
-            builder.module, ir.FunctionType(ir.VoidType(), [i8p] + [ir.IntType(32)] * 3), "llvm.prefetch.p0i8")
-        i32 = ir.IntType(32)
-        builder.call(fn, [ptr, ir.Constant(i32, rw), ir.Constant(i32, 3), ir.Constant(i32, 1)])
+        irloop.prefetch(builder, builder.gep(data, [idx]), 0, bool(rw))
         return context.get_dummy_value()
 
     return types.void(arr, index, write), codegen

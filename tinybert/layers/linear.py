@@ -93,7 +93,8 @@ class Linear:
         """x float32 [M, in_features] → [M, out_features]. ``threads``: numba.get_num_threads(), when the
         caller has it (each call of that costs ~0.8 us, 2-3 % of a batch-1 MiniLM forward)."""
         if self.int4 is not None:
-            return gemm.linear_int4(x, self.int4, self.bias)
+            return gemm.linear_int4_checked_weights(x, self.int4, self.bias,
+                                                    numba.get_num_threads() if threads is None else threads)
         if self._quads:
             return gemm_vnni.linear_quads_checked_weights(x, self.weight, self.scale, self.bias, self.in_features,
                                                           self.act_qmax, self.wsum, self._fused_smooth,
