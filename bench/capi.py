@@ -62,12 +62,13 @@ def main(argv: list[str] | None = None) -> None:
     parser.set_defaults(rounds=3)
     args = parser.parse_args(argv)
     session = harness.Session("capi", args)
+    from tinybert.format import unpack_tokenizer
     from tinybert.loader import read_metadata
     from tinybert.tokenizer import load_tokenizer
 
     warmup, repeats, rounds = (10, 30, 1) if args.smoke else (200, args.repeats, args.rounds)
     path = model_file()
-    n_tokens = len(load_tokenizer(read_metadata(path)["tokenizer"], 512).encode(TEXT).ids)
+    n_tokens = len(load_tokenizer(unpack_tokenizer(read_metadata(path)["tokenizer"]), 512).encode(TEXT).ids)
     with tempfile.TemporaryDirectory() as tmp:
         lib = Path(tmp) / "capi"
         subprocess.run([sys.executable, "-m", "tinybert", "build-capi", str(lib)], check=True, capture_output=True)

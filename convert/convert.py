@@ -252,7 +252,7 @@ def _write(out: Path, cfg, tensors: dict[str, np.ndarray], task_config: TaskConf
         fmt.KEY_FORMAT: fmt.FORMAT_NAME,
         fmt.KEY_VERSION: str(fmt.FORMAT_VERSION),
         fmt.KEY_CONFIG: json.dumps(cfg.to_dict(), sort_keys=True),
-        fmt.KEY_TOKENIZER: tokenizer,
+        fmt.KEY_TOKENIZER: fmt.pack_tokenizer(tokenizer),
         **extra,
         fmt.KEY_QUANTIZATION: dtype,
         fmt.KEY_TASK: json.dumps(task_config.to_dict(), sort_keys=True),

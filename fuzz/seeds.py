@@ -49,7 +49,8 @@ def _tensors(shapes: dict[str, tuple[int, ...]], quantization: str, seed: int,
 
 def _write(path: Path, cfg, shapes: dict, task: TaskConfig, quantization: str, extra: dict | None = None) -> Path:
     metadata = {fmt.KEY_FORMAT: fmt.FORMAT_NAME, fmt.KEY_VERSION: str(fmt.FORMAT_VERSION),
-                fmt.KEY_CONFIG: json.dumps(cfg.to_dict(), sort_keys=True), fmt.KEY_TOKENIZER: tokenizer_json(),
+                fmt.KEY_CONFIG: json.dumps(cfg.to_dict(), sort_keys=True),
+                fmt.KEY_TOKENIZER: fmt.pack_tokenizer(tokenizer_json()),
                 fmt.KEY_QUANTIZATION: quantization, fmt.KEY_TASK: json.dumps(task.to_dict(), sort_keys=True),
                 fmt.KEY_TOKENIZER_OPTIONS: json.dumps({"mask_token": None, "clean_up_tokenization_spaces": False}),
                 fmt.KEY_SOURCE: json.dumps({"model_type": "fuzz-seed"}), **(extra or {})}

@@ -32,6 +32,7 @@ from fuzz.instrumentation import kernel_modules
 
 with atheris.instrument_imports(include=["tinybert"], exclude=kernel_modules()):
     from tinybert import Encoder, Generator
+    from tinybert import format as fmt
     from tinybert.errors import TinyBertError
 
 from fuzz.limits import limit_address_space
@@ -255,11 +256,11 @@ def check_tokenizer(data: bytes) -> None:
     fdp = atheris.FuzzedDataProvider(data)
     seeds = _seeds()
     name, tensors, metadata = seeds[fdp.ConsumeIntInRange(0, len(seeds) - 1)]
-    text = json.dumps(mutate(fdp, json.loads(metadata["tokenizer"])))
+    text = json.dumps(mutate(fdp, json.loads(fmt.unpack_tokenizer(metadata["tokenizer"]))))
     if fdp.ConsumeProbability() < 0.05:
         text = raw_text(fdp, text)
     try:
-        save_file(tensors, str(_PATH), metadata={**metadata, "tokenizer": text})
+        save_file(tensors, str(_PATH), metadata={**metadata, "tokenizer": fmt.pack_tokenizer(text)})
     except Exception:  # noqa: BLE001 - a header safetensors will not write is no input
         return
     texts = [adversarial_text(fdp) for _ in range(fdp.ConsumeIntInRange(1, 3))]

@@ -217,9 +217,12 @@ def load(path: str | Path) -> ModelFile:
     quantization = metadata.get(fmt.KEY_QUANTIZATION)
     if quantization not in fmt.QUANTIZATIONS:
         raise ModelFileError(f"{path}: unknown quantization {quantization!r}")
-    tokenizer = metadata.get(fmt.KEY_TOKENIZER)
-    if not tokenizer:
+    if not metadata.get(fmt.KEY_TOKENIZER):
         raise ModelFileError(f"{path}: metadata has no tokenizer")
+    try:
+        tokenizer = fmt.unpack_tokenizer(metadata[fmt.KEY_TOKENIZER])
+    except ValueError as exc:
+        raise ModelFileError(f"{path}: bad tokenizer metadata: {exc}") from None
     if ((task.type == "text-generation") != (isinstance(config, DecoderConfig) and not embedder)
             or (task.type == "text2text-generation") != isinstance(config, Seq2SeqConfig)):
         raise ModelFileError(f"{path}: task {task.type!r} does not fit a {config.kind} model")

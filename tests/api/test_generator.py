@@ -7,6 +7,8 @@ command: tests/frontends/test_cli_generation.py.)
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 from conftest import DECODERS, EOT, hf_greedy
@@ -251,8 +253,9 @@ def test_opened_model_keeps_the_metadata_compressed(decoder_model):
     with safe_open(str(files["int8"]), framework="numpy") as fh:
         stored = fh.metadata()
     assert isinstance(gen.metadata, FileMetadata) and dict(gen.metadata) == stored
-    assert len(stored[fmt.KEY_TOKENIZER]) > FileMetadata.LONG
-    assert isinstance(gen.metadata._values[fmt.KEY_TOKENIZER], CompactText)
+    packed = stored[fmt.KEY_TOKENIZER]              # the file holds the tokenizer packed (format.pack_tokenizer)
+    assert json.loads(fmt.unpack_tokenizer(packed))["model"]
+    assert isinstance(gen.metadata._values[fmt.KEY_TOKENIZER], CompactText) == (len(packed) > FileMetadata.LONG)
     text = "x\u0120\U0001F600\ud800y" * 1000            # a lone surrogate survives too
     assert str(CompactText(text)) == text
 

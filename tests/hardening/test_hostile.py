@@ -7,12 +7,14 @@ The seed files are tiny valid models (fuzz/seeds.py); references for "the same r
 
 from __future__ import annotations
 
+import base64
 import json
 import signal
 import struct
 import subprocess
 import sys
 import time
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -22,6 +24,7 @@ from hypothesis import strategies as st
 
 from fuzz.seeds import write_seeds
 from tinybert import Classifier, Encoder, Generator, Translator
+from tinybert import format as fmt
 from tinybert.errors import InputError, ModelFileError, NumericalError, TinyBertError
 from tinybert.loader import load
 
@@ -106,7 +109,13 @@ def _overlap(header: dict) -> None:
     (_overlap, "safetensors"),
     (lambda h: h[QKV].update(data_offsets=[10 ** 9, 10 ** 9 + 192]), "safetensors"),
     (lambda h: h["__metadata__"].update(format_version="99"), "version"),
-    (lambda h: h["__metadata__"].update(tokenizer="{not json"), "tokenizer"),
+    (lambda h: h["__metadata__"].update(tokenizer="{not json"), "tokenizer"),                  # not packed
+    (lambda h: h["__metadata__"].update(tokenizer=fmt.pack_tokenizer("{not json")), "tokenizer"),
+    (lambda h: h["__metadata__"].update(tokenizer=fmt.pack_tokenizer("[" * 100_000)), "tokenizer"),
+    (lambda h: h["__metadata__"].update(tokenizer=base64.b64encode(b"x" * 30).decode()), "tokenizer"),   # no zlib
+    (lambda h: h["__metadata__"].update(tokenizer=fmt.pack_tokenizer("{}")[:-8]), "tokenizer"),       # truncated
+    (lambda h: h["__metadata__"].update(tokenizer=base64.b64encode(zlib.compress(b"\xff\xfe")).decode()),
+     "tokenizer"),                                                                               # not UTF-8
     (lambda h: h["__metadata__"].update(config="[" * 100_000), "config"),  # deeply nested JSON
     (lambda h: h["__metadata__"].update(tokenizer="[" * 100_000), "tokenizer"),   # was a RecursionError
     (lambda h: h["__metadata__"].update(task=json.dumps({"type": "x" * 1_000_000})), "task"),
@@ -127,7 +136,10 @@ def _rewrite_metadata(src: Path, dst: Path, key: str, edit, tensors_edit=None) -
     with safe_open(str(src), framework="numpy") as fh:
         tensors = {name: fh.get_tensor(name) for name in fh.keys()}
         metadata = dict(fh.metadata())
-    metadata[key] = json.dumps(edit(json.loads(metadata[key])))
+    if key == fmt.KEY_TOKENIZER:        # stored packed (format.pack_tokenizer)
+        metadata[key] = fmt.pack_tokenizer(json.dumps(edit(json.loads(fmt.unpack_tokenizer(metadata[key])))))
+    else:
+        metadata[key] = json.dumps(edit(json.loads(metadata[key])))
     if tensors_edit is not None:
         tensors_edit(tensors)
     save_file(tensors, str(dst), metadata=metadata)

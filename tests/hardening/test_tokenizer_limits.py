@@ -139,3 +139,17 @@ def test_a_long_text_of_nothing_but_spaces_is_refused(minilm_files):
 
     with pytest.raises(InputError, match="cut it to its first part"):
         tinybert.Encoder(minilm_files["int8"]).encode(["\n" * (3 << 20) + "late words"])
+
+
+def test_packed_tokenizer_round_trip_and_bounds(monkeypatch):
+    """A file's tokenizer is packed (zlib, base64): it unpacks to the same text, lone surrogates included, and a
+    value that would unpack past MAX_TOKENIZER_BYTES is refused after reading only that much."""
+    from tinybert import format as fmt
+
+    text = '{"model": "x\u0120\U0001F600\ud800y"}' * 1000
+    packed = fmt.pack_tokenizer(text)
+    assert len(packed) < len(text) / 10 and fmt.unpack_tokenizer(packed) == text
+    monkeypatch.setattr(fmt, "MAX_TOKENIZER_BYTES", 4096)
+    assert fmt.unpack_tokenizer(fmt.pack_tokenizer("a" * 4096)) == "a" * 4096
+    with pytest.raises(ValueError, match="more than 4096"):
+        fmt.unpack_tokenizer(fmt.pack_tokenizer("a" * 4097))
