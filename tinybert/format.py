@@ -7,7 +7,7 @@ Metadata keys (all values are strings, as safetensors requires):
     format_version   FORMAT_VERSION as a decimal string
     config           canonical model config, JSON (see ``EncoderConfig``)
     tokenizer        the Hugging Face ``tokenizer.json`` text, zlib-compressed UTF-8 in base64 (pack_tokenizer):
-                     as plain escaped JSON it was 8.6 MB of a 105 MB int4 SmolLM2-135M file; packed, 1.9 MB
+                     as plain escaped JSON it was 9.8 MB of a 105 MB int4 SmolLM2-135M-shape file; packed, 0.4 MB
     pooling          {"mode": "mean"|"cls"|"max"|"mean_sqrt_len"|"lasttoken", "normalize": bool}, JSON: encoders
                      and decoder embedders (a decoder file with task feature-extraction, no LM head)
     sentence_transformers  encoders and decoder embedders, optional (older files lack it): what

@@ -161,10 +161,12 @@ def test_int4_decoder_vs_transformers(name, int4_decoder):
     assert cos.mean() >= 0.99 and cos.min() >= 0.98
     assert top >= 0.75
     assert sizes["int4"] < 0.85 * sizes["int8"]
-    # every block linear is int4 (these random layers measure far below the limit); the token table int8
+    # most block linears are int4 (a decoder keeps int8 only its most sensitive ones, within
+    # DECODER_EXTRA_BYTES); the token table int8
     m = load(files["int4"])
-    for layer in ("attn.qkv", "attn.out", "mlp.up", "mlp.down"):
-        assert m.tensors[fmt.layer_prefix(0) + layer + ".weight"].dtype == np.uint8
+    kinds = [m.tensors[fmt.layer_prefix(i) + layer + ".weight"].dtype for i in range(2)
+             for layer in ("attn.qkv", "attn.out", "mlp.up", "mlp.down")]
+    assert kinds.count(np.dtype(np.uint8)) >= 4 and set(kinds) <= {np.dtype(np.uint8), np.dtype(np.int8)}
     assert m.tensors[fmt.EMBED_TOKENS].dtype == np.int8
     assert m.quantization == "int4"
 
@@ -259,7 +261,8 @@ def test_layers_above_the_error_limit_stay_int8(decoder_model, monkeypatch):
     tensors = decoder_tensors(cfg, read_checkpoint(src))
     tokenizer = (src / "tokenizer.json").read_text()
     first: dict = {}
-    int4_module.int4_tensors(cfg, tensors, tokenizer, report=first)
+    int4_module.int4_tensors(cfg, tensors, tokenizer, report=first, budget=1.0)   # no layer kept int8 for its
+    # sensitivity: the limit alone
     errors = first["errors"]
     print(f"\nrandom llama int4 layer errors: {({k: round(v, 4) for k, v in errors.items()})}")
     assert first["int8"] == [] and max(errors.values()) < int4_module.LAYER_ERROR_LIMIT
@@ -268,12 +271,46 @@ def test_layers_above_the_error_limit_stay_int8(decoder_model, monkeypatch):
     limit = float(np.median(list(errors.values())))
     monkeypatch.setattr(int4_module, "LAYER_ERROR_LIMIT", limit)
     report: dict = {}
-    out = int4_module.int4_tensors(cfg, tensors, tokenizer, report=report)
+    out = int4_module.int4_tensors(cfg, tensors, tokenizer, report=report, budget=1.0)
     above = sorted(k for k, v in errors.items() if v > limit)
     assert report["int8"] == above and 0 < len(above) < len(errors)
     for layer in errors:
         assert out[layer + ".weight"].dtype == (np.int8 if layer in above else np.uint8)
         assert (layer + ".weight" + fmt.SCALE_SUFFIX in out) == (layer in above)
+
+
+def test_decoder_keeps_its_most_sensitive_layers_int8_per_byte(decoder_model):
+    """A decoder converted without a budget: its layers go int8 in order of measured sensitivity per added byte,
+    until the rest's summed sensitivity is DECODER_ERROR_SHARE of all-int4's or the added bytes would pass
+    DECODER_EXTRA_BYTES of the int4 layers'; the output holds exactly those layers int8."""
+    import json
+
+    from tinybert_convert import int4 as int4_module
+    from tinybert_convert.decoders import decoder_config, decoder_tensors
+    from tinybert_convert.readers import read_checkpoint
+
+    _, files = decoder_model("llama")
+    src = files["fp32"].parent / "hf"
+    cfg = decoder_config(json.loads((src / "config.json").read_text()), src)
+    tensors = decoder_tensors(cfg, read_checkpoint(src))
+    report: dict = {}
+    out = int4_module.int4_tensors(cfg, tensors, (src / "tokenizer.json").read_text(), report=report)
+    sens = report["sensitivity"]
+    shape = {layer: tensors[layer + ".weight"].shape for layer in sens}
+    extra = {layer: int4_module._int8_extra_bytes(shape[layer]) for layer in sens}
+    assert extra[fmt.layer_prefix(0) + "mlp.up"] == shape[fmt.layer_prefix(0) + "mlp.up"][0] * (
+        shape[fmt.layer_prefix(0) + "mlp.up"][1] * 3 // 8 + 4)
+    order = sorted(sens, key=lambda name: sens[name] / extra[name], reverse=True)
+    kept = report["int8"]
+    assert kept and kept == order[:len(kept)]                 # the densest first, none skipped
+    allowance = int4_module.DECODER_EXTRA_BYTES * sum(int4_module._int4_bytes(shape[n]) for n in sens)
+    rest = sum(sens.values()) - sum(sens[n] for n in kept)
+    assert sum(extra[n] for n in kept) <= allowance
+    assert report["estimated error"] == pytest.approx(rest)
+    stopped_by_share = rest <= int4_module.DECODER_ERROR_SHARE * sum(sens.values())
+    assert stopped_by_share or sum(extra[n] for n in order[:len(kept) + 1]) > allowance
+    for layer in sens:
+        assert out[layer + ".weight"].dtype == (np.int8 if layer in kept else np.uint8)
 
 
 def test_format_and_kernel_agree_on_the_group():
