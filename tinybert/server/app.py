@@ -18,6 +18,7 @@ import uuid
 from dataclasses import dataclass
 
 import numpy as np
+import orjson
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, PlainTextResponse, Response, StreamingResponse
 
@@ -172,11 +173,11 @@ def create_app(models: list[ServedModel], api_key: str | None = None, limits: Li
             raise ApiError(400, "encoding_format must be 'float' or 'base64'", param="encoding_format")
         vectors = _shortened(await embed(m, texts), data.get("dimensions"), m.model.dimension)
         rows = [{"object": "embedding", "index": i,
-                 "embedding": base64.b64encode(v.astype("<f4").tobytes()).decode() if fmt == "base64" else v.tolist()}
+                 "embedding": base64.b64encode(v.astype("<f4").tobytes()).decode() if fmt == "base64" else v}
                 for i, v in enumerate(vectors)]
         tokens = token_count(m, texts)
-        return JSONResponse({"object": "list", "data": rows, "model": m.name,
-                             "usage": {"prompt_tokens": tokens, "total_tokens": tokens}})
+        return _vectors_response({"object": "list", "data": rows, "model": m.name,
+                                  "usage": {"prompt_tokens": tokens, "total_tokens": tokens}})
 
     @app.post("/embed")
     async def tei_embed(request: Request):
@@ -188,7 +189,7 @@ def create_app(models: list[ServedModel], api_key: str | None = None, limits: Li
             vectors = _shortened(vectors, data["dimensions"], m.model.dimension)
         if data.get("normalize", True):
             vectors = l2_normalize(vectors)
-        return JSONResponse(vectors.tolist())
+        return _vectors_response(vectors)
 
     @app.post("/embed_sparse")
     async def tei_embed_sparse():
@@ -554,6 +555,12 @@ class _Guard:
         else:
             await self.app(scope, receive, sending)
         self.metrics.request(path, status[0], time.perf_counter() - started)
+
+
+def _vectors_response(payload: object) -> Response:
+    """JSON with float32 arrays in it, written by orjson: each value in the shortest text that reads back as the
+    same float32. ``tolist()`` and the json module took ~0.2 ms for one 384-wide vector, 17 digits a value."""
+    return Response(orjson.dumps(payload, option=orjson.OPT_SERIALIZE_NUMPY), media_type="application/json")
 
 
 def _message(x: object) -> dict:
