@@ -32,6 +32,9 @@ its driver reads each thread's panels as one sequential stream and runs the rows
 time (each weight block loaded and unpacked once for them; a panel of a K = 4864 layer is 48 KB, so the
 next four rows read it from L2). Prefill is not tuned further: measured on Zen 4, one thread, a
 4864 x 896 layer, 64 rows take 2.5-2.9 ms (one row: 62 us), 1.5-1.7x an int8 layer's tiled GEMM (1.7 ms).
+Decode is a stream: the panel loop prefetches irloop.STREAM_PREFETCH_BYTES ahead of it, the driver the epilogue's
+bias and sums a few panels ahead, and each panel ends in one masked vector epilogue (``_finish_panel``); quantising
+the row and the driver are one compiled call (docs/performance.md: 27 -> 41 GB/s on a 135M-shape chain).
 
 VNNI layout (``pack_vnni``, at load): panels of NR = 16 output channels; per (panel p, group g) one block
 of BLOCK_BYTES = 320 bytes, blocks in (p, g) order:
