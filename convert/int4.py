@@ -390,15 +390,15 @@ def int4_tensors(cfg: EncoderConfig | DecoderConfig, tensors: dict[str, np.ndarr
             target, allowance = DECODER_ERROR_SHARE * total, DECODER_EXTRA_BYTES * sum(
                 _int4_bytes(tensors[layer + ".weight"].shape) for layer in packed)
             order = sorted(sensitivity, key=lambda name: sensitivity[name] / extra[name], reverse=True)
-        else:
-            target, allowance, order = budget, float("inf"), sorted(sensitivity, key=sensitivity.__getitem__,
-                                                                    reverse=True)
+        else:                              # an error budget alone: the most sensitive first, bytes not counted
+            extra, target, allowance = dict.fromkeys(packed, 0), budget, 0
+            order = sorted(sensitivity, key=sensitivity.__getitem__, reverse=True)
         spent = 0
         for layer in order:
-            if total <= target or (by_share and spent + extra[layer] > allowance):
+            if total <= target or spent + extra[layer] > allowance:
                 break
             total -= sensitivity[layer]
-            spent += extra[layer] if by_share else 0
+            spent += extra[layer]
             report["int8"].append(layer)
             del packed[layer]
         report["estimated error"] = total
