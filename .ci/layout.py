@@ -24,7 +24,7 @@ import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1] / "tinybert"
-FOUNDATIONS = {"format", "config", "errors", "loader", "tokenizer"}
+FOUNDATIONS = {"format", "config", "errors", "loader", "memory", "tokenizer"}
 RANK = {"foundations": 0, "kernels": 1, "layers": 2, "models": 3, "generation": 4, "api": 5, "frontends": 6}
 OUTSIDE = ("tinybert_convert", "tinybert_capi", "torch", "transformers", "ray", "pyarrow")
 ALLOWED = {("api/resolve.py", "tinybert_convert")}      # (module, outside package): see rule 1

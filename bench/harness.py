@@ -290,16 +290,22 @@ def time_generation(call: Callable[[int], object], new_tokens: int, ttft_repeats
 
 
 def peak_rss_mb() -> float:
-    """This process's peak resident set (VmHWM), MB. ru_maxrss would carry over the parent's peak across exec."""
+    """This process's peak resident set (VmHWM), MB of 10**6 bytes as every file size here (both are KiB, 1024
+    bytes, in the kernel's figures). ru_maxrss would carry over the parent's peak across exec."""
     try:
         for line in Path("/proc/self/status").read_text().splitlines():
             if line.startswith("VmHWM:"):
-                return int(line.split()[1]) / 1024
+                return kib_to_mb(int(line.split()[1]))
     except OSError:
         pass
     import resource
 
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    return kib_to_mb(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)
+
+
+def kib_to_mb(kib: float) -> float:
+    """The kernel's KiB as MB (10**6 bytes): a ratio to a file size in MB must not mix the two (4.9 %)."""
+    return kib * 1024 / 1e6
 
 
 def leading_match(a: Iterable[int], b: Iterable[int]) -> int:

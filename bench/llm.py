@@ -160,7 +160,7 @@ def _llama_speed(spec: dict) -> dict:
     decode = [r["avg_ts"] for r in rows if r.get("n_gen", 0) > 0 and r.get("n_prompt", 0) == 0]
     # the child's peak, not this process's: llama-bench is the engine
     return {"prefill_tok_s": prefill[0], "decode_tok_s": decode[0],
-            "peak_rss_mb": resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024}
+            "peak_rss_mb": harness.kib_to_mb(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss)}
 
 
 def _kl_top1(ref_logits: np.ndarray, logits: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

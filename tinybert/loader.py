@@ -16,6 +16,7 @@ import numpy as np
 from safetensors import safe_open
 
 from . import format as fmt
+from . import memory
 from .config import DecoderConfig, EncoderConfig, Seq2SeqConfig, TaskConfig, config_from_dict
 from .errors import ModelFileError
 from .tokenizer import CompactText
@@ -58,9 +59,10 @@ class TensorStore(Mapping):
         if end - begin != int(np.prod(shape)) * dtype.itemsize:
             raise ModelFileError(f"{self._path}: tensor {name} holds {end - begin} bytes, its shape needs "
                                  f"{int(np.prod(shape)) * dtype.itemsize}")
-        # A plain read, not a memory map: a mapped file's touched pages count as this process's
-        # memory for as long as the mapping lives, on top of the packed copies the model makes.
-        array = np.empty(shape, dtype=dtype)
+        # A plain read, not a memory map of the file: a mapped file's touched pages count as this process's
+        # memory for as long as the mapping lives, on top of the packed copies the model makes. The raw copy
+        # is short-lived, so it gets an anonymous map of its own (memory.zeros).
+        array = memory.zeros(shape, dtype)
         with open(self._path, "rb") as fh:
             fh.seek(begin)
             if fh.readinto(memoryview(array).cast("B")) != end - begin:
@@ -220,7 +222,9 @@ def load(path: str | Path) -> ModelFile:
     if not metadata.get(fmt.KEY_TOKENIZER):
         raise ModelFileError(f"{path}: metadata has no tokenizer")
     try:
-        tokenizer = fmt.unpack_tokenizer(metadata[fmt.KEY_TOKENIZER])
+        # compressed at once: as a str, a byte-level vocabulary's JSON takes two bytes a character (17 MB for
+        # SmolLM2's 49k tokens), held through the tensor checks below
+        tokenizer = CompactText(fmt.unpack_tokenizer(metadata[fmt.KEY_TOKENIZER]))
     except ValueError as exc:
         raise ModelFileError(f"{path}: bad tokenizer metadata: {exc}") from None
     if ((task.type == "text-generation") != (isinstance(config, DecoderConfig) and not embedder)
@@ -292,7 +296,7 @@ def load(path: str | Path) -> ModelFile:
         raise
     except Exception as exc:
         raise ModelFileError(f"{path}: cannot read tensors ({exc})") from None
-    return ModelFile(path, config, tensors, CompactText(tokenizer), pooling, quantization, metadata, task, options,
+    return ModelFile(path, config, tensors, tokenizer, pooling, quantization, metadata, task, options,
                      target_tokenizer, source_id_map, unknown_pieces, st_settings, chat_template, dense)
 
 

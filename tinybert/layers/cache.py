@@ -15,6 +15,7 @@ import numpy as np
 from ..errors import InputError
 from ..kernels.decoder import copy_slots as copy_cache_slots
 from ..kernels.half import to_half_array
+from ..memory import zeros
 
 
 def _geometry(cfg) -> tuple[int, int, int]:
@@ -56,10 +57,12 @@ class KVCache:
         layers, heads, d = _geometry(cfg)
         self.dtype = dtype
         store = DTYPES[dtype]
-        self.self_k = np.zeros((layers, slots, heads, min(length, INITIAL_LENGTH), d), dtype=store)
-        self.self_v = np.zeros_like(self.self_k)
-        self.cross_k = np.zeros((layers, sources, heads, source_length, d), dtype=store)
-        self.cross_v = np.zeros_like(self.cross_k)
+        # Each array in a map of its own (memory.zeros): a cache lives for one call, and freed it must not stay
+        # resident as heap.
+        self.self_k = zeros((layers, slots, heads, min(length, INITIAL_LENGTH), d), store)
+        self.self_v = zeros(self.self_k.shape, store)
+        self.cross_k = zeros((layers, sources, heads, source_length, d), store)
+        self.cross_v = zeros(self.cross_k.shape, store)
         self.source_lengths = np.zeros(sources, dtype=np.int32)
         self.length = length
 
@@ -77,7 +80,7 @@ class KVCache:
         grown = min(self.length, max(positions, 2 * held))
         for name in ("self_k", "self_v"):
             old = getattr(self, name)
-            new = np.zeros(old.shape[:3] + (grown,) + old.shape[4:], dtype=old.dtype)
+            new = zeros(old.shape[:3] + (grown,) + old.shape[4:], old.dtype)
             new[:, :, :, :held] = old
             setattr(self, name, new)
             del old
