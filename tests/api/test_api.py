@@ -5,6 +5,7 @@ from __future__ import annotations
 import subprocess
 import sys
 import textwrap
+import threading
 
 import numba
 import numpy as np
@@ -61,6 +62,23 @@ def test_thread_count_does_not_change_results(minilm_files, sentences, hf_tokeni
     batch = hf_tokenizer(sentences[:9], padding=True, return_tensors="np")     # padded, masked forward
     np.testing.assert_array_equal(one.forward(batch["input_ids"], batch["attention_mask"]),
                                   two.forward(batch["input_ids"], batch["attention_mask"]))
+
+
+def test_encode_threads_caps_one_call(minilm_files, sentences, monkeypatch):
+    """encode(threads=1) on a two-thread Encoder: every batch on the calling thread, none on the pool, the
+    same vectors; a count outside 1..the Encoder's threads is an InputError before any work."""
+    if numba.config.NUMBA_NUM_THREADS < 2:
+        pytest.skip("needs two Numba threads")
+    enc = tinybert.Encoder(minilm_files["int8"], threads=2)
+    expected = enc.encode(sentences[:40], batch_size=8)
+    runs, where = enc.runner.scheduler, []
+    part = runs._run_part
+    monkeypatch.setattr(runs, "_run_part", lambda *a: where.append(threading.current_thread()) or part(*a))
+    np.testing.assert_array_equal(enc.encode(sentences[:40], batch_size=8, threads=1), expected)
+    assert where == [threading.current_thread()] * 5            # five batches of 8, each on this thread
+    for bad in (0, 3, True, 1.0):
+        with pytest.raises(tinybert.InputError, match="threads must be"):
+            enc.encode(sentences[:2], threads=bad)
 
 
 @pytest.mark.parametrize("threads", [1, 2])

@@ -446,3 +446,38 @@ def test_killed_server_restarts_and_serves(files):
     finally:
         if first.poll() is None:
             first.kill()
+
+
+def test_batcher_runs_one_merged_call_per_worker_on_one_thread_when_others_run():
+    """EmbedBatcher with two workers: a call alone takes every thread; one that starts while another runs
+    takes one; no more calls than workers run at once; each request gets its own rows back."""
+    import asyncio
+
+    from tinybert.server.batching import EmbedBatcher
+
+    started, release = [], threading.Event()
+
+    def run(texts, threads):
+        started.append((tuple(texts), threads))
+        assert release.wait(30)
+        return np.array([[len(t)] for t in texts], dtype=np.float32), np.arange(len(texts))
+
+    async def main():
+        batcher = EmbedBatcher(run, ThreadPoolExecutor(2), workers=2, max_texts=2)
+        first = asyncio.ensure_future(batcher.embed(["a"]))
+        while not started:
+            await asyncio.sleep(0.005)
+        rest = [asyncio.ensure_future(batcher.embed([t])) for t in ("bb", "ccc", "dddd")]
+        while len(started) < 2:
+            await asyncio.sleep(0.005)
+        await asyncio.sleep(0.2)
+        running = list(started)                 # both workers busy: "dddd" waits
+        assert batcher.waiting == 1
+        release.set()
+        return running, await first, await asyncio.gather(*rest)
+
+    running, first, rest = asyncio.run(main())
+    assert running == [(("a",), 2), (("bb", "ccc"), 1)]
+    assert started[2][0] == ("dddd",) and len(started) == 3
+    assert [r[0].tolist() for r in [first, *rest]] == [[[1.0]], [[2.0]], [[3.0]], [[4.0]]]
+    assert [r[1].tolist() for r in [first, *rest]] == [[0], [0], [1], [0]]      # rows of the call's counts

@@ -221,8 +221,8 @@ class Encoder:
                prompt_name: str | None = None, prompt: str | None = None, truncate_dim: int | None = None,
                precision: str = "float32", convert_to_numpy: bool = True, convert_to_tensor: bool = False,
                output_value: str | None = "sentence_embedding", device: str | None = None,
-               texts: str | Iterable[str] | None = None,
-               inputs: str | Iterable[str] | None = None) -> np.ndarray | list[np.ndarray]:
+               texts: str | Iterable[str] | None = None, inputs: str | Iterable[str] | None = None,
+               threads: int | None = None) -> np.ndarray | list[np.ndarray]:
         """Sentence embeddings float32 [len(sentences), dim], one row per text, in input order; the arguments
         of sentence-transformers' ``SentenceTransformer.encode``.
 
@@ -248,11 +248,17 @@ class Encoder:
         ``precision`` do not apply). ``show_progress_bar`` (or ``show_progress``) shows a tqdm bar.
         ``convert_to_tensor``, ``output_value=None`` and devices other than "cpu" need torch: InputError.
         Texts are sorted by length internally so that each batch carries little padding.
+
+        ``threads`` (tinybert's own): at most this many of the Encoder's threads for this call (None: all of
+        them; 1: the calling thread alone), so that several threads of an application (a server's workers)
+        can each run their own calls side by side, each batch on one core, without splitting every batch
+        over cores the others are using. The vectors are the same whatever the count.
         """
         given = [value for value in (sentences, texts, inputs) if value is not None]
         if len(given) > 1:
             raise InputError("pass the texts once: as sentences (the first argument), texts= or inputs=")
         items, _ = check_sentences(given[0] if given else None)
+        threads = self.runner.scheduler.cap(threads)
         if not isinstance(batch_size, int) or isinstance(batch_size, bool) or batch_size < 1:
             raise InputError(f"batch_size must be a positive integer, got {batch_size!r}")
         mode = self.pooling["mode"] if pooling is None else pooling
@@ -276,14 +282,14 @@ class Encoder:
             items = [text_prompt + text for text in items]
         progress = bool(show_progress_bar if show_progress_bar is not None else show_progress)
         if output_value == "token_embeddings":
-            return self._token_embeddings(items, batch_size, progress)
+            return self._token_embeddings(items, batch_size, progress, threads)
         file_normalize = self.pooling["normalize"] if normalize is None else bool(normalize)
 
         out = np.empty((len(items), self.dimension), dtype=np.float32)
         if items:
             encodings = token_ids(self.tokenizer, items)
             # pooled and through the model's Dense modules, chunk by chunk (EncoderRunner)
-            for rows, _, pooled in self.runner.batches(encodings, batch_size, progress, "encoding", pool=mode):
+            for rows, _, pooled in self.runner.batches(encodings, batch_size, progress, "encoding", mode, threads):
                 out[rows] = pooled
         if file_normalize:                  # the model's Normalize module: before truncate_dim cuts
             out = l2_normalize(out)
@@ -294,12 +300,14 @@ class Encoder:
         out = quantize_embeddings(out, precision)
         return out if convert_to_numpy else list(out)
 
-    def _token_embeddings(self, items: list[str], batch_size: int, progress: bool) -> list[np.ndarray]:
+    def _token_embeddings(self, items: list[str], batch_size: int, progress: bool,
+                          threads: int) -> list[np.ndarray]:
         """The last hidden state of each text's tokens, float32 [tokens, hidden] per text, in input order."""
         out: list[np.ndarray] = [np.empty((0, self.config.hidden_size), dtype=np.float32)] * len(items)
         if items:
             encodings = token_ids(self.tokenizer, items)
-            for rows, batch, hidden in self.runner.batches(encodings, batch_size, progress, "encoding"):
+            for rows, batch, hidden in self.runner.batches(encodings, batch_size, progress, "encoding",
+                                                           threads=threads):
                 for i, row in enumerate(rows):
                     out[row] = hidden[batch.starts[i]:batch.starts[i + 1]].copy()
         return out

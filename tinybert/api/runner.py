@@ -77,13 +77,14 @@ class EncoderRunner:
         return self.scheduler.run(batch, self._function(pool), "token" if pool is None else "sequence")
 
     def batches(self, encodings: list, batch_size: int, show_progress: bool = False, desc: str = "",
-                pool: str | None = None) -> Iterator[tuple[list[int], EncoderBatch, np.ndarray]]:
+                pool: str | None = None, threads: int | None = None
+                ) -> Iterator[tuple[list[int], EncoderBatch, np.ndarray]]:
         """(indices into ``encodings``, their packed batch, its hidden states or with ``pool`` its
-        sentence vectors) for tokenizer encodings (or TokenIds), ``batch_size`` at a time, longest first
-        (see Scheduler.map)."""
+        sentence vectors) for tokenizer encodings (or TokenIds), ``batch_size`` at a time, longest first,
+        on ``threads`` of the threads (see Scheduler.map)."""
         return self.scheduler.map([len(e.ids) for e in encodings], batch_size, lambda rows: self.pack(encodings, rows),
                                   self._function(pool), "token" if pool is None else "sequence",
-                                  desc if show_progress else None)
+                                  desc if show_progress else None, threads)
 
     def pack(self, encodings: list, rows: list[int]) -> EncoderBatch:
         """``encodings[rows]`` as one batch, or InputError for ids the model does not have."""

@@ -179,13 +179,22 @@ class Scheduler:
         self.threads = check_threads(threads)
         self._pool: ThreadPoolExecutor | None = None
 
-    def run(self, batch: S, fn: RunFn, per: Per) -> np.ndarray:
-        """``fn``'s output for the whole batch, on all the threads."""
-        groups = sequence_groups(batch.starts, self.threads) if threads_may_share_kernels() else \
+    def cap(self, threads: int | None) -> int:
+        """The threads a call may use: ``threads`` (1 up to this scheduler's count; else InputError), or all."""
+        if threads is None:
+            return self.threads
+        if not isinstance(threads, int) or isinstance(threads, bool) or not 1 <= threads <= self.threads:
+            raise InputError(f"threads must be an integer from 1 to {self.threads}, got {threads!r}")
+        return threads
+
+    def run(self, batch: S, fn: RunFn, per: Per, threads: int | None = None) -> np.ndarray:
+        """``fn``'s output for the whole batch, on ``threads`` of the threads (None: all)."""
+        threads = self.cap(threads)
+        groups = sequence_groups(batch.starts, threads) if threads_may_share_kernels() else \
             [(0, batch.starts.size - 1)]
         out = self._output(batch, per)
         if len(groups) < 2:
-            with numba_threads(self.threads):
+            with numba_threads(threads):
                 self._run_part(batch, fn, per, out, 0, batch.starts.size - 1)
             return out.array
 
@@ -207,13 +216,15 @@ class Scheduler:
         return out.array
 
     def map(self, lengths: Sequence[int], batch_size: int, pack: Callable[[list[int]], S], fn: RunFn, per: Per,
-            progress: str | None = None) -> Iterator[tuple[list[int], S, np.ndarray]]:
+            progress: str | None = None, threads: int | None = None) -> Iterator[tuple[list[int], S, np.ndarray]]:
         """(indices, ``pack(indices)``, ``fn``'s output) for sequences of the given lengths, in batches of
-        ``batch_size`` (``length_batches``), each batch packed only when a thread is about to need it.
+        ``batch_size`` (``length_batches``), each batch packed only when a thread is about to need it, on
+        ``threads`` of the threads (None: all; 1: the calling thread alone).
 
         ``progress`` names a tqdm bar counting the sequences done (None: no bar). Closing the iterator
         early cancels the batches not begun and waits for those running.
         """
+        threads = self.cap(threads)
         batches = length_batches(lengths, batch_size)
         bar = None
         if progress is not None:
@@ -221,10 +232,10 @@ class Scheduler:
 
             bar = tqdm(total=len(lengths), unit="text", desc=progress)
         packed = ((rows, pack(rows)) for rows in batches)
-        if len(batches) > 1 and self.threads > 1 and threads_may_share_kernels():
-            results = self._pipelined(packed, fn, per)
+        if len(batches) > 1 and threads > 1 and threads_may_share_kernels():
+            results = self._pipelined(packed, fn, per, threads)
         else:
-            results = ((rows, batch, self.run(batch, fn, per)) for rows, batch in packed)
+            results = ((rows, batch, self.run(batch, fn, per, threads)) for rows, batch in packed)
         try:
             for rows, batch, out in results:
                 yield rows, batch, out
@@ -235,16 +246,19 @@ class Scheduler:
             if bar is not None:
                 bar.close()
 
-    def _pipelined(self, packed: Iterable[tuple[K, S]], fn: RunFn, per: Per) -> Iterator[tuple[K, S, np.ndarray]]:
-        """Each batch run whole by one worker thread. Splitting each batch over the threads (``run``)
-        made both wait at the end of every batch for the slower half and for the serial packing and
-        pooling between batches: on the 1,000-sentence corpus (MiniLM, 2 threads) this ran in 1288 ms
-        against 1562 ms."""
+    def _pipelined(self, packed: Iterable[tuple[K, S]], fn: RunFn, per: Per,
+                   threads: int) -> Iterator[tuple[K, S, np.ndarray]]:
+        """Each batch run whole by one worker thread, ``threads`` at a time (one more queued when that is all of
+        them). Splitting each batch over the threads (``run``) made both wait at the end of every batch for
+        the slower half and for the serial packing and pooling between batches: on the 1,000-sentence corpus
+        (MiniLM, 2 threads) this ran in 1288 ms against 1562 ms."""
         pending: deque[tuple[K, S, Future]] = deque()
+        # a queued batch would start at once on a worker this call may not use
+        ahead = threads + 1 if threads == self.threads else threads
         try:
             for key, batch in packed:
                 pending.append((key, batch, self._workers().submit(self.run_alone, batch, fn, per)))
-                if len(pending) > self.threads:
+                if len(pending) >= ahead:
                     key, batch, done = pending.popleft()
                     yield key, batch, done.result()
             while pending:

@@ -131,7 +131,8 @@ def create_app(models: list[ServedModel], api_key: str | None = None, limits: Li
         except TinyBertError as exc:
             raise ApiError(400, str(exc)) from None
 
-    async def embed(m: ServedModel, texts: list[str]) -> np.ndarray:
+    async def embed(m: ServedModel, texts: list[str]) -> tuple[np.ndarray, np.ndarray]:
+        """The texts' vectors and token counts, from the model's batcher."""
         try:
             return await asyncio.wait_for(m.batcher.embed(texts), limits.timeout_s)
         except QueueFull as exc:
@@ -140,9 +141,6 @@ def create_app(models: list[ServedModel], api_key: str | None = None, limits: Li
             raise ApiError(504, "the request took longer than the server's time limit", "timeout") from None
         except TinyBertError as exc:
             raise ApiError(400, str(exc)) from None
-
-    def token_count(m: ServedModel, texts: list[str]) -> int:
-        return sum(len(e.ids) for e in m.model.tokenizer.encode_batch(texts))
 
     # ------------------------------------------------------------------ general
 
@@ -171,11 +169,12 @@ def create_app(models: list[ServedModel], api_key: str | None = None, limits: Li
         fmt = data.get("encoding_format", "float")
         if fmt not in ("float", "base64"):
             raise ApiError(400, "encoding_format must be 'float' or 'base64'", param="encoding_format")
-        vectors = _shortened(await embed(m, texts), data.get("dimensions"), m.model.dimension)
+        vectors, counts = await embed(m, texts)
+        vectors = _shortened(vectors, data.get("dimensions"), m.model.dimension)
         rows = [{"object": "embedding", "index": i,
                  "embedding": base64.b64encode(v.astype("<f4").tobytes()).decode() if fmt == "base64" else v}
                 for i, v in enumerate(vectors)]
-        tokens = token_count(m, texts)
+        tokens = int(counts.sum())
         return _vectors_response({"object": "list", "data": rows, "model": m.name,
                                   "usage": {"prompt_tokens": tokens, "total_tokens": tokens}})
 
@@ -184,7 +183,7 @@ def create_app(models: list[ServedModel], api_key: str | None = None, limits: Li
         data = await body(request)
         m = pick("embed")
         texts = texts_of(data.get("inputs"), "inputs")
-        vectors = await embed(m, texts)
+        vectors, _ = await embed(m, texts)
         if data.get("dimensions") is not None:
             vectors = _shortened(vectors, data["dimensions"], m.model.dimension)
         if data.get("normalize", True):
