@@ -2,7 +2,7 @@
 
 1. The one-way import rule of tinybert/ (every import, module level or inside a function).
 
-Rooms, lowest first: foundations (format, config, errors, loader, tokenizer) · kernels · layers · models ·
+Rooms, lowest first: foundations (format, config, errors, loader, tokenizer, buffers) · kernels · layers · models ·
 generation · api · front ends (cli, demo, distributed, server/, integrations/, the package's __init__ /
 __main__). A module may import its own room and the rooms below it, never one above. Kernels import only
 kernels; foundations only foundations.
@@ -24,7 +24,7 @@ import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1] / "tinybert"
-FOUNDATIONS = {"format", "config", "errors", "loader", "memory", "tokenizer"}
+FOUNDATIONS = {"buffers", "config", "errors", "format", "loader", "tokenizer"}
 RANK = {"foundations": 0, "kernels": 1, "layers": 2, "models": 3, "generation": 4, "api": 5, "frontends": 6}
 OUTSIDE = ("tinybert_convert", "tinybert_capi", "torch", "transformers", "ray", "pyarrow")
 ALLOWED = {("api/resolve.py", "tinybert_convert")}      # (module, outside package): see rule 1

@@ -15,8 +15,8 @@ from pathlib import Path
 import numpy as np
 from safetensors import safe_open
 
+from . import buffers
 from . import format as fmt
-from . import memory
 from .config import DecoderConfig, EncoderConfig, Seq2SeqConfig, TaskConfig, config_from_dict
 from .errors import ModelFileError
 from .tokenizer import CompactText
@@ -61,8 +61,8 @@ class TensorStore(Mapping):
                                  f"{int(np.prod(shape)) * dtype.itemsize}")
         # A plain read, not a memory map of the file: a mapped file's touched pages count as this process's
         # memory for as long as the mapping lives, on top of the packed copies the model makes. The raw copy
-        # is short-lived, so it gets an anonymous map of its own (memory.zeros).
-        array = memory.zeros(shape, dtype)
+        # is short-lived, so it gets an anonymous map of its own (buffers.zeros).
+        array = buffers.zeros(shape, dtype)
         with open(self._path, "rb") as fh:
             fh.seek(begin)
             if fh.readinto(memoryview(array).cast("B")) != end - begin:

@@ -94,17 +94,17 @@ def _owner(array: np.ndarray) -> object:
 
 
 def test_large_short_lived_buffers_get_maps_of_their_own_and_tracemalloc_sees_them(decoder_model):
-    """memory.zeros: below MAPPED_MIN_BYTES a heap array, from it an anonymous map of its own (freed, its pages
+    """buffers.zeros: below MAPPED_MIN_BYTES a heap array, from it an anonymous map of its own (freed, its pages
     leave the process at once); either way zeros, writable, and counted by tracemalloc as numpy's arrays are.
     The KV cache and the loader's raw tensors are made with it."""
     import mmap
 
-    from tinybert import memory
+    from tinybert import buffers
 
-    small = memory.zeros((3, 5), np.float32)
+    small = buffers.zeros((3, 5), np.float32)
     assert small.shape == (3, 5) and small.dtype == np.float32 and not small.any() and _owner(small) is None
-    shape = (2, memory.MAPPED_MIN_BYTES // 4 + 1)          # just past the bound in uint16
-    large = memory.zeros(shape, np.uint16)
+    shape = (2, buffers.MAPPED_MIN_BYTES // 4 + 1)          # just past the bound in uint16
+    large = buffers.zeros(shape, np.uint16)
     assert large.shape == shape and large.dtype == np.uint16 and large.flags.writeable and large.flags.c_contiguous
     assert isinstance(_owner(large), mmap.mmap) and not large.any()
     large[1, -1] = 7
@@ -113,7 +113,7 @@ def test_large_short_lived_buffers_get_maps_of_their_own_and_tracemalloc_sees_th
     size = 8 << 20
     tracemalloc.start()
     try:
-        traced = memory.zeros((size // 4,), np.float32)
+        traced = buffers.zeros((size // 4,), np.float32)
         held = tracemalloc.get_traced_memory()[0]
         del traced
         after = tracemalloc.get_traced_memory()[0]
@@ -123,6 +123,6 @@ def test_large_short_lived_buffers_get_maps_of_their_own_and_tracemalloc_sees_th
 
     cfg = load(decoder_model("llama")[1]["fp32"]).config
     cache = KVCache(cfg, 64, 10**6)
-    assert cache.self_k.nbytes >= memory.MAPPED_MIN_BYTES and isinstance(_owner(cache.self_k), mmap.mmap)
+    assert cache.self_k.nbytes >= buffers.MAPPED_MIN_BYTES and isinstance(_owner(cache.self_k), mmap.mmap)
     cache.reserve(cache.held + 1)
     assert isinstance(_owner(cache.self_v), mmap.mmap)

@@ -12,10 +12,10 @@ from __future__ import annotations
 
 import numpy as np
 
+from ..buffers import zeros
 from ..errors import InputError
 from ..kernels.decoder import copy_slots as copy_cache_slots
 from ..kernels.half import to_half_array
-from ..memory import zeros
 
 
 def _geometry(cfg) -> tuple[int, int, int]:
@@ -57,7 +57,7 @@ class KVCache:
         layers, heads, d = _geometry(cfg)
         self.dtype = dtype
         store = DTYPES[dtype]
-        # Each array in a map of its own (memory.zeros): a cache lives for one call, and freed it must not stay
+        # Each array in a map of its own (buffers.zeros): a cache lives for one call, and freed it must not stay
         # resident as heap.
         self.self_k = zeros((layers, slots, heads, min(length, INITIAL_LENGTH), d), store)
         self.self_v = zeros(self.self_k.shape, store)
