@@ -5,7 +5,8 @@ client waits for nothing.
 With several workers (one per core), each merged call runs whole on one core while the others take the next
 ones, as ``Encoder.encode`` runs its own batches; a call that finds the other workers idle takes every core.
 Splitting each batch over the cores made them wait for each other at its end and for the event loop between
-batches: MiniLM int8, 64 clients, 2 cores: 746 texts/s with one worker.
+batches: MiniLM int8, 64 clients on the same 2 cores, 746 texts/s with one worker, 920-1,001 with one per core
+(bench.serve; docs/server.md).
 
 The encoder's output for a text does not depend on the other texts of its batch, nor on the thread count (every
 kernel computes a row from that row alone), so a merged request's vectors are the ones it would get alone.
