@@ -21,6 +21,10 @@ import weakref
 
 import numpy as np
 
+# Private anonymous memory, as malloc's own maps: Python's default for fileno -1 on Unix is a shared map of
+# /dev/zero (shmem), whose pages a forked child would share with this process and write into.
+_PRIVATE = {"flags": mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS} if hasattr(mmap, "MAP_ANONYMOUS") else {}
+
 # Smaller buffers stay on the heap: a map costs a system call and a page at least, and glibc's default
 # threshold (128 KB) already maps these sizes until something has raised it.
 MAPPED_MIN_BYTES = 1 << 18
@@ -33,7 +37,7 @@ def zeros(shape: tuple[int, ...], dtype) -> np.ndarray:
     size = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
     if size < MAPPED_MIN_BYTES:
         return np.zeros(shape, dtype=dtype)
-    buffer = mmap.mmap(-1, size)
+    buffer = mmap.mmap(-1, size, **_PRIVATE)
     array = np.frombuffer(buffer, dtype=dtype).reshape(shape)
     if tracemalloc.is_tracing():
         _track(buffer, array.ctypes.data, size)

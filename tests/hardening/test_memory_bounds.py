@@ -109,6 +109,12 @@ def test_large_short_lived_buffers_get_maps_of_their_own_and_tracemalloc_sees_th
     assert isinstance(_owner(large), mmap.mmap) and not large.any()
     large[1, -1] = 7
     assert large.sum() == 7
+    if hasattr(mmap, "MAP_ANONYMOUS"):        # a private map (rw-p), not Python's default shared one (rw-s)
+        start = large.ctypes.data
+        with open("/proc/self/maps") as maps:
+            spans = [line.split() for line in maps]
+        perms = [s[1] for s in spans if int(s[0].split("-")[0], 16) <= start < int(s[0].split("-")[1], 16)]
+        assert perms == ["rw-p"], perms
 
     size = 8 << 20
     tracemalloc.start()
